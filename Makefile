@@ -1,0 +1,49 @@
+# neuralmark — one-command entry points. Every target sets the no-telemetry env.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export ZENML_ANALYTICS_OPT_IN := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+export ZENML_LOGGING_VERBOSITY ?= WARN
+PROFILE ?= tiny
+METHOD ?= pgd_signer
+
+.PHONY: venv test demo stack data lint bench ui clean
+
+# torch/torchvision first: pip takes the pinned builds from local disk.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: venv
+	$(BIN)/ruff check components steps pipelines tests scripts
+
+stack: venv
+	$(BIN)/python -m pipelines.stack
+
+data: venv
+	$(BIN)/neuralmark data sample
+
+demo: venv
+	$(BIN)/python -m pipelines.stack
+	$(BIN)/neuralmark train $(METHOD) --profile $(PROFILE)
+
+bench: venv
+	$(BIN)/python scripts/benchmark_pgd_signer.py
+
+ui: venv
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5055 --workers 1
+
+clean:
+	rm -rf .zen mlflow.db mlruns reports outputs

@@ -1,0 +1,1 @@
+"""Image attacks (differentiable for training, real codecs for evaluation)."""

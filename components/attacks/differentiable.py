@@ -1,0 +1,237 @@
+"""Differentiable attacks (kornia) for training and Expectation over Transformation.
+
+Each attack draws per-image parameters in ``sample`` and applies them in
+``apply``; an image whose ``on`` flag is 0 passes unchanged, so one batched call
+applies a random *subset* of the chain to every image.
+"""
+
+from __future__ import annotations
+
+import kornia
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+
+from components.attacks.base import ImageAttack, Params, uniform
+
+
+def _switch(n: int, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) < p).float()
+
+
+def _blend(x: torch.Tensor, y: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+    on = on.to(x.device).view(-1, 1, 1, 1)
+    return on * y + (1 - on) * x
+
+
+class DiffRotate(ImageAttack):
+    """Rotation by U(−max_deg, max_deg) about the centre, zero fill."""
+
+    name = "rotate"
+
+    def __init__(self, max_deg: float = 10.0, p: float = 0.5) -> None:
+        self.max_deg, self.p = max_deg, p
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        return {"angle": uniform(-self.max_deg, self.max_deg, batch_size, generator),
+                "on": _switch(batch_size, self.p, generator)}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        angle = (params["angle"] * params["on"]).to(x)
+        return kornia.geometry.transform.rotate(x, angle, padding_mode="zeros")
+
+
+class DiffZoom(ImageAttack):
+    """Isotropic zoom by U(lo, hi) about the centre (size kept; zero fill when < 1)."""
+
+    name = "zoom"
+
+    def __init__(self, lo: float = 0.8, hi: float = 1.2, p: float = 0.5) -> None:
+        self.lo, self.hi, self.p = lo, hi, p
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        return {"factor": uniform(self.lo, self.hi, batch_size, generator),
+                "on": _switch(batch_size, self.p, generator)}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        f = (1 + (params["factor"] - 1) * params["on"]).to(x)
+        return kornia.geometry.transform.scale(x, f.view(-1, 1).repeat(1, 2))
+
+
+class DiffResize(ImageAttack):
+    """Down-sample by U(lo, 1) then back up: the resolution loss of a resize attack."""
+
+    name = "resize"
+
+    def __init__(self, lo: float = 0.5, p: float = 0.5) -> None:
+        self.lo, self.p = lo, p
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        # one factor per call: interpolate needs a single output size
+        return {"factor": uniform(self.lo, 1.0, 1, generator).repeat(batch_size),
+                "on": _switch(batch_size, self.p, generator)}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        f = float(params["factor"][0])
+        small = F.interpolate(x, size=(max(8, round(h * f)), max(8, round(w * f))),
+                              mode="bilinear", antialias=True, align_corners=False)
+        back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        return _blend(x, back, params["on"])
+
+
+class DiffCrop(ImageAttack):
+    """Keep a random window of U(lo, 1) of each side, resized back to full size."""
+
+    name = "crop"
+
+    def __init__(self, lo: float = 0.8, p: float = 0.5) -> None:
+        self.lo, self.p = lo, p
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        frac = uniform(self.lo, 1.0, batch_size, generator)
+        return {"frac": frac, "ox": torch.rand(batch_size, generator=generator),
+                "oy": torch.rand(batch_size, generator=generator),
+                "on": _switch(batch_size, self.p, generator)}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        b, _, h, w = x.shape
+        frac = 1 - (1 - params["frac"]) * params["on"]
+        cw, ch = frac * (w - 1), frac * (h - 1)
+        x0, y0 = params["ox"] * (w - 1 - cw), params["oy"] * (h - 1 - ch)
+        boxes = torch.stack([
+            torch.stack([x0, y0], -1), torch.stack([x0 + cw, y0], -1),
+            torch.stack([x0 + cw, y0 + ch], -1), torch.stack([x0, y0 + ch], -1),
+        ], dim=1).to(x)  # b 4 2
+        return kornia.geometry.transform.crop_and_resize(x, boxes, (h, w))
+
+
+class DiffNoise(ImageAttack):
+    """Additive Gaussian noise with σ ~ U(0, max_std)."""
+
+    name = "noise"
+
+    def __init__(self, max_std: float = 0.03, p: float = 0.5) -> None:
+        self.max_std, self.p = max_std, p
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        return {"std": uniform(0, self.max_std, batch_size, generator),
+                "on": _switch(batch_size, self.p, generator),
+                "seed": torch.randint(0, 2**31 - 1, (1,), generator=generator)}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        g = torch.Generator(device="cpu").manual_seed(int(params["seed"][0]))
+        noise = torch.randn(x.shape, generator=g).to(x)
+        std = (params["std"] * params["on"]).to(x).view(-1, 1, 1, 1)
+        return (x + std * noise).clamp(0, 1)
+
+
+class DiffBlur(ImageAttack):
+    """Gaussian blur with σ ~ U(0.1, max_sigma), kernel 2·⌈3·max_sigma⌉+1."""
+
+    name = "blur"
+
+    def __init__(self, max_sigma: float = 1.5, p: float = 0.5) -> None:
+        self.max_sigma, self.p = max_sigma, p
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        return {"sigma": uniform(0.1, self.max_sigma, batch_size, generator),
+                "on": _switch(batch_size, self.p, generator)}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        k = 2 * int(torch.ceil(torch.tensor(3 * self.max_sigma))) + 1
+        sigma = params["sigma"].to(x).view(-1, 1).repeat(1, 2)
+        return _blend(x, kornia.filters.gaussian_blur2d(x, k, sigma), params["on"])
+
+
+class DiffBrightnessContrast(ImageAttack):
+    """Multiplicative brightness U(1±b) then contrast about the image mean U(1±c)."""
+
+    name = "brightness_contrast"
+
+    def __init__(self, brightness: float = 0.3, contrast: float = 0.3, p: float = 0.5) -> None:
+        self.brightness, self.contrast, self.p = brightness, contrast, p
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        return {"b": uniform(1 - self.brightness, 1 + self.brightness, batch_size, generator),
+                "c": uniform(1 - self.contrast, 1 + self.contrast, batch_size, generator),
+                "on": _switch(batch_size, self.p, generator)}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        on = params["on"]
+        b = (1 + (params["b"] - 1) * on).to(x).view(-1, 1, 1, 1)
+        c = (1 + (params["c"] - 1) * on).to(x).view(-1, 1, 1, 1)
+        y = x * b
+        mean = y.mean(dim=(1, 2, 3), keepdim=True)
+        return ((y - mean) * c + mean).clamp(0, 1)
+
+
+class DiffJPEG(ImageAttack):
+    """Differentiable JPEG (``kornia.enhance.jpeg_codec_differentiable``), quality U(lo, hi).
+
+    kornia needs H, W divisible by 16: other sizes are padded by reflection and
+    cropped back.
+    """
+
+    name = "jpeg"
+
+    def __init__(self, lo: float = 50.0, hi: float = 95.0, p: float = 0.5) -> None:
+        self.lo, self.hi, self.p = lo, hi, p
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        return {"quality": uniform(self.lo, self.hi, batch_size, generator),
+                "on": _switch(batch_size, self.p, generator)}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        if not bool(params["on"].any()):
+            return x
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 16, (-w) % 16
+        xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+        y = kornia.enhance.jpeg_codec_differentiable(xp, params["quality"].to(x))[..., :h, :w]
+        return _blend(x, y.clamp(0, 1), params["on"])
+
+
+class EoTConfig(BaseModel):
+    """Strengths of the transformation distribution used for EoT and training."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    p: float = 0.5
+    rotate_deg: float = 10.0
+    zoom: tuple[float, float] = (0.8, 1.2)
+    resize_min: float = 0.5
+    crop_min: float = 0.8
+    noise_std: float = 0.03
+    blur_sigma: float = 1.5
+    brightness: float = 0.3
+    contrast: float = 0.3
+    jpeg: tuple[float, float] = (50.0, 95.0)
+
+
+class EoTChain(ImageAttack):
+    """Random chain: each attack applied to each image with probability ``p``.
+
+    Order: geometric (crop, zoom, rotate, resize), photometric (brightness /
+    contrast, blur), then noise and JPEG last, as a real pipeline would.
+    """
+
+    name = "eot"
+
+    def __init__(self, config: EoTConfig | None = None) -> None:
+        c = config or EoTConfig()
+        self.attacks: list[ImageAttack] = [
+            DiffCrop(c.crop_min, c.p), DiffZoom(*c.zoom, c.p), DiffRotate(c.rotate_deg, c.p),
+            DiffResize(c.resize_min, c.p), DiffBrightnessContrast(c.brightness, c.contrast, c.p),
+            DiffBlur(c.blur_sigma, c.p), DiffNoise(c.noise_std, c.p), DiffJPEG(*c.jpeg, c.p),
+        ]
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        return {f"{i}.{k}": v for i, a in enumerate(self.attacks)
+                for k, v in a.sample(batch_size, generator).items()}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        for i, a in enumerate(self.attacks):
+            sub = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{i}.")}
+            x = a.apply(x, sub)
+        return x

@@ -1,0 +1,301 @@
+"""The one interface every watermarking method implements.
+
+Tensors are ``float32``, ``B×C×H×W``, values in ``[0, 1]``.
+
+A *content* method (``pgd_signer``, ``anti_forward``, ``output_mark``,
+``visible_gan``) marks images: ``embed(images, key) -> images`` and
+``verify(images, key) -> list[Verdict]``. A *model* method (``trigger_key``)
+marks networks: ``embed_model(model, key) -> model`` and
+``verify_model(model_or_outputs, key) -> Verdict``.
+
+Every method is built from a frozen pydantic config (``extra="forbid"``, so a
+typo in YAML is an error naming the field), trains with ``fit(data, callbacks)``
+and saves/loads a bundle directory (``config.json`` + ``weights.safetensors``
+[+ key material]) with atomic writes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load_file, save_file
+
+
+class MethodConfig(BaseModel):
+    """Base of every method config: frozen, unknown fields are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class WatermarkKey:
+    """What the owner holds.
+
+    Attributes:
+        secret: the secret string; scrambles the payload so that without it the
+            mark reads as coin flips.
+        message: optional integer ID carried by methods that have a payload. On
+            ``verify``, a given message is a *claim* (exact binomial p-value over
+            all bits); ``None`` means "decode whatever is there" (p-value
+            corrected for the number of possible messages).
+    """
+
+    secret: str
+    message: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, str) or not self.secret.strip():
+            raise ValueError("a watermark key needs a non-empty secret")
+        if self.message is not None and (not isinstance(self.message, int) or self.message < 0):
+            raise ValueError(f"message must be a non-negative integer, got {self.message!r}")
+
+
+class Status(enum.StrEnum):
+    """Three-way answer; ``neuralmark verify`` exits 0 / 1 / 2 for these."""
+
+    DETECTED = "detected"
+    NOT_DETECTED = "not_detected"
+    UNREADABLE = "unreadable"
+
+
+@dataclass
+class Verdict:
+    """The answer of ``verify`` for one image (or one model).
+
+    Attributes:
+        detected: ``p_value <= alpha`` (or the method's own decision rule).
+        score: method-specific detection score, higher = more watermark-like
+            (pgd_signer: fraction of matching bits).
+        p_value: probability of a score at least this high on an unmarked input,
+            or ``None`` with ``reason`` saying why it cannot be given.
+        status: detected / not_detected / unreadable.
+        reason: human-readable explanation (always set when not detected).
+        bits: decoded hard bits (0/1 ints) when the method carries bits.
+        payload: decoded message ID; only set when ``detected`` (never a
+            confident payload from an unmarked image).
+        bit_accuracy: fraction of bits equal to the expected word, when the
+            expected word is known (claimed message or message-free signature).
+        certified_radius: L2 radius certified by randomized smoothing, if any.
+        extra: method-specific numbers (JSON-serialisable).
+    """
+
+    detected: bool
+    score: float
+    p_value: float | None
+    status: Status = Status.NOT_DETECTED
+    reason: str = ""
+    bits: list[int] | None = None
+    payload: int | None = None
+    bit_accuracy: float | None = None
+    certified_radius: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # accept "detected" etc. from JSON
+
+    @classmethod
+    def unreadable(cls, reason: str) -> Verdict:
+        return cls(detected=False, score=0.0, p_value=None, status=Status.UNREADABLE,
+                   reason=reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+
+class Callback(Protocol):
+    """Training progress sink. Steps connect it to MLflow, the CLI to a bar."""
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def on_figure(self, step: int, name: str, figure: Any) -> None: ...
+
+    def on_progress(self, done: int, total: int, desc: str = "") -> None: ...
+
+
+class Callbacks:
+    """Fan-out over several callbacks; missing hooks are skipped."""
+
+    def __init__(self, callbacks: Iterable[Any] = ()) -> None:
+        self.callbacks = list(callbacks)
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(*args)
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self._emit("on_metrics", step, metrics)
+
+    def on_figure(self, step: int, name: str, figure: Any) -> None:
+        self._emit("on_figure", step, name, figure)
+
+    def on_progress(self, done: int, total: int, desc: str = "") -> None:
+        self._emit("on_progress", done, total, desc)
+
+
+class InputError(ValueError):
+    """A bad input (image, key, config) with a message naming the problem."""
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``cuda`` when present (GPU nodes), else CPU."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def check_images(images: torch.Tensor, min_size: int = 1) -> None:
+    """Validate a ``B×3×H×W`` float batch in ``[0, 1]``; raise ``InputError``."""
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"expected a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise InputError(f"expected float images in [0, 1], got dtype {images.dtype}")
+    h, w = images.shape[-2:]
+    if min(h, w) < min_size:
+        raise InputError(f"image is {w}×{h} px; this method needs at least {min_size} px a side")
+    if images.numel() and (images.min() < -1e-4 or images.max() > 1 + 1e-4):
+        raise InputError("image values must lie in [0, 1]")
+    if not torch.isfinite(images).all():
+        raise InputError("image contains NaN or infinite values")
+
+
+def atomic_write_dir(target: str | os.PathLike, write: Any) -> Path:
+    """Write a directory atomically: ``write(tmpdir)`` then rename over ``target``.
+
+    A crash inside ``write`` leaves ``target`` untouched (old content or absent).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            if backup.exists():
+                shutil.rmtree(backup)
+            os.replace(target, backup)
+            os.replace(tmp, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+class WatermarkMethod:
+    """Base class. Subclasses set ``key`` (registry name) and ``Config``."""
+
+    key: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+    kind: ClassVar[str] = "content"  # or "model"
+    #: smallest image side the method accepts
+    min_size: ClassVar[int] = 64
+    #: config overrides that make the method tiny and fast (contract tests, smoke runs)
+    smoke_config: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+        self.device = torch.device("cpu")
+
+    # -- modules -----------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Named trainable networks; their state dicts form the bundle weights."""
+        return {}
+
+    def to(self, device: str | torch.device) -> WatermarkMethod:
+        self.device = torch.device(device)
+        for m in self.modules().values():
+            m.to(self.device)
+        return self
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for m in self.modules().values() for p in m.parameters()]
+
+    # -- content methods ---------------------------------------------------
+    def embed(self, images: torch.Tensor, key: WatermarkKey) -> torch.Tensor:
+        """Mark ``images`` (B×3×H×W in [0,1]); same shape and range out."""
+        raise TypeError(f"{self.key} is not a content method")
+
+    def verify(self, images: torch.Tensor, key: WatermarkKey) -> list[Verdict]:
+        """One ``Verdict`` per image of ``images`` (B×3×H×W in [0,1])."""
+        raise TypeError(f"{self.key} is not a content method")
+
+    # -- model methods -----------------------------------------------------
+    def embed_model(self, model: torch.nn.Module, key: WatermarkKey) -> torch.nn.Module:
+        raise TypeError(f"{self.key} is not a model method")
+
+    def verify_model(self, model_or_outputs: Any, key: WatermarkKey) -> Verdict:
+        raise TypeError(f"{self.key} is not a model method")
+
+    # -- training ----------------------------------------------------------
+    def fit(self, data: Any, callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
+        """Train; report through callbacks; return final metrics."""
+        raise NotImplementedError(f"{self.key} has no training procedure")
+
+    def training_loss(self, images: torch.Tensor) -> torch.Tensor:
+        """One differentiable loss over all trainable parts (for gradient tests)."""
+        raise NotImplementedError(f"{self.key} does not expose a training loss")
+
+    # -- bundles -----------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-serialisable state beside the weights (e.g. calibration)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def to_bundle(self, directory: str | os.PathLike) -> Path:
+        """Save ``config.json`` + ``weights.safetensors`` (+ ``state.json``) atomically."""
+
+        def write(tmp: Path) -> None:
+            (tmp / "config.json").write_text(
+                json.dumps(self.config.model_dump(mode="json"), indent=2, sort_keys=True)
+            )
+            tensors = {
+                f"{name}.{k}": v.detach().cpu().contiguous()
+                for name, mod in self.modules().items()
+                for k, v in mod.state_dict().items()
+            }
+            save_file(tensors, str(tmp / "weights.safetensors"))
+            (tmp / "state.json").write_text(json.dumps(self.extra_state(), indent=2))
+
+        return atomic_write_dir(directory, write)
+
+    @classmethod
+    def from_bundle(cls, directory: str | os.PathLike,
+                    device: str | torch.device = "cpu") -> WatermarkMethod:
+        directory = Path(directory)
+        for name in ("config.json", "weights.safetensors"):
+            if not (directory / name).is_file():
+                raise InputError(f"{directory} is not a neuralmark bundle: missing {name}")
+        raw = json.loads((directory / "config.json").read_text())
+        method = cls(cls.Config.model_validate(raw))
+        tensors = load_file(str(directory / "weights.safetensors"))
+        for name, mod in method.modules().items():
+            prefix = f"{name}."
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            mod.load_state_dict(state, strict=True)
+        state_path = directory / "state.json"
+        if state_path.is_file():
+            method.load_extra_state(json.loads(state_path.read_text()))
+        return method.to(device)

@@ -1,0 +1,98 @@
+"""timm-style method registry: ``register(key)``, ``build(key, config)``, ``available()``.
+
+Adding a method = one module under ``components/methods/`` that decorates its
+class with ``@register("key")`` + one ``configs/<key>.yaml``. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from components.methods.base import InputError, MethodConfig, WatermarkMethod
+
+_REGISTRY: dict[str, type[WatermarkMethod]] = {}
+_DISCOVERED = False
+
+
+def register(key: str):
+    """Class decorator adding a ``WatermarkMethod`` subclass under ``key``."""
+
+    def deco(cls: type[WatermarkMethod]) -> type[WatermarkMethod]:
+        if key in _REGISTRY and _REGISTRY[key] is not cls:
+            raise ValueError(f"method {key!r} is registered twice")
+        cls.key = key
+        _REGISTRY[key] = cls
+        return cls
+
+    return deco
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import components.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in {"base", "registry"} and not info.name.startswith("_"):
+            importlib.import_module(f"components.methods.{info.name}")
+    _DISCOVERED = True
+
+
+def available() -> list[str]:
+    """Sorted keys of every registered method."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def method_class(key: str) -> type[WatermarkMethod]:
+    _discover()
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        raise InputError(
+            f"unknown method {key!r}; available: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def make_config(key: str, values: dict[str, Any] | None = None) -> MethodConfig:
+    """Validate ``values`` against the method's config; errors name the bad field."""
+    cls = method_class(key)
+    data = {"method": key, **(values or {})}
+    try:
+        return cls.Config.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
+        )
+        raise InputError(f"invalid {key} config: {problems}") from err
+
+
+def build(key: str, config: MethodConfig | dict[str, Any] | None = None) -> WatermarkMethod:
+    """Instantiate method ``key`` from a config object or a plain dict."""
+    cls = method_class(key)
+    if not isinstance(config, MethodConfig):
+        config = make_config(key, config)
+    elif not isinstance(config, cls.Config):
+        raise InputError(f"{key} needs a {cls.Config.__name__}, got {type(config).__name__}")
+    return cls(config)
+
+
+def load_bundle(directory: str | os.PathLike, device: str = "cpu") -> WatermarkMethod:
+    """Load any bundle: its ``config.json`` names the method."""
+    directory = Path(directory)
+    cfg = directory / "config.json"
+    if not cfg.is_file():
+        raise InputError(f"{directory} is not a neuralmark bundle: missing config.json")
+    try:
+        key = json.loads(cfg.read_text())["method"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise InputError(f"{cfg} is not a valid bundle config: {err}") from err
+    return method_class(key).from_bundle(directory, device=device)

@@ -1,0 +1,126 @@
+"""Image-quality and watermark metrics, one value per image (shape ``B``).
+
+Images are B×C×H×W float in [0, 1] (``data_range = 1``). PSNR and SSIM come
+from ``torchmetrics.functional`` with a per-image reduction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+
+def _same_shape(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{what} needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image, in dB.
+
+    Args:
+        a: B×C×H×W in [0, 1] (e.g. marked).
+        b: B×C×H×W in [0, 1] (e.g. original).
+
+    Returns:
+        B values ``10·log10(1 / MSE)``; ``inf`` where the images are identical.
+    """
+    _same_shape(a, b, "psnr")
+    a, b = a.detach().float(), b.detach().float()
+    return peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))  # b
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Structural similarity per image (Gaussian window σ=1.5, 11 px).
+
+    Args:
+        a: B×C×H×W in [0, 1], H and W at least 11.
+        b: B×C×H×W in [0, 1].
+
+    Returns:
+        B values in [-1, 1]; 1 for identical images.
+    """
+    _same_shape(a, b, "ssim")
+    a, b = a.detach().float(), b.detach().float()
+    return structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")  # b
+
+
+def bit_accuracy(decoded: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """Share of bits that agree, per image.
+
+    Args:
+        decoded: B×K bits (0/1, bool) or bit probabilities; thresholded at 0.5.
+        expected: B×K or K expected bits (broadcast over the batch).
+
+    Returns:
+        B values in [0, 1].
+    """
+    decoded = torch.as_tensor(decoded)
+    expected = torch.as_tensor(expected, device=decoded.device)
+    if decoded.ndim != 2:
+        raise ValueError(f"decoded bits must be B×K, got {tuple(decoded.shape)}")
+    if expected.shape[-1] != decoded.shape[-1]:
+        raise ValueError(f"expected {expected.shape[-1]} bits, decoded {decoded.shape[-1]}")
+    correct = (decoded.float() > 0.5) == (expected.float() > 0.5)  # b k
+    return correct.float().mean(dim=-1)  # b
+
+
+def normalized_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Normalized correlation (NC) between an extracted and a reference logo, per image.
+
+    ``NC = Σ a·b / (sqrt(Σ a²) · sqrt(Σ b²))`` over all but the batch dimension
+    (uncentred, as in the logo-watermark literature, e.g. Zhang et al. AAAI'20).
+
+    Args:
+        a: B×... extracted logos (e.g. B×C×H×W).
+        b: same shape (or broadcastable) reference logos.
+        eps: guard for all-zero inputs, whose NC is 0.
+
+    Returns:
+        B values in [-1, 1]; 1 for identical non-zero inputs.
+    """
+    a, b = torch.broadcast_tensors(a.detach().float(), b.detach().float())
+    a, b = a.flatten(1), b.flatten(1)  # b n
+    num = (a * b).sum(dim=1)  # b
+    den = a.norm(dim=1) * b.norm(dim=1)  # b
+    return num / den.clamp_min(eps)
+
+
+def tpr_at_fpr(
+    pos_scores: torch.Tensor | Sequence[float],
+    neg_scores: torch.Tensor | Sequence[float],
+    fpr: float,
+) -> tuple[float, float]:
+    """True-positive rate at a target false-positive rate (rule: ``score > threshold``).
+
+    The threshold is the smallest order statistic of ``neg_scores`` that keeps
+    at most ``floor(fpr · N)`` negatives strictly above it, so the empirical FPR
+    never exceeds ``fpr``.
+
+    Args:
+        pos_scores: P scores of marked inputs (higher = more watermark-like).
+        neg_scores: N scores of unmarked inputs.
+        fpr: target false-positive rate in [0, 1].
+
+    Returns:
+        ``(tpr, threshold)``; threshold is ``-inf`` when ``fpr`` allows every negative.
+    """
+    if not 0 <= fpr <= 1:
+        raise ValueError(f"fpr must lie in [0, 1], got {fpr}")
+    pos = torch.as_tensor(pos_scores, dtype=torch.float64).flatten()  # p
+    neg = torch.as_tensor(neg_scores, dtype=torch.float64).flatten()  # n
+    if pos.numel() == 0 or neg.numel() == 0:
+        raise ValueError("tpr_at_fpr needs at least one positive and one negative score")
+    allowed = math.floor(fpr * neg.numel() + 1e-9)
+    if allowed >= neg.numel():
+        threshold = -math.inf
+    else:
+        threshold = float(torch.sort(neg, descending=True).values[allowed])
+    tpr = float((pos > threshold).double().mean())
+    return tpr, threshold

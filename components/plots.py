@@ -1,0 +1,162 @@
+"""Figures drawn from the suite table and from image batches.
+
+Figures are built with ``matplotlib.figure.Figure`` on an Agg canvas (no
+pyplot global state, no display needed), returned to the caller, who saves
+them (``fig.savefig``) or logs them (``mlflow.log_figure`` in a step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from components.metrics import psnr
+
+_RATE_METRICS = {"bit_accuracy", "detection_rate", "false_positive_rate", "unreadable_rate",
+                 "p_value_median", "ssim"}
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def robustness_curves(rows: Sequence[Mapping[str, Any]], metric: str = "bit_accuracy") -> Figure:
+    """One panel per attack: ``metric`` vs strength, one line per method.
+
+    Attacks without a numeric strength (``none``, ``combo``) get no panel; the
+    ``none`` value is drawn in every panel as a dotted reference line.
+
+    Args:
+        rows: suite rows (``run_suite`` / ``rows_from_csv``).
+        metric: which metric to plot.
+
+    Raises:
+        ValueError: no row has this metric with a numeric strength.
+    """
+    curves: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    reference: dict[str, float] = {}
+    for r in rows:
+        if r["metric"] != metric:
+            continue
+        if r["strength"] is None:
+            if r["attack"] == "none":
+                reference[r["method"]] = float(r["value"])
+            continue
+        curves[r["attack"]][r["method"]].append((float(r["strength"]), float(r["value"])))
+    if not curves:
+        raise ValueError(f"no rows with metric {metric!r} and a numeric strength to plot")
+
+    attacks = sorted(curves)
+    ncols = min(4, len(attacks))
+    nrows = math.ceil(len(attacks) / ncols)
+    fig = _figure(3.2 * ncols, 2.6 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, attack in zip(axes.flat, attacks, strict=False):
+        for method, points in sorted(curves[attack].items()):
+            xs, ys = zip(*sorted(points), strict=True)
+            line = ax.plot(xs, ys, marker="o", ms=3, label=method)[0]
+            if method in reference:
+                ax.axhline(reference[method], color=line.get_color(), ls=":", lw=1)
+        ax.set_title(attack)
+        ax.set_xlabel("strength")
+        ax.set_ylabel(metric)
+        if metric in _RATE_METRICS:
+            ax.set_ylim(-0.02, 1.02)
+        if metric == "bit_accuracy":
+            ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(attacks):]:
+        ax.set_visible(False)
+    if len({m for c in curves.values() for m in c}) > 1:
+        axes.flat[0].legend(fontsize="small")
+    fig.suptitle(f"{metric} under attack")
+    return fig
+
+
+def _hwc(img: torch.Tensor) -> Any:
+    return img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()  # h w c
+
+
+def example_grid(clean: torch.Tensor, marked: torch.Tensor, n: int = 4,
+                 amplify: float = 10.0) -> Figure:
+    """Rows: original / marked / amplified residual ``|marked − clean|`` as a heat map.
+
+    Args:
+        clean: B×3×H×W in [0, 1].
+        marked: B×3×H×W in [0, 1].
+        n: columns (first ``min(n, B)`` images).
+        amplify: residual gain before clipping to [0, 1].
+    """
+    if clean.shape != marked.shape or clean.ndim != 4:
+        raise ValueError(f"clean {tuple(clean.shape)} and marked {tuple(marked.shape)} "
+                         "must be equal B×3×H×W")
+    n = max(1, min(n, clean.shape[0]))
+    clean, marked = clean[:n].detach().float(), marked[:n].detach().float()
+    scores = psnr(marked, clean).tolist()  # n
+    residual = ((marked - clean).abs().mean(dim=1) * amplify).clamp(0, 1)  # n h w
+    fig = _figure(2.4 * n, 7.2)
+    axes = fig.subplots(3, n, squeeze=False)
+    image = None
+    for j in range(n):
+        axes[0, j].imshow(_hwc(clean[j]))
+        axes[0, j].set_title(f"PSNR {scores[j]:.1f} dB", fontsize="small")
+        axes[1, j].imshow(_hwc(marked[j]))
+        image = axes[2, j].imshow(residual[j].cpu().numpy(), cmap="magma", vmin=0, vmax=1)
+    for i, name in enumerate(("original", "marked", f"|residual| ×{amplify:g}")):
+        axes[i, 0].set_ylabel(name)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes[2, :].tolist(), shrink=0.8)
+    return fig
+
+
+Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
+
+
+def curve(xs: Sequence[float] | Series, ys: Sequence[float] | None = None, xlabel: str = "",
+          ylabel: str = "", title: str = "") -> Figure:
+    """A generic line plot; several lines when ``xs`` is ``{name: (xs, ys)}``.
+
+    Used e.g. for bit accuracy vs rotation per EM round
+    (``{"round 1": (angles, accs), "round 2": ...}``).
+
+    Args:
+        xs: x values, or a mapping of line name to ``(xs, ys)``.
+        ys: y values (only with a plain ``xs``).
+        xlabel: x-axis label.
+        ylabel: y-axis label.
+        title: figure title.
+    """
+    if isinstance(xs, Mapping):
+        if ys is not None:
+            raise ValueError("pass ys only with a plain xs sequence, not with a series mapping")
+        series = dict(xs)
+    else:
+        if ys is None:
+            raise ValueError("curve needs ys when xs is a sequence")
+        series = {"": (xs, ys)}
+    if not series:
+        raise ValueError("curve needs at least one line")
+    fig = _figure(5.0, 3.5)
+    ax = fig.subplots()
+    for name, (x, y) in series.items():
+        x, y = list(map(float, x)), list(map(float, y))
+        if len(x) != len(y):
+            raise ValueError(f"line {name!r}: {len(x)} x values but {len(y)} y values")
+        ax.plot(x, y, marker="o", ms=3, label=name or None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if any(series):
+        ax.legend(fontsize="small")
+    return fig

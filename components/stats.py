@@ -1,0 +1,94 @@
+"""Exact tail probabilities and confidence intervals used by detection.
+
+Own code: torch.distributions has no binomial survival function in log space
+and scipy is not a dependency of ``components``; these are a few lines of exact
+arithmetic (``math.comb`` on integers, no approximation).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def binomial_sf(k: int, n: int, p: float = 0.5) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), exact.
+
+    Args:
+        k: threshold (number of successes), any integer.
+        n: number of trials (n >= 0).
+        p: success probability.
+    """
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p == 0.5:
+        return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+    return min(1.0, sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+
+def binomial_cdf(k: int, n: int, p: float = 0.5) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), exact."""
+    return 1.0 - binomial_sf(k + 1, n, p) if k < n else 1.0
+
+
+def _beta_ppf(q: float, a: float, b: float) -> float:
+    """Quantile of Beta(a, b) by bisection on the regularized incomplete beta."""
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if _betainc(a, b, mid) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) via Lentz's continued fraction."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    ln_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1 - x)
+    tiny = 1e-300
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(0, 400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = tiny if abs(d) < tiny else d
+        c = 1.0 + num / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-14:
+            break
+    return math.exp(ln_front) * (f - 1.0) / a
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided Clopper–Pearson interval for a binomial proportion."""
+    if trials <= 0:
+        raise ValueError("clopper_pearson needs at least one trial")
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must be in [0, {trials}], got {successes}")
+    alpha = 1 - confidence
+    lo = 0.0 if successes == 0 else _beta_ppf(alpha / 2, successes, trials - successes + 1)
+    hi = 1.0 if successes == trials else _beta_ppf(1 - alpha / 2, successes + 1, trials - successes)
+    return lo, hi
+
+
+def one_sided_lower(successes: int, trials: int, confidence: float) -> float:
+    """One-sided Clopper–Pearson lower bound (as used by Cohen et al. certification)."""
+    if successes == 0:
+        return 0.0
+    return _beta_ppf(1 - confidence, successes, trials - successes + 1)

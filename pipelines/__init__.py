@@ -1,0 +1,1 @@
+"""ZenML pipelines and the ``neuralmark`` CLI."""

@@ -1,0 +1,601 @@
+"""The ``neuralmark`` command line.
+
+``neuralmark embed`` / ``verify`` mark and check image files with a method
+bundle (the shipped one under ``components/pretrained/<method>/``, a folder
+given with ``--bundle``, or a registered model given with ``--model-uri``).
+``verify`` is three-way and scripts can rely on its exit code:
+
+* ``0`` — watermark detected,
+* ``1`` — not detected (the p-value says how unlikely the score is by chance),
+* ``2`` — unreadable input or bad arguments.
+
+``train``, ``evaluate`` and ``data sample`` hand over to the pipelines and the
+data builder, imported lazily so that ``embed`` / ``verify`` stay fast and work
+without a ZenML stack.
+
+Every domain error (bad image, bad key, bad config) is one red line that names
+the problem, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import importlib
+import inspect
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import components
+from components.imageio import iter_images, load_image, output_format, save_image
+from components.methods.base import (
+    InputError,
+    Status,
+    Verdict,
+    WatermarkKey,
+    WatermarkMethod,
+    pick_device,
+)
+
+PRETRAINED_DIR = Path(components.__file__).resolve().parent / "pretrained"
+DEFAULT_METHOD = "pgd_signer"
+
+EXIT_DETECTED = 0
+EXIT_NOT_DETECTED = 1
+EXIT_UNREADABLE = 2
+
+app = typer.Typer(
+    name="neuralmark",
+    help="Deep image watermarking: embed, verify, train and evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+class Profile(enum.StrEnum):
+    """Size profile of a training or evaluation run (``configs/profiles/``)."""
+
+    tiny = "tiny"
+    full = "full"
+
+
+# -- output helpers ---------------------------------------------------------------------------
+
+
+def _out() -> Console:
+    """Console on the current stdout (resolved per call, so test runners can capture it)."""
+    return Console(soft_wrap=True, highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _fail(message: str, code: int = EXIT_UNREADABLE) -> typer.Exit:
+    """Print one red line on stderr and return the ``typer.Exit`` to raise."""
+    _err().print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
+def _describe_validation(err: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
+    )
+    return f"invalid {err.title}: {problems}"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _domain_errors(fn: F) -> F:
+    """Turn domain errors into one red line and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InputError as err:
+            raise _fail(str(err)) from None
+        except ValidationError as err:
+            raise _fail(_describe_validation(err)) from None
+        except OSError as err:  # the file system refused: permission, disk full, ...
+            raise _fail(str(err)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress() -> Progress:
+    """A progress bar on stderr, so ``--json`` output on stdout stays clean."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_err(),
+        transient=True,
+    )
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "< 1e-300" if p == 0 else f"{p:.3g}"  # 0.0 is an underflow, not certainty
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for what methods may leave in ``Verdict.extra``: tensors, numpy scalars/arrays."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in mapping.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{name}.")
+        else:
+            yield name, v
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _print_result(result: Any, title: str) -> None:
+    """Render what a pipeline returned: scalars as one table, lists of rows as more tables."""
+    out = _out()
+    if not isinstance(result, dict):
+        out.print(f"{title}: {escape(str(result))}")
+        return
+    scalars = Table(title=title, show_header=True)
+    scalars.add_column("name")
+    scalars.add_column("value", justify="right")
+    row_tables: list[Table] = []
+    for name, v in _flatten(result):
+        if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
+            columns = list(dict.fromkeys(c for r in v for c in r))
+            t = Table(title=name)
+            for c in columns:
+                t.add_column(str(c))
+            for r in v:
+                t.add_row(*(escape(_fmt_value(r.get(c, ""))) for c in columns))
+            row_tables.append(t)
+        else:
+            scalars.add_row(escape(name), escape(_fmt_value(v)))
+    if scalars.row_count:
+        out.print(scalars)
+    for t in row_tables:
+        out.print(t)
+
+
+# -- method / key loading ---------------------------------------------------------------------
+
+
+def _make_key(secret: str, message: int | None) -> WatermarkKey:
+    if not secret.strip():
+        raise InputError("--key is empty; give the secret the image was (or will be) marked with")
+    try:
+        return WatermarkKey(secret=secret, message=message)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def _shipped_bundle(method: str) -> Path:
+    return PRETRAINED_DIR / method
+
+
+def _has_bundle(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and (directory / "weights.safetensors").is_file()
+
+
+def _bundle_from_registry(model_uri: str, device: torch.device) -> WatermarkMethod:
+    """Download a registered model (MLflow) and load the bundle it holds under ``bundle/``."""
+    try:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+    except ImportError as err:
+        raise InputError(f"--model-uri needs mlflow, which cannot be imported: {err}") from None
+    from components.methods.registry import load_bundle
+
+    with tempfile.TemporaryDirectory(prefix="neuralmark-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        except MlflowException as err:
+            raise InputError(f"cannot fetch {model_uri}: {err.message}") from None
+        for candidate in (local / "bundle", local):
+            if (candidate / "config.json").is_file():
+                return load_bundle(candidate, device=str(device))
+        raise InputError(f"{model_uri} holds no neuralmark bundle (no bundle/config.json)")
+
+
+def _load_method(
+    method: str | None, bundle: Path | None, model_uri: str | None, device: str
+) -> WatermarkMethod:
+    """Load the content method to embed / verify with.
+
+    Order: ``--model-uri`` (MLflow registry), ``--bundle DIR``, else the shipped
+    bundle of ``--method`` (default ``pgd_signer``).
+    """
+    from components.methods.registry import load_bundle, method_class
+
+    if bundle is not None and model_uri is not None:
+        raise InputError("give either --bundle or --model-uri, not both")
+    dev = pick_device(device)
+    if model_uri is not None:
+        wm = _bundle_from_registry(model_uri, dev)
+        source = model_uri
+    else:
+        if bundle is None:
+            name = method or DEFAULT_METHOD
+            method_class(name)  # unknown method -> InputError listing the available ones
+            bundle = _shipped_bundle(name)
+            if not _has_bundle(bundle):
+                raise InputError(
+                    f"no shipped weights for {name} at {bundle}; train them with "
+                    f"`neuralmark train {name}` or pass --bundle DIR / --model-uri URI"
+                )
+        elif not bundle.is_dir():
+            raise InputError(f"--bundle {bundle} is not a folder")
+        wm = load_bundle(bundle, device=str(dev))
+        source = str(bundle)
+    if method is not None and wm.key != method:
+        raise InputError(f"{source} holds a {wm.key} bundle, not {method}")
+    if wm.kind != "content":
+        raise InputError(f"{wm.key} is a {wm.kind} method; embed/verify need a content method")
+    return wm
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB between two ``1×3×H×W`` tensors in [0, 1] (``inf`` when identical)."""
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@app.command("list")
+@_domain_errors
+def list_methods() -> None:
+    """List registered methods, their kind, and whether shipped weights exist."""
+    from components.methods.registry import available, method_class
+
+    table = Table(title="neuralmark methods")
+    table.add_column("method")
+    table.add_column("kind")
+    table.add_column("shipped weights")
+    for name in available():
+        shipped = _shipped_bundle(name)
+        table.add_row(
+            escape(name),
+            method_class(name).kind,
+            f"yes ({escape(str(shipped.relative_to(PRETRAINED_DIR.parents[1])))})"
+            if _has_bundle(shipped) else "none",
+        )
+    _out().print(table)
+
+
+_KEY_OPTION = typer.Option(
+    ..., "--key", "-k", envvar="NEURALMARK_KEY",
+    help="Secret key (or set NEURALMARK_KEY, which keeps it out of shell history).",
+)
+_MESSAGE_OPTION = typer.Option(
+    None, "--message", "-m", min=0, help="Integer message ID (a claim, on verify).",
+)
+_METHOD_OPTION = typer.Option(
+    None, "--method", help=f"Registered method (default {DEFAULT_METHOD}, or the bundle's own).",
+)
+_BUNDLE_OPTION = typer.Option(
+    None, "--bundle", help="Bundle folder (default: components/pretrained/<method>/).",
+)
+_URI_OPTION = typer.Option(
+    None, "--model-uri", help="Registered model, e.g. models:/neuralmark-pgd_signer@champion.",
+)
+_DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+_RECURSIVE_OPTION = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders.")
+
+
+def _embed_one(
+    wm: WatermarkMethod, key: WatermarkKey, src: Path, dst: Path, quality: int
+) -> tuple[float, list[str]]:
+    loaded = load_image(src, min_size=wm.min_size)
+    marked = wm.embed(loaded.tensor.to(wm.device), key).detach().cpu().clamp(0, 1)
+    notes = list(loaded.notes)
+    notes += save_image(marked, dst, alpha=loaded.alpha, quality=quality, like=loaded)
+    written = (marked * 255).round() / 255  # PSNR of what was actually written
+    return _psnr(loaded.tensor, written), notes
+
+
+def _print_embedded(console: Console, src: Path, dst: Path, psnr: float, notes: list[str]) -> None:
+    console.print(f"[green]marked[/] {escape(str(src))} → {escape(str(dst))}  PSNR {psnr:.2f} dB")
+    for note in notes:
+        console.print(f"  [dim]note: {escape(note)}[/]")
+
+
+@app.command()
+@_domain_errors
+def embed(
+    input_path: Path = typer.Argument(..., metavar="IN", help="Image file or folder."),
+    output_path: Path = typer.Argument(..., metavar="OUT", help="Output file, or folder."),
+    key: str = _KEY_OPTION,
+    message: int | None = _MESSAGE_OPTION,
+    method: str | None = _METHOD_OPTION,
+    bundle: Path | None = _BUNDLE_OPTION,
+    model_uri: str | None = _URI_OPTION,
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality."),
+    recursive: bool = _RECURSIVE_OPTION,
+    device: str = _DEVICE_OPTION,
+) -> None:
+    """Embed a watermark into IN and write the marked image to OUT.
+
+    IN may be a folder: then OUT is a folder, and each image keeps its name and
+    relative path. Files are written atomically (no partial file on failure).
+    Exit code 2 if an input cannot be read.
+    """
+    wm_key = _make_key(key, message)
+    if not input_path.exists():
+        raise InputError(f"{input_path}: no such file or folder")
+    if input_path.is_dir():
+        _embed_folder(input_path, output_path, wm_key, method, bundle, model_uri, quality,
+                      recursive, device)
+        return
+    if output_path.is_dir():
+        output_path = output_path / input_path.name
+    output_format(output_path)  # unknown extension -> error before any work
+    if output_path.resolve() == input_path.resolve():
+        raise InputError(f"OUT is IN ({input_path}); write the marked copy to another file")
+    wm = _load_method(method, bundle, model_uri, device)
+    psnr, notes = _embed_one(wm, wm_key, input_path, output_path, quality)
+    _print_embedded(_out(), input_path, output_path, psnr, notes)
+
+
+def _embed_folder(
+    src_dir: Path, dst_dir: Path, key: WatermarkKey, method: str | None, bundle: Path | None,
+    model_uri: str | None, quality: int, recursive: bool, device: str,
+) -> None:
+    if dst_dir.exists() and not dst_dir.is_dir():
+        raise InputError(f"IN {src_dir} is a folder, so OUT must be a folder; {dst_dir} is a file")
+    if dst_dir.resolve() == src_dir.resolve():
+        raise InputError(f"OUT is IN ({src_dir}); write the marked copies to another folder")
+    files = list(iter_images(src_dir, recursive=recursive))
+    if not files:
+        raise InputError(f"{src_dir} holds no image files")
+    wm = _load_method(method, bundle, model_uri, device)
+    failures = 0
+    with _progress() as bar:
+        task = bar.add_task("embedding", total=len(files))
+        for src in files:
+            dst = dst_dir / src.relative_to(src_dir)
+            try:
+                output_format(dst)
+            except InputError:  # readable but not writable (e.g. gif): write PNG
+                dst = dst.with_suffix(".png")
+            try:
+                psnr, notes = _embed_one(wm, key, src, dst, quality)
+            except InputError as err:
+                failures += 1
+                bar.console.print(f"[red]unreadable[/] {escape(str(err))}")
+            else:
+                _print_embedded(bar.console, src, dst, psnr, notes)
+            bar.advance(task)
+    if failures:
+        raise _fail(f"{failures} of {len(files)} files could not be marked")
+
+
+def _verify_one(wm: WatermarkMethod, key: WatermarkKey, path: Path) -> tuple[Verdict, list[str]]:
+    """Three-way verdict for one file; a file that cannot be used is ``unreadable``."""
+    try:
+        loaded = load_image(path, min_size=wm.min_size)
+    except InputError as err:
+        return Verdict.unreadable(str(err)), []
+    try:
+        verdicts = wm.verify(loaded.tensor.to(wm.device), key)
+    except InputError as err:
+        return Verdict.unreadable(f"{path}: {err}"), loaded.notes
+    return verdicts[0], loaded.notes
+
+
+def _exit_code(verdict: Verdict) -> int:
+    if verdict.status == Status.UNREADABLE:
+        return EXIT_UNREADABLE
+    return EXIT_DETECTED if verdict.detected else EXIT_NOT_DETECTED
+
+
+def _verdict_line(path: Path, v: Verdict) -> str:
+    where = escape(str(path))
+    reason = f" — {escape(v.reason)}" if v.reason else ""
+    if v.status == Status.UNREADABLE:
+        return f"{where}: [bold red]unreadable[/]{reason}"
+    parts = [f"p-value {_fmt_p(v.p_value)}"]
+    if v.bit_accuracy is not None:
+        parts.append(f"bit accuracy {v.bit_accuracy:.3f}")
+    if v.certified_radius is not None:
+        parts.append(f"certified radius {v.certified_radius:.3g}")
+    if v.detected:
+        if v.payload is not None:
+            parts.insert(0, f"payload {v.payload}")
+        return f"{where}: [bold green]detected[/]  {'  '.join(parts)}{reason}"
+    return f"{where}: [yellow]not detected[/]  {'  '.join(parts)}{reason}"
+
+
+def _emit_verdict(path: Path, v: Verdict, notes: list[str], as_json: bool,
+                  console: Console) -> None:
+    if as_json:
+        record = {"path": str(path), **v.to_dict(), "notes": notes}
+        if not v.detected:
+            record["payload"] = None  # never a confident payload from an unmarked image
+        typer.echo(json.dumps(record, default=_json_default))
+        return
+    console.print(_verdict_line(path, v))
+    for note in notes:
+        console.print(f"  [dim]note: {escape(note)}[/]")
+
+
+@app.command()
+@_domain_errors
+def verify(
+    input_path: Path = typer.Argument(..., metavar="IN", help="Image file or folder."),
+    key: str = _KEY_OPTION,
+    message: int | None = _MESSAGE_OPTION,
+    method: str | None = _METHOD_OPTION,
+    bundle: Path | None = _BUNDLE_OPTION,
+    model_uri: str | None = _URI_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
+    recursive: bool = _RECURSIVE_OPTION,
+    device: str = _DEVICE_OPTION,
+) -> None:
+    """Check IN for a watermark: detected / not detected / unreadable, with the p-value.
+
+    Exit code for one file: 0 detected, 1 not detected, 2 unreadable input or bad
+    arguments. For a folder: 0 if every image is detected, 2 if any is
+    unreadable, else 1. The payload is shown only when the mark is detected.
+    """
+    wm_key = _make_key(key, message)
+    files = list(iter_images(input_path, recursive=recursive)) if input_path.is_dir() else [
+        input_path
+    ]
+    if not files:
+        raise InputError(f"{input_path} holds no image files")
+    wm = _load_method(method, bundle, model_uri, device)
+    codes: list[int] = []
+    if len(files) == 1:
+        v, notes = _verify_one(wm, wm_key, files[0])
+        _emit_verdict(files[0], v, notes, as_json, _out())
+        codes.append(_exit_code(v))
+    else:
+        with _progress() as bar:
+            task = bar.add_task("verifying", total=len(files))
+            for path in files:
+                v, notes = _verify_one(wm, wm_key, path)
+                _emit_verdict(path, v, notes, as_json, bar.console if not as_json else _out())
+                codes.append(_exit_code(v))
+                bar.advance(task)
+    if all(c == EXIT_DETECTED for c in codes):
+        code = EXIT_DETECTED
+    elif EXIT_UNREADABLE in codes:
+        code = EXIT_UNREADABLE
+    else:
+        code = EXIT_NOT_DETECTED
+    raise typer.Exit(code)
+
+
+# -- pipelines, imported lazily ---------------------------------------------------------------
+
+
+def _lazy(module: str, attr: str, what: str) -> Any:
+    """Import ``module.attr``; if it cannot be imported, one red line and exit 2."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise _fail(f"{what} is not available: cannot import {module}.{attr} ({err})") from None
+
+
+class _ProgressCallback:
+    """Training/evaluation callback drawing ``on_progress`` on a rich bar."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.task = bar.add_task("working", total=None)
+
+    def on_progress(self, done: int, total: int, desc: str = "") -> None:
+        self.bar.update(self.task, completed=done, total=total, description=desc or "working")
+
+
+def _run_long(fn: Callable[..., Any], *args: Any, label: str) -> Any:
+    """Call ``fn``: with a progress bar if it takes ``callbacks``, else under a spinner."""
+    try:
+        takes_callbacks = "callbacks" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_callbacks = False
+    if takes_callbacks:
+        with _progress() as bar:
+            return fn(*args, callbacks=[_ProgressCallback(bar)])
+    with _err().status(label):
+        return fn(*args)
+
+
+@app.command()
+@_domain_errors
+def train(
+    method: str = typer.Argument(..., help="Registered method to train."),
+    profile: Profile = typer.Option(Profile.tiny, "--profile", help="Size profile."),
+    config: Path | None = typer.Option(
+        None, "--config", exists=True, dir_okay=False, help="YAML overriding the method config."
+    ),
+) -> None:
+    """Train METHOD through the training pipeline (needs the ZenML stack)."""
+    from components.methods.registry import method_class
+
+    method_class(method)
+    run_training = _lazy("pipelines.training", "run_training", "training")
+    result = _run_long(run_training, method, profile.value, config,
+                       label=f"training {method} ({profile.value})")
+    _print_result(result, f"training {method} ({profile.value})")
+
+
+@app.command()
+@_domain_errors
+def evaluate(
+    method: str = typer.Option(DEFAULT_METHOD, "--method", help="Registered method."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="Bundle folder to evaluate."),
+    profile: Profile = typer.Option(Profile.tiny, "--profile", help="Size profile."),
+) -> None:
+    """Run the robustness suite on a method bundle and print the metric table."""
+    from components.methods.registry import method_class
+
+    method_class(method)
+    if bundle is not None and not bundle.is_dir():
+        raise InputError(f"--bundle {bundle} is not a folder")
+    run_evaluation = _lazy("pipelines.evaluation", "run_evaluation", "evaluation")
+    result = _run_long(run_evaluation, method, bundle, profile.value,
+                       label=f"evaluating {method} ({profile.value})")
+    _print_result(result, f"evaluation of {method} ({profile.value})")
+
+
+@data_app.command("sample")
+@_domain_errors
+def data_sample(
+    root: Path = typer.Option(Path("data/sample"), "--root", help="Where to build the set."),
+) -> None:
+    """Build the small sample dataset from photos shipped with scikit-image/scikit-learn."""
+    build = _lazy("components.data.sample", "build_sample_dataset", "the sample-data builder")
+    config_cls = _lazy("components.data.sample", "SampleDataConfig", "the sample-data builder")
+    with _progress() as bar:
+        task = bar.add_task("building sample data", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = build(root, config_cls(), progress=progress)
+    _out().print(f"[green]sample dataset ready[/] at {escape(str(result))}")
+
+
+def main() -> None:
+    """Entry point for ``python -m pipelines.cli``."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""MLflow side of training callbacks and evaluation reports.
+
+Used inside steps decorated with ``experiment_tracker=<the MLflow tracker>``:
+ZenML's MLflow tracker has started the run, so these are plain ``mlflow.*``
+calls on the active run (outside a run, MLflow starts one on first log).
+
+Example (inside a step)::
+
+    metrics = method.fit(data, callbacks=[MLflowCallback()])
+    log_report(report, figures={"robustness": fig})
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+
+from components.report import Report
+
+
+class MLflowCallback:
+    """``components.methods.base.Callback`` that logs to the active MLflow run.
+
+    Args:
+        prefix: prepended to every metric key (e.g. ``"train/"``).
+        progress_every: log progress as metric ``<prefix>progress`` every this
+            many calls to ``on_progress`` (0 = never; the CLI draws a bar instead).
+    """
+
+    def __init__(self, prefix: str = "", progress_every: int = 0) -> None:
+        self.prefix = prefix
+        self.progress_every = progress_every
+        self._progress_calls = 0
+
+    def on_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log finite scalar ``metrics`` at training ``step``."""
+        clean = _finite(metrics, self.prefix)
+        if clean:
+            mlflow.log_metrics(clean, step=int(step))
+
+    def on_figure(self, step: int, name: str, figure: Any) -> None:
+        """Log a matplotlib figure as ``figures/<name>_<step:04d>.png`` and close it."""
+        try:
+            mlflow.log_figure(figure, f"figures/{name}_{int(step):04d}.png")
+        finally:
+            _close(figure)
+
+    def on_progress(self, done: int, total: int, desc: str = "") -> None:
+        """Optionally log the fraction done; a no-op by default."""
+        self._progress_calls += 1
+        if self.progress_every and self._progress_calls % self.progress_every == 0 and total:
+            mlflow.log_metric(f"{self.prefix}progress", done / total, step=int(done))
+
+
+def log_report(report: Report, figures: Mapping[str, Any] | None = None,
+               prefix: str = "", artifact_dir: str = "report") -> None:
+    """Log an evaluation report to the active MLflow run.
+
+    Summary values become metrics (``<prefix><key>``, non-finite skipped);
+    ``rows.csv``, ``report.json`` and ``report.md`` go under ``artifact_dir``;
+    each figure is logged as ``<artifact_dir>/<name>.png`` and closed.
+
+    Args:
+        report: the report.
+        figures: optional ``name -> matplotlib Figure``.
+        prefix: prefix for the metric keys.
+        artifact_dir: run-relative artifact directory.
+    """
+    clean = _finite(report.summary, prefix)
+    if clean:
+        mlflow.log_metrics(clean)
+    if report.rows:
+        mlflow.log_text(report.rows_to_csv(), f"{artifact_dir}/rows.csv")
+    mlflow.log_text(report.to_json(), f"{artifact_dir}/report.json")
+    mlflow.log_text(report.to_markdown(), f"{artifact_dir}/report.md")
+    for name, fig in (figures or {}).items():
+        try:
+            mlflow.log_figure(fig, f"{artifact_dir}/{name}.png")
+        finally:
+            _close(fig)
+
+
+def log_config(config: Mapping[str, Any], prefix: str = "") -> None:
+    """Log a (nested) config as flat MLflow params ``a.b.c = value``.
+
+    Args:
+        config: e.g. ``method.config.model_dump(mode="json")``.
+        prefix: prefix for the parameter names.
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], path: str) -> None:
+        for k, v in node.items():
+            key = f"{path}{k}"
+            if isinstance(v, Mapping):
+                walk(v, key + ".")
+            else:
+                flat[key] = v
+
+    walk(config, prefix)
+    if flat:
+        mlflow.log_params(flat)
+
+
+def _finite(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            out[f"{prefix}{k}"] = f
+    return out
+
+
+def _close(figure: Any) -> None:
+    try:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        pass

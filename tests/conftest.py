@@ -1,0 +1,43 @@
+"""Shared test setup: no telemetry, no network, an isolated ZenML/MLflow home."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Set before anything imports zenml/mlflow/dvc.
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
+_ZEN_HOME = tempfile.mkdtemp(prefix="nm-test-zenml-")
+os.environ["ZENML_CONFIG_PATH"] = _ZEN_HOME  # never touch the user's ZenML store
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """A real photograph shipped with scikit-image (H×W×3 uint8)."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture()
+def photo_batch(photo) -> torch.Tensor:
+    """Two 96×128 crops of a real photo as a 2×3×96×128 float batch in [0, 1]."""
+    x = torch.from_numpy(photo[100:196, 150:278]).permute(2, 0, 1).float() / 255
+    y = torch.from_numpy(photo[300:396, 200:328]).permute(2, 0, 1).float() / 255
+    return torch.stack([x, y])

@@ -1,0 +1,53 @@
+"""``pipelines.stack``: idempotent ZenML bootstrap + MLflow experiment location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.stack import (
+    REGISTRY_NAME,
+    STACK_NAME,
+    TRACKER_NAME,
+    ensure_experiment,
+    ensure_stack,
+    tracking_uri,
+)
+
+
+def test_tracking_uri_is_absolute_sqlite(tmp_path: Path) -> None:
+    uri = tracking_uri(tmp_path)
+    assert uri == f"sqlite:///{(tmp_path.resolve() / 'mlflow.db').as_posix()}"
+    assert uri.startswith("sqlite:////")
+
+
+def test_ensure_stack_is_idempotent(tmp_path: Path) -> None:
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    first = ensure_stack(tmp_path)
+    assert first["initialized"] is True
+    assert (tmp_path / ".zen").is_dir()
+    assert set(first["registered"]) <= {TRACKER_NAME, REGISTRY_NAME, STACK_NAME}
+    assert STACK_NAME in first["registered"] or STACK_NAME in first["updated"]
+
+    second = ensure_stack(tmp_path)
+    assert second["initialized"] is False
+    assert second["registered"] == [] and second["updated"] == []
+
+    client = Client(root=tmp_path)
+    stack = client.active_stack_model
+    assert stack.name == STACK_NAME
+    names = {t: [c.name for c in cs] for t, cs in stack.components.items()}
+    assert names[StackComponentType.EXPERIMENT_TRACKER] == [TRACKER_NAME]
+    assert names[StackComponentType.MODEL_REGISTRY] == [REGISTRY_NAME]
+    tracker = client.get_stack_component(StackComponentType.EXPERIMENT_TRACKER, TRACKER_NAME)
+    assert tracker.configuration["tracking_uri"] == tracking_uri(tmp_path)
+
+
+def test_ensure_experiment_keeps_artifacts_in_project(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    exp_id = ensure_experiment("nm-test", tmp_path)
+    assert ensure_experiment("nm-test", tmp_path) == exp_id
+    exp = MlflowClient(tracking_uri=tracking_uri(tmp_path)).get_experiment(exp_id)
+    assert exp.artifact_location == (tmp_path.resolve() / "mlruns" / "nm-test").as_uri()
