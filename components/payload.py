@@ -166,9 +166,16 @@ class PayloadCodec:
         unknown-message (Bonferroni) p-value.
         """
         bits = np.asarray(bits, dtype=np.uint8)
+        masks = np.stack([key_mask(secret, self.n_bits, self.domain) for secret in secrets])
+        if claimed or self.message_bits == 0:
+            # vectorised: the expected word of key k is codeword(0) ⊕ mask_k
+            expected = self.codeword(0)[None, :] ^ masks                    # k n
+            matches = (bits[:, None, :] == expected[None]).sum(-1)          # b k
+            table = np.array([binomial_sf(m, self.n_bits) for m in range(self.n_bits + 1)])
+            return table[matches]
         out = np.empty((bits.shape[0], len(secrets)))
         for j, secret in enumerate(secrets):
-            key = WatermarkKey(secret, 0 if claimed else None)
+            key = WatermarkKey(secret, None)
             for i in range(bits.shape[0]):
                 out[i, j] = self.read(bits[i], key).p_value
         return out

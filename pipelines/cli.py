@@ -345,6 +345,9 @@ def embed(
     bundle: Path | None = _BUNDLE_OPTION,
     model_uri: str | None = _URI_OPTION,
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality."),
+    psnr: float | None = typer.Option(
+        None, "--psnr", min=20.0, max=60.0,
+        help="Signing budget in dB (pgd_signer): lower = more robust, more visible."),
     recursive: bool = _RECURSIVE_OPTION,
     device: str = _DEVICE_OPTION,
 ) -> None:
@@ -359,21 +362,31 @@ def embed(
         raise InputError(f"{input_path}: no such file or folder")
     if input_path.is_dir():
         _embed_folder(input_path, output_path, wm_key, method, bundle, model_uri, quality,
-                      recursive, device)
+                      recursive, device, psnr)
         return
     if output_path.is_dir():
         output_path = output_path / input_path.name
     output_format(output_path)  # unknown extension -> error before any work
     if output_path.resolve() == input_path.resolve():
         raise InputError(f"OUT is IN ({input_path}); write the marked copy to another file")
-    wm = _load_method(method, bundle, model_uri, device)
-    psnr, notes = _embed_one(wm, wm_key, input_path, output_path, quality)
-    _print_embedded(_out(), input_path, output_path, psnr, notes)
+    wm = _with_budget(_load_method(method, bundle, model_uri, device), psnr)
+    measured, notes = _embed_one(wm, wm_key, input_path, output_path, quality)
+    _print_embedded(_out(), input_path, output_path, measured, notes)
+
+
+def _with_budget(wm: WatermarkMethod, psnr: float | None) -> WatermarkMethod:
+    """Apply ``--psnr`` (the signing budget) when the method has one."""
+    if psnr is None:
+        return wm
+    if "psnr_target" not in type(wm.config).model_fields:
+        raise InputError(f"--psnr does not apply to {wm.key}: it has no signing budget")
+    return wm.with_config(psnr_target=psnr)
 
 
 def _embed_folder(
     src_dir: Path, dst_dir: Path, key: WatermarkKey, method: str | None, bundle: Path | None,
     model_uri: str | None, quality: int, recursive: bool, device: str,
+    psnr: float | None = None,
 ) -> None:
     if dst_dir.exists() and not dst_dir.is_dir():
         raise InputError(f"IN {src_dir} is a folder, so OUT must be a folder; {dst_dir} is a file")
@@ -382,7 +395,7 @@ def _embed_folder(
     files = list(iter_images(src_dir, recursive=recursive))
     if not files:
         raise InputError(f"{src_dir} holds no image files")
-    wm = _load_method(method, bundle, model_uri, device)
+    wm = _with_budget(_load_method(method, bundle, model_uri, device), psnr)
     failures = 0
     with _progress() as bar:
         task = bar.add_task("embedding", total=len(files))
@@ -542,7 +555,9 @@ def train(
     method: str = typer.Argument(..., help="Registered method to train."),
     profile: Profile = typer.Option(Profile.tiny, "--profile", help="Size profile."),
     config: Path | None = typer.Option(
-        None, "--config", exists=True, dir_okay=False, help="YAML overriding the method config."
+        None, "--config", exists=True, dir_okay=False,
+        help=("ZenML run config (like configs/<method>.yaml); method overrides go "
+              "under parameters: {config: ...}.")
     ),
 ) -> None:
     """Train METHOD through the training pipeline (needs the ZenML stack)."""

@@ -14,6 +14,9 @@ os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
 _ZEN_HOME = tempfile.mkdtemp(prefix="nm-test-zenml-")
 os.environ["ZENML_CONFIG_PATH"] = _ZEN_HOME  # never touch the user's ZenML store
+# ...nor this checkout's .zen/: ZenML would otherwise find the repo's .zen/ from the
+# working directory and reset its active stack to one the isolated store knows
+os.environ["ZENML_REPOSITORY_PATH"] = _ZEN_HOME
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

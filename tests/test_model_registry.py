@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -27,7 +28,9 @@ def mlflow_project(tmp_path_factory):
     exp_id = ensure_experiment("nm-registry-test", root)
     yield root, exp_id
     mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous)
+    # set_registry_uri also exports MLFLOW_REGISTRY_URI: drop it, don't leak it
+    mlflow.set_registry_uri(None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 def _candidate(root: Path, exp_id: str, seed: int, summary: dict, decision: dict) -> str:

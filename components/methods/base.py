@@ -185,6 +185,7 @@ def atomic_write_dir(target: str | os.PathLike, write: Any) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         write(tmp)
         if target.exists():
@@ -255,6 +256,22 @@ class WatermarkMethod:
     def training_loss(self, images: torch.Tensor) -> torch.Tensor:
         """One differentiable loss over all trainable parts (for gradient tests)."""
         raise NotImplementedError(f"{self.key} does not expose a training loss")
+
+    def with_config(self, **changes: Any) -> WatermarkMethod:
+        """Same weights, config fields changed (validated; e.g. a signing budget)."""
+        from pydantic import ValidationError
+
+        try:
+            config = type(self.config).model_validate(
+                {**self.config.model_dump(), **changes})
+        except ValidationError as err:
+            raise InputError(f"invalid {self.key} setting: {err.errors()[0]['loc']}: "
+                             f"{err.errors()[0]['msg']}") from err
+        other = type(self)(config)
+        for name, mod in self.modules().items():
+            other.modules()[name].load_state_dict(mod.state_dict())
+        other.load_extra_state(self.extra_state())
+        return other.to(self.device)
 
     # -- bundles -----------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:

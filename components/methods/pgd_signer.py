@@ -76,8 +76,11 @@ class PGDSignerConfig(MethodConfig):
     psnr_target: float = 40.0
     linf_255: float = 8.0
     pgd_steps: int = 60
-    pgd_step_255: float = 1.0
+    #: PGD step as a fraction of the L2 budget radius (cosine-decayed to a tenth)
+    pgd_step: float = 0.3
     eot_samples: int = 4
+    #: share of the PGD loss on the un-attacked view (the rest on EoT views)
+    clean_view_weight: float = 0.5
     margin: float = 3.0
     jnd: bool = True
     eot: EoTConfig = EoTConfig()
@@ -187,7 +190,7 @@ class PGDSigner(WatermarkMethod):
         sign = (2 * target - 1).to(xw)
         weight = jnd_map(xw) if c.jnd else torch.ones_like(xw[:, :1])
         delta = torch.zeros_like(xw)
-        step0 = c.pgd_step_255 / 255
+        radius = self._radius(psnr)
         was_training = self.decoder.training
         self.decoder.eval()
         for t in range(steps):
@@ -200,11 +203,20 @@ class PGDSigner(WatermarkMethod):
                 if k.endswith(".on"):
                     v[:b] = 0
             logits = self.decoder(chain.apply(reps, params))
-            loss = F.relu(c.margin - sign.repeat(c.eot_samples, 1) * logits).mean()
+            hinge = F.relu(c.margin - sign.repeat(c.eot_samples, 1) * logits)
+            # the first copy is the un-attacked view: give it its own weight so the
+            # signature always decodes from the image as delivered
+            loss = (c.clean_view_weight * hinge[:b].mean()
+                    + (1 - c.clean_view_weight) * hinge[b:].mean()) \
+                if c.eot_samples > 1 else hinge.mean()
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
-                lr = step0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / max(1, steps))))
-                delta = self._project(delta - lr * weight * grad.sign(), xw, psnr)
+                # L2 PGD: a step is a fraction of the budget's radius along the
+                # JND-weighted gradient, so every budget is actually spent
+                g = grad * weight
+                g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                frac = c.pgd_step * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / max(1, steps))))
+                delta = self._project(delta - frac * radius * g, xw, psnr)
         self.decoder.train(was_training)
         return delta.detach()
 
@@ -213,6 +225,8 @@ class PGDSigner(WatermarkMethod):
               generator: torch.Generator | None = None) -> torch.Tensor:
         """Sign ``images`` (B×3×H×W in [0,1], H,W ≥ 64) → same shape, in [0,1]."""
         check_images(images, self.min_size)
+        # seeded by default: the same image and key always give the same output
+        generator = generator or torch.Generator().manual_seed(self.config.seed)
         bits = torch.from_numpy(self.codec.encode(key)).float().to(self.device)
         x = images.to(self.device)
         xw = self._to_working(x)

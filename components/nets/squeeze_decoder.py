@@ -73,7 +73,11 @@ class SqueezeDecoder(nn.Module):
             h, w = x.shape[-2:]
             x = F.interpolate(x, size=(h // self.input_stride, w // self.input_stride),
                               mode="bilinear", antialias=True, align_corners=False)
-        return self.features(x * 2 - 1).mean(dim=(2, 3))
+        # per-image standardisation: brightness and contrast changes (and most of
+        # a global colour cast) do not move the features
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True)
+        return self.features((x - mean) / (std + 0.02)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = (self.pooled(x) - self.feat_mean) @ self.feat_whiten  # b 8w

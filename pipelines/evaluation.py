@@ -1,0 +1,101 @@
+"""Evaluate a method bundle on the sample test split (``neuralmark evaluate``).
+
+The same components as the training pipeline's evaluation
+(``steps.evaluation.robustness_report``: ``run_suite`` over the profile's suite
+plus ``calibrate_fpr``), without a ZenML stack: the bundle is read from disk,
+the tidy table is written to ``<project>/reports/evaluation-<method>-<profile>-<time>/``
+and the headline numbers are returned, with what the profile's gate would say.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import components
+from components.data.manifest import load_split
+from components.data.sample import build_sample_dataset
+from components.evaluation import embed_all, rows_to_csv
+from components.gate import decide
+from components.methods.base import Callbacks, InputError
+from components.methods.registry import load_bundle
+from pipelines.settings import CODE_ROOT, resolve
+
+PRETRAINED_DIR = Path(components.__file__).resolve().parent / "pretrained"
+HEADLINE = ("psnr", "ssim", "bit_accuracy_mean_attacked", "detection_rate/none",
+            "detection_rate_mean_attacked", "fpr", "fpr_ci_high", "fpr_trials")
+
+
+def headline(summary: Mapping[str, float]) -> dict[str, float]:
+    """The summary metrics worth printing: ``HEADLINE`` plus every ``bit_accuracy/<label>``."""
+    return {k: float(v) for k, v in summary.items()
+            if k in HEADLINE or k.startswith("bit_accuracy/")}
+
+
+def _bundle_dir(method: str, bundle: str | os.PathLike | None) -> Path:
+    directory = Path(bundle) if bundle is not None else PRETRAINED_DIR / method
+    if not (directory / "config.json").is_file():
+        if bundle is None:
+            raise InputError(f"no shipped weights for {method} at {directory}; pass --bundle DIR "
+                             f"or train them with `neuralmark train {method}`")
+        raise InputError(f"{directory} is not a neuralmark bundle (no config.json)")
+    return directory
+
+
+def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None = None,
+                   profile: str = "tiny", callbacks: Sequence[Any] | None = None, *,
+                   overrides: Mapping[str, Any] | None = None,
+                   project_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate ``bundle`` (default: the shipped one) with the profile's evaluation settings.
+
+    Args:
+        method: registry key; the bundle must hold this method.
+        bundle: bundle directory (default ``components/pretrained/<method>/``).
+        profile: profile whose ``data``, ``evaluation`` and ``policy`` are used.
+        callbacks: progress sinks (``on_progress``), e.g. the CLI's bar.
+        overrides: ``{"data"|"evaluation"|"policy": {...}}`` over the profile.
+        project_root: where ``data/`` and ``reports/`` live (default: this checkout).
+
+    Returns:
+        ``bundle``, ``images``, ``summary`` (headline metrics), ``gate`` (the
+        profile policy's decision, no champion compared) and ``csv`` (the tidy table).
+
+    Raises:
+        InputError: unknown method/profile, bad overrides, or no such bundle.
+    """
+    from steps.evaluation import robustness_report
+
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - {"data", "evaluation", "policy"})
+    if unknown:
+        raise InputError(f"unknown override section(s) {unknown}; expected data, evaluation, "
+                         "policy")
+    settings = resolve(method, profile, **overrides)
+    root = Path(project_root or CODE_ROOT).resolve()
+    directory = _bundle_dir(method, bundle)
+    wm = load_bundle(directory)
+    if wm.key != method:
+        raise InputError(f"{directory} holds a {wm.key} bundle, not {method}")
+
+    ev = settings.evaluation
+    manifest = build_sample_dataset(settings.data.resolved_root(root),
+                                    settings.data.sample_config())
+    clean = load_split(manifest, ev.split, limit=ev.limit)
+    marked = embed_all(wm, clean, ev.key(), batch_size=ev.batch_size)
+    report = robustness_report(wm, clean, marked, ev, progress=Callbacks(callbacks or ()))
+
+    out = root / "reports" / f"evaluation-{method}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    csv_path = rows_to_csv(report.rows, out / "robustness.csv")
+    (out / "report.json").write_text(report.to_json())
+    decision = decide(report.summary, None, settings.policy)
+    return {
+        "bundle": str(directory),
+        "images": int(clean.shape[0]),
+        "summary": headline(report.summary),
+        "gate": {"promote": decision.promote, "reasons": decision.reasons},
+        "csv": str(csv_path),
+    }
+

@@ -1,0 +1,305 @@
+"""Run settings: method defaults ← profile ← overrides, validated before any step runs.
+
+A profile (``configs/profiles/<profile>.yaml``) has one section per method, each
+with up to four parts::
+
+    pgd_signer:
+      method:     {working_size: 128, rounds: 6, ...}   # the method's config fields
+      data:       {root: data/sample-tiny, size: 128, ...}
+      evaluation: {limit: 8, fpr_keys: 2000, ...}
+      policy:     {min_psnr: 38, min_bit_accuracy: {...}, max_fpr: 1.0e-3}
+
+``resolve`` merges the method's own defaults, the profile section and the
+overrides (the pipeline's ``config`` / ``data`` / ``evaluation`` / ``policy``
+parameters, from YAML or code) — nested mappings merge key by key, anything
+else is replaced — and validates every part against a model that forbids
+unknown fields, so a typo anywhere is an ``InputError`` naming the field:
+
+- ``method`` → the method's frozen config (``registry.make_config``),
+- ``data`` → ``DataSettings`` (``SampleDataConfig`` + where to build and version it),
+- ``evaluation`` → ``EvaluationSettings``,
+- ``policy`` → ``components.gate.GatePolicy`` (its attack labels are checked
+  against the evaluated suite).
+
+No ZenML or MLflow import here: the CLI and tests validate configs without a stack.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from components.attacks.registry import BENCHMARK_SUITE, Suite, canonical_name, label
+from components.data.sample import SampleDataConfig
+from components.gate import MEAN_ATTACKED, GatePolicy
+from components.methods.base import InputError, MethodConfig, WatermarkKey
+from components.methods.registry import make_config, method_class
+
+CODE_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = CODE_ROOT / "configs"
+PROFILES_DIR = CONFIGS_DIR / "profiles"
+SECTIONS = ("method", "data", "evaluation", "policy")
+#: pipeline parameter carrying each section's overrides
+OVERRIDE_PARAMETERS = {"config": "method", "data": "data", "evaluation": "evaluation",
+                       "policy": "policy"}
+
+
+class DataSettings(SampleDataConfig):
+    """What to build (``SampleDataConfig`` fields) plus where, and whether to version it.
+
+    Attributes:
+        root: dataset folder; a relative path is taken from the project root.
+        version_with_dvc: ``dvc add`` (+ ``dvc push``) ``dvc_target`` after building.
+        dvc_target: folder tracked by DVC, relative to the project root.
+        dvc_push: also push to the default DVC remote.
+    """
+
+    root: str = "data/sample"
+    version_with_dvc: bool = True
+    dvc_target: str = "data"
+    dvc_push: bool = True
+
+    def sample_config(self) -> SampleDataConfig:
+        """The ``SampleDataConfig`` part (what ``build_sample_dataset`` takes)."""
+        return SampleDataConfig(**self.model_dump(include=set(SampleDataConfig.model_fields)))
+
+    def resolved_root(self, project_root: str | Path) -> Path:
+        """``root`` as an absolute path (relative roots hang off ``project_root``)."""
+        root = Path(self.root).expanduser()
+        return root if root.is_absolute() else Path(project_root).resolve() / root
+
+
+class EvaluationSettings(BaseModel):
+    """How a trained method is evaluated.
+
+    Attributes:
+        split: manifest split the held-out images come from.
+        limit: evaluate on the first ``limit`` images of the split (``None``: all).
+        attacks: keep only these attacks of ``BENCHMARK_SUITE`` (``None``: all).
+        fpr_keys: random keys per clean image for the calibrated false-positive rate.
+        key_secret: secret of the fixed evaluation key.
+        key_message: message of the evaluation key (``None``: decode-any mode).
+        alpha: detection threshold on the p-value (``None``: the method's own).
+        batch_size: images per embed / verify call.
+        seed: seeds the attacks' random draws and the FPR keys.
+        example_images: columns of the example grid figure.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    split: Literal["train", "val", "test"] = "test"
+    limit: int | None = Field(8, ge=1)
+    attacks: list[str] | None = None
+    fpr_keys: int = Field(2000, ge=1)
+    key_secret: str = "neuralmark-eval"
+    key_message: int | None = Field(0, ge=0)
+    alpha: float | None = Field(None, gt=0.0, lt=1.0)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    example_images: int = Field(4, ge=1)
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks_in_benchmark(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        known = [name for name, _ in BENCHMARK_SUITE]
+        out = []
+        for name in names:
+            key = canonical_name(name)  # ValueError listing valid names
+            if key not in known:
+                raise ValueError(f"attack {name!r} is not in the benchmark suite ({known})")
+            out.append(key)
+        if not out:
+            raise ValueError("attacks must name at least one attack (or be null for all)")
+        return out
+
+    def suite(self) -> Suite:
+        """The attack grid to run: ``BENCHMARK_SUITE``, shortened to ``attacks`` if set."""
+        if self.attacks is None:
+            return [(name, list(strengths)) for name, strengths in BENCHMARK_SUITE]
+        return [(name, list(strengths)) for name, strengths in BENCHMARK_SUITE
+                if name in self.attacks]
+
+    def labels(self) -> list[str]:
+        """MLflow-safe labels of every (attack, strength) evaluated."""
+        return [label(name, s) for name, strengths in self.suite() for s in strengths]
+
+    def key(self) -> WatermarkKey:
+        """The fixed evaluation key."""
+        return WatermarkKey(self.key_secret, self.key_message)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a training or evaluation run needs, validated.
+
+    Attributes:
+        method: registry key of the method.
+        profile: profile name.
+        config: the method's config (defaults ← profile ← overrides).
+        data: dataset settings.
+        evaluation: evaluation settings.
+        policy: the gate's floors.
+    """
+
+    method: str
+    profile: str
+    config: MethodConfig
+    data: DataSettings
+    evaluation: EvaluationSettings
+    policy: GatePolicy
+
+    @property
+    def model_name(self) -> str:
+        """Registered model name, ``neuralmark-<method>``."""
+        return model_name(self.method)
+
+    def step_parameters(self) -> dict[str, dict[str, Any]]:
+        """JSON dicts handed to the steps (each re-validates its own part)."""
+        return {
+            "config": self.config.model_dump(mode="json", exclude={"method"}),
+            "data": self.data.model_dump(mode="json"),
+            "evaluation": self.evaluation.model_dump(mode="json"),
+            "policy": self.policy.model_dump(mode="json"),
+        }
+
+
+def model_name(method: str) -> str:
+    """Registered model name of a method: ``neuralmark-<method>``."""
+    return f"neuralmark-{method}"
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``base`` updated by ``override``: nested mappings merge, anything else is replaced.
+
+    Neither input is modified.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in (override or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _problems(err: ValidationError, prefix: str) -> str:
+    return "; ".join(
+        f"{prefix}{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+        for e in err.errors()
+    )
+
+
+def _validate(model: type[BaseModel], values: Mapping[str, Any], section: str) -> Any:
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as err:
+        raise InputError(f"invalid {section} config: {_problems(err, f'{section}.')}") from None
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InputError(f"{where} must be a mapping, got {type(value).__name__}: {value!r}")
+    return dict(value)
+
+
+def available_profiles(profiles_dir: Path | None = None) -> list[str]:
+    """Names of the profile files in ``configs/profiles/``."""
+    return sorted(p.stem for p in (profiles_dir or PROFILES_DIR).glob("*.yaml"))
+
+
+def load_profile(profile: str, profiles_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Read ``<profiles_dir>/<profile>.yaml``: method key → sections.
+
+    Raises:
+        InputError: no such profile, not valid YAML, or an unknown section name.
+    """
+    path = (profiles_dir or PROFILES_DIR) / f"{profile}.yaml"
+    if not path.is_file():
+        raise InputError(f"unknown profile {profile!r}; available: "
+                         f"{', '.join(available_profiles(profiles_dir)) or 'none'}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{path} is not valid YAML: {err}") from None
+    raw = _mapping(raw, str(path))
+    out: dict[str, dict[str, Any]] = {}
+    for method, sections in raw.items():
+        sections = _mapping(sections, f"{path.name}: {method}")
+        unknown = sorted(set(sections) - set(SECTIONS))
+        if unknown:
+            raise InputError(f"{path.name}: {method}: unknown section(s) {unknown}; "
+                             f"expected {list(SECTIONS)}")
+        out[str(method)] = {s: _mapping(sections.get(s), f"{path.name}: {method}.{s}")
+                            for s in SECTIONS}
+    return out
+
+
+def _check_policy_labels(policy: GatePolicy, evaluation: EvaluationSettings) -> None:
+    """Every floor must name an evaluated attack label (or ``mean_attacked``)."""
+    labels = set(evaluation.labels())
+    for field in ("min_bit_accuracy", "min_detection_rate"):
+        for lab in getattr(policy, field):
+            if lab != MEAN_ATTACKED and lab not in labels:
+                raise InputError(
+                    f"invalid policy config: policy.{field}.{lab}: not an evaluated attack "
+                    f"label; evaluated: {', '.join(sorted(labels))}, or {MEAN_ATTACKED}")
+
+
+def resolve(method: str, profile: str = "tiny", *, config: Mapping[str, Any] | None = None,
+            data: Mapping[str, Any] | None = None,
+            evaluation: Mapping[str, Any] | None = None,
+            policy: Mapping[str, Any] | None = None,
+            profiles_dir: Path | None = None) -> RunSettings:
+    """Merge defaults ← profile ← overrides and validate every part.
+
+    Args:
+        method: registry key.
+        profile: profile name (``tiny``, ``full``).
+        config: overrides of the method config.
+        data: overrides of the data settings.
+        evaluation: overrides of the evaluation settings.
+        policy: overrides of the gate policy.
+        profiles_dir: where profile files live (default ``configs/profiles``).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        InputError: unknown method or profile, no section for the method in the
+            profile, or a bad field anywhere (the message names it).
+    """
+    method_class(method)  # unknown method -> InputError listing the available ones
+    sections = load_profile(profile, profiles_dir).get(method)
+    if sections is None:
+        raise InputError(f"profile {profile!r} has no section for method {method!r}; add "
+                         f"`{method}:` with {', '.join(SECTIONS)} to "
+                         f"{(profiles_dir or PROFILES_DIR) / f'{profile}.yaml'}")
+    merged = {
+        "method": deep_merge(sections["method"], _mapping(config, "config")),
+        "data": deep_merge(sections["data"], _mapping(data, "data")),
+        "evaluation": deep_merge(sections["evaluation"], _mapping(evaluation, "evaluation")),
+        "policy": deep_merge(sections["policy"], _mapping(policy, "policy")),
+    }
+    if "method" in merged["method"] and merged["method"]["method"] != method:
+        raise InputError(f"invalid {method} config: method: {merged['method']['method']!r} "
+                         f"is not {method!r}")
+    settings = RunSettings(
+        method=method,
+        profile=profile,
+        config=make_config(method, merged["method"]),
+        data=_validate(DataSettings, merged["data"], "data"),
+        evaluation=_validate(EvaluationSettings, merged["evaluation"], "evaluation"),
+        policy=_validate(GatePolicy, merged["policy"], "policy"),
+    )
+    _check_policy_labels(settings.policy, settings.evaluation)
+    return settings

@@ -1,0 +1,219 @@
+"""The training pipeline: data → validation → training → evaluation → gate → registry.
+
+Run it with the CLI (``neuralmark train pgd_signer --profile tiny``), from Python
+(``run_training``), or with ZenML directly once the stack exists
+(``python -m pipelines.stack``)::
+
+    zenml pipeline run pipelines.training.training_pipeline -c configs/pgd_signer.yaml
+
+Parameters (all JSON, so they can come from the YAML's ``parameters:``):
+``method``, ``profile`` and the overrides ``config`` (method config), ``data``,
+``evaluation``, ``policy``; ``pipelines.settings.resolve`` merges them over the
+profile when the pipeline is compiled, so a typo fails before any step runs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from zenml import pipeline
+from zenml.enums import ExecutionMode
+
+from components.methods.base import InputError
+from components.methods.registry import method_class
+from pipelines.evaluation import headline
+from pipelines.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, model_name, resolve
+from steps.data import build_dataset, validate_dataset
+from steps.evaluation import evaluate_robustness, sign_heldout
+from steps.promotion import gate, register_and_promote
+from steps.training import extra_callbacks, train_model
+
+PIPELINE_NAME = "training_pipeline"
+
+
+@pipeline(name=PIPELINE_NAME, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
+def training_pipeline(method: str = "pgd_signer", profile: str = "tiny",
+                      config: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+                      evaluation: dict[str, Any] | None = None,
+                      policy: dict[str, Any] | None = None) -> None:
+    """Train, evaluate, gate and register one candidate of ``method``.
+
+    Args:
+        method: registry key of the method.
+        profile: ``configs/profiles/<profile>.yaml`` section to start from.
+        config: overrides of the method config.
+        data: overrides of the data settings (``root``, ``size``, ``version_with_dvc``, …).
+        evaluation: overrides of the evaluation settings (``limit``, ``fpr_keys``, …).
+        policy: overrides of the gate policy (``min_psnr``, ``min_bit_accuracy``, …).
+    """
+    settings = resolve(method, profile, config=config, data=data, evaluation=evaluation,
+                       policy=policy)
+    params = settings.step_parameters()
+    manifest = build_dataset(params["data"])
+    manifest = validate_dataset(manifest, min_size=method_class(method).min_size)
+    trained = train_model(manifest, method=method, config=params["config"])
+    clean, marked = sign_heldout(trained, manifest, evaluation=params["evaluation"])
+    report = evaluate_robustness(trained, clean, marked, evaluation=params["evaluation"])
+    decision = gate(report, model_name=settings.model_name, policy=params["policy"])
+    register_and_promote(trained, report, decision, model_name=settings.model_name)
+
+
+# -- running it ---------------------------------------------------------------------------------
+
+
+def _run_config(method: str, profile: str, config_path: str | os.PathLike | None,
+                overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ZenML run config to use: the YAML (default ``configs/<method>.yaml``) + overrides.
+
+    ``method`` and ``profile`` are set from the arguments; a YAML that names
+    another method or profile is an error rather than silently overridden.
+    """
+    path = Path(config_path) if config_path else CONFIGS_DIR / f"{method}.yaml"
+    raw: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{path} must be a mapping (a ZenML run config)")
+    elif config_path:
+        raise InputError(f"config file {path} does not exist")
+
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    unknown = sorted(set(raw) - set(PipelineRunConfiguration.model_fields))
+    if unknown:
+        raise InputError(f"{path}: unknown top-level key(s) {unknown}; it is a ZenML run config "
+                         "(method settings go under `parameters: {config: {...}}`)")
+    params = dict(raw.get("parameters") or {})
+    allowed = {"method", "profile", "config", "data", "evaluation", "policy"}
+    if set(params) - allowed:
+        raise InputError(f"{path}: unknown pipeline parameter(s) {sorted(set(params) - allowed)};"
+                         f" expected {sorted(allowed)}")
+    for name, value in (("method", method), ("profile", profile)):
+        if params.get(name, value) != value:
+            raise InputError(f"{path} sets {name}: {params[name]!r} but the run asks for "
+                             f"{value!r}; drop it from the file or run with {params[name]!r}")
+    unknown = sorted(set(overrides or {}) - (allowed - {"method", "profile"}))
+    if unknown:
+        raise InputError(f"unknown override section(s) {unknown}; expected config, data, "
+                         "evaluation, policy")
+    params = deep_merge(params, overrides)
+    params.update(method=method, profile=profile)
+    model = dict(raw.get("model") or {})
+    if model.get("name", model_name(method)) != model_name(method):
+        raise InputError(f"{path}: model name {model['name']!r} is not {model_name(method)!r}")
+    model["name"] = model_name(method)
+    return {**raw, "parameters": params, "model": model}
+
+
+class _ProjectClient:
+    """Point ZenML's process-wide client and source root at a project, then restore them."""
+
+    def __init__(self, project_root: Path) -> None:
+        self.project_root = project_root
+
+    def __enter__(self) -> None:
+        from zenml.client import Client
+        from zenml.utils import source_utils
+
+        self.previous_root = Client().root
+        self.previous_source_root = source_utils._CUSTOM_SOURCE_ROOT
+        Client().activate_root(self.project_root)
+        # step sources resolve against the code, wherever the project lives
+        source_utils.set_custom_source_root(str(CODE_ROOT))
+
+    def __exit__(self, *exc: object) -> None:
+        from zenml.client import Client
+        from zenml.utils import source_utils
+
+        source_utils.set_custom_source_root(self.previous_source_root)
+        # With no previous root, stay on the project: re-searching from the cwd could
+        # pick up (and rewrite) another checkout's .zen/.
+        if self.previous_root is not None and self.previous_root != self.project_root:
+            Client().activate_root(self.previous_root)
+
+
+def _output(run: Any, step_name: str, output: str) -> Any:
+    return run.steps[step_name].outputs[output][0].load()
+
+
+def run_training(method: str, profile: str = "tiny", config_path: str | os.PathLike | None = None,
+                 overrides: Mapping[str, Any] | None = None,
+                 callbacks: Sequence[Any] | None = None, *,
+                 project_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run ``training_pipeline`` for ``method`` on the project's local stack.
+
+    Bootstraps the stack (``ensure_stack``) and the MLflow experiment (so run
+    artifacts land in ``<project>/mlruns``), runs the pipeline with the run
+    config ``config_path`` (default ``configs/<method>.yaml``) plus
+    ``overrides``, and collects what the steps produced.
+
+    Args:
+        method: registry key.
+        profile: profile name.
+        config_path: a ZenML run config YAML (``parameters:``, ``model:``, …).
+        overrides: ``{"config"|"data"|"evaluation"|"policy": {...}}`` merged over
+            the YAML's parameters.
+        callbacks: extra training callbacks (e.g. the CLI's progress bar); only
+            seen when steps run in this process (local orchestrator).
+        project_root: where ``.zen/``, ``mlflow.db``, ``data/`` and ``reports/``
+            live (default: this checkout).
+
+    Returns:
+        ``run`` (name), ``status``, ``summary`` (headline metrics), ``decision``,
+        ``registered_version``, ``champion_version``, ``promoted``,
+        ``mlflow_run_id``, ``reports_dir`` and ``mlflow_ui`` (command).
+
+    Raises:
+        InputError: a bad config (before anything runs) or data that failed
+            validation (the message says where the report is).
+        RuntimeError: any other failed run.
+    """
+    from pipelines.stack import ensure_experiment, ensure_stack, mlflow_ui_command
+    from steps.validation import DataValidationError
+
+    root = Path(project_root or CODE_ROOT).resolve()
+    method_class(method)
+    run_config = _run_config(method, profile, config_path, overrides)
+    params = run_config["parameters"]
+    resolve(method, profile, **{k: params.get(k) for k in ("config", "data", "evaluation",
+                                                           "policy")})
+    ensure_stack(root)
+    ensure_experiment(PIPELINE_NAME, root)
+    with tempfile.TemporaryDirectory(prefix="nm-run-config-") as tmp, _ProjectClient(root), \
+            extra_callbacks(callbacks):
+        resolved_yaml = Path(tmp) / "run.yaml"
+        resolved_yaml.write_text(yaml.safe_dump(run_config, sort_keys=False))
+        try:
+            run = training_pipeline.with_options(config_path=str(resolved_yaml))()
+        except DataValidationError as err:
+            raise InputError(str(err)) from None
+        from zenml.client import Client
+
+        run = Client().get_pipeline_run(run.id)
+        if str(run.status) != "completed":
+            raise RuntimeError(f"pipeline run {run.name} ended {run.status}")
+        report = _output(run, "evaluate_robustness", "report")
+        decision = _output(run, "gate", "decision")
+        registration = _output(run, "register_and_promote", "registration")
+        mlflow_run_id = run.steps["train_model"].run_metadata.get("mlflow_run_id")
+    return {
+        "run": run.name,
+        "status": str(run.status),
+        "summary": headline(report.summary),
+        "decision": {"promote": decision.promote, "reasons": decision.reasons,
+                     "notes": decision.notes},
+        "registered_version": registration["version"],
+        "promoted": registration["promoted"],
+        "champion_version": registration["champion_version"],
+        "mlflow_run_id": mlflow_run_id,
+        "reports_dir": str(root / "reports" / run.name),
+        "mlflow_ui": mlflow_ui_command(root),
+    }

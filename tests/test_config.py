@@ -1,0 +1,133 @@
+"""Run settings: method defaults ← profile ← overrides, typos named, shipped YAML valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.methods.base import InputError
+from components.methods.registry import available, method_class
+from pipelines.settings import (
+    CONFIGS_DIR,
+    available_profiles,
+    deep_merge,
+    load_profile,
+    resolve,
+)
+
+
+@pytest.fixture()
+def profiles(tmp_path: Path) -> Path:
+    """A profile dir with one small ``pgd_signer`` section."""
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"pgd_signer": {
+        "method": {"working_size": 128, "rounds": 6, "eot": {"p": 0.3, "rotate_deg": 5.0}},
+        "data": {"size": 96, "version_with_dvc": False},
+        "evaluation": {"limit": 4},
+        "policy": {"min_psnr": 38.0, "min_bit_accuracy": {"none": 0.7, "jpeg_50": 0.6},
+                   "max_fpr": 1e-3},
+    }}))
+    return tmp_path
+
+
+def test_defaults_then_profile_then_overrides(profiles: Path) -> None:
+    defaults = method_class("pgd_signer").Config()
+    s = resolve("pgd_signer", "p", config={"rounds": 2, "eot": {"p": 0.9}},
+                data={"crops_per_photo": 1}, evaluation={"fpr_keys": 10},
+                policy={"min_bit_accuracy": {"none": 0.8}}, profiles_dir=profiles)
+    assert s.config.lr == defaults.lr                                  # method default
+    assert s.config.working_size == 128 and s.data.size == 96         # profile
+    assert s.config.rounds == 2 and s.evaluation.fpr_keys == 10       # override
+    assert s.config.eot.p == 0.9 and s.config.eot.rotate_deg == 5.0   # nested: key by key
+    assert s.config.eot.noise_std == defaults.eot.noise_std
+    assert s.data.crops_per_photo == 1 and s.data.n_procedural == 24  # data default
+    assert s.evaluation.limit == 4 and s.evaluation.key_secret == "neuralmark-eval"
+    assert s.policy.min_bit_accuracy == {"none": 0.8, "jpeg_50": 0.6}
+    assert s.model_name == "neuralmark-pgd_signer"
+    # what the steps receive round-trips through the same validation
+    params = s.step_parameters()
+    assert resolve("pgd_signer", "p", profiles_dir=profiles, **params) == s
+
+
+def test_deep_merge_leaves_inputs_alone() -> None:
+    base = {"a": {"b": 1, "c": [1]}, "d": 1}
+    out = deep_merge(base, {"a": {"b": 2}, "d": {"e": 3}})
+    assert out == {"a": {"b": 2, "c": [1]}, "d": {"e": 3}}
+    assert base == {"a": {"b": 1, "c": [1]}, "d": 1}
+
+
+@pytest.mark.parametrize(("section", "override", "named"), [
+    ("config", {"rounds_": 3}, "rounds_"),
+    ("config", {"eot": {"rotate": 5}}, "eot.rotate"),
+    ("data", {"crops_per_phot": 2}, "data.crops_per_phot"),
+    ("data", {"size": 8}, "data.size"),
+    ("evaluation", {"fpr_key": 10}, "evaluation.fpr_key"),
+    ("evaluation", {"attacks": ["jpg"]}, "evaluation.attacks"),
+    ("policy", {"min_psnrr": 30}, "policy.min_psnrr"),
+    ("policy", {"min_bit_accuracy": {"jpeg50": 0.9}}, "policy.min_bit_accuracy.jpeg50"),
+])
+def test_a_typo_is_an_input_error_naming_the_field(profiles: Path, section: str,
+                                                    override: dict, named: str) -> None:
+    with pytest.raises(InputError) as err:
+        resolve("pgd_signer", "p", profiles_dir=profiles, **{section: override})
+    assert named in str(err.value)
+
+
+def test_policy_floors_must_name_evaluated_attacks(profiles: Path) -> None:
+    with pytest.raises(InputError, match="jpeg_50: not an evaluated attack"):
+        resolve("pgd_signer", "p", evaluation={"attacks": ["none", "resize"]},
+                profiles_dir=profiles)
+    s = resolve("pgd_signer", "p", evaluation={"attacks": ["identity", "jpeg"]},
+                profiles_dir=profiles)
+    assert s.evaluation.labels() == ["none", "jpeg_90", "jpeg_75", "jpeg_50"]
+
+
+def test_unknown_method_profile_or_section(profiles: Path) -> None:
+    with pytest.raises(InputError, match="unknown method 'nope'"):
+        resolve("nope", "p", profiles_dir=profiles)
+    with pytest.raises(InputError, match="unknown profile 'huge'"):
+        resolve("pgd_signer", "huge", profiles_dir=profiles)
+    (profiles / "bad.yaml").write_text("pgd_signer:\n  polcy: {}\n")
+    with pytest.raises(InputError, match="polcy"):
+        load_profile("bad", profiles)
+    (profiles / "other.yaml").write_text("anti_forward:\n  method: {}\n")
+    with pytest.raises(InputError, match="no section for method 'pgd_signer'"):
+        resolve("pgd_signer", "other", profiles_dir=profiles)
+
+
+def test_shipped_profiles_resolve_for_every_method_with_a_section() -> None:
+    assert {"tiny", "full"} <= set(available_profiles())
+    checked = 0
+    for profile in available_profiles():
+        for method, _ in load_profile(profile).items():
+            if method in available():
+                s = resolve(method, profile)
+                assert s.method == method and s.policy.max_fpr > 0
+                checked += 1
+    assert checked >= 2  # pgd_signer in tiny and full
+    tiny, full = resolve("pgd_signer", "tiny"), resolve("pgd_signer", "full")
+    assert (tiny.config.working_size, tiny.config.input_stride) == (128, 2)
+    assert (full.config.working_size, full.config.input_stride) == (256, 4)
+    assert full.policy.min_psnr == 38 and full.policy.max_fpr == 1e-5
+    assert tiny.data.root != full.data.root  # neither profile rebuilds the other's data
+
+
+def test_method_yaml_is_a_zenml_run_config() -> None:
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    from pipelines.training import _run_config
+
+    raw = yaml.safe_load((CONFIGS_DIR / "pgd_signer.yaml").read_text())
+    run = PipelineRunConfiguration.model_validate(raw)
+    assert run.model.name == "neuralmark-pgd_signer" and run.enable_cache is False
+    params = dict(run.parameters)
+    assert params.pop("method") == "pgd_signer"
+    resolve("pgd_signer", params.pop("profile", "tiny"), **params)
+
+    merged = _run_config("pgd_signer", "full", None, {"config": {"rounds": 3}})
+    assert merged["parameters"]["profile"] == "full"
+    assert merged["parameters"]["config"] == {"rounds": 3}
+    assert merged["model"]["name"] == "neuralmark-pgd_signer"
+    with pytest.raises(InputError, match="unknown override section"):
+        _run_config("pgd_signer", "tiny", None, {"polcy": {}})

@@ -1,0 +1,67 @@
+"""The shipped pgd_signer weights: present, small, documented, and working from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from components.methods import load_bundle
+from pipelines.cli import PRETRAINED_DIR, app
+
+SHIPPED = PRETRAINED_DIR / "pgd_signer"
+
+
+def test_shipped_bundle_is_complete_small_and_documented():
+    for name in ("config.json", "weights.safetensors", "state.json", "MODEL_CARD.md"):
+        assert (SHIPPED / name).is_file(), f"missing {name} in {SHIPPED}"
+    assert (SHIPPED / "weights.safetensors").stat().st_size < 5 * 2**20
+    card = (SHIPPED / "MODEL_CARD.md").read_text()
+    for needle in ("## Training", "PSNR", "FPR", "| jpeg_50 |"):
+        assert needle in card, f"model card lacks {needle!r}"
+    method = load_bundle(SHIPPED)
+    assert method.key == "pgd_signer" and method.config.working_size == 256
+
+
+@pytest.fixture(scope="module")
+def signed_photo(tmp_path_factory, photo) -> tuple[Path, Path]:
+    """A 256×256 crop of a real photo, signed by the CLI with the shipped weights."""
+    root = tmp_path_factory.mktemp("shipped")
+    src, dst = root / "astronaut.png", root / "astronaut.signed.png"
+    Image.fromarray(photo[0:256, 128:384]).save(src)
+    result = CliRunner().invoke(app, ["embed", "--key", "owner secret", "--message", "3",
+                                      str(src), str(dst)])
+    assert result.exit_code == 0, result.output
+    assert "PSNR" in result.output
+    return src, dst
+
+
+def _verify(path: Path, *extra: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(app, ["verify", "--json", *extra, str(path)])
+    return result.exit_code, json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_cli_round_trip_on_a_real_photo(signed_photo):
+    _, dst = signed_photo
+    code, v = _verify(dst, "--key", "owner secret", "--message", "3")
+    assert v["bit_accuracy"] >= 0.85
+    assert v["p_value"] < 1e-4
+    assert code == (0 if v["detected"] else 1)
+    if v["detected"]:
+        assert v["payload"] == 3
+
+
+def test_wrong_key_is_not_detected_and_reports_no_payload(signed_photo):
+    _, dst = signed_photo
+    code, v = _verify(dst, "--key", "somebody else")
+    assert code == 1 and v["status"] == "not_detected"
+    assert v["payload"] is None and v["p_value"] > 1e-4
+
+
+def test_clean_photo_is_not_detected(signed_photo):
+    src, _ = signed_photo
+    code, v = _verify(src, "--key", "owner secret", "--message", "3")
+    assert code == 1 and not v["detected"] and v["p_value"] > 1e-4
