@@ -188,6 +188,10 @@ def _print_result(result: Any, title: str) -> None:
         out.print(scalars)
     for t in row_tables:
         out.print(t)
+    if result.get("mlflow_ui"):
+        # on its own line, unwrapped, so it can be copied
+        out.print("\nOpen the MLflow UI (runs side by side, registry aliases):")
+        out.print(escape(str(result["mlflow_ui"])), soft_wrap=True)
 
 
 # -- method / key loading ---------------------------------------------------------------------
@@ -476,6 +480,10 @@ def verify(
     bundle: Path | None = _BUNDLE_OPTION,
     model_uri: str | None = _URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
+    search: bool = typer.Option(
+        False, "--search",
+        help="Also try re-synchronised views (small rotations, re-padded crops); the "
+             "p-value is multiplied by the number of views (pgd_signer)."),
     recursive: bool = _RECURSIVE_OPTION,
     device: str = _DEVICE_OPTION,
 ) -> None:
@@ -492,6 +500,10 @@ def verify(
     if not files:
         raise InputError(f"{input_path} holds no image files")
     wm = _load_method(method, bundle, model_uri, device)
+    if search:
+        if "sync_search" not in type(wm.config).model_fields:
+            raise InputError(f"--search does not apply to {wm.key}")
+        wm = wm.with_config(sync_search=True)
     codes: list[int] = []
     if len(files) == 1:
         v, notes = _verify_one(wm, wm_key, files[0])

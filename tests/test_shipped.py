@@ -65,3 +65,22 @@ def test_clean_photo_is_not_detected(signed_photo):
     src, _ = signed_photo
     code, v = _verify(src, "--key", "owner secret", "--message", "3")
     assert code == 1 and not v["detected"] and v["p_value"] > 1e-4
+
+
+def test_search_undoes_a_small_rotation(signed_photo):
+    """A 4° rotation breaks plain decoding; the re-synchronisation search recovers it."""
+    import kornia
+    import numpy as np
+
+    _, dst = signed_photo
+    img = np.asarray(Image.open(dst).convert("RGB"))
+    import torch
+
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
+    rotated = kornia.geometry.transform.rotate(x, torch.tensor([4.0])).clamp(0, 1)
+    path = dst.with_name("rotated.png")
+    Image.fromarray((rotated[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+    _, plain = _verify(path, "--key", "owner secret", "--message", "3")
+    _, searched = _verify(path, "--key", "owner secret", "--message", "3", "--search")
+    assert searched["extra"]["views"] == 16
+    assert searched["bit_accuracy"] >= max(0.8, plain["bit_accuracy"] + 0.1), (plain, searched)

@@ -77,6 +77,11 @@ class PGDSignerConfig(MethodConfig):
     message_bits: int = 8
     bch_t: int = 2
     alpha: float = 1e-6
+    #: verify-time re-synchronisation search (p-values Bonferroni-corrected by the
+    #: number of views): rotations to undo, and crop fractions to re-pad
+    sync_search: bool = False
+    search_angles: tuple[float, ...] = (-6.0, -4.0, -2.0, 2.0, 4.0, 6.0)
+    search_crops: tuple[float, ...] = (0.9,)
     # decoder
     working_size: int = 256
     width: int = 32
@@ -257,35 +262,91 @@ class PGDSigner(WatermarkMethod):
             out.append((self.logits(images[i:i + batch_size]) > 0).cpu().numpy())
         return np.concatenate(out).astype(np.uint8)
 
-    def verify(self, images: torch.Tensor, key: WatermarkKey) -> list[Verdict]:
-        """One ``Verdict`` per image; p-value exact under the binomial null."""
+    def sync_views(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Candidate re-synchronisations of one image (1×3×H×W) for the verify search.
+
+        The signature survives interpolation but not misalignment, so verify can
+        undo a geometric attack by trying a small grid: rotations by
+        ``-search_angles`` and, for each ``search_crops`` fraction f, the image
+        pasted into an H/f × W/f canvas (mean colour) at 3×3 positions. The
+        first view is always the image itself.
+        """
+        import kornia
+
+        c = self.config
+        views = [image]
+        for angle in c.search_angles:
+            if angle:
+                views.append(kornia.geometry.transform.rotate(
+                    image, torch.full((1,), -float(angle), device=image.device)))
+        h, w = image.shape[-2:]
+        fill = image.mean(dim=(2, 3), keepdim=True)
+        for f in c.search_crops:
+            ch, cw = round(h / f), round(w / f)
+            for oy in (0.0, 0.5, 1.0):
+                for ox in (0.0, 0.5, 1.0):
+                    canvas = fill.expand(1, 3, ch, cw).clone()
+                    y0, x0 = round(oy * (ch - h)), round(ox * (cw - w))
+                    canvas[..., y0:y0 + h, x0:x0 + w] = image
+                    views.append(canvas)
+        return views
+
+    def _view_bits(self, images: torch.Tensor, search: bool) -> np.ndarray:
+        """Decoded bits B×K×n (K = 1 without search)."""
+        if not search:
+            return self.decode_bits(images)[:, None, :]
+        return np.stack([self.decode_bits(torch.cat([self._to_working(v) for v in
+                                                     self.sync_views(images[i:i + 1])]))
+                         for i in range(images.shape[0])])
+
+    def verify(self, images: torch.Tensor, key: WatermarkKey,
+               search: bool | None = None) -> list[Verdict]:
+        """One ``Verdict`` per image; p-value exact under the binomial null.
+
+        With ``search`` (default ``config.sync_search``) the best of K
+        re-synchronised views is kept and its p-value multiplied by K
+        (Bonferroni), so the false-positive rate stays controlled.
+        """
         check_images(images, self.min_size)
+        search = self.config.sync_search if search is None else search
         verdicts = []
-        for bits in self.decode_bits(images):
-            d = self.codec.read(bits, key)
-            detected = d.p_value <= self.config.alpha
+        for views in self._view_bits(images, search):
+            reads = [self.codec.read(bits, key) for bits in views]
+            best = max(range(len(reads)), key=lambda i: reads[i].matches)
+            d, bits, k = reads[best], views[best], len(reads)
+            p_value = min(1.0, k * d.p_value)
+            detected = p_value <= self.config.alpha
             mode = "claimed message" if d.claimed else (
                 f"best of {2 ** self.config.message_bits} messages" if self.config.message_bits
                 else "signature")
-            reason = (f"{d.matches}/{d.n_bits} bits match the keyed word ({mode}); "
-                      f"p={d.p_value:.3g} {'≤' if detected else '>'} alpha={self.config.alpha:g}")
+            searched = f", best of {k} synchronisation views" if k > 1 else ""
+            reason = (f"{d.matches}/{d.n_bits} bits match the keyed word ({mode}{searched}); "
+                      f"p={p_value:.3g} {'≤' if detected else '>'} alpha={self.config.alpha:g}")
             verdicts.append(Verdict(
-                detected=detected, score=d.bit_accuracy, p_value=d.p_value,
+                detected=detected, score=d.bit_accuracy, p_value=p_value,
                 status=Status.DETECTED if detected else Status.NOT_DETECTED, reason=reason,
                 bits=bits.astype(int).tolist(),
                 payload=d.message if detected and self.config.message_bits else None,
                 bit_accuracy=d.bit_accuracy,
-                extra={"bch_corrected": d.corrected, "claimed": d.claimed},
+                extra={"bch_corrected": d.corrected, "claimed": d.claimed, "views": k,
+                       "best_view": best},
             ))
         return verdicts
 
     def null_p_values(self, images: torch.Tensor, n_keys: int, seed: int = 0,
-                      claimed: bool = True) -> torch.Tensor:
-        """p-values of ``images`` against ``n_keys`` random secrets → B×n_keys (FPR fast path)."""
+                      claimed: bool = True, search: bool | None = None) -> torch.Tensor:
+        """p-values of ``images`` against ``n_keys`` random secrets → B×n_keys (FPR fast path).
+
+        Same rule as ``verify``: with the search, the best view's p-value × K.
+        """
+        search = self.config.sync_search if search is None else search
         rng = np.random.default_rng(seed)
         secrets = [rng.bytes(16).hex() for _ in range(n_keys)]
-        bits = self.decode_bits(images)
-        return torch.from_numpy(self.codec.null_p_values(bits, secrets, claimed=claimed))
+        views = self._view_bits(images, search)                       # b k n
+        b, k, n = views.shape
+        p = self.codec.null_p_values(views.reshape(b * k, n), secrets, claimed=claimed)
+        p = np.minimum(1.0, k * p.reshape(b, k, n_keys).min(axis=1))
+        return torch.from_numpy(p)
 
     # -- training ------------------------------------------------------------
     def training_loss(self, images: torch.Tensor) -> torch.Tensor:
