@@ -170,9 +170,12 @@ class PayloadCodec:
         if claimed or self.message_bits == 0:
             # vectorised: the expected word of key k is codeword(0) ⊕ mask_k
             expected = self.codeword(0)[None, :] ^ masks                    # k n
-            matches = (bits[:, None, :] == expected[None]).sum(-1)          # b k
             table = np.array([binomial_sf(m, self.n_bits) for m in range(self.n_bits + 1)])
-            return table[matches]
+            out = np.empty((bits.shape[0], len(secrets)))
+            for j in range(0, len(secrets), 4096):  # chunks bound the b×k×n temporary
+                chunk = expected[j:j + 4096]
+                out[:, j:j + 4096] = table[(bits[:, None, :] == chunk[None]).sum(-1)]
+            return out
         out = np.empty((bits.shape[0], len(secrets)))
         for j, secret in enumerate(secrets):
             key = WatermarkKey(secret, None)
