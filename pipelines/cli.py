@@ -619,6 +619,58 @@ def data_sample(
     _out().print(f"[green]sample dataset ready[/] at {escape(str(result))}")
 
 
+@data_app.command("prepare")
+@_domain_errors
+def data_prepare(
+    dataset: str = typer.Argument(..., help="Dataset recipe (cifar10, image_folder, ...)."),
+    source: Path = typer.Option(..., "--source", help="The archive or folder as published."),
+    out: Path = typer.Option(Path("data"), "--out", help="Output root (data/<dataset>/...)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Prepare the first N items."),
+    size: int | None = typer.Option(None, "--size", min=8, help="Output side (resizing recipes)."),
+    pipeline: bool = typer.Option(
+        True, "--pipeline/--no-pipeline",
+        help="Run through ZenML (validate + DVC) or only the in-process prepare engine."),
+) -> None:
+    """Turn a downloaded dataset into data/<dataset>/<split>/ + manifest, validated, versioned."""
+    from components.data.datasets import get_recipe
+
+    get_recipe(dataset)
+    if not source.exists():
+        raise InputError(f"--source {source} does not exist")
+    config: dict[str, Any] = {}
+    if limit is not None:
+        config["limit"] = limit
+    if size is not None:
+        config["size"] = size
+    if pipeline:
+        run = _lazy("pipelines.data_preparation", "run_data_preparation", "data preparation")
+        with _err().status(f"preparing {dataset}"):
+            result = run(dataset, source, str(out), config)
+        report = result["report"]
+        cached = " (cached: unchanged input)" if result["cached"] else ""
+        _out().print(f"[green]run {escape(result['run'])} {escape(result['status'])}[/]{cached}"
+                     f"; validation report in {escape(result['reports_dir'])}")
+    else:
+        from components.data.datasets import PrepareConfig
+        from components.data.prepare import prepare_dataset
+
+        with _progress() as bar:
+            task = bar.add_task(f"preparing {dataset}", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total or None)
+
+            report = prepare_dataset(dataset, source, out, PrepareConfig(**config),
+                                     progress=progress).to_dict()
+    _out().print(f"[green]{escape(dataset)} ready[/] at {escape(report['manifest'])}: "
+                 f"{escape(json.dumps(report['counts'], sort_keys=True))}, "
+                 f"{report['items']} items, {len(report['quarantined'])} quarantined"
+                 + (" (already prepared)" if report["skipped"] else
+                    f", {report['images_per_second']:.1f} images/s"))
+    for q in report["quarantined"][:20]:
+        _out().print(f"  [yellow]quarantined[/] {escape(q['item_id'])}: {escape(q['error'])}")
+
+
 def main() -> None:
     """Entry point for ``python -m pipelines.cli``."""
     app()

@@ -247,8 +247,6 @@ def validate_manifest(manifest_path: str | os.PathLike,
     Raises:
         FileNotFoundError: the manifest itself does not exist.
     """
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
     import pandas as pd
 
     manifest_path = Path(manifest_path)
@@ -258,34 +256,8 @@ def validate_manifest(manifest_path: str | os.PathLike,
     columns = list(rows[0]) if rows else MANIFEST_COLUMNS + FACT_COLUMNS
     df = pd.DataFrame(rows, columns=columns)
 
-    context = _gx_context()
-    asset = context.data_sources.add_pandas("manifest").add_dataframe_asset("rows")
-    batch_definition = asset.add_batch_definition_whole_dataframe("all_rows")
-    suite = gx.ExpectationSuite(name="manifest_suite")
     spec = _suite_spec(min_size)
-    for name, cls_name, kwargs in spec:
-        suite.add_expectation(getattr(gxe, cls_name)(**kwargs, meta={"name": name}))
-    suite = context.suites.add(suite)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="manifest_validation", data=batch_definition, suite=suite)
-    )
-    outcome = definition.run(batch_parameters={"dataframe": df},
-                             result_format={"result_format": "COMPLETE",
-                                            "partial_unexpected_count": MAX_EXAMPLES})
-
-    paths = df["path"].tolist() if "path" in df else []
-    by_name = {res.expectation_config.meta.get("name"): res for res in outcome.results}
-    results = []
-    for name, _, kwargs in spec:
-        res = by_name[name]
-        results.append({
-            "expectation": name,
-            "type": res.expectation_config.type,
-            "column": kwargs.get("column") or (
-                f"{kwargs['column_A']}={kwargs['column_B']}" if "column_A" in kwargs else None),
-            "success": bool(res.success),
-            "details": _details(res, paths),
-        })
+    results = _run_suite(df, spec, "manifest")
     stats = {
         "rows": len(df),
         "groups": int(df["group"].nunique()) if "group" in df else 0,
@@ -382,3 +354,168 @@ def write_report(report: DataValidationReport, directory: str | os.PathLike) -> 
     html_path = directory / "validation.html"
     _atomic_write_text(html_path, report.html or render_html(report))
     return html_path
+
+
+# -- prepared datasets (components.data.prepare) --------------------------------------------------
+
+#: facts ``validate_prepared`` adds beside ``FACT_COLUMNS``
+PREPARED_FACT_COLUMNS = ["pair_complete", "label_value"]
+
+
+def _prepared_spec(columns: list[str], domains: list[str], modes: list[str],
+                   size: int | None,
+                   labels_range: tuple[int, int] | None) -> list[tuple[str, str, dict[str, Any]]]:
+    spec: list[tuple[str, str, dict[str, Any]]] = [
+        ("manifest_columns", "ExpectTableColumnsToMatchSet",
+         {"column_set": columns + FACT_COLUMNS + PREPARED_FACT_COLUMNS, "exact_match": True}),
+        ("path_not_null", "ExpectColumnValuesToNotBeNull", {"column": "path"}),
+        ("path_unique", "ExpectColumnValuesToBeUnique", {"column": "path"}),
+        ("group_not_null", "ExpectColumnValuesToNotBeNull", {"column": "group"}),
+        ("files_readable", "ExpectColumnValuesToBeInSet",
+         {"column": "readable", "value_set": [True]}),
+        ("mode_allowed", "ExpectColumnValuesToBeInSet",
+         {"column": "actual_mode", "value_set": modes}),
+        ("mode_matches_file", "ExpectColumnPairValuesToBeEqual",
+         {"column_A": "mode", "column_B": "actual_mode", "ignore_row_if": "neither"}),
+        ("width_matches_file", "ExpectColumnPairValuesToBeEqual",
+         {"column_A": "width", "column_B": "actual_width", "ignore_row_if": "neither"}),
+        ("height_matches_file", "ExpectColumnPairValuesToBeEqual",
+         {"column_A": "height", "column_B": "actual_height", "ignore_row_if": "neither"}),
+        ("sha256_matches_file", "ExpectColumnPairValuesToBeEqual",
+         {"column_A": "sha256", "column_B": "actual_sha256", "ignore_row_if": "neither"}),
+        ("split_known", "ExpectColumnValuesToBeInSet",
+         {"column": "split", "value_set": list(SPLITS)}),
+        ("group_in_one_split", "ExpectColumnValuesToBeBetween",
+         {"column": "group_n_splits", "min_value": 1, "max_value": 1}),
+        ("domain_known", "ExpectColumnValuesToBeInSet",
+         {"column": "domain", "value_set": domains}),
+        ("pair_complete", "ExpectColumnValuesToBeInSet",
+         {"column": "pair_complete", "value_set": [True]}),
+    ]
+    if size is not None:
+        spec += [("width_is_size", "ExpectColumnValuesToBeBetween",
+                  {"column": "actual_width", "min_value": size, "max_value": size}),
+                 ("height_is_size", "ExpectColumnValuesToBeBetween",
+                  {"column": "actual_height", "min_value": size, "max_value": size})]
+    if labels_range is not None:
+        lo, hi = labels_range
+        spec += [("label_not_null", "ExpectColumnValuesToNotBeNull", {"column": "label_value"}),
+                 ("label_in_range", "ExpectColumnValuesToBeBetween",
+                  {"column": "label_value", "min_value": lo, "max_value": hi})]
+    return spec
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _run_suite(df: Any, spec: list[tuple[str, str, dict[str, Any]]],
+               name: str) -> list[dict[str, Any]]:
+    """Run ``spec`` on ``df`` through an ephemeral GX context; one result dict per entry."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    context = _gx_context()
+    asset = context.data_sources.add_pandas(name).add_dataframe_asset("rows")
+    batch_definition = asset.add_batch_definition_whole_dataframe("all_rows")
+    suite = gx.ExpectationSuite(name=f"{name}_suite")
+    for exp_name, cls_name, kwargs in spec:
+        suite.add_expectation(getattr(gxe, cls_name)(**kwargs, meta={"name": exp_name}))
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{name}_validation", data=batch_definition, suite=suite))
+    outcome = definition.run(batch_parameters={"dataframe": df},
+                             result_format={"result_format": "COMPLETE",
+                                            "partial_unexpected_count": MAX_EXAMPLES})
+    paths = df["path"].tolist() if "path" in df else []
+    by_name = {res.expectation_config.meta.get("name"): res for res in outcome.results}
+    results = []
+    for exp_name, _, kwargs in spec:
+        res = by_name[exp_name]
+        results.append({
+            "expectation": exp_name,
+            "type": res.expectation_config.type,
+            "column": kwargs.get("column") or (
+                f"{kwargs['column_A']}={kwargs['column_B']}" if "column_A" in kwargs else None),
+            "success": bool(res.success),
+            "details": _details(res, paths),
+        })
+    return results
+
+
+def validate_prepared(manifest_path: str | os.PathLike, recipe_domains: list[str] | tuple[str, ...],
+                      *, labels_range: tuple[int, int] | None = None, size: int | None = None,
+                      modes: tuple[str, ...] = ("RGB", "L")) -> DataValidationReport:
+    """Validate a prepared dataset's manifest (``components.data.prepare``) and its files.
+
+    Checks: the columns are ``PREPARED_COLUMNS``; paths are set and unique;
+    every file fully decodes, its mode is allowed and its mode, size and sha256
+    match the manifest (and the size is ``size``² when given); splits are known
+    and disjoint by group; every domain is one of the recipe's; every pair has
+    one row per domain (each A has its B and vice versa); labels, when
+    ``labels_range`` is given, are set and inside it (e.g. ``(0, 9)`` for CIFAR-10).
+
+    Args:
+        manifest_path: the prepared ``manifest.csv``.
+        recipe_domains: the recipe's domains (``("image",)`` or ``("A", "B")``).
+        labels_range: inclusive ``(low, high)`` of the labels, or ``None``.
+        size: expected side of every image, or ``None`` to accept any.
+        modes: accepted PIL modes.
+
+    Returns:
+        The report (``success`` False when any expectation failed; no raise on bad data).
+
+    Raises:
+        FileNotFoundError: the manifest does not exist.
+    """
+    import pandas as pd
+
+    from components.data.prepare import PREPARED_COLUMNS
+
+    manifest_path = Path(manifest_path)
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"manifest {manifest_path} does not exist")
+    domains = list(recipe_domains)
+    rows = manifest_facts(manifest_path)
+    members: dict[str, set] = {}
+    for row in rows:
+        if row.get("pair") is not None:
+            members.setdefault(row["pair"], set()).add(row.get("domain"))
+    for row in rows:
+        pair = row.get("pair")
+        if len(domains) > 1:
+            row["pair_complete"] = pair is not None and members.get(pair) == set(domains)
+        else:
+            row["pair_complete"] = pair is None
+        row["label_value"] = _int_or_none(row.get("label"))
+        for col in ("width", "height"):
+            row[col] = _int_or_none(row.get(col))
+    columns = list(rows[0]) if rows else (PREPARED_COLUMNS + FACT_COLUMNS
+                                          + PREPARED_FACT_COLUMNS)
+    df = pd.DataFrame(rows, columns=columns)
+    manifest_columns = [c for c in columns
+                        if c not in FACT_COLUMNS and c not in PREPARED_FACT_COLUMNS]
+    spec = _prepared_spec(PREPARED_COLUMNS, domains, list(modes), size, labels_range)
+    if manifest_columns != PREPARED_COLUMNS:
+        # columns are checked by GX; the others need the expected columns to exist
+        spec = [s for s in spec if s[0] == "manifest_columns"
+                or all(k not in s[2] or s[2][k] in df for k in ("column", "column_A",
+                                                                 "column_B"))]
+    results = _run_suite(df, spec, "prepared")
+    stats = {
+        "rows": len(df),
+        "groups": int(df["group"].nunique()) if "group" in df else 0,
+        "rows_per_split": ({str(k): int(v) for k, v in df["split"].value_counts().items()}
+                           if "split" in df else {}),
+        "domains": domains,
+    }
+    report = DataValidationReport(success=all(r["success"] for r in results), results=results,
+                                  manifest=str(manifest_path), stats=stats)
+    report.html = render_html(report)
+    if not report.success:
+        logger.warning("prepared manifest %s failed: %s", manifest_path,
+                       ", ".join(report.failed()))
+    return report

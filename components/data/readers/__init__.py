@@ -1,0 +1,1 @@
+"""Readers for the seed datasets in their published formats (see ``base``)."""

@@ -1,0 +1,125 @@
+"""The data-preparation pipeline: prepare → validate (GX) → version (DVC).
+
+From the CLI (``neuralmark data prepare cifar10 --source cifar-10-python.tar.gz``),
+from Python (``run_data_preparation``) or with ZenML directly::
+
+    zenml pipeline run pipelines.data_preparation.data_preparation_pipeline -c prep.yaml
+
+with ``parameters: {dataset: cifar10, source: /path/cifar-10-python.tar.gz,
+config: {version_with_dvc: false}}``. ``config`` holds ``PrepareConfig`` fields
+plus ``version_with_dvc`` / ``dvc_target`` / ``dvc_push``. The source
+fingerprint is computed when the pipeline is compiled and passed to ``prepare``,
+so an unchanged input is a cache hit and does no work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from zenml import pipeline
+from zenml.enums import ExecutionMode
+
+from components.data.datasets import PrepareConfig, get_recipe
+from components.data.prepare import effective_config, source_fingerprint
+from components.methods.base import InputError
+from pipelines.settings import CODE_ROOT
+from steps.data_preparation import prepare, validate, version
+
+PIPELINE_NAME = "data_preparation_pipeline"
+#: keys of ``config`` that are about the pipeline, not ``PrepareConfig``
+PIPELINE_KEYS = {"version_with_dvc": True, "dvc_target": "data", "dvc_push": True}
+
+
+def split_config(config: dict[str, Any] | None) -> tuple[PrepareConfig, dict[str, Any]]:
+    """``config`` → (``PrepareConfig``, pipeline options); a typo is an ``InputError``."""
+    config = dict(config or {})
+    options = {k: config.pop(k, v) for k, v in PIPELINE_KEYS.items()}
+    try:
+        return PrepareConfig(**config), options
+    except ValueError as err:
+        raise InputError(f"invalid prepare config: {err}") from None
+
+
+def _out_dir(out: str) -> str:
+    from zenml.client import Client
+
+    path = Path(out).expanduser()
+    return str(path if path.is_absolute() else (Client().root or Path.cwd()).resolve() / path)
+
+
+@pipeline(name=PIPELINE_NAME, enable_cache=True, execution_mode=ExecutionMode.FAIL_FAST)
+def data_preparation_pipeline(dataset: str, source: str, out: str = "data",
+                              config: dict[str, Any] | None = None) -> None:
+    """Prepare, validate and version one dataset.
+
+    Args:
+        dataset: recipe name (``cifar10``, ``image_folder``, …).
+        source: the archive or folder as its publisher distributes it.
+        out: output root; relative paths hang off the project root.
+        config: ``PrepareConfig`` fields plus ``version_with_dvc``, ``dvc_target``, ``dvc_push``.
+    """
+    prep_config, options = split_config(config)
+    recipe = get_recipe(dataset)
+    source = str(Path(source).expanduser().resolve())
+    fingerprint = source_fingerprint(dataset, source, prep_config)
+    effective = effective_config(recipe, prep_config)
+    resize = "size" in prep_config.model_fields_set or "size" in recipe.defaults
+    report = prepare(dataset=dataset, source=source, out=_out_dir(out),
+                     config=prep_config.model_dump(mode="json", exclude_unset=True),
+                     fingerprint=fingerprint)
+    html = validate(report, size=effective.size if resize else None)
+    if options["version_with_dvc"]:
+        version(report, html, dvc_target=options["dvc_target"], push=options["dvc_push"])
+
+
+def run_data_preparation(dataset: str, source: str | os.PathLike, out: str = "data",
+                         config: dict[str, Any] | None = None, *,
+                         project_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run ``data_preparation_pipeline`` on the project's local stack.
+
+    Args:
+        dataset: recipe name.
+        source: the archive or folder.
+        out: output root (relative to the project root).
+        config: see ``data_preparation_pipeline``.
+        project_root: where ``.zen/``, ``mlflow.db``, ``data/`` and ``reports/`` live.
+
+    Returns:
+        ``run``, ``status``, ``cached`` (the prepare step was a cache hit),
+        ``report`` (``PrepareReport.to_dict()``) and ``reports_dir``.
+
+    Raises:
+        InputError: unknown dataset, bad config, missing source, or data that
+            failed validation (the message says where the report is).
+        RuntimeError: any other failed run.
+    """
+    from zenml.client import Client
+
+    from pipelines.stack import ensure_experiment, ensure_stack
+    from pipelines.training import _ProjectClient
+    from steps.validation import DataValidationError
+
+    root = Path(project_root or CODE_ROOT).resolve()
+    get_recipe(dataset)
+    split_config(config)
+    if not Path(source).exists():
+        raise InputError(f"source {source} does not exist")
+    ensure_stack(root)
+    ensure_experiment(PIPELINE_NAME, root)
+    with _ProjectClient(root):
+        out_abs = str(Path(out) if Path(out).is_absolute() else root / out)
+        try:
+            run = data_preparation_pipeline(dataset=dataset, source=str(source), out=out_abs,
+                                            config=dict(config or {}))
+        except DataValidationError as err:
+            raise InputError(str(err)) from None
+        run = Client().get_pipeline_run(run.id)
+        if str(run.status) != "completed":
+            raise RuntimeError(f"pipeline run {run.name} ended {run.status}")
+        step = run.steps["prepare"]
+        report = step.outputs["prepare_report"][0].load()
+        cached = str(step.status) == "cached"
+    return {"run": run.name, "status": str(run.status), "cached": cached, "report": report,
+            "reports_dir": str(root / "reports" / run.name)}
