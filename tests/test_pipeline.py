@@ -15,7 +15,6 @@ any) nor other test modules' ZenML state is opened or changed.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 from components.evaluation import rows_from_csv
 from components.methods.base import InputError
 from pipelines.stack import tracking_uri
+from tests.isolation import isolated_zenml_project
 
 pytestmark = pytest.mark.pipeline
 
@@ -44,28 +44,6 @@ LOW_FLOORS = {"min_psnr": 10.0, "min_bit_accuracy": {"none": 0.0, "mean_attacked
 IMPOSSIBLE_FLOORS = {"min_psnr": 99.0}
 
 
-def _mlflow_state() -> tuple[Any, Any, dict[str, str | None]]:
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    return mlflow.get_tracking_uri(), registry_utils._registry_uri, env
-
-
-def _restore_mlflow(state: tuple[Any, Any, dict[str, str | None]]) -> None:
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-
-    tracking, registry, env = state
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    mlflow.set_tracking_uri(tracking)
-    registry_utils._registry_uri = registry
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Iterator[Path]:
     """A temporary project with its own ZenML store, for this module only.
@@ -75,27 +53,15 @@ def project(tmp_path_factory) -> Iterator[Path]:
     so the stack registered here is invisible to other test modules.
     """
     import torch
-    from zenml.client import Client
-    from zenml.config.global_config import GlobalConfiguration
 
     root = tmp_path_factory.mktemp("nm-project")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the machine is shared; these models are tiny anyway
-    mlflow_state = _mlflow_state()
-    previous = GlobalConfiguration.get_instance(), Client.get_instance()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZENML_CONFIG_PATH", str(root / ".zen-home"))
-        mp.setenv("ZENML_REPOSITORY_PATH", str(root))
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        GlobalConfiguration._reset_instance()
-        Client._reset_instance()  # the next Client() looks at ZENML_REPOSITORY_PATH only
-        try:
+    try:
+        with isolated_zenml_project(root):
             yield root
-        finally:
-            GlobalConfiguration._reset_instance(previous[0])
-            Client._reset_instance(previous[1])
-            _restore_mlflow(mlflow_state)
-            torch.set_num_threads(threads)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _train(project: Path, policy: dict[str, Any], **data: Any) -> dict[str, Any]:

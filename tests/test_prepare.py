@@ -241,27 +241,11 @@ def test_gx_accepts_prepared_and_rejects_broken_pair_and_bad_label(cifar_tar, tm
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Iterator[Path]:
-    """An isolated ZenML project (same isolation as ``tests/test_pipeline.py``)."""
-    from zenml.client import Client
-    from zenml.config.global_config import GlobalConfiguration
+    """An isolated ZenML project (``tests.isolation``)."""
+    from tests.isolation import isolated_zenml_project
 
-    from tests.test_pipeline import _mlflow_state, _restore_mlflow
-
-    root = tmp_path_factory.mktemp("nm-prep-project")
-    mlflow_state = _mlflow_state()
-    previous = GlobalConfiguration.get_instance(), Client.get_instance()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZENML_CONFIG_PATH", str(root / ".zen-home"))
-        mp.setenv("ZENML_REPOSITORY_PATH", str(root))
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        GlobalConfiguration._reset_instance()
-        Client._reset_instance()
-        try:
-            yield root
-        finally:
-            GlobalConfiguration._reset_instance(previous[0])
-            Client._reset_instance(previous[1])
-            _restore_mlflow(mlflow_state)
+    with isolated_zenml_project(tmp_path_factory.mktemp("nm-prep-project")) as root:
+        yield root
 
 
 @pytest.mark.pipeline

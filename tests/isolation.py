@@ -1,0 +1,60 @@
+"""Run ZenML pipelines in tests without touching any other ZenML or MLflow state."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def _mlflow_state() -> tuple[Any, Any, dict[str, str | None]]:
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return mlflow.get_tracking_uri(), registry_utils._registry_uri, env
+
+
+def _restore_mlflow(state: tuple[Any, Any, dict[str, str | None]]) -> None:
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    tracking, registry, env = state
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    mlflow.set_tracking_uri(tracking)
+    registry_utils._registry_uri = registry
+
+
+@contextlib.contextmanager
+def isolated_zenml_project(root: Path) -> Iterator[Path]:
+    """A project at ``root`` with its own ZenML store, put back as it was afterwards.
+
+    ZenML's global configuration and client singletons are swapped for ones
+    reading ``<root>/.zen-home`` and ``<root>/.zen``, so a stack registered here
+    is invisible to other test modules; MLflow's URIs are restored too.
+    """
+    from zenml.client import Client
+    from zenml.config.global_config import GlobalConfiguration
+
+    mlflow_state = _mlflow_state()
+    previous = GlobalConfiguration.get_instance(), Client.get_instance()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZENML_CONFIG_PATH", str(root / ".zen-home"))
+        mp.setenv("ZENML_REPOSITORY_PATH", str(root))
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        GlobalConfiguration._reset_instance()
+        Client._reset_instance()  # the next Client() looks at ZENML_REPOSITORY_PATH only
+        try:
+            yield root
+        finally:
+            GlobalConfiguration._reset_instance(previous[0])
+            Client._reset_instance(previous[1])
+            _restore_mlflow(mlflow_state)
