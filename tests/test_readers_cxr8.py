@@ -7,6 +7,7 @@ Fixtures are built in the NIH's published layout: ``images/*.png`` (mode L),
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pickle
@@ -356,5 +357,13 @@ def test_engine_quarantines_a_missing_target_and_names_files_cleanly(tmp_path):
     assert [q["item_id"] for q in report.quarantined] == [ROWS[0][0]]
     assert "MissingTargetError" in report.quarantined[0]["error"]
     with Path(report.manifest).open(newline="") as fh:
-        paths = [row["path"] for row in csv.DictReader(fh)]
+        rows = list(csv.DictReader(fh))
+    paths = [row["path"] for row in rows]
     assert paths and not any(p.endswith(".png.png") for p in paths)
+    # the manifest says where the targets came from
+    assert {json.loads(row["extra"])["target_kind"] for row in rows} == {"supplied"}
+    approx = prepare_dataset("chestxray8_debone", tmp_path / "cxr8", tmp_path / "out2",
+                             PrepareConfig(size=32, workers=1))
+    with Path(approx.manifest).open(newline="") as fh:
+        kinds = {json.loads(row["extra"])["target_kind"] for row in csv.DictReader(fh)}
+    assert kinds == {"classical-approximation"}

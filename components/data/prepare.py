@@ -65,8 +65,10 @@ from components.data.readers.base import ItemError, SourceItem
 from components.methods.base import InputError
 
 #: bump when the output bytes or layout change for the same input
-PREPARE_FORMAT_VERSION = 1
-PREPARED_COLUMNS = [*MANIFEST_COLUMNS, "domain", "pair", "label"]
+PREPARE_FORMAT_VERSION = 2
+#: ``extra``: the item's JSON-encoded extra fields (e.g. ChestX-ray8 ``target_kind``,
+#: so a manifest says plainly when its targets are a classical approximation)
+PREPARED_COLUMNS = [*MANIFEST_COLUMNS, "domain", "pair", "label", "extra"]
 PNG_COMPRESS_LEVEL = 6
 JOURNAL = ".progress.jsonl"
 MARKER = ".prepared.json"
@@ -292,7 +294,10 @@ def _process_item(task: _Task) -> dict[str, Any]:
                      "width": out.width, "height": out.height, "mode": out.mode,
                      "split": task.split, "source": task.source_label,
                      "group": item.group or item.item_id, "domain": domain, "pair": pair,
-                     "label": "" if item.label is None else int(item.label)})
+                     "label": "" if item.label is None else int(item.label),
+                     # after the transform: recipes record facts here (e.g. target_kind)
+                     "extra": json.dumps(item.extra, sort_keys=True, separators=(",", ":"),
+                                         default=str)})
     return {**base, "rows": rows}
 
 
