@@ -619,6 +619,18 @@ def data_sample(
     _out().print(f"[green]sample dataset ready[/] at {escape(str(result))}")
 
 
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["targets=/x", "rain_haze=true"]`` → ``{"targets": "/x", "rain_haze": True}``."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--option {pair!r} is not KEY=VALUE")
+        low = value.strip().lower()
+        options[key.strip()] = True if low == "true" else False if low == "false" else value
+    return options
+
+
 @data_app.command("prepare")
 @_domain_errors
 def data_prepare(
@@ -627,6 +639,10 @@ def data_prepare(
     out: Path = typer.Option(Path("data"), "--out", help="Output root (data/<dataset>/...)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Prepare the first N items."),
     size: int | None = typer.Option(None, "--size", min=8, help="Output side (resizing recipes)."),
+    option: list[str] = typer.Option(
+        [], "--option", metavar="KEY=VALUE",
+        help="Recipe option, repeatable (e.g. targets=DIR for chestxray8_debone, "
+             "rain_haze=true for voc_derain)."),
     pipeline: bool = typer.Option(
         True, "--pipeline/--no-pipeline",
         help="Run through ZenML (validate + DVC) or only the in-process prepare engine."),
@@ -642,6 +658,8 @@ def data_prepare(
         config["limit"] = limit
     if size is not None:
         config["size"] = size
+    if option:
+        config["options"] = _parse_options(option)
     if pipeline:
         run = _lazy("pipelines.data_preparation", "run_data_preparation", "data preparation")
         with _err().status(f"preparing {dataset}"):

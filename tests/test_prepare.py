@@ -277,3 +277,12 @@ def test_cli_prepare_in_process(folder, tmp_path):
     missing = CliRunner().invoke(app, ["data", "prepare", "cifar10", "--source",
                                        str(tmp_path / "nope"), "--no-pipeline"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_cli_option_pairs_are_parsed_and_bad_ones_named():
+    from pipelines.cli import _parse_options
+
+    assert _parse_options(["targets=/x", "rain_haze=true", "b=False"]) == {
+        "targets": "/x", "rain_haze": True, "b": False}
+    with pytest.raises(InputError, match="not KEY=VALUE"):
+        _parse_options(["oops"])
