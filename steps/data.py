@@ -92,16 +92,32 @@ def validate_dataset(manifest: str, min_size: int = 64) -> Annotated[str, "valid
         DataValidationError: an expectation failed (the message names them and
             where the report is).
     """
-    from steps.validation import DataValidationError, validate_manifest, write_report
+    from steps.validation import validate_manifest
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # INFO floods step logs
-    report = validate_manifest(manifest, min_size=min_size)
+    publish_validation(validate_manifest(manifest, min_size=min_size))
+    return manifest
+
+
+def publish_validation(report: Any) -> Path:
+    """Write a GX report, log it to MLflow and ZenML; raise if it failed.
+
+    Args:
+        report: a ``steps.validation.DataValidationReport``.
+
+    Returns:
+        The written ``validation.html``.
+
+    Raises:
+        DataValidationError: an expectation failed (the message says where the report is).
+    """
+    from steps.validation import DataValidationError, write_report
+
     html = write_report(report, run_reports_dir())
     mlflow.log_artifact(str(html), "data_validation")
     mlflow.log_artifact(str(html.with_name("validation.json")), "data_validation")
     log_metadata({"data_validation": {"success": report.success, "failed": report.failed(),
                                       "report": str(html), **report.stats}})
     if not report.success:
-        raise DataValidationError(
-            report, f"{DataValidationError(report)}; report: {html}")
-    return manifest
+        raise DataValidationError(report, f"{DataValidationError(report)}; report: {html}")
+    return html

@@ -14,11 +14,10 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-import mlflow
 from zenml import log_metadata, step
 
 from pipelines.stack import TRACKER_NAME
-from steps.data import project_root, run_reports_dir
+from steps.data import project_root, publish_validation
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +69,13 @@ def validate(report: dict[str, Any], size: int | None = None) -> Annotated[str, 
         DataValidationError: an expectation failed (the message says where the report is).
     """
     from components.data.datasets import get_recipe
-    from steps.validation import DataValidationError, validate_prepared, write_report
+    from steps.validation import validate_prepared
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     dataset = report["dataset"]
     result = validate_prepared(report["manifest"], get_recipe(dataset).domains,
                                labels_range=LABEL_RANGES.get(dataset), size=size)
-    html = write_report(result, run_reports_dir())
-    mlflow.log_artifact(str(html), "data_validation")
-    mlflow.log_artifact(str(html.with_name("validation.json")), "data_validation")
-    log_metadata({"data_validation": {"success": result.success, "failed": result.failed(),
-                                      "report": str(html), **result.stats}})
-    if not result.success:
-        raise DataValidationError(result, f"{DataValidationError(result)}; report: {html}")
+    publish_validation(result)
     return result.html
 
 

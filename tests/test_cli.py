@@ -30,6 +30,7 @@ from components.methods.base import (
 )
 from components.methods.registry import build, register
 from pipelines.cli import app
+from tests.doubles import NothingToTrain
 
 # -- a tiny, real watermark for the CLI to drive ----------------------------------------------
 
@@ -48,7 +49,7 @@ class _Gain(torch.nn.Module):
 
 
 @register("_test_additive")
-class AdditiveTestMethod(WatermarkMethod):
+class AdditiveTestMethod(NothingToTrain, WatermarkMethod):
     """Adds a keyed ±strength pattern; verify correlates the high-pass residual with it.
 
     Under "no mark", the statistic ``z = Σ r·p / sqrt(Σ r²)`` of the residual ``r``

@@ -31,6 +31,7 @@ from components.methods.base import (
 from components.metrics import bit_accuracy, normalized_correlation, psnr, ssim, tpr_at_fpr
 from components.plots import curve, example_grid, robustness_curves
 from components.stats import binomial_sf
+from tests.doubles import NothingToTrain
 
 # -- a tiny content method: additive ±1 patterns, one per bit ----------------------------------
 
@@ -42,7 +43,7 @@ class AdditiveConfig(MethodConfig):
     alpha: float = 1e-3
 
 
-class AdditiveMark(WatermarkMethod):
+class AdditiveMark(NothingToTrain, WatermarkMethod):
     """Bit k is the sign of a key-derived ±1 pattern added at ``amplitude``.
 
     Decoding correlates a high-pass residual with each pattern; the p-value is

@@ -14,8 +14,6 @@ outputs. Register with ``@register_dataset("name")`` in the reader's module.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +22,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from components.data.readers.base import DatasetReader, SourceItem
-from components.methods.base import InputError
+from components.errors import InputError
+from components.plugins import import_submodules
 
 
 class PrepareConfig(BaseModel):
@@ -81,9 +80,7 @@ def _discover() -> None:
         return
     import components.data.readers as pkg
 
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"components.data.readers.{info.name}")
+    import_submodules(pkg, skip={"base"})
     _DISCOVERED = True
 
 

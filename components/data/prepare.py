@@ -62,7 +62,7 @@ from PIL import Image
 from components.data.datasets import DatasetRecipe, PrepareConfig, get_recipe
 from components.data.manifest import MANIFEST_COLUMNS, SPLITS
 from components.data.readers.base import ItemError, SourceItem
-from components.methods.base import InputError
+from components.errors import InputError
 
 #: bump when the output bytes or layout change for the same input
 PREPARE_FORMAT_VERSION = 2

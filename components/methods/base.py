@@ -16,6 +16,7 @@ and saves/loads a bundle directory (``config.json`` + ``weights.safetensors``
 
 from __future__ import annotations
 
+import abc
 import enum
 import json
 import os
@@ -27,8 +28,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
+
+from components.errors import InputError
 
 
 class MethodConfig(BaseModel):
@@ -149,10 +152,6 @@ class Callbacks:
         self._emit("on_progress", done, total, desc)
 
 
-class InputError(ValueError):
-    """A bad input (image, key, config) with a message naming the problem."""
-
-
 def pick_device(preference: str = "auto") -> torch.device:
     """``cuda`` when present (GPU nodes), else CPU."""
     if preference == "auto":
@@ -203,7 +202,7 @@ def atomic_write_dir(target: str | os.PathLike, write: Any) -> Path:
     return target
 
 
-class WatermarkMethod:
+class WatermarkMethod(abc.ABC):
     """Base class. Subclasses set ``key`` (registry name) and ``Config``."""
 
     key: ClassVar[str]
@@ -248,19 +247,17 @@ class WatermarkMethod:
     def verify_model(self, model_or_outputs: Any, key: WatermarkKey) -> Verdict:
         raise TypeError(f"{self.key} is not a model method")
 
-    # -- training ----------------------------------------------------------
+    # -- training (every method must provide both) ---------------------------
+    @abc.abstractmethod
     def fit(self, data: Any, callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
         """Train; report through callbacks; return final metrics."""
-        raise NotImplementedError(f"{self.key} has no training procedure")
 
+    @abc.abstractmethod
     def training_loss(self, images: torch.Tensor) -> torch.Tensor:
         """One differentiable loss over all trainable parts (for gradient tests)."""
-        raise NotImplementedError(f"{self.key} does not expose a training loss")
 
     def with_config(self, **changes: Any) -> WatermarkMethod:
         """Same weights, config fields changed (validated; e.g. a signing budget)."""
-        from pydantic import ValidationError
-
         try:
             config = type(self.config).model_validate(
                 {**self.config.model_dump(), **changes})
@@ -279,7 +276,8 @@ class WatermarkMethod:
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+        """Restore what ``extra_state`` saved (the default saves nothing)."""
+        return None
 
     def to_bundle(self, directory: str | os.PathLike) -> Path:
         """Save ``config.json`` + ``weights.safetensors`` (+ ``state.json``) atomically."""

@@ -46,6 +46,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,6 @@ from components.methods.base import (
 from components.methods.registry import register
 from components.nets.squeeze_decoder import SqueezeDecoder
 from components.payload import PayloadCodec
-from components.plots import curve
 
 
 class PGDSignerConfig(MethodConfig):
@@ -126,8 +126,6 @@ def jnd_map(x: torch.Tensor, floor: float = 0.25) -> torch.Tensor:
 
     Shapes: ``x`` B×3×H×W → B×1×H×W in ``[floor, 1]``.
     """
-    import kornia
-
     gray = x.mean(dim=1, keepdim=True)
     mag = kornia.filters.sobel(gray)
     mag = kornia.filters.gaussian_blur2d(mag, 7, (2.0, 2.0))
@@ -271,8 +269,6 @@ class PGDSigner(WatermarkMethod):
         pasted into an H/f × W/f canvas (mean colour) at 3×3 positions. The
         first view is always the image itself.
         """
-        import kornia
-
         c = self.config
         views = [image]
         for angle in c.search_angles:
@@ -501,6 +497,8 @@ class PGDSigner(WatermarkMethod):
                 for name, (xs, ys) in cur.items():
                     curves[name][f"round {rnd}"] = (xs, ys)
                     metrics[f"curve_{name}_mean"] = float(np.mean(ys))
+                from components.plots import curve  # matplotlib: only when training
+
                 for name, lines in curves.items():
                     cb.on_figure(rnd, f"bit_accuracy_vs_{name}", curve(
                         lines, xlabel="angle (deg)" if name == "rotation" else "zoom factor",

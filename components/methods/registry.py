@@ -6,16 +6,15 @@ class with ``@register("key")`` + one ``configs/<key>.yaml``. Nothing else chang
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import pkgutil
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from components.methods.base import InputError, MethodConfig, WatermarkMethod
+from components.plugins import import_submodules
 
 _REGISTRY: dict[str, type[WatermarkMethod]] = {}
 _DISCOVERED = False
@@ -40,9 +39,7 @@ def _discover() -> None:
         return
     import components.methods as pkg
 
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name not in {"base", "registry"} and not info.name.startswith("_"):
-            importlib.import_module(f"components.methods.{info.name}")
+    import_submodules(pkg, skip={"base", "registry"})
     _DISCOVERED = True
 
 

@@ -14,6 +14,7 @@ quarantines it and lists it in the report.
 
 from __future__ import annotations
 
+import abc
 import io
 import zipfile
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from components.methods.base import InputError
+from components.errors import InputError
 
 
 class DatasetLayoutError(InputError):
@@ -87,16 +88,16 @@ class SourceItem:
         return img
 
 
-class DatasetReader:
+class DatasetReader(abc.ABC):
     """Base class: ``name``, ``describe_layout()`` and ``items(source)``."""
 
     name: ClassVar[str]
     #: what the publisher's layout looks like, for error messages and --help
     layout: ClassVar[str] = ""
 
+    @abc.abstractmethod
     def items(self, source: Path) -> Iterator[SourceItem]:
         """Stream the dataset's items; raise ``DatasetLayoutError`` on a wrong layout."""
-        raise NotImplementedError
 
     def layout_error(self, source: Path, found: str) -> DatasetLayoutError:
         return DatasetLayoutError(

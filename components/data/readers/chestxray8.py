@@ -50,7 +50,7 @@ from components.data.readers.base import (
     describe,
     ItemError,
 )
-from components.methods.base import InputError
+from components.errors import InputError
 
 log = logging.getLogger(__name__)
 
