@@ -19,7 +19,18 @@ from components.data.rain import (
     streak_kernel,
 )
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread while these tests run (the machine is shared), then put back.
+
+    A fixture rather than an import-time call, so collecting this module does not
+    change the thread count of every other test in the session.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
