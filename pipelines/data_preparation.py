@@ -61,15 +61,13 @@ def data_preparation_pipeline(dataset: str, source: str, out: str = "data",
         config: ``PrepareConfig`` fields plus ``version_with_dvc``, ``dvc_target``, ``dvc_push``.
     """
     prep_config, options = split_config(config)
-    recipe = get_recipe(dataset)
+    effective_config(get_recipe(dataset), prep_config)  # a bad option fails at compile time
     source = str(Path(source).expanduser().resolve())
     fingerprint = source_fingerprint(dataset, source, prep_config)
-    effective = effective_config(recipe, prep_config)
-    resize = "size" in prep_config.model_fields_set or "size" in recipe.defaults
     report = prepare(dataset=dataset, source=source, out=_out_dir(out),
                      config=prep_config.model_dump(mode="json", exclude_unset=True),
                      fingerprint=fingerprint)
-    html = validate(report, size=effective.size if resize else None)
+    html = validate(report)
     if options["version_with_dvc"]:
         version(report, html, dvc_target=options["dvc_target"], push=options["dvc_push"])
 
@@ -102,8 +100,7 @@ def run_data_preparation(dataset: str, source: str | os.PathLike, out: str = "da
     from steps.validation import DataValidationError
 
     root = Path(project_root or CODE_ROOT).resolve()
-    get_recipe(dataset)
-    split_config(config)
+    effective_config(get_recipe(dataset), split_config(config)[0])
     if not Path(source).exists():
         raise InputError(f"source {source} does not exist")
     ensure_stack(root)

@@ -2,10 +2,14 @@
 
 ``prepare`` takes the source fingerprint (``source_fingerprint``) as an input,
 so ZenML's step cache hits exactly when the source listing and the config are
-unchanged. ``validate`` runs the prepared-dataset GX suite, writes the HTML
-report to ``<project>/reports/<run>/`` (and MLflow), returns the HTML as an
-artifact and raises ``DataValidationError`` on failure, so nothing downstream
-runs. ``version`` is ``dvc add`` (+ push) of the DVC target.
+unchanged. ``validate`` runs the prepared-dataset GX suite with the facts the
+recipe declares (``report["expectations"]``: pairs, size, modes, label range,
+``target_kind``), writes the HTML report to ``<project>/reports/<run>/``, logs
+it to the MLflow run under ``data_validation/`` and links it from the run (tag
+``validation_report`` and the run description), returns it as a ZenML
+``HTMLString`` artifact (rendered in the dashboard) and raises
+``DataValidationError`` on failure, so nothing downstream runs. ``version`` is
+``dvc add`` (+ push) of the DVC target.
 """
 
 from __future__ import annotations
@@ -14,15 +18,44 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
+import mlflow
 from zenml import log_metadata, step
+from zenml.types import HTMLString
 
 from pipelines.stack import TRACKER_NAME
 from steps.data import project_root, publish_validation
 
 logger = logging.getLogger(__name__)
 
-#: labels of the recipes that have them (inclusive range)
-LABEL_RANGES = {"cifar10": (0, 9)}
+#: where the validation report lives among the MLflow run's artifacts
+REPORT_ARTIFACT_DIR = "data_validation"
+REPORT_ARTIFACT = f"{REPORT_ARTIFACT_DIR}/validation.html"
+#: run tag holding ``REPORT_ARTIFACT``
+REPORT_TAG = "validation_report"
+
+
+def link_report_from_run(report: Any) -> None:
+    """Tag the active MLflow run with the report's artifact path and describe it.
+
+    Sets ``validation_report`` = ``data_validation/validation.html`` and the run
+    description (``mlflow.note.content``) to a short Markdown summary with the
+    artifact's full URI, the outcome and, for ChestX-ray8, the ``target_kind``
+    counts. Called before the artifact is logged, so a failing report is linked too.
+    """
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+    stats = report.stats
+    status = "passed" if report.success else f"FAILED ({', '.join(report.failed())})"
+    lines = [f"Data validation of `{stats.get('dataset', '?')}` {status}: "
+             f"{stats.get('rows', 0)} rows, per split {stats.get('rows_per_split', {})}.",
+             f"Report: [{REPORT_ARTIFACT}]({mlflow.get_artifact_uri(REPORT_ARTIFACT)})"]
+    kinds = stats.get("target_kind")
+    if kinds:
+        lines.append(f"Bone-suppressed targets per pair: {kinds}"
+                     + (" — classical approximation, not real targets."
+                        if "classical-approximation" in kinds else "."))
+    mlflow.set_tags({REPORT_TAG: REPORT_ARTIFACT, MLFLOW_RUN_NOTE: "\n\n".join(lines),
+                     "validation_success": str(report.success).lower()})
 
 
 @step
@@ -55,32 +88,30 @@ def prepare(dataset: str, source: str, out: str, config: dict[str, Any],
 
 
 @step(experiment_tracker=TRACKER_NAME)
-def validate(report: dict[str, Any], size: int | None = None) -> Annotated[str, "validation_html"]:
+def validate(report: dict[str, Any]) -> Annotated[HTMLString, "validation_html"]:
     """Run the prepared-dataset GX suite; stop the pipeline if it fails.
 
     Args:
-        report: ``prepare``'s output (``dataset``, ``manifest``).
-        size: expected image side, or ``None``.
+        report: ``prepare``'s output (``manifest`` and the recipe's ``expectations``).
 
     Returns:
-        The HTML report (also written to ``<project>/reports/<run>/validation.html``).
+        The HTML report (also in ``<project>/reports/<run>/validation.html`` and
+        the MLflow run's ``data_validation/``, linked by the tag ``validation_report``).
 
     Raises:
         DataValidationError: an expectation failed (the message says where the report is).
     """
-    from components.data.datasets import get_recipe
     from steps.validation import validate_prepared
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    dataset = report["dataset"]
-    result = validate_prepared(report["manifest"], get_recipe(dataset).domains,
-                               labels_range=LABEL_RANGES.get(dataset), size=size)
+    result = validate_prepared(report["manifest"], report["expectations"])
+    link_report_from_run(result)
     publish_validation(result)
-    return result.html
+    return HTMLString(result.html)
 
 
 @step
-def version(report: dict[str, Any], validation_html: str, dvc_target: str = "data",
+def version(report: dict[str, Any], validation_html: HTMLString, dvc_target: str = "data",
             push: bool = True) -> Annotated[str, "dvc_md5"]:
     """``dvc add`` (+ push) ``dvc_target`` once the data passed validation.
 

@@ -295,8 +295,38 @@ def _summary(details: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _target_kind_html(kinds: dict[str, int]) -> str:
+    """Header lines on ChestX-ray8 debone targets: counts, and plainly when approximated."""
+    from components.data.bone_suppression import TARGET_KIND
+
+    if not kinds:
+        return ""
+    esc = html.escape
+    total = sum(kinds.values())
+    listing = ", ".join(f"{n} {esc(kind)}" for kind, n in kinds.items())
+    out = [f"<p>Bone-suppressed targets (domain B), per pair: <strong>{listing}</strong> "
+           f"(of {total}).</p>"]
+    approximated = kinds.get(TARGET_KIND, 0)
+    if approximated:
+        share = "All" if approximated == total else f"{approximated} of {total}"
+        out.append(
+            f'<p class="warn"><strong>{share} targets are a classical approximation</strong> '
+            "of rib suppression (<code>components/data/bone_suppression.py</code>), not real "
+            "bone-suppressed radiographs and not the network seed 001 used. A model trained "
+            "on these pairs learns the approximation; say so wherever its results are "
+            "reported.</p>")
+    else:
+        out.append("<p>Every target was supplied by the user (real bone-suppressed images); "
+                   "none is the classical approximation.</p>")
+    return "".join(out)
+
+
 def render_html(report: DataValidationReport) -> str:
-    """A self-contained HTML page: overall status, stats and one row per expectation."""
+    """A self-contained HTML page: overall status, stats and one row per expectation.
+
+    When the stats carry ``target_kind`` counts (ChestX-ray8 debone), the header
+    states them and says plainly when targets are a classical approximation.
+    """
     esc = html.escape
     status = "PASSED" if report.success else "FAILED"
     colour = "#1a7f37" if report.success else "#cf222e"
@@ -318,9 +348,12 @@ def render_html(report: DataValidationReport) -> str:
         "tr.ok td:first-child{background:#dafbe1;color:#1a7f37}"
         "tr.bad td:first-child{background:#ffebe9;color:#cf222e}"
         "tr.bad{background:#fff5f5}"
+        ".warn{background:#fff8c5;border:1px solid #d4a72c;padding:8px}"
         "</style></head><body>"
         f'<h1>Data validation: <span style="color:{colour}">{status}</span></h1>'
-        f"<p>Manifest: <code>{esc(report.manifest)}</code></p><p>Stats: <code>{stats}</code></p>"
+        f"<p>Manifest: <code>{esc(report.manifest)}</code></p>"
+        f"{_target_kind_html(report.stats.get('target_kind') or {})}"
+        f"<p>Stats: <code>{stats}</code></p>"
         "<table><tr><th></th><th>expectation</th><th>GX type</th><th>column</th>"
         f"<th>details</th></tr>{''.join(rows)}</table></body></html>\n"
     )
@@ -360,21 +393,24 @@ def write_report(report: DataValidationReport, directory: str | os.PathLike) -> 
 
 #: facts ``validate_prepared`` adds beside ``FACT_COLUMNS``
 PREPARED_FACT_COLUMNS = ["pair_complete", "label_value"]
+#: prefix of the columns holding ``extra`` fields a recipe declares (``extra_target_kind``)
+EXTRA_PREFIX = "extra_"
 
 
-def _prepared_spec(columns: list[str], domains: list[str], modes: list[str],
-                   size: int | None,
-                   labels_range: tuple[int, int] | None) -> list[tuple[str, str, dict[str, Any]]]:
+def _prepared_spec(columns: list[str], expect: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """The GX checks of one prepared dataset, built from its ``RecipeExpectations``."""
+    extra_columns = [EXTRA_PREFIX + k for k in expect.extra_values]
     spec: list[tuple[str, str, dict[str, Any]]] = [
         ("manifest_columns", "ExpectTableColumnsToMatchSet",
-         {"column_set": columns + FACT_COLUMNS + PREPARED_FACT_COLUMNS, "exact_match": True}),
+         {"column_set": columns + FACT_COLUMNS + PREPARED_FACT_COLUMNS + extra_columns,
+          "exact_match": True}),
         ("path_not_null", "ExpectColumnValuesToNotBeNull", {"column": "path"}),
         ("path_unique", "ExpectColumnValuesToBeUnique", {"column": "path"}),
         ("group_not_null", "ExpectColumnValuesToNotBeNull", {"column": "group"}),
         ("files_readable", "ExpectColumnValuesToBeInSet",
          {"column": "readable", "value_set": [True]}),
         ("mode_allowed", "ExpectColumnValuesToBeInSet",
-         {"column": "actual_mode", "value_set": modes}),
+         {"column": "actual_mode", "value_set": list(expect.modes)}),
         ("mode_matches_file", "ExpectColumnPairValuesToBeEqual",
          {"column_A": "mode", "column_B": "actual_mode", "ignore_row_if": "neither"}),
         ("width_matches_file", "ExpectColumnPairValuesToBeEqual",
@@ -388,20 +424,24 @@ def _prepared_spec(columns: list[str], domains: list[str], modes: list[str],
         ("group_in_one_split", "ExpectColumnValuesToBeBetween",
          {"column": "group_n_splits", "min_value": 1, "max_value": 1}),
         ("domain_known", "ExpectColumnValuesToBeInSet",
-         {"column": "domain", "value_set": domains}),
+         {"column": "domain", "value_set": list(expect.domains)}),
         ("pair_complete", "ExpectColumnValuesToBeInSet",
          {"column": "pair_complete", "value_set": [True]}),
+        ("width_is_size", "ExpectColumnValuesToBeBetween",
+         {"column": "actual_width", "min_value": expect.size, "max_value": expect.size}),
+        ("height_is_size", "ExpectColumnValuesToBeBetween",
+         {"column": "actual_height", "min_value": expect.size, "max_value": expect.size}),
     ]
-    if size is not None:
-        spec += [("width_is_size", "ExpectColumnValuesToBeBetween",
-                  {"column": "actual_width", "min_value": size, "max_value": size}),
-                 ("height_is_size", "ExpectColumnValuesToBeBetween",
-                  {"column": "actual_height", "min_value": size, "max_value": size})]
-    if labels_range is not None:
-        lo, hi = labels_range
+    if expect.label_range is not None:
+        lo, hi = expect.label_range
         spec += [("label_not_null", "ExpectColumnValuesToNotBeNull", {"column": "label_value"}),
                  ("label_in_range", "ExpectColumnValuesToBeBetween",
                   {"column": "label_value", "min_value": lo, "max_value": hi})]
+    for key, allowed in expect.extra_values.items():
+        spec += [(f"{key}_not_null", "ExpectColumnValuesToNotBeNull",
+                  {"column": EXTRA_PREFIX + key}),
+                 (f"{key}_known", "ExpectColumnValuesToBeInSet",
+                  {"column": EXTRA_PREFIX + key, "value_set": list(allowed)})]
     return spec
 
 
@@ -410,6 +450,15 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _extra(value: Any) -> dict[str, Any]:
+    """The manifest's ``extra`` cell as a dict (empty when absent or not a JSON object)."""
+    try:
+        parsed = json.loads(value) if value else {}
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def _run_suite(df: Any, spec: list[tuple[str, str, dict[str, Any]]],
@@ -446,24 +495,43 @@ def _run_suite(df: Any, spec: list[tuple[str, str, dict[str, Any]]],
     return results
 
 
-def validate_prepared(manifest_path: str | os.PathLike, recipe_domains: list[str] | tuple[str, ...],
-                      *, labels_range: tuple[int, int] | None = None, size: int | None = None,
-                      modes: tuple[str, ...] = ("RGB", "L")) -> DataValidationReport:
+def target_kind_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many pairs (rows, for unpaired data) carry each ``extra["target_kind"]``.
+
+    ChestX-ray8's debone recipe records whether each B target was supplied by
+    the user or is the classical approximation; rows without the field are not
+    counted. Empty when no row has it.
+    """
+    kinds: dict[str, str] = {}
+    for row in rows:
+        kind = _extra(row.get("extra")).get("target_kind")
+        if kind is not None:
+            kinds.setdefault(row.get("pair") or row.get("path") or "", str(kind))
+    counts: dict[str, int] = {}
+    for kind in kinds.values():
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def validate_prepared(manifest_path: str | os.PathLike, expectations: Any) -> DataValidationReport:
     """Validate a prepared dataset's manifest (``components.data.prepare``) and its files.
 
-    Checks: the columns are ``PREPARED_COLUMNS``; paths are set and unique;
-    every file fully decodes, its mode is allowed and its mode, size and sha256
-    match the manifest (and the size is ``size``² when given); splits are known
-    and disjoint by group; every domain is one of the recipe's; every pair has
-    one row per domain (each A has its B and vice versa); labels, when
-    ``labels_range`` is given, are set and inside it (e.g. ``(0, 9)`` for CIFAR-10).
+    What is checked comes from the recipe (``DatasetRecipe.expectations``), not
+    from a table here: the columns are ``PREPARED_COLUMNS``; paths are set and
+    unique; every file fully decodes, its mode is one of ``expectations.modes``
+    and its mode, size and sha256 match the manifest; every image is
+    ``expectations.size``²; splits are known and disjoint by group; every
+    domain is one of the recipe's; every pair has one row per domain (each A
+    its B and vice versa); labels, when the recipe has a ``label_range``, are
+    set and inside it (CIFAR-10: 0..9); declared ``extra_values`` fields are
+    set and allowed (ChestX-ray8: ``target_kind``). The report's stats count
+    ``target_kind`` per pair when rows carry it, and its HTML says plainly when
+    targets are a classical approximation.
 
     Args:
         manifest_path: the prepared ``manifest.csv``.
-        recipe_domains: the recipe's domains (``("image",)`` or ``("A", "B")``).
-        labels_range: inclusive ``(low, high)`` of the labels, or ``None``.
-        size: expected side of every image, or ``None`` to accept any.
-        modes: accepted PIL modes.
+        expectations: ``RecipeExpectations`` (or its ``to_dict()``, as the
+            prepare report carries it).
 
     Returns:
         The report (``success`` False when any expectation failed; no raise on bad data).
@@ -473,12 +541,15 @@ def validate_prepared(manifest_path: str | os.PathLike, recipe_domains: list[str
     """
     import pandas as pd
 
+    from components.data.datasets import RecipeExpectations
     from components.data.prepare import PREPARED_COLUMNS
 
+    expect = (expectations if isinstance(expectations, RecipeExpectations)
+              else RecipeExpectations.from_dict(expectations))
     manifest_path = Path(manifest_path)
     if not manifest_path.is_file():
         raise FileNotFoundError(f"manifest {manifest_path} does not exist")
-    domains = list(recipe_domains)
+    domains = list(expect.domains)
     rows = manifest_facts(manifest_path)
     members: dict[str, set] = {}
     for row in rows:
@@ -486,32 +557,42 @@ def validate_prepared(manifest_path: str | os.PathLike, recipe_domains: list[str
             members.setdefault(row["pair"], set()).add(row.get("domain"))
     for row in rows:
         pair = row.get("pair")
-        if len(domains) > 1:
+        if expect.paired:
             row["pair_complete"] = pair is not None and members.get(pair) == set(domains)
         else:
             row["pair_complete"] = pair is None
         row["label_value"] = _int_or_none(row.get("label"))
         for col in ("width", "height"):
             row[col] = _int_or_none(row.get(col))
+        extra = _extra(row.get("extra"))
+        for key in expect.extra_values:
+            value = extra.get(key)
+            row[EXTRA_PREFIX + key] = None if value is None else str(value)
+    extra_columns = [EXTRA_PREFIX + k for k in expect.extra_values]
     columns = list(rows[0]) if rows else (PREPARED_COLUMNS + FACT_COLUMNS
-                                          + PREPARED_FACT_COLUMNS)
+                                          + PREPARED_FACT_COLUMNS + extra_columns)
     df = pd.DataFrame(rows, columns=columns)
-    manifest_columns = [c for c in columns
-                        if c not in FACT_COLUMNS and c not in PREPARED_FACT_COLUMNS]
-    spec = _prepared_spec(PREPARED_COLUMNS, domains, list(modes), size, labels_range)
+    manifest_columns = [c for c in columns if c not in FACT_COLUMNS
+                        and c not in PREPARED_FACT_COLUMNS and c not in extra_columns]
+    spec = _prepared_spec(PREPARED_COLUMNS, expect)
     if manifest_columns != PREPARED_COLUMNS:
         # columns are checked by GX; the others need the expected columns to exist
         spec = [s for s in spec if s[0] == "manifest_columns"
                 or all(k not in s[2] or s[2][k] in df for k in ("column", "column_A",
                                                                  "column_B"))]
     results = _run_suite(df, spec, "prepared")
-    stats = {
+    stats: dict[str, Any] = {
+        "dataset": expect.dataset,
         "rows": len(df),
         "groups": int(df["group"].nunique()) if "group" in df else 0,
         "rows_per_split": ({str(k): int(v) for k, v in df["split"].value_counts().items()}
                            if "split" in df else {}),
         "domains": domains,
+        "size": expect.size,
     }
+    kinds = target_kind_counts(rows)
+    if kinds:
+        stats["target_kind"] = kinds
     report = DataValidationReport(success=all(r["success"] for r in results), results=results,
                                   manifest=str(manifest_path), stats=stats)
     report.html = render_html(report)

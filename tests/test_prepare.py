@@ -211,15 +211,20 @@ def _rewrite(manifest: Path, change) -> None:
 
 
 def test_gx_accepts_prepared_and_rejects_broken_pair_and_bad_label(cifar_tar, tmp_path):
+    from components.data.datasets import RecipeExpectations, get_recipe
     from steps.validation import validate_prepared
 
     report = prepare_dataset("cifar10", cifar_tar, tmp_path / "out", ONE)
     manifest = Path(report.manifest)
-    ok = validate_prepared(manifest, ("image",), labels_range=(0, 9), size=32)
+    # the facts come from the recipe, through the report
+    assert report.expectations == get_recipe("cifar10").expectations(
+        prep.effective_config(get_recipe("cifar10"), ONE)).to_dict()
+    assert report.expectations["label_range"] == [0, 9] and report.expectations["size"] == 32
+    ok = validate_prepared(manifest, report.expectations)
     assert ok.success, ok.failed()
 
     _rewrite(manifest, lambda rows: rows[0].update(label="10"))
-    bad = validate_prepared(manifest, ("image",), labels_range=(0, 9), size=32)
+    bad = validate_prepared(manifest, report.expectations)
     assert bad.failed() == ["label_in_range"]
 
     # a paired layout: rows of domains A and B sharing a pair key; drop one B
@@ -230,10 +235,34 @@ def test_gx_accepts_prepared_and_rejects_broken_pair_and_bad_label(cifar_tar, tm
         del rows[3]
 
     _rewrite(manifest, as_pairs)
-    broken = validate_prepared(manifest, ("A", "B"))
+    broken = validate_prepared(manifest, RecipeExpectations("pairs", ("A", "B"), size=32))
     assert broken.failed() == ["pair_complete"]
     detail = next(r for r in broken.results if r["expectation"] == "pair_complete")["details"]
     assert detail["unexpected_count"] == 1
+
+
+def test_recipes_declare_their_validation_facts():
+    from components.data.datasets import available_datasets, get_recipe
+
+    facts = {name: get_recipe(name).expectations(
+        prep.effective_config(get_recipe(name), PrepareConfig())) for name in available_datasets()}
+    assert facts["cifar10"].label_range == (0, 9) and facts["cifar10"].size == 32
+    assert facts["voc_derain"].paired and facts["voc_derain"].size == 400
+    assert facts["chestxray8_debone"].paired and facts["chestxray8_debone"].size == 256
+    assert facts["chestxray8_debone"].extra_values == {
+        "target_kind": ("supplied", "classical-approximation")}
+    assert not facts["mirflickr25k"].paired and facts["mirflickr25k"].label_range is None
+    assert get_recipe("image_folder").expectations(PrepareConfig(size=24)).size == 24
+
+
+def test_config_the_recipe_cannot_honour_is_named(cifar_tar, tmp_path):
+    with pytest.raises(InputError, match=r"cifar10 keeps the publisher's 32×32 pixels; expected "
+                                         r"size=32 or unset, found size=64"):
+        prepare_dataset("cifar10", cifar_tar, tmp_path / "o", PrepareConfig(size=64, workers=1))
+    with pytest.raises(InputError, match=r"voc_derain has no option\(s\) \['rain_hze'\]; "
+                                         r"expected one of \['rain_haze', 'rain'\]"):
+        prep.effective_config(prep.get_recipe("voc_derain"),
+                              PrepareConfig(options={"rain_hze": True}))
 
 
 # -- the pipeline -----------------------------------------------------------------------------

@@ -31,7 +31,15 @@ from components.data.readers.chestxray8 import (
     read_data_entry,
 )
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread (the machine is shared); the previous count is put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
           "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n")
@@ -367,3 +375,28 @@ def test_engine_quarantines_a_missing_target_and_names_files_cleanly(tmp_path):
     with Path(approx.manifest).open(newline="") as fh:
         kinds = {json.loads(row["extra"])["target_kind"] for row in csv.DictReader(fh)}
     assert kinds == {"classical-approximation"}
+
+    # the GX report counts target kinds per pair and says plainly when they are approximated
+    from steps.validation import validate_prepared
+
+    supplied = validate_prepared(report.manifest, report.expectations)
+    assert supplied.success, supplied.failed()
+    assert supplied.stats["target_kind"] == {"supplied": len(ROWS) - 1}
+    assert "Every target was supplied" in supplied.html
+    assert "classical approximation</strong>" not in supplied.html
+    approximated = validate_prepared(approx.manifest, approx.expectations)
+    assert approximated.success, approximated.failed()
+    assert approximated.stats["target_kind"] == {"classical-approximation": len(ROWS)}
+    assert ("<strong>All targets are a classical approximation</strong>"
+            in approximated.html)
+    assert f"<strong>{len(ROWS)} classical-approximation</strong>" in approximated.html
+
+    # a row that does not say where its target came from fails the recipe's own check
+    from components.data.prepare import write_prepared_manifest
+
+    with Path(approx.manifest).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[0]["extra"] = "{}"
+    write_prepared_manifest(rows, Path(approx.manifest))
+    unlabelled = validate_prepared(approx.manifest, approx.expectations)
+    assert unlabelled.failed() == ["target_kind_not_null"]

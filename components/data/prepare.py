@@ -65,7 +65,7 @@ from components.data.readers.base import ItemError, SourceItem
 from components.errors import InputError
 
 #: bump when the output bytes or layout change for the same input
-PREPARE_FORMAT_VERSION = 2
+PREPARE_FORMAT_VERSION = 3
 #: ``extra``: the item's JSON-encoded extra fields (e.g. ChestX-ray8 ``target_kind``,
 #: so a manifest says plainly when its targets are a classical approximation)
 PREPARED_COLUMNS = [*MANIFEST_COLUMNS, "domain", "pair", "label", "extra"]
@@ -95,6 +95,8 @@ class PrepareReport:
         skipped: the output was already complete for this fingerprint.
         seconds: wall time of this call.
         images_per_second: items processed per second in this call.
+        expectations: ``RecipeExpectations.to_dict()`` of this prepare (what the
+            validation suite checks: domains/pairs, size, modes, label range, …).
     """
 
     dataset: str
@@ -108,6 +110,7 @@ class PrepareReport:
     skipped: bool = False
     seconds: float = 0.0
     images_per_second: float = 0.0
+    expectations: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
@@ -118,13 +121,27 @@ class PrepareReport:
 
 
 def effective_config(recipe: DatasetRecipe, config: PrepareConfig) -> PrepareConfig:
-    """``config`` with the recipe's ``defaults`` for fields (and options) the user left unset."""
+    """``config`` with the recipe's ``defaults`` for fields (and options) the user left unset.
+
+    Raises:
+        InputError: an option the recipe does not declare, or a ``size`` other than
+            the recipe's ``fixed_size``.
+    """
+    unknown = sorted(k for k in config.options if k not in recipe.options)
+    if unknown:
+        raise InputError(f"dataset {recipe.name} has no option(s) {unknown}; expected one of "
+                         f"{list(recipe.options) or 'none'}")
     fields = set(PrepareConfig.model_fields)
     values = {k: v for k, v in recipe.defaults.items() if k in fields}
     options = {k: v for k, v in recipe.defaults.items() if k not in fields}
     values.update(config.model_dump(exclude_unset=True))
     values["options"] = {**options, **config.options}
-    return PrepareConfig(**values)
+    effective = PrepareConfig(**values)
+    if recipe.fixed_size is not None and effective.size != recipe.fixed_size:
+        raise InputError(f"dataset {recipe.name} keeps the publisher's {recipe.fixed_size}×"
+                         f"{recipe.fixed_size} pixels; expected size={recipe.fixed_size} or "
+                         f"unset, found size={effective.size}")
+    return effective
 
 
 def _listing(source: Path) -> list[list[Any]]:
@@ -506,7 +523,8 @@ def prepare_dataset(name: str, source: str | os.PathLike, out_root: str | os.Pat
     fingerprint = source_fingerprint(name, source, cfg)
     root = Path(out_root).resolve() / name
     report = PrepareReport(dataset=name, root=str(root), manifest=str(root / "manifest.csv"),
-                           fingerprint=fingerprint)
+                           fingerprint=fingerprint,
+                           expectations=recipe.expectations(cfg).to_dict())
 
     marker = _is_complete(root, fingerprint)
     if marker is not None:

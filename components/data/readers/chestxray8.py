@@ -46,11 +46,10 @@ from components.data.datasets import PrepareConfig, register_dataset
 from components.data.readers.base import (
     DatasetLayoutError,
     DatasetReader,
+    ItemError,
     SourceItem,
     describe,
-    ItemError,
 )
-from components.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +476,8 @@ def _approximate_target(gray: Image.Image) -> Image.Image:
     description=("ChestX-ray8 radiographs (A) and bone-suppressed targets (B): real ones "
                  "from options.targets when given, else a classical rib-suppression "
                  f"approximation (target_kind={TARGET_KIND!r}), not seed 001's network"),
-    defaults={"size": 256})
+    defaults={"size": 256}, options=("targets",),
+    extra_values={"target_kind": (SUPPLIED_TARGET_KIND, TARGET_KIND)})
 def debone_pair(image: Image.Image, item: SourceItem,
                 config: PrepareConfig) -> dict[str, Image.Image]:
     """One debone pair: A = the radiograph, B = its bone-suppressed target.

@@ -139,7 +139,7 @@ class Cifar10Reader(DatasetReader):
 
 @register_dataset("cifar10", reader=Cifar10Reader, domains=("image",),
                   description="CIFAR-10 32×32 RGB, 10 classes, publisher train/test split",
-                  defaults={"size": SIDE})
+                  defaults={"size": SIDE}, fixed_size=SIDE, label_range=(0, N_CLASSES - 1))
 def cifar10_transform(image: Image.Image, item: SourceItem,
                       config: PrepareConfig) -> dict[str, Image.Image]:
     """Keep the 32×32 pixels as they are (no resize)."""

@@ -141,7 +141,8 @@ def rain_params_for(item_id: str, config: PrepareConfig) -> tuple[RainParams, in
 @register_dataset("voc_derain", reader=VocReader, domains=("A", "B"),
                   description="PASCAL VOC 2012 derain pairs: A = synthesised rain, B = clean "
                               "(seed 001); train/val/test = watermark/surrogate/test roles",
-                  defaults={"fractions": SEED_FRACTIONS, "rain_haze": False})
+                  defaults={"fractions": SEED_FRACTIONS, "rain_haze": False},
+                  options=("rain_haze", "rain"))
 def voc_derain_transform(image: Image.Image, item: SourceItem,
                          config: PrepareConfig) -> dict[str, Image.Image]:
     """One derain pair.
