@@ -215,6 +215,9 @@ def calibrate_fpr(
 ) -> dict[str, float | int]:
     """Measure the false-positive rate on clean images against random keys.
 
+    A method whose detector ignores the key (``keyed_detection = False``) is
+    verified once per image: ``n_keys`` does not multiply its trials.
+
     Fast path: a method may offer ``null_p_values(images, n_keys, seed) ->
     Tensor[B, n_keys]`` (p-values of clean images against ``n_keys`` random keys;
     NaN = unreadable). Otherwise ``verify`` is looped over ``n_keys`` random
@@ -247,7 +250,15 @@ def calibrate_fpr(
     alpha = float(alpha)
 
     fast = getattr(method, "null_p_values", None)
-    if callable(fast):
+    if not getattr(method, "keyed_detection", True):
+        # The detector ignores the key (e.g. anti_forward's stamp): another key is not
+        # another trial, so each clean image is verified once.
+        key = WatermarkKey(secret=_random_secret(torch.Generator().manual_seed(seed)))
+        verdicts = [v for s in _batches(len(clean_images), batch_size)
+                    for v in _verify(method, clean_images[s], key)]
+        pvals = torch.tensor([[math.nan if v.p_value is None else float(v.p_value)]
+                              for v in verdicts], dtype=torch.float64)  # n 1
+    elif callable(fast):
         parts = []
         for s in _batches(len(clean_images), batch_size):
             with torch.no_grad():

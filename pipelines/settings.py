@@ -158,8 +158,8 @@ class RunSettings:
 
     @property
     def model_name(self) -> str:
-        """Registered model name, ``neuralmark-<method>``."""
-        return model_name(self.method)
+        """Registered model name: ``neuralmark-<method>[-<variant>]``."""
+        return model_name(self.method, getattr(self.config, "variant", None))
 
     def step_parameters(self) -> dict[str, dict[str, Any]]:
         """JSON dicts handed to the steps (each re-validates its own part)."""
@@ -171,9 +171,15 @@ class RunSettings:
         }
 
 
-def model_name(method: str) -> str:
-    """Registered model name of a method: ``neuralmark-<method>``."""
-    return f"neuralmark-{method}"
+def model_name(method: str, variant: str | None = None) -> str:
+    """Registered model name: ``neuralmark-<method>``, or ``neuralmark-<method>-<variant>``.
+
+    A method whose config has a ``variant`` field (``anti_forward``: baseline,
+    rs, rs_aug) registers each variant as its own model, so each has its own
+    ``champion``: a service deploying the smoothed scanner never gets the plain
+    one because the plain one passed its (different) gate.
+    """
+    return f"neuralmark-{method}" + (f"-{variant}" if variant else "")
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from zenml.enums import ExecutionMode
 from components.methods.base import InputError
 from components.methods.registry import method_class
 from pipelines.evaluation import headline
-from pipelines.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, model_name, resolve
+from pipelines.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, resolve
 from steps.data import build_dataset, validate_dataset
 from steps.evaluation import evaluate_robustness, sign_heldout
 from steps.promotion import gate, register_and_promote
@@ -106,11 +106,16 @@ def _run_config(method: str, profile: str, config_path: str | os.PathLike | None
                          "evaluation, policy")
     params = deep_merge(params, overrides)
     params.update(method=method, profile=profile)
-    model = dict(raw.get("model") or {})
-    if model.get("name", model_name(method)) != model_name(method):
-        raise InputError(f"{path}: model name {model['name']!r} is not {model_name(method)!r}")
-    model["name"] = model_name(method)
-    return {**raw, "parameters": params, "model": model}
+    return {**raw, "parameters": params, "model": dict(raw.get("model") or {})}
+
+
+def _name_model(run_config: dict[str, Any], expected: str, path: str) -> None:
+    """Set the ZenML Model name to the registered model's; a YAML naming another is an error."""
+    model = run_config["model"]
+    if model.get("name", expected) != expected:
+        raise InputError(f"{path}: model name {model['name']!r} is not {expected!r} "
+                         "(neuralmark-<method>[-<variant>])")
+    model["name"] = expected
 
 
 class _ProjectClient:
@@ -183,8 +188,10 @@ def run_training(method: str, profile: str = "tiny", config_path: str | os.PathL
     method_class(method)
     run_config = _run_config(method, profile, config_path, overrides)
     params = run_config["parameters"]
-    resolve(method, profile, **{k: params.get(k) for k in ("config", "data", "evaluation",
-                                                           "policy")})
+    settings = resolve(method, profile, **{k: params.get(k) for k in ("config", "data",
+                                                                      "evaluation", "policy")})
+    _name_model(run_config, settings.model_name,
+                str(config_path or CONFIGS_DIR / f"{method}.yaml"))
     ensure_stack(root)
     ensure_experiment(PIPELINE_NAME, root)
     with tempfile.TemporaryDirectory(prefix="nm-run-config-") as tmp, _ProjectClient(root), \

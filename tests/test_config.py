@@ -113,21 +113,31 @@ def test_shipped_profiles_resolve_for_every_method_with_a_section() -> None:
     assert tiny.data.root != full.data.root  # neither profile rebuilds the other's data
 
 
-def test_method_yaml_is_a_zenml_run_config() -> None:
+@pytest.mark.parametrize("path", sorted(CONFIGS_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_method_yaml_is_a_zenml_run_config(path) -> None:
+    """Every ``configs/<method>[_<variant>].yaml`` runs with ``zenml pipeline run -c``:
+    valid ZenML run config, valid settings, and the ZenML Model named like the
+    registered model (``neuralmark-<method>[-<variant>]``)."""
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 
-    from pipelines.training import _run_config
-
-    raw = yaml.safe_load((CONFIGS_DIR / "pgd_signer.yaml").read_text())
+    raw = yaml.safe_load(path.read_text())
     run = PipelineRunConfiguration.model_validate(raw)
-    assert run.model.name == "neuralmark-pgd_signer" and run.enable_cache is False
+    assert run.enable_cache is False
     params = dict(run.parameters)
-    assert params.pop("method") == "pgd_signer"
-    resolve("pgd_signer", params.pop("profile", "tiny"), **params)
+    method = params.pop("method")
+    assert path.stem == method or path.stem.startswith(f"{method}_")
+    settings = resolve(method, params.pop("profile", "tiny"), **params)
+    assert run.model.name == settings.model_name
+
+
+def test_run_config_merges_overrides() -> None:
+    from pipelines.training import _name_model, _run_config
 
     merged = _run_config("pgd_signer", "full", None, {"config": {"rounds": 3}})
     assert merged["parameters"]["profile"] == "full"
     assert merged["parameters"]["config"] == {"rounds": 3}
     assert merged["model"]["name"] == "neuralmark-pgd_signer"
+    with pytest.raises(InputError, match="is not 'neuralmark-pgd_signer-rs'"):
+        _name_model(merged, "neuralmark-pgd_signer-rs", "x.yaml")
     with pytest.raises(InputError, match="unknown override section"):
         _run_config("pgd_signer", "tiny", None, {"polcy": {}})

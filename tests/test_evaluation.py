@@ -298,6 +298,17 @@ def test_calibrate_fpr_verify_loop_interval_contains_true_rate(carriers):
     assert default_alpha["alpha"] == method.config.alpha
 
 
+def test_calibrate_fpr_key_independent_detector_counts_images_not_keys(carriers):
+    class KeylessNull(AdditiveMark):
+        keyed_detection = False
+
+    method = KeylessNull()
+    result = calibrate_fpr(method, carriers, n_keys=50, alpha=0.1, seed=0, batch_size=8)
+    assert method.verify_calls == 1  # one pass over the 8 images, not 50
+    assert result["trials"] == len(carriers)
+    assert result["detections"] == round(result["fpr"] * len(carriers))
+
+
 # -- plots -------------------------------------------------------------------------------------
 
 
