@@ -160,3 +160,92 @@ def curve(xs: Sequence[float] | Series, ys: Sequence[float] | None = None, xlabe
     if any(series):
         ax.legend(fontsize="small")
     return fig
+
+
+def certified_accuracy_plot(rows: Sequence[Mapping[str, Any]],
+                            metric: str = "certified_accuracy") -> Figure:
+    """Certified accuracy vs L2 radius, one colour per method.
+
+    Draws ``metric`` (solid) and, when present, ``<metric>_stamped`` (dashed)
+    and ``<metric>_clean`` (dotted) from ``certified_rows`` output.
+
+    Args:
+        rows: tidy rows (``adversarial_evaluation.certified_rows`` / ``rows_from_csv``).
+        metric: the overall metric name.
+
+    Raises:
+        ValueError: no row has this metric with a numeric strength (radius).
+    """
+    styles = {metric: ("-", "all"), f"{metric}_stamped": ("--", "stamped"),
+              f"{metric}_clean": (":", "clean")}
+    lines: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["metric"] in styles and r["strength"] is not None:
+            lines[r["method"]][r["metric"]].append((float(r["strength"]), float(r["value"])))
+    if not any(metric in by_metric for by_metric in lines.values()):
+        raise ValueError(f"no rows with metric {metric!r} and a radius to plot")
+    fig = _figure(5.0, 3.5)
+    ax = fig.subplots()
+    for i, (method, by_metric) in enumerate(sorted(lines.items())):
+        color = f"C{i}"
+        for name, (style, part) in styles.items():
+            if name not in by_metric:
+                continue
+            xs, ys = zip(*sorted(by_metric[name]), strict=True)
+            ax.plot(xs, ys, ls=style, color=color, marker="o" if name == metric else None,
+                    ms=3, label=f"{method} ({part})")
+    ax.set_xlabel("L2 radius")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title("certified accuracy vs radius")
+    return fig
+
+
+def attack_success_plot(rows: Sequence[Mapping[str, Any]],
+                        metrics: Sequence[str] = ("attack_success_rate",
+                                                  "detection_rate_adversarial")) -> Figure:
+    """Grouped bars per adversarial attack label, one bar per method, a panel per metric.
+
+    A panel for ``detection_rate_adversarial`` also draws each method's
+    ``detection_rate_unattacked`` as a dashed reference line.
+
+    Args:
+        rows: tidy rows (``adversarial_evaluation.adversarial_rows`` / ``rows_from_csv``).
+        metrics: metrics to draw (those absent from ``rows`` are skipped).
+
+    Raises:
+        ValueError: none of ``metrics`` is in ``rows``.
+    """
+    values: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    reference: dict[str, float] = {}
+    for r in rows:
+        if r["metric"] in metrics:
+            values[r["metric"]][r["label"]][r["method"]] = float(r["value"])
+        elif r["metric"] == "detection_rate_unattacked":
+            reference[r["method"]] = float(r["value"])
+    present = [m for m in metrics if m in values]
+    if not present:
+        raise ValueError(f"no rows with any of the metrics {list(metrics)}")
+    methods = sorted({m for per_label in values.values() for v in per_label.values() for m in v})
+    fig = _figure(max(4.0, 1.2 + 1.1 * max(len(values[m]) for m in present)) * len(present), 3.6)
+    axes = fig.subplots(1, len(present), squeeze=False)[0]
+    width = 0.8 / len(methods)
+    for ax, metric in zip(axes, present, strict=True):
+        labels = sorted(values[metric])
+        for i, method in enumerate(methods):
+            xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(labels))]
+            ys = [values[metric][lab].get(method, math.nan) for lab in labels]
+            bars = ax.bar(xs, ys, width=width, color=f"C{i}", label=method)
+            ax.bar_label(bars, fmt="%.2f", fontsize="x-small")
+            if metric == "detection_rate_adversarial" and method in reference:
+                ax.axhline(reference[method], color=f"C{i}", ls="--", lw=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize="small")
+        ax.set_ylim(0, 1.1)
+        ax.set_ylabel(metric)
+        ax.grid(axis="y", alpha=0.3)
+    if len(methods) > 1:
+        axes[0].legend(fontsize="small")
+    fig.suptitle("adversarial robustness of the scanner")
+    return fig
