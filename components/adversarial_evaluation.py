@@ -33,7 +33,11 @@ Metrics of ``adversarial_rows`` (per attack label; strength = ε in 1/255):
 - ``false_positive_rate_adversarial`` / ``forgery_success_rate``: the same on
   clean images attacked toward "stamped" (``forge=True``).
 - ``linf_distance_max``: largest measured ``‖adv − x‖∞`` (on the [0, 1] scale).
-- ``queries_per_image``: Square only, measured forwards per image.
+- ``queries_per_image``: Square only, measured forwards per image (a query
+  to a smoothed scanner's soft score costs ``eot_iter`` base forwards).
+
+With ``also_verify`` the same adversarial images are also judged by
+``method.verify`` (the deployed rule); those metrics end in ``_verify``.
 
 and on label ``none``: ``detection_rate_unattacked``,
 ``false_positive_rate_unattacked`` (+ ``abstain_rate_unattacked``).
@@ -47,6 +51,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from components.attacks.adversarial import (
@@ -133,24 +138,81 @@ def _share(flags: Sequence[bool]) -> float:
     return sum(flags) / len(flags)
 
 
+def noise_space(method: Scanner) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The map into the space where ``method.certify`` adds its noise, for EoT attacks.
+
+    A public ``method.to_working`` when the method has one; else, when the
+    config has a ``working_size``, a resize to it (antialiased bilinear, the
+    resize ``anti_forward`` documents, identity at that size); else ``None``
+    (noise in the classifier's input space).
+    """
+    public = getattr(method, "to_working", None)
+    if callable(public):
+        return public
+    size = getattr(getattr(method, "config", None), "working_size", None)
+    if size is None:
+        return None
+    size = int(size)
+
+    def to_working(x: torch.Tensor) -> torch.Tensor:  # b c h w → b c s s
+        if tuple(x.shape[-2:]) == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                             align_corners=False)
+
+    return to_working
+
+
+def verify_decisions(method: Any, images: torch.Tensor, key: Any = None,
+                     batch_size: int = 16) -> list[int]:
+    """The full ``verify`` decision per image (N×3×H×W): 1 if ``Verdict.detected``, else 0."""
+    return [int(bool(v.detected)) for s in _batches(len(images), batch_size)
+            for v in method.verify(images[s], key)]
+
+
 def _attack(name: str, classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
             sigma: float, eps: float, steps: int, queries: int, eot_iter: int,
-            noise_samples: int, seed: int) -> tuple[torch.Tensor, int]:
+            noise_samples: int, seed: int,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, int]:
     """Run one attack on one batch; returns (adversarial images, model queries)."""
     if name == "apgd":  # on a smoothed scanner: transfer from the base classifier
         return apgd(classifier, images, labels, eps=eps, steps=steps, seed=seed), 0
     if name == "square":
         # black box against the deployed score: for a smoothed scanner the soft smoothed
         # classifier over ``eot_iter`` draws (one query = eot_iter base forwards)
-        target = classifier if sigma == 0 else GaussianNoise(classifier, sigma,
-                                                             samples=eot_iter, seed=seed)
+        target = classifier if sigma == 0 else GaussianNoise(
+            classifier, sigma, samples=eot_iter, seed=seed, transform=transform)
         counter = QueryCounter(target)
         adv = square(counter, images, labels, eps=eps, queries=queries, seed=seed)
         return adv, counter.images
     if name == "apgd_eot":
         return apgd_eot(classifier, images, labels, sigma=sigma, eps=eps, steps=steps,
-                        eot_iter=eot_iter, noise_samples=noise_samples, seed=seed), 0
+                        eot_iter=eot_iter, noise_samples=noise_samples, seed=seed,
+                        transform=transform), 0
     raise ValueError(f"unknown adversarial attack {name!r}; valid: {', '.join(ATTACK_NAMES)}")
+
+
+def _decision_rows(goal: str, before: list[int | None], after: list[int | None],
+                   suffix: str, smoothed: bool) -> list[tuple[str, float, int]]:
+    """(metric, value, n) of one attacked side under one decision rule."""
+    out: list[tuple[str, float, int]] = []
+    want = STAMPED if goal == "remove" else 1 - STAMPED  # the correct decision
+    flagged = [d == STAMPED for d in after]
+    held = [i for i, d in enumerate(before) if d == want]
+    if goal == "remove":
+        out.append((f"detection_rate_adversarial{suffix}", _share(flagged), len(after)))
+        if held:
+            out.append((f"attack_success_rate{suffix}",
+                        _share([after[i] != want for i in held]), len(held)))
+        if smoothed:
+            out.append((f"abstain_rate_adversarial{suffix}",
+                        _share([d is None for d in after]), len(after)))
+    else:
+        out.append((f"false_positive_rate_adversarial{suffix}", _share(flagged), len(after)))
+        if held:
+            out.append((f"forgery_success_rate{suffix}",
+                        _share([after[i] == STAMPED for i in held]), len(held)))
+    return out
 
 
 def adversarial_rows(
@@ -169,6 +231,8 @@ def adversarial_rows(
     smoothing_n0: int | None = None,
     alpha: float | None = None,
     forge: bool = True,
+    also_verify: bool = False,
+    key: Any = None,
     batch_size: int = 16,
     name: str | None = None,
     progress: Callable[[int, int, str], None] | Any | None = None,
@@ -176,7 +240,9 @@ def adversarial_rows(
     """Attack success and robust detection under APGD, Square and APGD-EoT.
 
     ``apgd_eot`` needs noise to average over: on an unsmoothed scanner
-    (``sigma == 0``) it is skipped (it would be ``apgd``).
+    (``sigma == 0``) it is skipped (it would be ``apgd``). Its noise, and that
+    of Square's queries on a smoothed scanner, is added where the method
+    certifies (``noise_space``).
 
     Args:
         method: a scanner method (see ``Scanner``).
@@ -195,6 +261,10 @@ def adversarial_rows(
         smoothing_n0: selection samples (``None`` = method default).
         alpha: certification level (``None`` = method default).
         forge: also attack the clean images toward "stamped".
+        also_verify: also judge the same images by ``method.verify(images, key)``
+            (the deployed rule: calibrated test, and certification when the
+            method smooths); those metrics end in ``_verify``.
+        key: passed to ``verify`` (``None`` for key-free scanners).
         batch_size: images per attack call.
         name: the ``method`` column (default: the method's registry key, as
             ``run_suite`` writes it, so both tables summarize together).
@@ -214,6 +284,7 @@ def adversarial_rows(
     run = [a for a in attacks if smoothed or a != "apgd_eot"]
     name = name or _method_name(method)
     classifier = method.classifier_module()
+    transform = noise_space(method) if smoothed else None
     decide = dict(smoothing_n=smoothing_n, smoothing_n0=smoothing_n0, alpha=alpha,
                   batch_size=batch_size)
     sides = [("remove", stamped)] + ([("forge", clean)] if clean is not None and forge else [])
@@ -225,16 +296,23 @@ def adversarial_rows(
         rows.append({"method": name, "attack": attack, "strength": strength, "label": lab,
                      "metric": metric, "value": float(value), "n": int(n)})
 
-    before = {"remove": scanner_decisions(method, stamped, seed=_seed(seed, "none/s"), **decide)}
-    add("none", None, "none", "detection_rate_unattacked",
-        _share([d == STAMPED for d in before["remove"]]), len(stamped))
-    if smoothed:
-        add("none", None, "none", "abstain_rate_unattacked",
-            _share([d is None for d in before["remove"]]), len(stamped))
-    if clean is not None:
-        before["forge"] = scanner_decisions(method, clean, seed=_seed(seed, "none/c"), **decide)
-        add("none", None, "none", "false_positive_rate_unattacked",
-            _share([d == STAMPED for d in before["forge"]]), len(clean))
+    rules: list[tuple[str, Callable[[torch.Tensor, str], list[int | None]]]] = [
+        ("", lambda x, tag: scanner_decisions(method, x, seed=_seed(seed, tag), **decide))]
+    if also_verify:
+        rules.append(("_verify", lambda x, tag: verify_decisions(method, x, key, batch_size)))
+
+    before: dict[tuple[str, str], list[int | None]] = {}
+    for suffix, rule in rules:
+        before["remove", suffix] = rule(stamped, "none/s")
+        add("none", None, "none", f"detection_rate_unattacked{suffix}",
+            _share([d == STAMPED for d in before["remove", suffix]]), len(stamped))
+        if smoothed and not suffix:
+            add("none", None, "none", "abstain_rate_unattacked",
+                _share([d is None for d in before["remove", suffix]]), len(stamped))
+        if clean is not None:
+            before["forge", suffix] = rule(clean, "none/c")
+            add("none", None, "none", f"false_positive_rate_unattacked{suffix}",
+                _share([d == STAMPED for d in before["forge", suffix]]), len(clean))
     _report(progress, 1, total, "unattacked")
 
     done = 1
@@ -249,33 +327,19 @@ def adversarial_rows(
                 adv, q = _attack(attack, classifier, batch, labels, sigma=sigma, eps=eps,
                                  steps=steps, queries=queries, eot_iter=eot_iter,
                                  noise_samples=noise_samples,
-                                 seed=_seed(seed, f"{lab}/{goal}/{i}") % (2**31))
+                                 seed=_seed(seed, f"{lab}/{goal}/{i}") % (2**31),
+                                 transform=transform)
                 adv_parts.append(adv)
                 used += q
             adv = torch.cat(adv_parts)  # n c h w
-            after = scanner_decisions(method, adv, seed=_seed(seed, f"{lab}/{goal}/decide"),
-                                      **decide)
-            prior = before[goal]
-            want = STAMPED if goal == "remove" else 1 - STAMPED  # the correct decision
-            flagged = [d == STAMPED for d in after]
-            held = [i for i, d in enumerate(prior) if d == want]
+            for suffix, rule in rules:
+                after = rule(adv, f"{lab}/{goal}/decide")
+                for metric, value, n in _decision_rows(goal, before[goal, suffix], after,
+                                                       suffix, smoothed and not suffix):
+                    add(attack, strength, lab, metric, value, n)
             if goal == "remove":
-                add(attack, strength, lab, "detection_rate_adversarial", _share(flagged),
-                    len(adv))
-                if held:
-                    add(attack, strength, lab, "attack_success_rate",
-                        _share([after[i] != want for i in held]), len(held))
-                if smoothed:
-                    add(attack, strength, lab, "abstain_rate_adversarial",
-                        _share([d is None for d in after]), len(adv))
                 add(attack, strength, lab, "linf_distance_max",
                     float((adv - images).abs().max()), len(adv))
-            else:
-                add(attack, strength, lab, "false_positive_rate_adversarial", _share(flagged),
-                    len(adv))
-                if held:
-                    add(attack, strength, lab, "forgery_success_rate",
-                        _share([after[i] == STAMPED for i in held]), len(held))
             if attack == "square":
                 metric = "queries_per_image" if goal == "remove" else "forgery_queries_per_image"
                 add(attack, strength, lab, metric, used / len(images), len(images))

@@ -13,11 +13,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
 from components import smoothing
-from components.adversarial_evaluation import adversarial_rows, certified_rows, scanner_decisions
+from components.adversarial_evaluation import (
+    adversarial_rows,
+    certified_rows,
+    noise_space,
+    scanner_decisions,
+)
 from components.attacks.adversarial import (
     GaussianNoise,
     QueryCounter,
@@ -73,6 +79,12 @@ class ToyScanner:
     def certify(self, images, *, n0=None, n=None, alpha=None, generator=None):
         return smoothing.certify(self.net, images, self.config.sigma, n0=n0 or 64, n=n or 200,
                                  alpha=alpha or 0.001, generator=generator)
+
+    def verify(self, images, key=None):
+        """Detected iff the margin exceeds 1 (a stricter rule than the argmax)."""
+        with torch.no_grad():
+            z = self.net(images)[:, 1]
+        return [SimpleNamespace(detected=bool(v > 1.0)) for v in z]
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +198,25 @@ def test_gaussian_noise_wrapper_draws_fresh_noise(toy):
         GaussianNoise(net, sigma=-1.0)
 
 
+def test_noise_goes_where_the_method_certifies(toy):
+    net, _, stamped = toy
+    seen = []
+
+    def spy(x):
+        seen.append(tuple(x.shape[-2:]))
+        return net(F.interpolate(x, size=SHAPE[1:], mode="nearest"))
+
+    method = SimpleNamespace(config=SimpleNamespace(sigma=0.5, working_size=8))
+    to_working = noise_space(method)
+    assert to_working(stamped).shape == (len(stamped), 3, 8, 8)
+    assert torch.equal(to_working(stamped[..., :8, :8]), stamped[..., :8, :8])
+    GaussianNoise(spy, 0.5, transform=to_working)(stamped)
+    assert seen == [(8, 8)]
+    method.to_working = lambda x: x[..., :4, :4]  # a public map wins over the config
+    assert noise_space(method)(stamped).shape[-2:] == (4, 4)
+    assert noise_space(SimpleNamespace(config=SimpleNamespace(sigma=0.5))) is None
+
+
 def test_adaptive_attack_on_the_smoothed_toy(toy):
     net, _, stamped = toy
     sigma = 0.25
@@ -205,7 +236,8 @@ def test_adaptive_attack_on_the_smoothed_toy(toy):
 def test_adversarial_rows_on_the_plain_toy(toy, tmp_path):
     net, clean, stamped = toy
     method = ToyScanner(net, sigma=0.0)
-    rows = adversarial_rows(method, stamped, clean, steps=10, queries=100, seed=0)
+    rows = adversarial_rows(method, stamped, clean, steps=10, queries=100, seed=0,
+                            also_verify=True)
     assert all(set(r) == set(COLUMNS) for r in rows)
     labels = {r["label"] for r in rows}
     assert labels == {"none", "apgd_linf_8", "square_linf_8"}  # no noise: no apgd_eot
@@ -217,6 +249,12 @@ def test_adversarial_rows_on_the_plain_toy(toy, tmp_path):
     assert flat["forgery_success_rate/apgd_linf_8"] == 1.0
     assert flat["linf_distance_max/apgd_linf_8"] <= 8 / 255 + 1e-6
     assert 0 < flat["queries_per_image/square_linf_8"] <= 100 + 3
+    # the same adversarial images judged by verify (margin > 1, not the argmax)
+    assert flat["detection_rate_unattacked_verify/none"] == 1.0
+    assert flat["false_positive_rate_unattacked_verify/none"] == 0.0
+    assert flat["attack_success_rate_verify/apgd_linf_8"] == 1.0
+    assert flat["forgery_success_rate_verify/apgd_linf_8"] <= flat[
+        "forgery_success_rate/apgd_linf_8"]
     back = rows_from_csv(rows_to_csv(rows, tmp_path / "adv.csv"))
     assert [(r["label"], r["metric"]) for r in back] == [(r["label"], r["metric"]) for r in rows]
     fig = attack_success_plot(rows)

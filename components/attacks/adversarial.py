@@ -107,8 +107,10 @@ class GaussianNoise(nn.Module):
     """Classifier under Gaussian input noise: the base of a smoothed scanner.
 
     Every forward draws fresh noise ``N(0, σ²I)`` in the classifier's input
-    space (for a classifier that resizes inside, that is the input
-    resolution). With ``samples`` = m > 1 it returns the log of the mean
+    space, or after ``transform`` when given (a scanner that resizes inside and
+    certifies at its working size needs the resize there, else the noise would
+    be low-passed by the resize and the attack would aim at the wrong
+    distribution). With ``samples`` = m > 1 it returns the log of the mean
     softmax over m draws, i.e. the smoothed *soft* classifier of Salman et al.
     (2019), whose loss and gradient are far less noisy than a single draw's.
 
@@ -118,11 +120,17 @@ class GaussianNoise(nn.Module):
         samples: noise draws averaged per forward (m ≥ 1).
         seed: seeds the module's own noise generator (reproducible, independent
             of the global RNG).
+        transform: differentiable map of the inputs into the space where the
+            smoothed classifier adds its noise (e.g. the method's resize to its
+            working size); ``None`` = the input space. ``classifier`` then
+            receives the transformed, noisy tensor.
     """
 
     def __init__(self, classifier: Classifier, sigma: float, samples: int = 1,
-                 seed: int = 0) -> None:
+                 seed: int = 0, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> None:
         super().__init__()
+        self.transform = transform
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         if samples < 1:
@@ -138,6 +146,8 @@ class GaussianNoise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B×C×H×W → B×K: logits of one noisy draw (m = 1) or log mean softmax (m > 1)."""
+        if self.transform is not None:
+            x = self.transform(x)
         b = x.shape[0]
         m = self.samples
         batch = x.unsqueeze(1).expand(b, m, *x.shape[1:]).reshape(
@@ -260,7 +270,8 @@ def square(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *
 
 def apgd_eot(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
              sigma: float, eps: float = 8 / 255, steps: int = 100, eot_iter: int = 20,
-             noise_samples: int = 1, seed: int = 0) -> torch.Tensor:
+             noise_samples: int = 1, seed: int = 0,
+             transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Adaptive white-box attack on a smoothed scanner: APGD with EoT over the noise.
 
     ``torchattacks.APGD`` runs on ``GaussianNoise(classifier, sigma,
@@ -278,6 +289,8 @@ def apgd_eot(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor,
         eot_iter: noise draws whose gradients are averaged per step.
         noise_samples: draws averaged inside each forward (log mean softmax).
         seed: seeds the random start and the noise.
+        transform: maps inputs to the space where the noise is added (see
+            ``GaussianNoise``); ``None`` = the classifier's input space.
 
     Returns:
         B×3×H×W adversarial images in [0, 1], ``‖adv − images‖∞ ≤ eps``.
@@ -287,7 +300,8 @@ def apgd_eot(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"apgd_eot attacks a smoothed scanner: sigma must be > 0, got {sigma}")
     if eot_iter < 1:
         raise ValueError(f"eot_iter must be >= 1, got {eot_iter}")
-    noisy = GaussianNoise(classifier, sigma, samples=noise_samples, seed=seed)
+    noisy = GaussianNoise(classifier, sigma, samples=noise_samples, seed=seed,
+                          transform=transform)
     model = AttackModel(noisy, images.device)
     attack = torchattacks.APGD(model, norm="Linf", eps=float(eps), steps=int(steps),
                                n_restarts=1, seed=int(seed), loss="ce", eot_iter=int(eot_iter))
