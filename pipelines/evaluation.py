@@ -29,10 +29,18 @@ HEADLINE = ("psnr", "ssim", "bit_accuracy_mean_attacked", "detection_rate/none",
             "detection_rate_mean_attacked", "fpr", "fpr_ci_high", "fpr_trials")
 
 
+#: per-label metrics worth printing (bits when the method has them, else detection)
+HEADLINE_PREFIXES = ("bit_accuracy/", "attack_success_rate/", "certified_accuracy/")
+
+
 def headline(summary: Mapping[str, float]) -> dict[str, float]:
-    """The summary metrics worth printing: ``HEADLINE`` plus every ``bit_accuracy/<label>``."""
+    """The summary metrics worth printing: ``HEADLINE``, every per-label bit accuracy,
+    adversarial success and certified accuracy; per-label detection rates for
+    methods without bits."""
+    has_bits = any(k.startswith("bit_accuracy/") for k in summary)
     return {k: float(v) for k, v in summary.items()
-            if k in HEADLINE or k.startswith("bit_accuracy/")}
+            if k in HEADLINE or k.startswith(HEADLINE_PREFIXES)
+            or (not has_bits and k.startswith("detection_rate/"))}
 
 
 def _bundle_dir(method: str, bundle: str | os.PathLike | None) -> Path:

@@ -75,6 +75,40 @@ class DataSettings(SampleDataConfig):
         return root if root.is_absolute() else Path(project_root).resolve() / root
 
 
+class AdversarialSettings(BaseModel):
+    """Adversarial and certified evaluation of a detector (``anti_forward``'s scanner).
+
+    Attributes:
+        limit: stamped (and as many clean) held-out images attacked.
+        eps: L∞ budget of APGD / Square / the adaptive attack (seed: 8/255).
+        attacks: which of ``apgd`` (white box), ``square`` (black box) and
+            ``apgd_eot`` (adaptive: APGD with EoT over the smoothing noise) to run.
+        apgd_steps: APGD iterations.
+        square_queries: Square's query budget per image.
+        eot_iter: noise draws averaged per APGD gradient in ``apgd_eot``.
+        smoothing_n: noise samples of the smoothed decision on attacked images.
+        certify_n0: Cohen et al. selection samples.
+        certify_n: Cohen et al. estimation samples.
+        certify_alpha: failure probability of each certificate.
+        radii: L2 radii of the certified-accuracy curve (working-size pixel space).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    limit: int = Field(8, ge=1)
+    eps: float = Field(8 / 255, ge=0.0, le=1.0)
+    attacks: list[Literal["apgd", "square", "apgd_eot"]] = Field(
+        default_factory=lambda: ["apgd", "square", "apgd_eot"])
+    apgd_steps: int = Field(10, ge=1)
+    square_queries: int = Field(100, ge=1)
+    eot_iter: int = Field(4, ge=1)
+    smoothing_n: int = Field(100, ge=1)
+    certify_n0: int = Field(32, ge=1)
+    certify_n: int = Field(256, ge=1)
+    certify_alpha: float = Field(1e-3, gt=0.0, lt=1.0)
+    radii: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
+
+
 class EvaluationSettings(BaseModel):
     """How a trained method is evaluated.
 
@@ -89,6 +123,7 @@ class EvaluationSettings(BaseModel):
         batch_size: images per embed / verify call.
         seed: seeds the attacks' random draws and the FPR keys.
         example_images: columns of the example grid figure.
+        adversarial: adversarial + certified evaluation (detectors only; ``None``: skip).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -103,6 +138,7 @@ class EvaluationSettings(BaseModel):
     batch_size: int = Field(8, ge=1)
     seed: int = 0
     example_images: int = Field(4, ge=1)
+    adversarial: AdversarialSettings | None = None
 
     @field_validator("attacks")
     @classmethod
@@ -308,4 +344,8 @@ def resolve(method: str, profile: str = "tiny", *, config: Mapping[str, Any] | N
         policy=_validate(GatePolicy, merged["policy"], "policy"),
     )
     _check_policy_labels(settings.policy, settings.evaluation)
+    if settings.evaluation.adversarial is not None and not hasattr(method_class(method),
+                                                                   "classifier_module"):
+        raise InputError(f"invalid evaluation config: evaluation.adversarial: {method} has no "
+                         "scanner to attack (only detectors such as anti_forward have one)")
     return settings

@@ -14,6 +14,7 @@ from zenml import step
 
 import steps.materializers  # noqa: F401  (registers tensor, method and report materializers)
 from components import plots
+from components.adversarial_evaluation import adversarial_rows, certified_rows
 from components.data.manifest import load_split
 from components.evaluation import calibrate_fpr, embed_all, rows_to_csv, run_suite, summarize
 from components.methods.base import WatermarkMethod
@@ -43,6 +44,8 @@ def robustness_report(method: WatermarkMethod, clean: torch.Tensor, marked: torc
     rows = run_suite(method, clean, settings.key(), settings.suite(), watermarked=marked,
                      alpha=settings.alpha, batch_size=settings.batch_size, seed=settings.seed,
                      progress=progress)
+    if settings.adversarial is not None:
+        rows += adversarial_report_rows(method, clean, marked, settings, progress)
     calibration = calibrate_fpr(method, clean, n_keys=settings.fpr_keys, alpha=settings.alpha,
                                 seed=settings.seed, batch_size=settings.batch_size)
     summary = {**summarize(rows), "fpr": float(calibration["fpr"]),
@@ -55,14 +58,42 @@ def robustness_report(method: WatermarkMethod, clean: torch.Tensor, marked: torc
                          "evaluation": settings.model_dump(mode="json")})
 
 
+def adversarial_report_rows(method: WatermarkMethod, clean: torch.Tensor, marked: torch.Tensor,
+                            settings: EvaluationSettings, progress: Any = None) -> list[dict]:
+    """APGD / Square / adaptive-attack rows and, for a smoothed scanner, certified accuracy.
+
+    The first ``settings.adversarial.limit`` stamped images are attacked toward
+    "not stamped" and as many clean ones toward "stamped" (forgery).
+    """
+    adv = settings.adversarial
+    if adv is None:
+        return []
+    n = adv.limit
+    rows = adversarial_rows(method, marked[:n], clean[:n], eps=adv.eps, attacks=adv.attacks,
+                            steps=adv.apgd_steps, queries=adv.square_queries,
+                            eot_iter=adv.eot_iter, seed=settings.seed,
+                            smoothing_n=adv.smoothing_n, smoothing_n0=adv.certify_n0,
+                            alpha=adv.certify_alpha, batch_size=settings.batch_size,
+                            progress=progress)
+    if getattr(method.config, "sigma", 0.0) > 0:
+        rows += certified_rows(method, marked[:n], clean[:n], adv.radii, n0=adv.certify_n0,
+                               n=adv.certify_n, alpha=adv.certify_alpha, seed=settings.seed,
+                               batch_size=settings.batch_size)
+    return rows
+
+
 def report_figures(report: Report, clean: torch.Tensor, marked: torch.Tensor,
                    n_examples: int = 4) -> dict[str, Any]:
     """Robustness curves (when the suite has numeric strengths) and the example grid."""
     figures: dict[str, Any] = {"example_grid": plots.example_grid(clean, marked, n=n_examples)}
-    try:
-        figures["robustness_curves"] = plots.robustness_curves(report.rows)
-    except ValueError:  # no attack with a numeric strength in a shortened suite
-        pass
+    optional = {"robustness_curves": plots.robustness_curves,
+                "adversarial_attacks": plots.attack_success_plot,
+                "certified_accuracy": plots.certified_accuracy_plot}
+    for name, draw in optional.items():
+        try:
+            figures[name] = draw(report.rows)
+        except ValueError:  # nothing of that kind in this report (shortened suite, no scanner)
+            continue
     return figures
 
 

@@ -141,3 +141,10 @@ def test_run_config_merges_overrides() -> None:
         _name_model(merged, "neuralmark-pgd_signer-rs", "x.yaml")
     with pytest.raises(InputError, match="unknown override section"):
         _run_config("pgd_signer", "tiny", None, {"polcy": {}})
+
+
+def test_adversarial_evaluation_only_for_methods_with_a_scanner() -> None:
+    with pytest.raises(InputError, match="evaluation.adversarial: pgd_signer has no scanner"):
+        resolve("pgd_signer", "tiny", evaluation={"adversarial": {"limit": 2}})
+    with pytest.raises(InputError, match="evaluation.adversarial.attacks"):
+        resolve("pgd_signer", "tiny", evaluation={"adversarial": {"attacks": ["fgsm"]}})
