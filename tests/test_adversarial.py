@@ -315,3 +315,35 @@ def test_certified_rows_and_plot(toy):
         certified_rows(ToyScanner(net, sigma=0.0), stamped, clean, radii)
     with pytest.raises(ValueError):
         certified_accuracy_plot([r for r in rows if r["metric"] == "abstain_rate"])
+
+
+def test_rows_on_the_anti_forward_smoke_model():
+    """The real scanner API (untrained smoke config): every variant yields its rows."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("components.methods.anti_forward") is None:
+        pytest.skip("components/methods/anti_forward.py is not there yet")
+    module = importlib.import_module("components.methods.anti_forward")  # only this method
+    cls = next(v for v in vars(module).values()
+               if isinstance(v, type) and getattr(v, "key", None) == "anti_forward")
+    smoke = cls.smoke_config
+    images = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    for variant, sigma in (("baseline", 0.0), ("rs", 0.5)):
+        method = cls(cls.Config(**{**smoke, "variant": variant, "sigma": sigma,
+                                   "payload_bits": 0, "message_bits": 0}))
+        stamped = method.embed(images, None)
+        rows = adversarial_rows(method, stamped, images, steps=2, queries=4, eot_iter=2,
+                                smoothing_n=20, smoothing_n0=4, alpha=0.05, seed=0)
+        flat = summarize(rows)
+        labels = {r["label"] for r in rows}
+        expected = {"none", "apgd_linf_8", "square_linf_8"} | (
+            {"apgd_eot_linf_8"} if sigma else set())
+        assert labels == expected
+        assert all(flat[f"linf_distance_max/{lab}"] <= 8 / 255 + 1e-6
+                   for lab in expected - {"none"})
+        assert ("abstain_rate_unattacked/none" in flat) == bool(sigma)
+        if sigma:
+            cert = certified_rows(method, stamped, images, [0.0, 0.25], n0=4, n=20, alpha=0.05)
+            assert {r["label"] for r in cert} == {"certified_l2_0", "certified_l2_0.25",
+                                                 "certified_l2"}
