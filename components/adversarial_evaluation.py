@@ -3,7 +3,8 @@
 Works with any method exposing the anti-forwarding scanner API:
 ``classifier_module()`` (B×3×H×W in [0, 1] → B×2 logits, class 1 = stamped,
 no noise), ``scanner_logits(images)``, ``certify(images, *, n0, n, alpha,
-generator) -> list[Certificate]`` and ``config.sigma`` (0 = no smoothing).
+generator) -> list[Certificate]`` and ``config.sigma`` (0 = no smoothing; a
+boolean ``smoothed`` attribute, when present, says whether verify smooths).
 
 ``adversarial_rows`` attacks stamped images toward "not stamped" (removal, so
 the image can be forwarded) and, optionally, clean images toward "stamped"
@@ -94,6 +95,20 @@ def _sigma(method: Scanner) -> float:
     return float(sigma)
 
 
+def smoothing_sigma(method: Scanner) -> float:
+    """σ of the scanner's deployed decision: 0 when it does not smooth.
+
+    ``config.sigma``, unless the method says it does not smooth at verify
+    (a boolean ``method.smoothed`` that is false, e.g. the ``baseline``
+    variant, which keeps ``sigma`` in its config but was never trained under
+    noise).
+    """
+    smoothed = getattr(method, "smoothed", None)
+    if isinstance(smoothed, bool) and not smoothed:
+        return 0.0
+    return _sigma(method)
+
+
 def _check_batch(name: str, images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
         raise ValueError(f"{name} must be a non-empty N×3×H×W tensor")
@@ -104,9 +119,9 @@ def scanner_decisions(method: Scanner, images: torch.Tensor, *, smoothing_n: int
                       seed: int = 0, batch_size: int = 16) -> list[int | None]:
     """The scanner's deployed decision per image: 1 stamped, 0 not, ``None`` abstain.
 
-    ``sigma == 0``: argmax of ``method.scanner_logits``. ``sigma > 0``: the
-    label of ``method.certify`` with ``smoothing_n`` estimation samples
-    (``None`` when it abstains).
+    Unsmoothed (``smoothing_sigma(method) == 0``): argmax of
+    ``method.scanner_logits``. Smoothed: the label of ``method.certify`` with
+    ``smoothing_n`` estimation samples (``None`` when it abstains).
 
     Args:
         method: a scanner method.
@@ -121,7 +136,7 @@ def scanner_decisions(method: Scanner, images: torch.Tensor, *, smoothing_n: int
         N decisions.
     """
     out: list[int | None] = []
-    if _sigma(method) == 0:
+    if smoothing_sigma(method) == 0:
         with torch.no_grad():
             for s in _batches(len(images), batch_size):
                 out += method.scanner_logits(images[s]).argmax(dim=1).tolist()
@@ -279,7 +294,7 @@ def adversarial_rows(
     unknown = [a for a in attacks if a not in ATTACK_NAMES]
     if unknown:
         raise ValueError(f"unknown adversarial attacks {unknown}; valid: {', '.join(ATTACK_NAMES)}")
-    sigma = _sigma(method)
+    sigma = smoothing_sigma(method)
     smoothed = sigma > 0
     run = [a for a in attacks if smoothed or a != "apgd_eot"]
     name = name or _method_name(method)

@@ -275,6 +275,16 @@ def test_adversarial_rows_judge_the_smoothed_decision(toy):
     assert flat["detection_rate_adversarial/apgd_linf_8"] == 0.0
 
 
+def test_a_method_that_does_not_smooth_is_judged_on_its_argmax(toy):
+    net, clean, stamped = toy
+    method = ToyScanner(net, sigma=0.25)
+    method.smoothed = False  # σ in the config, but verify does not smooth
+    rows = adversarial_rows(method, stamped[:4], clean[:4], attacks=("apgd", "apgd_eot"),
+                            steps=5, seed=0)
+    assert {r["label"] for r in rows} == {"none", "apgd_linf_8"}
+    assert not any(r["metric"].startswith("abstain") for r in rows)
+
+
 def test_smoothed_decisions_abstain_where_the_base_classifier_is_confident(toy):
     net, _, stamped = toy
     # σ = 2 spreads a noisy vote's score by ~18 units around +2: P(vote 1) ≈ 0.54, no certificate
@@ -330,7 +340,8 @@ def test_rows_on_the_anti_forward_smoke_model():
     smoke = cls.smoke_config
     images = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
     for variant, sigma in (("baseline", 0.0), ("rs", 0.5)):
-        method = cls(cls.Config(**{**smoke, "variant": variant, "sigma": sigma,
+        # baseline keeps the default σ in its config but does not smooth (method.smoothed)
+        method = cls(cls.Config(**{**smoke, "variant": variant,
                                    "payload_bits": 0, "message_bits": 0}))
         stamped = method.embed(images, None)
         rows = adversarial_rows(method, stamped, images, steps=2, queries=4, eot_iter=2,
