@@ -25,7 +25,7 @@ other processes hold the cores, CPU time does not. The load average is printed
 at the start and the end; run it on a quiet machine for final wall figures.
 
 Usage: ``python scripts/benchmark_anti_forward.py [--sizes 256,400] [--batches 1,32]
-[--smoothing-n 100,1000] [--repeats 5] [--threads 1] [--json out.json]``
+[--smoothing-n 100,1000] [--repeats 5] [--threads 1] [--set KEY=VALUE] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -64,6 +64,17 @@ TARGET_SIZE, TARGET_BATCH = 256, 32
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _override(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with a JSON value (bare words stay strings)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
 
 
 def peak_rss_mb() -> float:
@@ -147,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--bundle", type=Path, default=BUNDLE)
     ap.add_argument("--variant", choices=("baseline", "rs", "rs_aug"), default=None,
                     help="override the bundle's variant (or pick the default config's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override (JSON value), e.g. --set score_noise_samples=1")
     ap.add_argument("--sizes", type=_ints, default=[256, 400])
     ap.add_argument("--batches", type=_ints, default=[1, 32])
     ap.add_argument("--smoothing-n", type=_ints, default=[100, 1000],
@@ -161,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
 
     method, trained = load_method(args.bundle, args.variant)
+    if args.set:
+        method = method.with_config(**dict(_override(item) for item in args.set))
     c = method.config
     key = WatermarkKey("benchmark-secret", 1 if c.message_bits else None)
     calibrated = bool(getattr(method, "calibration", {}).get("clean_statistics"))
@@ -233,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     out = {"method": "anti_forward", "bundle": str(args.bundle) if trained else None,
            "trained": trained, "calibrated": calibrated,
-           "config": c.model_dump(mode="json"), "threads": torch.get_num_threads(),
+           "config": c.model_dump(mode="json"), "overrides": args.set,
+           "threads": torch.get_num_threads(),
            "cpu": {"processor": platform.processor() or platform.machine(),
                    "cores": os.cpu_count()},
            "torch": torch.__version__, "repeats": args.repeats,
