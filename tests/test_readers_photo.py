@@ -228,11 +228,12 @@ def test_voc_trainval_only(vocdevkit_parent: Path) -> None:
 
 
 def test_voc_layout_errors(vocdevkit_parent: Path, tmp_path: Path) -> None:
-    tar = tmp_path / "VOCtrainval_11-May-2012.tar"
-    with tarfile.open(tar, "w") as tf:
+    gz = tmp_path / "VOCtrainval_11-May-2012.tar.gz"
+    with tarfile.open(gz, "w:gz") as tf:
         tf.add(vocdevkit_parent / "VOCdevkit", arcname="VOCdevkit")
-    with pytest.raises(DatasetLayoutError, match="extract it first"):
-        list(VocReader().items(tar))
+    with pytest.raises(DatasetLayoutError, match="a gzip-compressed archive, which has no random "
+                                                  "access; expected the uncompressed tar"):
+        list(VocReader().items(gz))
     with pytest.raises(DatasetLayoutError, match="expected VOCdevkit/VOC2012/JPEGImages"):
         list(VocReader().items(vocdevkit_parent / "VOCdevkit" / "VOC2012" / "Annotations"))
     root = vocdevkit_parent / "VOCdevkit" / "VOC2012"

@@ -61,6 +61,7 @@ from PIL import Image
 
 from components.data.datasets import DatasetRecipe, PrepareConfig, get_recipe
 from components.data.manifest import MANIFEST_COLUMNS, SPLITS
+from components.data.readers.archives import close_archives
 from components.data.readers.base import ItemError, SourceItem
 from components.errors import InputError
 
@@ -236,7 +237,7 @@ def _tmp_path(root: Path, rel: str) -> Path:
 def _source_label(item: SourceItem, source: Path) -> str:
     """Where the pixels came from, relative to the source (so moving it changes nothing)."""
     loc = item.location
-    if loc.startswith("zip://"):
+    if loc.startswith(("zip://", "tar://")):
         archive, member = loc[len("zip://"):].split("!", 1)
         return f"{Path(archive).name}!{member}"
     try:
@@ -575,6 +576,8 @@ def prepare_dataset(name: str, source: str | os.PathLike, out_root: str | os.Pat
             pool.terminate()
         journal.close()
         raise
+    finally:
+        close_archives()  # the ones this process opened (workers=1); workers' die with them
     journal.close()
 
     report.items = counter[0]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import io
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from components.data.readers.archives import read_tar_span, read_zip_member
 from components.errors import InputError
 
 
@@ -46,7 +46,8 @@ class SourceItem:
     Attributes:
         item_id: stable id inside the dataset (e.g. ``im123``, ``2008_000123``,
             ``00000001_000.png``, ``data_batch_1:42``); the output file stem.
-        location: where the bytes are: a file path, or ``zip://<zip>!<member>``.
+        location: where the bytes are: a file path, ``zip://<zip>!<member>`` or
+            ``tar://<tar>!<member>`` (an uncompressed tar; ``span`` says where).
         group: the split unit (defaults to ``item_id``); items of one group
             always land in the same split.
         split: a publisher-defined split to keep (``train``/``val``/``test``),
@@ -56,6 +57,8 @@ class SourceItem:
         extra: any other JSON-able fields kept in the manifest's ``extra`` column.
         raw: for datasets stored as arrays (CIFAR pickles) the pixels themselves
             as ``bytes`` of an H×W×3 uint8 array, with ``raw_shape``.
+        span: for ``tar://`` locations, ``(offset, size)`` of the member's data
+            in the tar, so any process reads it in place (``archives.read_tar_span``).
     """
 
     item_id: str
@@ -67,13 +70,22 @@ class SourceItem:
     extra: dict[str, Any] = field(default_factory=dict)
     raw: bytes | None = None
     raw_shape: tuple[int, int, int] | None = None
+    span: tuple[int, int] | None = None
 
     def read_bytes(self) -> bytes:
-        """The encoded file bytes (for hashing and decoding)."""
+        """The encoded file bytes (for hashing and decoding).
+
+        Archive members are read through the process's open handle of the
+        archive (``components.data.readers.archives``), not by re-opening it.
+        """
         if self.location.startswith("zip://"):
             archive, member = self.location[len("zip://"):].split("!", 1)
-            with zipfile.ZipFile(archive) as zf:
-                return zf.read(member)
+            return read_zip_member(archive, member)
+        if self.location.startswith("tar://"):
+            if self.span is None:
+                raise ValueError(f"{self.item_id}: a tar:// location needs span=(offset, size)")
+            archive = self.location[len("tar://"):].split("!", 1)[0]
+            return read_tar_span(archive, *self.span)
         return Path(self.location).read_bytes()
 
     def open(self) -> Image.Image:

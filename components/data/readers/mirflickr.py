@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from components.data.datasets import PrepareConfig, register_dataset
+from components.data.readers.archives import open_zip
 from components.data.readers.base import DatasetReader, SourceItem, describe
 
 _MEMBER = re.compile(r"^(?:.*/)?mirflickr/im(\d+)\.jpg$")
@@ -88,8 +89,7 @@ class MirflickrReader(DatasetReader):
 
     def _zip_items(self, archive: Path) -> Iterator[SourceItem]:
         try:
-            with zipfile.ZipFile(archive) as zf:
-                names = zf.namelist()
+            names = open_zip(str(archive.resolve())).namelist()  # kept open for the items
         except zipfile.BadZipFile as err:
             raise self.layout_error(
                 archive, f"a file of {archive.stat().st_size} bytes that is not a readable "

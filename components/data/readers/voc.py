@@ -1,13 +1,17 @@
 """PASCAL VOC 2012 for the derain task (seed 001): clean B, synthesised rainy A.
 
-Layout (as ``VOCtrainval_11-May-2012.tar`` extracts)::
+Layout (of ``VOCtrainval_11-May-2012.tar`` as published, and of its extraction)::
 
     VOCdevkit/VOC2012/JPEGImages/2008_000008.jpg …
     VOCdevkit/VOC2012/ImageSets/Main/train.txt, val.txt, trainval.txt
+    VOCdevkit/VOC2012/Annotations/…, SegmentationClass/…, …   (ignored)
 
-The source may be the folder holding ``VOCdevkit/``, ``VOCdevkit/`` itself or
-``VOC2012/``. The tar is not streamed: pass it and the error says to extract it
-first. Images are the ids listed in ``ImageSets/Main/{train,val}.txt`` (or
+The source may be the tar itself (read in place, never extracted: one pass
+over its member headers records each JPEG's offset and size, and workers read
+the bytes at that offset — see ``archives``), the folder holding ``VOCdevkit/``,
+``VOCdevkit/`` itself or ``VOC2012/``. The published tar is uncompressed; a
+gzip/bz2/xz-compressed copy has no random access and is refused with what to
+do. Images are the ids listed in ``ImageSets/Main/{train,val}.txt`` (or
 ``trainval.txt`` when those are absent): the 11,540 images of the VOC2012
 classification/detection set, in sorted id order; an id whose JPEG is missing
 is a layout error (an incomplete extraction). VOC's own train/val membership is
@@ -38,6 +42,8 @@ haze term; ``rain`` (dict of ``RainParams`` fields) fixes those fields.
 
 from __future__ import annotations
 
+import re
+import tarfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -58,31 +64,32 @@ SEED_FRACTIONS: tuple[float, float, float] = tuple(  # type: ignore[assignment]
     n / sum(SEED_SPLIT_SIZES) for n in SEED_SPLIT_SIZES)
 
 
-def _read_ids(path: Path) -> list[str]:
+def _ids(text: str) -> list[str]:
     """Ids of one ``ImageSets/Main/*.txt`` (first column, blank lines skipped)."""
-    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+#: ``ImageSets/Main`` lists that define the image set, in order of preference
+LIST_NAMES = ("train", "val", "trainval")
+_TAR_JPEG = re.compile(r"^(?P<root>(?:.*/)?)JPEGImages/(?P<id>[^/]+)\.jpg$")
+_TAR_LIST = re.compile(r"^(?P<root>(?:.*/)?)ImageSets/Main/(?P<name>train|val|trainval)\.txt$")
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZ": "bzip2", b"\xfd7": "xz"}
 
 
 class VocReader(DatasetReader):
-    """Streams the VOC2012 ``ImageSets/Main`` images from an extracted ``VOCdevkit``."""
+    """Streams the VOC2012 ``ImageSets/Main`` images from the tar or an extracted ``VOCdevkit``."""
 
     name = "voc2012"
     layout = ("VOCdevkit/VOC2012/JPEGImages/*.jpg and VOCdevkit/VOC2012/ImageSets/Main/"
-              "{train,val,trainval}.txt (the extracted VOCtrainval_11-May-2012.tar)")
+              "{train,val,trainval}.txt (VOCtrainval_11-May-2012.tar or its extracted folder)")
 
     def find_root(self, source: Path) -> Path:
-        """The ``VOC2012`` folder inside ``source``.
+        """The ``VOC2012`` folder inside the folder ``source``.
 
         Raises:
-            DatasetLayoutError: a tar (extract it first) or no ``VOC2012`` folder.
+            DatasetLayoutError: no ``VOC2012`` folder (with ``JPEGImages/``) there.
         """
         source = Path(source)
-        if source.is_file() and (source.suffix == ".tar" or source.name.endswith((".tar.gz",
-                                                                                   ".tgz"))):
-            raise self.layout_error(
-                source, "a tar archive, which is not streamed: extract it first "
-                        f"(tar -xf {source.name}) and pass the folder holding VOCdevkit/")
         for root in (source, source / "VOC2012", source / "VOCdevkit" / "VOC2012"):
             if (root / "JPEGImages").is_dir():
                 return root
@@ -92,31 +99,117 @@ class VocReader(DatasetReader):
         """Yield one ``SourceItem`` per listed id, in sorted id order.
 
         Raises:
-            DatasetLayoutError: a tar, a wrong folder, no ``ImageSets/Main`` lists,
-                or listed ids whose JPEG is missing.
+            DatasetLayoutError: a compressed, truncated or foreign tar, a wrong folder,
+                no ``ImageSets/Main`` lists, or listed ids whose JPEG is missing.
         """
-        root = self.find_root(Path(source))
-        main = root / "ImageSets" / "Main"
-        voc_split: dict[str, str] = {}
-        for name in ("train", "val"):
-            if (main / f"{name}.txt").is_file():
-                for item_id in _read_ids(main / f"{name}.txt"):
-                    voc_split.setdefault(item_id, name)
-        if not voc_split and (main / "trainval.txt").is_file():
-            voc_split = dict.fromkeys(_read_ids(main / "trainval.txt"), "trainval")
+        source = Path(source)
+        if source.is_file():
+            lists, jpegs, where = self._index_tar(source)
+        else:
+            root = self.find_root(source)
+            main = root / "ImageSets" / "Main"
+            lists = {n: _ids((main / f"{n}.txt").read_text(encoding="utf-8"))
+                     for n in LIST_NAMES if (main / f"{n}.txt").is_file()}
+            jpegs = _FolderJpegs(root / "JPEGImages")
+            where = (describe(main) if main.exists()
+                     else f"{describe(root)} (no ImageSets/Main)")
+            source = root
+        voc_split = _voc_splits(lists)
         if not voc_split:
-            found = describe(main) if main.exists() else f"{describe(root)} (no ImageSets/Main)"
-            raise self.layout_error(root, f"no train.txt/val.txt/trainval.txt ids: {found}")
-        jpegs = root / "JPEGImages"
-        missing = [i for i in sorted(voc_split) if not (jpegs / f"{i}.jpg").is_file()]
+            raise self.layout_error(source, f"no train.txt/val.txt/trainval.txt ids: {where}")
+        missing = [i for i in sorted(voc_split) if i not in jpegs]
         if missing:
             raise self.layout_error(
-                root, f"{len(missing)} of {len(voc_split)} listed ids have no "
-                      f"JPEGImages/<id>.jpg (e.g. {', '.join(missing[:3])}): "
-                      "incomplete extraction?")
+                source, f"{len(missing)} of {len(voc_split)} listed ids have no "
+                        f"JPEGImages/<id>.jpg (e.g. {', '.join(missing[:3])}): "
+                        "incomplete extraction or download?")
         for item_id in sorted(voc_split):
-            yield SourceItem(item_id=item_id, location=str((jpegs / f"{item_id}.jpg").resolve()),
+            location, span = jpegs[item_id]
+            yield SourceItem(item_id=item_id, location=location, span=span,
                              extra={"voc_split": voc_split[item_id]})
+
+    def _index_tar(self, archive: Path) -> tuple[dict[str, list[str]],
+                                                dict[str, tuple[str, tuple[int, int]]], str]:
+        """One pass over the tar's headers: the id lists and every JPEG's data span.
+
+        Returns:
+            ``(lists, jpegs, found)``: ids per list name, ``{id: (tar:// location,
+            (offset, size))}``, and a description of the members for errors.
+
+        Raises:
+            DatasetLayoutError: compressed, unreadable or truncated, or two VOC2012
+                roots in one tar.
+        """
+        with archive.open("rb") as f:
+            magic = f.read(2)
+        if magic in _COMPRESSED:
+            raise self.layout_error(
+                archive, f"a {_COMPRESSED[magic]}-compressed archive, which has no random "
+                         "access; expected the uncompressed tar as published: decompress it "
+                         "(it is then read in place) or extract it and pass the folder")
+        loc = archive.resolve()
+        total = archive.stat().st_size
+        lists: dict[str, list[str]] = {}
+        jpegs: dict[str, tuple[str, tuple[int, int]]] = {}
+        roots: set[str] = set()
+        sample: list[str] = []
+        try:
+            with tarfile.open(archive, "r:") as tf:
+                while (member := tf.next()) is not None:
+                    tf.members.clear()  # keep no TarInfo list: memory stays flat
+                    if len(sample) < 6:
+                        sample.append(member.name)
+                    if not member.isreg():
+                        continue
+                    if m := _TAR_JPEG.match(member.name):
+                        roots.add(m["root"])
+                        if member.offset_data + member.size > total:
+                            raise self.layout_error(
+                                archive, f"a truncated archive: {member.name} ends at byte "
+                                         f"{member.offset_data + member.size}, the file has "
+                                         f"{total} bytes")
+                        jpegs[m["id"]] = (f"tar://{loc}!{member.name}",
+                                          (member.offset_data, member.size))
+                    elif m := _TAR_LIST.match(member.name):
+                        roots.add(m["root"])
+                        data = tf.extractfile(member)
+                        assert data is not None  # a regular file
+                        lists[m["name"]] = _ids(data.read().decode("utf-8"))
+        except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as err:
+            raise self.layout_error(archive, f"an unreadable or truncated tar "
+                                             f"({type(err).__name__}: {err})") from None
+        if not jpegs:
+            raise self.layout_error(archive, "a tar with no VOC2012/JPEGImages/*.jpg (members: "
+                                             f"{', '.join(sample) or 'none'})")
+        if len(roots) > 1:
+            raise self.layout_error(archive, f"several VOC2012 roots in one tar: {sorted(roots)}")
+        found = (f"a tar holding {len(jpegs)} JPEGImages/*.jpg and ImageSets/Main lists "
+                 f"{sorted(lists) or 'none'}")
+        return {n: lists[n] for n in LIST_NAMES if n in lists}, jpegs, found
+
+
+class _FolderJpegs:
+    """``id in jpegs`` / ``jpegs[id]`` over an extracted ``JPEGImages/`` (like the tar's index)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __contains__(self, item_id: str) -> bool:
+        return (self.folder / f"{item_id}.jpg").is_file()
+
+    def __getitem__(self, item_id: str) -> tuple[str, None]:
+        return str((self.folder / f"{item_id}.jpg").resolve()), None
+
+
+def _voc_splits(lists: dict[str, list[str]]) -> dict[str, str]:
+    """``{id: "train" | "val" | "trainval"}`` from train/val lists, else from trainval."""
+    voc_split: dict[str, str] = {}
+    for name in ("train", "val"):
+        for item_id in lists.get(name, []):
+            voc_split.setdefault(item_id, name)
+    if not voc_split:
+        voc_split = dict.fromkeys(lists.get("trainval", []), "trainval")
+    return voc_split
 
 
 def rain_params_for(item_id: str, config: PrepareConfig) -> tuple[RainParams, int]:
