@@ -25,12 +25,15 @@ Soundness rules:
   recipe name and the effective config. When ``.prepared.json`` holds the same
   fingerprint and the manifest and split folders exist, nothing is done.
 * **Determinism.** The split of an item is its publisher split when the reader
-  gives one, else a cut of ``u = sha256("<seed>:<group>") / 2**256`` at the
-  cumulative ``fractions``. The group id (a publisher file name or folder,
-  never an enumeration index) is hashed rather than the group's bytes: the
-  split is then known before any byte is read, items of one group can be
-  decoded by different workers, and adding images never moves existing ones.
-  Split sizes are therefore binomial around the fractions, not exact. PNGs
+  gives one, else a cut of the hash-*ranked* groups (``splits.split_by_name_hash``:
+  groups ordered by ``sha256("<seed>:<group>")`` and cut at exact counts per
+  split, largest remainder, no split empty once there are >= 3 groups). A first,
+  cheap pass over the reader (names only, no pixels) collects the groups; the
+  group id (a publisher file name, folder or patient, never an enumeration
+  index) is hashed rather than its bytes, so the split is known before any byte
+  is read and items of one group can be decoded by different workers. Counts
+  are exact in groups (in items when groups are single images); the price is
+  that adding images may move a few existing ones at the cut points. PNGs
   are written without metadata at a fixed compression level and the manifest
   is sorted, so the same input gives byte-identical files.
 * **Bad input.** An item whose bytes cannot be read or decoded is quarantined
@@ -63,10 +66,11 @@ from components.data.datasets import DatasetRecipe, PrepareConfig, get_recipe
 from components.data.manifest import MANIFEST_COLUMNS, SPLITS
 from components.data.readers.archives import close_archives
 from components.data.readers.base import ItemError, SourceItem
+from components.data.splits import split_by_name_hash
 from components.errors import InputError
 
 #: bump when the output bytes or layout change for the same input
-PREPARE_FORMAT_VERSION = 3
+PREPARE_FORMAT_VERSION = 4
 #: ``extra``: the item's JSON-encoded extra fields (e.g. ChestX-ray8 ``target_kind``,
 #: so a manifest says plainly when its targets are a classical approximation)
 PREPARED_COLUMNS = [*MANIFEST_COLUMNS, "domain", "pair", "label", "extra"]
@@ -195,22 +199,31 @@ def _validate_fractions(fractions: tuple[float, float, float]) -> None:
         raise InputError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
 
 
-def split_of(item: SourceItem, config: PrepareConfig) -> str:
-    """The item's split: its publisher split, else a hash cut of its group (module doc)."""
+def plan_splits(recipe: DatasetRecipe, source: Path, config: PrepareConfig) -> dict[str, str]:
+    """``{group: split}`` for the items the reader leaves unsplit (exact counts, see module doc).
+
+    One pass over the reader's item stream (after ``limit``) that keeps only group ids.
+    """
+    items: Iterable[SourceItem] = recipe.reader().items(source)
+    if config.limit is not None:
+        items = itertools.islice(items, config.limit)
+    groups = {item.group or item.item_id for item in items if item.split is None}
+    return split_by_name_hash(groups, config.fractions, config.seed)
+
+
+def split_of(item: SourceItem, plan: dict[str, str]) -> str:
+    """The item's split: its publisher split, else its group's in ``plan``."""
     if item.split is not None:
         if item.split not in SPLITS:
             raise InputError(f"{item.item_id}: publisher split {item.split!r} is not one of "
                              f"{list(SPLITS)}")
         return item.split
     group = item.group or item.item_id
-    digest = hashlib.sha256(f"{config.seed}:{group}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    edge = 0.0
-    for split, fraction in zip(SPLITS, config.fractions, strict=True):
-        edge += fraction
-        if u < edge:
-            return split
-    return SPLITS[-1]
+    try:
+        return plan[group]
+    except KeyError:
+        raise InputError(f"{item.item_id}: group {group!r} appeared after the split was "
+                         "planned (the source changed during the prepare?)") from None
 
 
 def file_stem(item_id: str) -> str:
@@ -460,7 +473,7 @@ def _prune(root: Path, keep: set[str]) -> None:
 
 
 def _tasks(recipe: DatasetRecipe, source: Path, root: Path, config: PrepareConfig,
-           done: dict[str, dict[str, Any]], seen: dict[str, str],
+           plan: dict[str, str], done: dict[str, dict[str, Any]], seen: dict[str, str],
            counter: list[int]) -> Iterator[_Task]:
     """Stream the reader into tasks, skipping journaled items; checks stems are unique."""
     items: Iterable[SourceItem] = recipe.reader().items(source)
@@ -475,7 +488,7 @@ def _tasks(recipe: DatasetRecipe, source: Path, root: Path, config: PrepareConfi
         seen[stem] = item.item_id
         if item.item_id in done:
             continue
-        yield _Task(item, split_of(item, config), stem, str(root), recipe.name, config,
+        yield _Task(item, split_of(item, plan), stem, str(root), recipe.name, config,
                     _source_label(item, source))
 
 
@@ -548,7 +561,8 @@ def prepare_dataset(name: str, source: str | os.PathLike, out_root: str | os.Pat
 
     records = dict(done)
     counter = [0]
-    tasks = _tasks(recipe, source, root, cfg, done, {}, counter)
+    tasks = _tasks(recipe, source, root, cfg, plan_splits(recipe, source, cfg), done, {},
+                   counter)
     workers = max(1, cfg.workers or _available_cores())
     processed = 0
     try:

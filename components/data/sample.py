@@ -47,7 +47,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components.data.manifest import SPLITS, ManifestRow, write_manifest
+from components.data.manifest import ManifestRow, write_manifest
+from components.data.splits import assign_splits, split_counts  # noqa: F401 (re-exported)
 
 #: bump when the generator changes in a way that changes bytes
 SAMPLE_FORMAT_VERSION = 1
@@ -395,37 +396,6 @@ def procedural_image(seed: int, index: int, size: int) -> tuple[str, np.ndarray]
     if rng.random() < 0.5:  # faint sensor-like grain
         img = img + rng.normal(0.0, float(rng.uniform(0.003, 0.02)), size=img.shape)
     return kind, _to_uint8(img)
-
-
-# -- splitting ----------------------------------------------------------------
-
-def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Group counts per split: largest remainder, at least one each when ``n >= 3``."""
-    raw = [n * f for f in fractions]
-    counts = [math.floor(r) for r in raw]
-    order = sorted(range(3), key=lambda i: (counts[i] - raw[i], i))
-    for i in order[: n - sum(counts)]:
-        counts[i] += 1
-    if n >= 3:
-        for i in range(3):
-            while counts[i] == 0:
-                donor = max(range(3), key=lambda j: counts[j])
-                counts[donor] -= 1
-                counts[i] += 1
-    return counts[0], counts[1], counts[2]
-
-
-def assign_splits(group_hashes: dict[str, str],
-                  fractions: tuple[float, float, float]) -> dict[str, str]:
-    """Map each group to a split: order groups by hash, cut by ``fractions``."""
-    ordered = sorted(group_hashes, key=lambda g: (group_hashes[g], g))
-    counts = split_counts(len(ordered), fractions)
-    out, start = {}, 0
-    for split, count in zip(SPLITS, counts, strict=True):
-        for group in ordered[start:start + count]:
-            out[group] = split
-        start += count
-    return out
 
 
 # -- build --------------------------------------------------------------------

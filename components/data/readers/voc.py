@@ -28,10 +28,11 @@ testing). The engine keeps only ``train``/``val``/``test``, so the roles map as
 * ``test``  → ``test``: held-out evaluation.
 
 The reader leaves ``split`` unset and the recipe's default ``fractions`` are
-the seed's proportions ``(6000, 6000, 100) / 12100``; the engine then cuts a
-hash of each id at those fractions (deterministic, disjoint). A profile scales
-them by setting ``fractions`` (and ``limit``) — e.g. ``(0.45, 0.45, 0.1)`` on a
-tiny run, so the test split is not empty.
+the seed's proportions ``(6000, 6000, 100) / 12100``; the engine then ranks the
+ids by hash and cuts them at exact counts (deterministic, disjoint: 12,100
+images give exactly 6,000 / 6,000 / 100, and any run of >= 3 images keeps a
+non-empty test split). A profile scales them by setting ``fractions`` (and
+``limit``).
 
 Recipe ``voc_derain`` (domains ``A``, ``B``): B = the clean image, short side
 resized and centre-cropped to ``config.size``²; A = ``add_rain(B, …)`` with
