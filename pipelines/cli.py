@@ -390,7 +390,7 @@ def _with_budget(wm: WatermarkMethod, psnr: float | None) -> WatermarkMethod:
 def _embed_folder(
     src_dir: Path, dst_dir: Path, key: WatermarkKey, method: str | None, bundle: Path | None,
     model_uri: str | None, quality: int, recursive: bool, device: str,
-    psnr: float | None = None,
+    psnr: float | None = None, loaded: WatermarkMethod | None = None,
 ) -> None:
     if dst_dir.exists() and not dst_dir.is_dir():
         raise InputError(f"IN {src_dir} is a folder, so OUT must be a folder; {dst_dir} is a file")
@@ -399,7 +399,7 @@ def _embed_folder(
     files = list(iter_images(src_dir, recursive=recursive))
     if not files:
         raise InputError(f"{src_dir} holds no image files")
-    wm = _with_budget(_load_method(method, bundle, model_uri, device), psnr)
+    wm = loaded or _with_budget(_load_method(method, bundle, model_uri, device), psnr)
     failures = 0
     with _progress() as bar:
         task = bar.add_task("embedding", total=len(files))
@@ -517,13 +517,120 @@ def verify(
                 _emit_verdict(path, v, notes, as_json, bar.console if not as_json else _out())
                 codes.append(_exit_code(v))
                 bar.advance(task)
+    raise typer.Exit(_folder_code(codes))
+
+
+# -- anti-forwarding stamps: stamp / scan -----------------------------------------------------
+
+STAMP_METHOD = "anti_forward"
+_STAMP_KEY_OPTION = typer.Option(
+    "neuralmark-stamp", "--key", "-k", envvar="NEURALMARK_KEY",
+    help="Secret for the optional payload; the stamp itself is not keyed.",
+)
+
+
+def _with_overrides(wm: WatermarkMethod, **changes: Any) -> WatermarkMethod:
+    """``wm.with_config`` for the given non-``None`` changes; names a field the method lacks."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    fields = type(wm.config).model_fields
+    missing = [k for k in changes if k not in fields]
+    if missing:
+        raise InputError(f"{wm.key} has no setting {', '.join(missing)}")
+    return wm.with_config(**changes) if changes else wm
+
+
+@app.command()
+@_domain_errors
+def stamp(
+    input_path: Path = typer.Argument(..., metavar="IN", help="Image file or folder."),
+    output_path: Path = typer.Argument(..., metavar="OUT", help="Output file, or folder."),
+    key: str = _STAMP_KEY_OPTION,
+    message: int | None = _MESSAGE_OPTION,
+    bundle: Path | None = _BUNDLE_OPTION,
+    model_uri: str | None = _URI_OPTION,
+    strength: float | None = typer.Option(
+        None, "--strength", min=0.0, max=1.0,
+        help="Largest pixel change of the stamp (default: the bundle's)."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality."),
+    recursive: bool = _RECURSIVE_OPTION,
+    device: str = _DEVICE_OPTION,
+) -> None:
+    """Add an invisible anti-forwarding stamp (anti_forward) to IN and write it to OUT.
+
+    IN may be a folder (OUT is then a folder, relative paths kept). Writes are
+    atomic; exit code 2 if an input cannot be read.
+    """
+    wm_key = _make_key(key, message)
+    if not input_path.exists():
+        raise InputError(f"{input_path}: no such file or folder")
+    wm = _with_overrides(_load_method(STAMP_METHOD, bundle, model_uri, device), strength=strength)
+    if input_path.is_dir():
+        _embed_folder(input_path, output_path, wm_key, STAMP_METHOD, None, None, quality,
+                      recursive, device, loaded=wm)
+        return
+    if output_path.is_dir():
+        output_path = output_path / input_path.name
+    output_format(output_path)
+    if output_path.resolve() == input_path.resolve():
+        raise InputError(f"OUT is IN ({input_path}); write the stamped copy to another file")
+    measured, notes = _embed_one(wm, wm_key, input_path, output_path, quality)
+    _print_embedded(_out(), input_path, output_path, measured, notes)
+
+
+@app.command()
+@_domain_errors
+def scan(
+    paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Image files or folders."),
+    key: str = _STAMP_KEY_OPTION,
+    message: int | None = _MESSAGE_OPTION,
+    bundle: Path | None = _BUNDLE_OPTION,
+    model_uri: str | None = _URI_OPTION,
+    smoothing: bool | None = typer.Option(
+        None, "--smoothing/--no-smoothing",
+        help="Certify with randomized smoothing (slower; gives a certified L2 radius). "
+             "Default: the bundle's setting."),
+    samples: int | None = typer.Option(
+        None, "--samples", min=1, help="Noise samples for certification (default: bundle's)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per network call."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
+    recursive: bool = _RECURSIVE_OPTION,
+    device: str = _DEVICE_OPTION,
+) -> None:
+    """Scan images for the anti-forwarding stamp, in batches (the service hot path).
+
+    Exit code: 0 if every image is stamped, 2 if any is unreadable, else 1.
+    Too few noise samples to certify anything answers "not stamped" (abstain),
+    never a confident verdict.
+    """
+    wm_key = _make_key(key, message)
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += list(iter_images(path, recursive=recursive))
+        else:
+            files.append(path)
+    if not files:
+        raise InputError(f"{', '.join(map(str, paths))} holds no image files")
+    wm = _with_overrides(_load_method(STAMP_METHOD, bundle, model_uri, device),
+                         smoothing=smoothing, n=samples)
+    from components.serving import BatchVerifier
+
+    scanner = BatchVerifier(wm, wm_key, batch_size=batch_size)
+    codes: list[int] = []
+    with _progress() as bar:
+        task = bar.add_task("scanning", total=len(files))
+        for path, v in scanner.verify_files(files):
+            _emit_verdict(path, v, [], as_json, bar.console if not as_json else _out())
+            codes.append(_exit_code(v))
+            bar.advance(task)
+    raise typer.Exit(_folder_code(codes))
+
+
+def _folder_code(codes: list[int]) -> int:
+    """0 if every verdict is detected, 2 if any input is unreadable, else 1."""
     if all(c == EXIT_DETECTED for c in codes):
-        code = EXIT_DETECTED
-    elif EXIT_UNREADABLE in codes:
-        code = EXIT_UNREADABLE
-    else:
-        code = EXIT_NOT_DETECTED
-    raise typer.Exit(code)
+        return EXIT_DETECTED
+    return EXIT_UNREADABLE if EXIT_UNREADABLE in codes else EXIT_NOT_DETECTED
 
 
 # -- pipelines, imported lazily ---------------------------------------------------------------
@@ -571,11 +678,27 @@ def train(
         help=("ZenML run config (like configs/<method>.yaml); method overrides go "
               "under parameters: {config: ...}.")
     ),
+    variant: list[str] = typer.Option(
+        [], "--variant", metavar="NAME",
+        help="Train these variants (repeatable; 'all' = every configs/<method>_*.yaml), "
+             "each registered as neuralmark-<method>-<variant>, then compare them."),
 ) -> None:
     """Train METHOD through the training pipeline (needs the ZenML stack)."""
     from components.methods.registry import method_class
 
     method_class(method)
+    if variant:
+        if config is not None:
+            raise InputError("give --variant or --config, not both (each variant has its "
+                             "own configs/<method>_<variant>.yaml)")
+        run_variants = _lazy("pipelines.training", "run_variants", "training")
+        chosen = None if "all" in variant else variant
+        result = _run_long(run_variants, method, profile.value, chosen,
+                           label=f"training {method} variants ({profile.value})")
+        _print_result({k: v for k, v in result.items() if k != "tables"},
+                      f"{method} variants ({profile.value})")
+        _out().print(result["tables"])
+        return
     run_training = _lazy("pipelines.training", "run_training", "training")
     result = _run_long(run_training, method, profile.value, config,
                        label=f"training {method} ({profile.value})")

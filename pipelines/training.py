@@ -14,8 +14,10 @@ profile when the pipeline is compiled, so a typo fails before any step runs.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,7 +174,8 @@ def run_training(method: str, profile: str = "tiny", config_path: str | os.PathL
             live (default: this checkout).
 
     Returns:
-        ``run`` (name), ``status``, ``summary`` (headline metrics), ``decision``,
+        ``run`` (name), ``status``, ``model_name``, ``summary`` (headline
+        metrics), ``metrics`` (every summary metric), ``decision``,
         ``registered_version``, ``champion_version``, ``promoted``,
         ``mlflow_run_id``, ``reports_dir`` and ``mlflow_ui`` (command).
 
@@ -214,7 +217,9 @@ def run_training(method: str, profile: str = "tiny", config_path: str | os.PathL
     return {
         "run": run.name,
         "status": str(run.status),
+        "model_name": settings.model_name,
         "summary": headline(report.summary),
+        "metrics": dict(report.summary),
         "decision": {"promote": decision.promote, "reasons": decision.reasons,
                      "notes": decision.notes},
         "registered_version": registration["version"],
@@ -224,3 +229,85 @@ def run_training(method: str, profile: str = "tiny", config_path: str | os.PathL
         "reports_dir": str(root / "reports" / run.name),
         "mlflow_ui": mlflow_ui_command(root),
     }
+
+
+# -- variants of one method, side by side -------------------------------------------------------
+
+
+def variant_configs(method: str, configs_dir: Path | None = None) -> dict[str, Path]:
+    """``variant -> run config`` from ``configs/<method>.yaml`` and ``configs/<method>_*.yaml``.
+
+    The variant of a file is its ``parameters.config.variant``, else the method
+    config's default. Methods without a ``variant`` field have none (``{}``).
+    """
+    cls = method_class(method)
+    field = cls.Config.model_fields.get("variant")
+    if field is None:
+        return {}
+    out: dict[str, Path] = {}
+    for path in sorted((configs_dir or CONFIGS_DIR).glob(f"{method}*.yaml")):
+        if path.stem != method and not path.stem.startswith(f"{method}_"):
+            continue
+        params = (yaml.safe_load(path.read_text()) or {}).get("parameters") or {}
+        variant = (params.get("config") or {}).get("variant", field.default)
+        if variant in out:
+            raise InputError(f"{path} and {out[variant]} both configure variant {variant!r}")
+        out[str(variant)] = path
+    return out
+
+
+def run_variants(method: str, profile: str = "tiny", variants: Sequence[str] | None = None,
+                 callbacks: Sequence[Any] | None = None, *,
+                 project_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train, evaluate, gate and register every variant of ``method``, then compare them.
+
+    Each variant is its own ``training_pipeline`` run with its own run config
+    (``variant_configs``) and its own registered model
+    (``neuralmark-<method>-<variant>``), so one failing gate never blocks or
+    promotes another. The comparison tables (``components.comparison``) are
+    written to ``<project>/reports/variants-<method>-<time>/tables.md`` and
+    logged to MLflow as a run of the training experiment with the tables and
+    every variant's metrics (``<variant>/<metric>``).
+
+    Returns:
+        ``variants`` (variant -> ``run_training`` result), ``tables`` (Markdown),
+        ``reports_dir``, ``mlflow_run_id`` and ``mlflow_ui``.
+    """
+    import mlflow
+
+    from components.comparison import tables_markdown, variant_tables
+    from pipelines.stack import ensure_experiment, mlflow_ui_command, tracking_uri
+
+    configs = variant_configs(method)
+    if not configs:
+        raise InputError(f"{method} has no variants (its config has no `variant` field)")
+    chosen = list(variants or configs)
+    unknown = sorted(set(chosen) - set(configs))
+    if unknown:
+        raise InputError(f"unknown variant(s) {unknown} of {method}; configured: "
+                         f"{', '.join(configs)}")
+    root = Path(project_root or CODE_ROOT).resolve()
+    results = {v: run_training(method, profile, configs[v], callbacks=callbacks,
+                               project_root=root) for v in chosen}
+    markdown = tables_markdown(variant_tables({v: r["metrics"] for v, r in results.items()}))
+    reports = root / "reports" / f"variants-{method}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "tables.md").write_text(markdown)
+    experiment = ensure_experiment(PIPELINE_NAME, root)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(root))
+    run = client.create_run(experiment, run_name=f"{method} variants ({profile})",
+                            tags={"neuralmark.kind": "variant-comparison",
+                                  "neuralmark.method": method,
+                                  "mlflow.note.content": markdown})
+    for variant, result in results.items():
+        client.set_tag(run.info.run_id, f"run.{variant}", result["mlflow_run_id"] or "")
+        for key, value in result["metrics"].items():
+            if math.isfinite(value):
+                client.log_metric(run.info.run_id, f"{variant}/{key}", value)
+    client.log_text(run.info.run_id, markdown, "comparison/tables.md")
+    client.set_terminated(run.info.run_id)
+    return {"variants": {v: {k: r[k] for k in ("run", "model_name", "registered_version",
+                                               "promoted", "champion_version", "decision")}
+                         for v, r in results.items()},
+            "tables": markdown, "reports_dir": str(reports), "mlflow_run_id": run.info.run_id,
+            "mlflow_ui": mlflow_ui_command(root)}
