@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+import torchattacks
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -25,6 +26,7 @@ from components.adversarial_evaluation import (
     scanner_decisions,
 )
 from components.attacks.adversarial import (
+    AttackModel,
     GaussianNoise,
     QueryCounter,
     apgd,
@@ -122,8 +124,12 @@ def test_attack_label_and_goal_labels():
 
 def test_apgd_at_eps_zero_changes_nothing(toy):
     net, _, stamped = toy
-    adv = apgd(net, stamped, goal_labels("remove", len(stamped)), eps=0.0, steps=10)
+    labels = goal_labels("remove", len(stamped))
+    adv = apgd(net, stamped, labels, eps=0.0, steps=10)
     assert torch.equal(adv, stamped)
+    # not only through our final projection: the library itself moves nothing at ε = 0
+    raw = torchattacks.APGD(AttackModel(net), eps=0.0, steps=10, loss="ce")(stamped, labels)
+    assert torch.equal(raw, stamped)
 
 
 def _decisions(net, images):
