@@ -1,0 +1,263 @@
+"""output_mark (seed 001, issue #6): nets, logo, clean-loss behaviour, stage 2, verdicts.
+
+Everything trains at 32×32 on 40 rain/clean pairs made from scikit-image photos
+with the project's rain synthesis, on one CPU thread. Numbers in the asserts are
+measured on such runs, with slack; the docstrings give the measurements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from components.data.rain import add_rain, sample_rain_params
+from components.methods import InputError, WatermarkKey, build, load_bundle
+from components.methods.output_mark import (
+    extraction_nc,
+    key_logo,
+    parse_loss,
+    success_rate,
+    surrogate_matrix_cells,
+    train_surrogate,
+)
+from components.metrics import normalized_correlation
+from components.nets.ceilnet import CEILNet
+from components.nets.image_nets import SURROGATE_ARCHS, build_image_net
+from components.nets.patchgan import PatchDiscriminator
+from components.nets.perceptual import structural_perceptual_loss
+from components.nets.unet import UNet
+
+SIZE = 32
+KEY = WatermarkKey("neuralmark-eval")
+TINY = {"working_size": SIZE, "logo_block": 16, "model_width": 8, "model_depth": 2,
+        "embed_width": 8, "embed_depth": 2, "extract_width": 16, "extract_blocks": 2,
+        "disc_width": 8, "disc_layers": 2, "model_steps": 40, "batch_size": 8, "lr": 3e-3,
+        "steps": 200, "stage2_steps": 60, "stage2_lr": 5e-4, "eval_batch": 64,
+        "surrogate": {"width": 8, "depth": 2, "steps": 100, "batch_size": 8, "lr": 3e-3}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def make_pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rainy A, clean B), n×3×32×32: random crops of real photos + synthesised rain."""
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(),
+              data.immunohistochemistry()]
+    rng = np.random.default_rng(seed)
+    clean = []
+    for i in range(n):
+        p = photos[i % len(photos)]
+        h, w = p.shape[:2]
+        s = int(rng.integers(96, min(h, w)))
+        y, x = int(rng.integers(0, h - s)), int(rng.integers(0, w - s))
+        t = torch.from_numpy(p[y:y + s, x:x + s].copy()).permute(2, 0, 1).float()[None] / 255
+        clean.append(F.interpolate(t, size=(SIZE, SIZE), mode="bilinear", antialias=True)[0])
+    b = torch.stack(clean).clamp(0, 1)
+    a = torch.stack([add_rain(b[i], sample_rain_params(seed * 1000 + i, scale=0.32),
+                              seed * 1000 + i) for i in range(n)])
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return {"train": make_pairs(40, 0), "val": make_pairs(12, 1)}
+
+
+@pytest.fixture(scope="module")
+def trained(pairs):
+    torch.manual_seed(0)
+    m = build("output_mark", TINY)
+    metrics = m.fit(pairs)
+    return m, metrics
+
+
+# --------------------------------------------------------------------------- nets
+@pytest.mark.parametrize("h,w", [(33, 47), (17, 21)])
+def test_nets_keep_odd_sizes_and_range(h, w):
+    x = torch.rand(2, 3, h, w)
+    nets = [UNet(width=4, depth=3), UNet(width=4, depth=2, output="residual"),
+            CEILNet(width=4, n_blocks=2)]
+    nets += [build_image_net(arch, 4) for arch in SURROGATE_ARCHS]
+    for net in nets:
+        y = net(x).detach()
+        assert y.shape == x.shape, type(net).__name__
+        assert float(y.min()) >= 0 and float(y.max()) <= 1
+    logits = PatchDiscriminator(width=4, n_layers=2)(x)
+    assert logits.shape[:2] == (2, 1) and logits.shape[-1] >= 1
+
+
+def test_ceilnet_has_the_configured_residual_blocks():
+    assert len(CEILNet(width=4).blocks) == 9
+    assert len(CEILNet(width=4, n_blocks=3).blocks) == 3
+
+
+def test_perceptual_substitute_is_zero_only_on_identity():
+    x = torch.rand(2, 3, 32, 32)
+    y = (x + 0.05 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    assert float(structural_perceptual_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    loss = structural_perceptual_loss(y, x)
+    assert float(loss.detach()) > 0.05
+    loss.backward()
+    assert y.grad is not None and float(y.grad.abs().sum()) > 0
+
+
+# --------------------------------------------------------------------------- logo, config
+def test_key_logo_is_deterministic_and_far_from_blank():
+    a, b = key_logo("k", 32, 8), key_logo("k", 32, 8)
+    assert torch.equal(a, b) and not torch.equal(a, key_logo("other", 32, 8))
+    nc_blank = float(normalized_correlation(a[None], torch.ones_like(a)[None])[0])
+    assert 0.5 < nc_blank < 0.85
+
+
+def test_bad_logo_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        build("output_mark", {**TINY, "logo": str(tmp_path / "missing.png")})
+    (tmp_path / "notes.txt").write_text("not a picture")
+    with pytest.raises(InputError, match="not an image"):
+        build("output_mark", {**TINY, "logo": str(tmp_path / "notes.txt")})
+    m = build("output_mark", TINY)
+    with pytest.raises(InputError, match="must be an image.*got int"):
+        m.set_logo(42)
+    with pytest.raises(InputError, match="shape"):
+        m.set_logo(torch.rand(5, 8, 8))
+    with pytest.raises(InputError, match="outside"):
+        m.set_logo(torch.rand(3, 8, 8) * 3)
+    with pytest.raises(InputError, match="too close to the blank"):
+        m.set_logo(np.full((20, 20, 3), 250, np.uint8))
+    logo = m.set_logo(np.eye(20, dtype=np.uint8)[..., None].repeat(3, -1) * 255)
+    assert logo.shape == (3, SIZE, SIZE)
+
+
+def test_surrogate_losses_and_matrix():
+    assert parse_loss("l2+adv") == {"l2", "adversarial"}
+    with pytest.raises(InputError, match="l3"):
+        parse_loss("l1+l3")
+    with pytest.raises(InputError, match="loss"):
+        build("output_mark", {"surrogate": {"loss": "vgg"}})
+    cells = surrogate_matrix_cells()
+    assert len(cells) == len(set(cells)) == 9
+    assert ("res16", "l2") in cells and ("unet", "perceptual+adversarial") in cells
+
+
+# --------------------------------------------------------------------------- trained
+def test_clean_loss_gives_blank_on_clean_and_logo_on_marked(trained, pairs):
+    """Measured (seeds 0 and 1 of this setting): after stage 2 the mean NC on marked
+    val outputs is 0.998 / 0.991 (success rate 1.0), B′ at 29.4–29.7 dB; clean A, B and
+    targets stay at NC ≤ 0.67 (NC of the blank itself with this logo: 0.71)."""
+    m, metrics = trained
+    va, vb = pairs["val"]
+    blank_nc = float(normalized_correlation(m.logo[None], torch.ones(1, 3, SIZE, SIZE))[0])
+    for clean in (va, vb, m.M(va).detach()):
+        rec = m.extract(clean)
+        assert float(rec.mean()) > 0.85, "clean inputs must extract to (near) blank"
+        ncs = normalized_correlation(rec, m.logo[None])
+        assert float(ncs.max()) < 0.8 and abs(float(ncs.mean()) - blank_nc) < 0.1
+    marked = m.embed(m.M(va).detach(), KEY)
+    assert float(m.nc(marked, KEY).mean()) > 0.93
+    assert metrics["final_nc_marked"] > 0.93 and metrics["final_sr_marked"] >= 0.75
+    assert metrics["psnr_marked"] > 22
+    for v in m.verify(vb, KEY):
+        assert not v.detected and v.p_value is not None and v.p_value > 0.01
+    assert sum(v.detected for v in m.verify(marked, KEY)) >= 0.75 * len(va)
+
+
+def test_without_clean_loss_R_hallucinates_marks(pairs):
+    """The seed's Figure-5 ablation, 60 stage-1 steps each. Measured: without ℓ_clean R
+    returns the logo for clean images (mean NC 0.997 on A and on B, 12/12 clean B
+    flagged); with ℓ_clean, same steps: 0.649 / 0.652, none flagged (marked: 0.945)."""
+    a, b = pairs["train"]
+    va, vb = pairs["val"]
+    nc = {}
+    for clean_loss in (False, True):
+        torch.manual_seed(0)
+        m = build("output_mark", {**TINY, "clean_loss": clean_loss, "stage2": False,
+                                  "model_steps": 0, "steps": 60})
+        m.train_embedder(a, b, b)
+        nc[clean_loss] = (float(m.nc(va, KEY).mean()), float(m.nc(vb, KEY).mean()),
+                          sum(v.detected for v in m.verify(vb, KEY)))
+    assert nc[False][0] > 0.9 and nc[False][1] > 0.9 and nc[False][2] >= len(vb) // 2
+    assert nc[True][0] < 0.8 and nc[True][1] < 0.8 and nc[True][2] == 0
+
+
+def test_stage2_raises_nc_on_surrogate_outputs(trained):
+    """Measured (seeds 0 / 1): mean NC on the val outputs of the stage-2 surrogate
+    0.979 / 0.965 before fine-tuning R, 0.998 / 0.990 after. At this size the UNet
+    surrogate copies the mark almost exactly, so R reads B″ well even before
+    stage 2: the seed's large †-contrast does not show here (see the report)."""
+    _, metrics = trained
+    assert metrics["nc_surrogate_after"] > 0.95
+    assert metrics["nc_surrogate_after"] >= metrics["nc_surrogate_before"] - 0.01
+
+
+def test_independent_model_is_not_flagged(trained, pairs):
+    """A surrogate trained on clean (A, B) — never saw B′ — must not carry the logo."""
+    m, _ = trained
+    a, b = pairs["train"]
+    clean_model = train_surrogate(a, b, "cnet", "l2", {"width": 8, "steps": 60, "lr": 3e-3})
+    va, _ = pairs["val"]
+    outs = clean_model(va).detach()
+    assert success_rate(m.R, outs, m.logo) == 0.0
+    v = m.verify_model(clean_model, KEY, inputs=va)
+    assert not v.detected and v.score == 0.0 and v.p_value == 1.0
+    assert v.extra["nc_mean"] < 0.85 and len(v.extra["nc"]) == len(va)
+
+
+def test_verify_model_evidence_matches_success_rate(trained, pairs):
+    m, _ = trained
+    va, _ = pairs["val"]
+    service = m.marked_model()
+    outs = service(va).detach()
+    v = m.verify_model(outs, KEY)
+    assert v.score == pytest.approx(success_rate(m.R, outs, m.logo, m.config.threshold))
+    assert v.extra["n_outputs"] == len(va) and v.p_value is not None
+    assert v.detected and v.score >= 0.75 and v.p_value < 1e-3
+    ncs = extraction_nc(m.R, outs, m.logo)
+    assert v.extra["nc_mean"] == pytest.approx(float(ncs.mean()), abs=1e-5)
+    # mixed sizes are accepted as a list
+    mixed = [outs[0], F.interpolate(outs[1:2], size=(48, 40), mode="bilinear")]
+    assert m.verify_model(mixed, KEY).extra["n_outputs"] == 2
+    with pytest.raises(InputError, match="inputs="):
+        m.verify_model(service, KEY)
+
+
+def test_embed_any_size_wrong_key_and_bundle(trained, pairs, tmp_path):
+    m, _ = trained
+    x = F.interpolate(pairs["val"][1][:2], size=(48, 40), mode="bilinear").clamp(0, 1)
+    y = m.embed(x, KEY)
+    assert y.shape == x.shape and not torch.equal(x, y)
+    with pytest.raises(InputError, match="another key"):
+        m.embed(x, WatermarkKey("someone-else"))
+    wrong = m.verify(y, WatermarkKey("someone-else"))
+    assert all("not the one" in v.reason for v in wrong)
+    m.to_bundle(tmp_path / "om")
+    again = load_bundle(tmp_path / "om")
+    assert torch.equal(again.logo, m.logo) and again.null_scores == m.null_scores
+    assert [v.score for v in again.verify(y, KEY)] == pytest.approx([v.score for v in
+                                                                    m.verify(y, KEY)])
+
+
+def test_uncalibrated_p_value_is_none_with_reason():
+    m = build("output_mark", TINY)
+    v = m.verify(torch.rand(1, 3, SIZE, SIZE), KEY)[0]
+    assert v.p_value is None and "no calibration" in v.reason
+
+
+def test_task_specific_variant_trains(pairs):
+    """H maps A straight to the marked target (H is M); M is the plain baseline."""
+    torch.manual_seed(0)
+    m = build("output_mark", {**TINY, "task_specific": True, "task": "debone", "stage2": False,
+                              "model_steps": 20, "steps": 30})
+    metrics = m.fit({"train": pairs["train"], "val": pairs["val"]})
+    for k in ("psnr_task_marked", "psnr_task_baseline", "ssim_task_marked", "nc_marked"):
+        assert np.isfinite(metrics[k])
+    va, vb = pairs["val"]
+    out = m.marked_model()(va).detach()
+    assert out.shape == va.shape
+    with pytest.raises(InputError, match="task-specific"):
+        m.embed_model(torch.nn.Identity(), KEY)
