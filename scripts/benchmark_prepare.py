@@ -48,6 +48,9 @@ def generate(folder: Path, n: int, side: int, seed: int = 0) -> float:
 
 
 def main() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the main process only streams; the pool does the work
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--side", type=int, default=1024)
