@@ -3,11 +3,16 @@
 From the CLI (``neuralmark data prepare cifar10 --source cifar-10-python.tar.gz``),
 from Python (``run_data_preparation``) or with ZenML directly::
 
-    zenml pipeline run pipelines.data_preparation.data_preparation_pipeline -c prep.yaml
+    zenml pipeline run pipelines.data_preparation.data_preparation_pipeline \
+        -c configs/data/cifar10.yaml
 
-with ``parameters: {dataset: cifar10, source: /path/cifar-10-python.tar.gz,
-config: {version_with_dvc: false}}``. ``config`` holds ``PrepareConfig`` fields
-plus ``version_with_dvc`` / ``dvc_target`` / ``dvc_push``. The source
+with one run config per dataset in ``configs/data/`` (``parameters: {dataset:
+cifar10, source: ~/Downloads/cifar-10-python.tar.gz, config: {...}}``).
+``config`` holds ``PrepareConfig`` fields, the recipe's ``options`` and
+``version_with_dvc`` / ``dvc_target`` / ``dvc_push``; a typo in any of them
+fails when the pipeline is compiled, naming it. What the validation checks
+(pairs, size, label range, ``target_kind``) is declared by the recipe and
+travels in the prepare report. The source
 fingerprint is computed when the pipeline is compiled and passed to ``prepare``,
 so an unchanged input is a cache hit and does no work.
 """
