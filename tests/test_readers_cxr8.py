@@ -165,6 +165,16 @@ def test_missing_images_are_listed_and_skipped(tmp_path, caplog):
     assert reader.missing_images == ("00000001_001.png", "00000004_000.png")
     assert "2 of 9 images" in caplog.text and "00000001_001.png" in caplog.text
 
+    # the prepare engine streams the reader twice (split plan, then items): one warning
+    from components.data.prepare import prepare_dataset
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        report = prepare_dataset("chestxray8_debone", tmp_path, tmp_path / "out",
+                                 PrepareConfig(size=16, workers=1))
+    assert report.items == len(ROWS) - 2
+    assert caplog.text.count("images listed in Data_Entry_2017.csv are missing") == 1
+
 
 # -- layout errors ----------------------------------------------------------------
 

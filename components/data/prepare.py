@@ -65,7 +65,7 @@ from PIL import Image
 from components.data.datasets import DatasetRecipe, PrepareConfig, get_recipe
 from components.data.manifest import MANIFEST_COLUMNS, SPLITS
 from components.data.readers.archives import close_archives
-from components.data.readers.base import ItemError, SourceItem
+from components.data.readers.base import DatasetReader, ItemError, SourceItem
 from components.data.splits import split_by_name_hash
 from components.errors import InputError
 
@@ -199,15 +199,19 @@ def _validate_fractions(fractions: tuple[float, float, float]) -> None:
         raise InputError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
 
 
-def plan_splits(recipe: DatasetRecipe, source: Path, config: PrepareConfig) -> dict[str, str]:
+def _stream(reader: DatasetReader, source: Path, config: PrepareConfig) -> Iterator[SourceItem]:
+    """The reader's items, cut at ``config.limit``."""
+    items = reader.items(source)
+    return itertools.islice(items, config.limit) if config.limit is not None else items
+
+
+def plan_splits(reader: DatasetReader, source: Path, config: PrepareConfig) -> dict[str, str]:
     """``{group: split}`` for the items the reader leaves unsplit (exact counts, see module doc).
 
     One pass over the reader's item stream (after ``limit``) that keeps only group ids.
     """
-    items: Iterable[SourceItem] = recipe.reader().items(source)
-    if config.limit is not None:
-        items = itertools.islice(items, config.limit)
-    groups = {item.group or item.item_id for item in items if item.split is None}
+    groups = {item.group or item.item_id for item in _stream(reader, source, config)
+              if item.split is None}
     return split_by_name_hash(groups, config.fractions, config.seed)
 
 
@@ -472,14 +476,11 @@ def _prune(root: Path, keep: set[str]) -> None:
                 p.rmdir()
 
 
-def _tasks(recipe: DatasetRecipe, source: Path, root: Path, config: PrepareConfig,
-           plan: dict[str, str], done: dict[str, dict[str, Any]], seen: dict[str, str],
-           counter: list[int]) -> Iterator[_Task]:
+def _tasks(recipe: DatasetRecipe, reader: DatasetReader, source: Path, root: Path,
+           config: PrepareConfig, plan: dict[str, str], done: dict[str, dict[str, Any]],
+           seen: dict[str, str], counter: list[int]) -> Iterator[_Task]:
     """Stream the reader into tasks, skipping journaled items; checks stems are unique."""
-    items: Iterable[SourceItem] = recipe.reader().items(source)
-    if config.limit is not None:
-        items = itertools.islice(items, config.limit)
-    for item in items:
+    for item in _stream(reader, source, config):
         counter[0] += 1
         stem = file_stem(item.item_id)
         if stem in seen:
@@ -561,8 +562,9 @@ def prepare_dataset(name: str, source: str | os.PathLike, out_root: str | os.Pat
 
     records = dict(done)
     counter = [0]
-    tasks = _tasks(recipe, source, root, cfg, plan_splits(recipe, source, cfg), done, {},
-                   counter)
+    reader = recipe.reader()  # one reader for both passes (it may log layout warnings once)
+    tasks = _tasks(recipe, reader, source, root, cfg, plan_splits(reader, source, cfg), done,
+                   {}, counter)
     workers = max(1, cfg.workers or _available_cores())
     processed = 0
     try:

@@ -273,6 +273,7 @@ class ChestXray8Reader(DatasetReader):
             raise ValueError(f"val_share must be in [0, 1), got {val_share}")
         self.val_share = val_share
         self.missing_images: tuple[str, ...] = ()
+        self._warned: tuple[str, ...] = ()
 
     # layout discovery ---------------------------------------------------------
 
@@ -392,7 +393,8 @@ class ChestXray8Reader(DatasetReader):
                 f"{root}: expected the {len(entries)} images listed in {csv_path.name} "
                 f"(e.g. {example}) under images/; found none of them "
                 f"(images/ holds {describe(root / 'images')})")
-        if self.missing_images:
+        if self.missing_images and self.missing_images != self._warned:
+            self._warned = self.missing_images  # the engine streams twice: warn once
             n_missing = len(self.missing_images)
             shown = ", ".join(self.missing_images[:5])
             more = f" (+{n_missing - 5} more)" if n_missing > 5 else ""
