@@ -44,6 +44,8 @@ def link_report_from_run(report: Any) -> None:
     """
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+    from components.data.bone_suppression import TARGET_KIND
+
     stats = report.stats
     status = "passed" if report.success else f"FAILED ({', '.join(report.failed())})"
     lines = [f"Data validation of `{stats.get('dataset', '?')}` {status}: "
@@ -53,7 +55,7 @@ def link_report_from_run(report: Any) -> None:
     if kinds:
         lines.append(f"Bone-suppressed targets per pair: {kinds}"
                      + (" — classical approximation, not real targets."
-                        if "classical-approximation" in kinds else "."))
+                        if TARGET_KIND in kinds else "."))
     mlflow.set_tags({REPORT_TAG: REPORT_ARTIFACT, MLFLOW_RUN_NOTE: "\n\n".join(lines),
                      "validation_success": str(report.success).lower()})
 
