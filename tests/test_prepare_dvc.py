@@ -94,3 +94,30 @@ def test_prepare_versions_with_dvc_and_links_the_report(dvc_project, tmp_path):
                                  config={"workers": 1, "version_with_dvc": True})
     assert again["cached"]
     assert yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"] == out["md5"]
+
+
+def test_run_description_says_when_targets_are_approximated(tmp_path):
+    """``link_report_from_run`` on a ChestX-ray8 report, in a throw-away MLflow store."""
+    import mlflow
+
+    from steps.data_preparation import REPORT_ARTIFACT, REPORT_TAG, link_report_from_run
+    from steps.validation import DataValidationReport
+    from tests.isolation import _mlflow_state, _restore_mlflow
+
+    report = DataValidationReport(success=False, results=[
+        {"expectation": "pair_complete", "type": "expect_column_values_to_be_in_set",
+         "column": "pair_complete", "success": False, "details": {}}],
+        stats={"dataset": "chestxray8_debone", "rows": 18, "rows_per_split": {"train": 18},
+               "target_kind": {"classical-approximation": 9}})
+    state = _mlflow_state()
+    try:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        with mlflow.start_run() as run:
+            link_report_from_run(report)
+        tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
+    finally:
+        _restore_mlflow(state)
+    assert tags[REPORT_TAG] == REPORT_ARTIFACT and tags["validation_success"] == "false"
+    note = tags["mlflow.note.content"]
+    assert "`chestxray8_debone` FAILED (pair_complete)" in note
+    assert "{'classical-approximation': 9} — classical approximation, not real targets." in note
