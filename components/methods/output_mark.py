@@ -164,6 +164,8 @@ class OutputMarkConfig(MethodConfig):
     """
 
     method: Literal["output_mark"] = "output_mark"
+    #: host task the pairs come from (a label kept in the bundle; the pipeline picks
+    #: the dataset from it: derain → voc_derain, debone → chestxray8)
     task: Literal["derain", "debone"] = "derain"
     #: seed's task-specific variant: H maps A to the marked target (H is M)
     task_specific: bool = False
@@ -727,6 +729,10 @@ class OutputMark(WatermarkMethod):
         self.calibration_sources.append(f"{source}:{len(scores)}")
         return scores
 
+    def reset_calibration(self) -> None:
+        """Forget the null scores (``fit`` recalibrates from scratch)."""
+        self.null_scores, self.calibration_sources = [], []
+
     def p_value(self, score: float) -> tuple[float | None, str]:
         """Empirical p-value of one NC under the calibrated null, or ``None`` and why."""
         if not self.null_scores:
@@ -910,14 +916,38 @@ class OutputMark(WatermarkMethod):
         return m_loss + emd + self.config.lambda_ext * ext + self._disc_loss(h_ref, b_prime)
 
     # -- training -----------------------------------------------------------------
-    def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices of the H/R part and of the surrogate part (seed's disjoint split)."""
+    def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the H/R part and of the surrogate part of ``n`` training pairs.
+
+        The seed's disjoint split (``surrogate_fraction`` to the surrogate),
+        seeded by ``config.seed``; without stage 2 (or n < 2) both are everything.
+        """
         g = torch.Generator().manual_seed(self.config.seed + 7)
         perm = torch.randperm(n, generator=g)
         if not self.config.stage2 or n < 2:
             return perm, perm
         k = min(n - 1, max(1, round(n * self.config.surrogate_fraction)))
         return perm[k:], perm[:k]
+
+    def working_pairs(self, pairs: Any, what: str = "pairs") -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate ``(A, B)`` (N×3×H×W in [0, 1]) and resize both to the working size."""
+        a, b = _check_pairs(pairs, what)
+        return to_size(a, self.config.working_size), to_size(b, self.config.working_size)
+
+    def train_model(self, a: torch.Tensor, gt: torch.Tensor,
+                    callbacks: Callbacks | Sequence[Any] = ()) -> nn.Module:
+        """Train M on (A, targets) (N×3×S×S) with :func:`train_protected_model`; keep it."""
+        self.M = train_protected_model((a, gt), self.config, callbacks).to(self.device)
+        return self.M
+
+    def model_outputs(self, a: torch.Tensor) -> torch.Tensor:
+        """Domain B: M's outputs on N×3×S×S inputs (no grad, batches, CPU)."""
+        return apply_net(self.M, a, self.config.eval_batch, self.device)
+
+    def marked_outputs(self, a: torch.Tensor) -> torch.Tensor:
+        """B′: what the watermarked service returns for N×3×S×S inputs (H∘M, or H)."""
+        h_in = a if self.config.task_specific else self.model_outputs(a)
+        return apply_net(self.H, h_in, self.config.eval_batch, self.device)
 
     def train_embedder(self, a: torch.Tensor, b: torch.Tensor, gt: torch.Tensor,
                        callbacks: Callbacks | Sequence[Any] = (), step0: int = 0
@@ -1007,16 +1037,12 @@ class OutputMark(WatermarkMethod):
         self.R.eval()
         return metrics
 
-    def _marked(self, x: torch.Tensor) -> torch.Tensor:
-        """H at the working size on N×3×S×S inputs (no grad, batches) → B′ on the CPU."""
-        return apply_net(self.H, x, self.config.eval_batch, self.device)
-
     def quality(self, a: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
         """Table-1 numbers on held-out pairs (N×3×S×S): PSNR/SSIM of B′ vs B, NC, SR, clean NC."""
         c = self.config
-        b = apply_net(self.M, a, c.eval_batch, self.device)
-        h_in, h_ref = (a, gt) if c.task_specific else (b, b)
-        bp = self._marked(h_in)
+        b = self.model_outputs(a)
+        h_ref = gt if c.task_specific else b
+        bp = self.marked_outputs(a)
         logo = self.logo.cpu()
         nc_marked = extraction_nc(self.R, bp, logo, c.eval_batch)
         out = {"psnr_marked": float(psnr(bp, h_ref).clamp(max=100).mean()),
@@ -1055,31 +1081,29 @@ class OutputMark(WatermarkMethod):
         c, cb = self.config, _cb(callbacks)
         if not isinstance(data, Mapping) or "train" not in data:
             raise InputError("output_mark.fit needs data={'train': (A, B), 'val': (A, B)}")
-        a, gt = (to_size(t, c.working_size) for t in _check_pairs(data["train"], "data['train']"))
+        a, gt = self.working_pairs(data["train"], "data['train']")
         if key is not None:
             self.set_logo(c.logo, key)
         self.to(pick_device(c.device))
         start = time.time()
         metrics: dict[str, float] = {}
         # 1. the protected model M (the plain baseline in the task-specific variant)
-        self.M = train_protected_model((a, gt), c, cb).to(self.device)
+        self.train_model(a, gt, cb)
         metrics["time_model_s"] = time.time() - start
-        hr, sur = self._split(a.shape[0])
-        b = apply_net(self.M, a, c.eval_batch, self.device)
+        hr, sur = self.split_indices(a.shape[0])
+        b = self.model_outputs(a)
         # 2. stage 1 on the H/R part
         self.train_embedder(a[hr], b[hr], gt[hr], cb, step0=c.model_steps)
         metrics["time_stage1_s"] = time.time() - start - metrics["time_model_s"]
-        if "val" in data and data["val"] is not None:
-            va, vgt = (to_size(t, c.working_size) for t in _check_pairs(data["val"],
-                                                                        "data['val']"))
+        if data.get("val") is not None:
+            va, vgt = self.working_pairs(data["val"], "data['val']")
         else:
             va, vgt = a[sur], gt[sur]
-        vb = apply_net(self.M, va, c.eval_batch, self.device)
+        vb = self.model_outputs(va)
         metrics.update(self.quality(va, vgt))
         # 3. stage 2: the attacker's surrogate on the other part, then fine-tune R
         if c.stage2:
-            h_in = a if c.task_specific else b
-            marked = self._marked(h_in)
+            marked = self.marked_outputs(a)
             sm = train_surrogate(a[sur], marked[sur], config=c.surrogate, callbacks=cb)
             b2 = apply_net(sm, a[hr], c.eval_batch)
             vb2 = apply_net(sm, va, c.eval_batch)
@@ -1096,7 +1120,7 @@ class OutputMark(WatermarkMethod):
             metrics.update({f"final_{k}": v for k, v in self.quality(va, vgt).items()})
         metrics["time_total_s"] = time.time() - start
         # 4. calibration of the null NC distribution on clean images R never trained on
-        self.null_scores, self.calibration_sources = [], []
+        self.reset_calibration()
         for name, x in (("val_A", va), ("val_B", vb), ("val_target", vgt)):
             self.calibrate(x, name)
         if c.stage2 and not torch.equal(sur, hr):
