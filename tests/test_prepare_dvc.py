@@ -112,7 +112,10 @@ def test_run_description_says_when_targets_are_approximated(tmp_path):
     state = _mlflow_state()
     try:
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        with mlflow.start_run() as run:
+        # an explicit experiment: another test's active experiment id means nothing here
+        experiment = mlflow.MlflowClient().create_experiment(
+            "link-test", artifact_location=(tmp_path / "mlruns").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
             link_report_from_run(report)
         tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
     finally:
