@@ -20,6 +20,7 @@ so an unchanged input is a cache hit and does no work.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,8 @@ def data_preparation_pipeline(dataset: str, source: str, out: str = "data",
 
 
 def run_data_preparation(dataset: str, source: str | os.PathLike, out: str = "data",
-                         config: dict[str, Any] | None = None, *,
+                         config: dict[str, Any] | None = None,
+                         callbacks: Sequence[Any] | None = None, *,
                          project_root: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run ``data_preparation_pipeline`` on the project's local stack.
 
@@ -87,6 +89,8 @@ def run_data_preparation(dataset: str, source: str | os.PathLike, out: str = "da
         source: the archive or folder.
         out: output root (relative to the project root).
         config: see ``data_preparation_pipeline``.
+        callbacks: progress sinks (``on_progress``, e.g. the CLI's bar); only seen
+            when the prepare step runs in this process (local orchestrator).
         project_root: where ``.zen/``, ``mlflow.db``, ``data/`` and ``reports/`` live.
 
     Returns:
@@ -102,6 +106,7 @@ def run_data_preparation(dataset: str, source: str | os.PathLike, out: str = "da
 
     from pipelines.stack import ensure_experiment, ensure_stack
     from pipelines.training import _ProjectClient
+    from steps.tracking import extra_callbacks
     from steps.validation import DataValidationError
 
     root = Path(project_root or CODE_ROOT).resolve()
@@ -110,7 +115,7 @@ def run_data_preparation(dataset: str, source: str | os.PathLike, out: str = "da
         raise InputError(f"source {source} does not exist")
     ensure_stack(root)
     ensure_experiment(PIPELINE_NAME, root)
-    with _ProjectClient(root):
+    with _ProjectClient(root), extra_callbacks(callbacks):
         out_abs = str(Path(out) if Path(out).is_absolute() else root / out)
         try:
             run = data_preparation_pipeline(dataset=dataset, source=str(source), out=out_abs,

@@ -27,6 +27,11 @@ TRACKER_NAME = "nm_mlflow_tracker"
 REGISTRY_NAME = "nm_mlflow_registry"
 STACK_NAME = "neuralmark_local"
 MLFLOW_FLAVOR = "mlflow"
+#: MLflow experiments (ZenML's tracker names them after the pipeline) created by
+#: ``ensure_stack`` with artifacts inside the project, so that
+#: ``zenml pipeline run ...`` from any working directory never scatters ``./mlruns``.
+PIPELINE_EXPERIMENTS = ("training_pipeline", "data_preparation_pipeline",
+                        "output_mark_pipeline")
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +104,8 @@ def ensure_stack(project_root: str | Path) -> dict[str, Any]:
     Returns:
         What happened: ``initialized`` (bool), ``registered`` / ``updated``
         (component and stack names), ``active_stack``, ``tracking_uri``,
-        ``repository`` (path).
+        ``repository`` (path). Also creates the MLflow experiments of
+        ``PIPELINE_EXPERIMENTS`` (artifacts under ``<root>/mlruns``).
     """
     from zenml.client import Client
     from zenml.enums import StackComponentType
@@ -156,6 +162,8 @@ def ensure_stack(project_root: str | Path) -> dict[str, Any]:
 
     if client.active_stack_model.name != STACK_NAME:
         client.activate_stack(STACK_NAME)
+    for experiment in PIPELINE_EXPERIMENTS:
+        ensure_experiment(experiment, root)
     # Keep the process-wide client in step when it is rooted at this project.
     singleton = Client()
     if singleton.root is not None and singleton.root.resolve() == root \

@@ -33,7 +33,8 @@ from pipelines.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, resolve
 from steps.data import build_dataset, validate_dataset
 from steps.evaluation import evaluate_robustness, sign_heldout
 from steps.promotion import gate, register_and_promote
-from steps.training import extra_callbacks, train_model
+from steps.tracking import extra_callbacks
+from steps.training import train_model
 
 PIPELINE_NAME = "training_pipeline"
 

@@ -24,6 +24,7 @@ from zenml.types import HTMLString
 
 from pipelines.stack import TRACKER_NAME
 from steps.data import project_root, publish_validation
+from steps.tracking import in_process_progress
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ def prepare(dataset: str, source: str, out: str, config: dict[str, Any],
     from components.data.datasets import PrepareConfig
     from components.data.prepare import prepare_dataset
 
-    report = prepare_dataset(dataset, source, out, PrepareConfig(**config))
+    report = prepare_dataset(dataset, source, out, PrepareConfig(**config),
+                             progress=lambda done, total: in_process_progress(
+                                 done, total, f"preparing {dataset}"))
     if report.fingerprint != fingerprint:
         logger.warning("source changed while the pipeline was compiled (%s != %s)",
                        report.fingerprint, fingerprint)

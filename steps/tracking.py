@@ -12,13 +12,45 @@ Example (inside a step)::
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import mlflow
 
 from components.report import Report
+
+_EXTRA_CALLBACKS: list[Any] = []
+
+
+@contextlib.contextmanager
+def extra_callbacks(callbacks: Sequence[Any] | None) -> Iterator[None]:
+    """Add ``callbacks`` (e.g. the CLI's progress bar) to the long steps run in this process.
+
+    Only steps executed by the local orchestrator (same process) see them; a
+    remote orchestrator's steps report through MLflow alone.
+    """
+    added = list(callbacks or ())
+    _EXTRA_CALLBACKS.extend(added)
+    try:
+        yield
+    finally:
+        for cb in added:
+            _EXTRA_CALLBACKS.remove(cb)
+
+
+def in_process_callbacks() -> list[Any]:
+    """The callbacks added by ``extra_callbacks`` (a copy)."""
+    return list(_EXTRA_CALLBACKS)
+
+
+def in_process_progress(done: int, total: int, desc: str = "") -> None:
+    """Forward ``progress(done, total)`` to every in-process callback's ``on_progress``."""
+    for cb in _EXTRA_CALLBACKS:
+        hook = getattr(cb, "on_progress", None)
+        if hook is not None:
+            hook(done, total, desc)
 
 
 class MLflowCallback:

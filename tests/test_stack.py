@@ -43,6 +43,17 @@ def test_ensure_stack_is_idempotent(tmp_path: Path) -> None:
     tracker = client.get_stack_component(StackComponentType.EXPERIMENT_TRACKER, TRACKER_NAME)
     assert tracker.configuration["tracking_uri"] == tracking_uri(tmp_path)
 
+    # every pipeline's experiment exists with artifacts inside the project, so a plain
+    # `zenml pipeline run -c ...` from another directory writes no ./mlruns there
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.stack import PIPELINE_EXPERIMENTS
+
+    mlflow_client = MlflowClient(tracking_uri=tracking_uri(tmp_path))
+    for name in PIPELINE_EXPERIMENTS:
+        exp = mlflow_client.get_experiment_by_name(name)
+        assert exp.artifact_location == (tmp_path.resolve() / "mlruns" / name).as_uri()
+
 
 def test_ensure_experiment_keeps_artifacts_in_project(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
