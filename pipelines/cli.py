@@ -9,6 +9,10 @@ given with ``--bundle``, or a registered model given with ``--model-uri``).
 * ``1`` — not detected (the p-value says how unlikely the score is by chance),
 * ``2`` — unreadable input or bad arguments.
 
+``stamp`` / ``scan`` do the same for the anti-forwarding stamp
+(``anti_forward``): the stamp is not keyed (``--key`` only protects the
+optional payload), and ``scan`` scores files in batches, the service's hot path.
+
 ``train``, ``evaluate`` and ``data sample`` hand over to the pipelines and the
 data builder, imported lazily so that ``embed`` / ``verify`` stay fast and work
 without a ZenML stack.
@@ -785,8 +789,7 @@ def data_prepare(
         config["options"] = _parse_options(option)
     if pipeline:
         run = _lazy("pipelines.data_preparation", "run_data_preparation", "data preparation")
-        with _err().status(f"preparing {dataset}"):
-            result = run(dataset, source, str(out), config)
+        result = _run_long(run, dataset, source, str(out), config, label=f"preparing {dataset}")
         report = result["report"]
         cached = " (cached: unchanged input)" if result["cached"] else ""
         _out().print(f"[green]run {escape(result['run'])} {escape(result['status'])}[/]{cached}"
