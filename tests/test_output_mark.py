@@ -22,7 +22,7 @@ from components.methods.output_mark import (
     surrogate_matrix_cells,
     train_surrogate,
 )
-from components.metrics import normalized_correlation
+from components.metrics import normalized_correlation, ssim
 from components.nets.ceilnet import CEILNet
 from components.nets.image_nets import SURROGATE_ARCHS, build_image_net
 from components.nets.patchgan import PatchDiscriminator
@@ -249,14 +249,20 @@ def test_uncalibrated_p_value_is_none_with_reason():
 
 
 def test_task_specific_variant_trains(pairs):
-    """H maps A straight to the marked target (H is M); M is the plain baseline."""
+    """H maps A straight to the marked target (H is M); M is the plain baseline.
+
+    Measured at 120 steps (seeds 0 / 1): NC on H's outputs 0.99 / 0.84 vs ≤ 0.72 on
+    clean images; SSIM to the target 0.81 / 0.78 (plain M: 0.69 / 0.68; the rainy
+    input itself: 0.67), PSNR 22.0 / 19.5 dB (plain M 21.3 / 21.1, input 20.4)."""
     torch.manual_seed(0)
     m = build("output_mark", {**TINY, "task_specific": True, "task": "debone", "stage2": False,
-                              "model_steps": 20, "steps": 30})
+                              "model_steps": 40, "steps": 120})
     metrics = m.fit({"train": pairs["train"], "val": pairs["val"]})
-    for k in ("psnr_task_marked", "psnr_task_baseline", "ssim_task_marked", "nc_marked"):
-        assert np.isfinite(metrics[k])
+    clean_max = max(metrics[f"nc_clean_{k}_max"] for k in ("A", "B", "target"))
+    assert metrics["nc_marked"] > clean_max + 0.1
     va, vb = pairs["val"]
+    assert metrics["ssim_task_marked"] > float(ssim(va, vb).mean()) + 0.05
+    assert np.isfinite(metrics["psnr_task_baseline"]) and metrics["psnr_task_marked"] > 18
     out = m.marked_model()(va).detach()
     assert out.shape == va.shape
     with pytest.raises(InputError, match="task-specific"):
