@@ -693,8 +693,8 @@ class OutputMark(WatermarkMethod):
         if key_fingerprint(key.secret) != self.fingerprint:
             raise InputError("this output_mark model hides the logo of another key; "
                              "retrain (fit) with this key to embed its logo")
-        marked = self.marked_model()
-        return apply_net(marked, images, self.config.eval_batch, self.device).to(images.device)
+        embedder = MarkedModel(None, self.H, self.config.working_size).eval()
+        return apply_net(embedder, images, self.config.eval_batch, self.device).to(images.device)
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """R's logo estimate: B×3×H×W (any size) → B×3×S×S in [0, 1] (S = working size)."""
