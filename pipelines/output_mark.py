@@ -1,0 +1,330 @@
+"""The output_mark pipeline (seed 001, issue #6): protect a model, attack it, gate, register.
+
+::
+
+    data → pairs (A, B) → stage 1 (M, H, R, D) → stage 2 (SM + fine-tune R)
+         → one surrogate per matrix cell (deep mark and spread-spectrum baseline)
+         → ablations, an independent model → evaluation (Tables 1–3, FP, heatmap)
+         → gate → register ``neuralmark-output_mark``
+
+Run it with the CLI (``neuralmark protect --task derain``), from Python
+(:func:`run_output_mark`), or with ZenML once the stack exists
+(``python -m pipelines.stack``)::
+
+    zenml pipeline run pipelines.output_mark.output_mark_pipeline \
+        -c configs/output_mark_pipeline.yaml
+
+Caching: the pipeline itself is not cached, but every matrix cell, ablation and
+the independent model are steps with ``enable_cache=True`` (see
+``steps/output_mark.py``), so a rerun retrains stage 1 and stage 2 and reuses
+every cell whose inputs came out byte-identical. The run config must not set a
+top-level ``enable_cache`` (it would override every step): that is why this
+pipeline has its own ``configs/output_mark_pipeline.yaml`` — the
+``configs/output_mark.yaml`` of the generic training pipeline sets
+``enable_cache: false``.
+
+Parameters (JSON, so they can come from the YAML): ``task``, ``profile``, the
+overrides ``config`` / ``data`` / ``evaluation`` / ``policy`` (merged over the
+profile's ``output_mark`` section by ``pipelines.settings.resolve``) and
+``matrix`` (:class:`MatrixSettings`).
+
+The gate reads ``psnr`` (Table 1, B′ vs B), ``detection_rate_mean_attacked``
+(mean success rate over the matrix cells, with stage 2) and ``fpr`` (share of an
+independent model's outputs, or of clean B, flagged): a policy such as
+``{min_psnr: 30, min_bit_accuracy: {}, min_detection_rate: {mean_attacked: 0.9},
+max_fpr: 0.01, primary_metric: detection_rate_mean_attacked}``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from zenml import pipeline
+from zenml.enums import ExecutionMode
+
+from components.methods.base import InputError
+from components.methods.output_mark import load_logo
+from components.surrogate_matrix import ABLATIONS, TASKS, cell_name, matrix_cells
+from pipelines.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, resolve
+
+PIPELINE_NAME = "output_mark_pipeline"
+METHOD = "output_mark"
+DEFAULT_CONFIG = CONFIGS_DIR / "output_mark_pipeline.yaml"
+PARAMETERS = ("task", "profile", "config", "data", "evaluation", "policy", "matrix")
+
+
+class MatrixSettings(BaseModel):
+    """What the pipeline runs besides stage 1 and 2.
+
+    Attributes:
+        cells: ``[arch, loss]`` pairs (``None``: the seed's nine, Tables 2–3).
+        baseline: run the spread-spectrum baseline's cells too.
+        baseline_config: ``spread_spectrum`` config overrides (its working size
+            follows output_mark's, at least 32).
+        ablations: names of ``surrogate_matrix.ABLATIONS`` to run.
+        false_positives: train an independent model (another seed) and report
+            how often its outputs are flagged.
+        pair_seed: salt of the per-image rain seeds.
+        test_splits: dataset splits pooled into the test pairs.
+        prepared: a prepared paired dataset's ``manifest.csv`` (``voc_derain``
+            or ``chestxray8``) to use instead of synthesising pairs from the
+            sample dataset.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cells: list[list[str]] | None = None
+    baseline: bool = True
+    baseline_config: dict[str, Any] = Field(default_factory=dict)
+    ablations: list[str] = Field(default_factory=lambda: list(ABLATIONS))
+    false_positives: bool = True
+    pair_seed: int = 0
+    test_splits: list[str] = Field(default_factory=lambda: ["val", "test"])
+    prepared: str | None = None
+
+    @field_validator("ablations")
+    @classmethod
+    def _known_ablations(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(ABLATIONS))
+        if unknown:
+            raise ValueError(f"unknown ablation(s) {unknown}; expected {list(ABLATIONS)}")
+        return names
+
+    def cell_list(self) -> list[tuple[str, str]]:
+        """The validated cells."""
+        return matrix_cells(self.cells)
+
+
+def matrix_settings(values: Mapping[str, Any] | None) -> MatrixSettings:
+    """Validate the ``matrix`` parameter; a typo is an ``InputError`` naming the field."""
+    try:
+        return MatrixSettings.model_validate(dict(values or {}))
+    except ValidationError as err:
+        problems = "; ".join(f"matrix.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in err.errors())
+        raise InputError(f"invalid matrix config: {problems}") from None
+
+
+def resolve_output_mark(task: str, profile: str, config: Mapping[str, Any] | None = None,
+                        data: Mapping[str, Any] | None = None,
+                        evaluation: Mapping[str, Any] | None = None,
+                        policy: Mapping[str, Any] | None = None) -> Any:
+    """``pipelines.settings.resolve`` for output_mark with ``config.task`` set to ``task``.
+
+    Also loads a ``config.logo`` file, so a logo that is not an image (or too
+    close to the blank) is an ``InputError`` before anything runs.
+    """
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; expected one of {list(TASKS)}")
+    settings = resolve(METHOD, profile, config={**dict(config or {}), "task": task}, data=data,
+                       evaluation=evaluation, policy=policy)
+    c = settings.config
+    if c.logo != "key":  # a logo that is not an image fails here, before any step runs
+        load_logo(c.logo, c.working_size, c.threshold, c.logo_secret, c.logo_block)
+    return settings
+
+
+@pipeline(name=PIPELINE_NAME, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
+def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
+                         config: dict[str, Any] | None = None,
+                         data: dict[str, Any] | None = None,
+                         evaluation: dict[str, Any] | None = None,
+                         policy: dict[str, Any] | None = None,
+                         matrix: dict[str, Any] | None = None) -> None:
+    """Protect a ``task`` model with output_mark, run the surrogate matrix, gate and register.
+
+    Args:
+        task: ``derain`` or ``debone``.
+        profile: ``configs/profiles/<profile>.yaml`` section ``output_mark`` to start from.
+        config: overrides of the output_mark config (``surrogate`` sets every
+            cell's schedule; arch and loss come from the cell).
+        data: overrides of the data settings (the clean images pairs are made from).
+        evaluation: overrides of the evaluation settings (``key_secret``).
+        policy: overrides of the gate policy.
+        matrix: :class:`MatrixSettings` fields.
+    """
+    from steps.data import build_dataset, validate_dataset
+    from steps.output_mark import (
+        attacker_data,
+        baseline_data,
+        evaluate_output_mark,
+        finetune_stage2,
+        make_pairs,
+        train_ablation,
+        train_independent_model,
+        train_marking,
+        train_surrogate_cell,
+    )
+    from steps.promotion import gate, register_and_promote
+
+    settings = resolve_output_mark(task, profile, config, data, evaluation, policy)
+    m = matrix_settings(matrix)
+    cells = m.cell_list()
+    params = settings.step_parameters()
+    cfg, ev = params["config"], params["evaluation"]
+    manifest = ""
+    if m.prepared is None:
+        manifest = build_dataset(params["data"])
+        manifest = validate_dataset(manifest, min_size=16)
+    train_a, train_b, test_a, test_b = make_pairs(
+        manifest, task=task, size=settings.data.size, seed=m.pair_seed, prepared=m.prepared,
+        test_splits=m.test_splits)
+    stage1 = train_marking(train_a, train_b, config=cfg, evaluation=ev)
+    stage2 = finetune_stage2(stage1, train_a, train_b)
+    att_a, att_b, query = attacker_data(stage1, train_a, train_b, test_a)
+    ss, ss_targets = baseline_data(stage1, train_a, train_b, baseline=m.baseline_config,
+                                   evaluation=ev)
+    schedule = dict(cfg["surrogate"])
+    deep, base = [], []
+    for arch, loss in cells:
+        label = cell_name(arch, loss)
+        deep.append(train_surrogate_cell(att_a, att_b, query, arch=arch, loss=loss,
+                                         settings=schedule, id=label))
+        if m.baseline:
+            base.append(train_surrogate_cell(att_a, ss_targets, query, arch=arch, loss=loss,
+                                             settings=schedule,
+                                             id=label.replace("surrogate_", "baseline_", 1)))
+    ablations = [train_ablation(train_a, train_b, test_a, test_b, name=name, config=cfg,
+                                evaluation=ev, id=f"ablation_{name}") for name in m.ablations]
+    independent = (train_independent_model(train_a, train_b, query, config=cfg)
+                   if m.false_positives else None)
+    report = evaluate_output_mark(stage1, stage2, ss, test_a, test_b,
+                                  cells=[list(c) for c in cells], deep_outputs=deep,
+                                  baseline_outputs=base, independent_outputs=independent,
+                                  ablations=ablations, task=task, evaluation=ev)
+    decision = gate(report, model_name=settings.model_name, policy=params["policy"])
+    register_and_promote(stage2, report, decision, model_name=settings.model_name)
+
+
+# -- running it ---------------------------------------------------------------------------------
+
+
+def _run_config(task: str, profile: str, config_path: str | os.PathLike | None,
+                overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ZenML run config: the YAML (default ``configs/output_mark_pipeline.yaml``) + overrides.
+
+    ``task`` and ``profile`` come from the arguments (a YAML naming others is an
+    error); a top-level ``enable_cache`` is refused, since it would override
+    the per-cell caching.
+    """
+    path = Path(config_path) if config_path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path} must be a mapping (a ZenML run config)")
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    unknown = sorted(set(raw) - set(PipelineRunConfiguration.model_fields))
+    if unknown:
+        raise InputError(f"{path}: unknown top-level key(s) {unknown}; it is a ZenML run config")
+    if raw.get("enable_cache") is not None:
+        raise InputError(f"{path} sets enable_cache at the top level, which overrides every "
+                         "step and retrains every matrix cell; remove it (the pipeline is "
+                         "uncached, its cells are cached)")
+    params = dict(raw.get("parameters") or {})
+    if set(params) - set(PARAMETERS):
+        raise InputError(f"{path}: unknown pipeline parameter(s) "
+                         f"{sorted(set(params) - set(PARAMETERS))}; expected {list(PARAMETERS)}")
+    for name, value in (("task", task), ("profile", profile)):
+        if params.get(name, value) != value:
+            raise InputError(f"{path} sets {name}: {params[name]!r} but the run asks for "
+                             f"{value!r}; drop it from the file or run with {params[name]!r}")
+    unknown = sorted(set(overrides or {}) - (set(PARAMETERS) - {"task", "profile"}))
+    if unknown:
+        raise InputError(f"unknown override section(s) {unknown}; expected config, data, "
+                         "evaluation, policy, matrix")
+    params = deep_merge(params, overrides)
+    params.update(task=task, profile=profile)
+    return {**raw, "parameters": params, "model": dict(raw.get("model") or {})}
+
+
+def run_output_mark(task: str = "derain", profile: str = "tiny",
+                    config_path: str | os.PathLike | None = None,
+                    overrides: Mapping[str, Any] | None = None,
+                    callbacks: Sequence[Any] | None = None, *,
+                    project_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run :func:`output_mark_pipeline` on the project's local stack.
+
+    Args:
+        task: ``derain`` or ``debone``.
+        profile: profile name.
+        config_path: a ZenML run config (default ``configs/output_mark_pipeline.yaml``).
+        overrides: ``{"config"|"data"|"evaluation"|"policy"|"matrix": {...}}``
+            merged over the YAML's parameters.
+        callbacks: extra training callbacks (the CLI's progress bar); only seen
+            when steps run in this process.
+        project_root: where ``.zen/``, ``mlflow.db``, ``data/`` and ``reports/``
+            live (default: this checkout).
+
+    Returns:
+        ``run``, ``status``, ``model_name``, ``summary`` (gate metrics and the
+        matrix means), ``tables`` (Markdown), ``cached_steps``, ``decision``,
+        ``registered_version``, ``champion_version``, ``promoted``,
+        ``mlflow_run_id``, ``reports_dir``, ``mlflow_ui``.
+
+    Raises:
+        InputError: a bad config (before anything runs) or invalid data.
+        RuntimeError: any other failed run.
+    """
+    from pipelines.stack import ensure_experiment, ensure_stack, mlflow_ui_command
+    from pipelines.training import _name_model, _output, _ProjectClient
+    from steps.tracking import extra_callbacks
+    from steps.validation import DataValidationError
+
+    root = Path(project_root or CODE_ROOT).resolve()
+    run_config = _run_config(task, profile, config_path, overrides)
+    params = run_config["parameters"]
+    settings = resolve_output_mark(task, profile, *(params.get(k) for k in
+                                                    ("config", "data", "evaluation", "policy")))
+    matrix_settings(params.get("matrix"))
+    _name_model(run_config, settings.model_name, str(config_path or DEFAULT_CONFIG))
+    ensure_stack(root)
+    ensure_experiment(PIPELINE_NAME, root)
+    with tempfile.TemporaryDirectory(prefix="nm-run-config-") as tmp, _ProjectClient(root), \
+            extra_callbacks(callbacks):
+        resolved_yaml = Path(tmp) / "run.yaml"
+        resolved_yaml.write_text(yaml.safe_dump(run_config, sort_keys=False))
+        try:
+            run = output_mark_pipeline.with_options(config_path=str(resolved_yaml))()
+        except DataValidationError as err:
+            raise InputError(str(err)) from None
+        from zenml.client import Client
+
+        run = Client().get_pipeline_run(run.id)
+        if str(run.status) != "completed":
+            raise RuntimeError(f"pipeline run {run.name} ended {run.status}")
+        report = _output(run, "evaluate_output_mark", "report")
+        decision = _output(run, "gate", "decision")
+        registration = _output(run, "register_and_promote", "registration")
+        mlflow_run_id = run.steps["train_marking"].run_metadata.get("mlflow_run_id")
+        cached = sorted(name for name, s in run.steps.items() if str(s.status) == "cached")
+    summary = {k: float(v) for k, v in report.summary.items()
+               if k in ("psnr", "ssim", "fpr", "detection_rate_mean_attacked")
+               or k.startswith("sr_mean/")}
+    return {
+        "run": run.name,
+        "status": str(run.status),
+        "model_name": settings.model_name,
+        "summary": summary,
+        "metrics": dict(report.summary),
+        "tables": report.extra.get("tables", ""),
+        "cached_steps": cached,
+        "decision": {"promote": decision.promote, "reasons": decision.reasons,
+                     "notes": decision.notes},
+        "registered_version": registration["version"],
+        "promoted": registration["promoted"],
+        "champion_version": registration["champion_version"],
+        "mlflow_run_id": mlflow_run_id,
+        "reports_dir": str(root / "reports" / run.name),
+        "mlflow_ui": mlflow_ui_command(root),
+    }

@@ -1,0 +1,231 @@
+"""Steps of the output_mark pipeline (seed 001, issue #6): pairs → stage 1 → stage 2 → matrix.
+
+Each step calls one function of ``components.surrogate_matrix`` (no training
+loop, loss or metric here) and logs to MLflow.
+
+Caching: the pipeline runs with caching off, but the expensive, deterministic
+steps — ``train_surrogate_cell`` (one invocation per matrix cell),
+``train_ablation`` and ``train_independent_model`` — are decorated with
+``enable_cache=True``. In ZenML 0.98 a step's own ``enable_cache`` wins over the
+pipeline's (``orchestrators.utils.is_setting_enabled``), but a run config's
+top-level ``enable_cache:`` overrides every step, so the pipeline's YAML must
+not set it. A cell's cache key covers its parameters (arch, loss, schedule) and
+the *content hash* of its input tensors (``TensorMaterializer``), so a rerun
+whose stage 1 reproduces the same B′ (same seed, CPU) reuses every cell.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import mlflow
+import torch
+from zenml import log_metadata, step
+
+import steps.materializers  # noqa: F401  (tensor, method and report materializers)
+from components import surrogate_matrix as smx
+from components.data.manifest import load_split
+from components.methods.base import WatermarkKey, WatermarkMethod
+from components.methods.output_mark import OutputMark, SurrogateSettings
+from components.methods.registry import build
+from components.report import Report
+from pipelines.stack import TRACKER_NAME
+from steps.data import run_reports_dir
+from steps.tracking import MLflowCallback, in_process_callbacks, log_config, log_report
+
+
+def _callbacks(prefix: str) -> list[Any]:
+    return [MLflowCallback(prefix=prefix), *in_process_callbacks()]
+
+
+def _key(evaluation: dict[str, Any]) -> WatermarkKey:
+    return WatermarkKey(str(evaluation.get("key_secret", "neuralmark-eval")))
+
+
+@step(experiment_tracker=TRACKER_NAME)
+def make_pairs(manifest: str, task: str, size: int, seed: int = 0,
+               prepared: str | None = None, test_splits: list[str] | None = None) -> tuple[
+        Annotated[torch.Tensor, "train_inputs"], Annotated[torch.Tensor, "train_targets"],
+        Annotated[torch.Tensor, "test_inputs"], Annotated[torch.Tensor, "test_targets"]]:
+    """(A, B) pairs for training and test: synthesised from the dataset, or prepared ones.
+
+    Args:
+        manifest: validated ``manifest.csv`` of clean images (when ``prepared`` is unset).
+        task: ``derain`` or ``debone`` (``surrogate_matrix.build_pairs``).
+        size: side the images are loaded at.
+        seed: salt of the per-item rain seeds.
+        prepared: a prepared paired dataset's ``manifest.csv`` (``voc_derain``,
+            ``chestxray8``) to read instead.
+        test_splits: splits pooled into the test set (default ``["val", "test"]``).
+
+    Returns:
+        ``train_inputs``, ``train_targets``, ``test_inputs``, ``test_targets``
+        (N×3×size×size).
+    """
+    splits = test_splits or ["val", "test"]
+    if prepared:
+        train = smx.load_prepared_pairs(prepared, "train", size)
+        tests = [smx.load_prepared_pairs(prepared, s, size) for s in splits]
+    else:
+        train = smx.build_pairs(load_split(manifest, "train", size=size), task, seed)
+        tests = [smx.build_pairs(load_split(manifest, s, size=size), task, seed + 1 + i)
+                 for i, s in enumerate(splits)]
+    test = (torch.cat([t[0] for t in tests]), torch.cat([t[1] for t in tests]))
+    mlflow.set_tags({"output_mark.task": task, "output_mark.target_kind": smx.target_kind(task),
+                     "output_mark.pairs": prepared or "synthesised from " + manifest})
+    log_metadata({"train_pairs": int(train[0].shape[0]), "test_pairs": int(test[0].shape[0]),
+                  "target_kind": smx.target_kind(task)})
+    return train[0], train[1], test[0], test[1]
+
+
+@step(experiment_tracker=TRACKER_NAME)
+def train_marking(train_inputs: torch.Tensor, train_targets: torch.Tensor,
+                  config: dict[str, Any], evaluation: dict[str, Any]
+                  ) -> Annotated[WatermarkMethod, "stage1_method"]:
+    """Stage 1: the protected model M, then H, R, D (``surrogate_matrix.train_stage1``).
+
+    Args:
+        train_inputs, train_targets: N×3×H×W training pairs.
+        config: ``output_mark`` config fields.
+        evaluation: evaluation settings (the key whose logo is hidden).
+
+    Returns:
+        The stage-1 method (R not fine-tuned on surrogate outputs).
+    """
+    log_config(config, prefix="method.")
+    method, metrics = smx.train_stage1((train_inputs, train_targets), config, _key(evaluation),
+                                       _callbacks("stage1/"))
+    mlflow.log_metrics({f"stage1/{k}": float(v) for k, v in metrics.items()})
+    log_metadata({"stage1": {k: float(v) for k, v in metrics.items()}})
+    return method
+
+
+@step(experiment_tracker=TRACKER_NAME)
+def finetune_stage2(stage1: WatermarkMethod, train_inputs: torch.Tensor,
+                    train_targets: torch.Tensor) -> Annotated[WatermarkMethod, "trained_method"]:
+    """Stage 2 on a copy: surrogate SM on (A, B′), fine-tune R on A, B, B′, B″.
+
+    Returns:
+        The new method (the one registered); ``stage1`` is left as it was.
+    """
+    assert isinstance(stage1, OutputMark)
+    method, metrics = smx.stage2_copy(stage1, (train_inputs, train_targets),
+                                      _callbacks("stage2/"))
+    mlflow.log_metrics({f"stage2/{k}": float(v) for k, v in metrics.items()})
+    log_metadata({"stage2": {k: float(v) for k, v in metrics.items()}})
+    return method
+
+
+@step
+def attacker_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
+                  train_targets: torch.Tensor, test_inputs: torch.Tensor) -> tuple[
+        Annotated[torch.Tensor, "attack_inputs"], Annotated[torch.Tensor, "attack_targets"],
+        Annotated[torch.Tensor, "query_inputs"]]:
+    """What an attacker of the deep mark trains on: surrogate-part A and the service's B′.
+
+    Returns:
+        ``attack_inputs`` (K×3×S×S), ``attack_targets`` (B′), ``query_inputs``
+        (test inputs at the working size S, what the surrogates are run on).
+    """
+    assert isinstance(stage1, OutputMark)
+    a, marked = smx.attack_pairs(stage1, (train_inputs, train_targets))
+    query, _ = stage1.working_pairs((test_inputs, test_inputs), "test inputs")
+    return a, marked, query
+
+
+@step
+def baseline_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
+                  train_targets: torch.Tensor, baseline: dict[str, Any],
+                  evaluation: dict[str, Any]) -> tuple[
+        Annotated[WatermarkMethod, "baseline_method"],
+        Annotated[torch.Tensor, "baseline_targets"]]:
+    """The spread-spectrum baseline and what an attacker of it trains on (SS-marked M(A)).
+
+    Args:
+        stage1: gives M (the same protected model) and the data split.
+        baseline: ``spread_spectrum`` config overrides.
+
+    Returns:
+        The baseline method and the K×3×S×S marked outputs of the surrogate part.
+    """
+    assert isinstance(stage1, OutputMark)
+    ss = build("spread_spectrum", smx.baseline_config(stage1, baseline))
+    _, targets = smx.baseline_attack_pairs(stage1, (train_inputs, train_targets), ss,
+                                           _key(evaluation))
+    return ss, targets
+
+
+@step(experiment_tracker=TRACKER_NAME, enable_cache=True)
+def train_surrogate_cell(attack_inputs: torch.Tensor, attack_targets: torch.Tensor,
+                         query_inputs: torch.Tensor, arch: str, loss: str,
+                         settings: dict[str, Any]) -> Annotated[torch.Tensor, "surrogate_outputs"]:
+    """One matrix cell: train SM(arch, loss) on the attacker's pairs; its outputs on test.
+
+    Cached: a rerun with the same pairs and settings never retrains the cell.
+
+    Returns:
+        T×3×S×S surrogate outputs on ``query_inputs``.
+    """
+    label = smx.cell_name(arch, loss)
+    out = smx.attack_cell(attack_targets, attack_inputs, query_inputs, arch, loss,
+                          SurrogateSettings.model_validate(settings), _callbacks("attack/"))
+    log_metadata({"cell": label, "train_pairs": int(attack_inputs.shape[0])})
+    return out
+
+
+@step(experiment_tracker=TRACKER_NAME, enable_cache=True)
+def train_ablation(train_inputs: torch.Tensor, train_targets: torch.Tensor,
+                   test_inputs: torch.Tensor, test_targets: torch.Tensor, name: str,
+                   config: dict[str, Any], evaluation: dict[str, Any]
+                   ) -> Annotated[list[dict[str, Any]], "ablation_rows"]:
+    """Stage 1 without the clean or the consistency loss, measured (cached).
+
+    Returns:
+        ``surrogate_matrix.ablation_rows``.
+    """
+    return smx.ablation_rows(name, (train_inputs, train_targets), (test_inputs, test_targets),
+                             config, _key(evaluation), _callbacks(f"ablation_{name}/"))
+
+
+@step(experiment_tracker=TRACKER_NAME, enable_cache=True)
+def train_independent_model(train_inputs: torch.Tensor, train_targets: torch.Tensor,
+                            query_inputs: torch.Tensor, config: dict[str, Any]
+                            ) -> Annotated[torch.Tensor, "independent_outputs"]:
+    """A plain model of the task, another seed, never saw B′: its test outputs (cached)."""
+    cfg = build("output_mark", config).config
+    return smx.independent_model_outputs((train_inputs, train_targets), query_inputs, cfg,
+                                         callbacks=_callbacks("independent/"))
+
+
+@step(experiment_tracker=TRACKER_NAME)
+def evaluate_output_mark(stage1: WatermarkMethod, stage2: WatermarkMethod,
+                         baseline: WatermarkMethod, test_inputs: torch.Tensor,
+                         test_targets: torch.Tensor, cells: list[list[str]],
+                         deep_outputs: list[torch.Tensor], baseline_outputs: list[torch.Tensor],
+                         independent_outputs: torch.Tensor,
+                         ablations: list[list[dict[str, Any]]], task: str,
+                         evaluation: dict[str, Any]) -> Annotated[Report, "report"]:
+    """Tables 1–3, false positives and ablations; log tables and the heatmap to MLflow.
+
+    Returns:
+        ``Report(rows, summary)``: the summary has the gate's keys (``psnr``,
+        ``detection_rate_mean_attacked``, ``fpr``, …, see
+        ``surrogate_matrix.gate_summary``); Markdown tables and the heatmap go
+        under ``report/`` in MLflow and ``<project>/reports/<run>/``.
+    """
+    assert isinstance(stage1, OutputMark) and isinstance(stage2, OutputMark)
+    pairs = [(str(a), str(b)) for a, b in cells]
+    rows = smx.evaluation_rows(stage1, stage2, baseline, _key(evaluation),
+                               (test_inputs, test_targets), pairs, deep_outputs,
+                               baseline_outputs, independent_outputs, ablations)
+    tables = smx.report_markdown(rows, task)
+    report = Report(rows=rows, summary=smx.gate_summary(rows),
+                    extra={"task": task, "target_kind": smx.target_kind(task),
+                           "cells": [list(c) for c in pairs], "tables": tables})
+    out = run_reports_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "output_mark_tables.md").write_text(tables)
+    (out / "output_mark_rows.csv").write_text(report.rows_to_csv())
+    mlflow.log_text(tables, "report/tables.md")
+    log_report(report, figures={"surrogate_matrix": smx.matrix_heatmap(rows)})
+    return report

@@ -1,0 +1,122 @@
+"""The output_mark pipeline end to end (issue #6): pairs → stages → cached matrix → gate.
+
+One temporary project (own ``.zen/``, ``mlflow.db``, ``data/``, ``reports/``),
+two runs of a micro configuration (32² working size, a handful of optimiser
+steps, two matrix cells, one ablation): the first trains everything and
+registers a version; the second retrains stage 1 and 2 (the pipeline is not
+cached) but reuses every surrogate cell, the ablation and the independent model
+(their steps are), because stage 1 reproduces the same B′ byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pipelines.stack import tracking_uri
+from tests.isolation import isolated_zenml_project
+
+pytestmark = pytest.mark.pipeline
+
+MODEL = "neuralmark-output_mark"
+CELLS = [["unet", "l2"], ["cnet", "l1+adversarial"]]
+MICRO: dict[str, Any] = {
+    "config": {"working_size": 32, "logo_block": 16, "model_width": 4, "model_depth": 2,
+               "embed_width": 4, "embed_depth": 2, "extract_width": 4, "extract_blocks": 1,
+               "disc_width": 4, "disc_layers": 2, "model_steps": 5, "steps": 10,
+               "stage2_steps": 5, "batch_size": 4, "eval_batch": 32,
+               "surrogate": {"width": 4, "depth": 2, "steps": 5, "batch_size": 4}},
+    "data": {"root": "data/micro", "size": 64, "crops_per_photo": 1, "n_procedural": 3,
+             "version_with_dvc": False},
+    "policy": {"min_psnr": 0.0, "min_bit_accuracy": {}, "min_detection_rate": {"none": 0.0},
+               "max_fpr": 1.0, "primary_metric": "detection_rate_mean_attacked"},
+    "matrix": {"cells": CELLS, "ablations": ["no_clean_loss"]},
+}
+CELL_STEPS = {"surrogate_unet_l2", "surrogate_cnet_l1_adversarial", "baseline_unet_l2",
+              "baseline_cnet_l1_adversarial"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("nm-om-project")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared machine; determinism across the two runs
+    try:
+        with isolated_zenml_project(root):
+            yield root
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(project: Path) -> list[dict[str, Any]]:
+    from pipelines.output_mark import run_output_mark
+
+    return [run_output_mark("derain", "tiny", overrides=MICRO, project_root=project)
+            for _ in range(2)]
+
+
+def test_matrix_pipeline_runs_end_to_end_and_registers(project: Path, runs) -> None:
+    from mlflow import MlflowClient
+
+    first = runs[0]
+    assert first["status"] == "completed" and first["cached_steps"] == []
+    assert first["decision"]["promote"] is True and first["promoted"] is True
+    assert first["registered_version"] == first["champion_version"]
+    summary = first["metrics"]
+    for key in ("psnr", "fpr", "detection_rate/none", "detection_rate_mean_attacked",
+                "sr_mean/stage1", "sr_mean/stage2", "sr_mean/spread_spectrum",
+                "detection_rate/surrogate_cnet_l1_adversarial",
+                "ablation/ablation_no_clean_loss/nc_clean_B"):
+        assert key in summary, key
+    assert "deep, stage 1 only (†)" in first["tables"] and "surrogate_unet_l2" in first["tables"]
+
+    uri = tracking_uri(project)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(first["mlflow_run_id"])
+    listed = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/tables.md", "report/surrogate_matrix.png", "report/rows.csv"} <= listed
+    assert "detection_rate_mean_attacked" in run.data.metrics
+    assert any(k.startswith("stage1/") for k in run.data.metrics)
+    assert run.data.tags["output_mark.target_kind"] == "clean-photo"
+    mv = client.get_model_version(MODEL, first["registered_version"])
+    assert mv.tags["gate"] == "pass"
+    reports = Path(first["reports_dir"])
+    assert (reports / "output_mark_tables.md").is_file()
+    assert (reports / "output_mark_rows.csv").read_text().count("surrogate_") >= 3 * len(CELLS)
+
+
+def test_surrogate_cells_train_on_marked_pairs_and_are_cached_on_rerun(runs) -> None:
+    from zenml.client import Client
+
+    first, second = runs
+    assert second["status"] == "completed"
+    assert CELL_STEPS | {"ablation_no_clean_loss", "train_independent_model"} <= \
+        set(second["cached_steps"])
+    assert not {"train_marking", "finetune_stage2", "evaluate_output_mark"} & \
+        set(second["cached_steps"])
+    assert second["registered_version"] != first["registered_version"]
+
+    run = Client().get_pipeline_run(first["run"])
+    cell = run.steps["surrogate_unet_l2"]
+    assert str(cell.status) == "completed"
+    assert cell.config.parameters["arch"] == "unet" and cell.config.parameters["loss"] == "l2"
+    inputs = cell.inputs["attack_inputs"][0].load()
+    targets = cell.inputs["attack_targets"][0].load()
+    stage1 = run.steps["train_marking"].outputs["stage1_method"][0].load()
+    assert torch.allclose(targets, stage1.marked_outputs(inputs), atol=1e-6)  # B′, not B
+    assert not torch.allclose(targets, stage1.model_outputs(inputs), atol=1e-4)
+    outputs = cell.outputs["surrogate_outputs"][0].load()
+    query = run.steps["attacker_data"].outputs["query_inputs"][0].load()
+    assert outputs.shape == query.shape and 0 <= float(outputs.min()) <= float(outputs.max()) <= 1
+
+    rerun = Client().get_pipeline_run(second["run"])
+    assert str(rerun.steps["surrogate_unet_l2"].status) == "cached"
+    again = rerun.steps["surrogate_unet_l2"].outputs["surrogate_outputs"][0].load()
+    assert torch.equal(again, outputs)
+    assert second["metrics"]["detection_rate_mean_attacked"] == \
+        pytest.approx(first["metrics"]["detection_rate_mean_attacked"])
