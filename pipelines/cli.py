@@ -815,6 +815,12 @@ def data_prepare(
         _out().print(f"  [yellow]quarantined[/] {escape(q['item_id'])}: {escape(q['error'])}")
 
 
+# -- model watermark through outputs: protect / extract / audit (pipelines/cli_output_mark.py) --
+from pipelines.cli_output_mark import register as _register_output_mark  # noqa: E402
+
+_register_output_mark(app)
+
+
 def main() -> None:
     """Entry point for ``python -m pipelines.cli``."""
     app()
