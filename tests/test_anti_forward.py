@@ -1,0 +1,233 @@
+"""anti_forward (DeepRAFT) specifics: augmentation chain, variants, training, smoothing, bundles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.attacks.stochastic import NAMES, StochasticAugConfig, StochasticAugmentation
+from components.methods import InputError, Status, WatermarkKey, build, load_bundle
+from components.methods.anti_forward import AntiForward
+
+#: a fit small enough for this CPU (~10 s of CPU), big enough to separate stamped from clean
+TRAIN = {"variant": "rs_aug", "working_size": 32, "encoder_width": 8, "scanner_width": 8,
+         "steps": 200, "batch_size": 16, "lr": 3e-3, "sigma": 0.25, "sigma_warmup": 40,
+         "aug_start": 60, "aug_end": 160, "image_loss_ramp": 120, "n0": 8, "n": 64,
+         "score_noise_samples": 4, "calibration_scores": 1000, "log_every": 10,
+         "figure_every": 100}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Training here runs on a shared 2-core CPU: two torch threads per process slow
+    everything down ~10× when other processes compete (measured: fixture 554 s vs 23 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smoke(**over) -> AntiForward:
+    torch.manual_seed(0)
+    return build("anti_forward", {**AntiForward.smoke_config, **over})
+
+
+def _images(photo, n: int, size: int = 48) -> torch.Tensor:
+    """``n`` crops of a real photo (n×3×size×size in [0, 1])."""
+    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
+    g = torch.Generator().manual_seed(n)
+    out = []
+    for _ in range(n):
+        i, j = torch.randint(0, x.shape[1] - 128, (2,), generator=g).tolist()
+        out.append(torch.nn.functional.interpolate(x[None, :, i:i + 128, j:j + 128],
+                                                   size=(size, size), mode="bilinear",
+                                                   antialias=True)[0])
+    return torch.stack(out).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def trained(photo):
+    torch.manual_seed(0)
+    method = build("anti_forward", TRAIN)
+    logged: list[tuple[int, dict]] = []
+    figures: list[str] = []
+
+    class Sink:
+        def on_metrics(self, step, metrics):
+            logged.append((step, dict(metrics)))
+
+        def on_figure(self, step, name, figure):
+            figures.append(name)
+
+    final = method.fit({"train": _images(photo, 48), "val": _images(photo, 12)}, [Sink()])
+    return method, logged, figures, final
+
+
+# -- the augmentation chain ---------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_each_augmentation_passes_a_finite_gradient(name):
+    # grey and saturated pixels included: kornia's HSV hue had NaN gradients there
+    x = torch.cat([torch.rand(2, 3, 40, 40), torch.full((1, 3, 40, 40), 0.5),
+                   torch.zeros(1, 3, 40, 40)]).requires_grad_(True)
+    chain = StochasticAugmentation(StochasticAugConfig(p=1.0, enabled=(name,)))
+    y = chain(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and float(y.detach().min()) >= 0 and float(y.detach().max()) <= 1
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert float(x.grad.abs().sum()) > 0
+
+
+def test_full_chain_is_differentiable_and_replays():
+    x = torch.rand(4, 3, 48, 48, requires_grad=True)
+    chain = StochasticAugmentation(StochasticAugConfig(p=1.0))
+    params = chain.sample(4, torch.Generator().manual_seed(1), (48, 48))
+    assert sorted(params["order"]) == sorted(NAMES)
+    y = chain.apply(x, params)
+    assert torch.equal(y, chain.apply(x, params)), "a draw must replay exactly"
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
+    # the global RNG is left alone by a seeded draw
+    torch.manual_seed(5)
+    a = torch.rand(1)
+    torch.manual_seed(5)
+    chain.sample(4, torch.Generator().manual_seed(1), (48, 48))
+    assert torch.equal(torch.rand(1), a)
+
+
+def test_curriculum_strength_zero_is_identity_and_order_is_random():
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(StochasticAugmentation(strength=0.0)(x), x)
+    orders = {tuple(StochasticAugmentation().sample(2, torch.Generator().manual_seed(s),
+                                                    (32, 32))["order"]) for s in range(8)}
+    assert len(orders) > 1
+
+
+# -- variants ---------------------------------------------------------------------
+@pytest.mark.parametrize(("variant", "noise", "aug"), [("baseline", False, False),
+                                                       ("rs", True, False),
+                                                       ("rs_aug", True, True)])
+def test_variants_train_as_documented(variant, noise, aug, photo, monkeypatch):
+    m = smoke(variant=variant, steps=3, aug_start=0, aug_end=2)
+    seen: list[tuple[float, float]] = []
+    original = m._loss
+
+    def spy(xw, bits, aug_strength, sigma, image_ramp, generator):
+        seen.append((aug_strength, sigma))
+        return original(xw, bits, aug_strength, sigma, image_ramp, generator)
+
+    monkeypatch.setattr(m, "_loss", spy)
+    m.fit({"train": _images(photo, 4, 32), "val": _images(photo, 2, 32)})
+    assert len(seen) == 3
+    assert all((s > 0) == noise for _, s in seen)
+    assert any(a > 0 for a, _ in seen) == aug
+    assert m.smoothed == noise  # verify certifies only for the noise-trained variants
+
+
+# -- training and detection ----------------------------------------------------------
+def test_fit_reduces_the_loss_streams_metrics_and_figures(trained):
+    _, logged, figures, final = trained
+    losses = [m["detection_ce"] for s, m in logged if "detection_ce" in m]
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
+    assert {"stamp_residual", "scan_statistic_histogram"} <= set(figures)
+    assert final["calibration_scores"] >= 1000
+
+
+def test_fit_separates_stamped_from_clean(trained, photo):
+    method, *_ = trained
+    clean = _images(photo, 12, 40)          # other crops, another size than training
+    stamped = method.embed(clean, None)
+    s_clean = method.scan_statistic(clean)
+    s_stamped = method.scan_statistic(stamped)
+    assert float(s_stamped.min()) > float(s_clean.max()), (s_stamped, s_clean)
+    verdicts = method.verify(stamped, WatermarkKey("any"))
+    assert sum(v.detected for v in verdicts) >= 9
+    for v in verdicts:
+        assert 0.0 <= v.score <= 1.0 and v.p_value is not None
+        if v.detected:
+            assert v.certified_radius is not None and v.certified_radius > 0
+    assert not any(v.detected for v in method.verify(clean, WatermarkKey("any")))
+
+
+def test_detection_ignores_the_key(trained, photo):
+    method, *_ = trained
+    stamped = method.embed(_images(photo, 3, 40), WatermarkKey("owner"))
+    a = method.verify(stamped, WatermarkKey("owner"))
+    b = method.verify(stamped, WatermarkKey("somebody else"))
+    assert AntiForward.keyed_detection is False
+    assert [(v.detected, v.p_value) for v in a] == [(v.detected, v.p_value) for v in b]
+
+
+def test_abstention_is_never_a_confident_verdict(trained, photo):
+    method, *_ = trained
+    stamped = method.embed(_images(photo, 4, 40), None)
+    # n = 5 votes can never lift the Clopper–Pearson bound above 1/2 at alpha = 1e-3
+    few = method.with_config(n=5)
+    for cert in few.certify(stamped, n0=2, n=5):
+        assert cert.abstained and cert.radius == 0.0
+    verdicts = few.verify(stamped)
+    for v in verdicts:
+        assert not v.detected and v.status is Status.NOT_DETECTED
+        assert v.certified_radius is None and v.payload is None
+    # the stamped images pass the calibrated scan, so smoothing is what says no
+    assert any("abstained" in v.reason for v in verdicts), [v.reason for v in verdicts]
+
+
+def test_uncalibrated_model_never_detects(photo):
+    m = smoke()
+    v = m.verify(_images(photo, 1, 40), WatermarkKey("k"))[0]
+    assert not v.detected and v.p_value == 1.0 and "not calibrated" in v.reason
+
+
+def test_odd_inputs(photo):
+    m = smoke()
+    odd = torch.from_numpy(photo[100:137, 100:191]).permute(2, 0, 1)[None].float() / 255
+    out = m.verify(torch.cat([torch.full((1, 3, 37, 91), 0.4), odd]), WatermarkKey("k"))
+    assert out[0].status is Status.UNREADABLE and "no variation" in out[0].reason
+    assert out[1].status is Status.NOT_DETECTED
+    assert m.embed(torch.rand(1, 3, 37, 91), WatermarkKey("k", 1)).shape == (1, 3, 37, 91)
+    bad = torch.rand(1, 3, 40, 40)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError):
+        m.verify(bad, WatermarkKey("k"))
+    with pytest.raises(InputError):
+        m.verify((torch.rand(1, 3, 40, 40) * 255).to(torch.uint8), WatermarkKey("k"))
+    with pytest.raises(InputError, match="needs a key"):
+        m.embed(torch.rand(1, 3, 40, 40), None)  # this smoke model carries a payload
+
+
+def test_bundle_round_trip_keeps_calibration(trained, tmp_path, photo):
+    method, *_ = trained
+    method.to_bundle(tmp_path / "af")
+    again = load_bundle(tmp_path / "af")
+    assert again.calibration == method.calibration
+    assert len(again.calibration["clean_statistics"]) >= 1000
+    x = method.embed(_images(photo, 3, 40), None)
+    assert [(v.detected, v.p_value, v.score) for v in method.verify(x)] == \
+        [(v.detected, v.p_value, v.score) for v in again.verify(x)]
+
+
+# -- public scanner API and gradients ---------------------------------------------------
+def test_scanner_logits_and_classifier_module_are_differentiable(photo):
+    m = smoke(payload_bits=0, message_bits=0)
+    x = _images(photo, 2, 56).requires_grad_(True)
+    logits = m.scanner_logits(x)
+    assert logits.shape == (2, 2)
+    logits[:, 1].sum().backward()
+    assert float(x.grad.abs().sum()) > 0
+    module = m.classifier_module()
+    assert isinstance(module, torch.nn.Module)
+    assert torch.allclose(module(x.detach()), m.scanner_logits(x.detach()))
+    assert {n for n, _ in module.named_parameters()} == \
+        {f"scanner.{n}" for n, _ in m.scanner.named_parameters()}
+
+
+def test_gradient_reaches_the_input_and_every_parameter_through_the_whole_chain(photo):
+    m = smoke(variant="rs_aug", aug=StochasticAugConfig(p=1.0))
+    x = _images(photo, 2, 32).requires_grad_(True)
+    loss = m.training_loss(x)
+    loss.backward()
+    assert float(x.grad.abs().sum()) > 0 and torch.isfinite(x.grad).all()
+    missing = [f"{name}.{n}" for name, mod in m.modules().items()
+               for n, p in mod.named_parameters()
+               if p.grad is None or float(p.grad.abs().sum()) == 0.0]
+    assert not missing, missing
