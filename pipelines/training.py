@@ -259,6 +259,7 @@ def variant_configs(method: str, configs_dir: Path | None = None) -> dict[str, P
 
 def run_variants(method: str, profile: str = "tiny", variants: Sequence[str] | None = None,
                  callbacks: Sequence[Any] | None = None, *,
+                 overrides: Mapping[str, Any] | None = None,
                  project_root: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train, evaluate, gate and register every variant of ``method``, then compare them.
 
@@ -269,6 +270,9 @@ def run_variants(method: str, profile: str = "tiny", variants: Sequence[str] | N
     written to ``<project>/reports/variants-<method>-<time>/tables.md`` and
     logged to MLflow as a run of the training experiment with the tables and
     every variant's metrics (``<variant>/<metric>``).
+
+    ``overrides`` (``{"config"|"data"|"evaluation"|"policy": {...}}``) apply to
+    every variant, over its own run config.
 
     Returns:
         ``variants`` (variant -> ``run_training`` result), ``tables`` (Markdown),
@@ -288,7 +292,7 @@ def run_variants(method: str, profile: str = "tiny", variants: Sequence[str] | N
         raise InputError(f"unknown variant(s) {unknown} of {method}; configured: "
                          f"{', '.join(configs)}")
     root = Path(project_root or CODE_ROOT).resolve()
-    results = {v: run_training(method, profile, configs[v], callbacks=callbacks,
+    results = {v: run_training(method, profile, configs[v], overrides, callbacks,
                                project_root=root) for v in chosen}
     markdown = tables_markdown(variant_tables({v: r["metrics"] for v, r in results.items()}))
     reports = root / "reports" / f"variants-{method}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
