@@ -57,6 +57,15 @@ Choices where the seed is vague (written down here, as promised):
   all; ``p_value = (1 + #clean ≥ s) / (N + 1)`` (empirical, valid under
   exchangeability) and ``detected`` iff ``p_value ≤ fpr`` (1e-3). An
   uncalibrated model (``fit`` never ran) answers p = 1, never "detected".
+  Caveat, measured: the views of one image are correlated, so the effective
+  calibration size is nearer the number of *distinct* images (14 on the tiny
+  profile). There the ``baseline`` scanner, whose clean scores depend strongly
+  on the image, flagged 2 of 10 new clean test images although calibrated at
+  1e-3, ``rs`` 1 of 10, ``rs_aug`` 0 of 10 (three seeds). Calibrate on many distinct
+  held-out images before trusting the 1e-3 (``calibrate`` takes any set), and
+  let the gate's measured FPR decide. ``alpha`` is the certification level;
+  keep it equal to ``fpr`` (both 1e-3 by default) because
+  ``evaluation.calibrate_fpr`` reads ``config.alpha`` as the p-value threshold.
 * **Smoothing at verify**: when ``smoothing`` is on and the variant trains with
   noise (σ > 0), an image that passes the calibrated test is also certified
   (``certify``: ``n0`` selection and ``n`` estimation samples, Clopper–Pearson
