@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from components.data.bone_suppression import TARGET_KIND as DEBONE_TARGET_KIND
 from components.data.bone_suppression import suppress_ribs
@@ -348,7 +349,11 @@ def matrix_cells(cells: Sequence[Sequence[str]] | None = None) -> list[tuple[str
         if len(cell) != 2:
             raise InputError(f"a matrix cell is [arch, loss], got {list(cell)}")
         arch, loss = str(cell[0]), str(cell[1])
-        SurrogateSettings(arch=arch, loss=loss)  # validates both
+        try:
+            SurrogateSettings(arch=arch, loss=loss)  # validates both
+        except ValidationError as err:
+            raise InputError(f"bad matrix cell [{arch}, {loss}]: "
+                             f"{err.errors()[0]['msg']}") from None
         out.append((arch, loss))
     if len(set(out)) != len(out):
         raise InputError(f"duplicate matrix cells in {out}")

@@ -49,7 +49,8 @@ from zenml import pipeline
 from zenml.enums import ExecutionMode
 
 from components.methods.base import InputError
-from components.methods.output_mark import load_logo
+from components.methods.output_mark import SurrogateSettings, load_logo
+from components.methods.registry import make_config as build_config
 from components.surrogate_matrix import ABLATIONS, TASKS, cell_name, matrix_cells
 from pipelines.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, resolve
 
@@ -75,6 +76,11 @@ class MatrixSettings(BaseModel):
         prepared: a prepared paired dataset's ``manifest.csv`` (``voc_derain``
             or ``chestxray8``) to use instead of synthesising pairs from the
             sample dataset.
+        surrogate: overrides of ``config.surrogate`` for the matrix cells (the
+            stage-2 surrogate keeps the profile's), e.g. fewer steps for a quick
+            look; arch and loss always come from the cell.
+        ablation_config: overrides of the output_mark config for the ablation
+            runs (each retrains stage 1), e.g. ``{steps: 150}``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -87,6 +93,8 @@ class MatrixSettings(BaseModel):
     pair_seed: int = 0
     test_splits: list[str] = Field(default_factory=lambda: ["val", "test"])
     prepared: str | None = None
+    surrogate: dict[str, Any] = Field(default_factory=dict)
+    ablation_config: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("ablations")
     @classmethod
@@ -95,6 +103,25 @@ class MatrixSettings(BaseModel):
         if unknown:
             raise ValueError(f"unknown ablation(s) {unknown}; expected {list(ABLATIONS)}")
         return names
+
+    @field_validator("cells")
+    @classmethod
+    def _known_cells(cls, cells: list[list[str]] | None) -> list[list[str]] | None:
+        try:
+            matrix_cells(cells)
+        except InputError as err:
+            raise ValueError(str(err)) from None
+        return cells
+
+    @field_validator("surrogate")
+    @classmethod
+    def _surrogate_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
+        try:
+            SurrogateSettings.model_validate(values)
+        except ValidationError as err:
+            raise ValueError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                                       for e in err.errors())) from None
+        return values
 
     def cell_list(self) -> list[tuple[str, str]]:
         """The validated cells."""
@@ -180,7 +207,10 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     att_a, att_b, query = attacker_data(stage1, train_a, train_b, test_a)
     ss, ss_targets = baseline_data(stage1, train_a, train_b, baseline=m.baseline_config,
                                    evaluation=ev)
-    schedule = dict(cfg["surrogate"])
+    schedule = SurrogateSettings.model_validate(
+        deep_merge(cfg["surrogate"], m.surrogate)).model_dump(mode="json")
+    ablation_cfg = build_config(METHOD, deep_merge(cfg, m.ablation_config)).model_dump(
+        mode="json", exclude={"method"})
     deep, base = [], []
     for arch, loss in cells:
         label = cell_name(arch, loss)
@@ -190,7 +220,7 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
             base.append(train_surrogate_cell(att_a, ss_targets, query, arch=arch, loss=loss,
                                              settings=schedule,
                                              id=label.replace("surrogate_", "baseline_", 1)))
-    ablations = [train_ablation(train_a, train_b, test_a, test_b, name=name, config=cfg,
+    ablations = [train_ablation(train_a, train_b, test_a, test_b, name=name, config=ablation_cfg,
                                 evaluation=ev, id=f"ablation_{name}") for name in m.ablations]
     independent = (train_independent_model(train_a, train_b, query, config=cfg)
                    if m.false_positives else None)
@@ -281,6 +311,8 @@ def run_output_mark(task: str = "derain", profile: str = "tiny",
     from steps.tracking import extra_callbacks
     from steps.validation import DataValidationError
 
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     root = Path(project_root or CODE_ROOT).resolve()
     run_config = _run_config(task, profile, config_path, overrides)
     params = run_config["parameters"]

@@ -120,3 +120,58 @@ def test_surrogate_cells_train_on_marked_pairs_and_are_cached_on_rerun(runs) -> 
     assert torch.equal(again, outputs)
     assert second["metrics"]["detection_rate_mean_attacked"] == \
         pytest.approx(first["metrics"]["detection_rate_mean_attacked"])
+
+
+# -- configuration and library pieces (no pipeline run) ------------------------------------------
+
+
+def test_bad_matrix_or_cache_setting_fails_before_anything_runs(tmp_path: Path) -> None:
+    from components.methods.base import InputError
+    from pipelines.output_mark import run_output_mark
+
+    with pytest.raises(InputError, match="matrix.cells"):
+        run_output_mark("derain", "tiny", overrides={"matrix": {"cells": [["vgg", "l2"]]}},
+                        project_root=tmp_path)
+    with pytest.raises(InputError, match="unknown task"):
+        run_output_mark("denoise", "tiny", project_root=tmp_path)
+    cached = tmp_path / "cached.yaml"
+    cached.write_text("enable_cache: false\nparameters: {task: derain}\n")
+    with pytest.raises(InputError, match="enable_cache"):
+        run_output_mark("derain", "tiny", cached, project_root=tmp_path)
+    logo = tmp_path / "logo.png"
+    logo.write_text("not an image")
+    with pytest.raises(InputError, match="not an image"):
+        run_output_mark("derain", "tiny", overrides={"config": {"logo": str(logo)}},
+                        project_root=tmp_path)
+    assert not (tmp_path / ".zen").exists()  # nothing was bootstrapped
+
+
+def test_pairs_rows_tables_and_gate_summary(photo) -> None:
+    from components import surrogate_matrix as smx
+
+    images = torch.from_numpy(photo[:128, :192].copy()).permute(2, 0, 1).float()[None] / 255
+    images = torch.cat([images[..., :64, :64], images[..., 64:, 128:]])         # 2 3 64 64
+    a, b = smx.build_pairs(images, "derain", 3)
+    again, _ = smx.build_pairs(images, "derain", 3)
+    assert torch.equal(a, again) and torch.equal(b, images) and not torch.equal(a, b)
+    assert float((a - b).min()) > -1e-6  # rain is screen-blended: it never darkens
+    ga, gb = smx.build_pairs(images, "debone", 0)
+    assert torch.equal(ga[:, 0], ga[:, 1]) and gb.shape == ga.shape
+    assert smx.target_kind("debone") == "classical-approximation"
+
+    rows = []
+    for stage, hits in (("stage1", [0, 0, 1, 0]), ("stage2", [1, 1, 1, 0])):
+        rows += smx.cell_rows("output_mark", stage, "unet", "l2+adversarial",
+                              torch.tensor([0.9, 0.9, 0.97, 0.5]), torch.tensor(hits).bool())
+    rows += [{"method": "output_mark", "attack": "none", "strength": None, "label": "none",
+              "metric": m, "value": v, "n": 4, "stage": "stage2"}
+             for m, v in (("psnr_marked", 31.0), ("sr_marked", 1.0), ("fpr_clean_B", 0.0))]
+    summary = smx.gate_summary(rows)
+    assert summary["detection_rate/surrogate_unet_l2_adversarial"] == 0.75
+    assert summary["detection_rate_mean_attacked"] == 0.75 and summary["psnr"] == 31.0
+    assert summary["sr/stage1/surrogate_unet_l2_adversarial"] == 0.25
+    assert summary["detection_rate/none"] == 1.0 and summary["fpr"] == 0.0
+    table = smx.matrix_table(rows)
+    assert "| surrogate_unet_l2_adversarial | 25% | 75% |" in table
+    fig = smx.matrix_heatmap(rows)
+    assert len(fig.axes[0].texts) == 2
