@@ -10,8 +10,11 @@ its classic CDMA form:
   with the wrong key or no mark, every bit matches with probability ½.
 * **Carriers**: one key-seeded ±1 pattern per bit (HMAC-SHA256 of the secret →
   torch generator), drawn on a grid of ``chip``×``chip`` px cells at the
-  working size: ``chip = 2`` puts the energy in the mid frequencies, where a
-  restoration network is less likely to smooth it away than 1-px noise.
+  working size: ``chip = 2`` moves the energy from the highest frequencies
+  (which a restoration network smooths first) towards the mid band. Measured on
+  five 64² photos at 36 dB: chip 1 decodes 0.91–1.0 of the bits, chip 2
+  0.75–1.0; at 256² and 40 dB chip 2 decodes every bit, also after JPEG 90 and
+  σ = 0.05 noise (≥ 61/64 after JPEG 50).
 * **Embedding** (pixel domain, luminance): ``x′ = clamp(x + α · Σ_k s_k P_k / √K)``
   with ``s_k = ±1`` the bits, the same offset on R, G and B, and
   ``α = 10^(−psnr_target/20)`` so the mark costs about ``psnr_target`` dB
