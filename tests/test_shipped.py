@@ -84,3 +84,34 @@ def test_search_undoes_a_small_rotation(signed_photo):
     _, searched = _verify(path, "--key", "owner secret", "--message", "3", "--search")
     assert searched["extra"]["views"] == 16
     assert searched["bit_accuracy"] >= max(0.8, plain["bit_accuracy"] + 0.1), (plain, searched)
+
+
+# -- anti_forward (DeepRAFT rs_aug) ------------------------------------------------------
+AF_SHIPPED = PRETRAINED_DIR / "anti_forward"
+
+
+def test_shipped_anti_forward_loads_and_detects_a_stamped_photo(photo):
+    """The shipped scanner finds its stamp on real photo crops, not on the originals."""
+    import torch
+
+    from components.metrics import psnr
+
+    for name in ("config.json", "weights.safetensors", "state.json", "MODEL_CARD.md"):
+        assert (AF_SHIPPED / name).is_file(), f"missing {name} in {AF_SHIPPED}"
+    assert (AF_SHIPPED / "weights.safetensors").stat().st_size < 5 * 2**20
+    card = (AF_SHIPPED / "MODEL_CARD.md").read_text()
+    for needle in ("## Training", "PSNR", "FPR", "| jpeg_50 |", "Clopper"):
+        assert needle in card, f"model card lacks {needle!r}"
+    torch.set_num_threads(1)
+    method = load_bundle(AF_SHIPPED)
+    assert method.key == "anti_forward" and method.config.variant == "rs_aug"
+    assert len(method.calibration["clean_statistics"]) >= 1000
+    crops = torch.stack([torch.from_numpy(photo[y:y + 256, x:x + 256]).permute(2, 0, 1)
+                         for y, x in ((0, 128), (200, 200), (256, 0))]).float() / 255
+    stamped = method.stamp(crops)
+    assert stamped.shape == crops.shape
+    assert float(psnr(stamped, crops).min()) > 25.0
+    found = method.verify(stamped)
+    assert sum(v.detected for v in found) >= 2, [v.reason for v in found]
+    assert all(v.certified_radius > 0 for v in found if v.detected)
+    assert not any(v.detected for v in method.verify(crops))
