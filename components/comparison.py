@@ -62,7 +62,9 @@ def variant_tables(summaries: Mapping[str, Summary]) -> dict[str, Table]:
         {"variant": v, "attack": lab,
          "attack_success_rate": _get(s, f"attack_success_rate/{lab}"),
          "detection_rate_adversarial": _get(s, f"detection_rate_adversarial/{lab}")}
-        for lab in _labels(summaries, "attack_success_rate/") for v, s in summaries.items()]
+        for lab in dict.fromkeys(_labels(summaries, "detection_rate_adversarial/")
+                                 + _labels(summaries, "attack_success_rate/"))
+        for v, s in summaries.items()]
     if adversarial:
         tables["adversarial"] = adversarial
     certified = [

@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import time
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,7 @@ def variant_configs(method: str, configs_dir: Path | None = None) -> dict[str, P
 
     The variant of a file is its ``parameters.config.variant``, else the method
     config's default. Methods without a ``variant`` field have none (``{}``).
+    Ordered as the field's ``Literal`` declares them (e.g. baseline, rs, rs_aug).
     """
     cls = method_class(method)
     field = cls.Config.model_fields.get("variant")
@@ -254,7 +256,10 @@ def variant_configs(method: str, configs_dir: Path | None = None) -> dict[str, P
         if variant in out:
             raise InputError(f"{path} and {out[variant]} both configure variant {variant!r}")
         out[str(variant)] = path
-    return out
+    declared = [str(v) for v in typing.get_args(field.annotation)]  # Literal order
+    return dict(sorted(out.items(), key=lambda kv: (declared.index(kv[0])
+                                                    if kv[0] in declared else len(declared),
+                                                    kv[0])))
 
 
 def run_variants(method: str, profile: str = "tiny", variants: Sequence[str] | None = None,

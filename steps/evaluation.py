@@ -14,7 +14,7 @@ from zenml import step
 
 import steps.materializers  # noqa: F401  (registers tensor, method and report materializers)
 from components import plots
-from components.adversarial_evaluation import adversarial_rows, certified_rows
+from components.adversarial_evaluation import adversarial_rows, certified_rows, smoothing_sigma
 from components.data.manifest import load_split
 from components.evaluation import calibrate_fpr, embed_all, rows_to_csv, run_suite, summarize
 from components.methods.base import WatermarkMethod
@@ -75,7 +75,7 @@ def adversarial_report_rows(method: WatermarkMethod, clean: torch.Tensor, marked
                             smoothing_n=adv.smoothing_n, smoothing_n0=adv.certify_n0,
                             alpha=adv.certify_alpha, batch_size=settings.batch_size,
                             progress=progress)
-    if getattr(method.config, "sigma", 0.0) > 0:
+    if smoothing_sigma(method) > 0:  # the baseline keeps a sigma in its config but never smooths
         rows += certified_rows(method, marked[:n], clean[:n], adv.radii, n0=adv.certify_n0,
                                n=adv.certify_n, alpha=adv.certify_alpha, seed=settings.seed,
                                batch_size=settings.batch_size)
