@@ -673,7 +673,8 @@ def evaluation_rows(stage1: OutputMark, stage2: OutputMark, baseline: SpreadSpec
         for stage, method in (("stage1", stage1), ("stage2", stage2)):
             rows += cell_rows("output_mark", stage, arch, loss, *score_outputs(method, out, key))
     if baseline is not None:
-        for (arch, loss), out in zip(cells, baseline_outputs, strict=True):
+        for (arch, loss), out in zip(cells if baseline_outputs else [], baseline_outputs,
+                                     strict=True):
             rows += cell_rows("spread_spectrum", "spread_spectrum", arch, loss,
                               *score_outputs(baseline, out, key))
         ta, _ = stage2.working_pairs(test_pairs, "test pairs")

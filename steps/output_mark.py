@@ -202,7 +202,7 @@ def evaluate_output_mark(stage1: WatermarkMethod, stage2: WatermarkMethod,
                          baseline: WatermarkMethod, test_inputs: torch.Tensor,
                          test_targets: torch.Tensor, cells: list[list[str]],
                          deep_outputs: list[torch.Tensor], baseline_outputs: list[torch.Tensor],
-                         independent_outputs: torch.Tensor,
+                         independent_outputs: torch.Tensor | None,
                          ablations: list[list[dict[str, Any]]], task: str,
                          evaluation: dict[str, Any]) -> Annotated[Report, "report"]:
     """Tables 1–3, false positives and ablations; log tables and the heatmap to MLflow.
