@@ -195,6 +195,7 @@ def audit(
     from components import surrogate_matrix as smx
     from components.imageio import iter_images
     from components.methods.base import InputError, Verdict
+    from components.methods.output_mark import to_size
 
     cli = _cli()
     if not suspect_outputs.is_dir():
@@ -209,7 +210,8 @@ def audit(
         tensors, names, unreadable = _read_outputs(files, wm.min_size)
         if tensors:
             verdict = wm.verify_model(tensors, wm_key)           # mixed sizes → working size
-            logos = wm.extract(torch.cat([wm._working(t) for t in tensors]))  # n 3 s s
+            size = wm.config.working_size
+            logos = wm.extract(torch.cat([to_size(t.float(), size) for t in tensors]))  # n 3 s s
         else:
             verdict = Verdict.unreadable(f"none of the {len(files)} files could be read")
             logos = None
