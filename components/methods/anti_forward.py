@@ -552,10 +552,8 @@ class AntiForward(WatermarkMethod):
 
     def _figure_residual(self, xw: torch.Tensor, bits: torch.Tensor | None) -> Any:
         """Original / stamped / amplified |residual| for up to 4 images."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # a bare Figure, not pyplot: nothing is left open for a caller to close
+        from matplotlib.figure import Figure
 
         x = xw[:4]
         with torch.no_grad():
@@ -563,7 +561,8 @@ class AntiForward(WatermarkMethod):
         stamped = (x + r).clamp(0, 1)
         amp = r.abs().amax(dim=1, keepdim=True)
         amp = amp / amp.amax().clamp_min(1e-8)
-        fig, axes = plt.subplots(3, x.shape[0], figsize=(2.2 * x.shape[0], 6.6), squeeze=False)
+        fig = Figure(figsize=(2.2 * x.shape[0], 6.6))
+        axes = fig.subplots(3, x.shape[0], squeeze=False)
         for j in range(x.shape[0]):
             for row, (img, title) in enumerate(((x[j], "original"), (stamped[j], "stamped"),
                                                 (amp[j].expand(3, -1, -1), "|stamp| (scaled)"))):
@@ -574,12 +573,11 @@ class AntiForward(WatermarkMethod):
         return fig
 
     def _figure_scores(self, clean: list[float], stamped: list[float]) -> Any:
-        import matplotlib
+        # a bare Figure, not pyplot: nothing is left open for a caller to close
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.subplots()
         ax.hist(clean, bins=40, alpha=0.6, label="clean (calibration)")
         ax.hist(stamped, bins=40, alpha=0.6, label="stamped (val)")
         thr = self.calibration.get("threshold_statistic")
