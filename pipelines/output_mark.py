@@ -32,13 +32,13 @@ Measured here (2 shared cores, load 5–7, one thread; derain pairs synthesised 
 the sample photos; success = NC > 0.95 on the 24–64 held-out outputs), stage 1 only
 (the seed's †) → with stage 2:
 
-* tiny profile as committed (64², 600 stage-1 steps, 30 H/R + 30 surrogate pairs):
+* 64², 600 stage-1 steps, 30 H/R + 30 surrogate pairs (an earlier tiny profile):
   B′ at 26.2 dB; CNet 54% → 79%, Res9 33% → 79%, Res16 33% → 75% (the other cells
   were not measured: the whole pipeline would take ≈ 45 min at this load — stage 1
   449 s, stage 2 118 s, a cell 16–146 s, each ablation retrains stage 1); no clean
   image flagged.
-* ``configs/output_mark_pipeline_quick.yaml`` (32², λ1 = 10, 800 steps, 164 train
-  crops), through this pipeline: 368 s for everything, 140 s on a rerun (all 18 cells,
+* the tiny profile (32², λ1 = 10, 800 steps, 164 train crops; ablations at 200
+  steps), through this pipeline: 368 s for everything, 140 s on a rerun (all 18 cells,
   both ablations and the independent model cached). B′ at 32.3 dB; every deep cell
   78–83% → 95% (R reads B′ itself at 83% → 95%: the surrogates copy the mark, the gain
   is R's, not a † gap); spread spectrum 0–2%; without the clean loss R flags 100% of
