@@ -63,7 +63,6 @@ max_fpr: 0.01, primary_metric: detection_rate_mean_attacked}``.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -347,10 +346,7 @@ def run_output_mark(task: str = "derain", profile: str = "tiny",
         InputError: a bad config (before anything runs) or invalid data.
         RuntimeError: any other failed run.
     """
-    from pipelines.stack import ensure_experiment, ensure_stack, mlflow_ui_command
-    from pipelines.training import _name_model, _output, _ProjectClient
-    from steps.tracking import extra_callbacks
-    from steps.validation import DataValidationError
+    from pipelines.training import _name_model, executed, registration_outcome
 
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; expected one of {list(TASKS)}")
@@ -361,43 +357,12 @@ def run_output_mark(task: str = "derain", profile: str = "tiny",
                                                     ("config", "data", "evaluation", "policy",
                                                      "matrix")))
     _name_model(run_config, settings.model_name, str(config_path or DEFAULT_CONFIG))
-    ensure_stack(root)
-    ensure_experiment(PIPELINE_NAME, root)
-    with tempfile.TemporaryDirectory(prefix="nm-run-config-") as tmp, _ProjectClient(root), \
-            extra_callbacks(callbacks):
-        resolved_yaml = Path(tmp) / "run.yaml"
-        resolved_yaml.write_text(yaml.safe_dump(run_config, sort_keys=False))
-        try:
-            run = output_mark_pipeline.with_options(config_path=str(resolved_yaml))()
-        except DataValidationError as err:
-            raise InputError(str(err)) from None
-        from zenml.client import Client
-
-        run = Client().get_pipeline_run(run.id)
-        if str(run.status) != "completed":
-            raise RuntimeError(f"pipeline run {run.name} ended {run.status}")
-        report = _output(run, "evaluate_output_mark", "report")
-        decision = _output(run, "gate", "decision")
-        registration = _output(run, "register_and_promote", "registration")
-        mlflow_run_id = run.steps["train_marking"].run_metadata.get("mlflow_run_id")
+    with executed(output_mark_pipeline, PIPELINE_NAME, run_config, root, callbacks) as run:
+        outcome = registration_outcome(run, "evaluate_output_mark", "train_marking", root)
         cached = sorted(name for name, s in run.steps.items() if str(s.status) == "cached")
+    report = outcome.pop("report")
     summary = {k: float(v) for k, v in report.summary.items()
                if k in ("psnr", "ssim", "fpr", "detection_rate_mean_attacked")
                or k.startswith("sr_mean/")}
-    return {
-        "run": run.name,
-        "status": str(run.status),
-        "model_name": settings.model_name,
-        "summary": summary,
-        "metrics": dict(report.summary),
-        "tables": report.extra.get("tables", ""),
-        "cached_steps": cached,
-        "decision": {"promote": decision.promote, "reasons": decision.reasons,
-                     "notes": decision.notes},
-        "registered_version": registration["version"],
-        "promoted": registration["promoted"],
-        "champion_version": registration["champion_version"],
-        "mlflow_run_id": mlflow_run_id,
-        "reports_dir": str(root / "reports" / run.name),
-        "mlflow_ui": mlflow_ui_command(root),
-    }
+    return {"model_name": settings.model_name, "summary": summary,
+            "tables": report.extra.get("tables", ""), "cached_steps": cached, **outcome}

@@ -14,12 +14,13 @@ profile when the pipeline is compiled, so a typo fails before any step runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 import time
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,74 @@ def _output(run: Any, step_name: str, output: str) -> Any:
     return run.steps[step_name].outputs[output][0].load()
 
 
+@contextlib.contextmanager
+def executed(pipeline_obj: Any, pipeline_name: str, run_config: Mapping[str, Any], root: Path,
+             callbacks: Sequence[Any] | None) -> Iterator[Any]:
+    """Run ``pipeline_obj`` with ``run_config`` on ``root``'s local stack; yield the finished run.
+
+    Bootstraps the stack and the MLflow experiment (artifacts in
+    ``<root>/mlruns``), writes the resolved run config to a temporary YAML,
+    points ZenML at the project while the run happens and while the caller
+    reads the run's outputs (inside the ``with``), and adds ``callbacks`` to
+    the steps that run in this process.
+
+    Raises:
+        InputError: the data failed validation (the message says where the report is).
+        RuntimeError: the run did not complete.
+    """
+    from zenml.client import Client
+
+    from pipelines.stack import ensure_experiment, ensure_stack
+    from steps.validation import DataValidationError
+
+    ensure_stack(root)
+    ensure_experiment(pipeline_name, root)
+    with tempfile.TemporaryDirectory(prefix="nm-run-config-") as tmp, _ProjectClient(root), \
+            extra_callbacks(callbacks):
+        resolved_yaml = Path(tmp) / "run.yaml"
+        resolved_yaml.write_text(yaml.safe_dump(dict(run_config), sort_keys=False))
+        try:
+            run = pipeline_obj.with_options(config_path=str(resolved_yaml))()
+        except DataValidationError as err:
+            raise InputError(str(err)) from None
+        run = Client().get_pipeline_run(run.id)
+        if str(run.status) != "completed":
+            raise RuntimeError(f"pipeline run {run.name} ended {run.status}")
+        yield run
+
+
+def registration_outcome(run: Any, report_step: str, train_step: str,
+                         root: Path) -> dict[str, Any]:
+    """What a training-style run produced: its report, the gate's decision, the registry.
+
+    Call inside ``executed`` (the artifacts are read from the project's store).
+
+    Returns:
+        ``run``, ``status``, ``report`` (the ``Report``), ``metrics``, ``decision``,
+        ``registered_version``, ``promoted``, ``champion_version``,
+        ``mlflow_run_id``, ``reports_dir`` and ``mlflow_ui``.
+    """
+    from pipelines.stack import mlflow_ui_command
+
+    report = _output(run, report_step, "report")
+    decision = _output(run, "gate", "decision")
+    registration = _output(run, "register_and_promote", "registration")
+    return {
+        "run": run.name,
+        "status": str(run.status),
+        "report": report,
+        "metrics": dict(report.summary),
+        "decision": {"promote": decision.promote, "reasons": decision.reasons,
+                     "notes": decision.notes},
+        "registered_version": registration["version"],
+        "promoted": registration["promoted"],
+        "champion_version": registration["champion_version"],
+        "mlflow_run_id": run.steps[train_step].run_metadata.get("mlflow_run_id"),
+        "reports_dir": str(root / "reports" / run.name),
+        "mlflow_ui": mlflow_ui_command(root),
+    }
+
+
 def run_training(method: str, profile: str = "tiny", config_path: str | os.PathLike | None = None,
                  overrides: Mapping[str, Any] | None = None,
                  callbacks: Sequence[Any] | None = None, *,
@@ -186,9 +255,6 @@ def run_training(method: str, profile: str = "tiny", config_path: str | os.PathL
             validation (the message says where the report is).
         RuntimeError: any other failed run.
     """
-    from pipelines.stack import ensure_experiment, ensure_stack, mlflow_ui_command
-    from steps.validation import DataValidationError
-
     root = Path(project_root or CODE_ROOT).resolve()
     method_class(method)
     run_config = _run_config(method, profile, config_path, overrides)
@@ -197,40 +263,10 @@ def run_training(method: str, profile: str = "tiny", config_path: str | os.PathL
                                                                       "evaluation", "policy")})
     _name_model(run_config, settings.model_name,
                 str(config_path or CONFIGS_DIR / f"{method}.yaml"))
-    ensure_stack(root)
-    ensure_experiment(PIPELINE_NAME, root)
-    with tempfile.TemporaryDirectory(prefix="nm-run-config-") as tmp, _ProjectClient(root), \
-            extra_callbacks(callbacks):
-        resolved_yaml = Path(tmp) / "run.yaml"
-        resolved_yaml.write_text(yaml.safe_dump(run_config, sort_keys=False))
-        try:
-            run = training_pipeline.with_options(config_path=str(resolved_yaml))()
-        except DataValidationError as err:
-            raise InputError(str(err)) from None
-        from zenml.client import Client
-
-        run = Client().get_pipeline_run(run.id)
-        if str(run.status) != "completed":
-            raise RuntimeError(f"pipeline run {run.name} ended {run.status}")
-        report = _output(run, "evaluate_robustness", "report")
-        decision = _output(run, "gate", "decision")
-        registration = _output(run, "register_and_promote", "registration")
-        mlflow_run_id = run.steps["train_model"].run_metadata.get("mlflow_run_id")
-    return {
-        "run": run.name,
-        "status": str(run.status),
-        "model_name": settings.model_name,
-        "summary": headline(report.summary),
-        "metrics": dict(report.summary),
-        "decision": {"promote": decision.promote, "reasons": decision.reasons,
-                     "notes": decision.notes},
-        "registered_version": registration["version"],
-        "promoted": registration["promoted"],
-        "champion_version": registration["champion_version"],
-        "mlflow_run_id": mlflow_run_id,
-        "reports_dir": str(root / "reports" / run.name),
-        "mlflow_ui": mlflow_ui_command(root),
-    }
+    with executed(training_pipeline, PIPELINE_NAME, run_config, root, callbacks) as run:
+        outcome = registration_outcome(run, "evaluate_robustness", "train_model", root)
+    report = outcome.pop("report")
+    return {"model_name": settings.model_name, "summary": headline(report.summary), **outcome}
 
 
 # -- variants of one method, side by side -------------------------------------------------------
