@@ -67,7 +67,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from zenml import pipeline
 from zenml.enums import ExecutionMode
@@ -283,39 +282,17 @@ def _run_config(task: str, profile: str, config_path: str | os.PathLike | None,
     error); a top-level ``enable_cache`` is refused, since it would override
     the per-cell caching.
     """
-    path = Path(config_path) if config_path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise InputError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path} must be a mapping (a ZenML run config)")
-    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+    from pipelines.training import build_run_config
 
-    unknown = sorted(set(raw) - set(PipelineRunConfiguration.model_fields))
-    if unknown:
-        raise InputError(f"{path}: unknown top-level key(s) {unknown}; it is a ZenML run config")
-    if raw.get("enable_cache") is not None:
+    path = Path(config_path) if config_path else DEFAULT_CONFIG
+    run_config = build_run_config(path, True, {"task": task, "profile": profile},
+                                  [p for p in PARAMETERS if p not in ("task", "profile")],
+                                  overrides)
+    if run_config.get("enable_cache") is not None:
         raise InputError(f"{path} sets enable_cache at the top level, which overrides every "
                          "step and retrains every matrix cell; remove it (the pipeline is "
                          "uncached, its cells are cached)")
-    params = dict(raw.get("parameters") or {})
-    if set(params) - set(PARAMETERS):
-        raise InputError(f"{path}: unknown pipeline parameter(s) "
-                         f"{sorted(set(params) - set(PARAMETERS))}; expected {list(PARAMETERS)}")
-    for name, value in (("task", task), ("profile", profile)):
-        if params.get(name, value) != value:
-            raise InputError(f"{path} sets {name}: {params[name]!r} but the run asks for "
-                             f"{value!r}; drop it from the file or run with {params[name]!r}")
-    unknown = sorted(set(overrides or {}) - (set(PARAMETERS) - {"task", "profile"}))
-    if unknown:
-        raise InputError(f"unknown override section(s) {unknown}; expected config, data, "
-                         "evaluation, policy, matrix")
-    params = deep_merge(params, overrides)
-    params.update(task=task, profile=profile)
-    return {**raw, "parameters": params, "model": dict(raw.get("model") or {})}
+    return run_config
 
 
 def run_output_mark(task: str = "derain", profile: str = "tiny",

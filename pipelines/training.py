@@ -71,14 +71,25 @@ def training_pipeline(method: str = "pgd_signer", profile: str = "tiny",
 # -- running it ---------------------------------------------------------------------------------
 
 
-def _run_config(method: str, profile: str, config_path: str | os.PathLike | None,
-                overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ZenML run config to use: the YAML (default ``configs/<method>.yaml``) + overrides.
+def build_run_config(path: Path, required: bool, fixed: Mapping[str, Any],
+                     sections: Sequence[str], overrides: Mapping[str, Any] | None
+                     ) -> dict[str, Any]:
+    """A ZenML run config: the YAML at ``path`` + ``overrides``, checked.
 
-    ``method`` and ``profile`` are set from the arguments; a YAML that names
-    another method or profile is an error rather than silently overridden.
+    Args:
+        path: the YAML (a ZenML run config: ``parameters:``, ``model:``, …).
+        required: a missing file is an error (else an empty config).
+        fixed: parameters the caller sets (e.g. ``method``, ``profile``); a YAML
+            naming other values is an error rather than silently overridden.
+        sections: the other parameters a YAML or ``overrides`` may set.
+        overrides: merged over the YAML's parameters (nested mappings key by key).
+
+    Raises:
+        InputError: missing file, bad YAML, unknown top-level key, parameter or
+            override section, or a fixed parameter set to another value.
     """
-    path = Path(config_path) if config_path else CONFIGS_DIR / f"{method}.yaml"
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
     raw: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -87,31 +98,38 @@ def _run_config(method: str, profile: str, config_path: str | os.PathLike | None
             raise InputError(f"{path} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise InputError(f"{path} must be a mapping (a ZenML run config)")
-    elif config_path:
+    elif required:
         raise InputError(f"config file {path} does not exist")
-
-    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
-
     unknown = sorted(set(raw) - set(PipelineRunConfiguration.model_fields))
     if unknown:
         raise InputError(f"{path}: unknown top-level key(s) {unknown}; it is a ZenML run config "
                          "(method settings go under `parameters: {config: {...}}`)")
     params = dict(raw.get("parameters") or {})
-    allowed = {"method", "profile", "config", "data", "evaluation", "policy"}
-    if set(params) - allowed:
-        raise InputError(f"{path}: unknown pipeline parameter(s) {sorted(set(params) - allowed)};"
-                         f" expected {sorted(allowed)}")
-    for name, value in (("method", method), ("profile", profile)):
+    allowed = [*fixed, *sections]
+    if set(params) - set(allowed):
+        raise InputError(f"{path}: unknown pipeline parameter(s) "
+                         f"{sorted(set(params) - set(allowed))}; expected {allowed}")
+    for name, value in fixed.items():
         if params.get(name, value) != value:
             raise InputError(f"{path} sets {name}: {params[name]!r} but the run asks for "
                              f"{value!r}; drop it from the file or run with {params[name]!r}")
-    unknown = sorted(set(overrides or {}) - (allowed - {"method", "profile"}))
+    unknown = sorted(set(overrides or {}) - set(sections))
     if unknown:
-        raise InputError(f"unknown override section(s) {unknown}; expected config, data, "
-                         "evaluation, policy")
+        raise InputError(f"unknown override section(s) {unknown}; expected "
+                         f"{', '.join(sections)}")
     params = deep_merge(params, overrides)
-    params.update(method=method, profile=profile)
+    params.update(fixed)
     return {**raw, "parameters": params, "model": dict(raw.get("model") or {})}
+
+
+def _run_config(method: str, profile: str, config_path: str | os.PathLike | None,
+                overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The training pipeline's run config: the YAML (default ``configs/<method>.yaml``)
+    + overrides, with ``method`` and ``profile`` from the arguments."""
+    path = Path(config_path) if config_path else CONFIGS_DIR / f"{method}.yaml"
+    return build_run_config(path, config_path is not None,
+                            {"method": method, "profile": profile},
+                            ("config", "data", "evaluation", "policy"), overrides)
 
 
 def _name_model(run_config: dict[str, Any], expected: str, path: str) -> None:
