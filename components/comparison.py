@@ -9,7 +9,8 @@ the seed's tables (DeepRAFT):
 - ``detection``: per attack, detection accuracy on stamped images and on clean
   images (1 − false-positive rate) (Table 1), plus the calibrated FPR.
 - ``adversarial``: attack success rate and robust detection per adversarial
-  attack (Table 3), when the summaries have them.
+  attack (Table 3), judged by the (smoothed) classifier and by ``verify`` (the
+  deployed rule), when the summaries have them.
 - ``certified``: certified accuracy per L2 radius, when present.
 
 A table whose metrics no variant has is left out rather than printed empty.
@@ -61,7 +62,9 @@ def variant_tables(summaries: Mapping[str, Summary]) -> dict[str, Table]:
     adversarial = [
         {"variant": v, "attack": lab,
          "attack_success_rate": _get(s, f"attack_success_rate/{lab}"),
-         "detection_rate_adversarial": _get(s, f"detection_rate_adversarial/{lab}")}
+         "detection_rate_adversarial": _get(s, f"detection_rate_adversarial/{lab}"),
+         "detection_rate_adversarial_verify": _get(
+             s, f"detection_rate_adversarial_verify/{lab}")}
         for lab in dict.fromkeys(_labels(summaries, "detection_rate_adversarial/")
                                  + _labels(summaries, "attack_success_rate/"))
         for v, s in summaries.items()]

@@ -30,7 +30,8 @@ HEADLINE = ("psnr", "ssim", "bit_accuracy_mean_attacked", "detection_rate/none",
 
 
 #: per-label metrics worth printing (bits when the method has them, else detection)
-HEADLINE_PREFIXES = ("bit_accuracy/", "attack_success_rate/", "certified_accuracy/")
+HEADLINE_PREFIXES = ("bit_accuracy/", "attack_success_rate/", "attack_success_rate_verify/",
+                     "certified_accuracy/")
 
 
 def headline(summary: Mapping[str, float]) -> dict[str, float]:

@@ -63,7 +63,9 @@ def adversarial_report_rows(method: WatermarkMethod, clean: torch.Tensor, marked
     """APGD / Square / adaptive-attack rows and, for a smoothed scanner, certified accuracy.
 
     The first ``settings.adversarial.limit`` stamped images are attacked toward
-    "not stamped" and as many clean ones toward "stamped" (forgery).
+    "not stamped" and as many clean ones toward "stamped" (forgery). Each
+    attacked image is judged twice: by the scanner's (smoothed) classifier and
+    by ``verify``, the deployed rule (metrics ending in ``_verify``).
     """
     adv = settings.adversarial
     if adv is None:
@@ -74,7 +76,7 @@ def adversarial_report_rows(method: WatermarkMethod, clean: torch.Tensor, marked
                             eot_iter=adv.eot_iter, seed=settings.seed,
                             smoothing_n=adv.smoothing_n, smoothing_n0=adv.certify_n0,
                             alpha=adv.certify_alpha, batch_size=settings.batch_size,
-                            progress=progress)
+                            also_verify=True, key=settings.key(), progress=progress)
     if smoothing_sigma(method) > 0:  # the baseline keeps a sigma in its config but never smooths
         rows += certified_rows(method, marked[:n], clean[:n], adv.radii, n0=adv.certify_n0,
                                n=adv.certify_n, alpha=adv.certify_alpha, seed=settings.seed,
