@@ -230,7 +230,9 @@ def calibrate_fpr(
         method: a content method.
         clean_images: N×3×H×W unmarked images in [0, 1].
         n_keys: random keys per image.
-        alpha: significance level; ``None`` = ``method.config.alpha``.
+        alpha: significance level; ``None`` = the method's ``detection_alpha``
+            when it has one (a level distinct from other ``alpha``\ s in its
+            config, e.g. anti_forward's certification level), else ``config.alpha``.
         seed: seeds the random keys.
         batch_size: images per call.
         confidence: level of the two-sided interval.
@@ -243,8 +245,10 @@ def calibrate_fpr(
         raise ValueError("clean_images must be a non-empty N×3×H×W tensor")
     if n_keys < 1:
         raise ValueError(f"n_keys must be >= 1, got {n_keys}")
-    if alpha is None:
-        alpha = getattr(getattr(method, "config", None), "alpha", None)
+    if alpha is None:  # the method's own detection level
+        alpha = getattr(method, "detection_alpha", None)
+        if alpha is None:
+            alpha = getattr(getattr(method, "config", None), "alpha", None)
         if alpha is None:
             raise ValueError(f"{_method_name(method)} has no config.alpha; pass alpha=")
     alpha = float(alpha)

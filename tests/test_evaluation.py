@@ -304,6 +304,8 @@ def test_calibrate_fpr_key_independent_detector_counts_images_not_keys(carriers)
 
     method = KeylessNull()
     result = calibrate_fpr(method, carriers, n_keys=50, alpha=0.1, seed=0, batch_size=8)
+    KeylessNull.detection_alpha = 0.25  # a detection level apart from config.alpha wins
+    assert calibrate_fpr(KeylessNull(), carriers, seed=0)["alpha"] == 0.25
     assert method.verify_calls == 1  # one pass over the 8 images, not 50
     assert result["trials"] == len(carriers)
     assert result["detections"] == round(result["fpr"] * len(carriers))

@@ -339,6 +339,12 @@ class AntiForward(WatermarkMethod):
                                  num_classes=2, generator=generator)
 
     @property
+    def detection_alpha(self) -> float:
+        """The p-value level of ``detected`` (``config.fpr``; ``config.alpha`` is the
+        certification level), read by ``evaluation.calibrate_fpr``."""
+        return self.config.fpr
+
+    @property
     def smoothed(self) -> bool:
         """Whether ``verify`` certifies: smoothing on and a noise-trained variant."""
         return self.config.smoothing and self.config.train_sigma > 0
