@@ -18,10 +18,10 @@ Caching: the pipeline itself is not cached, but every matrix cell, ablation and
 the independent model are steps with ``enable_cache=True`` (see
 ``steps/output_mark.py``), so a rerun retrains stage 1 and stage 2 and reuses
 every cell whose inputs came out byte-identical. The run config must not set a
-top-level ``enable_cache`` (it would override every step): that is why this
-pipeline has its own ``configs/output_mark_pipeline.yaml`` — the
-``configs/output_mark.yaml`` of the generic training pipeline sets
-``enable_cache: false``.
+top-level ``enable_cache`` (it would override every step), unlike the generic
+training pipeline's ``configs/<method>.yaml``; ``run_output_mark`` refuses one.
+output_mark is trained only here: the generic training pipeline refuses it
+(``OutputMark.own_pipeline``), since it needs (A, B) pairs and its own stages.
 
 Parameters (JSON, so they can come from the YAML): ``task``, ``profile``, the
 overrides ``config`` / ``data`` / ``evaluation`` / ``policy`` (merged over the

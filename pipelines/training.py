@@ -41,6 +41,14 @@ from steps.training import train_model
 PIPELINE_NAME = "training_pipeline"
 
 
+def _check_trainable(method: str) -> None:
+    """A method with its own pipeline (``own_pipeline``) is refused here, naming that pipeline."""
+    own = method_class(method).own_pipeline
+    if own:
+        raise InputError(f"{method} is not trained by the image training pipeline (it needs "
+                         f"its own data and stages); use {own}")
+
+
 @pipeline(name=PIPELINE_NAME, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
 def training_pipeline(method: str = "pgd_signer", profile: str = "tiny",
                       config: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
@@ -56,6 +64,7 @@ def training_pipeline(method: str = "pgd_signer", profile: str = "tiny",
         evaluation: overrides of the evaluation settings (``limit``, ``fpr_keys``, …).
         policy: overrides of the gate policy (``min_psnr``, ``min_bit_accuracy``, …).
     """
+    _check_trainable(method)
     settings = resolve(method, profile, config=config, data=data, evaluation=evaluation,
                        policy=policy)
     params = settings.step_parameters()
@@ -274,7 +283,7 @@ def run_training(method: str, profile: str = "tiny", config_path: str | os.PathL
         RuntimeError: any other failed run.
     """
     root = Path(project_root or CODE_ROOT).resolve()
-    method_class(method)
+    _check_trainable(method)
     run_config = _run_config(method, profile, config_path, overrides)
     params = run_config["parameters"]
     settings = resolve(method, profile, **{k: params.get(k) for k in ("config", "data",

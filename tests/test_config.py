@@ -154,3 +154,10 @@ def test_adversarial_evaluation_only_for_methods_with_a_scanner() -> None:
         resolve("pgd_signer", "tiny", evaluation={"adversarial": {"limit": 2}})
     with pytest.raises(InputError, match="evaluation.adversarial.attacks"):
         resolve("pgd_signer", "tiny", evaluation={"adversarial": {"attacks": ["fgsm"]}})
+
+
+def test_methods_with_their_own_pipeline_are_refused_by_the_training_pipeline() -> None:
+    from pipelines.training import run_training
+
+    with pytest.raises(InputError, match="neuralmark protect"):
+        run_training("output_mark", "tiny")

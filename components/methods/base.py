@@ -212,6 +212,9 @@ class WatermarkMethod(abc.ABC):
     min_size: ClassVar[int] = 64
     #: config overrides that make the method tiny and fast (contract tests, smoke runs)
     smoke_config: ClassVar[dict[str, Any]] = {}
+    #: how to train a method that the generic image training pipeline cannot
+    #: (e.g. it needs (A, B) pairs); empty when that pipeline is the way
+    own_pipeline: ClassVar[str] = ""
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

@@ -634,6 +634,9 @@ class MarkedModel(nn.Module):
 class OutputMark(WatermarkMethod):
     """Seed 001's model watermark through outputs. See the module docstring."""
 
+    own_pipeline = ("neuralmark protect --task derain|debone (pipelines.output_mark."
+                    "output_mark_pipeline, configs/output_mark_pipeline.yaml)")
+
     Config = OutputMarkConfig
     config: OutputMarkConfig
     kind = "model"
