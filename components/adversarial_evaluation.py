@@ -52,7 +52,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from components.attacks.adversarial import (
@@ -67,6 +66,7 @@ from components.attacks.adversarial import (
     square,
 )
 from components.evaluation import Row, _batches, _method_name, _report
+from components.methods.base import resize_square
 from components.smoothing import Certificate, certified_accuracy
 
 
@@ -170,10 +170,7 @@ def noise_space(method: Scanner) -> Callable[[torch.Tensor], torch.Tensor] | Non
     size = int(size)
 
     def to_working(x: torch.Tensor) -> torch.Tensor:  # b c h w → b c s s
-        if tuple(x.shape[-2:]) == (size, size):
-            return x
-        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                             align_corners=False)
+        return resize_square(x, size, clamp=False)
 
     return to_working
 

@@ -27,10 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from components.imageio import load_image
-from components.methods.base import InputError, Verdict, WatermarkKey, WatermarkMethod, check_images
+from components.methods.base import (
+    InputError,
+    Verdict,
+    WatermarkKey,
+    WatermarkMethod,
+    check_images,
+    resize_square,
+)
 
 
 def working_view(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -41,10 +47,7 @@ def working_view(image: torch.Tensor, size: int) -> torch.Tensor:
     if image.ndim == 3:
         image = image.unsqueeze(0)
     check_images(image)
-    if tuple(image.shape[-2:]) == (size, size):
-        return image
-    return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True).clamp(0, 1)
+    return resize_square(image, size)
 
 
 class BatchVerifier:

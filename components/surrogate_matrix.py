@@ -58,7 +58,7 @@ from components.data.bone_suppression import TARGET_KIND as DEBONE_TARGET_KIND
 from components.data.bone_suppression import suppress_ribs
 from components.data.manifest import load_image
 from components.data.rain import REFERENCE_SIZE, add_rain, item_seed, sample_rain_params
-from components.methods.base import Callbacks, InputError, WatermarkKey, check_images
+from components.methods.base import Callbacks, InputError, WatermarkKey, check_images, resize_square
 from components.methods.output_mark import (
     OutputMark,
     OutputMarkConfig,
@@ -327,10 +327,7 @@ def attack_cell(marked_train_outputs: torch.Tensor, train_inputs: torch.Tensor,
         SurrogateSettings.model_validate(dict(settings))
     sm = train_surrogate(train_inputs, marked_train_outputs, arch, loss, s, callbacks)
     size = marked_train_outputs.shape[-1]
-    x = test_inputs.float()
-    if tuple(x.shape[-2:]) != (size, size):
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
-                                            antialias=True, align_corners=False).clamp(0, 1)
+    x = resize_square(test_inputs.float(), size)
     return apply_net(sm, x, s.batch_size * 4).clamp(0, 1)
 
 
@@ -557,9 +554,7 @@ def independent_model_outputs(train_pairs: tuple[torch.Tensor, torch.Tensor],
     cfg = config.model_copy(update={"seed": config.seed + seed_offset})
     model = train_protected_model(train_pairs, cfg, callbacks)
     size = config.working_size
-    x = torch.nn.functional.interpolate(test_inputs.float(), size=(size, size), mode="bilinear",
-                                        antialias=True, align_corners=False).clamp(0, 1) \
-        if tuple(test_inputs.shape[-2:]) != (size, size) else test_inputs.float()
+    x = resize_square(test_inputs.float(), size)
     return apply_net(model, x, config.eval_batch).clamp(0, 1)
 
 

@@ -112,6 +112,7 @@ from components.methods.base import (
     WatermarkMethod,
     check_images,
     pick_device,
+    resize_square,
 )
 from components.methods.registry import register
 from components.nets.stamp import Scanner, StampEncoder
@@ -247,12 +248,7 @@ class AntiForward(WatermarkMethod):
     # -- helpers -------------------------------------------------------------
     def _to_working(self, x: torch.Tensor) -> torch.Tensor:
         """B×3×H×W → B×3×S×S (antialiased bilinear; differentiable, no clamp)."""
-        s = self.config.working_size
-        x = x.to(self.device)
-        if tuple(x.shape[-2:]) == (s, s):
-            return x
-        return F.interpolate(x, size=(s, s), mode="bilinear", antialias=True,
-                             align_corners=False)
+        return resize_square(x.to(self.device), self.config.working_size, clamp=False)
 
     def _bits(self, key: WatermarkKey | None, batch: int) -> torch.Tensor | None:
         """Keyed payload word repeated over the batch (B×k) or ``None`` without payload."""

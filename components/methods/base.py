@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 
@@ -174,6 +175,18 @@ def check_images(images: torch.Tensor, min_size: int = 1) -> None:
         raise InputError("image values must lie in [0, 1]")
     if not torch.isfinite(images).all():
         raise InputError("image contains NaN or infinite values")
+
+
+def resize_square(x: torch.Tensor, size: int, clamp: bool = True) -> torch.Tensor:
+    """Resize ``B×C×H×W`` to ``B×C×size×size``: antialiased bilinear, differentiable.
+
+    The working-size view every method reads; identity (same tensor) when the
+    images are already ``size``². ``clamp`` keeps the result in [0, 1].
+    """
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return y.clamp(0, 1) if clamp else y
 
 
 def atomic_write_dir(target: str | os.PathLike, write: Any) -> Path:

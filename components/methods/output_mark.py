@@ -116,6 +116,7 @@ from components.methods.base import (
     WatermarkMethod,
     check_images,
     pick_device,
+    resize_square,
 )
 from components.methods.registry import register
 from components.metrics import normalized_correlation, psnr, ssim
@@ -352,10 +353,7 @@ class LogoStore(nn.Module):
 # --------------------------------------------------------------------------- helpers
 def to_size(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize B×3×H×W to B×3×size×size (bilinear, antialiased); identity if already there."""
-    if tuple(x.shape[-2:]) == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False).clamp(0, 1)
+    return resize_square(x, size)
 
 
 def _cb(callbacks: Callbacks | Sequence[Any]) -> Callbacks:

@@ -62,6 +62,7 @@ from components.methods.base import (
     WatermarkMethod,
     check_images,
     pick_device,
+    resize_square,
 )
 from components.methods.registry import register
 from components.nets.squeeze_decoder import SqueezeDecoder
@@ -163,11 +164,7 @@ class PGDSigner(WatermarkMethod):
 
     # -- helpers -------------------------------------------------------------
     def _to_working(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.config.working_size
-        if tuple(x.shape[-2:]) == (s, s):
-            return x
-        return F.interpolate(x, size=(s, s), mode="bilinear", antialias=True,
-                             align_corners=False).clamp(0, 1)
+        return resize_square(x, self.config.working_size)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Decoder logits of ``images`` (B×3×H×W, any size) → B×n_bits."""

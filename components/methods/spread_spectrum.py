@@ -59,6 +59,7 @@ from components.methods.base import (
     WatermarkKey,
     WatermarkMethod,
     check_images,
+    resize_square,
 )
 from components.methods.registry import register
 from components.metrics import psnr
@@ -141,11 +142,7 @@ class SpreadSpectrum(WatermarkMethod):
         return self._cache[key.secret]
 
     def _working(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.config.working_size
-        if tuple(x.shape[-2:]) == (s, s):
-            return x.float()
-        return F.interpolate(x.float(), size=(s, s), mode="bilinear", antialias=True,
-                             align_corners=False).clamp(0, 1)
+        return resize_square(x.float(), self.config.working_size)
 
     @property
     def strength(self) -> float:
