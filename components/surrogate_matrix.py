@@ -137,6 +137,32 @@ def build_pairs(images: torch.Tensor, task: str, seed: int = 0,
     return torch.stack(rainy), x
 
 
+def split_groups(manifest: str | Path, split: str, limit: int | None = None) -> list[str]:
+    """The ``group`` (source photo) of every image of one split, in ``load_split``'s order.
+
+    For a prepared paired manifest (``domain``/``pair`` columns), one group per
+    complete pair, in :func:`load_prepared_pairs`' order (the group column, or
+    the pair id when the column is empty).
+
+    Raises:
+        InputError: the manifest does not exist.
+    """
+    path = Path(manifest)
+    if not path.is_file():
+        raise InputError(f"manifest {path} does not exist")
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == split]
+    if rows and {"domain", "pair"} <= set(rows[0]):
+        files: dict[str, dict[str, str]] = {}
+        for r in rows:
+            if r["domain"] in ("A", "B") and r["pair"]:
+                files.setdefault(r["pair"], {})[r["domain"]] = r.get("group") or r["pair"]
+        pairs = sorted(p for p, d in files.items() if set(d) == {"A", "B"})[:limit]
+        return [files[p]["A"] for p in pairs]
+    rows = rows if limit is None else rows[: max(limit, 0)]
+    return [r.get("group") or r["path"] for r in rows]
+
+
 def load_prepared_pairs(manifest: str | Path, split: str, size: int | None = None,
                         limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The (A, B) pairs of one split of a *prepared* paired dataset.
@@ -187,7 +213,8 @@ def _calibrate_heldout(method: OutputMark, a: torch.Tensor, gt: torch.Tensor) ->
 
 def train_stage1(train_pairs: tuple[torch.Tensor, torch.Tensor],
                  config: OutputMarkConfig | Mapping[str, Any], key: WatermarkKey | None = None,
-                 callbacks: Callbacks | Sequence[Any] = ()) -> tuple[OutputMark, dict[str, float]]:
+                 callbacks: Callbacks | Sequence[Any] = (), groups: Sequence[str] | None = None
+                 ) -> tuple[OutputMark, dict[str, float]]:
     """Stage 1 only: the protected model M, then H, R and D on the H/R part.
 
     The pairs are split with ``method.split_indices`` (the seed's disjoint
@@ -201,6 +228,8 @@ def train_stage1(train_pairs: tuple[torch.Tensor, torch.Tensor],
         key: whose logo to hide when ``config.logo == "key"`` (default
             ``config.logo_secret``).
         callbacks: metrics/progress sinks.
+        groups: source group (photo) of each training pair: whole groups go to
+            one part, so calibration runs on photos R never saw.
 
     Returns:
         ``(method, metrics)``: the stage-1 method (``trained``, calibrated) and
@@ -216,6 +245,9 @@ def train_stage1(train_pairs: tuple[torch.Tensor, torch.Tensor],
     if key is not None:
         method.set_logo(c.logo, key)
     a, gt = method.working_pairs(train_pairs, "train pairs")
+    if groups is not None and len(groups) != a.shape[0]:
+        raise InputError(f"{len(groups)} groups for {a.shape[0]} training pairs")
+    method.set_groups(groups)
     start = time.time()
     method.train_model(a, gt, callbacks)
     t_model = time.time() - start
@@ -260,9 +292,10 @@ def stage2_copy(method_stage1: OutputMark, train_pairs: tuple[torch.Tensor, torc
     sm = train_surrogate(a[sur], marked[sur], config=c.surrogate, callbacks=callbacks)
     b2 = apply_net(sm, a, c.eval_batch)
     logo = method.logo.cpu()
+    b2_clean = method.clean_surrogate_outputs(a, b, sur, hr, callbacks)
     before = extraction_nc(method.R, b2[sur], logo, c.eval_batch)
     fine = method.finetune_extractor(a[hr], b[hr], gt[hr], marked[hr], b2[hr], callbacks,
-                                     step0=c.model_steps + c.steps)
+                                     step0=c.model_steps + c.steps, b_clean_second=b2_clean)
     after = extraction_nc(method.R, b2[sur], logo, c.eval_batch)
     _calibrate_heldout(method, a[sur], gt[sur])
     t = c.threshold
@@ -365,14 +398,14 @@ def score_outputs(method: OutputMark | SpreadSpectrum, outputs: torch.Tensor,
     Returns:
         ``(scores, hits)``: N floats and N bools. Deep mark: NC of R's
         extraction with the key's logo, hit = NC > threshold (the seed's SR).
+        A flat (unreadable) output is never a hit.
         Spread spectrum: bit accuracy, hit = detected (p ≤ alpha).
     """
     if isinstance(method, SpreadSpectrum):
         verdicts = method.verify(outputs, key)
         return (torch.tensor([float(v.bit_accuracy or 0.0) for v in verdicts]),
                 torch.tensor([bool(v.detected) for v in verdicts]))
-    ncs = method.nc(outputs, key)
-    return ncs, ncs > method.config.threshold
+    return method.hits(outputs, key)
 
 
 def cell_rows(method_name: str, stage: str, arch: str, loss: str, scores: torch.Tensor,
@@ -497,7 +530,8 @@ def quality_rows(method: OutputMark, test_pairs: tuple[torch.Tensor, torch.Tenso
 def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
                   test_pairs: tuple[torch.Tensor, torch.Tensor],
                   config: OutputMarkConfig | Mapping[str, Any], key: WatermarkKey | None = None,
-                  callbacks: Callbacks | Sequence[Any] = ()) -> list[dict[str, Any]]:
+                  callbacks: Callbacks | Sequence[Any] = (), groups: Sequence[str] | None = None
+                  ) -> list[dict[str, Any]]:
     """The seed's Figures 5–6: stage 1 without the clean or the consistency loss.
 
     Trains stage 1 with the switch off, then one UNet/L2 surrogate on its B′
@@ -512,6 +546,7 @@ def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
         config: the output_mark config the ablation starts from.
         key: the owner's key.
         callbacks: metrics/progress sinks.
+        groups: source group of each training pair (see :func:`train_stage1`).
 
     Returns:
         Rows (attack ``ablation_<name>``, stage ``ablation``): ``nc_marked``,
@@ -521,7 +556,7 @@ def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
     if name not in ABLATIONS:
         raise InputError(f"unknown ablation {name!r}; expected one of {list(ABLATIONS)}")
     cfg = config.model_dump() if isinstance(config, OutputMarkConfig) else dict(config)
-    method, _ = train_stage1(train_pairs, {**cfg, **ABLATIONS[name]}, key, callbacks)
+    method, _ = train_stage1(train_pairs, {**cfg, **ABLATIONS[name]}, key, callbacks, groups)
     key = key or WatermarkKey(method.config.logo_secret)
     c = method.config
     sa, sb = attack_pairs(method, train_pairs)
@@ -532,8 +567,8 @@ def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
                 "nc_clean_A": method.nc(ta, key), "nc_clean_B": method.nc(tb, key),
                 "nc_surrogate": method.nc(b2, key)}
     values = {k: float(v.mean()) for k, v in measured.items()}
-    values["fpr_clean_B"] = float((measured["nc_clean_B"] > c.threshold).float().mean())
-    values["sr_surrogate"] = float((measured["nc_surrogate"] > c.threshold).float().mean())
+    values["fpr_clean_B"] = float(method.hits(tb, key)[1].float().mean())
+    values["sr_surrogate"] = float(method.hits(b2, key)[1].float().mean())
     return [{"method": "output_mark", "attack": f"ablation_{name}", "strength": None,
              "label": f"ablation_{name}", "metric": k, "value": v, "n": int(ta.shape[0]),
              "stage": "ablation"} for k, v in values.items()]
@@ -625,7 +660,8 @@ __all__ = [
     "attack_pairs", "baseline_attack_pairs", "baseline_config", "build_pairs", "cell_name",
     "cell_rows", "false_positive_rows", "gate_summary", "independent_model_outputs",
     "load_prepared_pairs", "matrix_cells", "matrix_heatmap", "matrix_summary", "matrix_table",
-    "quality_rows", "report_markdown", "score_outputs", "stage2_copy", "target_kind",
+    "quality_rows", "report_markdown", "score_outputs", "split_groups", "stage2_copy",
+    "target_kind",
     "train_stage1", "evaluation_rows", "logo_grid", "nc_histogram", "audit_markdown",
 ]
 
@@ -708,6 +744,14 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], task: str) -> str:
                          f"{100 * t1[(stage, 'sr_marked')]:.0f}% | "
                          f"{t1[(stage, 'nc_clean_B_mean')]:.3f} | "
                          f"{100 * t1[(stage, 'fpr_clean_B')]:.0f}% |")
+    if ("stage2", "psnr_task_marked") in t1:
+        parts += ["", "## Task-specific variant: H is the marked model, vs a plain M "
+                  "(against the targets)", "",
+                  "| model | PSNR vs target (dB) | SSIM vs target |", "|---|---|---|",
+                  f"| H (marked, task-specific) | {t1[('stage2', 'psnr_task_marked')]:.2f} | "
+                  f"{t1[('stage2', 'ssim_task_marked')]:.4f} |",
+                  f"| plain M (no mark) | {t1[('stage2', 'psnr_task_baseline')]:.2f} | "
+                  f"{t1[('stage2', 'ssim_task_baseline')]:.4f} |"]
     parts += ["", "## Surrogate attack matrix: success rate (NC > threshold; baseline: "
               "p ≤ alpha)", "", matrix_table(rows), "",
               "## Mean score per cell (NC; baseline: bit accuracy)", "",

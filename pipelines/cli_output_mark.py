@@ -92,6 +92,10 @@ def protect(
         help="ZenML run config (default configs/output_mark_pipeline.yaml)."),
     logo: Path | None = typer.Option(
         None, "--logo", help="Image file to hide instead of the key-derived pattern."),
+    task_specific: bool = typer.Option(
+        False, "--task-specific",
+        help="The seed's task-specific variant: H itself is the marked model (compared "
+             "with a plain M on PSNR/SSIM)."),
 ) -> None:
     """Protect a TASK model: train M, H, R end to end, run the surrogate matrix, gate, register."""
     from components.methods.base import InputError
@@ -108,12 +112,15 @@ def protect(
 
         load_logo(str(logo), 64)  # not an image → one red line, exit 2, before any training
         overrides["config"] = {"logo": str(logo.resolve())}
+    if task_specific:
+        overrides.setdefault("config", {})["task_specific"] = True
     run = cli._lazy("pipelines.output_mark", "run_output_mark", "the output_mark pipeline")
 
     def go(callbacks: Any = None) -> Any:
         return run(task, profile, config, overrides, callbacks=callbacks)
 
-    result = cli._run_long(go, label=f"protecting a {task} model ({profile})")
+    variant = ", task-specific" if task_specific else ""
+    result = cli._run_long(go, label=f"protecting a {task} model ({profile}{variant})")
     cli._print_result({k: v for k, v in result.items() if k not in ("tables", "metrics")},
                       f"output_mark {task} ({profile})")
     cli._out().print(result["tables"])

@@ -238,10 +238,10 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     if m.prepared is None:
         manifest = build_dataset(params["data"])
         manifest = validate_dataset(manifest, min_size=16)
-    train_a, train_b, test_a, test_b = make_pairs(
+    train_a, train_b, test_a, test_b, groups = make_pairs(
         manifest, task=task, size=settings.data.size, seed=m.pair_seed, prepared=m.prepared,
         test_splits=m.test_splits)
-    stage1 = train_marking(train_a, train_b, config=cfg, evaluation=ev)
+    stage1 = train_marking(train_a, train_b, groups, config=cfg, evaluation=ev)
     stage2 = finetune_stage2(stage1, train_a, train_b)
     att_a, att_b, query = attacker_data(stage1, train_a, train_b, test_a)
     ss, ss_targets = baseline_data(stage1, train_a, train_b, baseline=m.baseline_config,
@@ -259,7 +259,8 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
             base.append(train_surrogate_cell(att_a, ss_targets, query, arch=arch, loss=loss,
                                              settings=schedule,
                                              id=label.replace("surrogate_", "baseline_", 1)))
-    ablations = [train_ablation(train_a, train_b, test_a, test_b, name=name, config=ablation_cfg,
+    ablations = [train_ablation(train_a, train_b, test_a, test_b, groups, name=name,
+                                config=ablation_cfg,
                                 evaluation=ev, id=f"ablation_{name}") for name in m.ablations]
     independent = (train_independent_model(train_a, train_b, query, config=cfg)
                    if m.false_positives else None)

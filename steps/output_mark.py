@@ -46,7 +46,8 @@ def _key(evaluation: dict[str, Any]) -> WatermarkKey:
 def make_pairs(manifest: str, task: str, size: int, seed: int = 0,
                prepared: str | None = None, test_splits: list[str] | None = None) -> tuple[
         Annotated[torch.Tensor, "train_inputs"], Annotated[torch.Tensor, "train_targets"],
-        Annotated[torch.Tensor, "test_inputs"], Annotated[torch.Tensor, "test_targets"]]:
+        Annotated[torch.Tensor, "test_inputs"], Annotated[torch.Tensor, "test_targets"],
+        Annotated[list[str], "train_groups"]]:
     """(A, B) pairs for training and test: synthesised from the dataset, or prepared ones.
 
     Args:
@@ -60,32 +61,36 @@ def make_pairs(manifest: str, task: str, size: int, seed: int = 0,
 
     Returns:
         ``train_inputs``, ``train_targets``, ``test_inputs``, ``test_targets``
-        (N×3×size×size).
+        (N×3×size×size) and ``train_groups`` (the source photo of each training
+        pair: the H/R vs surrogate split keeps a photo's crops together).
     """
     splits = test_splits or ["val", "test"]
     if prepared:
         train = smx.load_prepared_pairs(prepared, "train", size)
+        groups = smx.split_groups(prepared, "train")
         tests = [smx.load_prepared_pairs(prepared, s, size) for s in splits]
     else:
         train = smx.build_pairs(load_split(manifest, "train", size=size), task, seed)
+        groups = smx.split_groups(manifest, "train")
         tests = [smx.build_pairs(load_split(manifest, s, size=size), task, seed + 1 + i)
                  for i, s in enumerate(splits)]
     test = (torch.cat([t[0] for t in tests]), torch.cat([t[1] for t in tests]))
     mlflow.set_tags({"output_mark.task": task, "output_mark.target_kind": smx.target_kind(task),
                      "output_mark.pairs": prepared or "synthesised from " + manifest})
     log_metadata({"train_pairs": int(train[0].shape[0]), "test_pairs": int(test[0].shape[0]),
-                  "target_kind": smx.target_kind(task)})
-    return train[0], train[1], test[0], test[1]
+                  "train_groups": len(set(groups)), "target_kind": smx.target_kind(task)})
+    return train[0], train[1], test[0], test[1], groups
 
 
 @step(experiment_tracker=TRACKER_NAME)
 def train_marking(train_inputs: torch.Tensor, train_targets: torch.Tensor,
-                  config: dict[str, Any], evaluation: dict[str, Any]
+                  train_groups: list[str], config: dict[str, Any], evaluation: dict[str, Any]
                   ) -> Annotated[WatermarkMethod, "stage1_method"]:
     """Stage 1: the protected model M, then H, R, D (``surrogate_matrix.train_stage1``).
 
     Args:
         train_inputs, train_targets: N×3×H×W training pairs.
+        train_groups: N source groups (whole groups go to one part of the split).
         config: ``output_mark`` config fields.
         evaluation: evaluation settings (the key whose logo is hidden).
 
@@ -94,7 +99,7 @@ def train_marking(train_inputs: torch.Tensor, train_targets: torch.Tensor,
     """
     log_config(config, prefix="method.")
     method, metrics = smx.train_stage1((train_inputs, train_targets), config, _key(evaluation),
-                                       _callbacks("stage1/"))
+                                       _callbacks("stage1/"), groups=train_groups)
     mlflow.log_metrics({f"stage1/{k}": float(v) for k, v in metrics.items()})
     log_metadata({"stage1": {k: float(v) for k, v in metrics.items()}})
     return method
@@ -175,7 +180,8 @@ def train_surrogate_cell(attack_inputs: torch.Tensor, attack_targets: torch.Tens
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)
 def train_ablation(train_inputs: torch.Tensor, train_targets: torch.Tensor,
-                   test_inputs: torch.Tensor, test_targets: torch.Tensor, name: str,
+                   test_inputs: torch.Tensor, test_targets: torch.Tensor,
+                   train_groups: list[str], name: str,
                    config: dict[str, Any], evaluation: dict[str, Any]
                    ) -> Annotated[list[dict[str, Any]], "ablation_rows"]:
     """Stage 1 without the clean or the consistency loss, measured (cached).
@@ -184,7 +190,8 @@ def train_ablation(train_inputs: torch.Tensor, train_targets: torch.Tensor,
         ``surrogate_matrix.ablation_rows``.
     """
     return smx.ablation_rows(name, (train_inputs, train_targets), (test_inputs, test_targets),
-                             config, _key(evaluation), _callbacks(f"ablation_{name}/"))
+                             config, _key(evaluation), _callbacks(f"ablation_{name}/"),
+                             groups=train_groups)
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)

@@ -201,6 +201,11 @@ class OutputMarkConfig(MethodConfig):
     logo_secret: str = "neuralmark-eval"
     logo_block: int = Field(8, ge=1)
     threshold: float = Field(0.95, gt=0, lt=1)
+    #: an input whose every channel has a standard deviation below this (at the working
+    #: size) is *unreadable*: a flat image has no spatial content that could carry δ, and
+    #: R's answer on one flat colour is one arbitrary point (measured: NC 0.99 on a clean
+    #: pure-red image), so verify says "unreadable" instead of guessing
+    min_contrast: float = Field(1 / 255, ge=0)
     # networks
     model_width: int = Field(32, ge=1)
     model_depth: int = Field(4, ge=1)
@@ -225,6 +230,11 @@ class OutputMarkConfig(MethodConfig):
     lambda_wm: float = 1.0
     lambda_clean: float = 1.0
     lambda_cst: float = 1.0
+    #: share of each stage-1/2 batch given a random photometric jitter (channel
+    #: permutation, per-channel gain, brightness, contrast, gamma; the same draw for
+    #: an image's A, B, target and the B′ made from it), so the clean term sees
+    #: colours and tones the few training photos lack (see :func:`photometric_jitter`)
+    jitter: float = Field(0.5, ge=0, le=1)
     #: ablation switches (seed's Figures 5 and 6)
     clean_loss: bool = True
     consistency_loss: bool = True
@@ -234,6 +244,9 @@ class OutputMarkConfig(MethodConfig):
     surrogate: SurrogateSettings = SurrogateSettings()
     stage2_steps: int = Field(2000, ge=0)
     stage2_lr: float = Field(1e-4, gt=0)
+    #: stage 2 also trains the same surrogate on the *clean* pairs (A, M(A)) and adds its
+    #: outputs to R's clean term, so R learns the mark, not the surrogate's artefacts
+    stage2_clean_surrogate: bool = True
     # verification
     model_min_share: float = Field(0.5, gt=0, le=1)
     model_alpha: float = Field(1e-3, gt=0, lt=1)
@@ -374,6 +387,71 @@ def apply_net(net: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.
     if isinstance(net, nn.Module) and was:
         net.train()
     return torch.cat(out) if out else x[:0].clone()
+
+
+def photometric_jitter(images: Sequence[torch.Tensor], share: float, g: torch.Generator
+                       ) -> list[torch.Tensor]:
+    """One random photometric change per image index, applied alike to every tensor.
+
+    Each of the B images is changed with probability ``share``: channels
+    permuted, each channel scaled by a gain in [0.4, 1.6], then the whole
+    image's brightness scaled by [0.25, 1.2], its contrast around its mean by
+    [0.3, 1.3] and a gamma in [0.6, 1.7]; clamped to [0, 1]. The draw for image
+    i is the same in every tensor of ``images`` (A, B and target of a pair stay a
+    pair). Differentiable in the inputs.
+
+    Args:
+        images: tensors of shape B×3×S×S in [0, 1] (same B).
+        share: probability that an image is changed.
+        g: generator of the draws (CPU).
+
+    Returns:
+        The changed tensors, same shapes.
+    """
+    if share <= 0 or not images:
+        return list(images)
+    n = images[0].shape[0]
+    on = (torch.rand(n, generator=g) < share).float().view(n, 1, 1, 1)
+    perm = torch.stack([torch.randperm(3, generator=g) for _ in range(n)])          # n 3
+    gain = 0.4 + 1.2 * torch.rand(n, 3, 1, 1, generator=g)
+    bright = 0.25 + 0.95 * torch.rand(n, 1, 1, 1, generator=g)
+    contrast = 0.3 + torch.rand(n, 1, 1, 1, generator=g)
+    gamma = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.51, 0.53, generator=g))
+    out = []
+    for x in images:
+        dev = x.device
+        y = torch.stack([x[i, perm[i]] for i in range(n)]) * gain.to(dev) * bright.to(dev)
+        mean = y.mean(dim=(1, 2, 3), keepdim=True)
+        y = (mean + (y - mean) * contrast.to(dev)).clamp(1e-4, 1).pow(gamma.to(dev))
+        w = on.to(dev)
+        out.append(w * y.clamp(0, 1) + (1 - w) * x)
+    return out
+
+
+def group_split(groups: Sequence[Any], fraction: float, g: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split item indices in two parts, each group (all crops of a photo) in one part.
+
+    Groups are visited in a random order (``g``) and go to the second part
+    until it holds at least ``fraction`` of the items; the first part keeps at
+    least one group.
+
+    Returns:
+        ``(first, second)`` index tensors (ascending).
+    """
+    names = [str(x) for x in groups]
+    unique = list(dict.fromkeys(names))
+    order = [unique[i] for i in torch.randperm(len(unique), generator=g).tolist()]
+    target = len(names) * fraction
+    second: set[str] = set()
+    count = 0
+    for name in order[: max(1, len(order) - 1)]:
+        if count >= target:
+            break
+        second.add(name)
+        count += names.count(name)
+    flags = torch.tensor([x in second for x in names])
+    return torch.nonzero(~flags).flatten(), torch.nonzero(flags).flatten()
 
 
 def _batch(n: int, size: int, g: torch.Generator) -> torch.Tensor:
@@ -658,6 +736,7 @@ class OutputMark(WatermarkMethod):
         self.fingerprint = key_fingerprint(c.logo_secret)
         self.null_scores: list[float] = []
         self.calibration_sources: list[str] = []
+        self.train_groups: list[str] | None = None
         self.trained = False
         for m in self.modules().values():
             m.eval()
@@ -668,13 +747,16 @@ class OutputMark(WatermarkMethod):
 
     def extra_state(self) -> dict[str, Any]:
         return {"fingerprint": self.fingerprint, "null_scores": self.null_scores,
-                "calibration_sources": self.calibration_sources, "trained": self.trained}
+                "calibration_sources": self.calibration_sources, "trained": self.trained,
+                "train_groups": self.train_groups}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.fingerprint = state.get("fingerprint", self.fingerprint)
         self.null_scores = [float(v) for v in state.get("null_scores", [])]
         self.calibration_sources = list(state.get("calibration_sources", []))
         self.trained = bool(state.get("trained", False))
+        groups = state.get("train_groups")
+        self.train_groups = None if groups is None else [str(x) for x in groups]
 
     @property
     def logo(self) -> torch.Tensor:
@@ -730,6 +812,20 @@ class OutputMark(WatermarkMethod):
         ref, _ = self.reference_logo(key)
         return normalized_correlation(self.extract(images), ref[None])
 
+    def readable(self, images: torch.Tensor) -> torch.Tensor:
+        """Which of B×3×H×W images can carry δ at all: B bools.
+
+        False when every channel's standard deviation at the working size is
+        below ``config.min_contrast`` (a flat image; see the config field).
+        """
+        x = self._working(images.detach().cpu())
+        return x.flatten(2).std(dim=2).amax(dim=1) >= self.config.min_contrast
+
+    def hits(self, images: torch.Tensor, key: WatermarkKey) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(nc, hit)`` per image: hit = readable and NC > threshold (the seed's success)."""
+        ncs = self.nc(images, key)
+        return ncs, (ncs > self.config.threshold) & self.readable(images)
+
     # -- p-values ----------------------------------------------------------------
     def calibrate(self, clean: torch.Tensor, source: str = "clean",
                   key: WatermarkKey | None = None) -> list[float]:
@@ -744,6 +840,9 @@ class OutputMark(WatermarkMethod):
             The N new null scores.
         """
         ref = self.logo.cpu() if key is None else self.reference_logo(key)[0]
+        clean = clean[self.readable(clean).to(clean.device)]  # flat images are not scored
+        if clean.shape[0] == 0:
+            return []
         scores = normalized_correlation(self.extract(clean), ref[None]).tolist()
         self.null_scores = sorted(self.null_scores + scores)
         if len(self.null_scores) > self.config.calibration_max:
@@ -777,13 +876,20 @@ class OutputMark(WatermarkMethod):
         """One ``Verdict`` per image: NC of R's extraction with ``key``'s logo.
 
         ``detected`` iff NC > ``threshold``; ``p_value`` empirical (calibrated in fit).
+        A flat image (see :meth:`readable`) is ``unreadable``.
         """
         check_images(images, self.min_size)
         ref, own = self.reference_logo(key)
         ncs = normalized_correlation(self.extract(images), ref[None]).tolist()
+        ok = self.readable(images).tolist()
         t = self.config.threshold
         verdicts = []
-        for score in ncs:
+        for score, readable in zip(ncs, ok, strict=True):
+            if not readable:
+                verdicts.append(Verdict.unreadable(
+                    f"flat image (every channel's std < {self.config.min_contrast:.4g} at the "
+                    "working size): it cannot carry the logo"))
+                continue
             detected = score > t
             p, why = self.p_value(score)
             reason = f"NC {score:.4f} {'>' if detected else '≤'} threshold {t}"
@@ -841,6 +947,13 @@ class OutputMark(WatermarkMethod):
             ``extra`` = the evidence (per-image NC, mean, median, counts).
         """
         outs = torch.cat(self._outputs(model_or_outputs, inputs))
+        ok = self.readable(outs)
+        n_flat = int((~ok).sum())
+        if n_flat == outs.shape[0]:
+            return Verdict.unreadable(f"all {n_flat} outputs are flat images (every channel's "
+                                      f"std < {self.config.min_contrast:.4g}): none can carry "
+                                      "the logo")
+        outs = outs[ok.to(outs.device)]
         ref, own = self.reference_logo(key)
         ncs = normalized_correlation(self.extract(outs), ref[None])
         t, n = self.config.threshold, int(ncs.numel())
@@ -855,6 +968,8 @@ class OutputMark(WatermarkMethod):
                  f"{self.config.model_min_share}"
         reason += (f"; p={p:.3g} under a per-image clean rate of {fpr:.3g}" if p is not None
                    else "; p-value: no calibration (fit() or calibrate() has not run)")
+        if n_flat:
+            reason += f"; {n_flat} flat output(s) skipped (unreadable)"
         if not own:
             reason += "; the key is not the one this model was trained for"
         return Verdict(
@@ -863,6 +978,7 @@ class OutputMark(WatermarkMethod):
             extra={"success_rate": share, "n_outputs": n, "n_marked": k, "threshold": t,
                    "nc": [round(float(v), 5) for v in ncs], "nc_mean": float(ncs.mean()),
                    "nc_median": float(ncs.median()), "per_image_fpr": fpr,
+                   "n_unreadable": n_flat,
                    "key_matches": own})
 
     def marked_model(self) -> MarkedModel:
@@ -940,16 +1056,28 @@ class OutputMark(WatermarkMethod):
         return m_loss + emd + self.config.lambda_ext * ext + self._disc_loss(h_ref, b_prime)
 
     # -- training -----------------------------------------------------------------
+    def set_groups(self, groups: Sequence[Any] | None) -> None:
+        """Remember the source group of each training pair (e.g. its photo) for the split."""
+        self.train_groups = None if groups is None else [str(x) for x in groups]
+
     def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices of the H/R part and of the surrogate part of ``n`` training pairs.
 
         The seed's disjoint split (``surrogate_fraction`` to the surrogate),
         seeded by ``config.seed``; without stage 2 (or n < 2) both are everything.
+        With groups (:meth:`set_groups`: n of them, at least two distinct) whole
+        groups go to one part (:func:`group_split`), so the surrogate part holds
+        photos R never saw and the null NC scores calibrated on it are honest
+        for new photos (crops of one photo are near-duplicates to R).
         """
         g = torch.Generator().manual_seed(self.config.seed + 7)
-        perm = torch.randperm(n, generator=g)
         if not self.config.stage2 or n < 2:
+            perm = torch.randperm(n, generator=g)
             return perm, perm
+        groups = self.train_groups
+        if groups is not None and len(groups) == n and len(set(groups)) >= 2:
+            return group_split(groups, self.config.surrogate_fraction, g)
+        perm = torch.randperm(n, generator=g)
         k = min(n - 1, max(1, round(n * self.config.surrogate_fraction)))
         return perm[k:], perm[:k]
 
@@ -999,7 +1127,8 @@ class OutputMark(WatermarkMethod):
         metrics: dict[str, float] = {}
         for step in range(c.steps):
             idx = _batch(a.shape[0], c.batch_size, g)
-            xa, xb, xg = a[idx].to(dev), b[idx].to(dev), gt[idx].to(dev)
+            xa, xb, xg = photometric_jitter([a[idx].to(dev), b[idx].to(dev), gt[idx].to(dev)],
+                                            c.jitter, g)
             h_in, h_ref = (xa, xg) if c.task_specific else (xb, xb)
             clean = [xa, xg] if c.task_specific else [xa, xb, xg]
             b_prime = self.H(h_in)
@@ -1023,8 +1152,8 @@ class OutputMark(WatermarkMethod):
 
     def finetune_extractor(self, a: torch.Tensor, b: torch.Tensor, gt: torch.Tensor,
                            b_prime: torch.Tensor, b_second: torch.Tensor,
-                           callbacks: Callbacks | Sequence[Any] = (), step0: int = 0
-                           ) -> dict[str, float]:
+                           callbacks: Callbacks | Sequence[Any] = (), step0: int = 0,
+                           b_clean_second: torch.Tensor | None = None) -> dict[str, float]:
         """Stage 2: fine-tune R on the mix A, B, B′, B″ (H frozen).
 
         Args:
@@ -1034,6 +1163,8 @@ class OutputMark(WatermarkMethod):
             b_second: N×3×S×S surrogate outputs SM(a).
             callbacks: metrics/progress sinks.
             step0: offset of the reported step numbers.
+            b_clean_second: N×3×S×S outputs of the same surrogate trained on clean
+                pairs (``stage2_clean_surrogate``): extra clean images.
 
         Returns:
             The last reported metrics.
@@ -1047,9 +1178,16 @@ class OutputMark(WatermarkMethod):
         metrics: dict[str, float] = {}
         for step in range(c.stage2_steps):
             idx = _batch(a.shape[0], c.batch_size, g)
-            clean = [a[idx], gt[idx]] if c.task_specific else [a[idx], b[idx], gt[idx]]
-            loss, m = self._extract_loss([b_prime[idx].to(dev), b_second[idx].to(dev)],
-                                         [x.to(dev) for x in clean])
+            xa, xb, xg = (x[idx].to(dev) for x in (a, b, gt))
+            xp = b_prime[idx].to(dev)
+            if c.jitter > 0:  # jittered images and the B′ H makes of them (H is frozen)
+                xa, xb, xg = photometric_jitter([xa, xb, xg], c.jitter, g)
+                with torch.no_grad():
+                    xp = self.H(xa if c.task_specific else xb)
+            clean = [xa, xg] if c.task_specific else [xa, xb, xg]
+            if b_clean_second is not None:
+                clean.append(b_clean_second[idx].to(dev))
+            loss, m = self._extract_loss([xp, b_second[idx].to(dev)], clean)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -1060,6 +1198,27 @@ class OutputMark(WatermarkMethod):
                 cb.on_progress(step + 1, c.stage2_steps, "stage 2: fine-tune R")
         self.R.eval()
         return metrics
+
+    def clean_surrogate_outputs(self, a: torch.Tensor, b: torch.Tensor, sur: torch.Tensor,
+                                hr: torch.Tensor, callbacks: Callbacks | Sequence[Any] = ()
+                                ) -> torch.Tensor | None:
+        """Stage 2's clean counterpart of B″: the stage-2 surrogate trained on (A, M(A)).
+
+        Args:
+            a, b: N×3×S×S inputs and M's outputs.
+            sur, hr: the surrogate and H/R parts (:meth:`split_indices`).
+            callbacks: metrics/progress sinks.
+
+        Returns:
+            Its outputs on ``a[hr]`` (len(hr)×3×S×S), or ``None`` when
+            ``stage2_clean_surrogate`` is off.
+        """
+        c = self.config
+        if not c.stage2_clean_surrogate:
+            return None
+        sm = train_surrogate(a[sur], b[sur], config=c.surrogate.model_copy(
+            update={"seed": c.surrogate.seed + 1}), callbacks=callbacks)
+        return apply_net(sm, a[hr], c.eval_batch).clamp(0, 1)
 
     def quality(self, a: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
         """Table-1 numbers on held-out pairs (N×3×S×S): PSNR/SSIM of B′ vs B, NC, SR, clean NC."""
@@ -1072,12 +1231,14 @@ class OutputMark(WatermarkMethod):
         out = {"psnr_marked": float(psnr(bp, h_ref).clamp(max=100).mean()),
                "ssim_marked": float(ssim(bp, h_ref).mean()),
                "nc_marked": float(nc_marked.mean()),
-               "sr_marked": float((nc_marked > c.threshold).float().mean())}
+               "sr_marked": float(((nc_marked > c.threshold) & self.readable(bp))
+                                  .float().mean())}
         for name, x in (("A", a), ("B", b), ("target", gt)):
             ncs = extraction_nc(self.R, x, logo, c.eval_batch)
             out[f"nc_clean_{name}_mean"] = float(ncs.mean())
             out[f"nc_clean_{name}_max"] = float(ncs.max())
-            out[f"fpr_clean_{name}"] = float((ncs > c.threshold).float().mean())
+            out[f"fpr_clean_{name}"] = float(((ncs > c.threshold) & self.readable(x))
+                                             .float().mean())
         if c.task_specific:
             out["psnr_task_marked"] = float(psnr(bp, gt).clamp(max=100).mean())
             out["ssim_task_marked"] = float(ssim(bp, gt).mean())
@@ -1131,10 +1292,11 @@ class OutputMark(WatermarkMethod):
             sm = train_surrogate(a[sur], marked[sur], config=c.surrogate, callbacks=cb)
             b2 = apply_net(sm, a[hr], c.eval_batch)
             vb2 = apply_net(sm, va, c.eval_batch)
+            b2_clean = self.clean_surrogate_outputs(a, b, sur, hr, cb)
             logo = self.logo.cpu()
             before = extraction_nc(self.R, vb2, logo, c.eval_batch)
             self.finetune_extractor(a[hr], b[hr], gt[hr], marked[hr], b2, cb,
-                                    step0=c.model_steps + c.steps)
+                                    step0=c.model_steps + c.steps, b_clean_second=b2_clean)
             after = extraction_nc(self.R, vb2, logo, c.eval_batch)
             metrics.update({
                 "nc_surrogate_before": float(before.mean()),
@@ -1160,7 +1322,8 @@ class OutputMark(WatermarkMethod):
 
 __all__ = [
     "SURROGATE_LOSSES", "SURROGATE_LOSS_TERMS", "MarkedModel", "OutputMark", "OutputMarkConfig",
-    "SurrogateSettings", "extraction_nc", "key_logo", "load_logo", "parse_loss", "success_rate",
+    "SurrogateSettings", "extraction_nc", "group_split", "key_logo", "load_logo", "parse_loss",
+    "photometric_jitter", "success_rate",
     "surrogate_matrix_cells", "train_image_net", "train_protected_model", "train_surrogate",
 ]
 
