@@ -135,3 +135,23 @@ def test_protect_refuses_a_logo_that_is_not_an_image(runner, tmp_path):
     assert result.exit_code == 2 and "not an image" in result.output
     result = runner.invoke(app, ["protect", "--task", "denoise"])
     assert result.exit_code == 2 and "derain" in result.output
+
+
+def test_protect_task_specific_sets_the_variant(runner, monkeypatch):
+    """--task-specific reaches the pipeline as config.task_specific (run stubbed out here;
+    the real run is measured in the pipeline's docstring)."""
+    import pipelines.output_mark as pom
+
+    seen = {}
+
+    def fake_run(task, profile, config_path, overrides, callbacks=None):
+        seen.update(task=task, profile=profile, overrides=overrides)
+        return {"model_name": "neuralmark-output_mark", "summary": {}, "tables": "| t |"}
+
+    monkeypatch.setattr(pom, "run_output_mark", fake_run)
+    result = runner.invoke(app, ["protect", "--task", "debone", "--task-specific"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"task": "debone", "profile": "tiny",
+                    "overrides": {"config": {"task_specific": True}}}
+    runner.invoke(app, ["protect", "--task", "derain"])
+    assert seen["overrides"] == {}

@@ -286,6 +286,10 @@ def test_photometric_jitter_keeps_pairs_aligned_and_in_range():
     assert not torch.allclose(a, x) and not torch.allclose(c, x * 0.5)
     same = photometric_jitter([x], 0.0, g)[0]
     assert torch.equal(same, x)
+    gray = x[:, :1].expand(-1, 3, -1, -1)                 # without tint gray stays gray
+    out = photometric_jitter([gray], 1.0, g, tint=False)[0]
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+    assert not torch.allclose(out, gray)
 
 
 def test_group_split_keeps_every_group_on_one_side():
@@ -317,3 +321,15 @@ def test_flat_images_are_unreadable(trained):
     assert m.verify_model(flat, KEY).status == Status.UNREADABLE
     mixed = m.verify_model(torch.cat([flat, photo]), KEY)
     assert mixed.extra["n_unreadable"] == 2 and mixed.extra["n_outputs"] == 1
+
+
+def test_each_task_and_variant_registers_under_its_own_name():
+    """A debone model must not become the derain model's champion (measured: the debone
+    run, matrix mean 1.0, replaced the derain champion, 0.88, when both shared a name)."""
+    from pipelines.settings import model_name
+
+    names = {model_name("output_mark", build("output_mark", {**TINY, **kw}).config.variant)
+             for kw in ({}, {"task": "debone"}, {"task": "debone", "task_specific": True})}
+    assert names == {"neuralmark-output_mark", "neuralmark-output_mark-debone",
+                     "neuralmark-output_mark-debone-task_specific"}
+    assert build("output_mark", {**TINY, "task": "debone"}).config.jitter_tint is False
