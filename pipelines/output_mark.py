@@ -45,6 +45,23 @@ only (the seed's †) → with stage 2:
   ≈ 42 dB (RMS 0.008), below the surrogates' own error (31–38 dB to B′); a
   surrogate copies 8–65% of it, enough for a fine-tuned R, not for stage-1 R.
   CNet copies least (8–25%) and stays unread.
+* ``--task debone`` (registered as ``neuralmark-output_mark-debone``; targets are
+  the classical rib-suppression approximation): 5 min 36 s uncached. B′ at
+  31.3 dB / SSIM 0.994, read 100%; every cell 98–100% already with stage-1 R,
+  100% with stage 2 (no † contrast: the mark is 13 dB stronger than derain's
+  and every surrogate copies it, NC 0.990–0.998); spread spectrum 0–16%;
+  clean and independent outputs 0% flagged; gate passed.
+* ``--task debone --task-specific`` (``…-debone-task_specific``; H is the
+  marked model): 4 min 1 s (ablations cached). H 32.2 dB / SSIM 0.988 against
+  the targets, the plain M 49.4 dB / 0.998 (the approximate targets are close
+  to the inputs, so the plain M is near-identity; the mark costs 17 dB).
+  Stage-1 R flags 70% of clean outputs (NC 0.94), so its matrix rates (mean
+  90%) are not evidence; stage 2 (with the clean counterpart) brings clean
+  and independent outputs to 0% and the matrix to 77% (UNet cells 91–100%,
+  CNet 25%, Res9 64%, Res16 31%); gate passed.
+* ZenML's cache key covers a step's code and inputs, not ``components/``: after
+  a component change, cached ablation rows can come from the older code (the
+  debone ablation rows above come from the first debone run).
 * An earlier 64² profile (600 steps) needed ≈ 45 min for the whole matrix here.
 
 The gate reads ``psnr`` (Table 1, B′ vs B), ``detection_rate_mean_attacked``

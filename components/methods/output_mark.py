@@ -52,7 +52,7 @@ Choices where the seed is vague (written down here, as promised):
   (same draw for A, B, target and the B′ made of them): R must not read tone or
   colour as the mark. No tint for debone (``jitter_tint``): on gray radiographs
   it made stage 1 collapse to an unmarked H (B′ 55 dB, NC on B′ 0.76 = on clean
-  B, every cell 0%); without it debone trains (below).
+  B, every cell 0%); without it debone trains (``pipelines/output_mark.py``).
 * **Registered name** (``variant``): ``neuralmark-output_mark`` is derain;
   debone and the task-specific variant register as
   ``neuralmark-output_mark-debone[-task_specific]``, each with its own
