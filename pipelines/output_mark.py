@@ -59,9 +59,10 @@ only (the seed's †) → with stage 2:
   90%) are not evidence; stage 2 (with the clean counterpart) brings clean
   and independent outputs to 0% and the matrix to 77% (UNet cells 91–100%,
   CNet 25%, Res9 64%, Res16 31%); gate passed.
-* ZenML's cache key covers a step's code and inputs, not ``components/``: after
-  a component change, cached ablation rows can come from the older code (the
-  debone ablation rows above come from the first debone run).
+* ZenML's cache key covers a step's code and inputs, not ``components/``: the
+  debone ablation rows above came from the first debone run's (older) code.
+  Since then the cached steps also take ``code_digest`` (``components_digest()``),
+  so any change under ``components/`` retrains them.
 * An earlier 64² profile (600 steps) needed ≈ 45 min for the whole matrix here.
 
 The gate reads ``psnr`` (Table 1, B′ vs B), ``detection_rate_mean_attacked``
@@ -73,6 +74,7 @@ max_fpr: 0.01, primary_metric: detection_rate_mean_attacked}``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -172,6 +174,21 @@ class MatrixSettings(BaseModel):
         return matrix_cells(self.cells)
 
 
+def components_digest() -> str:
+    """SHA-256 of every ``components/**/*.py`` (path and bytes), in path order.
+
+    Passed to the cached steps as ``code_digest``: ZenML's cache key covers a
+    step's own source and its inputs, not the library code it calls, so without
+    it a change in ``components/`` (e.g. the ablation's training loop) left
+    cached cells returning results of the old code (seen on debone).
+    """
+    root = Path(__file__).resolve().parents[1] / "components"
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def matrix_settings(values: Mapping[str, Any] | None) -> MatrixSettings:
     """Validate the ``matrix`` parameter; a typo is an ``InputError`` naming the field."""
     try:
@@ -261,19 +278,21 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
         deep_merge(cfg["surrogate"], m.surrogate)).model_dump(mode="json")
     ablation_cfg = build_config(METHOD, deep_merge(cfg, m.ablation_config)).model_dump(
         mode="json", exclude={"method"})
+    digest = components_digest()
     deep, base = [], []
     for arch, loss in cells:
         label = cell_name(arch, loss)
         deep.append(train_surrogate_cell(att_a, att_b, query, arch=arch, loss=loss,
-                                         settings=schedule, id=label))
+                                         settings=schedule, code_digest=digest, id=label))
         if m.baseline:
             base.append(train_surrogate_cell(att_a, ss_targets, query, arch=arch, loss=loss,
-                                             settings=schedule,
+                                             settings=schedule, code_digest=digest,
                                              id=label.replace("surrogate_", "baseline_", 1)))
     ablations = [train_ablation(train_a, train_b, test_a, test_b, groups, name=name,
-                                config=ablation_cfg,
-                                evaluation=ev, id=f"ablation_{name}") for name in m.ablations]
-    independent = (train_independent_model(train_a, train_b, query, config=cfg)
+                                config=ablation_cfg, evaluation=ev, code_digest=digest,
+                                id=f"ablation_{name}") for name in m.ablations]
+    independent = (train_independent_model(train_a, train_b, query, config=cfg,
+                                           code_digest=digest)
                    if m.false_positives else None)
     report = evaluate_output_mark(stage1, stage2, ss, test_a, test_b,
                                   cells=[list(c) for c in cells], deep_outputs=deep,

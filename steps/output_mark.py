@@ -163,10 +163,13 @@ def baseline_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)
 def train_surrogate_cell(attack_inputs: torch.Tensor, attack_targets: torch.Tensor,
                          query_inputs: torch.Tensor, arch: str, loss: str,
-                         settings: dict[str, Any]) -> Annotated[torch.Tensor, "surrogate_outputs"]:
+                         settings: dict[str, Any], code_digest: str = ""
+                         ) -> Annotated[torch.Tensor, "surrogate_outputs"]:
     """One matrix cell: train SM(arch, loss) on the attacker's pairs; its outputs on test.
 
-    Cached: a rerun with the same pairs and settings never retrains the cell.
+    Cached: a rerun with the same pairs, settings and ``code_digest`` (the
+    pipeline's ``components_digest()``: only part of the cache key) never
+    retrains the cell.
 
     Returns:
         T×3×S×S surrogate outputs on ``query_inputs``.
@@ -182,9 +185,10 @@ def train_surrogate_cell(attack_inputs: torch.Tensor, attack_targets: torch.Tens
 def train_ablation(train_inputs: torch.Tensor, train_targets: torch.Tensor,
                    test_inputs: torch.Tensor, test_targets: torch.Tensor,
                    train_groups: list[str], name: str,
-                   config: dict[str, Any], evaluation: dict[str, Any]
+                   config: dict[str, Any], evaluation: dict[str, Any], code_digest: str = ""
                    ) -> Annotated[list[dict[str, Any]], "ablation_rows"]:
-    """Stage 1 without the clean or the consistency loss, measured (cached).
+    """Stage 1 without the clean or the consistency loss, measured (cached; ``code_digest``
+    is only part of the cache key).
 
     Returns:
         ``surrogate_matrix.ablation_rows``.
@@ -196,9 +200,11 @@ def train_ablation(train_inputs: torch.Tensor, train_targets: torch.Tensor,
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)
 def train_independent_model(train_inputs: torch.Tensor, train_targets: torch.Tensor,
-                            query_inputs: torch.Tensor, config: dict[str, Any]
+                            query_inputs: torch.Tensor, config: dict[str, Any],
+                            code_digest: str = ""
                             ) -> Annotated[torch.Tensor, "independent_outputs"]:
-    """A plain model of the task, another seed, never saw B′: its test outputs (cached)."""
+    """A plain model of the task, another seed, never saw B′: its test outputs (cached;
+    ``code_digest`` is only part of the cache key)."""
     cfg = build("output_mark", config).config
     return smx.independent_model_outputs((train_inputs, train_targets), query_inputs, cfg,
                                          callbacks=_callbacks("independent/"))

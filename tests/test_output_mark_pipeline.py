@@ -105,6 +105,13 @@ def test_surrogate_cells_train_on_marked_pairs_and_are_cached_on_rerun(runs) -> 
     cell = run.steps["surrogate_unet_l2"]
     assert str(cell.status) == "completed"
     assert cell.config.parameters["arch"] == "unet" and cell.config.parameters["loss"] == "l2"
+    # the library code is part of the cache key: a change under components/ retrains cells
+    from pipelines.output_mark import components_digest
+
+    digest = components_digest()
+    assert len(digest) == 64 and digest == components_digest()
+    for name in ("surrogate_unet_l2", "ablation_no_clean_loss", "train_independent_model"):
+        assert run.steps[name].config.parameters["code_digest"] == digest
     inputs = cell.inputs["attack_inputs"][0].load()
     targets = cell.inputs["attack_targets"][0].load()
     stage1 = run.steps["train_marking"].outputs["stage1_method"][0].load()
