@@ -172,6 +172,45 @@ def test_abstention_is_never_a_confident_verdict(trained, photo):
     assert any("abstained" in v.reason for v in verdicts), [v.reason for v in verdicts]
 
 
+def test_jnd_terms_cost_more_for_a_band_than_for_spread_texture():
+    """Equal stamp energy: a smooth band near one edge (what the shipped encoder learned)
+    costs more under the low-frequency and peak terms than fine noise spread over the
+    image; texture masking makes a stamp on a flat image cost more than on a textured one."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((1, 3, 64, 64), 0.5)
+    band = torch.zeros_like(x)
+    band[..., 4:12] = 0.08
+    spread = torch.randn(x.shape, generator=g)
+    spread = spread * band.pow(2).mean().sqrt() / spread.pow(2).mean().sqrt()
+    m = smoke(lowfreq_weight=1.0, peak_weight=1.0)
+    costs = {}
+    for name, r in (("band", band), ("spread", spread)):
+        mse = r.pow(2).mean()
+        _, metrics = m._image_loss(x + r, x, mse, torch.tensor(0.0))
+        costs[name] = metrics
+    assert costs["band"]["lowfreq_mse"] > 10 * costs["spread"]["lowfreq_mse"]
+    assert costs["band"]["local_energy_rms"] > 2 * costs["spread"]["local_energy_rms"]
+
+    masked = smoke(texture_masking=1.0)
+    textured = torch.rand(1, 3, 64, 64, generator=g) * 0.6 + 0.2
+    flat = torch.full_like(textured, 0.5) + 0.01 * torch.rand(1, 3, 64, 64, generator=g)
+    r = 0.02 * torch.randn(x.shape, generator=g)
+    mse = r.pow(2).mean()
+    on_flat = masked._image_loss(flat + r, flat, mse, torch.tensor(0.0))[1]["masked_mse"]
+    on_tex = masked._image_loss(textured + r, textured, mse, torch.tensor(0.0))[1]["masked_mse"]
+    assert on_flat == pytest.approx(float(mse), rel=0.2)  # flat everywhere: weights ~1
+    assert on_tex == pytest.approx(float(mse), rel=0.2)   # textured everywhere: weights ~1
+    half = flat.clone()                    # left half flat, right half textured
+    half[..., 32:] = textured[..., 32:]
+    r_flat, r_tex = torch.zeros_like(r), torch.zeros_like(r)
+    r_flat[..., :32] = r[..., :32]         # the same stamp energy on either half
+    r_tex[..., 32:] = r[..., 32:]
+    cost_flat, cost_tex = (
+        masked._image_loss(half + d, half, d.pow(2).mean(), torch.tensor(0.0))[1]["masked_mse"]
+        for d in (r_flat, r_tex))
+    assert cost_flat > 3 * cost_tex
+
+
 def test_uncalibrated_model_never_detects(photo):
     m = smoke()
     v = m.verify(_images(photo, 1, 40), WatermarkKey("k"))[0]
