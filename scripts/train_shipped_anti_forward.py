@@ -105,7 +105,9 @@ def recalibrate(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     bundle = args.out / "final"
-    method = load_bundle(bundle).with_config(calibration_scores=args.calibration_scores)
+    method = load_bundle(bundle)
+    old = dict(method.calibration)  # training facts to carry over
+    method = method.with_config(calibration_scores=args.calibration_scores)
     recipe_rows = read_manifest(build_sample_dataset(args.data_root, DATA))
     seen = {r.sha256 for r in recipe_rows if r.split in ("train", "test")}
     root = Path(build_sample_dataset(args.calibration_root, CALIBRATION_DATA)).parent
@@ -116,7 +118,6 @@ def recalibrate(args: argparse.Namespace) -> None:
     cal = method.calibrate(clean, torch.Generator().manual_seed(9),
                            source=f"val split of {CALIBRATION_DATA.model_dump_json()} minus "
                                   "the recipe's train/test images")
-    old = load_bundle(bundle).calibration
     for key in ("train_images", "wall_seconds", "threads", "fit_seconds", "fit_steps"):
         if key in old:
             cal[key] = old[key]

@@ -884,7 +884,11 @@ class OutputMark(WatermarkMethod):
     def hits(self, images: torch.Tensor, key: WatermarkKey) -> tuple[torch.Tensor, torch.Tensor]:
         """``(nc, hit)`` per image: hit = readable and NC > threshold (the seed's success)."""
         ncs = self.nc(images, key)
-        return ncs, (ncs > self.config.threshold) & self.readable(images)
+        return ncs, self._hit(ncs, images)
+
+    def _hit(self, ncs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """B bools: NC above the threshold on a readable image (the seed's success)."""
+        return (ncs > self.config.threshold) & self.readable(images)
 
     # -- p-values ----------------------------------------------------------------
     def calibrate(self, clean: torch.Tensor, source: str = "clean",
@@ -1291,14 +1295,12 @@ class OutputMark(WatermarkMethod):
         out = {"psnr_marked": float(psnr(bp, h_ref).clamp(max=100).mean()),
                "ssim_marked": float(ssim(bp, h_ref).mean()),
                "nc_marked": float(nc_marked.mean()),
-               "sr_marked": float(((nc_marked > c.threshold) & self.readable(bp))
-                                  .float().mean())}
+               "sr_marked": float(self._hit(nc_marked, bp).float().mean())}
         for name, x in (("A", a), ("B", b), ("target", gt)):
             ncs = extraction_nc(self.R, x, logo, c.eval_batch)
             out[f"nc_clean_{name}_mean"] = float(ncs.mean())
             out[f"nc_clean_{name}_max"] = float(ncs.max())
-            out[f"fpr_clean_{name}"] = float(((ncs > c.threshold) & self.readable(x))
-                                             .float().mean())
+            out[f"fpr_clean_{name}"] = float(self._hit(ncs, x).float().mean())
         if c.task_specific:
             out["psnr_task_marked"] = float(psnr(bp, gt).clamp(max=100).mean())
             out["ssim_task_marked"] = float(ssim(bp, gt).mean())
