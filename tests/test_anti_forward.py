@@ -211,6 +211,60 @@ def test_jnd_terms_cost_more_for_a_band_than_for_spread_texture():
     assert cost_flat > 3 * cost_tex
 
 
+def test_highpassed_stamp_has_no_band_or_cast():
+    """With ``residual_highpass`` the encoder cannot put a smooth band or a colour cast
+    into the stamp: even an encoder whose raw output is one (a constant plus a band) gives
+    a residual with (almost) no local mean, and it stays within ±strength."""
+    m = smoke(residual_highpass=3.0, strength=0.1)
+    x = torch.full((2, 3, 64, 64), 0.5)
+
+    class Band(torch.nn.Module):
+        def forward(self, xw, bits):
+            out = torch.full_like(xw, 0.6)        # a cast
+            out[..., 4:12] = 1.0                  # and a band near the left edge
+            return out
+
+    m.encoder = Band()
+    r = m._residual(x, None)
+    assert r.abs().max() <= 0.1 + 1e-6
+    assert r.mean().abs() < 1e-3                              # no cast
+    assert r[..., 24:40, 24:40].abs().max() < 1e-4            # flat raw output: nothing there
+    plain = smoke(strength=0.1)
+    plain.encoder = Band()
+    assert plain._residual(x, None).mean() > 0.05             # without it: the cast stays
+
+
+def test_even_stamp_energy_spreads_a_band_and_follows_texture():
+    """``residual_window``: an encoder that puts nearly all its energy into a band gets
+    a stamp whose local energy is even over the image (same total); with
+    ``residual_masking`` 1 the energy moves to the textured half of the image."""
+    g = torch.Generator().manual_seed(0)
+
+    class Band(torch.nn.Module):
+        def forward(self, xw, bits):
+            out = 0.01 * torch.randn(xw.shape, generator=g)
+            out[..., 4:12] += 0.5 * torch.randn(out[..., 4:12].shape, generator=g)
+            return out
+
+    def local_rms(r, cols):
+        return float(r[..., cols].pow(2).mean().sqrt())
+
+    x = torch.full((1, 3, 64, 64), 0.5)
+    plain, even = smoke(strength=0.1), smoke(strength=0.1, residual_window=9)
+    plain.encoder = even.encoder = Band()
+    r_plain, r_even = plain._residual(x, None), even._residual(x, None)
+    assert local_rms(r_plain, slice(4, 12)) > 20 * local_rms(r_plain, slice(30, 50))
+    assert local_rms(r_even, slice(4, 12)) < 1.5 * local_rms(r_even, slice(30, 50))
+    assert local_rms(r_even, slice(0, 64)) == pytest.approx(local_rms(r_plain, slice(0, 64)),
+                                                            rel=0.1)
+    half = x.clone()
+    half[..., 32:] = torch.rand(1, 3, 64, 32, generator=g)   # right half textured
+    masked = smoke(strength=0.1, residual_window=9, residual_masking=1.0)
+    masked.encoder = Band()
+    r = masked._residual(half, None)
+    assert local_rms(r, slice(40, 60)) > 3 * local_rms(r, slice(14, 28))
+
+
 def test_uncalibrated_model_never_detects(photo):
     m = smoke()
     v = m.verify(_images(photo, 1, 40), WatermarkKey("k"))[0]
