@@ -238,26 +238,19 @@ def strength_sweep(fast, clean: torch.Tensor, key, strengths: list[float],
                    tpr_views: int, seed: int) -> list[dict]:
     """Invisibility against detection when only the stamping strength changes (the
     scanner and its calibration stay): the deploy-time knob, measured with the fast rule."""
-    from components.attacks.registry import BENCHMARK_SUITE
-    from components.attacks.stochastic import StochasticAugmentation
-    from components.evaluation import embed_all, run_suite, summarize
+    from components.evaluation import embed_all
 
-    chain = StochasticAugmentation(fast.config.aug, 1.0)
     rows = []
     for strength in strengths:
         m = fast.with_config(strength=strength)
         with torch.no_grad():
             marked = embed_all(m, clean, key, 16)
-            g = torch.Generator().manual_seed(seed)
-            chain_tp = sum(sum(v.detected for v in m.verify(chain(marked, g)))
-                           for _ in range(tpr_views))
-        summary = summarize(run_suite(m, clean, key, BENCHMARK_SUITE, watermarked=marked,
-                                      batch_size=16, seed=0))
+        measured = measure_rule(m, clean, marked, key, 0, tpr_views, seed)  # no clean views
+        summary = measured["summary"]
         rates = [v for k, v in summary.items() if k.startswith("detection_rate/")]
         rows.append({"strength": strength, "psnr": summary["psnr"], "ssim": summary["ssim"],
                      "none": summary["detection_rate/none"], "suite": sum(rates) / len(rates),
-                     "chain": chain_tp / (tpr_views * clean.shape[0]),
-                     **stamp_shape(clean, marked)})
+                     "chain": measured["chain_tpr"], **stamp_shape(clean, marked)})
         print("strength", rows[-1], flush=True)
     return rows
 

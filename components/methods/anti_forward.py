@@ -247,13 +247,24 @@ def _ramp(step: int, start: int, end: int) -> float:
     return min(1.0, (step - start) / (end - start))
 
 
+def _blur(x: torch.Tensor, sigma: float, border: str) -> torch.Tensor:
+    """Gaussian blur of σ px (kernel 2·⌈3σ⌉ + 1), same shape."""
+    k = 2 * math.ceil(3 * sigma) + 1
+    return kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type=border)
+
+
+def _local_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over ``window``² neighbourhoods (edges: over the pixels inside), same shape."""
+    out = F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
+    return out[..., :x.shape[-2], :x.shape[-1]]
+
+
 def _texture_weight(xw: torch.Tensor, mix: float, power: float) -> torch.Tensor:
     """B×1×S×S weights ``(1 − mix) + mix·m``, ``m ∝ (local luma std + 0.02)^power`` with
     mean 1 per image (std over 7×7 windows; no gradient): power −1 weighs a loss towards
     flat regions, power > 0 scales a stamp up where texture hides it."""
     gray = xw.detach().mean(dim=1, keepdim=True)
-    mu = F.avg_pool2d(gray, 7, stride=1, padding=3, count_include_pad=False)
-    var = F.avg_pool2d(gray * gray, 7, stride=1, padding=3, count_include_pad=False)
+    mu, var = _local_mean(gray, 7), _local_mean(gray * gray, 7)
     m = ((var - mu * mu).clamp_min(0).sqrt() + 0.02).pow(power)
     return (1 - mix) + mix * m / m.mean(dim=(2, 3), keepdim=True)
 
@@ -328,15 +339,10 @@ class AntiForward(WatermarkMethod):
         c = self.config
         t = self.encoder(xw, bits)
         if c.residual_highpass > 0:
-            sigma = c.residual_highpass
-            k = 2 * math.ceil(3 * sigma) + 1
-            t = t - kornia.filters.gaussian_blur2d(t, (k, k), (sigma, sigma),
-                                                   border_type="reflect")
+            t = t - _blur(t, c.residual_highpass, "reflect")
         if c.residual_window > 0:
             energy = t.pow(2).mean(dim=1, keepdim=True)                          # b 1 s s
-            local = F.avg_pool2d(energy, c.residual_window, stride=1,
-                                 padding=c.residual_window // 2, count_include_pad=False)
-            local = local[..., :t.shape[-2], :t.shape[-1]]
+            local = _local_mean(energy, c.residual_window)
             overall = energy.mean(dim=(2, 3), keepdim=True)
             # relative floor: a region the encoder left (almost) empty gains at most 100×
             t = t * (overall / (local + 1e-4 * overall + 1e-12)).sqrt()
@@ -609,14 +615,11 @@ class AntiForward(WatermarkMethod):
             metrics["masked_mse"] = float(masked.detach())
         loss = c.mse_weight * masked + c.ssim_weight * ssim_l
         if c.lowfreq_weight > 0:
-            k = 2 * math.ceil(3 * c.lowfreq_sigma) + 1
-            low = kornia.filters.gaussian_blur2d(r, (k, k), (c.lowfreq_sigma, c.lowfreq_sigma),
-                                                 border_type="replicate").pow(2).mean()
+            low = _blur(r, c.lowfreq_sigma, "replicate").pow(2).mean()
             loss = loss + c.lowfreq_weight * low
             metrics["lowfreq_mse"] = float(low.detach())
         if c.peak_weight > 0:
-            local = F.avg_pool2d(r.pow(2).mean(dim=1, keepdim=True), 9, stride=1, padding=4,
-                                 count_include_pad=False)                 # b 1 s s
+            local = _local_mean(r.pow(2).mean(dim=1, keepdim=True), 9)    # b 1 s s
             peak = local.pow(2).mean().clamp_min(1e-20).sqrt()           # = mean for an even stamp
             loss = loss + c.peak_weight * peak
             metrics["local_energy_rms"] = float(peak.detach())
