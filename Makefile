@@ -27,16 +27,16 @@ test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: venv
-	$(BIN)/ruff check components steps pipelines tests scripts
+	$(BIN)/ruff check components integrations runtime steps pipelines cli tests scripts setup.py
 
 stack: venv
-	$(BIN)/python -m pipelines.stack
+	$(BIN)/python -m neuralmark.runtime.stack
 
 data: venv
 	$(BIN)/neuralmark data sample
 
 demo: venv
-	$(BIN)/python -m pipelines.stack
+	$(BIN)/python -m neuralmark.runtime.stack
 	$(BIN)/neuralmark train $(METHOD) --profile $(PROFILE)
 
 bench: venv

@@ -18,7 +18,7 @@ the smoothed one keeps most of its detections).
 ``certified_rows`` gives certified accuracy against the L2 radius (stamped
 images labelled 1, clean images 0).
 
-Rows have the columns of ``components.evaluation`` (``method, attack,
+Rows have the columns of ``neuralmark.components.evaluation`` (``method, attack,
 strength, label, metric, value, n``), so ``summarize`` flattens them to
 MLflow names such as ``attack_success_rate/apgd_linf_8`` and
 ``certified_accuracy/certified_l2_0.5``, and ``rows_to_csv`` writes them.
@@ -54,7 +54,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from components.attacks.adversarial import (
+from neuralmark.components.attacks.adversarial import (
     ATTACK_NAMES,
     STAMPED,
     GaussianNoise,
@@ -65,9 +65,9 @@ from components.attacks.adversarial import (
     goal_labels,
     square,
 )
-from components.evaluation import Row, _batches, _method_name, _report
-from components.methods.base import resize_square
-from components.smoothing import Certificate, certified_accuracy
+from neuralmark.components.evaluation import Row, _batches, _method_name, _report
+from neuralmark.components.methods.base import resize_square
+from neuralmark.components.smoothing import Certificate, certified_accuracy
 
 
 class Scanner(Protocol):
@@ -370,7 +370,7 @@ def certified_rows(method: Scanner, stamped: torch.Tensor, clean: torch.Tensor |
     radius r when ``method.certify`` does not abstain, its label is right and
     its certified radius is at least r (``smoothing.certified_accuracy``).
     Radii are in the space where the method adds its noise (see
-    ``components.smoothing``).
+    ``neuralmark.components.smoothing``).
 
     Rows: per radius (attack ``certified_l2``, strength r, label
     ``certified_l2_<r>``) ``certified_accuracy`` over all images,

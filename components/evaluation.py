@@ -37,10 +37,16 @@ from typing import Any
 
 import torch
 
-from components.attacks.registry import Suite, build_attack, canonical_name, label
-from components.methods.base import InputError, Status, Verdict, WatermarkKey, WatermarkMethod
-from components.metrics import psnr, ssim
-from components.stats import clopper_pearson
+from neuralmark.components.attacks.registry import Suite, build_attack, canonical_name, label
+from neuralmark.components.methods.base import (
+    InputError,
+    Status,
+    Verdict,
+    WatermarkKey,
+    WatermarkMethod,
+)
+from neuralmark.components.metrics import psnr, ssim
+from neuralmark.components.stats import clopper_pearson
 
 COLUMNS = ("method", "attack", "strength", "label", "metric", "value", "n")
 Row = dict[str, Any]

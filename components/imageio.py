@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from components.methods.base import InputError, check_images
+from neuralmark.components.methods.base import InputError, check_images
 
 #: extensions ``iter_images`` picks up (lower case, with the dot)
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import bchlib
 import numpy as np
 
-from components.methods.base import InputError, WatermarkKey
-from components.stats import binomial_sf
+from neuralmark.components.methods.base import InputError, WatermarkKey
+from neuralmark.components.stats import binomial_sf
 
 
 def key_mask(secret: str, n_bits: int, domain: str = "neuralmark/pgd_signer") -> np.ndarray:

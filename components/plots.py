@@ -16,7 +16,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from components.metrics import psnr
+from neuralmark.components.metrics import psnr
 
 _RATE_METRICS = {"bit_accuracy", "detection_rate", "false_positive_rate", "unreadable_rate",
                  "p_value_median", "ssim"}

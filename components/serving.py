@@ -13,7 +13,7 @@ decoding) while the previous batch is being scored. A file that cannot be read
 gets an ``unreadable`` verdict naming the problem; it never stops the batch.
 
 Example:
-    >>> from components.methods.registry import load_bundle
+    >>> from neuralmark.components.methods.registry import load_bundle
     >>> scanner = BatchVerifier(load_bundle("components/pretrained/anti_forward"))
     >>> for path, verdict in scanner.verify_files(paths):   # doctest: +SKIP
     ...     print(path, verdict.status, verdict.score)
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from components.imageio import load_image
-from components.methods.base import (
+from neuralmark.components.imageio import load_image
+from neuralmark.components.methods.base import (
     InputError,
     Verdict,
     WatermarkKey,

@@ -12,7 +12,7 @@ at level ``alpha`` always abstains.
 
 Own code: no maintained PyPI package implements Cohen's procedure on plain
 callables (the authors' repo is not packaged); it is a few lines over
-``components.stats``.
+``neuralmark.components.stats``.
 
 Noise is added in the classifier's input space: callers that resize images
 first (e.g. the anti-forwarding scanner at its working size) certify a radius
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from components.stats import binomial_sf, one_sided_lower
+from neuralmark.components.stats import binomial_sf, one_sided_lower
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]  # B×C×H×W → B×K logits
 

@@ -92,3 +92,18 @@ def one_sided_lower(successes: int, trials: int, confidence: float) -> float:
     if successes == 0:
         return 0.0
     return _beta_ppf(1 - confidence, successes, trials - successes + 1)
+
+
+def empirical_p_value(exceed: int, n: int) -> float:
+    """``(1 + exceed) / (n + 1)``: the p-value of a score against ``n`` null scores.
+
+    ``exceed`` null scores were at least as high as the observed one. Valid (never below
+    the true p-value) when the observed score and the null ones are exchangeable under the
+    null, e.g. clean images drawn like the calibration ones; its floor is ``1 / (n + 1)``.
+
+    Raises:
+        ValueError: ``n`` or ``exceed`` negative, or ``exceed > n``.
+    """
+    if n < 0 or not 0 <= exceed <= n:
+        raise ValueError(f"need 0 <= exceed <= n, got exceed={exceed}, n={n}")
+    return (1 + exceed) / (n + 1)

@@ -13,9 +13,9 @@ This module is the library behind ``pipelines/output_mark.py``; steps call one
 function each and no training loop, loss or metric lives in a step:
 
 * :func:`build_pairs` — (A, B) from clean images: derain synthesises rain per
-  image (``components.data.rain``, one seed per item); debone turns each image
+  image (``neuralmark.components.data.rain``, one seed per item); debone turns each image
   into a gray "radiograph" A and suppresses rib-scale stripes for B with the
-  *classical approximation* of ``components.data.bone_suppression`` (not the
+  *classical approximation* of ``neuralmark.components.data.bone_suppression`` (not the
   seed's CNN; every report says so through :func:`target_kind`).
   :func:`load_prepared_pairs` reads the A/B pairs of a prepared paired dataset
   (``voc_derain``, ``chestxray8``) instead.
@@ -29,7 +29,7 @@ function each and no training loop, loss or metric lives in a step:
 * :func:`attack_cell` — train one surrogate, return its outputs on test inputs.
 * :func:`score_outputs`, :func:`cell_rows`, :func:`matrix_table`,
   :func:`matrix_heatmap` — per-output scores, tidy rows (the
-  ``components.evaluation`` row format plus ``stage``), a Markdown table and a
+  ``neuralmark.components.evaluation`` row format plus ``stage``), a Markdown table and a
   heatmap.
 * :func:`ablation_rows` (no clean loss, no consistency loss) and
   :func:`independent_model_outputs` / :func:`false_positive_rows` (a plain model
@@ -54,12 +54,18 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from components.data.bone_suppression import TARGET_KIND as DEBONE_TARGET_KIND
-from components.data.bone_suppression import suppress_ribs
-from components.data.manifest import load_image
-from components.data.rain import REFERENCE_SIZE, add_rain, item_seed, sample_rain_params
-from components.methods.base import Callbacks, InputError, WatermarkKey, check_images, resize_square
-from components.methods.output_mark import (
+from neuralmark.components.data.bone_suppression import TARGET_KIND as DEBONE_TARGET_KIND
+from neuralmark.components.data.bone_suppression import suppress_ribs
+from neuralmark.components.data.manifest import load_image
+from neuralmark.components.data.rain import REFERENCE_SIZE, add_rain, item_seed, sample_rain_params
+from neuralmark.components.methods.base import (
+    Callbacks,
+    InputError,
+    WatermarkKey,
+    check_images,
+    resize_square,
+)
+from neuralmark.components.methods.output_mark import (
     OutputMark,
     OutputMarkConfig,
     SurrogateSettings,
@@ -70,13 +76,13 @@ from components.methods.output_mark import (
     train_protected_model,
     train_surrogate,
 )
-from components.methods.registry import build
-from components.methods.spread_spectrum import SpreadSpectrum
+from neuralmark.components.methods.registry import build
+from neuralmark.components.methods.spread_spectrum import SpreadSpectrum
 
 TASKS: tuple[str, ...] = ("derain", "debone")
 #: the extractor / mark a matrix row is scored with
 STAGES: tuple[str, ...] = ("stage1", "stage2", "spread_spectrum")
-#: ``components.evaluation.COLUMNS`` plus the stage
+#: ``neuralmark.components.evaluation.COLUMNS`` plus the stage
 ROW_COLUMNS: tuple[str, ...] = ("method", "attack", "strength", "label", "metric", "value", "n",
                                 "stage")
 #: what a derain target is (the clean photo) vs a debone target (classical approximation)
@@ -169,7 +175,7 @@ def load_prepared_pairs(manifest: str | Path, split: str, size: int | None = Non
 
     Prepared paired recipes (``voc_derain``, ``chestxray8``) write one manifest
     row per file with a ``domain`` (``A``/``B``) and a ``pair`` id
-    (``components.data.prepare``); a pair is used when both files are listed.
+    (``neuralmark.components.data.prepare``); a pair is used when both files are listed.
 
     Args:
         manifest: the prepared dataset's ``manifest.csv``.
@@ -420,7 +426,7 @@ def cell_rows(method_name: str, stage: str, arch: str, loss: str, scores: torch.
         hits: N per-output successes.
 
     Returns:
-        Rows in ``components.evaluation`` format plus ``stage``: metric
+        Rows in ``neuralmark.components.evaluation`` format plus ``stage``: metric
         ``success_rate`` and ``nc_mean`` (``bit_accuracy_mean`` for the baseline).
     """
     if stage not in STAGES:
@@ -615,7 +621,7 @@ def false_positive_rows(method: OutputMark | SpreadSpectrum, stage: str,
 
 
 def gate_summary(rows: Sequence[Mapping[str, Any]], stage: str = "stage2") -> dict[str, float]:
-    """The metrics the gate reads (``components.gate`` keys) from the evaluation rows.
+    """The metrics the gate reads (``neuralmark.components.gate`` keys) from the evaluation rows.
 
     ``psnr`` / ``ssim``: Table 1 on ``stage``; ``detection_rate/none``: SR on
     the unattacked marked outputs B′; ``detection_rate/<cell>`` and
@@ -714,7 +720,7 @@ def evaluation_rows(stage1: OutputMark, stage2: OutputMark, baseline: SpreadSpec
         scores, hits = score_outputs(baseline, marked, key)
         base = {"method": "spread_spectrum", "attack": "none", "strength": None,
                 "label": "none", "n": int(ta.shape[0]), "stage": "spread_spectrum"}
-        from components.metrics import psnr
+        from neuralmark.components.metrics import psnr
         rows += [{**base, "metric": "psnr_marked",
                   "value": float(psnr(marked, b).clamp(max=100).mean())},
                  {**base, "metric": "sr_marked", "value": float(hits.float().mean())},

@@ -3,7 +3,7 @@
 From the CLI (``neuralmark data prepare cifar10 --source cifar-10-python.tar.gz``),
 from Python (``run_data_preparation``) or with ZenML directly::
 
-    zenml pipeline run pipelines.data_preparation.data_preparation_pipeline \
+    zenml pipeline run neuralmark.pipelines.data_preparation.data_preparation_pipeline \
         -c configs/data/cifar10.yaml
 
 with one run config per dataset in ``configs/data/`` (``parameters: {dataset:
@@ -27,11 +27,11 @@ from typing import Any
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
-from components.data.datasets import PrepareConfig, get_recipe
-from components.data.prepare import effective_config, source_fingerprint
-from components.methods.base import InputError
-from pipelines.settings import CODE_ROOT
-from steps.data_preparation import prepare, validate, version
+from neuralmark.components.data.datasets import PrepareConfig, get_recipe
+from neuralmark.components.data.prepare import effective_config, source_fingerprint
+from neuralmark.components.methods.base import InputError
+from neuralmark.runtime.settings import CODE_ROOT
+from neuralmark.steps.data_preparation import prepare, validate, version
 
 PIPELINE_NAME = "data_preparation_pipeline"
 #: keys of ``config`` that are about the pipeline, not ``PrepareConfig``
@@ -104,10 +104,10 @@ def run_data_preparation(dataset: str, source: str | os.PathLike, out: str = "da
     """
     from zenml.client import Client
 
-    from pipelines.stack import ensure_experiment, ensure_stack
-    from pipelines.training import _ProjectClient
-    from steps.tracking import extra_callbacks
-    from steps.validation import DataValidationError
+    from neuralmark.integrations.tracking import extra_callbacks
+    from neuralmark.integrations.validation import DataValidationError
+    from neuralmark.pipelines.training import project_client
+    from neuralmark.runtime.stack import ensure_experiment, ensure_stack
 
     root = Path(project_root or CODE_ROOT).resolve()
     effective_config(get_recipe(dataset), split_config(config)[0])
@@ -115,7 +115,7 @@ def run_data_preparation(dataset: str, source: str | os.PathLike, out: str = "da
         raise InputError(f"source {source} does not exist")
     ensure_stack(root)
     ensure_experiment(PIPELINE_NAME, root)
-    with _ProjectClient(root), extra_callbacks(callbacks):
+    with project_client(root), extra_callbacks(callbacks):
         out_abs = str(Path(out) if Path(out).is_absolute() else root / out)
         try:
             run = data_preparation_pipeline(dataset=dataset, source=str(source), out=out_abs,

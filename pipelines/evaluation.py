@@ -1,7 +1,7 @@
 """Evaluate a method bundle on the sample test split (``neuralmark evaluate``).
 
 The same components as the training pipeline's evaluation
-(``steps.evaluation.robustness_report``: ``run_suite`` over the profile's suite
+(``neuralmark.components.robustness.robustness_report``: ``run_suite`` over the profile's suite
 plus ``calibrate_fpr``), without a ZenML stack: the bundle is read from disk,
 the tidy table is written to ``<project>/reports/evaluation-<method>-<profile>-<time>/``
 and the headline numbers are returned, with what the profile's gate would say.
@@ -15,16 +15,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import components
-from components.data.manifest import load_split
-from components.data.sample import build_sample_dataset
-from components.evaluation import embed_all, rows_to_csv
-from components.gate import decide
-from components.methods.base import Callbacks, InputError
-from components.methods.registry import load_bundle
-from pipelines.settings import CODE_ROOT, resolve
+from neuralmark.components.data.manifest import load_split
+from neuralmark.components.data.sample import build_sample_dataset
+from neuralmark.components.evaluation import embed_all, rows_to_csv
+from neuralmark.components.gate import decide
+from neuralmark.components.methods.base import Callbacks, InputError
+from neuralmark.integrations.loading import load_method
+from neuralmark.runtime.settings import CODE_ROOT, resolve
 
-PRETRAINED_DIR = Path(components.__file__).resolve().parent / "pretrained"
 HEADLINE = ("psnr", "ssim", "bit_accuracy_mean_attacked", "detection_rate/none",
             "detection_rate_mean_attacked", "fpr", "fpr_ci_high", "fpr_trials")
 
@@ -42,16 +40,6 @@ def headline(summary: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in summary.items()
             if k in HEADLINE or k.startswith(HEADLINE_PREFIXES)
             or (not has_bits and k.startswith("detection_rate/"))}
-
-
-def _bundle_dir(method: str, bundle: str | os.PathLike | None) -> Path:
-    directory = Path(bundle) if bundle is not None else PRETRAINED_DIR / method
-    if not (directory / "config.json").is_file():
-        if bundle is None:
-            raise InputError(f"no shipped weights for {method} at {directory}; pass --bundle DIR "
-                             f"or train them with `neuralmark train {method}`")
-        raise InputError(f"{directory} is not a neuralmark bundle (no config.json)")
-    return directory
 
 
 def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None = None,
@@ -75,7 +63,7 @@ def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None 
     Raises:
         InputError: unknown method/profile, bad overrides, or no such bundle.
     """
-    from steps.evaluation import robustness_report
+    from neuralmark.components.robustness import robustness_report
 
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - {"data", "evaluation", "policy"})
@@ -84,10 +72,8 @@ def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None 
                          "policy")
     settings = resolve(method, profile, **overrides)
     root = Path(project_root or CODE_ROOT).resolve()
-    directory = _bundle_dir(method, bundle)
-    wm = load_bundle(directory)
-    if wm.key != method:
-        raise InputError(f"{directory} holds a {wm.key} bundle, not {method}")
+    source = str(bundle) if bundle is not None else method
+    wm = load_method(source, "cpu", expect=method)
 
     ev = settings.evaluation
     manifest = build_sample_dataset(settings.data.resolved_root(root),
@@ -101,7 +87,7 @@ def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None 
     (out / "report.json").write_text(report.to_json())
     decision = decide(report.summary, None, settings.policy)
     return {
-        "bundle": str(directory),
+        "bundle": source,
         "images": int(clean.shape[0]),
         "summary": headline(report.summary),
         "gate": {"promote": decision.promote, "reasons": decision.reasons},

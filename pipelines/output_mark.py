@@ -9,9 +9,9 @@
 
 Run it with the CLI (``neuralmark protect --task derain``), from Python
 (:func:`run_output_mark`), or with ZenML once the stack exists
-(``python -m pipelines.stack``)::
+(``python -m neuralmark.runtime.stack``)::
 
-    zenml pipeline run pipelines.output_mark.output_mark_pipeline \
+    zenml pipeline run neuralmark.pipelines.output_mark.output_mark_pipeline \
         -c configs/output_mark_pipeline.yaml
 
 Caching: the pipeline itself is not cached, but every matrix cell, ablation and
@@ -25,7 +25,7 @@ output_mark is trained only here: the generic training pipeline refuses it
 
 Parameters (JSON, so they can come from the YAML): ``task``, ``profile``, the
 overrides ``config`` / ``data`` / ``evaluation`` / ``policy`` (merged over the
-profile's ``output_mark`` section by ``pipelines.settings.resolve``) and
+profile's ``output_mark`` section by ``neuralmark.runtime.settings.resolve``) and
 ``matrix`` (:class:`MatrixSettings`).
 
 Measured here (2 cores, one thread; derain pairs synthesised from the sample
@@ -40,7 +40,7 @@ only (the seed's †) → with stage 2:
   promoted it (the first champion of ``neuralmark-output_mark``).
 * Why the contrast shows now and not before (32.3 dB, 78–83% → 95% in every
   cell, 39% of clean outputs flagged): the photometric jitter, the split by
-  photo and stage 2's clean counterpart (``components.methods.output_mark``)
+  photo and stage 2's clean counterpart (``neuralmark.components.methods.output_mark``)
   made R read the mark instead of colour statistics, and the mark fell to
   ≈ 42 dB (RMS 0.008), below the surrogates' own error (31–38 dB to B′); a
   surrogate copies 8–65% of it, enough for a fine-tuned R, not for stage-1 R.
@@ -84,12 +84,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
-from components.gate import MEAN_ATTACKED
-from components.methods.base import InputError
-from components.methods.output_mark import SurrogateSettings, load_logo
-from components.methods.registry import make_config as build_config
-from components.surrogate_matrix import ABLATIONS, TASKS, cell_name, matrix_cells
-from pipelines.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, model_name, resolve
+from neuralmark.components.gate import MEAN_ATTACKED
+from neuralmark.components.methods.base import InputError
+from neuralmark.components.methods.output_mark import SurrogateSettings, load_logo
+from neuralmark.components.methods.registry import make_config as build_config
+from neuralmark.components.surrogate_matrix import ABLATIONS, TASKS, cell_name, matrix_cells
+from neuralmark.runtime.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, model_name, resolve
 
 PIPELINE_NAME = "output_mark_pipeline"
 METHOD = "output_mark"
@@ -204,7 +204,7 @@ def resolve_output_mark(task: str, profile: str, config: Mapping[str, Any] | Non
                         evaluation: Mapping[str, Any] | None = None,
                         policy: Mapping[str, Any] | None = None,
                         matrix: Mapping[str, Any] | None = None) -> Any:
-    """``pipelines.settings.resolve`` for output_mark with ``config.task`` set to ``task``.
+    """``neuralmark.runtime.settings.resolve`` for output_mark with ``config.task`` set to ``task``.
 
     Adds the matrix floor of ``matrix.min_success_rate[profile]`` to the
     policy (an explicit ``policy.min_detection_rate.mean_attacked`` wins). Also
@@ -243,8 +243,8 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
         policy: overrides of the gate policy.
         matrix: :class:`MatrixSettings` fields.
     """
-    from steps.data import build_dataset, validate_dataset
-    from steps.output_mark import (
+    from neuralmark.steps.data import build_dataset, validate_dataset
+    from neuralmark.steps.output_mark import (
         attacker_data,
         baseline_data,
         evaluate_output_mark,
@@ -255,7 +255,7 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
         train_marking,
         train_surrogate_cell,
     )
-    from steps.promotion import gate, register_and_promote
+    from neuralmark.steps.promotion import gate, register_and_promote
 
     settings = resolve_output_mark(task, profile, config, data, evaluation, policy, matrix)
     m = matrix_settings(matrix)
@@ -313,7 +313,7 @@ def _run_config(task: str, profile: str, config_path: str | os.PathLike | None,
     error); a top-level ``enable_cache`` is refused, since it would override
     the per-cell caching.
     """
-    from pipelines.training import build_run_config
+    from neuralmark.pipelines.training import build_run_config
 
     path = Path(config_path) if config_path else DEFAULT_CONFIG
     run_config = build_run_config(path, True, {"task": task, "profile": profile},
@@ -354,7 +354,7 @@ def run_output_mark(task: str = "derain", profile: str = "tiny",
         InputError: a bad config (before anything runs) or invalid data.
         RuntimeError: any other failed run.
     """
-    from pipelines.training import _name_model, executed, registration_outcome
+    from neuralmark.pipelines.training import _name_model, executed, registration_outcome
 
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; expected one of {list(TASKS)}")

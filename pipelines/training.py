@@ -2,13 +2,13 @@
 
 Run it with the CLI (``neuralmark train pgd_signer --profile tiny``), from Python
 (``run_training``), or with ZenML directly once the stack exists
-(``python -m pipelines.stack``)::
+(``python -m neuralmark.runtime.stack``)::
 
-    zenml pipeline run pipelines.training.training_pipeline -c configs/pgd_signer.yaml
+    zenml pipeline run neuralmark.pipelines.training.training_pipeline -c configs/pgd_signer.yaml
 
 Parameters (all JSON, so they can come from the YAML's ``parameters:``):
 ``method``, ``profile`` and the overrides ``config`` (method config), ``data``,
-``evaluation``, ``policy``; ``pipelines.settings.resolve`` merges them over the
+``evaluation``, ``policy``; ``neuralmark.runtime.settings.resolve`` merges them over the
 profile when the pipeline is compiled, so a typo fails before any step runs.
 """
 
@@ -28,15 +28,15 @@ import yaml
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
-from components.methods.base import InputError
-from components.methods.registry import method_class
-from pipelines.evaluation import headline
-from pipelines.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, resolve
-from steps.data import build_dataset, validate_dataset
-from steps.evaluation import evaluate_robustness, sign_heldout
-from steps.promotion import gate, register_and_promote
-from steps.tracking import extra_callbacks
-from steps.training import train_model
+from neuralmark.components.methods.base import InputError
+from neuralmark.components.methods.registry import method_class
+from neuralmark.integrations.tracking import extra_callbacks
+from neuralmark.pipelines.evaluation import headline
+from neuralmark.runtime.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, resolve
+from neuralmark.steps.data import build_dataset, validate_dataset
+from neuralmark.steps.evaluation import evaluate_robustness, sign_heldout
+from neuralmark.steps.promotion import gate, register_and_promote
+from neuralmark.steps.training import train_model
 
 PIPELINE_NAME = "training_pipeline"
 
@@ -150,31 +150,20 @@ def _name_model(run_config: dict[str, Any], expected: str, path: str) -> None:
     model["name"] = expected
 
 
-class _ProjectClient:
-    """Point ZenML's process-wide client and source root at a project, then restore them."""
+@contextlib.contextmanager
+def project_client(project_root: Path) -> Iterator[None]:
+    """Point ZenML's process-wide client at ``project_root`` (its ``.zen/``), then back."""
+    from zenml.client import Client
 
-    def __init__(self, project_root: Path) -> None:
-        self.project_root = project_root
-
-    def __enter__(self) -> None:
-        from zenml.client import Client
-        from zenml.utils import source_utils
-
-        self.previous_root = Client().root
-        self.previous_source_root = source_utils._CUSTOM_SOURCE_ROOT
-        Client().activate_root(self.project_root)
-        # step sources resolve against the code, wherever the project lives
-        source_utils.set_custom_source_root(str(CODE_ROOT))
-
-    def __exit__(self, *exc: object) -> None:
-        from zenml.client import Client
-        from zenml.utils import source_utils
-
-        source_utils.set_custom_source_root(self.previous_source_root)
+    previous = Client().root
+    Client().activate_root(project_root)
+    try:
+        yield
+    finally:
         # With no previous root, stay on the project: re-searching from the cwd could
         # pick up (and rewrite) another checkout's .zen/.
-        if self.previous_root is not None and self.previous_root != self.project_root:
-            Client().activate_root(self.previous_root)
+        if previous is not None and previous != project_root:
+            Client().activate_root(previous)
 
 
 def _output(run: Any, step_name: str, output: str) -> Any:
@@ -198,12 +187,12 @@ def executed(pipeline_obj: Any, pipeline_name: str, run_config: Mapping[str, Any
     """
     from zenml.client import Client
 
-    from pipelines.stack import ensure_experiment, ensure_stack
-    from steps.validation import DataValidationError
+    from neuralmark.integrations.validation import DataValidationError
+    from neuralmark.runtime.stack import ensure_experiment, ensure_stack
 
     ensure_stack(root)
     ensure_experiment(pipeline_name, root)
-    with tempfile.TemporaryDirectory(prefix="nm-run-config-") as tmp, _ProjectClient(root), \
+    with tempfile.TemporaryDirectory(prefix="nm-run-config-") as tmp, project_client(root), \
             extra_callbacks(callbacks):
         resolved_yaml = Path(tmp) / "run.yaml"
         resolved_yaml.write_text(yaml.safe_dump(dict(run_config), sort_keys=False))
@@ -228,7 +217,7 @@ def registration_outcome(run: Any, report_step: str, train_step: str,
         ``registered_version``, ``promoted``, ``champion_version``,
         ``mlflow_run_id``, ``reports_dir`` and ``mlflow_ui``.
     """
-    from pipelines.stack import mlflow_ui_command
+    from neuralmark.runtime.stack import mlflow_ui_command
 
     report = _output(run, report_step, "report")
     decision = _output(run, "gate", "decision")
@@ -334,7 +323,7 @@ def run_variants(method: str, profile: str = "tiny", variants: Sequence[str] | N
     Each variant is its own ``training_pipeline`` run with its own run config
     (``variant_configs``) and its own registered model
     (``neuralmark-<method>-<variant>``), so one failing gate never blocks or
-    promotes another. The comparison tables (``components.comparison``) are
+    promotes another. The comparison tables (``neuralmark.components.comparison``) are
     written to ``<project>/reports/variants-<method>-<time>/tables.md`` and
     logged to MLflow as a run of the training experiment with the tables and
     every variant's metrics (``<variant>/<metric>``).
@@ -348,8 +337,8 @@ def run_variants(method: str, profile: str = "tiny", variants: Sequence[str] | N
     """
     import mlflow
 
-    from components.comparison import tables_markdown, variant_tables
-    from pipelines.stack import ensure_experiment, mlflow_ui_command, tracking_uri
+    from neuralmark.components.comparison import tables_markdown, variant_tables
+    from neuralmark.runtime.stack import ensure_experiment, mlflow_ui_command, tracking_uri
 
     configs = variant_configs(method)
     if not configs:

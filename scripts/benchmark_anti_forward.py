@@ -53,8 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from components.methods import WatermarkKey  # noqa: E402
-from components.methods.registry import build, load_bundle  # noqa: E402
+from neuralmark.components.methods import WatermarkKey  # noqa: E402
+from neuralmark.components.methods.registry import build, load_bundle  # noqa: E402
 
 BUNDLE = ROOT / "components/pretrained/anti_forward"
 #: issue #5: per 256² image at batch 32, without smoothing
@@ -102,7 +102,7 @@ def _anti_forward_class() -> type:
     """The method class without registry discovery (which imports every method module)."""
     import importlib
 
-    module = importlib.import_module("components.methods.anti_forward")
+    module = importlib.import_module("neuralmark.components.methods.anti_forward")
     return next(v for v in vars(module).values()
                 if isinstance(v, type) and getattr(v, "key", None) == "anti_forward")
 

@@ -23,11 +23,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
-from components.attacks.registry import BENCHMARK_SUITE  # noqa: E402
-from components.data.manifest import load_split  # noqa: E402
-from components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
-from components.evaluation import calibrate_fpr, run_suite, summarize  # noqa: E402
-from components.methods import WatermarkKey, load_bundle  # noqa: E402
+from neuralmark.components.attacks.registry import BENCHMARK_SUITE  # noqa: E402
+from neuralmark.components.data.manifest import load_split  # noqa: E402
+from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
+from neuralmark.components.evaluation import calibrate_fpr, run_suite, summarize  # noqa: E402
+from neuralmark.components.methods import WatermarkKey, load_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,7 @@ def budget_row(method, clean: torch.Tensor, key: WatermarkKey, psnr: float) -> d
 
 def _fpr_fast(method, clean: torch.Tensor, n_keys: int, claimed: bool = False) -> dict:
     """FPR through the method's fast path (unknown-message test unless ``claimed``)."""
-    from components.stats import clopper_pearson
+    from neuralmark.components.stats import clopper_pearson
 
     p = method.null_p_values(clean, n_keys, seed=1, claimed=claimed)
     det = int((p <= method.config.alpha).sum())

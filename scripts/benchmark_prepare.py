@@ -25,8 +25,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.data.datasets import PrepareConfig  # noqa: E402
-from components.data.prepare import prepare_dataset  # noqa: E402
+from neuralmark.components.data.datasets import PrepareConfig  # noqa: E402
+from neuralmark.components.data.prepare import prepare_dataset  # noqa: E402
 
 
 def generate(folder: Path, n: int, side: int, seed: int = 0) -> float:

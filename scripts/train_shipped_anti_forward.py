@@ -31,9 +31,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
-from components.data.manifest import load_split  # noqa: E402
-from components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
-from components.methods import build, load_bundle  # noqa: E402
+from neuralmark.components.data.manifest import load_split  # noqa: E402
+from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
+from neuralmark.components.methods import build, load_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the shipped recipe (CPU-sized; configs/profiles/full.yaml has the paper's sizes)
@@ -116,7 +116,7 @@ def recalibrate(args: argparse.Namespace) -> None:
     detection (TPR on plain stamped test images 1.0 → 0.78). ``--set``
     changes config fields first (e.g. ``fpr``, ``score_noise_samples``).
     """
-    from components.data.manifest import load_image, read_manifest
+    from neuralmark.components.data.manifest import load_image, read_manifest
 
     torch.set_num_threads(args.threads)
     bundle = args.out / "final"
@@ -202,10 +202,10 @@ def measure_rule(method, clean: torch.Tensor, marked: torch.Tensor, key, views: 
     the full-strength training chain per image; stamped: the suite, plus
     ``tpr_views`` chain draws per image.
     """
-    from components.attacks.registry import BENCHMARK_SUITE
-    from components.attacks.stochastic import StochasticAugmentation
-    from components.evaluation import run_suite, summarize
-    from components.stats import clopper_pearson
+    from neuralmark.components.attacks.registry import BENCHMARK_SUITE
+    from neuralmark.components.attacks.stochastic import StochasticAugmentation
+    from neuralmark.components.evaluation import run_suite, summarize
+    from neuralmark.components.stats import clopper_pearson
 
     n = clean.shape[0]
     rows = run_suite(method, clean, key, BENCHMARK_SUITE, watermarked=marked, batch_size=16,
@@ -238,7 +238,7 @@ def strength_sweep(fast, clean: torch.Tensor, key, strengths: list[float],
                    tpr_views: int, seed: int) -> list[dict]:
     """Invisibility against detection when only the stamping strength changes (the
     scanner and its calibration stay): the deploy-time knob, measured with the fast rule."""
-    from components.evaluation import embed_all
+    from neuralmark.components.evaluation import embed_all
 
     rows = []
     for strength in strengths:
@@ -292,9 +292,9 @@ def _rule_lines(title: str, m: dict) -> list[str]:
 
 def write_card(args: argparse.Namespace) -> None:
     """Measure ``<out>/final`` on the held-out test split and write its MODEL_CARD.md."""
-    from components.adversarial_evaluation import adversarial_rows
-    from components.evaluation import embed_all, summarize
-    from components.methods import WatermarkKey
+    from neuralmark.components.adversarial_evaluation import adversarial_rows
+    from neuralmark.components.evaluation import embed_all, summarize
+    from neuralmark.components.methods import WatermarkKey
 
     torch.set_num_threads(args.threads)
     bundle = args.out / "final"

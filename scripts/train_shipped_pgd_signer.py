@@ -32,9 +32,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
-from components.data.manifest import load_split  # noqa: E402
-from components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
-from components.methods import build  # noqa: E402
+from neuralmark.components.data.manifest import load_split  # noqa: E402
+from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
+from neuralmark.components.methods import build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: what the shipped bundle signs with (the budget is the user's knob: `embed --psnr`)

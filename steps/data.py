@@ -1,54 +1,26 @@
 """Steps that build, version and validate the dataset a training run reads.
 
-``build_dataset`` builds the offline sample dataset (``components.data.sample``)
+``build_dataset`` builds the offline sample dataset (``neuralmark.components.data.sample``)
 and optionally versions it with DVC; ``validate_dataset`` runs the Great
 Expectations suite on its manifest, always writes the report to
 ``<project>/reports/<run>/`` (and logs it to MLflow), and raises
 ``DataValidationError`` on failure, so the pipeline stops before training.
 
-The *project root* is the ZenML repository root of the running client
-(``.zen/`` lives there; ``mlflow.db``, ``data/`` and ``reports/`` beside it),
-else the working directory.
+The project root and the report folder come from ``neuralmark.integrations.run_context``.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated, Any
 
 import mlflow
-from zenml import get_step_context, log_metadata, step
+from zenml import log_metadata, step
 
-from pipelines.settings import DataSettings
-from pipelines.stack import TRACKER_NAME
-from steps.tracking import log_config
-
-logger = logging.getLogger(__name__)
-
-
-def project_root() -> Path:
-    """Root of the project the pipeline runs in: the ZenML repository, else the cwd."""
-    from zenml.client import Client
-
-    return (Client().root or Path.cwd()).resolve()
-
-
-def run_reports_dir() -> Path:
-    """``<project>/reports/<pipeline run name>/`` of the running step."""
-    return project_root() / "reports" / get_step_context().pipeline_run.name
-
-
-def _version(settings: DataSettings, root: Path) -> str | None:
-    """``dvc add`` (+ push) the DVC target holding ``root``; ``None`` if it cannot."""
-    from steps.versioning import version_data
-
-    project = project_root()
-    target = (project / settings.dvc_target).resolve()
-    if not root.resolve().is_relative_to(target):
-        logger.warning("data root %s is outside the DVC target %s; not versioned", root, target)
-        return None
-    return version_data(project, settings.dvc_target, push=settings.dvc_push)
+from neuralmark.integrations.run_context import project_root, publish_validation
+from neuralmark.integrations.tracking import log_config
+from neuralmark.runtime.settings import DataSettings
+from neuralmark.runtime.stack import TRACKER_NAME
 
 
 @step(experiment_tracker=TRACKER_NAME)
@@ -61,12 +33,16 @@ def build_dataset(data: dict[str, Any]) -> Annotated[str, "manifest"]:
     Returns:
         Absolute path of ``manifest.csv``.
     """
-    from components.data.sample import build_sample_dataset
+    from neuralmark.components.data.sample import build_sample_dataset
 
     settings = DataSettings(**data)
     root = settings.resolved_root(project_root())
     manifest = build_sample_dataset(root, settings.sample_config())
-    md5 = _version(settings, root) if settings.version_with_dvc else None
+    md5 = None
+    if settings.version_with_dvc:
+        from neuralmark.integrations.versioning import version_dataset
+
+        md5 = version_dataset(project_root(), settings.dvc_target, root, push=settings.dvc_push)
     log_config(settings.model_dump(mode="json"), prefix="data.")
     mlflow.set_tag("data.dvc_md5", md5 or "not versioned")
     log_metadata({"manifest": str(manifest), "dvc_md5": md5 or "not versioned"})
@@ -92,32 +68,8 @@ def validate_dataset(manifest: str, min_size: int = 64) -> Annotated[str, "valid
         DataValidationError: an expectation failed (the message names them and
             where the report is).
     """
-    from steps.validation import validate_manifest
+    from neuralmark.integrations.validation import validate_manifest
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # INFO floods step logs
     publish_validation(validate_manifest(manifest, min_size=min_size))
     return manifest
-
-
-def publish_validation(report: Any) -> Path:
-    """Write a GX report, log it to MLflow and ZenML; raise if it failed.
-
-    Args:
-        report: a ``steps.validation.DataValidationReport``.
-
-    Returns:
-        The written ``validation.html``.
-
-    Raises:
-        DataValidationError: an expectation failed (the message says where the report is).
-    """
-    from steps.validation import DataValidationError, write_report
-
-    html = write_report(report, run_reports_dir())
-    mlflow.log_artifact(str(html), "data_validation")
-    mlflow.log_artifact(str(html.with_name("validation.json")), "data_validation")
-    log_metadata({"data_validation": {"success": report.success, "failed": report.failed(),
-                                      "report": str(html), **report.stats}})
-    if not report.success:
-        raise DataValidationError(report, f"{DataValidationError(report)}; report: {html}")
-    return html

@@ -15,51 +15,20 @@ it to the MLflow run under ``data_validation/`` and links it from the run (tag
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated, Any
 
-import mlflow
 from zenml import log_metadata, step
 from zenml.types import HTMLString
 
-from pipelines.stack import TRACKER_NAME
-from steps.data import project_root, publish_validation
-from steps.tracking import in_process_progress
+from neuralmark.integrations.run_context import (
+    link_report_from_run,
+    project_root,
+    publish_validation,
+)
+from neuralmark.integrations.tracking import in_process_progress
+from neuralmark.runtime.stack import TRACKER_NAME
 
 logger = logging.getLogger(__name__)
-
-#: where the validation report lives among the MLflow run's artifacts
-REPORT_ARTIFACT_DIR = "data_validation"
-REPORT_ARTIFACT = f"{REPORT_ARTIFACT_DIR}/validation.html"
-#: run tag holding ``REPORT_ARTIFACT``
-REPORT_TAG = "validation_report"
-
-
-def link_report_from_run(report: Any) -> None:
-    """Tag the active MLflow run with the report's artifact path and describe it.
-
-    Sets ``validation_report`` = ``data_validation/validation.html`` and the run
-    description (``mlflow.note.content``) to a short Markdown summary with the
-    artifact's full URI, the outcome and, for ChestX-ray8, the ``target_kind``
-    counts. Called before the artifact is logged, so a failing report is linked too.
-    """
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
-
-    from components.data.bone_suppression import TARGET_KIND
-
-    stats = report.stats
-    status = "passed" if report.success else f"FAILED ({', '.join(report.failed())})"
-    lines = [f"Data validation of `{stats.get('dataset', '?')}` {status}: "
-             f"{stats.get('rows', 0)} rows, per split {stats.get('rows_per_split', {})}.",
-             f"Report: [{REPORT_ARTIFACT}]({mlflow.get_artifact_uri(REPORT_ARTIFACT)})"]
-    kinds = stats.get("target_kind")
-    if kinds:
-        lines.append(f"Bone-suppressed targets per pair: {kinds}"
-                     + (" — classical approximation, not real targets."
-                        if TARGET_KIND in kinds else "."))
-    mlflow.set_tags({REPORT_TAG: REPORT_ARTIFACT, MLFLOW_RUN_NOTE: "\n\n".join(lines),
-                     "validation_success": str(report.success).lower()})
-
 
 @step
 def prepare(dataset: str, source: str, out: str, config: dict[str, Any],
@@ -77,8 +46,8 @@ def prepare(dataset: str, source: str, out: str, config: dict[str, Any],
     Returns:
         ``PrepareReport.to_dict()``.
     """
-    from components.data.datasets import PrepareConfig
-    from components.data.prepare import prepare_dataset
+    from neuralmark.components.data.datasets import PrepareConfig
+    from neuralmark.components.data.prepare import prepare_dataset
 
     report = prepare_dataset(dataset, source, out, PrepareConfig(**config),
                              progress=lambda done, total: in_process_progress(
@@ -106,7 +75,7 @@ def validate(report: dict[str, Any]) -> Annotated[HTMLString, "validation_html"]
     Raises:
         DataValidationError: an expectation failed (the message says where the report is).
     """
-    from steps.validation import validate_prepared
+    from neuralmark.integrations.validation import validate_prepared
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     result = validate_prepared(report["manifest"], report["expectations"])
@@ -129,13 +98,8 @@ def version(report: dict[str, Any], validation_html: HTMLString, dvc_target: str
     Returns:
         The md5 DVC recorded, or ``"not versioned"``.
     """
-    from steps.versioning import version_data
+    from neuralmark.integrations.versioning import version_dataset
 
-    project = project_root()
-    if not Path(report["root"]).resolve().is_relative_to((project / dvc_target).resolve()):
-        logger.warning("%s is outside the DVC target %s; not versioned", report["root"],
-                       dvc_target)
-        return "not versioned"
-    md5 = version_data(project, dvc_target, push=push)
+    md5 = version_dataset(project_root(), dvc_target, report["root"], push=push)
     log_metadata({"dvc_md5": md5 or "not versioned"})
     return md5 or "not versioned"

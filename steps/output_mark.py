@@ -1,6 +1,6 @@
 """Steps of the output_mark pipeline (seed 001, issue #6): pairs → stage 1 → stage 2 → matrix.
 
-Each step calls one function of ``components.surrogate_matrix`` (no training
+Each step calls one function of ``neuralmark.components.surrogate_matrix`` (no training
 loop, loss or metric here) and logs to MLflow.
 
 Caching: the pipeline runs with caching off, but the expensive, deterministic
@@ -22,16 +22,21 @@ import mlflow
 import torch
 from zenml import log_metadata, step
 
-import steps.materializers  # noqa: F401  (tensor, method and report materializers)
-from components import surrogate_matrix as smx
-from components.data.manifest import load_split
-from components.methods.base import WatermarkKey, WatermarkMethod
-from components.methods.output_mark import OutputMark, SurrogateSettings
-from components.methods.registry import build
-from components.report import Report
-from pipelines.stack import TRACKER_NAME
-from steps.data import run_reports_dir
-from steps.tracking import MLflowCallback, in_process_callbacks, log_config, log_report
+import neuralmark.integrations.materializers  # noqa: F401  (tensor, method and report materializers)
+from neuralmark.components import surrogate_matrix as smx
+from neuralmark.components.data.manifest import load_split
+from neuralmark.components.methods.base import WatermarkKey, WatermarkMethod
+from neuralmark.components.methods.output_mark import OutputMark, SurrogateSettings
+from neuralmark.components.methods.registry import build
+from neuralmark.components.report import Report
+from neuralmark.integrations.run_context import run_reports_dir
+from neuralmark.integrations.tracking import (
+    MLflowCallback,
+    in_process_callbacks,
+    log_config,
+    log_report,
+)
+from neuralmark.runtime.stack import TRACKER_NAME
 
 
 def _callbacks(prefix: str) -> list[Any]:

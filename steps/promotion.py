@@ -1,7 +1,7 @@
 """The gate and the registry: decide, register every candidate, promote only on a pass.
 
 ``gate`` reads the champion's metrics from the MLflow registry and asks the
-pure ``components.gate.decide``. ``register_and_promote`` registers the
+pure ``neuralmark.components.gate.decide``. ``register_and_promote`` registers the
 candidate (alias ``challenger``, tag ``gate=pass|fail``), moves ``champion``
 only when the decision says so, and mirrors it on the ZenML Model version
 (``production`` / ``staging``). A run that fails earlier never reaches these
@@ -17,19 +17,19 @@ from typing import Annotated, Any
 import mlflow
 from zenml import log_metadata, step
 
-import steps.materializers  # noqa: F401  (registers the method and report materializers)
-from components.gate import Decision, GatePolicy, decide
-from components.methods.base import WatermarkMethod
-from components.report import Report
-from pipelines.stack import TRACKER_NAME
-from steps.model_registry import (
+import neuralmark.integrations.materializers  # noqa: F401  (registers the method and report materializers)
+from neuralmark.components.gate import Decision, GatePolicy, decide
+from neuralmark.components.methods.base import WatermarkMethod
+from neuralmark.components.report import Report
+from neuralmark.integrations.model_registry import (
     champion_summary,
     champion_version,
     promote,
     register_candidate,
     set_zenml_model_stage,
 )
-from steps.tracking import log_config
+from neuralmark.integrations.tracking import log_config
+from neuralmark.runtime.stack import TRACKER_NAME
 
 
 def _registry_follows_tracker() -> None:

@@ -3,7 +3,8 @@
 Metrics stream to MLflow through ``MLflowCallback`` (prefix ``train/``) and the
 method's figures (robustness curves per EM round) land under ``figures/``.
 Callers in the same process (the CLI's progress bar) can add callbacks with
-``steps.tracking.extra_callbacks``; steps running elsewhere (a remote orchestrator) only see
+``neuralmark.integrations.tracking.extra_callbacks``; steps running elsewhere (a remote
+orchestrator) only see
 MLflow.
 """
 
@@ -13,12 +14,12 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-import steps.materializers  # noqa: F401  (registers the WatermarkMethod materializer)
-from components.data.manifest import load_split
-from components.methods.base import WatermarkMethod
-from components.methods.registry import build, make_config
-from pipelines.stack import TRACKER_NAME
-from steps.tracking import MLflowCallback, in_process_callbacks, log_config
+import neuralmark.integrations.materializers  # noqa: F401  (registers the WatermarkMethod materializer)
+from neuralmark.components.data.manifest import load_split
+from neuralmark.components.methods.base import WatermarkMethod
+from neuralmark.components.methods.registry import build, make_config
+from neuralmark.integrations.tracking import MLflowCallback, in_process_callbacks, log_config
+from neuralmark.runtime.stack import TRACKER_NAME
 
 
 @step(experiment_tracker=TRACKER_NAME)
@@ -29,7 +30,7 @@ def train_model(manifest: str, method: str,
     Args:
         manifest: validated ``manifest.csv``.
         method: registry key.
-        config: the method's config fields (already merged by ``pipelines.settings``).
+        config: the method's config fields (already merged by ``neuralmark.runtime.settings``).
 
     Returns:
         The trained method (stored as a bundle by ``WatermarkMethodMaterializer``).

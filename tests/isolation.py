@@ -11,26 +11,30 @@ from typing import Any
 import pytest
 
 
-def _mlflow_state() -> tuple[Any, Any, dict[str, str | None]]:
+def _mlflow_state() -> tuple[Any, dict[str, str | None]]:
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
 
     env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    return mlflow.get_tracking_uri(), registry_utils._registry_uri, env
+    return mlflow.get_tracking_uri(), env
 
 
-def _restore_mlflow(state: tuple[Any, Any, dict[str, str | None]]) -> None:
+def _restore_mlflow(state: tuple[Any, dict[str, str | None]]) -> None:
+    """Put MLflow's URIs back through its public setters.
+
+    ``mlflow.set_registry_uri`` exports ``MLFLOW_REGISTRY_URI`` whenever it sets one, so
+    the variable says whether a registry URI was set: set it again, or clear it (the
+    registry then follows the tracking URI again).
+    """
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
 
-    tracking, registry, env = state
+    tracking, env = state
+    mlflow.set_registry_uri(env["MLFLOW_REGISTRY_URI"])
     for k, v in env.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
     mlflow.set_tracking_uri(tracking)
-    registry_utils._registry_uri = registry
 
 
 @contextlib.contextmanager

@@ -18,14 +18,14 @@ import torchattacks
 from matplotlib.figure import Figure
 from torch import nn
 
-from components import smoothing
-from components.adversarial_evaluation import (
+from neuralmark.components import smoothing
+from neuralmark.components.adversarial_evaluation import (
     adversarial_rows,
     certified_rows,
     noise_space,
     scanner_decisions,
 )
-from components.attacks.adversarial import (
+from neuralmark.components.attacks.adversarial import (
     AttackModel,
     GaussianNoise,
     QueryCounter,
@@ -35,8 +35,8 @@ from components.attacks.adversarial import (
     goal_labels,
     square,
 )
-from components.evaluation import COLUMNS, rows_from_csv, rows_to_csv, summarize
-from components.plots import attack_success_plot, certified_accuracy_plot
+from neuralmark.components.evaluation import COLUMNS, rows_from_csv, rows_to_csv, summarize
+from neuralmark.components.plots import attack_success_plot, certified_accuracy_plot
 
 SHAPE = (3, 16, 16)
 MARGIN = 2.0  # score units (1/255 of mean projection) on each side of the boundary
@@ -338,9 +338,10 @@ def test_rows_on_the_anti_forward_smoke_model():
     import importlib
     import importlib.util
 
-    if importlib.util.find_spec("components.methods.anti_forward") is None:
+    if importlib.util.find_spec("neuralmark.components.methods.anti_forward") is None:
         pytest.skip("components/methods/anti_forward.py is not there yet")
-    module = importlib.import_module("components.methods.anti_forward")  # only this method
+    # only this method
+    module = importlib.import_module("neuralmark.components.methods.anti_forward")
     cls = next(v for v in vars(module).values()
                if isinstance(v, type) and getattr(v, "key", None) == "anti_forward")
     smoke = cls.smoke_config

@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.attacks.stochastic import NAMES, StochasticAugConfig, StochasticAugmentation
-from components.methods import InputError, Status, WatermarkKey, build, load_bundle
-from components.methods.anti_forward import AntiForward
+from neuralmark.components.attacks.stochastic import (
+    NAMES,
+    StochasticAugConfig,
+    StochasticAugmentation,
+)
+from neuralmark.components.methods import InputError, Status, WatermarkKey, build, load_bundle
+from neuralmark.components.methods.anti_forward import AntiForward
 
 #: a fit small enough for this CPU (~10 s of CPU), big enough to separate stamped from clean
 TRAIN = {"variant": "rs_aug", "working_size": 32, "encoder_width": 8, "scanner_width": 8,

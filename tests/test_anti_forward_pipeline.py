@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.stack import tracking_uri
+from neuralmark.runtime.stack import tracking_uri
 from tests.isolation import isolated_zenml_project
 
 pytestmark = pytest.mark.pipeline
@@ -53,7 +53,7 @@ def project(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def result(project) -> dict[str, Any]:
-    from pipelines.training import run_variants
+    from neuralmark.pipelines.training import run_variants
 
     return run_variants("anti_forward", "tiny", overrides=MICRO, project_root=project)
 

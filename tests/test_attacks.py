@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from components.attacks.image import (
+from neuralmark.components.attacks.image import (
     JPEG,
     Brightness,
     Combo,
@@ -22,7 +22,7 @@ from components.attacks.image import (
     Rotate,
     WebP,
 )
-from components.attacks.registry import (
+from neuralmark.components.attacks.registry import (
     BENCHMARK_SUITE,
     available_attacks,
     build_attack,

@@ -21,15 +21,15 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from components.methods.base import (
+from neuralmark.cli.app import app
+from neuralmark.components.methods.base import (
     MethodConfig,
     Status,
     Verdict,
     WatermarkKey,
     WatermarkMethod,
 )
-from components.methods.registry import build, register
-from pipelines.cli import app
+from neuralmark.components.methods.registry import build, register
 from tests.doubles import NothingToTrain
 
 # -- a tiny, real watermark for the CLI to drive ----------------------------------------------
@@ -338,11 +338,12 @@ def test_model_uri_downloads_the_registered_bundle(runner, bundle, photo_file, t
 
 
 def test_train_reports_a_missing_pipeline(runner, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pipelines.training", None)  # import raises ImportError
+    # the import raises ImportError
+    monkeypatch.setitem(sys.modules, "neuralmark.pipelines.training", None)
     result = runner.invoke(app, ["train", "_test_additive", "--profile", "tiny"])
     assert result.exit_code == 2
     assert "training is not available" in result.output
-    assert "pipelines.training.run_training" in result.output
+    assert "neuralmark.pipelines.training.run_training" in result.output
 
 
 def test_train_calls_run_training_and_prints_metrics(runner, monkeypatch, tmp_path):
@@ -352,9 +353,9 @@ def test_train_calls_run_training_and_prints_metrics(runner, monkeypatch, tmp_pa
         calls.append((method, profile, config_path))
         return {"bit_accuracy": 0.987, "psnr": 41.25, "run": {"id": "abc"}}
 
-    module = types.ModuleType("pipelines.training")
+    module = types.ModuleType("neuralmark.pipelines.training")
     module.run_training = run_training
-    monkeypatch.setitem(sys.modules, "pipelines.training", module)
+    monkeypatch.setitem(sys.modules, "neuralmark.pipelines.training", module)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("strength: 0.01\n")
     result = runner.invoke(app, ["train", "_test_additive", "--profile", "full",
@@ -374,9 +375,9 @@ def test_pydantic_errors_are_one_red_line(runner, monkeypatch):
     def run_training(method, profile, config_path):
         AdditiveConfig.model_validate({"method": method, "strenght": 0.1})
 
-    module = types.ModuleType("pipelines.training")
+    module = types.ModuleType("neuralmark.pipelines.training")
     module.run_training = run_training
-    monkeypatch.setitem(sys.modules, "pipelines.training", module)
+    monkeypatch.setitem(sys.modules, "neuralmark.pipelines.training", module)
     result = runner.invoke(app, ["train", "_test_additive"])
     assert result.exit_code == 2
     assert "strenght" in result.output and "Traceback" not in result.output
@@ -389,15 +390,15 @@ def test_evaluate_prints_the_metric_table(runner, monkeypatch, bundle):
         return {"rows": [{"attack": "jpeg", "strength": 50, "metric": "bit_accuracy",
                           "value": 0.91}], "psnr": 44.0}
 
-    module = types.ModuleType("pipelines.evaluation")
+    module = types.ModuleType("neuralmark.pipelines.evaluation")
     module.run_evaluation = run_evaluation
-    monkeypatch.setitem(sys.modules, "pipelines.evaluation", module)
+    monkeypatch.setitem(sys.modules, "neuralmark.pipelines.evaluation", module)
     result = runner.invoke(app, ["evaluate", "--method", "_test_additive", "--bundle",
                                  str(bundle)])
     assert result.exit_code == 0, result.output
     assert "jpeg" in result.output and "0.91" in result.output and "44" in result.output
 
-    monkeypatch.setitem(sys.modules, "pipelines.evaluation", None)
+    monkeypatch.setitem(sys.modules, "neuralmark.pipelines.evaluation", None)
     result = runner.invoke(app, ["evaluate", "--method", "_test_additive"])
     assert result.exit_code == 2 and "evaluation is not available" in result.output
 
@@ -416,10 +417,10 @@ def test_data_sample_drives_the_builder_with_progress(runner, monkeypatch, tmp_p
         root.mkdir(parents=True)
         return root
 
-    module = types.ModuleType("components.data.sample")
+    module = types.ModuleType("neuralmark.components.data.sample")
     module.build_sample_dataset = build_sample_dataset
     module.SampleDataConfig = SampleDataConfig
-    monkeypatch.setitem(sys.modules, "components.data.sample", module)
+    monkeypatch.setitem(sys.modules, "neuralmark.components.data.sample", module)
     root = tmp_path / "sample"
     result = runner.invoke(app, ["data", "sample", "--root", str(root)])
     assert result.exit_code == 0, result.output
@@ -438,11 +439,11 @@ def test_test_method_p_value_is_calibrated_on_clean_images(photo):
 
 def test_shipped_bundle_is_listed_and_used_by_default(runner, bundle, photo_file, tmp_path,
                                                       monkeypatch):
-    import pipelines.cli as cli
+    import neuralmark.components.methods.registry as registry
 
     pretrained = tmp_path / "pkg" / "components" / "pretrained"
     shutil.copytree(bundle, pretrained / "_test_additive")
-    monkeypatch.setattr(cli, "PRETRAINED_DIR", pretrained)
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", pretrained)
     listing = runner.invoke(app, ["list"])
     line = next(row for row in listing.output.splitlines() if "_test_additive" in row)
     assert "yes (components/pretrained/_test_additive)" in line

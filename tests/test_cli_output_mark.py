@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from components.methods import build
-from components.surrogate_matrix import build_pairs
-from pipelines.cli import app
+from neuralmark.cli.app import app
+from neuralmark.components.methods import build
+from neuralmark.components.surrogate_matrix import build_pairs
 
 KEY = "neuralmark-eval"
 
@@ -140,7 +140,7 @@ def test_protect_refuses_a_logo_that_is_not_an_image(runner, tmp_path):
 def test_protect_task_specific_sets_the_variant(runner, monkeypatch):
     """--task-specific reaches the pipeline as config.task_specific (run stubbed out here;
     the real run is measured in the pipeline's docstring)."""
-    import pipelines.output_mark as pom
+    import neuralmark.pipelines.output_mark as pom
 
     seen = {}
 

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from components.methods import build
-from components.methods.registry import method_class
-from pipelines.cli import app
+from neuralmark.cli.app import app
+from neuralmark.components.methods import build
+from neuralmark.components.methods.registry import method_class
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Variant comparison tables (components.comparison) and variant discovery."""
+"""Variant comparison tables (neuralmark.components.comparison) and variant discovery."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from components.comparison import tables_markdown, variant_tables
+from neuralmark.components.comparison import tables_markdown, variant_tables
 
 BASELINE = {"psnr": 40.7, "ssim": 0.99, "detection_rate/none": 1.0, "fpr/none": 0.0,
             "detection_rate/jpeg_50": 0.6, "fpr/jpeg_50": 0.1, "fpr": 0.002,

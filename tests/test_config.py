@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.methods.base import InputError
-from components.methods.registry import available, method_class
-from pipelines.settings import (
+from neuralmark.components.methods.base import InputError
+from neuralmark.components.methods.registry import available, method_class
+from neuralmark.runtime.settings import (
     CONFIGS_DIR,
     available_profiles,
     deep_merge,
@@ -137,7 +137,7 @@ def test_method_yaml_is_a_zenml_run_config(path) -> None:
 
 
 def test_run_config_merges_overrides() -> None:
-    from pipelines.training import _name_model, _run_config
+    from neuralmark.pipelines.training import _name_model, _run_config
 
     merged = _run_config("pgd_signer", "full", None, {"config": {"rounds": 3}})
     assert merged["parameters"]["profile"] == "full"
@@ -157,7 +157,7 @@ def test_adversarial_evaluation_only_for_methods_with_a_scanner() -> None:
 
 
 def test_methods_with_their_own_pipeline_are_refused_by_the_training_pipeline() -> None:
-    from pipelines.training import run_training
+    from neuralmark.pipelines.training import run_training
 
     with pytest.raises(InputError, match="neuralmark protect"):
         run_training("output_mark", "tiny")

@@ -7,8 +7,15 @@ import json
 import pytest
 import torch
 
-from components.methods import InputError, Status, WatermarkKey, available, build, load_bundle
-from components.methods.registry import method_class
+from neuralmark.components.methods import (
+    InputError,
+    Status,
+    WatermarkKey,
+    available,
+    build,
+    load_bundle,
+)
+from neuralmark.components.methods.registry import method_class
 
 # keys starting with "_" are test doubles registered by other test modules
 METHODS = [k for k in available() if not k.startswith("_")]
@@ -101,7 +108,7 @@ def test_bundle_write_is_atomic(key, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("components.methods.base.save_file", boom)
+    monkeypatch.setattr("neuralmark.components.methods.base.save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         m.to_bundle(tmp_path / "b")
     assert (tmp_path / "b" / "weights.safetensors").read_bytes() == before

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from components.data.manifest import (
+from neuralmark.components.data.manifest import (
     MANIFEST_COLUMNS,
     SPLITS,
     ManifestImages,
@@ -23,7 +23,7 @@ from components.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from components.data.sample import (
+from neuralmark.components.data.sample import (
     BUNDLED_PHOTOS,
     PROCEDURAL_KINDS,
     SampleDataConfig,

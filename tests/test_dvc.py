@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from steps.versioning import version_data
+from neuralmark.integrations.versioning import version_data
 
 
 def _md5(data: bytes) -> str:
@@ -66,7 +66,7 @@ def test_version_data_without_push_leaves_remote_empty(dvc_repo):
 
 def test_version_data_outside_dvc_repo_returns_none(tmp_path, caplog):
     (tmp_path / "data").mkdir()
-    with caplog.at_level(logging.WARNING, logger="steps.versioning"):
+    with caplog.at_level(logging.WARNING, logger="neuralmark.integrations.versioning"):
         assert version_data(tmp_path) is None
     assert "not a DVC repository" in caplog.text
     assert not (tmp_path / "data.dvc").exists()

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from components.attacks.registry import BENCHMARK_SUITE
-from components.evaluation import (
+from neuralmark.components.attacks.registry import BENCHMARK_SUITE
+from neuralmark.components.evaluation import (
     COLUMNS,
     calibrate_fpr,
     rows_from_csv,
@@ -20,7 +20,7 @@ from components.evaluation import (
     run_suite,
     summarize,
 )
-from components.methods.base import (
+from neuralmark.components.methods.base import (
     MethodConfig,
     Status,
     Verdict,
@@ -28,9 +28,15 @@ from components.methods.base import (
     WatermarkMethod,
     check_images,
 )
-from components.metrics import bit_accuracy, normalized_correlation, psnr, ssim, tpr_at_fpr
-from components.plots import curve, example_grid, robustness_curves
-from components.stats import binomial_sf
+from neuralmark.components.metrics import (
+    bit_accuracy,
+    normalized_correlation,
+    psnr,
+    ssim,
+    tpr_at_fpr,
+)
+from neuralmark.components.plots import curve, example_grid, robustness_curves
+from neuralmark.components.stats import binomial_sf
 from tests.doubles import NothingToTrain
 
 # -- a tiny content method: additive ±1 patterns, one per bit ----------------------------------

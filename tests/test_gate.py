@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from components.gate import Decision, GatePolicy, decide
+from neuralmark.components.gate import Decision, GatePolicy, decide
 
 POLICY = GatePolicy(
     min_psnr=35.0,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from components.imageio import (
+from neuralmark.components.imageio import (
     ImageReadError,
     LoadedImage,
     iter_images,
@@ -20,7 +20,7 @@ from components.imageio import (
     output_format,
     save_image,
 )
-from components.methods.base import InputError
+from neuralmark.components.methods.base import InputError
 
 
 @pytest.fixture()

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from zenml import Model, pipeline, step
 
-import steps.materializers  # noqa: F401  (registers the materializers before compile)
-from components.methods.base import MethodConfig, Verdict, WatermarkMethod, check_images
-from components.methods.registry import register
-from components.report import Report
+import neuralmark.integrations.materializers  # noqa: F401  (registers the materializers before compile)
+from neuralmark.components.methods.base import MethodConfig, Verdict, WatermarkMethod, check_images
+from neuralmark.components.methods.registry import register
+from neuralmark.components.report import Report
 
 
 class _LinearConfig(MethodConfig):
@@ -96,7 +96,7 @@ def test_report_json_and_csv() -> None:
 
 
 def test_tensor_round_trip(tmp_path: Path, local_store) -> None:
-    from steps.materializers import TensorMaterializer
+    from neuralmark.integrations.materializers import TensorMaterializer
 
     uri = str(tmp_path / "tensor")
     x = torch.rand(2, 3, 5, 7)
@@ -111,8 +111,8 @@ def test_tensor_round_trip(tmp_path: Path, local_store) -> None:
 
 
 def test_method_bundle_round_trip(tmp_path: Path, local_store, photo_batch) -> None:
-    from components.methods.registry import build
-    from steps.materializers import WatermarkMethodMaterializer
+    from neuralmark.components.methods.registry import build
+    from neuralmark.integrations.materializers import WatermarkMethodMaterializer
 
     method = build("_test_linear", {"seed": 3, "bias": 0.25})
     uri = str(tmp_path / "method")
@@ -133,7 +133,7 @@ def test_method_bundle_round_trip(tmp_path: Path, local_store, photo_batch) -> N
 
 
 def test_report_materializer(tmp_path: Path, local_store) -> None:
-    from steps.materializers import ReportMaterializer
+    from neuralmark.integrations.materializers import ReportMaterializer
 
     r = Report(rows=[{"metric": "psnr", "value": 41.5}], summary={"psnr": 41.5})
     uri = str(tmp_path / "report")
@@ -151,7 +151,7 @@ def test_report_materializer(tmp_path: Path, local_store) -> None:
 def test_registry_picks_our_materializers() -> None:
     from zenml.materializers.materializer_registry import materializer_registry
 
-    from steps.materializers import (
+    from neuralmark.integrations.materializers import (
         ReportMaterializer,
         TensorMaterializer,
         WatermarkMethodMaterializer,
@@ -169,7 +169,7 @@ def test_registry_picks_our_materializers() -> None:
 def make_images_and_method(seed: int) -> tuple[Annotated[torch.Tensor, "images"],
                                                Annotated[WatermarkMethod, "method"]]:
     """Step 1 of the test pipeline: a seeded batch and a built method."""
-    from components.methods.registry import build
+    from neuralmark.components.methods.registry import build
 
     return (torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(seed)),
             build("_test_linear", {"seed": seed}))
@@ -178,7 +178,7 @@ def make_images_and_method(seed: int) -> tuple[Annotated[torch.Tensor, "images"]
 @step(enable_cache=False)
 def summarise(images: torch.Tensor, method: WatermarkMethod) -> Annotated[Report, "report"]:
     """Step 2: verify the batch, mark the ZenML model version, return a report."""
-    from steps.model_registry import set_zenml_model_stage
+    from neuralmark.integrations.model_registry import set_zenml_model_stage
 
     assert set_zenml_model_stage(promoted=True) == "production"
     verdicts = method.verify(images, None)

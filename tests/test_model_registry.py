@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.methods.registry import build
-from pipelines.stack import ensure_experiment, tracking_uri
-from steps import model_registry as reg
+from neuralmark.components.methods.registry import build
+from neuralmark.integrations import model_registry as reg
+from neuralmark.runtime.stack import ensure_experiment, tracking_uri
 from tests.test_materializers import LinearTestMethod  # noqa: F401  (registers _test_linear)
 
 MODEL = "neuralmark-_test_linear"
@@ -90,7 +90,7 @@ def test_candidates_challenger_champion(mlflow_project, photo) -> None:
 
 def torch_image(path: Path):
     """The image as the verifier reads it."""
-    from components.imageio import load_image
+    from neuralmark.components.imageio import load_image
 
     return load_image(path, min_size=1).tensor
 
@@ -105,9 +105,9 @@ def test_mlflow_callback_and_report(mlflow_project) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from components.methods.base import Callbacks
-    from components.report import Report
-    from steps.tracking import MLflowCallback, log_config, log_report
+    from neuralmark.components.methods.base import Callbacks
+    from neuralmark.components.report import Report
+    from neuralmark.integrations.tracking import MLflowCallback, log_config, log_report
 
     _, exp_id = mlflow_project
     open_before = set(plt.get_fignums())  # other tests' figures are not ours to judge

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.data.rain import add_rain, sample_rain_params
-from components.methods import InputError, WatermarkKey, build, load_bundle
-from components.methods.base import Status
-from components.methods.output_mark import (
+from neuralmark.components.data.rain import add_rain, sample_rain_params
+from neuralmark.components.methods import InputError, WatermarkKey, build, load_bundle
+from neuralmark.components.methods.base import Status
+from neuralmark.components.methods.output_mark import (
     extraction_nc,
     group_split,
     key_logo,
@@ -25,12 +25,12 @@ from components.methods.output_mark import (
     surrogate_matrix_cells,
     train_surrogate,
 )
-from components.metrics import normalized_correlation, ssim
-from components.nets.ceilnet import CEILNet
-from components.nets.image_nets import SURROGATE_ARCHS, build_image_net
-from components.nets.patchgan import PatchDiscriminator
-from components.nets.perceptual import structural_perceptual_loss
-from components.nets.unet import UNet
+from neuralmark.components.metrics import normalized_correlation, ssim
+from neuralmark.components.nets.ceilnet import CEILNet
+from neuralmark.components.nets.image_nets import SURROGATE_ARCHS, build_image_net
+from neuralmark.components.nets.patchgan import PatchDiscriminator
+from neuralmark.components.nets.perceptual import structural_perceptual_loss
+from neuralmark.components.nets.unet import UNet
 
 SIZE = 32
 KEY = WatermarkKey("neuralmark-eval")
@@ -326,7 +326,7 @@ def test_flat_images_are_unreadable(trained):
 def test_each_task_and_variant_registers_under_its_own_name():
     """A debone model must not become the derain model's champion (measured: the debone
     run, matrix mean 1.0, replaced the derain champion, 0.88, when both shared a name)."""
-    from pipelines.settings import model_name
+    from neuralmark.runtime.settings import model_name
 
     names = {model_name("output_mark", build("output_mark", {**TINY, **kw}).config.variant)
              for kw in ({}, {"task": "debone"}, {"task": "debone", "task_specific": True})}

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from pipelines.stack import tracking_uri
+from neuralmark.runtime.stack import tracking_uri
 from tests.isolation import isolated_zenml_project
 
 pytestmark = pytest.mark.pipeline
@@ -54,7 +54,7 @@ def project(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def runs(project: Path) -> list[dict[str, Any]]:
-    from pipelines.output_mark import run_output_mark
+    from neuralmark.pipelines.output_mark import run_output_mark
 
     return [run_output_mark("derain", "tiny", overrides=MICRO, project_root=project)
             for _ in range(2)]
@@ -106,7 +106,7 @@ def test_surrogate_cells_train_on_marked_pairs_and_are_cached_on_rerun(runs) -> 
     assert str(cell.status) == "completed"
     assert cell.config.parameters["arch"] == "unet" and cell.config.parameters["loss"] == "l2"
     # the library code is part of the cache key: a change under components/ retrains cells
-    from pipelines.output_mark import components_digest
+    from neuralmark.pipelines.output_mark import components_digest
 
     digest = components_digest()
     assert len(digest) == 64 and digest == components_digest()
@@ -133,8 +133,8 @@ def test_surrogate_cells_train_on_marked_pairs_and_are_cached_on_rerun(runs) -> 
 
 
 def test_bad_matrix_or_cache_setting_fails_before_anything_runs(tmp_path: Path) -> None:
-    from components.methods.base import InputError
-    from pipelines.output_mark import run_output_mark
+    from neuralmark.components.methods.base import InputError
+    from neuralmark.pipelines.output_mark import run_output_mark
 
     with pytest.raises(InputError, match="matrix.cells"):
         run_output_mark("derain", "tiny", overrides={"matrix": {"cells": [["vgg", "l2"]]}},
@@ -154,7 +154,7 @@ def test_bad_matrix_or_cache_setting_fails_before_anything_runs(tmp_path: Path) 
 
 
 def test_pairs_rows_tables_and_gate_summary(photo) -> None:
-    from components import surrogate_matrix as smx
+    from neuralmark.components import surrogate_matrix as smx
 
     images = torch.from_numpy(photo[:128, :192].copy()).permute(2, 0, 1).float()[None] / 255
     images = torch.cat([images[..., :64, :64], images[..., 64:, 128:]])         # 2 3 64 64

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.methods import InputError, WatermarkKey
-from components.payload import PayloadCodec, key_mask
-from components.stats import binomial_sf, clopper_pearson
+from neuralmark.components.methods import InputError, WatermarkKey
+from neuralmark.components.payload import PayloadCodec, key_mask
+from neuralmark.components.stats import binomial_sf, clopper_pearson
 
 
 def test_binomial_tail_exact_values():

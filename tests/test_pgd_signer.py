@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from components.attacks.differentiable import EoTChain, EoTConfig
-from components.methods import WatermarkKey, build
-from components.methods.pgd_signer import PGDSigner
-from components.metrics import psnr
+from neuralmark.components.attacks.differentiable import EoTChain, EoTConfig
+from neuralmark.components.methods import WatermarkKey, build
+from neuralmark.components.methods.pgd_signer import PGDSigner
+from neuralmark.components.metrics import psnr
 
 
 def smoke(**over):

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from components.evaluation import rows_from_csv
-from components.methods.base import InputError
-from pipelines.stack import tracking_uri
+from neuralmark.components.evaluation import rows_from_csv
+from neuralmark.components.methods.base import InputError
+from neuralmark.runtime.stack import tracking_uri
 from tests.isolation import isolated_zenml_project
 
 pytestmark = pytest.mark.pipeline
@@ -65,7 +65,7 @@ def project(tmp_path_factory) -> Iterator[Path]:
 
 
 def _train(project: Path, policy: dict[str, Any], **data: Any) -> dict[str, Any]:
-    from pipelines.training import run_training
+    from neuralmark.pipelines.training import run_training
 
     overrides = {**MICRO, "data": {**MICRO["data"], **data}, "policy": policy}
     return run_training("pgd_signer", "tiny", overrides=overrides, project_root=project)
@@ -147,9 +147,9 @@ def test_broken_dataset_stops_before_training(project: Path,
                                               first_run: dict[str, Any]) -> None:
     from zenml.client import Client
 
-    from components.data.manifest import read_manifest
-    from components.data.sample import build_sample_dataset
-    from pipelines.settings import DataSettings
+    from neuralmark.components.data.manifest import read_manifest
+    from neuralmark.components.data.sample import build_sample_dataset
+    from neuralmark.runtime.settings import DataSettings
 
     data = DataSettings(**{**MICRO["data"], "root": "data/broken"})
     manifest = build_sample_dataset(data.resolved_root(project), data.sample_config())

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import components.data.prepare as prep
-from components.data.datasets import PrepareConfig
-from components.data.prepare import PREPARED_COLUMNS, prepare_dataset, source_fingerprint
-from components.data.readers.base import DatasetLayoutError
-from components.methods.base import InputError
+import neuralmark.components.data.prepare as prep
+from neuralmark.components.data.datasets import PrepareConfig
+from neuralmark.components.data.prepare import PREPARED_COLUMNS, prepare_dataset, source_fingerprint
+from neuralmark.components.data.readers.base import DatasetLayoutError
+from neuralmark.components.methods.base import InputError
 
 CIFAR_N = 4  # images per batch in the fixture
 ONE = PrepareConfig(workers=1)
@@ -211,8 +211,8 @@ def _rewrite(manifest: Path, change) -> None:
 
 
 def test_gx_accepts_prepared_and_rejects_broken_pair_and_bad_label(cifar_tar, tmp_path):
-    from components.data.datasets import RecipeExpectations, get_recipe
-    from steps.validation import validate_prepared
+    from neuralmark.components.data.datasets import RecipeExpectations, get_recipe
+    from neuralmark.integrations.validation import validate_prepared
 
     report = prepare_dataset("cifar10", cifar_tar, tmp_path / "out", ONE)
     manifest = Path(report.manifest)
@@ -242,7 +242,7 @@ def test_gx_accepts_prepared_and_rejects_broken_pair_and_bad_label(cifar_tar, tm
 
 
 def test_recipes_declare_their_validation_facts():
-    from components.data.datasets import available_datasets, get_recipe
+    from neuralmark.components.data.datasets import available_datasets, get_recipe
 
     facts = {name: get_recipe(name).expectations(
         prep.effective_config(get_recipe(name), PrepareConfig())) for name in available_datasets()}
@@ -279,7 +279,7 @@ def project(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.mark.pipeline
 def test_pipeline_prepares_validates_and_caches(project, cifar_tar):
-    from pipelines.data_preparation import run_data_preparation
+    from neuralmark.pipelines.data_preparation import run_data_preparation
 
     config = {"workers": 1, "version_with_dvc": False}
     first = run_data_preparation("cifar10", cifar_tar, config=config, project_root=project)
@@ -296,7 +296,7 @@ def test_pipeline_prepares_validates_and_caches(project, cifar_tar):
 def test_cli_prepare_in_process(folder, tmp_path):
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from neuralmark.cli.app import app
 
     args = ["data", "prepare", "image_folder", "--source", str(folder), "--out",
             str(tmp_path / "out"), "--size", "16", "--limit", "6", "--no-pipeline"]
@@ -309,7 +309,7 @@ def test_cli_prepare_in_process(folder, tmp_path):
 
 
 def test_cli_option_pairs_are_parsed_and_bad_ones_named():
-    from pipelines.cli import _parse_options
+    from neuralmark.cli.app import _parse_options
 
     assert _parse_options(["targets=/x", "rain_haze=true", "b=False"]) == {
         "targets": "/x", "rain_haze": True, "b": False}

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from components.data.datasets import PrepareConfig
-from components.data.prepare import prepare_dataset
-from components.data.readers import archives
-from components.data.readers.base import DatasetLayoutError
-from components.data.readers.voc import VocReader
+from neuralmark.components.data.datasets import PrepareConfig
+from neuralmark.components.data.prepare import prepare_dataset
+from neuralmark.components.data.readers import archives
+from neuralmark.components.data.readers.base import DatasetLayoutError
+from neuralmark.components.data.readers.voc import VocReader
 from tests.test_readers_photo import VOC_TRAIN, VOC_VAL, jpeg_bytes
 
 ONE = PrepareConfig(size=32, workers=1, fractions=(0.5, 0.25, 0.25))

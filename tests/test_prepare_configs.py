@@ -21,9 +21,9 @@ def _check(path: Path) -> dict:
     """Validate one run config; returns its parameters bound to the pipeline's signature."""
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 
-    from components.data.datasets import get_recipe
-    from components.data.prepare import effective_config
-    from pipelines.data_preparation import data_preparation_pipeline, split_config
+    from neuralmark.components.data.datasets import get_recipe
+    from neuralmark.components.data.prepare import effective_config
+    from neuralmark.pipelines.data_preparation import data_preparation_pipeline, split_config
 
     run = PipelineRunConfiguration.model_validate(yaml.safe_load(path.read_text()))
     signature = inspect.signature(data_preparation_pipeline.entrypoint)
@@ -42,7 +42,7 @@ def _check(path: Path) -> dict:
 
 
 def test_there_is_a_config_for_every_recipe():
-    from components.data.datasets import available_datasets
+    from neuralmark.components.data.datasets import available_datasets
 
     covered = {yaml.safe_load(p.read_text())["parameters"]["dataset"] for p in FILES}
     assert covered == set(available_datasets())
@@ -61,14 +61,14 @@ def test_config_loads_and_fits_the_pipeline(path: Path):
 
 
 def test_the_voc_fractions_are_the_seed_split():
-    from components.data.readers.voc import SEED_FRACTIONS
+    from neuralmark.components.data.readers.voc import SEED_FRACTIONS
 
     effective = _check(CONFIG_DIR / "voc_derain.yaml")["effective"]
     assert effective.fractions == pytest.approx(SEED_FRACTIONS)
 
 
 def test_a_typo_in_a_config_is_named(tmp_path: Path):
-    from components.errors import InputError
+    from neuralmark.components.errors import InputError
 
     raw = yaml.safe_load((CONFIG_DIR / "mirflickr25k.yaml").read_text())
     raw["parameters"]["config"]["sise"] = 400

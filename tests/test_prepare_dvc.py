@@ -49,9 +49,9 @@ def test_prepare_versions_with_dvc_and_links_the_report(dvc_project, tmp_path):
     import mlflow
     from zenml.client import Client
 
-    from pipelines.data_preparation import PIPELINE_NAME, run_data_preparation
-    from pipelines.stack import tracking_uri
-    from steps.data_preparation import REPORT_ARTIFACT, REPORT_TAG
+    from neuralmark.integrations.run_context import REPORT_ARTIFACT, REPORT_TAG
+    from neuralmark.pipelines.data_preparation import PIPELINE_NAME, run_data_preparation
+    from neuralmark.runtime.stack import tracking_uri
 
     root, remote = dvc_project
     tarball = _write_tar(tmp_path / "cifar-10-python.tar.gz", _cifar_members())
@@ -100,8 +100,12 @@ def test_run_description_says_when_targets_are_approximated(tmp_path):
     """``link_report_from_run`` on a ChestX-ray8 report, in a throw-away MLflow store."""
     import mlflow
 
-    from steps.data_preparation import REPORT_ARTIFACT, REPORT_TAG, link_report_from_run
-    from steps.validation import DataValidationReport
+    from neuralmark.integrations.run_context import (
+        REPORT_ARTIFACT,
+        REPORT_TAG,
+        link_report_from_run,
+    )
+    from neuralmark.integrations.validation import DataValidationReport
     from tests.isolation import _mlflow_state, _restore_mlflow
 
     report = DataValidationReport(success=False, results=[

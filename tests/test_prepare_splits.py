@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.data.datasets import PrepareConfig
-from components.data.prepare import prepare_dataset
-from components.data.readers.voc import SEED_FRACTIONS, SEED_SPLIT_SIZES
-from components.data.splits import split_by_name_hash, split_counts
+from neuralmark.components.data.datasets import PrepareConfig
+from neuralmark.components.data.prepare import prepare_dataset
+from neuralmark.components.data.readers.voc import SEED_FRACTIONS, SEED_SPLIT_SIZES
+from neuralmark.components.data.splits import split_by_name_hash, split_counts
 
 FRACTIONS = [(0.8, 0.1, 0.1), (0.5, 0.3, 0.2), (0.7, 0.15, 0.15), SEED_FRACTIONS,
              (1 / 3, 1 / 3, 1 / 3), (0.98, 0.01, 0.01)]

@@ -10,7 +10,7 @@ import torch
 from kornia.filters import median_blur
 from PIL import Image, ImageOps
 
-from components.data.rain import (
+from neuralmark.components.data.rain import (
     RainParams,
     add_rain,
     item_seed,

@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from components.data import bone_suppression as bs
-from components.data import datasets
-from components.data.datasets import PrepareConfig
-from components.data.readers.base import DatasetLayoutError
-from components.data.readers.chestxray8 import (
+from neuralmark.components.data import bone_suppression as bs
+from neuralmark.components.data import datasets
+from neuralmark.components.data.datasets import PrepareConfig
+from neuralmark.components.data.readers.base import DatasetLayoutError
+from neuralmark.components.data.readers.chestxray8 import (
     BoneTargetError,
     ChestXray8Reader,
     MissingTargetError,
@@ -166,7 +166,7 @@ def test_missing_images_are_listed_and_skipped(tmp_path, caplog):
     assert "2 of 9 images" in caplog.text and "00000001_001.png" in caplog.text
 
     # the prepare engine streams the reader twice (split plan, then items): one warning
-    from components.data.prepare import prepare_dataset
+    from neuralmark.components.data.prepare import prepare_dataset
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -362,7 +362,7 @@ def test_engine_quarantines_a_missing_target_and_names_files_cleanly(tmp_path):
     """Through the prepare engine: a missing target is one quarantined item, not a crash."""
     import csv
 
-    from components.data.prepare import prepare_dataset
+    from neuralmark.components.data.prepare import prepare_dataset
 
     write_cxr8(tmp_path / "cxr8")
     targets = tmp_path / "bse"
@@ -387,7 +387,7 @@ def test_engine_quarantines_a_missing_target_and_names_files_cleanly(tmp_path):
     assert kinds == {"classical-approximation"}
 
     # the GX report counts target kinds per pair and says plainly when they are approximated
-    from steps.validation import validate_prepared
+    from neuralmark.integrations.validation import validate_prepared
 
     supplied = validate_prepared(report.manifest, report.expectations)
     assert supplied.success, supplied.failed()
@@ -402,7 +402,7 @@ def test_engine_quarantines_a_missing_target_and_names_files_cleanly(tmp_path):
     assert f"<strong>{len(ROWS)} classical-approximation</strong>" in approximated.html
 
     # a row that does not say where its target came from fails the recipe's own check
-    from components.data.prepare import write_prepared_manifest
+    from neuralmark.components.data.prepare import write_prepared_manifest
 
     with Path(approx.manifest).open(newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -18,12 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.data import datasets
-from components.data.datasets import PrepareConfig
-from components.data.readers.base import DatasetLayoutError, SourceItem
-from components.data.readers.metafaces import MetafacesReader, metafaces_transform
-from components.data.readers.mirflickr import MirflickrReader, mirflickr_transform, to_rgb
-from components.data.readers.voc import (
+from neuralmark.components.data import datasets
+from neuralmark.components.data.datasets import PrepareConfig
+from neuralmark.components.data.readers.base import DatasetLayoutError, SourceItem
+from neuralmark.components.data.readers.metafaces import MetafacesReader, metafaces_transform
+from neuralmark.components.data.readers.mirflickr import (
+    MirflickrReader,
+    mirflickr_transform,
+    to_rgb,
+)
+from neuralmark.components.data.readers.voc import (
     SEED_FRACTIONS,
     VOC_DERAIN_ROLES,
     VocReader,

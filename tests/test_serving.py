@@ -1,4 +1,4 @@
-"""Batch verification (components.serving): same answers as one-by-one, in order, robust."""
+"""Batch verification (``components.serving``): same answers as one-by-one, in order, robust."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from components.methods import load_bundle
-from components.methods.base import InputError, Status, WatermarkKey
-from components.serving import BatchVerifier, working_view
-from pipelines.cli import PRETRAINED_DIR
+from neuralmark.components.methods.registry import PRETRAINED_DIR
+from neuralmark.components.methods import load_bundle
+from neuralmark.components.methods.base import InputError, Status, WatermarkKey
+from neuralmark.components.serving import BatchVerifier, working_view
 
 KEY = WatermarkKey("owner secret", 3)
 

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from components.methods import load_bundle
-from pipelines.cli import PRETRAINED_DIR, app
+from neuralmark.cli.app import app
+from neuralmark.components.methods.registry import PRETRAINED_DIR
+from neuralmark.components.methods import load_bundle
 
 SHIPPED = PRETRAINED_DIR / "pgd_signer"
 
@@ -94,7 +95,7 @@ def test_shipped_anti_forward_loads_and_detects_a_stamped_photo(photo):
     """The shipped scanner finds its stamp on real photo crops, not on the originals."""
     import torch
 
-    from components.metrics import psnr
+    from neuralmark.components.metrics import psnr
 
     for name in ("config.json", "weights.safetensors", "state.json", "MODEL_CARD.md"):
         assert (AF_SHIPPED / name).is_file(), f"missing {name} in {AF_SHIPPED}"

@@ -1,4 +1,4 @@
-"""Randomized smoothing (components.smoothing) against hand-computable cases."""
+"""Randomized smoothing (neuralmark.components.smoothing) against hand-computable cases."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import statistics
 import pytest
 import torch
 
-from components.smoothing import Certificate, certified_accuracy, certify, noise_counts, predict
-from components.stats import one_sided_lower
+from neuralmark.components.smoothing import (
+    Certificate,
+    certified_accuracy,
+    certify,
+    noise_counts,
+    predict,
+)
+from neuralmark.components.stats import one_sided_lower
 
 PHI = statistics.NormalDist()
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from components.methods import InputError, WatermarkKey, build
-from components.metrics import psnr
+from neuralmark.components.methods import InputError, WatermarkKey, build
+from neuralmark.components.metrics import psnr
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -121,9 +121,9 @@ def test_surrogate_attack_cell_runs_on_the_baseline(photos):
     surrogate's outputs on the same inputs 0/8 (mean bit accuracy 0.59) — at this size the
     tiny surrogate does not reproduce the 64-bit carrier (the seed reports 0% for most T-*
     cells too), so only the mechanics are asserted here."""
-    from components.data.rain import add_rain, sample_rain_params
-    from components.methods.output_mark import train_surrogate
-    from components.stats import binomial_sf
+    from neuralmark.components.data.rain import add_rain, sample_rain_params
+    from neuralmark.components.methods.output_mark import train_surrogate
+    from neuralmark.components.stats import binomial_sf
 
     ss = build("spread_spectrum", {"working_size": 64, "chip": 2, "psnr_target": 34.0})
     key = WatermarkKey("neuralmark-eval", 0)

@@ -1,10 +1,10 @@
-"""``pipelines.stack``: idempotent ZenML bootstrap + MLflow experiment location."""
+"""``neuralmark.runtime.stack``: idempotent ZenML bootstrap + MLflow experiment location."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.stack import (
+from neuralmark.runtime.stack import (
     REGISTRY_NAME,
     STACK_NAME,
     TRACKER_NAME,
@@ -47,7 +47,7 @@ def test_ensure_stack_is_idempotent(tmp_path: Path) -> None:
     # `zenml pipeline run -c ...` from another directory writes no ./mlruns there
     from mlflow.tracking import MlflowClient
 
-    from pipelines.stack import PIPELINE_EXPERIMENTS
+    from neuralmark.runtime.stack import PIPELINE_EXPERIMENTS
 
     mlflow_client = MlflowClient(tracking_uri=tracking_uri(tmp_path))
     for name in PIPELINE_EXPERIMENTS:

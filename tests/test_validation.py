@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from components.data.manifest import ManifestRow, read_manifest, write_manifest
-from components.data.sample import SampleDataConfig, build_sample_dataset
-from steps.validation import (
+from neuralmark.components.data.manifest import ManifestRow, read_manifest, write_manifest
+from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset
+from neuralmark.integrations.validation import (
     DataValidationError,
     DataValidationReport,
     validate_manifest,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
-from components.attacks.base import ImageAttack, Params, uniform
+from neuralmark.components.attacks.base import ImageAttack, Params, uniform
 
 
 def _switch(n: int, p: float, generator: torch.Generator | None) -> torch.Tensor:

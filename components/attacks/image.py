@@ -11,7 +11,7 @@ round trip and pass gradients straight through (``x + (y - x).detach()``), so a
 PGD signer can still differentiate through them. The geometric and value
 attacks are plain differentiable torch/kornia ops.
 
-Each attack has a ``name`` (registry key, see ``components.attacks.registry``)
+Each attack has a ``name`` (registry key, see ``neuralmark.components.attacks.registry``)
 and a ``strength`` (its one knob, ``None`` where it has none).
 """
 
@@ -27,7 +27,7 @@ from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import rotate as kornia_rotate
 from PIL import Image
 
-from components.attacks.base import ImageAttack, Params, uniform
+from neuralmark.components.attacks.base import ImageAttack, Params, uniform
 
 __all__ = [
     "JPEG", "WebP", "Resize", "Crop", "Rotate", "GaussianBlur", "GaussianNoise",

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from components.attacks.base import ImageAttack
-from components.attacks.image import (
+from neuralmark.components.attacks.base import ImageAttack
+from neuralmark.components.attacks.image import (
     JPEG,
     Brightness,
     Combo,

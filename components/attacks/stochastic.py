@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from components.attacks.base import ImageAttack
+from neuralmark.components.attacks.base import ImageAttack
 
 NAMES = ("resized_crop", "rotation", "color_jitter", "blur", "perspective", "jpeg")
 

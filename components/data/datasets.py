@@ -31,9 +31,9 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from components.data.readers.base import DatasetReader, SourceItem
-from components.errors import InputError
-from components.plugins import import_submodules
+from neuralmark.components.data.readers.base import DatasetReader, SourceItem
+from neuralmark.components.errors import InputError
+from neuralmark.components.plugins import import_submodules
 
 
 class PrepareConfig(BaseModel):
@@ -181,7 +181,7 @@ def _discover() -> None:
     global _DISCOVERED
     if _DISCOVERED:
         return
-    import components.data.readers as pkg
+    import neuralmark.components.data.readers as pkg
 
     import_submodules(pkg, skip={"base"})
     _DISCOVERED = True

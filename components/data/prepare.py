@@ -62,12 +62,12 @@ from typing import Any
 
 from PIL import Image
 
-from components.data.datasets import DatasetRecipe, PrepareConfig, get_recipe
-from components.data.manifest import MANIFEST_COLUMNS, SPLITS
-from components.data.readers.archives import close_archives
-from components.data.readers.base import DatasetReader, ItemError, SourceItem
-from components.data.splits import split_by_name_hash
-from components.errors import InputError
+from neuralmark.components.data.datasets import DatasetRecipe, PrepareConfig, get_recipe
+from neuralmark.components.data.manifest import MANIFEST_COLUMNS, SPLITS
+from neuralmark.components.data.readers.archives import close_archives
+from neuralmark.components.data.readers.base import DatasetReader, ItemError, SourceItem
+from neuralmark.components.data.splits import split_by_name_hash
+from neuralmark.components.errors import InputError
 
 #: bump when the output bytes or layout change for the same input
 PREPARE_FORMAT_VERSION = 4

@@ -14,7 +14,7 @@ masked mixtures of those) add content no photo has.
 
 Layout under ``root``::
 
-    manifest.csv               # see components.data.manifest
+    manifest.csv               # see neuralmark.components.data.manifest
     .config.json               # the config that built it (idempotence check)
     train/<sha256[:16]>.png    # also val/, test/
 
@@ -47,8 +47,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components.data.manifest import ManifestRow, write_manifest
-from components.data.splits import assign_splits, split_counts  # noqa: F401 (re-exported)
+from neuralmark.components.data.manifest import ManifestRow, write_manifest
+from neuralmark.components.data.splits import assign_splits, split_counts  # noqa: F401 (re-exported)
 
 #: bump when the generator changes in a way that changes bytes
 SAMPLE_FORMAT_VERSION = 1

@@ -13,7 +13,7 @@ import hashlib
 import math
 from collections.abc import Iterable
 
-from components.data.manifest import SPLITS
+from neuralmark.components.data.manifest import SPLITS
 
 
 def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:

@@ -1,6 +1,6 @@
 """Watermarking methods behind one interface; see ``base`` and ``registry``."""
 
-from components.methods.base import (
+from neuralmark.components.methods.base import (
     Callbacks,
     InputError,
     MethodConfig,
@@ -9,7 +9,13 @@ from components.methods.base import (
     WatermarkKey,
     WatermarkMethod,
 )
-from components.methods.registry import available, build, load_bundle, make_config, register
+from neuralmark.components.methods.registry import (
+    available,
+    build,
+    load_bundle,
+    make_config,
+    register,
+)
 
 __all__ = [
     "Callbacks", "InputError", "MethodConfig", "Status", "Verdict", "WatermarkKey",

@@ -19,7 +19,7 @@ Choices where the seed is vague (written down here, as promised):
   bilinear); the stamp residual is computed there, up-sampled bilinearly to
   the input size and added, so any resolution in gives the same resolution out.
   The seed trains at 400²; the CPU profiles use smaller working sizes.
-* **Nets** (``components.nets.stamp``): the encoder is a small U-Net at half
+* **Nets** (``neuralmark.components.nets.stamp``): the encoder is a small U-Net at half
   resolution with a ``tanh`` output scaled by ``strength`` (so ``strength`` is
   the largest change of a pixel value, and the knob that trades invisibility
   for robustness at embed time); the scanner is five stride-2 conv blocks,
@@ -54,7 +54,7 @@ Choices where the seed is vague (written down here, as promised):
   both that ramp and the image loss's start after ``warmup_start`` steps.
 * **Payload** (beyond the seed): with ``payload_bits`` = k > 0 the encoder is
   conditioned on k bits and the scanner has k more logits. The bits are the
-  keyed word of ``components.payload`` (HMAC mask of the key's secret, optional
+  keyed word of ``neuralmark.components.payload`` (HMAC mask of the key's secret, optional
   BCH), so the payload is read with an exact binomial p-value.
 * **Keys**: the stamp itself is *not* keyed (``keyed_detection = False``), as
   in the seed: the platform's scanner must find every stamped image whoever
@@ -124,9 +124,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from components import smoothing
-from components.attacks.stochastic import StochasticAugConfig, StochasticAugmentation
-from components.methods.base import (
+from neuralmark.components import smoothing
+from neuralmark.components.attacks.stochastic import StochasticAugConfig, StochasticAugmentation
+from neuralmark.components.methods.base import (
     Callbacks,
     InputError,
     MethodConfig,
@@ -138,9 +138,9 @@ from components.methods.base import (
     pick_device,
     resize_square,
 )
-from components.methods.registry import register
-from components.nets.stamp import Scanner, StampEncoder
-from components.payload import PayloadCodec
+from neuralmark.components.methods.registry import register
+from neuralmark.components.nets.stamp import Scanner, StampEncoder
+from neuralmark.components.payload import PayloadCodec
 
 
 class AntiForwardConfig(MethodConfig):

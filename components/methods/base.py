@@ -20,8 +20,6 @@ import abc
 import enum
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +30,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 
-from components.errors import InputError
+from neuralmark.components.errors import InputError
+from neuralmark.components.files import atomic_write_dir
 
 
 class MethodConfig(BaseModel):
@@ -137,6 +136,11 @@ class Callbacks:
     def __init__(self, callbacks: Iterable[Any] = ()) -> None:
         self.callbacks = list(callbacks)
 
+    @classmethod
+    def of(cls, callbacks: Callbacks | Iterable[Any] | None) -> Callbacks:
+        """``callbacks`` as a ``Callbacks``: itself if it is one, else a fan-out over them."""
+        return callbacks if isinstance(callbacks, Callbacks) else cls(callbacks or ())
+
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             fn = getattr(cb, hook, None)
@@ -187,32 +191,6 @@ def resize_square(x: torch.Tensor, size: int, clamp: bool = True) -> torch.Tenso
         return x
     y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return y.clamp(0, 1) if clamp else y
-
-
-def atomic_write_dir(target: str | os.PathLike, write: Any) -> Path:
-    """Write a directory atomically: ``write(tmpdir)`` then rename over ``target``.
-
-    A crash inside ``write`` leaves ``target`` untouched (old content or absent).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-    try:
-        write(tmp)
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old")
-            if backup.exists():
-                shutil.rmtree(backup)
-            os.replace(target, backup)
-            os.replace(tmp, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 class WatermarkMethod(abc.ABC):

@@ -28,14 +28,14 @@ Choices where the seed is vague (written down here, as promised):
   path to an image file (resized to the working size). A logo whose NC with
   the blank is already above the threshold could not be told from "no mark" and
   is refused (``InputError``), as is anything that is not an image.
-* **NC**: ``components.metrics.normalized_correlation`` (uncentred, the seed's
+* **NC**: ``neuralmark.components.metrics.normalized_correlation`` (uncentred, the seed's
   metric); success when NC > ``threshold`` (0.95, the seed's criterion).
 * **Domain B**: the outputs of M (what the service releases), i.e. ``M(A)``.
   The clean term also sees the ground-truth targets, which look like the
   outputs of an independently trained model: false positives on them are the
   ones that matter (issue #6).
 * **Perceptual loss**: no VGG here; ``perceptual="structural"`` is the
-  non-learned substitute of ``components.nets.perceptual`` (1 − SSIM +
+  non-learned substitute of ``neuralmark.components.nets.perceptual`` (1 − SSIM +
   Laplacian-pyramid L1 + Sobel-gradient L1). ``"none"`` drops the term.
 * **Heads**: M and H are residual UNets (``clamp(x + r, 0, 1)``, near-identity
   at start); R is a CEILNet with a sigmoid head; D outputs patch logits and is
@@ -144,7 +144,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from components.methods.base import (
+from neuralmark.components.methods.base import (
     Callbacks,
     InputError,
     MethodConfig,
@@ -156,14 +156,14 @@ from components.methods.base import (
     pick_device,
     resize_square,
 )
-from components.methods.registry import register
-from components.metrics import normalized_correlation, psnr, ssim
-from components.nets.ceilnet import CEILNet
-from components.nets.image_nets import SURROGATE_ARCHS, SurrogateArch, build_image_net
-from components.nets.patchgan import PatchDiscriminator
-from components.nets.perceptual import structural_perceptual_loss
-from components.nets.unet import UNet
-from components.stats import binomial_sf
+from neuralmark.components.methods.registry import register
+from neuralmark.components.metrics import normalized_correlation, psnr, ssim
+from neuralmark.components.nets.ceilnet import CEILNet
+from neuralmark.components.nets.image_nets import SURROGATE_ARCHS, SurrogateArch, build_image_net
+from neuralmark.components.nets.patchgan import PatchDiscriminator
+from neuralmark.components.nets.perceptual import structural_perceptual_loss
+from neuralmark.components.nets.unet import UNet
+from neuralmark.components.stats import binomial_sf
 
 #: loss terms an attacker's surrogate can combine (seed 001, Table 3)
 SURROGATE_LOSS_TERMS: tuple[str, ...] = ("l1", "l2", "perceptual", "adversarial")
@@ -221,7 +221,7 @@ class OutputMarkConfig(MethodConfig):
 
     ``perceptual``: ``"structural"`` = the documented non-learned substitute for
     VGG features (1 − SSIM + Laplacian-pyramid L1 + Sobel-gradient L1, see
-    ``components.nets.perceptual``); ``"none"`` drops the term. No downloaded
+    ``neuralmark.components.nets.perceptual``); ``"none"`` drops the term. No downloaded
     weights either way.
     """
 
@@ -300,7 +300,7 @@ class OutputMarkConfig(MethodConfig):
 
     @property
     def variant(self) -> str | None:
-        """Registered-model suffix (``pipelines.settings.model_name``): ``None`` for
+        """Registered-model suffix (``neuralmark.runtime.settings.model_name``): ``None`` for
         derain, else the task, plus ``task_specific`` for the seed's variant. Models of
         different tasks answer different questions, so each has its own champion."""
         parts = [] if self.task == "derain" else [self.task]
@@ -770,7 +770,7 @@ class MarkedModel(nn.Module):
 class OutputMark(WatermarkMethod):
     """Seed 001's model watermark through outputs. See the module docstring."""
 
-    own_pipeline = ("neuralmark protect --task derain|debone (pipelines.output_mark."
+    own_pipeline = ("neuralmark protect --task derain|debone (neuralmark.pipelines.output_mark."
                     "output_mark_pipeline, configs/output_mark_pipeline.yaml)")
 
     Config = OutputMarkConfig

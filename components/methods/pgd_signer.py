@@ -35,7 +35,7 @@ Choices where the seed is vague (written down here, as promised):
 * **Where it falls short (CPU budget)**: in our runs EM kept the decoder
   signable but did not yet flatten the rotation/crop curves; see the issue
   notes and ``components/pretrained/pgd_signer/MODEL_CARD.md``.
-* **Detection**: hard bits → keyed BCH payload (``components.payload``) →
+* **Detection**: hard bits → keyed BCH payload (``neuralmark.components.payload``) →
   exact binomial p-value; ``detected`` iff ``p ≤ alpha``.
 """
 
@@ -51,8 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.attacks.differentiable import DiffRotate, DiffZoom, EoTChain, EoTConfig
-from components.methods.base import (
+from neuralmark.components.attacks.differentiable import DiffRotate, DiffZoom, EoTChain, EoTConfig
+from neuralmark.components.methods.base import (
     Callbacks,
     InputError,
     MethodConfig,
@@ -64,9 +64,9 @@ from components.methods.base import (
     pick_device,
     resize_square,
 )
-from components.methods.registry import register
-from components.nets.squeeze_decoder import SqueezeDecoder
-from components.payload import PayloadCodec
+from neuralmark.components.methods.registry import register
+from neuralmark.components.nets.squeeze_decoder import SqueezeDecoder
+from neuralmark.components.payload import PayloadCodec
 
 
 class PGDSignerConfig(MethodConfig):
@@ -494,7 +494,7 @@ class PGDSigner(WatermarkMethod):
                 for name, (xs, ys) in cur.items():
                     curves[name][f"round {rnd}"] = (xs, ys)
                     metrics[f"curve_{name}_mean"] = float(np.mean(ys))
-                from components.plots import curve  # matplotlib: only when training
+                from neuralmark.components.plots import curve  # matplotlib: only when training
 
                 for name, lines in curves.items():
                     cb.on_figure(rnd, f"bit_accuracy_vs_{name}", curve(

@@ -13,8 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from components.methods.base import InputError, MethodConfig, WatermarkMethod
-from components.plugins import import_submodules
+from neuralmark.components.methods.base import InputError, MethodConfig, WatermarkMethod
+from neuralmark.components.plugins import import_submodules
+
+#: where shipped bundles live: ``pretrained/<method>/`` inside the installed package
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 
 _REGISTRY: dict[str, type[WatermarkMethod]] = {}
 _DISCOVERED = False
@@ -37,7 +40,7 @@ def _discover() -> None:
     global _DISCOVERED
     if _DISCOVERED:
         return
-    import components.methods as pkg
+    import neuralmark.components.methods as pkg
 
     import_submodules(pkg, skip={"base", "registry"})
     _DISCOVERED = True
@@ -93,3 +96,20 @@ def load_bundle(directory: str | os.PathLike, device: str = "cpu") -> WatermarkM
     except (json.JSONDecodeError, KeyError) as err:
         raise InputError(f"{cfg} is not a valid bundle config: {err}") from err
     return method_class(key).from_bundle(directory, device=device)
+
+
+def is_bundle(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a bundle (``config.json`` + ``weights.safetensors``)."""
+    directory = Path(directory)
+    return (directory / "config.json").is_file() and (directory / "weights.safetensors").is_file()
+
+
+def shipped_bundle(key: str) -> Path | None:
+    """The folder of method ``key``'s shipped bundle, or ``None`` when none ships.
+
+    Raises:
+        InputError: ``key`` is not a registered method (the message lists them).
+    """
+    method_class(key)
+    directory = PRETRAINED_DIR / key
+    return directory if is_bundle(directory) else None

@@ -5,7 +5,7 @@ watermarking algorithms" hiding 64 bits (Kutter 1999; Voloshynovskiy et al.
 2000) in the outputs of the protected model. This module is that baseline, in
 its classic CDMA form:
 
-* **Payload**: 64 bits from ``components.payload.PayloadCodec`` (message ID +
+* **Payload**: 64 bits from ``neuralmark.components.payload.PayloadCodec`` (message ID +
   BCH parity, scrambled by an HMAC mask of the secret), so the p-value is exact:
   with the wrong key or no mark, every bit matches with probability ½.
 * **Carriers**: one key-seeded ±1 pattern per bit (HMAC-SHA256 of the secret →
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from components.methods.base import (
+from neuralmark.components.methods.base import (
     Callbacks,
     InputError,
     MethodConfig,
@@ -61,10 +61,10 @@ from components.methods.base import (
     check_images,
     resize_square,
 )
-from components.methods.registry import register
-from components.metrics import psnr
-from components.payload import PayloadCodec
-from components.stats import binomial_sf
+from neuralmark.components.methods.registry import register
+from neuralmark.components.metrics import psnr
+from neuralmark.components.payload import PayloadCodec
+from neuralmark.components.stats import binomial_sf
 
 _DOMAIN = "neuralmark/spread_spectrum"
 

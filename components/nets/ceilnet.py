@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.nets.resnet_gen import ResBlock
-from components.nets.unet import Output, finish, norm_layer, pad_to_multiple
+from neuralmark.components.nets.resnet_gen import ResBlock
+from neuralmark.components.nets.unet import Output, finish, norm_layer, pad_to_multiple
 
 
 class CEILNet(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.nets.unet import Output, finish
+from neuralmark.components.nets.unet import Output, finish
 
 
 class CNet(nn.Module):

@@ -16,9 +16,9 @@ from typing import Literal
 
 from torch import nn
 
-from components.nets.cnet import CNet
-from components.nets.resnet_gen import ResNetGenerator
-from components.nets.unet import Output, UNet
+from neuralmark.components.nets.cnet import CNet
+from neuralmark.components.nets.resnet_gen import ResNetGenerator
+from neuralmark.components.nets.unet import Output, UNet
 
 SurrogateArch = Literal["cnet", "res9", "res16", "unet"]
 SURROGATE_ARCHS: tuple[str, ...] = ("cnet", "res9", "res16", "unet")

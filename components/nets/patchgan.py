@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.nets.unet import norm_layer
+from neuralmark.components.nets.unet import norm_layer
 
 
 class PatchDiscriminator(nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.nets.unet import Output, finish, norm_layer, pad_to_multiple
+from neuralmark.components.nets.unet import Output, finish, norm_layer, pad_to_multiple
 
 
 class ResBlock(nn.Module):

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from components.data.readers.archives import read_tar_span, read_zip_member
-from components.errors import InputError
+from neuralmark.components.data.readers.archives import read_tar_span, read_zip_member
+from neuralmark.components.errors import InputError
 
 
 class DatasetLayoutError(InputError):
@@ -76,7 +76,7 @@ class SourceItem:
         """The encoded file bytes (for hashing and decoding).
 
         Archive members are read through the process's open handle of the
-        archive (``components.data.readers.archives``), not by re-opening it.
+        archive (``neuralmark.components.data.readers.archives``), not by re-opening it.
         """
         if self.location.startswith("zip://"):
             archive, member = self.location[len("zip://"):].split("!", 1)

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from components.data.bone_suppression import TARGET_KIND, suppress_ribs
-from components.data.datasets import PrepareConfig, register_dataset
-from components.data.readers.base import (
+from neuralmark.components.data.bone_suppression import TARGET_KIND, suppress_ribs
+from neuralmark.components.data.datasets import PrepareConfig, register_dataset
+from neuralmark.components.data.readers.base import (
     DatasetLayoutError,
     DatasetReader,
     ItemError,
@@ -496,7 +496,7 @@ def debone_pair(image: Image.Image, item: SourceItem,
 
     B is, with ``config.options["targets"] = DIR``, the same-named image of DIR
     processed identically (a different size is fine if the aspect ratio
-    matches); otherwise the :mod:`components.data.bone_suppression`
+    matches); otherwise the :mod:`neuralmark.components.data.bone_suppression`
     approximation computed on the resized A. ``item.extra["target_kind"]`` is set
     to ``"supplied"`` or ``"classical-approximation"`` (see :func:`target_kind`).
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from components.data.datasets import PrepareConfig, register_dataset
-from components.data.readers.base import DatasetReader, SourceItem, describe
+from neuralmark.components.data.datasets import PrepareConfig, register_dataset
+from neuralmark.components.data.readers.base import DatasetReader, SourceItem, describe
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from components.data.datasets import PrepareConfig, register_dataset
-from components.data.readers.base import DatasetReader, SourceItem, describe
+from neuralmark.components.data.datasets import PrepareConfig, register_dataset
+from neuralmark.components.data.readers.base import DatasetReader, SourceItem, describe
 
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 

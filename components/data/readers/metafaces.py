@@ -19,9 +19,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from components.data.datasets import PrepareConfig, register_dataset
-from components.data.readers.base import DatasetReader, SourceItem, describe
-from components.data.readers.mirflickr import center_square, to_rgb
+from neuralmark.components.data.datasets import PrepareConfig, register_dataset
+from neuralmark.components.data.readers.base import DatasetReader, SourceItem, describe
+from neuralmark.components.data.readers.mirflickr import center_square, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

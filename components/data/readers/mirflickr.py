@@ -20,9 +20,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from components.data.datasets import PrepareConfig, register_dataset
-from components.data.readers.archives import open_zip
-from components.data.readers.base import DatasetReader, SourceItem, describe
+from neuralmark.components.data.datasets import PrepareConfig, register_dataset
+from neuralmark.components.data.readers.archives import open_zip
+from neuralmark.components.data.readers.base import DatasetReader, SourceItem, describe
 
 _MEMBER = re.compile(r"^(?:.*/)?mirflickr/im(\d+)\.jpg$")
 _FILE = re.compile(r"^im(\d+)\.jpg$")

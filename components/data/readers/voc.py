@@ -51,10 +51,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from components.data.datasets import PrepareConfig, register_dataset
-from components.data.rain import REFERENCE_SIZE, RainParams, add_rain, item_seed, sample_rain_params
-from components.data.readers.base import DatasetReader, SourceItem, describe
-from components.data.readers.mirflickr import center_square, to_rgb
+from neuralmark.components.data.datasets import PrepareConfig, register_dataset
+from neuralmark.components.data.rain import REFERENCE_SIZE, RainParams, add_rain, item_seed, sample_rain_params
+from neuralmark.components.data.readers.base import DatasetReader, SourceItem, describe
+from neuralmark.components.data.readers.mirflickr import center_square, to_rgb
 
 #: engine split → role in seed 001's two-stage training
 VOC_DERAIN_ROLES: dict[str, str] = {"train": "watermark", "val": "surrogate", "test": "test"}

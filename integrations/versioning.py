@@ -63,3 +63,25 @@ def version_data(repo_root: Path, target: str = "data", push: bool = True) -> st
     md5 = _recorded_md5(dvc_file)
     logger.info("versioned %s with DVC: md5 %s", target, md5)
     return md5
+
+
+def version_dataset(project: Path, dvc_target: str, data_root: str | Path,
+                    push: bool = True) -> str | None:
+    """Version ``data_root`` by ``dvc add`` (+ push) of the DVC target that holds it.
+
+    Args:
+        project: the project (DVC repository) root.
+        dvc_target: the DVC-tracked folder, relative to ``project``.
+        data_root: the dataset just built or prepared; must lie inside ``dvc_target``.
+        push: also push to the default remote.
+
+    Returns:
+        The md5 DVC recorded, or ``None`` (with a logged warning) when ``data_root`` lies
+        outside the target or ``project`` is not a DVC repository.
+    """
+    target = (project / dvc_target).resolve()
+    if not Path(data_root).resolve().is_relative_to(target):
+        logger.warning("data root %s is outside the DVC target %s; not versioned",
+                       data_root, target)
+        return None
+    return version_data(project, dvc_target, push=push)

@@ -1,6 +1,6 @@
 """``neuralmark protect`` / ``extract`` / ``audit``: the output_mark commands (issue #6).
 
-* ``protect --task derain|debone`` runs ``pipelines.output_mark`` (train M, H, R
+* ``protect --task derain|debone`` runs ``neuralmark.pipelines.output_mark`` (train M, H, R
   end to end, the surrogate matrix, the gate, the registry).
 * ``extract IMAGE`` saves R's logo estimate (next to the image as
   ``<stem>.logo.png``, or ``--out``) and prints NC and the verdict; exit code
@@ -16,8 +16,8 @@
 The method comes from ``--bundle DIR``, ``--model-uri`` (MLflow registry) or the
 shipped ``components/pretrained/output_mark/`` (none ships yet). Helpers
 (``_domain_errors``, ``_make_key``, ``_emit_verdict``, ``_exit_code``, …) are
-``pipelines.cli``'s, looked up when the commands are registered, so this module
-can be imported before or after ``pipelines.cli``.
+``neuralmark.cli.app``'s, looked up when the commands are registered, so this module
+can be imported before or after ``neuralmark.cli.app``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 
 
 def _cli() -> Any:
-    import pipelines.cli as cli
+    import neuralmark.cli.app as cli
 
     return cli
 
@@ -53,32 +53,13 @@ def load_output_mark(bundle: Path | None, model_uri: str | None, device: str = "
     Raises:
         InputError: both sources given, no bundle there, or a bundle of another method.
     """
-    from components.methods.base import InputError, pick_device
-    from components.methods.registry import load_bundle
+    from neuralmark.integrations.loading import load_method
 
-    cli = _cli()
-    if bundle is not None and model_uri is not None:
-        raise InputError("give either --bundle or --model-uri, not both")
-    dev = pick_device(device)
-    if model_uri is not None:
-        wm, source = cli._bundle_from_registry(model_uri, dev), model_uri
-    else:
-        if bundle is None:
-            bundle = cli._shipped_bundle(METHOD)
-            if not cli._has_bundle(bundle):
-                raise InputError(f"no shipped weights for {METHOD} at {bundle}; train them with "
-                                 "`neuralmark protect --task derain` or pass --bundle DIR / "
-                                 "--model-uri URI")
-        elif not bundle.is_dir():
-            raise InputError(f"--bundle {bundle} is not a folder")
-        wm, source = load_bundle(bundle, device=str(dev)), str(bundle)
-    if wm.key != METHOD:
-        raise InputError(f"{source} holds a {wm.key} bundle, not {METHOD}")
-    return wm
+    return load_method(_cli()._source(METHOD, bundle, model_uri), device, expect=METHOD)
 
 
 def _save_logo(tensor: Any, path: Path) -> list[str]:
-    from components.imageio import save_image
+    from neuralmark.components.imageio import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_image(tensor, path)
@@ -98,8 +79,8 @@ def protect(
              "with a plain M on PSNR/SSIM)."),
 ) -> None:
     """Protect a TASK model: train M, H, R end to end, run the surrogate matrix, gate, register."""
-    from components.methods.base import InputError
-    from components.surrogate_matrix import TASKS
+    from neuralmark.components.methods.base import InputError
+    from neuralmark.components.surrogate_matrix import TASKS
 
     cli = _cli()
     if task not in TASKS:
@@ -108,13 +89,14 @@ def protect(
         raise InputError(f"--profile {profile!r} is not one of tiny, full")
     overrides: dict[str, Any] = {}
     if logo is not None:
-        from components.methods.output_mark import load_logo
+        from neuralmark.components.methods.output_mark import load_logo
 
         load_logo(str(logo), 64)  # not an image → one red line, exit 2, before any training
         overrides["config"] = {"logo": str(logo.resolve())}
     if task_specific:
         overrides.setdefault("config", {})["task_specific"] = True
-    run = cli._lazy("pipelines.output_mark", "run_output_mark", "the output_mark pipeline")
+    run = cli._lazy("neuralmark.pipelines.output_mark", "run_output_mark",
+                    "the output_mark pipeline")
 
     def go(callbacks: Any = None) -> Any:
         return run(task, profile, config, overrides, callbacks=callbacks)
@@ -141,8 +123,8 @@ def extract(
     Exit code: 0 detected (NC > threshold), 1 not detected, 2 unreadable input
     or bad arguments.
     """
-    from components.imageio import load_image
-    from components.methods.base import InputError, Verdict
+    from neuralmark.components.imageio import load_image
+    from neuralmark.components.methods.base import InputError, Verdict
 
     cli = _cli()
     wm_key = cli._make_key(key, None)
@@ -168,8 +150,8 @@ def extract(
 def _read_outputs(files: list[Path], min_size: int) -> tuple[list[Any], list[str],
                                                               dict[str, str]]:
     """Load every file; unreadable ones are listed with the reason, not fatal."""
-    from components.imageio import load_image
-    from components.methods.base import InputError
+    from neuralmark.components.imageio import load_image
+    from neuralmark.components.methods.base import InputError
 
     tensors, names, unreadable = [], [], {}
     for path in files:
@@ -199,10 +181,10 @@ def audit(
     """
     import torch
 
-    from components import surrogate_matrix as smx
-    from components.imageio import iter_images
-    from components.methods.base import InputError, Verdict
-    from components.methods.output_mark import to_size
+    from neuralmark.components import surrogate_matrix as smx
+    from neuralmark.components.imageio import iter_images
+    from neuralmark.components.methods.base import InputError, Verdict
+    from neuralmark.components.methods.output_mark import to_size
 
     cli = _cli()
     if not suspect_outputs.is_dir():

@@ -11,7 +11,7 @@ checkouts and test runs; ``register`` of an existing name fails):
     zenml stack register neuralmark_local -o default -a default \\
         -e nm_mlflow_tracker -r nm_mlflow_registry --set
 
-Run ``python -m pipelines.stack [PROJECT_ROOT]`` to bootstrap and print the
+Run ``python -m neuralmark.runtime.stack [PROJECT_ROOT]`` to bootstrap and print the
 ``mlflow ui`` command for this project.
 """
 
@@ -34,6 +34,26 @@ PIPELINE_EXPERIMENTS = ("training_pipeline", "data_preparation_pipeline",
                         "output_mark_pipeline")
 
 logger = logging.getLogger(__name__)
+
+#: ZenML's source root while neuralmark pipelines are compiled and run: a folder that holds
+#: no Python. ZenML names an object in a file under its source root by the file's path
+#: (``steps/training.py`` → ``steps.training``), which is not how neuralmark installs
+#: (``neuralmark.steps.training``): the same module would be imported twice under two
+#: names (seen: "method 'output_mark' is registered twice"). With no code under the source
+#: root, ZenML names every neuralmark object by its import name, in a checkout and in an
+#: installed wheel alike; remote images install the package.
+SOURCE_ROOT = Path(__file__).resolve().parents[1] / "configs"
+
+
+def use_import_names() -> None:
+    """Make ZenML refer to neuralmark's steps, materializers and types by import name.
+
+    Called when ``neuralmark.pipelines`` is imported (before any pipeline compiles), so
+    ``zenml pipeline run neuralmark.pipelines.…`` and the ``neuralmark`` CLI agree.
+    """
+    from zenml.utils import source_utils
+
+    source_utils.set_custom_source_root(str(SOURCE_ROOT))
 
 
 def tracking_uri(project_root: str | Path) -> str:
@@ -179,7 +199,7 @@ def mlflow_ui_command(project_root: str | Path, port: int = 5055) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pipelines.stack [PROJECT_ROOT]``: bootstrap and print what happened."""
+    """``python -m neuralmark.runtime.stack [PROJECT_ROOT]``: bootstrap and print what happened."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("project_root", nargs="?", default=Path(__file__).resolve().parents[1],
                         type=Path, help="repository root (default: this checkout)")

@@ -1,4 +1,4 @@
-"""Great Expectations validation of a dataset manifest (``components.data.manifest``).
+"""Great Expectations validation of a dataset manifest (``neuralmark.components.data.manifest``).
 
 Per-row facts are first measured with PIL (does the file fully decode, its
 actual mode, size and sha256, how many splits its group spans) and joined to
@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from components.data.manifest import MANIFEST_COLUMNS, SPLITS
+from neuralmark.components.data.manifest import MANIFEST_COLUMNS, SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def _summary(details: dict[str, Any]) -> str:
 
 def _target_kind_html(kinds: dict[str, int]) -> str:
     """Header lines on ChestX-ray8 debone targets: counts, and plainly when approximated."""
-    from components.data.bone_suppression import TARGET_KIND
+    from neuralmark.components.data.bone_suppression import TARGET_KIND
 
     if not kinds:
         return ""
@@ -389,7 +389,7 @@ def write_report(report: DataValidationReport, directory: str | os.PathLike) -> 
     return html_path
 
 
-# -- prepared datasets (components.data.prepare) --------------------------------------------------
+# -- prepared datasets (neuralmark.components.data.prepare) --------------------------------------
 
 #: facts ``validate_prepared`` adds beside ``FACT_COLUMNS``
 PREPARED_FACT_COLUMNS = ["pair_complete", "label_value"]
@@ -541,8 +541,8 @@ def validate_prepared(manifest_path: str | os.PathLike, expectations: Any) -> Da
     """
     import pandas as pd
 
-    from components.data.datasets import RecipeExpectations
-    from components.data.prepare import PREPARED_COLUMNS
+    from neuralmark.components.data.datasets import RecipeExpectations
+    from neuralmark.components.data.prepare import PREPARED_COLUMNS
 
     expect = (expectations if isinstance(expectations, RecipeExpectations)
               else RecipeExpectations.from_dict(expectations))

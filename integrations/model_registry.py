@@ -62,7 +62,7 @@ def register_candidate(bundle_dir: str | os.PathLike, model_name: str,
         bundle_dir: a method bundle (``config.json`` + ``weights.safetensors``).
         model_name: registered model name, e.g. ``neuralmark-pgd_signer``.
         summary: evaluation headline numbers of this candidate.
-        decision: the gate's answer as a dict (``components.gate.Decision.to_dict()``):
+        decision: the gate's answer as a dict (``neuralmark.components.gate.Decision.to_dict()``):
             ``promote`` (bool), ``reasons`` (list of str); other keys (``notes``)
             are kept in ``gate/decision.json``.
 

@@ -4,7 +4,7 @@
 ``mlflow.pyfunc.log_model(python_model=<this path>, artifacts={"bundle": dir})``.
 MLflow executes it on load; ``mlflow.models.set_model`` below names the model
 object, and ``load_context`` reads the bundle with
-``components.methods.registry.load_bundle`` (config.json + safetensors).
+``neuralmark.components.methods.registry.load_bundle`` (config.json + safetensors).
 
 Input to ``predict`` (any of):
     * ``{"paths": ["a.png", ...], "secret": "s", "message": 7}`` (``"path"``
@@ -59,7 +59,7 @@ class WatermarkVerifier(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the bundle named ``bundle`` in the model's artifacts."""
-        from components.methods.registry import load_bundle
+        from neuralmark.components.methods.registry import load_bundle
 
         self.method = load_bundle(context.artifacts["bundle"])
 
@@ -68,8 +68,8 @@ class WatermarkVerifier(PythonModel):
     def predict(self, context: Any, model_input,
                 params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Verify each image path against its key; see the module docstring."""
-        from components.imageio import load_image
-        from components.methods.base import Verdict, WatermarkKey
+        from neuralmark.components.imageio import load_image
+        from neuralmark.components.methods.base import Verdict, WatermarkKey
 
         out: list[dict[str, Any]] = []
         for row in _rows(model_input):

@@ -29,7 +29,6 @@ import importlib
 import inspect
 import json
 import math
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,18 +41,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import components
-from components.imageio import iter_images, load_image, output_format, save_image
-from components.methods.base import (
+from neuralmark.components.imageio import iter_images, load_image, output_format, save_image
+from neuralmark.components.methods.base import (
     InputError,
     Status,
     Verdict,
     WatermarkKey,
     WatermarkMethod,
-    pick_device,
 )
 
-PRETRAINED_DIR = Path(components.__file__).resolve().parent / "pretrained"
 DEFAULT_METHOD = "pgd_signer"
 
 EXIT_DETECTED = 0
@@ -210,32 +206,17 @@ def _make_key(secret: str, message: int | None) -> WatermarkKey:
         raise InputError(str(err)) from None
 
 
-def _shipped_bundle(method: str) -> Path:
-    return PRETRAINED_DIR / method
-
-
-def _has_bundle(directory: Path) -> bool:
-    return (directory / "config.json").is_file() and (directory / "weights.safetensors").is_file()
-
-
-def _bundle_from_registry(model_uri: str, device: torch.device) -> WatermarkMethod:
-    """Download a registered model (MLflow) and load the bundle it holds under ``bundle/``."""
-    try:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-    except ImportError as err:
-        raise InputError(f"--model-uri needs mlflow, which cannot be imported: {err}") from None
-    from components.methods.registry import load_bundle
-
-    with tempfile.TemporaryDirectory(prefix="neuralmark-model-") as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        except MlflowException as err:
-            raise InputError(f"cannot fetch {model_uri}: {err.message}") from None
-        for candidate in (local / "bundle", local):
-            if (candidate / "config.json").is_file():
-                return load_bundle(candidate, device=str(device))
-        raise InputError(f"{model_uri} holds no neuralmark bundle (no bundle/config.json)")
+def _source(method: str | None, bundle: Path | None, model_uri: str | None) -> str:
+    """What ``--method`` / ``--bundle`` / ``--model-uri`` name, as one loader source."""
+    if bundle is not None and model_uri is not None:
+        raise InputError("give either --bundle or --model-uri, not both")
+    if model_uri is not None:
+        return model_uri
+    if bundle is not None:
+        if not bundle.is_dir():
+            raise InputError(f"--bundle {bundle} is not a folder")
+        return str(bundle)
+    return method or DEFAULT_METHOD
 
 
 def _load_method(
@@ -246,33 +227,9 @@ def _load_method(
     Order: ``--model-uri`` (MLflow registry), ``--bundle DIR``, else the shipped
     bundle of ``--method`` (default ``pgd_signer``).
     """
-    from components.methods.registry import load_bundle, method_class
+    from neuralmark.integrations.loading import load_method
 
-    if bundle is not None and model_uri is not None:
-        raise InputError("give either --bundle or --model-uri, not both")
-    dev = pick_device(device)
-    if model_uri is not None:
-        wm = _bundle_from_registry(model_uri, dev)
-        source = model_uri
-    else:
-        if bundle is None:
-            name = method or DEFAULT_METHOD
-            method_class(name)  # unknown method -> InputError listing the available ones
-            bundle = _shipped_bundle(name)
-            if not _has_bundle(bundle):
-                raise InputError(
-                    f"no shipped weights for {name} at {bundle}; train them with "
-                    f"`neuralmark train {name}` or pass --bundle DIR / --model-uri URI"
-                )
-        elif not bundle.is_dir():
-            raise InputError(f"--bundle {bundle} is not a folder")
-        wm = load_bundle(bundle, device=str(dev))
-        source = str(bundle)
-    if method is not None and wm.key != method:
-        raise InputError(f"{source} holds a {wm.key} bundle, not {method}")
-    if wm.kind != "content":
-        raise InputError(f"{wm.key} is a {wm.kind} method; embed/verify need a content method")
-    return wm
+    return load_method(_source(method, bundle, model_uri), device, expect=method, kind="content")
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -288,19 +245,18 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 @_domain_errors
 def list_methods() -> None:
     """List registered methods, their kind, and whether shipped weights exist."""
-    from components.methods.registry import available, method_class
+    from neuralmark.components.methods.registry import available, method_class, shipped_bundle
 
     table = Table(title="neuralmark methods")
     table.add_column("method")
     table.add_column("kind")
     table.add_column("shipped weights")
     for name in available():
-        shipped = _shipped_bundle(name)
+        shipped = shipped_bundle(name)
         table.add_row(
             escape(name),
             method_class(name).kind,
-            f"yes ({escape(str(shipped.relative_to(PRETRAINED_DIR.parents[1])))})"
-            if _has_bundle(shipped) else "none",
+            f"yes ({escape(str(shipped.relative_to(shipped.parents[2])))})" if shipped else "none",
         )
     _out().print(table)
 
@@ -617,7 +573,7 @@ def scan(
         raise InputError(f"{', '.join(map(str, paths))} holds no image files")
     wm = _with_overrides(_load_method(STAMP_METHOD, bundle, model_uri, device),
                          smoothing=smoothing, n=samples)
-    from components.serving import BatchVerifier
+    from neuralmark.components.serving import BatchVerifier
 
     scanner = BatchVerifier(wm, wm_key, batch_size=batch_size)
     codes: list[int] = []
@@ -688,14 +644,14 @@ def train(
              "each registered as neuralmark-<method>-<variant>, then compare them."),
 ) -> None:
     """Train METHOD through the training pipeline (needs the ZenML stack)."""
-    from components.methods.registry import method_class
+    from neuralmark.components.methods.registry import method_class
 
     method_class(method)
     if variant:
         if config is not None:
             raise InputError("give --variant or --config, not both (each variant has its "
                              "own configs/<method>_<variant>.yaml)")
-        run_variants = _lazy("pipelines.training", "run_variants", "training")
+        run_variants = _lazy("neuralmark.pipelines.training", "run_variants", "training")
         chosen = None if "all" in variant else variant
         result = _run_long(run_variants, method, profile.value, chosen,
                            label=f"training {method} variants ({profile.value})")
@@ -703,7 +659,7 @@ def train(
                       f"{method} variants ({profile.value})")
         _out().print(result["tables"])
         return
-    run_training = _lazy("pipelines.training", "run_training", "training")
+    run_training = _lazy("neuralmark.pipelines.training", "run_training", "training")
     result = _run_long(run_training, method, profile.value, config,
                        label=f"training {method} ({profile.value})")
     _print_result(result, f"training {method} ({profile.value})")
@@ -717,12 +673,12 @@ def evaluate(
     profile: Profile = typer.Option(Profile.tiny, "--profile", help="Size profile."),
 ) -> None:
     """Run the robustness suite on a method bundle and print the metric table."""
-    from components.methods.registry import method_class
+    from neuralmark.components.methods.registry import method_class
 
     method_class(method)
     if bundle is not None and not bundle.is_dir():
         raise InputError(f"--bundle {bundle} is not a folder")
-    run_evaluation = _lazy("pipelines.evaluation", "run_evaluation", "evaluation")
+    run_evaluation = _lazy("neuralmark.pipelines.evaluation", "run_evaluation", "evaluation")
     result = _run_long(run_evaluation, method, bundle, profile.value,
                        label=f"evaluating {method} ({profile.value})")
     _print_result(result, f"evaluation of {method} ({profile.value})")
@@ -734,8 +690,9 @@ def data_sample(
     root: Path = typer.Option(Path("data/sample"), "--root", help="Where to build the set."),
 ) -> None:
     """Build the small sample dataset from photos shipped with scikit-image/scikit-learn."""
-    build = _lazy("components.data.sample", "build_sample_dataset", "the sample-data builder")
-    config_cls = _lazy("components.data.sample", "SampleDataConfig", "the sample-data builder")
+    what = "the sample-data builder"
+    build = _lazy("neuralmark.components.data.sample", "build_sample_dataset", what)
+    config_cls = _lazy("neuralmark.components.data.sample", "SampleDataConfig", what)
     with _progress() as bar:
         task = bar.add_task("building sample data", total=None)
 
@@ -775,7 +732,7 @@ def data_prepare(
         help="Run through ZenML (validate + DVC) or only the in-process prepare engine."),
 ) -> None:
     """Turn a downloaded dataset into data/<dataset>/<split>/ + manifest, validated, versioned."""
-    from components.data.datasets import get_recipe
+    from neuralmark.components.data.datasets import get_recipe
 
     get_recipe(dataset)
     if not source.exists():
@@ -788,15 +745,16 @@ def data_prepare(
     if option:
         config["options"] = _parse_options(option)
     if pipeline:
-        run = _lazy("pipelines.data_preparation", "run_data_preparation", "data preparation")
+        run = _lazy("neuralmark.pipelines.data_preparation", "run_data_preparation",
+                    "data preparation")
         result = _run_long(run, dataset, source, str(out), config, label=f"preparing {dataset}")
         report = result["report"]
         cached = " (cached: unchanged input)" if result["cached"] else ""
         _out().print(f"[green]run {escape(result['run'])} {escape(result['status'])}[/]{cached}"
                      f"; validation report in {escape(result['reports_dir'])}")
     else:
-        from components.data.datasets import PrepareConfig
-        from components.data.prepare import prepare_dataset
+        from neuralmark.components.data.datasets import PrepareConfig
+        from neuralmark.components.data.prepare import prepare_dataset
 
         with _progress() as bar:
             task = bar.add_task(f"preparing {dataset}", total=None)
@@ -816,13 +774,13 @@ def data_prepare(
 
 
 # -- model watermark through outputs: protect / extract / audit (pipelines/cli_output_mark.py) --
-from pipelines.cli_output_mark import register as _register_output_mark  # noqa: E402
+from neuralmark.cli.output_mark import register as _register_output_mark  # noqa: E402
 
 _register_output_mark(app)
 
 
 def main() -> None:
-    """Entry point for ``python -m pipelines.cli``."""
+    """Entry point for ``python -m neuralmark.cli.app``."""
     app()
 
 

@@ -18,7 +18,7 @@ unknown fields, so a typo anywhere is an ``InputError`` naming the field:
 - ``method`` → the method's frozen config (``registry.make_config``),
 - ``data`` → ``DataSettings`` (``SampleDataConfig`` + where to build and version it),
 - ``evaluation`` → ``EvaluationSettings``,
-- ``policy`` → ``components.gate.GatePolicy`` (its attack labels are checked
+- ``policy`` → ``neuralmark.components.gate.GatePolicy`` (its attack labels are checked
   against the evaluated suite).
 
 No ZenML or MLflow import here: the CLI and tests validate configs without a stack.
@@ -30,16 +30,16 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
-from components.attacks.registry import BENCHMARK_SUITE, Suite, canonical_name, label
-from components.data.sample import SampleDataConfig
-from components.gate import MEAN_ATTACKED, GatePolicy
-from components.methods.base import InputError, MethodConfig, WatermarkKey
-from components.methods.registry import make_config, method_class
+from neuralmark.components.data.sample import SampleDataConfig
+from neuralmark.components.gate import MEAN_ATTACKED, GatePolicy
+from neuralmark.components.methods.base import InputError, MethodConfig
+from neuralmark.components.methods.registry import make_config, method_class
+from neuralmark.components.robustness import EvaluationSettings
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = CODE_ROOT / "configs"
@@ -73,103 +73,6 @@ class DataSettings(SampleDataConfig):
         """``root`` as an absolute path (relative roots hang off ``project_root``)."""
         root = Path(self.root).expanduser()
         return root if root.is_absolute() else Path(project_root).resolve() / root
-
-
-class AdversarialSettings(BaseModel):
-    """Adversarial and certified evaluation of a detector (``anti_forward``'s scanner).
-
-    Attributes:
-        limit: stamped (and as many clean) held-out images attacked.
-        eps: L∞ budget of APGD / Square / the adaptive attack (seed: 8/255).
-        attacks: which of ``apgd`` (white box), ``square`` (black box) and
-            ``apgd_eot`` (adaptive: APGD with EoT over the smoothing noise) to run.
-        apgd_steps: APGD iterations.
-        square_queries: Square's query budget per image.
-        eot_iter: noise draws averaged per APGD gradient in ``apgd_eot``.
-        smoothing_n: noise samples of the smoothed decision on attacked images.
-        certify_n0: Cohen et al. selection samples.
-        certify_n: Cohen et al. estimation samples.
-        certify_alpha: failure probability of each certificate.
-        radii: L2 radii of the certified-accuracy curve (working-size pixel space).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    limit: int = Field(8, ge=1)
-    eps: float = Field(8 / 255, ge=0.0, le=1.0)
-    attacks: list[Literal["apgd", "square", "apgd_eot"]] = Field(
-        default_factory=lambda: ["apgd", "square", "apgd_eot"])
-    apgd_steps: int = Field(10, ge=1)
-    square_queries: int = Field(100, ge=1)
-    eot_iter: int = Field(4, ge=1)
-    smoothing_n: int = Field(100, ge=1)
-    certify_n0: int = Field(32, ge=1)
-    certify_n: int = Field(256, ge=1)
-    certify_alpha: float = Field(1e-3, gt=0.0, lt=1.0)
-    radii: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
-
-
-class EvaluationSettings(BaseModel):
-    """How a trained method is evaluated.
-
-    Attributes:
-        split: manifest split the held-out images come from.
-        limit: evaluate on the first ``limit`` images of the split (``None``: all).
-        attacks: keep only these attacks of ``BENCHMARK_SUITE`` (``None``: all).
-        fpr_keys: random keys per clean image for the calibrated false-positive rate.
-        key_secret: secret of the fixed evaluation key.
-        key_message: message of the evaluation key (``None``: decode-any mode).
-        alpha: detection threshold on the p-value (``None``: the method's own).
-        batch_size: images per embed / verify call.
-        seed: seeds the attacks' random draws and the FPR keys.
-        example_images: columns of the example grid figure.
-        adversarial: adversarial + certified evaluation (detectors only; ``None``: skip).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    split: Literal["train", "val", "test"] = "test"
-    limit: int | None = Field(8, ge=1)
-    attacks: list[str] | None = None
-    fpr_keys: int = Field(2000, ge=1)
-    key_secret: str = "neuralmark-eval"
-    key_message: int | None = Field(0, ge=0)
-    alpha: float | None = Field(None, gt=0.0, lt=1.0)
-    batch_size: int = Field(8, ge=1)
-    seed: int = 0
-    example_images: int = Field(4, ge=1)
-    adversarial: AdversarialSettings | None = None
-
-    @field_validator("attacks")
-    @classmethod
-    def _attacks_in_benchmark(cls, names: list[str] | None) -> list[str] | None:
-        if names is None:
-            return None
-        known = [name for name, _ in BENCHMARK_SUITE]
-        out = []
-        for name in names:
-            key = canonical_name(name)  # ValueError listing valid names
-            if key not in known:
-                raise ValueError(f"attack {name!r} is not in the benchmark suite ({known})")
-            out.append(key)
-        if not out:
-            raise ValueError("attacks must name at least one attack (or be null for all)")
-        return out
-
-    def suite(self) -> Suite:
-        """The attack grid to run: ``BENCHMARK_SUITE``, shortened to ``attacks`` if set."""
-        if self.attacks is None:
-            return [(name, list(strengths)) for name, strengths in BENCHMARK_SUITE]
-        return [(name, list(strengths)) for name, strengths in BENCHMARK_SUITE
-                if name in self.attacks]
-
-    def labels(self) -> list[str]:
-        """MLflow-safe labels of every (attack, strength) evaluated."""
-        return [label(name, s) for name, strengths in self.suite() for s in strengths]
-
-    def key(self) -> WatermarkKey:
-        """The fixed evaluation key."""
-        return WatermarkKey(self.key_secret, self.key_message)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import mlflow
 
-from components.report import Report
+from neuralmark.components.report import Report
 
 _EXTRA_CALLBACKS: list[Any] = []
 
@@ -54,7 +54,7 @@ def in_process_progress(done: int, total: int, desc: str = "") -> None:
 
 
 class MLflowCallback:
-    """``components.methods.base.Callback`` that logs to the active MLflow run.
+    """``neuralmark.components.methods.base.Callback`` that logs to the active MLflow run.
 
     Args:
         prefix: prepended to every metric key (e.g. ``"train/"``).

@@ -4,14 +4,14 @@
 * ``WatermarkMethod`` (any subclass) → ``bundle/`` as written by ``to_bundle``
   (``config.json``, ``weights.safetensors``, ``state.json`` …); visualization
   ``summary.md`` (method card).
-* ``components.report.Report`` → ``report.json`` + ``rows.csv``;
+* ``neuralmark.components.report.Report`` → ``report.json`` + ``rows.csv``;
   visualizations ``rows.csv`` (CSV table) and ``report.md``.
 
 How they get used: each class lists its types in ``ASSOCIATED_TYPES``; ZenML's
 materializer metaclass registers it in the global ``materializer_registry``
 when this module is imported. ZenML picks an output's materializer when the
 pipeline is *compiled* (from the step's return annotation), so any module that
-defines steps returning these types must ``import steps.materializers`` (the
+defines steps returning these types must ``import neuralmark.integrations.materializers`` (the
 step modules do; ``output_materializers=`` on ``@step`` is the explicit
 alternative). The chosen materializer is stored by import path with the
 artifact, so loading later (``artifact.load()``) needs no registration.
@@ -45,8 +45,8 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 from zenml.metadata.metadata_types import MetadataType
 
-from components.methods.base import WatermarkMethod
-from components.report import Report
+from neuralmark.components.methods.base import WatermarkMethod
+from neuralmark.components.report import Report
 
 TENSOR_FILE = "tensor.safetensors"
 _TENSOR_KEY = "tensor"
@@ -97,7 +97,7 @@ class WatermarkMethodMaterializer(BaseMaterializer):
 
     def load(self, data_type: type[Any]) -> WatermarkMethod:
         """Copy the bundle to a local temp dir and load it with the registry."""
-        from components.methods.registry import load_bundle
+        from neuralmark.components.methods.registry import load_bundle
 
         with tempfile.TemporaryDirectory(prefix="nm-bundle-") as tmp:
             local = Path(tmp) / BUNDLE_DIR
