@@ -26,6 +26,7 @@ Plus ``psnr`` and ``ssim`` of marked vs clean, once, on the ``none`` row.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import statistics
 import zlib
@@ -281,8 +282,11 @@ def _null_p_values(method: WatermarkMethod, images: torch.Tensor, n_keys: int, s
     """The method's fast path per batch (same keys for every batch), or ``None``."""
     parts = []
     for s in _batches(len(images), batch_size):
-        with torch.no_grad():
-            p = method.null_p_values(images[s], n_keys, torch.Generator().manual_seed(seed))
+        try:
+            with torch.no_grad():
+                p = method.null_p_values(images[s], n_keys, torch.Generator().manual_seed(seed))
+        except InputError:  # as in ``_verify``: an input the method rejects is unreadable
+            p = torch.full((s.stop - s.start, n_keys), math.nan, dtype=torch.float64)
         if p is None:
             return None
         p = torch.as_tensor(p, dtype=torch.float64)

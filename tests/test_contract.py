@@ -226,3 +226,15 @@ def test_calibrate_fpr_gives_the_same_count_with_or_without_the_fast_path(key, p
     slow_result = calibrate_fpr(slow, photo_batch, n_keys=6, alpha=0.5, seed=2)
     assert fast_result == slow_result
     assert fast_result["trials"] == len(photo_batch) * (6 if m.keyed_detection else 1)
+
+
+@pytest.mark.parametrize("key", FAST_NULL)
+def test_fast_null_path_refuses_what_verify_refuses(key):
+    m = smoke(key)
+    tiny = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="px"):
+        m.verify(tiny, KEY)
+    with pytest.raises(InputError, match="px"):
+        m.null_p_values(tiny, 3, torch.Generator().manual_seed(0))
+    result = calibrate_fpr(m, tiny, n_keys=3, alpha=0.5)  # counted unreadable, as verify's
+    assert result["unreadable"] == result["trials"] and result["detections"] == 0

@@ -348,6 +348,7 @@ class PGDSigner(WatermarkMethod):
                 keys as ``WatermarkKey(secret)`` without a message).
             search: the re-synchronisation search (default ``config.sync_search``).
         """
+        check_images(images, self.min_size)  # what verify refuses is unreadable here too
         search = self.config.sync_search if search is None else search
         secrets = [k.secret for k in random_keys(n_keys, generator)]
         views = self._view_bits(images, search)                       # b k n
