@@ -37,6 +37,11 @@ _RUNTIME_PACKAGES = ("torch", "safetensors", "pydantic", "numpy", "pillow", "kor
 logger = logging.getLogger(__name__)
 
 
+def registry_follows_tracker() -> None:
+    """Use the tracking server as the model registry (ZenML sets only the tracking URI)."""
+    mlflow.set_registry_uri(mlflow.get_tracking_uri())
+
+
 def pip_requirements() -> list[str]:
     """Minimal pinned requirements of the served verifier."""
     reqs = []

@@ -18,6 +18,7 @@ from typing import Any
 from neuralmark.components.data.manifest import load_split
 from neuralmark.components.data.sample import build_sample_dataset
 from neuralmark.components.evaluation import embed_all, rows_to_csv
+from neuralmark.components.files import atomic_write_text
 from neuralmark.components.gate import decide
 from neuralmark.components.methods.base import Callbacks, InputError
 from neuralmark.integrations.loading import load_method
@@ -80,11 +81,11 @@ def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None 
                                     settings.data.sample_config())
     clean = load_split(manifest, ev.split, limit=ev.limit)
     marked = embed_all(wm, clean, ev.key(), batch_size=ev.batch_size)
-    report = robustness_report(wm, clean, marked, ev, progress=Callbacks(callbacks or ()))
+    report = robustness_report(wm, clean, marked, ev, progress=Callbacks.of(callbacks))
 
     out = root / "reports" / f"evaluation-{method}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     csv_path = rows_to_csv(report.rows, out / "robustness.csv")
-    (out / "report.json").write_text(report.to_json())
+    atomic_write_text(out / "report.json", report.to_json())
     decision = decide(report.summary, None, settings.policy)
     return {
         "bundle": source,

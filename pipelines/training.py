@@ -26,6 +26,7 @@ import yaml
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
+from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import InputError
 from neuralmark.components.methods.registry import method_class
 from neuralmark.pipelines.evaluation import headline
@@ -208,8 +209,7 @@ def run_variants(method: str, profile: str = "tiny", variants: Sequence[str] | N
                                project_root=root) for v in chosen}
     markdown = tables_markdown(variant_tables({v: r["metrics"] for v, r in results.items()}))
     reports = root / "reports" / f"variants-{method}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "tables.md").write_text(markdown)
+    atomic_write_text(reports / "tables.md", markdown)
     experiment = ensure_experiment(PIPELINE_NAME, root)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(root))
     run = client.create_run(experiment, run_name=f"{method} variants ({profile})",

@@ -26,15 +26,11 @@ from neuralmark.integrations.model_registry import (
     champion_version,
     promote,
     register_candidate,
+    registry_follows_tracker,
     set_zenml_model_stage,
 )
 from neuralmark.integrations.tracking import log_config
 from neuralmark.runtime.stack import TRACKER_NAME
-
-
-def _registry_follows_tracker() -> None:
-    """Use the tracking server as the model registry (ZenML sets only the tracking URI)."""
-    mlflow.set_registry_uri(mlflow.get_tracking_uri())
 
 
 @step(experiment_tracker=TRACKER_NAME)
@@ -51,7 +47,7 @@ def gate(report: Report, model_name: str,
         The decision (also set as MLflow tags ``gate`` and ``gate_reasons``; the
         floors are logged as ``policy.*`` params).
     """
-    _registry_follows_tracker()
+    registry_follows_tracker()
     floors = GatePolicy(**policy)
     log_config(floors.model_dump(mode="json"), prefix="policy.")
     decision = decide(report.summary, champion_summary(model_name), floors)
@@ -76,7 +72,7 @@ def register_and_promote(trained: WatermarkMethod, report: Report, decision: Dec
         ``model_name``, ``version`` (registered), ``promoted``, ``champion_version``
         (after this step) and ``zenml_stage``.
     """
-    _registry_follows_tracker()
+    registry_follows_tracker()
     with tempfile.TemporaryDirectory(prefix="nm-candidate-") as tmp:
         bundle = trained.to_bundle(Path(tmp) / "bundle")
         version = register_candidate(bundle, model_name, report.summary, decision.to_dict())

@@ -30,6 +30,17 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread while a module's tests run (the machine is shared), then
+    the previous count back. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def photo() -> np.ndarray:
     """A real photograph shipped with scikit-image (H×W×3 uint8)."""
