@@ -5,7 +5,8 @@ pure ``neuralmark.components.gate.decide``. ``register_and_promote`` registers t
 candidate (alias ``challenger``, tag ``gate=pass|fail``), moves ``champion``
 only when the decision says so, and mirrors it on the ZenML Model version
 (``production`` / ``staging``). A run that fails earlier never reaches these
-steps, so a crash never moves the champion.
+steps, so a crash never moves the champion. The registry is the store ZenML's MLflow
+tracker points at (``integrations.model_registry.registry_client``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from neuralmark.integrations.model_registry import (
     champion_version,
     promote,
     register_candidate,
-    registry_follows_tracker,
     set_zenml_model_stage,
 )
 from neuralmark.integrations.tracking import log_config
@@ -47,7 +47,6 @@ def gate(report: Report, model_name: str,
         The decision (also set as MLflow tags ``gate`` and ``gate_reasons``; the
         floors are logged as ``policy.*`` params).
     """
-    registry_follows_tracker()
     floors = GatePolicy(**policy)
     log_config(floors.model_dump(mode="json"), prefix="policy.")
     decision = decide(report.summary, champion_summary(model_name), floors)
@@ -72,7 +71,6 @@ def register_and_promote(trained: WatermarkMethod, report: Report, decision: Dec
         ``model_name``, ``version`` (registered), ``promoted``, ``champion_version``
         (after this step) and ``zenml_stage``.
     """
-    registry_follows_tracker()
     with tempfile.TemporaryDirectory(prefix="nm-candidate-") as tmp:
         bundle = trained.to_bundle(Path(tmp) / "bundle")
         version = register_candidate(bundle, model_name, report.summary, decision.to_dict())

@@ -127,6 +127,29 @@ def test_run_tracks_registers_and_promotes(project: Path, first_run: dict[str, A
     assert zen_run.model_version.stage == "production"
 
 
+def test_the_registered_champion_loads_by_model_uri(project: Path, first_run: dict[str, Any],
+                                                   photo, tmp_path: Path) -> None:
+    """What a user does after ``make demo``: the pipeline's champion, by URI, from the CLI."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from neuralmark.cli.app import app
+    from neuralmark.integrations.loading import load_method
+    from tests.isolation import mlflow_store
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(photo[100:228, 150:278]).save(image)
+    uris = [f"models:/{MODEL}@champion", f"models:/{MODEL}/{first_run['registered_version']}"]
+    with mlflow_store(tracking_uri(project)):
+        for uri in uris:
+            method = load_method(uri, "cpu", expect="pgd_signer")
+            assert method.config.working_size == MICRO["config"]["working_size"]
+            result = CliRunner().invoke(app, ["verify", str(image), "--key", "k", "--json",
+                                              "--device", "cpu", "--model-uri", uri])
+            assert result.exit_code in (0, 1), result.output
+            assert json.loads(result.stdout)["status"] != "unreadable"
+
+
 def test_gate_refusal_registers_but_keeps_the_champion(project: Path,
                                                        first_run: dict[str, Any]) -> None:
     champion = _champion(project)
