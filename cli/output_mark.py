@@ -79,8 +79,8 @@ def protect(
              "with a plain M on PSNR/SSIM)."),
 ) -> None:
     """Protect a TASK model: train M, H, R end to end, run the surrogate matrix, gate, register."""
+    from neuralmark.components.data.pairs import TASKS
     from neuralmark.components.methods.base import InputError
-    from neuralmark.components.surrogate_matrix import TASKS
 
     cli = _cli()
     if task not in TASKS:
@@ -89,7 +89,7 @@ def protect(
         raise InputError(f"--profile {profile!r} is not one of tiny, full")
     overrides: dict[str, Any] = {}
     if logo is not None:
-        from neuralmark.components.methods.output_mark import load_logo
+        from neuralmark.components.methods.output_mark.logo import load_logo
 
         load_logo(str(logo), 64)  # not an image → one red line, exit 2, before any training
         overrides["config"] = {"logo": str(logo.resolve())}
@@ -181,10 +181,10 @@ def audit(
     """
     import torch
 
-    from neuralmark.components import surrogate_matrix as smx
     from neuralmark.components.imageio import iter_images
-    from neuralmark.components.methods.base import InputError, Verdict
-    from neuralmark.components.methods.output_mark import to_size
+    from neuralmark.components.methods.base import InputError, Verdict, resize_square
+    from neuralmark.components.methods.output_mark.audit import audit_markdown
+    from neuralmark.components.plots import logo_grid, nc_histogram
 
     cli = _cli()
     if not suspect_outputs.is_dir():
@@ -200,7 +200,7 @@ def audit(
         if tensors:
             verdict = wm.verify_model(tensors, wm_key)           # mixed sizes → working size
             size = wm.config.working_size
-            logos = wm.extract(torch.cat([to_size(t.float(), size) for t in tensors]))  # n 3 s s
+            logos = wm.extract(torch.cat([resize_square(t.float(), size) for t in tensors]))
         else:
             verdict = Verdict.unreadable(f"none of the {len(files)} files could be read")
             logos = None
@@ -212,14 +212,14 @@ def audit(
     if logos is not None:
         ncs = verdict.extra["nc"]
         ref, _ = wm.reference_logo(wm_key)
-        for name, fig in (("logos", smx.logo_grid(logos, ref, names, ncs, wm.config.threshold)),
-                          ("nc_histogram", smx.nc_histogram(ncs, wm.config.threshold,
-                                                            wm.null_scores))):
+        for name, fig in (("logos", logo_grid(logos, ref, names, ncs, wm.config.threshold)),
+                          ("nc_histogram", nc_histogram(ncs, wm.config.threshold,
+                                                        wm.null_scores))):
             fig.savefig(folder / f"{name}.png", dpi=110)
         record["figures"] = ["logos.png", "nc_histogram.png"]
     (folder / "verdict.json").write_text(json.dumps(record, indent=2,
                                                     default=cli._json_default))
-    (folder / "verdict.md").write_text(smx.audit_markdown(record, names, unreadable))
+    (folder / "verdict.md").write_text(audit_markdown(record, names, unreadable))
     record["report"] = str(folder)
     if as_json:
         typer.echo(json.dumps(record, default=cli._json_default))

@@ -1,4 +1,5 @@
-"""Figures drawn from the suite table and from image batches.
+"""Figures drawn from the suite table, from image batches, and from the evidence of
+model watermarks (the surrogate attack matrix, extracted logos, NC distributions).
 
 Figures are built with ``matplotlib.figure.Figure`` on an Agg canvas (no
 pyplot global state, no display needed), returned to the caller, who saves
@@ -248,4 +249,100 @@ def attack_success_plot(rows: Sequence[Mapping[str, Any]],
     if len(methods) > 1:
         axes[0].legend(fontsize="small")
     fig.suptitle("adversarial robustness of the scanner")
+    return fig
+
+
+# -- model watermarks through outputs (output_mark) ------------------------------------------
+def matrix_heatmap(rows: Sequence[Mapping[str, Any]], stages: Sequence[str],
+                   metric: str = "success_rate") -> Figure:
+    """Heatmap of a surrogate attack matrix: cells (labels) × stages, annotated with the value.
+
+    Args:
+        rows: tidy rows with ``label``, ``metric``, ``value`` and ``stage``
+            (``output_mark.matrix.cell_rows``).
+        stages: the columns, in order (rows of other stages are ignored).
+        metric: which metric to draw (success rates print as percentages).
+
+    Raises:
+        ValueError: no row has ``metric`` and one of ``stages``.
+    """
+    labels: list[str] = []
+    values: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r["metric"] == metric and r.get("stage") in stages:
+            if r["label"] not in labels:
+                labels.append(r["label"])
+            values[(r["label"], r["stage"])] = float(r["value"])
+    if not values:
+        raise ValueError(f"no matrix rows with metric {metric!r}")
+    cols = [s for s in stages if any(k[1] == s for k in values)]
+    grid = torch.full((len(labels), len(cols)), math.nan)                      # cells stages
+    for (lab, stage), v in values.items():
+        grid[labels.index(lab), cols.index(stage)] = v
+    fig = _figure(2.2 + 1.6 * len(cols), 0.9 + 0.42 * len(labels))
+    ax = fig.add_subplot()
+    im = ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), [s.replace("_", " ") for s in cols])
+    ax.set_yticks(range(len(labels)), [lab.removeprefix("surrogate_") for lab in labels])
+    for i in range(len(labels)):
+        for j in range(len(cols)):
+            v = float(grid[i, j])
+            if math.isfinite(v):
+                ax.text(j, i, f"{100 * v:.0f}%" if metric == "success_rate" else f"{v:.2f}",
+                        ha="center", va="center", color="black" if v > 0.6 else "white")
+    ax.set_title(f"surrogate attack matrix: {metric.replace('_', ' ')}")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def logo_grid(logos: torch.Tensor, reference: torch.Tensor, names: Sequence[str],
+              ncs: Sequence[float], threshold: float, max_items: int = 24) -> Figure:
+    """The reference logo, then the logo extracted from each suspect output with its NC.
+
+    Args:
+        logos: N×3×S×S extracted logos in [0, 1].
+        reference: 3×S×S the owner's logo.
+        names: N file names (titles).
+        ncs: N NC values.
+        threshold: NC success threshold (titles say hit ✓ / miss ✗).
+        max_items: draw at most this many estimates.
+    """
+    n = min(len(names), max_items)
+    cols = min(6, n + 1)
+    rows = math.ceil((n + 1) / cols)
+    fig = _figure(1.9 * cols, 2.1 * rows)
+    items = [("reference logo", reference, None)] + [
+        (names[i], logos[i], float(ncs[i])) for i in range(n)]
+    for i, (title, img, nc) in enumerate(items):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(_hwc(img), interpolation="nearest")
+        if nc is not None:
+            title = f"{title[:14]}\nNC {nc:.3f} {'✓' if nc > threshold else '✗'}"
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+    return fig
+
+
+def nc_histogram(ncs: Sequence[float], threshold: float,
+                 null_scores: Sequence[float] = ()) -> Figure:
+    """Distribution of the suspect outputs' NC against the threshold and the clean NC.
+
+    Args:
+        ncs: NC of each suspect output.
+        threshold: success threshold (vertical line).
+        null_scores: calibrated NC of clean images (drawn for comparison when given).
+    """
+    fig = _figure(6, 3.2)
+    ax = fig.add_subplot()
+    lo = min([*ncs, *null_scores, threshold]) - 0.02
+    bins = torch.linspace(lo, 1.0, 41).tolist()
+    if null_scores:
+        ax.hist(list(null_scores), bins=bins, density=True, alpha=0.45, color="gray",
+                label=f"clean images (calibration, n={len(null_scores)})")
+    ax.hist(list(ncs), bins=bins, density=bool(null_scores), alpha=0.8, color="tab:red",
+            label=f"suspect outputs (n={len(ncs)})")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold}")
+    ax.set_xlabel("NC of R's extraction with the owner's logo")
+    ax.set_ylabel("density" if null_scores else "outputs")
+    ax.legend(fontsize=7)
     return fig

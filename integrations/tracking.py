@@ -45,6 +45,12 @@ def in_process_callbacks() -> list[Any]:
     return list(_EXTRA_CALLBACKS)
 
 
+def step_callbacks(prefix: str) -> list[Any]:
+    """What a training step reports to: MLflow (metrics under ``prefix``) and the in-process
+    callbacks (``extra_callbacks``, e.g. the CLI's progress bar)."""
+    return [MLflowCallback(prefix=prefix), *in_process_callbacks()]
+
+
 def in_process_progress(done: int, total: int, desc: str = "") -> None:
     """Forward ``progress(done, total)`` to every in-process callback's ``on_progress``."""
     for cb in _EXTRA_CALLBACKS:

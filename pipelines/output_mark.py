@@ -28,42 +28,8 @@ overrides ``config`` / ``data`` / ``evaluation`` / ``policy`` (merged over the
 profile's ``output_mark`` section by ``neuralmark.runtime.settings.resolve``) and
 ``matrix`` (:class:`MatrixSettings`).
 
-Measured here (2 cores, one thread; derain pairs synthesised from the sample
-photos; success = NC > 0.95 on the 64 held-out outputs), tiny profile, stage 1
-only (the seed's †) → with stage 2:
-
-* 5 min 55 s for everything (3 min 58 s on a rerun, every matrix cell cached).
-  B′ at 44.5 dB / SSIM 0.987, NC 0.999 (100% read); CNet 0 → 5%, Res9 3 → 98%,
-  Res16 3 → 95%, UNet·L2 2 → 94%, UNet·L1 73 → 100%, the adversarial and
-  perceptual UNet cells 94–100% → 100%; mean 52% → 88%; spread spectrum 0–2%.
-  Clean test outputs and an independent model's outputs: 0% flagged. The gate
-  promoted it (the first champion of ``neuralmark-output_mark``).
-* Why the contrast shows now and not before (32.3 dB, 78–83% → 95% in every
-  cell, 39% of clean outputs flagged): the photometric jitter, the split by
-  photo and stage 2's clean counterpart (``neuralmark.components.methods.output_mark``)
-  made R read the mark instead of colour statistics, and the mark fell to
-  ≈ 42 dB (RMS 0.008), below the surrogates' own error (31–38 dB to B′); a
-  surrogate copies 8–65% of it, enough for a fine-tuned R, not for stage-1 R.
-  CNet copies least (8–25%) and stays unread.
-* ``--task debone`` (registered as ``neuralmark-output_mark-debone``; targets are
-  the classical rib-suppression approximation): 5 min 36 s uncached. B′ at
-  31.3 dB / SSIM 0.994, read 100%; every cell 98–100% already with stage-1 R,
-  100% with stage 2 (no † contrast: the mark is 13 dB stronger than derain's
-  and every surrogate copies it, NC 0.990–0.998); spread spectrum 0–16%;
-  clean and independent outputs 0% flagged; gate passed.
-* ``--task debone --task-specific`` (``…-debone-task_specific``; H is the
-  marked model): 4 min 1 s (ablations cached). H 32.2 dB / SSIM 0.988 against
-  the targets, the plain M 49.4 dB / 0.998 (the approximate targets are close
-  to the inputs, so the plain M is near-identity; the mark costs 17 dB).
-  Stage-1 R flags 70% of clean outputs (NC 0.94), so its matrix rates (mean
-  90%) are not evidence; stage 2 (with the clean counterpart) brings clean
-  and independent outputs to 0% and the matrix to 77% (UNet cells 91–100%,
-  CNet 25%, Res9 64%, Res16 31%); gate passed.
-* ZenML's cache key covers a step's code and inputs, not ``components/``: the
-  debone ablation rows above came from the first debone run's (older) code.
-  Since then the cached steps also take ``code_digest`` (``components_digest()``),
-  so any change under ``components/`` retrains them.
-* An earlier 64² profile (600 steps) needed ≈ 45 min for the whole matrix here.
+Measured runs (wall time, Table 1, the matrix per task and variant):
+``components/methods/output_mark/MODEL_CARD.md``.
 
 The gate reads ``psnr`` (Table 1, B′ vs B), ``detection_rate_mean_attacked``
 (mean success rate over the matrix cells, with stage 2) and ``fpr`` (share of an
@@ -84,11 +50,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
+from neuralmark.components.attacks.surrogate import SurrogateSettings, cell_name, matrix_cells
+from neuralmark.components.data.pairs import check_task
+from neuralmark.components.errors import InputError, describe_validation_error
 from neuralmark.components.gate import MEAN_ATTACKED
-from neuralmark.components.methods.base import InputError
-from neuralmark.components.methods.output_mark import SurrogateSettings, load_logo
+from neuralmark.components.methods.output_mark.logo import load_logo
+from neuralmark.components.methods.output_mark.matrix import ABLATIONS
 from neuralmark.components.methods.registry import make_config as build_config
-from neuralmark.components.surrogate_matrix import ABLATIONS, TASKS, cell_name, matrix_cells
 from neuralmark.runtime.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, model_name, resolve
 
 PIPELINE_NAME = "output_mark_pipeline"
@@ -105,7 +73,7 @@ class MatrixSettings(BaseModel):
         baseline: run the spread-spectrum baseline's cells too.
         baseline_config: ``spread_spectrum`` config overrides (its working size
             follows output_mark's, at least 32).
-        ablations: names of ``surrogate_matrix.ABLATIONS`` to run.
+        ablations: names of ``output_mark.matrix.ABLATIONS`` to run.
         false_positives: train an independent model (another seed) and report
             how often its outputs are flagged.
         pair_seed: salt of the per-image rain seeds.
@@ -137,8 +105,8 @@ class MatrixSettings(BaseModel):
     prepared: str | None = None
     surrogate: dict[str, Any] = Field(default_factory=dict)
     ablation_config: dict[str, Any] = Field(default_factory=dict)
-    #: tiny: the tiny derain run measured 0.88 with stage 2 (0.52 without); full: the
-    #: seed's D-* cells are 86-100%
+    #: tiny: below the tiny derain run's measured mean (MODEL_CARD.md); full: the seed's
+    #: D-* cells are 86-100%
     min_success_rate: dict[str, float] = Field(
         default_factory=lambda: {"tiny": 0.5, "full": 0.9})
 
@@ -165,8 +133,7 @@ class MatrixSettings(BaseModel):
         try:
             SurrogateSettings.model_validate(values)
         except ValidationError as err:
-            raise ValueError("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                                       for e in err.errors())) from None
+            raise ValueError(describe_validation_error(err)) from None
         return values
 
     def cell_list(self) -> list[tuple[str, str]]:
@@ -194,9 +161,8 @@ def matrix_settings(values: Mapping[str, Any] | None) -> MatrixSettings:
     try:
         return MatrixSettings.model_validate(dict(values or {}))
     except ValidationError as err:
-        problems = "; ".join(f"matrix.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in err.errors())
-        raise InputError(f"invalid matrix config: {problems}") from None
+        raise InputError(f"invalid matrix config: "
+                         f"{describe_validation_error(err, 'matrix.')}") from None
 
 
 def resolve_output_mark(task: str, profile: str, config: Mapping[str, Any] | None = None,
@@ -211,8 +177,7 @@ def resolve_output_mark(task: str, profile: str, config: Mapping[str, Any] | Non
     loads a ``config.logo`` file, so a logo that is not an image (or too
     close to the blank) is an ``InputError`` before anything runs.
     """
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; expected one of {list(TASKS)}")
+    check_task(task)
     floor = matrix_settings(matrix).min_success_rate.get(profile)
     if floor is not None:
         policy = deep_merge({"min_detection_rate": {MEAN_ATTACKED: floor}}, policy)
@@ -269,11 +234,12 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     train_a, train_b, test_a, test_b, groups = make_pairs(
         manifest, task=task, size=settings.data.size, seed=m.pair_seed, prepared=m.prepared,
         test_splits=m.test_splits)
-    stage1 = train_marking(train_a, train_b, groups, config=cfg, evaluation=ev)
+    key_secret = ev["key_secret"]
+    stage1 = train_marking(train_a, train_b, groups, config=cfg, key_secret=key_secret)
     stage2 = finetune_stage2(stage1, train_a, train_b)
     att_a, att_b, query = attacker_data(stage1, train_a, train_b, test_a)
     ss, ss_targets = baseline_data(stage1, train_a, train_b, baseline=m.baseline_config,
-                                   evaluation=ev)
+                                   key_secret=key_secret)
     schedule = SurrogateSettings.model_validate(
         deep_merge(cfg["surrogate"], m.surrogate)).model_dump(mode="json")
     ablation_cfg = build_config(METHOD, deep_merge(cfg, m.ablation_config)).model_dump(
@@ -289,7 +255,7 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
                                              settings=schedule, code_digest=digest,
                                              id=label.replace("surrogate_", "baseline_", 1)))
     ablations = [train_ablation(train_a, train_b, test_a, test_b, groups, name=name,
-                                config=ablation_cfg, evaluation=ev, code_digest=digest,
+                                config=ablation_cfg, key_secret=key_secret, code_digest=digest,
                                 id=f"ablation_{name}") for name in m.ablations]
     independent = (train_independent_model(train_a, train_b, query, config=cfg,
                                            code_digest=digest)
@@ -297,7 +263,7 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     report = evaluate_output_mark(stage1, stage2, ss, test_a, test_b,
                                   cells=[list(c) for c in cells], deep_outputs=deep,
                                   baseline_outputs=base, independent_outputs=independent,
-                                  ablations=ablations, task=task, evaluation=ev)
+                                  ablations=ablations, task=task, key_secret=key_secret)
     decision = gate(report, model_name=settings.model_name, policy=params["policy"])
     register_and_promote(stage2, report, decision, model_name=settings.model_name)
 
@@ -356,8 +322,7 @@ def run_output_mark(task: str = "derain", profile: str = "tiny",
     """
     from neuralmark.pipelines.harness import executed, name_model, registration_outcome
 
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; expected one of {list(TASKS)}")
+    check_task(task)
     root = Path(project_root or CODE_ROOT).resolve()
     run_config = _run_config(task, profile, config_path, overrides)
     params = run_config["parameters"]

@@ -1,7 +1,11 @@
 """Steps of the output_mark pipeline (seed 001, issue #6): pairs → stage 1 → stage 2 → matrix.
 
-Each step calls one function of ``neuralmark.components.surrogate_matrix`` (no training
-loop, loss or metric here) and logs to MLflow.
+Each step calls one library function (``neuralmark.components.methods.output_mark``'s
+``training`` and ``matrix``, ``neuralmark.components.attacks.surrogate``,
+``neuralmark.components.data.pairs``; no training loop, loss or metric here) and logs
+to MLflow. ``train_marking`` and ``finetune_stage2`` run the stages of the same
+training sequence as ``OutputMark.fit`` (``training.stage1_method`` /
+``stage2_method``), so a pipeline-trained model is calibrated like a fitted one.
 
 Caching: the pipeline runs with caching off, but the expensive, deterministic
 steps — ``train_surrogate_cell`` (one invocation per matrix cell),
@@ -23,28 +27,18 @@ import torch
 from zenml import log_metadata, step
 
 import neuralmark.integrations.materializers  # noqa: F401  (tensor, method and report materializers)
-from neuralmark.components import surrogate_matrix as smx
+from neuralmark.components import plots
+from neuralmark.components.attacks.surrogate import SurrogateSettings, attack_cell, cell_name
+from neuralmark.components.data import pairs
 from neuralmark.components.data.manifest import load_split
+from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import WatermarkKey, WatermarkMethod
-from neuralmark.components.methods.output_mark import OutputMark, SurrogateSettings
+from neuralmark.components.methods.output_mark import OutputMark, matrix, tables, training
 from neuralmark.components.methods.registry import build
 from neuralmark.components.report import Report
 from neuralmark.integrations.run_context import run_reports_dir
-from neuralmark.integrations.tracking import (
-    MLflowCallback,
-    in_process_callbacks,
-    log_config,
-    log_report,
-)
+from neuralmark.integrations.tracking import log_config, log_report, step_callbacks
 from neuralmark.runtime.stack import TRACKER_NAME
-
-
-def _callbacks(prefix: str) -> list[Any]:
-    return [MLflowCallback(prefix=prefix), *in_process_callbacks()]
-
-
-def _key(evaluation: dict[str, Any]) -> WatermarkKey:
-    return WatermarkKey(str(evaluation.get("key_secret", "neuralmark-eval")))
 
 
 @step(experiment_tracker=TRACKER_NAME)
@@ -57,7 +51,7 @@ def make_pairs(manifest: str, task: str, size: int, seed: int = 0,
 
     Args:
         manifest: validated ``manifest.csv`` of clean images (when ``prepared`` is unset).
-        task: ``derain`` or ``debone`` (``surrogate_matrix.build_pairs``).
+        task: ``derain`` or ``debone`` (``neuralmark.components.data.pairs.build_pairs``).
         size: side the images are loaded at.
         seed: salt of the per-item rain seeds.
         prepared: a prepared paired dataset's ``manifest.csv`` (``voc_derain``,
@@ -71,40 +65,41 @@ def make_pairs(manifest: str, task: str, size: int, seed: int = 0,
     """
     splits = test_splits or ["val", "test"]
     if prepared:
-        train = smx.load_prepared_pairs(prepared, "train", size)
-        groups = smx.split_groups(prepared, "train")
-        tests = [smx.load_prepared_pairs(prepared, s, size) for s in splits]
+        train = pairs.load_prepared_pairs(prepared, "train", size)
+        groups = pairs.split_groups(prepared, "train")
+        tests = [pairs.load_prepared_pairs(prepared, s, size) for s in splits]
     else:
-        train = smx.build_pairs(load_split(manifest, "train", size=size), task, seed)
-        groups = smx.split_groups(manifest, "train")
-        tests = [smx.build_pairs(load_split(manifest, s, size=size), task, seed + 1 + i)
+        train = pairs.build_pairs(load_split(manifest, "train", size=size), task, seed)
+        groups = pairs.split_groups(manifest, "train")
+        tests = [pairs.build_pairs(load_split(manifest, s, size=size), task, seed + 1 + i)
                  for i, s in enumerate(splits)]
     test = (torch.cat([t[0] for t in tests]), torch.cat([t[1] for t in tests]))
-    mlflow.set_tags({"output_mark.task": task, "output_mark.target_kind": smx.target_kind(task),
+    mlflow.set_tags({"output_mark.task": task, "output_mark.target_kind": pairs.target_kind(task),
                      "output_mark.pairs": prepared or "synthesised from " + manifest})
     log_metadata({"train_pairs": int(train[0].shape[0]), "test_pairs": int(test[0].shape[0]),
-                  "train_groups": len(set(groups)), "target_kind": smx.target_kind(task)})
+                  "train_groups": len(set(groups)), "target_kind": pairs.target_kind(task)})
     return train[0], train[1], test[0], test[1], groups
 
 
 @step(experiment_tracker=TRACKER_NAME)
 def train_marking(train_inputs: torch.Tensor, train_targets: torch.Tensor,
-                  train_groups: list[str], config: dict[str, Any], evaluation: dict[str, Any]
+                  train_groups: list[str], config: dict[str, Any], key_secret: str
                   ) -> Annotated[WatermarkMethod, "stage1_method"]:
-    """Stage 1: the protected model M, then H, R, D (``surrogate_matrix.train_stage1``).
+    """M, stage 1 (H, R, D) and calibration on the held-out pairs (``training.stage1_method``).
 
     Args:
         train_inputs, train_targets: N×3×H×W training pairs.
         train_groups: N source groups (whole groups go to one part of the split).
         config: ``output_mark`` config fields.
-        evaluation: evaluation settings (the key whose logo is hidden).
+        key_secret: the owner's key, whose logo is hidden.
 
     Returns:
         The stage-1 method (R not fine-tuned on surrogate outputs).
     """
     log_config(config, prefix="method.")
-    method, metrics = smx.train_stage1((train_inputs, train_targets), config, _key(evaluation),
-                                       _callbacks("stage1/"), groups=train_groups)
+    method, metrics = training.stage1_method((train_inputs, train_targets), config,
+                                             WatermarkKey(key_secret), step_callbacks("stage1/"),
+                                             groups=train_groups)
     mlflow.log_metrics({f"stage1/{k}": float(v) for k, v in metrics.items()})
     log_metadata({"stage1": {k: float(v) for k, v in metrics.items()}})
     return method
@@ -113,14 +108,15 @@ def train_marking(train_inputs: torch.Tensor, train_targets: torch.Tensor,
 @step(experiment_tracker=TRACKER_NAME)
 def finetune_stage2(stage1: WatermarkMethod, train_inputs: torch.Tensor,
                     train_targets: torch.Tensor) -> Annotated[WatermarkMethod, "trained_method"]:
-    """Stage 2 on a copy: surrogate SM on (A, B′), fine-tune R on A, B, B′, B″.
+    """Stage 2 and calibration on a copy (``training.stage2_method``): surrogate SM on
+    (A, B′), fine-tune R on A, B, B′, B″.
 
     Returns:
         The new method (the one registered); ``stage1`` is left as it was.
     """
     assert isinstance(stage1, OutputMark)
-    method, metrics = smx.stage2_copy(stage1, (train_inputs, train_targets),
-                                      _callbacks("stage2/"))
+    method, metrics = training.stage2_method(stage1, (train_inputs, train_targets),
+                                             step_callbacks("stage2/"))
     mlflow.log_metrics({f"stage2/{k}": float(v) for k, v in metrics.items()})
     log_metadata({"stage2": {k: float(v) for k, v in metrics.items()}})
     return method
@@ -138,7 +134,7 @@ def attacker_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
         (test inputs at the working size S, what the surrogates are run on).
     """
     assert isinstance(stage1, OutputMark)
-    a, marked = smx.attack_pairs(stage1, (train_inputs, train_targets))
+    a, marked = matrix.attack_pairs(stage1, (train_inputs, train_targets))
     query, _ = stage1.working_pairs((test_inputs, test_inputs), "test inputs")
     return a, marked, query
 
@@ -146,7 +142,7 @@ def attacker_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
 @step
 def baseline_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
                   train_targets: torch.Tensor, baseline: dict[str, Any],
-                  evaluation: dict[str, Any]) -> tuple[
+                  key_secret: str) -> tuple[
         Annotated[WatermarkMethod, "baseline_method"],
         Annotated[torch.Tensor, "baseline_targets"]]:
     """The spread-spectrum baseline and what an attacker of it trains on (SS-marked M(A)).
@@ -154,14 +150,15 @@ def baseline_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
     Args:
         stage1: gives M (the same protected model) and the data split.
         baseline: ``spread_spectrum`` config overrides.
+        key_secret: the owner's key (the baseline marks with it).
 
     Returns:
         The baseline method and the K×3×S×S marked outputs of the surrogate part.
     """
     assert isinstance(stage1, OutputMark)
-    ss = build("spread_spectrum", smx.baseline_config(stage1, baseline))
-    _, targets = smx.baseline_attack_pairs(stage1, (train_inputs, train_targets), ss,
-                                           _key(evaluation))
+    ss = build("spread_spectrum", matrix.baseline_config(stage1, baseline))
+    _, targets = matrix.baseline_attack_pairs(stage1, (train_inputs, train_targets), ss,
+                                              WatermarkKey(key_secret))
     return ss, targets
 
 
@@ -179,10 +176,9 @@ def train_surrogate_cell(attack_inputs: torch.Tensor, attack_targets: torch.Tens
     Returns:
         T×3×S×S surrogate outputs on ``query_inputs``.
     """
-    label = smx.cell_name(arch, loss)
-    out = smx.attack_cell(attack_targets, attack_inputs, query_inputs, arch, loss,
-                          SurrogateSettings.model_validate(settings), _callbacks("attack/"))
-    log_metadata({"cell": label, "train_pairs": int(attack_inputs.shape[0])})
+    out = attack_cell(attack_targets, attack_inputs, query_inputs, arch, loss,
+                      SurrogateSettings.model_validate(settings), step_callbacks("attack/"))
+    log_metadata({"cell": cell_name(arch, loss), "train_pairs": int(attack_inputs.shape[0])})
     return out
 
 
@@ -190,17 +186,17 @@ def train_surrogate_cell(attack_inputs: torch.Tensor, attack_targets: torch.Tens
 def train_ablation(train_inputs: torch.Tensor, train_targets: torch.Tensor,
                    test_inputs: torch.Tensor, test_targets: torch.Tensor,
                    train_groups: list[str], name: str,
-                   config: dict[str, Any], evaluation: dict[str, Any], code_digest: str = ""
+                   config: dict[str, Any], key_secret: str, code_digest: str = ""
                    ) -> Annotated[list[dict[str, Any]], "ablation_rows"]:
     """Stage 1 without the clean or the consistency loss, measured (cached; ``code_digest``
     is only part of the cache key).
 
     Returns:
-        ``surrogate_matrix.ablation_rows``.
+        ``matrix.ablation_rows``.
     """
-    return smx.ablation_rows(name, (train_inputs, train_targets), (test_inputs, test_targets),
-                             config, _key(evaluation), _callbacks(f"ablation_{name}/"),
-                             groups=train_groups)
+    return matrix.ablation_rows(name, (train_inputs, train_targets),
+                                (test_inputs, test_targets), config, WatermarkKey(key_secret),
+                                step_callbacks(f"ablation_{name}/"), groups=train_groups)
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)
@@ -211,8 +207,8 @@ def train_independent_model(train_inputs: torch.Tensor, train_targets: torch.Ten
     """A plain model of the task, another seed, never saw B′: its test outputs (cached;
     ``code_digest`` is only part of the cache key)."""
     cfg = build("output_mark", config).config
-    return smx.independent_model_outputs((train_inputs, train_targets), query_inputs, cfg,
-                                         callbacks=_callbacks("independent/"))
+    return matrix.independent_model_outputs((train_inputs, train_targets), query_inputs, cfg,
+                                            callbacks=step_callbacks("independent/"))
 
 
 @step(experiment_tracker=TRACKER_NAME)
@@ -222,28 +218,28 @@ def evaluate_output_mark(stage1: WatermarkMethod, stage2: WatermarkMethod,
                          deep_outputs: list[torch.Tensor], baseline_outputs: list[torch.Tensor],
                          independent_outputs: torch.Tensor | None,
                          ablations: list[list[dict[str, Any]]], task: str,
-                         evaluation: dict[str, Any]) -> Annotated[Report, "report"]:
+                         key_secret: str) -> Annotated[Report, "report"]:
     """Tables 1–3, false positives and ablations; log tables and the heatmap to MLflow.
 
     Returns:
         ``Report(rows, summary)``: the summary has the gate's keys (``psnr``,
         ``detection_rate_mean_attacked``, ``fpr``, …, see
-        ``surrogate_matrix.gate_summary``); Markdown tables and the heatmap go
-        under ``report/`` in MLflow and ``<project>/reports/<run>/``.
+        ``matrix.gate_summary``); Markdown tables and the heatmap go under
+        ``report/`` in MLflow and ``<project>/reports/<run>/``.
     """
     assert isinstance(stage1, OutputMark) and isinstance(stage2, OutputMark)
-    pairs = [(str(a), str(b)) for a, b in cells]
-    rows = smx.evaluation_rows(stage1, stage2, baseline, _key(evaluation),
-                               (test_inputs, test_targets), pairs, deep_outputs,
-                               baseline_outputs, independent_outputs, ablations)
-    tables = smx.report_markdown(rows, task)
-    report = Report(rows=rows, summary=smx.gate_summary(rows),
-                    extra={"task": task, "target_kind": smx.target_kind(task),
-                           "cells": [list(c) for c in pairs], "tables": tables})
+    cell_list = [(str(a), str(b)) for a, b in cells]
+    rows = matrix.evaluation_rows(stage1, stage2, baseline, WatermarkKey(key_secret),
+                                  (test_inputs, test_targets), cell_list, deep_outputs,
+                                  baseline_outputs, independent_outputs, ablations)
+    markdown = tables.report_markdown(rows, task)
+    report = Report(rows=rows, summary=matrix.gate_summary(rows),
+                    extra={"task": task, "target_kind": pairs.target_kind(task),
+                           "cells": [list(c) for c in cell_list], "tables": markdown})
     out = run_reports_dir()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "output_mark_tables.md").write_text(tables)
-    (out / "output_mark_rows.csv").write_text(report.rows_to_csv())
-    mlflow.log_text(tables, "report/tables.md")
-    log_report(report, figures={"surrogate_matrix": smx.matrix_heatmap(rows)})
+    atomic_write_text(out / "output_mark_tables.md", markdown)
+    atomic_write_text(out / "output_mark_rows.csv", report.rows_to_csv())
+    mlflow.log_text(markdown, "report/tables.md")
+    log_report(report, figures={"surrogate_matrix": plots.matrix_heatmap(rows, matrix.STAGES)})
     return report

@@ -18,8 +18,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from neuralmark.cli.app import app
+from neuralmark.components.data.pairs import build_pairs
 from neuralmark.components.methods import build
-from neuralmark.components.surrogate_matrix import build_pairs
 
 KEY = "neuralmark-eval"
 

@@ -154,31 +154,33 @@ def test_bad_matrix_or_cache_setting_fails_before_anything_runs(tmp_path: Path) 
 
 
 def test_pairs_rows_tables_and_gate_summary(photo) -> None:
-    from neuralmark.components import surrogate_matrix as smx
+    from neuralmark.components.data import pairs
+    from neuralmark.components.methods.output_mark import matrix, tables
+    from neuralmark.components.plots import matrix_heatmap
 
     images = torch.from_numpy(photo[:128, :192].copy()).permute(2, 0, 1).float()[None] / 255
     images = torch.cat([images[..., :64, :64], images[..., 64:, 128:]])         # 2 3 64 64
-    a, b = smx.build_pairs(images, "derain", 3)
-    again, _ = smx.build_pairs(images, "derain", 3)
+    a, b = pairs.build_pairs(images, "derain", 3)
+    again, _ = pairs.build_pairs(images, "derain", 3)
     assert torch.equal(a, again) and torch.equal(b, images) and not torch.equal(a, b)
     assert float((a - b).min()) > -1e-6  # rain is screen-blended: it never darkens
-    ga, gb = smx.build_pairs(images, "debone", 0)
+    ga, gb = pairs.build_pairs(images, "debone", 0)
     assert torch.equal(ga[:, 0], ga[:, 1]) and gb.shape == ga.shape
-    assert smx.target_kind("debone") == "classical-approximation"
+    assert pairs.target_kind("debone") == "classical-approximation"
 
     rows = []
     for stage, hits in (("stage1", [0, 0, 1, 0]), ("stage2", [1, 1, 1, 0])):
-        rows += smx.cell_rows("output_mark", stage, "unet", "l2+adversarial",
-                              torch.tensor([0.9, 0.9, 0.97, 0.5]), torch.tensor(hits).bool())
+        rows += matrix.cell_rows("output_mark", stage, "unet", "l2+adversarial",
+                                 torch.tensor([0.9, 0.9, 0.97, 0.5]), torch.tensor(hits).bool())
     rows += [{"method": "output_mark", "attack": "none", "strength": None, "label": "none",
               "metric": m, "value": v, "n": 4, "stage": "stage2"}
              for m, v in (("psnr_marked", 31.0), ("sr_marked", 1.0), ("fpr_clean_B", 0.0))]
-    summary = smx.gate_summary(rows)
+    summary = matrix.gate_summary(rows)
     assert summary["detection_rate/surrogate_unet_l2_adversarial"] == 0.75
     assert summary["detection_rate_mean_attacked"] == 0.75 and summary["psnr"] == 31.0
     assert summary["sr/stage1/surrogate_unet_l2_adversarial"] == 0.25
     assert summary["detection_rate/none"] == 1.0 and summary["fpr"] == 0.0
-    table = smx.matrix_table(rows)
+    table = tables.matrix_table(rows)
     assert "| surrogate_unet_l2_adversarial | 25% | 75% |" in table
-    fig = smx.matrix_heatmap(rows)
+    fig = matrix_heatmap(rows, matrix.STAGES)
     assert len(fig.axes[0].texts) == 2

@@ -1,1 +1,2 @@
-"""Image attacks (differentiable for training, real codecs for evaluation)."""
+"""Attacks: on images (differentiable for training, real codecs for evaluation, adversarial)
+and on models (``surrogate``: the attacker trains a copy of a protected model on its outputs)."""

@@ -5,13 +5,23 @@ group's hash at the cumulative fractions) makes split sizes as exact as whole
 groups allow, and never leaves a split empty once there are at least three
 groups. Shared by the sample dataset (``sample``) and the prepare engine
 (``prepare``).
+
+:func:`group_split` is the other split a dataset meets: two parts of one
+training split (``output_mark``'s H/R part and its held-out surrogate part),
+weighted by *items* and drawn with a seeded generator. It is a separate function
+because it answers a different question: the dataset splits cut a fixed number of
+*groups* per split from a hash order known before any pixel is read; this one
+fills a part until it holds a share of the *items*, whatever the group sizes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
 
 from neuralmark.components.data.manifest import SPLITS
 
@@ -81,3 +91,34 @@ def split_by_name_hash(groups: Iterable[str], fractions: tuple[float, float, flo
     """
     return assign_splits({g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest()
                           for g in set(groups)}, fractions)
+
+
+def group_split(groups: Sequence[Any], fraction: float, g: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split item indices in two parts, each group (all crops of a photo) in one part.
+
+    Groups are visited in a random order (``g``) and go to the second part
+    until it holds at least ``fraction`` of the items; the first part keeps at
+    least one group.
+
+    Args:
+        groups: the group of each item (compared as strings).
+        fraction: share of the items the second part should hold.
+        g: generator of the visiting order.
+
+    Returns:
+        ``(first, second)`` index tensors (ascending).
+    """
+    names = [str(x) for x in groups]
+    unique = list(dict.fromkeys(names))
+    order = [unique[i] for i in torch.randperm(len(unique), generator=g).tolist()]
+    target = len(names) * fraction
+    second: set[str] = set()
+    count = 0
+    for name in order[: max(1, len(order) - 1)]:
+        if count >= target:
+            break
+        second.add(name)
+        count += names.count(name)
+    flags = torch.tensor([x in second for x in names])
+    return torch.nonzero(~flags).flatten(), torch.nonzero(flags).flatten()

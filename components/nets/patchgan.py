@@ -4,11 +4,13 @@
 conv4×4/1 → norm → LeakyReLU → conv4×4/1(1)``. Each logit sees one patch (70×70
 px with ``n_layers=3``); the loss averages over patches. Inputs smaller than the
 receptive field still give at least a 1×1 map (convs are padded).
+:func:`gan_bce` is the non-saturating GAN loss on those logits.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from neuralmark.components.nets.unet import norm_layer
@@ -45,3 +47,13 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(2 * x - 1)  # b 1 h w
+
+
+def gan_bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Non-saturating GAN loss: BCE of patch ``logits`` (B×1×h×w) against all-real / all-fake.
+
+    The discriminator minimises ``gan_bce(D(real), True) + gan_bce(D(fake), False)``; the
+    generator minimises ``gan_bce(D(fake), True)``. Returns a scalar (mean over patches).
+    """
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)

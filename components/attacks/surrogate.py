@@ -1,0 +1,304 @@
+"""Model attack: surrogate training, the attacker's copy of an image-processing model.
+
+An attacker who can query a protected model M (a service) collects its
+(input, output) pairs and trains a surrogate SM on them (Zhang et al., AAAI'20,
+seed 001; the same attack threatens trigger-key marks, seed 002). What the
+attacker controls is the surrogate's architecture and its loss; the seed's
+attack matrix varies both (Table 2: CNet, Res9, Res16, UNet with L2; Table 3:
+UNet with L1, L2, perceptual, adversarial and their sums).
+
+* :class:`SurrogateSettings` — the attacker's schedule (arch, loss, sizes, steps).
+* :func:`parse_loss` — ``"l2+adversarial"`` → its terms.
+* :func:`train_image_net` — supervised image-to-image training with any loss of
+  :data:`SURROGATE_LOSS_TERMS` (a PatchGAN alongside for ``adversarial``); the
+  protected model itself is trained the same way (L2).
+* :func:`train_surrogate` — build SM(arch) and train it on the service's pairs.
+* :func:`surrogate_matrix_cells`, :func:`matrix_cells`, :func:`cell_name`,
+  :func:`attack_cell` — the cells of the matrix, validated and named, and one
+  cell run end to end (train SM, query it on test inputs).
+
+Shapes: images are ``N×3×H×W`` float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import nn
+
+from neuralmark.components.data.pairs import check_pairs
+from neuralmark.components.errors import InputError, describe_validation_error
+from neuralmark.components.methods.base import Callbacks, pick_device, resize_square
+from neuralmark.components.nets.image_nets import (
+    SURROGATE_ARCHS,
+    SurrogateArch,
+    apply_net,
+    build_image_net,
+)
+from neuralmark.components.nets.patchgan import PatchDiscriminator, gan_bce
+from neuralmark.components.nets.perceptual import structural_perceptual_loss
+
+#: loss terms an attacker's surrogate can combine (seed 001, Table 3)
+SURROGATE_LOSS_TERMS: tuple[str, ...] = ("l1", "l2", "perceptual", "adversarial")
+#: the seed's Table 3 columns
+SURROGATE_LOSSES: tuple[str, ...] = ("l1", "l1+adversarial", "l2", "l2+adversarial",
+                                     "perceptual", "perceptual+adversarial")
+_ALIASES = {"adv": "adversarial", "perc": "perceptual", "mse": "l2"}
+_RECONSTRUCTION: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "l1": lambda out, y: (out - y).abs().mean(),
+    "l2": lambda out, y: (out - y).pow(2).mean(),
+    "perceptual": structural_perceptual_loss,
+}
+
+
+def parse_loss(loss: str | Sequence[str]) -> frozenset[str]:
+    """``"l2+adversarial"`` (or ``["l2", "adversarial"]``) → its set of terms.
+
+    Raises:
+        InputError: empty, or a term outside ``l1, l2, perceptual, adversarial``
+            (``adv`` / ``perc`` / ``mse`` are accepted aliases).
+    """
+    parts = loss.split("+") if isinstance(loss, str) else list(loss)
+    terms = {_ALIASES.get(p.strip().lower(), p.strip().lower()) for p in parts if p.strip()}
+    bad = sorted(terms - set(SURROGATE_LOSS_TERMS))
+    if bad or not terms:
+        raise InputError(f"unknown surrogate loss term(s) {bad or [loss]}; combine "
+                         f"{', '.join(SURROGATE_LOSS_TERMS)} with '+'")
+    return frozenset(terms)
+
+
+class SurrogateSettings(BaseModel):
+    """How a surrogate SM is trained (``output_mark``'s stage 2 and each matrix cell).
+
+    Attributes:
+        arch: ``cnet`` / ``res9`` / ``res16`` / ``unet``.
+        loss: ``+``-joined terms of ``l1``, ``l2``, ``perceptual``, ``adversarial``.
+        output: head of the surrogate (``residual`` or ``sigmoid``).
+        width: base channels.
+        depth: UNet depth.
+        steps: optimiser steps.
+        batch_size: pairs per step.
+        lr: Adam learning rate.
+        adv_weight: weight of the adversarial term (pix2pix's 1:100 ratio).
+        seed: seeds the init and the batch order.
+        device: ``auto`` (cuda when present) or a torch device string.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    arch: SurrogateArch = "unet"
+    loss: str = "l2"
+    output: Literal["residual", "sigmoid"] = "residual"
+    width: int = Field(32, ge=1)
+    depth: int = Field(3, ge=1)
+    steps: int = Field(2000, ge=0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    adv_weight: float = Field(0.01, ge=0)
+    seed: int = 0
+    device: str = "auto"
+
+    @field_validator("loss")
+    @classmethod
+    def _known_terms(cls, value: str) -> str:
+        parse_loss(value)
+        return value
+
+
+def train_image_net(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                    loss: str | Sequence[str], steps: int, batch_size: int, lr: float,
+                    seed: int, device: torch.device, adv_weight: float = 0.01,
+                    disc_width: int = 32, callbacks: Callbacks | Sequence[Any] = (),
+                    desc: str = "train") -> nn.Module:
+    """Supervised image-to-image training of ``net`` on (inputs, targets) pairs.
+
+    Args:
+        net: any B×3×H×W → B×3×H×W network.
+        inputs: N×3×S×S in [0, 1].
+        targets: N×3×S×S in [0, 1].
+        loss: terms (see :func:`parse_loss`); ``adversarial`` trains a PatchGAN
+            on targets (real) vs outputs (fake) alongside.
+        steps, batch_size, lr, seed: the schedule (Adam, β = (0.5, 0.999));
+            ``seed`` draws the batches (with replacement) and the PatchGAN's init.
+        device: where to train.
+        adv_weight: weight of the adversarial term.
+        disc_width: PatchGAN width when ``adversarial`` is used.
+        callbacks: metrics/progress sinks (``{desc}_loss`` every ~10% of steps).
+        desc: prefix of the reported metrics.
+
+    Returns:
+        ``net``, trained, in eval mode, on ``device``.
+    """
+    terms = parse_loss(loss)
+    cb = Callbacks.of(callbacks)
+    g = torch.Generator().manual_seed(seed)
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
+    disc = opt_d = None
+    if "adversarial" in terms:
+        torch.manual_seed(seed + 1)
+        disc = PatchDiscriminator(width=disc_width, n_layers=2).to(device).train()
+        opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+    n = inputs.shape[0]
+    every = max(1, steps // 10)
+    for step in range(steps):
+        idx = torch.randint(0, n, (batch_size,), generator=g)
+        x, y = inputs[idx].to(device), targets[idx].to(device)
+        out = net(x)
+        total = out.sum() * 0
+        parts: dict[str, float] = {}
+        for term, fn in _RECONSTRUCTION.items():
+            if term in terms:
+                value = fn(out, y)
+                total = total + value
+                parts[term] = float(value.detach())
+        if disc is not None and opt_d is not None:
+            adv = gan_bce(disc(out), True)
+            total = total + adv_weight * adv
+            parts["adversarial"] = float(adv.detach())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        if disc is not None and opt_d is not None:
+            d_loss = 0.5 * (gan_bce(disc(y), True) + gan_bce(disc(out.detach()), False))
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()
+        if step % every == 0 or step == steps - 1:
+            cb.on_metrics(step, {f"{desc}_loss": float(total.detach()),
+                                 **{f"{desc}_{k}": v for k, v in parts.items()}})
+            cb.on_progress(step + 1, steps, desc)
+    return net.eval()
+
+
+def _settings(config: Any) -> SurrogateSettings:
+    """``config`` as ``SurrogateSettings``: itself, a dict of its fields, or any object
+    whose ``surrogate`` attribute is one (a method config such as ``OutputMarkConfig``)."""
+    if config is None:
+        return SurrogateSettings()
+    if isinstance(config, SurrogateSettings):
+        return config
+    if isinstance(getattr(config, "surrogate", None), SurrogateSettings):
+        return config.surrogate
+    if isinstance(config, Mapping):
+        try:
+            return SurrogateSettings.model_validate(dict(config))
+        except ValidationError as err:
+            raise InputError(f"invalid surrogate settings: "
+                             f"{describe_validation_error(err)}") from None
+    raise InputError(f"surrogate config must be SurrogateSettings, a config with a "
+                     f"'surrogate' part or a dict, got {type(config).__name__}")
+
+
+def train_surrogate(inputs: torch.Tensor, targets: torch.Tensor, arch: str | None = None,
+                    loss: str | Sequence[str] | None = None,
+                    config: SurrogateSettings | Mapping[str, Any] | Any = None,
+                    callbacks: Callbacks | Sequence[Any] = ()) -> nn.Module:
+    """The attacker: train a surrogate SM on the protected service's (input, output) pairs.
+
+    Args:
+        inputs: N×3×S×S domain-A images in [0, 1].
+        targets: N×3×S×S outputs of the service (B′ when marked) in [0, 1].
+        arch: ``cnet`` / ``res9`` / ``res16`` / ``unet`` (default: the settings').
+        loss: ``+``-joined ``l1``, ``l2``, ``perceptual``, ``adversarial`` (default: the
+            settings').
+        config: ``SurrogateSettings``, a dict of its fields, or a method config with a
+            ``surrogate`` part (``OutputMarkConfig``).
+        callbacks: metrics/progress sinks (prefix: the cell name).
+
+    Returns:
+        The trained surrogate (eval mode; B×3×H×W → B×3×H×W in [0, 1]).
+
+    Raises:
+        InputError: bad tensors, unknown arch or loss term, bad settings.
+    """
+    s = _settings(config)
+    a, b = check_pairs((inputs, targets), "train_surrogate")
+    arch = arch or s.arch
+    if arch not in SURROGATE_ARCHS:
+        raise InputError(f"unknown surrogate architecture {arch!r}; expected one of "
+                         f"{list(SURROGATE_ARCHS)}")
+    loss = loss or s.loss
+    name = cell_name(arch, loss if isinstance(loss, str) else "+".join(loss))
+    torch.manual_seed(s.seed)
+    net = build_image_net(arch, s.width, s.output, s.depth)
+    return train_image_net(net, a, b, loss, s.steps, s.batch_size, s.lr, s.seed,
+                           pick_device(s.device), s.adv_weight, callbacks=callbacks, desc=name)
+
+
+def surrogate_matrix_cells() -> list[tuple[str, str]]:
+    """The seed's attack matrix: every arch with L2 (Table 2), UNet with every loss (Table 3).
+
+    Returns:
+        ``(arch, loss)`` cells, no duplicates, in table order.
+    """
+    cells = [(arch, "l2") for arch in SURROGATE_ARCHS]
+    cells += [("unet", loss) for loss in SURROGATE_LOSSES if ("unet", loss) not in cells]
+    return cells
+
+
+def cell_name(arch: str, loss: str) -> str:
+    """MLflow/step-safe label of a cell, e.g. ``surrogate_unet_l2_adversarial``.
+
+    Raises:
+        InputError: an unknown loss term.
+    """
+    parse_loss(loss)
+    return f"surrogate_{arch}_{'_'.join(p.strip().lower() for p in loss.split('+'))}"
+
+
+def matrix_cells(cells: Sequence[Sequence[str]] | None = None) -> list[tuple[str, str]]:
+    """The cells to run: ``cells`` (``[arch, loss]`` pairs), validated, or the seed's nine.
+
+    Raises:
+        InputError: a cell that is not ``[arch, loss]``, an unknown arch or loss, or a
+            duplicate.
+    """
+    if cells is None:
+        return surrogate_matrix_cells()
+    out = []
+    for cell in cells:
+        if len(cell) != 2:
+            raise InputError(f"a matrix cell is [arch, loss], got {list(cell)}")
+        arch, loss = str(cell[0]), str(cell[1])
+        try:
+            SurrogateSettings(arch=arch, loss=loss)  # validates both
+        except ValidationError as err:
+            raise InputError(f"bad matrix cell [{arch}, {loss}]: "
+                             f"{describe_validation_error(err)}") from None
+        out.append((arch, loss))
+    if len(set(out)) != len(out):
+        raise InputError(f"duplicate matrix cells in {out}")
+    return out
+
+
+def attack_cell(marked_train_outputs: torch.Tensor, train_inputs: torch.Tensor,
+                test_inputs: torch.Tensor, arch: str, loss: str,
+                settings: SurrogateSettings | Mapping[str, Any],
+                callbacks: Callbacks | Sequence[Any] = ()) -> torch.Tensor:
+    """One cell of the matrix: train SM(arch, loss) on (inputs, marked outputs), run it on test.
+
+    Args:
+        marked_train_outputs: K×3×S×S the service's outputs (the attacker's targets).
+        train_inputs: K×3×S×S the matching inputs.
+        test_inputs: T×3×H×W test inputs (resized to S).
+        arch: ``cnet`` / ``res9`` / ``res16`` / ``unet``.
+        loss: ``+``-joined loss terms (see :func:`parse_loss`).
+        settings: the schedule (``SurrogateSettings`` fields; its arch/loss are ignored).
+        callbacks: metrics/progress sinks.
+
+    Returns:
+        T×3×S×S surrogate outputs on the test inputs (B″), CPU, in [0, 1].
+    """
+    s = _settings(settings)
+    sm = train_surrogate(train_inputs, marked_train_outputs, arch, loss, s, callbacks)
+    size = marked_train_outputs.shape[-1]
+    return apply_net(sm, resize_square(test_inputs.float(), size), s.batch_size * 4).clamp(0, 1)
+
+
+__all__ = ["SURROGATE_LOSSES", "SURROGATE_LOSS_TERMS", "SurrogateSettings", "attack_cell",
+           "cell_name", "matrix_cells", "parse_loss", "surrogate_matrix_cells",
+           "train_image_net", "train_surrogate"]

@@ -1,0 +1,116 @@
+"""``OutputMarkConfig``: the hyper-parameters of ``output_mark``; profiles override sizes only.
+
+The field names are the bundle format (``config.json``): renaming one breaks every
+saved bundle.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from neuralmark.components.attacks.surrogate import SurrogateSettings
+from neuralmark.components.methods.base import MethodConfig
+
+
+class OutputMarkConfig(MethodConfig):
+    """Hyper-parameters of ``output_mark``.
+
+    λ names follow the seed: ``lambda_mse`` λ1, ``lambda_perc`` λ2,
+    ``lambda_adv`` λ3 (0.01), ``lambda_ext`` λ, ``lambda_wm`` λ4,
+    ``lambda_clean`` λ5, ``lambda_cst`` λ6.
+
+    ``perceptual``: ``"structural"`` = the documented non-learned substitute for
+    VGG features (1 − SSIM + Laplacian-pyramid L1 + Sobel-gradient L1, see
+    ``neuralmark.components.nets.perceptual``); ``"none"`` drops the term. No
+    downloaded weights either way.
+    """
+
+    method: Literal["output_mark"] = "output_mark"
+    #: host task the pairs come from (a label kept in the bundle; the pipeline picks
+    #: the dataset from it: derain → voc_derain, debone → chestxray8)
+    task: Literal["derain", "debone"] = "derain"
+    #: seed's task-specific variant: H maps A to the marked target (H is M)
+    task_specific: bool = False
+    working_size: int = Field(256, ge=16)
+    # logo
+    #: "key" (key-seeded block pattern) or the path of an image file
+    logo: str = "key"
+    #: secret whose logo fit() hides when no key is passed (the evaluation key's default)
+    logo_secret: str = "neuralmark-eval"
+    logo_block: int = Field(8, ge=1)
+    threshold: float = Field(0.95, gt=0, lt=1)
+    #: an input whose every channel has a standard deviation below this (at the working
+    #: size) is *unreadable*: a flat image has no spatial content that could carry δ, and
+    #: R's answer on one flat colour is one arbitrary point, so verify says "unreadable"
+    #: instead of guessing
+    min_contrast: float = Field(1 / 255, ge=0)
+    # networks
+    model_width: int = Field(32, ge=1)
+    model_depth: int = Field(4, ge=1)
+    embed_width: int = Field(32, ge=1)
+    embed_depth: int = Field(4, ge=1)
+    extract_width: int = Field(32, ge=1)
+    extract_blocks: int = Field(9, ge=0)
+    disc_width: int = Field(64, ge=1)
+    disc_layers: int = Field(3, ge=1)
+    # protected model M
+    model_steps: int = Field(2000, ge=0)
+    model_lr: float = Field(2e-4, gt=0)
+    # stage 1 (H, R, D)
+    steps: int = Field(4000, ge=0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    perceptual: Literal["structural", "none"] = "structural"
+    lambda_mse: float = 1.0
+    lambda_perc: float = 1.0
+    lambda_adv: float = 0.01
+    lambda_ext: float = 1.0
+    lambda_wm: float = 1.0
+    lambda_clean: float = 1.0
+    lambda_cst: float = 1.0
+    #: share of each stage-1/2 batch given a random photometric jitter (channel
+    #: permutation, per-channel gain, brightness, contrast, gamma; the same draw for
+    #: an image's A, B, target and the B′ made from it), so the clean term sees
+    #: colours and tones the few training photos lack
+    #: (``neuralmark.components.data.pairs.photometric_jitter``)
+    jitter: float = Field(0.5, ge=0, le=1)
+    #: ablation switches (seed's Figures 5 and 6)
+    clean_loss: bool = True
+    consistency_loss: bool = True
+    # stage 2
+    stage2: bool = True
+    #: share of the training pairs held out from H and R: the stage-2 surrogate trains on
+    #: them and their clean images calibrate the null NC distribution
+    surrogate_fraction: float = Field(0.5, gt=0, lt=1)
+    surrogate: SurrogateSettings = SurrogateSettings()
+    stage2_steps: int = Field(2000, ge=0)
+    stage2_lr: float = Field(1e-4, gt=0)
+    #: stage 2 also trains the same surrogate on the *clean* pairs (A, M(A)) and adds its
+    #: outputs to R's clean term, so R learns the mark, not the surrogate's artefacts
+    stage2_clean_surrogate: bool = True
+    # verification
+    model_min_share: float = Field(0.5, gt=0, le=1)
+    model_alpha: float = Field(1e-3, gt=0, lt=1)
+    calibration_max: int = Field(4096, ge=1)
+    eval_batch: int = Field(32, ge=1)
+    device: str = "auto"
+
+    @property
+    def jitter_tint(self) -> bool:
+        """Whether the photometric jitter tints: yes for derain (colour photos), not for
+        debone (gray radiographs, where a tint is out of domain)."""
+        return self.task != "debone"
+
+    @property
+    def variant(self) -> str | None:
+        """Registered-model suffix (``neuralmark.runtime.settings.model_name``): ``None`` for
+        derain, else the task, plus ``task_specific`` for the seed's variant. Models of
+        different tasks answer different questions, so each has its own champion."""
+        parts = [] if self.task == "derain" else [self.task]
+        parts += ["task_specific"] if self.task_specific else []
+        return "-".join(parts) or None
+
+
+__all__ = ["OutputMarkConfig"]

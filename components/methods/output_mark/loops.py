@@ -1,0 +1,131 @@
+"""The two optimisation loops of ``output_mark``, over batches of one part of the split.
+
+* :func:`train_embedder` — stage 1: H and R jointly on L_emd + λ·L_ext, D on its
+  GAN loss (:mod:`.losses`); half of each batch photometrically jittered.
+* :func:`finetune_extractor` — stage 2: R alone on L_ext with the marked images B′
+  and the surrogate's outputs B″ (H frozen; jittered images get the B′ H makes
+  of them).
+
+Each loop draws its batches, jitter and clean-term mixing from its own generator
+(``config.seed`` + a stage offset), so it is reproducible wherever it runs.
+:mod:`.training` calls them in the sequence; shapes are ``N×3×S×S`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from neuralmark.components.data.pairs import photometric_jitter
+from neuralmark.components.methods.base import Callbacks
+from neuralmark.components.methods.output_mark.losses import disc_loss, embed_loss, extract_loss
+from neuralmark.components.methods.output_mark.parts import OutputMarkParts
+
+#: offsets added to ``config.seed`` for each loop's generator
+STAGE1_SEED, STAGE2_SEED = 1, 2
+
+
+def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt: torch.Tensor,
+                   callbacks: Callbacks | Sequence[Any] = (), step0: int = 0
+                   ) -> dict[str, float]:
+    """Stage 1's loop: train H, R (jointly, on L_emd + λ·L_ext) and D.
+
+    Args:
+        method: whose H, R, D train.
+        a: N×3×S×S domain-A inputs.
+        b: N×3×S×S M's outputs (H's input; ignored when task-specific).
+        gt: N×3×S×S ground-truth targets (H's reference when task-specific).
+        callbacks: metrics/progress sinks.
+        step0: offset of the reported step numbers.
+
+    Returns:
+        The last reported metrics.
+    """
+    c, cb, dev = method.config, Callbacks.of(callbacks), method.device
+    g = torch.Generator().manual_seed(c.seed + STAGE1_SEED)
+    opt = torch.optim.Adam(list(method.H.parameters()) + list(method.R.parameters()), lr=c.lr,
+                           betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(method.D.parameters(), lr=c.lr, betas=(0.5, 0.999))
+    method.H.train(), method.R.train(), method.D.train()
+    every = max(1, c.steps // 20)
+    metrics: dict[str, float] = {}
+    for step in range(c.steps):
+        idx = torch.randint(0, a.shape[0], (c.batch_size,), generator=g)
+        xa, xb, xg = photometric_jitter([a[idx].to(dev), b[idx].to(dev), gt[idx].to(dev)],
+                                        c.jitter, g, tint=c.jitter_tint)
+        h_in, h_ref = (xa, xg) if c.task_specific else (xb, xb)
+        clean = [xa, xg] if c.task_specific else [xa, xb, xg]
+        b_prime = method.H(h_in)
+        emd, m1 = embed_loss(c, method.D, b_prime, h_ref)
+        ext, m2 = extract_loss(c, method.R, method.logo, [b_prime], clean, g)
+        loss = emd + c.lambda_ext * ext
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        d_loss = disc_loss(method.D, h_ref, b_prime)
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        if step % every == 0 or step == c.steps - 1:
+            metrics = {"stage1_loss": float(loss.detach()), "d_loss": float(d_loss.detach()),
+                       **m1, **m2}
+            cb.on_metrics(step0 + step, metrics)
+            cb.on_progress(step + 1, c.steps, "stage 1: H, R, D")
+    method.H.eval(), method.R.eval(), method.D.eval()
+    return metrics
+
+
+
+def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor,
+                       gt: torch.Tensor, b_prime: torch.Tensor, b_second: torch.Tensor,
+                       callbacks: Callbacks | Sequence[Any] = (), step0: int = 0,
+                       b_clean_second: torch.Tensor | None = None) -> dict[str, float]:
+    """Stage 2's loop: fine-tune R on the mix A, B, B′, B″ (H frozen).
+
+    Args:
+        method: whose R is fine-tuned.
+        a, b, gt: N×3×S×S inputs, M's outputs, targets (clean; ``b`` unused when
+            task-specific).
+        b_prime: N×3×S×S marked outputs H(·).
+        b_second: N×3×S×S surrogate outputs SM(a).
+        callbacks: metrics/progress sinks.
+        step0: offset of the reported step numbers.
+        b_clean_second: N×3×S×S outputs of the same surrogate trained on clean
+            pairs (``stage2_clean_surrogate``): extra clean images.
+
+    Returns:
+        The last reported metrics.
+    """
+    c, cb, dev = method.config, Callbacks.of(callbacks), method.device
+    g = torch.Generator().manual_seed(c.seed + STAGE2_SEED)
+    opt = torch.optim.Adam(method.R.parameters(), lr=c.stage2_lr, betas=(0.5, 0.999))
+    method.R.train()
+    every = max(1, c.stage2_steps // 20)
+    metrics: dict[str, float] = {}
+    for step in range(c.stage2_steps):
+        idx = torch.randint(0, a.shape[0], (c.batch_size,), generator=g)
+        xa, xb, xg = (x[idx].to(dev) for x in (a, b, gt))
+        xp = b_prime[idx].to(dev)
+        if c.jitter > 0:  # jittered images and the B′ H makes of them (H is frozen)
+            xa, xb, xg = photometric_jitter([xa, xb, xg], c.jitter, g, tint=c.jitter_tint)
+            with torch.no_grad():
+                xp = method.H(xa if c.task_specific else xb)
+        clean = [xa, xg] if c.task_specific else [xa, xb, xg]
+        if b_clean_second is not None:
+            clean.append(b_clean_second[idx].to(dev))
+        loss, m = extract_loss(c, method.R, method.logo, [xp, b_second[idx].to(dev)], clean, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0 or step == c.stage2_steps - 1:
+            metrics = {"stage2_loss": float(loss.detach()),
+                       **{f"stage2_{k}": v for k, v in m.items()}}
+            cb.on_metrics(step0 + step, metrics)
+            cb.on_progress(step + 1, c.stage2_steps, "stage 2: fine-tune R")
+    method.R.eval()
+    return metrics
+
+
+__all__ = ["STAGE1_SEED", "STAGE2_SEED", "finetune_extractor", "train_embedder"]

@@ -1,0 +1,89 @@
+"""The losses of seed 001 (every λ is 1 except λ3 = 0.01; ‖·‖² is the per-pixel mean)::
+
+    L_emd = λ1·‖H(b) − b‖² + λ2·ℓ_perc(H(b), b) + λ3·ℓ_adv(D, H(b))
+    L_ext = λ4·ℓ_wm + λ5·ℓ_clean + λ6·ℓ_cst,   L = L_emd + λ·L_ext
+    ℓ_wm    = ‖R(b′) − δ‖² (+ ‖R(b″) − δ‖² in stage 2)
+    ℓ_clean = ‖R(a) − δ0‖² + ‖R(b) − δ0‖²        (δ0: the all-ones blank)
+    ℓ_cst   = mean over pairs x, y ∈ B′ ∪ B″ of ‖R(x) − R(y)‖²
+
+Pure functions of the networks and tensors they are given (``B×3×S×S`` in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuralmark.components.methods.output_mark.config import OutputMarkConfig
+from neuralmark.components.nets.patchgan import gan_bce
+from neuralmark.components.nets.perceptual import structural_perceptual_loss
+
+
+def consistency(r: torch.Tensor) -> torch.Tensor:
+    """ℓ_cst: mean over pairs i ≠ j of the per-pixel mean ``(r_i − r_j)²`` (r: N×3×H×W)."""
+    n = r.shape[0]
+    if n < 2:
+        return r.sum() * 0
+    return 2 * n / (n - 1) * (r - r.mean(0, keepdim=True)).pow(2).mean()
+
+
+def embed_loss(config: OutputMarkConfig, disc: nn.Module, h_out: torch.Tensor,
+               h_ref: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_emd = λ1 MSE + λ2 perceptual + λ3 adversarial of B′ (``h_out``) vs its reference.
+
+    Returns:
+        ``(loss, {"h_mse", "h_perc", "h_adv"})``.
+    """
+    c = config
+    mse = (h_out - h_ref).pow(2).mean()
+    perc = structural_perceptual_loss(h_out, h_ref) if c.perceptual == "structural" \
+        else mse * 0
+    adv = gan_bce(disc(h_out), True)
+    loss = c.lambda_mse * mse + c.lambda_perc * perc + c.lambda_adv * adv
+    return loss, {"h_mse": float(mse.detach()), "h_perc": float(perc.detach()),
+                  "h_adv": float(adv.detach())}
+
+
+def extract_loss(config: OutputMarkConfig, extractor: nn.Module, logo: torch.Tensor,
+                 marked: list[torch.Tensor], clean: list[torch.Tensor], g: torch.Generator
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_ext = λ4 ℓ_wm + λ5 ℓ_clean + λ6 ℓ_cst, one R forward over every image.
+
+    To halve R's cost, the clean term sees one *mixed* batch — image i taken from
+    a random one of the K clean sources (drawn with ``g``) — scaled by K, an
+    unbiased estimate of the seed's sum over sources.
+
+    Args:
+        config: the λs and the ablation switches (``clean_loss``, ``consistency_loss``).
+        extractor: R.
+        logo: δ, 3×S×S.
+        marked: batches that must give δ (B′, B″), each b×3×S×S.
+        clean: K equally sized batches that must give the blank (A, B, targets).
+        g: CPU generator of the mixing draw.
+
+    Returns:
+        ``(loss, {"r_wm", "r_clean", "r_cst"})``.
+    """
+    c = config
+    mixed: list[torch.Tensor] = []
+    if c.clean_loss and clean:
+        pick = torch.randint(0, len(clean), (clean[0].shape[0],), generator=g)
+        mixed = [torch.stack(clean)[pick, torch.arange(pick.numel())]]     # b 3 s s
+    sizes = [x.shape[0] for x in marked + mixed]
+    rec = extractor(torch.cat(marked + mixed)).split(sizes)
+    target = logo[None].to(rec[0])
+    r_marked = rec[: len(marked)]
+    wm = sum((r - target).pow(2).mean() for r in r_marked)
+    cln = len(clean) * (rec[-1] - 1.0).pow(2).mean() if mixed else wm * 0
+    cst = consistency(torch.cat(r_marked)) if c.consistency_loss else wm * 0
+    loss = c.lambda_wm * wm + c.lambda_clean * cln + c.lambda_cst * cst
+    return loss, {"r_wm": float(wm.detach()), "r_clean": float(cln.detach()),
+                  "r_cst": float(cst.detach())}
+
+
+def disc_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """D's loss: real references vs (detached) marked outputs, non-saturating BCE."""
+    return 0.5 * (gan_bce(disc(real), True) + gan_bce(disc(fake.detach()), False))
+
+
+__all__ = ["consistency", "disc_loss", "embed_loss", "extract_loss"]

@@ -1,0 +1,354 @@
+"""The one training sequence of ``output_mark``: M → stage 1 → stage 2 → calibration.
+
+One set of functions, called in this order by :meth:`OutputMark.fit` (through
+:func:`fit`) and, one stage per ZenML step, by the pipeline (through
+:func:`stage1_method` and :func:`stage2_method`); both paths therefore train and
+calibrate on the same data and agree for the same seed and pairs:
+
+1. :func:`train_model` — the protected model M (residual UNet, L2) on all pairs.
+2. :func:`stage1` — H, R and D on the *H/R part* of the split (:func:`split_indices`;
+   the loop is :func:`.loops.train_embedder`).
+3. :func:`stage2` — the attacker's surrogate SM on (A, B′) of the *held-out part*,
+   then R fine-tuned on A, B, B′, B″ of the H/R part, H frozen
+   (:func:`.loops.finetune_extractor`).
+4. :func:`calibrate_held_out` — the null NC distribution.
+
+**Which data calibrates**: the clean images of the held-out part only — its inputs
+A, M's outputs M(A) and its targets (sources ``heldout_A``, ``heldout_B``,
+``heldout_target``). R never trains on them and, with groups (the source photo of
+each pair), they come from photos R never saw, so their NC scores are honest null
+samples for new photos. Validation or test pairs never calibrate: they stay free to
+measure the false-positive rate. With fewer than two training pairs there is no
+held-out part and nothing is calibrated (p-values are ``None`` with the reason).
+The held-out part exists whether or not stage 2 runs: ``stage2=False`` stops both
+paths after stage 1 with the same split and calibration.
+
+Every stage seeds its own draws (``config.seed`` + a stage offset), so a stage gives
+the same result whether it runs right after the previous one (``fit``) or in another
+process after a bundle round trip (a pipeline step).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from neuralmark.components.attacks.surrogate import train_image_net, train_surrogate
+from neuralmark.components.data.pairs import check_pairs
+from neuralmark.components.data.splits import group_split
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods.base import (
+    Callbacks,
+    WatermarkKey,
+    pick_device,
+    resize_square,
+)
+from neuralmark.components.methods.output_mark.config import OutputMarkConfig
+from neuralmark.components.methods.output_mark.evaluation import extraction_nc, quality
+from neuralmark.components.methods.output_mark.loops import finetune_extractor, train_embedder
+from neuralmark.components.methods.output_mark.parts import OutputMarkParts
+from neuralmark.components.methods.registry import build
+from neuralmark.components.nets.image_nets import apply_net
+from neuralmark.components.nets.unet import UNet
+
+#: offset added to ``config.seed`` for the split's generator (the loops have their own)
+_SPLIT_SEED = 7
+
+
+@dataclass(frozen=True)
+class TrainingPairs:
+    """The training pairs at the working size and the seed's split.
+
+    Attributes:
+        a: N×3×S×S inputs (domain A).
+        gt: N×3×S×S ground-truth targets.
+        hr: indices of the H/R part (stage 1 and 2 train R on it).
+        held_out: indices of the held-out part (stage 2's surrogate, calibration);
+            equal to ``hr`` when there is no held-out part (fewer than two pairs).
+    """
+
+    a: torch.Tensor
+    gt: torch.Tensor
+    hr: torch.Tensor
+    held_out: torch.Tensor
+
+    @property
+    def has_held_out(self) -> bool:
+        """Whether a held-out part exists (disjoint from the H/R part)."""
+        return not torch.equal(self.hr, self.held_out)
+
+
+def split_indices(config: OutputMarkConfig, n: int, groups: Sequence[str] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the H/R part and of the held-out part of ``n`` training pairs.
+
+    The seed's disjoint split (``surrogate_fraction`` held out), seeded by
+    ``config.seed``; with fewer than two pairs both parts are everything. With
+    ``groups`` (n of them, at least two distinct) whole groups go to one part
+    (``neuralmark.components.data.splits.group_split``): crops of one photo are
+    near-duplicates to R, so none may straddle the split.
+
+    Returns:
+        ``(hr, held_out)`` index tensors.
+    """
+    g = torch.Generator().manual_seed(config.seed + _SPLIT_SEED)
+    if n < 2:
+        perm = torch.randperm(n, generator=g)
+        return perm, perm
+    if groups is not None and len(groups) == n and len(set(groups)) >= 2:
+        return group_split(groups, config.surrogate_fraction, g)
+    perm = torch.randperm(n, generator=g)
+    k = min(n - 1, max(1, round(n * config.surrogate_fraction)))
+    return perm[k:], perm[:k]
+
+
+def training_pairs(method: OutputMarkParts, pairs: Any, what: str = "train pairs"
+                   ) -> TrainingPairs:
+    """Validate ``(A, B)`` (N×3×H×W), resize to the working size, split by the method's groups."""
+    a, gt = method.working_pairs(pairs, what)
+    hr, held_out = split_indices(method.config, a.shape[0], method.train_groups)
+    return TrainingPairs(a, gt, hr, held_out)
+
+
+def prepare(method: OutputMarkParts, pairs: Any, key: WatermarkKey | None = None,
+            groups: Sequence[Any] | None = None, what: str = "train pairs") -> TrainingPairs:
+    """Before stage 0: the key's logo, the pairs' groups, the device; the split pairs.
+
+    Raises:
+        InputError: bad pairs, or ``groups`` not one per pair.
+    """
+    a, _ = check_pairs(pairs, what)
+    if groups is not None:
+        if len(groups) != a.shape[0]:
+            raise InputError(f"{len(groups)} groups for {a.shape[0]} training pairs")
+        method.set_groups(groups)
+    if key is not None:
+        method.set_logo(method.config.logo, key)
+    method.to(pick_device(method.config.device))
+    return training_pairs(method, pairs, what)
+
+
+# --------------------------------------------------------------------------- stage 0: M
+def train_protected_model(pairs: tuple[torch.Tensor, torch.Tensor], config: OutputMarkConfig,
+                          callbacks: Callbacks | Sequence[Any] = ()) -> nn.Module:
+    """A protected model M (residual UNet, L2) trained on (A, B) pairs, seeded by ``config.seed``.
+
+    Args:
+        pairs: ``(A, B)`` N×3×H×W in [0, 1] (resized to ``working_size``).
+        config: ``model_width``, ``model_depth``, ``model_steps``, ``model_lr``,
+            ``batch_size``, ``seed``, ``device``.
+        callbacks: metrics/progress sinks (``model_loss``).
+
+    Returns:
+        M in eval mode.
+    """
+    a, b = check_pairs(pairs, "train_protected_model")
+    s = config.working_size
+    torch.manual_seed(config.seed)
+    net = UNet(width=config.model_width, depth=config.model_depth, output="residual")
+    return train_image_net(net, resize_square(a, s), resize_square(b, s), "l2",
+                           config.model_steps, config.batch_size, config.model_lr, config.seed,
+                           pick_device(config.device), callbacks=callbacks, desc="model")
+
+
+def train_model(method: OutputMarkParts, tp: TrainingPairs,
+                callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
+    """Stage 0: train M on every training pair and keep it (the plain baseline when
+    task-specific). Returns ``time_model_s``."""
+    start = time.time()
+    method.M = train_protected_model((tp.a, tp.gt), method.config, callbacks).to(method.device)
+    return {"time_model_s": time.time() - start}
+
+
+# --------------------------------------------------------------------------- stage 1: H, R, D
+def stage1(method: OutputMarkParts, tp: TrainingPairs,
+           callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
+    """Stage 1 on the H/R part. Returns the last training metrics, ``time_stage1_s``,
+    ``n_hr`` and ``n_held_out``."""
+    start = time.time()
+    b = method.model_outputs(tp.a)
+    hr = tp.hr
+    metrics = train_embedder(method, tp.a[hr], b[hr], tp.gt[hr], callbacks,
+                             step0=method.config.model_steps)
+    return {**metrics, "time_stage1_s": time.time() - start, "n_hr": float(len(hr)),
+            "n_held_out": float(len(tp.held_out) if tp.has_held_out else 0)}
+
+
+# --------------------------------------------------------------------------- stage 2: SM, R
+def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
+                            b_train: torch.Tensor, a_query: torch.Tensor,
+                            callbacks: Callbacks | Sequence[Any] = ()) -> torch.Tensor | None:
+    """Stage 2's clean counterpart of B″: the stage-2 surrogate trained on clean (A, M(A)).
+
+    Args:
+        method: gives the surrogate schedule (seed + 1) and ``stage2_clean_surrogate``.
+        a_train, b_train: K×3×S×S held-out inputs and M's outputs for them.
+        a_query: N×3×S×S inputs it is run on (the H/R part).
+        callbacks: metrics/progress sinks.
+
+    Returns:
+        N×3×S×S outputs in [0, 1], or ``None`` when ``stage2_clean_surrogate`` is off.
+    """
+    c = method.config
+    if not c.stage2_clean_surrogate:
+        return None
+    sm = train_surrogate(a_train, b_train, config=c.surrogate.model_copy(
+        update={"seed": c.surrogate.seed + 1}), callbacks=callbacks)
+    return apply_net(sm, a_query, c.eval_batch).clamp(0, 1)
+
+
+def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Sequence[Any] = (),
+           probe: torch.Tensor | None = None) -> dict[str, float]:
+    """Stage 2: surrogate SM (``config.surrogate``) on (A, B′) of the held-out part, then
+    R fine-tuned on A, B, B′, B″ = SM(A) of the H/R part; H stays frozen.
+
+    Args:
+        method: after stage 1.
+        tp: the training pairs.
+        callbacks: metrics/progress sinks.
+        probe: inputs (N×3×H×W) whose SM outputs R is scored on before and after
+            fine-tuning (default: the held-out inputs); only the metrics depend on it.
+
+    Returns:
+        The last fine-tuning metrics, ``nc_surrogate_before`` / ``_after`` and
+        ``sr_surrogate_before`` / ``_after`` (R on SM(probe)), ``time_stage2_s``.
+    """
+    start = time.time()
+    c = method.config
+    a, hr, ho = tp.a, tp.hr, tp.held_out
+    b = method.model_outputs(a)
+    marked = method.marked_outputs(a)
+    sm = train_surrogate(a[ho], marked[ho], config=c.surrogate, callbacks=callbacks)
+    b2 = apply_net(sm, a[hr], c.eval_batch)
+    probe_x = a[ho] if probe is None else resize_square(probe.float(), c.working_size)
+    probe_out = apply_net(sm, probe_x, c.eval_batch)
+    b2_clean = clean_surrogate_outputs(method, a[ho], b[ho], a[hr], callbacks)
+    logo = method.logo.cpu()
+    before = extraction_nc(method.R, probe_out, logo, c.eval_batch)
+    metrics = finetune_extractor(method, a[hr], b[hr], tp.gt[hr], marked[hr], b2, callbacks,
+                                 step0=c.model_steps + c.steps, b_clean_second=b2_clean)
+    after = extraction_nc(method.R, probe_out, logo, c.eval_batch)
+    return {**metrics,
+            "nc_surrogate_before": float(before.mean()),
+            "sr_surrogate_before": float(method.hit_mask(before, probe_out).float().mean()),
+            "nc_surrogate_after": float(after.mean()),
+            "sr_surrogate_after": float(method.hit_mask(after, probe_out).float().mean()),
+            "time_stage2_s": time.time() - start}
+
+
+# --------------------------------------------------------------------------- calibration
+def calibrate_held_out(method: OutputMarkParts, tp: TrainingPairs) -> dict[str, float]:
+    """Replace the null NC distribution with the held-out part's clean A, M(A), targets.
+
+    Returns:
+        ``calibration_n`` (null scores kept) and ``calibrated_fpr`` (add-one
+        per-image false-positive rate; 0 when nothing was calibrated).
+    """
+    method.reset_calibration()
+    if tp.has_held_out:
+        a, gt = tp.a[tp.held_out], tp.gt[tp.held_out]
+        for name, x in (("heldout_A", a), ("heldout_B", method.model_outputs(a)),
+                        ("heldout_target", gt)):
+            method.calibrate(x, name)
+    return {"calibration_n": float(len(method.null_scores)),
+            "calibrated_fpr": float(method.per_image_fpr() or 0.0)}
+
+
+# --------------------------------------------------------------------------- the two callers
+def fit(method: OutputMarkParts, data: Mapping[str, Any],
+        callbacks: Callbacks | Sequence[Any] = (), key: WatermarkKey | None = None
+        ) -> dict[str, float]:
+    """The whole sequence in one call (what ``OutputMark.fit`` runs).
+
+    Args:
+        method: a fresh ``output_mark`` method (groups set with ``set_groups``, if any).
+        data: ``{"train": (A, B), "val": (A, B)}``, N×3×H×W in [0, 1]; ``val``
+            (optional, default: the held-out pairs) only feeds the reported metrics.
+        callbacks: metrics/progress sinks.
+        key: whose logo to hide when ``config.logo == "key"`` (default
+            ``config.logo_secret``).
+
+    Returns:
+        Every stage's metrics, Table 1 on val after stage 1 (``psnr_marked``,
+        ``nc_marked``, ``sr_marked``, clean NC/FPR) and after stage 2 (``final_*``),
+        the surrogate's NC/SR on val before and after stage 2, ``time_total_s``,
+        ``calibration_n``, ``calibrated_fpr``.
+    """
+    if not isinstance(data, Mapping) or "train" not in data:
+        raise InputError("output_mark.fit needs data={'train': (A, B), 'val': (A, B)}")
+    c, cb = method.config, Callbacks.of(callbacks)
+    start = time.time()
+    tp = prepare(method, data["train"], key, what="data['train']")
+    if data.get("val") is not None:
+        va, vgt = method.working_pairs(data["val"], "data['val']")
+    else:
+        va, vgt = tp.a[tp.held_out], tp.gt[tp.held_out]
+    metrics = train_model(method, tp, cb)
+    metrics.update(stage1(method, tp, cb))
+    metrics.update(quality(method, va, vgt))
+    if c.stage2:
+        metrics.update(stage2(method, tp, cb, probe=va))
+        metrics.update({f"final_{k}": v for k, v in quality(method, va, vgt).items()})
+    metrics["time_total_s"] = time.time() - start
+    metrics.update(calibrate_held_out(method, tp))
+    method.trained = True
+    cb.on_metrics(c.model_steps + c.steps + c.stage2_steps, metrics)
+    return metrics
+
+
+def stage1_method(train_pairs: tuple[torch.Tensor, torch.Tensor],
+                  config: OutputMarkConfig | Mapping[str, Any], key: WatermarkKey | None = None,
+                  callbacks: Callbacks | Sequence[Any] = (), groups: Sequence[str] | None = None
+                  ) -> tuple[OutputMarkParts, dict[str, float]]:
+    """The pipeline's first training step: a new method through M, stage 1, calibration.
+
+    Args:
+        train_pairs: ``(A, B)`` N×3×H×W in [0, 1] (resized to the working size).
+        config: ``output_mark`` config (or its fields).
+        key: whose logo to hide when ``config.logo == "key"``.
+        callbacks: metrics/progress sinks.
+        groups: source group (photo) of each training pair.
+
+    Returns:
+        ``(method, metrics)``: the stage-1 method (``trained``, calibrated on the
+        held-out part) and the stage-0/1 and calibration metrics.
+    """
+    built = build("output_mark", config)
+    if not isinstance(built.config, OutputMarkConfig):
+        raise InputError("stage1_method needs an output_mark config")
+    method = cast(OutputMarkParts, built)
+    tp = prepare(method, train_pairs, key, groups)
+    metrics = train_model(method, tp, callbacks)
+    metrics.update(stage1(method, tp, callbacks))
+    metrics.update(calibrate_held_out(method, tp))
+    method.trained = True
+    return method, metrics
+
+
+def stage2_method(method_stage1: OutputMarkParts, train_pairs: tuple[torch.Tensor, torch.Tensor],
+                  callbacks: Callbacks | Sequence[Any] = ()) -> tuple[OutputMarkParts,
+                                                                      dict[str, float]]:
+    """The pipeline's second training step: stage 2 and calibration on a *copy*.
+
+    ``method_stage1`` is left unchanged (the matrix scores both extractors). With
+    ``config.stage2`` off the copy is not fine-tuned, as in :func:`fit`.
+
+    Returns:
+        ``(new method, metrics)``: see :func:`stage2` and :func:`calibrate_held_out`.
+    """
+    method = copy.deepcopy(method_stage1)
+    tp = training_pairs(method, train_pairs)
+    metrics = stage2(method, tp, callbacks) if method.config.stage2 else {}
+    metrics.update(calibrate_held_out(method, tp))
+    return method, metrics
+
+
+__all__ = ["TrainingPairs", "calibrate_held_out", "clean_surrogate_outputs", "fit", "prepare",
+           "split_indices", "stage1", "stage1_method", "stage2", "stage2_method", "train_model",
+           "train_protected_model", "training_pairs"]
