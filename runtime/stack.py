@@ -45,6 +45,27 @@ logger = logging.getLogger(__name__)
 SOURCE_ROOT = Path(__file__).resolve().parents[1] / "configs"
 
 
+#: ZenML's MLflow tracker, which after every step tries to switch off MLflow's autologging for
+#: eight frameworks and warns about those whose MLflow module fails to import (fastai here).
+#: neuralmark never switches autologging on, so the warning says nothing to our users.
+_TRACKER_LOGGER = "zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker"
+_AUTOLOG_WARNING = "Failed to disable MLflow autologging"
+
+
+class _DropAutologWarning(logging.Filter):
+    """Drops ZenML's "Failed to disable MLflow autologging" warning, and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_AUTOLOG_WARNING)
+
+
+def quiet_tracker_warnings() -> None:
+    """Silence the MLflow tracker's autologging warning (idempotent; other records pass)."""
+    tracker_logger = logging.getLogger(_TRACKER_LOGGER)
+    if not any(isinstance(f, _DropAutologWarning) for f in tracker_logger.filters):
+        tracker_logger.addFilter(_DropAutologWarning())
+
+
 def use_import_names() -> None:
     """Make ZenML refer to neuralmark's steps, materializers and types by import name.
 
@@ -203,10 +224,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("project_root", nargs="?", default=Path(__file__).resolve().parents[1],
                         type=Path, help="repository root (default: this checkout)")
+    parser.add_argument("--json", action="store_true", help="print what happened as JSON")
     args = parser.parse_args(argv)
     done = ensure_stack(args.project_root)
-    print(json.dumps(done, indent=2))
-    print("\nMLflow UI (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false recommended):")
+    if args.json:
+        print(json.dumps(done, indent=2))
+        return
+    changes = [*(f"registered {name}" for name in done["registered"]),
+               *(f"updated {name}" for name in done["updated"])]
+    if done["initialized"]:
+        changes.insert(0, f"initialized {done['repository']}")
+    print(f"ZenML stack {done['active_stack']} active ({'; '.join(changes) or 'unchanged'})")
+    print(f"MLflow tracking: {done['tracking_uri']}")
+    print("MLflow UI (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false recommended):")
     print("  " + mlflow_ui_command(args.project_root))
 
 
