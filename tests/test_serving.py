@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from neuralmark.components.methods.registry import PRETRAINED_DIR
 from neuralmark.components.methods import load_bundle
 from neuralmark.components.methods.base import InputError, Status, WatermarkKey
+from neuralmark.components.methods.registry import PRETRAINED_DIR
 from neuralmark.components.serving import BatchVerifier, working_view
 
 KEY = WatermarkKey("owner secret", 3)

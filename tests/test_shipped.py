@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from neuralmark.cli.app import app
-from neuralmark.components.methods.registry import PRETRAINED_DIR
 from neuralmark.components.methods import load_bundle
+from neuralmark.components.methods.registry import PRETRAINED_DIR
 
 SHIPPED = PRETRAINED_DIR / "pgd_signer"
 
