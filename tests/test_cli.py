@@ -567,7 +567,7 @@ def test_content_commands_import_no_mlops_package(tmp_path, photo, bundle):
 
 
 def test_verify_of_one_photo_imports_only_what_it_uses(tmp_path, photo):
-    """One method's module, no torchmetrics/torchvision (seconds of import on this machine)."""
+    """One method's module; no torchmetrics, torchvision or kornia (plain verify needs none)."""
     image = tmp_path / "photo.png"
     Image.fromarray(photo[:64, :64]).save(image)
     codes, modules = _run_commands(tmp_path, [["verify", str(image), "--key", "k"]])
@@ -576,4 +576,4 @@ def test_verify_of_one_photo_imports_only_what_it_uses(tmp_path, photo):
     others = [m for m in modules if m.startswith("neuralmark.components.methods.")
               and m.rsplit(".", 1)[1] not in ("base", "registry", "pgd_signer")]
     assert not others, f"verify with pgd_signer imported other methods: {others}"
-    assert not _top(modules, ("torchmetrics", "torchvision", *MLOPS))
+    assert not _top(modules, ("torchmetrics", "torchvision", "kornia", *MLOPS))
