@@ -134,14 +134,21 @@ def lazy(module: str, attr: str, what: str) -> Any:
         raise fail(f"{what} is not available: cannot import {module}.{attr} ({error})") from None
 
 
-def load_pipeline(module: str, attr: str, what: str) -> Any:
-    """``lazy`` for a pipeline runner, with ZenML's own log lines at WARN by default.
+#: library settings a pipeline command starts with unless the user set them: the command
+#: draws its own progress bar and prints the run's headline, so ZenML's per-step INFO lines
+#: and MLflow's artifact progress bars would only be noise around it
+PIPELINE_ENV_DEFAULTS = {"ZENML_LOGGING_VERBOSITY": "WARN",
+                         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
-    The command draws its own progress and prints the run's headline; ZenML's
-    per-step INFO lines stay available with ``ZENML_LOGGING_VERBOSITY=INFO`` (read
-    when zenml is first imported, so a value the user set wins).
+
+def load_pipeline(module: str, attr: str, what: str) -> Any:
+    """``lazy`` for a pipeline runner, after setting ``PIPELINE_ENV_DEFAULTS``.
+
+    A value the user set wins (``ZENML_LOGGING_VERBOSITY=INFO`` shows ZenML's step
+    lines again); ZenML reads its variable when first imported, MLflow its own per call.
     """
-    os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
+    for name, value in PIPELINE_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     return lazy(module, attr, what)
 
 

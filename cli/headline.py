@@ -32,6 +32,16 @@ def _num(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _rate(value: float) -> str:
+    """A rate that may be tiny (a false-positive rate, its bounds): 0, 2 significant
+    digits under 0.001, else 3 decimals."""
+    if math.isnan(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    return f"{value:.2g}" if value < 1e-3 else f"{value:.3f}"
+
+
 def _family(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
     """``{label: value}`` of the metrics named ``<prefix><label>``."""
     return {k[len(prefix):]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
@@ -95,10 +105,10 @@ def quality_rows(metrics: Mapping[str, float]) -> list[Row]:
     for stage, value in _family(metrics, "sr_mean/").items():
         rows.append((f"surrogate copies read ({stage})", _num(value)))
     if "fpr" in metrics:
-        fpr = _num(float(metrics["fpr"]))
+        fpr = _rate(float(metrics["fpr"]))
         if "fpr_ci_low" in metrics and "fpr_ci_high" in metrics:
-            fpr += (f"  (95% CI {_num(float(metrics['fpr_ci_low']))}–"
-                    f"{_num(float(metrics['fpr_ci_high']))}")
+            fpr += (f"  (95% CI {_rate(float(metrics['fpr_ci_low']))}–"
+                    f"{_rate(float(metrics['fpr_ci_high']))}")
             if "fpr_trials" in metrics:
                 fpr += f", {int(metrics['fpr_trials'])} clean trials"
             fpr += ")"
@@ -181,7 +191,7 @@ def print_evaluation(console: Console, result: Mapping[str, Any], title: str) ->
         rows.append(("bundle", escape(str(result["bundle"]))))
     if result.get("images") is not None:
         rows.append(("test images", str(result["images"])))
-    rows += quality_rows(result.get("summary") or {})
+    rows += quality_rows(result.get("metrics") or result.get("summary") or {})
     rows += gate_rows(result.get("gate"))
     console.print(_table(title, rows))
     print_footer(console, result.get("reports_dir"), result.get("mlflow_ui"))
@@ -201,7 +211,7 @@ def print_variants(console: Console, result: Mapping[str, Any], title: str) -> N
             escape(variant),
             f"{float(metrics['psnr']):.2f} dB" if "psnr" in metrics else "n/a",
             attacked,
-            _num(float(metrics["fpr"])) if "fpr" in metrics else "n/a",
+            _rate(float(metrics["fpr"])) if "fpr" in metrics else "n/a",
             "passed" if decision.get("promote") else "refused",
             escape(str(run.get("registered_version", "n/a"))),
             escape(str(run.get("champion_version", "n/a"))),

@@ -350,7 +350,8 @@ def test_train_prints_a_headline_not_every_metric(runner, monkeypatch, tmp_path,
     assert f"PSNR {metrics['psnr']:.2f} dB" in text
     assert f"detection rate, clean {metrics['detection_rate/none']:.3f}" in text
     assert "detection rate, attacked mean" in text and "worst" in text
-    assert f"false-positive rate {metrics['fpr']:.3f} (95% CI" in text
+    assert metrics["fpr"] == 0  # alpha 1e-6: none of the clean trials is flagged
+    assert "false-positive rate 0 (95% CI 0–" in text
     assert f"{int(metrics['fpr_trials'])} clean trials" in text
     assert "gate refused" in text and evaluated["decision"]["reasons"][0] in text
     assert "registered neuralmark-_test_additive version 3" in text
@@ -376,6 +377,18 @@ def test_headline_stays_short_whatever_the_number_of_metrics(evaluated):
     reasons = [f"check {i} failed" for i in range(9)]
     rows = gate_rows({"promote": False, "reasons": reasons, "notes": []})
     assert len(rows) == 1 + 4 + 1 and rows[-1][1] == "… 5 more in the report"
+
+
+def test_a_tiny_false_positive_bound_keeps_its_digits():
+    """The demo's FPR: 0 of 16000 clean trials; the interval's top is ~2e-4, not '0.000'."""
+    from neuralmark.cli.headline import quality_rows
+    from neuralmark.components.stats import clopper_pearson
+
+    low, high = clopper_pearson(0, 16000)
+    rows = dict(quality_rows({"fpr": 0.0, "fpr_ci_low": low, "fpr_ci_high": high,
+                              "fpr_trials": 16000.0}))
+    assert rows["false-positive rate"] == f"0  (95% CI 0–{high:.2g}, 16000 clean trials)"
+    assert f"{high:.2g}" != "0"
 
 
 def test_train_variants_prints_one_row_per_variant(runner, monkeypatch, evaluated, tmp_path):
