@@ -108,16 +108,13 @@ def _embed_file(wm: WatermarkMethod, key: WatermarkKey, src: Path, dst: Path,
     _print_embedded(out(), src, dst, measured, notes)
 
 
-def _embed_folder(wm: WatermarkMethod, key: WatermarkKey, src_dir: Path, dst_dir: Path,
-                  quality: int, recursive: bool) -> None:
-    """Mark every image of ``src_dir`` into ``dst_dir`` (relative paths kept); exit 2 on
-    any unreadable file, after marking the others."""
+def _embed_folder(wm: WatermarkMethod, key: WatermarkKey, files: list[Path], src_dir: Path,
+                  dst_dir: Path, quality: int) -> None:
+    """Mark ``files`` (images of ``src_dir``) into ``dst_dir``, relative paths kept; exit 2
+    on any unreadable file, after marking the others."""
     from neuralmark.components.errors import InputError
-    from neuralmark.components.imageio import iter_images, output_format
+    from neuralmark.components.imageio import output_format
 
-    files = list(iter_images(src_dir, recursive=recursive))
-    if not files:
-        raise InputError(f"{src_dir} holds no image files")
     failures = 0
     with progress() as bar:
         task = bar.add_task("embedding", total=len(files))
@@ -208,13 +205,14 @@ def embed(
 
     wm_key = make_key(key, message)
     dst = _target(input_path, output_path, "marked")
+    files = _collect([input_path], recursive) if dst is None else [input_path]
     wm = load_method(method, bundle, model_uri, device, kind="content")
     if psnr is not None:
         if "psnr_target" not in type(wm.config).model_fields:
             raise InputError(f"--psnr does not apply to {wm.key}: it has no signing budget")
         wm = wm.with_config(psnr_target=psnr)
     if dst is None:
-        _embed_folder(wm, wm_key, input_path, output_path, quality, recursive)
+        _embed_folder(wm, wm_key, files, input_path, output_path, quality)
     else:
         _embed_file(wm, wm_key, input_path, dst, quality)
 
@@ -241,10 +239,11 @@ def stamp(
     """
     wm_key = make_key(key, message)
     dst = _target(input_path, output_path, "stamped")
+    files = _collect([input_path], recursive) if dst is None else [input_path]
     wm = _with_overrides(load_method(STAMP_METHOD, bundle, model_uri, device, kind="content"),
                          strength=strength)
     if dst is None:
-        _embed_folder(wm, wm_key, input_path, output_path, quality, recursive)
+        _embed_folder(wm, wm_key, files, input_path, output_path, quality)
     else:
         _embed_file(wm, wm_key, input_path, dst, quality)
 

@@ -2,7 +2,7 @@
 ``protect``.
 
 The pipelines return everything they measured (``run_training``'s ``metrics`` holds
-every summary metric, often over a hundred); these functions choose the few rows
+every summary metric, several per attack); these functions choose the few rows
 worth reading — image quality, clean and attacked bit accuracy / detection, the
 false-positive rate with its interval, the gate's decision with its reasons, the
 registered version and the champion — and point to the full report on disk and to
