@@ -11,7 +11,7 @@ export ZENML_LOGGING_VERBOSITY ?= WARN
 PROFILE ?= tiny
 METHOD ?= pgd_signer
 
-.PHONY: venv test demo stack data lint bench ui clean
+.PHONY: venv test demo stack data lint bench ui serve clean
 
 # torch/torchvision first: pip takes the pinned builds from local disk.
 $(VENV)/.installed: pyproject.toml
@@ -44,6 +44,12 @@ bench: venv
 
 ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5055 --workers 1
+
+# The champion of $(METHOD) behind MLflow's scoring server (README "Serving"); uvicorn from the venv.
+serve: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db \
+	$(BIN)/mlflow models serve -m models:/neuralmark-$(METHOD)@champion --env-manager local \
+	  --host 127.0.0.1 --port 5001
 
 clean:
 	rm -rf .zen mlflow.db mlruns reports outputs

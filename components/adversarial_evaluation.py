@@ -1,10 +1,11 @@
 """Adversarial and certified robustness of a stamp scanner, as tidy rows.
 
-Works with any method exposing the anti-forwarding scanner API:
-``classifier_module()`` (B×3×H×W in [0, 1] → B×2 logits, class 1 = stamped,
-no noise), ``scanner_logits(images)``, ``certify(images, *, n0, n, alpha,
-generator) -> list[Certificate]`` and ``config.sigma`` (0 = no smoothing; a
-boolean ``smoothed`` attribute, when present, says whether verify smooths).
+Works with any method exposing the anti-forwarding scanner API (``Scanner``; a
+``WatermarkMethod`` declares it with ``has_scanner = True``): ``classifier_module()``
+(B×3×H×W in [0, 1] → B×2 logits, class 1 = stamped, no noise), ``scanner_logits(images)``,
+``certify(images, *, n0, n, certify_alpha, generator) -> list[Certificate]``,
+``to_working(images)`` (into the space where ``certify`` adds its noise),
+``config.sigma`` and ``smoothed`` (whether ``verify`` smooths with that σ).
 
 ``adversarial_rows`` attacks stamped images toward "not stamped" (removal, so
 the image can be forwarded) and, optionally, clean images toward "stamped"
@@ -57,7 +58,7 @@ from torch import nn
 from neuralmark.components.attacks.adversarial import (
     ATTACK_NAMES,
     STAMPED,
-    GaussianNoise,
+    NoisyClassifier,
     QueryCounter,
     apgd,
     apgd_eot,
@@ -66,47 +67,43 @@ from neuralmark.components.attacks.adversarial import (
     square,
 )
 from neuralmark.components.evaluation import Row, _batches, _method_name, _report
-from neuralmark.components.methods.base import resize_square
 from neuralmark.components.smoothing import Certificate, certified_accuracy
 
 
 class Scanner(Protocol):
-    """What these evaluations need from a method (the anti_forward scanner API)."""
+    """What these evaluations need from a method (the anti_forward scanner API).
 
-    config: Any  # has ``sigma`` (float, 0 = no smoothing)
+    Attributes:
+        key: the ``method`` column of the rows.
+        config: has ``sigma``, the smoothing noise σ (0 = none).
+        smoothed: whether ``verify`` smooths with ``config.sigma`` (anti_forward's
+            ``baseline`` keeps a σ in its config but was never trained under noise).
+    """
+
+    key: str
+    config: Any
+    smoothed: bool
 
     def classifier_module(self) -> nn.Module: ...
 
     def scanner_logits(self, images: torch.Tensor) -> torch.Tensor: ...
 
+    def to_working(self, images: torch.Tensor) -> torch.Tensor: ...
+
     def certify(self, images: torch.Tensor, *, n0: int | None = None, n: int | None = None,
-                alpha: float | None = None,
+                certify_alpha: float | None = None,
                 generator: torch.Generator | None = None) -> list[Certificate]: ...
+
+    def verify(self, images: torch.Tensor, key: Any = None) -> list[Any]: ...
 
 
 def _seed(seed: int, text: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(text.encode())) % (2**63)
 
 
-def _sigma(method: Scanner) -> float:
-    sigma = getattr(getattr(method, "config", None), "sigma", None)
-    if sigma is None:
-        raise ValueError(f"{_method_name(method)} has no config.sigma: not a scanner method")
-    return float(sigma)
-
-
 def smoothing_sigma(method: Scanner) -> float:
-    """σ of the scanner's deployed decision: 0 when it does not smooth.
-
-    ``config.sigma``, unless the method says it does not smooth at verify
-    (a boolean ``method.smoothed`` that is false, e.g. the ``baseline``
-    variant, which keeps ``sigma`` in its config but was never trained under
-    noise).
-    """
-    smoothed = getattr(method, "smoothed", None)
-    if isinstance(smoothed, bool) and not smoothed:
-        return 0.0
-    return _sigma(method)
+    """σ of the scanner's deployed decision: ``config.sigma`` if it smooths, else 0."""
+    return float(method.config.sigma) if method.smoothed else 0.0
 
 
 def _check_batch(name: str, images: torch.Tensor) -> None:
@@ -115,7 +112,7 @@ def _check_batch(name: str, images: torch.Tensor) -> None:
 
 
 def scanner_decisions(method: Scanner, images: torch.Tensor, *, smoothing_n: int = 1000,
-                      smoothing_n0: int | None = None, alpha: float | None = None,
+                      smoothing_n0: int | None = None, certify_alpha: float | None = None,
                       seed: int = 0, batch_size: int = 16) -> list[int | None]:
     """The scanner's deployed decision per image: 1 stamped, 0 not, ``None`` abstain.
 
@@ -128,7 +125,7 @@ def scanner_decisions(method: Scanner, images: torch.Tensor, *, smoothing_n: int
         images: N×3×H×W in [0, 1].
         smoothing_n: estimation noise samples per image (smoothed scanners).
         smoothing_n0: selection samples (``None`` = the method's default).
-        alpha: certification level (``None`` = the method's default).
+        certify_alpha: certification level (``None`` = the method's default).
         seed: seeds the smoothing noise.
         batch_size: images per call.
 
@@ -143,36 +140,14 @@ def scanner_decisions(method: Scanner, images: torch.Tensor, *, smoothing_n: int
         return out
     generator = torch.Generator().manual_seed(seed)
     for s in _batches(len(images), batch_size):
-        certs = method.certify(images[s], n0=smoothing_n0, n=smoothing_n, alpha=alpha,
-                               generator=generator)
+        certs = method.certify(images[s], n0=smoothing_n0, n=smoothing_n,
+                               certify_alpha=certify_alpha, generator=generator)
         out += [c.label for c in certs]
     return out
 
 
 def _share(flags: Sequence[bool]) -> float:
     return sum(flags) / len(flags)
-
-
-def noise_space(method: Scanner) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The map into the space where ``method.certify`` adds its noise, for EoT attacks.
-
-    A public ``method.to_working`` when the method has one; else, when the
-    config has a ``working_size``, a resize to it (antialiased bilinear, the
-    resize ``anti_forward`` documents, identity at that size); else ``None``
-    (noise in the classifier's input space).
-    """
-    public = getattr(method, "to_working", None)
-    if callable(public):
-        return public
-    size = getattr(getattr(method, "config", None), "working_size", None)
-    if size is None:
-        return None
-    size = int(size)
-
-    def to_working(x: torch.Tensor) -> torch.Tensor:  # b c h w → b c s s
-        return resize_square(x, size, clamp=False)
-
-    return to_working
 
 
 def verify_decisions(method: Any, images: torch.Tensor, key: Any = None,
@@ -192,7 +167,7 @@ def _attack(name: str, classifier: nn.Module, images: torch.Tensor, labels: torc
     if name == "square":
         # black box against the deployed score: for a smoothed scanner the soft smoothed
         # classifier over ``eot_iter`` draws (one query = eot_iter base forwards)
-        target = classifier if sigma == 0 else GaussianNoise(
+        target = classifier if sigma == 0 else NoisyClassifier(
             classifier, sigma, samples=eot_iter, seed=seed, transform=transform)
         counter = QueryCounter(target)
         adv = square(counter, images, labels, eps=eps, queries=queries, seed=seed)
@@ -241,7 +216,7 @@ def adversarial_rows(
     seed: int = 0,
     smoothing_n: int = 1000,
     smoothing_n0: int | None = None,
-    alpha: float | None = None,
+    certify_alpha: float | None = None,
     forge: bool = True,
     also_verify: bool = False,
     key: Any = None,
@@ -254,7 +229,7 @@ def adversarial_rows(
     ``apgd_eot`` needs noise to average over: on an unsmoothed scanner
     (``sigma == 0``) it is skipped (it would be ``apgd``). Its noise, and that
     of Square's queries on a smoothed scanner, is added where the method
-    certifies (``noise_space``).
+    certifies (after ``method.to_working``).
 
     Args:
         method: a scanner method (see ``Scanner``).
@@ -271,7 +246,7 @@ def adversarial_rows(
         seed: seeds attacks and smoothing noise (a label replays the same draw).
         smoothing_n: estimation samples of the smoothed decision.
         smoothing_n0: selection samples (``None`` = method default).
-        alpha: certification level (``None`` = method default).
+        certify_alpha: certification level (``None`` = method default).
         forge: also attack the clean images toward "stamped".
         also_verify: also judge the same images by ``method.verify(images, key)``
             (the deployed rule: calibrated test, and certification when the
@@ -296,9 +271,9 @@ def adversarial_rows(
     run = [a for a in attacks if smoothed or a != "apgd_eot"]
     name = name or _method_name(method)
     classifier = method.classifier_module()
-    transform = noise_space(method) if smoothed else None
-    decide = dict(smoothing_n=smoothing_n, smoothing_n0=smoothing_n0, alpha=alpha,
-                  batch_size=batch_size)
+    transform = method.to_working if smoothed else None
+    decide = dict(smoothing_n=smoothing_n, smoothing_n0=smoothing_n0,
+                  certify_alpha=certify_alpha, batch_size=batch_size)
     sides = [("remove", stamped)] + ([("forge", clean)] if clean is not None and forge else [])
     total = 1 + len(run) * len(sides)
     rows: list[Row] = []
@@ -362,7 +337,7 @@ def adversarial_rows(
 
 def certified_rows(method: Scanner, stamped: torch.Tensor, clean: torch.Tensor | None,
                    radii: Sequence[float], *, n0: int | None = None, n: int | None = None,
-                   alpha: float | None = None, seed: int = 0, batch_size: int = 16,
+                   certify_alpha: float | None = None, seed: int = 0, batch_size: int = 16,
                    name: str | None = None) -> list[Row]:
     """Certified accuracy vs L2 radius of a smoothed scanner.
 
@@ -383,7 +358,7 @@ def certified_rows(method: Scanner, stamped: torch.Tensor, clean: torch.Tensor |
         stamped: N×3×H×W stamped images in [0, 1].
         clean: M×3×H×W clean images in [0, 1], or ``None``.
         radii: L2 radii to report.
-        n0, n, alpha: ``certify`` parameters (``None`` = the method's defaults).
+        n0, n, certify_alpha: ``certify`` parameters (``None`` = the method's defaults).
         seed: seeds the noise.
         batch_size: images per ``certify`` call.
         name: the ``method`` column (default: the registry key).
@@ -392,7 +367,7 @@ def certified_rows(method: Scanner, stamped: torch.Tensor, clean: torch.Tensor |
         ValueError: ``sigma == 0`` (nothing is certified without noise).
     """
     _check_batch("stamped", stamped)
-    if _sigma(method) <= 0:
+    if method.config.sigma <= 0:
         raise ValueError(f"{_method_name(method)} has sigma = 0: an unsmoothed scanner "
                          "certifies nothing")
     if not radii:
@@ -405,7 +380,7 @@ def certified_rows(method: Scanner, stamped: torch.Tensor, clean: torch.Tensor |
             continue
         _check_batch(group, images)
         certs = [c for s in _batches(len(images), batch_size)
-                 for c in method.certify(images[s], n0=n0, n=n, alpha=alpha,
+                 for c in method.certify(images[s], n0=n0, n=n, certify_alpha=certify_alpha,
                                          generator=generator)]
         groups[group] = (certs, [y] * len(certs))
     certs = [c for cs, _ in groups.values() for c in cs]

@@ -14,8 +14,8 @@ plots and notebooks read.
 Metrics per (attack, strength):
 
 - ``bit_accuracy``: mean ``Verdict.bit_accuracy`` over marked images that report one.
-- ``detection_rate``: share of marked images detected (TPR at the method's own
-  threshold, or at ``p ≤ alpha`` when ``alpha`` is given).
+- ``detection_rate``: share of marked images detected (TPR by ``Verdict.detected``, the
+  method's own rule, or at ``p ≤ alpha`` when ``alpha`` is given).
 - ``false_positive_rate``: share of attacked *clean* carriers detected.
 - ``p_value_median``: median p-value over marked images that report one.
 - ``unreadable_rate``: share of marked images whose verdict is ``unreadable``.
@@ -29,7 +29,6 @@ import csv
 import math
 import os
 import statistics
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,12 +37,14 @@ from typing import Any
 import torch
 
 from neuralmark.components.attacks.registry import Suite, build_attack, canonical_name, label
+from neuralmark.components.files import atomic_file
 from neuralmark.components.methods.base import (
     InputError,
     Status,
     Verdict,
     WatermarkKey,
     WatermarkMethod,
+    random_keys,
 )
 from neuralmark.components.metrics import psnr, ssim
 from neuralmark.components.stats import clopper_pearson
@@ -54,7 +55,7 @@ Progress = Callable[[int, int, str], None]
 
 
 def _method_name(method: WatermarkMethod) -> str:
-    return str(getattr(method, "key", None) or type(method).__name__)
+    return method.key or type(method).__name__
 
 
 def _report(progress: Any, done: int, total: int, desc: str) -> None:
@@ -204,11 +205,6 @@ def run_suite(
     return rows
 
 
-def _random_secret(generator: torch.Generator) -> str:
-    return "calib-" + "".join(f"{v:08x}" for v in
-                              torch.randint(0, 2**32, (4,), generator=generator).tolist())
-
-
 def calibrate_fpr(
     method: WatermarkMethod,
     clean_images: torch.Tensor,
@@ -218,79 +214,57 @@ def calibrate_fpr(
     *,
     batch_size: int = 16,
     confidence: float = 0.95,
-) -> dict[str, float | int]:
+) -> dict[str, float | int | None]:
     """Measure the false-positive rate on clean images against random keys.
 
-    A method whose detector ignores the key (``keyed_detection = False``) is
-    verified once per image: ``n_keys`` does not multiply its trials.
+    A trial is one (clean image, random key) pair, the keys being
+    ``random_keys(n_keys, Generator(seed))`` (a wrong owner's key). It is a false
+    positive when its p-value is at most the level (``alpha``, else the method's
+    ``detection_alpha``); for a method that declares no p-value level
+    (``detection_alpha is None``) when ``verify`` says ``detected``. Unreadable inputs
+    are never false positives. The method's declared contract decides how:
 
-    Fast path: a method may offer ``null_p_values(images, n_keys, seed) ->
-    Tensor[B, n_keys]`` (p-values of clean images against ``n_keys`` random keys;
-    NaN = unreadable). Otherwise ``verify`` is looped over ``n_keys`` random
-    ``WatermarkKey(secret=...)``. A trial is one (image, key); it is a false
-    positive when ``p ≤ alpha``. The interval is exact Clopper–Pearson; it
-    treats trials as independent, which is exact across images and an
-    approximation across keys on the same image.
+    - ``keyed_detection = False``: the key does not decide detection, so another key is
+      not another trial; each clean image is verified once.
+    - ``null_p_values`` not ``None``: its p-values (the same keys, one decode per image).
+    - otherwise ``verify`` once per random key.
+
+    The interval is exact Clopper–Pearson; it treats trials as independent, which is
+    exact across images and an approximation across keys on the same image.
 
     Args:
         method: a content method.
         clean_images: N×3×H×W unmarked images in [0, 1].
         n_keys: random keys per image.
-        alpha: significance level; ``None`` = the method's ``detection_alpha``
-            when it has one (a level distinct from other ``alpha``\ s in its
-            config, e.g. anti_forward's certification level), else ``config.alpha``.
+        alpha: p-value level; ``None`` = the method's ``detection_alpha``.
         seed: seeds the random keys.
         batch_size: images per call.
         confidence: level of the two-sided interval.
 
     Returns:
-        ``{fpr, ci_low, ci_high, trials, detections, unreadable, alpha}``.
+        ``{fpr, ci_low, ci_high, trials, detections, unreadable, alpha}`` (``alpha`` is the
+        level used; ``None`` when trials were judged by ``Verdict.detected``).
     """
     if not isinstance(clean_images, torch.Tensor) or clean_images.ndim != 4 \
             or len(clean_images) == 0:
         raise ValueError("clean_images must be a non-empty N×3×H×W tensor")
     if n_keys < 1:
         raise ValueError(f"n_keys must be >= 1, got {n_keys}")
-    if alpha is None:  # the method's own detection level
-        alpha = getattr(method, "detection_alpha", None)
-        if alpha is None:
-            alpha = getattr(getattr(method, "config", None), "alpha", None)
-        if alpha is None:
-            raise ValueError(f"{_method_name(method)} has no config.alpha; pass alpha=")
-    alpha = float(alpha)
-
-    fast = getattr(method, "null_p_values", None)
-    if not getattr(method, "keyed_detection", True):
-        # The detector ignores the key (e.g. anti_forward's stamp): another key is not
-        # another trial, so each clean image is verified once.
-        key = WatermarkKey(secret=_random_secret(torch.Generator().manual_seed(seed)))
-        verdicts = [v for s in _batches(len(clean_images), batch_size)
-                    for v in _verify(method, clean_images[s], key)]
-        pvals = torch.tensor([[math.nan if v.p_value is None else float(v.p_value)]
-                              for v in verdicts], dtype=torch.float64)  # n 1
-    elif callable(fast):
-        parts = []
-        for s in _batches(len(clean_images), batch_size):
-            with torch.no_grad():
-                p = torch.as_tensor(fast(clean_images[s], n_keys, seed), dtype=torch.float64)
-            if p.shape != (s.stop - s.start, n_keys):
-                raise RuntimeError(f"null_p_values returned {tuple(p.shape)}, "
-                                   f"expected {(s.stop - s.start, n_keys)}")
-            parts.append(p)
+    level = method.detection_alpha if alpha is None else float(alpha)
+    if level is not None and not 0 < level < 1:
+        raise ValueError(f"the p-value level must lie in (0, 1), got {level}")
+    n_trial_keys = n_keys if method.keyed_detection else 1
+    parts = _null_p_values(method, clean_images, n_trial_keys, seed, batch_size) \
+        if level is not None else None
+    if parts is not None:
         pvals = torch.cat(parts)  # n k
+        detected = pvals <= level  # NaN compares False: unreadable is no detection
+        unreadable = torch.isnan(pvals)
     else:
-        generator = torch.Generator().manual_seed(seed)
-        columns = []
-        for _ in range(n_keys):
-            key = WatermarkKey(secret=_random_secret(generator))
-            verdicts = [v for s in _batches(len(clean_images), batch_size)
-                        for v in _verify(method, clean_images[s], key)]
-            columns.append([math.nan if v.p_value is None else float(v.p_value)
-                            for v in verdicts])
-        pvals = torch.tensor(columns, dtype=torch.float64).T  # n k
-
-    trials = int(pvals.numel())
-    detections = int((pvals <= alpha).sum())  # NaN compares False: unreadable is no detection
+        detected, unreadable = _verify_random_keys(method, clean_images, n_trial_keys, seed,
+                                                   batch_size, level)
+    trials = int(detected.numel())
+    detections = int(detected.sum())
     lo, hi = clopper_pearson(detections, trials, confidence)
     return {
         "fpr": detections / trials,
@@ -298,9 +272,42 @@ def calibrate_fpr(
         "ci_high": hi,
         "trials": trials,
         "detections": detections,
-        "unreadable": int(torch.isnan(pvals).sum()),
-        "alpha": alpha,
+        "unreadable": int(unreadable.sum()),
+        "alpha": level,
     }
+
+
+def _null_p_values(method: WatermarkMethod, images: torch.Tensor, n_keys: int, seed: int,
+                   batch_size: int) -> list[torch.Tensor] | None:
+    """The method's fast path per batch (same keys for every batch), or ``None``."""
+    parts = []
+    for s in _batches(len(images), batch_size):
+        try:
+            with torch.no_grad():
+                p = method.null_p_values(images[s], n_keys, torch.Generator().manual_seed(seed))
+        except InputError:  # as in ``_verify``: an input the method rejects is unreadable
+            p = torch.full((s.stop - s.start, n_keys), math.nan, dtype=torch.float64)
+        if p is None:
+            return None
+        p = torch.as_tensor(p, dtype=torch.float64)
+        if p.shape != (s.stop - s.start, n_keys):
+            raise RuntimeError(f"{_method_name(method)}.null_p_values returned "
+                               f"{tuple(p.shape)}, expected {(s.stop - s.start, n_keys)}")
+        parts.append(p)
+    return parts
+
+
+def _verify_random_keys(method: WatermarkMethod, images: torch.Tensor, n_keys: int, seed: int,
+                        batch_size: int, level: float | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(detected, unreadable), both N×K bool, from ``verify`` against each random key."""
+    detected, unreadable = [], []
+    for key in random_keys(n_keys, torch.Generator().manual_seed(seed)):
+        verdicts = [v for s in _batches(len(images), batch_size)
+                    for v in _verify(method, images[s], key)]
+        detected.append([_is_detected(v, level) for v in verdicts])
+        unreadable.append([v.status == Status.UNREADABLE for v in verdicts])
+    return torch.tensor(detected).T, torch.tensor(unreadable).T  # n k
 
 
 def summarize(rows: Sequence[Row]) -> dict[str, float]:
@@ -340,7 +347,7 @@ def _format_cell(value: Any) -> str:
 
 
 def rows_to_csv(rows: Sequence[Row], path: str | os.PathLike) -> Path:
-    """Write rows as CSV (columns ``COLUMNS``) atomically: temp file + rename.
+    """Write rows as CSV (columns ``COLUMNS``) atomically (``files.atomic_file``).
 
     Raises:
         ValueError: a row lacks one of ``COLUMNS`` (nothing is written).
@@ -349,20 +356,12 @@ def rows_to_csv(rows: Sequence[Row], path: str | os.PathLike) -> Path:
         missing = [c for c in COLUMNS if c not in r]
         if missing:
             raise ValueError(f"row {i} is missing columns {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({c: _format_cell(r[c]) for c in COLUMNS})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({c: _format_cell(r[c]) for c in COLUMNS})
+    return Path(path)
 
 
 def rows_from_csv(path: str | os.PathLike) -> list[Row]:

@@ -7,9 +7,9 @@ animation). A file it cannot use raises ``ImageReadError`` whose message names
 the file and the problem: missing, a directory, empty, not an image, corrupt or
 truncated, too many pixels, too small.
 
-``save_image`` writes atomically (temporary file in the target folder, then
-``os.replace``): on any failure no partial file is left and an existing file at
-the target is untouched. It returns notes too — a JPEG output, for one,
+``save_image`` writes atomically (``files.atomic_file``: temporary file in the target
+folder, then ``os.replace``): on any failure no partial file is left and an existing
+file at the target is untouched. It returns notes too — a JPEG output, for one,
 re-compresses the image, which is itself an attack on the mark.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from neuralmark.components.files import atomic_file
 from neuralmark.components.methods.base import InputError, check_images
 
 #: extensions ``iter_images`` picks up (lower case, with the dot)
@@ -413,19 +413,8 @@ def save_image(
     if like is not None and like.icc_profile and fmt != "BMP":
         options["icc_profile"] = like.icc_profile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        # open() honours the umask (mkstemp would leave a 0600 file behind os.replace)
-        with open(tmp, "xb") as fh:
-            image.save(fh, format=fmt, **options)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with atomic_file(path, "wb") as fh:  # honours the umask, fsyncs before the rename
+        image.save(fh, format=fmt, **options)
     return notes
 
 

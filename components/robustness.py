@@ -71,7 +71,8 @@ class EvaluationSettings(BaseModel):
         fpr_keys: random keys per clean image for the calibrated false-positive rate.
         key_secret: secret of the fixed evaluation key.
         key_message: message of the evaluation key (``None``: decode-any mode).
-        alpha: detection threshold on the p-value (``None``: the method's own).
+        alpha: p-value level of detection (``None``: the method's ``detection_alpha``, or
+            its own rule when it declares none).
         batch_size: images per embed / verify call.
         seed: seeds the attacks' random draws and the FPR keys.
         example_images: columns of the example grid figure.
@@ -174,11 +175,12 @@ def adversarial_report_rows(method: WatermarkMethod, clean: torch.Tensor, marked
                             steps=adv.apgd_steps, queries=adv.square_queries,
                             eot_iter=adv.eot_iter, seed=settings.seed,
                             smoothing_n=adv.smoothing_n, smoothing_n0=adv.certify_n0,
-                            alpha=adv.certify_alpha, batch_size=settings.batch_size,
+                            certify_alpha=adv.certify_alpha, batch_size=settings.batch_size,
                             also_verify=True, key=settings.key(), progress=progress)
     if smoothing_sigma(method) > 0:  # the baseline keeps a sigma in its config but never smooths
         rows += certified_rows(method, marked[:n], clean[:n], adv.radii, n0=adv.certify_n0,
-                               n=adv.certify_n, alpha=adv.certify_alpha, seed=settings.seed,
+                               n=adv.certify_n, certify_alpha=adv.certify_alpha,
+                               seed=settings.seed,
                                batch_size=settings.batch_size)
     return rows
 

@@ -12,6 +12,11 @@ Files are decoded on a small thread pool (PIL releases the GIL while
 decoding) while the previous batch is being scored. A file that cannot be read
 gets an ``unreadable`` verdict naming the problem; it never stops the batch.
 
+A served verifier (``integrations/pyfunc_model.py``) takes its requests as whatever
+MLflow's scoring server makes of the JSON it was sent: ``verify_requests`` turns
+every such shape into one ``VerifyRequest`` (path + key) per image, or refuses it
+with an ``InputError`` naming the problem; ``verify_file`` answers one of them.
+
 Example:
     >>> from neuralmark.components.methods.registry import load_bundle
     >>> scanner = BatchVerifier(load_bundle("components/pretrained/anti_forward"))
@@ -21,11 +26,15 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from neuralmark.components.imageio import load_image
@@ -126,3 +135,165 @@ class BatchVerifier:
         scored = iter(self._score(views)) if views else iter(())
         for path, item in batch:
             yield path, (next(scored) if isinstance(item, torch.Tensor) else item)
+
+
+# -- requests of a served verifier ------------------------------------------------------------
+
+#: the fields of a verification request; ``paths`` is accepted for ``path``
+REQUEST_FIELDS = ("path", "secret", "message")
+_ALIASES = {"paths": "path"}
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """One image to verify and the key to verify it against.
+
+    Attributes:
+        path: the image file, as the verifying process sees its file system.
+        key: the owner's key (``secret`` and optional claimed ``message``).
+    """
+
+    path: str
+    key: WatermarkKey
+
+
+def _plain(value: Any) -> Any:
+    """Python values for numpy ones (MLflow turns JSON lists and scalars into arrays)."""
+    if isinstance(value, np.ndarray):
+        return value.item() if value.ndim == 0 else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fields(record: Mapping[Any, Any], where: str) -> dict[str, Any]:
+    """``record`` with ``paths`` read as ``path``; an unknown or doubled field is an error."""
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        field = _ALIASES.get(str(name), str(name))
+        if field not in REQUEST_FIELDS:
+            raise InputError(f"{where}: unknown field {str(name)!r}; a request has 'path' "
+                             "(or 'paths'), 'secret' and optionally 'message'")
+        if field in out:
+            raise InputError(f"{where}: give either 'path' or 'paths', not both")
+        out[field] = _plain(value)
+    return out
+
+
+def _request(path: Any, secret: Any, message: Any, where: str) -> VerifyRequest:
+    """One checked request; every problem is an ``InputError`` naming ``where`` and the field."""
+    if _missing(path):
+        raise InputError(f"{where}: 'path' is missing")
+    if not isinstance(path, str) or not path.strip():
+        raise InputError(f"{where}: 'path' must be a non-empty string, got {path!r}")
+    if _missing(secret):
+        raise InputError(f"{where}: 'secret' is missing; every image is verified against the "
+                         "key it was marked with")
+    if not isinstance(secret, str) or not secret.strip():
+        raise InputError(f"{where}: 'secret' must be a non-empty string, got {secret!r}")
+    if _missing(message):
+        message = None
+    elif isinstance(message, float) and message.is_integer():
+        message = int(message)  # a DataFrame column with gaps holds floats
+    if message is not None and (isinstance(message, bool) or not isinstance(message, int)
+                                or message < 0):
+        raise InputError(f"{where}: 'message' must be a non-negative integer, got {message!r}")
+    return VerifyRequest(path=path, key=WatermarkKey(secret=secret, message=message))
+
+
+def _from_columns(columns: Mapping[Any, Any]) -> list[VerifyRequest]:
+    """``{"paths": [...] | "a.png", "secret": "s" | [...], "message": 7 | [...]}``."""
+    fields = _fields(columns, "input")
+    if "path" not in fields:
+        raise InputError("input: 'paths' (a list of image paths) or 'path' is missing")
+    paths = fields["path"]
+    paths = [paths] if not isinstance(paths, list) else paths
+    values: dict[str, list[Any]] = {}
+    for name in ("secret", "message"):
+        value = fields.get(name)
+        if isinstance(value, list):
+            if len(value) != len(paths):
+                raise InputError(f"input: {len(paths)} paths but {len(value)} values of "
+                                 f"{name!r}; give one value for all or one per path")
+            values[name] = value
+        else:
+            values[name] = [value] * len(paths)
+    where = "input" if len(paths) == 1 else "input, path {}"
+    return [_request(p, s, m, where.format(i)) for i, (p, s, m) in
+            enumerate(zip(paths, values["secret"], values["message"], strict=True))]
+
+
+def _from_rows(rows: Sequence[Any]) -> list[VerifyRequest]:
+    """``[{"path", "secret"[, "message"]}, ...]``."""
+    out = []
+    for i, row in enumerate(rows):
+        row = _plain(row)
+        if not isinstance(row, Mapping):
+            raise InputError(f"row {i}: expected an object with 'path', 'secret' [, 'message'], "
+                             f"got {type(row).__name__} {row!r}")
+        fields = _fields(row, f"row {i}")
+        out.append(_request(fields.get("path"), fields.get("secret"), fields.get("message"),
+                            f"row {i}"))
+    return out
+
+
+def verify_requests(payload: Any) -> list[VerifyRequest]:
+    """The verification requests in ``payload``, one per image, in order.
+
+    Accepts every shape MLflow's scoring server hands to a model's ``predict``:
+
+    * a table (pandas ``DataFrame``, from ``dataframe_records`` / ``dataframe_split`` / CSV)
+      with columns ``path``, ``secret`` and optionally ``message`` (a gap is "no claim");
+    * columns as a mapping (``{"inputs": {...}}``, or ``{"instances": [rows]}``, which
+      MLflow turns into columns): ``paths`` (or ``path``) a list or one string, ``secret``
+      and ``message`` one value for every path or a list with one per path; numpy arrays,
+      0-d ones included, are read as the lists and scalars they came from;
+    * a list of rows ``{"path", "secret"[, "message"]}`` (``{"inputs": [rows]}``, or a
+      list of dicts given to ``predict`` directly).
+
+    Args:
+        payload: the model input.
+
+    Returns:
+        One ``VerifyRequest`` per image (an empty input gives an empty list).
+
+    Raises:
+        InputError: an unknown shape or field, a missing or non-string ``path`` or
+            ``secret``, a ``message`` that is not a non-negative integer, or per-path
+            lists of the wrong length. The message names the row or field.
+    """
+    if hasattr(payload, "to_dict") and hasattr(payload, "columns"):  # a pandas DataFrame
+        return _from_rows(payload.to_dict(orient="records"))
+    payload = _plain(payload)
+    if isinstance(payload, Mapping):
+        return _from_columns(payload)
+    if isinstance(payload, (list, tuple)):
+        return _from_rows(payload)
+    raise InputError(f"cannot read a verification request from {type(payload).__name__} "
+                     f"{payload!r}; send rows {{'path', 'secret'[, 'message']}} or columns "
+                     "{'paths': [...], 'secret': ...}")
+
+
+def verify_file(method: WatermarkMethod, path: str | os.PathLike, key: WatermarkKey) -> Verdict:
+    """Verify one image file; a file that cannot be read gets an ``unreadable`` verdict.
+
+    Args:
+        method: the method to verify with (its ``verify`` takes a ``1×3×H×W`` image).
+        path: the image file.
+        key: the key to verify against.
+
+    Returns:
+        The method's verdict for the image, or ``unreadable`` naming the file and the problem.
+    """
+    try:
+        image = load_image(path, min_size=method.min_size).tensor
+    except InputError as err:
+        return Verdict.unreadable(str(err))
+    try:
+        return method.verify(image.to(method.device), key)[0]
+    except InputError as err:  # e.g. an image the method cannot read at its working size
+        return Verdict.unreadable(f"{path}: {err}")

@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from PIL import Image
 
 from neuralmark.components.data.manifest import MANIFEST_COLUMNS, SPLITS
+from neuralmark.components.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -359,17 +359,6 @@ def render_html(report: DataValidationReport) -> str:
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: DataValidationReport, directory: str | os.PathLike) -> Path:
     """Write ``validation.html`` and ``validation.json`` into ``directory`` atomically.
 
@@ -382,10 +371,10 @@ def write_report(report: DataValidationReport, directory: str | os.PathLike) -> 
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(directory / "validation.json",
-                       json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(directory / "validation.json",
+                      json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     html_path = directory / "validation.html"
-    _atomic_write_text(html_path, report.html or render_html(report))
+    atomic_write_text(html_path, report.html or render_html(report))
     return html_path
 
 

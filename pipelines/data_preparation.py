@@ -102,29 +102,17 @@ def run_data_preparation(dataset: str, source: str | os.PathLike, out: str = "da
             failed validation (the message says where the report is).
         RuntimeError: any other failed run.
     """
-    from zenml.client import Client
-
-    from neuralmark.integrations.tracking import extra_callbacks
-    from neuralmark.integrations.validation import DataValidationError
-    from neuralmark.pipelines.training import project_client
-    from neuralmark.runtime.stack import ensure_experiment, ensure_stack
+    from neuralmark.pipelines.harness import executed
 
     root = Path(project_root or CODE_ROOT).resolve()
     effective_config(get_recipe(dataset), split_config(config)[0])
     if not Path(source).exists():
         raise InputError(f"source {source} does not exist")
-    ensure_stack(root)
-    ensure_experiment(PIPELINE_NAME, root)
-    with project_client(root), extra_callbacks(callbacks):
-        out_abs = str(Path(out) if Path(out).is_absolute() else root / out)
-        try:
-            run = data_preparation_pipeline(dataset=dataset, source=str(source), out=out_abs,
-                                            config=dict(config or {}))
-        except DataValidationError as err:
-            raise InputError(str(err)) from None
-        run = Client().get_pipeline_run(run.id)
-        if str(run.status) != "completed":
-            raise RuntimeError(f"pipeline run {run.name} ended {run.status}")
+    out_abs = str(Path(out) if Path(out).is_absolute() else root / out)
+    parameters = {"dataset": dataset, "source": str(source), "out": out_abs,
+                  "config": dict(config or {})}
+    with executed(data_preparation_pipeline, PIPELINE_NAME, {"parameters": parameters}, root,
+                  callbacks) as run:
         step = run.steps["prepare"]
         report = step.outputs["prepare_report"][0].load()
         cached = str(step.status) == "cached"

@@ -83,7 +83,7 @@ def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None 
                                     settings.data.sample_config())
     clean = load_split(manifest, ev.split, limit=ev.limit)
     marked = embed_all(wm, clean, ev.key(), batch_size=ev.batch_size)
-    report = robustness_report(wm, clean, marked, ev, progress=Callbacks(callbacks or ()))
+    report = robustness_report(wm, clean, marked, ev, progress=Callbacks.of(callbacks))
 
     out = root / "reports" / f"evaluation-{method}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     csv_path = rows_to_csv(report.rows, out / "robustness.csv")

@@ -313,7 +313,7 @@ def _run_config(task: str, profile: str, config_path: str | os.PathLike | None,
     error); a top-level ``enable_cache`` is refused, since it would override
     the per-cell caching.
     """
-    from neuralmark.pipelines.training import build_run_config
+    from neuralmark.pipelines.harness import build_run_config
 
     path = Path(config_path) if config_path else DEFAULT_CONFIG
     run_config = build_run_config(path, True, {"task": task, "profile": profile},
@@ -354,7 +354,7 @@ def run_output_mark(task: str = "derain", profile: str = "tiny",
         InputError: a bad config (before anything runs) or invalid data.
         RuntimeError: any other failed run.
     """
-    from neuralmark.pipelines.training import _name_model, executed, registration_outcome
+    from neuralmark.pipelines.harness import executed, name_model, registration_outcome
 
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; expected one of {list(TASKS)}")
@@ -369,7 +369,7 @@ def run_output_mark(task: str = "derain", profile: str = "tiny",
         # the YAML names the derain model; debone and the task-specific variant register
         # under their own name (OutputMarkConfig.variant), each with its own champion
         model["name"] = settings.model_name
-    _name_model(run_config, settings.model_name, str(config_path or DEFAULT_CONFIG))
+    name_model(run_config, settings.model_name, str(config_path or DEFAULT_CONFIG))
     with executed(output_mark_pipeline, PIPELINE_NAME, run_config, root, callbacks) as run:
         outcome = registration_outcome(run, "evaluate_output_mark", "train_marking", root)
         cached = sorted(name for name, s in run.steps.items() if str(s.status) == "cached")

@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from neuralmark.components.data.sample import SampleDataConfig
+from neuralmark.components.errors import describe_validation_error
 from neuralmark.components.gate import MEAN_ATTACKED, GatePolicy
 from neuralmark.components.methods.base import InputError, MethodConfig
 from neuralmark.components.methods.registry import make_config, method_class
@@ -135,18 +136,12 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> d
     return out
 
 
-def _problems(err: ValidationError, prefix: str) -> str:
-    return "; ".join(
-        f"{prefix}{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-        for e in err.errors()
-    )
-
-
 def _validate(model: type[BaseModel], values: Mapping[str, Any], section: str) -> Any:
     try:
         return model.model_validate(dict(values))
     except ValidationError as err:
-        raise InputError(f"invalid {section} config: {_problems(err, f'{section}.')}") from None
+        raise InputError(f"invalid {section} config: "
+                         f"{describe_validation_error(err, f'{section}.')}") from None
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -247,8 +242,7 @@ def resolve(method: str, profile: str = "tiny", *, config: Mapping[str, Any] | N
         policy=_validate(GatePolicy, merged["policy"], "policy"),
     )
     _check_policy_labels(settings.policy, settings.evaluation)
-    if settings.evaluation.adversarial is not None and not hasattr(method_class(method),
-                                                                   "classifier_module"):
+    if settings.evaluation.adversarial is not None and not method_class(method).has_scanner:
         raise InputError(f"invalid evaluation config: evaluation.adversarial: {method} has no "
                          "scanner to attack (only detectors such as anti_forward have one)")
     return settings

@@ -75,8 +75,7 @@ def main() -> None:
                                    watermarked=marked))
     fpr_search = _fpr_fast(searcher, clean, max(1, args.fpr_keys // 4), claimed=True)
     fpr = calibrate_fpr(method, clean, n_keys=args.fpr_keys)
-    fpr_unknown = calibrate_fpr(method, clean, n_keys=max(1, args.fpr_keys // 10), seed=1) \
-        if not hasattr(method, "null_p_values") else _fpr_fast(method, clean, args.fpr_keys // 100)
+    fpr_unknown = _fpr_fast(method, clean, args.fpr_keys // 100)
 
     print(f"pgd_signer bundle: {args.bundle}  ({n} held-out images, 256×256, CPU threads "
           f"{torch.get_num_threads()})")
@@ -96,7 +95,7 @@ def main() -> None:
           f"[{fpr_search['ci_low']:.2e}, {fpr_search['ci_high']:.2e}] "
           f"over {fpr_search['trials']} trials")
     print(f"mean bit accuracy over attacks: {summary['bit_accuracy_mean_attacked']:.3f}")
-    print(f"FPR (claimed message, alpha={method.config.alpha:g}): {fpr['fpr']:.2e} "
+    print(f"FPR (claimed message, alpha={method.detection_alpha:g}): {fpr['fpr']:.2e} "
           f"[{fpr['ci_low']:.2e}, {fpr['ci_high']:.2e}] over {fpr['trials']} image×key trials")
     print(f"FPR (unknown message): {fpr_unknown['fpr']:.2e} "
           f"[{fpr_unknown['ci_low']:.2e}, {fpr_unknown['ci_high']:.2e}] "
@@ -147,6 +146,10 @@ def write_model_card(path: Path, method, summary: dict, unknown: dict, fpr: dict
         "40 dB); on a CPU budget the M-step hedges (logits shrink) instead of learning "
         "robust features. The pipeline still trains by EM (the seed's method) and logs "
         "the per-round robustness curves.",
+        "- The M-step's \"unsigned\" term: the literal reading (push clean logits to 0, "
+        "`clean_loss=\"zero\"`) shrank the logits round after round until PGD could no "
+        "longer sign (clean bit accuracy 0.93 → 0.67 over 40 rounds); the default "
+        "`unit_variance` holds them at zero mean and unit spread.",
         f"- Decoder width {c.width}, working size {c.working_size}, input stride "
         f"{c.input_stride} (the decoder reads {c.working_size // c.input_stride}² px); "
         f"signing budget PSNR {c.psnr_target} dB (L2 ball) and L∞ {c.linf_255}/255, "
@@ -203,8 +206,8 @@ def _fpr_fast(method, clean: torch.Tensor, n_keys: int, claimed: bool = False) -
     """FPR through the method's fast path (unknown-message test unless ``claimed``)."""
     from neuralmark.components.stats import clopper_pearson
 
-    p = method.null_p_values(clean, n_keys, seed=1, claimed=claimed)
-    det = int((p <= method.config.alpha).sum())
+    p = method.null_p_values(clean, n_keys, torch.Generator().manual_seed(1), claimed=claimed)
+    det = int((p <= method.detection_alpha).sum())
     lo, hi = clopper_pearson(det, p.numel())
     return {"fpr": det / p.numel(), "ci_low": lo, "ci_high": hi, "trials": p.numel()}
 

@@ -43,7 +43,7 @@ RECIPE = {
     "warmup_start": 300, "aug_start": 600, "aug_end": 2000, "sigma": 0.5, "sigma_warmup": 300,
     "image_loss_ramp": 1000, "mse_weight": 20.0, "ssim_weight": 1.0,
     "residual_highpass": 3.0, "residual_window": 15, "residual_masking": 0.5,
-    "n0": 32, "n": 256, "alpha": 1e-3, "score_noise_samples": 8,
+    "n0": 32, "n": 256, "certify_alpha": 1e-3, "score_noise_samples": 8,
     "fpr": 1e-3, "calibration_scores": 1100, "log_every": 20, "figure_every": 250,
 }
 #: the default sample set (``--train-data recipe``: the previous shipped model trained on it)
@@ -365,7 +365,7 @@ def write_card(args: argparse.Namespace) -> None:
         f"full-strength chain). Fast rule: scan statistic threshold "
         f"{state.get('threshold_statistic'):.3f} at fpr = {c.fpr:g} (`--recalibrate`). "
         f"Smoothed rule: that test, then Cohen certification (n0 = {c.n0}, n = {c.n}, "
-        f"alpha = {c.alpha:g}) of the images that pass it.",
+        f"certify_alpha = {c.certify_alpha:g}) of the images that pass it.",
         f"- At the end of training (val split, {c.working_size}²): PSNR "
         f"{final['val_psnr']:.2f} dB, TPR plain {final['val_tpr_plain']:.3f}, TPR through the "
         f"chain {final['val_tpr_augmented']:.3f}.",

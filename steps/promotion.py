@@ -5,7 +5,8 @@ pure ``neuralmark.components.gate.decide``. ``register_and_promote`` registers t
 candidate (alias ``challenger``, tag ``gate=pass|fail``), moves ``champion``
 only when the decision says so, and mirrors it on the ZenML Model version
 (``production`` / ``staging``). A run that fails earlier never reaches these
-steps, so a crash never moves the champion.
+steps, so a crash never moves the champion. The registry is the store ZenML's MLflow
+tracker points at (``integrations.model_registry.registry_client``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,6 @@ from neuralmark.integrations.tracking import log_config
 from neuralmark.runtime.stack import TRACKER_NAME
 
 
-def _registry_follows_tracker() -> None:
-    """Use the tracking server as the model registry (ZenML sets only the tracking URI)."""
-    mlflow.set_registry_uri(mlflow.get_tracking_uri())
-
-
 @step(experiment_tracker=TRACKER_NAME)
 def gate(report: Report, model_name: str,
          policy: dict[str, Any]) -> Annotated[Decision, "decision"]:
@@ -51,7 +47,6 @@ def gate(report: Report, model_name: str,
         The decision (also set as MLflow tags ``gate`` and ``gate_reasons``; the
         floors are logged as ``policy.*`` params).
     """
-    _registry_follows_tracker()
     floors = GatePolicy(**policy)
     log_config(floors.model_dump(mode="json"), prefix="policy.")
     decision = decide(report.summary, champion_summary(model_name), floors)
@@ -76,7 +71,6 @@ def register_and_promote(trained: WatermarkMethod, report: Report, decision: Dec
         ``model_name``, ``version`` (registered), ``promoted``, ``champion_version``
         (after this step) and ``zenml_stage``.
     """
-    _registry_follows_tracker()
     with tempfile.TemporaryDirectory(prefix="nm-candidate-") as tmp:
         bundle = trained.to_bundle(Path(tmp) / "bundle")
         version = register_candidate(bundle, model_name, report.summary, decision.to_dict())

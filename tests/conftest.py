@@ -30,6 +30,17 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread while a module's tests run (the machine is shared), then
+    the previous count back. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def photo() -> np.ndarray:
     """A real photograph shipped with scikit-image (H×W×3 uint8)."""
@@ -44,3 +55,12 @@ def photo_batch(photo) -> torch.Tensor:
     x = torch.from_numpy(photo[100:196, 150:278]).permute(2, 0, 1).float() / 255
     y = torch.from_numpy(photo[300:396, 200:328]).permute(2, 0, 1).float() / 255
     return torch.stack([x, y])
+
+
+@pytest.fixture(scope="session")
+def registered_models(tmp_path_factory):
+    """A real MLflow store with every content method registered and promoted
+    (``tests/registry_models.py``); shared by the registry and serving tests."""
+    from tests.registry_models import register_all
+
+    return register_all(tmp_path_factory.mktemp("nm-registry"))

@@ -38,6 +38,25 @@ def _restore_mlflow(state: tuple[Any, dict[str, str | None]]) -> None:
 
 
 @contextlib.contextmanager
+def mlflow_store(uri: str) -> Iterator[str]:
+    """Point MLflow (tracking, and the registry with it) at ``uri`` inside the block.
+
+    What this process's CLI and ``mlflow.pyfunc.load_model`` read, as a user's
+    ``MLFLOW_TRACKING_URI`` would; MLflow's URIs are put back afterwards.
+    """
+    import mlflow
+
+    state = _mlflow_state()
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    mlflow.set_registry_uri(None)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        _restore_mlflow(state)
+
+
+@contextlib.contextmanager
 def isolated_zenml_project(root: Path) -> Iterator[Path]:
     """A project at ``root`` with its own ZenML store, put back as it was afterwards.
 

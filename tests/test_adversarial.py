@@ -22,12 +22,11 @@ from neuralmark.components import smoothing
 from neuralmark.components.adversarial_evaluation import (
     adversarial_rows,
     certified_rows,
-    noise_space,
     scanner_decisions,
 )
 from neuralmark.components.attacks.adversarial import (
     AttackModel,
-    GaussianNoise,
+    NoisyClassifier,
     QueryCounter,
     apgd,
     apgd_eot,
@@ -42,12 +41,7 @@ SHAPE = (3, 16, 16)
 MARGIN = 2.0  # score units (1/255 of mean projection) on each side of the boundary
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LinearScanner(nn.Module):
@@ -71,6 +65,8 @@ class ToyScanner:
     def __init__(self, net: nn.Module, sigma: float) -> None:
         self.net = net
         self.config = SimpleNamespace(sigma=sigma, variant="rs" if sigma else "baseline")
+        self.smoothed = sigma > 0
+        self.working_inputs: list[tuple[int, ...]] = []
 
     def classifier_module(self) -> nn.Module:
         return self.net
@@ -78,9 +74,14 @@ class ToyScanner:
     def scanner_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def certify(self, images, *, n0=None, n=None, alpha=None, generator=None):
+    def to_working(self, images: torch.Tensor) -> torch.Tensor:
+        """The toy certifies at the input size: identity (recorded)."""
+        self.working_inputs.append(tuple(images.shape))
+        return images
+
+    def certify(self, images, *, n0=None, n=None, certify_alpha=None, generator=None):
         return smoothing.certify(self.net, images, self.config.sigma, n0=n0 or 64, n=n or 200,
-                                 alpha=alpha or 0.001, generator=generator)
+                                 alpha=certify_alpha or 0.001, generator=generator)
 
     def verify(self, images, key=None):
         """Detected iff the margin exceeds 1 (a stricter rule than the argmax)."""
@@ -189,19 +190,19 @@ def test_square_stays_within_its_query_budget(toy):
     assert counter.images <= len(stamped) * (5 + 3)
 
 
-def test_gaussian_noise_wrapper_draws_fresh_noise(toy):
+def test_noisy_classifier_draws_fresh_noise(toy):
     net, _, stamped = toy
-    noisy = GaussianNoise(net, sigma=0.25, seed=3)
+    noisy = NoisyClassifier(net, sigma=0.25, seed=3)
     first, second = noisy(stamped), noisy(stamped)
     assert not torch.equal(first, second)
     noisy.reseed(3)
     assert torch.equal(noisy(stamped), first)
-    assert torch.equal(GaussianNoise(net, sigma=0.0)(stamped), net(stamped))
-    soft = GaussianNoise(net, sigma=0.25, samples=16, seed=0)(stamped)  # b k log-probs
+    assert torch.equal(NoisyClassifier(net, sigma=0.0)(stamped), net(stamped))
+    soft = NoisyClassifier(net, sigma=0.25, samples=16, seed=0)(stamped)  # b k log-probs
     assert soft.shape == (len(stamped), 2)
     assert torch.allclose(soft.exp().sum(dim=1), torch.ones(len(stamped)), atol=1e-5)
     with pytest.raises(ValueError):
-        GaussianNoise(net, sigma=-1.0)
+        NoisyClassifier(net, sigma=-1.0)
 
 
 def test_noise_goes_where_the_method_certifies(toy):
@@ -212,15 +213,19 @@ def test_noise_goes_where_the_method_certifies(toy):
         seen.append(tuple(x.shape[-2:]))
         return net(F.interpolate(x, size=SHAPE[1:], mode="nearest"))
 
-    method = SimpleNamespace(config=SimpleNamespace(sigma=0.5, working_size=8))
-    to_working = noise_space(method)
-    assert to_working(stamped).shape == (len(stamped), 3, 8, 8)
-    assert torch.equal(to_working(stamped[..., :8, :8]), stamped[..., :8, :8])
-    GaussianNoise(spy, 0.5, transform=to_working)(stamped)
-    assert seen == [(8, 8)]
-    method.to_working = lambda x: x[..., :4, :4]  # a public map wins over the config
-    assert noise_space(method)(stamped).shape[-2:] == (4, 4)
-    assert noise_space(SimpleNamespace(config=SimpleNamespace(sigma=0.5))) is None
+    def to_working(x):
+        return F.interpolate(x, size=(8, 8), mode="bilinear", antialias=True)
+
+    NoisyClassifier(spy, 0.5, transform=to_working)(stamped)
+    assert seen == [(8, 8)]  # the noise is added after the map, at 8×8
+    # the adaptive attack adds its noise after the method's own map
+    method = ToyScanner(net, sigma=0.25)
+    adversarial_rows(method, stamped[:2], None, attacks=("apgd_eot",), steps=1, eot_iter=1,
+                     smoothing_n=20, seed=0)
+    assert method.working_inputs and all(s[1:] == SHAPE for s in method.working_inputs)
+    plain = ToyScanner(net, sigma=0.0)  # no smoothing: no noise, no map
+    adversarial_rows(plain, stamped[:2], None, attacks=("apgd",), steps=1, seed=0)
+    assert plain.working_inputs == []
 
 
 def test_adaptive_attack_on_the_smoothed_toy(toy):
@@ -310,7 +315,8 @@ def test_certified_rows_and_plot(toy):
     net, clean, stamped = toy
     method = ToyScanner(net, sigma=0.25)
     radii = [0.0, 0.05, 0.1, 0.2, 0.5]
-    rows = certified_rows(method, stamped, clean, radii, n0=32, n=200, alpha=0.001, seed=0)
+    rows = certified_rows(method, stamped, clean, radii, n0=32, n=200, certify_alpha=0.001,
+                          seed=0)
     acc = [r["value"] for r in rows if r["metric"] == "certified_accuracy"]
     assert len(acc) == len(radii)
     assert all(a >= b for a, b in zip(acc, acc[1:], strict=False))  # non-increasing in r
@@ -319,8 +325,8 @@ def test_certified_rows_and_plot(toy):
     assert acc[-1] == 0.0
     # recompute from certificates drawn with the same seed
     gen = torch.Generator().manual_seed(0)
-    certs = method.certify(stamped, n0=32, n=200, alpha=0.001, generator=gen)
-    certs += method.certify(clean, n0=32, n=200, alpha=0.001, generator=gen)
+    certs = method.certify(stamped, n0=32, n=200, certify_alpha=0.001, generator=gen)
+    certs += method.certify(clean, n0=32, n=200, certify_alpha=0.001, generator=gen)
     assert acc == smoothing.certified_accuracy(certs, [1] * 12 + [0] * 12, radii)
     flat = summarize(rows)
     assert "certified_accuracy_stamped/certified_l2_0.1" in flat
@@ -352,7 +358,7 @@ def test_rows_on_the_anti_forward_smoke_model():
                                    "payload_bits": 0, "message_bits": 0}))
         stamped = method.embed(images, None)
         rows = adversarial_rows(method, stamped, images, steps=2, queries=4, eot_iter=2,
-                                smoothing_n=20, smoothing_n0=4, alpha=0.05, seed=0)
+                                smoothing_n=20, smoothing_n0=4, certify_alpha=0.05, seed=0)
         flat = summarize(rows)
         labels = {r["label"] for r in rows}
         expected = {"none", "apgd_linf_8", "square_linf_8"} | (
@@ -362,6 +368,7 @@ def test_rows_on_the_anti_forward_smoke_model():
                    for lab in expected - {"none"})
         assert ("abstain_rate_unattacked/none" in flat) == bool(sigma)
         if sigma:
-            cert = certified_rows(method, stamped, images, [0.0, 0.25], n0=4, n=20, alpha=0.05)
+            cert = certified_rows(method, stamped, images, [0.0, 0.25], n0=4, n=20,
+                                  certify_alpha=0.05)
             assert {r["label"] for r in cert} == {"certified_l2_0", "certified_l2_0.25",
                                                  "certified_l2"}

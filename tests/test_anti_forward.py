@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -21,14 +23,7 @@ TRAIN = {"variant": "rs_aug", "working_size": 32, "encoder_width": 8, "scanner_w
          "figure_every": 100}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Training here runs on a shared 2-core CPU: two torch threads per process slow
-    everything down ~10× when other processes compete (measured: fixture 554 s vs 23 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smoke(**over) -> AntiForward:
@@ -159,6 +154,22 @@ def test_detection_ignores_the_key(trained, photo):
     b = method.verify(stamped, WatermarkKey("somebody else"))
     assert AntiForward.keyed_detection is False
     assert [(v.detected, v.p_value) for v in a] == [(v.detected, v.p_value) for v in b]
+
+
+def test_calibrated_verdicts_honour_the_detection_level(trained, photo):
+    method, *_ = trained
+    clean = _images(photo, 6, 40)
+    images = torch.cat([clean, method.embed(clean, None)])
+    fast = method.null_p_values(images, 3, torch.Generator().manual_seed(0))
+    verdicts = method.verify(images)
+    assert [float(p) for p in fast[:, 0]] == [v.p_value for v in verdicts]
+    assert torch.equal(fast[:, 0:1].expand(-1, 3), fast)  # every key: the same p-value
+    for level in (method.config.fpr, 0.3):
+        at = method.with_config(fpr=level)
+        assert at.detection_alpha == level
+        for v in at.verify(images):
+            assert not v.detected or v.p_value <= level
+    assert any(v.detected for v in verdicts)  # the stamped half passes the calibrated test
 
 
 def test_abstention_is_never_a_confident_verdict(trained, photo):
@@ -328,3 +339,38 @@ def test_gradient_reaches_the_input_and_every_parameter_through_the_whole_chain(
                for n, p in mod.named_parameters()
                if p.grad is None or float(p.grad.abs().sum()) == 0.0]
     assert not missing, missing
+
+
+# -- config names: the certification level is certify_alpha; old bundles still load -------
+def test_certification_level_is_certify_alpha_and_old_configs_migrate():
+    old = {"method": "anti_forward", "alpha": 0.01, "fpr": 0.002}  # before the rename
+    cfg = AntiForward.Config.model_validate(old)
+    assert cfg.certify_alpha == 0.01 and cfg.fpr == 0.002
+    assert "alpha" not in cfg.model_dump()
+    with pytest.raises(InputError, match="'alpha'.*detection level is 'fpr'"):
+        build("anti_forward", {"alpha": 0.01})  # alone, alpha would mean detection elsewhere
+    with pytest.raises(InputError, match="certify_alpha"):
+        build("anti_forward", {"alpha": 0.01, "fpr": 0.002, "certify_alpha": 0.01})
+
+
+def test_the_shipped_bundle_written_with_alpha_still_loads():
+    from neuralmark.components.methods.registry import shipped_bundle
+
+    bundle = shipped_bundle("anti_forward")
+    raw = json.loads((bundle / "config.json").read_text())
+    assert "alpha" in raw and "certify_alpha" not in raw  # written before the rename
+    method = load_bundle(bundle)
+    assert method.config.certify_alpha == raw["alpha"]
+    assert method.detection_alpha == raw["fpr"]
+
+
+def test_a_registered_bundle_with_the_old_name_loads(tmp_path, photo):
+    m = smoke(certify_alpha=0.02)
+    m.to_bundle(tmp_path / "b")
+    raw = json.loads((tmp_path / "b" / "config.json").read_text())
+    raw["alpha"] = raw.pop("certify_alpha")  # what a bundle registered before the rename holds
+    (tmp_path / "b" / "config.json").write_text(json.dumps(raw))
+    again = load_bundle(tmp_path / "b")
+    assert again.config == m.config
+    x = _images(photo, 2, 40)
+    assert [v.p_value for v in again.verify(x)] == [v.p_value for v in m.verify(x)]

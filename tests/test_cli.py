@@ -252,28 +252,6 @@ def test_folders_embed_and_verify_with_documented_exit_codes(runner, bundle, pho
     assert "0 if every image is detected" in runner.invoke(app, ["verify", "--help"]).output
 
 
-def test_model_uri_downloads_the_registered_bundle(runner, bundle, photo_file, tmp_path,
-                                                   monkeypatch):
-    mlflow_artifacts = pytest.importorskip("mlflow.artifacts")
-    seen = {}
-
-    def fake_download(artifact_uri, dst_path=None, **_):
-        seen["uri"] = artifact_uri
-        shutil.copytree(bundle, Path(dst_path) / "bundle")
-        return dst_path
-
-    monkeypatch.setattr(mlflow_artifacts, "download_artifacts", fake_download)
-    out = tmp_path / "m.png"
-    uri = "models:/neuralmark-_test_additive@champion"
-    result = runner.invoke(app, ["embed", str(photo_file), str(out), "--key", "k",
-                                 "--model-uri", uri])
-    assert result.exit_code == 0, result.output
-    assert seen["uri"] == uri
-    result = runner.invoke(app, ["verify", str(out), "--key", "k", "--model-uri", uri,
-                                 "--bundle", str(bundle)])
-    assert result.exit_code == 2 and "either --bundle or --model-uri" in result.output
-
-
 # -- lazily imported pipelines ----------------------------------------------------------------
 
 

@@ -137,14 +137,15 @@ def test_method_yaml_is_a_zenml_run_config(path) -> None:
 
 
 def test_run_config_merges_overrides() -> None:
-    from neuralmark.pipelines.training import _name_model, _run_config
+    from neuralmark.pipelines.harness import name_model
+    from neuralmark.pipelines.training import _run_config
 
     merged = _run_config("pgd_signer", "full", None, {"config": {"rounds": 3}})
     assert merged["parameters"]["profile"] == "full"
     assert merged["parameters"]["config"] == {"rounds": 3}
     assert merged["model"]["name"] == "neuralmark-pgd_signer"
     with pytest.raises(InputError, match="is not 'neuralmark-pgd_signer-rs'"):
-        _name_model(merged, "neuralmark-pgd_signer-rs", "x.yaml")
+        name_model(merged, "neuralmark-pgd_signer-rs", "x.yaml")
     with pytest.raises(InputError, match="unknown override section"):
         _run_config("pgd_signer", "tiny", None, {"polcy": {}})
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
+from neuralmark.components.evaluation import calibrate_fpr
 from neuralmark.components.methods import (
     InputError,
     Status,
     WatermarkKey,
+    WatermarkMethod,
     available,
     build,
     load_bundle,
 )
+from neuralmark.components.methods.base import random_keys
 from neuralmark.components.methods.registry import method_class
 
 # keys starting with "_" are test doubles registered by other test modules
@@ -131,3 +135,106 @@ def test_bundle_missing_files_is_a_clear_error(tmp_path):
         load_bundle(tmp_path)
     with pytest.raises(InputError, match="not a neuralmark bundle"):
         load_bundle(tmp_path / "nowhere")
+
+
+# -- the detection contract (declared on WatermarkMethod, honoured by every method) -----------
+
+KEY = WatermarkKey("contract-key", 0)
+#: methods with a fast null path of their own (the others inherit ``None``)
+FAST_NULL = [k for k in METHODS
+             if method_class(k).null_p_values is not WatermarkMethod.null_p_values]
+
+
+def _judged(m, photo_batch) -> torch.Tensor:
+    """Clean images plus, for content methods, the same images marked with ``KEY``."""
+    if m.kind != "content":
+        return photo_batch
+    return torch.cat([photo_batch, m.embed(photo_batch, KEY).detach()])
+
+
+@pytest.mark.parametrize("key", METHODS)
+def test_method_declares_the_detection_contract(key):
+    cls = method_class(key)
+    assert isinstance(cls.keyed_detection, bool) and isinstance(cls.has_scanner, bool)
+    field = cls.detection_alpha_field
+    m = smoke(key)
+    if field is None:
+        assert m.detection_alpha is None
+    else:
+        assert field in cls.Config.model_fields, f"{key}: {field!r} is not a config field"
+        assert 0 < m.detection_alpha < 1
+        assert m.detection_alpha == float(getattr(m.config, field))
+        assert m.with_config(**{field: 0.25}).detection_alpha == 0.25  # follows the config
+    if cls.has_scanner:
+        stamped = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        assert m.scanner_logits(stamped).shape == (2, 2)
+        assert m.classifier_module()(stamped).shape == (2, 2)
+        assert m.to_working(stamped).shape[:2] == (2, 3)
+        assert isinstance(m.smoothed, bool) and m.config.sigma >= 0
+
+
+@pytest.mark.parametrize("key", [k for k in METHODS
+                                 if method_class(k).detection_alpha_field is not None])
+def test_verify_never_detects_above_its_level(key, photo_batch):
+    m = smoke(key)
+    images = _judged(m, photo_batch)
+    field = method_class(key).detection_alpha_field
+    checked = 0
+    for level in (m.detection_alpha, 0.5):
+        at = m.with_config(**{field: level})
+        for v in at.verify(images, KEY):
+            assert not v.detected or (v.p_value is not None and v.p_value <= level), v.reason
+            checked += 1
+    assert checked == 2 * len(images)
+
+
+@pytest.mark.parametrize("key", METHODS)
+def test_keyed_detection_is_what_the_method_declares(key, photo_batch):
+    m = smoke(key)
+    images = _judged(m, photo_batch)
+    keys = [KEY, *random_keys(3, torch.Generator().manual_seed(1))]
+    answers = [[(v.detected, v.p_value, v.score) for v in m.verify(images, k)] for k in keys]
+    if method_class(key).keyed_detection:
+        assert any(a != answers[0] for a in answers[1:]), "the key changes nothing"
+    else:
+        assert all(a == answers[0] for a in answers[1:]), "an unkeyed detector read the key"
+
+
+@pytest.mark.parametrize("key", FAST_NULL)
+def test_null_p_values_are_verify_against_the_same_random_keys(key, photo_batch):
+    m = smoke(key)
+    fast = m.null_p_values(photo_batch, 5, torch.Generator().manual_seed(4))
+    assert fast is not None and fast.shape == (len(photo_batch), 5)
+    for j, k in enumerate(random_keys(5, torch.Generator().manual_seed(4))):
+        for i, v in enumerate(m.verify(photo_batch, k)):
+            expected = math.nan if v.p_value is None else v.p_value
+            assert float(fast[i, j]) == pytest.approx(expected, nan_ok=True), (i, j)
+
+
+@pytest.mark.parametrize("key", FAST_NULL)
+def test_calibrate_fpr_gives_the_same_count_with_or_without_the_fast_path(key, photo_batch):
+    class VerifyOnly(method_class(key)):  # the same method with no fast path
+        def null_p_values(self, images, n_keys, generator):
+            return None
+
+    m = smoke(key)
+    slow = VerifyOnly(m.config)
+    for name, mod in m.modules().items():
+        slow.modules()[name].load_state_dict(mod.state_dict())
+    slow.load_extra_state(m.extra_state())
+    fast_result = calibrate_fpr(m, photo_batch, n_keys=6, alpha=0.5, seed=2)
+    slow_result = calibrate_fpr(slow, photo_batch, n_keys=6, alpha=0.5, seed=2)
+    assert fast_result == slow_result
+    assert fast_result["trials"] == len(photo_batch) * (6 if m.keyed_detection else 1)
+
+
+@pytest.mark.parametrize("key", FAST_NULL)
+def test_fast_null_path_refuses_what_verify_refuses(key):
+    m = smoke(key)
+    tiny = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="px"):
+        m.verify(tiny, KEY)
+    with pytest.raises(InputError, match="px"):
+        m.null_p_values(tiny, 3, torch.Generator().manual_seed(0))
+    result = calibrate_fpr(m, tiny, n_keys=3, alpha=0.5)  # counted unreadable, as verify's
+    assert result["unreadable"] == result["trials"] and result["detections"] == 0

@@ -109,7 +109,9 @@ class AdditiveMark(NothingToTrain, WatermarkMethod):
 class UniformNull(AdditiveMark):
     """Same method, plus the fast path: exactly uniform null p-values."""
 
-    def null_p_values(self, images: torch.Tensor, n_keys: int, seed: int) -> torch.Tensor:
+    def null_p_values(self, images: torch.Tensor, n_keys: int,
+                      generator: torch.Generator) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**31, (1,), generator=generator))
         g = torch.Generator().manual_seed(seed * 7919 + int(images.sum() * 1000))
         return torch.rand(images.shape[0], n_keys, generator=g, dtype=torch.float64)
 
@@ -304,17 +306,48 @@ def test_calibrate_fpr_verify_loop_interval_contains_true_rate(carriers):
     assert default_alpha["alpha"] == method.config.alpha
 
 
-def test_calibrate_fpr_key_independent_detector_counts_images_not_keys(carriers):
-    class KeylessNull(AdditiveMark):
-        keyed_detection = False
+class KeylessConfig(AdditiveConfig):
+    fpr: float = 0.25
 
-    method = KeylessNull()
+
+class KeylessNull(AdditiveMark):
+    """Declares a key-independent detector whose level is the config's ``fpr``."""
+
+    Config = KeylessConfig
+    keyed_detection = False
+    detection_alpha_field = "fpr"
+
+
+def test_calibrate_fpr_key_independent_detector_counts_images_not_keys(carriers):
+    method = KeylessNull(KeylessConfig())
     result = calibrate_fpr(method, carriers, n_keys=50, alpha=0.1, seed=0, batch_size=8)
-    KeylessNull.detection_alpha = 0.25  # a detection level apart from config.alpha wins
-    assert calibrate_fpr(KeylessNull(), carriers, seed=0)["alpha"] == 0.25
     assert method.verify_calls == 1  # one pass over the 8 images, not 50
     assert result["trials"] == len(carriers)
     assert result["detections"] == round(result["fpr"] * len(carriers))
+    # the declared detection level (config.fpr), not config.alpha, is the default
+    assert calibrate_fpr(method, carriers, seed=0)["alpha"] == 0.25
+
+
+class OwnRule(AdditiveMark):
+    """Declares no p-value level: its verdicts are judged by ``Verdict.detected``."""
+
+    detection_alpha_field = None
+
+
+def test_calibrate_fpr_without_a_level_counts_verdicts(carriers):
+    own = OwnRule(AdditiveConfig(alpha=0.2))
+    assert own.detection_alpha is None
+    result = calibrate_fpr(own, carriers, n_keys=12, seed=3, batch_size=8)
+    assert result["alpha"] is None and result["trials"] == 12 * len(carriers)
+    # its rule is p <= config.alpha, so the count is that of the same keys at that level
+    at_level = calibrate_fpr(AdditiveMark(AdditiveConfig(alpha=0.2)), carriers, n_keys=12,
+                             seed=3, batch_size=8)
+    assert result["detections"] == at_level["detections"] > 0
+
+
+def test_calibrate_fpr_level_must_be_a_probability(carriers):
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        calibrate_fpr(AdditiveMark(), carriers, n_keys=1, alpha=1.5)
 
 
 # -- plots -------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class LinearTestMethod(WatermarkMethod):
 
     Config = _LinearConfig
     min_size = 1
+    detection_alpha_field = None  # verify decides by its score, with no p-value
 
     def __init__(self, config: _LinearConfig) -> None:
         super().__init__(config)

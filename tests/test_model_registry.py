@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mlflow
@@ -13,6 +12,7 @@ from PIL import Image
 from neuralmark.components.methods.registry import build
 from neuralmark.integrations import model_registry as reg
 from neuralmark.runtime.stack import ensure_experiment, tracking_uri
+from tests.isolation import mlflow_store
 from tests.test_materializers import LinearTestMethod  # noqa: F401  (registers _test_linear)
 
 MODEL = "neuralmark-_test_linear"
@@ -20,17 +20,10 @@ MODEL = "neuralmark-_test_linear"
 
 @pytest.fixture(scope="module")
 def mlflow_project(tmp_path_factory):
-    """A project dir with its own sqlite MLflow store; restores the tracking URI after."""
+    """A project dir with its own sqlite MLflow store, MLflow's URIs put back after."""
     root = tmp_path_factory.mktemp("nm-mlflow")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri(root))
-    mlflow.set_registry_uri(tracking_uri(root))
-    exp_id = ensure_experiment("nm-registry-test", root)
-    yield root, exp_id
-    mlflow.set_tracking_uri(previous)
-    # set_registry_uri also exports MLFLOW_REGISTRY_URI: drop it, don't leak it
-    mlflow.set_registry_uri(None)
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    with mlflow_store(tracking_uri(root)):
+        yield root, ensure_experiment("nm-registry-test", root)
 
 
 def _candidate(root: Path, exp_id: str, seed: int, summary: dict, decision: dict) -> str:
@@ -84,8 +77,27 @@ def test_candidates_challenger_champion(mlflow_project, photo) -> None:
     assert out[0]["score"] == pytest.approx(expected, abs=1e-6)
     assert out[1]["status"] == "unreadable" and "missing.png" in out[1]["reason"]
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion"))
-    files = {p.name for p in model_dir.rglob("*") if p.is_file()}
-    assert "weights.safetensors" in files and not any(f.endswith(".pkl") for f in files)
+    files = {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()}
+    assert not any(f.endswith(".pkl") for f in files)
+    # the bundle folder was "bundle_1": the model keeps it as artifact "bundle" all the same
+    assert {"artifacts/bundle/config.json", "artifacts/bundle/weights.safetensors"} <= files
+    # the library it was registered with rides along under its import name, no weights
+    assert "code/neuralmark/components/methods/registry.py" in files
+    assert not any(f.startswith("code/neuralmark/components/pretrained") for f in files)
+
+
+def test_registry_follows_the_tracking_store(mlflow_project, tmp_path, monkeypatch) -> None:
+    """A registry URI set elsewhere (here the environment) never receives our versions."""
+    root, exp_id = mlflow_project
+    stray = tmp_path / "stray.db"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{stray}")
+    before = mlflow.get_registry_uri()
+    version = _candidate(root, exp_id, 3, {"psnr": 1.0}, {"promote": False, "reasons": ["x"]})
+    assert mlflow.get_registry_uri() == before  # nothing process-wide was changed
+    assert not stray.exists()
+    client = reg.registry_client(tracking_uri(root))
+    assert client.get_model_version(MODEL, version).tags["gate"] == "fail"
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == version
 
 
 def torch_image(path: Path):

@@ -127,6 +127,55 @@ def test_run_tracks_registers_and_promotes(project: Path, first_run: dict[str, A
     assert zen_run.model_version.stage == "production"
 
 
+def test_the_registered_champion_loads_by_model_uri(project: Path, first_run: dict[str, Any],
+                                                   photo, tmp_path: Path) -> None:
+    """What a user does after ``make demo``: the pipeline's champion, by URI, from the CLI."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from neuralmark.cli.app import app
+    from neuralmark.integrations.loading import load_method
+    from tests.isolation import mlflow_store
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(photo[100:228, 150:278]).save(image)
+    uris = [f"models:/{MODEL}@champion", f"models:/{MODEL}/{first_run['registered_version']}"]
+    with mlflow_store(tracking_uri(project)):
+        for uri in uris:
+            method = load_method(uri, "cpu", expect="pgd_signer")
+            assert method.config.working_size == MICRO["config"]["working_size"]
+            result = CliRunner().invoke(app, ["verify", str(image), "--key", "k", "--json",
+                                              "--device", "cpu", "--model-uri", uri])
+            assert result.exit_code in (0, 1), result.output
+            assert json.loads(result.stdout)["status"] != "unreadable"
+
+
+def test_the_cli_headline_of_a_real_run(first_run: dict[str, Any]) -> None:
+    """``neuralmark train`` prints a short headline of what the run returned, and where the
+    full report is: never the dozens of per-attack metrics the run returns."""
+    import io
+
+    from rich.console import Console
+
+    from neuralmark.cli.headline import gate_rows, print_training, quality_rows, registry_rows
+
+    rows = (quality_rows(first_run["metrics"]) + gate_rows(first_run["decision"])
+            + registry_rows(first_run))
+    assert len(rows) <= 20 < len(first_run["metrics"])
+    names = [name for name, _ in rows]
+    for wanted in ("PSNR", "bit accuracy, clean", "bit accuracy, attacked",
+                   "detection rate, clean", "false-positive rate", "gate", "registered",
+                   "champion"):
+        assert wanted in names
+    buffer = io.StringIO()
+    print_training(Console(file=buffer, width=120), first_run, "training pgd_signer (tiny)")
+    printed = buffer.getvalue()
+    reports = Path(first_run["reports_dir"])
+    assert f"Full report: {reports}" in printed and first_run["mlflow_ui"] in printed
+    assert (reports / "robustness.csv").is_file() and (reports / "report.md").is_file()
+    assert "p_value_median" not in printed
+
+
 def test_gate_refusal_registers_but_keeps_the_champion(project: Path,
                                                        first_run: dict[str, Any]) -> None:
     champion = _champion(project)

@@ -19,18 +19,7 @@ from neuralmark.components.data.rain import (
     streak_kernel,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread while these tests run (the machine is shared), then put back.
-
-    A fixture rather than an import-time call, so collecting this module does not
-    change the thread count of every other test in the session.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

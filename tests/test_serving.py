@@ -1,15 +1,25 @@
-"""Batch verification (``components.serving``): same answers as one-by-one, in order, robust."""
+"""``components.serving``: batch verification (same answers as one-by-one, in order, robust)
+and the requests of a served verifier (every shape MLflow passes, or a named refusal)."""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
+from neuralmark.components.imageio import load_image
 from neuralmark.components.methods import load_bundle
 from neuralmark.components.methods.base import InputError, Status, WatermarkKey
 from neuralmark.components.methods.registry import PRETRAINED_DIR
-from neuralmark.components.serving import BatchVerifier, working_view
+from neuralmark.components.serving import (
+    BatchVerifier,
+    VerifyRequest,
+    verify_file,
+    verify_requests,
+    working_view,
+)
 
 KEY = WatermarkKey("owner secret", 3)
 
@@ -61,3 +71,62 @@ def test_bad_images_are_unreadable_and_do_not_stop_the_batch(signer, photo, tmp_
 def test_rejects_what_it_cannot_batch(signer):
     with pytest.raises(InputError, match="batch_size"):
         BatchVerifier(signer, KEY, batch_size=0)
+
+
+# -- requests of a served verifier ------------------------------------------------------------
+
+
+def test_verify_requests_read_every_shape_mlflow_passes():
+    a, b = "photos/a.png", "photos/b.png"
+    want = [VerifyRequest(a, WatermarkKey("s", 7)), VerifyRequest(b, WatermarkKey("s", 7))]
+    shapes = [
+        {"paths": [a, b], "secret": "s", "message": 7},                       # plain Python
+        {"paths": np.array([a, b]), "secret": np.array("s"), "message": np.array(7)},  # inputs
+        {"path": np.array([a, b]), "secret": np.array(["s", "s"]),            # instances
+         "message": np.array([7, 7])},
+        [{"path": np.array(a), "secret": np.array("s"), "message": np.array(7)},  # inputs rows
+         {"path": np.array(b), "secret": np.array("s"), "message": np.array(7)}],
+        np.array([{"path": a, "secret": "s", "message": 7},
+                  {"path": b, "secret": "s", "message": 7}], dtype=object),
+        pd.DataFrame({"path": [a, b], "secret": ["s", "s"], "message": [7, 7]}),
+        pd.DataFrame({"path": [a, b], "secret": ["s", "s"], "message": [7.0, 7.0]}),
+    ]
+    for shape in shapes:
+        assert verify_requests(shape) == want, shape
+    gaps = pd.DataFrame({"path": [a, b], "secret": ["s", "t"], "message": [7, None]})
+    assert verify_requests(gaps) == [VerifyRequest(a, WatermarkKey("s", 7)),
+                                     VerifyRequest(b, WatermarkKey("t"))]
+    assert verify_requests({"path": a, "secret": "s"}) == [VerifyRequest(a, WatermarkKey("s"))]
+    assert verify_requests([]) == []
+
+
+@pytest.mark.parametrize("payload, named", [
+    (None, "cannot read a verification request from NoneType"),
+    ("photos/a.png", "cannot read a verification request from str"),
+    ({"paths": ["a.png"]}, "input: 'secret' is missing"),
+    ({"secret": "s"}, "'paths' (a list of image paths) or 'path' is missing"),
+    ({"paths": ["a.png"], "path": "b.png", "secret": "s"}, "either 'path' or 'paths'"),
+    ({"paths": ["a.png"], "secret": "s", "mesage": 1}, "unknown field 'mesage'"),
+    ({"paths": ["a.png"], "secret": np.array(7)}, "'secret' must be a non-empty string"),
+    ({"paths": ["a.png"], "secret": "  "}, "'secret' must be a non-empty string"),
+    ({"paths": ["a.png"], "secret": "s", "message": True}, "'message' must be"),
+    ({"paths": ["a.png"], "secret": "s", "message": "7"}, "'message' must be"),
+    ({"paths": ["a.png"], "secret": "s", "message": 2.5}, "'message' must be"),
+    ({"paths": ["a.png", "b.png"], "secret": ["s", "t", "u"]}, "2 paths but 3 values"),
+    ({"paths": ["a.png", ""], "secret": "s"}, "input, path 1: 'path' must be"),
+    ([{"path": "a.png", "secret": "s"}, "b.png"], "row 1: expected an object"),
+    (pd.DataFrame({"path": ["a.png", "b.png"], "secret": ["s", None]}), "row 1: 'secret' is"),
+])
+def test_verify_requests_refuse_what_they_cannot_read(payload, named):
+    with pytest.raises(InputError) as err:
+        verify_requests(payload)
+    assert named in str(err.value)
+
+
+def test_verify_file_answers_as_verify_and_names_an_unreadable_file(signer, photo, tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(photo[:200, :200]).save(path)
+    image = load_image(path, min_size=signer.min_size).tensor
+    assert verify_file(signer, path, KEY).to_dict() == signer.verify(image, KEY)[0].to_dict()
+    missing = verify_file(signer, tmp_path / "gone.png", KEY)
+    assert missing.status == Status.UNREADABLE and "gone.png" in missing.reason

@@ -20,12 +20,7 @@ from neuralmark.components.stats import one_sided_lower
 PHI = statistics.NormalDist()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def constant(label: int, num_classes: int = 2):

@@ -13,10 +13,7 @@ from PIL import Image
 from neuralmark.components.methods import InputError, WatermarkKey, build
 from neuralmark.components.metrics import psnr
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

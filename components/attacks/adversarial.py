@@ -10,7 +10,7 @@ class, which is what ``labels`` is: the class to move away from
 - ``apgd``: APGD L∞ (white box, Croce & Hein 2020), cross-entropy loss.
 - ``square``: Square attack L∞ (black box, score-based, a query budget).
 - ``apgd_eot``: the adaptive attack on a randomized-smoothing scanner: APGD
-  on ``GaussianNoise(classifier, σ)`` (fresh noise on every forward) with
+  on ``NoisyClassifier(classifier, σ)`` (fresh noise on every forward) with
   torchattacks' ``eot_iter`` averaging the gradient over noise draws.
 
 All functions take and return B×3×H×W float tensors in [0, 1] and never move
@@ -103,8 +103,11 @@ class AttackModel(nn.Module):
         return self.classifier(x)
 
 
-class GaussianNoise(nn.Module):
-    """Classifier under Gaussian input noise: the base of a smoothed scanner.
+class NoisyClassifier(nn.Module):
+    """A classifier under Gaussian input noise: the base of a smoothed scanner.
+
+    (Not the evaluation attack ``attacks.image.GaussianNoise``, which noises images; this
+    wraps a classifier, for randomized smoothing and Expectation over Transformation.)
 
     Every forward draws fresh noise ``N(0, σ²I)`` in the classifier's input
     space, or after ``transform`` when given (a scanner that resizes inside and
@@ -276,7 +279,7 @@ def apgd_eot(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor,
              transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Adaptive white-box attack on a smoothed scanner: APGD with EoT over the noise.
 
-    ``torchattacks.APGD`` runs on ``GaussianNoise(classifier, sigma,
+    ``torchattacks.APGD`` runs on ``NoisyClassifier(classifier, sigma,
     noise_samples)`` with ``eot_iter`` gradient samples per step, and keeps
     the highest-loss iterate of every input (``perturb(best_loss=True)``, see
     the module docstring for why not the default ``forward``).
@@ -292,7 +295,7 @@ def apgd_eot(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor,
         noise_samples: draws averaged inside each forward (log mean softmax).
         seed: seeds the random start and the noise.
         transform: maps inputs to the space where the noise is added (see
-            ``GaussianNoise``); ``None`` = the classifier's input space.
+            ``NoisyClassifier``); ``None`` = the classifier's input space.
 
     Returns:
         B×3×H×W adversarial images in [0, 1], ``‖adv − images‖∞ ≤ eps``.
@@ -302,7 +305,7 @@ def apgd_eot(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"apgd_eot attacks a smoothed scanner: sigma must be > 0, got {sigma}")
     if eot_iter < 1:
         raise ValueError(f"eot_iter must be >= 1, got {eot_iter}")
-    noisy = GaussianNoise(classifier, sigma, samples=noise_samples, seed=seed,
+    noisy = NoisyClassifier(classifier, sigma, samples=noise_samples, seed=seed,
                           transform=transform)
     model = AttackModel(noisy, images.device)
     attack = torchattacks.APGD(model, norm="Linf", eps=float(eps), steps=int(steps),

@@ -39,10 +39,10 @@ alone, (b) keeps the house ``sample`` / ``apply`` split (kornia's own
 ``params=`` replay), and (c) rebuilds the modules for each curriculum strength.
 The colour jitter is our own (``color_jitter``): kornia's ``ColorJitter``
 adjusts hue and saturation through ``rgb_to_hsv``, whose backward divides by
-``max − min`` and returns NaN on every grey pixel (measured: training diverged
-to NaN within 15 steps). Ours keeps the same factor ranges but rotates hue in
-YIQ space and blends saturation with the luma (both linear, finite gradients
-everywhere). Everything else is kornia.
+``max − min`` and returns NaN on every grey pixel (anti_forward's training
+diverged to NaN with it; README, "Measured figures outside the model cards"). Ours
+keeps the same factor ranges but rotates hue in YIQ space and blends saturation with
+the luma (both linear, finite gradients everywhere). Everything else is kornia.
 """
 
 from __future__ import annotations

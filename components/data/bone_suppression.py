@@ -37,19 +37,15 @@ What it does, on a grayscale radiograph ``x`` (``B×1×H×W`` in ``[0, 1]``):
    zero response at DC and fall off fast below ``1/P``, so low-frequency soft
    tissue (lung density, heart, diaphragm) is preserved.
 
-Measured on the synthetic phantom of ``tests/test_readers_cxr8.py`` (smooth
-lungs + tilted sinusoidal ribs, 256²): the energy in the rib-scale oriented band
-inside the lung fields falls by ≈ 23× (13.7 dB) at the default ``strength=0.85``
-(the ideal, gate = mask = 1, would be ``1/(1 − 0.85)² ≈ 44×``; the gate and
-the mask edges keep part of it), the PSNR against the rib-free phantom rises
-from 33.6 to 42.9 dB, and the low-passed image (Gaussian σ = P) is unchanged
-to ≈ 73 dB PSNR. The same figures hold at 100², 256² and 1024². On the same
-lungs without ribs, vertical stripes of the rib period or isotropic blob
-texture lose only 1.4–1.9× of that band energy (output within 49–54 dB of the
-input): the orientation prior and the coherence gate make it selective. On real radiographs
-expect less: ribs are not sinusoids, so their sharp cortical edges (harmonics
-above the band) partly remain, and crossing anterior/posterior ribs lower the
-coherence gate.
+Contract, checked on the synthetic phantom of ``tests/test_readers_cxr8.py``
+(smooth lungs + tilted sinusoidal ribs): the rib-scale oriented band inside the
+lung fields loses most of its energy (it falls by a factor of at most
+``1/(1 − strength)²``, reached where gate = mask = 1), the low-passed image (Gaussian σ = P) is kept, and vertical
+stripes of the rib period or isotropic texture lose little: the orientation
+prior and the coherence gate make it selective. The measured figures are in the
+README ("Measured figures outside the model cards"). On real radiographs expect
+less: ribs are not sinusoids, so their sharp cortical edges (harmonics above the
+band) partly remain, and crossing anterior/posterior ribs lower the coherence gate.
 
 Deterministic: pure tensor arithmetic and CPU pocketfft; no randomness.
 """

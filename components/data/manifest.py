@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from neuralmark.components.files import atomic_write_text
 
 MANIFEST_COLUMNS = ["path", "sha256", "width", "height", "mode", "split", "source", "group"]
 SPLITS = ("train", "val", "test")
@@ -87,7 +88,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
 
 
 def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path:
-    """Write rows to a manifest CSV atomically (temp file + ``os.replace``).
+    """Write rows to a manifest CSV atomically (``files.atomic_write_text``).
 
     Rows are sorted by (split, path) and written with ``\\n`` line endings, so
     the same rows always give the same bytes.
@@ -99,22 +100,12 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path
     Returns:
         ``path`` as a ``Path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
     for row in sorted(rows, key=ManifestRow.sort_key):
         writer.writerow([getattr(row, c) for c in MANIFEST_COLUMNS])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, buf.getvalue())
 
 
 def manifest_to_records(path: str | os.PathLike) -> list[dict[str, Any]]:

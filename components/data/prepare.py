@@ -53,7 +53,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -68,6 +67,7 @@ from neuralmark.components.data.readers.archives import close_archives
 from neuralmark.components.data.readers.base import DatasetReader, ItemError, SourceItem
 from neuralmark.components.data.splits import split_by_name_hash
 from neuralmark.components.errors import InputError
+from neuralmark.components.files import atomic_file, atomic_write_bytes, atomic_write_text
 
 #: bump when the output bytes or layout change for the same input
 PREPARE_FORMAT_VERSION = 4
@@ -283,18 +283,6 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _process_item(task: _Task) -> dict[str, Any]:
     """Decode, transform, encode and write one item; a journal record back.
 
@@ -324,7 +312,7 @@ def _process_item(task: _Task) -> dict[str, Any]:
         out = outputs[domain]
         data = _png(out)
         rel = _rel_path(task.split, domain, task.stem, recipe.domains)
-        _write_atomic(_tmp_path(root, rel), data)
+        atomic_write_bytes(_tmp_path(root, rel), data)
         rows.append({"path": rel, "sha256": hashlib.sha256(data).hexdigest(),
                      "width": out.width, "height": out.height, "mode": out.mode,
                      "split": task.split, "source": task.source_label,
@@ -391,14 +379,10 @@ class _Journal:
 
     def __init__(self, path: Path, fingerprint: str, records: Iterable[dict[str, Any]]) -> None:
         self.path = path
-        tmp = path.with_name(path.name + ".new")
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_file(path, "w", encoding="utf-8") as f:  # the trusted records, rewritten
             f.write(json.dumps({"fingerprint": fingerprint}) + "\n")
             for rec in records:
                 f.write(json.dumps(rec, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         self.f = path.open("a", encoding="utf-8")
         self.pending = 0
 
@@ -428,7 +412,7 @@ def write_prepared_manifest(rows: Iterable[dict[str, Any]], path: Path) -> Path:
     writer.writerow(PREPARED_COLUMNS)
     for row in sorted(rows, key=lambda r: (r["split"], r["path"])):
         writer.writerow([row[c] for c in PREPARED_COLUMNS])
-    _write_atomic(path, buf.getvalue().encode("utf-8"))
+    atomic_write_text(path, buf.getvalue())
     return path
 
 
@@ -628,9 +612,9 @@ def prepare_dataset(name: str, source: str | os.PathLike, out_root: str | os.Pat
     write_prepared_manifest(rows, root / "manifest.csv")
     report.seconds = time.perf_counter() - t0
     report.images_per_second = processed / report.seconds if report.seconds > 0 else 0.0
-    _write_atomic(root / MARKER, (json.dumps(
+    atomic_write_text(root / MARKER, (json.dumps(
         {"fingerprint": fingerprint, "format": PREPARE_FORMAT_VERSION,
          "splits": sorted(report.counts), "report": report.to_dict()},
-        indent=2, sort_keys=True) + "\n").encode())
+        indent=2, sort_keys=True) + "\n"))
     journal_path.unlink(missing_ok=True)
     return report

@@ -37,8 +37,6 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neuralmark.components.data.manifest import ManifestRow, write_manifest
 from neuralmark.components.data.splits import assign_splits, split_counts  # noqa: F401 (re-exported)
+from neuralmark.components.files import atomic_write_dir
 
 #: bump when the generator changes in a way that changes bytes
 SAMPLE_FORMAT_VERSION = 1
@@ -422,18 +421,6 @@ def _is_built(root: Path, config: SampleDataConfig) -> bool:
         return False
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``, replacing any old ``target``."""
-    if target.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        backup.rmdir()
-        os.replace(target, backup)
-        os.replace(tmp, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
 def _generate(config: SampleDataConfig, progress: Progress | None) -> list[_Item]:
     total = len(BUNDLED_PHOTOS) * config.crops_per_photo + config.n_procedural
     done = 0
@@ -508,10 +495,7 @@ def build_sample_dataset(root: str | os.PathLike, config: SampleDataConfig | Non
     split_of = assign_splits(_group_hashes(items, procedural=False), config.fractions)
     split_of.update(assign_splits(_group_hashes(items, procedural=True), config.fractions))
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp.", dir=root.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    def write(tmp: Path) -> None:
         rows = []
         for it in items:
             split = split_of[it.group]
@@ -524,8 +508,6 @@ def build_sample_dataset(root: str | os.PathLike, config: SampleDataConfig | Non
         write_manifest(rows, tmp / "manifest.csv")
         (tmp / ".config.json").write_text(
             json.dumps(_config_record(config), indent=2, sort_keys=True) + "\n")
-        _replace_dir(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(root, write)
     return root / "manifest.csv"

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 
-from neuralmark.components.errors import InputError
+from neuralmark.components.errors import InputError, describe_validation_error
 from neuralmark.components.files import atomic_write_dir
 
 
@@ -66,6 +66,27 @@ class WatermarkKey:
             raise ValueError(f"message must be a non-negative integer, got {self.message!r}")
 
 
+def random_keys(n_keys: int, generator: torch.Generator) -> list[WatermarkKey]:
+    """``n_keys`` keys with random secrets, each claiming message 0: the null's keys.
+
+    The false-positive evaluation verifies clean images against these (a wrong owner's
+    key); a method's ``null_p_values`` draws the same keys from the same generator, so
+    its fast path and the ``verify`` loop test the very same (image, key) pairs. Message 0
+    is claimed as the evaluation key does by default; methods without a payload ignore it.
+
+    Args:
+        n_keys: how many keys (>= 0).
+        generator: a CPU generator; each key consumes four 32-bit draws.
+
+    Returns:
+        The keys, secrets ``"null-<32 hex digits>"``.
+    """
+    if n_keys < 0:
+        raise ValueError(f"n_keys must be >= 0, got {n_keys}")
+    draws = torch.randint(0, 2**32, (n_keys, 4), generator=generator).tolist()
+    return [WatermarkKey("null-" + "".join(f"{v:08x}" for v in row), 0) for row in draws]
+
+
 class Status(enum.StrEnum):
     """Three-way answer; ``neuralmark verify`` exits 0 / 1 / 2 for these."""
 
@@ -79,7 +100,8 @@ class Verdict:
     """The answer of ``verify`` for one image (or one model).
 
     Attributes:
-        detected: ``p_value <= alpha`` (or the method's own decision rule).
+        detected: the method's decision; never true unless ``p_value <=
+            method.detection_alpha`` when the method declares that level.
         score: method-specific detection score, higher = more watermark-like
             (pgd_signer: fraction of matching bits).
         p_value: probability of a score at least this high on an unmarked input,
@@ -194,11 +216,35 @@ def resize_square(x: torch.Tensor, size: int, clamp: bool = True) -> torch.Tenso
 
 
 class WatermarkMethod(abc.ABC):
-    """Base class. Subclasses set ``key`` (registry name) and ``Config``."""
+    """Base class. Subclasses set ``key`` (registry name) and ``Config``.
 
-    key: ClassVar[str]
+    The detection contract every method declares (``tests/test_contract.py`` checks
+    that each registered method honours it; evaluators read it, never probe for it):
+
+    - ``detection_alpha``: the p-value level of ``verify`` (read from the config field
+      ``detection_alpha_field``), or ``None`` when ``verify`` decides by a score rule
+      of its own;
+    - ``keyed_detection``: whether the key decides detection;
+    - ``null_p_values``: optional fast p-values of clean images against random keys;
+    - ``has_scanner``: whether there is a scanner classifier for adversarial evaluation.
+    """
+
+    #: registry name (set by ``registry.register``; empty on an unregistered class)
+    key: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]]
     kind: ClassVar[str] = "content"  # or "model"
+    #: does a wrong key change the verdict? ``True`` for a keyed mark (the wrong key reads
+    #: coin flips); ``False`` for a detector that finds every mark whoever made it
+    #: (anti_forward's stamp), where another key is not another false-positive trial
+    keyed_detection: ClassVar[bool] = True
+    #: the config field holding the p-value level of ``verify`` (``detection_alpha``);
+    #: ``None`` when ``verify`` decides by a score rule of its own (output_mark: NC above
+    #: a threshold), not at a p-value level
+    detection_alpha_field: ClassVar[str | None] = "alpha"
+    #: whether the method is a detector with a scanner classifier that the adversarial
+    #: evaluation attacks (``classifier_module``, ``scanner_logits``, ``certify``, ``smoothed``
+    #: and ``config.sigma``: ``neuralmark.components.adversarial_evaluation.Scanner``)
+    has_scanner: ClassVar[bool] = False
     #: smallest image side the method accepts
     min_size: ClassVar[int] = 64
     #: config overrides that make the method tiny and fast (contract tests, smoke runs)
@@ -224,6 +270,48 @@ class WatermarkMethod(abc.ABC):
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for m in self.modules().values() for p in m.parameters()]
+
+    # -- detection contract -------------------------------------------------
+    @property
+    def detection_alpha(self) -> float | None:
+        """The p-value level of ``verify``, or ``None`` when it decides by a score rule.
+
+        Contract: a verdict is ``detected`` only if its ``p_value <= detection_alpha``. A
+        method may ask more than that (anti_forward also certifies the smoothed scanner's
+        answer), never less, so the share of clean (image, key) trials with ``p <=
+        detection_alpha`` bounds the false-positive rate of ``verify``. Read from the config
+        field ``detection_alpha_field`` (``config.alpha`` unless a method names another).
+
+        Raises:
+            TypeError: the method names a field its config does not have.
+        """
+        name = self.detection_alpha_field
+        if name is None:
+            return None
+        if name not in type(self.config).model_fields:
+            raise TypeError(f"{type(self).__name__}.detection_alpha_field is {name!r}, which "
+                            f"is not a field of {type(self.config).__name__}")
+        return float(getattr(self.config, name))
+
+    def null_p_values(self, images: torch.Tensor, n_keys: int,
+                      generator: torch.Generator) -> torch.Tensor | None:
+        """Fast p-values of ``images`` against ``n_keys`` random keys, or ``None``.
+
+        Contract: element ``(i, j)`` is the p-value ``verify(images[i:i + 1], keys[j])``
+        would give, with ``keys = random_keys(n_keys, generator)``; NaN where the image is
+        unreadable. A method whose decoding does not depend on the key offers this to
+        calibrate false-positive rates over thousands of keys with one decode per image.
+
+        Args:
+            images: B×3×H×W clean images in [0, 1].
+            n_keys: K random keys.
+            generator: the keys' generator (see ``random_keys``).
+
+        Returns:
+            B×K float64 p-values, or ``None`` (the default: not available, and the
+            evaluator calls ``verify`` once per random key).
+        """
+        return None
 
     # -- content methods ---------------------------------------------------
     def embed(self, images: torch.Tensor, key: WatermarkKey) -> torch.Tensor:
@@ -256,8 +344,8 @@ class WatermarkMethod(abc.ABC):
             config = type(self.config).model_validate(
                 {**self.config.model_dump(), **changes})
         except ValidationError as err:
-            raise InputError(f"invalid {self.key} setting: {err.errors()[0]['loc']}: "
-                             f"{err.errors()[0]['msg']}") from err
+            raise InputError(f"invalid {self.key} setting: "
+                             f"{describe_validation_error(err)}") from err
         other = type(self)(config)
         for name, mod in self.modules().items():
             other.modules()[name].load_state_dict(mod.state_dict())

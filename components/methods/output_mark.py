@@ -776,6 +776,8 @@ class OutputMark(WatermarkMethod):
     Config = OutputMarkConfig
     config: OutputMarkConfig
     kind = "model"
+    #: verify decides by NC > threshold (the seed's rule), not at a p-value level
+    detection_alpha_field = None
     min_size = 16
     smoke_config = {"working_size": 32, "model_width": 4, "model_depth": 2, "embed_width": 4,
                     "embed_depth": 2, "extract_width": 4, "extract_blocks": 1, "disc_width": 4,

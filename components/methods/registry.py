@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from neuralmark.components.errors import describe_validation_error
 from neuralmark.components.methods.base import InputError, MethodConfig, WatermarkMethod
 from neuralmark.components.plugins import import_submodules
 
@@ -104,10 +105,7 @@ def make_config(key: str, values: dict[str, Any] | None = None) -> MethodConfig:
     try:
         return cls.Config.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
-        )
-        raise InputError(f"invalid {key} config: {problems}") from err
+        raise InputError(f"invalid {key} config: {describe_validation_error(err)}") from err
 
 
 def build(key: str, config: MethodConfig | dict[str, Any] | None = None) -> WatermarkMethod:

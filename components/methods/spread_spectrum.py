@@ -11,10 +11,9 @@ its classic CDMA form:
 * **Carriers**: one key-seeded ±1 pattern per bit (HMAC-SHA256 of the secret →
   torch generator), drawn on a grid of ``chip``×``chip`` px cells at the
   working size: ``chip = 2`` moves the energy from the highest frequencies
-  (which a restoration network smooths first) towards the mid band. Measured on
-  five 64² photos at 36 dB: chip 1 decodes 0.91–1.0 of the bits, chip 2
-  0.75–1.0; at 256² and 40 dB chip 2 decodes every bit, also after JPEG 90 and
-  σ = 0.05 noise (≥ 61/64 after JPEG 50).
+  (which a restoration network smooths first) towards the mid band (what each
+  chip decodes on the sample photos: README, "Measured figures outside the
+  model cards").
 * **Embedding** (pixel domain, luminance): ``x′ = clamp(x + α · Σ_k s_k P_k / √K)``
   with ``s_k = ±1`` the bits, the same offset on R, G and B, and
   ``α = 10^(−psnr_target/20)`` so the mark costs about ``psnr_target`` dB
@@ -25,7 +24,7 @@ its classic CDMA form:
   pre-filter); bit ``k`` = sign of the correlation with the equally filtered
   ``P_k`` (matched filter).
 * **Decision**: hard bits → ``PayloadCodec.read`` → exact binomial p-value;
-  ``detected`` iff ``p ≤ alpha``.
+  ``detected`` iff ``p ≤ alpha`` (``detection_alpha``).
 
 Nothing is learned: ``fit`` only measures (PSNR, bit accuracy on marked and
 clean data) and ``training_loss`` is the differentiable decoding loss of a
@@ -76,6 +75,7 @@ class SpreadSpectrumConfig(MethodConfig):
     n_bits: int = Field(64, ge=8)
     message_bits: int = 8
     bch_t: int = 2
+    #: p-value level of ``verify`` (the method's ``detection_alpha``)
     alpha: float = Field(1e-6, gt=0, lt=1)
     working_size: int = Field(256, ge=32)
     #: pattern cell side in px at the working size (1: white noise, 2+: mid frequencies)
@@ -109,7 +109,12 @@ def carrier_patterns(secret: str, n_bits: int, size: int, chip: int) -> torch.Te
 
 @register("spread_spectrum")
 class SpreadSpectrum(WatermarkMethod):
-    """Classic CDMA spread-spectrum watermark. See the module docstring."""
+    """Classic CDMA spread-spectrum watermark. See the module docstring.
+
+    Detection contract: keyed (the carriers come from the key, so a wrong key decodes
+    coin flips), level ``config.alpha``, no fast null p-values (decoding needs the key's
+    own carriers: one ``verify`` per key is the fast way).
+    """
 
     Config = SpreadSpectrumConfig
     config: SpreadSpectrumConfig
@@ -190,13 +195,13 @@ class SpreadSpectrum(WatermarkMethod):
         verdicts = []
         for bits in self.decode_bits(images, key):
             d = self.codec.read(bits, key)
-            detected = d.p_value <= self.config.alpha
+            detected = d.p_value <= self.detection_alpha
             mode = "claimed message" if d.claimed else (
                 f"best of {2 ** self.config.message_bits} messages" if self.config.message_bits
                 else "signature")
             reason = (f"{d.matches}/{d.n_bits} bits match the keyed word ({mode}); "
                       f"p={d.p_value:.3g} {'≤' if detected else '>'} "
-                      f"alpha={self.config.alpha:g}")
+                      f"alpha={self.detection_alpha:g}")
             verdicts.append(Verdict(
                 detected=detected, score=d.bit_accuracy, p_value=d.p_value,
                 status=Status.DETECTED if detected else Status.NOT_DETECTED, reason=reason,
@@ -238,13 +243,13 @@ class SpreadSpectrum(WatermarkMethod):
         verdicts = self.verify(outs, key)
         n, k = len(verdicts), sum(v.detected for v in verdicts)
         share = k / n
-        p = binomial_sf(k, n, self.config.alpha)
+        p = binomial_sf(k, n, self.detection_alpha)
         detected = share >= self.config.model_min_share and p <= self.config.model_alpha
         accs = [float(v.bit_accuracy or 0.0) for v in verdicts]
         return Verdict(
             detected=detected, score=share, p_value=p,
             status=Status.DETECTED if detected else Status.NOT_DETECTED,
-            reason=f"{k}/{n} outputs carry the keyed word (p ≤ {self.config.alpha:g} each); "
+            reason=f"{k}/{n} outputs carry the keyed word (p ≤ {self.detection_alpha:g} each); "
                    f"p={p:.3g} for that count on an unmarked model",
             extra={"success_rate": share, "n_outputs": n, "n_marked": k,
                    "bit_accuracy": accs, "bit_accuracy_mean": float(np.mean(accs))})
@@ -279,7 +284,7 @@ class SpreadSpectrum(WatermarkMethod):
             ``psnr``, ``bit_accuracy_marked``, ``detection_rate``,
             ``false_positive_rate`` (clean images, same key).
         """
-        cbs = callbacks if isinstance(callbacks, Callbacks) else Callbacks(callbacks)
+        cbs = Callbacks.of(callbacks)
         if isinstance(data, torch.Tensor):
             images = data
         elif isinstance(data, Mapping) and ("val" in data or "train" in data):

@@ -52,7 +52,13 @@ from pathlib import Path
 from PIL import Image
 
 from neuralmark.components.data.datasets import PrepareConfig, register_dataset
-from neuralmark.components.data.rain import REFERENCE_SIZE, RainParams, add_rain, item_seed, sample_rain_params
+from neuralmark.components.data.rain import (
+    REFERENCE_SIZE,
+    RainParams,
+    add_rain,
+    item_seed,
+    sample_rain_params,
+)
 from neuralmark.components.data.readers.base import DatasetReader, SourceItem, describe
 from neuralmark.components.data.readers.mirflickr import center_square, to_rgb
 
