@@ -1,6 +1,8 @@
 """The ``neuralmark`` command: one module per command group, the top layer of the house.
 
-Content commands (``embed``, ``verify``, ``stamp``, ``scan``, ``extract``, ``list``) import
-only ``neuralmark.components``; the pipeline commands import ``neuralmark.pipelines``
-lazily, inside the command, so the content commands start fast and need no stack.
+``neuralmark.cli.app`` holds the typer app and ``main``. Content commands (``embed``,
+``verify``, ``stamp``, ``scan``, ``extract``, ``list``) import only
+``neuralmark.components`` (and MLflow only for a ``--model-uri``); the pipeline commands
+import ``neuralmark.pipelines`` inside the command, so the content commands start fast
+and need no stack.
 """

@@ -1,7 +1,11 @@
 """Image-quality and watermark metrics, one value per image (shape ``B``).
 
-Images are B×C×H×W float in [0, 1] (``data_range = 1``). PSNR and SSIM come
-from ``torchmetrics.functional`` with a per-image reduction.
+Images are B×C×H×W float in [0, 1] (``data_range = 1``). SSIM comes from
+``torchmetrics.functional`` with a per-image reduction, imported inside ``ssim``:
+importing torchmetrics pulls in torchvision's model zoo, which would make every
+user of this module (the CLI's ``verify`` among them) start seconds slower. PSNR
+is the same arithmetic as torchmetrics' ``peak_signal_noise_ratio`` written in
+torch (a test checks they agree exactly), so the embed path needs no torchmetrics.
 """
 
 from __future__ import annotations
@@ -10,10 +14,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
@@ -33,7 +33,11 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     _same_shape(a, b, "psnr")
     a, b = a.detach().float(), b.detach().float()
-    return peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))  # b
+    diff = a - b  # b c h w
+    mse = (diff * diff).sum(dim=(1, 2, 3)) / math.prod(a.shape[1:])  # b
+    # torchmetrics' expression, op for op (so the same float32 result): 2·ln(range) − ln(MSE)
+    ln_peak = 2 * torch.log(torch.tensor(1.0))  # data_range = 1
+    return (ln_peak - torch.log(mse)) * (10 / torch.log(torch.tensor(10.0)))  # b, in dB
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -46,6 +50,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Returns:
         B values in [-1, 1]; 1 for identical images.
     """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     _same_shape(a, b, "ssim")
     a, b = a.detach().float(), b.detach().float()
     return structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")  # b

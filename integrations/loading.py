@@ -26,6 +26,7 @@ from neuralmark.components.methods.base import WatermarkMethod, pick_device
 from neuralmark.components.methods.registry import (
     available,
     is_bundle,
+    is_method,
     load_bundle,
     shipped_bundle,
 )
@@ -143,7 +144,7 @@ def load_method(source: str | os.PathLike, device: str = "auto", *,
         method = _from_registry(text, dev)
     elif Path(text).is_dir():
         method = load_bundle(text, device=dev)
-    elif text in available():
+    elif is_method(text):
         directory = shipped_bundle(text)
         if directory is None:
             raise InputError(f"no shipped weights for {text}; train them with "

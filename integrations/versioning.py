@@ -56,6 +56,9 @@ def version_data(repo_root: Path, target: str = "data", push: bool = True) -> st
 
     dvc_file = path.with_name(path.name + ".dvc")
     with Repo(str(repo_root)) as repo:
+        # no "To track the changes with git, run: git add data.dvc" hint: the caller (a
+        # pipeline run) says what it versioned; data.dvc is committed by whoever changes data
+        repo.scm_context.quiet = True
         repo.add(str(path))
         if push:
             pushed = repo.push(targets=[str(dvc_file)])

@@ -58,8 +58,10 @@ def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None 
         project_root: where ``data/`` and ``reports/`` live (default: this checkout).
 
     Returns:
-        ``bundle``, ``images``, ``summary`` (headline metrics), ``gate`` (the
-        profile policy's decision, no champion compared) and ``csv`` (the tidy table).
+        ``bundle``, ``images``, ``summary`` (headline metrics), ``metrics`` (every
+        summary metric), ``gate`` (the profile policy's decision, no champion
+        compared), ``csv`` (the tidy table) and ``reports_dir`` (the folder holding it,
+        ``report.json`` and ``report.md``).
 
     Raises:
         InputError: unknown method/profile, bad overrides, or no such bundle.
@@ -86,12 +88,16 @@ def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None 
     out = root / "reports" / f"evaluation-{method}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     csv_path = rows_to_csv(report.rows, out / "robustness.csv")
     atomic_write_text(out / "report.json", report.to_json())
+    atomic_write_text(out / "report.md", report.to_markdown())
     decision = decide(report.summary, None, settings.policy)
     return {
         "bundle": source,
         "images": int(clean.shape[0]),
         "summary": headline(report.summary),
-        "gate": {"promote": decision.promote, "reasons": decision.reasons},
+        "metrics": dict(report.summary),
+        "gate": {"promote": decision.promote, "reasons": decision.reasons,
+                 "notes": decision.notes},
         "csv": str(csv_path),
+        "reports_dir": str(out),
     }
 

@@ -223,8 +223,5 @@ def run_variants(method: str, profile: str = "tiny", variants: Sequence[str] | N
                 client.log_metric(run.info.run_id, f"{variant}/{key}", value)
     client.log_text(run.info.run_id, markdown, "comparison/tables.md")
     client.set_terminated(run.info.run_id)
-    return {"variants": {v: {k: r[k] for k in ("run", "model_name", "registered_version",
-                                               "promoted", "champion_version", "decision")}
-                         for v, r in results.items()},
-            "tables": markdown, "reports_dir": str(reports), "mlflow_run_id": run.info.run_id,
-            "mlflow_ui": mlflow_ui_command(root)}
+    return {"variants": results, "tables": markdown, "reports_dir": str(reports),
+            "mlflow_run_id": run.info.run_id, "mlflow_ui": mlflow_ui_command(root)}

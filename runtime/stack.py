@@ -18,8 +18,10 @@ Run ``python -m neuralmark.runtime.stack [PROJECT_ROOT]`` to bootstrap and print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,54 @@ logger = logging.getLogger(__name__)
 #: root, ZenML names every neuralmark object by its import name, in a checkout and in an
 #: installed wheel alike; remote images install the package.
 SOURCE_ROOT = Path(__file__).resolve().parents[1] / "configs"
+
+
+#: ZenML's MLflow tracker, which after every step tries to switch off MLflow's autologging for
+#: eight frameworks and warns about those whose MLflow module fails to import (fastai here).
+#: neuralmark never switches autologging on, so the warning says nothing to our users.
+_TRACKER_LOGGER = "zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker"
+_AUTOLOG_WARNING = "Failed to disable MLflow autologging"
+#: what the bootstrap makes libraries say that is not news to a user of ``ensure_stack``:
+#: ZenML choosing its default stack on a fresh store (``ensure_stack`` activates ours right
+#: after) and MLflow creating the tables of a new ``mlflow.db``
+_BOOTSTRAP_CHATTER = {
+    "zenml.zen_stores.base_zen_store": ("Setting the %s active stack to default.",),
+    "mlflow.store.db.utils": ("Creating initial MLflow database tables",
+                              "Updating database tables"),
+}
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message (format string) starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_tracker_warnings() -> None:
+    """Silence the MLflow tracker's autologging warning (idempotent; other records pass)."""
+    tracker_logger = logging.getLogger(_TRACKER_LOGGER)
+    if not any(isinstance(f, _DropMessages) and f.prefixes == (_AUTOLOG_WARNING,)
+               for f in tracker_logger.filters):
+        tracker_logger.addFilter(_DropMessages(_AUTOLOG_WARNING))
+
+
+@contextlib.contextmanager
+def _without_bootstrap_chatter() -> Iterator[None]:
+    """While the block runs, drop the ``_BOOTSTRAP_CHATTER`` records (and only those)."""
+    added = [(logging.getLogger(name), _DropMessages(*prefixes))
+             for name, prefixes in _BOOTSTRAP_CHATTER.items()]
+    for target, drop in added:
+        target.addFilter(drop)
+    try:
+        yield
+    finally:
+        for target, drop in added:
+            target.removeFilter(drop)
 
 
 def use_import_names() -> None:
@@ -127,10 +177,14 @@ def ensure_stack(project_root: str | Path) -> dict[str, Any]:
         ``repository`` (path). Also creates the MLflow experiments of
         ``PIPELINE_EXPERIMENTS`` (artifacts under ``<root>/mlruns``).
     """
+    with _without_bootstrap_chatter():
+        return _ensure_stack(Path(project_root).resolve())
+
+
+def _ensure_stack(root: Path) -> dict[str, Any]:
     from zenml.client import Client
     from zenml.enums import StackComponentType
 
-    root = Path(project_root).resolve()
     uri = tracking_uri(root)
     report: dict[str, Any] = {"initialized": False, "registered": [], "updated": [],
                               "active_stack": STACK_NAME, "tracking_uri": uri,
@@ -203,10 +257,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("project_root", nargs="?", default=Path(__file__).resolve().parents[1],
                         type=Path, help="repository root (default: this checkout)")
+    parser.add_argument("--json", action="store_true", help="print what happened as JSON")
     args = parser.parse_args(argv)
     done = ensure_stack(args.project_root)
-    print(json.dumps(done, indent=2))
-    print("\nMLflow UI (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false recommended):")
+    if args.json:
+        print(json.dumps(done, indent=2))
+        return
+    changes = [*(f"registered {name}" for name in done["registered"]),
+               *(f"updated {name}" for name in done["updated"])]
+    if done["initialized"]:
+        changes.insert(0, f"initialized {done['repository']}")
+    print(f"ZenML stack {done['active_stack']} active ({'; '.join(changes) or 'unchanged'})")
+    print(f"MLflow tracking: {done['tracking_uri']}")
+    print("MLflow UI (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false recommended):")
     print("  " + mlflow_ui_command(args.project_root))
 
 

@@ -15,6 +15,7 @@ from zenml import step
 import neuralmark.integrations.materializers  # noqa: F401  (registers the materializers)
 from neuralmark.components.data.manifest import load_split
 from neuralmark.components.evaluation import embed_all, rows_to_csv
+from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import WatermarkMethod
 from neuralmark.components.report import Report
 from neuralmark.components.robustness import EvaluationSettings, report_figures, robustness_report
@@ -55,12 +56,13 @@ def evaluate_robustness(trained: WatermarkMethod, clean: torch.Tensor, marked: t
 
     Returns:
         The report (summary metrics also logged as MLflow metrics; rows, JSON,
-        Markdown and figures under ``report/``; the tidy table also written to
-        ``<project>/reports/<run>/robustness.csv``).
+        Markdown and figures under ``report/``; the tidy table and the Markdown also
+        written to ``<project>/reports/<run>/robustness.csv`` and ``report.md``).
     """
     settings = EvaluationSettings(**evaluation)
     report = robustness_report(trained, clean, marked, settings)
     rows_to_csv(report.rows, run_reports_dir() / "robustness.csv")
+    atomic_write_text(run_reports_dir() / "report.md", report.to_markdown())
     log_config(settings.model_dump(mode="json"), prefix="evaluation.")
     log_report(report, figures=report_figures(report, clean, marked, settings.example_images))
     return report

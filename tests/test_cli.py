@@ -1,97 +1,37 @@
-"""The ``neuralmark`` CLI: embed → verify round trips, three-way exit codes, honest errors.
+"""The ``neuralmark`` CLI: embed → verify round trips, three-way exit codes, honest errors,
+and a start that imports only what each command needs.
 
-The CLI is driven with a tiny additive method registered here, so these tests
-do not depend on any real method's weights.
+The CLI is driven with a tiny additive method (``tests/doubles.py``) registered here, so
+these tests do not depend on any real method's weights.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
+import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
 from neuralmark.cli.app import app
-from neuralmark.components.methods.base import (
-    MethodConfig,
-    Status,
-    Verdict,
-    WatermarkKey,
-    WatermarkMethod,
-)
+from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.registry import build, register
-from tests.doubles import NothingToTrain
+from tests.doubles import ADDITIVE_KEY, AdditiveConfig, AdditiveTestMethod
 
-# -- a tiny, real watermark for the CLI to drive ----------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
 
+# -- a tiny, real watermark for the CLI to drive (tests/doubles.py) --------------------------
 
-class AdditiveConfig(MethodConfig):
-    """Config of the test method."""
-
-    strength: float = 2 / 255
-    alpha: float = 1e-6
-
-
-class _Gain(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(()))
-
-
-@register("_test_additive")
-class AdditiveTestMethod(NothingToTrain, WatermarkMethod):
-    """Adds a keyed ±strength pattern; verify correlates the high-pass residual with it.
-
-    Under "no mark", the statistic ``z = Σ r·p / sqrt(Σ r²)`` of the residual ``r``
-    against an independent ±1 pattern ``p`` is standard normal, so
-    ``p_value = P(N(0,1) >= z)`` is a real one-sided p-value.
-    """
-
-    Config = AdditiveConfig
-
-    def __init__(self, config: AdditiveConfig) -> None:
-        super().__init__(config)
-        self.gain = _Gain()
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"gain": self.gain}
-
-    @staticmethod
-    def _pattern(key: WatermarkKey, shape: torch.Size) -> torch.Tensor:
-        digest = hashlib.sha256(f"{key.secret}\x00{key.message}".encode()).digest()
-        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-        return torch.randint(0, 2, tuple(shape), generator=gen).float() * 2 - 1
-
-    def embed(self, images: torch.Tensor, key: WatermarkKey) -> torch.Tensor:
-        pattern = self._pattern(key, images.shape[1:]).to(images)
-        step = self.config.strength * self.gain.scale.detach()
-        return (images + step * pattern).clamp(0, 1)
-
-    def verify(self, images: torch.Tensor, key: WatermarkKey) -> list[Verdict]:
-        pattern = self._pattern(key, images.shape[1:]).to(images).double()
-        smooth = F.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
-        verdicts = []
-        for r in (images - smooth).double():
-            z = float((r * pattern).sum() / (r.pow(2).sum().sqrt() + 1e-12))
-            p = 0.5 * math.erfc(z / math.sqrt(2))
-            detected = p <= self.config.alpha
-            verdicts.append(Verdict(
-                detected=detected, score=z, p_value=p,
-                status=Status.DETECTED if detected else Status.NOT_DETECTED,
-                reason="" if detected else f"correlation z={z:.2f} is what chance gives",
-                payload=key.message if detected else None,
-            ))
-        return verdicts
+register(ADDITIVE_KEY)(AdditiveTestMethod)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -324,12 +264,55 @@ def test_train_reports_a_missing_pipeline(runner, monkeypatch):
     assert "neuralmark.pipelines.training.run_training" in result.output
 
 
-def test_train_calls_run_training_and_prints_metrics(runner, monkeypatch, tmp_path):
+@pytest.fixture(scope="module")
+def evaluated(photo, tmp_path_factory) -> dict[str, Any]:
+    """A real robustness report of the test method (2 crops, 3 attacks) and its files on disk.
+
+    Returns ``metrics`` (every summary metric), ``decision`` (the gate's, with floors
+    the test method cannot meet, so it carries reasons) and ``reports_dir``.
+    """
+    from neuralmark.components.evaluation import embed_all, rows_to_csv
+    from neuralmark.components.gate import GatePolicy, decide
+    from neuralmark.components.robustness import EvaluationSettings, robustness_report
+
+    wm = build(ADDITIVE_KEY)
+    image = torch.from_numpy(photo.copy()).permute(2, 0, 1).float() / 255
+    clean = torch.stack([image[:, :64, :64], image[:, 200:264, 200:264]])  # 2 3 64 64
+    settings = EvaluationSettings(limit=2, fpr_keys=5, attacks=["none", "jpeg", "noise"])
+    report = robustness_report(wm, clean, embed_all(wm, clean, settings.key()), settings)
+    folder = tmp_path_factory.mktemp("reports") / "training_pipeline-run"
+    rows_to_csv(report.rows, folder / "robustness.csv")
+    (folder / "report.md").write_text(report.to_markdown())
+    policy = GatePolicy(min_psnr=20.0, min_bit_accuracy={},
+                        min_detection_rate={"mean_attacked": 0.99}, max_fpr=0.0)
+    decision = decide(report.summary, None, policy)
+    return {"metrics": dict(report.summary), "reports_dir": str(folder),
+            "decision": {"promote": decision.promote, "reasons": decision.reasons,
+                         "notes": decision.notes}}
+
+
+def _plain(output: str) -> str:
+    """Printed text without table borders, whitespace collapsed (rich may wrap long cells)."""
+    return " ".join(output.translate({ord(c): " " for c in "│┃┌┐└┘─━┬┴├┤┼"}).split())
+
+
+def _training_result(evaluated: dict[str, Any], version: str) -> dict[str, Any]:
+    """What ``run_training`` returns (pipelines/training.py), around a real report."""
+    return {"run": f"training_pipeline-{version}", "status": "completed",
+            "model_name": "neuralmark-_test_additive", "metrics": evaluated["metrics"],
+            "summary": {k: v for k, v in evaluated["metrics"].items() if "/" not in k},
+            "decision": evaluated["decision"], "registered_version": version,
+            "promoted": False, "champion_version": "1", "mlflow_run_id": "r",
+            "reports_dir": evaluated["reports_dir"],
+            "mlflow_ui": "mlflow ui --backend-store-uri sqlite:////p/mlflow.db --port 5055"}
+
+
+def test_train_prints_a_headline_not_every_metric(runner, monkeypatch, tmp_path, evaluated):
     calls = []
 
-    def run_training(method, profile, config_path):
+    def run_training(method, profile, config_path, callbacks=None):
         calls.append((method, profile, config_path))
-        return {"bit_accuracy": 0.987, "psnr": 41.25, "run": {"id": "abc"}}
+        return _training_result(evaluated, "3")
 
     module = types.ModuleType("neuralmark.pipelines.training")
     module.run_training = run_training
@@ -340,13 +323,71 @@ def test_train_calls_run_training_and_prints_metrics(runner, monkeypatch, tmp_pa
                                  "--config", str(cfg)])
     assert result.exit_code == 0, result.output
     assert calls == [("_test_additive", "full", cfg)]
-    assert "bit_accuracy" in result.output and "0.987" in result.output
-    assert "run.id" in result.output
+    text = _plain(result.output)
+    metrics = evaluated["metrics"]
+    assert f"PSNR {metrics['psnr']:.2f} dB" in text
+    assert f"detection rate, clean {metrics['detection_rate/none']:.3f}" in text
+    assert "detection rate, attacked mean" in text and "worst" in text
+    assert metrics["fpr"] == 0  # alpha 1e-6: none of the clean trials is flagged
+    assert "false-positive rate 0 (95% CI 0–" in text
+    assert f"{int(metrics['fpr_trials'])} clean trials" in text
+    assert "gate refused" in text and evaluated["decision"]["reasons"][0] in text
+    assert "registered neuralmark-_test_additive version 3" in text
+    assert "champion version 1 (kept" in text
+    assert f"Full report: {evaluated['reports_dir']}" in text
+    assert "report.md" in text and "robustness.csv" in text
+    assert "mlflow ui --backend-store-uri sqlite:////p/mlflow.db --port 5055" in result.output
+    assert "p_value_median" not in text and "unreadable_rate" not in text  # in the report only
 
     result = runner.invoke(app, ["train", "no_such_method"])
     assert result.exit_code == 2 and "unknown method 'no_such_method'" in result.output
     result = runner.invoke(app, ["train", "_test_additive", "--profile", "huge"])
     assert result.exit_code == 2
+
+
+def test_headline_stays_short_whatever_the_number_of_metrics(evaluated):
+    from neuralmark.cli.headline import gate_rows, quality_rows, registry_rows
+
+    result = _training_result(evaluated, "2")
+    rows = (quality_rows(result["metrics"]) + gate_rows(result["decision"])
+            + registry_rows(result))
+    assert len(result["metrics"]) > 20 >= len(rows)
+    reasons = [f"check {i} failed" for i in range(9)]
+    rows = gate_rows({"promote": False, "reasons": reasons, "notes": []})
+    assert len(rows) == 1 + 4 + 1 and rows[-1][1] == "… 5 more in the report"
+
+
+def test_a_tiny_false_positive_bound_keeps_its_digits():
+    """The demo's FPR: 0 of 16000 clean trials; the interval's top is ~2e-4, not '0.000'."""
+    from neuralmark.cli.headline import quality_rows
+    from neuralmark.components.stats import clopper_pearson
+
+    low, high = clopper_pearson(0, 16000)
+    rows = dict(quality_rows({"fpr": 0.0, "fpr_ci_low": low, "fpr_ci_high": high,
+                              "fpr_trials": 16000.0}))
+    assert rows["false-positive rate"] == f"0  (95% CI 0–{high:.2g}, 16000 clean trials)"
+    assert f"{high:.2g}" != "0"
+
+
+def test_train_variants_prints_one_row_per_variant(runner, monkeypatch, evaluated, tmp_path):
+    def run_variants(method, profile, variants, callbacks=None):
+        assert (method, profile, variants) == ("_test_additive", "tiny", ["a", "b"])
+        return {"variants": {v: _training_result(evaluated, str(i + 1))
+                             for i, v in enumerate(variants)},
+                "tables": "| huge | comparison |", "reports_dir": str(tmp_path),
+                "mlflow_run_id": "r", "mlflow_ui": "mlflow ui --port 5055"}
+
+    module = types.ModuleType("neuralmark.pipelines.training")
+    module.run_variants = run_variants
+    monkeypatch.setitem(sys.modules, "neuralmark.pipelines.training", module)
+    result = runner.invoke(app, ["train", "_test_additive", "--variant", "a", "--variant", "b"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert sum(line.startswith("│ a ") for line in lines) == 1
+    assert sum(line.startswith("│ b ") for line in lines) == 1
+    assert f"{evaluated['metrics']['psnr']:.2f} dB" in result.output
+    assert "refused" in result.output and "huge" not in result.output
+    assert f"Full report: {tmp_path}" in result.output
 
 
 def test_pydantic_errors_are_one_red_line(runner, monkeypatch):
@@ -362,11 +403,13 @@ def test_pydantic_errors_are_one_red_line(runner, monkeypatch):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_evaluate_prints_the_metric_table(runner, monkeypatch, bundle):
-    def run_evaluation(method, bundle_dir, profile):
+def test_evaluate_prints_the_headline(runner, monkeypatch, bundle, evaluated):
+    def run_evaluation(method, bundle_dir, profile, callbacks=None):
         assert (method, bundle_dir, profile) == ("_test_additive", bundle, "tiny")
-        return {"rows": [{"attack": "jpeg", "strength": 50, "metric": "bit_accuracy",
-                          "value": 0.91}], "psnr": 44.0}
+        return {"bundle": str(bundle_dir), "images": 2, "summary": evaluated["metrics"],
+                "metrics": evaluated["metrics"], "gate": evaluated["decision"],
+                "csv": str(Path(evaluated["reports_dir"]) / "robustness.csv"),
+                "reports_dir": evaluated["reports_dir"]}
 
     module = types.ModuleType("neuralmark.pipelines.evaluation")
     module.run_evaluation = run_evaluation
@@ -374,7 +417,10 @@ def test_evaluate_prints_the_metric_table(runner, monkeypatch, bundle):
     result = runner.invoke(app, ["evaluate", "--method", "_test_additive", "--bundle",
                                  str(bundle)])
     assert result.exit_code == 0, result.output
-    assert "jpeg" in result.output and "0.91" in result.output and "44" in result.output
+    text = _plain(result.output)
+    assert f"PSNR {evaluated['metrics']['psnr']:.2f} dB" in text
+    assert "test images 2" in text and "gate refused" in text
+    assert f"Full report: {evaluated['reports_dir']}" in text
 
     monkeypatch.setitem(sys.modules, "neuralmark.pipelines.evaluation", None)
     result = runner.invoke(app, ["evaluate", "--method", "_test_additive"])
@@ -432,3 +478,93 @@ def test_shipped_bundle_is_listed_and_used_by_default(runner, bundle, photo_file
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["verify", str(out), "--key", "k", "--method", "_test_additive"])
     assert result.exit_code == 0 and "detected" in result.output
+
+
+# -- what each command imports (fresh interpreters; measured figures: scripts/benchmark_cli.py) --
+
+MLOPS = ("zenml", "mlflow", "dvc", "great_expectations", "kubernetes")
+
+#: runs ``neuralmark`` commands in one fresh interpreter, then records the exit codes and
+#: every module loaded; argv: commands (JSON), where to write the record, register the
+#: test method or not
+_RUN_COMMANDS = """
+import json, sys
+commands, record, additive = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+if additive:
+    from neuralmark.components.methods.registry import register
+    from tests.doubles import ADDITIVE_KEY, AdditiveTestMethod
+    register(ADDITIVE_KEY)(AdditiveTestMethod)
+from neuralmark.cli.app import main
+codes = []
+for argv in commands:
+    sys.argv = ["neuralmark", *argv]
+    try:
+        main()
+        codes.append(0)
+    except SystemExit as done:
+        codes.append(done.code or 0)
+with open(record, "w") as fh:
+    json.dump({"codes": codes, "modules": sorted(sys.modules)}, fh)
+"""
+
+
+def _run_commands(tmp_path: Path, commands: list[list[str]],
+                  additive: bool = False) -> tuple[list[int], set[str]]:
+    """Exit codes of ``commands`` run in one new interpreter, and the modules it loaded."""
+    record = tmp_path / "record.json"
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+           **{k: v for k, v in os.environ.items() if k.startswith(
+               ("ZENML_", "MLFLOW_", "DVC_", "HOME", "NEURALMARK_"))}}
+    done = subprocess.run([sys.executable, "-c", _RUN_COMMANDS, json.dumps(commands),
+                           str(record), "1" if additive else "0"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0 and record.is_file(), done.stderr[-3000:]
+    data = json.loads(record.read_text())
+    return data["codes"], set(data["modules"])
+
+
+def _top(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in names)
+
+
+def test_help_imports_no_torch_no_components_no_mlops(tmp_path):
+    commands = [["--help"], ["verify", "--help"], ["embed", "--help"], ["train", "--help"],
+                ["protect", "--help"], ["data", "prepare", "--help"]]
+    codes, modules = _run_commands(tmp_path, commands)
+    assert codes == [0] * len(commands)
+    assert not _top(modules, ("torch", "torchvision", "numpy", "PIL", *MLOPS))
+    assert not [m for m in modules if m.startswith("neuralmark.components")]
+
+
+def test_content_commands_import_no_mlops_package(tmp_path, photo, bundle):
+    image = tmp_path / "photo.png"
+    Image.fromarray(photo[:64, :64]).save(image)
+    output_mark = build("output_mark", type(build("output_mark")).smoke_config)
+    om_bundle = output_mark.to_bundle(tmp_path / "om")
+    commands = [
+        ["list"],
+        ["embed", str(image), "marked.png", "--key", "k", "--bundle", str(bundle)],
+        ["verify", "marked.png", "--key", "k", "--bundle", str(bundle), "--json"],
+        ["verify", str(image), "--key", "k"],  # the shipped pgd_signer; not marked
+        ["stamp", str(image), "stamped.png"],  # the shipped anti_forward
+        ["scan", "stamped.png", str(image), "--no-smoothing"],
+        ["extract", str(image), "--key", "k", "--bundle", str(om_bundle)],
+    ]
+    codes, modules = _run_commands(tmp_path, commands, additive=True)
+    assert codes[:4] == [0, 0, 0, 1] and codes[4] == 0, codes
+    assert codes[5] in (0, 1) and codes[6] in (0, 1), codes
+    assert (tmp_path / "stamped.png").is_file() and (tmp_path / "photo.logo.png").is_file()
+    assert not _top(modules, MLOPS), "content commands must not load an MLOps package"
+
+
+def test_verify_of_one_photo_imports_only_what_it_uses(tmp_path, photo):
+    """One method's module; no torchmetrics, torchvision or kornia (plain verify needs none)."""
+    image = tmp_path / "photo.png"
+    Image.fromarray(photo[:64, :64]).save(image)
+    codes, modules = _run_commands(tmp_path, [["verify", str(image), "--key", "k"]])
+    assert codes == [1]  # an unmarked photo, the shipped pgd_signer
+    assert "neuralmark.components.methods.pgd_signer" in modules
+    others = [m for m in modules if m.startswith("neuralmark.components.methods.")
+              and m.rsplit(".", 1)[1] not in ("base", "registry", "pgd_signer")]
+    assert not others, f"verify with pgd_signer imported other methods: {others}"
+    assert not _top(modules, ("torchmetrics", "torchvision", "kornia", *MLOPS))

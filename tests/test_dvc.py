@@ -57,6 +57,15 @@ def test_version_data_adds_and_pushes(dvc_repo):
     assert changed != md5 and _in_remote(remote, _md5(b"gamma"))
 
 
+def test_version_data_prints_no_git_hint(dvc_repo, caplog):
+    """DVC's "To track the changes with git, run: git add data.dvc" is not for our users."""
+    root, _ = dvc_repo
+    with caplog.at_level(logging.INFO, logger="dvc"):
+        assert version_data(root, push=False) is not None
+    assert not [r for r in caplog.records if "git add" in r.getMessage()
+                or "autostage" in r.getMessage()]
+
+
 def test_version_data_without_push_leaves_remote_empty(dvc_repo):
     root, remote = dvc_repo
     md5 = version_data(root, push=False)

@@ -150,6 +150,32 @@ def test_the_registered_champion_loads_by_model_uri(project: Path, first_run: di
             assert json.loads(result.stdout)["status"] != "unreadable"
 
 
+def test_the_cli_headline_of_a_real_run(first_run: dict[str, Any]) -> None:
+    """``neuralmark train`` prints a short headline of what the run returned, and where the
+    full report is: never the dozens of per-attack metrics the run returns."""
+    import io
+
+    from rich.console import Console
+
+    from neuralmark.cli.headline import gate_rows, print_training, quality_rows, registry_rows
+
+    rows = (quality_rows(first_run["metrics"]) + gate_rows(first_run["decision"])
+            + registry_rows(first_run))
+    assert len(rows) <= 20 < len(first_run["metrics"])
+    names = [name for name, _ in rows]
+    for wanted in ("PSNR", "bit accuracy, clean", "bit accuracy, attacked",
+                   "detection rate, clean", "false-positive rate", "gate", "registered",
+                   "champion"):
+        assert wanted in names
+    buffer = io.StringIO()
+    print_training(Console(file=buffer, width=120), first_run, "training pgd_signer (tiny)")
+    printed = buffer.getvalue()
+    reports = Path(first_run["reports_dir"])
+    assert f"Full report: {reports}" in printed and first_run["mlflow_ui"] in printed
+    assert (reports / "robustness.csv").is_file() and (reports / "report.md").is_file()
+    assert "p_value_median" not in printed
+
+
 def test_gate_refusal_registers_but_keeps_the_champion(project: Path,
                                                        first_run: dict[str, Any]) -> None:
     champion = _champion(project)

@@ -309,9 +309,9 @@ def test_cli_prepare_in_process(folder, tmp_path):
 
 
 def test_cli_option_pairs_are_parsed_and_bad_ones_named():
-    from neuralmark.cli.app import _parse_options
+    from neuralmark.cli.data import parse_options
 
-    assert _parse_options(["targets=/x", "rain_haze=true", "b=False"]) == {
+    assert parse_options(["targets=/x", "rain_haze=true", "b=False"]) == {
         "targets": "/x", "rain_haze": True, "b": False}
     with pytest.raises(InputError, match="not KEY=VALUE"):
-        _parse_options(["oops"])
+        parse_options(["oops"])

@@ -62,3 +62,43 @@ def test_ensure_experiment_keeps_artifacts_in_project(tmp_path: Path) -> None:
     assert ensure_experiment("nm-test", tmp_path) == exp_id
     exp = MlflowClient(tracking_uri=tracking_uri(tmp_path)).get_experiment(exp_id)
     assert exp.artifact_location == (tmp_path.resolve() / "mlruns" / "nm-test").as_uri()
+
+
+def test_bootstrap_prints_what_happened_and_no_library_chatter(tmp_path: Path) -> None:
+    """``python -m neuralmark.runtime.stack`` on a fresh ZenML store and a new project."""
+    import os
+    import subprocess
+    import sys
+
+    project = tmp_path / "project"
+    project.mkdir()
+    env = {**os.environ, "ZENML_CONFIG_PATH": str(tmp_path / "zen-home"),
+           "ZENML_REPOSITORY_PATH": str(project)}
+    done = subprocess.run([sys.executable, "-m", "neuralmark.runtime.stack", str(project)],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert f"ZenML stack {STACK_NAME} active (initialized {project}" in done.stdout
+    assert f"mlflow ui --backend-store-uri {tracking_uri(project)}" in done.stdout
+    for chatter in ("active stack to default", "Creating initial MLflow database tables",
+                    "Updating database tables"):
+        assert chatter not in printed
+    assert len(printed.strip().splitlines()) == 4
+
+
+def test_tracker_autolog_warning_is_dropped_and_nothing_else(caplog) -> None:
+    import logging
+
+    from neuralmark.runtime.stack import quiet_tracker_warnings
+
+    quiet_tracker_warnings()
+    quiet_tracker_warnings()  # idempotent: one filter
+    tracker = logging.getLogger(
+        "zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker")
+    assert len(tracker.filters) == 1
+    with caplog.at_level(logging.WARNING, logger=tracker.name):
+        tracker.warning("Failed to disable MLflow autologging for the following frameworks: "
+                        "['fastai'].")
+        tracker.warning("Failed to log metrics")
+    assert [r.getMessage() for r in caplog.records] == ["Failed to log metrics"]

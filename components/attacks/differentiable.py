@@ -3,11 +3,14 @@
 Each attack draws per-image parameters in ``sample`` and applies them in
 ``apply``; an image whose ``on`` flag is 0 passes unchanged, so one batched call
 applies a random *subset* of the chain to every image.
+
+kornia is imported inside the ``apply`` methods that call it: methods import this module
+for its config (``EoTConfig``) even where they only verify, and importing kornia costs a
+noticeable part of a one-photo ``neuralmark verify``.
 """
 
 from __future__ import annotations
 
-import kornia
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +40,8 @@ class DiffRotate(ImageAttack):
                 "on": _switch(batch_size, self.p, generator)}
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        import kornia
+
         angle = (params["angle"] * params["on"]).to(x)
         return kornia.geometry.transform.rotate(x, angle, padding_mode="zeros")
 
@@ -54,6 +59,8 @@ class DiffZoom(ImageAttack):
                 "on": _switch(batch_size, self.p, generator)}
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        import kornia
+
         f = (1 + (params["factor"] - 1) * params["on"]).to(x)
         return kornia.geometry.transform.scale(x, f.view(-1, 1).repeat(1, 2))
 
@@ -95,6 +102,8 @@ class DiffCrop(ImageAttack):
                 "on": _switch(batch_size, self.p, generator)}
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        import kornia
+
         b, _, h, w = x.shape
         frac = 1 - (1 - params["frac"]) * params["on"]
         cw, ch = frac * (w - 1), frac * (h - 1)
@@ -139,6 +148,8 @@ class DiffBlur(ImageAttack):
                 "on": _switch(batch_size, self.p, generator)}
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        import kornia
+
         k = 2 * int(torch.ceil(torch.tensor(3 * self.max_sigma))) + 1
         sigma = params["sigma"].to(x).view(-1, 1).repeat(1, 2)
         return _blend(x, kornia.filters.gaussian_blur2d(x, k, sigma), params["on"])
@@ -183,6 +194,8 @@ class DiffJPEG(ImageAttack):
                 "on": _switch(batch_size, self.p, generator)}
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        import kornia
+
         if not bool(params["on"].any()):
             return x
         h, w = x.shape[-2:]

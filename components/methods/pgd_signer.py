@@ -48,7 +48,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -132,6 +131,8 @@ def jnd_map(x: torch.Tensor, floor: float = 0.25) -> torch.Tensor:
 
     Shapes: ``x`` B×3×H×W → B×1×H×W in ``[floor, 1]``.
     """
+    import kornia  # here, not at module level: verify never needs it
+
     gray = x.mean(dim=1, keepdim=True)
     mag = kornia.filters.sobel(gray)
     mag = kornia.filters.gaussian_blur2d(mag, 7, (2.0, 2.0))
@@ -271,6 +272,8 @@ class PGDSigner(WatermarkMethod):
         pasted into an H/f × W/f canvas (mean colour) at 3×3 positions. The
         first view is always the image itself.
         """
+        import kornia  # here, not at module level: plain verify never needs it
+
         c = self.config
         views = [image]
         for angle in c.search_angles:

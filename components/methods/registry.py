@@ -6,6 +6,8 @@ class with ``@register("key")`` + one ``configs/<key>.yaml``. Nothing else chang
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -47,6 +49,19 @@ def _discover() -> None:
     _DISCOVERED = True
 
 
+def _import_own_module(key: str) -> None:
+    """Import ``components/methods/<key>`` (module or package) alone, if there is one.
+
+    Loading one method then costs one method's imports, not every method's (the
+    CLI's ``verify`` of one photo would otherwise import every method's dependencies).
+    """
+    if not key.isidentifier() or key.startswith("_") or key in ("base", "registry"):
+        return
+    name = f"{__package__}.{key}"
+    if importlib.util.find_spec(name) is not None:
+        importlib.import_module(name)
+
+
 def available() -> list[str]:
     """Sorted keys of every registered method."""
     _discover()
@@ -54,13 +69,33 @@ def available() -> list[str]:
 
 
 def method_class(key: str) -> type[WatermarkMethod]:
-    _discover()
+    """The class registered under ``key``.
+
+    Imports only the method's own module when it is named after its key; every
+    method module only when that one does not register ``key``.
+
+    Raises:
+        InputError: no method is registered under ``key`` (the message lists them).
+    """
+    if key not in _REGISTRY:
+        _import_own_module(key)
+    if key not in _REGISTRY:
+        _discover()
     try:
         return _REGISTRY[key]
     except KeyError:
         raise InputError(
             f"unknown method {key!r}; available: {', '.join(sorted(_REGISTRY))}"
         ) from None
+
+
+def is_method(key: str) -> bool:
+    """Whether ``key`` names a registered method (imports as little as ``method_class``)."""
+    try:
+        method_class(key)
+    except InputError:
+        return False
+    return True
 
 
 def make_config(key: str, values: dict[str, Any] | None = None) -> MethodConfig:
