@@ -1,8 +1,8 @@
 """A tidy evaluation report: long-format rows, scalar summary, free-form extras.
 
-Pure data, no orchestration or tracking imports. ``steps/materializers.py`` stores a
+Pure data, no orchestration or tracking imports. ``integrations/materializers.py`` stores a
 ``Report`` as ``report.json`` (the whole object) + ``rows.csv`` (the table that
-notebooks and plots read), and ``steps/tracking.py`` logs it to MLflow.
+notebooks and plots read), and ``integrations/tracking.py`` logs it to MLflow.
 
 Example:
     >>> r = Report(rows=[{"attack": "jpeg", "strength": 50, "metric": "bit_accuracy",
