@@ -201,6 +201,28 @@ def test_wrong_layouts_say_expected_and_found(cifar_tar, tmp_path):
         prepare_dataset("image_folder", tmp_path / "empty", tmp_path / "o4", ONE)
 
 
+class _Payload:
+    """Unpickling this calls ``pathlib.Path.touch`` on ``target``: what a hostile batch does."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_a_hostile_cifar_batch_is_refused_without_running(tmp_path):
+    """The CIFAR reader unpickles only arrays and containers, never an arbitrary callable."""
+    marker = tmp_path / "pwned"
+    members = _cifar_members()
+    members["data_batch_1"] = pickle.dumps({b"data": _Payload(marker), b"labels": []}, protocol=2)
+    with pytest.raises(DatasetLayoutError, match=r"data_batch_1 is not a readable pickle "
+                                                  r"\(refusing to load "):
+        prepare_dataset("cifar10", _write_tar(tmp_path / "hostile.tar.gz", members),
+                        tmp_path / "out", ONE)
+    assert not marker.exists(), "the hostile batch ran code"
+
+
 # -- Great Expectations on prepared manifests --------------------------------------------------
 
 

@@ -37,6 +37,29 @@ N_CLASSES = 10
 SIDE = 32
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR-10's python batches hold and refuses every other global.
+
+    The batches are dicts of bytes, ints, lists and one uint8 numpy array. Plain
+    ``pickle.load`` would call any importable function a crafted archive names (code
+    execution); this one resolves only the numpy array constructors, so a hostile "batch"
+    fails with ``UnpicklingError`` naming what it asked for. (``_codecs.encode`` is how a
+    protocol-2 pickle written by Python 3 spells a bytes literal.)
+    """
+
+    ALLOWED = frozenset({
+        ("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch "
+                                     "holds only lists, bytes and uint8 arrays")
+
+
 class Cifar10Reader(DatasetReader):
     """Reads ``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py/``."""
 
@@ -92,9 +115,10 @@ class Cifar10Reader(DatasetReader):
     def _unpickle(self, source: Path, name: str, data: bytes) -> dict[bytes, Any]:
         # pickle is the publisher's own format for this dataset (there is no other
         # distribution of the python version); it is only ever applied to the
-        # seven known member names and the result is type/shape-checked below.
+        # seven known member names, through an unpickler that builds nothing but
+        # containers and uint8 arrays, and the result is type/shape-checked below.
         try:
-            obj = pickle.load(io.BytesIO(data), encoding="bytes")  # noqa: S301
+            obj = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
         except Exception as err:  # noqa: BLE001 - a bad pickle raises many types
             raise self.layout_error(source, f"{name} is not a readable pickle ({err})") from None
         if not isinstance(obj, dict):
