@@ -8,10 +8,9 @@ attack matrix varies both (Table 2: CNet, Res9, Res16, UNet with L2; Table 3:
 UNet with L1, L2, perceptual, adversarial and their sums).
 
 * :class:`SurrogateSettings` — the attacker's schedule (arch, loss, sizes, steps).
-* :func:`parse_loss` — ``"l2+adversarial"`` → its terms.
-* :func:`train_image_net` — supervised image-to-image training with any loss of
-  :data:`SURROGATE_LOSS_TERMS` (a PatchGAN alongside for ``adversarial``); the
-  protected model itself is trained the same way (L2).
+* :func:`parse_loss` — ``"l2+adversarial"`` → its terms (from ``nets/training``, whose
+  :func:`~neuralmark.components.nets.training.train_image_net` trains every surrogate,
+  the protected model and the restoration hosts alike).
 * :func:`train_surrogate` — build SM(arch) and train it on the service's pairs.
 * :func:`surrogate_matrix_cells`, :func:`matrix_cells`, :func:`cell_name`,
   :func:`attack_cell` — the cells of the matrix, validated and named, and one
@@ -22,7 +21,7 @@ Shapes: images are ``N×3×H×W`` float32 in [0, 1].
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -38,36 +37,13 @@ from neuralmark.components.nets.image_nets import (
     apply_net,
     build_image_net,
 )
-from neuralmark.components.nets.patchgan import PatchDiscriminator, gan_bce
-from neuralmark.components.nets.perceptual import structural_perceptual_loss
+from neuralmark.components.nets.training import LOSS_TERMS, parse_loss, train_image_net
 
 #: loss terms an attacker's surrogate can combine (seed 001, Table 3)
-SURROGATE_LOSS_TERMS: tuple[str, ...] = ("l1", "l2", "perceptual", "adversarial")
+SURROGATE_LOSS_TERMS: tuple[str, ...] = LOSS_TERMS
 #: the seed's Table 3 columns
 SURROGATE_LOSSES: tuple[str, ...] = ("l1", "l1+adversarial", "l2", "l2+adversarial",
                                      "perceptual", "perceptual+adversarial")
-_ALIASES = {"adv": "adversarial", "perc": "perceptual", "mse": "l2"}
-_RECONSTRUCTION: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "l1": lambda out, y: (out - y).abs().mean(),
-    "l2": lambda out, y: (out - y).pow(2).mean(),
-    "perceptual": structural_perceptual_loss,
-}
-
-
-def parse_loss(loss: str | Sequence[str]) -> frozenset[str]:
-    """``"l2+adversarial"`` (or ``["l2", "adversarial"]``) → its set of terms.
-
-    Raises:
-        InputError: empty, or a term outside ``l1, l2, perceptual, adversarial``
-            (``adv`` / ``perc`` / ``mse`` are accepted aliases).
-    """
-    parts = loss.split("+") if isinstance(loss, str) else list(loss)
-    terms = {_ALIASES.get(p.strip().lower(), p.strip().lower()) for p in parts if p.strip()}
-    bad = sorted(terms - set(SURROGATE_LOSS_TERMS))
-    if bad or not terms:
-        raise InputError(f"unknown surrogate loss term(s) {bad or [loss]}; combine "
-                         f"{', '.join(SURROGATE_LOSS_TERMS)} with '+'")
-    return frozenset(terms)
 
 
 class SurrogateSettings(BaseModel):
@@ -106,72 +82,6 @@ class SurrogateSettings(BaseModel):
     def _known_terms(cls, value: str) -> str:
         parse_loss(value)
         return value
-
-
-def train_image_net(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                    loss: str | Sequence[str], steps: int, batch_size: int, lr: float,
-                    seed: int, device: torch.device, adv_weight: float = 0.01,
-                    disc_width: int = 32, callbacks: Callbacks | Sequence[Any] = (),
-                    desc: str = "train") -> nn.Module:
-    """Supervised image-to-image training of ``net`` on (inputs, targets) pairs.
-
-    Args:
-        net: any B×3×H×W → B×3×H×W network.
-        inputs: N×3×S×S in [0, 1].
-        targets: N×3×S×S in [0, 1].
-        loss: terms (see :func:`parse_loss`); ``adversarial`` trains a PatchGAN
-            on targets (real) vs outputs (fake) alongside.
-        steps, batch_size, lr, seed: the schedule (Adam, β = (0.5, 0.999));
-            ``seed`` draws the batches (with replacement) and the PatchGAN's init.
-        device: where to train.
-        adv_weight: weight of the adversarial term.
-        disc_width: PatchGAN width when ``adversarial`` is used.
-        callbacks: metrics/progress sinks (``{desc}_loss`` every ~10% of steps).
-        desc: prefix of the reported metrics.
-
-    Returns:
-        ``net``, trained, in eval mode, on ``device``.
-    """
-    terms = parse_loss(loss)
-    cb = Callbacks.of(callbacks)
-    g = torch.Generator().manual_seed(seed)
-    net.to(device).train()
-    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
-    disc = opt_d = None
-    if "adversarial" in terms:
-        torch.manual_seed(seed + 1)
-        disc = PatchDiscriminator(width=disc_width, n_layers=2).to(device).train()
-        opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
-    n = inputs.shape[0]
-    every = max(1, steps // 10)
-    for step in range(steps):
-        idx = torch.randint(0, n, (batch_size,), generator=g)
-        x, y = inputs[idx].to(device), targets[idx].to(device)
-        out = net(x)
-        total = out.sum() * 0
-        parts: dict[str, float] = {}
-        for term, fn in _RECONSTRUCTION.items():
-            if term in terms:
-                value = fn(out, y)
-                total = total + value
-                parts[term] = float(value.detach())
-        if disc is not None and opt_d is not None:
-            adv = gan_bce(disc(out), True)
-            total = total + adv_weight * adv
-            parts["adversarial"] = float(adv.detach())
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        if disc is not None and opt_d is not None:
-            d_loss = 0.5 * (gan_bce(disc(y), True) + gan_bce(disc(out.detach()), False))
-            opt_d.zero_grad()
-            d_loss.backward()
-            opt_d.step()
-        if step % every == 0 or step == steps - 1:
-            cb.on_metrics(step, {f"{desc}_loss": float(total.detach()),
-                                 **{f"{desc}_{k}": v for k, v in parts.items()}})
-            cb.on_progress(step + 1, steps, desc)
-    return net.eval()
 
 
 def _settings(config: Any) -> SurrogateSettings:
@@ -225,8 +135,9 @@ def train_surrogate(inputs: torch.Tensor, targets: torch.Tensor, arch: str | Non
     name = cell_name(arch, loss if isinstance(loss, str) else "+".join(loss))
     torch.manual_seed(s.seed)
     net = build_image_net(arch, s.width, s.output, s.depth)
-    return train_image_net(net, a, b, loss, s.steps, s.batch_size, s.lr, s.seed,
-                           pick_device(s.device), s.adv_weight, callbacks=callbacks, desc=name)
+    train_image_net(net, a, b, loss, s.steps, s.batch_size, s.lr, s.seed, pick_device(s.device),
+                    s.adv_weight, callbacks=callbacks, desc=name)
+    return net
 
 
 def surrogate_matrix_cells() -> list[tuple[str, str]]:
@@ -301,4 +212,4 @@ def attack_cell(marked_train_outputs: torch.Tensor, train_inputs: torch.Tensor,
 
 __all__ = ["SURROGATE_LOSSES", "SURROGATE_LOSS_TERMS", "SurrogateSettings", "attack_cell",
            "cell_name", "matrix_cells", "parse_loss", "surrogate_matrix_cells",
-           "train_image_net", "train_surrogate"]
+           "train_surrogate"]

@@ -39,7 +39,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from neuralmark.components.attacks.surrogate import train_image_net, train_surrogate
+from neuralmark.components.attacks.surrogate import train_surrogate
 from neuralmark.components.data.pairs import check_pairs
 from neuralmark.components.data.splits import group_split
 from neuralmark.components.errors import InputError
@@ -55,6 +55,7 @@ from neuralmark.components.methods.output_mark.loops import finetune_extractor, 
 from neuralmark.components.methods.output_mark.parts import OutputMarkParts
 from neuralmark.components.methods.registry import build
 from neuralmark.components.nets.image_nets import apply_net
+from neuralmark.components.nets.training import train_image_net
 from neuralmark.components.nets.unet import UNet
 
 #: offset added to ``config.seed`` for the split's generator (the loops have their own)
@@ -152,9 +153,10 @@ def train_protected_model(pairs: tuple[torch.Tensor, torch.Tensor], config: Outp
     s = config.working_size
     torch.manual_seed(config.seed)
     net = UNet(width=config.model_width, depth=config.model_depth, output="residual")
-    return train_image_net(net, resize_square(a, s), resize_square(b, s), "l2",
-                           config.model_steps, config.batch_size, config.model_lr, config.seed,
-                           pick_device(config.device), callbacks=callbacks, desc="model")
+    train_image_net(net, resize_square(a, s), resize_square(b, s), "l2", config.model_steps,
+                    config.batch_size, config.model_lr, config.seed, pick_device(config.device),
+                    callbacks=callbacks, desc="model")
+    return net
 
 
 def train_model(method: OutputMarkParts, tp: TrainingPairs,
