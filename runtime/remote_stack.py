@@ -98,6 +98,22 @@ def secret_references(value: Any) -> set[tuple[str, str]]:
     return set()
 
 
+def _without_secret_references(value: Any) -> Any:
+    """``value`` with each ``{{secret.key}}`` replaced by a placeholder string.
+
+    A ZenML config resolves a secret reference whenever a validator reads the field, which
+    needs the secret in a store; the file's shape is validated offline, and
+    ``ensure_remote_stack`` checks the secrets exist before registering.
+    """
+    if isinstance(value, str):
+        return _SECRET_REF.sub(lambda m: f"<secret {m.group(1)}.{m.group(2)}>", value)
+    if isinstance(value, dict):
+        return {k: _without_secret_references(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_secret_references(v) for v in value]
+    return value
+
+
 def load_stack_file(path: str | Path) -> StackFile:
     """Read and validate a stack file, each component with its flavor's config class.
 
@@ -133,7 +149,7 @@ def load_stack_file(path: str | Path) -> StackFile:
                              f"{FIXED_NAMES[ctype]!r} (the steps name it), got {comp.name!r}")
         flavor = _flavor_class(ctype, comp.flavor, f"stack file {path}: {where}")()
         try:
-            flavor.config_class(**comp.config)
+            flavor.config_class(**_without_secret_references(comp.config))
         except ValidationError as err:
             raise InputError(f"stack file {path}: {where} ({comp.flavor}): "
                              f"{describe_validation_error(err, f'{where}.config.')}") from None
