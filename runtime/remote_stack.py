@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from neuralmark.components.errors import describe_validation_error
 from neuralmark.components.methods.base import InputError
-from neuralmark.runtime.stack import REGISTRY_NAME, TRACKER_NAME
+from neuralmark.runtime.names import REGISTRY_NAME, TRACKER_NAME
 
 #: component type → flavor → the flavor class (imported directly: ``zenml integration
 #: install`` would downgrade the pinned kubernetes client, and these classes need none of

@@ -27,9 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TRACKER_NAME = "nm_mlflow_tracker"
-REGISTRY_NAME = "nm_mlflow_registry"
-STACK_NAME = "neuralmark_local"
+from neuralmark.runtime.names import REGISTRY_NAME, STACK_NAME, TRACKER_NAME
+
 MLFLOW_FLAVOR = "mlflow"
 #: MLflow experiments (ZenML's tracker names them after the pipeline) created by
 #: ``ensure_stack`` with artifacts inside the project, so that
