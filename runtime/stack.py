@@ -12,7 +12,9 @@ checkouts and test runs; ``register`` of an existing name fails):
         -e nm_mlflow_tracker -r nm_mlflow_registry --set
 
 Run ``python -m neuralmark.runtime.stack [PROJECT_ROOT]`` to bootstrap and print the
-``mlflow ui`` command for this project.
+``mlflow ui`` command for this project. ``--stack configs/stacks/k8s.yaml`` registers a
+remote stack from a file instead (``neuralmark.runtime.remote_stack``); the local stack
+stays the default.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TRACKER_NAME = "nm_mlflow_tracker"
-REGISTRY_NAME = "nm_mlflow_registry"
-STACK_NAME = "neuralmark_local"
+from neuralmark.runtime.names import REGISTRY_NAME, STACK_NAME, TRACKER_NAME
+
 MLFLOW_FLAVOR = "mlflow"
 #: MLflow experiments (ZenML's tracker names them after the pipeline) created by
 #: ``ensure_stack`` with artifacts inside the project, so that
@@ -258,7 +259,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("project_root", nargs="?", default=Path(__file__).resolve().parents[1],
                         type=Path, help="repository root (default: this checkout)")
     parser.add_argument("--json", action="store_true", help="print what happened as JSON")
+    parser.add_argument("--stack", type=Path, default=None,
+                        help="a remote stack file (configs/stacks/k8s.yaml, kubeflow.yaml) to "
+                             "register instead of the local stack")
+    parser.add_argument("--activate", action="store_true",
+                        help="with --stack: make it the active stack (default: unchanged)")
     args = parser.parse_args(argv)
+    if args.stack is not None:
+        from neuralmark.components.methods.base import InputError
+        from neuralmark.runtime.remote_stack import ensure_remote_stack
+
+        try:
+            with _without_bootstrap_chatter():
+                remote = ensure_remote_stack(args.stack, args.project_root,
+                                             activate=args.activate)
+        except InputError as err:
+            parser.exit(2, f"error: {err}\n")
+        if args.json:
+            print(json.dumps(remote, indent=2))
+            return
+        changes = [*(f"registered {n}" for n in remote["registered"]),
+                   *(f"updated {n}" for n in remote["updated"])]
+        print(f"ZenML stack {remote['stack']} ({'; '.join(changes) or 'unchanged'}); "
+              f"active: {remote['active_stack']}")
+        return
     done = ensure_stack(args.project_root)
     if args.json:
         print(json.dumps(done, indent=2))

@@ -1,0 +1,256 @@
+"""Run configs for the cluster (``configs/k8s/<method>.yaml``): per-step GPUs, schedules, CronJobs.
+
+A cluster run config is a ZenML run config (``parameters:`` like ``configs/<method>.yaml``)
+plus ``settings`` and ``steps.<step>.settings`` holding ``orchestrator.kubernetes``
+(``KubernetesOrchestratorSettings``: ``pod_settings`` with resources, tolerations, node
+selectors) and ``docker`` (``DockerSettings``), and optionally ``schedule``
+(``Schedule(cron_expression=...)``). ``load_cluster_config`` validates all of it with
+ZenML's own classes and checks each step's ``nvidia.com/gpu`` against what the step can use
+(``STEP_GPUS``) before anything is submitted; ``step_pod`` and ``cron_job`` build, offline
+and with ZenML's own manifest builders, the step pod and the CronJob the Kubernetes
+orchestrator would create.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from neuralmark.components.errors import describe_validation_error
+from neuralmark.components.methods.base import InputError
+
+K8S_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" / "k8s"
+GPU = "nvidia.com/gpu"
+SETTINGS_KEY = "orchestrator.kubernetes"
+#: the most GPUs each step of the training pipeline can use. Data, validation, gate and
+#: registry are CPU-only; signing, evaluation and (until the methods' ``fit`` runs
+#: data-parallel, issue #15's DDP point) training run one model on one device.
+STEP_GPUS = {"build_dataset": 0, "validate_dataset": 0, "train_model": 1, "sign_heldout": 1,
+             "evaluate_robustness": 1, "gate": 0, "register_and_promote": 0}
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
+                "@hourly"}
+#: (lowest, highest, names) of the five fields of a Kubernetes CronJob schedule
+_CRON_FIELDS = (("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
+                ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug",
+                                  "sep", "oct", "nov", "dec")),
+                ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")))
+
+
+def check_cron(expression: str) -> str:
+    """Return ``expression`` if it is a schedule Kubernetes' CronJob accepts.
+
+    Our own parser (croniter is not in the pinned stack, and neither ZenML's ``Schedule``
+    nor kubernetes-validate look inside the string): five fields of ``*``, numbers, ranges
+    ``a-b``, steps ``/n`` and lists, month and weekday names, or one of the ``@`` macros.
+
+    Raises:
+        InputError: naming the bad field and why.
+    """
+    expr = str(expression).strip()
+    if expr.lower() in _CRON_MACROS:
+        return expr
+    fields = expr.split()
+    if len(fields) != 5:
+        raise InputError(f"cron expression {expression!r} is not one: it needs 5 fields "
+                         f"(minute hour day-of-month month day-of-week), got {len(fields)}")
+    for text, (name, lo, hi, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            m = re.fullmatch(r"(\*|[0-9a-zA-Z]+(?:-[0-9a-zA-Z]+)?)(?:/([0-9]+))?", part)
+            if m is None or (m.group(2) is not None and int(m.group(2)) == 0):
+                raise InputError(f"cron expression {expression!r}: {name} field {text!r} is "
+                                 "not a value, range, list or step")
+            if m.group(1) == "*":
+                continue
+            for value in m.group(1).split("-"):
+                number = (names.index(value.lower()) + lo if value.lower() in names
+                          else int(value) if value.isdigit() else None)
+                if number is None or not lo <= number <= hi:
+                    raise InputError(f"cron expression {expression!r}: {name} {value!r} is "
+                                     f"outside {lo}-{hi}")
+    return expr
+
+
+@dataclass(frozen=True)
+class ClusterRunConfig:
+    """A validated cluster run config.
+
+    Attributes:
+        path: where it was read.
+        raw: the YAML as a dict (what ``zenml pipeline run -c`` reads).
+        pipeline: the Kubernetes settings of the whole pipeline.
+        steps: step name → its Kubernetes settings (the pipeline's merged with the step's).
+        gpus: step name → ``nvidia.com/gpu`` it asks for.
+        docker: the ``DockerSettings``.
+        schedule: the ZenML ``Schedule`` or ``None``.
+    """
+
+    path: Path
+    raw: dict[str, Any]
+    pipeline: Any
+    steps: dict[str, Any]
+    gpus: dict[str, int]
+    docker: Any
+    schedule: Any
+
+
+def _gpu_count(settings: Any, where: str) -> int:
+    pod = settings.pod_settings
+    if pod is None:
+        return 0
+    limits = (pod.resources.get("limits") or {}).get(GPU)
+    requests = (pod.resources.get("requests") or {}).get(GPU)
+    if requests is not None and limits is not None and str(requests) != str(limits):
+        raise InputError(f"{where}: {GPU} request {requests} differs from its limit {limits} "
+                         "(Kubernetes needs them equal)")
+    value = limits if limits is not None else requests
+    if value is None:
+        return 0
+    if not str(value).isdigit():
+        raise InputError(f"{where}: {GPU} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _no_unknown_keys(values: dict[str, Any], model: Any, where: str) -> None:
+    """ZenML's settings classes ignore unknown keys; a typo here must be an error instead."""
+    from zenml.integrations.kubernetes.pod_settings import KubernetesPodSettings
+
+    for key, value in values.items():
+        if key not in model.model_fields:
+            raise InputError(f"{where}.{key}: not a field of {model.__name__}")
+        if key in ("pod_settings", "orchestrator_pod_settings") and isinstance(value, dict):
+            _no_unknown_keys(value, KubernetesPodSettings, f"{where}.{key}")
+
+
+def load_cluster_config(path: str | Path) -> ClusterRunConfig:
+    """Read and validate a cluster run config with ZenML's settings classes.
+
+    Raises:
+        InputError: a missing file, a bad field (named), a step that is not in the
+            training pipeline, a step asking more GPUs than it can use, or a cron
+            expression that is not one.
+    """
+    from zenml.config import DockerSettings
+    from zenml.config.schedule import Schedule
+    from zenml.integrations.kubernetes.flavors import KubernetesOrchestratorSettings
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"cluster run config {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+
+    def settings_of(block: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
+        values = (block.get("settings") or {}).get(SETTINGS_KEY) or {}
+        _no_unknown_keys(values, KubernetesOrchestratorSettings, f"{path}: {where}: "
+                         f"{SETTINGS_KEY}")
+        try:
+            return KubernetesOrchestratorSettings(**values), values
+        except ValidationError as err:
+            raise InputError(f"{path}: {where}: "
+                             f"{describe_validation_error(err, f'{SETTINGS_KEY}.')}") from None
+
+    pipeline, pipeline_values = settings_of(raw, "settings")
+    try:
+        docker = DockerSettings(**((raw.get("settings") or {}).get("docker") or {}))
+    except ValidationError as err:
+        raise InputError(f"{path}: settings: "
+                         f"{describe_validation_error(err, 'docker.')}") from None
+    steps: dict[str, Any] = {}
+    gpus: dict[str, int] = {}
+    unknown = sorted(set(raw.get("steps") or {}) - set(STEP_GPUS))
+    if unknown:
+        raise InputError(f"{path}: steps.{unknown[0]}: not a step of the training pipeline; "
+                         f"steps: {', '.join(STEP_GPUS)}")
+    for step, most in STEP_GPUS.items():
+        block = (raw.get("steps") or {}).get(step) or {}
+        _, values = settings_of(block, f"steps.{step}.settings")
+        # ZenML merges step settings over the pipeline's, key by key
+        steps[step] = (KubernetesOrchestratorSettings(**{**pipeline_values, **values})
+                       if values else pipeline)
+        asked = _gpu_count(steps[step], f"{path}: steps.{step}")
+        if asked > most:
+            can = "is a CPU-only step (it can use 0)" if most == 0 else f"can use at most {most}"
+            raise InputError(f"{path}: steps.{step} asks for {asked} {GPU}, but {step} {can}")
+        gpus[step] = asked
+    schedule = None
+    if raw.get("schedule"):
+        cron = (raw["schedule"] or {}).get("cron_expression")
+        if not cron:
+            raise InputError(f"{path}: schedule.cron_expression: missing (the Kubernetes "
+                             "orchestrator schedules with CronJobs only)")
+        check_cron(cron)
+        try:
+            schedule = Schedule(**raw["schedule"])
+        except ValidationError as err:
+            raise InputError(f"{path}: {describe_validation_error(err, 'schedule.')}") from None
+    return ClusterRunConfig(path=path, raw=raw, pipeline=pipeline, steps=steps, gpus=gpus,
+                            docker=docker, schedule=schedule)
+
+
+def step_pod(config: ClusterRunConfig, step: str, image: str) -> dict[str, Any]:
+    """The pod ZenML's Kubernetes orchestrator would start for ``step`` (as a dict).
+
+    Built with ``zenml.integrations.kubernetes.manifest_utils.build_pod_manifest``, the
+    function the orchestrator's entrypoint calls, with the step's settings.
+    """
+    from kubernetes.client import ApiClient
+    from zenml.integrations.kubernetes.manifest_utils import build_pod_manifest
+
+    settings = config.steps[step]
+    pod = build_pod_manifest(
+        pod_name=f"{step.replace('_', '-')}-pod", image_name=image,
+        command=["python", "-m", "zenml.entrypoints.entrypoint"], args=["--step_name", step],
+        privileged=settings.privileged, pod_settings=settings.pod_settings,
+        service_account_name=settings.step_pod_service_account_name
+        or settings.service_account_name)
+    out = ApiClient().sanitize_for_serialization(pod)
+    return {"apiVersion": "v1", "kind": "Pod", **out}
+
+
+def cron_job(config: ClusterRunConfig, image: str, name: str = "neuralmark-retraining"
+             ) -> dict[str, Any]:
+    """The CronJob ZenML's Kubernetes orchestrator would create for a scheduled run (dict).
+
+    The same sequence as ``KubernetesOrchestrator._submit_orchestrator_job``: the
+    orchestrator pod (``build_pod_manifest``) in a Job (``build_job_manifest``) whose
+    template becomes the CronJob (``build_cron_job_manifest``), with the schedule's cron
+    expression and the pipeline's CronJob settings.
+
+    Raises:
+        InputError: the config has no schedule.
+    """
+    from kubernetes.client import ApiClient
+    from zenml.integrations.kubernetes.manifest_utils import (
+        build_cron_job_manifest,
+        build_job_manifest,
+        build_pod_manifest,
+        job_template_manifest_from_job,
+        pod_template_manifest_from_pod,
+    )
+
+    if config.schedule is None:
+        raise InputError(f"{config.path} has no schedule: add schedule.cron_expression")
+    settings = config.pipeline
+    pod = build_pod_manifest(
+        pod_name=None, image_name=image,
+        command=["python", "-m", "zenml.entrypoints.entrypoint"], args=[], privileged=False,
+        pod_settings=settings.orchestrator_pod_settings,
+        service_account_name=settings.service_account_name,
+        termination_grace_period_seconds=settings.pod_stop_grace_period)
+    job = build_job_manifest(job_name=name, pod_template=pod_template_manifest_from_pod(pod),
+                             backoff_limit=settings.orchestrator_job_backoff_limit,
+                             ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
+                             active_deadline_seconds=settings.active_deadline_seconds,
+                             labels={"pipeline": "training_pipeline"})
+    cron = build_cron_job_manifest(
+        cron_expression=check_cron(config.schedule.cron_expression),
+        job_template=job_template_manifest_from_job(job),
+        successful_jobs_history_limit=settings.successful_jobs_history_limit,
+        failed_jobs_history_limit=settings.failed_jobs_history_limit,
+        concurrency_policy=settings.concurrency_policy,
+        starting_deadline_seconds=settings.starting_deadline_seconds)
+    return ApiClient().sanitize_for_serialization(cron)

@@ -1,0 +1,158 @@
+"""Cluster run configs: ZenML's settings classes, GPUs per step, schedule → CronJob, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from neuralmark.components.methods.base import InputError
+from neuralmark.runtime.k8s_runs import (
+    GPU,
+    K8S_CONFIGS_DIR,
+    STEP_GPUS,
+    check_cron,
+    cron_job,
+    load_cluster_config,
+    step_pod,
+)
+from neuralmark.runtime.manifests import KUBERNETES_VERSION
+
+CONFIGS = sorted(K8S_CONFIGS_DIR.glob("*.yaml"))
+IMAGE = "registry.example.com/neuralmark:0.1.0"
+GPU_STEPS = {"train_model", "sign_heldout", "evaluate_robustness"}
+
+
+def _edited(tmp_path: Path, edit, name: str = "pgd_signer.yaml") -> Path:
+    raw = yaml.safe_load((K8S_CONFIGS_DIR / name).read_text())
+    edit(raw)
+    out = tmp_path / name
+    out.write_text(yaml.safe_dump(raw))
+    return out
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_step_gets_the_resources_it_needs(path):
+    config = load_cluster_config(path)
+    assert set(config.steps) == set(STEP_GPUS)
+    for step in config.steps:
+        pod = step_pod(config, step, IMAGE)
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+        container = pod["spec"]["containers"][0]
+        limits = container["resources"].get("limits", {})
+        if step in GPU_STEPS:
+            assert config.gpus[step] == 1 and limits[GPU] == "1", step
+            assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+            assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in \
+                pod["spec"]["tolerations"]
+        else:
+            assert config.gpus[step] == 0 and GPU not in limits, f"{step} holds a GPU"
+            assert "tolerations" not in pod["spec"] or not pod["spec"]["tolerations"]
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"]), step
+        assert pod["spec"]["serviceAccountName"] == "zenml-step"
+    assert config.docker.parent_image == IMAGE and config.docker.skip_build
+
+
+def test_same_parameters_as_the_local_configs():
+    for path in CONFIGS:
+        params = yaml.safe_load(path.read_text())["parameters"]
+        local = yaml.safe_load((K8S_CONFIGS_DIR.parent / f"{params['method']}.yaml")
+                               .read_text())["parameters"]
+        assert params["method"] == local["method"]
+        assert params.get("config", {}).get("variant") == (local.get("config") or {}).get(
+            "variant")
+
+
+def test_cpu_step_asking_for_a_gpu_is_refused(tmp_path):
+    def gate_gpu(raw):
+        raw["steps"]["gate"] = {"settings": {"orchestrator.kubernetes": {"pod_settings": {
+            "resources": {"limits": {GPU: "1"}}}}}}
+
+    with pytest.raises(InputError, match=r"steps\.gate asks for 1 nvidia\.com/gpu, but gate is "
+                                         r"a CPU-only step"):
+        load_cluster_config(_edited(tmp_path, gate_gpu))
+
+
+def test_more_gpus_than_a_step_can_use_is_refused(tmp_path):
+    def two(raw):
+        res = raw["steps"]["sign_heldout"]["settings"]["orchestrator.kubernetes"][
+            "pod_settings"]["resources"]
+        res["requests"][GPU] = res["limits"][GPU] = "2"
+
+    with pytest.raises(InputError, match=r"steps\.sign_heldout asks for 2 nvidia\.com/gpu, but "
+                                         r"sign_heldout can use at most 1"):
+        load_cluster_config(_edited(tmp_path, two))
+
+
+def test_unknown_step_and_bad_setting_are_named(tmp_path):
+    with pytest.raises(InputError, match=r"steps\.train: not a step of the training pipeline"):
+        load_cluster_config(_edited(tmp_path, lambda raw: raw["steps"].update(train={})))
+
+    def typo(raw):
+        raw["settings"]["orchestrator.kubernetes"]["pod_settings"]["tolerationz"] = []
+
+    with pytest.raises(InputError, match=r"orchestrator\.kubernetes\.pod_settings\.tolerationz"):
+        load_cluster_config(_edited(tmp_path, typo))
+
+
+@pytest.mark.parametrize("expr", ["0 3 * * 1", "*/15 * * * *", "0 0 1,15 * mon-fri",
+                                  "5 4 * jan-jun sun", "@weekly"])
+def test_cron_expressions_kubernetes_accepts(expr):
+    assert check_cron(expr) == expr
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("0 3 * *", r"needs 5 fields"),
+    ("61 * * * *", r"minute '61' is outside 0-59"),
+    ("0 25 * * *", r"hour '25' is outside 0-23"),
+    ("0 3 * * funday", r"day of week 'funday'"),
+    ("*/0 * * * *", r"minute field '\*/0'"),
+    ("every monday", r"needs 5 fields"),
+])
+def test_invalid_cron_is_refused_before_submission(tmp_path, expr, message):
+    with pytest.raises(InputError, match=message):
+        check_cron(expr)
+    path = _edited(tmp_path, lambda raw: raw["schedule"].update(cron_expression=expr),
+                   "pgd_signer_weekly.yaml")
+    with pytest.raises(InputError, match=message):
+        load_cluster_config(path)
+
+
+def test_schedule_becomes_the_cronjob_zenml_would_create():
+    config = load_cluster_config(K8S_CONFIGS_DIR / "pgd_signer_weekly.yaml")
+    assert config.schedule.cron_expression == "0 3 * * 1"
+    cron = cron_job(config, IMAGE)
+    kubernetes_validate.validate(cron, KUBERNETES_VERSION, strict=True)
+    assert cron["kind"] == "CronJob" and cron["apiVersion"] == "batch/v1"
+    spec = cron["spec"]
+    assert spec["schedule"] == "0 3 * * 1"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["successfulJobsHistoryLimit"] == 3 and spec["failedJobsHistoryLimit"] == 3
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "zenml-orchestrator"
+    assert pod["containers"][0]["image"] == IMAGE
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_scheduled_config_runs_the_same_gated_pipeline():
+    """Same parameters and steps as the unscheduled config: the gate and the registry step
+    are in every scheduled run (their behaviour: tests/test_gate.py, test_model_registry.py)."""
+    weekly = yaml.safe_load((K8S_CONFIGS_DIR / "pgd_signer_weekly.yaml").read_text())
+    plain = yaml.safe_load((K8S_CONFIGS_DIR / "pgd_signer.yaml").read_text())
+    assert weekly["parameters"] == plain["parameters"]
+    assert weekly["steps"] == plain["steps"]
+    import inspect
+
+    from neuralmark.pipelines.training import training_pipeline
+
+    source = inspect.getsource(training_pipeline.entrypoint)
+    assert "decision = gate(report" in source
+    assert "register_and_promote(trained, report, decision" in source
+
+
+def test_unscheduled_config_has_no_cronjob():
+    config = load_cluster_config(K8S_CONFIGS_DIR / "pgd_signer.yaml")
+    with pytest.raises(InputError, match=r"has no schedule"):
+        cron_job(config, IMAGE)
