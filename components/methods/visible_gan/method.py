@@ -373,7 +373,9 @@ class VisibleGan(WatermarkMethod):
 
         Args:
             data: ``{"train": N×3×H×W, "val": M×3×H×W}`` in [0, 1], plus
-                ``"train_labels"`` / ``"val_labels"`` (int64) when ``task`` is ``labels``.
+                ``"train_labels"`` / ``"val_labels"`` (int64) when ``task`` is ``labels``,
+                and optionally ``"calibration"`` (clean K×3×H×W for the detector's null;
+                default ``val``).
             callbacks: progress / metrics / figures sinks.
 
         Returns:
@@ -397,6 +399,12 @@ class VisibleGan(WatermarkMethod):
         from neuralmark.components.methods.visible_gan.evaluation import stamper_grid
 
         return {"visible_gan_examples": stamper_grid(self, clean)}
+
+    def evaluation_markdown(self) -> str:
+        """The seed's Table I in shape and the removal table, from ``fit_report``."""
+        from neuralmark.components.methods.visible_gan.evaluation import seed_table_markdown
+
+        return seed_table_markdown(self.fit_report)
 
 
 def _random_crops(views: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -143,8 +143,11 @@ def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
     for m in (method.W, method.V, method.D):
         m.eval()
 
-    # 3. the detector's clean null, on the held-out images at their own size
-    method.calibrate(raw_val, g, source="val" if has_val else "train (no val split given)")
+    # 3. the detector's clean null, on held-out images at their own size
+    if "calibration" in data and data["calibration"].shape[0] > 0:
+        method.calibrate(data["calibration"], g, source="calibration images")
+    else:
+        method.calibrate(raw_val, g, source="val" if has_val else "train (no val split given)")
 
     # 4. the seed's table: F′ trained on each marking, V′ removing each marking
     with torch.no_grad():
