@@ -5,8 +5,10 @@ image, high-passed (image minus its Gaussian blur, kornia) so smooth image conte
 count; the statistic of an image is the largest normalised cross-correlation (NCC, over the
 three colour channels) between its high-passed view and the template, over every shift of
 up to ``radius`` px (a displaced or W-perturbed mark is still found). Everything runs at the
-square ``detect_size`` view. Clean images score near 0, marked ones near 1; the p-value is
-empirical against clean images (``neuralmark.components.stats.empirical_p_value``).
+square ``detect_size`` view of the image's centred square (``detection_view``): the mark is
+a square sized by the short side, so this view shows it square at any aspect ratio. Clean
+images score near 0, marked ones near 1; the p-value is empirical against clean images
+(``neuralmark.components.stats.empirical_p_value``).
 
 Own code for the NCC (a few conv2d calls): kornia has no template matching.
 """
@@ -17,9 +19,18 @@ import kornia
 import torch
 import torch.nn.functional as F
 
+from neuralmark.components.methods.base import resize_square
 from neuralmark.components.methods.visible_gan.mark import mark_box, place_mark
 
 HIGHPASS_SIGMA = 1.5
+
+
+def detection_view(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The centred square of side ``min(H, W)``, resized to ``size``: B×3×H×W → B×3×size×size."""
+    h, w = images.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return resize_square(images[..., top:top + side, left:left + side], size)
 
 
 def highpass(x: torch.Tensor) -> torch.Tensor:

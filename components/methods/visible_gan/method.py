@@ -183,8 +183,9 @@ class VisibleGan(WatermarkMethod):
               batch_size: int = 32) -> torch.Tensor:
         """Stamp the visible mark: ``B×3×H×W`` in [0, 1] (H, W ≥ 32) → same shape, in [0, 1].
 
-        W runs at the working size; its change of the mark is up-sampled (bilinear) and
-        added to the mark placed at full resolution, so the logo stays sharp at any size.
+        W runs on the centred square at the working size; its change of the mark is
+        up-sampled (bilinear) and added to the mark placed at full resolution, so the logo
+        stays sharp at any size.
         The key is not used (the mark is the claim).
         """
         check_images(images, self.min_size)
@@ -199,13 +200,20 @@ class VisibleGan(WatermarkMethod):
             x = images[i:i + batch_size].to(self.device)
             b, _, h, w = x.shape
             canvas = self.canvas(b, h, w).to(x)
-            work = resize_square(x, c.working_size)
-            work_canvas = resize_square(canvas, c.working_size)
+            # W sees the centred square (where the mark is, undistorted), as in training
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            square = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
+            work = resize_square(x[square], c.working_size)
+            work_canvas = resize_square(canvas[square], c.working_size)
             s = c.working_size
             box = box_mask(s, s, c.mark_scale, b, x.device)
-            delta = c.max_delta * torch.tanh(self.W(work, work_canvas)) * box
-            if (h, w) != (s, s):
-                delta = F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False)
+            change = c.max_delta * torch.tanh(self.W(work, work_canvas)) * box
+            if side != s:
+                change = F.interpolate(change, size=(side, side), mode="bilinear",
+                                       align_corners=False)
+            delta = torch.zeros_like(canvas)
+            delta[square] = change
             delta = delta * box_mask(h, w, c.mark_scale, b, x.device)
             out.append(blend(x, (canvas + delta).clamp(0, 1), c.blend))
         return torch.cat(out).to(images.device)
@@ -231,7 +239,8 @@ class VisibleGan(WatermarkMethod):
         radius = round(c.search_radius * c.detect_size)
         out = []
         for i in range(0, images.shape[0], batch_size):
-            views = resize_square(images[i:i + batch_size].to(self.device), c.detect_size)
+            views = detection.detection_view(images[i:i + batch_size].to(self.device),
+                                             c.detect_size)
             out.append(detection.ncc_statistic(views, tmpl, c.mark_scale, radius))
         return torch.cat(out).cpu()
 
@@ -251,7 +260,7 @@ class VisibleGan(WatermarkMethod):
             ``calibration_scores`` in all), and the threshold for ``fpr``.
         """
         c = self.config
-        views = resize_square(clean.to(self.device), c.detect_size).clamp(0, 1)
+        views = detection.detection_view(clean.to(self.device), c.detect_size).clamp(0, 1)
         stats = []
         for k in range(4):
             rotated = torch.rot90(views, k, dims=(2, 3))
@@ -284,7 +293,7 @@ class VisibleGan(WatermarkMethod):
     def _scan(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         """(B statistics, B flat flags, B p-values) of ``B×3×H×W`` images."""
         stats = self.scan_statistic(images)
-        views = resize_square(images.to(self.device), self.config.detect_size)
+        views = detection.detection_view(images.to(self.device), self.config.detect_size)
         flat = (views.amax(dim=(1, 2, 3)) - views.amin(dim=(1, 2, 3))).cpu() < 1 / 255
         return stats, flat, [self.p_value(float(s)) for s in stats]
 
