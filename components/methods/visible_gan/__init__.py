@@ -11,7 +11,8 @@ so a network trained on the marked data loses little accuracy), a removal autoen
 Baselines: static blend, opacity variation, displacement (:mod:`.baselines`, Dekel et al.).
 
 Modules: :mod:`.config`, :mod:`.mark` (built-in logo, mark files, placement, blending),
-:mod:`.nets` (W, V, D, classifiers), :mod:`.losses`, :mod:`.baselines`, :mod:`.detection`
+:mod:`.nets` (W, V, D, classifiers), :mod:`.classifier` (F's task and training),
+:mod:`.losses`, :mod:`.baselines`, :mod:`.detection`
 (template match), :mod:`.method` (``VisibleGan``), :mod:`.training` (the one training
 sequence), :mod:`.evaluation` (the seed's table, removal, visibility). Measured results:
 ``components/pretrained/visible_gan/MODEL_CARD.md``.

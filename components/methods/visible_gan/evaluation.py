@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from neuralmark.components.methods.base import Callbacks, resize_square
+from neuralmark.components.methods.visible_gan.classifier import accuracy, train_classifier
 from neuralmark.components.methods.visible_gan.nets import RemovalNet, build_classifier
 from neuralmark.components.metrics import psnr, ssim
 
@@ -70,8 +71,6 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
         included), ``accuracy_marked`` (on the marked test images), ``removal``
         (stamper → ``psnr_before``, ``psnr_after``, ``ssim_before``, ``ssim_after``).
     """
-    from neuralmark.components.methods.visible_gan.training import accuracy, train_classifier
-
     c = method.config
     stampers = method.stampers()
     report: dict[str, Any] = {"classifier": c.classifier, "blend": c.blend,
