@@ -249,6 +249,9 @@ class WatermarkMethod(abc.ABC):
     min_size: ClassVar[int] = 64
     #: config overrides that make the method tiny and fast (contract tests, smoke runs)
     smoke_config: ClassVar[dict[str, Any]] = {}
+    #: whether ``fit`` also wants the val split at its native size, as
+    #: ``data["calibration"]`` (a detector calibrated on the resolution it will verify)
+    native_calibration: ClassVar[bool] = False
     #: how to train a method that the generic image training pipeline cannot
     #: (e.g. it needs (A, B) pairs); empty when that pipeline is the way
     own_pipeline: ClassVar[str] = ""
