@@ -156,3 +156,35 @@ def test_python_api(bundle, photos, tmp_path):
                           on_file=lambda p, status, msg: seen.append((p.name, status)))
     assert report.ok and len(report.branded) == 2
     assert seen == [("a.png", "branded"), ("b.jpg", "branded")]
+
+
+def test_the_shipped_model_brands_a_real_photo_after_install(tmp_path, photo):
+    from neuralmark.components.methods.registry import load_bundle, shipped_bundle
+
+    shipped = shipped_bundle("visible_gan")
+    assert shipped is not None, "components/pretrained/visible_gan is missing"
+    for name in ("config.json", "weights.safetensors", "state.json", "MODEL_CARD.md"):
+        assert (shipped / name).is_file()
+    assert (shipped / "weights.safetensors").stat().st_size < 5 * 2**20
+    card = (shipped / "MODEL_CARD.md").read_text()
+    for needle in ("## Training", "FPR", "| Network | Baseline | Blend | S | O | D | DeepStamp |"):
+        assert needle in card, needle
+    assert load_bundle(shipped).calibration["threshold_statistic"] is not None
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(photo[0:256, 128:384]).save(src / "astronaut.png")
+    res = _run("brand", str(src), str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    assert _run("brand-verify", str(tmp_path / "out")).exit_code == 0
+    assert _run("brand-verify", str(src / "astronaut.png")).exit_code == 1
+
+
+def test_brand_commands_import_no_mlops_package(bundle, photos, tmp_path):
+    from tests.test_cli import MLOPS, _run_commands, _top
+
+    out = tmp_path / "out"
+    codes, modules = _run_commands(tmp_path, [
+        ["brand", "--bundle", str(bundle), str(photos), str(out)],
+        ["brand-verify", str(out)]])
+    assert codes == [0, 0]
+    assert not _top(modules, MLOPS), "brand / brand-verify must not load an MLOps package"
