@@ -52,7 +52,7 @@ def test_w_output_shapes_ranges_and_confinement():
     m = smoke()
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     canvas = m.canvas(3, 16, 16)
-    w = m.synthesize(x, canvas)
+    w = m.synthesize(x, canvas).detach()
     assert w.shape == (3, 4, 16, 16) and w.dtype == torch.float32
     assert float(w.min()) >= 0.0 and float(w.max()) <= 1.0
     assert float((w - canvas).abs().max()) <= m.config.max_delta + 1e-6
