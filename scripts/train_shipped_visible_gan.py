@@ -142,7 +142,8 @@ def write_card(m: dict, out: Path) -> None:
     attacked = ", ".join(f"{k} {v:.2f}" for k, v in m["detection_rate_attacked"].items())
     lo, hi = m["fpr_ci95"]
     stampers = ("static", "opacity", "displacement", "deepstamp")
-    quality = ["| on the test images | S | O | D | DeepStamp |", "|---|---|---|---|---|"]
+    quality = [f"| {m['test_images']} test images at 32² | S | O | D | DeepStamp |",
+               "|---|---|---|---|---|"]
     for metric, fmt in (("psnr_vs_static", "{:.2f} dB"), ("ssim_vs_static", "{:.3f}"),
                         ("contrast", "{:.3f}"), ("v_psnr", "{:.2f} dB"), ("v_ssim", "{:.3f}")):
         cells = [fmt.format(rows[(s, metric)]) if (s, metric) in rows else "–" for s in stampers]
@@ -189,7 +190,17 @@ marked by each stamper, tested on clean images; V′ trained for {rep.get("remov
 per stamper to restore the clean image.
 
 {seed_table_markdown(rep)}
+`v_psnr` / `v_ssim` are the bundle's own V, the adversary W was trained against (on DeepStamp
+marks only); the fair removal comparison is the V′ table, one fresh attacker per stamper.
+
 ## Known limitations (measured)
+- {m["clean_trials"]} clean trials bound the FPR only to {hi:.3g} (95%); the calibrated target
+  is {cal["fpr_target"]:g}. The calibration images (val) are disjoint from the measured ones.
+- W's change is confined to the mark's square and fills it faintly: on real photos a light
+  square is visible around the logo (seen on branded skimage photos; not a number).
+- A mark given with `--mark` is recalibrated on an offline null set (procedural images +
+  crops of the bundled photos), not on the user's own images; `with_mark(mark, images)`
+  takes the user's clean images when they exist.
 - F reaches only {fin["f_val_accuracy"]:.3f} on held-out photos (chance 0.25): the sample set
   has no labels and rotation prediction on 32² crops of a dozen photos barely generalises.
   The accuracy columns above therefore cannot show the seed's effect (AlexNet 82.74 → 79.59
