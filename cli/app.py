@@ -4,6 +4,7 @@
 * ``neuralmark.cli.pipeline_runs``: ``train``, ``evaluate``;
 * ``neuralmark.cli.data``: ``data sample``, ``data prepare``;
 * ``neuralmark.cli.output_mark``: ``protect``, ``extract``, ``audit``;
+* ``neuralmark.cli.brand``: ``brand``, ``brand-verify`` (visible marks, DeepStamp);
 * ``neuralmark.cli.common``: what they share (consoles, errors, verdicts, loading);
   ``neuralmark.cli.headline``: the headline tables of pipeline results.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import typer
 
-from neuralmark.cli import content, data, output_mark, pipeline_runs
+from neuralmark.cli import brand, content, data, output_mark, pipeline_runs
 
 app = typer.Typer(
     name="neuralmark",
@@ -28,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for group in (content, pipeline_runs, data, output_mark):
+for group in (content, brand, pipeline_runs, data, output_mark):
     group.register(app)
 
 

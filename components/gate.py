@@ -11,6 +11,8 @@
   label in ``policy.min_detection_rate``.
 - ``fpr``: calibrated FPR on clean images (``calibrate_fpr(...)["fpr"]``).
 - ``policy.primary_metric`` (default ``bit_accuracy_mean_attacked``).
+- every key of ``policy.min_metric`` / ``policy.max_metric`` (any summary metric, e.g. a
+  method's own ``accuracy_drop/deepstamp``).
 
 A missing or NaN required metric refuses promotion with a reason naming it.
 Steps only carry the answer to the MLflow registry and the ZenML Model
@@ -43,6 +45,10 @@ class GatePolicy(BaseModel):
             on ``primary_metric``.
         primary_metric: metric compared with the champion (higher is better,
             except FPR-like metrics).
+        min_metric: any summary metric → its floor (e.g. ``contrast/deepstamp``: a visible
+            mark stays visible).
+        max_metric: any summary metric → its ceiling (e.g. ``accuracy_drop/deepstamp``,
+            ``removal_gain/deepstamp``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -53,6 +59,8 @@ class GatePolicy(BaseModel):
     max_fpr: float = Field(ge=0.0, le=1.0)
     max_regression: float = Field(default=0.0, ge=0.0)
     primary_metric: str = "bit_accuracy_mean_attacked"
+    min_metric: dict[str, float] = Field(default_factory=dict)
+    max_metric: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("min_bit_accuracy", "min_detection_rate")
     @classmethod
@@ -126,6 +134,8 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None,
     checks += [(metric_key("detection_rate", lab), floor, True)
                for lab, floor in policy.min_detection_rate.items()]
     checks.append((FPR_KEY, policy.max_fpr, False))
+    checks += [(key, floor, True) for key, floor in policy.min_metric.items()]
+    checks += [(key, ceiling, False) for key, ceiling in policy.max_metric.items()]
 
     for key, bound, is_floor in checks:
         value, problem = _read(candidate, key)

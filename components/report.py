@@ -102,6 +102,9 @@ class Report:
                 lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |")
             if len(self.rows) > max_rows:
                 lines.append(f"\n… {len(self.rows) - max_rows} more rows in rows.csv")
+        own = self.extra.get("method_markdown") if isinstance(self.extra, dict) else None
+        if own:
+            lines += ["", "## Method-specific tables", "", own.rstrip()]
         return "\n".join(lines) + "\n"
 
 

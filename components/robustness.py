@@ -146,6 +146,7 @@ def robustness_report(method: WatermarkMethod, clean: torch.Tensor, marked: torc
                      progress=progress)
     if settings.adversarial is not None:
         rows += adversarial_report_rows(method, clean, marked, settings, progress)
+    rows += method.evaluation_rows(clean, marked, settings.seed)  # what only this method has
     calibration = calibrate_fpr(method, clean, n_keys=settings.fpr_keys, alpha=settings.alpha,
                                 seed=settings.seed, batch_size=settings.batch_size)
     summary = {**summarize(rows), "fpr": float(calibration["fpr"]),
@@ -155,7 +156,8 @@ def robustness_report(method: WatermarkMethod, clean: torch.Tensor, marked: torc
     return Report(rows=rows, summary=summary,
                   extra={"calibration": calibration, "labels": settings.labels(),
                          "n_images": int(clean.shape[0]), "method": method.key,
-                         "evaluation": settings.model_dump(mode="json")})
+                         "evaluation": settings.model_dump(mode="json"),
+                         "method_markdown": method.evaluation_markdown()})
 
 
 def adversarial_report_rows(method: WatermarkMethod, clean: torch.Tensor, marked: torch.Tensor,
@@ -186,9 +188,12 @@ def adversarial_report_rows(method: WatermarkMethod, clean: torch.Tensor, marked
 
 
 def report_figures(report: Report, clean: torch.Tensor, marked: torch.Tensor,
-                   n_examples: int = 4) -> dict[str, Any]:
-    """Robustness curves (when the suite has numeric strengths) and the example grid."""
+                   n_examples: int = 4, method: WatermarkMethod | None = None) -> dict[str, Any]:
+    """Robustness curves (when the suite has numeric strengths), the example grid and, given
+    the ``method``, its own figures (``WatermarkMethod.evaluation_figures``)."""
     figures: dict[str, Any] = {"example_grid": plots.example_grid(clean, marked, n=n_examples)}
+    if method is not None:
+        figures.update(method.evaluation_figures(clean, marked))
     optional = {"robustness_curves": plots.robustness_curves,
                 "adversarial_attacks": plots.attack_success_plot,
                 "certified_accuracy": plots.certified_accuracy_plot}

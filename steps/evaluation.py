@@ -64,5 +64,6 @@ def evaluate_robustness(trained: WatermarkMethod, clean: torch.Tensor, marked: t
     rows_to_csv(report.rows, run_reports_dir() / "robustness.csv")
     atomic_write_text(run_reports_dir() / "report.md", report.to_markdown())
     log_config(settings.model_dump(mode="json"), prefix="evaluation.")
-    log_report(report, figures=report_figures(report, clean, marked, settings.example_images))
+    log_report(report, figures=report_figures(report, clean, marked, settings.example_images,
+                                                    method=trained))
     return report

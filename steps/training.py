@@ -17,7 +17,7 @@ from zenml import log_metadata, step
 import neuralmark.integrations.materializers  # noqa: F401  (registers the WatermarkMethod materializer)
 from neuralmark.components.data.manifest import load_split
 from neuralmark.components.methods.base import WatermarkMethod
-from neuralmark.components.methods.registry import build, make_config
+from neuralmark.components.methods.registry import build, make_config, method_class
 from neuralmark.integrations.tracking import MLflowCallback, in_process_callbacks, log_config
 from neuralmark.runtime.stack import TRACKER_NAME
 
@@ -38,6 +38,8 @@ def train_model(manifest: str, method: str,
     cfg = make_config(method, config)
     size = getattr(cfg, "working_size", None)
     data = {split: load_split(manifest, split, size=size) for split in ("train", "val")}
+    if method_class(method).native_calibration:
+        data["calibration"] = load_split(manifest, "val")  # at the resolution it verifies
     log_config(cfg.model_dump(mode="json"), prefix="method.")
     trained = build(method, cfg)
     final = trained.fit(data, [MLflowCallback(prefix="train/"), *in_process_callbacks()])

@@ -249,6 +249,9 @@ class WatermarkMethod(abc.ABC):
     min_size: ClassVar[int] = 64
     #: config overrides that make the method tiny and fast (contract tests, smoke runs)
     smoke_config: ClassVar[dict[str, Any]] = {}
+    #: whether ``fit`` also wants the val split at its native size, as
+    #: ``data["calibration"]`` (a detector calibrated on the resolution it will verify)
+    native_calibration: ClassVar[bool] = False
     #: how to train a method that the generic image training pipeline cannot
     #: (e.g. it needs (A, B) pairs); empty when that pipeline is the way
     own_pipeline: ClassVar[str] = ""
@@ -328,6 +331,30 @@ class WatermarkMethod(abc.ABC):
 
     def verify_model(self, model_or_outputs: Any, key: WatermarkKey) -> Verdict:
         raise TypeError(f"{self.key} is not a model method")
+
+    # -- method-specific evaluation (what only this method measures) ------------------
+    def evaluation_rows(self, clean: torch.Tensor, marked: torch.Tensor,
+                        seed: int = 0) -> list[dict[str, Any]]:
+        """Tidy rows (``evaluation.COLUMNS``) of measurements only this method has.
+
+        ``robustness_report`` adds them to the suite's rows, so they reach the summary, the
+        gate (``GatePolicy.min_metric`` / ``max_metric``), MLflow and ``robustness.csv``.
+        Metric names must not be ``psnr`` / ``ssim`` (the summary's own). None by default.
+
+        Args:
+            clean: N×3×H×W held-out images in [0, 1].
+            marked: the same images marked with the evaluation key.
+            seed: seeds any random draw.
+        """
+        return []
+
+    def evaluation_figures(self, clean: torch.Tensor, marked: torch.Tensor) -> dict[str, Any]:
+        """Figures of this method's own measurements (name → matplotlib Figure); none here."""
+        return {}
+
+    def evaluation_markdown(self) -> str:
+        """Markdown tables of this method's own measurements for ``report.md``; empty here."""
+        return ""
 
     # -- training (every method must provide both) ---------------------------
     @abc.abstractmethod

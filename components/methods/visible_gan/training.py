@@ -1,0 +1,110 @@
+"""DeepStamp's one training sequence: F → GMAN (W against F, V, D) → calibration → table.
+
+``VisibleGan.fit`` runs it; the shipped-weight script and the pipeline's training step
+go through ``fit``, so there is one sequence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from neuralmark.components.methods.base import Callbacks, InputError, pick_device, resize_square
+from neuralmark.components.methods.visible_gan.classifier import (
+    accuracy,
+    task_dataset,
+    train_classifier,
+)
+from neuralmark.components.methods.visible_gan.evaluation import dataset_utility, stamper_grid
+from neuralmark.components.metrics import psnr
+
+
+def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
+                    cb: Callbacks) -> dict[str, float]:
+    """Train ``method`` (a ``VisibleGan``) in place; see ``VisibleGan.fit``."""
+    c = method.config
+    if "train" not in data or data["train"].shape[0] == 0:
+        raise InputError("visible_gan.fit needs a non-empty 'train' tensor")
+    device = pick_device(c.device)
+    method.to(device)
+    g = torch.Generator().manual_seed(c.seed)
+    has_val = "val" in data and data["val"].shape[0] > 0
+    raw_val = data["val"] if has_val else data["train"]
+    train = resize_square(data["train"], c.working_size).clamp(0, 1).cpu()
+    val = resize_square(raw_val, c.working_size).clamp(0, 1).cpu()
+    x_tr, y_tr = task_dataset(train, data.get("train_labels"), c.task)
+    x_va, y_va = task_dataset(val, data.get("val_labels" if has_val else "train_labels"),
+                              c.task)
+    start = time.time()
+    figures = any(callable(getattr(x, "on_figure", None)) for x in cb.callbacks)
+
+    # 1. the task classifier F, then frozen
+    cb.on_progress(0, c.steps, "training F")
+    train_classifier(method.F, x_tr, y_tr, c.classifier_steps, c.batch_size,
+                     c.classifier_lr, g, device, flips=c.task == "labels")
+    method.F.requires_grad_(False)
+    f_accuracy = accuracy(method.F, x_va, y_va, device)
+    cb.on_metrics(0, {"f_val_accuracy": f_accuracy})
+
+    # 2. GMAN: W against F (frozen), V and D
+    opt_w = torch.optim.Adam(method.W.parameters(), lr=c.lr, betas=(0.5, 0.999))
+    opt_v = torch.optim.Adam(method.V.parameters(), lr=c.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(method.D.parameters(), lr=c.lr, betas=(0.5, 0.999))
+    method.W.train()
+    method.V.train()
+    method.D.train()
+    metrics: dict[str, float] = {}
+    steps_done = 0
+    for step in range(c.steps):
+        idx = torch.randint(0, x_tr.shape[0], (c.batch_size,), generator=g)
+        xb = x_tr[idx].to(device)
+        terms = method.loss_terms(xb)
+        opt_w.zero_grad()
+        terms["w"].backward()
+        opt_w.step()
+        opt_v.zero_grad()
+        opt_d.zero_grad()
+        (terms["v_attack"] + terms["d_disc"]).backward()
+        opt_v.step()
+        opt_d.step()
+        steps_done = step + 1
+        out_of_time = bool(c.max_train_seconds) and time.time() - start > c.max_train_seconds
+        if step % c.log_every == 0 or step == c.steps - 1 or out_of_time:
+            metrics = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
+            metrics["elapsed_s"] = time.time() - start
+            cb.on_metrics(step, metrics)
+            cb.on_progress(step + 1, c.steps, "GMAN")
+        if out_of_time:
+            break
+    for m in (method.W, method.V, method.D):
+        m.eval()
+
+    # 3. the detector's clean null, on held-out images at their own size
+    if "calibration" in data and data["calibration"].shape[0] > 0:
+        method.calibrate(data["calibration"], g, source="calibration images")
+    else:
+        method.calibrate(raw_val, g, source="val" if has_val else "train (no val split given)")
+
+    # 4. the seed's table: F′ trained on each marking, V′ removing each marking
+    with torch.no_grad():
+        marked_va, _ = method.stamp_working(x_va[:64].to(device))
+        restored = method.V(marked_va).clamp(0, 1)
+        v_psnr = float(psnr(restored, x_va[:64].to(device)).mean())
+    method.fit_report = dataset_utility(method, x_tr, y_tr, x_va, y_va, g, device, cb)
+    method.fit_report.update({"f_val_accuracy": f_accuracy, "gman_steps": steps_done,
+                              "fit_seconds": round(time.time() - start, 1),
+                              "train_images": int(train.shape[0]),
+                              "task_images": int(x_tr.shape[0])})
+    final = {**metrics, "f_val_accuracy": f_accuracy, "v_restoration_psnr": v_psnr,
+             "calibration_scores": float(method.calibration["n_scores"]),
+             "steps_done": float(steps_done), "train_seconds": time.time() - start}
+    for name, acc in method.fit_report.get("accuracy", {}).items():
+        final[f"utility_accuracy_{name}"] = acc
+    if figures:
+        cb.on_figure(steps_done, "visible_gan_examples", stamper_grid(method, raw_val[:4]))
+    cb.on_metrics(steps_done, final)
+    cb.on_progress(c.steps, c.steps, "calibrated")
+    return final

@@ -1,0 +1,226 @@
+"""visible_gan (DeepStamp, seed 003): W's output, gradients through F / V / D, baselines,
+the calibrated detector, marks, bundles, the fit sequence and its evaluation rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuralmark.components.errors import InputError
+from neuralmark.components.gate import GatePolicy, decide
+from neuralmark.components.methods import build, load_bundle
+from neuralmark.components.methods.registry import method_class
+from neuralmark.components.methods.visible_gan.baselines import (
+    Displacement,
+    OpacityVariation,
+    StaticBlend,
+)
+from neuralmark.components.methods.visible_gan.evaluation import STAMPERS, seed_table_markdown
+from neuralmark.components.methods.visible_gan.mark import (
+    builtin_mark,
+    mark_box,
+    mark_from_array,
+    place_mark,
+)
+from neuralmark.components.methods.visible_gan.method import default_null_images
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMOKE = method_class("visible_gan").smoke_config
+
+
+def smoke(**changes):
+    torch.manual_seed(0)
+    return build("visible_gan", {**SMOKE, **changes})
+
+
+@pytest.fixture(scope="module")
+def null_images() -> torch.Tensor:
+    return default_null_images(64, count=48, seed=3)
+
+
+@pytest.fixture(scope="module")
+def calibrated(null_images):
+    """An untrained W (close to the static mark) with a detector calibrated on clean images."""
+    m = smoke(detect_size=64, mark_resolution=32, calibration_scores=2000, fpr=0.01)
+    m.calibrate(null_images, torch.Generator().manual_seed(0), source="test null")
+    return m
+
+
+def test_w_output_shapes_ranges_and_confinement():
+    m = smoke()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    canvas = m.canvas(3, 16, 16)
+    w = m.synthesize(x, canvas).detach()
+    assert w.shape == (3, 4, 16, 16) and w.dtype == torch.float32
+    assert float(w.min()) >= 0.0 and float(w.max()) <= 1.0
+    assert float((w - canvas).abs().max()) <= m.config.max_delta + 1e-6
+    top, left, side = mark_box(16, 16, m.config.mark_scale)
+    outside = torch.ones(16, 16, dtype=torch.bool)
+    outside[top:top + side, left:left + side] = False
+    assert torch.equal(w[..., outside], canvas[..., outside])  # W only reshapes the mark
+    marked, _ = m.stamp_working(x)
+    assert marked.shape == x.shape and 0.0 <= float(marked.min()) <= float(marked.max()) <= 1.0
+
+
+def test_embed_any_size_changes_only_the_mark_square(photo_batch):
+    m = smoke()
+    out = m.embed(photo_batch)
+    assert out.shape == photo_batch.shape
+    top, left, side = mark_box(96, 128, m.config.mark_scale)
+    changed = (out - photo_batch).abs().amax(dim=(0, 1)) > 0
+    assert changed[top:top + side, left:left + side].any()
+    changed[top:top + side, left:left + side] = False
+    assert not changed.any()
+
+
+@pytest.mark.parametrize("term", ["f", "v", "d"])
+def test_gradient_reaches_w_through_each_adversary(term, photo_batch):
+    m = smoke(v_margin=10.0)  # a margin V cannot beat untrained: ℒ_v is active
+    work = torch.nn.functional.interpolate(photo_batch, size=(16, 16), mode="bilinear")
+    loss = m.loss_terms(work)[term]
+    assert float(loss) > 0
+    loss.backward()
+    grads = [p.grad for p in m.W.parameters()]
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in grads), term
+    assert all(p.grad is None for p in m.F.parameters())  # F stays frozen
+
+
+def test_adversaries_train_on_their_own_losses(photo_batch):
+    m = smoke()
+    work = torch.nn.functional.interpolate(photo_batch, size=(16, 16), mode="bilinear")
+    terms = m.loss_terms(work)
+    (terms["v_attack"] + terms["d_disc"]).backward()
+    assert all(p.grad is None for p in m.W.parameters())  # they see a detached w′
+    assert all(float(p.grad.abs().sum()) > 0 for p in m.V.parameters())
+    assert all(float(p.grad.abs().sum()) > 0 for p in m.D.parameters())
+
+
+def test_baselines_as_specified():
+    mark = builtin_mark(16)
+    x = torch.rand(6, 3, 40, 40, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(0)
+    static = StaticBlend(mark, 0.5, 0.5)(x, g)
+    canvas = place_mark(mark, 40, 40, 0.5)
+    expected = (x + 0.5 * canvas[:, 3:] * (canvas[:, :3] - x)).clamp(0, 1)
+    assert torch.allclose(static, expected)
+    # opacity: the mark's change scaled by u ∈ [low, high], one u per image
+    opaque = OpacityVariation(mark, 0.5, 0.5, 0.2, 0.4)(x, g)
+    ratio = (opaque - x).abs().sum(dim=(1, 2, 3)) / (static - x).abs().sum(dim=(1, 2, 3))
+    assert ((ratio > 0.19) & (ratio < 0.41)).all() and ratio.std() > 0
+    # displacement: the static mark, moved; no move at fraction 0
+    assert torch.equal(Displacement(mark, 0.5, 0.5, 0.0)(x, g), static)
+    moved = Displacement(mark, 0.5, 0.5, 0.2)(x, g)
+    assert not torch.equal(moved, static)
+    assert torch.allclose((moved - x).abs().sum(dim=(1, 2, 3)),
+                          (static - x).abs().sum(dim=(1, 2, 3)), rtol=0.5)
+    names = [s.name for s in (StaticBlend(mark, 0.5, 0.5), OpacityVariation(mark, 0.5, 0.5),
+                              Displacement(mark, 0.5, 0.5))]
+    assert names == ["static", "opacity", "displacement"]
+
+
+def test_verify_detects_marked_and_not_clean_at_the_stated_level(calibrated, photo_batch):
+    m = calibrated
+    assert m.calibration["n_scores"] >= 2000 and m.calibration["threshold_statistic"] is not None
+    for clean in (photo_batch, default_null_images(64, count=8, seed=99)):
+        for v in m.verify(m.embed(clean)):
+            assert v.detected and v.p_value <= m.config.fpr, v.reason
+        verdicts = m.verify(clean)
+        assert not any(v.detected for v in verdicts), [v.reason for v in verdicts]
+        assert all(v.p_value > m.config.fpr for v in verdicts)
+    # every baseline's mark is the same logo: the detector finds it too
+    g = torch.Generator().manual_seed(0)
+    for name, stamper in m.stampers().items():
+        assert all(v.detected for v in m.verify(stamper(photo_batch, g))), name
+
+
+def test_flat_images_are_unreadable_and_the_key_is_ignored(calibrated):
+    from neuralmark.components.methods.base import Status, WatermarkKey
+
+    flat = torch.full((1, 3, 64, 64), 0.4)
+    assert calibrated.verify(flat)[0].status is Status.UNREADABLE
+    x = default_null_images(64, count=2, seed=5)
+    a = calibrated.verify(x, WatermarkKey("one"))
+    b = calibrated.verify(x, WatermarkKey("two"))
+    assert [(v.detected, v.p_value) for v in a] == [(v.detected, v.p_value) for v in b]
+
+
+def test_mark_without_alpha_is_keyed_on_its_border_colour():
+    rgb = np.full((20, 30, 3), 255, np.uint8)
+    rgb[5:15, 10:20] = (200, 0, 0)
+    mark, notes = mark_from_array(rgb, 16)
+    assert mark.shape == (4, 16, 16)
+    assert notes and "no alpha channel" in notes[0] and "(255, 255, 255)" in notes[0]
+    assert float(mark[3].max()) == pytest.approx(1.0) and float(mark[3, 0, 0]) == 0.0
+    with pytest.raises(InputError, match="one colour"):
+        mark_from_array(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(InputError, match="fully transparent"):
+        mark_from_array(np.zeros((8, 8, 4), np.uint8))
+    with pytest.raises(InputError, match="H×W×3"):
+        mark_from_array(np.zeros((8, 8), np.uint8))
+
+
+def test_bundle_round_trip_keeps_mark_and_calibration(calibrated, tmp_path, photo_batch):
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[2:8, 2:8] = (0, 0, 255, 255)
+    mark, _ = mark_from_array(rgba, 32)
+    custom = calibrated.with_mark(mark, default_null_images(64, count=16, seed=1),
+                                  notes=["blue square"])
+    custom.to_bundle(tmp_path / "b")
+    again = load_bundle(tmp_path / "b")
+    assert torch.equal(again.rgba, custom.rgba) and not torch.equal(again.rgba,
+                                                                    calibrated.rgba)
+    assert again.calibration == custom.calibration and again.mark_notes == ["blue square"]
+    marked = custom.embed(photo_batch)
+    assert torch.equal(again.embed(photo_batch), marked)
+    assert [v.p_value for v in again.verify(marked)] == [v.p_value for v in
+                                                          custom.verify(marked)]
+
+
+def test_fit_then_evaluation_rows_and_seed_table():
+    m = smoke()
+    g = torch.Generator().manual_seed(0)
+    data = {"train": torch.rand(8, 3, 32, 32, generator=g),
+            "val": torch.rand(4, 3, 64, 64, generator=g)}
+    final = m.fit(data)
+    assert final["steps_done"] == SMOKE["steps"]
+    assert set(m.fit_report["accuracy"]) == {"clean", *STAMPERS}
+    assert set(m.fit_report["removal"]) == set(STAMPERS)
+    rows = m.evaluation_rows(data["val"], m.embed(data["val"]))
+    got = {(r["label"], r["metric"]) for r in rows}
+    for name in STAMPERS:
+        assert {(name, "accuracy_drop"), (name, "removal_gain"), (name, "contrast"),
+                (name, "v_psnr")} <= got
+    assert ("deepstamp", "psnr_vs_static") in got and ("static", "psnr_vs_static") not in got
+    table = seed_table_markdown(m.fit_report)
+    assert "| Network | Baseline | Blend | S | O | D | DeepStamp |" in table
+    assert m.evaluation_markdown() == table
+    with pytest.raises(InputError, match="train_labels"):
+        smoke(task="labels").fit(data)
+
+
+def test_fit_with_labels_and_a_seed_classifier():
+    m = smoke(task="labels", num_classes=3, classifier="alexnet")
+    g = torch.Generator().manual_seed(0)
+    data = {"train": torch.rand(6, 3, 32, 32, generator=g), "train_labels": torch.arange(6) % 3,
+            "val": torch.rand(3, 3, 32, 32, generator=g), "val_labels": torch.arange(3)}
+    m.fit(data)
+    assert 0.0 <= m.fit_report["accuracy"]["deepstamp"] <= 1.0
+    assert m.F(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_gate_reads_method_metrics():
+    policy = GatePolicy(min_psnr=10, min_bit_accuracy={}, max_fpr=0.1,
+                        primary_metric="detection_rate/none",
+                        min_metric={"contrast/deepstamp": 0.05},
+                        max_metric={"accuracy_drop/deepstamp": 0.1})
+    good = {"psnr": 20, "fpr": 0.0, "detection_rate/none": 1.0,
+            "contrast/deepstamp": 0.2, "accuracy_drop/deepstamp": 0.02}
+    assert decide(good, None, policy).promote
+    bad = {**good, "contrast/deepstamp": 0.01, "accuracy_drop/deepstamp": 0.3}
+    reasons = decide(bad, None, policy).reasons
+    assert any("contrast/deepstamp" in r and "below" in r for r in reasons)
+    assert any("accuracy_drop/deepstamp" in r and "above" in r for r in reasons)
+    missing = decide({k: v for k, v in good.items() if k != "contrast/deepstamp"}, None, policy)
+    assert any("contrast/deepstamp is missing" in r for r in missing.reasons)

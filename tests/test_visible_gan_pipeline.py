@@ -1,0 +1,76 @@
+"""visible_gan through the training pipeline on the real ZenML / MLflow stack (one run).
+
+One temporary project (tests/isolation.py); ``run_training`` with configs/visible_gan.yaml
+(the tiny profile shrunk by overrides): data → validation → F, GMAN, calibration, the
+seed's table → suite + DeepStamp's own rows → gate (its method metrics included) → the
+registered model ``neuralmark-visible_gan``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neuralmark.runtime.stack import tracking_uri
+from tests.isolation import isolated_zenml_project
+
+pytestmark = pytest.mark.pipeline
+
+MODEL = "neuralmark-visible_gan"
+MICRO: dict[str, Any] = {
+    "config": {"working_size": 16, "detect_size": 32, "mark_resolution": 16, "w_width": 4,
+               "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 4,
+               "steps": 6, "batch_size": 8, "utility_steps": 3, "removal_steps": 3,
+               "calibration_scores": 200, "log_every": 2},
+    "data": {"root": "data/micro", "size": 64, "crops_per_photo": 1, "n_procedural": 3,
+             "version_with_dvc": False},
+    "evaluation": {"limit": 3, "batch_size": 4, "attacks": ["none", "jpeg"]},
+    "policy": {"min_psnr": 0.0, "min_detection_rate": {"none": 0.0}, "max_fpr": 1.0,
+               "max_regression": 1.0, "min_metric": {"contrast/deepstamp": 0.0},
+               "max_metric": {"accuracy_drop/deepstamp": 1.0, "removal_gain/deepstamp": 100}},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Iterator[Path]:
+    import torch
+
+    root = tmp_path_factory.mktemp("nm-vg-project")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with isolated_zenml_project(root):
+            yield root
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def result(project) -> dict[str, Any]:
+    from neuralmark.pipelines.training import run_training
+
+    return run_training("visible_gan", "tiny", overrides=MICRO, project_root=project)
+
+
+def test_tiny_run_trains_evaluates_gates_and_registers(result, project):
+    from mlflow import MlflowClient
+
+    assert result["model_name"] == MODEL and result["status"] == "completed"
+    assert result["promoted"] is True and result["registered_version"] == "1"
+    uri = tracking_uri(project)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    run = client.get_run(result["mlflow_run_id"])
+    metrics = run.data.metrics
+    for stamper in ("static", "opacity", "displacement", "deepstamp"):
+        for metric in ("accuracy_drop", "removal_psnr", "removal_gain", "contrast", "v_psnr"):
+            assert f"{metric}/{stamper}" in metrics, (metric, stamper)
+    assert "psnr_vs_static/deepstamp" in metrics and "fpr" in metrics
+    assert "train/loss_w" in metrics
+    listed = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/report.md", "report/visible_gan_examples.png"} <= listed
+    report_md = Path(result["reports_dir"], "report.md").read_text()
+    assert "| Network | Baseline | Blend | S | O | D | DeepStamp |" in report_md
