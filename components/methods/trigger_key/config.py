@@ -75,7 +75,9 @@ class TriggerKeyConfig(MethodConfig):
     logo_size: int = Field(32, ge=8, le=128)
     visualizer_width: int = Field(16, ge=1)
     visualizer_steps: int = Field(400, ge=0)
-    visualizer_lr: float = Field(3e-3, gt=0)
+    visualizer_lr: float = Field(2e-3, gt=0)
+    #: largest σ of the Gaussian noise on the positives (S + noise → logo)
+    visualizer_noise: float = Field(0.03, ge=0)
     visualizer_negatives: int = Field(32, ge=1)
     # baselines (Base-1 backdoor set, Base-2 random projection): items in the trigger set
     baseline_items: int = Field(16, ge=1, le=256)

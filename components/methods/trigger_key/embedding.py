@@ -78,7 +78,7 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     g = generator if isinstance(generator, torch.Generator) else \
         torch.Generator().manual_seed(int(generator))
     start = time.perf_counter()
-    net = copy.deepcopy(host).to(device)
+    net = copy.deepcopy(host).to(device).requires_grad_(True)  # a frozen reference too
     net.train()
     freeze_batchnorm(net)
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999))

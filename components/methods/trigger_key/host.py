@@ -66,6 +66,8 @@ class HostMark(WatermarkMethod):
         self.metrics: dict[str, float] = {}
         self.train_pairs: Pairs | None = None
         self.test_pairs: Pairs | None = None
+        #: the same fine-tuning as the last embedding at λ = 0 (in memory only): a null host
+        self.lambda0_host: nn.Module | None = None
 
     # -- state -------------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -195,6 +197,10 @@ class HostMark(WatermarkMethod):
                     callbacks: Callbacks | Sequence[Any] = ()) -> nn.Module:
         """Mark a copy of ``model`` with ``key``: fine-tune on ℓ_d + λ·ℓ_w (seed's embedding).
 
+        Fidelity (``metrics``): ``fidelity_cost_db`` = task PSNR of the same fine-tuning at
+        λ = 0 (the seed's unwatermarked row) minus that of the marked host, on the test
+        pairs; ``psnr_unmarked`` is the host given.
+
         ``model`` must be this config's host (architecture, channels, depth, width); the
         method then holds it as ``unmarked`` and the marked copy as ``host``.
 
@@ -221,16 +227,21 @@ class HostMark(WatermarkMethod):
                                       c.batch_size, c.seed + 7, self.run_device(), done,
                                       c.check_every, callbacks)
         marked = marked.cpu().eval()
+        # the seed's λ = 0 row: the same fine-tuning (steps, batches) without the mark, so
+        # the fidelity cost is the mark's, not that of the extra training steps
+        plain, _ = embed_into_host(model, x, y, loss, 0.0, int(run["steps"]), c.lr,
+                                   c.batch_size, c.seed + 7, self.run_device(), None,
+                                   c.check_every, (), "embed_lambda0")
+        self.lambda0_host = plain.cpu().eval()
         self.host.load_state_dict(marked.state_dict())
         self.fingerprint = fingerprint(key.secret)
         self.after_embed(key, marked)
-        before, after = task_psnr(self.unmarked, tx, ty), task_psnr(marked, tx, ty)
+        before, zero, after = (task_psnr(n, tx, ty) for n in (self.unmarked, plain.cpu(), marked))
+        out = {"psnr_unmarked": before, "psnr_lambda0": zero, "psnr_marked": after,
+               "fidelity_cost_db": zero - after}
         self.metrics.update({"embed_steps": run["steps"], "embed_l_w": run["l_w"],
-                             "embed_stopped_early": run["stopped_early"],
-                             "psnr_unmarked": before, "psnr_marked": after,
-                             "fidelity_cost_db": before - after})
-        Callbacks.of(callbacks).on_metrics(int(run["steps"]), {
-            "psnr_unmarked": before, "psnr_marked": after, "fidelity_cost_db": before - after})
+                             "embed_stopped_early": run["stopped_early"], **out})
+        Callbacks.of(callbacks).on_metrics(int(run["steps"]), out)
         return marked
 
     def training_loss(self, images: torch.Tensor) -> torch.Tensor:

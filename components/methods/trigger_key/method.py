@@ -162,7 +162,8 @@ class TriggerKey(HostMark):
 
         Args:
             key: the owner's key (the host must be marked with it).
-            null_hosts: independently trained hosts (``unmarked`` is always added).
+            null_hosts: independently trained hosts (``unmarked`` and, after ``embed_model``
+                in this session, the λ = 0 fine-tuned host are always added).
             n_keys: random keys (default ``config.calibration_keys``).
             seed: draws the random keys.
 
@@ -177,7 +178,8 @@ class TriggerKey(HostMark):
         c = self.config
         n = n_keys or c.calibration_keys
         x, s, _ = self.reference(key)
-        null = calibration.null_distances(self.host, [self.unmarked, *null_hosts], x, s, n,
+        plain = [self.lambda0_host] if self.lambda0_host is not None else []
+        null = calibration.null_distances(self.host, [self.unmarked, *plain, *null_hosts], x, s, n,
                                           seed, c.trigger_side, c.channels, c.task, c.scale,
                                           c.keyed_gradient)
         self.null = calibration.calibration_null(null, n)
@@ -204,9 +206,7 @@ class TriggerKey(HostMark):
             raise InputError("train_visualizer: the host is not marked with this key")
         c = self.config
         negatives = self.visualizer_negatives(key, null_hosts)
-        eta = self.eta
-        # positives' noise: up to half the RMS error a detected output may have (RMS = d·T)
-        noise = min(0.1, 0.5 * eta * c.input_side) if eta is not None else 0.02
+        noise = c.visualizer_noise
         torch.manual_seed(c.seed + 2)
         self.visualizer = CopyrightVisualizer(c.channels, c.visualizer_width, c.logo_size)
         out = train_visualizer(self.visualizer, self.s.cpu(), negatives,

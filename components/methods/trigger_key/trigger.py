@@ -5,11 +5,11 @@ Everything here is a pure function of the owner's secret (through HMAC-SHA256 se
 
 * :func:`trigger` — K ~ U(0, 1), ``C×t×t`` (the seed: 40×40 denoising, 20×20 SR).
 * :func:`gradient_kernel` — the keyed ∇: a zero-mean 3×3 derivative kernel drawn from the
-  key's HMAC stream, scaled to the L2 norm of the seed's ∇ (√6). **The uniqueness fix**: with the seed's fixed ∇ a marked
-  host learns G as a function on noise, so ``M(K′) ≈ G(K′)`` for *every* K′ and any key
-  "verifies"; with a keyed ∇ a host marked for key A maps K_B to ``G_A(K_B)``, far from
-  ``G_B(K_B)``. The seed's ∇ (forward differences ∂x + ∂y) is one member of
-  the family and is what ``keyed=False`` gives (the ablation).
+  key's HMAC stream, scaled to the L2 norm of the seed's ∇ (√6). **The uniqueness fix**:
+  with the seed's fixed ∇ a marked host learns G as a function on noise, so
+  ``M(K′) ≈ G(K′)`` for *every* K′ and any key "verifies"; with a keyed ∇ a host marked
+  for key A maps K_B to ``G_A(K_B)``, far from ``G_B(K_B)``. The seed's ∇ (forward
+  differences ∂x + ∂y) is one member of the family and is what ``keyed=False`` gives (the ablation).
 * :func:`verification_target` — S0 = G(K): denoise ``K − ∇K``; SR ``K̂ + ∇K̂`` with K̂ the
   bilinear ``scale``× upsample of K; clamped to [0, 1] (the choice: the seed normalises S
   before comparing; a target in the image range keeps ℓ_w on the host's output range).
