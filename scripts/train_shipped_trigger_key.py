@@ -38,17 +38,17 @@ from neuralmark.components.methods.trigger_key.evaluation import evaluate_attack
 
 DEMO_KEY = WatermarkKey("neuralmark-demo")
 RECIPE = {"task": "denoise", "arch": "dncnn", "channels": 1, "depth": 6, "width": 24,
-          "patch_size": 40, "n_patches": 2048, "host_steps": 1500, "embed_steps": 1500,
+          "patch_size": 40, "n_patches": 2048, "host_steps": 1000, "embed_steps": 1000,
           "calibration_keys": 500, "visualizer_steps": 600, "seed": 0}
 #: a short attack suite (CPU): the seed's pruning grid, short fine-tuning, distillation,
 #: overwriting
 SUITE = [("prune", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
-         ("fine_tune_original", [1, 5]), ("fine_tune_new", [1, 5]), ("distill", [5]),
+         ("fine_tune_original", [1, 3]), ("fine_tune_new", [1, 3]), ("distill", [3]),
          ("overwrite", [None])]
 
 
 def photos() -> dict[str, list[torch.Tensor]]:
-    imgs = [torch.from_numpy(np.asarray(load_bundled_photo(p))).permute(2, 0, 1).float() / 255
+    imgs = [torch.from_numpy(np.array(load_bundled_photo(p))).permute(2, 0, 1).float() / 255
             for p in BUNDLED_PHOTOS]
     return {"train": imgs[:-3], "test": imgs[-3:]}
 
@@ -89,7 +89,7 @@ def main() -> None:
         return
     bases = {}
     for name in ("trigger_key_backdoor", "trigger_key_randproj"):
-        b = build(name, RECIPE)
+        b = build(name, {**RECIPE, "lambda0_reference": False})
         b.train_pairs, b.test_pairs = m.train_pairs, m.test_pairs
         b.embed_model(m.unmarked, DEMO_KEY)
         bases[name] = (b, DEMO_KEY)
@@ -103,8 +103,10 @@ def main() -> None:
         {"demo": (m, DEMO_KEY), "second": (other, second), "random": (m, wrong[0])},
         {"marked demo": m.host, "marked second": other.host, "unmarked": m.unmarked,
          "independent": independent})
-    cap = analysis.capacity_rows(m, DEMO_KEY, analysis.CAPACITY_SIZES_TINY)
-    abl = analysis.keyed_gradient_ablation(m, DEMO_KEY, wrong)
+    quick = m.with_config(lambda0_reference=False, embed_steps=500)
+    quick.train_pairs, quick.test_pairs = m.train_pairs, m.test_pairs
+    cap = analysis.capacity_rows(quick, DEMO_KEY, analysis.CAPACITY_SIZES_TINY)
+    abl = analysis.keyed_gradient_ablation(quick, DEMO_KEY, wrong)
     fb = {k: fb_v for k, fb_v in tables.breaking_points(rows).items()}
     text = "\n\n".join([
         "# trigger_key evaluation (shipped recipe)", "## Attacks", tables.attack_table(rows),

@@ -59,6 +59,10 @@ class TriggerKeyConfig(MethodConfig):
     lam: float = Field(1e-2, gt=0)
     stop_mse: float = Field(1e-3, gt=0)
     check_every: int = Field(25, ge=1)
+    #: also run the embedding's fine-tuning at λ = 0 (the seed's unwatermarked row): the
+    #: fidelity reference and a null host; False (an attacker's overwrite, quick checks)
+    #: measures fidelity against the host given instead
+    lambda0_reference: bool = True
     # training (host, then embedding)
     host_steps: int = Field(400, ge=0)
     embed_steps: int = Field(400, ge=0)

@@ -38,7 +38,7 @@ ATTACKER_SECRET = "neuralmark-attacker"
 
 def overwrite_embed(method: HostMark, secret: str = ATTACKER_SECRET):
     """``embed(copy) -> copy marked with the attacker's key``; ``method`` is not changed."""
-    attacker = method.with_config()
+    attacker = method.with_config(lambda0_reference=False)
     if not isinstance(attacker, HostMark):
         raise TypeError(f"overwrite_embed needs a host watermark, got {type(attacker).__name__}")
     attacker.train_pairs, attacker.test_pairs = method.train_pairs, method.test_pairs

@@ -198,8 +198,9 @@ class HostMark(WatermarkMethod):
         """Mark a copy of ``model`` with ``key``: fine-tune on ℓ_d + λ·ℓ_w (seed's embedding).
 
         Fidelity (``metrics``): ``fidelity_cost_db`` = task PSNR of the same fine-tuning at
-        λ = 0 (the seed's unwatermarked row) minus that of the marked host, on the test
-        pairs; ``psnr_unmarked`` is the host given.
+        λ = 0 (the seed's unwatermarked row; the host given when ``lambda0_reference`` is
+        off) minus that of the marked host, on the test pairs; ``psnr_unmarked`` is the
+        host given.
 
         ``model`` must be this config's host (architecture, channels, depth, width); the
         method then holds it as ``unmarked`` and the marked copy as ``host``.
@@ -229,14 +230,18 @@ class HostMark(WatermarkMethod):
         marked = marked.cpu().eval()
         # the seed's λ = 0 row: the same fine-tuning (steps, batches) without the mark, so
         # the fidelity cost is the mark's, not that of the extra training steps
-        plain, _ = embed_into_host(model, x, y, loss, 0.0, int(run["steps"]), c.lr,
-                                   c.batch_size, c.seed + 7, self.run_device(), None,
-                                   c.check_every, (), "embed_lambda0")
-        self.lambda0_host = plain.cpu().eval()
+        plain = None
+        if c.lambda0_reference:
+            plain, _ = embed_into_host(model, x, y, loss, 0.0, int(run["steps"]), c.lr,
+                                       c.batch_size, c.seed + 7, self.run_device(), None,
+                                       c.check_every, (), "embed_lambda0")
+            plain = plain.cpu().eval()
+        self.lambda0_host = plain
         self.host.load_state_dict(marked.state_dict())
         self.fingerprint = fingerprint(key.secret)
         self.after_embed(key, marked)
-        before, zero, after = (task_psnr(n, tx, ty) for n in (self.unmarked, plain.cpu(), marked))
+        before, after = task_psnr(self.unmarked, tx, ty), task_psnr(marked, tx, ty)
+        zero = task_psnr(plain, tx, ty) if plain is not None else before
         out = {"psnr_unmarked": before, "psnr_lambda0": zero, "psnr_marked": after,
                "fidelity_cost_db": zero - after}
         self.metrics.update({"embed_steps": run["steps"], "embed_l_w": run["l_w"],
