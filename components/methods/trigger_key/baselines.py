@@ -19,7 +19,8 @@ classification-style mark, as the seed adapts them (256 classes each):
   inputs each carry a key-derived class; ℓ_w is the binary cross-entropy of the bits.
   Verification reads the bits: bit error rate, p = ``P(Bin(8n, ½) ≥ matching bits)``.
 
-Both report ``ncc`` (mean NCC of the outputs with their targets: templates for Base-1,
+The verdict's ``score`` is that NCC (continuous, key-dependent); the decision is the
+binomial p-value of the count. Both report ``ncc`` (mean NCC of the outputs with their targets: templates for Base-1,
 ±1 bits with the projections for Base-2) and ``ncc_verified`` (NCC > 0.95) beside the
 p-value rule, as the seed's tables do.
 """
@@ -158,7 +159,7 @@ class TriggerKeyBackdoor(_SetMark):
         corr = float(ncc(out, self.targets(key)).mean())
         extra = {"share": matches / n, "matches": matches, "ncc": corr,
                  "ncc_verified": corr > self.config.ncc_threshold}
-        return self.decide(matches, n, 1 / N_CLASSES, matches / n, extra)
+        return self.decide(matches, n, 1 / N_CLASSES, corr, extra)
 
 
 @register("trigger_key_randproj")
@@ -212,7 +213,7 @@ class TriggerKeyRandProj(_SetMark):
         corr = float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
         extra = {"ber": 1 - matches / n, "matches": matches, "ncc": corr,
                  "ncc_verified": corr > self.config.ncc_threshold}
-        return self.decide(matches, n, 0.5, matches / n, extra)
+        return self.decide(matches, n, 0.5, corr, extra)
 
 
 __all__ = ["N_BITS", "N_CLASSES", "TriggerKeyBackdoor", "TriggerKeyRandProj", "class_templates",
