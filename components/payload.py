@@ -182,3 +182,25 @@ class PayloadCodec:
             for i in range(bits.shape[0]):
                 out[i, j] = self.read(bits[i], key).p_value
         return out
+
+
+def key_seed(secret: str, domain: str) -> int:
+    """A 63-bit integer seed derived from ``secret`` with HMAC-SHA256 under ``domain``.
+
+    Seeds a ``torch.Generator`` for key-derived tensors (trigger images, kernels,
+    projections): the same secret gives the same draws, another secret or another
+    domain unrelated ones, and the secret cannot be read back from the seed.
+    """
+    if not isinstance(secret, str) or not secret:
+        raise InputError("a key-derived seed needs a non-empty secret")
+    digest = hmac.new(secret.encode(), f"{domain}/seed".encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def key_fingerprint(secret: str, domain: str) -> str:
+    """A public 32-hex-digit fingerprint of ``secret`` (HMAC-SHA256 under ``domain``).
+
+    Stored in bundles to tell which key a mark was made for, without the secret.
+    """
+    return hmac.new(secret.encode(), f"{domain}/fingerprint".encode(),
+                    hashlib.sha256).hexdigest()[:32]

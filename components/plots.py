@@ -346,3 +346,32 @@ def nc_histogram(ncs: Sequence[float], threshold: float,
     ax.set_ylabel("density" if null_scores else "outputs")
     ax.legend(fontsize=7)
     return fig
+
+
+def value_heatmap(cells: Sequence[tuple[str, str, float]], title: str = "") -> Figure:
+    """Heatmap of ``(row, column, value)`` triples, annotated (e.g. trigger_key's
+    uniqueness: hosts × keys, the distance d).
+
+    Raises:
+        ValueError: no cell.
+    """
+    if not cells:
+        raise ValueError("value_heatmap needs at least one cell")
+    rows = list(dict.fromkeys(c[0] for c in cells))
+    cols = list(dict.fromkeys(c[1] for c in cells))
+    grid = torch.full((len(rows), len(cols)), math.nan)                       # rows cols
+    for r, c, v in cells:
+        grid[rows.index(r), cols.index(c)] = float(v)
+    fig = _figure(2.2 + 1.2 * len(cols), 1.0 + 0.45 * len(rows))
+    ax = fig.add_subplot()
+    im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = float(grid[i, j])
+            if math.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig

@@ -1,0 +1,127 @@
+"""η from the null: distances of hosts that do not carry the owner's mark, p-values, FPR.
+
+The seed fixes η = 6.07e-3 "by a probabilistic approach"; here η is measured. Two kinds
+of null trials (:func:`null_distances`):
+
+* **owner's trigger** — unmarked hosts and independently trained hosts run on the owner's
+  K, compared with the owner's S (a model that never saw the key);
+* **random keys** — the marked host and the unmarked ones run on many random keys'
+  triggers, each compared with that key's own S0 = G_key(K) (a claimant with the wrong
+  key, or a marked model probed for a key it was not marked with).
+
+The random keys are split in two halves (:func:`calibrate`): the *calibration* half
+gives the empirical p-value of a distance, ``p = (1 + #{null d ≤ d}) / (n + 1)``
+(``stats.empirical_p_value``), and η, the distance below which ``p ≤ alpha``; the
+*held-out* half (with the owner's-trigger trials) measures the false-positive rate of
+that rule with its Clopper–Pearson interval, so the reported FPR is not in-sample.
+
+Shapes: hosts map ``B×C×T×T`` → ``B×C×T×T``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods.base import random_keys
+from neuralmark.components.methods.trigger_key.trigger import distance, key_material
+from neuralmark.components.nets.image_nets import apply_net
+from neuralmark.components.stats import clopper_pearson, empirical_p_value
+
+
+def random_key_material(n_keys: int, seed: int, size: int, channels: int, task: str,
+                        scale: int, keyed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host inputs and S0 of ``n_keys`` random keys (``base.random_keys``): two ``n×C×T×T``."""
+    keys = random_keys(n_keys, torch.Generator().manual_seed(seed))
+    pairs = [key_material(k.secret, size, channels, task, scale, keyed) for k in keys]
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+def host_distances(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """d(host(input_i), target_i) for every row: the host on ``n×C×T×T`` triggers."""
+    out = apply_net(host, inputs, 64)  # n c t t
+    return [float(v) for v in distance(out, targets)]
+
+
+def p_value(d: float, null: Sequence[float]) -> float | None:
+    """Empirical p-value of distance ``d``: ``(1 + #{null ≤ d}) / (n + 1)``; None if no null."""
+    if not null:
+        return None
+    return empirical_p_value(sum(1 for v in null if v <= d), len(null))
+
+
+def eta_at(null: Sequence[float], alpha: float) -> float | None:
+    """η: detected ⇔ ``d < η`` ⇔ ``p ≤ alpha``; ``None`` when no d can reach ``alpha``.
+
+    With ``k = ⌊alpha·(n + 1)⌋ − 1`` null distances allowed at or below d, η is the
+    ``(k + 1)``-th smallest null distance.
+    """
+    k = math.floor(alpha * (len(null) + 1) + 1e-12) - 1
+    if k < 0 or not null:
+        return None
+    ordered = sorted(null)
+    return ordered[k] if k < len(ordered) else math.inf
+
+
+def null_distances(marked: nn.Module, null_hosts: Sequence[nn.Module], owner_input: torch.Tensor,
+                   owner_s: torch.Tensor, n_keys: int, seed: int, size: int, channels: int,
+                   task: str, scale: int, keyed: bool) -> dict[str, list[float]]:
+    """The null trials: ``owner_trigger`` and ``random_keys`` distances (see module doc).
+
+    Args:
+        marked: the marked host (probed with random keys only).
+        null_hosts: unmarked and independently trained hosts.
+        owner_input: ``1×C×T×T`` the host input of the owner's K.
+        owner_s: ``1×C×T×T`` the owner's S.
+        n_keys: random keys.
+        seed: draws the random keys.
+        size, channels, task, scale, keyed: how key material is made (the config's).
+
+    Returns:
+        ``{"owner_trigger": [...], "random_keys": [...]}``; ``random_keys`` is ordered
+        host-major (all keys on ``marked``, then on each null host).
+    """
+    if n_keys < 2:
+        raise InputError(f"calibration needs at least 2 random keys, got {n_keys}")
+    inputs, targets = random_key_material(n_keys, seed, size, channels, task, scale, keyed)
+    owner = [d for h in null_hosts for d in host_distances(h, owner_input, owner_s)]
+    rand = [d for h in (marked, *null_hosts) for d in host_distances(h, inputs, targets)]
+    return {"owner_trigger": owner, "random_keys": rand}
+
+
+def calibrate(null: dict[str, list[float]], alpha: float, n_keys: int) -> dict[str, float]:
+    """η, and the held-out false-positive rate of ``d < η`` with its 95% interval.
+
+    The random-key trials are split key-wise (even keys calibrate, odd keys are held
+    out); the owner's-trigger trials are all held out.
+
+    Returns:
+        ``eta`` (NaN when alpha is below the null's resolution), ``n_null`` (calibration
+        trials), ``fpr``, ``fpr_ci_low``, ``fpr_ci_high``, ``fp`` and ``trials`` (held
+        out), ``null_min`` / ``null_median`` (calibration distances), ``owner_trigger_min``.
+    """
+    rand = null["random_keys"]
+    calib = [d for i, d in enumerate(rand) if (i % n_keys) % 2 == 0]
+    held = [d for i, d in enumerate(rand) if (i % n_keys) % 2 == 1] + null["owner_trigger"]
+    eta = eta_at(calib, alpha)
+    fp = sum(1 for d in held if eta is not None and d < eta)
+    lo, hi = clopper_pearson(fp, len(held))
+    ordered = sorted(calib)
+    return {"eta": math.nan if eta is None else float(eta), "n_null": float(len(calib)),
+            "fpr": fp / len(held), "fpr_ci_low": lo, "fpr_ci_high": hi, "fp": float(fp),
+            "trials": float(len(held)), "null_min": ordered[0],
+            "null_median": ordered[len(ordered) // 2],
+            "owner_trigger_min": min(null["owner_trigger"], default=math.nan)}
+
+
+def calibration_null(null: dict[str, list[float]], n_keys: int) -> list[float]:
+    """The calibration half of the random-key trials (what p-values are computed against)."""
+    return [d for i, d in enumerate(null["random_keys"]) if (i % n_keys) % 2 == 0]
+
+
+__all__ = ["calibrate", "calibration_null", "eta_at", "host_distances", "null_distances",
+           "p_value", "random_key_material"]

@@ -1,0 +1,113 @@
+"""``TriggerKeyConfig``: hyper-parameters of ``trigger_key`` and its two baselines.
+
+The field names are the bundle format (``config.json``). The defaults are the ``tiny``
+profile (a 5-layer, 16-wide host trained and marked in well under a minute on one CPU
+core). ``full`` means the seed's sizes: ``depth``/``width`` of ``HOST_DEFAULTS`` (DnCNN
+17×64, RED 30×64, VDSR 20×64), ``patch_size`` 40, ``host_steps`` and ``embed_steps`` of
+about 8 epochs over the training patches (the seed: Adam, lr 1e-3, 8 epochs),
+``n_patches`` in the tens of thousands, ``calibration_keys`` 1000 (the seed's P up to
+1000), the trigger 40×40 (denoise) / 20×20 (SR) and λ 1e-2 (DnCNN) / 1e-3 (RED, SR).
+Profiles override these sizes only (part 2 writes ``configs/profiles/*.yaml``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from neuralmark.components.data.restoration import SEED_SIGMA
+from neuralmark.components.methods.base import MethodConfig
+
+#: the seed's trigger sides: 40×40 for denoising, 20×20 (low resolution) for SR
+SEED_TRIGGER_SIZE: dict[str, int] = {"denoise": 40, "sr": 20}
+#: the seed's largest capacity trigger (600×600)
+MAX_TRIGGER_SIZE = 600
+#: below this a 3×3 derivative kernel leaves too few interior pixels to carry a mark
+MIN_TRIGGER_SIZE = 8
+
+
+class TriggerKeyConfig(MethodConfig):
+    """Hyper-parameters of ``trigger_key`` (Quan et al., TNNLS'21, seed 002).
+
+    Attributes (the ones the seed names):
+        task: ``denoise`` (Gaussian σ) or ``sr`` (×``scale``, the host sees the bicubic
+            upsampled input).
+        arch: host network ``dncnn``, ``red`` or ``vdsr``.
+        trigger_size: side of K (``None`` = the seed's: 40 denoise, 20 SR; for SR K is
+            low-resolution and the host sees its ``scale``× linear upsample).
+        lam: λ of ℓ = ℓ_d + λ·ℓ_w (seed: ≤ 1e-2 for DnCNN, ≤ 1e-3 for RED).
+        stop_mse: embedding stops once ℓ_w / (C·H·W) (the mean squared error of M(K)
+            against S0) stays at or below this for one check (every ``check_every`` steps).
+        alpha: detection level: detected ⇔ empirical p-value ≤ alpha ⇔ d < η.
+        ncc_threshold: the seed's NCC rule (NCC > 0.95), reported beside the d rule.
+    """
+
+    method: Literal["trigger_key", "trigger_key_backdoor", "trigger_key_randproj"] = \
+        "trigger_key"
+    task: Literal["denoise", "sr"] = "denoise"
+    arch: Literal["dncnn", "red", "vdsr"] = "dncnn"
+    scale: Literal[2, 3, 4] = 2
+    sigma: float = Field(SEED_SIGMA, ge=0, le=1)
+    channels: Literal[1, 3] = 1
+    depth: int = Field(5, ge=2)
+    width: int = Field(16, ge=1)
+    # the watermark
+    trigger_size: int | None = None
+    #: keyed ∇ (the uniqueness fix); False = the seed's fixed ∂x + ∂y (an ablation only)
+    keyed_gradient: bool = True
+    lam: float = Field(1e-2, gt=0)
+    stop_mse: float = Field(1e-3, gt=0)
+    check_every: int = Field(25, ge=1)
+    #: also run the embedding's fine-tuning at λ = 0 (the seed's unwatermarked row): the
+    #: fidelity reference and a null host; False (an attacker's overwrite, quick checks)
+    #: measures fidelity against the host given instead
+    lambda0_reference: bool = True
+    # training (host, then embedding)
+    host_steps: int = Field(400, ge=0)
+    embed_steps: int = Field(400, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    patch_size: int = Field(32, ge=8)
+    n_patches: int = Field(512, ge=1)
+    # detection
+    alpha: float = Field(1e-2, gt=0, lt=1)
+    ncc_threshold: float = Field(0.95, gt=0, lt=1)
+    calibration_keys: int = Field(200, ge=1)
+    # copyright visualizer R(S) → logo
+    logo: str = "builtin"
+    logo_size: int = Field(32, ge=8, le=128)
+    visualizer_width: int = Field(16, ge=1)
+    visualizer_steps: int = Field(400, ge=0)
+    visualizer_lr: float = Field(2e-3, gt=0)
+    #: largest σ of the Gaussian noise on the positives (S + noise → logo)
+    visualizer_noise: float = Field(0.03, ge=0)
+    visualizer_negatives: int = Field(32, ge=1)
+    # baselines (Base-1 backdoor set, Base-2 random projection): items in the trigger set
+    baseline_items: int = Field(16, ge=1, le=256)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> TriggerKeyConfig:
+        size = self.trigger_side
+        if not MIN_TRIGGER_SIZE <= size <= MAX_TRIGGER_SIZE:
+            raise ValueError(f"trigger_size must be in [{MIN_TRIGGER_SIZE}, "
+                             f"{MAX_TRIGGER_SIZE}] (seed: 40 denoise, 20 SR), got {size}")
+        if self.task == "sr" and self.arch == "red":
+            raise ValueError("the seed's SR hosts are vdsr and dncnn (SR-DnCNN), not red")
+        if self.arch == "red" and self.depth % 2:
+            raise ValueError(f"red needs an even depth, got {self.depth}")
+        if self.method == "trigger_key_randproj" and self.baseline_items > 40:
+            raise ValueError("Base-2 takes at most 40 trigger images (the seed: more costs the "
+                             f"host's performance), got baseline_items={self.baseline_items}")
+        return self
+
+    @property
+    def trigger_side(self) -> int:
+        """Side of K: ``trigger_size`` or the seed's for the task."""
+        return self.trigger_size or SEED_TRIGGER_SIZE[self.task]
+
+    @property
+    def input_side(self) -> int:
+        """Side of what the host sees for K: K itself (denoise) or its upsample (SR)."""
+        return self.trigger_side * (self.scale if self.task == "sr" else 1)

@@ -1,0 +1,115 @@
+"""Watermark embedding: fine-tune a copy of the host on ℓ = ℓ_d + λ·ℓ_w until ℓ_w is small.
+
+:func:`embed_into_host` is the one loop every mark of this package uses (trigger_key's
+ℓ_w = ‖M(K; θ) − S0‖², and the baselines' trigger-set and projection losses): Adam on
+random batches of the host's task pairs with the seed's ℓ_d
+(``nets.training.restoration_loss``) plus λ times a mark loss of the network, checked
+every ``check_every`` steps against a stopping rule. BatchNorm statistics are frozen
+while embedding (BN layers in eval mode): the mark is learned exactly as verification
+runs the host, and the trigger's noise statistics never enter the running means used on
+real images (the choice; the seed does not say).
+
+Shapes: task pairs ``N×C×S×S``; the mark loss sees the whole network.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods.base import Callbacks
+from neuralmark.components.nets.training import check_host_pairs, restoration_loss, task_psnr
+
+MarkLoss = Callable[[nn.Module], torch.Tensor]
+
+
+def freeze_batchnorm(net: nn.Module) -> None:
+    """Put every BatchNorm layer of ``net`` in eval mode (running statistics frozen)."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                    mark_loss: MarkLoss, lam: float, steps: int, lr: float, batch_size: int,
+                    generator: torch.Generator | int, device: torch.device,
+                    done: Callable[[float], bool] | None = None, check_every: int = 25,
+                    callbacks: Callbacks | Sequence[Any] = (), desc: str = "embed",
+                    n_eval: int = 32) -> tuple[nn.Module, dict[str, float]]:
+    """Fine-tune a deep copy of ``host`` on ℓ_d + λ·``mark_loss`` (the seed's embedding).
+
+    Args:
+        host: the unmarked host (not modified).
+        inputs: N×C×S×S degraded task patches.
+        targets: N×C×S×S clean / HR patches in [0, 1].
+        mark_loss: ``mark_loss(net) -> scalar`` ℓ_w of the network being trained.
+        lam: λ (seed: ≤ 1e-2 DnCNN, ≤ 1e-3 RED).
+        steps: the step budget (Adam, betas (0.9, 0.999), as the seed).
+        lr: learning rate (seed 1e-3).
+        batch_size: task pairs per step (drawn with replacement).
+        generator: batch draws (an int seeds a fresh CPU generator).
+        device: where to train.
+        done: ``done(ℓ_w) -> bool`` stopping rule, checked every ``check_every`` steps
+            (``None``: run the whole budget).
+        check_every: steps between checks (metrics are reported then).
+        callbacks: ``{desc}_l_d``, ``{desc}_l_w``, ``{desc}_psnr`` (task PSNR on the first
+            ``n_eval`` pairs) at every check; progress.
+        desc: prefix of the metrics.
+        n_eval: pairs the reported PSNR is measured on.
+
+    Returns:
+        ``(marked copy in eval mode, metrics)`` with ``steps`` (taken), ``stopped_early``
+        (1.0 when the rule fired), ``l_d``, ``l_w`` (last check) and ``seconds``.
+
+    Raises:
+        InputError: bad pairs, a negative budget or λ.
+    """
+    x, y = check_host_pairs(inputs, targets, desc)
+    if steps < 0 or lam < 0 or batch_size < 1 or lr <= 0:
+        raise InputError(f"{desc}: need steps >= 0, lam >= 0, batch_size >= 1, lr > 0")
+    cb = Callbacks.of(callbacks)
+    g = generator if isinstance(generator, torch.Generator) else \
+        torch.Generator().manual_seed(int(generator))
+    start = time.perf_counter()
+    net = copy.deepcopy(host).to(device).requires_grad_(True)  # a frozen reference too
+    net.train()
+    freeze_batchnorm(net)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999))
+    l_d = l_w = math.nan
+    taken, stopped = 0, False
+    for step in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
+        loss_d = restoration_loss(net(x[idx].to(device)), y[idx].to(device))
+        loss_w = mark_loss(net)
+        opt.zero_grad()
+        (loss_d + lam * loss_w).backward()
+        opt.step()
+        taken = step + 1
+        if taken % check_every == 0 or taken == steps:
+            with torch.no_grad():
+                l_d, l_w = float(loss_d.detach()), float(mark_loss(net))
+            net.eval()
+            score = task_psnr(net, x[:n_eval], y[:n_eval])
+            net.train()
+            freeze_batchnorm(net)
+            cb.on_metrics(taken, {f"{desc}_l_d": l_d, f"{desc}_l_w": l_w, f"{desc}_psnr": score})
+            cb.on_progress(taken, steps, desc)
+            if done is not None and done(l_w):
+                stopped = True
+                break
+    net.eval()
+    if taken == 0:
+        with torch.no_grad():
+            l_w = float(mark_loss(net))
+    return net, {"steps": float(taken), "stopped_early": float(stopped), "l_d": l_d,
+                 "l_w": l_w, "seconds": time.perf_counter() - start}
+
+
+__all__ = ["MarkLoss", "embed_into_host", "freeze_batchnorm"]

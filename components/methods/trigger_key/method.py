@@ -1,0 +1,295 @@
+"""``TriggerKey``: the seed's black-box watermark of an image-processing host (seed 002).
+
+Owner's key → K (trigger) and S0 = G_key(K) (:mod:`.trigger`); ``embed_model`` fine-tunes
+a copy of the host on ℓ_d + λ‖M(K) − S0‖² until ℓ_w is small, then S := M(K; θ*);
+``calibrate`` measures η from the null (:mod:`.calibration`); ``train_visualizer`` fits
+R(S) → logo (:mod:`.visualizer`); ``verify_model`` gives the three-way verdict with d,
+NCC, η and the p-value. ``protect`` runs the whole sequence.
+
+How the key and S are held: the bundle stores S (``key_store.s``), the logo, the public
+fingerprint of the key and the calibration null, never the secret. Verification
+regenerates K from the secret the verifier gives; a key whose fingerprint is not the
+bundle's is compared with its own S0 = G_key(K) (what a claimant who never marked this
+host holds), which the calibration null covers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods.base import Callbacks, Status, Verdict, WatermarkKey
+from neuralmark.components.methods.registry import register
+from neuralmark.components.methods.trigger_key import calibration
+from neuralmark.components.methods.trigger_key.embedding import MarkLoss
+from neuralmark.components.methods.trigger_key.host import HostMark
+from neuralmark.components.methods.trigger_key.trigger import distance, key_material, ncc
+from neuralmark.components.methods.trigger_key.visualizer import (
+    CopyrightVisualizer,
+    load_logo,
+    logo_similarity,
+    render,
+    train_visualizer,
+)
+from neuralmark.components.nets.image_nets import apply_net
+
+
+class KeyStore(nn.Module):
+    """Buffers kept in the bundle: S (``1×C×T×T``) and the logo I (``1×L×L``)."""
+
+    def __init__(self, channels: int, side: int, logo: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("s", torch.zeros(1, channels, side, side))
+        self.register_buffer("logo", logo.clone())
+
+
+def triggered_output(model: Any, host_input: torch.Tensor, channels: int) -> tuple[
+        torch.Tensor | None, str]:
+    """``(M′(K) as 1×C×T×T, "")`` or ``(None, why it is unreadable)``.
+
+    ``model`` is a host (run in eval mode on ``host_input``, ``1×C×T×T``) or its output
+    on the trigger (a ``C×T×T`` / ``1×C×T×T`` tensor).
+    """
+    shape = tuple(host_input.shape[1:])
+    if isinstance(model, nn.Module):
+        try:
+            from neuralmark.components.nets.restoration import host_channels
+
+            c = host_channels(model)
+        except InputError as err:
+            return None, str(err)
+        if c != channels:
+            return None, f"the model takes {c}-channel images; the mark is on {channels}"
+        try:
+            out = apply_net(model, host_input, 1)
+        except (RuntimeError, ValueError, TypeError) as err:
+            return None, f"the model cannot run on the {shape} trigger: {err}"
+    elif isinstance(model, torch.Tensor):
+        out = model.detach().float().cpu()
+        out = out[None] if out.ndim == 3 else out
+    else:
+        return None, (f"expected a host (torch.nn.Module) or its output on the trigger "
+                      f"(a tensor), got {type(model).__name__}")
+    if tuple(out.shape) != (1, *shape):
+        return None, f"the output on the trigger is {tuple(out.shape)}, expected {(1, *shape)}"
+    if not torch.isfinite(out).all():
+        return None, "the output on the trigger holds NaN or infinite values"
+    return out, ""
+
+
+@register("trigger_key")
+class TriggerKey(HostMark):
+    """Quan et al.'s trigger-key watermark with a keyed ∇ (see the package docstring)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        c = self.config
+        torch.manual_seed(c.seed + 1)
+        self.visualizer = CopyrightVisualizer(c.channels, c.visualizer_width,
+                                              c.logo_size).eval()
+        self.key_store = KeyStore(c.channels, c.input_side, load_logo(c.logo, c.logo_size))
+        self.null: list[float] = []
+        self.calibration: dict[str, float] = {}
+
+    # -- state -------------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {**super().modules(), "visualizer": self.visualizer, "key_store": self.key_store}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "null": self.null, "calibration": self.calibration}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.null = [float(v) for v in state.get("null", [])]
+        self.calibration = {k: float(v) for k, v in state.get("calibration", {}).items()}
+
+    @property
+    def s(self) -> torch.Tensor:
+        """The verification image S: ``1×C×T×T`` (zeros before ``embed_model``)."""
+        return self.key_store.s
+
+    @property
+    def eta(self) -> float | None:
+        """η (detected ⇔ d < η), or ``None`` before calibration / when unreachable."""
+        eta = calibration.eta_at(self.null, self.config.alpha) if self.null else None
+        return None if eta is None or math.isinf(eta) else eta
+
+    # -- the key -----------------------------------------------------------------------------
+    def key_material(self, key: WatermarkKey) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(host input for K, S0 = G_key(K))`` of ``key``, each ``1×C×T×T``."""
+        c = self.config
+        return key_material(key.secret, c.trigger_side, c.channels, c.task, c.scale,
+                            c.keyed_gradient)
+
+    def reference(self, key: WatermarkKey) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """``(host input, S to compare with, own key?)``: the stored S for the owner's key."""
+        x, s0 = self.key_material(key)
+        if self.owns(key):
+            return x, self.s.detach().cpu().clone(), True
+        return x, s0, False
+
+    def mark_loss(self, key: WatermarkKey) -> tuple[MarkLoss, Any]:
+        x, s0 = self.key_material(key)
+        dev = self.run_device()
+        limit = self.config.stop_mse * s0.numel()
+
+        def loss(net: nn.Module) -> torch.Tensor:
+            return (net(x.to(dev)) - s0.to(dev)).pow(2).sum()
+
+        return loss, (lambda l_w: l_w <= limit)
+
+    def after_embed(self, key: WatermarkKey, marked: nn.Module) -> None:
+        """S := M(K; θ*), clamped to [0, 1]; an old calibration no longer applies."""
+        x, s0 = self.key_material(key)
+        s = apply_net(marked, x).clamp(0, 1)
+        self.key_store.s.copy_(s)
+        self.null, self.calibration = [], {}
+        self.metrics["d_s_to_s0"] = float(distance(s, s0)[0])
+
+    def extra_loss(self) -> torch.Tensor:
+        x, s0 = self.key_material(WatermarkKey("training-loss"))
+        return (self.visualizer(s0) - self.key_store.logo).pow(2).mean()
+
+    # -- calibration and the visualizer ------------------------------------------------------
+    def calibrate(self, key: WatermarkKey, null_hosts: Sequence[nn.Module] = (),
+                  n_keys: int | None = None, seed: int = 1) -> dict[str, float]:
+        """Measure η and the FPR from the null (:mod:`.calibration`); kept in the bundle.
+
+        Args:
+            key: the owner's key (the host must be marked with it).
+            null_hosts: independently trained hosts (``unmarked`` and, after ``embed_model``
+                in this session, the λ = 0 fine-tuned host are always added).
+            n_keys: random keys (default ``config.calibration_keys``).
+            seed: draws the random keys.
+
+        Returns:
+            :func:`.calibration.calibrate`'s numbers (``eta``, ``fpr`` with its interval…).
+
+        Raises:
+            InputError: the host is not marked with ``key``.
+        """
+        if not self.owns(key):
+            raise InputError("calibrate: the host is not marked with this key; embed_model first")
+        c = self.config
+        n = n_keys or c.calibration_keys
+        x, s, _ = self.reference(key)
+        plain = [self.lambda0_host] if self.lambda0_host is not None else []
+        null = calibration.null_distances(self.host, [self.unmarked, *plain, *null_hosts], x, s, n,
+                                          seed, c.trigger_side, c.channels, c.task, c.scale,
+                                          c.keyed_gradient)
+        self.null = calibration.calibration_null(null, n)
+        self.calibration = calibration.calibrate(null, c.alpha, n)
+        self.metrics.update({f"calibration_{k}": v for k, v in self.calibration.items()})
+        return dict(self.calibration)
+
+    def visualizer_negatives(self, key: WatermarkKey, null_hosts: Sequence[nn.Module] = (),
+                             n_keys: int | None = None, seed: int = 2) -> torch.Tensor:
+        """``N×C×T×T`` outputs R must leave blank: null hosts on K, other keys' S0, and the
+        marked host on other keys' triggers."""
+        c = self.config
+        n = n_keys or c.visualizer_negatives
+        x, _, _ = self.reference(key)
+        rx, rs = calibration.random_key_material(n, seed, c.trigger_side, c.channels, c.task,
+                                                 c.scale, c.keyed_gradient)
+        outs = [apply_net(h, x) for h in (self.unmarked, *null_hosts)]
+        return torch.cat([*outs, rs, apply_net(self.host, rx)]).clamp(0, 1)
+
+    def train_visualizer(self, key: WatermarkKey, null_hosts: Sequence[nn.Module] = (),
+                         callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
+        """Fit R(S) → logo (positives: S with noise) and negatives → blank; in place."""
+        if not self.owns(key):
+            raise InputError("train_visualizer: the host is not marked with this key")
+        c = self.config
+        negatives = self.visualizer_negatives(key, null_hosts)
+        noise = c.visualizer_noise
+        torch.manual_seed(c.seed + 2)
+        self.visualizer = CopyrightVisualizer(c.channels, c.visualizer_width, c.logo_size)
+        out = train_visualizer(self.visualizer, self.s.cpu(), negatives,
+                               self.key_store.logo.cpu(), c.visualizer_steps, c.visualizer_lr,
+                               c.batch_size, noise, c.seed + 3, self.run_device(), callbacks)
+        self.visualizer.cpu().eval()
+        self.metrics.update({f"visualizer_{k}": v for k, v in out.items()})
+        return out
+
+    def visualize(self, model_or_outputs: Any, key: WatermarkKey) -> torch.Tensor:
+        """R(M′(K)): the copyright image a suspect shows, ``1×L×L`` in [0, 1].
+
+        Raises:
+            InputError: the suspect is unreadable (the reason is named).
+        """
+        x, _, _ = self.reference(key)
+        out, reason = triggered_output(model_or_outputs, x, self.config.channels)
+        if out is None:
+            raise InputError(f"cannot visualize: {reason}")
+        return render(self.visualizer, out.clamp(0, 1))
+
+    # -- the whole sequence ------------------------------------------------------------------
+    def protect(self, data: Any, key: WatermarkKey, callbacks: Callbacks | Sequence[Any] = (),
+                independent_seed: int = 1000) -> dict[str, float]:
+        """Train the host (unless trained), mark it, calibrate η, fit the visualizer.
+
+        Args:
+            data: clean images (see ``set_task_data``); reused when already fitted.
+            key: the owner's key.
+            callbacks: metrics and progress of every stage.
+            independent_seed: init/batch seed of the independently trained null host.
+
+        Returns:
+            Every metric of the run (``self.metrics``).
+        """
+        cb = Callbacks.of(callbacks)
+        if not self.trained:
+            self.fit(data, cb)
+        elif self.train_pairs is None:
+            self.set_task_data(data)
+        self.embed_model(self.unmarked if self.marked else self.host, key, cb)
+        independent = self.train_independent_host(independent_seed, cb)
+        self.calibrate(key, [independent])
+        self.train_visualizer(key, [independent], cb)
+        cb.on_metrics(0, {k: v for k, v in self.metrics.items() if math.isfinite(v)})
+        return dict(self.metrics)
+
+    # -- verification ------------------------------------------------------------------------
+    def verify_model(self, model_or_outputs: Any, key: WatermarkKey) -> Verdict:
+        """Is ``model_or_outputs`` (a host, or its output on K) marked with ``key``?
+
+        d = ‖M′(K) − S‖₂ / (√C·M·N), NCC, and the empirical p-value of d against the
+        calibration null; detected ⇔ p ≤ alpha (⇔ d < η). ``score`` is ``1 − d``.
+        ``extra``: ``d``, ``ncc``, ``eta``, ``ncc_verified`` (the seed's NCC > 0.95 rule),
+        ``own_key`` (the key is the one the bundle was marked with), ``alpha``,
+        ``n_null``. Unreadable (with the reason): not a host or a tensor, wrong channels,
+        an output of the wrong shape, non-finite values.
+        """
+        c = self.config
+        x, s, own = self.reference(key)
+        out, reason = triggered_output(model_or_outputs, x, c.channels)
+        if out is None:
+            return Verdict.unreadable(reason)
+        d, corr = float(distance(out, s)[0]), float(ncc(out, s)[0])
+        eta = self.eta
+        p = calibration.p_value(d, self.null)
+        extra = {"d": d, "ncc": corr, "eta": eta, "ncc_verified": corr > c.ncc_threshold,
+                 "own_key": own, "alpha": c.alpha, "n_null": len(self.null)}
+        if p is None:
+            return Verdict(False, 1 - d, None, Status.NOT_DETECTED,
+                           "not calibrated: no null distances (run calibrate)", extra=extra)
+        detected = p <= c.alpha
+        shown = f"d = {d:.3e}, η = {eta:.3e}" if eta is not None else f"d = {d:.3e}"
+        reason = (f"{shown}, p = {p:.3g} ≤ {c.alpha:g}" if detected
+                  else f"{shown}, p = {p:.3g} > {c.alpha:g}"
+                  + ("" if own else "; the key is not the one this host was marked with"))
+        return Verdict(detected, 1 - d, p, Status.DETECTED if detected else Status.NOT_DETECTED,
+                       reason, extra=extra)
+
+    def shown(self, model_or_outputs: Any, key: WatermarkKey) -> float:
+        """Logo similarity of R(M′(K)) (:func:`.visualizer.logo_similarity`)."""
+        img = self.visualize(model_or_outputs, key)
+        return float(logo_similarity(img[None], self.key_store.logo.cpu())[0])
+
+
+__all__ = ["KeyStore", "TriggerKey", "triggered_output"]
