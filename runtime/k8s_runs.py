@@ -27,11 +27,13 @@ from neuralmark.components.methods.base import InputError
 K8S_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" / "k8s"
 GPU = "nvidia.com/gpu"
 SETTINGS_KEY = "orchestrator.kubernetes"
-#: the most GPUs each step of the training pipeline can use. Data, validation, gate and
-#: registry are CPU-only; signing, evaluation and (until the methods' ``fit`` runs
-#: data-parallel, issue #15's DDP point) training run one model on one device.
-STEP_GPUS = {"build_dataset": 0, "validate_dataset": 0, "train_model": 1, "sign_heldout": 1,
-             "evaluate_robustness": 1, "gate": 0, "register_and_promote": 0}
+#: the most GPUs each step of the training pipeline can use (``None``: any number on one
+#: node). Data, validation, gate and registry are CPU-only; signing and evaluation run one
+#: model on one device; training runs one data-parallel process per GPU its pod is given
+#: (``neuralmark.runtime.ddp``), so it takes what its node has.
+STEP_GPUS: dict[str, int | None] = {
+    "build_dataset": 0, "validate_dataset": 0, "train_model": None, "sign_heldout": 1,
+    "evaluate_robustness": 1, "gate": 0, "register_and_promote": 0}
 _CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
                 "@hourly"}
 #: (lowest, highest, names) of the five fields of a Kubernetes CronJob schedule
@@ -172,7 +174,7 @@ def load_cluster_config(path: str | Path) -> ClusterRunConfig:
         steps[step] = (KubernetesOrchestratorSettings(**{**pipeline_values, **values})
                        if values else pipeline)
         asked = _gpu_count(steps[step], f"{path}: steps.{step}")
-        if asked > most:
+        if most is not None and asked > most:
             can = "is a CPU-only step (it can use 0)" if most == 0 else f"can use at most {most}"
             raise InputError(f"{path}: steps.{step} asks for {asked} {GPU}, but {step} {can}")
         gpus[step] = asked

@@ -219,3 +219,48 @@ def test_anti_forward_step_runs_under_bf16_autocast():
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+class _Figures(_Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: list[str] = []
+
+    def on_figure(self, step: int, name: str, figure: Any) -> None:
+        self.figures.append(name)
+
+
+def test_training_step_launcher_runs_processes_on_this_node(monkeypatch):
+    """``fit_method`` (what ``train_model`` calls) with 2 processes: elastic_launch, gloo."""
+    from neuralmark.runtime.ddp import PROCESSES_ENV, fit_method, train_processes
+
+    monkeypatch.setenv(PROCESSES_ENV, "2")
+    assert train_processes() == 2
+    data = {"train": _images(8, 32), "val": _images(4, 32)}
+    config = {**CONFIGS["anti_forward"], "steps": 2}
+    events = _Figures()
+    model, final = fit_method("anti_forward", config, data, [events], processes=2)
+    # a figure sink here too: anti_forward's figures draw from the training generator
+    one, final_one = fit_method("anti_forward", config, data, [_Figures()], processes=1)
+    # rank 0's events reach the caller's callbacks, figures included
+    assert [s for s, _ in events.metrics] == [0, 1, 2]
+    assert {"stamp_residual", "scan_statistic_histogram"} <= set(events.figures)
+    assert final.keys() == final_one.keys()
+    torch.testing.assert_close(final["loss"], final_one["loss"], rtol=RTOL, atol=ATOL)
+    dead = _normalised_away("anti_forward")
+    for name, mod in model.modules().items():
+        for key, value in mod.state_dict().items():
+            if f"{name}.{key}" not in dead:
+                torch.testing.assert_close(value, one.modules()[name].state_dict()[key],
+                                           rtol=RTOL, atol=ATOL)
+    assert model.calibration["n_scores"] == one.calibration["n_scores"]
+
+
+def test_bad_process_counts_are_refused(monkeypatch):
+    from neuralmark.runtime.ddp import PROCESSES_ENV, fit_method, train_processes
+
+    monkeypatch.setenv(PROCESSES_ENV, "0")
+    with pytest.raises(InputError, match="NEURALMARK_TRAIN_PROCESSES='0'"):
+        train_processes()
+    with pytest.raises(InputError, match="processes must be >= 1, got 0"):
+        fit_method("anti_forward", CONFIGS["anti_forward"], {}, processes=0)
