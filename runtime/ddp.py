@@ -119,11 +119,15 @@ def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
         loaded from its bundle, when ``processes`` > 1).
 
     Raises:
-        InputError: ``processes`` < 1, or more processes than GPUs on a GPU node.
+        InputError: ``processes`` < 1, several processes for a method whose ``fit`` is not
+            data-parallel, or more processes than GPUs on a GPU node.
     """
     cfg = config if isinstance(config, MethodConfig) else make_config(method, dict(config))
     if processes < 1:
         raise InputError(f"processes must be >= 1, got {processes}")
+    if processes > 1 and not method_class(method).data_parallel:
+        raise InputError(f"{method} does not train data-parallel (its fit runs in one "
+                         f"process): give its training step 1 GPU, not {processes}")
     if processes == 1:
         model = build(method, cfg)
         return model, model.fit(dict(data), callbacks)

@@ -264,3 +264,5 @@ def test_bad_process_counts_are_refused(monkeypatch):
         train_processes()
     with pytest.raises(InputError, match="processes must be >= 1, got 0"):
         fit_method("anti_forward", CONFIGS["anti_forward"], {}, processes=0)
+    with pytest.raises(InputError, match="spread_spectrum does not train data-parallel"):
+        fit_method("spread_spectrum", {}, {}, processes=2)

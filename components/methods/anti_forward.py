@@ -326,6 +326,7 @@ class AntiForward(WatermarkMethod):
     keyed_detection: ClassVar[bool] = False
     detection_alpha_field: ClassVar[str | None] = "fpr"
     has_scanner: ClassVar[bool] = True
+    data_parallel: ClassVar[bool] = True
     min_size: ClassVar[int] = 32
     smoke_config: ClassVar[dict[str, Any]] = {
         "working_size": 32, "encoder_width": 8, "scanner_width": 8, "steps": 2,

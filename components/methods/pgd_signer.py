@@ -153,6 +153,7 @@ class PGDSigner(WatermarkMethod):
 
     Config = PGDSignerConfig
     config: PGDSignerConfig
+    data_parallel = True
     smoke_config = {"working_size": 64, "width": 8, "input_stride": 1, "pgd_steps": 3,
                     "eot_samples": 1, "rounds": 2, "batch_size": 2, "sign_steps_train": 2,
                     "m_steps": 1, "curve_images": 2, "buffer_size": 8}
