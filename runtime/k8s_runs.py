@@ -27,11 +27,14 @@ from neuralmark.components.methods.base import InputError
 K8S_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" / "k8s"
 GPU = "nvidia.com/gpu"
 SETTINGS_KEY = "orchestrator.kubernetes"
-#: the most GPUs each step of the training pipeline can use. Data, validation, gate and
-#: registry are CPU-only; signing, evaluation and (until the methods' ``fit`` runs
-#: data-parallel, issue #15's DDP point) training run one model on one device.
-STEP_GPUS = {"build_dataset": 0, "validate_dataset": 0, "train_model": 1, "sign_heldout": 1,
-             "evaluate_robustness": 1, "gate": 0, "register_and_promote": 0}
+#: the most GPUs each step of the training pipeline can use (``None``: any number on one
+#: node). Data, validation, gate and registry are CPU-only; signing and evaluation run one
+#: model on one device; training runs one data-parallel process per GPU its pod is given
+#: (``neuralmark.runtime.ddp``), so it takes what its node has, for a method whose ``fit``
+#: is data-parallel (``WatermarkMethod.data_parallel``), else 1.
+STEP_GPUS: dict[str, int | None] = {
+    "build_dataset": 0, "validate_dataset": 0, "train_model": None, "sign_heldout": 1,
+    "evaluate_robustness": 1, "gate": 0, "register_and_promote": 0}
 _CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
                 "@hourly"}
 #: (lowest, highest, names) of the five fields of a Kubernetes CronJob schedule
@@ -96,6 +99,18 @@ class ClusterRunConfig:
     gpus: dict[str, int]
     docker: Any
     schedule: Any
+
+
+def _data_parallel(method: Any) -> bool:
+    """Whether ``method`` (a registry key, or missing) trains data-parallel."""
+    from neuralmark.components.methods.registry import method_class
+
+    if not isinstance(method, str):
+        return False
+    try:
+        return method_class(method).data_parallel
+    except InputError:
+        return False  # an unknown method is the pipeline's error to name, not this one's
 
 
 def _gpu_count(settings: Any, where: str) -> int:
@@ -165,15 +180,21 @@ def load_cluster_config(path: str | Path) -> ClusterRunConfig:
     if unknown:
         raise InputError(f"{path}: steps.{unknown[0]}: not a step of the training pipeline; "
                          f"steps: {', '.join(STEP_GPUS)}")
+    method = (raw.get("parameters") or {}).get("method")
     for step, most in STEP_GPUS.items():
+        if most is None and not _data_parallel(method):
+            most = 1
         block = (raw.get("steps") or {}).get(step) or {}
         _, values = settings_of(block, f"steps.{step}.settings")
         # ZenML merges step settings over the pipeline's, key by key
         steps[step] = (KubernetesOrchestratorSettings(**{**pipeline_values, **values})
                        if values else pipeline)
         asked = _gpu_count(steps[step], f"{path}: steps.{step}")
-        if asked > most:
-            can = "is a CPU-only step (it can use 0)" if most == 0 else f"can use at most {most}"
+        if most is not None and asked > most:
+            can = ("is a CPU-only step (it can use 0)" if most == 0 else
+                   f"can use at most {most}" + ("" if STEP_GPUS[step] is not None else
+                                                f" for {method}, whose fit is not "
+                                                "data-parallel"))
             raise InputError(f"{path}: steps.{step} asks for {asked} {GPU}, but {step} {can}")
         gpus[step] = asked
     schedule = None

@@ -17,8 +17,9 @@ from zenml import log_metadata, step
 import neuralmark.integrations.materializers  # noqa: F401  (registers the WatermarkMethod materializer)
 from neuralmark.components.data.manifest import load_split
 from neuralmark.components.methods.base import WatermarkMethod
-from neuralmark.components.methods.registry import build, make_config, method_class
+from neuralmark.components.methods.registry import make_config, method_class
 from neuralmark.integrations.tracking import MLflowCallback, in_process_callbacks, log_config
+from neuralmark.runtime.ddp import fit_method, train_processes
 from neuralmark.runtime.stack import TRACKER_NAME
 
 
@@ -26,6 +27,10 @@ from neuralmark.runtime.stack import TRACKER_NAME
 def train_model(manifest: str, method: str,
                 config: dict[str, Any]) -> Annotated[WatermarkMethod, "trained_method"]:
     """Train ``method`` on the manifest's train split (val for its curves).
+
+    One process per GPU the step's pod is given (``train_processes``): with several, the
+    method trains data-parallel on this node and MLflow receives rank 0's metrics when
+    the job ends; with one (or on CPU), in this process as always.
 
     Args:
         manifest: validated ``manifest.csv``.
@@ -41,8 +46,10 @@ def train_model(manifest: str, method: str,
     if method_class(method).native_calibration:
         data["calibration"] = load_split(manifest, "val")  # at the resolution it verifies
     log_config(cfg.model_dump(mode="json"), prefix="method.")
-    trained = build(method, cfg)
-    final = trained.fit(data, [MLflowCallback(prefix="train/"), *in_process_callbacks()])
+    processes = train_processes()
+    trained, final = fit_method(method, cfg, data, [MLflowCallback(prefix="train/"),
+                                                    *in_process_callbacks()],
+                                processes=processes)
     log_metadata({"final_training_metrics": {k: float(v) for k, v in final.items()},
-                  "train_images": int(data["train"].shape[0])})
+                  "train_images": int(data["train"].shape[0]), "train_processes": processes})
     return trained

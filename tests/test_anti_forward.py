@@ -110,9 +110,9 @@ def test_variants_train_as_documented(variant, noise, aug, photo, monkeypatch):
     seen: list[tuple[float, float]] = []
     original = m._loss
 
-    def spy(xw, bits, aug_strength, sigma, image_ramp, generator):
+    def spy(xw, bits, aug_strength, sigma, image_ramp, generator, **kwargs):
         seen.append((aug_strength, sigma))
-        return original(xw, bits, aug_strength, sigma, image_ramp, generator)
+        return original(xw, bits, aug_strength, sigma, image_ramp, generator, **kwargs)
 
     monkeypatch.setattr(m, "_loss", spy)
     m.fit({"train": _images(photo, 4, 32), "val": _images(photo, 2, 32)})

@@ -86,6 +86,25 @@ def test_more_gpus_than_a_step_can_use_is_refused(tmp_path):
         load_cluster_config(_edited(tmp_path, two))
 
 
+def test_training_step_may_ask_for_several_gpus(tmp_path):
+    """train_model runs one data-parallel process per GPU (neuralmark.runtime.ddp)."""
+    def four(raw):
+        res = raw["steps"]["train_model"]["settings"]["orchestrator.kubernetes"][
+            "pod_settings"]["resources"]
+        res["requests"][GPU] = res["limits"][GPU] = "4"
+
+    config = load_cluster_config(_edited(tmp_path, four))
+    assert config.gpus["train_model"] == 4 and config.gpus["sign_heldout"] == 1
+
+    def not_data_parallel(raw):
+        four(raw)
+        raw["parameters"]["method"] = "spread_spectrum"
+
+    with pytest.raises(InputError, match=r"steps\.train_model asks for 4 nvidia\.com/gpu, but "
+                                         r"train_model can use at most 1 for spread_spectrum"):
+        load_cluster_config(_edited(tmp_path, not_data_parallel))
+
+
 def test_unknown_step_and_bad_setting_are_named(tmp_path):
     with pytest.raises(InputError, match=r"steps\.train: not a step of the training pipeline"):
         load_cluster_config(_edited(tmp_path, lambda raw: raw["steps"].update(train={})))

@@ -11,7 +11,7 @@ straight through where one is needed.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -41,3 +41,33 @@ class ImageAttack:
 def uniform(lo: float, hi: float, n: int, generator: torch.Generator | None) -> torch.Tensor:
     """``n`` draws from U(lo, hi) as a float32 CPU tensor."""
     return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+
+def select_rows(params: Any, rows: torch.Tensor, batch_size: int) -> Any:
+    """The part of a draw for ``batch_size`` images that belongs to the images ``rows``.
+
+    Data-parallel training draws the parameters of the *global* batch from the generator
+    every process shares and applies each process's rows to its shard, so that N processes
+    see the draws one process would see for the whole batch. Every tensor whose first
+    dimension is ``batch_size`` is indexed by ``rows``; kornia's ``forward_input_shape``
+    gets the new batch size; anything else (per-call values: an order, a kernel size, a
+    seed) is kept. Nested dicts (``EoTChain``, ``StochasticAugmentation``) are walked.
+
+    Args:
+        params: a draw of ``sample(batch_size, ...)``.
+        rows: 1-D int64 indices into the batch.
+        batch_size: the batch size the draw was for (>= 2, so a per-call tensor of
+            length 1 is never mistaken for a row).
+
+    Returns:
+        The same structure with ``len(rows)`` rows.
+    """
+    if isinstance(params, dict):
+        out = {k: select_rows(v, rows, batch_size) for k, v in params.items()}
+        shape = out.get("forward_input_shape")
+        if isinstance(shape, torch.Tensor) and shape.ndim == 1 and shape.numel() == 4:
+            out["forward_input_shape"] = torch.cat([shape.new_tensor([len(rows)]), shape[1:]])
+        return out
+    if isinstance(params, torch.Tensor) and params.ndim >= 1 and params.shape[0] == batch_size:
+        return params[rows.to(params.device)]
+    return params

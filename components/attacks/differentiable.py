@@ -124,13 +124,20 @@ class DiffNoise(ImageAttack):
         self.max_std, self.p = max_std, p
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Params:
+        # "row" / "n": which rows of the drawn noise each image takes, so a process of a
+        # data-parallel job (``select_rows``) adds the noise one process would add
         return {"std": uniform(0, self.max_std, batch_size, generator),
                 "on": _switch(batch_size, self.p, generator),
-                "seed": torch.randint(0, 2**31 - 1, (1,), generator=generator)}
+                "seed": torch.randint(0, 2**31 - 1, (1,), generator=generator),
+                "row": torch.arange(batch_size), "n": torch.tensor([batch_size])}
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         g = torch.Generator(device="cpu").manual_seed(int(params["seed"][0]))
-        noise = torch.randn(x.shape, generator=g).to(x)
+        if "row" in params:  # the noise of the draw's whole batch, this draw's rows
+            shape = (int(params["n"][0]), *x.shape[1:])
+            noise = torch.randn(shape, generator=g)[params["row"]].to(x)
+        else:                # a draw made before "row" existed
+            noise = torch.randn(x.shape, generator=g).to(x)
         std = (params["std"] * params["on"]).to(x).view(-1, 1, 1, 1)
         return (x + std * noise).clamp(0, 1)
 

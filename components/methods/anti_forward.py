@@ -97,6 +97,12 @@ Choices where the seed is vague (written down here, as promised):
   a small ``fpr`` it detected no unattacked stamped image (model card, README).
   That rule needs a scanner whose smoothed classifier rejects augmented clean
   images, i.e. more training than this CPU gives.
+* **Data-parallel** (``neuralmark.components.distributed``): under torchrun each process
+  trains on its rows of every global batch of ``batch_size``; augmentation, noise and
+  payload draws are made for the global batch and sliced, so N processes train as one
+  does with the same batch (the logged ``psnr`` is then the mean of the shards' PSNRs);
+  every process calibrates on the whole ``val`` set. On a GPU the training step's forward
+  runs under bf16 autocast (single- or multi-process); on CPU it stays float32.
 * **Radius units**: noise is added *at the working size* to images in [0, 1],
   so radii are L2 distances between ``working_size``² images in [0, 1] (a
   perturbation of the full-size image shrinks when resized down).
@@ -119,7 +125,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from neuralmark.components import smoothing
+from neuralmark.components import distributed, smoothing
 from neuralmark.components.attacks.stochastic import StochasticAugConfig, StochasticAugmentation
 from neuralmark.components.methods.base import (
     Callbacks,
@@ -320,6 +326,7 @@ class AntiForward(WatermarkMethod):
     keyed_detection: ClassVar[bool] = False
     detection_alpha_field: ClassVar[str | None] = "fpr"
     has_scanner: ClassVar[bool] = True
+    data_parallel: ClassVar[bool] = True
     min_size: ClassVar[int] = 32
     smoke_config: ClassVar[dict[str, Any]] = {
         "working_size": 32, "encoder_width": 8, "scanner_width": 8, "steps": 2,
@@ -596,29 +603,47 @@ class AntiForward(WatermarkMethod):
 
     # -- training ----------------------------------------------------------------
     def _augment(self, x: torch.Tensor, strength: float,
-                 generator: torch.Generator | None) -> torch.Tensor:
+                 generator: torch.Generator | None, sharded: bool = False) -> torch.Tensor:
+        """The augmentation chain at ``strength`` on ``x`` (2B×3×S×S: stamped, then clean).
+
+        ``sharded``: ``x`` holds this process's rows of a data-parallel global batch; the
+        draw is made for the global batch (``distributed.sample_shard``).
+        """
         if strength <= 0:
             return x
-        return StochasticAugmentation(self.config.aug, strength)(x, generator)
+        chain = StochasticAugmentation(self.config.aug, strength)
+        if not sharded:
+            return chain(x, generator)
+        size = tuple(x.shape[-2:])
+        return chain.apply(x, distributed.sample_shard(chain, x.shape[0] // 2, generator,
+                                                       repeats=2, size=size))
 
     def _loss(self, xw: torch.Tensor, bits: torch.Tensor | None, aug_strength: float,
-              sigma: float, image_ramp: float,
-              generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Joint loss on a clean batch ``xw`` (B×3×S×S) with payload ``bits`` (B×k)."""
+              sigma: float, image_ramp: float, generator: torch.Generator | None,
+              sharded: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+        """Joint loss on a clean batch ``xw`` (B×3×S×S) with payload ``bits`` (B×k).
+
+        ``sharded``: ``xw`` is this process's shard of a data-parallel global batch, and
+        every random draw is made for the global batch and sliced.
+        """
         c = self.config
         b = xw.shape[0]
         stamped = (xw + self._residual(xw, bits)).clamp(0, 1)
         both = torch.cat([stamped, xw])                                   # 2b 3 s s
-        seen = self._augment(both, aug_strength, generator)
+        seen = self._augment(both, aug_strength, generator, sharded)
         if sigma > 0:
-            seen = seen + sigma * torch.randn(seen.shape, generator=generator).to(seen)
+            shape = (2 * b * (distributed.world_size() if sharded else 1), *seen.shape[1:])
+            noise = torch.randn(shape, generator=generator)
+            noise = distributed.shard(noise, repeats=2) if sharded else noise
+            seen = seen + sigma * noise.to(seen)
         out = self.scanner(seen)                                          # 2b 2+k
         labels = torch.cat([torch.ones(b), torch.zeros(b)]).long().to(xw.device)
         det = F.cross_entropy(out[:, :2], labels)
         mse = F.mse_loss(stamped, xw)
         ssim_l = kornia.losses.ssim_loss(stamped, xw, window_size=11)
-        image, metrics = self._image_loss(stamped, xw, mse, ssim_l)
+        image, metrics = self._image_loss(stamped, xw, mse, ssim_l, sharded)
         loss = c.detection_weight * det + image_ramp * image
+        scaling = image_ramp * metrics.pop("_gradient_scaling", 0.0)
         if bits is not None:
             pay = F.binary_cross_entropy_with_logits(out[:b, 2:], bits)
             loss = loss + c.payload_weight * pay
@@ -628,7 +653,7 @@ class AntiForward(WatermarkMethod):
         with torch.no_grad():
             pred = out[:, :2].argmax(1)
             metrics.update({
-                "loss": float(loss.detach()), "detection_ce": float(det.detach()),
+                "loss": float(loss.detach()) - scaling, "detection_ce": float(det.detach()),
                 "mse": float(mse.detach()), "ssim_loss": float(ssim_l.detach()),
                 # one PSNR of the whole batch (its mean squared error)
                 "psnr": float(psnr(stamped.flatten(0, 1)[None], xw.flatten(0, 1)[None])),
@@ -638,7 +663,8 @@ class AntiForward(WatermarkMethod):
         return loss, metrics
 
     def _image_loss(self, stamped: torch.Tensor, xw: torch.Tensor, mse: torch.Tensor,
-                    ssim_l: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                    ssim_l: torch.Tensor, sharded: bool = False
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The image (invisibility) loss and its extra metrics.
 
         ``mse_weight·MSE' + ssim_weight·(1 − SSIM) + lowfreq_weight·MSE(blur(r))
@@ -649,7 +675,8 @@ class AntiForward(WatermarkMethod):
         band or cast, which is what the seed-style CPU run put its energy into. On the
         previous shipped recipe neither helped within our budget (model card, "Known
         limitations"). They are here for GPU runs to tune; the shipped model uses the
-        structural constraints of ``_residual`` instead.
+        structural constraints of ``_residual`` instead. ``sharded``: the peak term (a
+        square root of a batch mean) is taken over the data-parallel global batch.
         """
         c = self.config
         r = stamped - xw
@@ -666,8 +693,17 @@ class AntiForward(WatermarkMethod):
             metrics["lowfreq_mse"] = float(low.detach())
         if c.peak_weight > 0:
             local = _local_mean(r.pow(2).mean(dim=1, keepdim=True), 9)    # b 1 s s
-            peak = local.pow(2).mean().clamp_min(1e-20).sqrt()           # = mean for an even stamp
-            loss = loss + c.peak_weight * peak
+            if sharded and distributed.is_distributed():
+                # over the global batch; × world size: DDP averages the per-rank gradients
+                per_image = distributed.gather_batch(local.pow(2).mean(dim=(1, 2, 3)))
+                peak = per_image.mean().clamp_min(1e-20).sqrt()
+                loss = loss + c.peak_weight * distributed.world_size() * peak
+                # what the scaling adds to the loss (not to its logged value)
+                metrics["_gradient_scaling"] = float(
+                    c.peak_weight * (distributed.world_size() - 1) * peak.detach())
+            else:
+                peak = local.pow(2).mean().clamp_min(1e-20).sqrt()       # = mean for an even stamp
+                loss = loss + c.peak_weight * peak
             metrics["local_energy_rms"] = float(peak.detach())
         return loss, metrics
 
@@ -772,8 +808,13 @@ class AntiForward(WatermarkMethod):
         Returns:
             Final metrics: the last training step's plus validation detection
             numbers at the calibrated threshold.
+
+        Data-parallel under torchrun (``neuralmark.components.distributed``): each process
+        trains on its rows of every global batch, DDP averages the gradients, callbacks
+        fire on rank 0 only with metrics averaged over processes.
         """
-        cb = Callbacks.of(callbacks)
+        every = Callbacks.of(callbacks)
+        cb = distributed.main_only(every)
         c = self.config
         if "train" not in data or data["train"].shape[0] == 0:
             raise InputError("anti_forward.fit needs a non-empty 'train' tensor")
@@ -789,36 +830,45 @@ class AntiForward(WatermarkMethod):
         steps_done = 0
         figure_every = c.figure_every or max(1, c.steps // 4)
         # drawing costs time: only when some sink takes figures
-        figures = any(callable(getattr(x, "on_figure", None)) for x in cb.callbacks)
+        # (decided on every process alike: the figure's draws keep the generators in step)
+        figures = any(callable(getattr(x, "on_figure", None)) for x in every.callbacks)
         self.encoder.train()
         self.scanner.train()
-        for step in range(c.steps):
-            idx = torch.randint(0, train.shape[0], (c.batch_size,), generator=g)
-            xb = train[idx].to(self.device)
-            bits = self._random_bits(xb.shape[0], g)
-            aug_t = _ramp(step, c.aug_start, c.aug_end) if c.augmented else 0.0
-            w0 = c.warmup_start
-            sigma = c.train_sigma * _ramp(step, w0, w0 + c.sigma_warmup)
-            img_t = _ramp(step, w0, w0 + c.image_loss_ramp)
-            loss, m = self._loss(xb, bits, aug_t, sigma, img_t, g)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            out_of_time = bool(c.max_train_seconds) and time.time() - start > c.max_train_seconds
-            last = step == c.steps - 1 or out_of_time
-            if step % c.log_every == 0 or last:
-                metrics = {**m, "aug_strength": aug_t, "train_sigma": sigma,
-                           "image_loss_ramp": img_t, "elapsed_s": time.time() - start}
-                cb.on_metrics(step, metrics)
-                cb.on_progress(step + 1, c.steps, "training")
-            if figures and (step % figure_every == 0 or last):
-                self.encoder.eval()
-                cb.on_figure(step, "stamp_residual", self._figure_residual(
-                    val[:4].to(self.device), self._random_bits(min(4, val.shape[0]), g)))
-                self.encoder.train()
-            steps_done = step + 1
-            if out_of_time:
-                break
+        with distributed.wrapped(self, "encoder", "scanner"):
+            for step in range(c.steps):
+                # drawn for the global batch; this process keeps its rows
+                idx = torch.randint(0, train.shape[0], (c.batch_size,), generator=g)
+                xb = distributed.shard(train[idx]).to(self.device)
+                bits = self._random_bits(idx.shape[0], g)
+                bits = None if bits is None else distributed.shard(bits)
+                aug_t = _ramp(step, c.aug_start, c.aug_end) if c.augmented else 0.0
+                w0 = c.warmup_start
+                sigma = c.train_sigma * _ramp(step, w0, w0 + c.sigma_warmup)
+                img_t = _ramp(step, w0, w0 + c.image_loss_ramp)
+                with distributed.autocast(self.device):
+                    loss, m = self._loss(xb, bits, aug_t, sigma, img_t, g, sharded=True)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                out_of_time = bool(c.max_train_seconds) and distributed.agree(
+                    time.time() - start > c.max_train_seconds)
+                last = step == c.steps - 1 or out_of_time
+                if step % c.log_every == 0 or last:
+                    metrics = {**distributed.mean_over_processes(m), "aug_strength": aug_t,
+                               "train_sigma": sigma, "image_loss_ramp": img_t,
+                               "elapsed_s": time.time() - start}
+                    cb.on_metrics(step, metrics)
+                    cb.on_progress(step + 1, c.steps, "training")
+                if figures and (step % figure_every == 0 or last):
+                    fig_bits = self._random_bits(min(4, val.shape[0]), g)
+                    if distributed.is_main():
+                        self.encoder.eval()
+                        cb.on_figure(step, "stamp_residual", self._figure_residual(
+                            val[:4].to(self.device), fig_bits))
+                        self.encoder.train()
+                steps_done = step + 1
+                if out_of_time:
+                    break
         self.encoder.eval()
         self.scanner.eval()
         self.calibrate(val, g, source="val" if has_val else "train (no val split given)")

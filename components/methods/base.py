@@ -255,6 +255,10 @@ class WatermarkMethod(abc.ABC):
     #: how to train a method that the generic image training pipeline cannot
     #: (e.g. it needs (A, B) pairs); empty when that pipeline is the way
     own_pipeline: ClassVar[str] = ""
+    #: whether ``fit`` trains data-parallel under torchrun (``components/distributed.py``:
+    #: each process its shard of every global batch); a method without it trains in one
+    #: process, and the training step refuses to start several for it
+    data_parallel: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

@@ -35,6 +35,12 @@ Choices where the seed is vague (written down here, as promised):
 * **Where it falls short (CPU budget)**: in our runs EM kept the decoder
   signable but did not yet flatten the rotation/crop curves; see the issue
   notes and ``components/pretrained/pgd_signer/MODEL_CARD.md``.
+* **Data-parallel** (``neuralmark.components.distributed``): under torchrun each process
+  signs and updates on its shard of every global batch (draws made for the global batch,
+  signed images all-gathered into every process's replay buffer, the ``unit_variance``
+  statistics over the global batch), so N processes train as one does with the same
+  ``batch_size``; float32 throughout: the signature is a perturbation near bf16's
+  resolution of a pixel value, so there is no bf16 autocast here.
 * **Detection**: hard bits → keyed BCH payload (``neuralmark.components.payload``) →
   exact binomial p-value; ``detected`` iff ``p ≤ alpha`` (``detection_alpha``). The
   decoder does not read the key, so ``null_p_values`` scores one decode against any
@@ -53,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from neuralmark.components import distributed
 from neuralmark.components.attacks.differentiable import DiffRotate, DiffZoom, EoTChain, EoTConfig
 from neuralmark.components.methods.base import (
     Callbacks,
@@ -146,6 +153,7 @@ class PGDSigner(WatermarkMethod):
 
     Config = PGDSignerConfig
     config: PGDSignerConfig
+    data_parallel = True
     smoke_config = {"working_size": 64, "width": 8, "input_stride": 1, "pgd_steps": 3,
                     "eot_samples": 1, "rounds": 2, "batch_size": 2, "sign_steps_train": 2,
                     "m_steps": 1, "curve_images": 2, "buffer_size": 8}
@@ -189,7 +197,8 @@ class PGDSigner(WatermarkMethod):
 
     def sign_working(self, xw: torch.Tensor, target: torch.Tensor, steps: int,
                      generator: torch.Generator | None = None,
-                     psnr: float | None = None, chain: EoTChain | None = None) -> torch.Tensor:
+                     psnr: float | None = None, chain: EoTChain | None = None,
+                     sharded: bool = False) -> torch.Tensor:
         """PGD under EoT at the working size.
 
         Args:
@@ -198,6 +207,8 @@ class PGDSigner(WatermarkMethod):
             steps: PGD iterations.
             psnr: budget override (the EM curriculum); default ``psnr_target``.
             chain: EoT distribution override (the EM curriculum); default the config's.
+            sharded: ``xw`` is this process's shard of a data-parallel global batch: the EoT
+                draws are made for the global batch (``distributed.sample_shard``).
         Returns:
             B×3×S×S residual ``delta`` (``xw + delta`` in [0,1]).
         """
@@ -215,7 +226,8 @@ class PGDSigner(WatermarkMethod):
             delta.requires_grad_(True)
             xs = (xw + delta).clamp(0, 1)
             reps = xs.repeat(c.eot_samples, 1, 1, 1)
-            params = chain.sample(reps.shape[0], generator)
+            params = (distributed.sample_shard(chain, b, generator, repeats=c.eot_samples)
+                      if sharded else chain.sample(reps.shape[0], generator))
             # keep one un-attacked view so the clean signed image decodes too
             for k, v in params.items():
                 if k.endswith(".on"):
@@ -371,21 +383,40 @@ class PGDSigner(WatermarkMethod):
 
     def _m_loss(self, signed: torch.Tensor, bits: torch.Tensor, clean: torch.Tensor,
                 generator: torch.Generator | None,
-                chain: EoTChain | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                chain: EoTChain | None = None, decoder: torch.nn.Module | None = None,
+                sharded: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
         """M-step loss. ``clean`` are the *same* images before signing (B×3×S×S).
 
         Pairing matters: with the same image clean (→ logits 0) and signed
         (→ bits), the decoder cannot memorise image content and must read the
         perturbation.
+
+        Args:
+            decoder: the network to run (the DDP wrapper in data-parallel training);
+                default ``self.decoder``.
+            sharded: the batch is this process's shard of a data-parallel global batch:
+                EoT draws for the global batch, the ``unit_variance`` statistics over the
+                global batch (``distributed.gather_batch``; that term is scaled by the
+                number of processes in the returned loss so DDP's gradient average gives
+                the one-process gradient). ``metrics["m_loss"]`` is the unscaled loss.
+
+        Returns:
+            The loss to back-propagate and the metrics of this batch.
         """
         chain = chain or self.eot
-        params = chain.sample(signed.shape[0], generator)
-        logits = self.decoder(chain.apply(signed, params))
-        clean_logits = self.decoder(chain.apply(clean, params))
+        decoder = decoder or self.decoder
+        params = (distributed.sample_shard(chain, signed.shape[0], generator) if sharded
+                  else chain.sample(signed.shape[0], generator))
+        logits = decoder(chain.apply(signed, params))
+        clean_logits = decoder(chain.apply(clean, params))
         bce = F.binary_cross_entropy_with_logits(logits, bits)
+        scale = 1.0
         if self.config.clean_loss == "unit_variance":
             # clean logits: zero mean, unit spread per bit — no confident fixed word,
             # and the decoder cannot hedge by shrinking its gain
+            if sharded and distributed.is_distributed():
+                clean_logits = distributed.gather_batch(clean_logits)
+                scale = float(distributed.world_size())
             penalty = (clean_logits.mean(0).pow(2).mean()
                        + (clean_logits.std(0) - 1).pow(2).mean())
         else:
@@ -393,8 +424,11 @@ class PGDSigner(WatermarkMethod):
         loss = bce + self.config.clean_weight * penalty
         with torch.no_grad():
             acc = ((logits > 0).float() == bits).float().mean()
-        return loss, {"m_bce": float(bce.detach()), "m_clean_penalty": float(penalty.detach()),
-                      "m_bit_acc_attacked": float(acc)}
+        metrics = {"m_bce": float(bce.detach()), "m_clean_penalty": float(penalty.detach()),
+                   "m_bit_acc_attacked": float(acc), "m_loss": float(loss.detach())}
+        if scale != 1.0:
+            loss = bce + self.config.clean_weight * scale * penalty
+        return loss, metrics
 
     @torch.no_grad()
     def fit_whitening(self, images: torch.Tensor, views: int = 4,
@@ -442,13 +476,18 @@ class PGDSigner(WatermarkMethod):
             callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
         """EM alternation.
 
+        Data-parallel under torchrun (``neuralmark.components.distributed``): each process
+        signs and trains on its rows of every global batch of ``batch_size``; callbacks
+        fire on rank 0 only, with metrics averaged over processes.
+
         Args:
-            data: ``{"train": N×3×S×S, "val": M×3×S×S}`` float images in [0,1].
+            data: ``{"train": N×3×S×S, "val": M×3×S×S}`` float images in [0,1] (the
+                whole set in every process).
             callbacks: progress / metrics / figures sinks.
         Returns:
             Final metrics (last round).
         """
-        cb = Callbacks.of(callbacks)
+        cb = distributed.main_only(Callbacks.of(callbacks))
         c = self.config
         if "train" not in data or data["train"].shape[0] == 0:
             raise InputError("pgd_signer.fit needs a non-empty 'train' tensor")
@@ -458,6 +497,8 @@ class PGDSigner(WatermarkMethod):
         val = data.get("val", data["train"])[: c.curve_images]
         val = self._to_working(val).cpu()
         self.fit_whitening(train, generator=g)
+        distributed.broadcast_state(self.decoder)  # the same whitening on every process
+        train_decoder = distributed.wrap(self.decoder)
         opt = torch.optim.Adam(self.decoder.parameters(), lr=c.lr)
         buf_x: list[torch.Tensor] = []
         buf_b: list[torch.Tensor] = []
@@ -468,10 +509,12 @@ class PGDSigner(WatermarkMethod):
         start = time.time()
         for rnd in range(c.rounds):
             # E-step: sign a fresh batch with random payloads under the current decoder
+            # drawn for the global batch; this process signs its rows (all of them in one)
             idx = torch.randperm(train.shape[0], generator=g)[: c.batch_size]
-            xb = train[idx].to(self.device)
-            bits = torch.randint(0, 2, (xb.shape[0], c.n_bits), generator=g).float()
-            bits = bits.to(self.device)
+            xg = train[idx]
+            bg = torch.randint(0, 2, (xg.shape[0], c.n_bits), generator=g).float()
+            xb = distributed.shard(xg).to(self.device)
+            bits = distributed.shard(bg).to(self.device)
             ramp = min(1.0, rnd / max(1, c.rounds // 2))
             e_psnr = c.train_psnr_start + ramp * (c.psnr_target - c.train_psnr_start)
             # curriculum on the attacks too: probability of each transform ramps
@@ -479,15 +522,17 @@ class PGDSigner(WatermarkMethod):
             p_att = c.eot.p * (c.aug_start + (1 - c.aug_start) * ramp)
             chain = EoTChain(c.eot.model_copy(update={"p": p_att}))
             delta = self.sign_working(xb, bits, c.sign_steps_train, g, psnr=e_psnr,
-                                      chain=chain)
+                                      chain=chain, sharded=True)
             signed = (xb + delta).clamp(0, 1)
             with torch.no_grad():
                 e_acc = float(((self.decoder(signed) > 0).float() == bits).float().mean())
-                e_acc_att = float(((self.decoder(chain(signed, g)) > 0).float() == bits)
+                attacked = chain.apply(signed, distributed.sample_shard(chain, signed.shape[0], g))
+                e_acc_att = float(((self.decoder(attacked) > 0).float() == bits)
                                   .float().mean())
-            buf_x.append(signed.cpu())
-            buf_c.append(xb.cpu())
-            buf_b.append(bits.cpu())
+            # every process keeps the whole global batch in its replay buffer
+            buf_x.append(distributed.all_gather_rows(signed).cpu())
+            buf_c.append(xg)
+            buf_b.append(bg)
             while sum(t.shape[0] for t in buf_x) > c.buffer_size:
                 for buf in (buf_x, buf_c, buf_b):
                     buf.pop(0)
@@ -495,18 +540,22 @@ class PGDSigner(WatermarkMethod):
             # M-step: update the decoder on attacked signed images (+ clean term)
             self.decoder.train()
             for _ in range(c.m_steps):
-                j = torch.randint(0, bx.shape[0], (c.batch_size,), generator=g)
+                j = distributed.shard(torch.randint(0, bx.shape[0], (c.batch_size,),
+                                                    generator=g))
                 loss, m = self._m_loss(bx[j].to(self.device), bb[j].to(self.device),
-                                       bc[j].to(self.device), g, chain)
+                                       bc[j].to(self.device), g, chain,
+                                       decoder=train_decoder, sharded=True)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             self.decoder.eval()
             if c.rewhiten_every and (rnd + 1) % c.rewhiten_every == 0:
                 self.fit_whitening(train, generator=g)
-            metrics = {"e_bit_acc": e_acc, "e_bit_acc_attacked": e_acc_att,
-                       "e_psnr_budget": e_psnr, "attack_p": p_att, **m, "round": float(rnd),
-                       "elapsed_s": time.time() - start}
+                distributed.broadcast_state(self.decoder)
+            metrics = distributed.mean_over_processes(
+                {"e_bit_acc": e_acc, "e_bit_acc_attacked": e_acc_att, **m})
+            metrics = {**metrics, "e_psnr_budget": e_psnr, "attack_p": p_att,
+                       "round": float(rnd), "elapsed_s": time.time() - start}
             last = rnd == c.rounds - 1
             if last or rnd % max(1, c.rounds // 5) == 0:
                 cur = self.robustness_curves(val, g)
@@ -515,7 +564,7 @@ class PGDSigner(WatermarkMethod):
                     metrics[f"curve_{name}_mean"] = float(np.mean(ys))
                 from neuralmark.components.plots import curve  # matplotlib: only when training
 
-                for name, lines in curves.items():
+                for name, lines in curves.items() if distributed.is_main() else ():
                     cb.on_figure(rnd, f"bit_accuracy_vs_{name}", curve(
                         lines, xlabel="angle (deg)" if name == "rotation" else "zoom factor",
                         ylabel="bit accuracy", title=f"bit accuracy vs {name}, per EM round"))

@@ -1,0 +1,210 @@
+"""Train a method data-parallel: N processes on one node, under torchrun or launched here.
+
+From a shell (one process per GPU; on CPU, gloo)::
+
+    torchrun --nproc_per_node 4 -m neuralmark.runtime.ddp train pgd_signer \\
+        --profile full --manifest data/prepared/manifest.csv --out bundles/pgd_signer
+
+Every process loads the manifest's ``train`` and ``val`` splits, joins the job
+(``neuralmark.components.distributed.init_from_env``: nccl on CUDA, gloo on CPU) and runs
+the method's ordinary ``fit`` on its shard of every batch; rank 0 prints the metrics and
+writes the bundle. ``batch_size`` is the global batch (it must split evenly).
+
+From Python (the pipeline's ``train_model`` step): ``fit_method`` trains in this process
+when ``processes`` is 1 (the path every single-GPU or CPU run takes, unchanged) and
+otherwise starts ``processes`` workers on this node with
+``torch.distributed.launcher.api.elastic_launch`` (what torchrun runs), then loads rank 0's
+bundle and replays rank 0's callback events (metrics, figures, progress) into the caller's
+callbacks, so MLflow sees the same run as from one process, once the job has ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuralmark.components import distributed
+from neuralmark.components.data.manifest import load_split
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods.base import Callbacks, MethodConfig, WatermarkMethod
+from neuralmark.components.methods.registry import build, make_config, method_class
+
+#: overrides the number of training processes (default: the GPUs this node shows, else 1)
+PROCESSES_ENV = "NEURALMARK_TRAIN_PROCESSES"
+
+
+def train_processes() -> int:
+    """How many processes ``train_model`` trains with: one per visible GPU, at least 1.
+
+    A pod that asks for ``nvidia.com/gpu: N`` sees N GPUs, so the cluster run config
+    decides; ``NEURALMARK_TRAIN_PROCESSES`` overrides it (e.g. 2 gloo processes on CPU).
+
+    Raises:
+        InputError: the variable is set to something other than a whole number >= 1.
+    """
+    value = os.environ.get(PROCESSES_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise InputError(f"{PROCESSES_ENV}={value!r}: give a whole number of processes >= 1")
+        return int(value)
+    return max(1, torch.cuda.device_count())
+
+
+class EventRecorder:
+    """A callback that keeps metrics and progress events, to replay them elsewhere."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, tuple[Any, ...]]] = []
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.events.append(("on_metrics", (step, dict(metrics))))
+
+    def on_progress(self, done: int, total: int, desc: str = "") -> None:
+        self.events.append(("on_progress", (done, total, desc)))
+
+
+class FigureRecorder(EventRecorder):
+    """``EventRecorder`` that keeps figures too (methods draw them only for such sinks)."""
+
+    def on_figure(self, step: int, name: str, figure: Any) -> None:
+        self.events.append(("on_figure", (step, name, figure)))
+
+
+def _launched_fit(method: str, config: dict[str, Any], data: dict[str, torch.Tensor],
+                  out: str, figures: bool
+                  ) -> tuple[list[tuple[str, tuple[Any, ...]]], dict[str, float]]:
+    """One worker of ``fit_method``'s job; rank 0 writes the bundle and returns its events
+    and final metrics (the other ranks return nothing)."""
+    device = distributed.init_from_env()
+    if device.type == "cpu":
+        # the node's cores shared among the workers, not each worker taking them all
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.world_size()))
+    try:
+        recorder = FigureRecorder() if figures else EventRecorder()
+        model = build(method, config)
+        final = model.fit(data, [recorder])
+        if not distributed.is_main():
+            return [], {}
+        model.to("cpu").to_bundle(out)
+        return recorder.events, {k: float(v) for k, v in final.items()}
+    finally:
+        distributed.shutdown()
+
+
+def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
+               data: Mapping[str, torch.Tensor], callbacks: Sequence[Any] = (),
+               processes: int = 1) -> tuple[WatermarkMethod, dict[str, float]]:
+    """Build ``method`` and ``fit`` it, in this process or data-parallel on this node.
+
+    Args:
+        method: registry key.
+        config: its config (or the fields of one).
+        data: what the method's ``fit`` takes (``{"train": N×3×S×S, "val": …}``).
+        callbacks: progress / metrics / figures sinks; with ``processes`` > 1 they receive
+            rank 0's events after the job ends.
+        processes: 1: train here (unchanged single-process path); N > 1: N workers
+            (one per GPU with nccl, or gloo on CPU).
+
+    Returns:
+        The trained method and the final metrics ``fit`` returned (rank 0's, the method
+        loaded from its bundle, when ``processes`` > 1).
+
+    Raises:
+        InputError: ``processes`` < 1, several processes for a method whose ``fit`` is not
+            data-parallel, or more processes than GPUs on a GPU node.
+    """
+    cfg = config if isinstance(config, MethodConfig) else make_config(method, dict(config))
+    if processes < 1:
+        raise InputError(f"processes must be >= 1, got {processes}")
+    if processes > 1 and not method_class(method).data_parallel:
+        raise InputError(f"{method} does not train data-parallel (its fit runs in one "
+                         f"process): give its training step 1 GPU, not {processes}")
+    if processes == 1:
+        model = build(method, cfg)
+        return model, model.fit(dict(data), callbacks)
+    gpus = torch.cuda.device_count()
+    if gpus and processes > gpus:
+        raise InputError(f"{processes} training processes but {gpus} GPU(s) on this node: "
+                         "one process per GPU")
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    sinks = Callbacks.of(callbacks)
+    figures = any(callable(getattr(c, "on_figure", None)) for c in sinks.callbacks)
+    launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes,
+                          run_id=f"neuralmark-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=1.0)
+    with tempfile.TemporaryDirectory(prefix="neuralmark-ddp-") as tmp:
+        out = str(Path(tmp) / "bundle")
+        results = elastic_launch(launch, _launched_fit)(
+            method, cfg.model_dump(mode="json"), {k: v.contiguous() for k, v in data.items()},
+            out, figures)
+        events, final = results[0]
+        for hook, args in events:
+            getattr(sinks, hook)(*args)
+        return method_class(method).from_bundle(out), final
+
+
+# -- torchrun entry point -----------------------------------------------------------
+class _PrintMetrics:
+    """Rank 0's metrics as JSON lines on stdout."""
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        print(json.dumps({"step": step, **metrics}), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m neuralmark.runtime.ddp train <method> ...``, under torchrun."""
+    parser = argparse.ArgumentParser(prog="python -m neuralmark.runtime.ddp",
+                                     description="train a method data-parallel (torchrun)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="fit a method on a manifest's train/val splits")
+    train.add_argument("method")
+    train.add_argument("--profile", default="tiny", help="configs/profiles/<profile>.yaml")
+    train.add_argument("--manifest", required=True, help="a prepared manifest.csv")
+    train.add_argument("--out", required=True, help="bundle directory (written by rank 0)")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                       help="override a method config field (value parsed as JSON)")
+    args = parser.parse_args(argv)
+    from neuralmark.runtime.settings import resolve
+
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise InputError(f"--set {item!r}: write FIELD=VALUE")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    settings = resolve(args.method, args.profile, config=overrides)
+    cfg = settings.config
+    size = getattr(cfg, "working_size", None)
+    data = {split: load_split(args.manifest, split, size=size) for split in ("train", "val")}
+    device = distributed.init_from_env()
+    try:
+        model = build(args.method, cfg)
+        model.fit(data, [_PrintMetrics()])
+        if distributed.is_main():
+            model.to("cpu").to_bundle(args.out)
+            print(f"rank 0 of {distributed.world_size()} ({device}): bundle written to "
+                  f"{args.out}", file=sys.stderr)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
