@@ -109,7 +109,8 @@ MICRO: dict[str, Any] = {
                "calibration_scores": 100, "log_every": 2, "task": "labels"},
     "evaluation": {"limit": 4, "batch_size": 4, "attacks": ["none", "jpeg"]},
     "policy": {"min_psnr": 0.0, "min_detection_rate": {"none": 0.0}, "max_fpr": 1.0,
-               "max_regression": 1.0, "min_metric": {"contrast/deepstamp": 0.0},
+               "max_regression": 1.0,
+               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0},
                "max_metric": {"accuracy_drop/deepstamp": 1.0, "removal_gain/deepstamp": 100}},
 }
 
