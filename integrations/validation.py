@@ -589,3 +589,40 @@ def validate_prepared(manifest_path: str | os.PathLike, expectations: Any) -> Da
         logger.warning("prepared manifest %s failed: %s", manifest_path,
                        ", ".join(report.failed()))
     return report
+
+
+def validate_training_manifest(manifest_path: str | os.PathLike,
+                               min_size: int = 64) -> DataValidationReport:
+    """Validate the manifest a training run reads, with the suite its format calls for.
+
+    A sample-set manifest (``MANIFEST_COLUMNS``) gets ``validate_manifest``; a labelled one
+    (``PREPARED_COLUMNS``: procedural classes, or the training view of a prepared dataset)
+    gets ``validate_prepared`` with the expectations recorded beside it (size, label
+    range, …), and must hold non-empty train / val / test splits.
+
+    Args:
+        manifest_path: the ``manifest.csv`` (or ``training_view.csv``).
+        min_size: smallest accepted side (sample manifests; a prepared one has its own size).
+
+    Raises:
+        FileNotFoundError: the manifest does not exist.
+        InputError: a labelled manifest without its ``.prepared.json`` expectations.
+    """
+    from neuralmark.components.data.labelled import prepared_expectations
+    from neuralmark.components.data.prepare import PREPARED_COLUMNS
+
+    manifest_path = Path(manifest_path)
+    with manifest_path.open(newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    if header != PREPARED_COLUMNS:
+        return validate_manifest(manifest_path, min_size=min_size)
+    import pandas as pd
+
+    report = validate_prepared(manifest_path, prepared_expectations(manifest_path))
+    splits = pd.read_csv(manifest_path, dtype=str, usecols=["split"])
+    report.results += _run_suite(splits, [
+        ("every_split_non_empty", "ExpectColumnDistinctValuesToContainSet",
+         {"column": "split", "value_set": list(SPLITS)})], "training_splits")
+    report.success = all(r["success"] for r in report.results)
+    report.html = render_html(report)
+    return report

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from neuralmark.components.data.manifest import load_split
-from neuralmark.components.data.sample import build_sample_dataset
 from neuralmark.components.evaluation import embed_all, rows_to_csv
 from neuralmark.components.files import atomic_write_text
 from neuralmark.components.gate import decide
@@ -79,8 +78,7 @@ def run_evaluation(method: str = "pgd_signer", bundle: str | os.PathLike | None 
     wm = load_method(source, "cpu", expect=method)
 
     ev = settings.evaluation
-    manifest = build_sample_dataset(settings.data.resolved_root(root),
-                                    settings.data.sample_config())
+    manifest = settings.data.build(root)
     clean = load_split(manifest, ev.split, limit=ev.limit)
     marked = embed_all(wm, clean, ev.key(), batch_size=ev.batch_size)
     report = robustness_report(wm, clean, marked, ev, progress=Callbacks.of(callbacks))

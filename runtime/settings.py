@@ -16,7 +16,8 @@ else is replaced — and validates every part against a model that forbids
 unknown fields, so a typo anywhere is an ``InputError`` naming the field:
 
 - ``method`` → the method's frozen config (``registry.make_config``),
-- ``data`` → ``DataSettings`` (``SampleDataConfig`` + where to build and version it),
+- ``data`` → ``DataSettings`` (which dataset — sample, procedural classes or a prepared
+  one — where to build it, whether to version it),
 - ``evaluation`` → ``EvaluationSettings``,
 - ``policy`` → ``neuralmark.components.gate.GatePolicy`` (its attack labels are checked
   against the evaluated suite).
@@ -30,11 +31,12 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from neuralmark.components.data.labelled import ProceduralClassesConfig
 from neuralmark.components.data.sample import SampleDataConfig
 from neuralmark.components.errors import describe_validation_error
 from neuralmark.components.gate import MEAN_ATTACKED, GatePolicy
@@ -52,23 +54,78 @@ OVERRIDE_PARAMETERS = {"config": "method", "data": "data", "evaluation": "evalua
 
 
 class DataSettings(SampleDataConfig):
-    """What to build (``SampleDataConfig`` fields) plus where, and whether to version it.
+    """Which dataset a run reads, where it lives, and whether to version it.
+
+    ``dataset`` picks the source (the ``SampleDataConfig`` fields size it where it is built):
+
+    - ``sample``: the offline sample set (photo crops + procedural images, no labels),
+      built under ``root``.
+    - ``procedural_classes``: ten labelled procedural classes (``size``,
+      ``images_per_class``, ``seed``, ``fractions``), built under ``root``.
+    - ``prepared``: a dataset the data-preparation pipeline prepared (``neuralmark data
+      prepare cifar10``): ``prepared`` names its ``manifest.csv`` (or folder); its labels
+      are handed to the method, and a ``val`` split is carved out of ``train``
+      (``val_fraction``) when the publisher has none. Nothing is built; ``root`` and the
+      sample fields are unused.
 
     Attributes:
+        dataset: the source (above).
         root: dataset folder; a relative path is taken from the project root.
+        prepared: the prepared dataset's manifest (``dataset: prepared``); relative paths
+            hang off the project root.
+        images_per_class: images per class of ``procedural_classes`` (all splits).
+        val_fraction: share of a prepared train split held out as val when there is none.
         version_with_dvc: ``dvc add`` (+ ``dvc push``) ``dvc_target`` after building.
         dvc_target: folder tracked by DVC, relative to the project root.
         dvc_push: also push to the default DVC remote.
     """
 
+    dataset: Literal["sample", "procedural_classes", "prepared"] = "sample"
     root: str = "data/sample"
+    prepared: str | None = None
+    images_per_class: int = Field(200, ge=3)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     version_with_dvc: bool = True
     dvc_target: str = "data"
     dvc_push: bool = True
 
+    @model_validator(mode="after")
+    def _prepared_iff_named(self) -> DataSettings:
+        if self.dataset == "prepared" and not self.prepared:
+            raise ValueError("dataset 'prepared' needs `prepared`: the prepared manifest, "
+                             "e.g. data/cifar10/manifest.csv")
+        if self.dataset != "prepared" and self.prepared:
+            raise ValueError(f"`prepared` is set but dataset is {self.dataset!r}; set "
+                             "dataset: prepared to read it")
+        return self
+
     def sample_config(self) -> SampleDataConfig:
         """The ``SampleDataConfig`` part (what ``build_sample_dataset`` takes)."""
         return SampleDataConfig(**self.model_dump(include=set(SampleDataConfig.model_fields)))
+
+    def classes_config(self) -> ProceduralClassesConfig:
+        """The ``ProceduralClassesConfig`` of ``dataset: procedural_classes``."""
+        return ProceduralClassesConfig(size=self.size, images_per_class=self.images_per_class,
+                                       seed=self.seed, fractions=self.fractions)
+
+    def build(self, project_root: str | Path) -> Path:
+        """Build (or reuse) the dataset and return the manifest a run reads.
+
+        ``sample`` / ``procedural_classes``: built under ``root`` (idempotent);
+        ``prepared``: the train/val/test view of the prepared manifest
+        (``labelled.training_view``).
+        """
+        from neuralmark.components.data.labelled import build_procedural_classes, training_view
+        from neuralmark.components.data.sample import build_sample_dataset
+
+        if self.dataset == "prepared":
+            path = Path(str(self.prepared)).expanduser()
+            path = path if path.is_absolute() else Path(project_root).resolve() / path
+            return training_view(path, self.val_fraction, self.seed)
+        root = self.resolved_root(project_root)
+        if self.dataset == "procedural_classes":
+            return build_procedural_classes(root, self.classes_config())
+        return build_sample_dataset(root, self.sample_config())
 
     def resolved_root(self, project_root: str | Path) -> Path:
         """``root`` as an absolute path (relative roots hang off ``project_root``)."""

@@ -159,7 +159,8 @@ Written by `scripts/train_shipped_visible_gan.py`; every number below was measur
 - Data: the sample set `{DATA.model_dump_json()}` (crops of the photos bundled with
   scikit-image / scikit-learn + procedural images; splits by photo). W, V, D and F train on
   the {m["train_images"]} photo crops of the train split at 32² (CIFAR's size); F's task is
-  rotation prediction (4 classes, no labels exist here), so {4 * m["train_images"]} task images.
+  rotation prediction (4 classes; the photo crops carry no class labels), so
+  {4 * m["train_images"]} task images.
 - Recipe: `{json.dumps(RECIPE)}`; GMAN loss weights 1 / 1 / 1 (the seed's eq. 1).
   {fit_steps(fin)} GMAN steps; {m["fit_seconds"]:.0f} s wall in all (F, GMAN, calibration and the
   table's {len(rep.get("accuracy", {}))} F′ + {len(rep.get("removal", {}))} V′ trainings) on a
@@ -204,8 +205,9 @@ marks only); the fair removal comparison is the V′ table, one fresh attacker p
 - F reaches only {fin["f_val_accuracy"]:.3f} on held-out photos (chance 0.25): the sample set
   has no labels and rotation prediction on 32² crops of a dozen photos barely generalises.
   The accuracy columns above therefore cannot show the seed's effect (AlexNet 82.74 → 79.59
-  at blend 0.5); they need CIFAR-10's labels (`task: labels`), which the training pipeline's
-  data step does not read yet.
+  at blend 0.5): that needs a labelled task (`task: labels`). The training pipeline now reads
+  labels — CIFAR-10's (`full`) and ten procedural classes (`tiny`, measured in README.md) —
+  but this shipped W was trained on the rotation task and not retrained.
 - W was trained for a CPU budget; on a GPU the `full` profile is the seed-sized schedule.
 """
     (out / "MODEL_CARD.md").write_text(text)

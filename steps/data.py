@@ -1,8 +1,10 @@
 """Steps that build, version and validate the dataset a training run reads.
 
-``build_dataset`` builds the offline sample dataset (``neuralmark.components.data.sample``)
-and optionally versions it with DVC; ``validate_dataset`` runs the Great
-Expectations suite on its manifest, always writes the report to
+``build_dataset`` builds the offline sample dataset (``neuralmark.components.data.sample``),
+the labelled procedural classes, or a train/val/test view of a prepared dataset
+(``neuralmark.components.data.labelled``), and optionally versions it with DVC;
+``validate_dataset`` runs the Great Expectations suite on its manifest (the prepared-data
+suite, with the recipe's expectations, for labelled manifests), always writes the report to
 ``<project>/reports/<run>/`` (and logs it to MLflow), and raises
 ``DataValidationError`` on failure, so the pipeline stops before training.
 
@@ -25,24 +27,22 @@ from neuralmark.runtime.stack import TRACKER_NAME
 
 @step(experiment_tracker=TRACKER_NAME)
 def build_dataset(data: dict[str, Any]) -> Annotated[str, "manifest"]:
-    """Build (or reuse) the sample dataset; version it with DVC if asked.
+    """Build (or reuse) the run's dataset (``DataSettings.build``); version it with DVC if asked.
 
     Args:
-        data: ``DataSettings`` fields.
+        data: ``DataSettings`` fields (``dataset``: sample, procedural_classes or prepared).
 
     Returns:
         Absolute path of ``manifest.csv``.
     """
-    from neuralmark.components.data.sample import build_sample_dataset
-
     settings = DataSettings(**data)
-    root = settings.resolved_root(project_root())
-    manifest = build_sample_dataset(root, settings.sample_config())
+    manifest = settings.build(project_root())
     md5 = None
     if settings.version_with_dvc:
         from neuralmark.integrations.versioning import version_dataset
 
-        md5 = version_dataset(project_root(), settings.dvc_target, root, push=settings.dvc_push)
+        md5 = version_dataset(project_root(), settings.dvc_target, manifest.parent,
+                              push=settings.dvc_push)
     log_config(settings.model_dump(mode="json"), prefix="data.")
     mlflow.set_tag("data.dvc_md5", md5 or "not versioned")
     log_metadata({"manifest": str(manifest), "dvc_md5": md5 or "not versioned"})
@@ -68,8 +68,8 @@ def validate_dataset(manifest: str, min_size: int = 64) -> Annotated[str, "valid
         DataValidationError: an expectation failed (the message names them and
             where the report is).
     """
-    from neuralmark.integrations.validation import validate_manifest
+    from neuralmark.integrations.validation import validate_training_manifest
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # INFO floods step logs
-    publish_validation(validate_manifest(manifest, min_size=min_size))
+    publish_validation(validate_training_manifest(manifest, min_size=min_size))
     return manifest

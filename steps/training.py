@@ -1,4 +1,4 @@
-"""The training step: load the splits, build the method from its config, ``fit``.
+"""The training step: load the splits (and labels), build the method from its config, ``fit``.
 
 Metrics stream to MLflow through ``MLflowCallback`` (prefix ``train/``) and the
 method's figures (robustness curves per EM round) land under ``figures/``.
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 
 import neuralmark.integrations.materializers  # noqa: F401  (registers the WatermarkMethod materializer)
-from neuralmark.components.data.manifest import load_split
+from neuralmark.components.data.labelled import training_data
 from neuralmark.components.methods.base import WatermarkMethod
 from neuralmark.components.methods.registry import make_config, method_class
 from neuralmark.integrations.tracking import MLflowCallback, in_process_callbacks, log_config
@@ -32,6 +32,10 @@ def train_model(manifest: str, method: str,
     method trains data-parallel on this node and MLflow receives rank 0's metrics when
     the job ends; with one (or on CPU), in this process as always.
 
+    A labelled manifest (procedural classes, a prepared dataset's view) also hands the
+    method ``train_labels`` / ``val_labels`` and the held-out ``test`` / ``test_labels``
+    (``labelled.training_data``); a method without a use for them ignores them.
+
     Args:
         manifest: validated ``manifest.csv``.
         method: registry key.
@@ -41,10 +45,8 @@ def train_model(manifest: str, method: str,
         The trained method (stored as a bundle by ``WatermarkMethodMaterializer``).
     """
     cfg = make_config(method, config)
-    size = getattr(cfg, "working_size", None)
-    data = {split: load_split(manifest, split, size=size) for split in ("train", "val")}
-    if method_class(method).native_calibration:
-        data["calibration"] = load_split(manifest, "val")  # at the resolution it verifies
+    data = training_data(manifest, size=getattr(cfg, "working_size", None),
+                         calibration=method_class(method).native_calibration)
     log_config(cfg.model_dump(mode="json"), prefix="method.")
     processes = train_processes()
     trained, final = fit_method(method, cfg, data, [MLflowCallback(prefix="train/"),

@@ -1,7 +1,8 @@
 """visible_gan through the training pipeline on the real ZenML / MLflow stack (one run).
 
 One temporary project (tests/isolation.py); ``run_training`` with configs/visible_gan.yaml
-(the tiny profile shrunk by overrides): data → validation → F, GMAN, calibration, the
+(the tiny profile shrunk by overrides: 6 images of each procedural class): data →
+validation → F on the class labels, GMAN, calibration, the
 seed's table → suite + DeepStamp's own rows → gate (its method metrics included) → the
 registered model ``neuralmark-visible_gan``.
 """
@@ -25,11 +26,11 @@ MICRO: dict[str, Any] = {
                "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 4,
                "steps": 6, "batch_size": 8, "utility_steps": 3, "removal_steps": 3,
                "calibration_scores": 200, "log_every": 2},
-    "data": {"root": "data/micro", "size": 64, "crops_per_photo": 1, "n_procedural": 3,
-             "version_with_dvc": False},
+    "data": {"root": "data/micro-classes", "images_per_class": 6, "version_with_dvc": False},
     "evaluation": {"limit": 3, "batch_size": 4, "attacks": ["none", "jpeg"]},
     "policy": {"min_psnr": 0.0, "min_detection_rate": {"none": 0.0}, "max_fpr": 1.0,
-               "max_regression": 1.0, "min_metric": {"contrast/deepstamp": 0.0},
+               "max_regression": 1.0,
+               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0},
                "max_metric": {"accuracy_drop/deepstamp": 1.0, "removal_gain/deepstamp": 100}},
 }
 

@@ -55,7 +55,7 @@ class ManifestRow:
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
-    """Read a manifest CSV.
+    """Read a manifest CSV (or a single-domain prepared one: its extra columns are ignored).
 
     Args:
         path: the ``manifest.csv`` file.
@@ -65,17 +65,23 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
 
     Raises:
         FileNotFoundError: the manifest does not exist.
-        ValueError: the header is not ``MANIFEST_COLUMNS`` or a number is malformed.
+        ValueError: the header does not start with ``MANIFEST_COLUMNS``, a number is
+            malformed, or a row has a paired domain (``A`` / ``B``).
     """
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames != MANIFEST_COLUMNS:
+        fields = reader.fieldnames or []
+        if fields[:len(MANIFEST_COLUMNS)] != MANIFEST_COLUMNS:
             raise ValueError(
                 f"{path}: manifest columns are {reader.fieldnames}, expected {MANIFEST_COLUMNS}"
+                " (a prepared manifest may add columns after them)"
             )
         rows = []
         for lineno, rec in enumerate(reader, start=2):
+            if rec.get("domain") not in (None, "", "image"):
+                raise ValueError(f"{path}:{lineno}: domain {rec['domain']!r}: a paired "
+                                 "prepared manifest is read with data.pairs.load_prepared_pairs")
             try:
                 rows.append(ManifestRow(
                     path=rec["path"], sha256=rec["sha256"], width=int(rec["width"]),

@@ -26,8 +26,10 @@ Choices where the seed is vague (a contract):
 * **ℒ_f**: KL between F's softmax on x and on x′. **ℒ_v**: V minimises ℓ2 + ℓ1 of its
   restoration; W pays ``relu(margin − MSE(V(x′), x)) / margin``. **ℒ_d**: non-saturating BCE.
 * **D**: three strided convolutions (the seed says transposed; a discriminator reduces).
-* **F without labels**: rotation prediction (4 classes) when the data has no class labels
-  (the sample set); CIFAR-10 labels with ``task: labels``. F / F′ are trained from scratch.
+* **F's task**: class labels (``task: labels``; CIFAR-10's on ``full``, ten procedural
+  classes on ``tiny``, both handed over by the training pipeline); rotation prediction
+  (4 classes) for unlabelled images. F / F′ are trained from scratch. The seed's table tests
+  F′ on the held-out ``test`` split when ``fit`` is given one (else ``val``).
 * **Working size**: W, V, D and F work at ``working_size``² (32, CIFAR's); at embed time W's
   change is up-sampled onto the mark placed at full resolution (a sharp logo at any size).
 * **Placement**: a square of side ``mark_scale``·short side, centred (displacement moves it).

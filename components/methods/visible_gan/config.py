@@ -18,8 +18,8 @@ class VisibleGanConfig(MethodConfig):
     No pretrained classifier can be downloaded here: F (and every F′ of the evaluation) is
     trained from scratch by ``fit`` on the training split (``classifier``: a small ResNet on
     ``tiny``; CIFAR-style AlexNet / VGG16 / ResNet50 on ``full``, as in the seed's table).
-    Without class labels (the sample set) F learns rotation prediction (4 classes), a
-    classification task that needs no labels.
+    ``task: labels`` learns the data's classes (``tiny``: ten procedural classes; ``full``:
+    CIFAR-10); without class labels F can learn rotation prediction (4 classes).
     """
 
     method: Literal["visible_gan"] = "visible_gan"

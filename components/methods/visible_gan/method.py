@@ -383,9 +383,10 @@ class VisibleGan(WatermarkMethod):
 
         Args:
             data: ``{"train": N×3×H×W, "val": M×3×H×W}`` in [0, 1], plus
-                ``"train_labels"`` / ``"val_labels"`` (int64) when ``task`` is ``labels``,
-                and optionally ``"calibration"`` (clean K×3×H×W for the detector's null;
-                default ``val``).
+                ``"train_labels"`` / ``"val_labels"`` (int64) when ``task`` is ``labels``;
+                optionally ``"test"`` (+ ``"test_labels"``), the held-out images the
+                seed's table tests F′ on (default ``val``), and ``"calibration"`` (clean
+                K×3×H×W for the detector's null; default ``val``).
             callbacks: progress / metrics / figures sinks.
 
         Returns:

@@ -38,6 +38,18 @@ def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
     x_tr, y_tr = task_dataset(train, data.get("train_labels"), c.task)
     x_va, y_va = task_dataset(val, data.get("val_labels" if has_val else "train_labels"),
                               c.task)
+    # the seed's table tests F′ on the held-out test split when one is given (else val)
+    has_test = "test" in data and data["test"].shape[0] > 0
+    if has_test:
+        test = resize_square(data["test"], c.working_size).clamp(0, 1).cpu()
+        x_te, y_te = task_dataset(test, data.get("test_labels"), c.task)
+    else:
+        x_te, y_te = x_va, y_va
+    for name, labels in (("train", y_tr), ("val", y_va), ("test", y_te)):
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= method.num_classes):
+            raise InputError(f"visible_gan: {name} labels span {int(labels.min())}.."
+                             f"{int(labels.max())}, outside F's 0..{method.num_classes - 1} "
+                             f"(num_classes {method.num_classes})")
     start = time.time()
     figures = any(callable(getattr(x, "on_figure", None)) for x in cb.callbacks)
 
@@ -93,8 +105,10 @@ def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
         marked_va, _ = method.stamp_working(x_va[:64].to(device))
         restored = method.V(marked_va).clamp(0, 1)
         v_psnr = float(psnr(restored, x_va[:64].to(device)).mean())
-    method.fit_report = dataset_utility(method, x_tr, y_tr, x_va, y_va, g, device, cb)
-    method.fit_report.update({"f_val_accuracy": f_accuracy, "gman_steps": steps_done,
+    method.fit_report = dataset_utility(method, x_tr, y_tr, x_te, y_te, g, device, cb)
+    method.fit_report.update({"task": c.task, "utility_test": "test" if has_test else "val",
+                              "utility_test_images": int(x_te.shape[0]),
+                              "f_val_accuracy": f_accuracy, "gman_steps": steps_done,
                               "fit_seconds": round(time.time() - start, 1),
                               "train_images": int(train.shape[0]),
                               "task_images": int(x_tr.shape[0])})
