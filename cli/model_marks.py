@@ -95,6 +95,9 @@ def mark_model(
     width: int | None = _WIDTH,
     out_dir: Path | None = typer.Option(None, "--out",
                                         help="With --host: the bundle folder to write."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="With --host: optimiser steps of the embedding, the "
+                                     "independent host and R (default: the profile's)."),
 ) -> None:
     """Train and mark a host through the pipeline (gate, registry), or mark --host FILE.
 
@@ -111,11 +114,13 @@ def mark_model(
     if host is not None:
         if out_dir is None:
             raise InputError("--host needs --out DIR (where the marked bundle is written)")
+        if steps is not None:
+            cfg.update(embed_steps=steps, host_steps=steps, visualizer_steps=steps)
         _mark_file(host, out_dir, profile.value, cfg, key)
         return
-    if out_dir is not None:
-        raise InputError("--out is for --host; the pipeline registers the marked host in "
-                         "MLflow (load it with --model-uri)")
+    if out_dir is not None or steps is not None:
+        raise InputError("--out and --steps are for --host; the pipeline registers the "
+                         "marked host in MLflow (load it with --model-uri)")
     if cfg:
         overrides["config"] = cfg
     if key is not None:

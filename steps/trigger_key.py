@@ -24,17 +24,10 @@ from neuralmark.components.attacks.model_registry import ModelAttackSettings
 from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import WatermarkKey, WatermarkMethod
 from neuralmark.components.methods.trigger_key import study, tables
-from neuralmark.components.methods.trigger_key.method import TriggerKey
 from neuralmark.components.report import Report
 from neuralmark.integrations.run_context import run_reports_dir
 from neuralmark.integrations.tracking import log_config, log_report, step_callbacks
 from neuralmark.runtime.stack import TRACKER_NAME
-
-
-def _trigger_key(method: WatermarkMethod) -> TriggerKey:
-    if not isinstance(method, TriggerKey):
-        raise TypeError(f"expected a trigger_key method, got {method.key}")
-    return method
 
 
 @step(experiment_tracker=TRACKER_NAME)
@@ -56,7 +49,7 @@ def train_independent_host(unmarked: WatermarkMethod, manifest: str, test_splits
                            seed: int = 1000, code_digest: str = ""
                            ) -> Annotated[WatermarkMethod, "independent_method"]:
     """Another host of the task from another init and batch order (the null; cached)."""
-    out = study.train_independent(_trigger_key(unmarked), manifest, test_splits, seed,
+    out = study.train_independent(study.as_trigger_key(unmarked), manifest, test_splits, seed,
                                   step_callbacks("independent/"))
     mlflow.log_metric("independent/host_psnr", out.metrics["host_psnr"])
     return out
@@ -67,7 +60,7 @@ def embed_owner_mark(unmarked: WatermarkMethod, independent: WatermarkMethod, ma
                      test_splits: list[str], key_secret: str
                      ) -> Annotated[WatermarkMethod, "trained_method"]:
     """Embed the owner's key, calibrate η (with the independent host), train R."""
-    marked = study.mark_owner(_trigger_key(unmarked), WatermarkKey(key_secret),
+    marked = study.mark_owner(study.as_trigger_key(unmarked), WatermarkKey(key_secret),
                               [independent.host], manifest, test_splits,
                               step_callbacks("embed/"))
     mlflow.log_metrics({f"embed/{k}": float(v) for k, v in marked.metrics.items()})
@@ -80,7 +73,7 @@ def embed_baseline(unmarked: WatermarkMethod, manifest: str, test_splits: list[s
                    name: str, key_secret: str, code_digest: str = ""
                    ) -> Annotated[WatermarkMethod, "baseline_method"]:
     """Base-1 or Base-2 embedded in the same unmarked host (cached)."""
-    out = study.mark_baseline(_trigger_key(unmarked), name, WatermarkKey(key_secret),
+    out = study.mark_baseline(study.as_trigger_key(unmarked), name, WatermarkKey(key_secret),
                               manifest, test_splits, step_callbacks(f"{name}/"))
     return out
 
@@ -91,12 +84,10 @@ def attack_host(method: WatermarkMethod, manifest: str, test_splits: list[str], 
                 settings: dict[str, Any], new_manifest: str | None = None,
                 code_digest: str = "") -> Annotated[list[dict[str, Any]], "attack_rows"]:
     """One model attack at every strength on one marked method, verified (cached)."""
-    from neuralmark.components.methods.trigger_key.host import HostMark
-
-    assert isinstance(method, HostMark)
-    rows = study.attack_rows(name, method, WatermarkKey(key_secret), attack, strengths,
-                             manifest, test_splits, ModelAttackSettings(**settings),
-                             new_manifest, step_callbacks(f"attack/{name}/"))
+    rows = study.attack_rows(name, study.as_host_mark(method), WatermarkKey(key_secret),
+                             attack, strengths, manifest, test_splits,
+                             ModelAttackSettings(**settings), new_manifest,
+                             step_callbacks(f"attack/{name}/"))
     log_metadata({"attack": attack, "method": name, "rows": len(rows)})
     return rows
 
@@ -107,7 +98,7 @@ def uniqueness(marked: WatermarkMethod, independent: WatermarkMethod, manifest: 
                n_keys: int | None = None, code_digest: str = ""
                ) -> Annotated[list[dict[str, Any]], "uniqueness_rows"]:
     """d for every host × key (hosts marked with other keys, unmarked, independent)."""
-    return study.uniqueness_study(_trigger_key(marked), WatermarkKey(key_secret),
+    return study.uniqueness_study(study.as_trigger_key(marked), WatermarkKey(key_secret),
                                   independent.host, other_secrets, manifest, test_splits,
                                   n_keys)
 
@@ -117,7 +108,7 @@ def capacity(marked: WatermarkMethod, manifest: str, test_splits: list[str], key
              sizes: list[int], n_keys: int = 40, code_digest: str = ""
              ) -> Annotated[list[dict[str, Any]], "capacity_rows"]:
     """Fidelity cost and verification per trigger size (cached)."""
-    return study.capacity_study(_trigger_key(marked), WatermarkKey(key_secret), sizes,
+    return study.capacity_study(study.as_trigger_key(marked), WatermarkKey(key_secret), sizes,
                                 manifest, test_splits, n_keys)
 
 
@@ -134,7 +125,7 @@ def evaluate_trigger_key(marked: WatermarkMethod, manifest: str, test_splits: li
         (``study.gate_summary``); Markdown, CSV and figures go under ``report/`` in MLflow
         and ``<project>/reports/<run>/``.
     """
-    method = study.with_data(_trigger_key(marked), manifest, test_splits)
+    method = study.with_data(study.as_trigger_key(marked), manifest, test_splits)
     attacks = study.merge_attack_rows(attack_rows)
     fidelity = study.fidelity_rows(method)
     summary = study.gate_summary(attacks, fidelity, uniqueness_rows, method)

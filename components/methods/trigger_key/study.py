@@ -51,6 +51,20 @@ BASELINES = (tables.BASE1, tables.BASE2)
 DETECTED = "detected/"
 
 
+def as_trigger_key(method: Any) -> TriggerKey:
+    """``method`` if it is a trigger_key method (what a step loaded), else ``InputError``."""
+    if not isinstance(method, TriggerKey):
+        raise InputError(f"expected a trigger_key method, got {type(method).__name__}")
+    return method
+
+
+def as_host_mark(method: Any) -> HostMark:
+    """``method`` if it is a host watermark (trigger_key or a baseline), else ``InputError``."""
+    if not isinstance(method, HostMark):
+        raise InputError(f"expected a host watermark, got {type(method).__name__}")
+    return method
+
+
 # -- data and training --------------------------------------------------------------------------
 
 
@@ -131,11 +145,12 @@ def mark_baseline(unmarked: TriggerKey, name: str, key: WatermarkKey,
                   manifest: str | os.PathLike, test_splits: Sequence[str] = ("val", "test"),
                   callbacks: Callbacks | Sequence[Any] = ()) -> HostMark:
     """Base-1 (``trigger_key_backdoor``) or Base-2 (``trigger_key_randproj``) embedded in
-    the same unmarked host with the same schedule."""
+    the same unmarked host with the same schedule (no λ = 0 reference run: the baselines'
+    tables show their task PSNR, not a fidelity cost)."""
     if name not in BASELINES:
         raise InputError(f"unknown baseline {name!r}; expected one of {list(BASELINES)}")
     cfg = unmarked.config.model_dump(mode="json")
-    baseline = build(name, {**cfg, "method": name})
+    baseline = build(name, {**cfg, "method": name, "lambda0_reference": False})
     if not isinstance(baseline, HostMark):
         raise InputError(f"{name} is not a host watermark")
     with_data(baseline, manifest, test_splits)
@@ -331,7 +346,8 @@ def check_policy_labels(metric_keys: Iterable[str], suite: ModelSuite) -> None:
                              f"of the suite; run: {', '.join(sorted(labels))}")
 
 
-__all__ = ["BASELINES", "attack_rows", "capacity_study", "check_policy_labels",
+__all__ = ["BASELINES", "as_host_mark", "as_trigger_key", "attack_rows", "capacity_study",
+           "check_policy_labels",
            "fidelity_rows", "fidelity_table", "gate_summary", "mark_baseline", "mark_owner",
            "merge_attack_rows", "prune_survived_max", "report_markdown", "task_images",
            "train_independent", "train_unmarked", "uniqueness_study", "with_data"]
