@@ -41,7 +41,7 @@ MICRO: dict[str, Any] = {
                "max_metric": {"fidelity_cost_db": 100.0, "uniqueness_false_matches": 100.0}},
     "study": {"suite": [["prune", [0.1, 0.5]], ["fine_tune_original", [1]],
                         ["overwrite", [None]]], "other_keys": 1,
-              "capacity_sizes": [16], "capacity_keys": 4, "uniqueness_keys": 10},
+              "capacity_sizes": [12], "capacity_keys": 4, "uniqueness_keys": 10},
 }
 
 
@@ -83,7 +83,7 @@ def test_pipeline_runs_end_to_end_logs_the_report_and_registers(project: Path, r
     assert s["psnr/prune_0.5"] < s["psnr"]  # pruning half of every layer costs the task
     tables = run["tables"]
     for part in ("## Fidelity", "## Attacks", "prune_0.5", "## Uniqueness", "marked:key1",
-                 "## Capacity", "16×16", "FPR"):
+                 "## Capacity", "12×12", "FPR"):
         assert part in tables, part
 
     uri = tracking_uri(project)

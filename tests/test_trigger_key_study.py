@@ -184,3 +184,23 @@ def test_baselines_are_built_from_the_same_config() -> None:
         study.mark_baseline(m, "adi", None, "nowhere")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="expected a trigger_key method"):
         study.as_trigger_key(build("trigger_key_backdoor", {"depth": 3, "width": 4}))
+
+
+def test_capacity_embeds_other_trigger_sizes_into_a_marked_host() -> None:
+    """A marked method's S has its own trigger's shape; capacity starts from the unmarked
+    host for every size (this failed with a KeyStore size mismatch before)."""
+    from neuralmark.components.methods.base import WatermarkKey
+    from neuralmark.components.methods.trigger_key.analysis import capacity_rows
+    from neuralmark.components.methods.trigger_key.host_files import sample_task_images
+
+    torch.manual_seed(0)
+    m = build("trigger_key", {"depth": 3, "width": 4, "host_steps": 2, "embed_steps": 3,
+                              "n_patches": 16, "patch_size": 16, "trigger_size": 16,
+                              "batch_size": 4, "check_every": 1})
+    m.fit(sample_task_images())
+    key = WatermarkKey("owner")
+    m.embed_model(m.unmarked, key)
+    rows = capacity_rows(m, key, [12, 20], n_keys=4)
+    assert {r["trigger_size"] for r in rows} == {12, 20}
+    assert {"fidelity_cost_db", "eta", "detected_marked"} <= {r["metric"] for r in rows}
+    assert tuple(m.s.shape) == (1, 1, 16, 16) and m.owns(key)  # the method is not changed
