@@ -132,8 +132,9 @@ def evaluate_trigger_key(marked: WatermarkMethod, manifest: str, test_splits: li
     markdown = study.report_markdown(title, summary, fidelity, attacks, uniqueness_rows,
                                      capacity_rows)
     report = Report(rows=attacks, summary=summary,
-                    extra={"tables": markdown, "fidelity": fidelity,
-                           "uniqueness": uniqueness_rows, "capacity": capacity_rows})
+                    extra={"tables": markdown, "fidelity": study.jsonable_rows(fidelity),
+                           "uniqueness": study.jsonable_rows(uniqueness_rows),
+                           "capacity": study.jsonable_rows(capacity_rows)})
     out = run_reports_dir()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "trigger_key_report.md", markdown)

@@ -331,6 +331,12 @@ def report_markdown(title: str, summary: Mapping[str, float], fidelity: Sequence
     return "\n".join(parts) + "\n"
 
 
+def jsonable_rows(rows: Sequence[Row]) -> list[Row]:
+    """``rows`` with non-finite floats as ``None`` (a report's JSON allows no NaN / inf)."""
+    return [{k: None if isinstance(v, float) and not math.isfinite(v) else v
+             for k, v in r.items()} for r in rows]
+
+
 def check_policy_labels(metric_keys: Iterable[str], suite: ModelSuite) -> None:
     """Every ``detected/<label>`` / ``psnr/<label>`` a policy names must be run by the suite.
 
@@ -347,7 +353,7 @@ def check_policy_labels(metric_keys: Iterable[str], suite: ModelSuite) -> None:
 
 
 __all__ = ["BASELINES", "as_host_mark", "as_trigger_key", "attack_rows", "capacity_study",
-           "check_policy_labels",
-           "fidelity_rows", "fidelity_table", "gate_summary", "mark_baseline", "mark_owner",
-           "merge_attack_rows", "prune_survived_max", "report_markdown", "task_images",
-           "train_independent", "train_unmarked", "uniqueness_study", "with_data"]
+           "check_policy_labels", "fidelity_rows", "fidelity_table", "gate_summary",
+           "jsonable_rows", "mark_baseline", "mark_owner", "merge_attack_rows",
+           "prune_survived_max", "report_markdown", "task_images", "train_independent",
+           "train_unmarked", "uniqueness_study", "with_data"]
