@@ -198,8 +198,10 @@ def verify_model(
     if host is not None:
         suspect, what = _host_from(method, host, arch, depth, width), str(host)
     elif suspect_bundle is not None:
-        other = load_method(None, suspect_bundle, None, device, kind="model")
-        suspect, what = other.modules()["host"], str(suspect_bundle)
+        from neuralmark.components.methods.trigger_key.study import as_host_mark
+
+        other = as_host_mark(load_method(None, suspect_bundle, None, device, kind="model"))
+        suspect, what = other.host, str(suspect_bundle)
     elif unmarked:
         suspect, what = method.unmarked, f"{method.key} bundle (unmarked host)"
     else:

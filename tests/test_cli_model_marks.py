@@ -107,5 +107,18 @@ def test_mark_model_marks_a_host_file_and_verify_model_detects_it(tmp_path) -> N
 
 
 def test_suspect_bundle_and_missing_bundle(tmp_path: Path) -> None:
+    from neuralmark.components.methods.registry import shipped_bundle
+
     res = _invoke("verify-model", "-k", DEMO, "--bundle", str(tmp_path / "nope"))
     assert res.exit_code == 2 and "not a folder" in res.output
+    same = _invoke("verify-model", "-k", DEMO, "--suspect-bundle",
+                   str(shipped_bundle("trigger_key")))
+    assert same.exit_code == 0, same.output
+    other = _invoke("verify-model", "-k", DEMO, "--suspect-bundle",
+                    str(shipped_bundle("pgd_signer")))
+    assert other.exit_code == 2 and "content method" in other.output
+
+
+def test_mark_model_refuses_a_bad_config_before_running_anything() -> None:
+    res = _invoke("mark-model", "--arch", "red", "--task", "sr")
+    assert res.exit_code == 2 and "SR hosts are vdsr and dncnn" in " ".join(res.output.split())
