@@ -104,7 +104,8 @@ class StudySettings(BaseModel):
     baselines: bool = True
     other_keys: int = Field(2, ge=0, le=16)
     capacity_sizes: list[int] | None = None
-    capacity_keys: int = Field(40, ge=2)
+    #: 40 keys left η unreachable at alpha 0.01 (p ≥ 1/(n+1)): nothing detected, η nan
+    capacity_keys: int = Field(100, ge=2)
     uniqueness_keys: int | None = Field(None, ge=2)
     independent_seed: int = 1000
     test_splits: list[str] = Field(default_factory=lambda: ["val", "test"])
