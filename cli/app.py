@@ -5,6 +5,8 @@
 * ``neuralmark.cli.data``: ``data sample``, ``data prepare``;
 * ``neuralmark.cli.output_mark``: ``protect``, ``extract``, ``audit``;
 * ``neuralmark.cli.brand``: ``brand``, ``brand-verify`` (visible marks, DeepStamp);
+* ``neuralmark.cli.model_marks``: ``mark-model``, ``verify-model``, ``attack-model``
+  (trigger_key: ownership marks in image-processing models);
 * ``neuralmark.cli.common``: what they share (consoles, errors, verdicts, loading);
   ``neuralmark.cli.headline``: the headline tables of pipeline results.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import typer
 
-from neuralmark.cli import brand, content, data, output_mark, pipeline_runs
+from neuralmark.cli import brand, content, data, model_marks, output_mark, pipeline_runs
 
 app = typer.Typer(
     name="neuralmark",
@@ -29,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for group in (content, brand, pipeline_runs, data, output_mark):
+for group in (content, brand, pipeline_runs, data, output_mark, model_marks):
     group.register(app)
 
 

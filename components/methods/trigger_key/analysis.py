@@ -58,11 +58,17 @@ def capacity_rows(method: TriggerKey, key: WatermarkKey, sizes: Sequence[int],
         sizes: trigger sides.
         n_keys: random keys of each size's calibration.
     """
+    if not isinstance(method, TriggerKey):
+        raise TypeError("capacity_rows needs a trigger_key method")
     rows = []
     for size in sizes:
-        m = method.with_config(trigger_size=int(size))
-        if not isinstance(m, TriggerKey):
-            raise TypeError("capacity_rows needs a trigger_key method")
+        # a fresh method of this trigger size with the same unmarked host (``with_config``
+        # would copy S, whose shape is the old trigger's)
+        m = type(method)(type(method.config).model_validate(
+            {**method.config.model_dump(), "trigger_size": int(size)}))
+        m.host.load_state_dict(method.unmarked.state_dict())
+        m.unmarked.load_state_dict(method.unmarked.state_dict())
+        m.trained = True
         m.train_pairs, m.test_pairs = method.train_pairs, method.test_pairs
         m.embed_model(method.unmarked, key)
         m.calibrate(key, n_keys=n_keys)

@@ -48,6 +48,8 @@ class HostMark(WatermarkMethod):
     Config = TriggerKeyConfig
     config: TriggerKeyConfig
     kind = "model"
+    own_pipeline = ("neuralmark mark-model (neuralmark.pipelines.trigger_key."
+                    "trigger_key_pipeline, configs/trigger_key*.yaml)")
     min_size = 8
     smoke_config: dict[str, Any] = {
         "depth": 3, "width": 4, "trigger_size": 8, "host_steps": 2, "embed_steps": 2,
