@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from neuralmark.components.data.sample import BUNDLED_PHOTOS, load_bundled_photo  # noqa: E402
-from neuralmark.components.methods import build  # noqa: E402
+from neuralmark.components.methods import build, load_bundle  # noqa: E402
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.trigger_key import analysis, tables  # noqa: E402
 from neuralmark.components.methods.trigger_key.evaluation import evaluate_attacks  # noqa: E402
@@ -58,18 +58,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/trigger_key"))
     ap.add_argument("--evaluate", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bundle", type=Path, default=None,
+                    help="skip training: evaluate this bundle (made by this recipe)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     data = photos()
-    m = build("trigger_key", RECIPE)
-    m.fit(data)
-    independent = m.train_independent_host(1000)
-    m.embed_model(m.unmarked, DEMO_KEY)
-    m.calibrate(DEMO_KEY, [independent])
-    m.train_visualizer(DEMO_KEY, [independent])
-    m.to_bundle(args.out / "bundle")
+    if args.bundle is not None:  # evaluate a bundle made by this recipe (same data, seeds)
+        m = load_bundle(args.bundle)
+        m.set_task_data(data)
+        independent = m.train_independent_host(1000)
+    else:
+        m = build("trigger_key", RECIPE)
+        m.fit(data)
+        independent = m.train_independent_host(1000)
+        m.embed_model(m.unmarked, DEMO_KEY)
+        m.calibrate(DEMO_KEY, [independent])
+        m.train_visualizer(DEMO_KEY, [independent])
+        m.to_bundle(args.out / "bundle")
     wrong = [WatermarkKey(f"not-the-demo-key-{i}") for i in range(20)]
     verdicts = {"marked/demo": m.verify_model(m.host, DEMO_KEY),
                 "unmarked/demo": m.verify_model(m.unmarked, DEMO_KEY),
@@ -94,8 +101,10 @@ def main() -> None:
         b.embed_model(m.unmarked, DEMO_KEY)
         bases[name] = (b, DEMO_KEY)
     rows = evaluate_attacks({"trigger_key": (m, DEMO_KEY), **bases}, SUITE)
-    other = m.with_config()
-    other.train_pairs, other.test_pairs = m.train_pairs, m.test_pairs
+    (args.out / "attack_rows.json").write_text(json.dumps(rows, default=str))
+    (args.out / "attacks.md").write_text(tables.attack_table(rows))
+    print(tables.attack_table(rows), flush=True)
+    other = analysis.variant(m)
     second = WatermarkKey("second owner")
     other.embed_model(m.unmarked, second)
     other.calibrate(second, [independent])
@@ -103,8 +112,7 @@ def main() -> None:
         {"demo": (m, DEMO_KEY), "second": (other, second), "random": (m, wrong[0])},
         {"marked demo": m.host, "marked second": other.host, "unmarked": m.unmarked,
          "independent": independent})
-    quick = m.with_config(lambda0_reference=False, embed_steps=500)
-    quick.train_pairs, quick.test_pairs = m.train_pairs, m.test_pairs
+    quick = analysis.variant(m, lambda0_reference=False, embed_steps=500)
     cap = analysis.capacity_rows(quick, DEMO_KEY, analysis.CAPACITY_SIZES_TINY)
     abl = analysis.keyed_gradient_ablation(quick, DEMO_KEY, wrong)
     fb = {k: fb_v for k, fb_v in tables.breaking_points(rows).items()}

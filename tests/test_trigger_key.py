@@ -214,3 +214,19 @@ def test_shipped_bundle_verifies_with_the_demo_key_and_rejects_the_unmarked_host
     assert not m.verify_model(m.unmarked, key).detected
     assert not m.verify_model(m.host, WatermarkKey("not the demo key")).detected
     assert m.shown(m.host, key) >= SHOWN
+
+
+def test_capacity_and_keyed_gradient_ablation_rows(protected):
+    from neuralmark.components.methods.trigger_key import analysis
+
+    m, _ = protected
+    before = m.s.clone()
+    quick = analysis.variant(m, embed_steps=40, lambda0_reference=False, check_every=40)
+    cap = analysis.capacity_rows(quick, OWNER, [16, 48], n_keys=20)
+    assert {(r["trigger_size"], r["metric"]) for r in cap} >= {
+        (s, k) for s in (16, 48) for k in ("fidelity_cost_db", "eta", "detected_marked")}
+    assert all(math.isfinite(r["value"]) for r in cap if r["metric"] != "eta")
+    assert "16×16" in tables.capacity_table(cap)
+    abl = analysis.keyed_gradient_ablation(quick, OWNER, WRONG[:2], n_keys=20)
+    assert {r["gradient"] for r in abl} == {"fixed", "keyed"}
+    assert torch.equal(m.s, before) and m.owns(OWNER), "the analysis changed the method"

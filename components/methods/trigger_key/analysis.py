@@ -29,6 +29,21 @@ CAPACITY_SIZES_FULL: tuple[int, ...] = (20, 40, 80, 160, 320, 480, 600)
 CAPACITY_SIZES_TINY: tuple[int, ...] = (16, 32, 64)
 
 
+def variant(method: TriggerKey, **changes: Any) -> TriggerKey:
+    """A fresh, unmarked ``TriggerKey`` with config ``changes``, holding ``method``'s unmarked
+    host (as ``host`` and ``unmarked``) and task data; ``method`` is not changed.
+
+    (``with_config`` copies every module, and S changes shape with the trigger size.)
+    """
+    config = method.Config.model_validate({**method.config.model_dump(), **changes})
+    other = TriggerKey(config)
+    other.host.load_state_dict(method.unmarked.state_dict())
+    other.unmarked.load_state_dict(method.unmarked.state_dict())
+    other.trained = True
+    other.train_pairs, other.test_pairs = method.train_pairs, method.test_pairs
+    return other
+
+
 def uniqueness_rows(owners: Mapping[str, tuple[TriggerKey, WatermarkKey]],
                     hosts: Mapping[str, nn.Module]) -> list[Row]:
     """``host, key, d, ncc, p_value, detected`` for every host × owner key.
@@ -49,7 +64,7 @@ def uniqueness_rows(owners: Mapping[str, tuple[TriggerKey, WatermarkKey]],
 
 
 def capacity_rows(method: TriggerKey, key: WatermarkKey, sizes: Sequence[int],
-                  n_keys: int = 40) -> list[Row]:
+                  n_keys: int = 100) -> list[Row]:
     """Fidelity and verification per trigger size, embedded into ``method``'s unmarked host.
 
     Args:
@@ -62,14 +77,7 @@ def capacity_rows(method: TriggerKey, key: WatermarkKey, sizes: Sequence[int],
         raise TypeError("capacity_rows needs a trigger_key method")
     rows = []
     for size in sizes:
-        # a fresh method of this trigger size with the same unmarked host (``with_config``
-        # would copy S, whose shape is the old trigger's)
-        m = type(method)(type(method.config).model_validate(
-            {**method.config.model_dump(), "trigger_size": int(size)}))
-        m.host.load_state_dict(method.unmarked.state_dict())
-        m.unmarked.load_state_dict(method.unmarked.state_dict())
-        m.trained = True
-        m.train_pairs, m.test_pairs = method.train_pairs, method.test_pairs
+        m = variant(method, trigger_size=int(size))
         m.embed_model(method.unmarked, key)
         m.calibrate(key, n_keys=n_keys)
         own, clean = m.verify_model(m.host, key), m.verify_model(m.unmarked, key)
@@ -95,10 +103,7 @@ def keyed_gradient_ablation(method: TriggerKey, key: WatermarkKey,
     """
     rows = []
     for keyed in (False, True):
-        m = method.with_config(keyed_gradient=keyed)
-        if not isinstance(m, TriggerKey):
-            raise TypeError("keyed_gradient_ablation needs a trigger_key method")
-        m.train_pairs, m.test_pairs = method.train_pairs, method.test_pairs
+        m = variant(method, keyed_gradient=keyed)
         m.embed_model(method.unmarked, key)
         m.calibrate(key, n_keys=n_keys)
         verdicts = [m.verify_model(m.host, k) for k in wrong_keys]
@@ -123,4 +128,4 @@ def keyed_gradient_ablation(method: TriggerKey, key: WatermarkKey,
 
 
 __all__ = ["CAPACITY_SIZES_FULL", "CAPACITY_SIZES_TINY", "capacity_rows",
-           "keyed_gradient_ablation", "uniqueness_rows"]
+           "keyed_gradient_ablation", "uniqueness_rows", "variant"]

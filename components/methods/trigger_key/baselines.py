@@ -19,10 +19,10 @@ classification-style mark, as the seed adapts them (256 classes each):
   inputs each carry a key-derived class; ℓ_w is the binary cross-entropy of the bits.
   Verification reads the bits: bit error rate, p = ``P(Bin(8n, ½) ≥ matching bits)``.
 
-The verdict's ``score`` is that NCC (continuous, key-dependent); the decision is the
-binomial p-value of the count. Both report ``ncc`` (mean NCC of the outputs with their targets: templates for Base-1,
+Both report ``ncc`` (mean NCC of the outputs with their targets: templates for Base-1,
 ±1 bits with the projections for Base-2) and ``ncc_verified`` (NCC > 0.95) beside the
-p-value rule, as the seed's tables do.
+p-value rule, as the seed's tables do. The verdict's ``score`` is that NCC (continuous,
+key-dependent); the decision is the binomial p-value of the count.
 """
 
 from __future__ import annotations
