@@ -81,3 +81,21 @@ def isolated_zenml_project(root: Path) -> Iterator[Path]:
             GlobalConfiguration._reset_instance(previous[0])
             Client._reset_instance(previous[1])
             _restore_mlflow(mlflow_state)
+
+
+@contextlib.contextmanager
+def pipeline_project(root: Path) -> Iterator[Path]:
+    """``isolated_zenml_project`` run on one torch thread, put back afterwards.
+
+    The pipeline tests share the machine with the rest of the suite, and one thread makes
+    a run's numbers the same from run to run.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with isolated_zenml_project(root):
+            yield root
+    finally:
+        torch.set_num_threads(threads)

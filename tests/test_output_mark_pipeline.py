@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from neuralmark.runtime.stack import tracking_uri
-from tests.isolation import isolated_zenml_project
+from tests.isolation import pipeline_project
 
 pytestmark = pytest.mark.pipeline
 
@@ -42,14 +42,8 @@ CELL_STEPS = {"surrogate_unet_l2", "surrogate_cnet_l1_adversarial", "baseline_un
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("nm-om-project")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared machine; determinism across the two runs
-    try:
-        with isolated_zenml_project(root):
-            yield root
-    finally:
-        torch.set_num_threads(threads)
+    with pipeline_project(tmp_path_factory.mktemp("nm-om-project")) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from neuralmark.runtime.stack import tracking_uri
-from tests.isolation import isolated_zenml_project, mlflow_store
+from tests.isolation import mlflow_store, pipeline_project
 
 pytestmark = pytest.mark.pipeline
 
@@ -47,14 +46,8 @@ MICRO: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("nm-tk-project")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with isolated_zenml_project(root):
-            yield root
-    finally:
-        torch.set_num_threads(threads)
+    with pipeline_project(tmp_path_factory.mktemp("nm-tk-project")) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from neuralmark.components.data.prepare import prepare_dataset
 from neuralmark.components.methods.base import InputError
 from neuralmark.components.methods.registry import build, method_class
 from neuralmark.runtime.settings import DataSettings
-from tests.isolation import isolated_zenml_project
+from tests.isolation import pipeline_project
 
 SMOKE = method_class("visible_gan").smoke_config
 PER_BATCH = 8  # images per batch: 40 train, 8 test
@@ -117,14 +117,8 @@ MICRO: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("nm-vg-cifar-project")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with isolated_zenml_project(root):
-            yield root
-    finally:
-        torch.set_num_threads(threads)
+    with pipeline_project(tmp_path_factory.mktemp("nm-vg-cifar-project")) as root:
+        yield root
 
 
 @pytest.mark.pipeline

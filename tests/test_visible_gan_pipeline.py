@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from neuralmark.runtime.stack import tracking_uri
-from tests.isolation import isolated_zenml_project
+from tests.isolation import pipeline_project
 
 pytestmark = pytest.mark.pipeline
 
@@ -37,16 +37,8 @@ MICRO: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Iterator[Path]:
-    import torch
-
-    root = tmp_path_factory.mktemp("nm-vg-project")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with isolated_zenml_project(root):
-            yield root
-    finally:
-        torch.set_num_threads(threads)
+    with pipeline_project(tmp_path_factory.mktemp("nm-vg-project")) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
