@@ -64,14 +64,15 @@ def uniqueness_rows(owners: Mapping[str, tuple[TriggerKey, WatermarkKey]],
 
 
 def capacity_rows(method: TriggerKey, key: WatermarkKey, sizes: Sequence[int],
-                  n_keys: int = 100) -> list[Row]:
+                  n_keys: int = 250) -> list[Row]:
     """Fidelity and verification per trigger size, embedded into ``method``'s unmarked host.
 
     Args:
         method: a fitted method (its ``unmarked`` host and task data are used; not changed).
         key: the owner's key.
         sizes: trigger sides.
-        n_keys: random keys of each size's calibration.
+        n_keys: random keys of each size's calibration (η needs ``alpha·(n + 1) >= 1``
+            calibration trials: at alpha 0.01 with two hosts, n_keys >= 100).
     """
     if not isinstance(method, TriggerKey):
         raise TypeError("capacity_rows needs a trigger_key method")
