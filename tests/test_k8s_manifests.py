@@ -109,59 +109,39 @@ def _broken_overlay(tmp_path: Path, patch: str) -> Path:
     return k8s
 
 
-def test_missing_secret_is_named(tmp_path):
-    k8s = _broken_overlay(tmp_path, """
+def _mlflow_container_patch(fields: str) -> str:
+    """A strategic-merge patch of the mlflow Deployment's container with ``fields``."""
+    return f"""
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: mlflow, namespace: neuralmark-services}
+metadata: {{name: mlflow, namespace: neuralmark-services}}
 spec:
   template:
     spec:
       containers:
         - name: mlflow
-          env:
+{fields}"""
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    pytest.param("""          env:
             - name: EXTRA_TOKEN
               valueFrom: {secretKeyRef: {name: not-declared-anywhere, key: token}}
-""")
-    with pytest.raises(InputError, match=r"container mlflow env EXTRA_TOKEN references Secret "
-                                         r"neuralmark-services/not-declared-anywhere"):
-        check_overlay("broken", k8s_dir=k8s)
-
-
-def test_missing_secret_key_is_named(tmp_path):
-    k8s = _broken_overlay(tmp_path, """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: mlflow, namespace: neuralmark-services}
-spec:
-  template:
-    spec:
-      containers:
-        - name: mlflow
-          env:
+""", r"container mlflow env EXTRA_TOKEN references Secret "
+     r"neuralmark-services/not-declared-anywhere", id="missing-secret"),
+    pytest.param("""          env:
             - name: AWS_SESSION_TOKEN
               valueFrom: {secretKeyRef: {name: mlflow-artifact-store, key: AWS_SESSION_TOKEN}}
-""")
-    with pytest.raises(InputError, match=r"reads key 'AWS_SESSION_TOKEN' of Secret "
-                                         r"neuralmark-services/mlflow-artifact-store"):
-        check_overlay("broken", k8s_dir=k8s)
-
-
-def test_invalid_field_fails_strict_validation(tmp_path):
-    k8s = _broken_overlay(tmp_path, """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: mlflow, namespace: neuralmark-services}
-spec:
-  template:
-    spec:
-      containers:
-        - name: mlflow
-          resourcez: {limits: {cpu: "1"}}
-""")
-    with pytest.raises(InputError, match=rf"(?s)invalid for Kubernetes {KUBERNETES_VERSION}.*"
-                                         r"Deployment/neuralmark-services/mlflow: "
-                                         r"spec.template.spec.containers.0: .*'resourcez'"):
+""", r"reads key 'AWS_SESSION_TOKEN' of Secret neuralmark-services/mlflow-artifact-store",
+        id="missing-secret-key"),
+    pytest.param("""          resourcez: {limits: {cpu: "1"}}
+""", rf"(?s)invalid for Kubernetes {KUBERNETES_VERSION}.*"
+     r"Deployment/neuralmark-services/mlflow: "
+     r"spec.template.spec.containers.0: .*'resourcez'", id="invalid-field"),
+])
+def test_broken_overlay_is_refused_naming_the_problem(tmp_path, fields, message):
+    k8s = _broken_overlay(tmp_path, _mlflow_container_patch(fields))
+    with pytest.raises(InputError, match=message):
         check_overlay("broken", k8s_dir=k8s)
 
 
