@@ -28,9 +28,7 @@ from neuralmark.cli.common import (
     RECURSIVE_OPTION,
     URI_OPTION,
     domain_errors,
-    emit_verdict,
     err,
-    exit_code,
     fail,
     folder_code,
     load_method,
@@ -148,7 +146,7 @@ def brand_verify(
 
     Exit code: 0 if every image carries the mark, 2 if any is unreadable, else 1.
     """
-    from neuralmark.cli.content import _collect, _verify_one
+    from neuralmark.cli.content import collect_images, verify_with_progress
     from neuralmark.components.methods.registry import is_bundle
     from neuralmark.components.methods.visible_gan.folder import STATE_DIR
 
@@ -156,17 +154,9 @@ def brand_verify(
             paths[0] / STATE_DIR):
         bundle = paths[0] / STATE_DIR
         err().print(f"[dim]note: using the model that branded this folder ({bundle})[/]")
-    files = _collect(paths, recursive)
+    files = collect_images(paths, recursive)
     wm = _load(bundle, model_uri, device, mark)
-    codes: list[int] = []
-    with progress() as bar:
-        task = bar.add_task("verifying", total=len(files))
-        for path in files:
-            verdict, notes = _verify_one(wm, None, path)
-            emit_verdict(path, verdict, notes, as_json, out() if as_json else bar.console)
-            codes.append(exit_code(verdict))
-            bar.advance(task)
-    raise typer.Exit(folder_code(codes))
+    raise typer.Exit(folder_code(verify_with_progress(wm, None, files, as_json)))
 
 
 def register(app: typer.Typer) -> None:

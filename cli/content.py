@@ -205,7 +205,7 @@ def embed(
 
     wm_key = make_key(key, message)
     dst = _target(input_path, output_path, "marked")
-    files = _collect([input_path], recursive) if dst is None else [input_path]
+    files = collect_images([input_path], recursive) if dst is None else [input_path]
     wm = load_method(method, bundle, model_uri, device, kind="content")
     if psnr is not None:
         if "psnr_target" not in type(wm.config).model_fields:
@@ -239,7 +239,7 @@ def stamp(
     """
     wm_key = make_key(key, message)
     dst = _target(input_path, output_path, "stamped")
-    files = _collect([input_path], recursive) if dst is None else [input_path]
+    files = collect_images([input_path], recursive) if dst is None else [input_path]
     wm = _with_overrides(load_method(STAMP_METHOD, bundle, model_uri, device, kind="content"),
                          strength=strength)
     if dst is None:
@@ -251,7 +251,7 @@ def stamp(
 # -- verify / scan ------------------------------------------------------------------------------
 
 
-def _collect(paths: list[Path], recursive: bool) -> list[Path]:
+def collect_images(paths: list[Path], recursive: bool) -> list[Path]:
     """The image files of ``paths`` (folders expanded, files kept as given, even unreadable).
 
     Raises:
@@ -310,26 +310,33 @@ def verify(
     from neuralmark.components.errors import InputError
 
     wm_key = make_key(key, message)
-    files = _collect([input_path], recursive)
+    files = collect_images([input_path], recursive)
     wm = load_method(method, bundle, model_uri, device, kind="content")
     if search:
         if "sync_search" not in type(wm.config).model_fields:
             raise InputError(f"--search does not apply to {wm.key}")
         wm = wm.with_config(sync_search=True)
-    codes: list[int] = []
     if len(files) == 1:
         verdict, notes = _verify_one(wm, wm_key, files[0])
         emit_verdict(files[0], verdict, notes, as_json, out())
-        codes.append(exit_code(verdict))
+        codes = [exit_code(verdict)]
     else:
-        with progress() as bar:
-            task = bar.add_task("verifying", total=len(files))
-            for path in files:
-                verdict, notes = _verify_one(wm, wm_key, path)
-                emit_verdict(path, verdict, notes, as_json, out() if as_json else bar.console)
-                codes.append(exit_code(verdict))
-                bar.advance(task)
+        codes = verify_with_progress(wm, wm_key, files, as_json)
     raise typer.Exit(folder_code(codes))
+
+
+def verify_with_progress(wm: WatermarkMethod, key: WatermarkKey | None, files: list[Path],
+                         as_json: bool) -> list[int]:
+    """Verify each of ``files`` under a progress bar, print each verdict; their exit codes."""
+    codes: list[int] = []
+    with progress() as bar:
+        task = bar.add_task("verifying", total=len(files))
+        for path in files:
+            verdict, notes = _verify_one(wm, key, path)
+            emit_verdict(path, verdict, notes, as_json, out() if as_json else bar.console)
+            codes.append(exit_code(verdict))
+            bar.advance(task)
+    return codes
 
 
 @domain_errors
@@ -359,7 +366,7 @@ def scan(
     from neuralmark.components.serving import BatchVerifier
 
     wm_key = make_key(key, message)
-    files = _collect(paths, recursive)
+    files = collect_images(paths, recursive)
     wm = _with_overrides(load_method(STAMP_METHOD, bundle, model_uri, device, kind="content"),
                          smoothing=smoothing, n=samples)
     scanner = BatchVerifier(wm, wm_key, batch_size=batch_size)
