@@ -69,6 +69,7 @@ class VisibleGan(WatermarkMethod):
     detection_alpha_field: ClassVar[str | None] = "fpr"
     min_size: ClassVar[int] = 32
     native_calibration: ClassVar[bool] = True
+    data_parallel: ClassVar[bool] = True  # GMAN: components/distributed.py
     smoke_config: ClassVar[dict[str, Any]] = {
         "working_size": 16, "detect_size": 32, "mark_resolution": 16, "w_width": 4,
         "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 2, "steps": 2,
