@@ -150,7 +150,8 @@ def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
     Args:
         method: registry key.
         config: its config (or the fields of one).
-        data: what the method's ``fit`` takes (``{"train": N×3×S×S, "val": …}``).
+        data: what the method's ``fit`` takes (``{"train": N×3×S×S, "val": …}``; for
+            output_mark ``(A, B)`` pairs).
         callbacks: progress / metrics / figures sinks; with ``processes`` > 1 they receive
             rank 0's metrics and progress while the job runs (``EventStream``), its
             figures when it has ended.
@@ -193,7 +194,7 @@ def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
             try:
                 job["results"] = elastic_launch(launch, _launched_fit)(
                     method, cfg.model_dump(mode="json"),
-                    {k: v.contiguous() for k, v in data.items()}, out, figures, str(stream))
+                    {k: _contiguous(v) for k, v in data.items()}, out, figures, str(stream))
             except BaseException as err:  # re-raised in the calling thread
                 job["error"] = err
 
@@ -211,6 +212,16 @@ def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
         for hook, args in figure_events:
             getattr(sinks, hook)(*args)
         return method_class(method).from_bundle(out), final
+
+
+def _contiguous(value: Any) -> Any:
+    """A tensor (or a tuple/list of them: output_mark's (A, B) pairs) made contiguous for
+    the trip to the workers; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.contiguous()
+    if isinstance(value, tuple | list):
+        return type(value)(_contiguous(v) for v in value)
+    return value
 
 
 # -- torchrun entry point -----------------------------------------------------------

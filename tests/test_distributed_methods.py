@@ -14,7 +14,8 @@ config trains in 2 gloo processes and in 1 process with the same global batch, a
 What each run covers: output_mark's whole ``fit`` (M, stage 1 with H, R, D and the jitter,
 the stage-2 surrogates, one with the adversarial term, and R's fine-tuning); trigger_key's
 host training (DnCNN, BatchNorm in training mode) and the mark's embedding
-(``embed_model``, BatchNorm frozen); visible_gan's classifier and GMAN (W, V, D).
+(``embed_model``, BatchNorm frozen); visible_gan's classifier and GMAN (W, V, D), with a
+removal margin V stays inside and GMAN weights that lean (both non-linear in batch means).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
                     "w_width": 4, "v_width": 4, "d_width": 4, "classifier_width": 4,
                     "classifier_steps": 2, "steps": 3, "batch_size": 4,
                     "calibration_scores": 16, "utility_steps": 2, "removal_steps": 2,
-                    "log_every": 1, "device": "cpu"},
+                    "log_every": 1, "v_margin": 0.5, "gman_lambda": 1.0, "device": "cpu"},
 }
 #: a training loss each method logs at every reported step
 LOSS_KEY = {"output_mark": "stage1_loss", "trigger_key": "host_loss",
@@ -177,3 +178,19 @@ def test_two_processes_train_as_one(method, tmp_path):
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]),
                                rtol=RTOL, atol=ATOL)
     assert len({round(v, 6) for v in losses[1]}) > 1, "the loss never changed"
+
+
+def test_training_launcher_takes_output_mark_pairs():
+    """``fit_method`` with 2 processes on output_mark's (A, B) pairs trains as 1 process."""
+    from neuralmark.runtime.ddp import fit_method
+
+    config = {**CONFIGS["output_mark"], "model_steps": 2, "steps": 2, "stage2_steps": 2,
+              "surrogate": {**CONFIGS["output_mark"]["surrogate"], "steps": 2}}
+    data = {"train": _pairs(8, 32), "val": _pairs(4, 32)}
+    streamed = _Recorder()
+    model, final = fit_method("output_mark", config, data, [streamed], processes=2)
+    one, final_one = fit_method("output_mark", config, data, [_Recorder()], processes=1)
+    assert model.trained and final.keys() == final_one.keys()
+    assert [s for s, m in streamed.metrics if "stage1_loss" in m] == [2, 3]  # after M's steps
+    for key in ("stage1_loss", "stage2_loss", "nc_marked", "calibration_n"):
+        torch.testing.assert_close(final[key], final_one[key], rtol=RTOL, atol=ATOL)
