@@ -19,6 +19,12 @@ rank 0 appends each event as a JSON line to a file (``EventStream``), the launch
 helper thread, and the calling thread tails the file and replays each complete line as it
 comes (in the calling thread, where an MLflow step has its active run). Figures (objects,
 not JSON) come back with rank 0's result and are replayed when the job ends.
+
+The cost of launching from a helper thread: torchelastic installs its SIGTERM/SIGINT
+handlers only in the main thread (it logs "Failed to register signal handlers"), so a
+signal to this process does not pass through the agent to the workers. In a pod that is
+moot (stopping the container stops every process in it); on a bare machine, stop a job by
+its process group (``kill -- -PGID``), or train with ``torchrun`` itself.
 """
 
 from __future__ import annotations
