@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuralmark.components import distributed
 from neuralmark.components.methods.base import (
     Callbacks,
     InputError,
@@ -396,7 +397,8 @@ class VisibleGan(WatermarkMethod):
         """
         from neuralmark.components.methods.visible_gan.training import fit_visible_gan
 
-        return fit_visible_gan(self, data, Callbacks.of(callbacks))
+        with distributed.sync_batchnorm(self.W, self.V, self.D):  # data-parallel GMAN
+            return fit_visible_gan(self, data, Callbacks.of(callbacks))
 
     # -- method-specific evaluation ------------------------------------------------------------
     def evaluation_rows(self, clean: torch.Tensor, marked: torch.Tensor,

@@ -73,35 +73,34 @@ def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
     metrics: dict[str, float] = {}
     steps_done = 0
     # data-parallel: this process's rows of each global batch, the gradients averaged
-    # (W, V and D are in two backward passes a step), BatchNorm on global statistics
+    # (W, V and D are in two backward passes a step; BatchNorm: VisibleGan.fit)
     for m in (method.W, method.V, method.D):
         distributed.broadcast_state(m)
-    with distributed.sync_batchnorm(method.W, method.V, method.D):
-        for step in range(c.steps):
-            xb = x_tr[distributed.batch_rows(x_tr.shape[0], c.batch_size, g)].to(device)
-            with distributed.autocast(device):
-                terms = method.loss_terms(xb)
-            opt_w.zero_grad()
-            terms["w"].backward()
-            distributed.average_gradients(method.W)
-            opt_w.step()
-            opt_v.zero_grad()
-            opt_d.zero_grad()
-            (terms["v_attack"] + terms["d_disc"]).backward()
-            distributed.average_gradients(method.V, method.D)
-            opt_v.step()
-            opt_d.step()
-            steps_done = step + 1
-            out_of_time = bool(c.max_train_seconds) and distributed.agree(
-                time.time() - start > c.max_train_seconds)
-            if step % c.log_every == 0 or step == c.steps - 1 or out_of_time:
-                metrics = distributed.mean_over_processes(
-                    {f"loss_{k}": float(v.detach()) for k, v in terms.items()})
-                metrics["elapsed_s"] = time.time() - start
-                cb.on_metrics(step, metrics)
-                cb.on_progress(step + 1, c.steps, "GMAN")
-            if out_of_time:
-                break
+    for step in range(c.steps):
+        xb = x_tr[distributed.batch_rows(x_tr.shape[0], c.batch_size, g)].to(device)
+        with distributed.autocast(device):
+            terms = method.loss_terms(xb)
+        opt_w.zero_grad()
+        terms["w"].backward()
+        distributed.average_gradients(method.W)
+        opt_w.step()
+        opt_v.zero_grad()
+        opt_d.zero_grad()
+        (terms["v_attack"] + terms["d_disc"]).backward()
+        distributed.average_gradients(method.V, method.D)
+        opt_v.step()
+        opt_d.step()
+        steps_done = step + 1
+        out_of_time = bool(c.max_train_seconds) and distributed.agree(
+            time.time() - start > c.max_train_seconds)
+        if step % c.log_every == 0 or step == c.steps - 1 or out_of_time:
+            metrics = distributed.mean_over_processes(
+                {f"loss_{k}": float(v.detach()) for k, v in terms.items()})
+            metrics["elapsed_s"] = time.time() - start
+            cb.on_metrics(step, metrics)
+            cb.on_progress(step + 1, c.steps, "GMAN")
+        if out_of_time:
+            break
     for m in (method.W, method.V, method.D):
         m.eval()
 
