@@ -10,8 +10,13 @@ process with the same global batch, which ``tests/test_distributed.py`` checks):
   it draws for the **global** batch, so every generator stays in step, and each process
   keeps its rows (``shard``, ``sample_shard``). This is the rank-sharded equivalent of a
   ``DistributedSampler`` for the with-replacement, generator-driven batches the methods use.
-* Gradients are averaged by ``DistributedDataParallel`` (``wrap``, ``wrapped``); a loss
-  term over batch statistics is computed on the global batch (``gather_batch``).
+* Gradients are averaged by ``DistributedDataParallel`` (``wrap``, ``wrapped``), or by
+  ``average_gradients`` for a network that goes through several backward passes in one
+  step (a GAN's discriminator, which DDP's once-per-step reducer does not allow). A loss
+  term over batch statistics is computed on the global batch (``gather_batch``,
+  ``batch_statistic``), a non-linear function of a batch mean on the global mean
+  (``global_mean``), and BatchNorm normalises with the global batch's statistics
+  (``sync_batchnorm``).
 * Callbacks (MLflow, progress bars) fire on rank 0 only (``main_only``); metrics are
   averaged over processes first (``mean_over_processes``); bundles are saved by rank 0.
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -156,6 +161,19 @@ def sample_shard(attack: Any, local_batch: int, generator: torch.Generator | Non
     return select_rows(draw, local_rows(local_batch * size, repeats), total)
 
 
+def batch_rows(n: int, global_batch: int, generator: torch.Generator | None) -> torch.Tensor:
+    """This process's indices of a batch of ``global_batch`` rows drawn from ``n``.
+
+    The draw (``torch.randint``, with replacement) is the one-process draw of the global
+    batch, made on every process with the shared generator; the rank keeps its block
+    (``local_rows``). In one process: simply the draw.
+
+    Raises:
+        InputError: ``global_batch`` does not split evenly over the processes.
+    """
+    return shard(torch.randint(0, n, (global_batch,), generator=generator))
+
+
 def gather_batch(x: torch.Tensor) -> torch.Tensor:
     """The global batch of ``x`` (B×…) for a loss over batch statistics.
 
@@ -180,6 +198,36 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.detach().contiguous())
     return torch.cat(parts)
+
+
+def batch_statistic(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+                    ) -> torch.Tensor:
+    """``fn`` (a scalar loss over batch statistics) of the global batch of ``x`` (B×…).
+
+    The value is the one-process value; the gradient reaching this process's rows is
+    scaled by ``world_size()``, so DDP's (or ``average_gradients``') average over
+    processes is the one-process gradient (see ``gather_batch``).
+    """
+    if not is_distributed():
+        return fn(x)
+    value = fn(gather_batch(x))
+    size = world_size()
+    return size * value - (size - 1) * value.detach()
+
+
+def global_mean(value: torch.Tensor) -> torch.Tensor:
+    """A per-shard mean (a scalar or a few) made the global batch's mean, gradient local.
+
+    For a loss that is a non-linear function of a batch mean (a margin on an MSE, weights
+    from the losses' values): the value is the mean over processes (the global batch's
+    mean with equal shards), the gradient is this process's own, and the average over
+    processes of ``f'(mean) · d(own mean)`` is the one-process gradient.
+    """
+    if not is_distributed():
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return value + (total / world_size() - value.detach())
 
 
 def mean_over_processes(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -238,6 +286,113 @@ def wrapped(owner: Any, *names: str) -> Iterator[None]:
     finally:
         for name, module in plain.items():
             setattr(owner, name, module)
+
+
+def average_gradients(*modules: nn.Module) -> None:
+    """Average the parameters' gradients over processes, in place (no-op in one process).
+
+    What DDP does during ``backward``, for a network DDP cannot wrap: one that goes
+    through several backward passes in one step (a discriminator in both the generator's
+    and its own loss). Call it after the backward pass, before the optimiser's step. Every
+    process must call it with the same modules (it is a collective).
+    """
+    if not is_distributed():
+        return
+    grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """Sum of a tensor over processes whose backward sums the gradient over processes
+    (each process's input reaches every process's loss through the sum)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
+class _GlobalBatchNorm(nn.Module):
+    """A BatchNorm layer that, in training, normalises with the global batch's statistics.
+
+    It holds the original layer (its parameters and running buffers, updated in place
+    with the global statistics, as one process with the global batch updates them); in
+    eval mode it is the original layer. The sums go through ``_SumOverProcesses``, whose
+    backward sums the gradient over processes too, so every process's rows receive the
+    gradient of every process's loss through the mean and the variance (what
+    ``nn.SyncBatchNorm`` does; that one refuses CPU tensors, this one runs on gloo/CPU
+    as well as nccl/CUDA).
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        if not bn.training:
+            return bn(x)
+        dims = [0, *range(2, x.ndim)]
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        xf = x.float()
+        count = torch.tensor(float(xf.numel() // xf.shape[1]), device=x.device)
+        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        mean = _SumOverProcesses.apply(xf.sum(dims)) / count                         # c
+        centred = xf - mean.view(shape)
+        var = _SumOverProcesses.apply(centred.pow(2).sum(dims)) / count              # c
+        y = centred * torch.rsqrt(var + bn.eps).view(shape)
+        if bn.affine:
+            y = y * bn.weight.view(shape) + bn.bias.view(shape)
+        if bn.track_running_stats and bn.running_mean is not None \
+                and bn.running_var is not None and bn.num_batches_tracked is not None:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                momentum = (1.0 / float(bn.num_batches_tracked) if bn.momentum is None
+                            else bn.momentum)
+                unbiased = var.detach() * count / (count - 1).clamp(min=1)
+                bn.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                bn.running_var.mul_(1 - momentum).add_(momentum * unbiased)
+        return y.to(x.dtype)
+
+
+@contextlib.contextmanager
+def sync_batchnorm(*modules: nn.Module) -> Iterator[None]:
+    """Within the block, every BatchNorm layer in ``modules`` uses global batch statistics.
+
+    Each layer is swapped for a ``_GlobalBatchNorm`` holding it (the same parameters and
+    buffers) and put back on leaving, even on an error; no-op in one process. Enter it
+    before ``wrap`` so DDP sees the swapped layers.
+    """
+    if not is_distributed():
+        yield
+        return
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for module in modules:
+            for parent in list(module.modules()):
+                for name, child in list(parent.named_children()):
+                    if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                        setattr(parent, name, _GlobalBatchNorm(child))
+                        swapped.append((parent, name, child))
+        yield
+    finally:
+        for parent, name, child in reversed(swapped):
+            setattr(parent, name, child)
 
 
 def broadcast_state(module: nn.Module) -> None:

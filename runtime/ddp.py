@@ -14,8 +14,17 @@ From Python (the pipeline's ``train_model`` step): ``fit_method`` trains in this
 when ``processes`` is 1 (the path every single-GPU or CPU run takes, unchanged) and
 otherwise starts ``processes`` workers on this node with
 ``torch.distributed.launcher.api.elastic_launch`` (what torchrun runs), then loads rank 0's
-bundle and replays rank 0's callback events (metrics, figures, progress) into the caller's
-callbacks, so MLflow sees the same run as from one process, once the job has ended.
+bundle. Rank 0's metrics and progress stream to the caller's callbacks while the job runs:
+rank 0 appends each event as a JSON line to a file (``EventStream``), the launch runs in a
+helper thread, and the calling thread tails the file and replays each complete line as it
+comes (in the calling thread, where an MLflow step has its active run). Figures (objects,
+not JSON) come back with rank 0's result and are replayed when the job ends.
+
+The cost of launching from a helper thread: torchelastic installs its SIGTERM/SIGINT
+handlers only in the main thread (it logs "Failed to register signal handlers"), so a
+signal to this process does not pass through the agent to the workers. In a pod that is
+moot (stopping the container stops every process in it); on a bare machine, stop a job by
+its process group (``kill -- -PGID``), or train with ``torchrun`` itself.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +48,8 @@ from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks, MethodConfig, WatermarkMethod
 from neuralmark.components.methods.registry import build, make_config, method_class
 
+#: seconds between two reads of rank 0's event stream while a data-parallel job runs
+STREAM_POLL_S = 0.5
 #: overrides the number of training processes (default: the GPUs this node shows, else 1)
 PROCESSES_ENV = "NEURALMARK_TRAIN_PROCESSES"
 
@@ -59,43 +71,79 @@ def train_processes() -> int:
     return max(1, torch.cuda.device_count())
 
 
-class EventRecorder:
-    """A callback that keeps metrics and progress events, to replay them elsewhere."""
+class EventStream:
+    """Rank 0's metrics and progress as JSON lines appended to ``path``, flushed per event.
+
+    The parent of the job reads them back with ``read_events`` while the job runs; a line
+    is complete once its newline is written, so a reader never sees half an event.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _write(self, hook: str, args: Sequence[Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"hook": hook, "args": list(args)}) + "\n")
+            f.flush()
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self._write("on_metrics", (step, {k: float(v) for k, v in metrics.items()}))
+
+    def on_progress(self, done: int, total: int, desc: str = "") -> None:
+        self._write("on_progress", (done, total, desc))
+
+
+class FigureRecorder:
+    """Keeps rank 0's figures for the end of the job (methods draw only for such sinks)."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, tuple[Any, ...]]] = []
-
-    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.events.append(("on_metrics", (step, dict(metrics))))
-
-    def on_progress(self, done: int, total: int, desc: str = "") -> None:
-        self.events.append(("on_progress", (done, total, desc)))
-
-
-class FigureRecorder(EventRecorder):
-    """``EventRecorder`` that keeps figures too (methods draw them only for such sinks)."""
 
     def on_figure(self, step: int, name: str, figure: Any) -> None:
         self.events.append(("on_figure", (step, name, figure)))
 
 
+def read_events(path: str | Path, offset: int) -> tuple[list[tuple[str, tuple[Any, ...]]], int]:
+    """The complete events ``EventStream`` wrote to ``path`` from byte ``offset`` on.
+
+    Returns:
+        ``(events, new offset)``: ``(hook, args)`` pairs, and where the next read starts
+        (after the last complete line; a line still being written is left for later).
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], offset
+    with path.open("rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    end = chunk.rfind(b"\n") + 1
+    events = []
+    for line in chunk[:end].decode("utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            events.append((str(item["hook"]), tuple(item["args"])))
+    return events, offset + end
+
+
 def _launched_fit(method: str, config: dict[str, Any], data: dict[str, torch.Tensor],
-                  out: str, figures: bool
+                  out: str, figures: bool, events: str
                   ) -> tuple[list[tuple[str, tuple[Any, ...]]], dict[str, float]]:
-    """One worker of ``fit_method``'s job; rank 0 writes the bundle and returns its events
-    and final metrics (the other ranks return nothing)."""
+    """One worker of ``fit_method``'s job; rank 0 streams its metrics and progress to the
+    file ``events``, writes the bundle and returns its figures and final metrics (the
+    other ranks return nothing)."""
     device = distributed.init_from_env()
     if device.type == "cpu":
         # the node's cores shared among the workers, not each worker taking them all
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.world_size()))
     try:
-        recorder = FigureRecorder() if figures else EventRecorder()
+        kept = FigureRecorder()
+        sinks: list[Any] = [EventStream(events)] + ([kept] if figures else [])
         model = build(method, config)
-        final = model.fit(data, [recorder])
+        final = model.fit(data, sinks)
         if not distributed.is_main():
             return [], {}
         model.to("cpu").to_bundle(out)
-        return recorder.events, {k: float(v) for k, v in final.items()}
+        return kept.events, {k: float(v) for k, v in final.items()}
     finally:
         distributed.shutdown()
 
@@ -108,9 +156,11 @@ def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
     Args:
         method: registry key.
         config: its config (or the fields of one).
-        data: what the method's ``fit`` takes (``{"train": N×3×S×S, "val": …}``).
+        data: what the method's ``fit`` takes (``{"train": N×3×S×S, "val": …}``; for
+            output_mark ``(A, B)`` pairs).
         callbacks: progress / metrics / figures sinks; with ``processes`` > 1 they receive
-            rank 0's events after the job ends.
+            rank 0's metrics and progress while the job runs (``EventStream``), its
+            figures when it has ended.
         processes: 1: train here (unchanged single-process path); N > 1: N workers
             (one per GPU with nccl, or gloo on CPU).
 
@@ -143,14 +193,41 @@ def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
                           run_id=f"neuralmark-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=1.0)
     with tempfile.TemporaryDirectory(prefix="neuralmark-ddp-") as tmp:
-        out = str(Path(tmp) / "bundle")
-        results = elastic_launch(launch, _launched_fit)(
-            method, cfg.model_dump(mode="json"), {k: v.contiguous() for k, v in data.items()},
-            out, figures)
-        events, final = results[0]
-        for hook, args in events:
+        out, stream = str(Path(tmp) / "bundle"), Path(tmp) / "events.jsonl"
+        job: dict[str, Any] = {}
+
+        def launch_job() -> None:
+            try:
+                job["results"] = elastic_launch(launch, _launched_fit)(
+                    method, cfg.model_dump(mode="json"),
+                    {k: _contiguous(v) for k, v in data.items()}, out, figures, str(stream))
+            except BaseException as err:  # re-raised in the calling thread
+                job["error"] = err
+
+        runner = threading.Thread(target=launch_job, name="neuralmark-ddp-launch")
+        runner.start()
+        offset = 0
+        while runner.is_alive():
+            runner.join(STREAM_POLL_S)
+            events, offset = read_events(stream, offset)
+            for hook, args in events:
+                getattr(sinks, hook)(*args)
+        if "error" in job:
+            raise job["error"]
+        figure_events, final = job["results"][0]
+        for hook, args in figure_events:
             getattr(sinks, hook)(*args)
         return method_class(method).from_bundle(out), final
+
+
+def _contiguous(value: Any) -> Any:
+    """A tensor (or a tuple/list of them: output_mark's (A, B) pairs) made contiguous for
+    the trip to the workers; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.contiguous()
+    if isinstance(value, tuple | list):
+        return type(value)(_contiguous(v) for v in value)
+    return value
 
 
 # -- torchrun entry point -----------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,12 @@ class _Figures(_Recorder):
     def __init__(self) -> None:
         super().__init__()
         self.figures: list[str] = []
+        self.during_job: list[bool] = []  # per metrics event: was the job still running?
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        super().on_metrics(step, metrics)
+        self.during_job.append(any(t.name == "neuralmark-ddp-launch" and t.is_alive()
+                                   for t in threading.enumerate()))
 
     def on_figure(self, step: int, name: str, figure: Any) -> None:
         self.figures.append(name)
@@ -242,8 +249,10 @@ def test_training_step_launcher_runs_processes_on_this_node(monkeypatch):
     model, final = fit_method("anti_forward", config, data, [events], processes=2)
     # a figure sink here too: anti_forward's figures draw from the training generator
     one, final_one = fit_method("anti_forward", config, data, [_Figures()], processes=1)
-    # rank 0's events reach the caller's callbacks, figures included
+    # rank 0's events reach the caller's callbacks, figures included; the metrics stream
+    # while the job runs (the first step's long before the calibration that follows it)
     assert [s for s, _ in events.metrics] == [0, 1, 2]
+    assert events.during_job[0], "step 0's metrics arrived only after the job ended"
     assert {"stamp_residual", "scan_statistic_histogram"} <= set(events.figures)
     assert final.keys() == final_one.keys()
     torch.testing.assert_close(final["loss"], final_one["loss"], rtol=RTOL, atol=ATOL)
@@ -266,3 +275,23 @@ def test_bad_process_counts_are_refused(monkeypatch):
         fit_method("anti_forward", CONFIGS["anti_forward"], {}, processes=0)
     with pytest.raises(InputError, match="spread_spectrum does not train data-parallel"):
         fit_method("spread_spectrum", {}, {}, processes=2)
+
+
+def test_event_stream_is_read_back_line_by_line(tmp_path):
+    """What the parent tails: complete lines only, from where it stopped; JSON-safe floats."""
+    from neuralmark.runtime.ddp import EventStream, read_events
+
+    path = tmp_path / "events.jsonl"
+    assert read_events(path, 0) == ([], 0)  # rank 0 has written nothing yet
+    stream = EventStream(path)
+    stream.on_metrics(0, {"loss": 0.5, "psnr": float("inf")})
+    stream.on_progress(1, 3, "training")
+    events, offset = read_events(path, 0)
+    assert events == [("on_metrics", (0, {"loss": 0.5, "psnr": float("inf")})),
+                      ("on_progress", (1, 3, "training"))]
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"hook": "on_metrics", "args": [1, {"lo')  # a line being written
+    assert read_events(path, offset) == ([], offset)
+    with path.open("a", encoding="utf-8") as f:
+        f.write('ss": 0.25}]}\n')
+    assert read_events(path, offset)[0] == [("on_metrics", (1, {"loss": 0.25}))]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralmark.components import distributed
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks, pick_device
 from neuralmark.components.metrics import psnr
@@ -111,13 +112,18 @@ def train_image_net(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
         betas: Adam's betas; (0.5, 0.999) is pix2pix's, the papers of the hosts use
             Adam's defaults (0.9, 0.999).
 
+    Data-parallel under torchrun (``neuralmark.components.distributed``): each process
+    trains on its rows of every global batch of ``batch_size`` pairs (DDP for ``net``,
+    averaged gradients for the PatchGAN, BatchNorm on global statistics), callbacks fire
+    on rank 0 with metrics averaged over processes; bf16 autocast on CUDA.
+
     Returns:
         ``loss_start`` (first batch), ``loss_end`` (mean over the last ~10% of the steps;
         both NaN when ``steps`` is 0), ``steps`` and ``seconds``. ``net`` is left trained,
         in eval mode, on ``device``.
     """
     terms = frozenset() if callable(loss) else parse_loss(loss)
-    cb = Callbacks.of(callbacks)
+    cb = distributed.main_only(Callbacks.of(callbacks))
     g, disc_seed = _generator(generator)
     start = time.perf_counter()
     net.to(device).train()
@@ -126,45 +132,55 @@ def train_image_net(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     if "adversarial" in terms:
         torch.manual_seed(disc_seed)
         disc = PatchDiscriminator(width=disc_width, n_layers=2).to(device).train()
+        distributed.broadcast_state(disc)
         opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=betas)
     n = inputs.shape[0]
     every = max(1, steps // 10)
     history: list[torch.Tensor] = []  # per-step losses, on device (no sync per step)
-    for step in range(steps):
-        idx = torch.randint(0, n, (batch_size,), generator=g)
-        x, y = inputs[idx].to(device), targets[idx].to(device)
-        out = net(x)
-        parts: dict[str, float] = {}
-        if callable(loss):
-            total = loss(out, y)
-        else:
-            total = out.sum() * 0
-            for term, fn in _RECONSTRUCTION.items():
-                if term in terms:
-                    value = fn(out, y)
-                    total = total + value
-                    parts[term] = float(value.detach())
-        if disc is not None and opt_d is not None:
-            adv = gan_bce(disc(out), True)
-            total = total + adv_weight * adv
-            parts["adversarial"] = float(adv.detach())
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        if disc is not None and opt_d is not None:
-            d_loss = 0.5 * (gan_bce(disc(y), True) + gan_bce(disc(out.detach()), False))
-            opt_d.zero_grad()
-            d_loss.backward()
-            opt_d.step()
-        history.append(total.detach())
-        if step % every == 0 or step == steps - 1:
-            cb.on_metrics(step, {f"{desc}_loss": float(history[-1]),
-                                 **{f"{desc}_{k}": v for k, v in parts.items()}})
-            cb.on_progress(step + 1, steps, desc)
+    with distributed.sync_batchnorm(net, *([disc] if disc is not None else [])):
+        train_net = distributed.wrap(net)
+        for step in range(steps):
+            # drawn for the global batch; this process keeps its rows
+            idx = distributed.batch_rows(n, batch_size, g)
+            x, y = inputs[idx].to(device), targets[idx].to(device)
+            parts: dict[str, torch.Tensor] = {}
+            with distributed.autocast(device):
+                out = train_net(x)
+                if callable(loss):
+                    total = loss(out, y)
+                else:
+                    total = out.sum() * 0
+                    for term, fn in _RECONSTRUCTION.items():
+                        if term in terms:
+                            parts[term] = fn(out, y)
+                            total = total + parts[term]
+                if disc is not None:
+                    parts["adversarial"] = gan_bce(disc(out), True)
+                    total = total + adv_weight * parts["adversarial"]
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            if disc is not None and opt_d is not None:
+                with distributed.autocast(device):
+                    d_loss = 0.5 * (gan_bce(disc(y), True) + gan_bce(disc(out.detach()), False))
+                opt_d.zero_grad()
+                d_loss.backward()
+                distributed.average_gradients(disc)
+                opt_d.step()
+            history.append(total.detach().float())
+            if step % every == 0 or step == steps - 1:
+                reported = distributed.mean_over_processes(
+                    {f"{desc}_loss": float(history[-1]),
+                     **{f"{desc}_{k}": float(v.detach()) for k, v in parts.items()}})
+                cb.on_metrics(step, reported)
+                cb.on_progress(step + 1, steps, desc)
     net.eval()
     tail = history[-every:]
-    return {"loss_start": float(history[0]) if history else math.nan,
-            "loss_end": float(torch.stack(tail).mean()) if tail else math.nan,
+    ends = distributed.mean_over_processes(
+        {"loss_start": float(history[0]), "loss_end": float(torch.stack(tail).mean())}
+        if history else {})
+    return {"loss_start": ends.get("loss_start", math.nan),
+            "loss_end": ends.get("loss_end", math.nan),
             "steps": float(steps), "seconds": time.perf_counter() - start}
 
 

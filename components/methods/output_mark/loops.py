@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
+from neuralmark.components import distributed
 from neuralmark.components.data.pairs import photometric_jitter
 from neuralmark.components.methods.base import Callbacks
+from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.losses import disc_loss, embed_loss, extract_loss
 from neuralmark.components.methods.output_mark.parts import OutputMarkParts
 
@@ -43,39 +45,71 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
     Returns:
         The last reported metrics.
     """
-    c, cb, dev = method.config, Callbacks.of(callbacks), method.device
+    c, dev = method.config, method.device
+    cb = distributed.main_only(Callbacks.of(callbacks))
     g = torch.Generator().manual_seed(c.seed + STAGE1_SEED)
     opt = torch.optim.Adam(list(method.H.parameters()) + list(method.R.parameters()), lr=c.lr,
                            betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(method.D.parameters(), lr=c.lr, betas=(0.5, 0.999))
     method.H.train(), method.R.train(), method.D.train()
+    distributed.broadcast_state(method.D)
     every = max(1, c.steps // 20)
     metrics: dict[str, float] = {}
-    for step in range(c.steps):
-        idx = torch.randint(0, a.shape[0], (c.batch_size,), generator=g)
-        xa, xb, xg = photometric_jitter([a[idx].to(dev), b[idx].to(dev), gt[idx].to(dev)],
-                                        c.jitter, g, tint=c.jitter_tint)
-        h_in, h_ref = (xa, xg) if c.task_specific else (xb, xb)
-        clean = [xa, xg] if c.task_specific else [xa, xb, xg]
-        b_prime = method.H(h_in)
-        emd, m1 = embed_loss(c, method.D, b_prime, h_ref)
-        ext, m2 = extract_loss(c, method.R, method.logo, [b_prime], clean, g)
-        loss = emd + c.lambda_ext * ext
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        d_loss = disc_loss(method.D, h_ref, b_prime)
-        opt_d.zero_grad()
-        d_loss.backward()
-        opt_d.step()
-        if step % every == 0 or step == c.steps - 1:
-            metrics = {"stage1_loss": float(loss.detach()), "d_loss": float(d_loss.detach()),
-                       **m1, **m2}
-            cb.on_metrics(step0 + step, metrics)
-            cb.on_progress(step + 1, c.steps, "stage 1: H, R, D")
+    with distributed.sync_batchnorm(method.H, method.R, method.D), \
+            distributed.wrapped(method, "H", "R"):
+        for step in range(c.steps):
+            (xa, xb, xg), _ = _batch(c, g, dev, [a, b, gt])
+            h_in, h_ref = (xa, xg) if c.task_specific else (xb, xb)
+            clean = [xa, xg] if c.task_specific else [xa, xb, xg]
+            with distributed.autocast(dev):
+                b_prime = method.H(h_in)
+                emd, m1 = embed_loss(c, method.D, b_prime, h_ref)
+                ext, m2 = extract_loss(c, method.R, method.logo, [b_prime], clean, g,
+                                       sharded=True)
+                loss = emd + c.lambda_ext * ext
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with distributed.autocast(dev):
+                d_loss = disc_loss(method.D, h_ref, b_prime)
+            opt_d.zero_grad()
+            d_loss.backward()
+            distributed.average_gradients(method.D)  # D is in two backward passes a step
+            opt_d.step()
+            if step % every == 0 or step == c.steps - 1:
+                metrics = distributed.mean_over_processes(
+                    {"stage1_loss": float(loss.detach()), "d_loss": float(d_loss.detach()),
+                     **m1, **m2})
+                cb.on_metrics(step0 + step, metrics)
+                cb.on_progress(step + 1, c.steps, "stage 1: H, R, D")
     method.H.eval(), method.R.eval(), method.D.eval()
     return metrics
 
+
+def _batch(c: OutputMarkConfig, g: torch.Generator, dev: torch.device | str,
+           jittered: list[torch.Tensor], plain: Sequence[torch.Tensor] = ()
+           ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """This process's rows of one global batch of ``c.batch_size`` pairs.
+
+    The indices and the photometric jitter (of the ``jittered`` tensors, alike) are drawn
+    for the global batch on every process, so the shared generator stays in step; the
+    ``plain`` tensors are indexed only. In one process: the one-process batch.
+
+    Args:
+        c: ``batch_size``, ``jitter``, ``jitter_tint``.
+        g: the loop's generator.
+        dev: where the batch goes.
+        jittered, plain: N×3×S×S tensors of one N.
+
+    Returns:
+        ``(jittered rows, plain rows)``, each b×3×S×S (b = this process's share).
+    """
+    idx = torch.randint(0, jittered[0].shape[0], (c.batch_size,), generator=g)
+    moved = [t[idx].to(dev) for t in jittered]
+    if c.jitter > 0:
+        moved = photometric_jitter(moved, c.jitter, g, tint=c.jitter_tint)
+    return ([distributed.shard(t) for t in moved],
+            [distributed.shard(t[idx].to(dev)) for t in plain])
 
 
 def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor,
@@ -98,32 +132,35 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
     Returns:
         The last reported metrics.
     """
-    c, cb, dev = method.config, Callbacks.of(callbacks), method.device
+    c, dev = method.config, method.device
+    cb = distributed.main_only(Callbacks.of(callbacks))
     g = torch.Generator().manual_seed(c.seed + STAGE2_SEED)
     opt = torch.optim.Adam(method.R.parameters(), lr=c.stage2_lr, betas=(0.5, 0.999))
     method.R.train()
     every = max(1, c.stage2_steps // 20)
     metrics: dict[str, float] = {}
-    for step in range(c.stage2_steps):
-        idx = torch.randint(0, a.shape[0], (c.batch_size,), generator=g)
-        xa, xb, xg = (x[idx].to(dev) for x in (a, b, gt))
-        xp = b_prime[idx].to(dev)
-        if c.jitter > 0:  # jittered images and the B′ H makes of them (H is frozen)
-            xa, xb, xg = photometric_jitter([xa, xb, xg], c.jitter, g, tint=c.jitter_tint)
-            with torch.no_grad():
-                xp = method.H(xa if c.task_specific else xb)
-        clean = [xa, xg] if c.task_specific else [xa, xb, xg]
-        if b_clean_second is not None:
-            clean.append(b_clean_second[idx].to(dev))
-        loss, m = extract_loss(c, method.R, method.logo, [xp, b_second[idx].to(dev)], clean, g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % every == 0 or step == c.stage2_steps - 1:
-            metrics = {"stage2_loss": float(loss.detach()),
-                       **{f"stage2_{k}": v for k, v in m.items()}}
-            cb.on_metrics(step0 + step, metrics)
-            cb.on_progress(step + 1, c.stage2_steps, "stage 2: fine-tune R")
+    with distributed.sync_batchnorm(method.R), distributed.wrapped(method, "R"):
+        for step in range(c.stage2_steps):
+            extra = [] if b_clean_second is None else [b_clean_second]
+            (xa, xb, xg), (xp, x2, *x2_clean) = _batch(c, g, dev, [a, b, gt],
+                                                       [b_prime, b_second, *extra])
+            if c.jitter > 0:  # jittered images get the B′ H makes of them (H is frozen)
+                with torch.no_grad():
+                    xp = method.H(xa if c.task_specific else xb)
+            clean = [xa, xg] if c.task_specific else [xa, xb, xg]
+            clean.extend(x2_clean)
+            with distributed.autocast(dev):
+                loss, m = extract_loss(c, method.R, method.logo, [xp, x2],
+                                       clean, g, sharded=True)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % every == 0 or step == c.stage2_steps - 1:
+                metrics = distributed.mean_over_processes(
+                    {"stage2_loss": float(loss.detach()),
+                     **{f"stage2_{k}": v for k, v in m.items()}})
+                cb.on_metrics(step0 + step, metrics)
+                cb.on_progress(step + 1, c.stage2_steps, "stage 2: fine-tune R")
     method.R.eval()
     return metrics
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralmark.components import distributed
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.nets.patchgan import gan_bce
 from neuralmark.components.nets.perceptual import structural_perceptual_loss
@@ -45,8 +46,8 @@ def embed_loss(config: OutputMarkConfig, disc: nn.Module, h_out: torch.Tensor,
 
 
 def extract_loss(config: OutputMarkConfig, extractor: nn.Module, logo: torch.Tensor,
-                 marked: list[torch.Tensor], clean: list[torch.Tensor], g: torch.Generator
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
+                 marked: list[torch.Tensor], clean: list[torch.Tensor], g: torch.Generator,
+                 sharded: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """L_ext = λ4 ℓ_wm + λ5 ℓ_clean + λ6 ℓ_cst, one R forward over every image.
 
     To halve R's cost, the clean term sees one *mixed* batch — image i taken from
@@ -60,6 +61,9 @@ def extract_loss(config: OutputMarkConfig, extractor: nn.Module, logo: torch.Ten
         marked: batches that must give δ (B′, B″), each b×3×S×S.
         clean: K equally sized batches that must give the blank (A, B, targets).
         g: CPU generator of the mixing draw.
+        sharded: the batches are this process's shard of a data-parallel global batch:
+            the mixing draw is made for the global batch and ℓ_cst (a batch statistic)
+            is computed on the global batch (``neuralmark.components.distributed``).
 
     Returns:
         ``(loss, {"r_wm", "r_clean", "r_cst"})``.
@@ -67,7 +71,9 @@ def extract_loss(config: OutputMarkConfig, extractor: nn.Module, logo: torch.Ten
     c = config
     mixed: list[torch.Tensor] = []
     if c.clean_loss and clean:
-        pick = torch.randint(0, len(clean), (clean[0].shape[0],), generator=g)
+        b = clean[0].shape[0]
+        pick = (distributed.batch_rows(len(clean), b * distributed.world_size(), g) if sharded
+                else torch.randint(0, len(clean), (b,), generator=g))
         mixed = [torch.stack(clean)[pick, torch.arange(pick.numel())]]     # b 3 s s
     sizes = [x.shape[0] for x in marked + mixed]
     rec = extractor(torch.cat(marked + mixed)).split(sizes)
@@ -75,7 +81,12 @@ def extract_loss(config: OutputMarkConfig, extractor: nn.Module, logo: torch.Ten
     r_marked = rec[: len(marked)]
     wm = sum((r - target).pow(2).mean() for r in r_marked)
     cln = len(clean) * (rec[-1] - 1.0).pow(2).mean() if mixed else wm * 0
-    cst = consistency(torch.cat(r_marked)) if c.consistency_loss else wm * 0
+    if not c.consistency_loss:
+        cst = wm * 0
+    elif sharded:  # over every process's rows (ℓ_cst does not depend on their order)
+        cst = distributed.batch_statistic(consistency, torch.cat(r_marked))
+    else:
+        cst = consistency(torch.cat(r_marked))
     loss = c.lambda_wm * wm + c.lambda_clean * cln + c.lambda_cst * cst
     return loss, {"r_wm": float(wm.detach()), "r_clean": float(cln.detach()),
                   "r_cst": float(cst.detach())}

@@ -85,6 +85,7 @@ class OutputMark(WatermarkMethod):
     #: verify decides by NC > threshold (the seed's rule), not at a p-value level
     detection_alpha_field = None
     min_size = 16
+    data_parallel = True  # every stage's loop: components/distributed.py
     smoke_config = {"working_size": 32, "model_width": 4, "model_depth": 2, "embed_width": 4,
                     "embed_depth": 2, "extract_width": 4, "extract_blocks": 1, "disc_width": 4,
                     "disc_layers": 2, "model_steps": 2, "steps": 2, "batch_size": 2,

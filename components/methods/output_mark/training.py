@@ -39,6 +39,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from neuralmark.components import distributed
 from neuralmark.components.attacks.surrogate import train_surrogate
 from neuralmark.components.data.pairs import check_pairs
 from neuralmark.components.data.splits import group_split
@@ -284,7 +285,7 @@ def fit(method: OutputMarkParts, data: Mapping[str, Any],
     """
     if not isinstance(data, Mapping) or "train" not in data:
         raise InputError("output_mark.fit needs data={'train': (A, B), 'val': (A, B)}")
-    c, cb = method.config, Callbacks.of(callbacks)
+    c, cb = method.config, distributed.main_only(Callbacks.of(callbacks))
     start = time.time()
     tp = prepare(method, data["train"], key, what="data['train']")
     if data.get("val") is not None:

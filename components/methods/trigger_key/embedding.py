@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralmark.components import distributed
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks
 from neuralmark.components.nets.training import check_host_pairs, restoration_loss, task_psnr
@@ -74,7 +75,7 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     x, y = check_host_pairs(inputs, targets, desc)
     if steps < 0 or lam < 0 or batch_size < 1 or lr <= 0:
         raise InputError(f"{desc}: need steps >= 0, lam >= 0, batch_size >= 1, lr > 0")
-    cb = Callbacks.of(callbacks)
+    cb = distributed.main_only(Callbacks.of(callbacks))
     g = generator if isinstance(generator, torch.Generator) else \
         torch.Generator().manual_seed(int(generator))
     start = time.perf_counter()
@@ -84,24 +85,26 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999))
     l_d = l_w = math.nan
     taken, stopped = 0, False
+    train_net = distributed.wrap(net)  # data-parallel: this process's rows, DDP (BN frozen)
     for step in range(steps):
-        idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
-        loss_d = restoration_loss(net(x[idx].to(device)), y[idx].to(device))
-        loss_w = mark_loss(net)
+        idx = distributed.batch_rows(x.shape[0], batch_size, g)
+        loss_d = restoration_loss(train_net(x[idx].to(device)), y[idx].to(device))
+        loss_w = mark_loss(train_net)
         opt.zero_grad()
         (loss_d + lam * loss_w).backward()
         opt.step()
         taken = step + 1
         if taken % check_every == 0 or taken == steps:
             with torch.no_grad():
-                l_d, l_w = float(loss_d.detach()), float(mark_loss(net))
+                l_d = distributed.mean_over_processes({"l_d": float(loss_d)})["l_d"]
+                l_w = float(mark_loss(net))
             net.eval()
             score = task_psnr(net, x[:n_eval], y[:n_eval])
             net.train()
             freeze_batchnorm(net)
             cb.on_metrics(taken, {f"{desc}_l_d": l_d, f"{desc}_l_w": l_w, f"{desc}_psnr": score})
             cb.on_progress(taken, steps, desc)
-            if done is not None and done(l_w):
+            if done is not None and distributed.agree(done(l_w)):
                 stopped = True
                 break
     net.eval()

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralmark.components import distributed
 from neuralmark.components.data.restoration import extract_patches, task_pairs
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import (
@@ -51,6 +52,7 @@ class HostMark(WatermarkMethod):
     own_pipeline = ("neuralmark mark-model (neuralmark.pipelines.trigger_key."
                     "trigger_key_pipeline, configs/trigger_key*.yaml)")
     min_size = 8
+    data_parallel = True  # host training and embedding: components/distributed.py
     smoke_config: dict[str, Any] = {
         "depth": 3, "width": 4, "trigger_size": 8, "host_steps": 2, "embed_steps": 2,
         "patch_size": 8, "n_patches": 8, "batch_size": 2, "calibration_keys": 4,
@@ -248,7 +250,7 @@ class HostMark(WatermarkMethod):
                "fidelity_cost_db": zero - after}
         self.metrics.update({"embed_steps": run["steps"], "embed_l_w": run["l_w"],
                              "embed_stopped_early": run["stopped_early"], **out})
-        Callbacks.of(callbacks).on_metrics(int(run["steps"]), out)
+        distributed.main_only(Callbacks.of(callbacks)).on_metrics(int(run["steps"]), out)
         return marked
 
     def training_loss(self, images: torch.Tensor) -> torch.Tensor:

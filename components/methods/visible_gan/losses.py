@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from neuralmark.components import distributed
 from neuralmark.components.nets.patchgan import gan_bce
 
 __all__ = ["gan_bce", "gman_combine", "removal_attack_loss", "removal_loss", "task_loss"]
@@ -31,7 +32,8 @@ def removal_attack_loss(restored: torch.Tensor, clean: torch.Tensor) -> torch.Te
 
 def removal_loss(restored: torch.Tensor, clean: torch.Tensor, margin: float) -> torch.Tensor:
     """ℒ_v for W: ``relu(margin − MSE(V(x′), x)) / margin`` (0 once V fails by the margin)."""
-    return F.relu(margin - F.mse_loss(restored, clean)) / margin
+    # the global batch's MSE under data-parallel training (the margin is not linear)
+    return F.relu(margin - distributed.global_mean(F.mse_loss(restored, clean))) / margin
 
 
 def gman_combine(losses: list[torch.Tensor], softness: float) -> torch.Tensor:
@@ -41,6 +43,6 @@ def gman_combine(losses: list[torch.Tensor], softness: float) -> torch.Tensor:
     adversaries N): λ = 0 is the seed's plain sum ℒ_f + ℒ_v + ℒ_d; a larger λ leans on the
     adversary currently winning. The weights carry no gradient.
     """
-    stacked = torch.stack(losses)
+    stacked = torch.stack([distributed.global_mean(x) for x in losses])  # global batch's
     weights = torch.softmax(softness * stacked.detach(), dim=0)
     return len(losses) * (weights * stacked).sum()

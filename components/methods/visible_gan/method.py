@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuralmark.components import distributed
 from neuralmark.components.methods.base import (
     Callbacks,
     InputError,
@@ -69,6 +70,7 @@ class VisibleGan(WatermarkMethod):
     detection_alpha_field: ClassVar[str | None] = "fpr"
     min_size: ClassVar[int] = 32
     native_calibration: ClassVar[bool] = True
+    data_parallel: ClassVar[bool] = True  # GMAN: components/distributed.py
     smoke_config: ClassVar[dict[str, Any]] = {
         "working_size": 16, "detect_size": 32, "mark_resolution": 16, "w_width": 4,
         "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 2, "steps": 2,
@@ -395,7 +397,8 @@ class VisibleGan(WatermarkMethod):
         """
         from neuralmark.components.methods.visible_gan.training import fit_visible_gan
 
-        return fit_visible_gan(self, data, Callbacks.of(callbacks))
+        with distributed.sync_batchnorm(self.W, self.V, self.D):  # data-parallel GMAN
+            return fit_visible_gan(self, data, Callbacks.of(callbacks))
 
     # -- method-specific evaluation ------------------------------------------------------------
     def evaluation_rows(self, clean: torch.Tensor, marked: torch.Tensor,

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from neuralmark.components import distributed
 from neuralmark.components.methods.base import Callbacks, InputError, pick_device, resize_square
 from neuralmark.components.methods.visible_gan.classifier import (
     accuracy,
@@ -26,6 +27,7 @@ def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
                     cb: Callbacks) -> dict[str, float]:
     """Train ``method`` (a ``VisibleGan``) in place; see ``VisibleGan.fit``."""
     c = method.config
+    cb = distributed.main_only(cb)
     if "train" not in data or data["train"].shape[0] == 0:
         raise InputError("visible_gan.fit needs a non-empty 'train' tensor")
     device = pick_device(c.device)
@@ -70,22 +72,30 @@ def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
     method.D.train()
     metrics: dict[str, float] = {}
     steps_done = 0
+    # data-parallel: this process's rows of each global batch, the gradients averaged
+    # (W, V and D are in two backward passes a step; BatchNorm: VisibleGan.fit)
+    for m in (method.W, method.V, method.D):
+        distributed.broadcast_state(m)
     for step in range(c.steps):
-        idx = torch.randint(0, x_tr.shape[0], (c.batch_size,), generator=g)
-        xb = x_tr[idx].to(device)
-        terms = method.loss_terms(xb)
+        xb = x_tr[distributed.batch_rows(x_tr.shape[0], c.batch_size, g)].to(device)
+        with distributed.autocast(device):
+            terms = method.loss_terms(xb)
         opt_w.zero_grad()
         terms["w"].backward()
+        distributed.average_gradients(method.W)
         opt_w.step()
         opt_v.zero_grad()
         opt_d.zero_grad()
         (terms["v_attack"] + terms["d_disc"]).backward()
+        distributed.average_gradients(method.V, method.D)
         opt_v.step()
         opt_d.step()
         steps_done = step + 1
-        out_of_time = bool(c.max_train_seconds) and time.time() - start > c.max_train_seconds
+        out_of_time = bool(c.max_train_seconds) and distributed.agree(
+            time.time() - start > c.max_train_seconds)
         if step % c.log_every == 0 or step == c.steps - 1 or out_of_time:
-            metrics = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
+            metrics = distributed.mean_over_processes(
+                {f"loss_{k}": float(v.detach()) for k, v in terms.items()})
             metrics["elapsed_s"] = time.time() - start
             cb.on_metrics(step, metrics)
             cb.on_progress(step + 1, c.steps, "GMAN")
