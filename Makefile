@@ -27,7 +27,7 @@ venv: $(VENV)/.installed
 # with the main pins; README "Scale out", Kubeflow): the locked requirements, then the project
 # itself without its dependencies. tests/test_kfp_spec.py runs its python.
 KFP_VENV := .venv-kfp
-$(KFP_VENV)/.installed: requirements/kubeflow.txt
+$(KFP_VENV)/.installed: requirements/kubeflow.txt pyproject.toml setup.py
 	test -x $(KFP_VENV)/bin/python || $(PY) -m venv $(KFP_VENV)
 	$(KFP_VENV)/bin/pip install -q --upgrade pip
 	$(KFP_VENV)/bin/pip install -q -r requirements/kubeflow.txt

@@ -217,7 +217,14 @@ def ensure_remote_stack(path: str | Path, project_root: str | Path,
             try:
                 client.get_flavor_by_name_and_type(comp.flavor, kind)
             except KeyError:
-                client.create_flavor(source=source, component_type=kind)
+                try:
+                    client.create_flavor(source=source, component_type=kind)
+                except ValueError as err:  # ZenML imports the implementation: kfp for Kubeflow
+                    raise InputError(f"stack file {path}: flavor {comp.flavor!r} cannot be "
+                                     f"registered here ({err}); the Kubeflow stack is "
+                                     "registered from the Kubeflow environment: make kfp-venv, "
+                                     "then .venv-kfp/bin/python -m neuralmark.runtime.stack "
+                                     f"--stack {path}") from None
                 report["registered"].append(f"flavor {comp.flavor}")
     wanted: dict[StackComponentType, str] = {}
     for ctype, comp in spec.components.items():
