@@ -10,14 +10,17 @@ compiled KFP spec requests **no GPU for any step** (seen compiling
 ``configs/k8s/pgd_signer.yaml`` with the stock flavor: no ``accelerator`` in any executor).
 
 This flavor is ZenML's, with the validator replaced by one that keeps a given
-``pod_settings`` and still migrates the deprecated fields; the orchestrator itself is
-ZenML's ``KubeflowOrchestrator`` with that settings class
-(``neuralmark.integrations.kubeflow_orchestrator``, imported only when a stack uses it: it
-needs ``kfp``). Run configs set it under ``settings: orchestrator.nm_kubeflow:``.
+``pod_settings`` and still migrates the deprecated fields; the orchestrator is ZenML's
+``KubeflowOrchestrator`` with that settings class, everything else (steps → KFP container
+components, the DAG, resources, ``Compiler().compile``) unchanged. It is made when a stack
+first uses it (``orchestrator_class``): it needs ``kfp``, which only the Kubeflow
+environment (``.venv-kfp``) has, and this module is imported without it. Run configs set
+its settings under ``settings: orchestrator.nm_kubeflow:``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import model_validator
@@ -94,8 +97,19 @@ class NeuralmarkKubeflowOrchestratorFlavor(KubeflowOrchestratorFlavor):
 
     @property
     def implementation_class(self) -> type:
-        from neuralmark.integrations.kubeflow_orchestrator import (
-            NeuralmarkKubeflowOrchestrator,
-        )
+        return orchestrator_class()
 
-        return NeuralmarkKubeflowOrchestrator
+
+@functools.cache
+def orchestrator_class() -> type:
+    """ZenML's ``KubeflowOrchestrator`` reading ``NeuralmarkKubeflowOrchestratorSettings``.
+
+    Raises:
+        ImportError: ``kfp`` is not installed (use the Kubeflow environment).
+    """
+    from zenml.integrations.kubeflow.orchestrators import KubeflowOrchestrator
+
+    return type("NeuralmarkKubeflowOrchestrator", (KubeflowOrchestrator,), {
+        "__module__": __name__,
+        "__doc__": "ZenML's Kubeflow orchestrator with pod settings kept.",
+        "settings_class": property(lambda self: NeuralmarkKubeflowOrchestratorSettings)})
