@@ -68,7 +68,8 @@ def _kubeconfig(context: str) -> dict[str, Any]:
 def throwaway_kubeflow_stack(stack_file: Path, workdir: Path) -> Iterator[Any]:
     """ZenML pointed at a new store in ``workdir`` whose active stack is ``stack_file``'s.
 
-    Yields the ZenML ``Client``. Environment variables are put back afterwards.
+    Yields the ZenML ``Client``. Environment variables and ZenML's configuration and client
+    singletons are put back afterwards.
     """
     # the kubernetes client reads KUBECONFIG once, when it is first imported, and loading
     # the stack file imports it: set the variable first (from the file's plain YAML)
@@ -83,6 +84,7 @@ def throwaway_kubeflow_stack(stack_file: Path, workdir: Path) -> Iterator[Any]:
     from zenml.client import Client
     from zenml.config.global_config import GlobalConfiguration
 
+    previous = GlobalConfiguration.get_instance(), Client.get_instance()
     try:
         if context:
             (workdir / "kubeconfig.yaml").write_text(yaml.safe_dump(_kubeconfig(str(context))))
@@ -113,8 +115,8 @@ def throwaway_kubeflow_stack(stack_file: Path, workdir: Path) -> Iterator[Any]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        GlobalConfiguration._reset_instance()
-        Client._reset_instance()
+        GlobalConfiguration._reset_instance(previous[0])
+        Client._reset_instance(previous[1])
 
 
 def compile_training_spec(config: Path, client: Any) -> str:

@@ -162,3 +162,17 @@ def test_kubeflow_environment_pins_what_pyproject_pins():
     assert major == 2 and minor < 17
     assert int(lock["kubernetes"].split(".")[0]) < 31
     assert int(lock["protobuf"].split(".")[0]) < 7
+
+
+def test_compile_refuses_a_missing_config_and_a_non_kubeflow_stack(tmp_path):
+    """Named before any ZenML store is touched (runs here: no kfp needed to refuse)."""
+    from neuralmark.pipelines.kfp_spec import compile_specs
+    from neuralmark.runtime.settings import CONFIGS_DIR
+
+    with pytest.raises(InputError, match=r"run config .*nope\.yaml does not exist"):
+        compile_specs([tmp_path / "nope.yaml"], tmp_path / "out")
+    with pytest.raises(InputError, match=r"components\.orchestrator\.flavor must be "
+                                         r"'nm_kubeflow' to compile a KFP spec, got 'kubernetes'"):
+        compile_specs([K8S_CONFIGS_DIR / "pgd_signer.yaml"], tmp_path / "out",
+                      CONFIGS_DIR / "stacks" / "k8s.yaml")
+    assert not (tmp_path / "out").exists()
