@@ -11,7 +11,7 @@ export ZENML_LOGGING_VERBOSITY ?= WARN
 PROFILE ?= tiny
 METHOD ?= pgd_signer
 
-.PHONY: venv test demo stack data lint bench ui serve clean
+.PHONY: venv kfp-venv test demo stack data lint bench ui serve clean
 
 # torch/torchvision first: pip takes the pinned builds from local disk.
 $(VENV)/.installed: pyproject.toml
@@ -23,7 +23,20 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
+# The second environment that compiles the pipelines for Kubeflow Pipelines (kfp 2.x clashes
+# with the main pins; README "Scale out", Kubeflow): the locked requirements, then the project
+# itself without its dependencies. tests/test_kfp_spec.py runs its python.
+KFP_VENV := .venv-kfp
+$(KFP_VENV)/.installed: requirements/kubeflow.txt pyproject.toml setup.py
+	test -x $(KFP_VENV)/bin/python || $(PY) -m venv $(KFP_VENV)
+	$(KFP_VENV)/bin/pip install -q --upgrade pip
+	$(KFP_VENV)/bin/pip install -q -r requirements/kubeflow.txt
+	$(KFP_VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+kfp-venv: $(KFP_VENV)/.installed
+
+test: venv kfp-venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: venv

@@ -42,11 +42,30 @@ def train(
         [], "--variant", metavar="NAME",
         help="Train these variants (repeatable; 'all' = every configs/<method>_*.yaml), "
              "each registered as neuralmark-<method>-<variant>, then compare them."),
+    schedule: str | None = typer.Option(
+        None, "--schedule", metavar="CRON",
+        help=("Schedule the training pipeline on the active remote stack with this cron "
+              "expression (e.g. '0 3 * * 1') instead of running it here; each scheduled run "
+              "goes through the gate.")),
 ) -> None:
     """Train METHOD through the training pipeline (needs the ZenML stack)."""
     from neuralmark.components.errors import InputError
 
     _check_method(method)
+    if schedule is not None:
+        if variant:
+            raise InputError("give --schedule or --variant, not both (schedule each variant "
+                             "with its --config)")
+        from neuralmark.runtime.k8s_runs import check_cron
+
+        check_cron(schedule)  # before any pipeline module loads
+        schedule_training = load_pipeline("neuralmark.pipelines.training", "schedule_training",
+                                          "training")
+        done = schedule_training(method, profile.value, schedule, config)
+        out().print(f"scheduled training of {method} ({profile.value}) on stack "
+                    f"{done['stack']} ({done['orchestrator']} orchestrator): "
+                    f"cron {done['cron']!r}, registered model {done['model_name']}")
+        return
     if variant:
         if config is not None:
             raise InputError("give --variant or --config, not both (each variant has its "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 import typing
 from collections.abc import Mapping, Sequence
@@ -139,6 +140,61 @@ def run_training(method: str, profile: str = "tiny", config_path: str | os.PathL
         outcome = registration_outcome(run, "evaluate_robustness", "train_model", root)
     report = outcome.pop("report")
     return {"model_name": settings.model_name, "summary": headline(report.summary), **outcome}
+
+
+def schedule_training(method: str, profile: str, cron: str,
+                      config_path: str | os.PathLike | None = None, *,
+                      project_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Schedule ``training_pipeline`` for ``method`` on the project's *active* remote stack.
+
+    ``Schedule(cron_expression=cron)`` goes with the run config (default
+    ``configs/<method>.yaml``; on a cluster, ``configs/k8s/<method>.yaml``) to the active
+    stack's orchestrator, which keeps the schedule (the Kubernetes orchestrator as a CronJob,
+    Kubeflow as a recurring run); every scheduled run goes through the gate as any run does.
+    Nothing runs here and nothing waits.
+
+    Returns:
+        ``stack``, ``orchestrator`` (flavor), ``cron``, ``model_name`` and ``config``.
+
+    Raises:
+        InputError: a cron expression Kubernetes would not accept (checked first, with
+            ``neuralmark.runtime.k8s_runs.check_cron``), a run config that also has a
+            ``schedule``, or an active stack whose orchestrator cannot schedule (the local
+            one: register and activate a remote stack first).
+    """
+    from zenml.client import Client
+    from zenml.config.schedule import Schedule
+
+    from neuralmark.pipelines.harness import project_client
+    from neuralmark.runtime.k8s_runs import check_cron
+
+    cron = check_cron(cron)
+    root = Path(project_root or CODE_ROOT).resolve()
+    _check_trainable(method)
+    path = str(config_path or CONFIGS_DIR / f"{method}.yaml")
+    run_config = _run_config(method, profile, config_path, None)
+    if run_config.get("schedule"):
+        raise InputError(f"{path} has its own schedule; give the schedule once (drop "
+                         "--schedule, or the file's schedule:)")
+    params = run_config["parameters"]
+    settings = resolve(method, profile, **{k: params.get(k) for k in ("config", "data",
+                                                                      "evaluation", "policy")})
+    name_model(run_config, settings.model_name, path)
+    with tempfile.TemporaryDirectory(prefix="nm-schedule-") as tmp, project_client(root):
+        stack = Client().active_stack
+        orchestrator = stack.orchestrator
+        if orchestrator.config.is_local or not orchestrator.config.is_schedulable:
+            raise InputError(
+                f"--schedule needs a remote stack whose orchestrator schedules runs; the active "
+                f"stack {stack.name!r} has the {orchestrator.flavor!r} orchestrator. Register "
+                "and activate one first: python -m neuralmark.runtime.stack --stack "
+                "configs/stacks/k8s.yaml --activate (README \"Scale out\")")
+        resolved = Path(tmp) / "run.yaml"
+        resolved.write_text(yaml.safe_dump(run_config, sort_keys=False))
+        training_pipeline.with_options(config_path=str(resolved),
+                                       schedule=Schedule(cron_expression=cron))()
+        return {"stack": stack.name, "orchestrator": orchestrator.flavor, "cron": cron,
+                "model_name": settings.model_name, "config": path}
 
 
 # -- variants of one method, side by side -------------------------------------------------------

@@ -4,11 +4,15 @@ A cluster run config is a ZenML run config (``parameters:`` like ``configs/<meth
 plus ``settings`` and ``steps.<step>.settings`` holding ``orchestrator.kubernetes``
 (``KubernetesOrchestratorSettings``: ``pod_settings`` with resources, tolerations, node
 selectors) and ``docker`` (``DockerSettings``), and optionally ``schedule``
-(``Schedule(cron_expression=...)``). ``load_cluster_config`` validates all of it with
-ZenML's own classes and checks each step's ``nvidia.com/gpu`` against what the step can use
-(``STEP_GPUS``) before anything is submitted; ``step_pod`` and ``cron_job`` build, offline
-and with ZenML's own manifest builders, the step pod and the CronJob the Kubernetes
-orchestrator would create.
+(``Schedule(cron_expression=...)``). The same file runs on the Kubeflow stack: there a GPU
+step's ``resources`` (``ResourceSettings.gpu_count``) and the pipeline's
+``orchestrator.nm_kubeflow`` ``pod_settings.node_selectors.accelerator`` (the accelerator type,
+the only pod setting ZenML's Kubeflow orchestrator applies with KFP 2.x) give the GPUs.
+``load_cluster_config`` validates all of it with ZenML's own classes and checks each step's
+``nvidia.com/gpu`` against what the step can use (``STEP_GPUS``), and that both
+orchestrators would give each step the same GPUs, before anything is submitted;
+``step_pod`` and ``cron_job`` build, offline and with ZenML's own manifest builders, the
+step pod and the CronJob the Kubernetes orchestrator would create.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from neuralmark.components.methods.base import InputError
 K8S_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" / "k8s"
 GPU = "nvidia.com/gpu"
 SETTINGS_KEY = "orchestrator.kubernetes"
+KUBEFLOW_KEY = "orchestrator.nm_kubeflow"
+#: the node selector ZenML's Kubeflow orchestrator reads as the KFP accelerator type
+ACCELERATOR = "accelerator"
 #: the most GPUs each step of the training pipeline can use (``None``: any number on one
 #: node). Data, validation, gate and registry are CPU-only; signing and evaluation run one
 #: model on one device; training runs one data-parallel process per GPU its pod is given
@@ -90,6 +97,8 @@ class ClusterRunConfig:
         gpus: step name → ``nvidia.com/gpu`` it asks for.
         docker: the ``DockerSettings``.
         schedule: the ZenML ``Schedule`` or ``None``.
+        accelerator: the KFP accelerator type GPU steps get on the Kubeflow stack
+            (``None`` when no step asks for a GPU).
     """
 
     path: Path
@@ -99,6 +108,7 @@ class ClusterRunConfig:
     gpus: dict[str, int]
     docker: Any
     schedule: Any
+    accelerator: str | None = None
 
 
 def _data_parallel(method: Any) -> bool:
@@ -197,6 +207,7 @@ def load_cluster_config(path: str | Path) -> ClusterRunConfig:
                                                 "data-parallel"))
             raise InputError(f"{path}: steps.{step} asks for {asked} {GPU}, but {step} {can}")
         gpus[step] = asked
+    accelerator = _kubeflow_gpus(raw, path, gpus)
     schedule = None
     if raw.get("schedule"):
         cron = (raw["schedule"] or {}).get("cron_expression")
@@ -209,7 +220,66 @@ def load_cluster_config(path: str | Path) -> ClusterRunConfig:
         except ValidationError as err:
             raise InputError(f"{path}: {describe_validation_error(err, 'schedule.')}") from None
     return ClusterRunConfig(path=path, raw=raw, pipeline=pipeline, steps=steps, gpus=gpus,
-                            docker=docker, schedule=schedule)
+                            docker=docker, schedule=schedule, accelerator=accelerator)
+
+
+def _kubeflow_gpus(raw: dict[str, Any], path: Path, gpus: dict[str, int]) -> str | None:
+    """Check the Kubeflow side of a cluster run config; return the accelerator type.
+
+    ZenML's Kubeflow orchestrator (0.98, KFP 2.x) requests GPUs for a step from its
+    ``resources.gpu_count``, and only when a step's ``orchestrator.nm_kubeflow`` pod settings
+    name an ``accelerator`` node selector; it keeps one accelerator type for the whole
+    pipeline. So: each step's ``gpu_count`` must equal its ``nvidia.com/gpu``, and GPU steps
+    need the accelerator, set once at the pipeline level.
+
+    Raises:
+        InputError: naming the step and field.
+    """
+    from zenml.config import ResourceSettings
+
+    from neuralmark.integrations.kubeflow_flavor import (
+        NeuralmarkKubeflowOrchestratorSettings as KubeflowOrchestratorSettings,
+    )
+
+    def validated(model: Any, values: dict[str, Any], where: str) -> Any:
+        _no_unknown_keys(values, model, where)
+        try:
+            return model(**values)
+        except ValidationError as err:
+            raise InputError(f"{where}: {describe_validation_error(err)}") from None
+
+    settings = raw.get("settings") or {}
+    kubeflow = validated(KubeflowOrchestratorSettings, settings.get(KUBEFLOW_KEY) or {},
+                         f"{path}: settings.{KUBEFLOW_KEY}")
+    accelerator = (kubeflow.pod_settings.node_selectors.get(ACCELERATOR)
+                   if kubeflow.pod_settings else None)
+    pipeline_resources = settings.get("resources") or {}
+    for step in STEP_GPUS:
+        block = ((raw.get("steps") or {}).get(step) or {}).get("settings") or {}
+        where = f"{path}: steps.{step}.settings"
+        if block.get(KUBEFLOW_KEY):
+            own = validated(KubeflowOrchestratorSettings, block[KUBEFLOW_KEY],
+                            f"{where}.{KUBEFLOW_KEY}")
+            if own.pod_settings and own.pod_settings.node_selectors.get(ACCELERATOR,
+                                                                        accelerator) \
+                    != accelerator:
+                raise InputError(f"{where}.{KUBEFLOW_KEY}: ZenML's Kubeflow orchestrator "
+                                 "uses one accelerator type for the whole pipeline; set "
+                                 f"pod_settings.node_selectors.{ACCELERATOR} under "
+                                 f"settings.{KUBEFLOW_KEY} only")
+        resources = validated(ResourceSettings, {**pipeline_resources,
+                                                 **(block.get("resources") or {})},
+                              f"{where}.resources")
+        count = resources.gpu_count or 0
+        if count != gpus[step]:
+            raise InputError(f"{where}.resources.gpu_count is {count} but the step asks for "
+                             f"{gpus[step]} {GPU} (orchestrator.kubernetes): the Kubeflow and "
+                             "Kubernetes stacks would give it different GPUs")
+    if any(gpus.values()) and not accelerator:
+        raise InputError(f"{path}: settings.{KUBEFLOW_KEY}.pod_settings.node_selectors."
+                         f"{ACCELERATOR} is missing: without it ZenML's Kubeflow orchestrator "
+                         f"requests no GPU for the GPU steps (e.g. {ACCELERATOR}: {GPU})")
+    return accelerator
 
 
 def step_pod(config: ClusterRunConfig, step: str, image: str) -> dict[str, Any]:

@@ -40,7 +40,10 @@ from neuralmark.runtime.names import REGISTRY_NAME, TRACKER_NAME
 FLAVORS: dict[str, dict[str, str]] = {
     "orchestrator": {
         "kubernetes": "zenml.integrations.kubernetes.flavors.KubernetesOrchestratorFlavor",
-        "kubeflow": "zenml.integrations.kubeflow.flavors.KubeflowOrchestratorFlavor",
+        # ZenML's Kubeflow flavor with its pod settings kept (the stock ``kubeflow`` flavor
+        # of ZenML 0.98 drops them, and with them every GPU request: see the module)
+        "nm_kubeflow": "neuralmark.integrations.kubeflow_flavor."
+                       "NeuralmarkKubeflowOrchestratorFlavor",
     },
     "artifact_store": {"s3": "zenml.integrations.s3.flavors.S3ArtifactStoreFlavor"},
     "container_registry": {
@@ -78,7 +81,16 @@ class StackFile(BaseModel):
     components: dict[str, ComponentSpec]
 
 
+#: flavors refused with a reason, and what to use instead
+REFUSED = {("orchestrator", "kubeflow"): (
+    "ZenML 0.98's kubeflow flavor drops the run config's pod settings, so the compiled KFP "
+    "spec would request no GPU for any step (neuralmark.integrations.kubeflow_flavor); use "
+    "flavor nm_kubeflow, the same orchestrator with them kept")}
+
+
 def _flavor_class(ctype: str, flavor: str, where: str) -> type:
+    if (ctype, flavor) in REFUSED:
+        raise InputError(f"{where}.flavor: {flavor!r}: {REFUSED[ctype, flavor]}")
     choices = FLAVORS[ctype]
     if flavor not in choices:
         raise InputError(f"{where}.flavor: {flavor!r} is not supported for {ctype}; "
@@ -198,6 +210,22 @@ def ensure_remote_stack(path: str | Path, project_root: str | Path,
                              f"(has {sorted(values)})")
 
     report: dict[str, Any] = {"stack": spec.name, "registered": [], "updated": []}
+    for ctype, comp in spec.components.items():
+        source = FLAVORS[ctype][comp.flavor]
+        if source.startswith("neuralmark."):  # a flavor of ours: ZenML must know its source
+            kind = StackComponentType(ctype)
+            try:
+                client.get_flavor_by_name_and_type(comp.flavor, kind)
+            except KeyError:
+                try:
+                    client.create_flavor(source=source, component_type=kind)
+                except ValueError as err:  # ZenML imports the implementation: kfp for Kubeflow
+                    raise InputError(f"stack file {path}: flavor {comp.flavor!r} cannot be "
+                                     f"registered here ({err}); the Kubeflow stack is "
+                                     "registered from the Kubeflow environment: make kfp-venv, "
+                                     "then .venv-kfp/bin/python -m neuralmark.runtime.stack "
+                                     f"--stack {path}") from None
+                report["registered"].append(f"flavor {comp.flavor}")
     wanted: dict[StackComponentType, str] = {}
     for ctype, comp in spec.components.items():
         kind = StackComponentType(ctype)

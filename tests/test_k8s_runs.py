@@ -92,6 +92,7 @@ def test_training_step_may_ask_for_several_gpus(tmp_path):
         res = raw["steps"]["train_model"]["settings"]["orchestrator.kubernetes"][
             "pod_settings"]["resources"]
         res["requests"][GPU] = res["limits"][GPU] = "4"
+        raw["steps"]["train_model"]["settings"]["resources"]["gpu_count"] = 4  # Kubeflow's
 
     config = load_cluster_config(_edited(tmp_path, four))
     assert config.gpus["train_model"] == 4 and config.gpus["sign_heldout"] == 1
@@ -175,3 +176,46 @@ def test_unscheduled_config_has_no_cronjob():
     config = load_cluster_config(K8S_CONFIGS_DIR / "pgd_signer.yaml")
     with pytest.raises(InputError, match=r"has no schedule"):
         cron_job(config, IMAGE)
+
+
+def test_kubeflow_gpus_must_match_the_kubernetes_ones(tmp_path):
+    """One config serves both stacks: a step gets the same GPUs on either."""
+    config = load_cluster_config(K8S_CONFIGS_DIR / "pgd_signer.yaml")
+    assert config.accelerator == GPU
+
+    def forgot_kubeflow(raw):
+        del raw["steps"]["evaluate_robustness"]["settings"]["resources"]
+
+    with pytest.raises(InputError, match=r"steps\.evaluate_robustness\.settings\.resources\."
+                                         r"gpu_count is 0 but the step asks for 1 nvidia"):
+        load_cluster_config(_edited(tmp_path, forgot_kubeflow))
+
+    def gate_on_kubeflow_gpu(raw):
+        raw["steps"]["gate"] = {"settings": {"resources": {"gpu_count": 1}}}
+
+    with pytest.raises(InputError, match=r"steps\.gate\.settings\.resources\.gpu_count is 1 "
+                                         r"but the step asks for 0"):
+        load_cluster_config(_edited(tmp_path, gate_on_kubeflow_gpu))
+
+
+def test_kubeflow_accelerator_is_required_once_for_the_pipeline(tmp_path):
+    def no_accelerator(raw):
+        del raw["settings"]["orchestrator.nm_kubeflow"]
+
+    with pytest.raises(InputError, match=r"settings\.orchestrator\.nm_kubeflow\.pod_settings\."
+                                         r"node_selectors\.accelerator is missing"):
+        load_cluster_config(_edited(tmp_path, no_accelerator))
+
+    def per_step(raw):
+        raw["steps"]["train_model"]["settings"]["orchestrator.nm_kubeflow"] = {
+            "pod_settings": {"node_selectors": {"accelerator": "nvidia-h100"}}}
+
+    with pytest.raises(InputError, match=r"steps\.train_model\.settings\.orchestrator\."
+                                         r"nm_kubeflow: .*one accelerator type for the whole"):
+        load_cluster_config(_edited(tmp_path, per_step))
+
+    def typo(raw):
+        raw["settings"]["orchestrator.nm_kubeflow"]["pod_setings"] = {}
+
+    with pytest.raises(InputError, match=r"orchestrator\.nm_kubeflow\.pod_setings: not a field"):
+        load_cluster_config(_edited(tmp_path, typo))

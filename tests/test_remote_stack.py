@@ -26,9 +26,17 @@ def _edited(tmp_path: Path, name: str, edit) -> Path:
 @pytest.mark.parametrize("name", ["k8s.yaml", "kubeflow.yaml"])
 def test_stack_files_validate_with_the_flavor_config_classes(name):
     spec = load_stack_file(STACKS / name)
-    assert spec.components["orchestrator"].flavor == name.removesuffix(".yaml").replace(
-        "k8s", "kubernetes")
+    assert spec.components["orchestrator"].flavor == {"k8s.yaml": "kubernetes",
+                                                      "kubeflow.yaml": "nm_kubeflow"}[name]
     assert spec.components["artifact_store"].flavor == "s3"
+
+
+def test_stock_kubeflow_flavor_is_refused_with_the_reason(tmp_path):
+    path = _edited(tmp_path, "kubeflow.yaml",
+                   lambda raw: raw["components"]["orchestrator"].update(flavor="kubeflow"))
+    with pytest.raises(InputError, match=r"components\.orchestrator\.flavor: 'kubeflow': .*"
+                                         r"request no GPU.*use flavor nm_kubeflow"):
+        load_stack_file(path)
 
 
 def test_k8s_orchestrator_uses_the_least_privilege_accounts():
@@ -112,3 +120,26 @@ def test_registers_idempotently_and_leaves_the_active_stack(tmp_path):
         orch = stack.components[StackComponentType.ORCHESTRATOR][0]
         assert orch.flavor_name == "kubernetes"
         assert orch.configuration["kubernetes_namespace"] == "neuralmark-pipelines"
+
+
+def test_kubeflow_stack_outside_its_environment_is_refused_clearly(tmp_path):
+    """ZenML imports a custom flavor's orchestrator to register it, and that needs kfp, which
+    only the Kubeflow environment has (tests/test_kfp_spec.py registers it there)."""
+    import importlib.util
+
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    if importlib.util.find_spec("kfp") is not None:
+        pytest.skip("kfp is installed here: the stack registers (tests/test_kfp_spec.py)")
+    with isolated_zenml_project(tmp_path):
+        client = Client(root=tmp_path)
+        client.create_secret("mlflow_tracking", {"username": "u", "password": "p"})
+        client.create_secret("s3_artifact_store", {"aws_access_key_id": "a",
+                                                   "aws_secret_access_key": "s"})
+        with pytest.raises(InputError, match=r"flavor 'nm_kubeflow' cannot be registered here "
+                                             r".*No module named 'kfp'.*make kfp-venv"):
+            ensure_remote_stack(STACKS / "kubeflow.yaml", tmp_path)
+        with pytest.raises(KeyError):  # nothing registered
+            client.get_stack_component(StackComponentType.ORCHESTRATOR,
+                                       "nm_kubeflow_orchestrator", allow_name_prefix_match=False)
