@@ -51,10 +51,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ProceduralClassesConfig(size=32, images_per_class=200)
 RECIPE = {"working_size": 32, "detect_size": 64, "mark_resolution": 64, "w_width": 32,
           "v_width": 16, "d_width": 32, "classifier": "resnet_small", "classifier_width": 16,
-          "task": "labels", "num_classes": 10, "classifier_steps": 600, "steps": 600,
-          "batch_size": 64, "lr": 2e-4, "classifier_lr": 2e-3, "removal_lr": 1e-3,
-          "utility_steps": 500, "removal_steps": 1000, "calibration_scores": 2000,
-          "fpr": 1e-3, "log_every": 100}
+          "task": "labels", "num_classes": 10, "classifier_steps": 500, "steps": 500,
+          "batch_size": 32, "lr": 2e-4, "classifier_lr": 2e-3, "removal_lr": 1e-3,
+          "utility_steps": 400, "removal_steps": 600, "calibration_scores": 2000,
+          "fpr": 1e-3, "log_every": 50}
 ATTACKS = [("jpeg", 75), ("jpeg", 50), ("resize", 0.5), ("blur", 1.0)]
 
 
