@@ -15,7 +15,8 @@ What each run covers: output_mark's whole ``fit`` (M, stage 1 with H, R, D and t
 the stage-2 surrogates, one with the adversarial term, and R's fine-tuning); trigger_key's
 host training (DnCNN, BatchNorm in training mode) and the mark's embedding
 (``embed_model``, BatchNorm frozen); visible_gan's classifier and GMAN (W, V, D), with a
-removal margin V stays inside and GMAN weights that lean (both non-linear in batch means).
+removal share (a ratio of two batch MSEs) and GMAN weights that lean (both non-linear in
+batch means).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
                     "w_width": 4, "v_width": 4, "d_width": 4, "classifier_width": 4,
                     "classifier_steps": 2, "steps": 3, "batch_size": 4,
                     "calibration_scores": 16, "utility_steps": 2, "removal_steps": 2,
-                    "log_every": 1, "v_margin": 0.5, "gman_lambda": 1.0, "device": "cpu"},
+                    "log_every": 1, "gman_lambda": 1.0, "device": "cpu"},
 }
 #: a training loss each method logs at every reported step
 LOSS_KEY = {"output_mark": "stage1_loss", "trigger_key": "host_loss",

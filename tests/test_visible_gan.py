@@ -17,8 +17,10 @@ from neuralmark.components.methods.visible_gan.baselines import (
     StaticBlend,
 )
 from neuralmark.components.methods.visible_gan.evaluation import STAMPERS, seed_table_markdown
+from neuralmark.components.methods.visible_gan.losses import removal_loss
 from neuralmark.components.methods.visible_gan.mark import (
     builtin_mark,
+    feathered_support,
     mark_box,
     mark_from_array,
     place_mark,
@@ -50,16 +52,20 @@ def calibrated(null_images):
 
 def test_w_output_shapes_ranges_and_confinement():
     m = smoke()
-    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    canvas = m.canvas(3, 16, 16)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    canvas = m.canvas(3, 32, 32)
     w = m.synthesize(x, canvas).detach()
-    assert w.shape == (3, 4, 16, 16) and w.dtype == torch.float32
+    assert w.shape == (3, 4, 32, 32) and w.dtype == torch.float32
     assert float(w.min()) >= 0.0 and float(w.max()) <= 1.0
     assert float((w - canvas).abs().max()) <= m.config.max_delta + 1e-6
-    top, left, side = mark_box(16, 16, m.config.mark_scale)
-    outside = torch.ones(16, 16, dtype=torch.bool)
+    top, left, side = mark_box(32, 32, m.config.mark_scale)
+    outside = torch.ones(32, 32, dtype=torch.bool)
     outside[top:top + side, left:left + side] = False
     assert torch.equal(w[..., outside], canvas[..., outside])  # W only reshapes the mark
+    # nor the transparent part of its square: nothing changes off the feathered support
+    off = feathered_support(canvas[:, 3:], 1) == 0
+    assert off[:, 0, top:top + side, left:left + side].any()
+    assert torch.equal(w.masked_select(off), canvas.masked_select(off))
     marked = m.stamp_working(x)[0].detach()
     assert marked.shape == x.shape and 0.0 <= float(marked.min()) <= float(marked.max()) <= 1.0
 
@@ -75,10 +81,39 @@ def test_embed_any_size_changes_only_the_mark_square(photo_batch):
     assert not changed.any()
 
 
+def test_feathered_support_dilates_then_fades():
+    alpha = torch.zeros(1, 1, 9, 9)
+    alpha[0, 0, 4, 4] = 1.0
+    sup = feathered_support(alpha, 1)[0, 0]
+    assert sup[4, 4] == 1.0 and 0 < sup[4, 5] < 1 and 0 < sup[4, 6] < sup[4, 5]
+    assert sup[4, 7] == 0 and sup[0, 0] == 0
+
+
+def test_removal_loss_is_the_share_of_the_mark_v_removes():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 8, 8, generator=g) * 0.5
+    mark = torch.rand(2, 3, 8, 8, generator=g) * 0.2
+    assert removal_loss(clean + mark, clean + mark, clean).item() == 0.0      # nothing removed
+    assert removal_loss(clean, clean + mark, clean).item() == pytest.approx(1.0)
+    assert removal_loss(clean + 2 * mark, clean + mark, clean).item() == 0.0  # worse: 0
+    quarter = removal_loss(clean + mark / 2, clean + mark, clean).item()
+    assert quarter == pytest.approx(0.75)
+    # scale-free: a mark twice as loud, V removing the same share, scores the same
+    assert removal_loss(clean + mark, clean + 2 * mark, clean).item() == pytest.approx(0.75)
+
+
 @pytest.mark.parametrize("term", ["f", "v", "d"])
 def test_gradient_reaches_w_through_each_adversary(term, photo_batch):
-    m = smoke(v_margin=10.0)  # a margin V cannot beat untrained: ℒ_v is active
+    m = smoke(v_width=16)
     work = torch.nn.functional.interpolate(photo_batch, size=(16, 16), mode="bilinear")
+    if term == "v":  # ℒ_v is 0 until V removes part of the mark: let V learn a little first
+        opt = torch.optim.Adam(m.V.parameters(), lr=3e-3)
+        for _ in range(100):
+            attack = m.loss_terms(work)["v_attack"]
+            opt.zero_grad()
+            attack.backward()
+            opt.step()
+        m.W.zero_grad(set_to_none=True)
     loss = m.loss_terms(work)[term]
     assert loss.item() > 0
     loss.backward()
@@ -135,6 +170,18 @@ def test_verify_detects_marked_and_not_clean_at_the_stated_level(calibrated, pho
         assert all(v.detected for v in m.verify(stamper(photo_batch, g))), name
 
 
+def test_half_size_images_are_verified_not_refused(calibrated, null_images):
+    """resize 0.5 of a 32² image: 16², the smallest side verify takes; smaller is refused."""
+    half = torch.nn.functional.interpolate
+    clean = half(null_images[:8], size=(32, 32), mode="area")
+    small_marked = half(calibrated.embed(clean), size=(16, 16), mode="area")
+    assert all(v.detected for v in calibrated.verify(small_marked))
+    small_clean = half(null_images[8:], size=(16, 16), mode="area")
+    assert not any(v.detected for v in calibrated.verify(small_clean))
+    with pytest.raises(InputError, match="at least 16 px"):
+        calibrated.verify(torch.rand(1, 3, 10, 10))
+
+
 def test_flat_images_are_unreadable_and_the_key_is_ignored(calibrated):
     from neuralmark.components.methods.base import Status, WatermarkKey
 
@@ -187,11 +234,17 @@ def test_fit_then_evaluation_rows_and_seed_table():
     assert final["steps_done"] == SMOKE["steps"]
     assert set(m.fit_report["accuracy"]) == {"clean", *STAMPERS}
     assert set(m.fit_report["removal"]) == set(STAMPERS)
+    assert set(m.fit_report["removal_vs"]) == {"static", "opacity", "displacement"}
+    assert m.fit_report["removal_vs"]["static"]["n"] == 16  # 4 val images × 4 rotations
+    assert "psnr_after" in m.fit_report["removal_control"]
     rows = m.evaluation_rows(data["val"], m.embed(data["val"]))
     got = {(r["label"], r["metric"]) for r in rows}
     for name in STAMPERS:
-        assert {(name, "accuracy_drop"), (name, "removal_gain"), (name, "contrast"),
-                (name, "v_psnr")} <= got
+        assert {(name, "accuracy_drop"), (name, "removal_gain"), (name, "removal_left"),
+                (name, "contrast"), (name, "v_psnr")} <= got
+    for base in ("static", "opacity", "displacement"):
+        assert {("deepstamp", f"removal_gain_vs_{base}"),
+                ("deepstamp", f"removal_gain_vs_{base}_se")} <= got
     assert ("deepstamp", "psnr_vs_static") in got and ("static", "psnr_vs_static") not in got
     table = seed_table_markdown(m.fit_report)
     assert "| Network | Baseline | Blend | S | O | D | DeepStamp |" in table

@@ -31,7 +31,8 @@ MICRO: dict[str, Any] = {
     "policy": {"min_psnr": 0.0, "min_detection_rate": {"none": 0.0}, "max_fpr": 1.0,
                "max_regression": 1.0,
                "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0},
-               "max_metric": {"accuracy_drop/deepstamp": 1.0, "removal_gain/deepstamp": 100}},
+               "max_metric": {"accuracy_drop/deepstamp": 1.0,
+                              "removal_gain_vs_static/deepstamp": 100}},
 }
 
 
@@ -62,6 +63,9 @@ def test_tiny_run_trains_evaluates_gates_and_registers(result, project):
         for metric in ("accuracy_drop", "removal_psnr", "removal_gain", "contrast", "v_psnr"):
             assert f"{metric}/{stamper}" in metrics, (metric, stamper)
     assert "psnr_vs_static/deepstamp" in metrics and "fpr" in metrics
+    for base in ("static", "opacity", "displacement"):
+        assert f"removal_gain_vs_{base}/deepstamp" in metrics
+        assert f"removal_gain_vs_{base}_se/deepstamp" in metrics
     assert "train/loss_w" in metrics
     listed = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/report.md", "report/visible_gan_examples.png"} <= listed

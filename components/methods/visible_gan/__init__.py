@@ -24,7 +24,8 @@ Choices where the seed is vague (a contract):
 * **Loss weights**: eq. (1), ℒ_f + ℒ_v + ℒ_d with weight 1 each; GMAN's soft-mean with
   λ = 0 (``gman_lambda``) is exactly that sum.
 * **ℒ_f**: KL between F's softmax on x and on x′. **ℒ_v**: V minimises ℓ2 + ℓ1 of its
-  restoration; W pays ``relu(margin − MSE(V(x′), x)) / margin``. **ℒ_d**: non-saturating BCE.
+  restoration; W pays the share of the mark V removes, ``relu(1 − MSE(V(x′), x) / MSE(x′, x))``
+  (see ``losses``). **ℒ_d**: non-saturating BCE.
 * **D**: three strided convolutions (the seed says transposed; a discriminator reduces).
 * **F's task**: class labels (``task: labels``; CIFAR-10's on ``full``, ten procedural
   classes on ``tiny``, both handed over by the training pipeline); rotation prediction

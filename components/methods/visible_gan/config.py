@@ -58,8 +58,9 @@ class VisibleGanConfig(MethodConfig):
     lambda_f: float = Field(1.0, ge=0.0)
     lambda_v: float = Field(1.0, ge=0.0)
     lambda_d: float = Field(1.0, ge=0.0)
-    #: W is penalised while V restores the clean image with an MSE below this
-    v_margin: float = Field(0.01, gt=0.0)
+    #: Adam learning rate of every removal attacker: the V W trains against and each V′ of
+    #: the evaluation (one value, so W faces an attacker as strong as the one it is judged by)
+    removal_lr: float = Field(1e-3, gt=0.0)
     # detection
     #: p-value level of ``verify`` (the false-positive target of the clean calibration)
     fpr: float = Field(1e-3, gt=0.0, lt=1.0)

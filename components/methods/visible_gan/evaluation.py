@@ -8,7 +8,13 @@
 * **Removal**: a fresh autoencoder V′ (the attacker) is trained per stamper to restore the
   clean image from the marked one, and judged on held-out images (PSNR / SSIM of V′'s output
   against the clean image; ``removal_gain`` = PSNR after − PSNR before: what the attacker
-  recovers). Also in ``fit_report``.
+  recovers; ``removal_left``: the share of the mark's squared error V′ leaves). Also in
+  ``fit_report``. Choices: every V′ has V's architecture, the same initial weights, steps,
+  learning rate (``removal_lr``, also the in-training V's) and batch indices, trains on the
+  marked training split and is judged on the held-out split; DeepStamp is compared with
+  each baseline per image (paired, with a standard error). A control V′ trained on unmarked
+  images shows what V′ does when there is nothing to remove (measured at tiny: it learns
+  the identity to ~60–70 dB, so the gain is removal, not V′ denoising the image).
 * **On the evaluation images** (``visible_rows``): PSNR / SSIM of each marking against the
   static blend (how far the mark moved), the mark's contrast (mean absolute luma change
   over the mark's pixels: visibility kept), and the method's own V on each marking.
@@ -22,6 +28,7 @@ import torch
 
 from neuralmark.components.methods.base import Callbacks, resize_square
 from neuralmark.components.methods.visible_gan.classifier import accuracy, train_classifier
+from neuralmark.components.methods.visible_gan.mark import box_mask
 from neuralmark.components.methods.visible_gan.nets import RemovalNet, build_classifier
 from neuralmark.components.metrics import psnr, ssim
 
@@ -38,14 +45,21 @@ def stamp_all(stamper: Any, images: torch.Tensor, generator: torch.Generator,
 
 
 def _train_removal(marked: torch.Tensor, clean: torch.Tensor, width: int, steps: int,
-                   batch_size: int, lr: float, generator: torch.Generator,
+                   batch_size: int, lr: float, seed: int,
                    device: torch.device) -> RemovalNet:
+    """A fresh V′ trained to map ``marked`` to ``clean`` (both N×3×S×S).
+
+    Every V′ starts from the same initial weights and sees the same batch indices
+    (``seed``), so the stampers differ only in what they put on the images.
+    """
     from neuralmark.components.methods.visible_gan.losses import removal_attack_loss
 
+    torch.manual_seed(seed)
     net = RemovalNet(width).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
+    batches = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        idx = torch.randint(0, marked.shape[0], (batch_size,), generator=generator)
+        idx = torch.randint(0, marked.shape[0], (batch_size,), generator=batches)
         loss = removal_attack_loss(net(marked[idx].to(device)), clean[idx].to(device))
         opt.zero_grad()
         loss.backward()
@@ -53,30 +67,65 @@ def _train_removal(marked: torch.Tensor, clean: torch.Tensor, width: int, steps:
     return net.eval()
 
 
+def _removal_figures(marked: torch.Tensor, restored: torch.Tensor, clean: torch.Tensor,
+                     box: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """V′'s result on held-out images (all N×3×S×S; ``box`` 1×1×S×S, the mark's square).
+
+    Returns the summary (PSNR / SSIM before and after; ``removal_gain``, the mean per-image
+    PSNR gain; ``removal_left``, the share of the mark's squared error V′ leaves,
+    ``ΣMSE(V′(x′), x) / ΣMSE(x′, x)``; ``off_mark_mse``, V′'s squared error outside the
+    square, where there is nothing to remove) and the N per-image gains in dB.
+    """
+    before = psnr(marked, clean).clamp_max(100)
+    after = psnr(restored, clean).clamp_max(100)
+    err_before = ((marked - clean) ** 2).mean(dim=(1, 2, 3))
+    err_after = ((restored - clean) ** 2).mean(dim=(1, 2, 3))
+    off = (1 - box).expand_as(clean)
+    summary = {"psnr_before": float(before.mean()), "psnr_after": float(after.mean()),
+               "ssim_before": float(ssim(marked, clean).mean()),
+               "ssim_after": float(ssim(restored, clean).mean()),
+               "removal_gain": float((after - before).mean()),
+               "removal_left": float(err_after.sum() / err_before.sum().clamp_min(1e-12)),
+               "off_mark_mse": float((((restored - clean) ** 2) * off).sum() / off.sum())}
+    return summary, after - before
+
+
 def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor,
                     y_va: torch.Tensor, generator: torch.Generator, device: torch.device,
                     cb: Callbacks | None = None) -> dict[str, Any]:
     """F′ accuracy and V′ removal per stamper (module docstring); the ``fit_report`` dict.
 
+    Fair by construction: each stamper's F′ (and each V′) starts from the same weights,
+    trains for the same steps on the same batch indices of the same training images, and is
+    judged on the same held-out images; only the marking differs. The removal comparison is
+    paired: ``removal_vs`` holds, per baseline, the mean and standard error over held-out
+    images of DeepStamp's per-image PSNR gain minus the baseline's (> 0: V′ recovers more
+    from DeepStamp's mark, i.e. it is easier to remove).
+
     Args:
         method: a ``VisibleGan`` with a trained W.
         x_tr, y_tr: the task's training images (N×3×S×S) and labels (N).
         x_va, y_va: held-out images and labels (clean).
-        generator: seeds the stampers' draws, the F′ / V′ batches.
+        generator: seeds the stampers' random draws.
         device: where F′ / V′ train.
         cb: progress sink.
 
     Returns:
         ``classifier``, ``blend``, ``accuracy`` (stamper → clean-test accuracy, ``clean``
-        included), ``accuracy_marked`` (on the marked test images), ``removal``
-        (stamper → ``psnr_before``, ``psnr_after``, ``ssim_before``, ``ssim_after``).
+        included), ``accuracy_marked`` (on the marked test images), ``removal`` (stamper →
+        ``_removal_figures``'s summary), ``removal_control`` (a V′ trained on unmarked
+        images: what V′ does when there is no mark) and ``removal_vs``.
     """
     c = method.config
     stampers = method.stampers()
     report: dict[str, Any] = {"classifier": c.classifier, "blend": c.blend,
                               "utility_steps": c.utility_steps,
-                              "removal_steps": c.removal_steps, "accuracy": {},
-                              "accuracy_marked": {}, "removal": {}}
+                              "removal_steps": c.removal_steps, "removal_lr": c.removal_lr,
+                              "accuracy": {}, "accuracy_marked": {}, "removal": {},
+                              "removal_vs": {}}
+    s = x_va.shape[-1]
+    box = box_mask(s, s, c.mark_scale)
+    gains: dict[str, torch.Tensor] = {}
     names = ("clean", *STAMPERS)
     for i, name in enumerate(names):
         if cb is not None:
@@ -87,23 +136,32 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
             marked_tr = stamp_all(stampers[name], x_tr, generator)
             marked_va = stamp_all(stampers[name], x_va, generator)
         if c.utility_steps:
+            torch.manual_seed(c.seed + 17)  # before building: every F′ starts the same
             net = build_classifier(c.classifier, method.num_classes, c.classifier_width)
-            torch.manual_seed(c.seed + 17)
             train_classifier(net, marked_tr, y_tr, c.utility_steps, c.batch_size,
-                             c.classifier_lr, generator, device, flips=c.task == "labels")
+                             c.classifier_lr, torch.Generator().manual_seed(c.seed + 19),
+                             device, flips=c.task == "labels")
             report["accuracy"][name] = accuracy(net, x_va, y_va, device)
             report["accuracy_marked"][name] = accuracy(net, marked_va, y_va, device)
-        if name != "clean" and c.removal_steps:
+        if c.removal_steps:
             v = _train_removal(marked_tr, x_tr, c.v_width, c.removal_steps, c.batch_size,
-                               c.lr * 5, generator, device)
+                               c.removal_lr, c.seed + 23, device)
             with torch.no_grad():
                 restored = torch.cat([v(marked_va[j:j + 256].to(device)).clamp(0, 1).cpu()
                                       for j in range(0, marked_va.shape[0], 256)])
-            report["removal"][name] = {
-                "psnr_before": float(psnr(marked_va, x_va).mean()),
-                "psnr_after": float(psnr(restored, x_va).mean()),
-                "ssim_before": float(ssim(marked_va, x_va).mean()),
-                "ssim_after": float(ssim(restored, x_va).mean())}
+            summary, gain = _removal_figures(marked_va, restored, x_va, box)
+            if name == "clean":
+                report["removal_control"] = {"psnr_after": summary["psnr_after"],
+                                             "off_mark_mse": summary["off_mark_mse"]}
+            else:
+                report["removal"][name] = summary
+                gains[name] = gain
+    if "deepstamp" in gains:
+        for name in STAMPERS[:-1]:
+            diff = (gains["deepstamp"] - gains[name]).double()
+            se = float(diff.std() / diff.numel() ** 0.5) if diff.numel() > 1 else float("nan")
+            report["removal_vs"][name] = {"gain_difference": float(diff.mean()), "se": se,
+                                          "n": int(diff.numel())}
     return report
 
 
@@ -125,7 +183,10 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
 
     Attack ``visible_gan``, label = stamper. From ``fit_report``: ``accuracy``,
     ``accuracy_drop`` (clean-trained accuracy − this one), ``removal_psnr``,
-    ``removal_ssim``, ``removal_gain``. On ``clean`` (the held-out evaluation images, at
+    ``removal_ssim``, ``removal_gain``, ``removal_left``; for DeepStamp also
+    ``removal_gain_vs_<baseline>`` and ``removal_gain_vs_<baseline>_se`` (paired per-image
+    difference of the gains and its standard error: > 0 means V′ recovers more from
+    DeepStamp's mark than from that baseline's). On ``clean`` (the held-out evaluation images, at
     the working size): ``psnr_vs_static``, ``ssim_vs_static``, ``contrast``, ``v_psnr``,
     ``v_ssim`` (the method's own V).
     """
@@ -146,7 +207,13 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
         if rem:
             add(name, "removal_psnr", rem["psnr_after"], 1)
             add(name, "removal_ssim", rem["ssim_after"], 1)
-            add(name, "removal_gain", rem["psnr_after"] - rem["psnr_before"], 1)
+            add(name, "removal_gain", rem.get("removal_gain",
+                                              rem["psnr_after"] - rem["psnr_before"]), 1)
+            if "removal_left" in rem:
+                add(name, "removal_left", rem["removal_left"], 1)
+    for name, vs in report.get("removal_vs", {}).items():
+        add("deepstamp", f"removal_gain_vs_{name}", vs["gain_difference"], vs["n"])
+        add("deepstamp", f"removal_gain_vs_{name}_se", vs["se"], vs["n"])
     if "clean" in acc:
         add("clean", "accuracy", acc["clean"], 1)
     c = method.config
@@ -191,9 +258,21 @@ def seed_table_markdown(report: dict[str, Any], architecture: str | None = None)
     if removal:
         lines += ["", "| V′ removal (held-out) | S | O | D | DeepStamp |", "|---|---|---|---|---|"]
         for metric, fmt in (("psnr_before", "{:.2f} dB"), ("psnr_after", "{:.2f} dB"),
+                            ("removal_gain", "{:+.2f} dB"), ("removal_left", "{:.3f}"),
                             ("ssim_before", "{:.3f}"), ("ssim_after", "{:.3f}")):
-            cells = [fmt.format(removal[s][metric]) if s in removal else "–" for s in STAMPERS]
+            cells = [fmt.format(removal[s][metric]) if metric in removal.get(s, {}) else "–"
+                     for s in STAMPERS]
             lines.append(f"| {metric.replace('_', ' ')} | " + " | ".join(cells) + " |")
+        vs = report.get("removal_vs", {})
+        if vs:
+            cells = [f"{vs[s]['gain_difference']:+.2f} ± {vs[s]['se']:.2f} dB" if s in vs
+                     else "–" for s in STAMPERS]
+            lines.append("| DeepStamp gain − this gain (paired, ± SE) | "
+                         + " | ".join(cells) + " |")
+        control = report.get("removal_control")
+        if control:
+            lines += ["", f"Control: a V′ trained on unmarked images gives back the clean "
+                          f"image at {control['psnr_after']:.1f} dB (nothing to remove)."]
     return "\n".join(lines) + "\n"
 
 

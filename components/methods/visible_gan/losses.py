@@ -3,8 +3,13 @@
 * ℒ_f: the task loss, KL divergence between the frozen classifier's prediction on the
   clean image and on the marked one (the seed: "the difference in the inferred labels").
 * ℒ_v: the removal loss. V is trained to restore the clean image from the marked one
-  (ℓ2 + ℓ1); W pays ``relu(margin − MSE(V(x′), x)) / margin``, i.e. while V restores the
-  clean image better than the margin (seed: "the ℓ2 loss from the auto-encoder V").
+  (ℓ2 + ℓ1); W pays the share of the mark's squared error that V removes,
+  ``relu(1 − MSE(V(x′), x) / MSE(x′, x))`` (seed: "the ℓ2 loss from the auto-encoder V").
+  A ratio, not a margin on ``MSE(V(x′), x)``: the earlier hinge
+  ``relu(margin − MSE(V(x′), x))`` was satisfied by making the mark louder (measured at
+  tiny: the marked image's MSE doubled, 0.0045 → 0.009, while V removed ~5 % of it), so it
+  rewarded loudness, not marks V cannot predict. The ratio is scale-free: a louder mark
+  that V removes in the same proportion scores the same.
 * ℒ_d: the non-saturating GAN loss of D, whose "real" is the static alpha blend.
 """
 
@@ -30,10 +35,18 @@ def removal_attack_loss(restored: torch.Tensor, clean: torch.Tensor) -> torch.Te
     return F.mse_loss(restored, clean) + F.l1_loss(restored, clean)
 
 
-def removal_loss(restored: torch.Tensor, clean: torch.Tensor, margin: float) -> torch.Tensor:
-    """ℒ_v for W: ``relu(margin − MSE(V(x′), x)) / margin`` (0 once V fails by the margin)."""
-    # the global batch's MSE under data-parallel training (the margin is not linear)
-    return F.relu(margin - distributed.global_mean(F.mse_loss(restored, clean))) / margin
+def removal_loss(restored: torch.Tensor, marked: torch.Tensor,
+                 clean: torch.Tensor) -> torch.Tensor:
+    """ℒ_v for W: the share of the mark V removes, ``relu(1 − MSE(V(x′), x) / MSE(x′, x))``.
+
+    0 when V leaves the whole mark (or makes things worse), 1 when it restores ``x``
+    exactly. All three are ``B×3×S×S``; gradients reach W through ``restored`` and
+    ``marked``. Under data-parallel training both MSEs are the global batch's (the ratio
+    is not linear in them).
+    """
+    removed = distributed.global_mean(F.mse_loss(restored, clean))
+    mark = distributed.global_mean(F.mse_loss(marked, clean))
+    return F.relu(1 - removed / mark.clamp_min(1e-8))
 
 
 def gman_combine(losses: list[torch.Tensor], softness: float) -> torch.Tensor:

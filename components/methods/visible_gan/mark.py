@@ -185,6 +185,23 @@ def box_mask(h: int, w: int, scale: float, batch: int = 1,
     return mask
 
 
+def feathered_support(alpha: torch.Tensor, radius: int) -> torch.Tensor:
+    """Where W may change the mark: its pixels, dilated and feathered by ``radius`` px.
+
+    ``B×1×H×W`` alpha → ``B×1×H×W`` in [0, 1]: 1 on the mark (α > 0.02) and within
+    ``radius`` px of it, falling to 0 over the next ``radius`` px. Confining W's change to
+    this (not to the mark's whole square) is what keeps a box from showing: W otherwise
+    raises α over the transparent part of the square, and the square's edge became a
+    visible step (``scripts/visible_gan_residual_figure.py``).
+    """
+    on = (alpha > 0.02).to(alpha.dtype)
+    if radius <= 0:
+        return on
+    k = 2 * radius + 1
+    dilated = F.max_pool2d(on, k, stride=1, padding=radius)
+    return F.avg_pool2d(dilated, k, stride=1, padding=radius, count_include_pad=False)
+
+
 def blend(images: torch.Tensor, canvas: torch.Tensor, beta: float) -> torch.Tensor:
     """``x + β·α·(c − x)``: ``B×3×H×W`` images, ``B×4×H×W`` canvas → ``B×3×H×W`` in [0, 1]."""
     alpha = canvas[:, 3:] * beta

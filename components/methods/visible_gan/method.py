@@ -34,6 +34,7 @@ from neuralmark.components.methods.visible_gan.mark import (
     blend,
     box_mask,
     builtin_mark,
+    feathered_support,
     place_mark,
 )
 from neuralmark.components.methods.visible_gan.nets import (
@@ -46,6 +47,9 @@ from neuralmark.components.stats import empirical_p_value
 
 #: classes of the label-free task (rotation by 0, 90, 180, 270 degrees)
 ROTATION_CLASSES = 4
+#: px (at the working size) W's change may reach beyond the mark's pixels, then fades over
+#: as many again (``mark.feathered_support``): one px of a 16-px mark on a 32² image
+SUPPORT_RADIUS = 1
 
 
 class MarkStore(nn.Module):
@@ -68,7 +72,11 @@ class VisibleGan(WatermarkMethod):
     config: VisibleGanConfig
     keyed_detection: ClassVar[bool] = False
     detection_alpha_field: ClassVar[str | None] = "fpr"
-    min_size: ClassVar[int] = 32
+    #: smallest side ``embed`` / ``verify`` take: 16 px (``resize_0.5`` of CIFAR's 32²). The
+    #: detector matches at the ``detect_size`` view of any input (the mark is a fixed share
+    #: of the short side, so resizing the image is resizing the template), and its clean
+    #: null includes views that went through this smallest size (``calibrate``).
+    min_size: ClassVar[int] = 16
     native_calibration: ClassVar[bool] = True
     data_parallel: ClassVar[bool] = True  # GMAN: components/distributed.py
     smoke_config: ClassVar[dict[str, Any]] = {
@@ -161,13 +169,18 @@ class VisibleGan(WatermarkMethod):
     def synthesize(self, work: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
         """W's mark w′ at the working size: ``B×3×S×S`` images, ``B×4×S×S`` canvas → ``B×4×S×S``.
 
-        ``w′ = clip(w + max_delta·tanh(W(x ⊕ w))·box)``, the change confined to the mark's
-        square (W reshapes the mark; it does not paint the rest of the image).
+        ``w′ = clip(w + max_delta·tanh(W(x ⊕ w))·m)``, the change confined to ``m``, the
+        mark's feathered support inside its square (W reshapes the mark; it does not paint
+        the rest of the image, nor the transparent part of the square: no box shows).
         """
-        s = work.shape[-1]
-        box = box_mask(s, s, self.config.mark_scale, work.shape[0], work.device)
-        delta = self.config.max_delta * torch.tanh(self.W(work, canvas)) * box
+        delta = self.config.max_delta * torch.tanh(self.W(work, canvas)) * self._support(canvas)
         return (canvas + delta).clamp(0, 1)
+
+    def _support(self, canvas: torch.Tensor) -> torch.Tensor:
+        """``B×1×S×S`` where W may change the ``B×4×S×S`` working-size canvas."""
+        s = canvas.shape[-1]
+        box = box_mask(s, s, self.config.mark_scale, canvas.shape[0], canvas.device)
+        return feathered_support(canvas[:, 3:], SUPPORT_RADIUS) * box
 
     def stamp_working(self, work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DeepStamp at the working size: ``B×3×S×S`` → (marked ``B×3×S×S``, w′ ``B×4×S×S``)."""
@@ -184,7 +197,7 @@ class VisibleGan(WatermarkMethod):
     @torch.no_grad()
     def embed(self, images: torch.Tensor, key: WatermarkKey | None = None,
               batch_size: int = 32) -> torch.Tensor:
-        """Stamp the visible mark: ``B×3×H×W`` in [0, 1] (H, W ≥ 32) → same shape, in [0, 1].
+        """Stamp the visible mark: ``B×3×H×W`` in [0, 1] (H, W ≥ 16) → same shape, in [0, 1].
 
         W runs on the centred square at the working size; its change of the mark is
         up-sampled (bilinear) and added to the mark placed at full resolution, so the logo
@@ -209,10 +222,9 @@ class VisibleGan(WatermarkMethod):
             square = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
             work = resize_square(x[square], c.working_size)
             work_canvas = resize_square(canvas[square], c.working_size)
-            s = c.working_size
-            box = box_mask(s, s, c.mark_scale, b, x.device)
-            change = c.max_delta * torch.tanh(self.W(work, work_canvas)) * box
-            if side != s:
+            change = (c.max_delta * torch.tanh(self.W(work, work_canvas))
+                      * self._support(work_canvas))
+            if side != c.working_size:
                 change = F.interpolate(change, size=(side, side), mode="bilinear",
                                        align_corners=False)
             delta = torch.zeros_like(canvas)
@@ -259,16 +271,19 @@ class VisibleGan(WatermarkMethod):
 
         Returns:
             The calibration record (stored in ``extra_state``): the sorted statistics of the
-            images, their 8 flips/rotations and random crops (at least
-            ``calibration_scores`` in all), and the threshold for ``fpr``.
+            images and of the same images brought down to ``min_size`` and back (the blur a
+            smallest input has at the detection view), their 8 flips/rotations, and random
+            crops (at least ``calibration_scores`` in all), and the threshold for ``fpr``.
         """
         c = self.config
         views = detection.detection_view(clean.to(self.device), c.detect_size).clamp(0, 1)
+        small = resize_square(resize_square(views, self.min_size), c.detect_size)
         stats = []
-        for k in range(4):
-            rotated = torch.rot90(views, k, dims=(2, 3))
-            stats += [self.scan_statistic(rotated), self.scan_statistic(rotated.flip(3))]
-        n = len(views) * 8
+        for base in (views, small):
+            for k in range(4):
+                rotated = torch.rot90(base, k, dims=(2, 3))
+                stats += [self.scan_statistic(rotated), self.scan_statistic(rotated.flip(3))]
+        n = len(views) * 16
         g = generator or torch.Generator().manual_seed(c.seed)
         while n < c.calibration_scores:
             cropped = _random_crops(views, c.detect_size, g)
@@ -313,7 +328,7 @@ class VisibleGan(WatermarkMethod):
         return p[:, None].expand(-1, n_keys).clone()
 
     def verify(self, images: torch.Tensor, key: WatermarkKey | None = None) -> list[Verdict]:
-        """One ``Verdict`` per image (``B×3×H×W`` in [0, 1], H, W ≥ 32).
+        """One ``Verdict`` per image (``B×3×H×W`` in [0, 1], H, W ≥ 16).
 
         Detected iff the empirical p-value of the template-match statistic against the clean
         calibration is ≤ ``fpr``; ``score`` is the statistic (NCC). The key is ignored.
@@ -362,7 +377,7 @@ class VisibleGan(WatermarkMethod):
             clean_logits = self.F(work)
         terms = {
             "f": losses.task_loss(clean_logits, self.F(marked)),
-            "v": losses.removal_loss(self.V(marked), work, c.v_margin),
+            "v": losses.removal_loss(self.V(marked), marked, work),
             "d": losses.gan_bce(self.D(marked), True),
         }
         terms["w"] = losses.gman_combine(

@@ -65,7 +65,7 @@ def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
 
     # 2. GMAN: W against F (frozen), V and D
     opt_w = torch.optim.Adam(method.W.parameters(), lr=c.lr, betas=(0.5, 0.999))
-    opt_v = torch.optim.Adam(method.V.parameters(), lr=c.lr, betas=(0.5, 0.999))
+    opt_v = torch.optim.Adam(method.V.parameters(), lr=c.removal_lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(method.D.parameters(), lr=c.lr, betas=(0.5, 0.999))
     method.W.train()
     method.V.train()
