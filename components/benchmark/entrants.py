@@ -12,7 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from neuralmark.components.benchmark.peers import PeerMethod, PeerUnavailable, available_peers
+from neuralmark.components.benchmark.peers import (
+    PeerMethod,
+    PeerUnavailable,
+    available_peers,
+    peer_name,
+)
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.registry import (
     available,
@@ -107,6 +112,7 @@ def entrants(methods: Sequence[str] | None = None, peers: Sequence[str] | None =
     peer_names = available_peers() if peers is None else list(peers)
     for key in method_keys:
         method_class(key)  # InputError listing the registered methods
+    peer_names = [peer_name(p) for p in peer_names]  # InputError listing the known peers
     if not method_keys and not peer_names:
         raise InputError("nothing to benchmark: name at least one method or peer")
     return ([method_entrant(k, device) for k in method_keys]

@@ -162,8 +162,9 @@ def benchmark_entrant(entrant: Entrant, clean: torch.Tensor, settings: Benchmark
     if settings.forgery:
         rows += copy_attack_rows(method, clean, marked, key, base)
         budget = next(r["value"] for r in rows if r["metric"] == "psnr")
-        rows += removal_attack_rows(method, marked, key, sweeps(settings.quick), budget, base,
-                                    seed=settings.seed)
+        swept = {name: strengths for name, strengths in sweeps(settings.quick).items()
+                 if settings.attacks is None or name in dict(suite(settings.attacks))}
+        rows += removal_attack_rows(method, marked, key, swept, budget, base, seed=settings.seed)
     return rows
 
 
