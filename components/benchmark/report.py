@@ -138,6 +138,12 @@ def to_markdown(result: BenchmarkResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _colours(rows: Sequence[Row]) -> dict[str, str]:
+    """One colour per method, the same in every panel and figure."""
+    methods = sorted({r["method"] for r in rows if r["family"] != "input"})
+    return {m: f"C{i % 10}" for i, m in enumerate(methods)}
+
+
 def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
@@ -152,6 +158,7 @@ def attack_figure(rows: Sequence[Row], attack: str) -> Figure:
     """
     fig = _figure(8.0, 3.0)
     axes = fig.subplots(1, 2)
+    colours = _colours(rows)
     drawn = False
     for ax, metric in zip(axes, ("bit_accuracy", "detection_rate"), strict=True):
         curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -160,7 +167,7 @@ def attack_figure(rows: Sequence[Row], attack: str) -> Figure:
                 curves[r["method"]].append((float(r["strength"]), float(r["value"])))
         for method, points in sorted(curves.items()):
             xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, marker="o", ms=3, label=method)
+            ax.plot(xs, ys, marker="o", ms=3, label=method, color=colours[method])
             drawn = True
         ax.set_title(f"{attack}: {metric.replace('_', ' ')}")
         ax.set_xlabel("strength")
@@ -177,6 +184,7 @@ def timing_figure(rows: Sequence[Row]) -> Figure:
     """Embed and verify ms per image against resolution, one line per method (log scales)."""
     fig = _figure(8.0, 3.0)
     axes = fig.subplots(1, 2)
+    colours = _colours(rows)
     for ax, metric in zip(axes, ("embed_ms", "verify_ms"), strict=True):
         curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for r in rows:
@@ -185,7 +193,7 @@ def timing_figure(rows: Sequence[Row]) -> Figure:
                 curves[r["method"]].append((float(r["strength"]), max(float(r["value"]), 1e-3)))
         for method, points in sorted(curves.items()):
             xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, marker="o", ms=3, label=method)
+            ax.plot(xs, ys, marker="o", ms=3, label=method, color=colours[method])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"{metric.replace('_', ' ')} per image")
