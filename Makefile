@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,peers]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -53,7 +53,7 @@ demo: venv
 	$(BIN)/neuralmark train $(METHOD) --profile $(PROFILE)
 
 bench: venv
-	$(BIN)/python scripts/benchmark_pgd_signer.py
+	$(BIN)/neuralmark benchmark --out benchmark-out
 
 ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5055 --workers 1

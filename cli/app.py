@@ -7,6 +7,7 @@
 * ``neuralmark.cli.brand``: ``brand``, ``brand-verify`` (visible marks, DeepStamp);
 * ``neuralmark.cli.model_marks``: ``mark-model``, ``verify-model``, ``attack-model``
   (trigger_key: ownership marks in image-processing models);
+* ``neuralmark.cli.benchmark``: ``benchmark`` (methods and peers side by side);
 * ``neuralmark.cli.common``: what they share (consoles, errors, verdicts, loading);
   ``neuralmark.cli.headline``: the headline tables of pipeline results.
 
@@ -22,7 +23,15 @@ from __future__ import annotations
 
 import typer
 
-from neuralmark.cli import brand, content, data, model_marks, output_mark, pipeline_runs
+from neuralmark.cli import (
+    benchmark,
+    brand,
+    content,
+    data,
+    model_marks,
+    output_mark,
+    pipeline_runs,
+)
 
 app = typer.Typer(
     name="neuralmark",
@@ -31,7 +40,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for group in (content, brand, pipeline_runs, data, output_mark, model_marks):
+for group in (content, brand, pipeline_runs, data, output_mark, model_marks, benchmark):
     group.register(app)
 
 

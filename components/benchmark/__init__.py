@@ -1,0 +1,26 @@
+"""``neuralmark benchmark``: every content method and the pip-installable peers through the
+same attacks on the same photos, in one tidy table.
+
+One role per module:
+
+- ``sweeps``: the strength sweep of every attack, as data (the attack registry builds them);
+- ``peers``: dwtDct, dwtDctSvd, rivaGan (invisible-watermark) and blind-watermark behind our
+  content interface, with our keyed 32-bit payload;
+- ``entrants``: registered methods (shipped bundles) and peers, or why one cannot run;
+- ``images``: a folder or the held-out split as one batch; bad files become rows;
+- ``timing``: ms per image against batch size and resolution, peak memory;
+- ``forgery``: the copy attack and the black-box removal attack;
+- ``runner``: ``BenchmarkSettings`` and ``run_benchmark`` → the tidy table;
+- ``report``: CSV, Markdown and a self-contained HTML report with one plot per attack.
+"""
+
+from neuralmark.components.benchmark.images import PhotoSet, load_folder, load_heldout
+from neuralmark.components.benchmark.runner import (
+    COLUMNS,
+    BenchmarkResult,
+    BenchmarkSettings,
+    run_benchmark,
+)
+
+__all__ = ["COLUMNS", "BenchmarkResult", "BenchmarkSettings", "PhotoSet", "load_folder",
+           "load_heldout", "run_benchmark"]
