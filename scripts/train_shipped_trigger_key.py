@@ -86,6 +86,7 @@ def main() -> None:
                "verdicts": {k: v.to_dict() for k, v in verdicts.items()},
                "wrong_keys_detected": sum(v.detected for v in wrong_v),
                "wrong_key_d_min": min(v.extra["d"] for v in wrong_v),
+               "wrong_key_d_rel_min": min(v.extra["d_rel"] for v in wrong_v),
                "shown": {"marked": m.shown(m.host, DEMO_KEY),
                          "unmarked": m.shown(m.unmarked, DEMO_KEY),
                          "independent": m.shown(independent, DEMO_KEY),
@@ -118,7 +119,7 @@ def main() -> None:
     fb = {k: fb_v for k, fb_v in tables.breaking_points(rows).items()}
     text = "\n\n".join([
         "# trigger_key evaluation (shipped recipe)", "## Attacks", tables.attack_table(rows),
-        f"Pruning breaking points: {fb}", "## Uniqueness (d ×10⁻³, * detected)",
+        f"Pruning breaking points: {fb}", "## Uniqueness (d_rel, * detected)",
         tables.uniqueness_table(uniq), "## Capacity", tables.capacity_table(cap),
         "## Keyed ∇ ablation", "\n".join(f"- {r['gradient']} {r['metric']}: {r['value']:.4g}"
                                          for r in abl),
