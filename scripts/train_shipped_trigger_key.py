@@ -14,6 +14,9 @@ Usage::
 
     python scripts/train_shipped_trigger_key.py --out outputs/trigger_key [--evaluate]
     cp outputs/trigger_key/bundle/* components/pretrained/trigger_key/
+    # re-measure η of a bundle of this recipe (same weights and S):
+    python scripts/train_shipped_trigger_key.py --bundle components/pretrained/trigger_key \
+        --recalibrate --out outputs/trigger_key
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -53,6 +57,18 @@ def photos() -> dict[str, list[torch.Tensor]]:
     return {"train": imgs[:-3], "test": imgs[-3:]}
 
 
+def uncalibrated_copy(bundle: Path, where: Path) -> Path:
+    """A copy of ``bundle`` without its calibration (an old bundle's null is on another
+    statistic and is refused on load)."""
+    shutil.rmtree(where, ignore_errors=True)
+    shutil.copytree(bundle, where)
+    state = json.loads((where / "state.json").read_text())
+    for field in ("null", "calibration", "null_statistic"):
+        state.pop(field, None)
+    (where / "state.json").write_text(json.dumps(state))
+    return where
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("outputs/trigger_key"))
@@ -60,15 +76,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bundle", type=Path, default=None,
                     help="skip training: evaluate this bundle (made by this recipe)")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="with --bundle: keep its weights and S, re-measure η and the FPR "
+                         "(the independent host retrained; the λ = 0 host is not in a "
+                         "bundle, so the null is the marked, unmarked and independent "
+                         "hosts) and write the bundle to --out/bundle")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     data = photos()
     if args.bundle is not None:  # evaluate a bundle made by this recipe (same data, seeds)
-        m = load_bundle(args.bundle)
+        m = load_bundle(uncalibrated_copy(args.bundle, args.out / "old") if args.recalibrate
+                        else args.bundle)
         m.set_task_data(data)
         independent = m.train_independent_host(1000)
+        if args.recalibrate:
+            m.calibrate(DEMO_KEY, [independent])
+            m.to_bundle(args.out / "bundle")
     else:
         m = build("trigger_key", RECIPE)
         m.fit(data)
