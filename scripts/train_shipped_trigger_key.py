@@ -69,6 +69,19 @@ def uncalibrated_copy(bundle: Path, where: Path) -> Path:
     return where
 
 
+def recalibrate(m, out: Path) -> None:
+    """η and the FPR of a bundle's marked host without training; prints the card's rows."""
+    m.calibrate(DEMO_KEY)
+    m.to_bundle(out / "bundle")
+    wrong = [m.verify_model(m.host, WatermarkKey(f"not-the-demo-key-{i}")) for i in range(20)]
+    rows = {"calibration": m.calibration,
+            "marked/demo": m.verify_model(m.host, DEMO_KEY).to_dict(),
+            "unmarked/demo": m.verify_model(m.unmarked, DEMO_KEY).to_dict(),
+            "wrong_keys_detected": sum(v.detected for v in wrong),
+            "wrong_key_d_rel_min": min(v.extra["d_rel"] for v in wrong)}
+    print(json.dumps(rows, indent=2, default=str))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("outputs/trigger_key"))
@@ -78,9 +91,8 @@ def main() -> None:
                     help="skip training: evaluate this bundle (made by this recipe)")
     ap.add_argument("--recalibrate", action="store_true",
                     help="with --bundle: keep its weights and S, re-measure η and the FPR "
-                         "(the independent host retrained; the λ = 0 host is not in a "
-                         "bundle, so the null is the marked, unmarked and independent "
-                         "hosts) and write the bundle to --out/bundle")
+                         "without training (null: the marked host on the random keys, the "
+                         "bundle's unmarked host on the demo trigger), write --out/bundle")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -90,10 +102,10 @@ def main() -> None:
         m = load_bundle(uncalibrated_copy(args.bundle, args.out / "old") if args.recalibrate
                         else args.bundle)
         m.set_task_data(data)
-        independent = m.train_independent_host(1000)
         if args.recalibrate:
-            m.calibrate(DEMO_KEY, [independent])
-            m.to_bundle(args.out / "bundle")
+            recalibrate(m, args.out)
+            return
+        independent = m.train_independent_host(1000)
     else:
         m = build("trigger_key", RECIPE)
         m.fit(data)

@@ -4,7 +4,7 @@ Through real parts: the shipped marked DnCNN bundle, registered with
 ``integrations.model_registry.register_candidate`` in a temporary sqlite MLflow store,
 loaded back with ``mlflow.pyfunc.load_model("models:/…@challenger")`` and asked to denoise
 a noisy photo given as an array and as a PNG file. Denoising must raise the PSNR against
-the clean photo (the shipped host: about +6 dB on the astronaut crop when written).
+the clean photo (the shipped host: 20.49 → 28.49 dB on the astronaut crop when written).
 """
 
 from __future__ import annotations
