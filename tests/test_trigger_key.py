@@ -265,3 +265,29 @@ def test_capacity_and_keyed_gradient_ablation_rows(protected):
     abl = analysis.keyed_gradient_ablation(quick, OWNER, WRONG[:2], n_keys=20)
     assert {r["gradient"] for r in abl} == {"fixed", "keyed"}
     assert torch.equal(m.s, before) and m.owns(OWNER), "the analysis changed the method"
+
+
+@pytest.mark.parametrize("config", [
+    {"arch": "red", "task": "denoise", "lam": 1e-3, "depth": 4},
+    {"arch": "vdsr", "task": "sr", "scale": 2, "lam": 1e-3, "depth": 4},
+], ids=["red-denoise", "vdsr-sr2"])
+def test_red_and_vdsr_sr_hosts_are_marked_calibrated_and_verified(photos, config):
+    """The two other hosts of the seed through ``protect`` at micro sizes (16×16 trigger;
+    SR: the host sees its 32×32 upsample): marked host detected, unmarked / independent
+    rejected on d_rel, the served task keeps the image size (×scale for SR)."""
+    from neuralmark.components.methods.trigger_key.serving import process_image
+
+    micro = {"width": 8, "host_steps": 40, "embed_steps": 60, "n_patches": 64,
+             "patch_size": 24, "trigger_size": 16, "calibration_keys": 40, "alpha": 0.05,
+             "visualizer_steps": 10, "check_every": 20}
+    m = build("trigger_key", {**micro, **config})
+    m.protect(photos, OWNER)
+    side = 16 * (2 if config["task"] == "sr" else 1)
+    assert m.s.shape == (1, 1, side, side)
+    assert m.verify_model(m.host, OWNER).detected
+    independent = m.train_independent_host(7)
+    for host in (m.unmarked, independent):
+        v = m.verify_model(host, OWNER)
+        assert not v.detected and v.extra["d_rel"] > m.eta, v.reason
+    out = process_image(m, torch.rand(3, 12, 10))
+    assert out.shape == ((1, 24, 20) if config["task"] == "sr" else (1, 12, 10))
