@@ -218,15 +218,17 @@ def verify_model(
     extra = verdict.extra
     if as_json:
         record = {"suspect": what, **verdict.to_dict(), "d": extra.get("d"),
-                  "eta": extra.get("eta"), "ncc": extra.get("ncc"), "notes": notes}
+                  "d_rel": extra.get("d_rel"), "eta": extra.get("eta"), "ncc": extra.get("ncc"),
+                  "notes": notes}
         typer.echo(json.dumps(record, default=json_default))
     else:
         console = out()
         console.print(verdict_line(Path(what), verdict))
         if verdict.status != Status.UNREADABLE:
             eta = extra.get("eta")
-            console.print(f"  d = {extra['d']:.4e}   η = "
-                          f"{'n/a' if eta is None else f'{eta:.4e}'}   NCC = {extra['ncc']:.4f}"
+            console.print(f"  d_rel = {extra['d_rel']:.4f}   η = "
+                          f"{'n/a' if eta is None else f'{eta:.4f}'}   d = {extra['d']:.4e}"
+                          f"   NCC = {extra['ncc']:.4f}"
                           f"   p-value = {fmt_p(verdict.p_value)}")
         for note in notes:
             console.print(f"  [dim]note: {escape(note)}[/]")

@@ -16,6 +16,10 @@ Input to ``predict``: every shape MLflow's scoring server passes on
       (``dataframe_records``, ``dataframe_split``, CSV);
     * a list of ``{"path", "secret"[, "message"]}`` rows (``instances``, ``inputs``).
 
+A model watermark (``trigger_key`` and its baselines: the registered model *is* a marked
+image-processing host) serves the host's task instead: images as arrays or paths in, the
+denoised / super-resolved images out (``components/methods/trigger_key/serving.py``).
+
 Output: one dict per image: the ``Verdict`` fields (``detected``, ``score``,
 ``p_value``, ``status``, ``reason``, …) plus ``path``. An image that cannot be
 read gives ``status="unreadable"`` for its row. A request that cannot be read (a
@@ -51,15 +55,25 @@ class WatermarkVerifier(PythonModel):
     # a signature from its type hint (and warn that ``Any`` cannot give one).
     def predict(self, context: Any, model_input,
                 params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Verify each image path against its key; see the module docstring.
+        """Verify each image path against its key (a marked host: run its task on each
+        image); see the module docstring.
 
         Raises:
             MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served) for a
                 request that cannot be read; the message names the row and field.
         """
         from neuralmark.components.errors import InputError
+        from neuralmark.components.methods.trigger_key.host import HostMark
         from neuralmark.components.serving import verify_file, verify_requests
 
+        if isinstance(self.method, HostMark):  # a marked host serves its own task
+            from neuralmark.components.methods.trigger_key.serving import serve
+
+            try:
+                return serve(self.method, model_input)
+            except InputError as err:
+                raise MlflowException.invalid_parameter_value(
+                    f"bad {self.method.config.task} request: {err}") from None
         try:
             requests = verify_requests(model_input)
         except InputError as err:

@@ -14,6 +14,9 @@ Usage::
 
     python scripts/train_shipped_trigger_key.py --out outputs/trigger_key [--evaluate]
     cp outputs/trigger_key/bundle/* components/pretrained/trigger_key/
+    # re-measure η of a bundle of this recipe (same weights and S):
+    python scripts/train_shipped_trigger_key.py --bundle components/pretrained/trigger_key \
+        --recalibrate --out outputs/trigger_key
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -53,6 +57,31 @@ def photos() -> dict[str, list[torch.Tensor]]:
     return {"train": imgs[:-3], "test": imgs[-3:]}
 
 
+def uncalibrated_copy(bundle: Path, where: Path) -> Path:
+    """A copy of ``bundle`` without its calibration (an old bundle's null is on another
+    statistic and is refused on load)."""
+    shutil.rmtree(where, ignore_errors=True)
+    shutil.copytree(bundle, where)
+    state = json.loads((where / "state.json").read_text())
+    for field in ("null", "calibration", "null_statistic"):
+        state.pop(field, None)
+    (where / "state.json").write_text(json.dumps(state))
+    return where
+
+
+def recalibrate(m, out: Path) -> None:
+    """η and the FPR of a bundle's marked host without training; prints the card's rows."""
+    m.calibrate(DEMO_KEY)
+    m.to_bundle(out / "bundle")
+    wrong = [m.verify_model(m.host, WatermarkKey(f"not-the-demo-key-{i}")) for i in range(20)]
+    rows = {"calibration": m.calibration,
+            "marked/demo": m.verify_model(m.host, DEMO_KEY).to_dict(),
+            "unmarked/demo": m.verify_model(m.unmarked, DEMO_KEY).to_dict(),
+            "wrong_keys_detected": sum(v.detected for v in wrong),
+            "wrong_key_d_rel_min": min(v.extra["d_rel"] for v in wrong)}
+    print(json.dumps(rows, indent=2, default=str))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("outputs/trigger_key"))
@@ -60,14 +89,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bundle", type=Path, default=None,
                     help="skip training: evaluate this bundle (made by this recipe)")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="with --bundle: keep its weights and S, re-measure η and the FPR "
+                         "without training (null: the marked host on the random keys, the "
+                         "bundle's unmarked host on the demo trigger), write --out/bundle")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     data = photos()
     if args.bundle is not None:  # evaluate a bundle made by this recipe (same data, seeds)
-        m = load_bundle(args.bundle)
+        m = load_bundle(uncalibrated_copy(args.bundle, args.out / "old") if args.recalibrate
+                        else args.bundle)
         m.set_task_data(data)
+        if args.recalibrate:
+            recalibrate(m, args.out)
+            return
         independent = m.train_independent_host(1000)
     else:
         m = build("trigger_key", RECIPE)
@@ -86,6 +123,7 @@ def main() -> None:
                "verdicts": {k: v.to_dict() for k, v in verdicts.items()},
                "wrong_keys_detected": sum(v.detected for v in wrong_v),
                "wrong_key_d_min": min(v.extra["d"] for v in wrong_v),
+               "wrong_key_d_rel_min": min(v.extra["d_rel"] for v in wrong_v),
                "shown": {"marked": m.shown(m.host, DEMO_KEY),
                          "unmarked": m.shown(m.unmarked, DEMO_KEY),
                          "independent": m.shown(independent, DEMO_KEY),
@@ -118,7 +156,7 @@ def main() -> None:
     fb = {k: fb_v for k, fb_v in tables.breaking_points(rows).items()}
     text = "\n\n".join([
         "# trigger_key evaluation (shipped recipe)", "## Attacks", tables.attack_table(rows),
-        f"Pruning breaking points: {fb}", "## Uniqueness (d ×10⁻³, * detected)",
+        f"Pruning breaking points: {fb}", "## Uniqueness (d_rel, * detected)",
         tables.uniqueness_table(uniq), "## Capacity", tables.capacity_table(cap),
         "## Keyed ∇ ablation", "\n".join(f"- {r['gradient']} {r['metric']}: {r['value']:.4g}"
                                          for r in abl),

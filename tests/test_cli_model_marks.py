@@ -41,13 +41,13 @@ def test_wrong_key_and_the_unmarked_host_exit_1_and_json_has_the_evidence() -> N
     wrong = _invoke("verify-model", "-k", "not the demo key", "--json")
     assert wrong.exit_code == 1, wrong.output
     record = json.loads(wrong.stdout)
-    assert {"suspect", "detected", "status", "p_value", "d", "eta", "ncc", "reason",
+    assert {"suspect", "detected", "status", "p_value", "d", "d_rel", "eta", "ncc", "reason",
             "notes"} <= set(record)
     assert record["detected"] is False and record["status"] == "not_detected"
     assert record["p_value"] > 0.01 and record["extra"]["own_key"] is False
     unmarked = _invoke("verify-model", "-k", DEMO, "--unmarked", "--json")
     assert unmarked.exit_code == 1, unmarked.output
-    assert json.loads(unmarked.stdout)["d"] > json.loads(unmarked.stdout)["eta"]
+    assert json.loads(unmarked.stdout)["d_rel"] > json.loads(unmarked.stdout)["eta"]
 
 
 def test_bad_suspects_exit_2_with_the_problem_named(tmp_path) -> None:

@@ -4,8 +4,8 @@ ONE run of a micro configuration in a temporary project (own ``.zen/``, ``mlflow
 ``data/``, ``reports/``) through the real ZenML + MLflow stack: a 3-layer grey DnCNN, a
 16×16 trigger, two attacks on the marked host and both baselines, one other key, one
 capacity size. Then the registered version is verified back through
-``verify-model --model-uri models:/…@champion``, and a failing decision registered
-beside it leaves the champion where it was.
+``verify-model --model-uri models:/…@champion`` and served through MLflow pyfunc (the
+host's task), and a failing decision registered beside it leaves the champion where it was.
 """
 
 from __future__ import annotations
@@ -110,6 +110,26 @@ def test_the_registered_champion_verifies_through_the_cli(project: Path, run) ->
     record = json.loads(ok.stdout)
     assert record["detected"] is True and record["d"] == 0.0
     assert wrong.exit_code == 1, wrong.output
+
+
+def test_the_registered_champion_served_by_mlflow_denoises(project: Path, run) -> None:
+    """What the pipeline registers, loaded as MLflow pyfunc, runs its host's task."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    from neuralmark.components.methods.trigger_key.serving import process_image
+    from neuralmark.components.methods.trigger_key.study import as_trigger_key
+    from neuralmark.integrations.loading import load_method
+
+    image = np.random.default_rng(0).random((20, 24)).astype(np.float32)
+    with mlflow_store(tracking_uri(project)):
+        served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+        out = served.predict({"images": [image]})
+        method = as_trigger_key(load_method(f"models:/{MODEL}@champion"))
+    assert len(out) == 1 and out[0]["status"] == "ok" and out[0]["shape"] == [20, 24]
+    direct = process_image(method, torch.from_numpy(image)[None])[0].numpy()
+    assert np.allclose(np.asarray(out[0]["image"], np.float32), direct, atol=1e-5)
 
 
 def test_a_failing_decision_registers_without_moving_the_champion(project: Path, run) -> None:

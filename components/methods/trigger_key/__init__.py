@@ -36,8 +36,12 @@ Choices where the seed is vague (a contract):
   with the norm of the seed's ∂x + ∂y (√6); ``keyed_gradient=False`` is the seed's.
 * **S0 and S in [0, 1]**: G(K) clamped; S := M(K; θ*) clamped (the seed's "normalised").
 * **d** = ‖S′ − S‖₂ / (√C·M·N) (the seed's eq. (1) for C = 1); **NCC** centred.
-* **Detection**: the empirical p-value of d against the calibration null ≤ ``alpha``
-  (⇔ d < η); the seed's NCC > 0.95 rule is reported beside it (``ncc_verified``).
+* **Detection on d_rel = d(M′(K), S) / d(M_ref(K), S)**, M_ref the owner's unmarked host
+  (the uniqueness fix of the statistic): the empirical p-value of d_rel against the
+  calibration null ≤ ``alpha`` (⇔ d_rel < η). Every denoiser maps noise to nearly the same
+  smooth image, so the seed's absolute d let another key's weak mark "verify" on hosts
+  that never saw it; d_rel is ≈ 1 on those, 0 on the marked host. The seed's d and its
+  NCC > 0.95 rule are reported beside it (``d``, ``ncc_verified``).
 * **BatchNorm frozen while embedding**; the stopping rule ℓ_w/(C·H·W) ≤ ``stop_mse``.
 * **SR**: K is low-resolution (20×20), the host sees its bilinear upsample K̂.
 * **Visualizer negatives**: R is also trained to show a blank for outputs that are not S.

@@ -46,7 +46,7 @@ def variant(method: TriggerKey, **changes: Any) -> TriggerKey:
 
 def uniqueness_rows(owners: Mapping[str, tuple[TriggerKey, WatermarkKey]],
                     hosts: Mapping[str, nn.Module]) -> list[Row]:
-    """``host, key, d, ncc, p_value, detected`` for every host × owner key.
+    """``host, key, d, d_rel, ncc, p_value, detected`` for every host × owner key.
 
     Args:
         owners: ``{key name: (the method marked with it, the key)}``; each verifies with
@@ -58,7 +58,8 @@ def uniqueness_rows(owners: Mapping[str, tuple[TriggerKey, WatermarkKey]],
         for host_name, host in hosts.items():
             v = method.verify_model(host, key)
             rows.append({"host": host_name, "key": key_name, "d": v.extra.get("d"),
-                         "ncc": v.extra.get("ncc"), "p_value": v.p_value,
+                         "d_rel": v.extra.get("d_rel"), "ncc": v.extra.get("ncc"),
+                         "p_value": v.p_value,
                          "detected": v.detected, "eta": v.extra.get("eta")})
     return rows
 
@@ -88,7 +89,8 @@ def capacity_rows(method: TriggerKey, key: WatermarkKey, sizes: Sequence[int],
                               ("eta", m.calibration["eta"]),
                               ("detected_marked", float(own.detected)),
                               ("detected_unmarked", float(clean.detected)),
-                              ("d_unmarked", clean.extra["d"])):
+                              ("d_unmarked", clean.extra["d"]),
+                              ("d_rel_unmarked", clean.extra["d_rel"])):
             rows.append({"trigger_size": int(size), "metric": metric, "value": float(value)})
     return rows
 
@@ -99,7 +101,7 @@ def keyed_gradient_ablation(method: TriggerKey, key: WatermarkKey,
 
     Returns:
         Rows ``gradient`` (``fixed`` / ``keyed``), ``metric`` (``eta``,
-        ``wrong_key_d_min``, ``wrong_key_margin`` = min wrong-key d / η,
+        ``wrong_key_d_min``, ``wrong_key_margin`` = min wrong-key d_rel / η,
         ``wrong_keys_detected``), ``value``.
     """
     rows = []
@@ -108,13 +110,15 @@ def keyed_gradient_ablation(method: TriggerKey, key: WatermarkKey,
         m.embed_model(method.unmarked, key)
         m.calibrate(key, n_keys=n_keys)
         verdicts = [m.verify_model(m.host, k) for k in wrong_keys]
-        d_min = min(float(v.extra["d"]) for v in verdicts)
+        d_min = min(float(v.extra["d_rel"]) for v in verdicts)
         eta = m.calibration["eta"]
-        # η from the unmarked host alone (no marked host in the null): the naive calibration
+        # η from the λ = 0 host alone (no marked host in the null): the naive calibration
         c = m.config
         rx, rs = calibration.random_key_material(n_keys, 7, c.trigger_side, c.channels, c.task,
                                                  c.scale, keyed)
-        naive = calibration.eta_at(calibration.host_distances(m.unmarked, rx, rs), c.alpha)
+        plain = m.lambda0_host if m.lambda0_host is not None else m.unmarked
+        naive = calibration.eta_at(
+            calibration.host_relative_distances(plain, m.unmarked, rx, rs), c.alpha)
         naive = float("nan") if naive is None else float(naive)
         name = "keyed" if keyed else "fixed"
         for metric, value in (("eta", eta), ("eta_unmarked_null", naive),

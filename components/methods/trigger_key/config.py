@@ -39,7 +39,7 @@ class TriggerKeyConfig(MethodConfig):
         lam: λ of ℓ = ℓ_d + λ·ℓ_w (seed: ≤ 1e-2 for DnCNN, ≤ 1e-3 for RED).
         stop_mse: embedding stops once ℓ_w / (C·H·W) (the mean squared error of M(K)
             against S0) stays at or below this for one check (every ``check_every`` steps).
-        alpha: detection level: detected ⇔ empirical p-value ≤ alpha ⇔ d < η.
+        alpha: detection level: detected ⇔ empirical p-value ≤ alpha ⇔ d_rel < η.
         ncc_threshold: the seed's NCC rule (NCC > 0.95), reported beside the d rule.
     """
 

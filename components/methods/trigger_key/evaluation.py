@@ -69,7 +69,7 @@ def verdict_rows(method_name: str, attack: str, strength: float | None, label: s
     values: dict[str, float] = {"psnr": psnr, "detected": float(verdict.detected),
                                 "p_value": math.nan if verdict.p_value is None
                                 else float(verdict.p_value), "score": float(verdict.score)}
-    for k in ("d", "ncc", "ncc_verified", "share", "ber"):
+    for k in ("d", "d_rel", "ncc", "ncc_verified", "share", "ber"):
         v = verdict.extra.get(k)
         if v is not None:
             values[k] = float(v)

@@ -38,6 +38,8 @@ from neuralmark.components.methods.trigger_key.visualizer import (
 )
 from neuralmark.components.nets.image_nets import apply_net
 
+#: what the calibration null (and η) is measured on; bundles record it (``null_statistic``)
+NULL_STATISTIC = "relative_distance"
 
 class KeyStore(nn.Module):
     """Buffers kept in the bundle: S (``1×C×T×T``) and the logo I (``1×L×L``)."""
@@ -101,10 +103,15 @@ class TriggerKey(HostMark):
         return {**super().modules(), "visualizer": self.visualizer, "key_store": self.key_store}
 
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "null": self.null, "calibration": self.calibration}
+        return {**super().extra_state(), "null": self.null, "calibration": self.calibration,
+                "null_statistic": NULL_STATISTIC}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
+        if state.get("null") and state.get("null_statistic") != NULL_STATISTIC:
+            raise InputError("this trigger_key bundle was calibrated on the absolute distance "
+                             "d (before neuralmark verified on d_rel = d / d of the unmarked "
+                             "host); its η does not apply: re-run calibrate (or the pipeline)")
         self.null = [float(v) for v in state.get("null", [])]
         self.calibration = {k: float(v) for k, v in state.get("calibration", {}).items()}
 
@@ -115,7 +122,7 @@ class TriggerKey(HostMark):
 
     @property
     def eta(self) -> float | None:
-        """η (detected ⇔ d < η), or ``None`` before calibration / when unreachable."""
+        """η on d_rel (detected ⇔ d_rel < η), or ``None`` before calibration / when unreachable."""
         eta = calibration.eta_at(self.null, self.config.alpha) if self.null else None
         return None if eta is None or math.isinf(eta) else eta
 
@@ -179,8 +186,8 @@ class TriggerKey(HostMark):
         n = n_keys or c.calibration_keys
         x, s, _ = self.reference(key)
         plain = [self.lambda0_host] if self.lambda0_host is not None else []
-        null = calibration.null_distances(self.host, [self.unmarked, *plain, *null_hosts], x, s, n,
-                                          seed, c.trigger_side, c.channels, c.task, c.scale,
+        null = calibration.null_distances(self.host, self.unmarked, [*plain, *null_hosts], x, s,
+                                          n, seed, c.trigger_side, c.channels, c.task, c.scale,
                                           c.keyed_gradient)
         self.null = calibration.calibration_null(null, n)
         self.calibration = calibration.calibrate(null, c.alpha, n)
@@ -258,10 +265,14 @@ class TriggerKey(HostMark):
     def verify_model(self, model_or_outputs: Any, key: WatermarkKey) -> Verdict:
         """Is ``model_or_outputs`` (a host, or its output on K) marked with ``key``?
 
-        d = ‖M′(K) − S‖₂ / (√C·M·N), NCC, and the empirical p-value of d against the
-        calibration null; detected ⇔ p ≤ alpha (⇔ d < η). ``score`` is ``1 − d``.
-        ``extra``: ``d``, ``ncc``, ``eta``, ``ncc_verified`` (the seed's NCC > 0.95 rule),
-        ``own_key`` (the key is the one the bundle was marked with), ``alpha``,
+        The statistic is the relative distance ``d_rel = d(M′(K), S) / d(M_ref(K), S)``
+        with M_ref the bundle's unmarked host (the choice, see :mod:`.calibration`: every
+        denoiser maps noise to nearly the same smooth image, so the seed's absolute d
+        cannot tell a weak mark from a host that never saw K); detected ⇔ its empirical
+        p-value against the calibration null is ≤ alpha (⇔ d_rel < η). ``score`` is
+        ``1 / (1 + d_rel)``. ``extra``: ``d`` (the seed's eq. (1)), ``d_unmarked`` (d of M_ref),
+        ``d_rel``, ``ncc``, ``eta`` (on d_rel), ``ncc_verified`` (the seed's NCC > 0.95
+        rule), ``own_key`` (the key is the one the bundle was marked with), ``alpha``,
         ``n_null``. Unreadable (with the reason): not a host or a tensor, wrong channels,
         an output of the wrong shape, non-finite values.
         """
@@ -270,20 +281,25 @@ class TriggerKey(HostMark):
         out, reason = triggered_output(model_or_outputs, x, c.channels)
         if out is None:
             return Verdict.unreadable(reason)
+        ref = apply_net(self.unmarked, x)
         d, corr = float(distance(out, s)[0]), float(ncc(out, s)[0])
+        rel = float(calibration.relative_distance(out, s, ref)[0])
         eta = self.eta
-        p = calibration.p_value(d, self.null)
-        extra = {"d": d, "ncc": corr, "eta": eta, "ncc_verified": corr > c.ncc_threshold,
-                 "own_key": own, "alpha": c.alpha, "n_null": len(self.null)}
+        p = calibration.p_value(rel, self.null)
+        extra = {"d": d, "d_unmarked": float(distance(ref, s)[0]), "d_rel": rel, "ncc": corr,
+                 "eta": eta, "ncc_verified": corr > c.ncc_threshold, "own_key": own,
+                 "alpha": c.alpha, "n_null": len(self.null)}
+        score = 1 / (1 + rel)  # in [0, 1], 1 on the marked host, 0 for d_rel = inf
         if p is None:
-            return Verdict(False, 1 - d, None, Status.NOT_DETECTED,
+            return Verdict(False, score, None, Status.NOT_DETECTED,
                            "not calibrated: no null distances (run calibrate)", extra=extra)
         detected = p <= c.alpha
-        shown = f"d = {d:.3e}, η = {eta:.3e}" if eta is not None else f"d = {d:.3e}"
+        shown = f"d_rel = {rel:.3f} (d = {d:.3e})"
+        shown += f", η = {eta:.3f}" if eta is not None else ""
         reason = (f"{shown}, p = {p:.3g} ≤ {c.alpha:g}" if detected
                   else f"{shown}, p = {p:.3g} > {c.alpha:g}"
                   + ("" if own else "; the key is not the one this host was marked with"))
-        return Verdict(detected, 1 - d, p, Status.DETECTED if detected else Status.NOT_DETECTED,
+        return Verdict(detected, score, p, Status.DETECTED if detected else Status.NOT_DETECTED,
                        reason, extra=extra)
 
     def shown(self, model_or_outputs: Any, key: WatermarkKey) -> float:

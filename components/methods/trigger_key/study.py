@@ -201,7 +201,7 @@ def uniqueness_study(marked: TriggerKey, key: WatermarkKey, independent: nn.Modu
     secret (each in the same unmarked host), the unmarked and the independent host.
 
     Returns:
-        :func:`.analysis.uniqueness_rows` (``host, key, d, ncc, p_value, detected, eta``).
+        :func:`.analysis.uniqueness_rows` (``host, key, d, d_rel, ncc, p_value, detected, eta``).
     """
     with_data(marked, manifest, test_splits)
     owners: dict[str, tuple[TriggerKey, WatermarkKey]] = {"owner": (marked, key)}
@@ -321,11 +321,12 @@ def report_markdown(title: str, summary: Mapping[str, float], fidelity: Sequence
     parts = [f"# {title}", "", "## Fidelity (test split)", "", fidelity_table(fidelity), "",
              f"Fidelity cost (λ = 0 reference − marked): {summary['fidelity_cost_db']:.3f} dB.",
              "", "## Detection threshold and false positives", "",
-             f"η = {summary['eta']:.4g}; FPR = {summary['fpr']:.4g} (95% CI upper "
+             f"η = {summary['eta']:.4g} (on d_rel = d / d of the unmarked host); "
+             f"FPR = {summary['fpr']:.4g} (95% CI upper "
              f"{summary['fpr_ci_high']:.4g}) on held-out random keys and null hosts.", "",
              "## Attacks (trigger_key with Base-1 and Base-2)", "", tables.attack_table(attacks),
              "", f"Pruning breaking point (first rate not verified): {brk}.", "",
-             "## Uniqueness (d ×10⁻³, * = detected)", "", tables.uniqueness_table(uniqueness)]
+             "## Uniqueness (d_rel, * = detected)", "", tables.uniqueness_table(uniqueness)]
     if capacity:
         parts += ["", "## Capacity", "", tables.capacity_table(capacity)]
     return "\n".join(parts) + "\n"

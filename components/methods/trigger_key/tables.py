@@ -38,22 +38,23 @@ def _ok(v: float | None) -> str:
 def attack_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The seed's robustness tables in shape: one line per attack label.
 
-    Columns: our PSNR, distance (×1e-3), verification (p ≤ alpha ⇔ d < η), then NCC and
+    Columns: our PSNR, d (×1e-3), d_rel, verification (p ≤ alpha ⇔ d_rel < η), then NCC and
     NCC-based verification (> 0.95) of Base-1, Base-2 and ours, and each baseline's own
     p-value verification.
     """
     cells = _cells(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows if r["method"] == OURS))
-    head = ("| attack | PSNR | d (×10⁻³) | verification | NCC Base-1 | NCC Base-2 | NCC ours | "
-            "NCC>0.95 Base-1 | NCC>0.95 Base-2 | NCC>0.95 ours | Base-1 verified | "
+    head = ("| attack | PSNR | d (×10⁻³) | d_rel | verification | NCC Base-1 | NCC Base-2 | "
+            "NCC ours | NCC>0.95 Base-1 | NCC>0.95 Base-2 | NCC>0.95 ours | Base-1 verified | "
             "Base-2 verified | Base-1 PSNR | Base-2 PSNR |")
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for lab in labels:
         o, b1, b2 = (cells.get((m, lab), {}) for m in (OURS, BASE1, BASE2))
         d = o.get("d")
         lines.append(
             f"| {lab} | {_fmt(o.get('psnr'), '.2f')} | "
-            f"{_fmt(None if d is None else 1e3 * d, '.2f')} | {_ok(o.get('detected'))} | "
+            f"{_fmt(None if d is None else 1e3 * d, '.2f')} | {_fmt(o.get('d_rel'), '.3f')} | "
+            f"{_ok(o.get('detected'))} | "
             f"{_fmt(b1.get('ncc'), '.4f')} | {_fmt(b2.get('ncc'), '.4f')} | "
             f"{_fmt(o.get('ncc'), '.4f')} | {_ok(b1.get('ncc_verified'))} | "
             f"{_ok(b2.get('ncc_verified'))} | {_ok(o.get('ncc_verified'))} | "
@@ -75,7 +76,8 @@ def breaking_points(rows: Sequence[Mapping[str, Any]], attack: str = "prune") ->
 
 
 def uniqueness_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """d (×10⁻³) for every host (rows) × key (columns), ``*`` where detected."""
+    """d_rel (d / d of the unmarked host) for every host (rows) × key (columns), ``*`` where
+    detected."""
     hosts = list(dict.fromkeys(r["host"] for r in rows))
     keys = list(dict.fromkeys(r["key"] for r in rows))
     cell = {(r["host"], r["key"]): r for r in rows}
@@ -85,7 +87,7 @@ def uniqueness_table(rows: Sequence[Mapping[str, Any]]) -> str:
         for k in keys:
             r = cell.get((h, k))
             vals.append("–" if r is None else
-                        f"{1e3 * r['d']:.2f}{'*' if r['detected'] else ''}")
+                        f"{r['d_rel']:.3f}{'*' if r['detected'] else ''}")
         lines.append(f"| {h} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -94,12 +96,12 @@ def capacity_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Fidelity cost and verification per trigger size."""
     sizes = sorted({int(r["trigger_size"]) for r in rows})
     cell = {(int(r["trigger_size"]), r["metric"]): float(r["value"]) for r in rows}
-    lines = ["| trigger | fidelity cost (dB) | PSNR marked | ℓ_w/pixel | η (×10⁻³) | marked "
+    lines = ["| trigger | fidelity cost (dB) | PSNR marked | ℓ_w/pixel | η (d_rel) | marked "
              "detected | unmarked detected |", "|---|---|---|---|---|---|---|"]
     for s in sizes:
         lines.append(f"| {s}×{s} | {cell[(s, 'fidelity_cost_db')]:.3f} | "
                      f"{cell[(s, 'psnr_marked')]:.2f} | {cell[(s, 'l_w_per_pixel')]:.2e} | "
-                     f"{1e3 * cell[(s, 'eta')]:.2f} | {_ok(cell[(s, 'detected_marked')])} | "
+                     f"{cell[(s, 'eta')]:.3f} | {_ok(cell[(s, 'detected_marked')])} | "
                      f"{_ok(cell[(s, 'detected_unmarked')])} |")
     return "\n".join(lines)
 
@@ -125,9 +127,9 @@ def capacity_curve(rows: Sequence[Mapping[str, Any]]) -> Figure:
 
 
 def uniqueness_heatmap(rows: Sequence[Mapping[str, Any]]) -> Figure:
-    """Heatmap of d (×10⁻³) over hosts × keys."""
-    return value_heatmap([(r["host"], r["key"], 1e3 * float(r["d"])) for r in rows],
-                         title="uniqueness: d (×10⁻³), hosts × keys")
+    """Heatmap of d_rel over hosts × keys."""
+    return value_heatmap([(r["host"], r["key"], float(r["d_rel"])) for r in rows],
+                         title="uniqueness: d_rel = d / d(unmarked), hosts × keys")
 
 
 __all__ = ["BASE1", "BASE2", "OURS", "attack_table", "breaking_points", "capacity_curve",
