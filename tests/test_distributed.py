@@ -20,25 +20,17 @@ Two things amplify round-off, and the configs below keep them out of the weight 
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from safetensors.torch import load_file, save_file
 
 from neuralmark.components import distributed
 from neuralmark.components.attacks.base import select_rows
 from neuralmark.components.attacks.differentiable import EoTChain, EoTConfig
 from neuralmark.components.errors import InputError
-
-#: losses and weights of 2 processes vs 1 (float32 round-off through a few Adam steps)
-RTOL, ATOL = 1e-4, 1e-5
+from tests.ddp_harness import ATOL, RTOL, Recorder, assert_trains_as_one, images, zero_gradient
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # EoT with 2 samples (the repeated-batch rows), unit_variance penalty (global batch
@@ -58,114 +50,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
 LOSS_KEY = {"pgd_signer": "m_loss", "anti_forward": "loss"}
 
 
-def _images(n: int, size: int) -> torch.Tensor:
-    """Smooth random images N×3×size×size in [0, 1] (fixed seed)."""
-    g = torch.Generator().manual_seed(1234)
-    low = torch.rand(n, 3, size // 8, size // 8, generator=g)
-    up = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear",
-                                         align_corners=False)
-    return (0.8 * up + 0.2 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
-
-
-class _Recorder:
-    def __init__(self) -> None:
-        self.metrics: list[tuple[int, dict[str, float]]] = []
-
-    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-
-def _worker(rank: int, world: int, port: int, method: str, config: dict[str, Any],
-            out: str) -> None:
-    """One process of the job: join it like a torchrun process, fit, write weights."""
-    torch.set_num_threads(1)
-    if world > 1:
-        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world),
-                           "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(port)})
-    from neuralmark.components.methods.registry import build
-
-    distributed.init_from_env("cpu")
-    try:
-        model = build(method, config)
-        size = config["working_size"]
-        data = {"train": _images(8, size), "val": _images(4, size)}
-        recorder = _Recorder()
-        model.fit(data, [recorder])
-        weights = {f"{n}.{k}": v.detach().contiguous()
-                   for n, mod in model.modules().items() for k, v in mod.state_dict().items()}
-        save_file(weights, str(Path(out) / f"rank{rank}.safetensors"))
-        (Path(out) / f"metrics{rank}.json").write_text(json.dumps(recorder.metrics))
-    finally:
-        distributed.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(method: str, world: int, out: Path, config: dict[str, Any] | None = None) -> None:
-    out.mkdir()
-    config = CONFIGS[method] if config is None else config
-    mp.start_processes(_worker, args=(world, _free_port(), method, config, str(out)),
-                       nprocs=world, join=True, start_method="spawn")
-
-
-def _trained(method: str, weights: dict[str, torch.Tensor]) -> Any:
-    from neuralmark.components.methods.registry import build
-
-    model = build(method, CONFIGS[method])
-    for name, mod in model.modules().items():
-        mod.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items()
-                             if k.startswith(f"{name}.")})
-    return model
-
-
-def _normalised_away(method: str) -> set[str]:
-    """Parameters whose gradient is zero up to round-off (a bias a normalisation removes)."""
-    from neuralmark.components.methods.registry import build
-
-    model = build(method, CONFIGS[method])
-    model.training_loss(_images(4, CONFIGS[method]["working_size"])).backward()
-    grads = {f"{n}.{k}": (torch.zeros(1) if p.grad is None else p.grad.abs().max())
-             for n, mod in model.modules().items() for k, p in mod.named_parameters()}
-    scale = max(float(g) for g in grads.values())
-    return {k for k, g in grads.items() if float(g) <= 1e-6 * scale}
+def _fit(method: str, model: Any, config: dict[str, Any], recorder: Recorder) -> None:
+    """What each process runs: the method's ``fit`` on the global batch's images."""
+    size = config["working_size"]
+    model.fit({"train": images(8, size), "val": images(4, size)}, [recorder])
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
 def test_two_processes_train_as_one(method, tmp_path):
-    _run(method, 2, tmp_path / "ddp")
-    _run(method, 1, tmp_path / "single")
-    r0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
-    r1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
-    one = load_file(str(tmp_path / "single" / "rank0.safetensors"))
-    assert sorted(r0) == sorted(r1) == sorted(one)
-    dead = _normalised_away(method)
-    for name in r0:
-        assert torch.equal(r0[name], r1[name]), f"{name} differs between the ranks"
-        if name not in dead:
-            torch.testing.assert_close(r0[name], one[name], rtol=RTOL, atol=ATOL,
-                                       msg=lambda m, n=name: f"{n}: 2 processes vs 1: {m}")
-    # the trained networks compute the same loss on images neither run trained on
-    fresh = _images(4, CONFIGS[method]["working_size"]).roll(1, dims=-1)
-    torch.testing.assert_close(_trained(method, r0).training_loss(fresh).detach(),
-                               _trained(method, one).training_loss(fresh).detach(),
-                               rtol=RTOL, atol=ATOL)
-    init = json.loads((tmp_path / "single" / "metrics0.json").read_text())
-    assert init, "the one-process run logged no metrics"
-    # callbacks fire on rank 0 only; its metrics are the global batch's
-    ddp_metrics = json.loads((tmp_path / "ddp" / "metrics0.json").read_text())
-    assert json.loads((tmp_path / "ddp" / "metrics1.json").read_text()) == []
-    key = LOSS_KEY[method]
-    losses_ddp = [m[key] for _, m in ddp_metrics if key in m]
-    losses_one = [m[key] for _, m in init if key in m]
-    assert len(losses_ddp) == len(losses_one) >= 2
-    torch.testing.assert_close(torch.tensor(losses_ddp), torch.tensor(losses_one),
-                               rtol=RTOL, atol=ATOL)
-    assert len({round(v, 6) for v in losses_one}) > 1, "the loss never changed"
+    config = CONFIGS[method]
+    fresh = images(4, config["working_size"]).roll(1, dims=-1)
+    assert_trains_as_one(method, config, _fit, fresh, LOSS_KEY[method], tmp_path)
 
 
 def test_one_process_helpers_are_the_identity():
@@ -216,13 +111,13 @@ def test_anti_forward_step_runs_under_bf16_autocast():
 
     model = build("anti_forward", CONFIGS["anti_forward"])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model.training_loss(_images(4, 32))
+        loss = model.training_loss(images(4, 32))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-class _Figures(_Recorder):
+class _Figures(Recorder):
     def __init__(self) -> None:
         super().__init__()
         self.figures: list[str] = []
@@ -243,7 +138,7 @@ def test_training_step_launcher_runs_processes_on_this_node(monkeypatch):
 
     monkeypatch.setenv(PROCESSES_ENV, "2")
     assert train_processes() == 2
-    data = {"train": _images(8, 32), "val": _images(4, 32)}
+    data = {"train": images(8, 32), "val": images(4, 32)}
     config = {**CONFIGS["anti_forward"], "steps": 2}
     events = _Figures()
     model, final = fit_method("anti_forward", config, data, [events], processes=2)
@@ -256,7 +151,7 @@ def test_training_step_launcher_runs_processes_on_this_node(monkeypatch):
     assert {"stamp_residual", "scan_statistic_histogram"} <= set(events.figures)
     assert final.keys() == final_one.keys()
     torch.testing.assert_close(final["loss"], final_one["loss"], rtol=RTOL, atol=ATOL)
-    dead = _normalised_away("anti_forward")
+    dead = zero_gradient("anti_forward", config, images(4, 32))
     for name, mod in model.modules().items():
         for key, value in mod.state_dict().items():
             if f"{name}.{key}" not in dead:
