@@ -102,8 +102,8 @@ def test_clean_images_are_not_detected(key, photo_batch):
 @pytest.mark.parametrize("key", [k for k in METHODS if method_class(k).kind == "content"])
 def test_too_small_and_bad_tensors_are_refused(key):
     m = smoke(key)
-    with pytest.raises(InputError, match="px"):
-        m.verify(torch.rand(1, 3, 20, 30), WatermarkKey("k"))
+    with pytest.raises(InputError, match="px"):  # one side below the method's minimum
+        m.verify(torch.rand(1, 3, m.min_size - 1, m.min_size + 10), WatermarkKey("k"))
     with pytest.raises(InputError, match="B×3×H×W"):
         m.verify(torch.rand(1, 1, 80, 80), WatermarkKey("k"))
     with pytest.raises(InputError, match=r"\[0, 1\]"):
@@ -263,7 +263,8 @@ def test_calibrate_fpr_gives_the_same_count_with_or_without_the_fast_path(key, p
 @pytest.mark.parametrize("key", FAST_NULL)
 def test_fast_null_path_refuses_what_verify_refuses(key):
     m = smoke(key)
-    tiny = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    side = m.min_size - 1  # below what the method reads
+    tiny = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
     with pytest.raises(InputError, match="px"):
         m.verify(tiny, KEY)
     with pytest.raises(InputError, match="px"):
