@@ -335,7 +335,7 @@ def write_card(args: argparse.Namespace) -> None:
         "Anti-forwarding stamp (seed 004, DeepRAFT): an encoder adds an invisible stamp, a "
         "scanner CNN detects it; trained jointly under the stochastic augmentation chain and "
         "Gaussian noise σ = 0.5, certified by randomized smoothing at scan time "
-        "(see `components/methods/anti_forward.py`). Written by "
+        "(see `components/methods/anti_forward/`). Written by "
         "`scripts/train_shipped_anti_forward.py --card`; every number below was measured by it.",
         "",
         "## Training",

@@ -14,6 +14,7 @@ from neuralmark.components.attacks.stochastic import (
 )
 from neuralmark.components.methods import InputError, Status, WatermarkKey, build, load_bundle
 from neuralmark.components.methods.anti_forward import AntiForward
+from neuralmark.components.methods.anti_forward import training as af_training
 
 #: a fit small enough for this CPU (~10 s of CPU), big enough to separate stamped from clean
 TRAIN = {"variant": "rs_aug", "working_size": 32, "encoder_width": 8, "scanner_width": 8,
@@ -108,13 +109,13 @@ def test_curriculum_strength_zero_is_identity_and_order_is_random():
 def test_variants_train_as_documented(variant, noise, aug, photo, monkeypatch):
     m = smoke(variant=variant, steps=3, aug_start=0, aug_end=2)
     seen: list[tuple[float, float]] = []
-    original = m._loss
+    original = af_training.joint_loss
 
-    def spy(xw, bits, aug_strength, sigma, image_ramp, generator, **kwargs):
+    def spy(method, xw, bits, aug_strength, sigma, image_ramp, generator, **kwargs):
         seen.append((aug_strength, sigma))
-        return original(xw, bits, aug_strength, sigma, image_ramp, generator, **kwargs)
+        return original(method, xw, bits, aug_strength, sigma, image_ramp, generator, **kwargs)
 
-    monkeypatch.setattr(m, "_loss", spy)
+    monkeypatch.setattr(af_training, "joint_loss", spy)
     m.fit({"train": _images(photo, 4, 32), "val": _images(photo, 2, 32)})
     assert len(seen) == 3
     assert all((s > 0) == noise for _, s in seen)
@@ -201,7 +202,7 @@ def test_jnd_terms_cost_more_for_a_band_than_for_spread_texture():
     costs = {}
     for name, r in (("band", band), ("spread", spread)):
         mse = r.pow(2).mean()
-        _, metrics = m._image_loss(x + r, x, mse, torch.tensor(0.0))
+        _, metrics = af_training.image_loss(m.config, x + r, x, mse, torch.tensor(0.0))
         costs[name] = metrics
     assert costs["band"]["lowfreq_mse"] > 10 * costs["spread"]["lowfreq_mse"]
     assert costs["band"]["local_energy_rms"] > 2 * costs["spread"]["local_energy_rms"]
@@ -211,8 +212,10 @@ def test_jnd_terms_cost_more_for_a_band_than_for_spread_texture():
     flat = torch.full_like(textured, 0.5) + 0.01 * torch.rand(1, 3, 64, 64, generator=g)
     r = 0.02 * torch.randn(x.shape, generator=g)
     mse = r.pow(2).mean()
-    on_flat = masked._image_loss(flat + r, flat, mse, torch.tensor(0.0))[1]["masked_mse"]
-    on_tex = masked._image_loss(textured + r, textured, mse, torch.tensor(0.0))[1]["masked_mse"]
+    zero = torch.tensor(0.0)
+    on_flat = af_training.image_loss(masked.config, flat + r, flat, mse, zero)[1]["masked_mse"]
+    on_tex = af_training.image_loss(masked.config, textured + r, textured, mse,
+                                    zero)[1]["masked_mse"]
     assert on_flat == pytest.approx(float(mse), rel=0.2)  # flat everywhere: weights ~1
     assert on_tex == pytest.approx(float(mse), rel=0.2)   # textured everywhere: weights ~1
     half = flat.clone()                    # left half flat, right half textured
@@ -221,7 +224,8 @@ def test_jnd_terms_cost_more_for_a_band_than_for_spread_texture():
     r_flat[..., :32] = r[..., :32]         # the same stamp energy on either half
     r_tex[..., 32:] = r[..., 32:]
     cost_flat, cost_tex = (
-        masked._image_loss(half + d, half, d.pow(2).mean(), torch.tensor(0.0))[1]["masked_mse"]
+        af_training.image_loss(masked.config, half + d, half, d.pow(2).mean(),
+                               torch.tensor(0.0))[1]["masked_mse"]
         for d in (r_flat, r_tex))
     assert cost_flat > 3 * cost_tex
 
@@ -240,13 +244,13 @@ def test_highpassed_stamp_has_no_band_or_cast():
             return out
 
     m.encoder = Band()
-    r = m._residual(x, None)
+    r = m.residual(x, None)
     assert r.abs().max() <= 0.1 + 1e-6
     assert r.mean().abs() < 1e-3                              # no cast
     assert r[..., 24:40, 24:40].abs().max() < 1e-4            # flat raw output: nothing there
     plain = smoke(strength=0.1)
     plain.encoder = Band()
-    assert plain._residual(x, None).mean() > 0.05             # without it: the cast stays
+    assert plain.residual(x, None).mean() > 0.05             # without it: the cast stays
 
 
 def test_even_stamp_energy_spreads_a_band_and_follows_texture():
@@ -267,7 +271,7 @@ def test_even_stamp_energy_spreads_a_band_and_follows_texture():
     x = torch.full((1, 3, 64, 64), 0.5)
     plain, even = smoke(strength=0.1), smoke(strength=0.1, residual_window=9)
     plain.encoder = even.encoder = Band()
-    r_plain, r_even = plain._residual(x, None), even._residual(x, None)
+    r_plain, r_even = plain.residual(x, None), even.residual(x, None)
     assert local_rms(r_plain, slice(4, 12)) > 20 * local_rms(r_plain, slice(30, 50))
     assert local_rms(r_even, slice(4, 12)) < 1.5 * local_rms(r_even, slice(30, 50))
     assert local_rms(r_even, slice(0, 64)) == pytest.approx(local_rms(r_plain, slice(0, 64)),
@@ -276,7 +280,7 @@ def test_even_stamp_energy_spreads_a_band_and_follows_texture():
     half[..., 32:] = torch.rand(1, 3, 64, 32, generator=g)   # right half textured
     masked = smoke(strength=0.1, residual_window=9, residual_masking=1.0)
     masked.encoder = Band()
-    r = masked._residual(half, None)
+    r = masked.residual(half, None)
     assert local_rms(r, slice(40, 60)) > 3 * local_rms(r, slice(14, 28))
 
 

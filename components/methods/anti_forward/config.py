@@ -1,0 +1,131 @@
+"""``AntiForwardConfig``: the hyper-parameters of ``anti_forward`` (contract: the package doc)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from neuralmark.components.attacks.stochastic import StochasticAugConfig
+from neuralmark.components.methods.base import MethodConfig
+
+
+class AntiForwardConfig(MethodConfig):
+    """Hyper-parameters of ``anti_forward``; profiles override sizes only."""
+
+    method: Literal["anti_forward"] = "anti_forward"
+    variant: Literal["baseline", "rs", "rs_aug"] = "rs_aug"
+    # nets
+    working_size: int = 128
+    encoder_width: int = 32
+    scanner_width: int = 32
+    #: largest change of a pixel value the stamp may make (tanh output × strength)
+    strength: float = Field(0.1, gt=0.0, le=1.0)
+    # training
+    steps: int = Field(20000, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    #: augmentation curriculum (rs_aug): strength 0 until aug_start, full at aug_end
+    aug_start: int = Field(5000, ge=0)
+    aug_end: int = Field(100000, ge=0)
+    aug: StochasticAugConfig = StochasticAugConfig()
+    #: Gaussian noise σ of randomized smoothing (training for rs/rs_aug, and certify)
+    sigma: float = Field(0.5, ge=0.0)
+    sigma_warmup: int = Field(0, ge=0)
+    #: steps of detection-only training (no noise, no image loss) before the σ and
+    #: image-loss ramps start: a stamp constrained by ``residual_highpass`` /
+    #: ``residual_window`` starts too weak for the scanner to find it under noise, and
+    #: the image loss erased it first (measured)
+    warmup_start: int = Field(0, ge=0)
+    # smoothing at inference
+    smoothing: bool = True
+    n0: int = Field(100, ge=1)
+    n: int = Field(1000, ge=1)
+    #: certification level: each certificate of ``certify`` fails with probability at
+    #: most this (Cohen et al.'s α; bundles written before the rename call it ``alpha``)
+    certify_alpha: float = Field(1e-3, gt=0.0, lt=1.0)
+    score_noise_samples: int = Field(8, ge=1)
+    # payload (beyond the seed)
+    payload_bits: int = Field(0, ge=0)
+    message_bits: int = Field(0, ge=0)
+    bch_t: int = Field(0, ge=0)
+    payload_alpha: float = Field(1e-3, gt=0.0, lt=1.0)
+    # detection
+    #: p-value level of ``verify`` (the method's ``detection_alpha``): the target
+    #: false-positive rate the scan statistic is calibrated for
+    fpr: float = Field(1e-3, gt=0.0, lt=1.0)
+    calibration_scores: int = Field(1000, ge=1)
+    # losses
+    detection_weight: float = Field(1.0, ge=0.0)
+    payload_weight: float = Field(1.0, ge=0.0)
+    mse_weight: float = Field(10.0, ge=0.0)
+    ssim_weight: float = Field(1.0, ge=0.0)
+    #: weight of the stamp's low-frequency energy (MSE of the residual blurred with a
+    #: Gaussian of σ = lowfreq_sigma px at the working size): bands and colour casts
+    lowfreq_weight: float = Field(0.0, ge=0.0)
+    lowfreq_sigma: float = Field(3.0, gt=0.0)
+    #: 0: the MSE weighs every pixel alike; 1: by texture masking (∝ 1 / (local std + 0.02)
+    #: of the image's luma in a 7×7 window, mean 1 per image), so the stamp goes where
+    #: texture hides it; in between: a mix
+    texture_masking: float = Field(0.0, ge=0.0, le=1.0)
+    #: weight of the RMS of the local stamp energy (r² averaged over 9×9 windows, relative
+    #: to its mean): the same total energy costs more when it is concentrated in one region
+    peak_weight: float = Field(0.0, ge=0.0)
+    #: > 0: the encoder's output is high-passed before scaling (minus its Gaussian blur of
+    #: this σ in px at the working size, clamped to ±1), so the stamp has no local mean:
+    #: no colour cast or smooth band can form whatever the losses do (0: off, the seed)
+    residual_highpass: float = Field(0.0, ge=0.0)
+    #: > 0: the stamp's energy is spread evenly: the (high-passed) output is divided by its
+    #: local RMS over windows of this many px and multiplied by its global RMS, so the
+    #: encoder chooses the pattern and the total energy but cannot pile it into one region
+    #: (a band at one edge is what the unconstrained encoder learned here)
+    residual_window: int = Field(0, ge=0)
+    #: 0: even energy; 1: energy ∝ the image's local luma std (7×7, + 0.02, mean 1 per
+    #: image), i.e. more stamp where texture hides it; in between: a mix (needs
+    #: ``residual_window``)
+    residual_masking: float = Field(0.0, ge=0.0, le=1.0)
+    image_loss_ramp: int = Field(0, ge=0)
+    #: stop training after this many seconds (0: no limit); the steps done are recorded
+    max_train_seconds: float = Field(0.0, ge=0.0)
+    # logging
+    log_every: int = Field(50, ge=1)
+    figure_every: int = Field(0, ge=0)
+    device: str = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_alpha(cls, data: Any) -> Any:
+        """Read a config written before the rename: its ``alpha`` is ``certify_alpha``.
+
+        Such a config is recognised by ``fpr`` beside ``alpha`` (a bundle's
+        ``config.json`` holds every field). A bare ``alpha`` is refused: across methods
+        ``alpha`` names the detection level, which is ``fpr`` here.
+        """
+        if not isinstance(data, Mapping) or "alpha" not in data:
+            return data
+        if "fpr" not in data or "certify_alpha" in data:
+            raise ValueError(
+                "anti_forward has no field 'alpha': its detection level is 'fpr' and its "
+                "certification level 'certify_alpha' (configs written before the rename, "
+                "with 'alpha' beside 'fpr', are read with alpha as certify_alpha)")
+        migrated = {k: v for k, v in data.items() if k != "alpha"}
+        migrated["certify_alpha"] = data["alpha"]
+        return migrated
+
+    @field_validator("working_size")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v < 32 or v % 16:
+            raise ValueError(f"working_size must be a multiple of 16 and >= 32 (differentiable "
+                             f"JPEG works on 16×16 macroblocks), got {v}")
+        return v
+
+    @property
+    def train_sigma(self) -> float:
+        """σ of the training noise: 0 for ``baseline``."""
+        return 0.0 if self.variant == "baseline" else self.sigma
+
+    @property
+    def augmented(self) -> bool:
+        return self.variant == "rs_aug"

@@ -1,0 +1,177 @@
+"""``StampParts``: the nets of ``anti_forward`` and what training and detection share.
+
+The encoder, the scanner, the working-size view, the stamp residual, the scan statistic and
+its clean-score calibration. :mod:`.training` trains these parts; :mod:`.method` adds
+embedding, certification and verification on top (``AntiForward``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from neuralmark.components.attacks.stochastic import StochasticAugmentation
+from neuralmark.components.methods.anti_forward import shaping
+from neuralmark.components.methods.anti_forward.config import AntiForwardConfig
+from neuralmark.components.methods.base import (
+    InputError,
+    WatermarkKey,
+    WatermarkMethod,
+    resize_square,
+)
+from neuralmark.components.nets.stamp import Scanner, StampEncoder
+from neuralmark.components.payload import PayloadCodec
+
+
+class _ScannerClassifier(torch.nn.Module):
+    """``forward(images) = method.scanner_logits(images)`` (B×3×H×W → B×2), for torchattacks."""
+
+    def __init__(self, method: StampParts) -> None:
+        super().__init__()
+        self.scanner = method.scanner  # registered: .eval() / .to() reach it
+        self._method = [method]        # a list: not registered as a submodule
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._method[0].scanner_logits(images)
+
+
+class StampParts(WatermarkMethod):
+    """Encoder + scanner with the residual, scan statistic and calibration (no verdicts)."""
+
+    config: AntiForwardConfig
+
+    def __init__(self, config: AntiForwardConfig) -> None:
+        super().__init__(config)
+        torch.manual_seed(config.seed)
+        self.encoder = StampEncoder(config.encoder_width, config.payload_bits)
+        self.scanner = Scanner(config.scanner_width, config.payload_bits)
+        self.codec = (PayloadCodec(config.payload_bits, config.message_bits, config.bch_t,
+                                   domain="neuralmark/anti_forward")
+                      if config.payload_bits else None)
+        self.calibration: dict[str, Any] = {}
+        self.encoder.eval()
+        self.scanner.eval()
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"encoder": self.encoder, "scanner": self.scanner}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"calibration": self.calibration}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.calibration = dict(state.get("calibration", {}))
+
+    # -- helpers -------------------------------------------------------------
+    def to_working(self, x: torch.Tensor) -> torch.Tensor:
+        """The working-size view the scanner reads and ``certify`` adds its noise to.
+
+        B×3×H×W → B×3×S×S (S = ``working_size``; antialiased bilinear, differentiable,
+        no clamp).
+        """
+        return resize_square(x.to(self.device), self.config.working_size, clamp=False)
+
+    def _bits(self, key: WatermarkKey | None, batch: int) -> torch.Tensor | None:
+        """Keyed payload word repeated over the batch (B×k) or ``None`` without payload."""
+        if self.codec is None:
+            return None
+        if key is None:
+            raise InputError("this anti_forward model carries a payload: stamping needs a key")
+        word = torch.from_numpy(self.codec.encode(key)).float().to(self.device)
+        return word.unsqueeze(0).expand(batch, -1)
+
+    def residual(self, xw: torch.Tensor, bits: torch.Tensor | None) -> torch.Tensor:
+        """Stamp residual at the working size: B×3×S×S, |value| ≤ strength."""
+        c = self.config
+        t = self.encoder(xw, bits)
+        if c.residual_highpass > 0:
+            t = t - shaping.blur(t, c.residual_highpass, "reflect")
+        if c.residual_window > 0:
+            energy = t.pow(2).mean(dim=1, keepdim=True)                          # b 1 s s
+            local = shaping.local_mean(energy, c.residual_window)
+            overall = energy.mean(dim=(2, 3), keepdim=True)
+            # relative floor: a region the encoder left (almost) empty gains at most 100×
+            t = t * (overall / (local + 1e-4 * overall + 1e-12)).sqrt()
+            if c.residual_masking > 0:
+                t = t * shaping.texture_weight(xw, c.residual_masking, power=0.5)
+        return c.strength * t.clamp(-1.0, 1.0)
+
+    def _noise_bank(self, s: int) -> torch.Tensor:
+        """The fixed Gaussian draws of the scan statistic: K×3×S×S (seeded by config.seed)."""
+        g = torch.Generator().manual_seed(self.config.seed + 7919)
+        k = self.config.score_noise_samples
+        return torch.randn(k, 3, s, s, generator=g).to(self.device)
+
+    # -- public scanner API ----------------------------------------------------
+    def scanner_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Scanner class logits, no noise: B×3×H×W in [0,1] → B×2 (class 1 = stamped).
+
+        Resizes to the working size inside; differentiable w.r.t. ``images``.
+        """
+        return self.scanner(self.to_working(images))[:, :2]
+
+    def classifier_module(self) -> torch.nn.Module:
+        """An ``nn.Module`` whose ``forward`` is ``scanner_logits`` (for torchattacks)."""
+        return _ScannerClassifier(self)
+
+    @torch.no_grad()
+    def scan_statistic(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """The calibrated statistic: B×3×H×W → B logit margins ``l₁ − l₀``.
+
+        Noise-trained variants average the margin over the fixed noise bank.
+        """
+        c = self.config
+        out = []
+        bank = self._noise_bank(c.working_size) if c.train_sigma > 0 else None
+        for i in range(0, images.shape[0], batch_size):
+            xw = self.to_working(images[i:i + batch_size])
+            if bank is None:
+                logits = self.scanner(xw)[:, :2]
+                out.append(logits[:, 1] - logits[:, 0])
+                continue
+            b, k = xw.shape[0], bank.shape[0]
+            noisy = (xw[:, None] + c.sigma * bank[None]).flatten(0, 1)  # (b k) 3 s s
+            margins = []
+            for j in range(0, noisy.shape[0], batch_size):
+                logits = self.scanner(noisy[j:j + batch_size])[:, :2]
+                margins.append(logits[:, 1] - logits[:, 0])
+            out.append(torch.cat(margins).view(b, k).mean(dim=1))
+        return torch.cat(out).cpu()
+
+    @torch.no_grad()
+    def calibrate(self, clean: torch.Tensor, generator: torch.Generator | None = None,
+                  source: str = "val") -> dict[str, Any]:
+        """Set the clean-score calibration from held-out clean images.
+
+        Args:
+            clean: N×3×H×W clean images in [0, 1].
+            generator: seeds the augmented views.
+            source: where the images come from (recorded).
+
+        Returns:
+            The calibration record (also stored in ``extra_state``): sorted clean
+            statistics (the image itself plus views through the full-strength
+            augmentation chain, ``ceil(calibration_scores / N)`` per image).
+        """
+        c = self.config
+        xw = self.to_working(clean).clamp(0, 1)
+        views = max(1, math.ceil(c.calibration_scores / xw.shape[0]))
+        chain = StochasticAugmentation(c.aug, 1.0)
+        stats = [self.scan_statistic(xw)]
+        for _ in range(views - 1):
+            for i in range(0, xw.shape[0], 64):
+                stats.append(self.scan_statistic(chain(xw[i:i + 64], generator)))
+        values = sorted(float(v) for v in torch.cat(stats))
+        n = len(values)
+        k_max = math.floor(c.fpr * (n + 1)) - 1   # clean scores allowed at or above s
+        threshold = values[n - 1 - k_max] if 0 <= k_max < n else None
+        self.calibration = {
+            "clean_statistics": values, "n_scores": n, "n_images": int(xw.shape[0]),
+            "views_per_image": views, "source": source, "fpr_target": c.fpr,
+            "threshold_statistic": threshold,
+            "note": ("detected iff p=(1+#clean>=s)/(N+1) <= fpr; threshold_statistic: s must "
+                     "exceed it" if threshold is not None else
+                     f"only {n} clean scores: p can never reach fpr={c.fpr:g}"),
+        }
+        return self.calibration
