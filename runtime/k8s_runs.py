@@ -378,6 +378,10 @@ def _kubeflow_gpus(raw: dict[str, Any], path: Path, gpus: dict[str, int],
                          f"{path}: settings.{KUBEFLOW_KEY}")
     accelerator = (kubeflow.pod_settings.node_selectors.get(ACCELERATOR)
                    if kubeflow.pod_settings else None)
+    if any(gpus.values()) and not accelerator:
+        raise InputError(f"{path}: settings.{KUBEFLOW_KEY}.pod_settings.node_selectors."
+                         f"{ACCELERATOR} is missing: without it ZenML's Kubeflow orchestrator "
+                         f"requests no GPU for the GPU steps (e.g. {ACCELERATOR}: {GPU})")
     pipeline_resources = settings.get("resources") or {}
     for step in gpus:
         block = ((raw.get("steps") or {}).get(step) or {}).get("settings") or {}
@@ -390,9 +394,9 @@ def _kubeflow_gpus(raw: dict[str, Any], path: Path, gpus: dict[str, int],
                                                                         accelerator) \
                     != accelerator:
                 raise InputError(f"{where}.{KUBEFLOW_KEY}: ZenML's Kubeflow orchestrator "
-                                 "uses one accelerator type for the whole pipeline; set "
-                                 f"pod_settings.node_selectors.{ACCELERATOR} under "
-                                 f"settings.{KUBEFLOW_KEY} only")
+                                 "uses one accelerator type for the whole pipeline; a step's "
+                                 f"pod_settings.node_selectors.{ACCELERATOR} must be "
+                                 f"settings.{KUBEFLOW_KEY}'s ({accelerator!r})")
         if kubernetes is not None:
             on_kubeflow = pod_scheduling(own.pod_settings)
             on_kubernetes = pod_scheduling(kubernetes[step].pod_settings)
@@ -410,10 +414,6 @@ def _kubeflow_gpus(raw: dict[str, Any], path: Path, gpus: dict[str, int],
             raise InputError(f"{where}.resources.gpu_count is {count} but the step asks for "
                              f"{gpus[step]} {GPU} (orchestrator.kubernetes): the Kubeflow and "
                              "Kubernetes stacks would give it different GPUs")
-    if any(gpus.values()) and not accelerator:
-        raise InputError(f"{path}: settings.{KUBEFLOW_KEY}.pod_settings.node_selectors."
-                         f"{ACCELERATOR} is missing: without it ZenML's Kubeflow orchestrator "
-                         f"requests no GPU for the GPU steps (e.g. {ACCELERATOR}: {GPU})")
     return accelerator
 
 
