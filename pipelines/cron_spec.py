@@ -30,7 +30,6 @@ re-states what the orchestrator does.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -46,7 +45,7 @@ from zenml.utils import source_utils
 
 from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import InputError
-from neuralmark.pipelines.kfp_spec import ROOT, throwaway_stack
+from neuralmark.pipelines.kfp_spec import ROOT, run_cli, throwaway_stack
 from neuralmark.runtime.k8s_runs import load_cluster_config, pipeline_of
 
 K8S_STACK = ROOT / "configs" / "stacks" / "k8s.yaml"
@@ -138,24 +137,11 @@ def cron_specs(configs: Sequence[Path], out_dir: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m neuralmark.pipelines.cron_spec",
-        description="Build, offline, the CronJob ZenML's Kubernetes orchestrator creates for "
-                    "a scheduled cluster run config.")
-    parser.add_argument("--config", action="append", required=True, type=Path,
-                        help="scheduled cluster run config (e.g. "
-                             "configs/k8s/pgd_signer_weekly.yaml); repeatable")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the manifests")
-    parser.add_argument("--stack", type=Path, default=K8S_STACK,
-                        help="Kubernetes stack file (default: configs/stacks/k8s.yaml)")
-    args = parser.parse_args(argv)
-    try:
-        for row in cron_specs(args.config, args.out, args.stack):
-            print(json.dumps(row))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(argv, prog="python -m neuralmark.pipelines.cron_spec",
+                   description="Build, offline, the CronJob ZenML's Kubernetes orchestrator "
+                               "creates for a scheduled cluster run config.",
+                   what="<config name>.cronjob.yaml and .steps.json", stack=K8S_STACK,
+                   build=cron_specs)
 
 
 if __name__ == "__main__":

@@ -185,26 +185,34 @@ def compile_specs(configs: Sequence[Path], out_dir: Path,
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m neuralmark.pipelines.kfp_spec",
-        description="Compile the pipelines to KFP pipeline specs (IR YAML) offline "
-                    "through ZenML's Kubeflow orchestrator.")
+def run_cli(argv: list[str] | None, *, prog: str, description: str, what: str,
+            stack: Path, build: Any) -> int:
+    """The command line of an offline build (``kfp_spec``, ``cron_spec``): ``--config``
+    (repeatable), ``--out``, ``--stack``; one JSON line per config from ``build(configs,
+    out, stack)``; exit 2 with the error on bad input."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", action="append", required=True, type=Path,
                         help="cluster run config (configs/k8s/<method>.yaml or "
                              "<name>_pipeline.yaml); repeatable")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="folder for <config name>.yaml")
-    parser.add_argument("--stack", type=Path, default=KUBEFLOW_STACK,
-                        help="Kubeflow stack file (default: configs/stacks/kubeflow.yaml)")
+    parser.add_argument("--out", required=True, type=Path, help=f"folder for {what}")
+    parser.add_argument("--stack", type=Path, default=stack,
+                        help=f"stack file (default: {stack.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     try:
-        for row in compile_specs(args.config, args.out, args.stack):
+        for row in build(args.config, args.out, args.stack):
             print(json.dumps(row))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, prog="python -m neuralmark.pipelines.kfp_spec",
+                   description="Compile the pipelines to KFP pipeline specs (IR YAML) offline "
+                               "through ZenML's Kubeflow orchestrator.",
+                   what="<config name>.yaml and .steps.json", stack=KUBEFLOW_STACK,
+                   build=compile_specs)
 
 
 if __name__ == "__main__":

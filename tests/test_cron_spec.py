@@ -4,14 +4,12 @@ steps gated.
 
 The build runs in the Kubeflow environment (``.venv-kfp``: the remote stack's S3 artifact
 store needs ``s3fs``, which only that environment installs), importing this checkout's code
-(``PYTHONPATH``, as ``tests/test_kfp_spec.py`` explains); the checks run here.
+(``tests.kfp_env``); the checks run here.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -21,9 +19,8 @@ import yaml
 from neuralmark.components.methods.base import InputError
 from neuralmark.runtime.k8s_runs import K8S_CONFIGS_DIR, load_cluster_config
 from neuralmark.runtime.manifests import KUBERNETES_VERSION
+from tests.kfp_env import run_module
 
-ROOT = Path(__file__).resolve().parents[1]
-KFP_PYTHON = ROOT / ".venv-kfp" / "bin" / "python"
 WEEKLY = K8S_CONFIGS_DIR / "pgd_signer_weekly.yaml"
 IMAGE = "registry.example.com/neuralmark:0.1.0"
 
@@ -41,20 +38,12 @@ def _ancestors(steps: dict[str, list[str]], step: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[dict, dict[str, list[str]], dict]:
-    """(CronJob, the scheduled snapshot's steps, the JSON row), built in ``.venv-kfp``."""
-    if not KFP_PYTHON.is_file():
-        pytest.fail(f"{KFP_PYTHON} is missing: run `make kfp-venv` (make test builds it)")
+    """(CronJob, the scheduled snapshot's steps, the JSON row), built in ``.venv-kfp`` from
+    this checkout's code (``tests.kfp_env``)."""
     out = tmp_path_factory.mktemp("cron")
-    here = tmp_path_factory.mktemp("pythonpath")
-    (here / "neuralmark").symlink_to(ROOT, target_is_directory=True)
-    env = {**os.environ, "ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DVC_NO_ANALYTICS": "1", "ZENML_LOGGING_VERBOSITY": "WARN",
-           "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
-    env.pop("ZENML_CONFIG_PATH", None)
-    proc = subprocess.run([str(KFP_PYTHON), "-m", "neuralmark.pipelines.cron_spec",
-                           "--config", str(WEEKLY), "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_module("neuralmark.pipelines.cron_spec",
+                      ["--config", str(WEEKLY), "--out", str(out)],
+                      tmp_path_factory.mktemp("pythonpath"))
     row = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
     cron = yaml.safe_load(Path(row["cronjob"]).read_text())
     steps = json.loads((out / "pgd_signer_weekly.steps.json").read_text())

@@ -275,6 +275,14 @@ def test_each_pipeline_config_runs_its_pipeline():
     assert {pipeline_of(p) for p in CONFIGS} == set(PIPELINES)
 
 
+def _ask_gpus(raw: dict, step: str, n: int) -> None:
+    """Make ``step`` ask for ``n`` GPUs on both stacks (its own copy of the shared block)."""
+    block = raw["steps"][step] = yaml.safe_load(yaml.safe_dump(raw["steps"][step]))
+    res = block["settings"]["orchestrator.kubernetes"]["pod_settings"]["resources"]
+    res["requests"][GPU] = res["limits"][GPU] = str(n)
+    block["settings"]["resources"]["gpu_count"] = n
+
+
 def test_pipeline_steps_ask_only_what_they_can_use(tmp_path):
     """Steps are named by invocation id (one per matrix cell, attack, ...); patterns in
     PIPELINES say what each can use."""
@@ -286,22 +294,14 @@ def test_pipeline_steps_ask_only_what_they_can_use(tmp_path):
         load_cluster_config(_edited(tmp_path, make_pairs_gpu, "output_mark_pipeline.yaml"))
 
     def two_for_a_cell(raw):
-        cell = raw["steps"]["surrogate_unet_l2"] = yaml.safe_load(yaml.safe_dump(
-            raw["steps"]["surrogate_unet_l2"]))
-        res = cell["settings"]["orchestrator.kubernetes"]["pod_settings"]["resources"]
-        res["requests"][GPU] = res["limits"][GPU] = "2"
-        cell["settings"]["resources"]["gpu_count"] = 2
+        _ask_gpus(raw, "surrogate_unet_l2", 2)
 
     with pytest.raises(InputError, match=r"steps\.surrogate_unet_l2 asks for 2 nvidia\.com/gpu, "
                                          r"but surrogate_unet_l2 can use at most 1"):
         load_cluster_config(_edited(tmp_path, two_for_a_cell, "output_mark_pipeline.yaml"))
 
     def four_for_the_host(raw):
-        host = raw["steps"]["train_host"] = yaml.safe_load(yaml.safe_dump(
-            raw["steps"]["train_host"]))
-        res = host["settings"]["orchestrator.kubernetes"]["pod_settings"]["resources"]
-        res["requests"][GPU] = res["limits"][GPU] = "4"
-        host["settings"]["resources"]["gpu_count"] = 4
+        _ask_gpus(raw, "train_host", 4)
 
     config = load_cluster_config(_edited(tmp_path, four_for_the_host,
                                          "trigger_key_pipeline.yaml"))

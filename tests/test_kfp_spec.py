@@ -5,21 +5,15 @@ The compile runs in the Kubeflow environment (``.venv-kfp``, built by ``make kfp
 which ``make test`` builds first): kfp 2.x cannot be installed beside the main pins. The
 check only reads YAML and runs here.
 
-Which code compiles: ``.venv-kfp`` has this project installed in editable mode, pointing at
-the checkout that built it (a worktree sharing another checkout's ``.venv-kfp`` would
-compile *that* checkout's pipelines). The subprocess therefore gets ``PYTHONPATH`` = a
-folder whose ``neuralmark`` links to this checkout's root: Python's path finder, which runs
-before the editable finder, then imports ``neuralmark.*`` from here (asserted below through
-the module file the compile reports).
+The compile imports this checkout's code, whichever checkout built ``.venv-kfp``
+(``tests.kfp_env``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -35,9 +29,9 @@ from neuralmark.runtime.kfp_check import (
     read_steps,
     spec_problems,
 )
+from tests.kfp_env import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
-KFP_PYTHON = ROOT / ".venv-kfp" / "bin" / "python"
 #: every pipeline: two training configs, then one config per other pipeline
 CONFIGS = ("pgd_signer", "anti_forward", "output_mark_pipeline", "trigger_key_pipeline",
            "benchmark_pipeline", "data_preparation_pipeline")
@@ -63,27 +57,14 @@ def _config_path(name: str, folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """``name -> (spec path, config path)`` for each config, compiled in one ``.venv-kfp``
-    process from this checkout's code."""
-    if not KFP_PYTHON.is_file():
-        pytest.fail(f"{KFP_PYTHON} is missing: run `make kfp-venv` (make test builds it)")
+    process from this checkout's code (``tests.kfp_env``)."""
     out = tmp_path_factory.mktemp("kfp")
-    here = tmp_path_factory.mktemp("pythonpath")
-    (here / "neuralmark").symlink_to(ROOT, target_is_directory=True)
     configs = {name: _config_path(name, tmp_path_factory.mktemp(name)) for name in CONFIGS}
-    args = [str(KFP_PYTHON), "-c", "import sys, neuralmark.pipelines.kfp_spec as k; "
-            "print('module:', k.__file__); sys.exit(k.main(sys.argv[1:]))",
-            "--out", str(out)]
+    args = ["--out", str(out)]
     for path in configs.values():
         args += ["--config", str(path)]
-    env = {**os.environ, "ZENML_ANALYTICS_OPT_IN": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DVC_NO_ANALYTICS": "1", "ZENML_LOGGING_VERBOSITY": "WARN",
-           "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
-    env.pop("ZENML_CONFIG_PATH", None)
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    module = next(line.split(": ", 1)[1] for line in proc.stdout.splitlines()
-                  if line.startswith("module: "))
-    assert Path(module).resolve() == (ROOT / "pipelines" / "kfp_spec.py").resolve()
+    proc = run_module("neuralmark.pipelines.kfp_spec", args,
+                      tmp_path_factory.mktemp("pythonpath"))
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [Path(r["config"]).stem for r in rows] == list(CONFIGS)
     return {Path(r["config"]).stem: (Path(r["spec"]), Path(r["config"])) for r in rows}
