@@ -89,6 +89,10 @@ class EventStream:
         self.path = Path(path)
 
     def _write(self, hook: str, args: Sequence[Any]) -> None:
+        if not distributed.is_main():
+            # every rank holds the same sinks (a task's draws must not depend on its rank);
+            # only rank 0's events are the job's
+            return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"hook": hook, "args": list(args)}) + "\n")
             f.flush()
