@@ -1,4 +1,4 @@
-"""Compile the training pipeline to a Kubeflow Pipelines spec offline, with ZenML's own code.
+"""Compile the pipelines to Kubeflow Pipelines specs offline, with ZenML's own code.
 
 Runs in the Kubeflow environment (``make kfp-venv`` → ``.venv-kfp``; kfp 2.x cannot be
 installed beside the main pins)::
@@ -7,8 +7,12 @@ installed beside the main pins)::
         --config configs/k8s/pgd_signer.yaml [--config ...] --out build/kfp
 
 writes ``build/kfp/<config name>.yaml``, the KFP IR YAML (``PipelineSpec`` + platform spec)
-that ZenML's ``KubeflowOrchestrator.submit_pipeline`` builds for that run config, and prints
-one JSON line per spec. ``neuralmark.runtime.kfp_check`` checks it (in any environment).
+that ZenML's ``KubeflowOrchestrator.submit_pipeline`` builds for that run config, and
+``<config name>.steps.json`` (the snapshot's steps and their upstream steps), and prints one
+JSON line per spec. Every pipeline compiles: ``configs/k8s/<method>.yaml`` runs the training
+pipeline, ``configs/k8s/<name>_pipeline.yaml`` the pipeline ``name`` (output_mark,
+trigger_key, benchmark, data_preparation: ``neuralmark.runtime.k8s_runs.PIPELINES``).
+``neuralmark.runtime.kfp_check`` checks it (in any environment).
 
 How, with no ZenML server and no cluster: a throwaway ZenML store (a temporary folder) gets
 the stack of ``configs/stacks/kubeflow.yaml`` (validated by
@@ -36,11 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from zenml.utils import source_utils
 
 from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import InputError
 from neuralmark.integrations.kubeflow_flavor import FLAVOR as KUBEFLOW_FLAVOR
-from neuralmark.runtime.k8s_runs import load_cluster_config
+from neuralmark.runtime.k8s_runs import load_cluster_config, pipeline_of
+from neuralmark.runtime.kfp_check import steps_path
 from neuralmark.runtime.remote_stack import (
     ensure_remote_stack,
     load_stack_file,
@@ -65,8 +71,11 @@ def _kubeconfig(context: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def throwaway_kubeflow_stack(stack_file: Path, workdir: Path) -> Iterator[Any]:
-    """ZenML pointed at a new store in ``workdir`` whose active stack is ``stack_file``'s.
+def throwaway_stack(stack_file: Path, workdir: Path, flavor: str = KUBEFLOW_FLAVOR,
+                    purpose: str = "compile a KFP spec") -> Iterator[Any]:
+    """ZenML pointed at a new store in ``workdir`` whose active stack is ``stack_file``'s
+    (its orchestrator of flavor ``flavor``, else an ``InputError`` saying it cannot
+    ``purpose``).
 
     Yields the ZenML ``Client``. Environment variables and ZenML's configuration and client
     singletons are put back afterwards.
@@ -89,9 +98,9 @@ def throwaway_kubeflow_stack(stack_file: Path, workdir: Path) -> Iterator[Any]:
         if context:
             (workdir / "kubeconfig.yaml").write_text(yaml.safe_dump(_kubeconfig(str(context))))
         spec = load_stack_file(stack_file)
-        if spec.components["orchestrator"].flavor != KUBEFLOW_FLAVOR:
+        if spec.components["orchestrator"].flavor != flavor:
             raise InputError(f"stack file {stack_file}: components.orchestrator.flavor must be "
-                             f"{KUBEFLOW_FLAVOR!r} to compile a KFP spec, got "
+                             f"{flavor!r} to {purpose}, got "
                              f"{spec.components['orchestrator'].flavor!r}")
         (workdir / "repo").mkdir()
         GlobalConfiguration._reset_instance()
@@ -119,18 +128,20 @@ def throwaway_kubeflow_stack(stack_file: Path, workdir: Path) -> Iterator[Any]:
         Client._reset_instance(previous[1])
 
 
-def compile_training_spec(config: Path, client: Any) -> str:
-    """The KFP IR YAML ZenML's Kubeflow orchestrator submits for the run config ``config``.
+def compile_pipeline_spec(config: Path, client: Any) -> tuple[str, dict[str, list[str]]]:
+    """The KFP IR YAML ZenML's Kubeflow orchestrator submits for the run config ``config``,
+    and the snapshot's steps (invocation → the invocations it waits for).
 
     ``client`` is a ZenML client whose active stack has the Kubeflow orchestrator
-    (``throwaway_kubeflow_stack``). The run config is validated first
-    (``load_cluster_config``: settings classes, GPUs per step, cron).
+    (``throwaway_stack``). The run config is validated first
+    (``load_cluster_config``: settings classes, GPUs per step, cron); its pipeline is
+    ``PIPELINES[pipeline_of(config)]`` (``configs/k8s/<name>_pipeline.yaml``, else training).
     """
-    from neuralmark.pipelines.training import training_pipeline
-
-    load_cluster_config(config)
-    pipeline = training_pipeline.with_options(config_path=str(config))
+    cluster = load_cluster_config(config)
+    pipeline = source_utils.load(cluster.spec.source).with_options(config_path=str(config))
     snapshot = pipeline.create_snapshot(name=f"kfp-{config.stem}")
+    steps = {name: list(step.spec.upstream_steps)
+             for name, step in snapshot.step_configurations.items()}
     stack = client.active_stack
     compiled: dict[str, str] = {}
 
@@ -143,12 +154,13 @@ def compile_training_spec(config: Path, client: Any) -> str:
     stack.submit_pipeline(snapshot=snapshot)
     if "path" not in compiled:
         raise RuntimeError(f"ZenML's Kubeflow orchestrator compiled no spec for {config}")
-    return Path(compiled["path"]).read_text()
+    return Path(compiled["path"]).read_text(), steps
 
 
 def compile_specs(configs: Sequence[Path], out_dir: Path,
                   stack_file: Path = KUBEFLOW_STACK) -> list[dict[str, Any]]:
-    """Compile each run config to ``out_dir/<config stem>.yaml`` (atomic writes).
+    """Compile each run config to ``out_dir/<config stem>.yaml`` and its snapshot's steps to
+    ``out_dir/<config stem>.steps.json`` (atomic writes).
 
     Returns:
         one ``{"config", "spec", "tasks"}`` per config.
@@ -161,35 +173,46 @@ def compile_specs(configs: Sequence[Path], out_dir: Path,
             raise InputError(f"run config {config} does not exist")
     written = []
     with tempfile.TemporaryDirectory(prefix="nm-kfp-") as tmp, \
-            throwaway_kubeflow_stack(Path(stack_file), Path(tmp)) as client:
+            throwaway_stack(Path(stack_file), Path(tmp)) as client:
         for config in configs:
-            text = compile_training_spec(Path(config), client)
+            text, steps = compile_pipeline_spec(Path(config), client)
             out = atomic_write_text(Path(out_dir) / f"{Path(config).stem}.yaml", text)
+            atomic_write_text(steps_path(out), json.dumps(steps, indent=1, sort_keys=True))
             spec = next(yaml.safe_load_all(text))
             written.append({"config": str(config), "spec": str(out),
+                            "pipeline": pipeline_of(config),
                             "tasks": sorted(spec["root"]["dag"]["tasks"])})
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m neuralmark.pipelines.kfp_spec",
-        description="Compile the training pipeline to a KFP pipeline spec (IR YAML) offline "
-                    "through ZenML's Kubeflow orchestrator.")
+def run_cli(argv: list[str] | None, *, prog: str, description: str, what: str,
+            stack: Path, build: Any) -> int:
+    """The command line of an offline build (``kfp_spec``, ``cron_spec``): ``--config``
+    (repeatable), ``--out``, ``--stack``; one JSON line per config from ``build(configs,
+    out, stack)``; exit 2 with the error on bad input."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", action="append", required=True, type=Path,
-                        help="cluster run config (configs/k8s/<method>.yaml); repeatable")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="folder for <config name>.yaml")
-    parser.add_argument("--stack", type=Path, default=KUBEFLOW_STACK,
-                        help="Kubeflow stack file (default: configs/stacks/kubeflow.yaml)")
+                        help="cluster run config (configs/k8s/<method>.yaml or "
+                             "<name>_pipeline.yaml); repeatable")
+    parser.add_argument("--out", required=True, type=Path, help=f"folder for {what}")
+    parser.add_argument("--stack", type=Path, default=stack,
+                        help=f"stack file (default: {stack.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     try:
-        for row in compile_specs(args.config, args.out, args.stack):
+        for row in build(args.config, args.out, args.stack):
             print(json.dumps(row))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, prog="python -m neuralmark.pipelines.kfp_spec",
+                   description="Compile the pipelines to KFP pipeline specs (IR YAML) offline "
+                               "through ZenML's Kubeflow orchestrator.",
+                   what="<config name>.yaml and .steps.json", stack=KUBEFLOW_STACK,
+                   build=compile_specs)
 
 
 if __name__ == "__main__":

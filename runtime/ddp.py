@@ -10,14 +10,19 @@ Every process loads the manifest's ``train`` and ``val`` splits, joins the job
 the method's ordinary ``fit`` on its shard of every batch; rank 0 prints the metrics and
 writes the bundle. ``batch_size`` is the global batch (it must split evenly).
 
-From Python (the pipeline's ``train_model`` step): ``fit_method`` trains in this process
-when ``processes`` is 1 (the path every single-GPU or CPU run takes, unchanged) and
-otherwise starts ``processes`` workers on this node with
-``torch.distributed.launcher.api.elastic_launch`` (what torchrun runs), then loads rank 0's
-bundle. Rank 0's metrics and progress stream to the caller's callbacks while the job runs:
-rank 0 appends each event as a JSON line to a file (``EventStream``), the launch runs in a
-helper thread, and the calling thread tails the file and replays each complete line as it
-comes (in the calling thread, where an MLflow step has its active run). Figures (objects,
+From Python (the pipelines' training steps): ``train_in_processes(task, args, ...)`` runs a
+training function in this process when ``processes`` is 1 (the path every single-GPU or CPU
+run takes, unchanged) and otherwise starts ``processes`` workers on this node with
+``torch.distributed.launcher.api.elastic_launch`` (what torchrun runs), each running the
+same function on its shard of every batch, then loads rank 0's bundle. ``fit_method``
+(``train_model``) runs a method's ``fit`` so; output_mark's steps run its stages
+(``training.stage1_method`` / ``stage2_method``) and trigger_key's its host training and
+embedding (``study.train_unmarked`` / ``train_independent`` / ``mark_owner`` /
+``mark_baseline``) the same way. Rank 0's metrics and progress stream to the caller's
+callbacks while the job runs: rank 0 appends each event as a JSON line to a file
+(``EventStream``), the launch runs in a helper thread, and the calling thread tails the file
+and replays each complete line as it comes (in the calling thread, where an MLflow step has
+its active run). Figures (objects,
 not JSON) come back with rank 0's result and are replayed when the job ends.
 
 The cost of launching from a helper thread: torchelastic installs its SIGTERM/SIGINT
@@ -30,13 +35,15 @@ its process group (``kill -- -PGID``), or train with ``torchrun`` itself.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +89,10 @@ class EventStream:
         self.path = Path(path)
 
     def _write(self, hook: str, args: Sequence[Any]) -> None:
+        if not distributed.is_main():
+            # every rank holds the same sinks (a task's draws must not depend on its rank);
+            # only rank 0's events are the job's
+            return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"hook": hook, "args": list(args)}) + "\n")
             f.flush()
@@ -125,12 +136,16 @@ def read_events(path: str | Path, offset: int) -> tuple[list[tuple[str, tuple[An
     return events, offset + end
 
 
-def _launched_fit(method: str, config: dict[str, Any], data: dict[str, torch.Tensor],
-                  out: str, figures: bool, events: str
-                  ) -> tuple[list[tuple[str, tuple[Any, ...]]], dict[str, float]]:
-    """One worker of ``fit_method``'s job; rank 0 streams its metrics and progress to the
-    file ``events``, writes the bundle and returns its figures and final metrics (the
-    other ranks return nothing)."""
+def _launched(task: Callable[..., Any], arguments: tuple[tuple[Any, ...], dict[str, Any]],
+              out: str, figures: bool, events: str
+              ) -> tuple[str, list[tuple[str, tuple[Any, ...]]], dict[str, float]]:
+    """One worker of a ``train_in_processes`` job: run ``task(*args, **kwargs, callbacks=...)``.
+
+    Rank 0 streams its metrics and progress to the file ``events``, writes the trained
+    method's bundle to ``out`` and returns the method's registry key, its figures and final
+    metrics (the other ranks return nothing). Methods among the arguments arrive as bundles
+    (``_BundleArg``) and are loaded here, as a pipeline step loads its inputs.
+    """
     device = distributed.init_from_env()
     if device.type == "cpu":
         # the node's cores shared among the workers, not each worker taking them all
@@ -138,14 +153,30 @@ def _launched_fit(method: str, config: dict[str, Any], data: dict[str, torch.Ten
     try:
         kept = FigureRecorder()
         sinks: list[Any] = [EventStream(events)] + ([kept] if figures else [])
-        model = build(method, config)
-        final = model.fit(data, sinks)
+        args, kwargs = _from_parent(arguments)
+        model, final = _method_and_metrics(task(*args, **kwargs, callbacks=sinks))
         if not distributed.is_main():
-            return [], {}
+            return "", [], {}
         model.to("cpu").to_bundle(out)
-        return kept.events, {k: float(v) for k, v in final.items()}
+        return model.key, kept.events, {k: float(v) for k, v in final.items()}
     finally:
         distributed.shutdown()
+
+
+def _fit(method: str, config: dict[str, Any], data: dict[str, Any],
+         callbacks: Sequence[Any] = ()) -> tuple[WatermarkMethod, dict[str, float]]:
+    """Build ``method`` and ``fit`` it (``fit_method``'s task)."""
+    model = build(method, config)
+    return model, model.fit(data, callbacks)
+
+
+def _method_and_metrics(result: Any) -> tuple[WatermarkMethod, dict[str, float]]:
+    """A task's result as ``(method, metrics)``: it returns one, or a method alone."""
+    model, final = result if isinstance(result, tuple) else (result, {})
+    if not isinstance(model, WatermarkMethod):
+        raise TypeError(f"a training task must return a WatermarkMethod (or one with its "
+                        f"metrics), got {type(model).__name__}")
+    return model, dict(final)
 
 
 def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
@@ -173,14 +204,53 @@ def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
             data-parallel, or more processes than GPUs on a GPU node.
     """
     cfg = config if isinstance(config, MethodConfig) else make_config(method, dict(config))
+    if processes == 1:
+        model = build(method, cfg)
+        return model, model.fit(dict(data), callbacks)
+    return train_in_processes(_fit, (method, cfg.model_dump(mode="json"), dict(data)),
+                              method=method, callbacks=callbacks, processes=processes)
+
+
+def train_in_processes(task: Callable[..., Any], args: Sequence[Any],
+                       kwargs: Mapping[str, Any] | None = None, *, method: str,
+                       callbacks: Sequence[Any] = (), processes: int = 1
+                       ) -> tuple[WatermarkMethod, dict[str, float]]:
+    """Run a training function in this process or data-parallel in ``processes`` on this node.
+
+    What every training step uses (``train_model`` through ``fit_method``; output_mark's
+    stages, trigger_key's host training and embedding with their own library functions).
+    ``task(*args, **kwargs, callbacks=...)`` trains and returns the trained method, or
+    ``(method, metrics)``; with ``processes`` > 1 every worker runs it on its shard of each
+    batch (the function's loops are data-parallel: ``neuralmark.components.distributed``).
+
+    Args:
+        task: a module-level function (the workers are spawned: it must pickle).
+        args, kwargs: its arguments. With several processes, tensors travel as they are,
+            networks as CPU copies, and methods as bundles (``to_bundle`` here,
+            ``from_bundle`` in each worker, as a pipeline step receives them).
+        method: registry key of what it trains (must be data-parallel for ``processes`` > 1).
+        callbacks: progress / metrics / figures sinks; with ``processes`` > 1 they receive
+            rank 0's metrics and progress while the job runs (``EventStream``), its
+            figures when it has ended.
+        processes: 1: ``task`` runs here, with ``callbacks`` (the single-process path);
+            N > 1: N workers (one per GPU with nccl, or gloo on CPU), launched with
+            ``elastic_launch``.
+
+    Returns:
+        ``(trained method, metrics)``: with several processes, the method loaded from
+        rank 0's bundle and rank 0's metrics (``{}`` for a task returning a method alone).
+
+    Raises:
+        InputError: ``processes`` < 1, several processes for a method whose training is
+            not data-parallel, or more processes than GPUs on a GPU node.
+    """
     if processes < 1:
         raise InputError(f"processes must be >= 1, got {processes}")
     if processes > 1 and not method_class(method).data_parallel:
         raise InputError(f"{method} does not train data-parallel (its fit runs in one "
                          f"process): give its training step 1 GPU, not {processes}")
     if processes == 1:
-        model = build(method, cfg)
-        return model, model.fit(dict(data), callbacks)
+        return _method_and_metrics(task(*args, **(kwargs or {}), callbacks=callbacks))
     gpus = torch.cuda.device_count()
     if gpus and processes > gpus:
         raise InputError(f"{processes} training processes but {gpus} GPU(s) on this node: "
@@ -194,13 +264,13 @@ def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
                           rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=1.0)
     with tempfile.TemporaryDirectory(prefix="neuralmark-ddp-") as tmp:
         out, stream = str(Path(tmp) / "bundle"), Path(tmp) / "events.jsonl"
+        sent = _for_workers((tuple(args), dict(kwargs or {})), Path(tmp) / "inputs")
         job: dict[str, Any] = {}
 
         def launch_job() -> None:
             try:
-                job["results"] = elastic_launch(launch, _launched_fit)(
-                    method, cfg.model_dump(mode="json"),
-                    {k: _contiguous(v) for k, v in data.items()}, out, figures, str(stream))
+                job["results"] = elastic_launch(launch, _launched)(
+                    task, sent, out, figures, str(stream))
             except BaseException as err:  # re-raised in the calling thread
                 job["error"] = err
 
@@ -210,23 +280,50 @@ def fit_method(method: str, config: MethodConfig | Mapping[str, Any],
         while runner.is_alive():
             runner.join(STREAM_POLL_S)
             events, offset = read_events(stream, offset)
-            for hook, args in events:
-                getattr(sinks, hook)(*args)
+            for hook, args_ in events:
+                getattr(sinks, hook)(*args_)
         if "error" in job:
             raise job["error"]
-        figure_events, final = job["results"][0]
-        for hook, args in figure_events:
-            getattr(sinks, hook)(*args)
-        return method_class(method).from_bundle(out), final
+        key, figure_events, final = job["results"][0]
+        for hook, args_ in figure_events:
+            getattr(sinks, hook)(*args_)
+        return method_class(key).from_bundle(out), final
 
 
-def _contiguous(value: Any) -> Any:
-    """A tensor (or a tuple/list of them: output_mark's (A, B) pairs) made contiguous for
-    the trip to the workers; anything else as it is."""
+@dataclass(frozen=True)
+class _BundleArg:
+    """A method argument on its way to the workers: its registry key and bundle folder."""
+
+    key: str
+    path: str
+
+
+def _for_workers(value: Any, folder: Path) -> Any:
+    """``value`` made ready for spawned workers: tensors contiguous, networks CPU copies,
+    methods written as bundles under ``folder`` (a tuple/list/dict of them, item by item)."""
     if isinstance(value, torch.Tensor):
         return value.contiguous()
+    if isinstance(value, WatermarkMethod):
+        path = folder / f"{value.key}-{uuid.uuid4().hex[:8]}"
+        value.to_bundle(path)
+        return _BundleArg(value.key, str(path))
+    if isinstance(value, torch.nn.Module):
+        return copy.deepcopy(value).cpu()
     if isinstance(value, tuple | list):
-        return type(value)(_contiguous(v) for v in value)
+        return type(value)(_for_workers(v, folder) for v in value)
+    if isinstance(value, dict):
+        return {k: _for_workers(v, folder) for k, v in value.items()}
+    return value
+
+
+def _from_parent(value: Any) -> Any:
+    """``_for_workers`` undone in a worker: bundles loaded back as methods."""
+    if isinstance(value, _BundleArg):
+        return method_class(value.key).from_bundle(value.path)
+    if isinstance(value, tuple | list):
+        return type(value)(_from_parent(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _from_parent(v) for k, v in value.items()}
     return value
 
 

@@ -9,14 +9,17 @@ step's ``resources`` (``ResourceSettings.gpu_count``) and the pipeline's
 ``orchestrator.nm_kubeflow`` ``pod_settings.node_selectors.accelerator`` (the accelerator type,
 the only pod setting ZenML's Kubeflow orchestrator applies with KFP 2.x) give the GPUs.
 ``load_cluster_config`` validates all of it with ZenML's own classes and checks each step's
-``nvidia.com/gpu`` against what the step can use (``STEP_GPUS``), and that both
-orchestrators would give each step the same GPUs, before anything is submitted;
+``nvidia.com/gpu`` against what the step can use (``PIPELINES``: ``configs/k8s/<method>.yaml``
+runs the training pipeline, ``configs/k8s/<name>_pipeline.yaml`` the pipeline ``name``), and
+that both orchestrators would give each step the same GPUs, tolerations and node
+selectors, before anything is submitted;
 ``step_pod`` and ``cron_job`` build, offline and with ZenML's own manifest builders, the
 step pod and the CronJob the Kubernetes orchestrator would create.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,74 @@ ACCELERATOR = "accelerator"
 STEP_GPUS: dict[str, int | None] = {
     "build_dataset": 0, "validate_dataset": 0, "train_model": None, "sign_heldout": 1,
     "evaluate_robustness": 1, "gate": 0, "register_and_promote": 0}
+
+
+@dataclass(frozen=True)
+class ClusterPipeline:
+    """What a cluster run config may ask of one pipeline's steps.
+
+    Attributes:
+        source: import path of the ZenML pipeline (what ``zenml pipeline run`` takes).
+        gpus: step invocation id (or an ``fnmatch`` pattern of ids: a pipeline that calls
+            one step several times names each call) → the most GPUs it can use; ``None``:
+            any number on one node (a data-parallel training step, ``neuralmark.runtime.ddp``).
+        chain: invocation ids that must run in this order (each waits for the one before):
+            for pipelines that register, the gate before the registry step.
+        method: the method a ``None`` step trains (``None``: the run's ``parameters.method``).
+    """
+
+    source: str
+    gpus: dict[str, int | None]
+    chain: tuple[str, ...]
+    method: str | None = None
+
+    def most_gpus(self, step: str) -> tuple[str, int | None] | None:
+        """``(pattern, most GPUs)`` of the first entry matching ``step``; ``None``: no step."""
+        for pattern, most in self.gpus.items():
+            if fnmatch.fnmatchcase(step, pattern):
+                return pattern, most
+        return None
+
+
+_DATA = {"build_dataset": 0, "validate_dataset": 0}
+_REGISTRY = {"gate": 0, "register_and_promote": 0}
+#: every ZenML pipeline of the project, by the name its cluster run config carries
+#: (``configs/k8s/<name>_pipeline.yaml``; any other file there runs the training pipeline).
+#: CPU-only: data, validation, pair making, reports, gate, registry. One GPU: a step that
+#: trains or runs one model on one device. Any number: the training steps whose library
+#: function is data-parallel (launched as in ``train_model``).
+PIPELINES: dict[str, ClusterPipeline] = {
+    "training": ClusterPipeline("neuralmark.pipelines.training.training_pipeline", STEP_GPUS,
+                                tuple(STEP_GPUS)),
+    "output_mark": ClusterPipeline(
+        "neuralmark.pipelines.output_mark.output_mark_pipeline",
+        {**_DATA, "make_pairs": 0, "train_marking": None, "finetune_stage2": None,
+         "attacker_data": 1, "baseline_data": 1, "surrogate_*": 1, "baseline_*": 1,
+         "ablation_*": 1, "train_independent_model": 1, "evaluate_output_mark": 1, **_REGISTRY},
+        ("train_marking", "finetune_stage2", "evaluate_output_mark", "gate",
+         "register_and_promote"), method="output_mark"),
+    "trigger_key": ClusterPipeline(
+        "neuralmark.pipelines.trigger_key.trigger_key_pipeline",
+        {**_DATA, "train_host": None, "train_independent_host": None, "embed_owner_mark": None,
+         "embed_trigger_key_*": None, "attack_*": 1, "uniqueness": 1, "capacity": 1,
+         "evaluate_trigger_key": 1, **_REGISTRY},
+        ("train_host", "embed_owner_mark", "evaluate_trigger_key", "gate",
+         "register_and_promote"), method="trigger_key"),
+    "benchmark": ClusterPipeline("neuralmark.pipelines.benchmark.benchmark_pipeline",
+                                 {"benchmark_photos": 0, "benchmark_entrants": 1},
+                                 ("benchmark_photos", "benchmark_entrants")),
+    "data_preparation": ClusterPipeline(
+        "neuralmark.pipelines.data_preparation.data_preparation_pipeline",
+        {"prepare": 0, "validate": 0, "version": 0}, ("prepare", "validate", "version")),
+}
+
+
+def pipeline_of(path: str | Path) -> str:
+    """Which pipeline a cluster run config runs: ``<name>_pipeline.yaml`` → ``name`` when
+    that is one of ``PIPELINES``, else ``training`` (``configs/k8s/<method>.yaml``)."""
+    stem = Path(path).stem
+    name = stem.removesuffix("_pipeline")
+    return name if stem.endswith("_pipeline") and name in PIPELINES else "training"
 _CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
                 "@hourly"}
 #: (lowest, highest, names) of the five fields of a Kubernetes CronJob schedule
@@ -99,6 +170,7 @@ class ClusterRunConfig:
         schedule: the ZenML ``Schedule`` or ``None``.
         accelerator: the KFP accelerator type GPU steps get on the Kubeflow stack
             (``None`` when no step asks for a GPU).
+        name: the pipeline it runs (a key of ``PIPELINES``).
     """
 
     path: Path
@@ -109,6 +181,24 @@ class ClusterRunConfig:
     docker: Any
     schedule: Any
     accelerator: str | None = None
+    name: str = "training"
+
+    @property
+    def spec(self) -> ClusterPipeline:
+        """What the pipeline's steps may ask (``PIPELINES[name]``)."""
+        return PIPELINES[self.name]
+
+    def settings_of(self, step: str) -> Any:
+        """The Kubernetes settings of the step invocation ``step`` (its own merged over the
+        pipeline's, else the pipeline's)."""
+        return self.steps.get(step, self.pipeline)
+
+    def gpus_of(self, step: str) -> int:
+        """``nvidia.com/gpu`` the step invocation ``step`` asks for (its own settings, else
+        the pipeline's)."""
+        if step in self.gpus:
+            return self.gpus[step]
+        return _gpu_count(self.pipeline, f"{self.path}: settings")
 
 
 def _data_parallel(method: Any) -> bool:
@@ -186,12 +276,21 @@ def load_cluster_config(path: str | Path) -> ClusterRunConfig:
                          f"{describe_validation_error(err, 'docker.')}") from None
     steps: dict[str, Any] = {}
     gpus: dict[str, int] = {}
-    unknown = sorted(set(raw.get("steps") or {}) - set(STEP_GPUS))
-    if unknown:
-        raise InputError(f"{path}: steps.{unknown[0]}: not a step of the training pipeline; "
-                         f"steps: {', '.join(STEP_GPUS)}")
-    method = (raw.get("parameters") or {}).get("method")
-    for step, most in STEP_GPUS.items():
+    name = pipeline_of(path)
+    spec = PIPELINES[name]
+    for step in (raw.get("steps") or {}):
+        if spec.most_gpus(step) is None:
+            raise InputError(f"{path}: steps.{step}: not a step of the {name} pipeline; "
+                             f"steps: {', '.join(spec.gpus)}")
+    method = spec.method or (raw.get("parameters") or {}).get("method")
+    pipeline_gpus = _gpu_count(pipeline, f"{path}: settings")
+    if pipeline_gpus and any(most == 0 for most in spec.gpus.values()):
+        raise InputError(f"{path}: settings.{SETTINGS_KEY} asks every step of the {name} "
+                         f"pipeline for {pipeline_gpus} {GPU}, CPU-only steps included: ask "
+                         "for GPUs under steps.<step>.settings")
+    named = [s for s in spec.gpus if not any(c in s for c in "*?[")]
+    for step in dict.fromkeys([*named, *(raw.get("steps") or {})]):
+        _, most = spec.most_gpus(step) or (step, 0)
         if most is None and not _data_parallel(method):
             most = 1
         block = (raw.get("steps") or {}).get(step) or {}
@@ -202,12 +301,13 @@ def load_cluster_config(path: str | Path) -> ClusterRunConfig:
         asked = _gpu_count(steps[step], f"{path}: steps.{step}")
         if most is not None and asked > most:
             can = ("is a CPU-only step (it can use 0)" if most == 0 else
-                   f"can use at most {most}" + ("" if STEP_GPUS[step] is not None else
+                   f"can use at most {most}" + ("" if (spec.most_gpus(step) or ("", 0))[1]
+                                                is not None else
                                                 f" for {method}, whose fit is not "
                                                 "data-parallel"))
             raise InputError(f"{path}: steps.{step} asks for {asked} {GPU}, but {step} {can}")
         gpus[step] = asked
-    accelerator = _kubeflow_gpus(raw, path, gpus)
+    accelerator = _kubeflow_gpus(raw, path, gpus, steps)
     schedule = None
     if raw.get("schedule"):
         cron = (raw["schedule"] or {}).get("cron_expression")
@@ -220,17 +320,42 @@ def load_cluster_config(path: str | Path) -> ClusterRunConfig:
         except ValidationError as err:
             raise InputError(f"{path}: {describe_validation_error(err, 'schedule.')}") from None
     return ClusterRunConfig(path=path, raw=raw, pipeline=pipeline, steps=steps, gpus=gpus,
-                            docker=docker, schedule=schedule, accelerator=accelerator)
+                            docker=docker, schedule=schedule, accelerator=accelerator, name=name)
 
 
-def _kubeflow_gpus(raw: dict[str, Any], path: Path, gpus: dict[str, int]) -> str | None:
+def pod_scheduling(pod_settings: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """``(tolerations, node selectors)`` of pod settings, comparable across both stacks and
+    the compiled KFP spec: tolerations with the API's camelCase keys and no empty fields,
+    sorted; node selectors without ``accelerator`` (ZenML's Kubeflow accelerator type)."""
+    if pod_settings is None:
+        return [], {}
+    return (normal_tolerations(pod_settings.tolerations),
+            {k: str(v) for k, v in pod_settings.node_selectors.items() if k != ACCELERATOR})
+
+
+def normal_tolerations(tolerations: Any) -> list[dict[str, Any]]:
+    """Tolerations (snake_case or camelCase keys) with camelCase keys, no empty fields,
+    sorted by key/effect."""
+    out = []
+    for t in tolerations or []:
+        t = {("tolerationSeconds" if k == "toleration_seconds" else k): v
+             for k, v in dict(t).items()}
+        out.append({k: v for k, v in t.items() if v not in (None, "")})
+    return sorted(out, key=lambda t: (str(t.get("key")), str(t.get("effect"))))
+
+
+def _kubeflow_gpus(raw: dict[str, Any], path: Path, gpus: dict[str, int],
+                   kubernetes: dict[str, Any] | None = None) -> str | None:
     """Check the Kubeflow side of a cluster run config; return the accelerator type.
 
     ZenML's Kubeflow orchestrator (0.98, KFP 2.x) requests GPUs for a step from its
     ``resources.gpu_count``, and only when a step's ``orchestrator.nm_kubeflow`` pod settings
     name an ``accelerator`` node selector; it keeps one accelerator type for the whole
     pipeline. So: each step's ``gpu_count`` must equal its ``nvidia.com/gpu``, and GPU steps
-    need the accelerator, set once at the pipeline level.
+    need the accelerator, set once at the pipeline level. Tolerations and node selectors
+    (applied by the ``nm_kubeflow`` orchestrator with kfp-kubernetes) must be the ones the
+    step's ``orchestrator.kubernetes`` pod settings give (``kubernetes``: step → settings),
+    so both stacks schedule each step alike.
 
     Raises:
         InputError: naming the step and field.
@@ -253,10 +378,15 @@ def _kubeflow_gpus(raw: dict[str, Any], path: Path, gpus: dict[str, int]) -> str
                          f"{path}: settings.{KUBEFLOW_KEY}")
     accelerator = (kubeflow.pod_settings.node_selectors.get(ACCELERATOR)
                    if kubeflow.pod_settings else None)
+    if any(gpus.values()) and not accelerator:
+        raise InputError(f"{path}: settings.{KUBEFLOW_KEY}.pod_settings.node_selectors."
+                         f"{ACCELERATOR} is missing: without it ZenML's Kubeflow orchestrator "
+                         f"requests no GPU for the GPU steps (e.g. {ACCELERATOR}: {GPU})")
     pipeline_resources = settings.get("resources") or {}
-    for step in STEP_GPUS:
+    for step in gpus:
         block = ((raw.get("steps") or {}).get(step) or {}).get("settings") or {}
         where = f"{path}: steps.{step}.settings"
+        own = kubeflow
         if block.get(KUBEFLOW_KEY):
             own = validated(KubeflowOrchestratorSettings, block[KUBEFLOW_KEY],
                             f"{where}.{KUBEFLOW_KEY}")
@@ -264,9 +394,18 @@ def _kubeflow_gpus(raw: dict[str, Any], path: Path, gpus: dict[str, int]) -> str
                                                                         accelerator) \
                     != accelerator:
                 raise InputError(f"{where}.{KUBEFLOW_KEY}: ZenML's Kubeflow orchestrator "
-                                 "uses one accelerator type for the whole pipeline; set "
-                                 f"pod_settings.node_selectors.{ACCELERATOR} under "
-                                 f"settings.{KUBEFLOW_KEY} only")
+                                 "uses one accelerator type for the whole pipeline; a step's "
+                                 f"pod_settings.node_selectors.{ACCELERATOR} must be "
+                                 f"settings.{KUBEFLOW_KEY}'s ({accelerator!r})")
+        if kubernetes is not None:
+            on_kubeflow = pod_scheduling(own.pod_settings)
+            on_kubernetes = pod_scheduling(kubernetes[step].pod_settings)
+            for i, what in enumerate(("tolerations", "node_selectors")):
+                if on_kubeflow[i] != on_kubernetes[i]:
+                    raise InputError(
+                        f"{where}: {KUBEFLOW_KEY} pod_settings.{what} {on_kubeflow[i]} differ "
+                        f"from {SETTINGS_KEY}'s {on_kubernetes[i]}: the Kubeflow and "
+                        "Kubernetes stacks would schedule the step on different nodes")
         resources = validated(ResourceSettings, {**pipeline_resources,
                                                  **(block.get("resources") or {})},
                               f"{where}.resources")
@@ -275,10 +414,6 @@ def _kubeflow_gpus(raw: dict[str, Any], path: Path, gpus: dict[str, int]) -> str
             raise InputError(f"{where}.resources.gpu_count is {count} but the step asks for "
                              f"{gpus[step]} {GPU} (orchestrator.kubernetes): the Kubeflow and "
                              "Kubernetes stacks would give it different GPUs")
-    if any(gpus.values()) and not accelerator:
-        raise InputError(f"{path}: settings.{KUBEFLOW_KEY}.pod_settings.node_selectors."
-                         f"{ACCELERATOR} is missing: without it ZenML's Kubeflow orchestrator "
-                         f"requests no GPU for the GPU steps (e.g. {ACCELERATOR}: {GPU})")
     return accelerator
 
 
@@ -336,7 +471,7 @@ def cron_job(config: ClusterRunConfig, image: str, name: str = "neuralmark-retra
                              backoff_limit=settings.orchestrator_job_backoff_limit,
                              ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
                              active_deadline_seconds=settings.active_deadline_seconds,
-                             labels={"pipeline": "training_pipeline"})
+                             labels={"pipeline": f"{config.name}_pipeline"})
     cron = build_cron_job_manifest(
         cron_expression=check_cron(config.schedule.cron_expression),
         job_template=job_template_manifest_from_job(job),

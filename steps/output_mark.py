@@ -5,7 +5,10 @@ Each step calls one library function (``neuralmark.components.methods.output_mar
 ``neuralmark.components.data.pairs``; no training loop, loss or metric here) and logs
 to MLflow. ``train_marking`` and ``finetune_stage2`` run the stages of the same
 training sequence as ``OutputMark.fit`` (``training.stage1_method`` /
-``stage2_method``), so a pipeline-trained model is calibrated like a fitted one.
+``stage2_method``), so a pipeline-trained model is calibrated like a fitted one. Both
+train data-parallel when their pod has several GPUs (``neuralmark.runtime.ddp``:
+``train_in_processes``, one process per GPU, as ``train_model`` does); with one GPU or
+none, in the step's process.
 
 Caching: the pipeline runs with caching off, but the expensive, deterministic
 steps — ``train_surrogate_cell`` (one invocation per matrix cell),
@@ -38,6 +41,7 @@ from neuralmark.components.methods.registry import build
 from neuralmark.components.report import Report
 from neuralmark.integrations.run_context import run_reports_dir
 from neuralmark.integrations.tracking import log_config, log_report, step_callbacks
+from neuralmark.runtime.ddp import train_in_processes, train_processes
 from neuralmark.runtime.stack import TRACKER_NAME
 
 
@@ -97,11 +101,14 @@ def train_marking(train_inputs: torch.Tensor, train_targets: torch.Tensor,
         The stage-1 method (R not fine-tuned on surrogate outputs).
     """
     log_config(config, prefix="method.")
-    method, metrics = training.stage1_method((train_inputs, train_targets), config,
-                                             WatermarkKey(key_secret), step_callbacks("stage1/"),
-                                             groups=train_groups)
+    processes = train_processes()
+    method, metrics = train_in_processes(
+        training.stage1_method, ((train_inputs, train_targets), config, WatermarkKey(key_secret)),
+        {"groups": train_groups}, method="output_mark", callbacks=step_callbacks("stage1/"),
+        processes=processes)
     mlflow.log_metrics({f"stage1/{k}": float(v) for k, v in metrics.items()})
-    log_metadata({"stage1": {k: float(v) for k, v in metrics.items()}})
+    log_metadata({"stage1": {k: float(v) for k, v in metrics.items()},
+                  "train_processes": processes})
     return method
 
 
@@ -115,10 +122,13 @@ def finetune_stage2(stage1: WatermarkMethod, train_inputs: torch.Tensor,
         The new method (the one registered); ``stage1`` is left as it was.
     """
     assert isinstance(stage1, OutputMark)
-    method, metrics = training.stage2_method(stage1, (train_inputs, train_targets),
-                                             step_callbacks("stage2/"))
+    processes = train_processes()
+    method, metrics = train_in_processes(
+        training.stage2_method, (stage1, (train_inputs, train_targets)), method="output_mark",
+        callbacks=step_callbacks("stage2/"), processes=processes)
     mlflow.log_metrics({f"stage2/{k}": float(v) for k, v in metrics.items()})
-    log_metadata({"stage2": {k: float(v) for k, v in metrics.items()}})
+    log_metadata({"stage2": {k: float(v) for k, v in metrics.items()},
+                  "train_processes": processes})
     return method
 
 

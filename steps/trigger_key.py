@@ -1,9 +1,13 @@
 """Steps of the trigger_key pipeline (seed 002, issue #13): host → mark → attacks → report.
 
 Each step calls one function of ``neuralmark.components.methods.trigger_key.study`` (no
-training loop, loss or metric here) and logs to MLflow. Methods travel between steps as
-bundles (``WatermarkMethodMaterializer``); the task pairs do not, so every step gets the
-dataset's ``manifest`` and ``test_splits`` and the study re-derives the same pairs.
+training loop, loss or metric here) and logs to MLflow. The training steps (``train_host``,
+``train_independent_host``, ``embed_owner_mark``, ``embed_baseline``) run theirs
+data-parallel when the pod has several GPUs (``neuralmark.runtime.ddp.train_in_processes``,
+one process per GPU, as ``train_model`` does); with one GPU or none, in the step's process.
+Methods travel between steps as bundles (``WatermarkMethodMaterializer``); the task pairs
+do not, so every step gets the dataset's ``manifest`` and ``test_splits`` and the study
+re-derives the same pairs.
 
 Caching: the pipeline runs with caching off; the expensive, independent pieces —
 ``train_independent_host``, ``embed_baseline`` (Base-1, Base-2), every
@@ -27,6 +31,7 @@ from neuralmark.components.methods.trigger_key import study, tables
 from neuralmark.components.report import Report
 from neuralmark.integrations.run_context import run_reports_dir
 from neuralmark.integrations.tracking import log_config, log_report, step_callbacks
+from neuralmark.runtime.ddp import train_in_processes, train_processes
 from neuralmark.runtime.stack import TRACKER_NAME
 
 
@@ -35,8 +40,9 @@ def train_host(manifest: str, config: dict[str, Any], test_splits: list[str]
                ) -> Annotated[WatermarkMethod, "unmarked_method"]:
     """Train the unmarked host of the task on the manifest's train split."""
     log_config(config, prefix="method.")
-    method, metrics = study.train_unmarked(config, manifest, test_splits,
-                                           step_callbacks("host/"))
+    method, metrics = train_in_processes(study.train_unmarked, (config, manifest, test_splits),
+                                         method="trigger_key", callbacks=step_callbacks("host/"),
+                                         processes=train_processes())
     mlflow.log_metrics({f"host/{k}": float(v) for k, v in metrics.items()})
     mlflow.set_tags({"trigger_key.task": method.config.task,
                      "trigger_key.arch": method.config.arch, "trigger_key.data": manifest})
@@ -49,8 +55,10 @@ def train_independent_host(unmarked: WatermarkMethod, manifest: str, test_splits
                            seed: int = 1000, code_digest: str = ""
                            ) -> Annotated[WatermarkMethod, "independent_method"]:
     """Another host of the task from another init and batch order (the null; cached)."""
-    out = study.train_independent(study.as_trigger_key(unmarked), manifest, test_splits, seed,
-                                  step_callbacks("independent/"))
+    out, _ = train_in_processes(study.train_independent,
+                                (study.as_trigger_key(unmarked), manifest, test_splits, seed),
+                                method="trigger_key", callbacks=step_callbacks("independent/"),
+                                processes=train_processes())
     mlflow.log_metric("independent/host_psnr", out.metrics["host_psnr"])
     return out
 
@@ -60,9 +68,11 @@ def embed_owner_mark(unmarked: WatermarkMethod, independent: WatermarkMethod, ma
                      test_splits: list[str], key_secret: str
                      ) -> Annotated[WatermarkMethod, "trained_method"]:
     """Embed the owner's key, calibrate η (with the independent host), train R."""
-    marked = study.mark_owner(study.as_trigger_key(unmarked), WatermarkKey(key_secret),
-                              [independent.host], manifest, test_splits,
-                              step_callbacks("embed/"))
+    marked, _ = train_in_processes(study.mark_owner,
+                                   (study.as_trigger_key(unmarked), WatermarkKey(key_secret),
+                                    [independent.host], manifest, test_splits),
+                                   method="trigger_key", callbacks=step_callbacks("embed/"),
+                                   processes=train_processes())
     mlflow.log_metrics({f"embed/{k}": float(v) for k, v in marked.metrics.items()})
     log_metadata({"calibration": dict(marked.calibration)})
     return marked
@@ -73,8 +83,11 @@ def embed_baseline(unmarked: WatermarkMethod, manifest: str, test_splits: list[s
                    name: str, key_secret: str, code_digest: str = ""
                    ) -> Annotated[WatermarkMethod, "baseline_method"]:
     """Base-1 or Base-2 embedded in the same unmarked host (cached)."""
-    out = study.mark_baseline(study.as_trigger_key(unmarked), name, WatermarkKey(key_secret),
-                              manifest, test_splits, step_callbacks(f"{name}/"))
+    out, _ = train_in_processes(study.mark_baseline,
+                                (study.as_trigger_key(unmarked), name, WatermarkKey(key_secret),
+                                 manifest, test_splits), method=name,
+                                callbacks=step_callbacks(f"{name}/"),
+                                processes=train_processes())
     return out
 
 

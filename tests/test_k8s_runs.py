@@ -12,10 +12,12 @@ from neuralmark.components.methods.base import InputError
 from neuralmark.runtime.k8s_runs import (
     GPU,
     K8S_CONFIGS_DIR,
+    PIPELINES,
     STEP_GPUS,
     check_cron,
     cron_job,
     load_cluster_config,
+    pipeline_of,
     step_pod,
 )
 from neuralmark.runtime.manifests import KUBERNETES_VERSION
@@ -33,16 +35,39 @@ def _edited(tmp_path: Path, edit, name: str = "pgd_signer.yaml") -> Path:
     return out
 
 
+#: the steps of each pipeline that hold a GPU in its cluster run config
+PIPELINE_GPU_STEPS = {
+    "output_mark": {"train_marking", "finetune_stage2", "attacker_data", "baseline_data",
+                    "train_independent_model", "evaluate_output_mark",
+                    "ablation_no_clean_loss", "ablation_no_consistency_loss"}
+    | {f"{kind}_{cell}" for kind in ("surrogate", "baseline")
+       for cell in ("cnet_l2", "res9_l2", "res16_l2", "unet_l2", "unet_l1",
+                    "unet_l1_adversarial", "unet_l2_adversarial", "unet_perceptual",
+                    "unet_perceptual_adversarial")},
+    "trigger_key": {"train_host", "train_independent_host", "embed_owner_mark",
+                    "embed_trigger_key_backdoor", "embed_trigger_key_randproj", "uniqueness",
+                    "capacity", "evaluate_trigger_key"}
+    | {f"attack_{m}_{a}" for m in ("trigger_key", "trigger_key_backdoor", "trigger_key_randproj")
+       for a in ("prune", "fine_tune_original", "fine_tune_new", "distill", "overwrite")},
+    "benchmark": {"benchmark_entrants"},
+    "data_preparation": set(),
+}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_step_gets_the_resources_it_needs(path):
     config = load_cluster_config(path)
-    assert set(config.steps) == set(STEP_GPUS)
+    assert config.name == pipeline_of(path)
+    gpu_steps = GPU_STEPS if config.name == "training" else PIPELINE_GPU_STEPS[config.name]
+    if config.name == "training":
+        assert set(config.steps) == set(STEP_GPUS)
+    assert {s for s, n in config.gpus.items() if n} == gpu_steps
     for step in config.steps:
         pod = step_pod(config, step, IMAGE)
         kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
         container = pod["spec"]["containers"][0]
         limits = container["resources"].get("limits", {})
-        if step in GPU_STEPS:
+        if step in gpu_steps:
             assert config.gpus[step] == 1 and limits[GPU] == "1", step
             assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
             assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in \
@@ -57,6 +82,8 @@ def test_every_step_gets_the_resources_it_needs(path):
 
 def test_same_parameters_as_the_local_configs():
     for path in CONFIGS:
+        if pipeline_of(path) != "training":
+            continue
         params = yaml.safe_load(path.read_text())["parameters"]
         local = yaml.safe_load((K8S_CONFIGS_DIR.parent / f"{params['method']}.yaml")
                                .read_text())["parameters"]
@@ -219,3 +246,75 @@ def test_kubeflow_accelerator_is_required_once_for_the_pipeline(tmp_path):
 
     with pytest.raises(InputError, match=r"orchestrator\.nm_kubeflow\.pod_setings: not a field"):
         load_cluster_config(_edited(tmp_path, typo))
+
+
+def test_kubeflow_scheduling_must_match_the_kubernetes_one(tmp_path):
+    """A GPU step's tolerations and node selectors reach KFP (kfp-kubernetes) from its
+    orchestrator.nm_kubeflow pod settings: they must be the Kubernetes stack's."""
+    def no_kubeflow_toleration(raw):
+        del raw["steps"]["train_model"]["settings"]["orchestrator.nm_kubeflow"]
+
+    with pytest.raises(InputError, match=r"steps\.train_model\.settings: orchestrator\."
+                                         r"nm_kubeflow pod_settings\.tolerations \[\] differ "
+                                         r"from orchestrator\.kubernetes's"):
+        load_cluster_config(_edited(tmp_path, no_kubeflow_toleration))
+
+    def other_node_label(raw):
+        raw["steps"]["sign_heldout"]["settings"]["orchestrator.nm_kubeflow"]["pod_settings"][
+            "node_selectors"] = {"gpu-pool": "a100"}
+
+    with pytest.raises(InputError, match=r"steps\.sign_heldout\.settings: .*node_selectors "
+                                         r"\{'gpu-pool': 'a100'\} differ"):
+        load_cluster_config(_edited(tmp_path, other_node_label))
+
+
+def test_each_pipeline_config_runs_its_pipeline():
+    assert pipeline_of("configs/k8s/output_mark_pipeline.yaml") == "output_mark"
+    assert pipeline_of("configs/k8s/pgd_signer.yaml") == "training"
+    assert pipeline_of("configs/k8s/other_pipeline.yaml") == "training"
+    assert {pipeline_of(p) for p in CONFIGS} == set(PIPELINES)
+
+
+def _ask_gpus(raw: dict, step: str, n: int) -> None:
+    """Make ``step`` ask for ``n`` GPUs on both stacks (its own copy of the shared block)."""
+    block = raw["steps"][step] = yaml.safe_load(yaml.safe_dump(raw["steps"][step]))
+    res = block["settings"]["orchestrator.kubernetes"]["pod_settings"]["resources"]
+    res["requests"][GPU] = res["limits"][GPU] = str(n)
+    block["settings"]["resources"]["gpu_count"] = n
+
+
+def test_pipeline_steps_ask_only_what_they_can_use(tmp_path):
+    """Steps are named by invocation id (one per matrix cell, attack, ...); patterns in
+    PIPELINES say what each can use."""
+    def make_pairs_gpu(raw):
+        raw["steps"]["make_pairs"] = raw["steps"]["attacker_data"]
+
+    with pytest.raises(InputError, match=r"steps\.make_pairs asks for 1 nvidia\.com/gpu, but "
+                                         r"make_pairs is a CPU-only step"):
+        load_cluster_config(_edited(tmp_path, make_pairs_gpu, "output_mark_pipeline.yaml"))
+
+    def two_for_a_cell(raw):
+        _ask_gpus(raw, "surrogate_unet_l2", 2)
+
+    with pytest.raises(InputError, match=r"steps\.surrogate_unet_l2 asks for 2 nvidia\.com/gpu, "
+                                         r"but surrogate_unet_l2 can use at most 1"):
+        load_cluster_config(_edited(tmp_path, two_for_a_cell, "output_mark_pipeline.yaml"))
+
+    def four_for_the_host(raw):
+        _ask_gpus(raw, "train_host", 4)
+
+    config = load_cluster_config(_edited(tmp_path, four_for_the_host,
+                                         "trigger_key_pipeline.yaml"))
+    assert config.gpus["train_host"] == 4  # data-parallel (runtime.ddp.train_in_processes)
+    with pytest.raises(InputError, match=r"steps\.train: not a step of the trigger_key "
+                                         r"pipeline; steps: build_dataset"):
+        load_cluster_config(_edited(tmp_path, lambda raw: raw["steps"].update(train={}),
+                                    "trigger_key_pipeline.yaml"))
+
+    def gpu_for_every_step(raw):
+        raw["settings"]["orchestrator.kubernetes"]["pod_settings"]["resources"]["limits"][
+            GPU] = "1"
+
+    with pytest.raises(InputError, match=r"asks every step of the benchmark pipeline for 1 "
+                                         r"nvidia\.com/gpu, CPU-only steps included"):
+        load_cluster_config(_edited(tmp_path, gpu_for_every_step, "benchmark_pipeline.yaml"))
