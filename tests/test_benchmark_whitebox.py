@@ -1,0 +1,58 @@
+"""White-box removal of the benchmark: APGD-L2 on a bit decoder's 2-class view stays inside the
+PSNR budget and moves the decoded bits away from what the attacker read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralmark.components.benchmark.whitebox import (
+    NOT_APPLICABLE,
+    apgd_l2_remove,
+    l2_radius,
+    public_classifier,
+    whitebox_removal_rows,
+)
+from neuralmark.components.methods import WatermarkKey
+from neuralmark.components.methods.registry import build, load_bundle, shipped_bundle
+from neuralmark.components.metrics import psnr
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_l2_radius_is_the_psnr_budget():
+    x = torch.zeros(1, 3, 16, 16)
+    r = l2_radius(x.shape[1:], 30.0)
+    delta = torch.full_like(x, r / (3 * 16 * 16) ** 0.5)  # an even change of L2 norm r
+    assert float(psnr(x + delta, x)) == pytest.approx(30.0, abs=1e-4)
+
+
+def test_apgd_pushes_a_decoder_away_from_its_bits_within_the_budget(photo):
+    """The shipped pgd_signer decoder reads bits from any photo, without a key; the 2-class
+    view's class-1 margin is their mean signed agreement, and APGD drives it below zero
+    inside the L2 ball of a 40 dB budget, flipping most bits."""
+    method = load_bundle(shipped_bundle("pgd_signer"))
+    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255  # 3 h w
+    images = torch.stack([x[:, :128, :128], x[:, 200:328, 200:328]])
+    view = public_classifier(method, images)
+    with torch.no_grad():
+        before = view(images)[:, 1]
+    assert torch.all(before > 0)  # the bits it reads agree with themselves
+    eps = l2_radius(images.shape[1:], 40.0)
+    adv = apgd_l2_remove(view, images, eps, steps=10, seed=0)
+    assert torch.all((adv - images).flatten(1).norm(dim=1) <= eps + 1e-5)
+    assert adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        assert torch.all(view(adv)[:, 1] < 0)
+        flipped = (method.decode_bits(adv) != method.decode_bits(images)).mean()
+    assert flipped > 0.6
+
+
+def test_no_public_decoder_is_not_applicable_and_nothing_detected_is_said(photo_batch):
+    key = WatermarkKey("owner", 3)
+    (row,) = whitebox_removal_rows(build("spread_spectrum"), photo_batch, key, 40.0,
+                                   {"method": "spread_spectrum"})
+    assert row["value"] is None and row["note"] == NOT_APPLICABLE
+    signer = load_bundle(shipped_bundle("pgd_signer"))  # clean photos: nothing detected
+    (none,) = whitebox_removal_rows(signer, photo_batch, key, 40.0, {"method": "pgd_signer"})
+    assert none["value"] is None and "nothing to remove" in none["note"]
