@@ -56,3 +56,25 @@ def test_no_public_decoder_is_not_applicable_and_nothing_detected_is_said(photo_
     signer = load_bundle(shipped_bundle("pgd_signer"))  # clean photos: nothing detected
     (none,) = whitebox_removal_rows(signer, photo_batch, key, 40.0, {"method": "pgd_signer"})
     assert none["value"] is None and "nothing to remove" in none["note"]
+
+
+def test_whitebox_rows_remove_a_pgd_signer_mark_within_its_own_psnr(photo):
+    """The shipped decoder at working size 64 / stride 1 (it reads the same 64² px as at
+    256 / stride 4) signs two crops in seconds; the rows count only photos detected
+    unattacked, keep the PSNR budget, and give the bit accuracy left."""
+    signer = load_bundle(shipped_bundle("pgd_signer")).with_config(
+        pgd_steps=20, eot_samples=1, working_size=64, input_stride=1)
+    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255  # 3 h w
+    clean = torch.stack([x[:, :128, :128], x[:, 200:328, 200:328]])
+    key = WatermarkKey("owner", 3)
+    marked = (signer.embed(clean, key) * 255).round() / 255
+    detected = sum(v.detected for v in signer.verify(marked, key))
+    assert detected >= 1
+    budget = float(psnr(marked, clean).mean())
+    rows = {r["metric"]: r for r in whitebox_removal_rows(signer, marked, key, budget,
+                                                          {"method": "pgd_signer"}, steps=5)}
+    assert rows["whitebox_removal_success_rate"]["n"] == detected
+    assert rows["whitebox_removal_success_rate"]["value"] == 1.0
+    assert "public decoder" in rows["whitebox_removal_success_rate"]["note"]
+    assert rows["whitebox_removal_psnr"]["value"] >= budget
+    assert rows["whitebox_removal_bit_accuracy"]["value"] < 0.5

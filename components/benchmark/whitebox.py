@@ -130,7 +130,8 @@ def apgd_l2_remove(classifier: nn.Module, images: torch.Tensor, eps: float, *, s
 def whitebox_removal_rows(method: Any, marked: torch.Tensor, key: WatermarkKey,
                           budget_db: float, base: Mapping[str, Any], *, steps: int = 20,
                           seed: int = 0) -> list[Row]:
-    """Rows ``whitebox_removal_success_rate`` and ``whitebox_removal_psnr``.
+    """Rows ``whitebox_removal_success_rate``, ``whitebox_removal_psnr`` and, for a method
+    that reads bits, ``whitebox_removal_bit_accuracy``.
 
     Args:
         method: a content method (or a peer).
@@ -159,9 +160,11 @@ def whitebox_removal_rows(method: Any, marked: torch.Tensor, key: WatermarkKey,
     attacked = (attacked * 255).round() / 255
     quality = psnr(attacked, targets).cpu()  # n
     with torch.no_grad():
-        still = torch.tensor([bool(v.detected) and v.status != Status.UNREADABLE
-                              for v in method.verify(attacked, key)])
+        verdicts = method.verify(attacked, key)
+    still = torch.tensor([bool(v.detected) and v.status != Status.UNREADABLE
+                          for v in verdicts])
     removed = ~still & (quality >= budget_db)
+    accuracies = [v.bit_accuracy for v in verdicts if v.bit_accuracy is not None]
     n = int(targets.shape[0])
     note = (f"white box: APGD-L2 {steps} steps on the public "
             f"{'scanner' if _public_scanner(method) else 'decoder'}, "
@@ -170,4 +173,8 @@ def whitebox_removal_rows(method: Any, marked: torch.Tensor, key: WatermarkKey,
     return [{**row, "metric": "whitebox_removal_success_rate",
              "value": float(removed.float().mean()), "n": n, "note": note},
             {**row, "metric": "whitebox_removal_psnr", "value": float(quality.mean()), "n": n,
-             "note": "PSNR of the attacked vs the marked photo, mean over the attacked photos"}]
+             "note": "PSNR of the attacked vs the marked photo, mean over the attacked photos"}
+            ] + ([{**row, "metric": "whitebox_removal_bit_accuracy",
+                   "value": float(sum(accuracies) / len(accuracies)), "n": len(accuracies),
+                   "note": "bit accuracy of the attacked photos against the owner's keyed "
+                           "word (videoseal's removal measure)"}] if accuracies else [])
