@@ -26,6 +26,7 @@ from neuralmark.components.benchmark.report import (
     headline,
     model_table,
     read_csv,
+    settings_command,
     to_html,
     write_csv,
     write_reports,
@@ -276,6 +277,17 @@ def test_card_section_is_regenerated_from_the_csv_exactly(result, photo_dir, tmp
     write_card_section(card, paths["csv"], "anti_forward")
     assert f"| {AF_FAST} | neuralmark | 12.5 |" in card.read_text()
     assert card.read_text().startswith(before) and card.read_text().endswith(after)
+    model_only = card_section([r for r in rows if r["family"] == "model"], "trigger_key", run)
+    assert "| method | family | psnr |" not in model_only  # no content entrant: no headline
+    assert "| trigger_key | prune_0.5 | 0.500 |" in model_only
+
+
+def test_settings_without_a_flag_are_stated_in_the_command():
+    settings = BenchmarkSettings(methods=["pgd_signer[psnr_target=40]"], peers=[], seed=3,
+                                 limit=None).model_dump(mode="json")
+    assert settings_command(settings, None) == (
+        "neuralmark benchmark --methods 'pgd_signer[psnr_target=40]' --peers none --size 256 "
+        "--fpr-keys 200 --whitebox-steps 20  # and, without a flag: seed=3")
 
 
 def test_card_markers_appended_kept_and_checked():

@@ -42,7 +42,7 @@ def test_benchmark_writes_csv_markdown_and_html(photos, tmp_path):
     assert json.loads((out / "benchmark.json").read_text())["command"] == (
         f"neuralmark benchmark --images {photos} --methods spread_spectrum --peers none "
         "--attacks jpeg --model-methods none --quick --size 64 --limit 8 --fpr-keys 2 "
-        "--whitebox-steps 20 --no-forgery")
+        "--whitebox-steps 20 --no-forgery --device cpu")
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [

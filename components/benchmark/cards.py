@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from neuralmark.components.benchmark.report import (
     HEADLINE,
     MODEL_HEADLINE,
+    RUN_FILE,
     format_cell,
     headline,
     model_table,
@@ -39,50 +39,9 @@ from neuralmark.components.files import atomic_write_text
 Row = dict[str, Any]
 BEGIN = "<!-- BEGIN neuralmark benchmark section (generated: do not edit by hand) -->"
 END = "<!-- END neuralmark benchmark section -->"
-RUN_FILE = "benchmark.json"
 _CURVE_METRICS = ("bit_accuracy", "detection_rate", "false_positive_rate")
 _NOT_CURVES = {"none", "copy", "removal", "whitebox_removal", "timing_batch",
                "timing_resolution"}
-
-
-def settings_command(settings: Mapping[str, Any], images: str | None) -> str:
-    """The ``neuralmark benchmark`` command line that measures with ``settings``.
-
-    Args:
-        settings: ``BenchmarkSettings.model_dump(mode="json")``.
-        images: the photo folder given to the run (``None``: the held-out split).
-    """
-    args = ["neuralmark", "benchmark"]
-    if images:
-        args += ["--images", images]
-
-    def names(value: list[str] | None) -> str | None:
-        return None if value is None else (",".join(value) or "none")
-
-    for option, field in (("--methods", "methods"), ("--peers", "peers"),
-                          ("--attacks", "attacks"), ("--model-methods", "model_methods"),
-                          ("--model-attacks", "model_attacks")):
-        text = names(settings.get(field))
-        if text is not None:
-            args += [option, text]
-    if settings.get("quick"):
-        args.append("--quick")
-    args += ["--size", str(settings["size"]), "--limit", str(settings["limit"]),
-             "--fpr-keys", str(settings["fpr_keys"]),
-             "--whitebox-steps", str(settings["whitebox_steps"])]
-    for option, field in (("--batch-sizes", "batch_sizes"), ("--resolutions", "resolutions")):
-        if settings.get(field) is not None:
-            args += [option, ",".join(str(v) for v in settings[field])]
-    if not settings.get("forgery", True):
-        args.append("--no-forgery")
-    return shlex.join(args)
-
-
-def run_description(settings: Mapping[str, Any], photos: Sequence[str],
-                    images: str | None) -> dict[str, Any]:
-    """What ``benchmark.json`` holds: the settings, the photos and the command."""
-    return {"settings": dict(settings), "photos": list(photos),
-            "images": images, "command": settings_command(settings, images)}
 
 
 def read_run(csv_path: str | os.PathLike) -> tuple[list[Row], dict[str, Any]]:
@@ -150,19 +109,25 @@ def card_section(rows: Sequence[Row], method: str, run: Mapping[str, Any]) -> st
     photos = run["photos"]
     where = f"the photos of `{run['images']}`" if run.get("images") else \
         "the held-out split of the sample dataset"
+    heads = headline(rows)
+    sweeps = "quick" if s["quick"] else "full"
+    measured = (f"{len(photos)} photos ({where}: {', '.join(photos)}) at "
+                f"{s['size']}×{s['size']}, {sweeps} sweeps, FPR over {s['fpr_keys']} random keys "
+                f"per photo, white-box APGD {s['whitebox_steps']} steps" if heads else
+                f"the model table only ({sweeps} model sweep; the task PSNR is measured on the "
+                "host's test patches of the photos bundled with the package)")
     lines = ["## Benchmark (`neuralmark benchmark`)", "",
              f"Written from the benchmark's own table by `neuralmark benchmark --card {method}`;"
-             " do not edit by hand, re-run the command. "
-             f"{len(photos)} photos ({where}: {', '.join(photos)}) at {s['size']}×{s['size']}, "
-             f"{'quick' if s['quick'] else 'full'} sweeps, FPR over {s['fpr_keys']} random keys "
-             f"per photo, white-box APGD {s['whitebox_steps']} steps. Command:", "",
-             f"    {run['command']}", "",
-             "| " + " | ".join(HEADLINE) + " |", "|" + "---|" * len(HEADLINE)]
-    lines += ["| " + " | ".join(format_cell(h[c]) for c in HEADLINE) + " |" for h in headline(rows)]
-    lines += ["", "removal: black-box (size-preserving sweep attacks) and whitebox_removal: "
-              "APGD-L2 on the public decoder / scanner, both within PSNR(attacked, marked) ≥ "
-              "the method's own PSNR; forgery: copy attack; ms per image at batch 1 (CPU, "
-              "shared machine).", ""]
+             f" do not edit by hand, re-run the command. Measured: {measured}. Command:", "",
+             f"    {run['command']}", ""]
+    if heads:
+        lines += ["| " + " | ".join(HEADLINE) + " |", "|" + "---|" * len(HEADLINE)]
+        lines += ["| " + " | ".join(format_cell(h[c]) for c in HEADLINE) + " |"
+                  for h in heads]
+        lines += ["", "removal: black-box (size-preserving sweep attacks) and "
+                  "whitebox_removal: APGD-L2 on the public decoder / scanner, both within "
+                  "PSNR(attacked, marked) ≥ the method's own PSNR; forgery: copy attack; ms per "
+                  "image at batch 1 (CPU, shared machine).", ""]
     curves = _curves(rows, method)
     if curves:
         lines += [f"{method} (and its config variants in the run) along the sweeps:", ""]

@@ -16,16 +16,17 @@ import io
 import json
 import math
 import os
+import shlex
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from neuralmark.components.benchmark.runner import COLUMNS, BenchmarkResult
+from neuralmark.components.benchmark.runner import COLUMNS, BenchmarkResult, BenchmarkSettings
 from neuralmark.components.benchmark.whitebox import NOT_APPLICABLE
 from neuralmark.components.files import atomic_file, atomic_write_text
 
@@ -33,6 +34,7 @@ Row = dict[str, Any]
 _SWEPT_OUT = {"none", "copy", "removal", "whitebox_removal", "timing_batch",
               "timing_resolution"}
 _NOT_CONTENT = {"input", "model"}
+RUN_FILE = "benchmark.json"
 
 HEADLINE = ("method", "family", "psnr", "ssim", "bit_acc_clean", "bit_acc_mean", "bit_acc_worst",
             "tpr_clean", "tpr_mean", "fpr_clean", "embed_ms", "verify_ms", "forgery",
@@ -162,10 +164,12 @@ def to_markdown(result: BenchmarkResult) -> str:
     s = result.settings
     lines = ["# neuralmark benchmark", "",
              f"{len(result.photos)} photos at {s.size}², sweeps {'quick' if s.quick else 'full'}"
-             f", key message {s.key_message}, FPR over {s.fpr_keys} random keys per photo.", "",
-             "| " + " | ".join(HEADLINE) + " |", "|" + "---|" * len(HEADLINE)]
-    for row in headline(result.rows):
-        lines.append("| " + " | ".join(format_cell(row[c]) for c in HEADLINE) + " |")
+             f", key message {s.key_message}, FPR over {s.fpr_keys} random keys per photo."]
+    heads = headline(result.rows)
+    if heads:  # a run of model methods only has no content table
+        lines += ["", "| " + " | ".join(HEADLINE) + " |", "|" + "---|" * len(HEADLINE)]
+        lines += ["| " + " | ".join(format_cell(row[c]) for c in HEADLINE) + " |"
+                  for row in heads]
     models = model_table(result.rows)
     if models:
         lines += ["", "Model watermarks through the model attacks (their shipped host; "
@@ -298,6 +302,63 @@ def to_html(result: BenchmarkResult, figs: dict[str, Figure] | None = None) -> s
             + f"<h2>Curves</h2>{images}</body></html>\n")
 
 
+#: ``BenchmarkSettings`` fields that ``neuralmark benchmark`` has a flag for
+_CLI_FIELDS = {"methods", "peers", "attacks", "model_methods", "model_attacks", "quick", "size",
+               "limit", "fpr_keys", "whitebox_steps", "batch_sizes", "resolutions", "forgery",
+               "device"}
+
+
+def settings_command(settings: Mapping[str, Any], images: str | None) -> str:
+    """The ``neuralmark benchmark`` command line that measures with ``settings``.
+
+    Args:
+        settings: ``BenchmarkSettings.model_dump(mode="json")``.
+        images: the photo folder given to the run (``None``: the held-out split).
+    """
+    args = ["neuralmark", "benchmark"]
+    if images:
+        args += ["--images", images]
+
+    def names(value: list[str] | None) -> str | None:
+        return None if value is None else (",".join(value) or "none")
+
+    for option, field in (("--methods", "methods"), ("--peers", "peers"),
+                          ("--attacks", "attacks"), ("--model-methods", "model_methods"),
+                          ("--model-attacks", "model_attacks")):
+        text = names(settings.get(field))
+        if text is not None:
+            args += [option, text]
+    if settings.get("quick"):
+        args.append("--quick")
+    args += ["--size", str(settings["size"])]
+    if settings.get("limit") is not None:
+        args += ["--limit", str(settings["limit"])]
+    args += ["--fpr-keys", str(settings["fpr_keys"]),
+             "--whitebox-steps", str(settings["whitebox_steps"])]
+    for option, field in (("--batch-sizes", "batch_sizes"), ("--resolutions", "resolutions")):
+        if settings.get(field) is not None:
+            args += [option, ",".join(str(v) for v in settings[field])]
+    if not settings.get("forgery", True):
+        args.append("--no-forgery")
+    if settings.get("device", "auto") != "auto":
+        args += ["--device", str(settings["device"])]
+    defaults = BenchmarkSettings().model_dump(mode="json")
+    unflagged = {k: v for k, v in settings.items()
+                 if k not in _CLI_FIELDS and k in defaults and v != defaults[k]}
+    command = shlex.join(args)
+    if unflagged:  # set through the Python API / pipeline YAML: say so, do not drop them
+        command += "  # and, without a flag: " + ", ".join(
+            f"{k}={v}" for k, v in sorted(unflagged.items()))
+    return command
+
+
+def run_description(settings: Mapping[str, Any], photos: Sequence[str],
+                    images: str | None) -> dict[str, Any]:
+    """What ``benchmark.json`` holds: the settings, the photos and the command."""
+    return {"settings": dict(settings), "photos": list(photos),
+            "images": images, "command": settings_command(settings, images)}
+
+
 def write_reports(result: BenchmarkResult, out_dir: str | os.PathLike,
                   images: str | None = None) -> dict[str, Path]:
     """``benchmark.csv``, ``benchmark.md``, ``benchmark.html`` and ``benchmark.json`` (the
@@ -308,8 +369,6 @@ def write_reports(result: BenchmarkResult, out_dir: str | os.PathLike,
         out_dir: where the files go (created).
         images: the photo folder the run read (``None``: the held-out split).
     """
-    from neuralmark.components.benchmark.cards import RUN_FILE, run_description
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = figures(result.rows)
