@@ -25,13 +25,30 @@ def photos(tmp_path, photo) -> Path:
     return folder
 
 
-def test_benchmark_writes_csv_markdown_and_html(photos, tmp_path):
+def test_benchmark_writes_csv_markdown_and_html(photos, tmp_path, monkeypatch):
+    """... and, with ``--card``, the method's card section from that table (the card of a
+    stand-in bundle folder: the shipped cards are not the test's to rewrite)."""
+    from neuralmark.components.benchmark.cards import BEGIN, END
+    from neuralmark.components.methods import registry
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "MODEL_CARD.md").write_text("# spread_spectrum\n")
+    monkeypatch.setattr(registry, "shipped_bundle", lambda key: bundle)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "benchmark", "--images", str(photos), "--methods", "spread_spectrum", "--peers", "none",
         "--attacks", "jpeg", "--quick", "--size", "64", "--fpr-keys", "2", "--no-forgery",
-        "--model-methods", "none", "--out", str(out), "--device", "cpu"])
+        "--model-methods", "none", "--out", str(out), "--device", "cpu",
+        "--card", "spread_spectrum"])
     assert result.exit_code == 0, result.output
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert card.startswith("# spread_spectrum\n\n" + BEGIN) and card.endswith(END + "\n")
+    assert "| spread_spectrum | jpeg | 30.0 |" in card
+    again = CliRunner().invoke(app, ["benchmark", "--card", "spread_spectrum", "--from-csv",
+                                     str(out / "benchmark.csv")])
+    assert again.exit_code == 0, again.output
+    assert (bundle / "MODEL_CARD.md").read_text() == card
     assert "| spread_spectrum | neuralmark |" in result.output
     rows = read_csv(out / "benchmark.csv")
     assert list(rows[0]) == list(COLUMNS)
