@@ -9,27 +9,42 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
 
-from neuralmark.components.benchmark.report import headline
+from neuralmark.components.benchmark.report import headline, model_table
 from neuralmark.components.benchmark.runner import BenchmarkResult
 
 EXPERIMENT = "neuralmark-benchmark"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def metric_name(*parts: str) -> str:
+    """``parts`` joined by dots, characters MLflow refuses in a name (``[``, ``=``, ``,`` of a
+    config variant such as ``anti_forward[smoothing=false]``) replaced by ``_``."""
+    return ".".join(_UNSAFE.sub("_", p) for p in parts)
 _METRICS = ("psnr", "ssim", "bit_acc_clean", "bit_acc_mean", "bit_acc_worst", "tpr_clean",
-            "tpr_mean", "fpr_clean", "embed_ms", "verify_ms", "forgery", "removal")
+            "tpr_mean", "fpr_clean", "embed_ms", "verify_ms", "forgery", "removal",
+            "whitebox_removal", "whitebox_psnr")
 
 
 def benchmark_metrics(result: BenchmarkResult) -> dict[str, float]:
-    """``<method>.<metric>`` → value for every finite headline number."""
+    """``<method>.<metric>`` → value for every finite headline number, and
+    ``<model method>.<attack label>.{model_detected,task_psnr}`` for the model table."""
     out = {}
     for row in headline(result.rows):
         for metric in _METRICS:
             value = row[metric]
-            if value is not None and math.isfinite(float(value)):
-                out[f"{row['method']}.{metric}"] = float(value)
+            if isinstance(value, int | float) and math.isfinite(float(value)):
+                out[metric_name(row["method"], metric)] = float(value)
+    for row in model_table(result.rows):
+        for metric in ("model_detected", "task_psnr"):
+            value = row[metric]
+            if isinstance(value, int | float) and math.isfinite(float(value)):
+                out[metric_name(row["method"], row["attack"], metric)] = float(value)
     return out
 
 

@@ -37,7 +37,7 @@ def benchmark_pipeline(settings: dict[str, Any] | None = None, images: str | Non
     checked = BenchmarkSettings(**(settings or {}))
     photos, inputs = benchmark_photos(images=images, data_root=data_root, size=checked.size,
                                       limit=checked.limit)
-    benchmark_entrants(photos, inputs, checked.model_dump(mode="json"))
+    benchmark_entrants(photos, inputs, checked.model_dump(mode="json"), images=images)
 
 
 def run_benchmark_pipeline(config_path: str | os.PathLike | None = None,

@@ -31,6 +31,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
+from neuralmark.components.benchmark.cards import keep_section  # noqa: E402
 from neuralmark.components.data.manifest import load_split  # noqa: E402
 from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
 from neuralmark.components.methods import build, load_bundle  # noqa: E402
@@ -434,7 +435,11 @@ def write_card(args: argparse.Namespace) -> None:
     lines += ["", "The seed reports 71% kept for its smoothed scanner under APGD.", ""]
     if args.notes and args.notes.exists():
         lines += [args.notes.read_text().rstrip(), ""]
-    (bundle / "MODEL_CARD.md").write_text("\n".join(lines))
+    card = bundle / "MODEL_CARD.md"
+    previous = card.read_text() if card.is_file() else ""
+    # the benchmark section (`neuralmark benchmark --card anti_forward`) is not this
+    # script's: carry it over
+    card.write_text(keep_section(previous, "\n".join(lines)))
     (args.out / "card_summary.json").write_text(json.dumps(
         {"fast": {k2: v for k2, v in fast_m.items() if k2 != "summary"} | {"summary": fs},
          "smoothed": {k2: v for k2, v in smooth_m.items() if k2 != "summary"} | {"summary": ss},

@@ -41,14 +41,14 @@ def benchmark_photos(images: str | None, data_root: str, size: int, limit: int |
 
 
 @step(experiment_tracker=TRACKER_NAME)
-def benchmark_entrants(photos: torch.Tensor, inputs: Report, settings: dict[str, Any]
-                       ) -> Annotated[Report, "benchmark"]:
+def benchmark_entrants(photos: torch.Tensor, inputs: Report, settings: dict[str, Any],
+                       images: str | None = None) -> Annotated[Report, "benchmark"]:
     """Run the benchmark; write CSV / Markdown / HTML to ``<project>/reports/<run>/`` and log
     them with the headline metrics to MLflow."""
     photo_set = PhotoSet(photos, list(inputs.extra["names"]),
                          [tuple(s) for s in inputs.extra["skipped"]])
     result = run_benchmark(BenchmarkSettings(**settings), photo_set)
-    paths = write_reports(result, run_reports_dir())
+    paths = write_reports(result, run_reports_dir(), images)
     log_benchmark(result, paths)
     return Report(rows=result.rows, summary=benchmark_metrics(result),
                   extra={"photos": result.photos, "entrants": result.entrants,

@@ -10,11 +10,30 @@ import pytest
 import torch
 from PIL import Image
 
-from neuralmark.components.benchmark import COLUMNS, BenchmarkSettings, load_folder
+from neuralmark.components.benchmark import COLUMNS, BenchmarkSettings, PhotoSet, load_folder
 from neuralmark.components.benchmark import peers as peers_mod
-from neuralmark.components.benchmark.report import headline, read_csv, to_html, write_reports
+from neuralmark.components.benchmark.cards import (
+    BEGIN,
+    END,
+    card_section,
+    keep_section,
+    read_run,
+    replace_section,
+    write_card_section,
+)
+from neuralmark.components.benchmark.entrants import parse_spec, split_names
+from neuralmark.components.benchmark.report import (
+    headline,
+    model_table,
+    read_csv,
+    settings_command,
+    to_html,
+    write_csv,
+    write_reports,
+)
 from neuralmark.components.benchmark.runner import run_benchmark
 from neuralmark.components.benchmark.sweeps import QUICK_SWEEPS, suite
+from neuralmark.components.benchmark.whitebox import NOT_APPLICABLE
 from neuralmark.components.errors import InputError
 from neuralmark.components.imageio import load_image
 from neuralmark.components.methods import WatermarkKey, load_bundle
@@ -24,6 +43,7 @@ pytest.importorskip("imwatermark", reason="the peers extra: pip install -e '.[pe
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ATTACKS = ["jpeg", "rotate"]
+AF_FAST = "anti_forward[smoothing=false]"  # the shipped scanner's fast rule
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +61,19 @@ def photo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def result(photo_dir, tmp_path_factory):
-    """One quick benchmark: two shipped/learning-free methods, a model method, dwtDct and a
-    peer whose package is missing (rivaGan pointed at a module that does not exist)."""
+    """One quick benchmark: shipped/learning-free methods (anti_forward as a config variant),
+    a model method named as a content one, dwtDct and a peer whose package is missing
+    (rivaGan pointed at a module that does not exist); the model table with trigger_key's
+    shipped host through pruning and output_mark, which ships no host."""
     missing = peers_mod.PeerSpec("rivaGan", "invisible-watermark", ("imwatermark_absent",), 256)
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(peers_mod.PEERS, "rivaGan", missing)
         settings = BenchmarkSettings(
-            methods=["visible_gan", "spread_spectrum", "trigger_key"],
+            methods=["visible_gan", "spread_spectrum", "trigger_key", AF_FAST],
             peers=["dwtDct", "rivaGan"], attacks=ATTACKS, quick=True, size=256, limit=5,
-            fpr_keys=5, batch_sizes=[1], resolutions=[128, 256], device="cpu")
+            fpr_keys=5, batch_sizes=[1], resolutions=[128, 256], whitebox_steps=5,
+            model_methods=["trigger_key", "output_mark"], model_attacks=["prune"],
+            device="cpu")
         return run_benchmark(settings, load_folder(photo_dir, size=256, limit=5))
 
 
@@ -78,8 +102,8 @@ def test_missing_peer_and_model_method_are_rows_not_crashes(result):
     (riva,) = _rows(result, method="rivaGan")
     assert riva["metric"] == "unavailable" and riva["value"] is None
     assert "not installed: invisible-watermark" in riva["note"] and "[peers]" in riva["note"]
-    (model,) = _rows(result, method="trigger_key")
-    assert "model method" in model["note"]
+    (model,) = _rows(result, method="trigger_key", family="neuralmark")
+    assert "model method" in model["note"] and "model table" in model["note"]
 
 
 def test_every_curve_has_every_strength(result):
@@ -121,6 +145,52 @@ def test_forgery_rows_say_how_or_why_not(result):
         assert removal["strength"] == pytest.approx(psnr["value"])
 
 
+def test_whitebox_removal_breaks_the_public_scanner_within_the_budget(result):
+    """APGD on anti_forward's public scanner, within the method's own PSNR: every rate in
+    [0, 1], the attacked photos no farther than the budget; no decoder → n/a."""
+    (wb,) = _rows(result, method=AF_FAST, metric="whitebox_removal_success_rate")
+    (psnr,) = _rows(result, method=AF_FAST, metric="psnr")
+    (quality,) = _rows(result, method=AF_FAST, metric="whitebox_removal_psnr")
+    assert wb["strength"] == pytest.approx(psnr["value"]) and wb["n"] >= 1
+    assert 0 <= wb["value"] <= 1 and "APGD-L2 5 steps on the public scanner" in wb["note"]
+    assert quality["value"] >= psnr["value"] - 1e-6
+    for method in ("visible_gan", "spread_spectrum", "dwtDct"):
+        (row,) = _rows(result, method=method, metric="whitebox_removal_success_rate")
+        assert row["value"] is None and row["note"] == NOT_APPLICABLE
+    heads = {h["method"]: h for h in headline(result.rows)}
+    assert heads["dwtDct"]["whitebox_removal"] == NOT_APPLICABLE
+    assert heads[AF_FAST]["whitebox_removal"] == wb["value"]
+
+
+def test_model_table_attacks_the_shipped_host(result):
+    """trigger_key's shipped host through the quick pruning sweep, verified with the demo
+    key its card states; the unattacked host is detected and the table has each strength."""
+    table = model_table(result.rows)
+    tk = {r["attack"]: r for r in table if r["method"] == "trigger_key"}
+    assert list(tk) == ["none", "prune_0.25", "prune_0.5"]
+    assert tk["none"]["model_detected"] == 1.0 and tk["none"]["task_psnr"] > 25
+    assert tk["prune_0.5"]["task_psnr"] < tk["none"]["task_psnr"]
+    assert {tk[k]["model_detected"] for k in tk} <= {0.0, 1.0}
+    (om,) = [r for r in table if r["method"] == "output_mark"]
+    assert om["model_detected"] is None and "no shipped files" in om["note"]
+    assert "trigger_key" not in {h["method"] for h in headline(result.rows)
+                                 if h["family"] == "model"}
+
+
+def test_model_and_variant_names_are_checked():
+    nothing = PhotoSet(torch.empty(0, 3, 256, 256), [])
+    with pytest.raises(InputError, match="content method, not a model method"):
+        run_benchmark(BenchmarkSettings(methods=[], peers=[], model_methods=["pgd_signer"]),
+                      nothing)
+    with pytest.raises(InputError, match="unknown model attack 'melt'"):
+        run_benchmark(BenchmarkSettings(methods=[], peers=[], model_attacks=["melt"]), nothing)
+    with pytest.raises(InputError, match="key\\[field=value"):
+        parse_spec("pgd_signer[psnr_target=40")
+    assert parse_spec("pgd_signer[psnr_target=40,sync_search=true]") == (
+        "pgd_signer", {"psnr_target": 40, "sync_search": True})
+    assert split_names("a,b[x=1,y=2],c") == ["a", "b[x=1,y=2]", "c"]
+
+
 def test_shipped_method_row_matches_its_own_verify_on_the_files(result, photo_dir, tmp_path):
     """Mark the same photos, save them as PNG files, read them back and ``verify``: the
     benchmark's unattacked row says what ``verify`` says on those files."""
@@ -153,6 +223,7 @@ def test_reports_csv_columns_markdown_and_self_contained_html(result, tmp_path):
     heads = {h["method"]: h for h in headline(result.rows)}
     assert heads["rivaGan"]["psnr"] is None and "not installed" in heads["rivaGan"]["note"]
     assert "<td>visible_gan</td>" in to_html(result, figs={})
+    assert "| trigger_key | prune_0.5 | 0.500 |" in md and "<td>prune_0.25</td>" in page
 
 
 def test_mlflow_run_holds_metrics_and_reports(result, tmp_path):
@@ -171,6 +242,90 @@ def test_mlflow_run_holds_metrics_and_reports(result, tmp_path):
     heads = {h["method"]: h for h in headline(result.rows)}
     assert run.data.metrics["dwtDct.psnr"] == pytest.approx(heads["dwtDct"]["psnr"])
     assert "rivaGan.psnr" not in run.data.metrics
+    assert run.data.metrics["anti_forward_smoothing_false_.whitebox_removal"] == pytest.approx(
+        heads[AF_FAST]["whitebox_removal"])
+    assert run.data.metrics["trigger_key.none.model_detected"] == 1.0
     assert run.data.params["quick"] == "True"
     assert arts == {"benchmark/benchmark.csv", "benchmark/benchmark.md",
-                    "benchmark/benchmark.html"}
+                    "benchmark/benchmark.html", "benchmark/benchmark.json"}
+
+
+def test_card_section_is_regenerated_from_the_csv_exactly(result, photo_dir, tmp_path):
+    """The card's section is ``card_section`` of the CSV, between the markers, every other
+    line kept; a changed CSV value shows in the regenerated section; twice = once."""
+    paths = write_reports(result, tmp_path / "out", str(photo_dir))
+    card = tmp_path / "MODEL_CARD.md"
+    before, after = "# a card\n\nhand-written text\n\n", "\n\n## Known limitations\n- kept\n"
+    card.write_text(before + BEGIN + "\nstale numbers\n" + END + after)
+    write_card_section(card, paths["csv"], "anti_forward")
+    rows, run = read_run(paths["csv"])
+    section = card_section(rows, "anti_forward", run)
+    assert card.read_text() == before + BEGIN + "\n" + section.rstrip() + "\n" + END + after
+    assert run["command"].startswith("neuralmark benchmark --images ")
+    assert run["command"] in section and "3 photos" in section
+    assert f"| {AF_FAST} | jpeg | 30.0 |" in section  # its curve rows, variants included
+    assert "| trigger_key | prune_0.5 |" in section  # the model table of the same run
+    (af,) = [h for h in headline(rows) if h["method"] == AF_FAST]
+    assert f"| {AF_FAST} | neuralmark | {af['psnr']:.1f} |" in section
+    once = card.read_text()
+    write_card_section(card, paths["csv"], "anti_forward")
+    assert card.read_text() == once
+    for r in rows:
+        if (r["method"], r["metric"]) == (AF_FAST, "psnr"):
+            r["value"] = 12.5
+    write_csv(rows, paths["csv"])
+    write_card_section(card, paths["csv"], "anti_forward")
+    assert f"| {AF_FAST} | neuralmark | 12.5 |" in card.read_text()
+    assert card.read_text().startswith(before) and card.read_text().endswith(after)
+    model_only = card_section([r for r in rows if r["family"] == "model"], "trigger_key", run)
+    assert "| method | family | psnr |" not in model_only  # no content entrant: no headline
+    assert "| trigger_key | prune_0.5 | 0.500 |" in model_only
+
+
+def test_settings_without_a_flag_are_stated_in_the_command():
+    settings = BenchmarkSettings(methods=["pgd_signer[psnr_target=40]"], peers=[], seed=3,
+                                 limit=None).model_dump(mode="json")
+    assert settings_command(settings, None) == (
+        "neuralmark benchmark --methods 'pgd_signer[psnr_target=40]' --peers none --size 256 "
+        "--fpr-keys 200 --whitebox-steps 20  # and, without a flag: seed=3")
+
+
+def test_card_markers_appended_kept_and_checked():
+    assert replace_section("# c\n", "s") == f"# c\n\n{BEGIN}\ns\n{END}\n"
+    old = replace_section("# old card\n", "measured")
+    assert keep_section(old, "# rewritten card\n") == replace_section("# rewritten card\n",
+                                                                       "measured")
+    assert keep_section("# no section\n", "# new\n") == "# new\n"
+    with pytest.raises(InputError, match="markers are broken"):
+        replace_section(f"{END}\n{BEGIN}\n", "s")
+    with pytest.raises(InputError, match="no row of 'pgd_signer'"):
+        card_section([{"method": "dwtDct", "family": "peer"}], "pgd_signer", {})
+
+
+@pytest.mark.parametrize(("script", "argv", "card"), [
+    ("benchmark_pgd_signer", ["--budgets", "40", "--quick"], "pgd_signer"),
+    ("benchmark_anti_forward", ["--smoothing-n", "1000", "--no-card"], None),
+])
+def test_card_scripts_are_the_benchmark_with_config_variants(script, argv, card):
+    """The per-method scripts only build a ``neuralmark benchmark`` command; every method
+    they name is the shipped bundle with a valid config change."""
+    import importlib.util
+
+    from neuralmark.components.benchmark.entrants import method_entrant
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(script, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.command(argv)
+    assert args[0] == "benchmark" and ("--card" in args) == (card is not None)
+    if card:
+        assert args[args.index("--card") + 1] == card
+    methods = split_names(args[args.index("--methods") + 1])
+    for name in methods:
+        entrant = method_entrant(name)
+        assert entrant.method is not None and entrant.name == name
+        for field, value in parse_spec(name)[1].items():
+            assert getattr(entrant.method.config, field) == value
+    with pytest.raises(InputError, match="invalid pgd_signer setting"):
+        method_entrant("pgd_signer[psnr_targett=40]")

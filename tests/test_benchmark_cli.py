@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,30 @@ def photos(tmp_path, photo) -> Path:
     return folder
 
 
-def test_benchmark_writes_csv_markdown_and_html(photos, tmp_path):
+def test_benchmark_writes_csv_markdown_and_html(photos, tmp_path, monkeypatch):
+    """... and, with ``--card``, the method's card section from that table (the card of a
+    stand-in bundle folder: the shipped cards are not the test's to rewrite)."""
+    from neuralmark.components.benchmark.cards import BEGIN, END
+    from neuralmark.components.methods import registry
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "MODEL_CARD.md").write_text("# spread_spectrum\n")
+    monkeypatch.setattr(registry, "shipped_bundle", lambda key: bundle)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "benchmark", "--images", str(photos), "--methods", "spread_spectrum", "--peers", "none",
         "--attacks", "jpeg", "--quick", "--size", "64", "--fpr-keys", "2", "--no-forgery",
-        "--out", str(out), "--device", "cpu"])
+        "--model-methods", "none", "--out", str(out), "--device", "cpu",
+        "--card", "spread_spectrum"])
     assert result.exit_code == 0, result.output
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert card.startswith("# spread_spectrum\n\n" + BEGIN) and card.endswith(END + "\n")
+    assert "| spread_spectrum | jpeg | 30.0 |" in card
+    again = CliRunner().invoke(app, ["benchmark", "--card", "spread_spectrum", "--from-csv",
+                                     str(out / "benchmark.csv")])
+    assert again.exit_code == 0, again.output
+    assert (bundle / "MODEL_CARD.md").read_text() == card
     assert "| spread_spectrum | neuralmark |" in result.output
     rows = read_csv(out / "benchmark.csv")
     assert list(rows[0]) == list(COLUMNS)
@@ -38,12 +56,20 @@ def test_benchmark_writes_csv_markdown_and_html(photos, tmp_path):
     assert jpeg == {30.0, 60.0, 95.0}
     assert not [r for r in rows if r["attack"] in ("copy", "removal")]
     assert "data:image/png;base64," in (out / "benchmark.html").read_text()
+    assert json.loads((out / "benchmark.json").read_text())["command"] == (
+        f"neuralmark benchmark --images {photos} --methods spread_spectrum --peers none "
+        "--attacks jpeg --model-methods none --quick --size 64 --limit 8 --fpr-keys 2 "
+        "--whitebox-steps 20 --no-forgery --device cpu")
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--attacks", "sharpen", "unknown attack 'sharpen'"),
     ("--peers", "stegastamp", "unknown peer 'stegastamp'"),
     ("--methods", "nosuch", "unknown method 'nosuch'"),
+    ("--model-attacks", "melt", "unknown model attack 'melt'"),
+    ("--model-methods", "pgd_signer", "content method, not a model method"),
+    ("--resolutions", "256,big", "--resolutions takes comma-separated whole numbers"),
+    ("--from-csv", "nowhere.csv", "--from-csv only writes model cards"),
 ])
 def test_bad_names_are_one_line_and_exit_2(photos, tmp_path, option, value, message):
     result = CliRunner().invoke(app, ["benchmark", "--images", str(photos), option, value,
@@ -51,3 +77,10 @@ def test_bad_names_are_one_line_and_exit_2(photos, tmp_path, option, value, mess
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_card_from_a_csv_that_is_not_there_is_refused(tmp_path):
+    result = CliRunner().invoke(app, ["benchmark", "--card", "pgd_signer", "--from-csv",
+                                      str(tmp_path / "nowhere" / "benchmark.csv")])
+    assert result.exit_code == 2
+    assert "no benchmark table at" in result.output

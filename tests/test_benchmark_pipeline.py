@@ -46,6 +46,8 @@ def test_pipeline_writes_the_table_and_logs_it(run):
     assert mlrun.data.metrics["dwtDct.psnr"] == pytest.approx(out["summary"]["dwtDct.psnr"])
     listed = {a.path for a in client.list_artifacts(out["mlflow_run_id"], "benchmark")}
     assert "benchmark/benchmark.html" in listed
+    assert {"benchmark/benchmark.json", "benchmark/benchmark.csv"} <= listed
+    assert any(r["family"] == "model" and r["label"] == "prune_0.5" for r in out["rows"])
 
 
 def test_a_typo_in_the_settings_fails_before_running(tmp_path):

@@ -1,5 +1,6 @@
 """``neuralmark benchmark``: every content method and the pip-installable peers through the
-same attacks on the same photos, in one tidy table.
+same attacks on the same photos, and the model methods through the model attacks, in one
+tidy table.
 
 One role per module:
 
@@ -10,8 +11,11 @@ One role per module:
 - ``images``: a folder or the held-out split as one batch; bad files become rows;
 - ``timing``: ms per image against batch size and resolution, peak memory;
 - ``forgery``: the copy attack and the black-box removal attack;
+- ``whitebox``: the white-box removal, APGD against the public decoder / scanner;
+- ``models``: the model methods' shipped hosts through the model attacks (their own table);
 - ``runner``: ``BenchmarkSettings`` and ``run_benchmark`` → the tidy table;
-- ``report``: CSV, Markdown and a self-contained HTML report with one plot per attack.
+- ``report``: CSV, Markdown and a self-contained HTML report with one plot per attack;
+- ``cards``: a model card's benchmark section, written from the table.
 """
 
 from neuralmark.components.benchmark.images import PhotoSet, load_folder, load_heldout

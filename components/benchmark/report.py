@@ -1,8 +1,10 @@
 """The benchmark table on disk: tidy CSV, a Markdown summary, a self-contained HTML report.
 
-The HTML embeds its figures as base64 PNG (one file to send or open offline): one figure
-per swept attack with every method on it (bit accuracy and TPR against strength), and the
-timing curves (ms per image against resolution). Every file is written atomically.
+Model methods (family ``model``) have their own table: detection and the host's task PSNR
+after each model attack. The HTML embeds its figures as base64 PNG (one file to send or open
+offline): one figure per swept attack with every method on it (bit accuracy and TPR against
+strength), and the timing curves (ms per image against resolution). Every file is written
+atomically.
 """
 
 from __future__ import annotations
@@ -11,26 +13,34 @@ import base64
 import csv
 import html
 import io
+import json
 import math
 import os
+import shlex
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from neuralmark.components.benchmark.runner import COLUMNS, BenchmarkResult
+from neuralmark.components.benchmark.runner import COLUMNS, BenchmarkResult, BenchmarkSettings
+from neuralmark.components.benchmark.whitebox import NOT_APPLICABLE
 from neuralmark.components.files import atomic_file, atomic_write_text
 
 Row = dict[str, Any]
-_SWEPT_OUT = {"none", "copy", "removal", "timing_batch", "timing_resolution"}
+_SWEPT_OUT = {"none", "copy", "removal", "whitebox_removal", "timing_batch",
+              "timing_resolution"}
+_NOT_CONTENT = {"input", "model"}
+RUN_FILE = "benchmark.json"
 
 HEADLINE = ("method", "family", "psnr", "ssim", "bit_acc_clean", "bit_acc_mean", "bit_acc_worst",
             "tpr_clean", "tpr_mean", "fpr_clean", "embed_ms", "verify_ms", "forgery",
-            "removal", "note")
+            "removal", "whitebox_removal", "whitebox_psnr", "note")
+MODEL_HEADLINE = ("method", "attack", "strength", "model_detected", "task_psnr", "p_value",
+                  "note")
 
 
 def write_csv(rows: Sequence[Row], path: str | os.PathLike) -> Path:
@@ -72,11 +82,13 @@ def headline(rows: Sequence[Row]) -> list[Row]:
     """One summary row per method: quality, robustness over the sweeps, FPR, speed, forgery.
 
     ``bit_acc_mean`` / ``tpr_mean`` average every swept (attack, strength); ``worst`` is
-    the lowest of them; ``embed_ms`` / ``verify_ms`` are at batch 1 on the benchmark size.
+    the lowest of them; ``embed_ms`` / ``verify_ms`` are at batch 1 on the benchmark size;
+    ``whitebox_removal`` is the APGD removal's success rate, or ``NOT_APPLICABLE`` for a
+    method with no public differentiable decoder. Model methods are ``model_table``'s.
     """
     methods: dict[str, str] = {}
     for r in rows:
-        if r["family"] != "input":
+        if r["family"] not in _NOT_CONTENT:
             methods.setdefault(r["method"], r["family"])
     table = []
     for method, family in methods.items():
@@ -101,12 +113,41 @@ def headline(rows: Sequence[Row]) -> list[Row]:
             "verify_ms": _value(own, method, "verify_ms", "timing_batch_1"),
             "forgery": _value(own, method, "forgery_success_rate", "copy"),
             "removal": _value(own, method, "removal_success_rate", "removal"),
+            "whitebox_removal": _whitebox(own),
+            "whitebox_psnr": _value(own, method, "whitebox_removal_psnr", "whitebox_removal"),
             "note": "; ".join(notes),
         })
     return table
 
 
-def _fmt(value: Any) -> str:
+def _whitebox(own: Sequence[Row]) -> float | str | None:
+    for r in own:
+        if r["metric"] == "whitebox_removal_success_rate":
+            if r["value"] is not None:
+                return float(r["value"])
+            return NOT_APPLICABLE if r["note"] == NOT_APPLICABLE else None
+    return None
+
+
+def model_table(rows: Sequence[Row]) -> list[Row]:
+    """One row per (model method, model attack, strength): detected, task PSNR, p-value;
+    a model method that cannot run is one row with its reason in ``note``."""
+    cells: dict[tuple[str, str, Any], Row] = {}
+    for r in rows:
+        if r["family"] != "model":
+            continue
+        key = (r["method"], r["label"], r["strength"])
+        cell = cells.setdefault(key, {"method": r["method"], "attack": r["label"],
+                                      "strength": r["strength"], "model_detected": None,
+                                      "task_psnr": None, "p_value": None, "note": ""})
+        if r["metric"] in ("model_detected", "task_psnr", "p_value"):
+            cell[r["metric"]] = r["value"]
+        if r["note"]:
+            cell["note"] = r["note"]
+    return list(cells.values())
+
+
+def format_cell(value: Any) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
@@ -123,24 +164,35 @@ def to_markdown(result: BenchmarkResult) -> str:
     s = result.settings
     lines = ["# neuralmark benchmark", "",
              f"{len(result.photos)} photos at {s.size}², sweeps {'quick' if s.quick else 'full'}"
-             f", key message {s.key_message}, FPR over {s.fpr_keys} random keys per photo.", "",
-             "| " + " | ".join(HEADLINE) + " |", "|" + "---|" * len(HEADLINE)]
-    for row in headline(result.rows):
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in HEADLINE) + " |")
+             f", key message {s.key_message}, FPR over {s.fpr_keys} random keys per photo."]
+    heads = headline(result.rows)
+    if heads:  # a run of model methods only has no content table
+        lines += ["", "| " + " | ".join(HEADLINE) + " |", "|" + "---|" * len(HEADLINE)]
+        lines += ["| " + " | ".join(format_cell(row[c]) for c in HEADLINE) + " |"
+                  for row in heads]
+    models = model_table(result.rows)
+    if models:
+        lines += ["", "Model watermarks through the model attacks (their shipped host; "
+                  "task_psnr: the host's own task on its test patches):", "",
+                  "| " + " | ".join(MODEL_HEADLINE) + " |", "|" + "---|" * len(MODEL_HEADLINE)]
+        lines += ["| " + " | ".join(format_cell(row[c]) for c in MODEL_HEADLINE) + " |"
+                  for row in models]
     skipped = [r for r in result.rows if r["metric"] == "skipped_image"]
     if skipped:
         lines += ["", "Photos left out:", ""] + [f"- {r['note']}" for r in skipped]
     lines += ["", "bit_acc_mean / tpr_mean / worst: over every swept (attack, strength); "
               "tpr: share of marked photos detected at the method's own level; fpr_clean: "
               "calibrated on clean photos against random keys; forgery: copy-attack success "
-              "rate; removal: black-box removal success within the method's own PSNR; ms per "
-              "image at batch 1. The full table is benchmark.csv."]
+              "rate; removal: black-box removal success within the method's own PSNR; "
+              "whitebox_removal: APGD-L2 removal against the public decoder / scanner within "
+              "the same PSNR (whitebox_psnr: attacked vs marked); ms per image at batch 1. "
+              "The full table is benchmark.csv."]
     return "\n".join(lines) + "\n"
 
 
 def _colours(rows: Sequence[Row]) -> dict[str, str]:
     """One colour per method, the same in every panel and figure."""
-    methods = sorted({r["method"] for r in rows if r["family"] != "input"})
+    methods = sorted({r["method"] for r in rows if r["family"] not in _NOT_CONTENT})
     return {m: f"C{i % 10}" for i, m in enumerate(methods)}
 
 
@@ -212,7 +264,8 @@ def _png(fig: Figure) -> str:
 def figures(rows: Sequence[Row]) -> dict[str, Figure]:
     """``attack_<name>`` for every swept attack with values, and ``timing`` when timed."""
     out: dict[str, Figure] = {}
-    attacks = dict.fromkeys(r["attack"] for r in rows if r["attack"] not in _SWEPT_OUT)
+    attacks = dict.fromkeys(r["attack"] for r in rows
+                            if r["attack"] not in _SWEPT_OUT and r["family"] not in _NOT_CONTENT)
     for attack in attacks:
         try:
             out[f"attack_{attack}"] = attack_figure(rows, attack)
@@ -227,10 +280,16 @@ def to_html(result: BenchmarkResult, figs: dict[str, Figure] | None = None) -> s
     """A self-contained HTML page: the headline table, then every figure inline."""
     figs = figures(result.rows) if figs is None else figs
     head = "".join(f"<th>{html.escape(c)}</th>" for c in HEADLINE)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in HEADLINE)
-                   + "</tr>" for row in headline(result.rows))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(row[c]))}</td>"
+                                    for c in HEADLINE) + "</tr>" for row in headline(result.rows))
     skipped = "".join(f"<li>{html.escape(r['note'])}</li>" for r in result.rows
                       if r["metric"] == "skipped_image")
+    models = model_table(result.rows)
+    model_html = ("<h2>Model watermarks through the model attacks</h2><table><tr>"
+                  + "".join(f"<th>{html.escape(c)}</th>" for c in MODEL_HEADLINE) + "</tr>"
+                  + "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(row[c]))}</td>"
+                                             for c in MODEL_HEADLINE) + "</tr>"
+                            for row in models) + "</table>") if models else ""
     images = "".join(f'<h3>{html.escape(name)}</h3><img alt="{html.escape(name)}" '
                      f'src="data:image/png;base64,{_png(fig)}">' for name, fig in figs.items())
     md_note = to_markdown(result).splitlines()[2]
@@ -238,16 +297,83 @@ def to_html(result: BenchmarkResult, figs: dict[str, Figure] | None = None) -> s
             "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:"
             "collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style>"
             f"</head><body><h1>neuralmark benchmark</h1><p>{html.escape(md_note)}</p>"
-            f"<table><tr>{head}</tr>{body}</table>"
+            f"<table><tr>{head}</tr>{body}</table>{model_html}"
             + (f"<h2>Photos left out</h2><ul>{skipped}</ul>" if skipped else "")
             + f"<h2>Curves</h2>{images}</body></html>\n")
 
 
-def write_reports(result: BenchmarkResult, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """``benchmark.csv``, ``benchmark.md`` and ``benchmark.html`` in ``out_dir``."""
+#: ``BenchmarkSettings`` fields that ``neuralmark benchmark`` has a flag for
+_CLI_FIELDS = {"methods", "peers", "attacks", "model_methods", "model_attacks", "quick", "size",
+               "limit", "fpr_keys", "whitebox_steps", "batch_sizes", "resolutions", "forgery",
+               "device"}
+
+
+def settings_command(settings: Mapping[str, Any], images: str | None) -> str:
+    """The ``neuralmark benchmark`` command line that measures with ``settings``.
+
+    Args:
+        settings: ``BenchmarkSettings.model_dump(mode="json")``.
+        images: the photo folder given to the run (``None``: the held-out split).
+    """
+    args = ["neuralmark", "benchmark"]
+    if images:
+        args += ["--images", images]
+
+    def names(value: list[str] | None) -> str | None:
+        return None if value is None else (",".join(value) or "none")
+
+    for option, field in (("--methods", "methods"), ("--peers", "peers"),
+                          ("--attacks", "attacks"), ("--model-methods", "model_methods"),
+                          ("--model-attacks", "model_attacks")):
+        text = names(settings.get(field))
+        if text is not None:
+            args += [option, text]
+    if settings.get("quick"):
+        args.append("--quick")
+    args += ["--size", str(settings["size"])]
+    if settings.get("limit") is not None:
+        args += ["--limit", str(settings["limit"])]
+    args += ["--fpr-keys", str(settings["fpr_keys"]),
+             "--whitebox-steps", str(settings["whitebox_steps"])]
+    for option, field in (("--batch-sizes", "batch_sizes"), ("--resolutions", "resolutions")):
+        if settings.get(field) is not None:
+            args += [option, ",".join(str(v) for v in settings[field])]
+    if not settings.get("forgery", True):
+        args.append("--no-forgery")
+    if settings.get("device", "auto") != "auto":
+        args += ["--device", str(settings["device"])]
+    defaults = BenchmarkSettings().model_dump(mode="json")
+    unflagged = {k: v for k, v in settings.items()
+                 if k not in _CLI_FIELDS and k in defaults and v != defaults[k]}
+    command = shlex.join(args)
+    if unflagged:  # set through the Python API / pipeline YAML: say so, do not drop them
+        command += "  # and, without a flag: " + ", ".join(
+            f"{k}={v}" for k, v in sorted(unflagged.items()))
+    return command
+
+
+def run_description(settings: Mapping[str, Any], photos: Sequence[str],
+                    images: str | None) -> dict[str, Any]:
+    """What ``benchmark.json`` holds: the settings, the photos and the command."""
+    return {"settings": dict(settings), "photos": list(photos),
+            "images": images, "command": settings_command(settings, images)}
+
+
+def write_reports(result: BenchmarkResult, out_dir: str | os.PathLike,
+                  images: str | None = None) -> dict[str, Path]:
+    """``benchmark.csv``, ``benchmark.md``, ``benchmark.html`` and ``benchmark.json`` (the
+    settings, photos and command: what a model card's section states) in ``out_dir``.
+
+    Args:
+        result: the benchmark.
+        out_dir: where the files go (created).
+        images: the photo folder the run read (``None``: the held-out split).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = figures(result.rows)
+    run = run_description(result.settings.model_dump(mode="json"), result.photos, images)
     return {"csv": write_csv(result.rows, out / "benchmark.csv"),
             "md": atomic_write_text(out / "benchmark.md", to_markdown(result)),
-            "html": atomic_write_text(out / "benchmark.html", to_html(result, figs))}
+            "html": atomic_write_text(out / "benchmark.html", to_html(result, figs)),
+            "json": atomic_write_text(out / RUN_FILE, json.dumps(run, indent=2) + "\n")}

@@ -9,8 +9,10 @@ Per entrant: ``psnr`` / ``ssim`` (``none`` row), per (attack, strength) ``bit_ac
 attack on the clean photo), ``p_value_median``, ``unreadable_rate`` (all from
 ``evaluation.run_suite``), the calibrated ``fpr_clean`` on clean photos against
 ``fpr_keys`` random keys (``evaluation.calibrate_fpr``, Clopper–Pearson interval in the
-note), timing and peak memory (``timing``), and the copy and removal attacks
-(``forgery``). Anything an entrant cannot do (package missing, no weights, photos too
+note), timing and peak memory (``timing``), the copy and black-box removal attacks
+(``forgery``) and the white-box removal against the public decoder (``whitebox``). Model
+methods (family ``model``) get their own rows: their shipped host through the model attacks
+(``models``). Anything an entrant cannot do (package missing, no weights, photos too
 small, an error of the method on this input) is a row with an empty value and the reason in
 ``note``; the run goes on.
 
@@ -30,8 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from neuralmark.components.benchmark.entrants import Entrant, entrants
 from neuralmark.components.benchmark.forgery import copy_attack_rows, removal_attack_rows
 from neuralmark.components.benchmark.images import PhotoSet
+from neuralmark.components.benchmark.models import (
+    check_model_methods,
+    model_methods,
+    model_rows,
+    model_suite,
+)
 from neuralmark.components.benchmark.sweeps import suite, sweeps
 from neuralmark.components.benchmark.timing import timing_rows
+from neuralmark.components.benchmark.whitebox import whitebox_removal_rows
 from neuralmark.components.errors import InputError
 from neuralmark.components.evaluation import calibrate_fpr, embed_all, run_suite
 from neuralmark.components.methods.base import WatermarkKey
@@ -59,7 +68,13 @@ class BenchmarkSettings(BaseModel):
         batch_sizes: batch sizes timed (``None``: [1, 4], quick [1, 2]).
         resolutions: sides timed at batch 1 (``None``: 256…2048, quick [256, 512]).
         timing_repeats: calls per timing (median).
-        forgery: run the copy and removal attacks.
+        forgery: run the copy and removal attacks (black box and white box).
+        whitebox_steps: APGD iterations of the white-box removal.
+        model_methods: model method keys for the model table (``None``: every registered
+            model method; ``[]``: none); a method without shipped files is a row saying so.
+        model_attacks: model attacks to sweep (``None``: all of ``models.MODEL_SWEEPS``).
+        model_key_secret: the key the shipped hosts were marked under (the shipped
+            trigger_key host's card states its demo key, ``neuralmark-demo``).
         seed: seeds the attacks' random draws and the FPR keys.
         device: ``cpu``, ``cuda`` or ``auto`` (our methods; the peers run on the CPU).
     """
@@ -81,6 +96,10 @@ class BenchmarkSettings(BaseModel):
     resolutions: list[int] | None = None
     timing_repeats: int = Field(1, ge=1)
     forgery: bool = True
+    whitebox_steps: int = Field(20, ge=1)
+    model_methods: list[str] | None = None
+    model_attacks: list[str] | None = None
+    model_key_secret: str = "neuralmark-demo"
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "auto"
 
@@ -165,6 +184,8 @@ def benchmark_entrant(entrant: Entrant, clean: torch.Tensor, settings: Benchmark
         swept = {name: strengths for name, strengths in sweeps(settings.quick).items()
                  if settings.attacks is None or name in dict(suite(settings.attacks))}
         rows += removal_attack_rows(method, marked, key, swept, budget, base, seed=settings.seed)
+        rows += whitebox_removal_rows(method, marked, key, budget, base,
+                                      steps=settings.whitebox_steps, seed=settings.seed)
     return rows
 
 
@@ -181,25 +202,37 @@ def run_benchmark(settings: BenchmarkSettings, photos: PhotoSet,
         The tidy table (``COLUMNS``), skipped photos and unavailable entrants included.
 
     Raises:
-        InputError: unknown method, peer or attack names.
+        InputError: unknown method, peer, attack or model attack names.
     """
     suite(settings.attacks, settings.quick)  # unknown attack names fail before any work
+    models = (model_methods() if settings.model_methods is None
+              else list(settings.model_methods))
+    check_model_methods(models)
+    msuite = model_suite(settings.model_attacks, settings.quick) if models else []
     chosen = entrants(settings.methods, settings.peers, settings.alpha,
-                      settings.resolved_device())
+                      settings.resolved_device(), allow_empty=bool(models))
     clean = photos.images.to(settings.resolved_device())
     rows: list[Row] = photos.rows()
     if len(clean) == 0 and not photos.skipped:
         raise InputError("no photos to benchmark")
+    total = len(chosen) + len(models)
     for i, entrant in enumerate(chosen):
         if progress is not None:
-            progress(i, len(chosen), entrant.name)
+            progress(i, total, entrant.name)
         rows += benchmark_entrant(entrant, clean, settings)
+    for i, key in enumerate(models):
+        if progress is not None:
+            progress(len(chosen) + i, total, f"{key} (model attacks)")
+        rows += model_rows(key, settings.model_key_secret, msuite, seed=settings.seed,
+                           device=settings.resolved_device())
     if progress is not None:
-        progress(len(chosen), len(chosen), "done")
+        progress(total, total, "done")
     for r in rows:
         for c in COLUMNS:
             r.setdefault(c, "" if c == "note" else None)
     info = [{"name": e.name, "family": e.family, "source": e.source,
              "unavailable": e.unavailable} for e in chosen]
+    info += [{"name": k, "family": "model", "source": "model attacks", "unavailable": ""}
+             for k in models]
     return BenchmarkResult(rows=[{c: r[c] for c in COLUMNS} for r in rows], settings=settings,
                            photos=list(photos.names), entrants=info)
