@@ -200,19 +200,25 @@ def uniqueness_study(marked: TriggerKey, key: WatermarkKey, independent: nn.Modu
     """d for every host × key: the owner's marked host and one host marked per other
     secret (each in the same unmarked host), the unmarked and the independent host.
 
+    Each other key is calibrated as the owner was (``config.calibration_marked_keys``
+    hosts marked with random keys in its null; one pool shared by the other keys).
+
     Returns:
         :func:`.analysis.uniqueness_rows` (``host, key, d, d_rel, ncc, p_value, detected, eta``).
     """
     with_data(marked, manifest, test_splits)
     owners: dict[str, tuple[TriggerKey, WatermarkKey]] = {"owner": (marked, key)}
     hosts: dict[str, nn.Module] = {"marked:owner": marked.host}
+    # the other keys' calibration null gets the same other-key marked hosts as the
+    # owner's (the same random keys, embedded once here for all of them)
+    pool = marked.marked_pool() if other_secrets else []
     for i, secret in enumerate(other_secrets):
         other = marked.with_config(lambda0_reference=False)
         assert isinstance(other, TriggerKey)
         other.train_pairs, other.test_pairs = marked.train_pairs, marked.test_pairs
         k = WatermarkKey(secret)
         other.embed_model(marked.unmarked, k)
-        other.calibrate(k, [independent], n_keys=n_keys)
+        other.calibrate(k, [independent], n_keys=n_keys, pool=pool)
         owners[f"key{i + 1}"] = (other, k)
         hosts[f"marked:key{i + 1}"] = other.host
     hosts.update({"unmarked": marked.unmarked, "independent": independent})
