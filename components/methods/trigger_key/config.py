@@ -36,7 +36,9 @@ class TriggerKeyConfig(MethodConfig):
         arch: host network ``dncnn``, ``red`` or ``vdsr``.
         trigger_size: side of K (``None`` = the seed's: 40 denoise, 20 SR; for SR K is
             low-resolution and the host sees its ``scale``× linear upsample).
-        lam: λ of ℓ = ℓ_d + λ·ℓ_w (seed: ≤ 1e-2 for DnCNN, ≤ 1e-3 for RED).
+        lam: λ of ℓ = ℓ_d + λ·ℓ_w (seed: ≤ 1e-2 for DnCNN, ≤ 1e-3 for RED;
+            ``configs/trigger_key_red.yaml`` uses 1e-2, above the seed's RED bound: the
+            tiny RED's mark was weaker at 1e-3, measured in the MODEL_CARD).
         stop_mse: embedding stops once ℓ_w / (C·H·W) (the mean squared error of M(K)
             against S0) stays at or below this for one check (every ``check_every`` steps).
         alpha: detection level: detected ⇔ empirical p-value ≤ alpha ⇔ d_rel < η.
