@@ -188,6 +188,21 @@ def test_patches_are_seeded_crops_of_the_images():
         extract_patches(coded[..., :12, :], 16, 1, torch.Generator())
 
 
+def test_patches_from_a_folder_mixing_grey_and_colour_images():
+    colour = torch.rand(3, 20, 24)
+    grey = torch.rand(1, 16, 18)
+    for channels in (1, 3):
+        patches = extract_patches([colour, grey], 8, 40, torch.Generator().manual_seed(0),
+                                  channels)
+        assert patches.shape == (40, channels, 8, 8)
+    rgb = extract_patches([grey], 8, 4, torch.Generator().manual_seed(1), channels=3)
+    assert torch.equal(rgb[:, 0], rgb[:, 2])  # a grey image repeated, not mixed up
+    with pytest.raises(InputError, match="1 or 3 channels"):
+        extract_patches([torch.rand(4, 16, 16)], 8, 1, torch.Generator())
+    with pytest.raises(InputError, match="C×H×W"):
+        extract_patches([torch.rand(16, 16)], 8, 1, torch.Generator())
+
+
 def test_denoise_pairs_add_seeded_gaussian_noise_of_sigma():
     clean = torch.rand(4, 3, 32, 32)
     noisy, target = denoise_pairs(clean, 25 / 255, torch.Generator().manual_seed(0))

@@ -36,8 +36,9 @@ OWNER = WatermarkKey("owner secret")
 #: the shipped bundle's demo key (stated in its MODEL_CARD.md)
 DEMO_SECRET = "neuralmark-demo"
 WRONG = [WatermarkKey(f"someone else {i}") for i in range(4)]
-#: the config's tiny defaults (5×16 grey DnCNN, 40×40 trigger), fewer calibration keys
-TINY = {"calibration_keys": 100}
+#: the config's tiny defaults (5×16 grey DnCNN, 40×40 trigger), fewer calibration keys and
+#: two other keys' marked hosts in the null (each is one more embedding)
+TINY = {"calibration_keys": 100, "calibration_marked_keys": 2}
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +51,23 @@ def photos() -> dict[str, list[torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def protected(photos):
-    """(method, independent host): fitted, marked with OWNER, calibrated, visualizer trained."""
+def protected_with_pool(photos):
+    """(method, independent host, other keys' marked hosts): fitted, marked with OWNER,
+    calibrated with that pool in the null, visualizer trained."""
     m = build("trigger_key", TINY)
     m.fit(photos)
     independent = m.train_independent_host(1000)
     m.embed_model(m.unmarked, OWNER)
-    m.calibrate(OWNER, [independent])
+    pool = m.marked_pool()
+    m.calibrate(OWNER, [independent], pool=pool)
     m.train_visualizer(OWNER, [independent])
-    return m, independent
+    return m, independent, pool
+
+
+@pytest.fixture(scope="module")
+def protected(protected_with_pool):
+    """(method, independent host) of :func:`protected_with_pool`."""
+    return protected_with_pool[:2]
 
 
 def test_key_material_is_deterministic_per_secret_and_differs_across_secrets():
@@ -107,17 +116,22 @@ def test_wrong_key_unmarked_and_independent_hosts_are_not_detected(protected):
         assert "not the one" in v.reason
 
 
-def test_another_keys_mark_is_verified_only_on_its_own_host(protected):
+def test_another_keys_mark_is_verified_only_on_its_own_host(protected_with_pool):
     """Issue #13's uniqueness failure: hosts that never saw a key's trigger map it to
     nearly the same smooth image as the unmarked host, so a mark that moved S only part
     of the way from there "verified" on them under the seed's absolute d. On d_rel they
-    sit near 1 (the unmarked host exactly), far above η; the marked hosts at 0 / above."""
-    m, independent = protected
+    sit near 1 (the unmarked host exactly), far above η; the marked hosts at 0 / above.
+    Hosts marked with other keys are in the null (the same pool for both owners)."""
+    m, independent, pool = protected_with_pool
+    assert m.calibration["marked_trials"] == 2 and len(pool) == 2
+    for host, _, _ in pool:
+        v = m.verify_model(host, OWNER)
+        assert not v.detected and v.extra["d_rel"] >= m.eta, v.reason
     other = m.with_config(lambda0_reference=False)
     other.train_pairs, other.test_pairs = m.train_pairs, m.test_pairs
     key = WatermarkKey("another owner")
     other.embed_model(m.unmarked, key)
-    other.calibrate(key, [independent])
+    other.calibrate(key, [independent], pool=pool)
     assert other.verify_model(other.host, key).detected
     for host in (m.unmarked, independent, m.host):
         v = other.verify_model(host, key)
@@ -280,7 +294,7 @@ def test_red_and_vdsr_sr_hosts_are_marked_calibrated_and_verified(photos, config
 
     micro = {"width": 8, "host_steps": 40, "embed_steps": 60, "n_patches": 64,
              "patch_size": 24, "trigger_size": 16, "calibration_keys": 40, "alpha": 0.05,
-             "visualizer_steps": 10, "check_every": 20}
+             "visualizer_steps": 10, "check_every": 20, "calibration_marked_keys": 2}
     m = build("trigger_key", {**micro, **config})
     m.protect(photos, OWNER)
     side = 16 * (2 if config["task"] == "sr" else 1)

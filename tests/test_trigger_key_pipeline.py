@@ -29,7 +29,7 @@ MICRO: dict[str, Any] = {
     "config": {"depth": 3, "width": 8, "host_steps": 60, "embed_steps": 80,
                "visualizer_steps": 40, "n_patches": 64, "patch_size": 24, "trigger_size": 16,
                "calibration_keys": 30, "batch_size": 8, "lam": 0.1, "check_every": 10,
-               "alpha": 0.05, "baseline_items": 2},
+               "alpha": 0.05, "baseline_items": 2, "calibration_marked_keys": 2},
     "data": {"root": "data/micro", "size": 64, "crops_per_photo": 1, "n_procedural": 3,
              "version_with_dvc": False},
     "evaluation": {"key_secret": OWNER},

@@ -49,7 +49,7 @@ class _Marked:
     """What gate_summary reads from the marked method."""
 
     metrics = {"fidelity_cost_db": 0.4}
-    calibration = {"fpr": 0.01, "fpr_ci_high": 0.03, "eta": 7e-3}
+    calibration = {"fpr": 0.01, "fpr_ci_high": 0.03, "eta": 7e-3, "marked_fpr": 0.125}
 
 
 FIDELITY = [{"host": h, "metric": m, "value": v} for h, m, v in (
@@ -66,6 +66,7 @@ def test_gate_summary_counts_what_the_rows_say() -> None:
     s = study.gate_summary(rows, FIDELITY, UNIQUE, _Marked())
     assert s["psnr"] == 28.3 and s["ssim"] == 0.79 and s["psnr_unmarked"] == 28.8
     assert s["fidelity_cost_db"] == 0.4 and s["fpr"] == 0.01 and s["eta"] == 7e-3
+    assert s["fpr_marked_hosts"] == 0.125
     assert s["detected/none"] == 1.0 and s["detected/overwrite"] == 0.0
     # 4 of the 6 attacked labels verified
     assert s["detection_rate_mean_attacked"] == pytest.approx(4 / 6)

@@ -82,13 +82,21 @@ def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     raise InputError(f"images must have 1 or 3 channels, got {c}")
 
 
+def _as_image(x: torch.Tensor) -> torch.Tensor:
+    """``x`` if it is one ``C×H×W`` image, else ``InputError`` naming its shape."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"extract_patches: expected C×H×W images, got {shape}")
+    return x
+
+
 def extract_patches(images: torch.Tensor | Sequence[torch.Tensor], size: int, n: int,
                     generator: torch.Generator, channels: int = 3) -> torch.Tensor:
     """``n`` random ``size×size`` crops: an image drawn uniformly, then a position.
 
     Args:
-        images: an ``N×C×H×W`` batch or a sequence of ``C×H×W`` images (sizes may differ),
-            values in [0, 1].
+        images: an ``N×C×H×W`` batch or a sequence of ``C×H×W`` images (sizes and C ∈
+            {1, 3} may differ), values in [0, 1].
         size: patch side in pixels.
         n: how many patches.
         generator: a CPU generator (the draws: image index, top, left per patch).
@@ -109,6 +117,8 @@ def extract_patches(images: torch.Tensor | Sequence[torch.Tensor], size: int, n:
     if small:
         raise InputError(f"extract_patches: {size}×{size} patches do not fit images of "
                          f"size {sorted(set(small))[0]} (H×W)")
+    # each image converted on its own first: a folder may mix grey and colour images
+    imgs = [to_channels(_as_image(x).float()[None], channels)[0] for x in imgs]
     out = []
     for _ in range(n):
         img = imgs[int(torch.randint(0, len(imgs), (1,), generator=generator))]
@@ -116,9 +126,9 @@ def extract_patches(images: torch.Tensor | Sequence[torch.Tensor], size: int, n:
         top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
         out.append(img[:, top:top + size, left:left + size])
-    patches = torch.stack(out).float()  # n c s s
+    patches = torch.stack(out)  # n channels s s
     _check_clean(patches, "extract_patches")
-    return to_channels(patches, channels)
+    return patches
 
 
 def _manifest_file(manifest: str | os.PathLike) -> Path:

@@ -13,6 +13,7 @@ Python API (part 2's steps call one line each)::
     m.fit(images)                              # train the unmarked host (N×C×H×W or list)
     marked = m.embed_model(m.unmarked, key)    # fine-tune a copy: ℓ_d + λ·ℓ_w
     m.calibrate(key, [independent_host])       # η, FPR with its Clopper–Pearson CI
+                                               # (embeds other keys' hosts for the null)
     m.train_visualizer(key, [independent_host])  # R(S) → logo
     metrics = m.protect(images, key)           # …or all four in one call
     verdict = m.verify_model(suspect, key)     # a host, or its output on K (tensor)
@@ -42,6 +43,11 @@ Choices where the seed is vague (a contract):
   smooth image, so the seed's absolute d let another key's weak mark "verify" on hosts
   that never saw it; d_rel is ≈ 1 on those, 0 on the marked host. The seed's d and its
   NCC > 0.95 rule are reported beside it (``d``, ``ncc_verified``).
+* **Other keys' marked hosts in the null**: ``calibrate`` embeds
+  ``calibration_marked_keys`` random keys into the same unmarked host (each a full
+  embedding) and probes every marked host with every other key's K and S, so η sits below
+  what the uniqueness table tests (marking with any key moves a small host's output on
+  every noise trigger towards other keys' S; measured on RED / VDSR, see the card).
 * **BatchNorm frozen while embedding**; the stopping rule ℓ_w/(C·H·W) ≤ ``stop_mse``.
 * **SR**: K is low-resolution (20×20), the host sees its bilinear upsample K̂.
 * **Visualizer negatives**: R is also trained to show a blank for outputs that are not S.

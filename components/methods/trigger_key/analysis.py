@@ -74,6 +74,10 @@ def capacity_rows(method: TriggerKey, key: WatermarkKey, sizes: Sequence[int],
         sizes: trigger sides.
         n_keys: random keys of each size's calibration (η needs ``alpha·(n + 1) >= 1``
             calibration trials: at alpha 0.01 with two hosts, n_keys >= 100).
+
+    Each size's η is calibrated without other keys' marked hosts (``pool=[]``: they
+    would cost ``calibration_marked_keys`` embeddings per size); the rows measure whether
+    the mark takes and what it costs, uniqueness is the uniqueness table's.
     """
     if not isinstance(method, TriggerKey):
         raise TypeError("capacity_rows needs a trigger_key method")
@@ -81,7 +85,7 @@ def capacity_rows(method: TriggerKey, key: WatermarkKey, sizes: Sequence[int],
     for size in sizes:
         m = variant(method, trigger_size=int(size))
         m.embed_model(method.unmarked, key)
-        m.calibrate(key, n_keys=n_keys)
+        m.calibrate(key, n_keys=n_keys, pool=[])
         own, clean = m.verify_model(m.host, key), m.verify_model(m.unmarked, key)
         for metric, value in (("fidelity_cost_db", m.metrics["fidelity_cost_db"]),
                               ("psnr_marked", m.metrics["psnr_marked"]),
@@ -108,7 +112,7 @@ def keyed_gradient_ablation(method: TriggerKey, key: WatermarkKey,
     for keyed in (False, True):
         m = variant(method, keyed_gradient=keyed)
         m.embed_model(method.unmarked, key)
-        m.calibrate(key, n_keys=n_keys)
+        m.calibrate(key, n_keys=n_keys, pool=[])  # the ablation is on the random keys' S0
         verdicts = [m.verify_model(m.host, k) for k in wrong_keys]
         d_min = min(float(v.extra["d_rel"]) for v in verdicts)
         eta = m.calibration["eta"]

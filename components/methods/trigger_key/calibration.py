@@ -8,20 +8,32 @@ smooth image (two independently trained hosts differ by d ≈ 1.5e-3), the mark 
 part of the way from that natural output towards S0 (d(M_ref(K), S) ≈ 6–9e-3), and the
 seed's absolute d put the natural output of another key's host within η of its S; d_rel
 is 0 on the marked host and ≈ 1 ± the hosts' natural spread on any host that never saw K,
-whatever the key's scale. Two kinds of null trials (:func:`null_distances`):
+whatever the key's scale. Three kinds of null trials (:func:`null_distances`):
 
 * **owner's trigger** — unmarked hosts and independently trained hosts run on the owner's
   K, compared with the owner's S (a model that never saw the key);
 * **random keys** — the marked host and the null hosts other than the reference run on
   many random keys' triggers, each compared with that key's own S0 = G_key(K) (a claimant
   with the wrong key, or a marked model probed for a key it was not marked with); the
-  reference itself is left out there, its d_rel is 1 by construction.
+  reference itself is left out there, its d_rel is 1 by construction;
+* **other keys' marked hosts** (:func:`marked_peer_distances`) — a pool of hosts, each
+  marked with its own random key into the same unmarked host with the same schedule, run
+  on the owner's K against the owner's S (exactly what the uniqueness table tests: another
+  owner's marked host under this key), and every marked host (the owner's and the pool's)
+  run on each pool key's K against that key's own S. Measured on the RED / VDSR ×2 tiny
+  pipelines (issue #13): marking with *any* key moves a small host's output on every noise
+  trigger part of the way towards every other key's weak S (d_rel 0.695–0.927 between
+  marked hosts while never-marked hosts stay ≥ 1), and the first two kinds never contain
+  such a trial, so η sat above them.
 
-The random keys are split in two halves (:func:`calibrate`): the *calibration* half
-gives the empirical p-value of a distance, ``p = (1 + #{null d ≤ d}) / (n + 1)``
-(``stats.empirical_p_value``), and η, the distance below which ``p ≤ alpha``; the
-*held-out* half (with the owner's-trigger trials) measures the false-positive rate of
-that rule with its Clopper–Pearson interval, so the reported FPR is not in-sample.
+Every kind is split in two (:func:`calibrate`): the random keys key-wise (even keys
+calibrate, odd keys are held out), the marked-host trials by probed key (the owner's key
+and even pool keys calibrate, odd pool keys are held out), the owner's-trigger trials are
+all held out. The *calibration* half gives the empirical p-value of a distance,
+``p = (1 + #{null d ≤ d}) / (n + 1)`` (``stats.empirical_p_value``), and η, the distance
+below which ``p ≤ alpha``; the *held-out* half measures the false-positive rate of that
+rule with its Clopper–Pearson interval, so the reported FPR is not in-sample (and the
+marked-host trials' own held-out FPR is reported beside it, ``marked_fpr``).
 
 Shapes: hosts map ``B×C×T×T`` → ``B×C×T×T``.
 """
@@ -74,6 +86,32 @@ def host_relative_distances(host: nn.Module, reference: nn.Module, inputs: torch
     return [float(v) for v in relative_distance(out, targets, ref)]
 
 
+#: a marked host with its key's material: ``(host, 1×C×T×T host input of K, 1×C×T×T S)``
+MarkedPeer = tuple[nn.Module, torch.Tensor, torch.Tensor]
+
+
+def marked_peer_distances(owner: MarkedPeer, pool: Sequence[MarkedPeer],
+                          reference: nn.Module) -> list[float]:
+    """d_rel of marked hosts probed with a key they were not marked with.
+
+    Args:
+        owner: the owner's marked host, K input and S.
+        pool: ``P`` hosts marked with other keys (same unmarked host, same schedule).
+        reference: the owner's unmarked host (every d_rel's denominator).
+
+    Returns:
+        ``P·(P + 1)`` values, probed-key-major: first the ``P`` pool hosts on the owner's
+        (K, S), then for each pool key ``b`` the owner's host and the other ``P − 1`` pool
+        hosts on ``b``'s (K, S). Empty when the pool is.
+    """
+    peers = [owner, *pool]
+    out: list[float] = []
+    for b, (_, x, s) in enumerate(peers):
+        out += [d for a, (host, _, _) in enumerate(peers) if a != b
+                for d in host_relative_distances(host, reference, x, s)]
+    return out
+
+
 def p_value(d: float, null: Sequence[float]) -> float | None:
     """Empirical p-value of distance ``d``: ``(1 + #{null ≤ d}) / (n + 1)``; None if no null."""
     if not null:
@@ -97,8 +135,9 @@ def eta_at(null: Sequence[float], alpha: float) -> float | None:
 def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence[nn.Module],
                    owner_input: torch.Tensor, owner_s: torch.Tensor, n_keys: int, seed: int,
                    size: int, channels: int, task: str, scale: int,
-                   keyed: bool) -> dict[str, list[float]]:
-    """The null trials: ``owner_trigger`` and ``random_keys`` relative distances (module doc).
+                   keyed: bool, marked_pool: Sequence[MarkedPeer] = ()
+                   ) -> dict[str, list[float]]:
+    """The null trials: ``owner_trigger``, ``random_keys`` and ``marked_hosts`` (module doc).
 
     Args:
         marked: the marked host (probed with random keys only).
@@ -110,10 +149,13 @@ def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence
         n_keys: random keys.
         seed: draws the random keys.
         size, channels, task, scale, keyed: how key material is made (the config's).
+        marked_pool: hosts marked with other keys, with their K input and S
+            (:func:`marked_peer_distances`; empty: no such trials).
 
     Returns:
-        ``{"owner_trigger": [...], "random_keys": [...]}``; ``random_keys`` is ordered
-        host-major (all keys on ``marked``, then on each null host).
+        ``{"owner_trigger": [...], "random_keys": [...], "marked_hosts": [...]}``;
+        ``random_keys`` is ordered host-major (all keys on ``marked``, then on each null
+        host), ``marked_hosts`` as :func:`marked_peer_distances` returns it.
     """
     if n_keys < 2:
         raise InputError(f"calibration needs at least 2 random keys, got {n_keys}")
@@ -122,39 +164,76 @@ def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence
              for d in host_relative_distances(h, reference, owner_input, owner_s)]
     rand = [d for h in (marked, *null_hosts)
             for d in host_relative_distances(h, reference, inputs, targets)]
-    return {"owner_trigger": owner, "random_keys": rand}
+    peers = marked_peer_distances((marked, owner_input, owner_s), marked_pool, reference)
+    return {"owner_trigger": owner, "random_keys": rand, "marked_hosts": peers}
+
+
+def split_marked_hosts(values: Sequence[float]) -> tuple[list[float], list[float]]:
+    """``(calibration, held out)`` of :func:`marked_peer_distances`' values: the owner's
+    key and even pool keys calibrate, odd pool keys are held out.
+
+    Raises:
+        InputError: a length that is not ``P·(P + 1)``.
+    """
+    n = len(values)
+    pool = next((p for p in range(n + 1) if p * (p + 1) >= n), 0)
+    if pool * (pool + 1) != n:
+        raise InputError(f"marked-host trials: expected P·(P + 1) values, got {n}")
+    calib, held = [], []
+    for i, d in enumerate(values):
+        probed = i // pool  # 0: the owner's key, b ≥ 1: pool key b − 1
+        (calib if probed == 0 or (probed - 1) % 2 == 0 else held).append(d)
+    return calib, held
 
 
 def calibrate(null: dict[str, list[float]], alpha: float, n_keys: int) -> dict[str, float]:
     """η, and the held-out false-positive rate of ``d < η`` with its 95% interval.
 
     The random-key trials are split key-wise (even keys calibrate, odd keys are held
-    out); the owner's-trigger trials are all held out.
+    out), the marked-host trials by probed key (:func:`split_marked_hosts`); the
+    owner's-trigger trials are all held out.
 
     Returns:
         ``eta`` (NaN when alpha is below the null's resolution), ``n_null`` (calibration
         trials), ``fpr``, ``fpr_ci_low``, ``fpr_ci_high``, ``fp`` and ``trials`` (held
-        out), ``null_min`` / ``null_median`` (calibration distances), ``owner_trigger_min``.
+        out, all kinds), ``null_min`` / ``null_median`` (calibration distances),
+        ``owner_trigger_min``; with marked-host trials also ``marked_trials`` /
+        ``marked_fp`` / ``marked_fpr`` (their held-out part alone) and ``marked_min``
+        (the smallest of all of them).
     """
     rand = null["random_keys"]
-    calib = [d for i, d in enumerate(rand) if (i % n_keys) % 2 == 0]
-    held = [d for i, d in enumerate(rand) if (i % n_keys) % 2 == 1] + null["owner_trigger"]
+    marked_calib, marked_held = split_marked_hosts(null.get("marked_hosts", []))
+    calib = calibration_null(null, n_keys)
+    held = ([d for i, d in enumerate(rand) if (i % n_keys) % 2 == 1] + null["owner_trigger"]
+            + marked_held)
     eta = eta_at(calib, alpha)
-    fp = sum(1 for d in held if eta is not None and d < eta)
+
+    def false_positives(values: Sequence[float]) -> int:
+        return sum(1 for d in values if eta is not None and d < eta)
+
+    fp = false_positives(held)
     lo, hi = clopper_pearson(fp, len(held))
     ordered = sorted(calib)
-    return {"eta": math.nan if eta is None else float(eta), "n_null": float(len(calib)),
-            "fpr": fp / len(held), "fpr_ci_low": lo, "fpr_ci_high": hi, "fp": float(fp),
-            "trials": float(len(held)), "null_min": ordered[0],
-            "null_median": ordered[len(ordered) // 2],
-            "owner_trigger_min": min(null["owner_trigger"], default=math.nan)}
+    out = {"eta": math.nan if eta is None else float(eta), "n_null": float(len(calib)),
+           "fpr": fp / len(held), "fpr_ci_low": lo, "fpr_ci_high": hi, "fp": float(fp),
+           "trials": float(len(held)), "null_min": ordered[0],
+           "null_median": ordered[len(ordered) // 2],
+           "owner_trigger_min": min(null["owner_trigger"], default=math.nan)}
+    if marked_calib:
+        mfp = false_positives(marked_held)
+        out.update({"marked_trials": float(len(marked_held)), "marked_fp": float(mfp),
+                    "marked_fpr": mfp / len(marked_held) if marked_held else math.nan,
+                    "marked_min": min([*marked_calib, *marked_held])})
+    return out
 
 
 def calibration_null(null: dict[str, list[float]], n_keys: int) -> list[float]:
-    """The calibration half of the random-key trials (what p-values are computed against)."""
-    return [d for i, d in enumerate(null["random_keys"]) if (i % n_keys) % 2 == 0]
+    """The calibration half of the null (what p-values are computed against): even random
+    keys and the calibrating marked-host trials (:func:`split_marked_hosts`)."""
+    rand = [d for i, d in enumerate(null["random_keys"]) if (i % n_keys) % 2 == 0]
+    return rand + split_marked_hosts(null.get("marked_hosts", []))[0]
 
 
-__all__ = ["calibrate", "calibration_null", "eta_at", "host_distances",
-           "host_relative_distances", "null_distances", "p_value", "random_key_material",
-           "relative_distance"]
+__all__ = ["MarkedPeer", "calibrate", "calibration_null", "eta_at", "host_distances",
+           "host_relative_distances", "marked_peer_distances", "null_distances", "p_value",
+           "random_key_material", "relative_distance", "split_marked_hosts"]

@@ -36,10 +36,14 @@ class TriggerKeyConfig(MethodConfig):
         arch: host network ``dncnn``, ``red`` or ``vdsr``.
         trigger_size: side of K (``None`` = the seed's: 40 denoise, 20 SR; for SR K is
             low-resolution and the host sees its ``scale``× linear upsample).
-        lam: λ of ℓ = ℓ_d + λ·ℓ_w (seed: ≤ 1e-2 for DnCNN, ≤ 1e-3 for RED).
+        lam: λ of ℓ = ℓ_d + λ·ℓ_w (seed: ≤ 1e-2 for DnCNN, ≤ 1e-3 for RED;
+            ``configs/trigger_key_red.yaml`` uses 1e-2, above the seed's RED bound: the
+            tiny RED's mark was weaker at 1e-3, measured in the MODEL_CARD).
         stop_mse: embedding stops once ℓ_w / (C·H·W) (the mean squared error of M(K)
             against S0) stays at or below this for one check (every ``check_every`` steps).
         alpha: detection level: detected ⇔ empirical p-value ≤ alpha ⇔ d_rel < η.
+        calibration_marked_keys: other keys' marked hosts in the calibration null (each
+            costs one embedding; what the uniqueness table tests, see ``calibration``).
         ncc_threshold: the seed's NCC rule (NCC > 0.95), reported beside the d rule.
     """
 
@@ -74,6 +78,9 @@ class TriggerKeyConfig(MethodConfig):
     alpha: float = Field(1e-2, gt=0, lt=1)
     ncc_threshold: float = Field(0.95, gt=0, lt=1)
     calibration_keys: int = Field(200, ge=1)
+    #: hosts marked with other (random) keys for the calibration null, each a full embedding
+    #: (``calibration.marked_peer_distances``; 0: no such trials, η then ignores them)
+    calibration_marked_keys: int = Field(4, ge=0, le=64)
     # copyright visualizer R(S) → logo
     logo: str = "builtin"
     logo_size: int = Field(32, ge=8, le=128)

@@ -23,7 +23,13 @@ import torch
 from torch import nn
 
 from neuralmark.components.errors import InputError
-from neuralmark.components.methods.base import Callbacks, Status, Verdict, WatermarkKey
+from neuralmark.components.methods.base import (
+    Callbacks,
+    Status,
+    Verdict,
+    WatermarkKey,
+    random_keys,
+)
 from neuralmark.components.methods.registry import register
 from neuralmark.components.methods.trigger_key import calibration
 from neuralmark.components.methods.trigger_key.embedding import MarkLoss
@@ -163,8 +169,33 @@ class TriggerKey(HostMark):
         return (self.visualizer(s0) - self.key_store.logo).pow(2).mean()
 
     # -- calibration and the visualizer ------------------------------------------------------
+    def marked_pool(self, n: int | None = None, seed: int = 3) -> list[calibration.MarkedPeer]:
+        """``n`` hosts marked with random keys (``base.random_keys``; never the owner's)
+        into ``unmarked`` with this config's schedule: ``(host, K input, S)`` each.
+
+        Args:
+            n: how many (default ``config.calibration_marked_keys``).
+            seed: draws the keys (apart from the calibration's random keys).
+
+        Raises:
+            InputError: no task data (``set_task_data`` first) when ``n > 0``.
+        """
+        n = self.config.calibration_marked_keys if n is None else n
+        pool: list[calibration.MarkedPeer] = []
+        if n > 0:
+            self.require_pairs()
+        for k in random_keys(n, torch.Generator().manual_seed(seed)):
+            peer = self.with_config(lambda0_reference=False)
+            assert isinstance(peer, TriggerKey)
+            peer.train_pairs, peer.test_pairs = self.train_pairs, self.test_pairs
+            peer.embed_model(self.unmarked, k)
+            x, s, _ = peer.reference(k)
+            pool.append((peer.host, x, s))
+        return pool
+
     def calibrate(self, key: WatermarkKey, null_hosts: Sequence[nn.Module] = (),
-                  n_keys: int | None = None, seed: int = 1) -> dict[str, float]:
+                  n_keys: int | None = None, seed: int = 1,
+                  pool: Sequence[calibration.MarkedPeer] | None = None) -> dict[str, float]:
         """Measure η and the FPR from the null (:mod:`.calibration`); kept in the bundle.
 
         Args:
@@ -173,22 +204,32 @@ class TriggerKey(HostMark):
                 in this session, the λ = 0 fine-tuned host are always added).
             n_keys: random keys (default ``config.calibration_keys``).
             seed: draws the random keys.
+            pool: hosts marked with other keys (:meth:`marked_pool`; ``None``: embed
+                ``config.calibration_marked_keys`` of them now; ``[]``: none). Reusing one
+                pool for several owners of the same unmarked host is what the uniqueness
+                study does; a pool must not contain a host marked with ``key``.
 
         Returns:
             :func:`.calibration.calibrate`'s numbers (``eta``, ``fpr`` with its interval…).
 
         Raises:
-            InputError: the host is not marked with ``key``.
+            InputError: the host is not marked with ``key``, or the pool holds a host of
+                another trigger shape.
         """
         if not self.owns(key):
             raise InputError("calibrate: the host is not marked with this key; embed_model first")
         c = self.config
         n = n_keys or c.calibration_keys
         x, s, _ = self.reference(key)
+        peers = self.marked_pool() if pool is None else list(pool)
+        for _, px, ps in peers:
+            if px.shape != x.shape or ps.shape != s.shape:
+                raise InputError(f"calibrate: a marked pool host's trigger is {tuple(px.shape)}, "
+                                 f"this key's is {tuple(x.shape)}")
         plain = [self.lambda0_host] if self.lambda0_host is not None else []
         null = calibration.null_distances(self.host, self.unmarked, [*plain, *null_hosts], x, s,
                                           n, seed, c.trigger_side, c.channels, c.task, c.scale,
-                                          c.keyed_gradient)
+                                          c.keyed_gradient, peers)
         self.null = calibration.calibration_null(null, n)
         self.calibration = calibration.calibrate(null, c.alpha, n)
         self.metrics.update({f"calibration_{k}": v for k, v in self.calibration.items()})

@@ -200,19 +200,25 @@ def uniqueness_study(marked: TriggerKey, key: WatermarkKey, independent: nn.Modu
     """d for every host × key: the owner's marked host and one host marked per other
     secret (each in the same unmarked host), the unmarked and the independent host.
 
+    Each other key is calibrated as the owner was (``config.calibration_marked_keys``
+    hosts marked with random keys in its null; one pool shared by the other keys).
+
     Returns:
         :func:`.analysis.uniqueness_rows` (``host, key, d, d_rel, ncc, p_value, detected, eta``).
     """
     with_data(marked, manifest, test_splits)
     owners: dict[str, tuple[TriggerKey, WatermarkKey]] = {"owner": (marked, key)}
     hosts: dict[str, nn.Module] = {"marked:owner": marked.host}
+    # the other keys' calibration null gets the same other-key marked hosts as the
+    # owner's (the same random keys, embedded once here for all of them)
+    pool = marked.marked_pool() if other_secrets else []
     for i, secret in enumerate(other_secrets):
         other = marked.with_config(lambda0_reference=False)
         assert isinstance(other, TriggerKey)
         other.train_pairs, other.test_pairs = marked.train_pairs, marked.test_pairs
         k = WatermarkKey(secret)
         other.embed_model(marked.unmarked, k)
-        other.calibrate(k, [independent], n_keys=n_keys)
+        other.calibrate(k, [independent], n_keys=n_keys, pool=pool)
         owners[f"key{i + 1}"] = (other, k)
         hosts[f"marked:key{i + 1}"] = other.host
     hosts.update({"unmarked": marked.unmarked, "independent": independent})
@@ -269,6 +275,7 @@ def gate_summary(attacks: Sequence[Row], fidelity: Sequence[Row], uniqueness: Se
 
     Keys: ``psnr`` / ``ssim`` (marked host, task), ``psnr_unmarked``, ``ssim_unmarked``,
     ``fidelity_cost_db`` (λ = 0 reference − marked), ``fpr`` with ``fpr_ci_high``, ``eta``,
+    ``fpr_marked_hosts`` (held-out other keys' marked-host trials alone; NaN without them),
     ``detected/<label>`` and ``psnr/<label>`` of trigger_key per attack label,
     ``detection_rate_mean_attacked`` (share of attacked labels still verified),
     ``prune_survived_max``, ``<baseline>/detection_rate_mean_attacked``, and
@@ -283,6 +290,7 @@ def gate_summary(attacks: Sequence[Row], fidelity: Sequence[Row], uniqueness: Se
         "fpr": float(marked.calibration.get("fpr", math.nan)),
         "fpr_ci_high": float(marked.calibration.get("fpr_ci_high", math.nan)),
         "eta": float(marked.calibration.get("eta", math.nan)),
+        "fpr_marked_hosts": float(marked.calibration.get("marked_fpr", math.nan)),
         "prune_survived_max": prune_survived_max(attacks),
     }
     for method in (tables.OURS, *BASELINES):
@@ -323,7 +331,9 @@ def report_markdown(title: str, summary: Mapping[str, float], fidelity: Sequence
              "", "## Detection threshold and false positives", "",
              f"η = {summary['eta']:.4g} (on d_rel = d / d of the unmarked host); "
              f"FPR = {summary['fpr']:.4g} (95% CI upper "
-             f"{summary['fpr_ci_high']:.4g}) on held-out random keys and null hosts.", "",
+             f"{summary['fpr_ci_high']:.4g}) on held-out random keys, null hosts and other "
+             f"keys' marked hosts (those alone: "
+             f"{summary.get('fpr_marked_hosts', math.nan):.4g}).", "",
              "## Attacks (trigger_key with Base-1 and Base-2)", "", tables.attack_table(attacks),
              "", f"Pruning breaking point (first rate not verified): {brk}.", "",
              "## Uniqueness (d_rel, * = detected)", "", tables.uniqueness_table(uniqueness)]

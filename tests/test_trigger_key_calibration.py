@@ -1,0 +1,116 @@
+"""trigger_key's calibration null with other keys' marked hosts (issue #13), at micro size.
+
+Hosts here are constant maps (each returns one fixed image whatever its input), so every
+d_rel has a closed form and the ordering, the calibration / held-out split and η can be
+checked exactly; one test runs the real embedding of a pool into a micro DnCNN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods import build
+from neuralmark.components.methods.base import WatermarkKey
+from neuralmark.components.methods.trigger_key import calibration
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SHAPE = (1, 1, 4, 4)
+
+
+class Constant(nn.Module):
+    """A "host" that returns ``value`` (``1×1×4×4``) for every input row."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.register_buffer("value", torch.full(SHAPE, value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value.expand(x.shape[0], -1, -1, -1)
+
+
+def peer(host_value: float, s_value: float) -> calibration.MarkedPeer:
+    return Constant(host_value), torch.zeros(SHAPE), torch.full(SHAPE, s_value)
+
+
+def test_marked_peer_distances_probe_every_marked_host_with_every_other_key():
+    # reference outputs 0; owner's S = 0.5, pool keys' S = 0.4 and 0.8
+    reference = Constant(0.0)
+    owner, pool = peer(0.5, 0.5), [peer(0.4, 0.4), peer(0.8, 0.8)]
+    got = calibration.marked_peer_distances(owner, pool, reference)
+    # d_rel(a on b) = |v_a − S_b| / |0 − S_b|, probed-key-major, the host itself skipped
+    want = [0.1 / 0.5, 0.3 / 0.5,   # pool hosts on the owner's key
+            0.1 / 0.4, 0.4 / 0.4,   # owner's and pool[1] on pool key 0
+            0.3 / 0.8, 0.4 / 0.8]   # owner's and pool[0] on pool key 1
+    assert got == pytest.approx(want)
+    assert calibration.marked_peer_distances(owner, [], reference) == []
+    calib, held = calibration.split_marked_hosts(got)
+    assert calib == pytest.approx(want[:4]) and held == pytest.approx(want[4:])
+    with pytest.raises(InputError, match="P·\\(P \\+ 1\\)"):
+        calibration.split_marked_hosts(got[:5])
+
+
+def test_eta_falls_below_the_calibrating_marked_trials_and_their_fpr_is_held_out():
+    # far random-key trials (d_rel 0.9 … 1.2) and marked-host trials at 0.2 … 0.6
+    n_keys = 100
+    rand = [0.9 + 0.3 * (i % n_keys) / n_keys for i in range(2 * n_keys)]
+    marked = [0.3, 0.5, 0.6, 0.2, 0.4, 0.45]   # P = 2, see the test above for the order
+    null = {"owner_trigger": [1.0, 1.1], "random_keys": rand, "marked_hosts": marked}
+    without = calibration.calibrate({**null, "marked_hosts": []}, alpha=0.01, n_keys=n_keys)
+    assert without["eta"] == pytest.approx(0.9) and "marked_fpr" not in without
+    with_pool = calibration.calibrate(null, alpha=0.01, n_keys=n_keys)
+    # the calibration half: 100 even random-key trials + the 4 calibrating marked trials;
+    # k = ⌊0.01·105⌋ − 1 = 0, so η is their smallest, 0.2
+    assert with_pool["n_null"] == 104 and with_pool["eta"] == pytest.approx(0.2)
+    assert with_pool["marked_trials"] == 2 and with_pool["marked_fp"] == 0
+    assert with_pool["trials"] == 100 + 2 + 2 and with_pool["marked_min"] == pytest.approx(0.2)
+    assert sorted(calibration.calibration_null(null, n_keys))[:4] == \
+        pytest.approx([0.2, 0.3, 0.5, 0.6])
+    # the rule judged on the held-out marked trials: one of them below a looser η is an FP
+    looser = calibration.calibrate({**null, "marked_hosts": [0.5, 0.5, 0.6, 0.5, 0.4, 0.7]},
+                                   alpha=0.01, n_keys=n_keys)
+    assert looser["eta"] == pytest.approx(0.5)
+    assert looser["marked_fp"] == 1 and looser["marked_fpr"] == pytest.approx(0.5)
+    assert looser["fp"] == 1 and looser["fpr"] == pytest.approx(1 / looser["trials"])
+    assert not math.isnan(looser["fpr_ci_high"])
+
+
+@pytest.fixture
+def micro(photo_batch):
+    m = build("trigger_key", {"depth": 3, "width": 4, "host_steps": 20, "embed_steps": 20,
+                              "patch_size": 16, "n_patches": 32, "trigger_size": 12,
+                              "calibration_keys": 20, "alpha": 0.05,
+                              "calibration_marked_keys": 2, "check_every": 10})
+    m.fit(photo_batch)
+    m.embed_model(m.unmarked, WatermarkKey("owner"))
+    return m
+
+
+def test_calibrate_embeds_a_pool_of_other_keys_marked_hosts(micro):
+    m = micro
+    key = WatermarkKey("owner")
+    pool = m.marked_pool()
+    assert len(pool) == 2
+    for _, x, s in pool:
+        assert x.shape == s.shape == (1, 1, 12, 12)
+        assert not torch.equal(s, m.s)  # marked with its own key, not the owner's
+    out = m.calibrate(key, pool=pool)
+    assert out["marked_trials"] == 2  # P = 2: the odd pool key's two probes are held out
+    # the pool's calibrating trials are in the null, so η is at most their smallest
+    x, _ = m.key_material(key)
+    on_owner = calibration.marked_peer_distances((m.host, x, m.s), pool, m.unmarked)[:2]
+    assert m.eta is None or m.eta <= min(on_owner) + 1e-9
+    for host, _, _ in pool:  # another key's marked host is not this owner's
+        assert not m.verify_model(host, key).detected
+    assert m.calibrate(key, pool=pool) == out  # the same pool, the same η
+    without = m.calibrate(key, pool=[])
+    assert "marked_trials" not in without
+    with pytest.raises(InputError, match="marked pool host's trigger"):
+        m.calibrate(key, pool=[(pool[0][0], torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))])
+    bare = build("trigger_key", {"depth": 3, "width": 4, "calibration_marked_keys": 1})
+    with pytest.raises(InputError, match="no task data"):
+        bare.marked_pool()
