@@ -58,6 +58,11 @@ class VisibleGanConfig(MethodConfig):
     lambda_f: float = Field(1.0, ge=0.0)
     lambda_v: float = Field(1.0, ge=0.0)
     lambda_d: float = Field(1.0, ge=0.0)
+    #: weight of ℒ_vis (not in the seed; ``losses.visibility_loss``), added to W's GMAN loss:
+    #: keeps the mark's contrast at least ``visibility_floor`` × the static blend's on each
+    #: image, so W cannot win ℒ_v by fading the mark (0 = the seed's objective)
+    lambda_visibility: float = Field(1.0, ge=0.0)
+    visibility_floor: float = Field(0.9, ge=0.0, le=2.0)
     #: Adam learning rate of every removal attacker: the V W trains against and each V′ of
     #: the evaluation (one value, so W faces an attacker as strong as the one it is judged by)
     removal_lr: float = Field(1e-3, gt=0.0)
