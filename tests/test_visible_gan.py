@@ -314,7 +314,8 @@ def test_removal_reading_says_which_rows_show_nothing():
     text = removal_reading(report, in_training_removed=0.58)
     assert "left the opacity mark(s) in place" in text and "opacity 0.998" in text
     assert "1.000 of DeepStamp's mark (not removed)" in text
-    assert "(0.71×): fainter" in text
+    assert "0.71× the static blend's 0.142: fainter" in text
+    assert "do not show resistance" in text
     assert "harder to remove than static" in text
     assert "no different from displacement" in text and "opacity (within" not in text
     assert "removed 58 %" in text
@@ -322,6 +323,7 @@ def test_removal_reading_says_which_rows_show_nothing():
     report["contrast"]["deepstamp"] = 0.14
     text = removal_reading(report)
     assert "removed every baseline's mark" in text and "about as visible" in text
+    assert "do not show resistance" not in text
     assert "removed 58" not in text
     assert removal_reading({"removal": {}}) == ""
     assert text in seed_table_markdown({**report, "accuracy": {"clean": 0.5}})

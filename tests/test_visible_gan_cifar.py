@@ -110,8 +110,11 @@ MICRO: dict[str, Any] = {
     "evaluation": {"limit": 4, "batch_size": 4, "attacks": ["none", "jpeg"]},
     "policy": {"min_psnr": 0.0, "min_detection_rate": {"none": 0.0}, "max_fpr": 1.0,
                "max_regression": 1.0,
-               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0},
-               "max_metric": {"accuracy_drop/deepstamp": 1.0, "removal_gain/deepstamp": 100}},
+               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0,
+                              "contrast_vs_static/deepstamp": 0.0},
+               "max_metric": {"accuracy_drop/deepstamp": 1.0, "removal_gain/deepstamp": 100,
+                              "removal_left/static": 100, "removal_left/opacity": 100,
+                              "removal_left/displacement": 100}},
 }
 
 

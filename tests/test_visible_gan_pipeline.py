@@ -30,9 +30,12 @@ MICRO: dict[str, Any] = {
     "evaluation": {"limit": 3, "batch_size": 4, "attacks": ["none", "jpeg"]},
     "policy": {"min_psnr": 0.0, "min_detection_rate": {"none": 0.0}, "max_fpr": 1.0,
                "max_regression": 1.0,
-               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0},
+               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0,
+                              "contrast_vs_static/deepstamp": 0.0},
                "max_metric": {"accuracy_drop/deepstamp": 1.0,
-                              "removal_gain_vs_static/deepstamp": 100}},
+                              "removal_gain_vs_static/deepstamp": 100,
+                              "removal_left/static": 100, "removal_left/opacity": 100,
+                              "removal_left/displacement": 100}},
 }
 
 
@@ -63,6 +66,7 @@ def test_tiny_run_trains_evaluates_gates_and_registers(result, project):
         for metric in ("accuracy_drop", "removal_psnr", "removal_gain", "contrast", "v_psnr"):
             assert f"{metric}/{stamper}" in metrics, (metric, stamper)
     assert "psnr_vs_static/deepstamp" in metrics and "fpr" in metrics
+    assert "contrast_vs_static/deepstamp" in metrics and "train/loss_vis" in metrics
     for base in ("static", "opacity", "displacement"):
         assert f"removal_gain_vs_{base}/deepstamp" in metrics
         assert f"removal_gain_vs_{base}_se/deepstamp" in metrics

@@ -400,12 +400,14 @@ def removal_reading(report: dict[str, Any], contrasts: dict[str, float] | None =
     if ds_left is not None:
         out.append(f"It left {ds_left:.3f} of DeepStamp's mark"
                    + (" (not removed)." if ds_left >= NOT_REMOVED else "."))
+    faded = False
     if "deepstamp" in contrasts and "static" in contrasts and contrasts["static"] > 0:
         ratio = contrasts["deepstamp"] / contrasts["static"]
-        verdict = ("fainter: part of any resistance may be fading, not a mark V′ cannot "
-                   "predict" if ratio < FADED else "about as visible")
-        out.append(f"DeepStamp's contrast is {contrasts['deepstamp']:.3f} vs the static "
-                   f"blend's {contrasts['static']:.3f} ({ratio:.2f}×): {verdict}.")
+        faded = ratio < FADED
+        verdict = ("fainter, so part of any resistance may be fading rather than a mark V′ "
+                   "cannot predict" if faded else "about as visible")
+        out.append(f"DeepStamp's contrast is {contrasts['deepstamp']:.3f}, {ratio:.2f}× the "
+                   f"static blend's {contrasts['static']:.3f}: {verdict}.")
     vs = report.get("removal_vs", {})
     judged = [s for s in removed if s in vs]
     if judged:
@@ -421,6 +423,11 @@ def removal_reading(report: dict[str, Any], contrasts: dict[str, float] | None =
             parts.append(f"no different from {', '.join(same)} (within 2 SE)")
         out.append("Against the baselines V′ did remove, DeepStamp's mark is "
                    + "; ".join(parts) + " (paired per-image gains).")
+    if ds_left is not None and ds_left >= NOT_REMOVED and (kept or faded):
+        out.append("So these rows do not show resistance: V′ has not yet learnt to remove "
+                   "DeepStamp's mark, and " + ("it is fainter" if faded else
+                                               "it also left a baseline")
+                   + "; a longer V′ budget (scripts/visible_gan_removal_curve.py) comes first.")
     if in_training_removed is not None:
         out.append(f"The in-training V, which saw W's marks from the start, removed "
                    f"{100 * in_training_removed:.0f} % of DeepStamp's mark by the end.")
