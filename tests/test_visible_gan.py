@@ -358,6 +358,10 @@ def test_fit_then_evaluation_rows_and_seed_table():
     assert value[("deepstamp", "contrast_vs_static")] == pytest.approx(
         value[("deepstamp", "contrast")] / value[("static", "contrast")])
     assert set(m.fit_report["contrast"]) == set(STAMPERS)
+    rem = m.fit_report["removal"]
+    for base in ("static", "opacity", "displacement"):
+        assert value[("deepstamp", f"removal_left_vs_{base}")] == pytest.approx(
+            rem["deepstamp"]["removal_left"] - rem[base]["removal_left"])
     table = seed_table_markdown(m.fit_report)
     assert "| Network | Baseline | Blend | S | O | D | DeepStamp |" in table
     assert m.evaluation_markdown() == table

@@ -249,9 +249,12 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
     ``removal_ssim``, ``removal_gain``, ``removal_left``; for DeepStamp also
     ``removal_gain_vs_<baseline>`` and ``removal_gain_vs_<baseline>_se`` (paired per-image
     difference of the gains and its standard error: > 0 means V′ recovers more from
-    DeepStamp's mark than from that baseline's). On ``clean`` (the held-out evaluation images, at
-    the working size): ``psnr_vs_static``, ``ssim_vs_static``, ``contrast``, ``v_psnr``,
-    ``v_ssim`` (the method's own V), and for every marking but the static one
+    DeepStamp's mark than from that baseline's) and ``removal_left_vs_<baseline>``
+    (DeepStamp's ``removal_left`` minus the baseline's: > 0 means V′ leaves a larger share of
+    DeepStamp's mark; scale-free, where a dB gain favours a fainter mark). On ``clean``
+    (the held-out evaluation images, at the working size): ``psnr_vs_static``,
+    ``ssim_vs_static``, ``contrast``, ``v_psnr``, ``v_ssim`` (the method's own V), and for
+    every marking but the static one
     ``contrast_vs_static`` (its contrast over the static blend's: < 1 is fainter).
     """
     key = method.key or "visible_gan"
@@ -278,6 +281,14 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
     for name, vs in report.get("removal_vs", {}).items():
         add("deepstamp", f"removal_gain_vs_{name}", vs["gain_difference"], vs["n"])
         add("deepstamp", f"removal_gain_vs_{name}_se", vs["se"], vs["n"])
+    # the scale-free comparison: a dB gain favours a fainter mark (less to recover), the
+    # share of the mark's squared error left does not
+    removal = report.get("removal", {})
+    ds_left = removal.get("deepstamp", {}).get("removal_left")
+    for name in STAMPERS[:-1]:
+        base_left = removal.get(name, {}).get("removal_left")
+        if ds_left is not None and base_left is not None:
+            add("deepstamp", f"removal_left_vs_{name}", ds_left - base_left, 1)
     if "clean" in acc:
         add("clean", "accuracy", acc["clean"], 1)
     c = method.config
