@@ -59,7 +59,8 @@ RECIPE = {"working_size": 32, "detect_size": 64, "mark_resolution": 64, "w_width
           "v_width": 16, "d_width": 32, "classifier": "resnet_small", "classifier_width": 16,
           "task": "labels", "num_classes": 10, "classifier_steps": 500, "steps": 500,
           "batch_size": 32, "lr": 2e-4, "classifier_lr": 2e-3, "removal_lr": 1e-3,
-          "utility_steps": 400, "removal_steps": 2400, "calibration_scores": 2000,
+          "utility_steps": 400, "removal_steps": 2400,
+          "removal_curve_steps": [300, 600, 1200], "calibration_scores": 2000,
           "fpr": 1e-3, "log_every": 50}
 ATTACKS = [("jpeg", 75), ("jpeg", 50), ("resize", 0.5), ("blur", 1.0)]
 

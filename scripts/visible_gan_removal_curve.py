@@ -43,28 +43,13 @@ from neuralmark.components.methods.visible_gan.evaluation import (  # noqa: E402
     STAMPERS,
     contrast,
     removal_curve,
+    removal_curve_markdown,
     stamp_all,
 )
 from neuralmark.components.methods.visible_gan.method import VisibleGan  # noqa: E402
 from neuralmark.runtime.settings import load_profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def curve_markdown(rows: list[dict], contrasts: dict[str, float]) -> str:
-    """Rows of ``removal_curve`` as a table: one line per step count, gain (left) per stamper."""
-    names = [s for s in STAMPERS if any(r["stamper"] == s for r in rows)]
-    steps = sorted({r["steps"] for r in rows})
-    by = {(r["stamper"], r["steps"]): r for r in rows}
-    lines = ["| V′ steps | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines.append("| contrast | " + " | ".join(f"{contrasts[n]:.3f}" for n in names) + " |")
-    lines.append("| PSNR before | " + " | ".join(
-        f"{by[(n, steps[0])]['psnr_before']:.2f} dB" for n in names) + " |")
-    for k in steps:
-        lines.append(f"| {k} | " + " | ".join(
-            f"{by[(n, k)]['removal_gain']:+.2f} dB ({by[(n, k)]['removal_left']:.2f})"
-            for n in names) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -111,7 +96,8 @@ def main() -> None:
         size = method.config.working_size
     else:
         recipe = {**load_profile("tiny")["visible_gan"]["method"], "utility_steps": 0,
-                  "removal_steps": 0, **parse_overrides(args.set)}
+                  "removal_steps": 0, "removal_curve_steps": [],
+                  **parse_overrides(args.set)}
         method = VisibleGan(VisibleGan.Config.model_validate(recipe))
         size = method.config.working_size
     manifest = build_procedural_classes(
@@ -142,7 +128,7 @@ def main() -> None:
           f"lr {c.removal_lr:g}; {x_tr.shape[0]} train / {x_te.shape[0]} held-out images at "
           f"{size}²; {time.time() - start:.0f} s")
     print("cells: PSNR gain on held-out images (share of the mark's squared error left)")
-    print(curve_markdown(rows, contrasts))
+    print(removal_curve_markdown(rows, contrasts))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"bundle": str(args.bundle), "contrast": contrasts,

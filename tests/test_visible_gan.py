@@ -299,6 +299,23 @@ def test_removal_curve_checkpoints_equal_shorter_runs():
         removal_curve(m, x_tr, x_va, [1], g, torch.device("cpu"), ["statik"])
 
 
+def test_fit_records_v_prime_learning_curve_at_the_configured_steps():
+    m = smoke(removal_steps=4, removal_curve_steps=(2,), utility_steps=0)
+    g = torch.Generator().manual_seed(0)
+    m.fit({"train": torch.rand(8, 3, 32, 32, generator=g),
+           "val": torch.rand(4, 3, 32, 32, generator=g)})
+    curve = m.fit_report["removal_curve"]
+    assert [(r["stamper"], r["steps"]) for r in curve] == [
+        (s, k) for s in STAMPERS for k in (2, 4)]
+    for r in curve:
+        if r["steps"] == 4:  # the last point is the table's V′
+            assert r["removal_left"] == m.fit_report["removal"][r["stamper"]]["removal_left"]
+    assert "| V′ steps | static | opacity | displacement | deepstamp |" in seed_table_markdown(
+        {**m.fit_report, "accuracy": {"clean": 0.5}})
+    with pytest.raises(InputError, match=r"removal_curve_steps \[4, 9\]"):
+        smoke(removal_steps=4, removal_curve_steps=(2, 4, 9))
+
+
 def test_removal_reading_says_which_rows_show_nothing():
     def rem(left):
         return {"removal_left": left, "removal_gain": 1.0, "psnr_before": 20.0,

@@ -25,6 +25,7 @@ MICRO: dict[str, Any] = {
     "config": {"working_size": 16, "detect_size": 32, "mark_resolution": 16, "w_width": 4,
                "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 4,
                "steps": 6, "batch_size": 8, "utility_steps": 3, "removal_steps": 3,
+               "removal_curve_steps": [2],
                "calibration_scores": 200, "log_every": 2},
     "data": {"root": "data/micro-classes", "images_per_class": 6, "version_with_dvc": False},
     "evaluation": {"limit": 3, "batch_size": 4, "attacks": ["none", "jpeg"]},
@@ -68,6 +69,7 @@ def test_tiny_run_trains_evaluates_gates_and_registers(result, project):
             assert f"{metric}/{stamper}" in metrics, (metric, stamper)
     assert "psnr_vs_static/deepstamp" in metrics and "fpr" in metrics
     assert "contrast_vs_static/deepstamp" in metrics and "train/loss_vis" in metrics
+    assert "removal_left_vs_static/deepstamp" in metrics
     for base in ("static", "opacity", "displacement"):
         assert f"removal_gain_vs_{base}/deepstamp" in metrics
         assert f"removal_gain_vs_{base}_se/deepstamp" in metrics
@@ -76,3 +78,4 @@ def test_tiny_run_trains_evaluates_gates_and_registers(result, project):
     assert {"report/report.md", "report/visible_gan_examples.png"} <= listed
     report_md = Path(result["reports_dir"], "report.md").read_text()
     assert "| Network | Baseline | Blend | S | O | D | DeepStamp |" in report_md
+    assert "| V′ steps | static | opacity | displacement | deepstamp |" in report_md

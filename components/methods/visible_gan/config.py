@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from neuralmark.components.methods.base import MethodConfig
 
@@ -75,6 +75,10 @@ class VisibleGanConfig(MethodConfig):
     # evaluation inside fit (dataset utility and removal per stamper, seed's table)
     utility_steps: int = Field(2000, ge=0)
     removal_steps: int = Field(1000, ge=0)
+    #: V′ step counts (< ``removal_steps``) at which every V′ is also judged, so each run
+    #: records its learning curve (``fit_report["removal_curve"]``) and shows whether the
+    #: budget is past the identity plateau; judging costs inference only
+    removal_curve_steps: tuple[int, ...] = ()
     opacity_range: tuple[float, float] = (0.5, 1.0)
     displacement: float = Field(0.15, ge=0.0, le=0.5)
     log_every: int = Field(50, ge=1)
@@ -87,6 +91,15 @@ class VisibleGanConfig(MethodConfig):
         if v < 16 or v % 4:
             raise ValueError(f"must be a multiple of 4 and >= 16, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _curve_within_budget(self) -> VisibleGanConfig:
+        bad = [k for k in self.removal_curve_steps if not 0 < k < self.removal_steps]
+        if bad:
+            raise ValueError(f"removal_curve_steps {bad} must lie in 1..removal_steps − 1 "
+                             f"(removal_steps {self.removal_steps}; the last point is "
+                             f"removal_steps itself)")
+        return self
 
     @field_validator("opacity_range")
     @classmethod

@@ -34,8 +34,9 @@ from neuralmark.components.methods.visible_gan.mark import box_mask
 from neuralmark.components.methods.visible_gan.nets import RemovalNet, build_classifier
 from neuralmark.components.metrics import psnr, ssim
 
-__all__ = ["STAMPERS", "contrast", "dataset_utility", "removal_curve", "seed_table_markdown",
-           "stamp_all", "stamper_grid", "visible_rows"]
+__all__ = ["STAMPERS", "contrast", "dataset_utility", "removal_curve", "removal_curve_markdown",
+           "removal_reading", "seed_table_markdown", "stamp_all", "stamper_grid",
+           "visible_rows"]
 
 STAMPERS = ("static", "opacity", "displacement", "deepstamp")
 EVALUATION_ATTACK = "visible_gan"
@@ -189,7 +190,9 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
         included), ``contrast`` (stamper → the mark's contrast on the held-out images),
         ``accuracy_marked`` (on the marked test images), ``removal`` (stamper →
         ``_removal_figures``'s summary), ``removal_control`` (a V′ trained on unmarked
-        images: what V′ does when there is no mark) and ``removal_vs``.
+        images: what V′ does when there is no mark), ``removal_vs`` and ``removal_curve``
+        (rows ``stamper``, ``steps``, ``removal_gain``, ``removal_left`` at each of
+        ``removal_curve_steps`` and at ``removal_steps``; empty without curve steps).
     """
     c = method.config
     stampers = method.stampers()
@@ -197,7 +200,7 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
                               "utility_steps": c.utility_steps,
                               "removal_steps": c.removal_steps, "removal_lr": c.removal_lr,
                               "accuracy": {}, "accuracy_marked": {}, "removal": {},
-                              "removal_vs": {}}
+                              "removal_vs": {}, "removal_curve": []}
     s = x_va.shape[-1]
     box = box_mask(s, s, c.mark_scale)
     support = (method.canvas(1, s, s)[:, 3:] > 0.5).float().cpu()  # the mark's pixels
@@ -222,10 +225,24 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
             report["accuracy"][name] = accuracy(net, x_va, y_va, device)
             report["accuracy_marked"][name] = accuracy(net, marked_va, y_va, device)
         if c.removal_steps:
+            def judge(step: int, net: RemovalNet, name: str = name,
+                      marked_va: torch.Tensor = marked_va) -> None:
+                point, _ = _removal_figures(marked_va, _restore(net, marked_va, device), x_va,
+                                            box)
+                report["removal_curve"].append(
+                    {"stamper": name, "steps": step, "removal_gain": point["removal_gain"],
+                     "removal_left": point["removal_left"]})
+
             v = _train_removal(marked_tr, x_tr, c.v_width, c.removal_steps, c.batch_size,
-                               c.removal_lr, c.seed + 23, device)
+                               c.removal_lr, c.seed + 23, device,
+                               judge if name != "clean" else None, c.removal_curve_steps)
             summary, gain = _removal_figures(marked_va, _restore(v, marked_va, device), x_va,
                                              box)
+            if name != "clean" and c.removal_curve_steps:
+                report["removal_curve"].append(
+                    {"stamper": name, "steps": c.removal_steps,
+                     "removal_gain": summary["removal_gain"],
+                     "removal_left": summary["removal_left"]})
             if name == "clean":
                 report["removal_control"] = {"psnr_after": summary["psnr_after"],
                                              "off_mark_mse": summary["off_mark_mse"]}
@@ -356,9 +373,30 @@ def seed_table_markdown(report: dict[str, Any], architecture: str | None = None,
         if control:
             lines += ["", f"Control: a V′ trained on unmarked images gives back the clean "
                           f"image at {control['psnr_after']:.1f} dB (nothing to remove)."]
+        curve = report.get("removal_curve")
+        if curve:
+            lines += ["", removal_curve_markdown(curve)]
         text = removal_reading(report) if reading else ""
         if text:
             lines += ["", text]
+    return "\n".join(lines) + "\n"
+
+
+def removal_curve_markdown(rows: Sequence[dict[str, Any]],
+                           contrasts: dict[str, float] | None = None) -> str:
+    """V′'s learning curve as a table: a line per step count, per stamper the held-out PSNR
+    gain and (in brackets) the share of the mark left; ``rows`` as ``removal_curve`` gives
+    them (or ``fit_report["removal_curve"]``). ``contrasts`` adds a contrast line."""
+    names = [s for s in STAMPERS if any(r["stamper"] == s for r in rows)]
+    by = {(r["stamper"], r["steps"]): r for r in rows}
+    lines = ["| V′ steps | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    if contrasts:
+        lines.append("| contrast | " + " | ".join(
+            f"{contrasts[n]:.3f}" if n in contrasts else "–" for n in names) + " |")
+    for k in sorted({r["steps"] for r in rows}):
+        lines.append(f"| {k} | " + " | ".join(
+            f"{by[(n, k)]['removal_gain']:+.2f} dB ({by[(n, k)]['removal_left']:.3f})"
+            if (n, k) in by else "–" for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 
