@@ -29,7 +29,7 @@ import torch
 
 from neuralmark.components.methods.base import Callbacks, resize_square
 from neuralmark.components.methods.visible_gan.classifier import accuracy, train_classifier
-from neuralmark.components.methods.visible_gan.losses import contrast
+from neuralmark.components.methods.visible_gan.losses import contrast, removal_attack_loss
 from neuralmark.components.methods.visible_gan.mark import box_mask
 from neuralmark.components.methods.visible_gan.nets import RemovalNet, build_classifier
 from neuralmark.components.metrics import psnr, ssim
@@ -62,8 +62,6 @@ def _train_removal(marked: torch.Tensor, clean: torch.Tensor, width: int, steps:
     state), so ``on_checkpoint(k, net)`` (net in eval mode, set back to train after) at each
     k in ``checkpoints`` reads a learning curve off one run.
     """
-    from neuralmark.components.methods.visible_gan.losses import removal_attack_loss
-
     torch.manual_seed(seed)
     net = RemovalNet(width).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
