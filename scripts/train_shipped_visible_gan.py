@@ -91,7 +91,7 @@ def main() -> None:
     data_config = DATA
     if args.smoke:
         recipe.update(classifier_steps=5, steps=5, utility_steps=5, removal_steps=5,
-                      calibration_scores=50)
+                      removal_curve_steps=[2], calibration_scores=50)
         data_config = DATA.model_copy(update={"images_per_class": 20})
     manifest = build_procedural_classes(args.data_root, data_config)
     data = training_data(manifest, size=32)
@@ -158,6 +158,7 @@ def write_card(m: dict, out: Path) -> None:
     """``MODEL_CARD.md`` from the measured ``metrics.json`` (no number that was not measured)."""
     cal, fin, rep = m["calibration"], m["final_training"], m["fit_report"]
     cfg = json.loads((out / "config.json").read_text())  # the bundle's own config
+    recipe = {k: cfg[k] for k in RECIPE if k in cfg}
     rows = {(r["label"], r["metric"]): r["value"] for r in m["test_rows"]}
     lo, hi = m["fpr_ci95"]
     stampers = ("static", "opacity", "displacement", "deepstamp")
@@ -193,10 +194,10 @@ below was measured by that run.
   (`components/data/labelled.py`: stripes, checkers, rings, discs, polygons, blobs at 32²);
   {m["train_images"]} train / {m["val_images"]} val / {m["test_images"]} test images. F
   learns the classes (`task: labels`), so ℒ_f keeps a real classifier's answer.
-- Recipe: `{json.dumps(RECIPE)}`; GMAN loss weights 1 / 1 / 1 (the seed's eq. 1), ℒ_v = the
-  share of the mark V removes (`losses.removal_loss`); visibility hinge ℒ_vis (not in the
-  seed, `losses.visibility_loss`) weight {cfg["lambda_visibility"]:g}, floor
-  {cfg["visibility_floor"]:g} × the static blend's contrast.
+- Recipe (the bundle's own): `{json.dumps(recipe)}`; GMAN loss weights 1 / 1 / 1 (the
+  seed's eq. 1), ℒ_v = the share of the mark V removes (`losses.removal_loss`);
+  visibility hinge ℒ_vis (not in the seed, `losses.visibility_loss`) weight
+  {cfg["lambda_visibility"]:g}, floor {cfg["visibility_floor"]:g} × the static blend's contrast.
   {fit_steps(fin)} GMAN steps; {m["fit_seconds"]:.0f} s wall in all (F, GMAN, calibration and the
   table's {len(rep.get("accuracy", {}))} F′ + {len(rep.get("removal", {})) + 1} V′ trainings) on a
   shared 2-core CPU, 1 torch thread.

@@ -373,7 +373,7 @@ def seed_table_markdown(report: dict[str, Any], architecture: str | None = None,
                           f"image at {control['psnr_after']:.1f} dB (nothing to remove)."]
         curve = report.get("removal_curve")
         if curve:
-            lines += ["", removal_curve_markdown(curve)]
+            lines += ["", removal_curve_markdown(curve).rstrip("\n")]
         text = removal_reading(report) if reading else ""
         if text:
             lines += ["", text]
