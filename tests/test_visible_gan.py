@@ -16,8 +16,17 @@ from neuralmark.components.methods.visible_gan.baselines import (
     OpacityVariation,
     StaticBlend,
 )
-from neuralmark.components.methods.visible_gan.evaluation import STAMPERS, seed_table_markdown
-from neuralmark.components.methods.visible_gan.losses import removal_loss
+from neuralmark.components.methods.visible_gan.evaluation import (
+    STAMPERS,
+    removal_curve,
+    removal_reading,
+    seed_table_markdown,
+)
+from neuralmark.components.methods.visible_gan.losses import (
+    contrast,
+    removal_loss,
+    visibility_loss,
+)
 from neuralmark.components.methods.visible_gan.mark import (
     builtin_mark,
     feathered_support,
@@ -100,6 +109,35 @@ def test_removal_loss_is_the_share_of_the_mark_v_removes():
     assert quarter == pytest.approx(0.75)
     # scale-free: a mark twice as loud, V removing the same share, scores the same
     assert removal_loss(clean + mark, clean + 2 * mark, clean).item() == pytest.approx(0.75)
+
+
+def test_visibility_loss_is_a_hinge_on_contrast_relative_to_the_static_blend():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(3, 3, 8, 8, generator=g) * 0.5
+    static = clean + 0.3
+    support = torch.zeros(1, 1, 8, 8)
+    support[..., 2:6, 2:6] = 1
+    assert contrast(static, clean, support) == pytest.approx(torch.full((3,), 0.3), abs=1e-6)
+    assert visibility_loss(static, static, clean, support, 0.9).item() == 0.0
+    assert visibility_loss(clean + 0.6, static, clean, support, 0.9).item() == 0.0  # louder
+    faded = (clean + 0.15).requires_grad_()  # half the static blend's contrast
+    loss = visibility_loss(faded, static, clean, support, 0.9)
+    assert loss.item() == pytest.approx(0.4, abs=1e-5)
+    loss.backward()
+    assert float(faded.grad[..., 2:6, 2:6].abs().sum()) > 0
+    assert float(faded.grad[..., :2, :].abs().sum()) == 0  # only the mark's pixels count
+
+
+def test_visibility_term_enters_w_loss_with_its_weight(photo_batch):
+    work = torch.nn.functional.interpolate(photo_batch, size=(16, 16), mode="bilinear")
+    m = smoke(visibility_floor=2.0)  # an untrained W sits at the static blend: ratio ≈ 1
+    terms = m.loss_terms(work)
+    assert terms["vis"].item() == pytest.approx(1.0, abs=0.05)
+    terms["vis"].backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in m.W.parameters())
+    off = smoke(visibility_floor=2.0, lambda_visibility=0.0).loss_terms(work)
+    on = smoke(visibility_floor=2.0, lambda_visibility=3.0).loss_terms(work)
+    assert (on["w"] - off["w"]).item() == pytest.approx(3 * on["vis"].item(), rel=1e-4)
 
 
 @pytest.mark.parametrize("term", ["f", "v", "d"])
@@ -225,6 +263,91 @@ def test_bundle_round_trip_keeps_mark_and_calibration(calibrated, tmp_path, phot
                                                           custom.verify(marked)]
 
 
+def test_old_bundle_with_a_removed_field_is_named_as_such(calibrated, tmp_path):
+    import json
+
+    calibrated.to_bundle(tmp_path / "b")
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**cfg, "v_margin": 0.01}))
+    with pytest.raises(InputError, match=r"old visible_gan bundle.*'v_margin'.*retrain"):
+        load_bundle(tmp_path / "b")
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**cfg, "v_marginn": 0.01}))
+    with pytest.raises(InputError, match=r"unknown visible_gan config field.*v_marginn"):
+        load_bundle(tmp_path / "b")
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**cfg, "blend": 2.0}))
+    with pytest.raises(InputError, match=r"config.json: invalid visible_gan config: blend"):
+        load_bundle(tmp_path / "b")
+
+
+def test_removal_curve_checkpoints_equal_shorter_runs():
+    m = smoke(v_width=4, batch_size=4)
+    g = torch.Generator().manual_seed(0)
+    x_tr, x_va = torch.rand(8, 3, 16, 16, generator=g), torch.rand(4, 3, 16, 16, generator=g)
+    seen = []
+    rows = removal_curve(m, x_tr, x_va, [2, 5], torch.Generator().manual_seed(1),
+                         torch.device("cpu"), ["static", "deepstamp"], on_row=seen.append)
+    assert [(r["stamper"], r["steps"]) for r in rows] == [
+        ("static", 2), ("static", 5), ("deepstamp", 2), ("deepstamp", 5)]
+    assert seen == rows
+    short = removal_curve(m, x_tr, x_va, [2], torch.Generator().manual_seed(1),
+                          torch.device("cpu"), ["static"])
+    assert short[0]["removal_gain"] == rows[0]["removal_gain"]  # step 2 of 5 = a 2-step V′
+    assert rows[1]["removal_gain"] != rows[0]["removal_gain"]
+    with pytest.raises(ValueError, match="positive"):
+        removal_curve(m, x_tr, x_va, [0], g, torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown stampers"):
+        removal_curve(m, x_tr, x_va, [1], g, torch.device("cpu"), ["statik"])
+
+
+def test_fit_records_v_prime_learning_curve_at_the_configured_steps():
+    m = smoke(removal_steps=4, removal_curve_steps=(2,), utility_steps=0)
+    g = torch.Generator().manual_seed(0)
+    m.fit({"train": torch.rand(8, 3, 32, 32, generator=g),
+           "val": torch.rand(4, 3, 32, 32, generator=g)})
+    curve = m.fit_report["removal_curve"]
+    assert [(r["stamper"], r["steps"]) for r in curve] == [
+        (s, k) for s in STAMPERS for k in (2, 4)]
+    for r in curve:
+        if r["steps"] == 4:  # the last point is the table's V′
+            assert r["removal_left"] == m.fit_report["removal"][r["stamper"]]["removal_left"]
+    assert "| V′ steps | static | opacity | displacement | deepstamp |" in seed_table_markdown(
+        {**m.fit_report, "accuracy": {"clean": 0.5}})
+    with pytest.raises(InputError, match=r"removal_curve_steps \[4, 9\]"):
+        smoke(removal_steps=4, removal_curve_steps=(2, 4, 9))
+
+
+def test_removal_reading_says_which_rows_show_nothing():
+    def rem(left):
+        return {"removal_left": left, "removal_gain": 1.0, "psnr_before": 20.0,
+                "psnr_after": 21.0, "ssim_before": 0.9, "ssim_after": 0.9}
+
+    report = {"removal_steps": 600,
+              "removal": {"static": rem(0.27), "opacity": rem(0.998),
+                          "displacement": rem(0.29), "deepstamp": rem(1.0)},
+              "removal_vs": {"static": {"gain_difference": -5.9, "se": 0.1, "n": 300},
+                             "opacity": {"gain_difference": 0.0, "se": 0.01, "n": 300},
+                             "displacement": {"gain_difference": 0.1, "se": 0.1, "n": 300}},
+              "contrast": {"static": 0.142, "deepstamp": 0.101}}
+    text = removal_reading(report, in_training_removed=0.58)
+    assert "left the opacity mark(s) in place" in text and "opacity 0.998" in text
+    assert "1.000 of DeepStamp's mark (not removed)" in text
+    assert "0.71× the static blend's 0.142: fainter" in text
+    assert "do not show resistance" in text
+    assert "harder to remove than static" in text
+    assert "no different from displacement" in text and "opacity (within" not in text
+    assert "removed 58 %" in text
+    report["removal"]["opacity"] = rem(0.4)
+    report["contrast"]["deepstamp"] = 0.14
+    text = removal_reading(report)
+    assert "removed every baseline's mark" in text and "about as visible" in text
+    assert "do not show resistance" not in text
+    assert "removed 58" not in text
+    assert removal_reading({"removal": {}}) == ""
+    assert text in seed_table_markdown({**report, "accuracy": {"clean": 0.5}})
+    assert text not in seed_table_markdown({**report, "accuracy": {"clean": 0.5}},
+                                           reading=False)
+
+
 def test_fit_then_evaluation_rows_and_seed_table():
     m = smoke()
     g = torch.Generator().manual_seed(0)
@@ -246,6 +369,16 @@ def test_fit_then_evaluation_rows_and_seed_table():
         assert {("deepstamp", f"removal_gain_vs_{base}"),
                 ("deepstamp", f"removal_gain_vs_{base}_se")} <= got
     assert ("deepstamp", "psnr_vs_static") in got and ("static", "psnr_vs_static") not in got
+    assert ("deepstamp", "contrast_vs_static") in got
+    assert ("static", "contrast_vs_static") not in got
+    value = {(r["label"], r["metric"]): r["value"] for r in rows}
+    assert value[("deepstamp", "contrast_vs_static")] == pytest.approx(
+        value[("deepstamp", "contrast")] / value[("static", "contrast")])
+    assert set(m.fit_report["contrast"]) == set(STAMPERS)
+    rem = m.fit_report["removal"]
+    for base in ("static", "opacity", "displacement"):
+        assert value[("deepstamp", f"removal_left_vs_{base}")] == pytest.approx(
+            rem["deepstamp"]["removal_left"] - rem[base]["removal_left"])
     table = seed_table_markdown(m.fit_report)
     assert "| Network | Baseline | Blend | S | O | D | DeepStamp |" in table
     assert m.evaluation_markdown() == table

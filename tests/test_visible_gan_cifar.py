@@ -106,12 +106,17 @@ MICRO: dict[str, Any] = {
     "config": {"working_size": 16, "detect_size": 32, "mark_resolution": 16, "w_width": 4,
                "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 4,
                "steps": 4, "batch_size": 8, "utility_steps": 3, "removal_steps": 2,
+               "removal_curve_steps": [],
                "calibration_scores": 100, "log_every": 2, "task": "labels"},
     "evaluation": {"limit": 4, "batch_size": 4, "attacks": ["none", "jpeg"]},
     "policy": {"min_psnr": 0.0, "min_detection_rate": {"none": 0.0}, "max_fpr": 1.0,
                "max_regression": 1.0,
-               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0},
-               "max_metric": {"accuracy_drop/deepstamp": 1.0, "removal_gain/deepstamp": 100}},
+               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0,
+                              "contrast_vs_static/deepstamp": 0.0,
+                              "removal_left_vs_static/deepstamp": -100},
+               "max_metric": {"accuracy_drop/deepstamp": 1.0, "removal_gain/deepstamp": 100,
+                              "removal_left/static": 100, "removal_left/opacity": 100,
+                              "removal_left/displacement": 100}},
 }
 
 

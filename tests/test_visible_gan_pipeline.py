@@ -25,14 +25,19 @@ MICRO: dict[str, Any] = {
     "config": {"working_size": 16, "detect_size": 32, "mark_resolution": 16, "w_width": 4,
                "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 4,
                "steps": 6, "batch_size": 8, "utility_steps": 3, "removal_steps": 3,
+               "removal_curve_steps": [2],
                "calibration_scores": 200, "log_every": 2},
     "data": {"root": "data/micro-classes", "images_per_class": 6, "version_with_dvc": False},
     "evaluation": {"limit": 3, "batch_size": 4, "attacks": ["none", "jpeg"]},
     "policy": {"min_psnr": 0.0, "min_detection_rate": {"none": 0.0}, "max_fpr": 1.0,
                "max_regression": 1.0,
-               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0},
+               "min_metric": {"contrast/deepstamp": 0.0, "accuracy/clean": 0.0,
+                              "contrast_vs_static/deepstamp": 0.0,
+                              "removal_left_vs_static/deepstamp": -100},
                "max_metric": {"accuracy_drop/deepstamp": 1.0,
-                              "removal_gain_vs_static/deepstamp": 100}},
+                              "removal_gain_vs_static/deepstamp": 100,
+                              "removal_left/static": 100, "removal_left/opacity": 100,
+                              "removal_left/displacement": 100}},
 }
 
 
@@ -63,6 +68,8 @@ def test_tiny_run_trains_evaluates_gates_and_registers(result, project):
         for metric in ("accuracy_drop", "removal_psnr", "removal_gain", "contrast", "v_psnr"):
             assert f"{metric}/{stamper}" in metrics, (metric, stamper)
     assert "psnr_vs_static/deepstamp" in metrics and "fpr" in metrics
+    assert "contrast_vs_static/deepstamp" in metrics and "train/loss_vis" in metrics
+    assert "removal_left_vs_static/deepstamp" in metrics
     for base in ("static", "opacity", "displacement"):
         assert f"removal_gain_vs_{base}/deepstamp" in metrics
         assert f"removal_gain_vs_{base}_se/deepstamp" in metrics
@@ -71,3 +78,4 @@ def test_tiny_run_trains_evaluates_gates_and_registers(result, project):
     assert {"report/report.md", "report/visible_gan_examples.png"} <= listed
     report_md = Path(result["reports_dir"], "report.md").read_text()
     assert "| Network | Baseline | Blend | S | O | D | DeepStamp |" in report_md
+    assert "| V′ steps | static | opacity | displacement | deepstamp |" in report_md

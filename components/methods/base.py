@@ -259,6 +259,10 @@ class WatermarkMethod(abc.ABC):
     #: each process its shard of every global batch); a method without it trains in one
     #: process, and the training step refuses to start several for it
     data_parallel: ClassVar[bool] = False
+    #: config fields a bundle may still carry from an earlier version, each with why it was
+    #: removed; ``from_bundle`` names them (old bundle, what changed, retrain) instead of
+    #: pydantic's bare "Extra inputs are not permitted"
+    removed_fields: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -410,6 +414,36 @@ class WatermarkMethod(abc.ABC):
         return atomic_write_dir(directory, write)
 
     @classmethod
+    def _bundle_config(cls, directory: Path, raw: Any) -> MethodConfig:
+        """The config of a bundle's ``config.json``; an old or foreign one is named as such.
+
+        Raises:
+            InputError: fields this version removed (``removed_fields``: which, why, and
+                that the bundle must be retrained), unknown fields, or invalid values.
+        """
+        try:
+            return cls.Config.model_validate(raw)
+        except ValidationError as err:
+            extra = [str(e["loc"][0]) for e in err.errors()
+                     if e["type"] == "extra_forbidden" and e["loc"]]
+            removed = [f for f in extra if f in cls.removed_fields]
+            where = f"{directory / 'config.json'}"
+            if removed:
+                why = "; ".join(f"{f!r}: {cls.removed_fields[f]}" for f in removed)
+                raise InputError(
+                    f"{where} is an old {cls.key or cls.__name__} bundle: it has field(s) "
+                    f"this version removed ({why}). Its weights were trained under the old "
+                    f"objective; retrain it with this version (deleting the field from "
+                    f"config.json would load the old W without the change)") from None
+            if extra:
+                raise InputError(
+                    f"{where}: unknown {cls.key or cls.__name__} config field(s) {extra}: "
+                    f"the bundle was saved by another version of neuralmark (or edited); "
+                    f"retrain or re-save it with this version") from None
+            raise InputError(f"{where}: invalid {cls.key or cls.__name__} config: "
+                             f"{describe_validation_error(err)}") from None
+
+    @classmethod
     def from_bundle(cls, directory: str | os.PathLike,
                     device: str | torch.device = "cpu") -> WatermarkMethod:
         directory = Path(directory)
@@ -417,7 +451,7 @@ class WatermarkMethod(abc.ABC):
             if not (directory / name).is_file():
                 raise InputError(f"{directory} is not a neuralmark bundle: missing {name}")
         raw = json.loads((directory / "config.json").read_text())
-        method = cls(cls.Config.model_validate(raw))
+        method = cls(cls._bundle_config(directory, raw))
         tensors = load_file(str(directory / "weights.safetensors"))
         for name, mod in method.modules().items():
             prefix = f"{name}."

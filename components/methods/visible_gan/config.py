@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from neuralmark.components.methods.base import MethodConfig
 
@@ -58,6 +58,11 @@ class VisibleGanConfig(MethodConfig):
     lambda_f: float = Field(1.0, ge=0.0)
     lambda_v: float = Field(1.0, ge=0.0)
     lambda_d: float = Field(1.0, ge=0.0)
+    #: weight of ℒ_vis (not in the seed; ``losses.visibility_loss``), added to W's GMAN loss:
+    #: keeps the mark's contrast at least ``visibility_floor`` × the static blend's on each
+    #: image, so W cannot win ℒ_v by fading the mark (0 = the seed's objective)
+    lambda_visibility: float = Field(1.0, ge=0.0)
+    visibility_floor: float = Field(0.9, ge=0.0, le=2.0)
     #: Adam learning rate of every removal attacker: the V W trains against and each V′ of
     #: the evaluation (one value, so W faces an attacker as strong as the one it is judged by)
     removal_lr: float = Field(1e-3, gt=0.0)
@@ -70,6 +75,10 @@ class VisibleGanConfig(MethodConfig):
     # evaluation inside fit (dataset utility and removal per stamper, seed's table)
     utility_steps: int = Field(2000, ge=0)
     removal_steps: int = Field(1000, ge=0)
+    #: V′ step counts (< ``removal_steps``) at which every V′ is also judged, so each run
+    #: records its learning curve (``fit_report["removal_curve"]``) and shows whether the
+    #: budget is past the identity plateau; judging costs inference only
+    removal_curve_steps: tuple[int, ...] = ()
     opacity_range: tuple[float, float] = (0.5, 1.0)
     displacement: float = Field(0.15, ge=0.0, le=0.5)
     log_every: int = Field(50, ge=1)
@@ -82,6 +91,15 @@ class VisibleGanConfig(MethodConfig):
         if v < 16 or v % 4:
             raise ValueError(f"must be a multiple of 4 and >= 16, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _curve_within_budget(self) -> VisibleGanConfig:
+        bad = [k for k in self.removal_curve_steps if not 0 < k < self.removal_steps]
+        if bad:
+            raise ValueError(f"removal_curve_steps {bad} must lie in 1..removal_steps − 1 "
+                             f"(removal_steps {self.removal_steps}; the last point is "
+                             f"removal_steps itself)")
+        return self
 
     @field_validator("opacity_range")
     @classmethod

@@ -22,15 +22,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from neuralmark.components.methods.base import Callbacks, resize_square
 from neuralmark.components.methods.visible_gan.classifier import accuracy, train_classifier
+from neuralmark.components.methods.visible_gan.losses import contrast, removal_attack_loss
 from neuralmark.components.methods.visible_gan.mark import box_mask
 from neuralmark.components.methods.visible_gan.nets import RemovalNet, build_classifier
 from neuralmark.components.metrics import psnr, ssim
+
+__all__ = ["STAMPERS", "contrast", "dataset_utility", "removal_curve", "removal_curve_markdown",
+           "removal_reading", "seed_table_markdown", "stamp_all", "stamper_grid",
+           "visible_rows"]
 
 STAMPERS = ("static", "opacity", "displacement", "deepstamp")
 EVALUATION_ATTACK = "visible_gan"
@@ -45,26 +51,93 @@ def stamp_all(stamper: Any, images: torch.Tensor, generator: torch.Generator,
 
 
 def _train_removal(marked: torch.Tensor, clean: torch.Tensor, width: int, steps: int,
-                   batch_size: int, lr: float, seed: int,
-                   device: torch.device) -> RemovalNet:
+                   batch_size: int, lr: float, seed: int, device: torch.device,
+                   on_checkpoint: Callable[[int, RemovalNet], None] | None = None,
+                   checkpoints: Sequence[int] = ()) -> RemovalNet:
     """A fresh V′ trained to map ``marked`` to ``clean`` (both N×3×S×S).
 
     Every V′ starts from the same initial weights and sees the same batch indices
-    (``seed``), so the stampers differ only in what they put on the images.
+    (``seed``), so the stampers differ only in what they put on the images. A V′ stopped at
+    step k of a longer run is the V′ a k-step run gives (same init, batches, optimiser
+    state), so ``on_checkpoint(k, net)`` (net in eval mode, set back to train after) at each
+    k in ``checkpoints`` reads a learning curve off one run.
     """
-    from neuralmark.components.methods.visible_gan.losses import removal_attack_loss
-
     torch.manual_seed(seed)
     net = RemovalNet(width).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     batches = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    marks = set(checkpoints)
+    for step in range(1, steps + 1):
         idx = torch.randint(0, marked.shape[0], (batch_size,), generator=batches)
         loss = removal_attack_loss(net(marked[idx].to(device)), clean[idx].to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if on_checkpoint is not None and step in marks:
+            on_checkpoint(step, net.eval())
+            net.train()
     return net.eval()
+
+
+def _restore(net: RemovalNet, marked: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``net`` over ``marked`` (N×3×S×S) in batches of 256, clamped, on the CPU."""
+    with torch.no_grad():
+        return torch.cat([net(marked[j:j + 256].to(device)).clamp(0, 1).cpu()
+                          for j in range(0, marked.shape[0], 256)])
+
+
+def removal_curve(method: Any, x_tr: torch.Tensor, x_va: torch.Tensor,
+                  checkpoints: Sequence[int], generator: torch.Generator,
+                  device: torch.device,
+                  stampers: Sequence[str] = STAMPERS,
+                  on_row: Callable[[dict[str, Any]], None] | None = None,
+                  ) -> list[dict[str, Any]]:
+    """V′'s learning curve per stamper: the removal figures after each number of steps.
+
+    The V′ of ``dataset_utility`` (V's architecture, ``removal_lr``, ``batch_size``, the
+    same initial weights and batches for every stamper), trained once per stamper for
+    ``max(checkpoints)`` steps and judged on ``x_va`` at each checkpoint. Used to choose a
+    ``removal_steps`` past the identity plateau (a fresh V′ first learns the identity and
+    only later starts removing a mark; faint marks keep it there longer).
+
+    Args:
+        method: a ``VisibleGan`` (its W stamps the ``deepstamp`` column).
+        x_tr, x_va: clean training / held-out images, N×3×S×S at the working size.
+        checkpoints: step counts to judge V′ at (positive).
+        generator: seeds the stampers' random draws.
+        device: where V′ trains.
+        stampers: which of ``STAMPERS`` to run.
+        on_row: called with each row as it is measured (progress).
+
+    Returns:
+        One row per (stamper, steps): ``stamper``, ``steps`` and ``_removal_figures``'s
+        summary (``removal_gain``, ``removal_left``, PSNR / SSIM before and after, …).
+    """
+    c = method.config
+    if not checkpoints or min(checkpoints) < 1:
+        raise ValueError(f"checkpoints must be positive step counts, got {list(checkpoints)}")
+    unknown = sorted(set(stampers) - set(STAMPERS))
+    if unknown:
+        raise ValueError(f"unknown stampers {unknown}; expected some of {list(STAMPERS)}")
+    all_stampers = method.stampers()
+    s = x_va.shape[-1]
+    box = box_mask(s, s, c.mark_scale)
+    rows: list[dict[str, Any]] = []
+    for name in stampers:
+        marked_tr = stamp_all(all_stampers[name], x_tr, generator)
+        marked_va = stamp_all(all_stampers[name], x_va, generator)
+
+        def judge(step: int, net: RemovalNet, name: str = name,
+                  marked_va: torch.Tensor = marked_va) -> None:
+            summary, _ = _removal_figures(marked_va, _restore(net, marked_va, device), x_va,
+                                          box)
+            rows.append({"stamper": name, "steps": step, **summary})
+            if on_row is not None:
+                on_row(rows[-1])
+
+        _train_removal(marked_tr, x_tr, c.v_width, max(checkpoints), c.batch_size,
+                       c.removal_lr, c.seed + 23, device, judge, checkpoints)
+    return rows
 
 
 def _removal_figures(marked: torch.Tensor, restored: torch.Tensor, clean: torch.Tensor,
@@ -112,9 +185,12 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
 
     Returns:
         ``classifier``, ``blend``, ``accuracy`` (stamper → clean-test accuracy, ``clean``
-        included), ``accuracy_marked`` (on the marked test images), ``removal`` (stamper →
+        included), ``contrast`` (stamper → the mark's contrast on the held-out images),
+        ``accuracy_marked`` (on the marked test images), ``removal`` (stamper →
         ``_removal_figures``'s summary), ``removal_control`` (a V′ trained on unmarked
-        images: what V′ does when there is no mark) and ``removal_vs``.
+        images: what V′ does when there is no mark), ``removal_vs`` and ``removal_curve``
+        (rows ``stamper``, ``steps``, ``removal_gain``, ``removal_left`` at each of
+        ``removal_curve_steps`` and at ``removal_steps``; empty without curve steps).
     """
     c = method.config
     stampers = method.stampers()
@@ -122,9 +198,11 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
                               "utility_steps": c.utility_steps,
                               "removal_steps": c.removal_steps, "removal_lr": c.removal_lr,
                               "accuracy": {}, "accuracy_marked": {}, "removal": {},
-                              "removal_vs": {}}
+                              "removal_vs": {}, "removal_curve": []}
     s = x_va.shape[-1]
     box = box_mask(s, s, c.mark_scale)
+    support = (method.canvas(1, s, s)[:, 3:] > 0.5).float().cpu()  # the mark's pixels
+    report["contrast"] = {}
     gains: dict[str, torch.Tensor] = {}
     names = ("clean", *STAMPERS)
     for i, name in enumerate(names):
@@ -135,6 +213,7 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
         else:
             marked_tr = stamp_all(stampers[name], x_tr, generator)
             marked_va = stamp_all(stampers[name], x_va, generator)
+            report["contrast"][name] = float(contrast(marked_va, x_va, support).mean())
         if c.utility_steps:
             torch.manual_seed(c.seed + 17)  # before building: every F′ starts the same
             net = build_classifier(c.classifier, method.num_classes, c.classifier_width)
@@ -144,12 +223,24 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
             report["accuracy"][name] = accuracy(net, x_va, y_va, device)
             report["accuracy_marked"][name] = accuracy(net, marked_va, y_va, device)
         if c.removal_steps:
+            def judge(step: int, net: RemovalNet, name: str = name,
+                      marked_va: torch.Tensor = marked_va) -> None:
+                point, _ = _removal_figures(marked_va, _restore(net, marked_va, device), x_va,
+                                            box)
+                report["removal_curve"].append(
+                    {"stamper": name, "steps": step, "removal_gain": point["removal_gain"],
+                     "removal_left": point["removal_left"]})
+
             v = _train_removal(marked_tr, x_tr, c.v_width, c.removal_steps, c.batch_size,
-                               c.removal_lr, c.seed + 23, device)
-            with torch.no_grad():
-                restored = torch.cat([v(marked_va[j:j + 256].to(device)).clamp(0, 1).cpu()
-                                      for j in range(0, marked_va.shape[0], 256)])
-            summary, gain = _removal_figures(marked_va, restored, x_va, box)
+                               c.removal_lr, c.seed + 23, device,
+                               judge if name != "clean" else None, c.removal_curve_steps)
+            summary, gain = _removal_figures(marked_va, _restore(v, marked_va, device), x_va,
+                                             box)
+            if name != "clean" and c.removal_curve_steps:
+                report["removal_curve"].append(
+                    {"stamper": name, "steps": c.removal_steps,
+                     "removal_gain": summary["removal_gain"],
+                     "removal_left": summary["removal_left"]})
             if name == "clean":
                 report["removal_control"] = {"psnr_after": summary["psnr_after"],
                                              "off_mark_mse": summary["off_mark_mse"]}
@@ -165,19 +256,6 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
     return report
 
 
-def contrast(marked: torch.Tensor, clean: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """Mean absolute luma change over the mark's pixels, per image (visibility).
-
-    Args:
-        marked, clean: ``B×3×H×W`` in [0, 1].
-        support: ``B×1×H×W`` (or ``1×1×H×W``) 0/1 mask of the mark's pixels.
-    """
-    weights = torch.tensor([0.299, 0.587, 0.114], device=marked.device).view(1, 3, 1, 1)
-    change = ((marked - clean) * weights).sum(1, keepdim=True).abs()          # b 1 h w
-    support = support.expand_as(change)
-    return (change * support).sum(dim=(1, 2, 3)) / support.sum(dim=(1, 2, 3)).clamp_min(1)
-
-
 def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[str, Any]]:
     """Tidy rows (``evaluation.COLUMNS``) of every DeepStamp-specific measurement.
 
@@ -186,9 +264,13 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
     ``removal_ssim``, ``removal_gain``, ``removal_left``; for DeepStamp also
     ``removal_gain_vs_<baseline>`` and ``removal_gain_vs_<baseline>_se`` (paired per-image
     difference of the gains and its standard error: > 0 means V′ recovers more from
-    DeepStamp's mark than from that baseline's). On ``clean`` (the held-out evaluation images, at
-    the working size): ``psnr_vs_static``, ``ssim_vs_static``, ``contrast``, ``v_psnr``,
-    ``v_ssim`` (the method's own V).
+    DeepStamp's mark than from that baseline's) and ``removal_left_vs_<baseline>``
+    (DeepStamp's ``removal_left`` minus the baseline's: > 0 means V′ leaves a larger share of
+    DeepStamp's mark; scale-free, where a dB gain favours a fainter mark). On ``clean``
+    (the held-out evaluation images, at the working size): ``psnr_vs_static``,
+    ``ssim_vs_static``, ``contrast``, ``v_psnr``, ``v_ssim`` (the method's own V), and for
+    every marking but the static one
+    ``contrast_vs_static`` (its contrast over the static blend's: < 1 is fainter).
     """
     key = method.key or "visible_gan"
     rows: list[dict[str, Any]] = []
@@ -214,6 +296,14 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
     for name, vs in report.get("removal_vs", {}).items():
         add("deepstamp", f"removal_gain_vs_{name}", vs["gain_difference"], vs["n"])
         add("deepstamp", f"removal_gain_vs_{name}_se", vs["se"], vs["n"])
+    # the scale-free comparison: a dB gain favours a fainter mark (less to recover), the
+    # share of the mark's squared error left does not
+    removal = report.get("removal", {})
+    ds_left = removal.get("deepstamp", {}).get("removal_left")
+    for name in STAMPERS[:-1]:
+        base_left = removal.get(name, {}).get("removal_left")
+        if ds_left is not None and base_left is not None:
+            add("deepstamp", f"removal_left_vs_{name}", ds_left - base_left, 1)
     if "clean" in acc:
         add("clean", "accuracy", acc["clean"], 1)
     c = method.config
@@ -222,6 +312,7 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
     g = torch.Generator().manual_seed(seed)
     stampers = method.stampers()
     static = stamp_all(stampers["static"], work, g).to(work)
+    static_contrast = 0.0
     support = (method.canvas(1, c.working_size, c.working_size)[:, 3:] > 0.5).float().to(work)
     for name in STAMPERS:
         marked = stamp_all(stampers[name], work, g).to(work)
@@ -230,17 +321,24 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
         if name != "static":
             add(name, "psnr_vs_static", float(psnr(marked, static).clamp_max(100).mean()), n)
             add(name, "ssim_vs_static", float(ssim(marked, static).mean()), n)
-        add(name, "contrast", float(contrast(marked, work, support).mean()), n)
+        visibility = float(contrast(marked, work, support).mean())
+        add(name, "contrast", visibility, n)
+        if name == "static":
+            static_contrast = visibility
+        elif static_contrast > 0:
+            add(name, "contrast_vs_static", visibility / static_contrast, n)
         add(name, "v_psnr", float(psnr(restored, work).mean()), n)
         add(name, "v_ssim", float(ssim(restored, work).mean()), n)
     return rows
 
 
-def seed_table_markdown(report: dict[str, Any], architecture: str | None = None) -> str:
+def seed_table_markdown(report: dict[str, Any], architecture: str | None = None,
+                        reading: bool = True) -> str:
     """The seed's Table I in shape: accuracy of F′ trained on marked data, tested on clean.
 
-    Plus the removal table (V′'s PSNR / SSIM against the clean image, per stamper).
-    Empty string when ``report`` has no accuracies.
+    Plus the removal table (V′'s PSNR / SSIM against the clean image, per stamper) and,
+    with ``reading``, ``removal_reading``'s paragraph. Empty string when ``report`` has no
+    accuracies.
     """
     acc = report.get("accuracy", {})
     if not acc:
@@ -273,7 +371,114 @@ def seed_table_markdown(report: dict[str, Any], architecture: str | None = None)
         if control:
             lines += ["", f"Control: a V′ trained on unmarked images gives back the clean "
                           f"image at {control['psnr_after']:.1f} dB (nothing to remove)."]
+        curve = report.get("removal_curve")
+        if curve:
+            lines += ["", removal_curve_markdown(curve).rstrip("\n")]
+        text = removal_reading(report) if reading else ""
+        if text:
+            lines += ["", text]
     return "\n".join(lines) + "\n"
+
+
+def removal_curve_markdown(rows: Sequence[dict[str, Any]],
+                           contrasts: dict[str, float] | None = None) -> str:
+    """V′'s learning curve as a table: a line per step count, per stamper the held-out PSNR
+    gain and (in brackets) the share of the mark left; ``rows`` as ``removal_curve`` gives
+    them (or ``fit_report["removal_curve"]``). ``contrasts`` adds a contrast line."""
+    names = [s for s in STAMPERS if any(r["stamper"] == s for r in rows)]
+    by = {(r["stamper"], r["steps"]): r for r in rows}
+    lines = ["| V′ steps | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    if contrasts:
+        lines.append("| contrast | " + " | ".join(
+            f"{contrasts[n]:.3f}" if n in contrasts else "–" for n in names) + " |")
+    for k in sorted({r["steps"] for r in rows}):
+        lines.append(f"| {k} | " + " | ".join(
+            f"{by[(n, k)]['removal_gain']:+.2f} dB ({by[(n, k)]['removal_left']:.3f})"
+            if (n, k) in by else "–" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+#: V′ "did not remove" a marking when it leaves at least this share of the mark's squared
+#: error (``removal_left``); such a row cannot tell resistance from an attacker still at the
+#: identity
+NOT_REMOVED = 0.9
+#: DeepStamp's mark counts as faded below this fraction of the static blend's contrast
+FADED = 0.8
+
+
+def removal_reading(report: dict[str, Any], contrasts: dict[str, float] | None = None,
+                    in_training_removed: float | None = None) -> str:
+    """How far the removal rows of ``report`` (``dataset_utility``) support resistance.
+
+    Written from the measured numbers only: which markings V′ left (``removal_left`` ≥
+    ``NOT_REMOVED``: no evidence either way for those), whether DeepStamp's mark is fainter
+    than the static blend (contrast below ``FADED`` × static's, so lower gains may be
+    fading, not resistance), and the paired verdict against each baseline V′ did remove.
+
+    Args:
+        report: ``fit_report`` (``removal``, ``removal_vs``, ``removal_steps``, and
+            ``contrast`` when measured).
+        contrasts: stamper → contrast, when ``report`` has none (older reports).
+        in_training_removed: the share of DeepStamp's mark the in-training V removed at the
+            end of the GMAN (W's last ℒ_v, ``loss_v``, is that share), or ``None``.
+
+    Returns:
+        A markdown paragraph, or ``""`` without removal rows.
+    """
+    removal = report.get("removal", {})
+    if not removal or "deepstamp" not in removal:
+        return ""
+    steps = report.get("removal_steps", "?")
+    contrasts = report.get("contrast") or contrasts or {}
+    left = {s: removal[s]["removal_left"] for s in STAMPERS if "removal_left" in removal.get(s, {})}
+    kept = [s for s in STAMPERS[:-1] if left.get(s, 0.0) >= NOT_REMOVED]
+    removed = [s for s in STAMPERS[:-1] if s in left and left[s] < NOT_REMOVED]
+    out = []
+    if kept:
+        out.append(f"V′ at {steps} steps left the {', '.join(kept)} mark(s) in place "
+                   f"(share of the mark left: "
+                   f"{', '.join(f'{s} {left[s]:.3f}' for s in kept)}): for "
+                   f"{'it' if len(kept) == 1 else 'them'} the attacker had not left the "
+                   f"identity, so a lower gain for DeepStamp there shows nothing.")
+    else:
+        out.append(f"V′ at {steps} steps removed every baseline's mark (share left: "
+                   f"{', '.join(f'{s} {left[s]:.3f}' for s in removed)}).")
+    ds_left = left.get("deepstamp")
+    if ds_left is not None:
+        out.append(f"It left {ds_left:.3f} of DeepStamp's mark"
+                   + (" (not removed)." if ds_left >= NOT_REMOVED else "."))
+    faded = False
+    if "deepstamp" in contrasts and "static" in contrasts and contrasts["static"] > 0:
+        ratio = contrasts["deepstamp"] / contrasts["static"]
+        faded = ratio < FADED
+        verdict = ("fainter, so part of any resistance may be fading rather than a mark V′ "
+                   "cannot predict" if faded else "about as visible")
+        out.append(f"DeepStamp's contrast is {contrasts['deepstamp']:.3f}, {ratio:.2f}× the "
+                   f"static blend's {contrasts['static']:.3f}: {verdict}.")
+    vs = report.get("removal_vs", {})
+    judged = [s for s in removed if s in vs]
+    if judged:
+        harder = [s for s in judged if vs[s]["gain_difference"] + 2 * vs[s]["se"] < 0]
+        easier = [s for s in judged if vs[s]["gain_difference"] - 2 * vs[s]["se"] > 0]
+        same = [s for s in judged if s not in harder and s not in easier]
+        parts = []
+        if harder:
+            parts.append(f"harder to remove than {', '.join(harder)}")
+        if easier:
+            parts.append(f"easier to remove than {', '.join(easier)}")
+        if same:
+            parts.append(f"no different from {', '.join(same)} (within 2 SE)")
+        out.append("Against the baselines V′ did remove, DeepStamp's mark is "
+                   + "; ".join(parts) + " (paired per-image gains).")
+    if ds_left is not None and ds_left >= NOT_REMOVED and (kept or faded):
+        out.append("So these rows do not show resistance: V′ has not yet learnt to remove "
+                   "DeepStamp's mark, and " + ("it is fainter" if faded else
+                                               "it also left a baseline")
+                   + "; a longer V′ budget (scripts/visible_gan_removal_curve.py) comes first.")
+    if in_training_removed is not None:
+        out.append(f"The in-training V, which saw W's marks from the start, removed "
+                   f"{100 * in_training_removed:.0f} % of DeepStamp's mark by the end.")
+    return "**Reading the removal rows (from the numbers above).** " + " ".join(out)
 
 
 def stamper_grid(method: Any, clean: torch.Tensor, n: int = 4) -> Any:

@@ -79,6 +79,10 @@ class VisibleGan(WatermarkMethod):
     min_size: ClassVar[int] = 16
     native_calibration: ClassVar[bool] = True
     data_parallel: ClassVar[bool] = True  # GMAN: components/distributed.py
+    removed_fields: ClassVar[dict[str, str]] = {
+        "v_margin": "the margin of the old removal loss relu(v_margin − MSE(V(x′), x)), which "
+                    "W met by making the mark louder; ℒ_v is now the share of the mark V "
+                    "removes (losses.removal_loss), with no margin"}
     smoke_config: ClassVar[dict[str, Any]] = {
         "working_size": 16, "detect_size": 32, "mark_resolution": 16, "w_width": 4,
         "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 2, "steps": 2,
@@ -367,22 +371,26 @@ class VisibleGan(WatermarkMethod):
         """Every loss of one GMAN step on a ``B×3×S×S`` batch (W's three, V's, D's).
 
         Returns:
-            ``f``, ``v``, ``d`` (W's ℒ_f, ℒ_v, ℒ_d), ``w`` (their GMAN combination),
-            ``v_attack`` (V's own loss) and ``d_disc`` (D's own loss, on a detached w′).
+            ``f``, ``v``, ``d``, ``vis`` (W's ℒ_f, ℒ_v, ℒ_d, ℒ_vis), ``w`` (the GMAN
+            combination of the first three plus ``lambda_visibility``·ℒ_vis), ``v_attack``
+            (V's own loss) and ``d_disc`` (D's own loss, on a detached w′).
         """
         c = self.config
         marked, _ = self.stamp_working(work)
         static = self.static_working(work)
+        s = work.shape[-1]
+        support = (self.canvas(1, s, s)[:, 3:] > 0.5).to(work)  # the mark's pixels
         with torch.no_grad():
             clean_logits = self.F(work)
         terms = {
             "f": losses.task_loss(clean_logits, self.F(marked)),
             "v": losses.removal_loss(self.V(marked), marked, work),
             "d": losses.gan_bce(self.D(marked), True),
+            "vis": losses.visibility_loss(marked, static, work, support, c.visibility_floor),
         }
         terms["w"] = losses.gman_combine(
             [c.lambda_f * terms["f"], c.lambda_v * terms["v"], c.lambda_d * terms["d"]],
-            c.gman_lambda)
+            c.gman_lambda) + c.lambda_visibility * terms["vis"]
         terms["v_attack"] = losses.removal_attack_loss(self.V(marked.detach()), work)
         terms["d_disc"] = (losses.gan_bce(self.D(static), True)
                            + losses.gan_bce(self.D(marked.detach()), False))
