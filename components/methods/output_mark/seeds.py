@@ -150,8 +150,8 @@ def spread_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     Returns:
         One dict per (stage, label, metric), in first-seen order: ``stage``,
         ``label``, ``metric``, ``n_seeds``, ``mean``, ``std`` (sample), ``ci_low``,
-        ``ci_high`` (the :data:`CONFIDENCE` t-interval of the mean; rates and NC are
-        clipped to [0, 1]), ``min``, ``max``, ``values`` (per seed, in seed order).
+        ``ci_high`` (the :data:`CONFIDENCE` t-interval of the mean; rates, NC and SSIM
+        are clipped to [0, 1]), ``min``, ``max``, ``values`` (per seed, in seed order).
 
     Raises:
         InputError: a row without ``seed``, or fewer than two seeds.
@@ -172,7 +172,7 @@ def spread_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         half = _t_quantile(n - 1) * std / math.sqrt(n)
         low, high = mean - half, mean + half
         if metric in ("success_rate", "sr_marked", "nc_mean") or metric.startswith(
-                ("fpr_", "nc_")):
+                ("fpr_", "nc_", "ssim_", "sr_")):
             low, high = max(0.0, low), min(1.0, high)
         out.append({"stage": stage, "label": label, "metric": metric, "n_seeds": n,
                     "mean": mean, "std": std, "ci_low": low, "ci_high": high,
