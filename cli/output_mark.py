@@ -1,7 +1,8 @@
 """``neuralmark protect`` / ``extract`` / ``audit``: the output_mark commands (issue #6).
 
 * ``protect --task derain|debone`` runs ``neuralmark.pipelines.output_mark`` (train M, H, R
-  end to end, the surrogate matrix, the gate, the registry) and prints its headline.
+  end to end, the surrogate matrix, the gate, the registry) and prints its headline;
+  ``--seeds 0,1,2`` adds the matrix over seeds (mean ± interval per cell).
 * ``extract IMAGE`` saves R's logo estimate (next to the image as
   ``<stem>.logo.png``, or ``--out``) and prints NC and the verdict; exit code
   0 detected, 1 not detected, 2 unreadable input or bad arguments (like
@@ -78,6 +79,26 @@ def _save_logo(tensor: torch.Tensor, path: Path) -> list[str]:
     return save_image(tensor, path)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``.
+
+    Raises:
+        InputError: a part that is not an integer, a repeated seed, or fewer than two.
+    """
+    from neuralmark.components.errors import InputError
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise InputError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") \
+            from None
+    if len(values) < 2 or len(set(values)) != len(values):
+        raise InputError(f"--seeds {text!r}: a spread needs at least two distinct seeds "
+                         "(three or more for a useful interval)")
+    return values
+
+
 @domain_errors
 def protect(
     task: str = typer.Option(..., "--task", help="Host task: derain or debone."),
@@ -91,6 +112,10 @@ def protect(
         False, "--task-specific",
         help="The seed's task-specific variant: H itself is the marked model (compared "
              "with a plain M on PSNR/SSIM)."),
+    seeds: str | None = typer.Option(
+        None, "--seeds",
+        help="Comma-separated seeds, e.g. 0,1,2: also retrain everything once per seed and "
+             "report the matrix as mean ± 95% interval per cell (logged to MLflow)."),
 ) -> None:
     """Protect a TASK model: train M, H, R end to end, run the surrogate matrix, gate, register."""
     from neuralmark.components.data.pairs import TASKS
@@ -106,6 +131,8 @@ def protect(
         overrides["config"] = {"logo": str(logo.resolve())}
     if task_specific:
         overrides.setdefault("config", {})["task_specific"] = True
+    if seeds is not None:
+        overrides["matrix"] = {"seeds": parse_seeds(seeds)}
     run = load_pipeline("neuralmark.pipelines.output_mark", "run_output_mark",
                         "the output_mark pipeline")
 
@@ -115,6 +142,21 @@ def protect(
     variant = ", task-specific" if task_specific else ""
     result = run_long(go, label=f"protecting a {task} model ({profile.value}{variant})")
     print_training(out(), result, f"output_mark {task} ({profile.value}{variant})")
+    spread = _spread_line(result.get("summary") or {})
+    if spread:
+        out().print(spread)
+
+
+def _spread_line(summary: dict[str, float]) -> str:
+    """``matrix mean over seeds …`` from a run's summary, or "" without a seed spread."""
+    parts = []
+    for stage in ("stage1", "stage2"):
+        k = f"spread/{stage}/matrix_mean/success_rate"
+        if f"{k}/mean" in summary:
+            parts.append(f"stage {stage[-1]} {100 * summary[f'{k}/mean']:.0f}% "
+                         f"[{100 * summary[f'{k}/ci_low']:.0f}, "
+                         f"{100 * summary[f'{k}/ci_high']:.0f}]")
+    return f"matrix mean over seeds (95% interval): {', '.join(parts)}" if parts else ""
 
 
 @domain_errors

@@ -56,6 +56,7 @@ from neuralmark.components.errors import InputError, describe_validation_error
 from neuralmark.components.gate import MEAN_ATTACKED
 from neuralmark.components.methods.output_mark.logo import load_logo
 from neuralmark.components.methods.output_mark.matrix import ABLATIONS
+from neuralmark.components.methods.output_mark.seeds import attacker_settings
 from neuralmark.components.methods.registry import make_config as build_config
 from neuralmark.runtime.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, model_name, resolve
 
@@ -83,7 +84,10 @@ class MatrixSettings(BaseModel):
             sample dataset.
         surrogate: overrides of ``config.surrogate`` for the matrix cells (the
             stage-2 surrogate keeps the profile's), e.g. fewer steps for a quick
-            look; arch and loss always come from the cell.
+            look; arch and loss always come from the cell. The cells' seed is the
+            stage-2 surrogate's + ``seeds.ATTACKER_SEED_OFFSET`` unless set here, so
+            no cell is the very surrogate R was fine-tuned on.
+        seeds: seeds of the seed spread (empty: no spread).
         ablation_config: overrides of the output_mark config for the ablation
             runs (each retrains stage 1), e.g. ``{steps: 150}``.
         min_success_rate: profile → floor on the mean success rate over the
@@ -105,6 +109,9 @@ class MatrixSettings(BaseModel):
     prepared: str | None = None
     surrogate: dict[str, Any] = Field(default_factory=dict)
     ablation_config: dict[str, Any] = Field(default_factory=dict)
+    #: seeds of the seed spread (``output_mark.seeds``): the whole sequence and the matrix
+    #: retrained once per seed, reported as mean ± 95% t-interval per cell; empty: none
+    seeds: list[int] = Field(default_factory=list)
     #: tiny: below the tiny derain run's measured mean (MODEL_CARD.md); full: the seed's
     #: D-* cells are 86-100%
     min_success_rate: dict[str, float] = Field(
@@ -117,6 +124,14 @@ class MatrixSettings(BaseModel):
         if unknown:
             raise ValueError(f"unknown ablation(s) {unknown}; expected {list(ABLATIONS)}")
         return names
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, values: list[int]) -> list[int]:
+        if values and (len(values) < 2 or len(set(values)) != len(values)):
+            raise ValueError(f"a seed spread needs at least two distinct seeds (three or "
+                             f"more for a useful interval), got {values}")
+        return values
 
     @field_validator("cells")
     @classmethod
@@ -215,6 +230,7 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
         evaluate_output_mark,
         finetune_stage2,
         make_pairs,
+        seed_spread,
         train_ablation,
         train_independent_model,
         train_marking,
@@ -240,8 +256,8 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     att_a, att_b, query = attacker_data(stage1, train_a, train_b, test_a)
     ss, ss_targets = baseline_data(stage1, train_a, train_b, baseline=m.baseline_config,
                                    key_secret=key_secret)
-    schedule = SurrogateSettings.model_validate(
-        deep_merge(cfg["surrogate"], m.surrogate)).model_dump(mode="json")
+    schedule = attacker_settings(settings.config, m.surrogate).model_dump(mode="json")
+    threads = int(cfg["cpu_threads"])
     ablation_cfg = build_config(METHOD, deep_merge(cfg, m.ablation_config)).model_dump(
         mode="json", exclude={"method"})
     digest = components_digest()
@@ -249,10 +265,12 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     for arch, loss in cells:
         label = cell_name(arch, loss)
         deep.append(train_surrogate_cell(att_a, att_b, query, arch=arch, loss=loss,
-                                         settings=schedule, code_digest=digest, id=label))
+                                         settings=schedule, code_digest=digest,
+                                         cpu_threads=threads, id=label))
         if m.baseline:
             base.append(train_surrogate_cell(att_a, ss_targets, query, arch=arch, loss=loss,
                                              settings=schedule, code_digest=digest,
+                                             cpu_threads=threads,
                                              id=label.replace("surrogate_", "baseline_", 1)))
     ablations = [train_ablation(train_a, train_b, test_a, test_b, groups, name=name,
                                 config=ablation_cfg, key_secret=key_secret, code_digest=digest,
@@ -260,10 +278,15 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     independent = (train_independent_model(train_a, train_b, query, config=cfg,
                                            code_digest=digest)
                    if m.false_positives else None)
+    spread = (seed_spread(train_a, train_b, test_a, test_b, groups, config=cfg,
+                          cells=[list(c) for c in cells], seed_list=m.seeds,
+                          surrogate=m.surrogate, key_secret=key_secret, code_digest=digest)
+              if m.seeds else None)
     report = evaluate_output_mark(stage1, stage2, ss, test_a, test_b,
                                   cells=[list(c) for c in cells], deep_outputs=deep,
                                   baseline_outputs=base, independent_outputs=independent,
-                                  ablations=ablations, task=task, key_secret=key_secret)
+                                  ablations=ablations, task=task, key_secret=key_secret,
+                                  spread_rows=spread)
     decision = gate(report, model_name=settings.model_name, policy=params["policy"])
     register_and_promote(stage2, report, decision, model_name=settings.model_name)
 
@@ -341,6 +364,6 @@ def run_output_mark(task: str = "derain", profile: str = "tiny",
     report = outcome.pop("report")
     summary = {k: float(v) for k, v in report.summary.items()
                if k in ("psnr", "ssim", "fpr", "detection_rate_mean_attacked")
-               or k.startswith("sr_mean/")}
+               or k.startswith(("sr_mean/", "spread/"))}
     return {"model_name": settings.model_name, "summary": summary,
             "tables": report.extra.get("tables", ""), "cached_steps": cached, **outcome}

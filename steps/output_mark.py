@@ -31,12 +31,18 @@ from zenml import log_metadata, step
 
 import neuralmark.integrations.materializers  # noqa: F401  (tensor, method and report materializers)
 from neuralmark.components import plots
-from neuralmark.components.attacks.surrogate import SurrogateSettings, attack_cell, cell_name
+from neuralmark.components.attacks.surrogate import SurrogateSettings, cell_name
 from neuralmark.components.data import pairs
 from neuralmark.components.data.manifest import load_split
 from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import WatermarkKey, WatermarkMethod
-from neuralmark.components.methods.output_mark import OutputMark, matrix, tables, training
+from neuralmark.components.methods.output_mark import (
+    OutputMark,
+    matrix,
+    seeds,
+    tables,
+    training,
+)
 from neuralmark.components.methods.registry import build
 from neuralmark.components.report import Report
 from neuralmark.integrations.run_context import run_reports_dir
@@ -175,19 +181,20 @@ def baseline_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)
 def train_surrogate_cell(attack_inputs: torch.Tensor, attack_targets: torch.Tensor,
                          query_inputs: torch.Tensor, arch: str, loss: str,
-                         settings: dict[str, Any], code_digest: str = ""
+                         settings: dict[str, Any], code_digest: str = "", cpu_threads: int = 1
                          ) -> Annotated[torch.Tensor, "surrogate_outputs"]:
     """One matrix cell: train SM(arch, loss) on the attacker's pairs; its outputs on test.
 
     Cached: a rerun with the same pairs, settings and ``code_digest`` (the
     pipeline's ``components_digest()``: only part of the cache key) never
-    retrains the cell.
+    retrains the cell. Trained with ``cpu_threads`` torch threads (the config's).
 
     Returns:
         T×3×S×S surrogate outputs on ``query_inputs``.
     """
-    out = attack_cell(attack_targets, attack_inputs, query_inputs, arch, loss,
-                      SurrogateSettings.model_validate(settings), step_callbacks("attack/"))
+    out = matrix.cell_outputs(attack_targets, attack_inputs, query_inputs, arch, loss,
+                              SurrogateSettings.model_validate(settings), cpu_threads,
+                              step_callbacks("attack/"))
     log_metadata({"cell": cell_name(arch, loss), "train_pairs": int(attack_inputs.shape[0])})
     return out
 
@@ -221,6 +228,27 @@ def train_independent_model(train_inputs: torch.Tensor, train_targets: torch.Ten
                                             callbacks=step_callbacks("independent/"))
 
 
+@step(experiment_tracker=TRACKER_NAME, enable_cache=True)
+def seed_spread(train_inputs: torch.Tensor, train_targets: torch.Tensor,
+                test_inputs: torch.Tensor, test_targets: torch.Tensor,
+                train_groups: list[str], config: dict[str, Any], cells: list[list[str]],
+                seed_list: list[int], surrogate: dict[str, Any], key_secret: str,
+                code_digest: str = "") -> Annotated[list[dict[str, Any]], "seed_spread_rows"]:
+    """The whole sequence and the matrix once per seed (``output_mark.seeds``); cached.
+
+    Returns:
+        The tidy rows with ``seed`` (``seeds.seed_spread_rows``); the evaluation step
+        reduces them to mean ± interval.
+    """
+    rows = seeds.seed_spread_rows(seed_list, (train_inputs, train_targets),
+                                  (test_inputs, test_targets), build("output_mark", config)
+                                  .config, [(str(a), str(b)) for a, b in cells],
+                                  WatermarkKey(key_secret), train_groups, surrogate,
+                                  step_callbacks("seed_spread/"))
+    log_metadata({"seeds": [int(s) for s in seed_list], "rows": len(rows)})
+    return rows
+
+
 @step(experiment_tracker=TRACKER_NAME)
 def evaluate_output_mark(stage1: WatermarkMethod, stage2: WatermarkMethod,
                          baseline: WatermarkMethod, test_inputs: torch.Tensor,
@@ -228,8 +256,12 @@ def evaluate_output_mark(stage1: WatermarkMethod, stage2: WatermarkMethod,
                          deep_outputs: list[torch.Tensor], baseline_outputs: list[torch.Tensor],
                          independent_outputs: torch.Tensor | None,
                          ablations: list[list[dict[str, Any]]], task: str,
-                         key_secret: str) -> Annotated[Report, "report"]:
+                         key_secret: str, spread_rows: list[dict[str, Any]] | None = None
+                         ) -> Annotated[Report, "report"]:
     """Tables 1–3, false positives and ablations; log tables and the heatmap to MLflow.
+
+    ``spread_rows`` (from ``seed_spread``) add the matrix over seeds: metrics
+    ``spread/<stage>/<cell>/<metric>/{mean,std,ci_low,ci_high}`` and a Markdown table.
 
     Returns:
         ``Report(rows, summary)``: the summary has the gate's keys (``psnr``,
@@ -243,9 +275,16 @@ def evaluate_output_mark(stage1: WatermarkMethod, stage2: WatermarkMethod,
                                   (test_inputs, test_targets), cell_list, deep_outputs,
                                   baseline_outputs, independent_outputs, ablations)
     markdown = tables.report_markdown(rows, task)
-    report = Report(rows=rows, summary=matrix.gate_summary(rows),
+    summary = matrix.gate_summary(rows)
+    spread: list[dict[str, Any]] = []
+    if spread_rows:
+        spread = seeds.spread_summary(spread_rows)
+        summary.update(seeds.spread_metrics(spread))
+        markdown += "\n## Seed spread\n\n" + seeds.spread_markdown(spread)
+    report = Report(rows=rows, summary=summary,
                     extra={"task": task, "target_kind": pairs.target_kind(task),
-                           "cells": [list(c) for c in cell_list], "tables": markdown})
+                           "cells": [list(c) for c in cell_list], "tables": markdown,
+                           "seed_spread": spread})
     out = run_reports_dir()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "output_mark_tables.md", markdown)

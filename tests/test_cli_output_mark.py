@@ -155,3 +155,26 @@ def test_protect_task_specific_sets_the_variant(runner, monkeypatch):
                     "overrides": {"config": {"task_specific": True}}}
     runner.invoke(app, ["protect", "--task", "derain"])
     assert seen["overrides"] == {}
+
+
+def test_protect_seeds_reach_the_matrix_and_print_the_spread(runner, monkeypatch):
+    """--seeds 0,1,2 becomes matrix.seeds; the interval of the matrix mean is printed (run
+    stubbed out; the seed spread itself: tests/test_output_mark_seeds.py)."""
+    import neuralmark.pipelines.output_mark as pom
+
+    seen = {}
+    k = "spread/stage2/matrix_mean/success_rate"
+
+    def fake_run(task, profile, config_path, overrides, callbacks=None):
+        seen.update(overrides=overrides)
+        return {"model_name": "neuralmark-output_mark", "tables": "| t |",
+                "summary": {f"{k}/mean": 0.62, f"{k}/ci_low": 0.41, f"{k}/ci_high": 0.83}}
+
+    monkeypatch.setattr(pom, "run_output_mark", fake_run)
+    result = runner.invoke(app, ["protect", "--task", "derain", "--seeds", "0, 1,2"])
+    assert result.exit_code == 0, result.output
+    assert seen["overrides"] == {"matrix": {"seeds": [0, 1, 2]}}
+    assert "matrix mean over seeds (95% interval): stage 2 62% [41, 83]" in result.output
+    for bad, why in (("0,x", "integers"), ("3", "two distinct"), ("1,1", "two distinct")):
+        result = runner.invoke(app, ["protect", "--task", "derain", "--seeds", bad])
+        assert result.exit_code == 2 and why in result.output, result.output

@@ -34,7 +34,8 @@ MICRO: dict[str, Any] = {
              "version_with_dvc": False},
     "policy": {"min_psnr": 0.0, "min_bit_accuracy": {}, "min_detection_rate": {"none": 0.0},
                "max_fpr": 1.0, "primary_metric": "detection_rate_mean_attacked"},
-    "matrix": {"cells": CELLS, "ablations": ["no_clean_loss"], "min_success_rate": {"tiny": 0.0}},
+    "matrix": {"cells": CELLS, "ablations": ["no_clean_loss"], "min_success_rate": {"tiny": 0.0},
+               "seeds": [0, 1]},
 }
 CELL_STEPS = {"surrogate_unet_l2", "surrogate_cnet_l1_adversarial", "baseline_unet_l2",
               "baseline_cnet_l1_adversarial"}
@@ -68,6 +69,12 @@ def test_matrix_pipeline_runs_end_to_end_and_registers(project: Path, runs) -> N
                 "ablation/ablation_no_clean_loss/nc_clean_B"):
         assert key in summary, key
     assert "deep, stage 1 only (†)" in first["tables"] and "surrogate_unet_l2" in first["tables"]
+    # the seed spread (matrix.seeds): mean ± interval per cell, in the tables and in MLflow
+    assert "## Seed spread" in first["tables"] and "over 2 seeds" in first["tables"]
+    spread_key = "spread/stage2/matrix_mean/success_rate"
+    assert summary[f"{spread_key}/ci_low"] <= summary[f"{spread_key}/mean"] <= \
+        summary[f"{spread_key}/ci_high"]
+    assert first["summary"][f"{spread_key}/mean"] == summary[f"{spread_key}/mean"]
 
     uri = tracking_uri(project)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -75,6 +82,7 @@ def test_matrix_pipeline_runs_end_to_end_and_registers(project: Path, runs) -> N
     listed = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/tables.md", "report/surrogate_matrix.png", "report/rows.csv"} <= listed
     assert "detection_rate_mean_attacked" in run.data.metrics
+    assert "spread/stage2/surrogate_unet_l2/success_rate/ci_high" in run.data.metrics
     assert any(k.startswith("stage1/") for k in run.data.metrics)
     assert run.data.tags["output_mark.target_kind"] == "clean-photo"
     mv = client.get_model_version(MODEL, first["registered_version"])
@@ -89,8 +97,8 @@ def test_surrogate_cells_train_on_marked_pairs_and_are_cached_on_rerun(runs) -> 
 
     first, second = runs
     assert second["status"] == "completed"
-    assert CELL_STEPS | {"ablation_no_clean_loss", "train_independent_model"} <= \
-        set(second["cached_steps"])
+    assert CELL_STEPS | {"ablation_no_clean_loss", "train_independent_model", "seed_spread"} \
+        <= set(second["cached_steps"])
     assert not {"train_marking", "finetune_stage2", "evaluate_output_mark"} & \
         set(second["cached_steps"])
     assert second["registered_version"] != first["registered_version"]
@@ -132,6 +140,9 @@ def test_bad_matrix_or_cache_setting_fails_before_anything_runs(tmp_path: Path) 
 
     with pytest.raises(InputError, match="matrix.cells"):
         run_output_mark("derain", "tiny", overrides={"matrix": {"cells": [["vgg", "l2"]]}},
+                        project_root=tmp_path)
+    with pytest.raises(InputError, match="matrix.seeds.*two distinct seeds"):
+        run_output_mark("derain", "tiny", overrides={"matrix": {"seeds": [3, 3]}},
                         project_root=tmp_path)
     with pytest.raises(InputError, match="unknown task"):
         run_output_mark("denoise", "tiny", project_root=tmp_path)

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from neuralmark.components.attacks.surrogate import SurrogateSettings
 from neuralmark.components.methods.base import MethodConfig
+from neuralmark.components.nets.image_nets import SurrogateArch
 
 
 class OutputMarkConfig(MethodConfig):
@@ -85,6 +86,11 @@ class OutputMarkConfig(MethodConfig):
     #: them and their clean images calibrate the null NC distribution
     surrogate_fraction: float = Field(0.5, gt=0, lt=1)
     surrogate: SurrogateSettings = SurrogateSettings()
+    #: architectures of the stage-2 surrogates (each trained with ``surrogate``'s loss and
+    #: schedule on the held-out part; R is fine-tuned on all their outputs at once); empty:
+    #: ``surrogate.arch`` alone, the seed's one UNet. The matrix cells of these
+    #: architectures are then not held out (same arch, other seed): say so when reporting
+    stage2_archs: tuple[SurrogateArch, ...] = ()
     stage2_steps: int = Field(2000, ge=0)
     stage2_lr: float = Field(1e-4, gt=0)
     #: stage 2 also trains the same surrogate on the *clean* pairs (A, M(A)) and adds its
@@ -96,6 +102,16 @@ class OutputMarkConfig(MethodConfig):
     calibration_max: int = Field(4096, ge=1)
     eval_batch: int = Field(32, ge=1)
     device: str = "auto"
+    #: torch intra-op threads while a stage trains (``neuralmark.components.reproducibility``):
+    #: a CPU convolution's sums are split over the threads, so the trained networks — and
+    #: the matrix — depend on the count (MODEL_CARD.md, "Reproducibility"); 1 pins it, 0
+    #: leaves torch's own (the machine's cores, or OMP_NUM_THREADS)
+    cpu_threads: int = Field(1, ge=0)
+
+    @property
+    def stage2_arch_list(self) -> tuple[str, ...]:
+        """The stage-2 surrogates' architectures (``stage2_archs``, or ``surrogate.arch``)."""
+        return tuple(dict.fromkeys(self.stage2_archs)) or (self.surrogate.arch,)
 
     @property
     def jitter_tint(self) -> bool:

@@ -113,9 +113,11 @@ def _batch(c: OutputMarkConfig, g: torch.Generator, dev: torch.device | str,
 
 
 def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor,
-                       gt: torch.Tensor, b_prime: torch.Tensor, b_second: torch.Tensor,
+                       gt: torch.Tensor, b_prime: torch.Tensor,
+                       b_second: torch.Tensor | Sequence[torch.Tensor],
                        callbacks: Callbacks | Sequence[Any] = (), step0: int = 0,
-                       b_clean_second: torch.Tensor | None = None) -> dict[str, float]:
+                       b_clean_second: torch.Tensor | Sequence[torch.Tensor] | None = None
+                       ) -> dict[str, float]:
     """Stage 2's loop: fine-tune R on the mix A, B, B′, B″ (H frozen).
 
     Args:
@@ -123,11 +125,12 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
         a, b, gt: N×3×S×S inputs, M's outputs, targets (clean; ``b`` unused when
             task-specific).
         b_prime: N×3×S×S marked outputs H(·).
-        b_second: N×3×S×S surrogate outputs SM(a).
+        b_second: N×3×S×S surrogate outputs SM(a), or one such tensor per stage-2
+            surrogate (each batch then holds every surrogate's outputs for its rows).
         callbacks: metrics/progress sinks.
         step0: offset of the reported step numbers.
-        b_clean_second: N×3×S×S outputs of the same surrogate trained on clean
-            pairs (``stage2_clean_surrogate``): extra clean images.
+        b_clean_second: N×3×S×S outputs of the same surrogate(s) trained on clean
+            pairs (``stage2_clean_surrogate``): extra clean images (one tensor or a list).
 
     Returns:
         The last reported metrics.
@@ -139,18 +142,21 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
     method.R.train()
     every = max(1, c.stage2_steps // 20)
     metrics: dict[str, float] = {}
+    seconds = [b_second] if isinstance(b_second, torch.Tensor) else list(b_second)
+    extra = ([] if b_clean_second is None else [b_clean_second]
+             if isinstance(b_clean_second, torch.Tensor) else list(b_clean_second))
     with distributed.sync_batchnorm(method.R), distributed.wrapped(method, "R"):
         for step in range(c.stage2_steps):
-            extra = [] if b_clean_second is None else [b_clean_second]
-            (xa, xb, xg), (xp, x2, *x2_clean) = _batch(c, g, dev, [a, b, gt],
-                                                       [b_prime, b_second, *extra])
+            (xa, xb, xg), (xp, *rest) = _batch(c, g, dev, [a, b, gt],
+                                               [b_prime, *seconds, *extra])
+            x2s, x2_clean = rest[:len(seconds)], rest[len(seconds):]
             if c.jitter > 0:  # jittered images get the B′ H makes of them (H is frozen)
                 with torch.no_grad():
                     xp = method.H(xa if c.task_specific else xb)
             clean = [xa, xg] if c.task_specific else [xa, xb, xg]
             clean.extend(x2_clean)
             with distributed.autocast(dev):
-                loss, m = extract_loss(c, method.R, method.logo, [xp, x2],
+                loss, m = extract_loss(c, method.R, method.logo, [xp, *x2s],
                                        clean, g, sharded=True)
             opt.zero_grad()
             loss.backward()

@@ -37,7 +37,7 @@ from typing import Any, cast
 
 import torch
 
-from neuralmark.components.attacks.surrogate import attack_cell, cell_name
+from neuralmark.components.attacks.surrogate import SurrogateSettings, attack_cell, cell_name
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks, WatermarkKey, resize_square
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
@@ -51,6 +51,7 @@ from neuralmark.components.methods.output_mark.training import (
 from neuralmark.components.methods.spread_spectrum import SpreadSpectrum
 from neuralmark.components.metrics import psnr
 from neuralmark.components.nets.image_nets import apply_net
+from neuralmark.components.reproducibility import pinned
 
 #: the extractor / mark a matrix row is scored with
 STAGES: tuple[str, ...] = ("stage1", "stage2", "spread_spectrum")
@@ -93,6 +94,23 @@ def baseline_attack_pairs(method: OutputMark, train_pairs: tuple[torch.Tensor, t
     tp = training_pairs(method, train_pairs)
     a = tp.a[tp.held_out]
     return a, baseline.embed(method.model_outputs(a), key)
+
+
+def cell_outputs(marked_train_outputs: torch.Tensor, train_inputs: torch.Tensor,
+                 test_inputs: torch.Tensor, arch: str, loss: str,
+                 settings: SurrogateSettings | Mapping[str, Any], cpu_threads: int = 1,
+                 callbacks: Callbacks | Sequence[Any] = ()) -> torch.Tensor:
+    """One matrix cell (``attacks.surrogate.attack_cell``) trained inside
+    ``reproducibility.pinned`` (the schedule's seed, ``cpu_threads`` threads).
+
+    Returns:
+        T×3×S×S surrogate outputs on the test inputs, in [0, 1].
+    """
+    seed = settings.seed if isinstance(settings, SurrogateSettings) else \
+        int(dict(settings).get("seed", 0))
+    with pinned(seed, cpu_threads):
+        return attack_cell(marked_train_outputs, train_inputs, test_inputs, arch, loss,
+                           settings, callbacks)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -203,7 +221,8 @@ def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
     key = key or WatermarkKey(method.config.logo_secret)
     sa, sb = attack_pairs(method, train_pairs)
     ta, _ = method.working_pairs(test_pairs, "test pairs")
-    b2 = attack_cell(sb, sa, ta, "unet", "l2", method.config.surrogate, callbacks)
+    b2 = cell_outputs(sb, sa, ta, "unet", "l2", method.config.surrogate,
+                      method.config.cpu_threads, callbacks)
     tb = method.model_outputs(ta)
     measured = {"nc_marked": method.nc(method.marked_outputs(ta), key),
                 "nc_clean_A": method.nc(ta, key), "nc_clean_B": method.nc(tb, key),
@@ -228,7 +247,8 @@ def independent_model_outputs(train_pairs: tuple[torch.Tensor, torch.Tensor],
         T×3×S×S outputs at the working size.
     """
     cfg = config.model_copy(update={"seed": config.seed + seed_offset})
-    model = train_protected_model(train_pairs, cfg, callbacks)
+    with pinned(cfg.seed, cfg.cpu_threads):
+        model = train_protected_model(train_pairs, cfg, callbacks)
     x = resize_square(test_inputs.float(), config.working_size)
     return apply_net(model, x, config.eval_batch).clamp(0, 1)
 
@@ -348,6 +368,7 @@ def gate_summary(rows: Sequence[Mapping[str, Any]], stage: str = "stage2") -> di
 
 
 __all__ = ["ABLATIONS", "ROW_COLUMNS", "STAGES", "ablation_rows", "attack_pairs",
-           "baseline_attack_pairs", "baseline_config", "cell_rows", "evaluation_rows",
+           "baseline_attack_pairs", "baseline_config", "cell_outputs", "cell_rows",
+           "evaluation_rows",
            "false_positive_rows", "gate_summary", "independent_model_outputs", "matrix_summary",
            "quality_rows", "score_outputs"]

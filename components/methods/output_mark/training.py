@@ -25,7 +25,9 @@ paths after stage 1 with the same split and calibration.
 
 Every stage seeds its own draws (``config.seed`` + a stage offset), so a stage gives
 the same result whether it runs right after the previous one (``fit``) or in another
-process after a bundle round trip (a pipeline step).
+process after a bundle round trip (a pipeline step). Each caller also runs inside
+``neuralmark.components.reproducibility.pinned`` (``config.cpu_threads`` intra-op threads,
+deterministic algorithms): on a CPU the trained networks depend on the thread count.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from neuralmark.components.methods.registry import build
 from neuralmark.components.nets.image_nets import apply_net
 from neuralmark.components.nets.training import train_image_net
 from neuralmark.components.nets.unet import UNet
+from neuralmark.components.reproducibility import pinned
 
 #: offset added to ``config.seed`` for the split's generator (the loops have their own)
 _SPLIT_SEED = 7
@@ -186,7 +189,8 @@ def stage1(method: OutputMarkParts, tp: TrainingPairs,
 # --------------------------------------------------------------------------- stage 2: SM, R
 def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
                             b_train: torch.Tensor, a_query: torch.Tensor,
-                            callbacks: Callbacks | Sequence[Any] = ()) -> torch.Tensor | None:
+                            callbacks: Callbacks | Sequence[Any] = (),
+                            arch: str | None = None) -> torch.Tensor | None:
     """Stage 2's clean counterpart of B″: the stage-2 surrogate trained on clean (A, M(A)).
 
     Args:
@@ -194,6 +198,7 @@ def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
         a_train, b_train: K×3×S×S held-out inputs and M's outputs for them.
         a_query: N×3×S×S inputs it is run on (the H/R part).
         callbacks: metrics/progress sinks.
+        arch: the surrogate's architecture (default ``surrogate.arch``).
 
     Returns:
         N×3×S×S outputs in [0, 1], or ``None`` when ``stage2_clean_surrogate`` is off.
@@ -201,15 +206,16 @@ def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
     c = method.config
     if not c.stage2_clean_surrogate:
         return None
-    sm = train_surrogate(a_train, b_train, config=c.surrogate.model_copy(
+    sm = train_surrogate(a_train, b_train, arch=arch, config=c.surrogate.model_copy(
         update={"seed": c.surrogate.seed + 1}), callbacks=callbacks)
     return apply_net(sm, a_query, c.eval_batch).clamp(0, 1)
 
 
 def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Sequence[Any] = (),
            probe: torch.Tensor | None = None) -> dict[str, float]:
-    """Stage 2: surrogate SM (``config.surrogate``) on (A, B′) of the held-out part, then
-    R fine-tuned on A, B, B′, B″ = SM(A) of the H/R part; H stays frozen.
+    """Stage 2: surrogates SM (``config.surrogate``, one per ``stage2_arch_list``) on
+    (A, B′) of the held-out part, then R fine-tuned on A, B, B′, B″ = SM(A) of the H/R
+    part (every SM's B″ in each batch); H stays frozen.
 
     Args:
         method: after stage 1.
@@ -220,18 +226,26 @@ def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Se
 
     Returns:
         The last fine-tuning metrics, ``nc_surrogate_before`` / ``_after`` and
-        ``sr_surrogate_before`` / ``_after`` (R on SM(probe)), ``time_stage2_s``.
+        ``sr_surrogate_before`` / ``_after`` (R on the first SM's outputs on the probe),
+        ``time_stage2_s``.
     """
     start = time.time()
     c = method.config
     a, hr, ho = tp.a, tp.hr, tp.held_out
     b = method.model_outputs(a)
     marked = method.marked_outputs(a)
-    sm = train_surrogate(a[ho], marked[ho], config=c.surrogate, callbacks=callbacks)
-    b2 = apply_net(sm, a[hr], c.eval_batch)
     probe_x = a[ho] if probe is None else resize_square(probe.float(), c.working_size)
-    probe_out = apply_net(sm, probe_x, c.eval_batch)
-    b2_clean = clean_surrogate_outputs(method, a[ho], b[ho], a[hr], callbacks)
+    b2, b2_clean, probe_out = [], [], None
+    for arch in c.stage2_arch_list:
+        sm = train_surrogate(a[ho], marked[ho], arch=arch, config=c.surrogate,
+                             callbacks=callbacks)
+        b2.append(apply_net(sm, a[hr], c.eval_batch))
+        if probe_out is None:
+            probe_out = apply_net(sm, probe_x, c.eval_batch)
+        clean = clean_surrogate_outputs(method, a[ho], b[ho], a[hr], callbacks, arch)
+        if clean is not None:
+            b2_clean.append(clean)
+    assert probe_out is not None  # stage2_arch_list is never empty
     logo = method.logo.cpu()
     before = extraction_nc(method.R, probe_out, logo, c.eval_batch)
     metrics = finetune_extractor(method, a[hr], b[hr], tp.gt[hr], marked[hr], b2, callbacks,
@@ -287,19 +301,20 @@ def fit(method: OutputMarkParts, data: Mapping[str, Any],
         raise InputError("output_mark.fit needs data={'train': (A, B), 'val': (A, B)}")
     c, cb = method.config, distributed.main_only(Callbacks.of(callbacks))
     start = time.time()
-    tp = prepare(method, data["train"], key, what="data['train']")
-    if data.get("val") is not None:
-        va, vgt = method.working_pairs(data["val"], "data['val']")
-    else:
-        va, vgt = tp.a[tp.held_out], tp.gt[tp.held_out]
-    metrics = train_model(method, tp, cb)
-    metrics.update(stage1(method, tp, cb))
-    metrics.update(quality(method, va, vgt))
-    if c.stage2:
-        metrics.update(stage2(method, tp, cb, probe=va))
-        metrics.update({f"final_{k}": v for k, v in quality(method, va, vgt).items()})
-    metrics["time_total_s"] = time.time() - start
-    metrics.update(calibrate_held_out(method, tp))
+    with pinned(c.seed, c.cpu_threads):
+        tp = prepare(method, data["train"], key, what="data['train']")
+        if data.get("val") is not None:
+            va, vgt = method.working_pairs(data["val"], "data['val']")
+        else:
+            va, vgt = tp.a[tp.held_out], tp.gt[tp.held_out]
+        metrics = train_model(method, tp, cb)
+        metrics.update(stage1(method, tp, cb))
+        metrics.update(quality(method, va, vgt))
+        if c.stage2:
+            metrics.update(stage2(method, tp, cb, probe=va))
+            metrics.update({f"final_{k}": v for k, v in quality(method, va, vgt).items()})
+        metrics["time_total_s"] = time.time() - start
+        metrics.update(calibrate_held_out(method, tp))
     method.trained = True
     cb.on_metrics(c.model_steps + c.steps + c.stage2_steps, metrics)
     return metrics
@@ -326,10 +341,11 @@ def stage1_method(train_pairs: tuple[torch.Tensor, torch.Tensor],
     if not isinstance(built.config, OutputMarkConfig):
         raise InputError("stage1_method needs an output_mark config")
     method = cast(OutputMarkParts, built)
-    tp = prepare(method, train_pairs, key, groups)
-    metrics = train_model(method, tp, callbacks)
-    metrics.update(stage1(method, tp, callbacks))
-    metrics.update(calibrate_held_out(method, tp))
+    with pinned(method.config.seed, method.config.cpu_threads):
+        tp = prepare(method, train_pairs, key, groups)
+        metrics = train_model(method, tp, callbacks)
+        metrics.update(stage1(method, tp, callbacks))
+        metrics.update(calibrate_held_out(method, tp))
     method.trained = True
     return method, metrics
 
@@ -346,9 +362,10 @@ def stage2_method(method_stage1: OutputMarkParts, train_pairs: tuple[torch.Tenso
         ``(new method, metrics)``: see :func:`stage2` and :func:`calibrate_held_out`.
     """
     method = copy.deepcopy(method_stage1)
-    tp = training_pairs(method, train_pairs)
-    metrics = stage2(method, tp, callbacks) if method.config.stage2 else {}
-    metrics.update(calibrate_held_out(method, tp))
+    with pinned(method.config.seed, method.config.cpu_threads):
+        tp = training_pairs(method, train_pairs)
+        metrics = stage2(method, tp, callbacks) if method.config.stage2 else {}
+        metrics.update(calibrate_held_out(method, tp))
     return method, metrics
 
 

@@ -1,0 +1,220 @@
+"""The surrogate matrix over several seeds: mean ± interval per cell, never one lucky run.
+
+One tiny derain run gave a matrix mean of 0.88 with stage 2, another (same command,
+other code revision and thread count) 0.62 (issue #19): a single seed says little.
+:func:`seed_matrix_rows` retrains the whole sequence for one seed (M, stage 1,
+stage 2, every matrix cell) and scores it; :func:`seed_spread_rows` does that for
+each seed; :func:`spread_summary` reduces the rows to mean, standard deviation,
+a Student-t 95% interval, min and max over the seeds per (stage, cell, metric).
+
+What a seed changes: ``config.seed`` (M, H, R, D, the split, the stage loops) and
+the stage-2 surrogate's seed; the attacker's surrogates get their own seed
+(:func:`attacker_settings`), never the stage-2 surrogate's, so no matrix cell is the
+surrogate R was fine-tuned on. The data (pairs and their rain) stay fixed.
+
+Shapes: images are ``N×3×H×W`` float32 in [0, 1]; rows are the tidy rows of
+:mod:`.matrix` plus ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import torch
+
+from neuralmark.components.attacks.surrogate import SurrogateSettings, attack_cell
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods.base import Callbacks, WatermarkKey
+from neuralmark.components.methods.output_mark.config import OutputMarkConfig
+from neuralmark.components.methods.output_mark.matrix import attack_pairs, evaluation_rows
+from neuralmark.components.methods.output_mark.method import OutputMark
+from neuralmark.components.methods.output_mark.training import stage1_method, stage2_method
+from neuralmark.components.reproducibility import pinned
+
+#: added to the stage-2 surrogate's seed for the attacker's cells: an attacker does not
+#: share the owner's random draws, and a cell equal to the stage-2 surrogate (same arch,
+#: loss, data and seed) would not be held out
+ATTACKER_SEED_OFFSET = 101
+#: label of the rows holding the mean success rate over the matrix's cells
+MATRIX_MEAN = "matrix_mean"
+#: two-sided coverage of :func:`spread_summary`'s interval
+CONFIDENCE = 0.95
+
+
+def attacker_settings(config: OutputMarkConfig,
+                      overrides: Mapping[str, Any] | None = None) -> SurrogateSettings:
+    """The matrix cells' schedule: ``config.surrogate`` + ``overrides``, with the attacker's seed.
+
+    Unless ``overrides`` sets ``seed``, the seed is the stage-2 surrogate's plus
+    :data:`ATTACKER_SEED_OFFSET`.
+
+    Raises:
+        InputError: an override that is not a ``SurrogateSettings`` field.
+    """
+    values = {**config.surrogate.model_dump(), "seed": config.surrogate.seed
+              + ATTACKER_SEED_OFFSET, **dict(overrides or {})}
+    try:
+        return SurrogateSettings.model_validate(values)
+    except ValueError as err:
+        raise InputError(f"invalid matrix surrogate settings: {err}") from None
+
+
+def seeded_config(config: OutputMarkConfig | Mapping[str, Any], seed: int) -> OutputMarkConfig:
+    """``config`` with ``seed`` for the method and for the stage-2 surrogate."""
+    cfg = config if isinstance(config, OutputMarkConfig) else OutputMarkConfig(**dict(config))
+    return cfg.model_copy(update={"seed": int(seed), "surrogate": cfg.surrogate.model_copy(
+        update={"seed": int(seed)})})
+
+
+def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
+                     test_pairs: tuple[torch.Tensor, torch.Tensor],
+                     config: OutputMarkConfig | Mapping[str, Any],
+                     cells: Sequence[tuple[str, str]], key: WatermarkKey,
+                     groups: Sequence[str] | None = None,
+                     surrogate: Mapping[str, Any] | None = None,
+                     callbacks: Callbacks | Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Train the whole sequence with one seed and score the matrix (no baseline, no ablations).
+
+    Args:
+        seed: the run's seed (:func:`seeded_config`).
+        train_pairs, test_pairs: ``(A, B)`` N×3×H×W in [0, 1].
+        config: the output_mark config the seed is put into.
+        cells: ``(arch, loss)`` matrix cells.
+        key: the owner's key.
+        groups: source group of each training pair.
+        surrogate: overrides of the cells' schedule (:func:`attacker_settings`).
+        callbacks: metrics/progress sinks.
+
+    Returns:
+        :func:`.matrix.evaluation_rows` (Table 1 for stage 1 and 2, each cell with the
+        stage-1 and the stage-2 R) and, per stage, the mean success rate over the cells
+        (label :data:`MATRIX_MEAN`), each with ``seed``.
+    """
+    cfg = seeded_config(config, seed)
+    with pinned(cfg.seed, cfg.cpu_threads):
+        s1, _ = stage1_method(train_pairs, cfg, key, callbacks, groups)
+        s2, _ = stage2_method(s1, train_pairs, callbacks)
+        stage1, stage2 = cast(OutputMark, s1), cast(OutputMark, s2)
+        a, marked = attack_pairs(stage1, train_pairs)
+        query, _ = stage1.working_pairs(test_pairs, "test pairs")
+        schedule = attacker_settings(cfg, surrogate)
+        outputs = [attack_cell(marked, a, query, arch, loss, schedule, callbacks)
+                   for arch, loss in cells]
+    rows = evaluation_rows(stage1, stage2, None, key, test_pairs, cells, outputs, [], None)
+    for stage in ("stage1", "stage2"):
+        rates = [r["value"] for r in rows
+                 if r["stage"] == stage and r["metric"] == "success_rate"]
+        rows.append({**rows[-1], "attack": MATRIX_MEAN, "label": MATRIX_MEAN, "stage": stage,
+                     "metric": "success_rate", "value": sum(rates) / len(rates)})
+    return [{**r, "seed": int(seed)} for r in rows]
+
+
+def seed_spread_rows(seeds: Sequence[int], train_pairs: tuple[torch.Tensor, torch.Tensor],
+                     test_pairs: tuple[torch.Tensor, torch.Tensor],
+                     config: OutputMarkConfig | Mapping[str, Any],
+                     cells: Sequence[tuple[str, str]], key: WatermarkKey,
+                     groups: Sequence[str] | None = None,
+                     surrogate: Mapping[str, Any] | None = None,
+                     callbacks: Callbacks | Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """:func:`seed_matrix_rows` for every seed, concatenated.
+
+    Raises:
+        InputError: fewer than two seeds, or a repeated seed (no spread to measure).
+    """
+    seeds = [int(s) for s in seeds]
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise InputError(f"a seed spread needs at least two distinct seeds, got {seeds}")
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        rows += seed_matrix_rows(seed, train_pairs, test_pairs, config, cells, key, groups,
+                                 surrogate, callbacks)
+    return rows
+
+
+def _t_quantile(dof: int) -> float:
+    """Two-sided Student-t quantile for :data:`CONFIDENCE` with ``dof`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + CONFIDENCE / 2, dof))
+
+
+def spread_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± Student-t interval over seeds, per (stage, label, metric).
+
+    Args:
+        rows: tidy rows with ``seed`` (:func:`seed_spread_rows`).
+
+    Returns:
+        One dict per (stage, label, metric), in first-seen order: ``stage``,
+        ``label``, ``metric``, ``n_seeds``, ``mean``, ``std`` (sample), ``ci_low``,
+        ``ci_high`` (the :data:`CONFIDENCE` t-interval of the mean; rates, NC and SSIM
+        are clipped to [0, 1]), ``min``, ``max``, ``values`` (per seed, in seed order).
+
+    Raises:
+        InputError: a row without ``seed``, or fewer than two seeds.
+    """
+    groups: dict[tuple[str, str, str], dict[int, float]] = {}
+    for r in rows:
+        if "seed" not in r:
+            raise InputError("spread_summary needs rows with a 'seed' (seed_spread_rows)")
+        groups.setdefault((str(r.get("stage")), str(r["label"]), str(r["metric"])),
+                          {})[int(r["seed"])] = float(r["value"])
+    out = []
+    for (stage, label, metric), by_seed in groups.items():
+        values = [by_seed[s] for s in sorted(by_seed)]
+        n = len(values)
+        if n < 2:
+            raise InputError(f"{stage}/{label}/{metric}: {n} seed(s); a spread needs two")
+        mean, std = statistics.fmean(values), statistics.stdev(values)
+        half = _t_quantile(n - 1) * std / math.sqrt(n)
+        low, high = mean - half, mean + half
+        if metric in ("success_rate", "sr_marked", "nc_mean") or metric.startswith(
+                ("fpr_", "nc_", "ssim_", "sr_")):
+            low, high = max(0.0, low), min(1.0, high)
+        out.append({"stage": stage, "label": label, "metric": metric, "n_seeds": n,
+                    "mean": mean, "std": std, "ci_low": low, "ci_high": high,
+                    "min": min(values), "max": max(values), "values": values})
+    return out
+
+
+def spread_metrics(summary: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Flat MLflow metrics: ``spread/<stage>/<label>/<metric>/{mean,std,ci_low,ci_high}``."""
+    out: dict[str, float] = {}
+    for s in summary:
+        base = f"spread/{s['stage']}/{s['label']}/{s['metric']}"
+        for k in ("mean", "std", "ci_low", "ci_high"):
+            out[f"{base}/{k}"] = float(s[k])
+    return out
+
+
+def spread_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
+    """The success-rate matrix over seeds as Markdown: one row per cell, stage 1 and stage 2
+    as ``mean [ci_low, ci_high]`` (percent), then the per-seed values."""
+    cells: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for s in summary:
+        if s["metric"] == "success_rate":
+            cells.setdefault(str(s["label"]), {})[str(s["stage"])] = s
+    if not cells:
+        return ""
+
+    def fmt(s: Mapping[str, Any] | None) -> str:
+        if s is None:
+            return "–"
+        per_seed = ", ".join(f"{100 * v:.0f}" for v in s["values"])
+        return (f"{100 * s['mean']:.0f}% [{100 * s['ci_low']:.0f}, {100 * s['ci_high']:.0f}]"
+                f" ({per_seed})")
+
+    n = max(int(s["n_seeds"]) for by in cells.values() for s in by.values())
+    lines = [f"Success rate over {n} seeds: mean [{100 * CONFIDENCE:.0f}% t-interval] "
+             "(per seed)", "", "| cell | stage 1 (†) | stage 2 |", "|---|---|---|"]
+    for label, by in cells.items():
+        lines.append(f"| {label} | {fmt(by.get('stage1'))} | {fmt(by.get('stage2'))} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ATTACKER_SEED_OFFSET", "CONFIDENCE", "MATRIX_MEAN", "attacker_settings",
+           "seed_matrix_rows", "seed_spread_rows", "seeded_config", "spread_markdown",
+           "spread_metrics", "spread_summary"]

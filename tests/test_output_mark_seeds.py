@@ -1,0 +1,160 @@
+"""output_mark reproducibility and seed spread (issue #19), at micro size.
+
+* Two runs of one config give bit-identical networks and matrix rows, whatever thread
+  count and global RNG state the process had before (``reproducibility.pinned``).
+* The seed spread retrains per seed and reduces to mean ± Student-t interval.
+* The attacker's cells never share the stage-2 surrogate's seed; stage 2 can train on
+  several surrogate architectures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+import torch
+
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods import WatermarkKey
+from neuralmark.components.methods.output_mark import training
+from neuralmark.components.methods.output_mark.config import OutputMarkConfig
+from neuralmark.components.methods.output_mark.seeds import (
+    ATTACKER_SEED_OFFSET,
+    MATRIX_MEAN,
+    attacker_settings,
+    seed_matrix_rows,
+    seed_spread_rows,
+    spread_markdown,
+    spread_metrics,
+    spread_summary,
+)
+from neuralmark.components.reproducibility import pinned
+
+KEY = WatermarkKey("neuralmark-eval")
+MICRO = {"working_size": 32, "logo_block": 16, "model_width": 4, "model_depth": 2,
+         "embed_width": 4, "embed_depth": 2, "extract_width": 4, "extract_blocks": 1,
+         "disc_width": 4, "disc_layers": 2, "model_steps": 4, "steps": 8, "stage2_steps": 4,
+         "batch_size": 4, "eval_batch": 32,
+         "surrogate": {"width": 4, "depth": 2, "steps": 4, "batch_size": 4}}
+CELLS = [("unet", "l2"), ("res9", "l2")]
+
+
+def _pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n×3×32×32 smooth random images (B) and a brighter, streaked copy (A)."""
+    g = torch.Generator().manual_seed(seed)
+    b = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=32,
+                                        mode="bilinear", align_corners=False)
+    streaks = (torch.rand(n, 1, 32, 1, generator=g) > 0.8).float().expand(n, 1, 32, 32)
+    return (b + 0.3 * streaks).clamp(0, 1), b
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {"train": _pairs(12, 0), "test": _pairs(6, 1)}
+
+
+def _digest(*nets: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for net in nets:
+        for name, t in sorted(net.state_dict().items()):
+            h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_pinned_sets_and_restores_threads_determinism_and_rng() -> None:
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    with pinned(5, threads=1):
+        assert torch.get_num_threads() == 1
+        assert torch.are_deterministic_algorithms_enabled()
+        inside = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(inside, torch.rand(1))           # seeded inside
+    torch.manual_seed(123)
+    with pinned(5, threads=1):
+        torch.rand(1)
+    assert torch.equal(torch.rand(1), expected_next)    # the caller's stream goes on
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == det
+    with pytest.raises(InputError, match="threads must be >= 0"):
+        with pinned(0, threads=-1):
+            pass
+
+
+def test_two_runs_of_one_config_are_bit_identical_whatever_came_before(data) -> None:
+    """The issue's two fresh clones: same config, other thread count and RNG history."""
+    results = []
+    for threads_before, noise in ((2, 0), (1, 7)):
+        torch.set_num_threads(threads_before)
+        torch.rand(noise)  # the global stream is wherever earlier code left it
+        s1, _ = training.stage1_method(data["train"], MICRO, KEY)
+        s2, _ = training.stage2_method(s1, data["train"])
+        rows = seed_matrix_rows(3, data["train"], data["test"], MICRO, CELLS[:1], KEY)
+        results.append((_digest(s1.H, s1.R, s1.M, s2.R), rows))
+        assert torch.get_num_threads() == threads_before   # left as it was
+    torch.set_num_threads(1)
+    (digest_a, rows_a), (digest_b, rows_b) = results
+    assert digest_a == digest_b
+    assert rows_a == rows_b                                  # every value, to the bit
+    assert {r["seed"] for r in rows_a} == {3}
+
+
+def test_seed_spread_retrains_per_seed_and_reports_mean_and_interval(data) -> None:
+    config = {**MICRO, "stage2_archs": ["unet", "cnet"]}   # stage 2 on two architectures
+    rows = seed_spread_rows([0, 1, 2], data["train"], data["test"], config, CELLS, KEY)
+    assert sorted({r["seed"] for r in rows}) == [0, 1, 2]
+    psnr = {r["seed"]: r["value"] for r in rows
+            if r["stage"] == "stage1" and r["metric"] == "psnr_marked"}
+    assert len(set(psnr.values())) == 3                     # each seed trained its own H
+    summary = spread_summary(rows)
+    by = {(s["stage"], s["label"], s["metric"]): s for s in summary}
+    for stage in ("stage1", "stage2"):
+        for label in ("surrogate_unet_l2", "surrogate_res9_l2", MATRIX_MEAN):
+            s = by[(stage, label, "success_rate")]
+            assert s["n_seeds"] == 3 and 0 <= s["ci_low"] <= s["mean"] <= s["ci_high"] <= 1
+        cells = [r for r in rows if r["stage"] == stage and r["metric"] == "success_rate"
+                 and r["label"] != MATRIX_MEAN and r["seed"] == 0]
+        mean_row = next(r for r in rows if r["stage"] == stage and r["label"] == MATRIX_MEAN
+                        and r["seed"] == 0)
+        assert mean_row["value"] == pytest.approx(sum(r["value"] for r in cells) / len(cells))
+    metrics = spread_metrics(summary)
+    assert f"spread/stage2/{MATRIX_MEAN}/success_rate/ci_high" in metrics
+    table = spread_markdown(summary)
+    assert "surrogate_res9_l2" in table and "over 3 seeds" in table
+    with pytest.raises(InputError, match="two distinct seeds"):
+        seed_spread_rows([4, 4], data["train"], data["test"], MICRO, CELLS, KEY)
+
+
+def test_spread_summary_is_the_student_t_interval() -> None:
+    rows = [{"stage": "stage2", "label": "c", "metric": "success_rate", "value": v, "seed": s}
+            for s, v in enumerate([0.5, 0.7, 0.9])]
+    rows += [{"stage": "stage2", "label": "none", "metric": "psnr_marked", "value": v,
+              "seed": s} for s, v in enumerate([40.0, 42.0, 44.0])]
+    rate, psnr = spread_summary(rows)
+    half = 4.302652729911275 * 0.2 / math.sqrt(3)          # t(0.975, 2) · s / √n
+    assert rate["mean"] == pytest.approx(0.7) and rate["std"] == pytest.approx(0.2)
+    assert rate["ci_low"] == pytest.approx(0.7 - half) and rate["ci_high"] == 1.0  # clipped
+    assert psnr["ci_low"] == pytest.approx(42 - 10 * half)  # dB are not clipped
+    assert psnr["ci_high"] == pytest.approx(42 + 10 * half)
+    assert (rate["min"], rate["max"], rate["values"]) == (0.5, 0.9, [0.5, 0.7, 0.9])
+    with pytest.raises(InputError, match="needs two"):
+        spread_summary(rows[:1])
+    with pytest.raises(InputError, match="'seed'"):
+        spread_summary([{k: v for k, v in rows[0].items() if k != "seed"}])
+
+
+def test_attacker_cells_never_reuse_the_stage2_surrogate_seed() -> None:
+    config = OutputMarkConfig(**{**MICRO, "surrogate": {**MICRO["surrogate"], "seed": 4}})
+    assert attacker_settings(config).seed == 4 + ATTACKER_SEED_OFFSET
+    assert attacker_settings(config, {"seed": 9, "steps": 2}).steps == 2
+    assert attacker_settings(config, {"seed": 9}).seed == 9
+    with pytest.raises(InputError, match="matrix surrogate"):
+        attacker_settings(config, {"stepz": 2})
+    assert config.stage2_arch_list == ("unet",)
+    assert OutputMarkConfig(stage2_archs=["res9", "unet", "res9"]).stage2_arch_list == \
+        ("res9", "unet")
+    with pytest.raises(ValueError, match="stage2_archs"):
+        OutputMarkConfig(stage2_archs=["vgg"])
