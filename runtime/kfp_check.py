@@ -169,6 +169,12 @@ def spec_problems(spec: dict[str, Any], config: ClusterRunConfig,
                             "in the DAG)")
     image = config.docker.parent_image
     for step in expected:
+        if config.spec.most_gpus(step) is None:
+            # a step the pipeline gained after PIPELINES was written would run on whatever
+            # the pipeline-level settings give (a GPU step silently on a CPU pod)
+            problems.append(f"{step}: not a step of PIPELINES[{config.name!r}] "
+                            "(runtime/k8s_runs.py): say what it may use, and give it settings "
+                            f"in {config.path}")
         if step not in key_of:
             continue
         task = tasks[key_of[step]]

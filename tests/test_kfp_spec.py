@@ -12,6 +12,7 @@ The compile imports this checkout's code, whichever checkout built ``.venv-kfp``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import tomllib
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from neuralmark.components.methods.base import InputError
+from neuralmark.runtime import k8s_runs
 from neuralmark.runtime.k8s_runs import GPU, K8S_CONFIGS_DIR, load_cluster_config
 from neuralmark.runtime.kfp_check import (
     TRAINING_ORDER,
@@ -192,7 +194,7 @@ def test_check_rejects_a_broken_spec(pgd_spec, breaks, message):
         check_spec(broken, config)
 
 
-def test_check_follows_the_snapshot_of_every_pipeline(compiled):
+def test_check_follows_the_snapshot_of_every_pipeline(compiled, monkeypatch):
     """Another pipeline's DAG is checked against ZenML's snapshot: a lost edge, a task more,
     and the gate → registry chain."""
     spec_path, config_path = compiled["output_mark_pipeline"]
@@ -215,6 +217,14 @@ def test_check_follows_the_snapshot_of_every_pipeline(compiled):
     with pytest.raises(InputError, match=r"KFP tasks that are no step of the output_mark "
                                          r"pipeline: surrogate_unet_l2"):
         check_spec(spec, config, fewer)
+    # a step the pipeline gained but PIPELINES does not list would run on the pipeline-level
+    # pod settings (a GPU step silently on a CPU pod): named
+    spec_of = k8s_runs.PIPELINES["output_mark"]
+    monkeypatch.setitem(k8s_runs.PIPELINES, "output_mark", dataclasses.replace(
+        spec_of, gpus={k: v for k, v in spec_of.gpus.items() if k != "surrogate_*"}))
+    with pytest.raises(InputError, match=r"surrogate_unet_l2: not a step of "
+                                         r"PIPELINES\['output_mark'\]"):
+        check_spec(spec, config, steps)
 
 
 def test_not_a_spec_is_named(tmp_path):
