@@ -271,12 +271,14 @@ def test_uncalibrated_p_value_is_none_with_reason():
 
 def test_task_specific_variant_trains(pairs):
     """H maps A straight to the marked target (H is M); M is the plain baseline. After
-    120 steps R reads H's outputs far above the clean images of every source (a stray clean
+    160 steps R reads H's outputs far above the clean images of every source (a stray clean
     crop may still read as marked on some seeds: at most one in six), and H restores: its
-    outputs are closer to the targets (SSIM) than the rainy inputs are."""
+    outputs are closer to the targets (SSIM) than the rainy inputs are. Training is pinned to
+    one thread (``cpu_threads``): at 120 steps this seed had not converged (NC 0.80, no
+    output past 0.95; 160 steps: NC 0.98, 11 of 12)."""
     torch.manual_seed(0)
     m = build("output_mark", {**TINY, "task_specific": True, "task": "debone", "stage2": False,
-                              "model_steps": 40, "steps": 120})
+                              "model_steps": 40, "steps": 160})
     metrics = m.fit({"train": pairs["train"], "val": pairs["val"]})
     assert metrics["nc_marked"] > 0.9 and metrics["sr_marked"] >= 0.75
     for source in ("A", "B", "target"):
