@@ -434,7 +434,7 @@ class WatermarkMethod(abc.ABC):
                     f"{where} is an old {cls.key or cls.__name__} bundle: it has field(s) "
                     f"this version removed ({why}). Its weights were trained under the old "
                     f"objective; retrain it with this version (deleting the field from "
-                    f"config.json would load the old W without the change)") from None
+                    f"config.json would load the old weights without the change)") from None
             if extra:
                 raise InputError(
                     f"{where}: unknown {cls.key or cls.__name__} config field(s) {extra}: "
