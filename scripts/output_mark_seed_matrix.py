@@ -21,11 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from neuralmark.components.attacks.surrogate import matrix_cells
 from neuralmark.components.data import pairs
-from neuralmark.components.data.manifest import load_split
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.output_mark.seeds import (
     seed_spread_rows,
@@ -49,11 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = resolve("output_mark", args.profile, config=overrides)
     manifest = settings.data.build(CODE_ROOT)
     size = settings.data.size
-    train = pairs.build_pairs(load_split(manifest, "train", size=size), "derain", 0)
-    groups = pairs.split_groups(manifest, "train")
-    tests = [pairs.build_pairs(load_split(manifest, s, size=size), "derain", 1 + i)
-             for i, s in enumerate(["val", "test"])]
-    test = (torch.cat([t[0] for t in tests]), torch.cat([t[1] for t in tests]))
+    train, groups, test = pairs.synthesised_pairs(manifest, "derain", size)
     cells = matrix_cells(json.loads(args.cells) if args.cells else None)
     key = WatermarkKey(settings.evaluation.key_secret)
     start = time.time()

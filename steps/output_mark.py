@@ -33,7 +33,6 @@ import neuralmark.integrations.materializers  # noqa: F401  (tensor, method and 
 from neuralmark.components import plots
 from neuralmark.components.attacks.surrogate import SurrogateSettings, cell_name
 from neuralmark.components.data import pairs
-from neuralmark.components.data.manifest import load_split
 from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import WatermarkKey, WatermarkMethod
 from neuralmark.components.methods.output_mark import (
@@ -78,12 +77,9 @@ def make_pairs(manifest: str, task: str, size: int, seed: int = 0,
         train = pairs.load_prepared_pairs(prepared, "train", size)
         groups = pairs.split_groups(prepared, "train")
         tests = [pairs.load_prepared_pairs(prepared, s, size) for s in splits]
+        test = (torch.cat([t[0] for t in tests]), torch.cat([t[1] for t in tests]))
     else:
-        train = pairs.build_pairs(load_split(manifest, "train", size=size), task, seed)
-        groups = pairs.split_groups(manifest, "train")
-        tests = [pairs.build_pairs(load_split(manifest, s, size=size), task, seed + 1 + i)
-                 for i, s in enumerate(splits)]
-    test = (torch.cat([t[0] for t in tests]), torch.cat([t[1] for t in tests]))
+        train, groups, test = pairs.synthesised_pairs(manifest, task, size, seed, splits)
     mlflow.set_tags({"output_mark.task": task, "output_mark.target_kind": pairs.target_kind(task),
                      "output_mark.pairs": prepared or "synthesised from " + manifest})
     log_metadata({"train_pairs": int(train[0].shape[0]), "test_pairs": int(test[0].shape[0]),

@@ -29,7 +29,7 @@ import torch
 
 from neuralmark.components.data.bone_suppression import TARGET_KIND as DEBONE_TARGET_KIND
 from neuralmark.components.data.bone_suppression import suppress_ribs
-from neuralmark.components.data.manifest import load_image
+from neuralmark.components.data.manifest import load_image, load_split
 from neuralmark.components.data.rain import REFERENCE_SIZE, add_rain, item_seed, sample_rain_params
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import check_images
@@ -132,6 +132,25 @@ def _complete_pairs(rows: list[dict[str, str]], split: str, column: str,
             value = (r.get("group") or r["pair"]) if column == "group" else r[column]
             files.setdefault(r["pair"], {})[r["domain"]] = value
     return sorted(p for p, d in files.items() if set(d) == {"A", "B"})[:limit], files
+
+
+def synthesised_pairs(manifest: str | Path, task: str, size: int, seed: int = 0,
+                      test_splits: Sequence[str] = ("val", "test")
+                      ) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str],
+                                 tuple[torch.Tensor, torch.Tensor]]:
+    """Train pairs, their groups and the pooled test pairs made from a clean manifest.
+
+    The train split's pairs use ``seed``; test split ``i`` uses ``seed + 1 + i``
+    (:func:`build_pairs`), pooled in ``test_splits`` order.
+
+    Returns:
+        ``(train (A, B), train groups (:func:`split_groups`), test (A, B))``.
+    """
+    train = build_pairs(load_split(manifest, "train", size=size), task, seed)
+    groups = split_groups(manifest, "train")
+    tests = [build_pairs(load_split(manifest, s, size=size), task, seed + 1 + i)
+             for i, s in enumerate(test_splits)]
+    return train, groups, (torch.cat([t[0] for t in tests]), torch.cat([t[1] for t in tests]))
 
 
 def split_groups(manifest: str | Path, split: str, limit: int | None = None) -> list[str]:
