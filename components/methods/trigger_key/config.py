@@ -63,6 +63,12 @@ class TriggerKeyConfig(MethodConfig):
     lam: float = Field(1e-2, gt=0)
     stop_mse: float = Field(1e-3, gt=0)
     check_every: int = Field(25, ge=1)
+    #: fine-tuning-aware embedding: simulated attacker steps (fresh Adam at ``lookahead_lr``
+    #: on the task loss) per embedding step, ℓ_w also evaluated after them (first-order
+    #: lookahead, ``embedding`` module); 0 = the seed's plain embedding
+    lookahead_steps: int = Field(0, ge=0, le=64)
+    lookahead_lr: float = Field(1e-3, gt=0)
+    lookahead_weight: float = Field(1.0, ge=0)
     #: also run the embedding's fine-tuning at λ = 0 (the seed's unwatermarked row): the
     #: fidelity reference and a null host; False (an attacker's overwrite, quick checks)
     #: measures fidelity against the host given instead
