@@ -66,6 +66,17 @@ def test_lookahead_steps_move_the_shadow_not_the_network():
     assert all(p.grad is not None for p in net.parameters())
 
 
+def test_lookahead_noise_is_a_sign_perturbation_of_every_weight():
+    """0 attacker steps and noise δ: the shadow sits at θ ± δ on every weight."""
+    x, y = _pairs()
+    net, shadow = _host(), _host()
+    embedding._add_lookahead_gradient(net, shadow, x, y, _mark_loss(), 1.0, 0, 1e-3, 4,
+                                      torch.Generator().manual_seed(2), torch.device("cpu"),
+                                      noise=0.01)
+    for p, q in zip(net.parameters(), shadow.parameters(), strict=True):
+        torch.testing.assert_close((q - p).abs(), torch.full_like(p, 0.01))
+
+
 def test_embedding_with_lookahead_keeps_the_batches_and_the_lambda0_reference():
     x, y = _pairs()
     loss = _mark_loss()
@@ -92,3 +103,5 @@ def test_bad_lookahead_settings_are_refused():
         build("trigger_key", {"lookahead_steps": -1})
     with pytest.raises(InputError, match="lookahead_lr"):
         build("trigger_key", {"lookahead_lr": 0})
+    with pytest.raises(InputError, match="lookahead_noise"):
+        build("trigger_key", {"lookahead_noise": -0.1})

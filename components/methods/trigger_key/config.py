@@ -69,6 +69,8 @@ class TriggerKeyConfig(MethodConfig):
     lookahead_steps: int = Field(0, ge=0, le=64)
     lookahead_lr: float = Field(1e-3, gt=0)
     lookahead_weight: float = Field(1.0, ge=0)
+    #: δ of a sign perturbation of the shadow's weights (a fresh Adam's step shape; 0: none)
+    lookahead_noise: float = Field(0.0, ge=0)
     #: also run the embedding's fine-tuning at λ = 0 (the seed's unwatermarked row): the
     #: fidelity reference and a null host; False (an attacker's overwrite, quick checks)
     #: measures fidelity against the host given instead

@@ -16,7 +16,10 @@ attacker's would) and ℓ_w is also evaluated there; its gradient at the shadow'
 added to the network's (a first-order, MAML-style lookahead), so the mark is learned where
 an attacker's first fine-tuning steps take the host, not only at θ (the choice; the seed
 does not say how its mark survives fine-tuning). The total is
-ℓ_d + λ·(ℓ_w(θ) + ``lookahead_weight``·ℓ_w(θ′)).
+ℓ_d + λ·(ℓ_w(θ) + ``lookahead_weight``·ℓ_w(θ′)). ``lookahead_noise`` δ > 0 also moves the
+shadow by δ·sign(ε) per weight (ε standard normal), the size and shape of a fresh Adam's
+steps (each ≈ lr·sign(∇)): with ``lookahead_steps`` 0 it is an expectation over weight
+perturbations of ℓ_w alone, one trigger pass per step.
 
 Shapes: task pairs ``N×C×S×S``; the mark loss sees the whole network.
 """
@@ -53,7 +56,8 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
                     done: Callable[[float], bool] | None = None, check_every: int = 25,
                     callbacks: Callbacks | Sequence[Any] = (), desc: str = "embed",
                     n_eval: int = 32, lookahead_steps: int = 0, lookahead_lr: float = 1e-3,
-                    lookahead_weight: float = 1.0) -> tuple[nn.Module, dict[str, float]]:
+                    lookahead_weight: float = 1.0,
+                    lookahead_noise: float = 0.0) -> tuple[nn.Module, dict[str, float]]:
     """Fine-tune a deep copy of ``host`` on ℓ_d + λ·``mark_loss`` (the seed's embedding).
 
     Args:
@@ -78,6 +82,7 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
             module docstring); ignored at λ = 0.
         lookahead_lr: the simulated attacker's Adam learning rate.
         lookahead_weight: weight of ℓ_w after the lookahead, relative to ℓ_w at θ.
+        lookahead_noise: δ of the sign perturbation of the shadow's weights (0: none).
 
     Returns:
         ``(marked copy in eval mode, metrics)`` with ``steps`` (taken), ``stopped_early``
@@ -89,9 +94,9 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     x, y = check_host_pairs(inputs, targets, desc)
     if steps < 0 or lam < 0 or batch_size < 1 or lr <= 0:
         raise InputError(f"{desc}: need steps >= 0, lam >= 0, batch_size >= 1, lr > 0")
-    if lookahead_steps < 0 or lookahead_lr <= 0 or lookahead_weight < 0:
+    if lookahead_steps < 0 or lookahead_lr <= 0 or lookahead_weight < 0 or lookahead_noise < 0:
         raise InputError(f"{desc}: need lookahead_steps >= 0, lookahead_lr > 0, "
-                         f"lookahead_weight >= 0")
+                         f"lookahead_weight >= 0, lookahead_noise >= 0")
     cb = distributed.main_only(Callbacks.of(callbacks))
     g = generator if isinstance(generator, torch.Generator) else \
         torch.Generator().manual_seed(int(generator))
@@ -102,7 +107,7 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999))
     l_d = l_w = math.nan
     taken, stopped = 0, False
-    lookahead = lookahead_steps > 0 and lam > 0
+    lookahead = (lookahead_steps > 0 or lookahead_noise > 0) and lam > 0
     shadow = copy.deepcopy(net) if lookahead else None
     # its own draws (g is not consumed), so the main loop's batches are those of the λ = 0
     # reference and of an embedding without lookahead
@@ -116,7 +121,8 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
         (loss_d + lam * loss_w).backward()
         if shadow is not None:
             _add_lookahead_gradient(net, shadow, x, y, mark_loss, lam * lookahead_weight,
-                                    lookahead_steps, lookahead_lr, batch_size, g_la, device)
+                                    lookahead_steps, lookahead_lr, batch_size, g_la, device,
+                                    lookahead_noise)
         opt.step()
         taken = step + 1
         if taken % check_every == 0 or taken == steps:
@@ -143,8 +149,9 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 def _add_lookahead_gradient(net: nn.Module, shadow: nn.Module, x: torch.Tensor,
                             y: torch.Tensor, mark_loss: MarkLoss, weight: float, k: int,
                             lr: float, batch_size: int, g: torch.Generator,
-                            device: torch.device) -> None:
-    """Add ``weight``·∇ℓ_w at θ′ (``k`` attacker steps from θ) to ``net``'s gradients.
+                            device: torch.device, noise: float = 0.0) -> None:
+    """Add ``weight``·∇ℓ_w at θ′ (``k`` attacker steps from θ, then ``noise``·sign(ε)) to
+    ``net``'s gradients.
 
     First-order (as first-order MAML): the attacker's steps are not differentiated
     through, ∇_θ′ ℓ_w(θ′) stands for ∇_θ ℓ_w(θ′(θ)). Under data parallelism every shadow
@@ -161,6 +168,10 @@ def _add_lookahead_gradient(net: nn.Module, shadow: nn.Module, x: torch.Tensor,
             restoration_loss(shadow(x[idx].to(device)), y[idx].to(device)).backward()
             distributed.average_gradients(shadow)
             opt.step()
+    if noise > 0:  # the same draw on every process (the shared generator)
+        with torch.no_grad():
+            for q in shadow.parameters():
+                q.add_(noise * torch.randn(q.shape, generator=g).sign().to(q.device))
     shadow.eval()
     opt.zero_grad()
     mark_loss(shadow).backward()

@@ -233,7 +233,8 @@ class HostMark(WatermarkMethod):
                                       c.check_every, callbacks,
                                       lookahead_steps=c.lookahead_steps,
                                       lookahead_lr=c.lookahead_lr,
-                                      lookahead_weight=c.lookahead_weight)
+                                      lookahead_weight=c.lookahead_weight,
+                                      lookahead_noise=c.lookahead_noise)
         marked = marked.cpu().eval()
         # the seed's λ = 0 row: the same fine-tuning (steps, batches) without the mark, so
         # the fidelity cost is the mark's, not that of the extra training steps
