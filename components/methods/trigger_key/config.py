@@ -87,8 +87,11 @@ class TriggerKeyConfig(MethodConfig):
     ncc_threshold: float = Field(0.95, gt=0, lt=1)
     calibration_keys: int = Field(200, ge=1)
     #: hosts marked with other (random) keys for the calibration null, each a full embedding
-    #: (``calibration.marked_peer_distances``; 0: no such trials, η then ignores them)
-    calibration_marked_keys: int = Field(4, ge=0, le=64)
+    #: (``calibration.marked_peer_distances``; 0: no such trials, η then ignores them).
+    #: 8, measured (scripts/measure_trigger_key_pool_size.py, MODEL_CARD): on the tiny
+    #: VDSR ×2 never-calibrated keys matched 34/68 trials at P 0, 18/68 at 2–4, 6/68 at
+    #: 6–8, 4/68 at 12; on the tiny DnCNN 1/68 at every P; a run pays 2·P embeddings
+    calibration_marked_keys: int = Field(8, ge=0, le=64)
     # copyright visualizer R(S) → logo
     logo: str = "builtin"
     logo_size: int = Field(32, ge=8, le=128)
