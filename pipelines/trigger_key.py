@@ -169,25 +169,26 @@ def resolve_trigger_key(profile: str, config: Mapping[str, Any] | None = None,
                         data: Mapping[str, Any] | None = None,
                         evaluation: Mapping[str, Any] | None = None,
                         policy: Mapping[str, Any] | None = None,
-                        study: Mapping[str, Any] | None = None) -> tuple[Any, StudySettings,
-                                                                           str]:
+                        study: Mapping[str, Any] | None = None,
+                        profiles_dir: Path | None = None) -> tuple[Any, StudySettings, str]:
     """``resolve`` over the profile's ``trigger_key`` section, the study, the model name.
 
     The host depth comes from ``study.arch_depth[profile][arch]`` unless ``config.depth``
     is given; the policy's ``detected/<label>`` keys must name attacks of the suite.
+    ``profiles_dir``: where ``<profile>.yaml`` lives (default ``configs/profiles``).
 
     Returns:
         ``(settings, study settings, registered model name)``.
     """
     s = study_settings(study)
     cfg = dict(config or {})
-    section = load_profile(profile).get(METHOD, {}).get("method", {})
+    section = load_profile(profile, profiles_dir).get(METHOD, {}).get("method", {})
     arch = str(cfg.get("arch", section.get("arch", "dncnn")))
     depth = s.arch_depth.get(profile, {}).get(arch)
     if "depth" not in cfg and depth is not None:
         cfg["depth"] = depth
     settings = resolve(METHOD, profile, config=cfg, data=data, evaluation=evaluation,
-                       policy=policy)
+                       policy=policy, profiles_dir=profiles_dir)
     pol = settings.policy
     check_policy_labels([*pol.min_metric, *pol.max_metric], s.suite_for(profile))
     c = settings.config

@@ -125,6 +125,29 @@ def test_trigger_key_mark_step_trains_in_two_processes_as_in_one(tmp_path):
     assert "host_psnr" in host_metrics
 
 
+def test_trigger_key_calibration_pool_builds_in_two_processes_as_in_one(tmp_path):
+    """The calibration pool (other keys' hosts marked with the owner's schedule, here with
+    the fine-tuning-aware lookahead) built inside ``mark_owner`` in 2 gloo processes vs 1:
+    the same owner's weights and the same null, its marked-host trials included."""
+    manifest = str(_manifest(tmp_path))
+    config = {**CONFIGS["trigger_key"], "calibration_keys": 6, "calibration_marked_keys": 2,
+              "lookahead_steps": 1}
+    splits = ["val", "test"]
+    unmarked, _ = train_in_processes(study.train_unmarked, (config, manifest, splits),
+                                     method="trigger_key", processes=1)
+    independent = study.train_independent(unmarked, manifest, splits, 1000)
+    args = (unmarked, WatermarkKey("ddp-pool"), [independent.host], manifest, splits)
+    two, _ = train_in_processes(study.mark_owner, args, method="trigger_key", processes=2)
+    one, _ = train_in_processes(study.mark_owner, args, method="trigger_key", processes=1)
+    _assert_same_networks(two, one, "trigger_key")
+    # 2 pool keys: 2·(2 + 1) marked-host trials, split into calibrating and held-out ones
+    assert one.calibration["marked_trials"] > 0
+    assert len(one.null) == len(two.null) > 3  # 3 calibrating random keys + pool trials
+    torch.testing.assert_close(torch.tensor(two.null), torch.tensor(one.null), rtol=RTOL,
+                               atol=ATOL)
+    _assert_same_metrics(two.calibration, one.calibration)
+
+
 def test_step_launcher_refuses_what_it_cannot_run():
     with pytest.raises(InputError, match="processes must be >= 1, got 0"):
         train_in_processes(study.train_unmarked, (), method="trigger_key", processes=0)

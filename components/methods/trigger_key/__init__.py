@@ -49,6 +49,10 @@ Choices where the seed is vague (a contract):
   what the uniqueness table tests (marking with any key moves a small host's output on
   every noise trigger towards other keys' S; measured on RED / VDSR, see the card).
 * **BatchNorm frozen while embedding**; the stopping rule ℓ_w/(C·H·W) ≤ ``stop_mse``.
+* **Fine-tuning-aware embedding, off by default** (``lookahead_steps`` / ``lookahead_noise``:
+  ℓ_w also after simulated attacker steps or at sign-perturbed weights): measured on the
+  tiny RED, it only moves along the cost-for-robustness line (the card), so no config
+  turns it on.
 * **SR**: K is low-resolution (20×20), the host sees its bilinear upsample K̂.
 * **Visualizer negatives**: R is also trained to show a blank for outputs that are not S.
 """

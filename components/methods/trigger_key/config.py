@@ -63,6 +63,14 @@ class TriggerKeyConfig(MethodConfig):
     lam: float = Field(1e-2, gt=0)
     stop_mse: float = Field(1e-3, gt=0)
     check_every: int = Field(25, ge=1)
+    #: fine-tuning-aware embedding: simulated attacker steps (fresh Adam at ``lookahead_lr``
+    #: on the task loss) per embedding step, ℓ_w also evaluated after them (first-order
+    #: lookahead, ``embedding`` module); 0 = the seed's plain embedding
+    lookahead_steps: int = Field(0, ge=0, le=64)
+    lookahead_lr: float = Field(1e-3, gt=0)
+    lookahead_weight: float = Field(1.0, ge=0)
+    #: δ of a sign perturbation of the shadow's weights (a fresh Adam's step shape; 0: none)
+    lookahead_noise: float = Field(0.0, ge=0)
     #: also run the embedding's fine-tuning at λ = 0 (the seed's unwatermarked row): the
     #: fidelity reference and a null host; False (an attacker's overwrite, quick checks)
     #: measures fidelity against the host given instead
@@ -79,8 +87,11 @@ class TriggerKeyConfig(MethodConfig):
     ncc_threshold: float = Field(0.95, gt=0, lt=1)
     calibration_keys: int = Field(200, ge=1)
     #: hosts marked with other (random) keys for the calibration null, each a full embedding
-    #: (``calibration.marked_peer_distances``; 0: no such trials, η then ignores them)
-    calibration_marked_keys: int = Field(4, ge=0, le=64)
+    #: (``calibration.marked_peer_distances``; 0: no such trials, η then ignores them).
+    #: 8, measured (scripts/measure_trigger_key_pool_size.py, MODEL_CARD): on the tiny
+    #: VDSR ×2 never-calibrated keys matched 34/68 trials at P 0, 18/68 at 2–4, 6/68 at
+    #: 6–8, 4/68 at 12; on the tiny DnCNN 1/68 at every P; a run pays 2·P embeddings
+    calibration_marked_keys: int = Field(8, ge=0, le=64)
     # copyright visualizer R(S) → logo
     logo: str = "builtin"
     logo_size: int = Field(32, ge=8, le=128)

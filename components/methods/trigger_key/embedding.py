@@ -9,6 +9,18 @@ while embedding (BN layers in eval mode): the mark is learned exactly as verific
 runs the host, and the trigger's noise statistics never enter the running means used on
 real images (the choice; the seed does not say).
 
+Fine-tuning-aware embedding (``lookahead_steps`` > 0; off by default): at every step a
+shadow copy of the network takes ``lookahead_steps`` attacker steps (fresh Adam at
+``lookahead_lr`` on ℓ_d alone, BatchNorm in train mode so its statistics move as an
+attacker's would) and ℓ_w is also evaluated there; its gradient at the shadow's weights is
+added to the network's (a first-order, MAML-style lookahead), so the mark is learned where
+an attacker's first fine-tuning steps take the host, not only at θ (the choice; the seed
+does not say how its mark survives fine-tuning). The total is
+ℓ_d + λ·(ℓ_w(θ) + ``lookahead_weight``·ℓ_w(θ′)). ``lookahead_noise`` δ > 0 also moves the
+shadow by δ·sign(ε) per weight (ε standard normal), the size and shape of a fresh Adam's
+steps (each ≈ lr·sign(∇)): with ``lookahead_steps`` 0 it is an expectation over weight
+perturbations of ℓ_w alone, one trigger pass per step.
+
 Shapes: task pairs ``N×C×S×S``; the mark loss sees the whole network.
 """
 
@@ -43,7 +55,9 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
                     generator: torch.Generator | int, device: torch.device,
                     done: Callable[[float], bool] | None = None, check_every: int = 25,
                     callbacks: Callbacks | Sequence[Any] = (), desc: str = "embed",
-                    n_eval: int = 32) -> tuple[nn.Module, dict[str, float]]:
+                    n_eval: int = 32, lookahead_steps: int = 0, lookahead_lr: float = 1e-3,
+                    lookahead_weight: float = 1.0,
+                    lookahead_noise: float = 0.0) -> tuple[nn.Module, dict[str, float]]:
     """Fine-tune a deep copy of ``host`` on ℓ_d + λ·``mark_loss`` (the seed's embedding).
 
     Args:
@@ -64,6 +78,11 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
             ``n_eval`` pairs) at every check; progress.
         desc: prefix of the metrics.
         n_eval: pairs the reported PSNR is measured on.
+        lookahead_steps: simulated attacker steps per embedding step (0: none; see the
+            module docstring); ignored at λ = 0.
+        lookahead_lr: the simulated attacker's Adam learning rate.
+        lookahead_weight: weight of ℓ_w after the lookahead, relative to ℓ_w at θ.
+        lookahead_noise: δ of the sign perturbation of the shadow's weights (0: none).
 
     Returns:
         ``(marked copy in eval mode, metrics)`` with ``steps`` (taken), ``stopped_early``
@@ -75,6 +94,9 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     x, y = check_host_pairs(inputs, targets, desc)
     if steps < 0 or lam < 0 or batch_size < 1 or lr <= 0:
         raise InputError(f"{desc}: need steps >= 0, lam >= 0, batch_size >= 1, lr > 0")
+    if lookahead_steps < 0 or lookahead_lr <= 0 or lookahead_weight < 0 or lookahead_noise < 0:
+        raise InputError(f"{desc}: need lookahead_steps >= 0, lookahead_lr > 0, "
+                         f"lookahead_weight >= 0, lookahead_noise >= 0")
     cb = distributed.main_only(Callbacks.of(callbacks))
     g = generator if isinstance(generator, torch.Generator) else \
         torch.Generator().manual_seed(int(generator))
@@ -85,6 +107,11 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999))
     l_d = l_w = math.nan
     taken, stopped = 0, False
+    lookahead = (lookahead_steps > 0 or lookahead_noise > 0) and lam > 0
+    shadow = copy.deepcopy(net) if lookahead else None
+    # its own draws (g is not consumed), so the main loop's batches are those of the λ = 0
+    # reference and of an embedding without lookahead
+    g_la = torch.Generator().manual_seed(g.initial_seed() + 1) if lookahead else None
     train_net = distributed.wrap(net)  # data-parallel: this process's rows, DDP (BN frozen)
     for step in range(steps):
         idx = distributed.batch_rows(x.shape[0], batch_size, g)
@@ -92,6 +119,10 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
         loss_w = mark_loss(train_net)
         opt.zero_grad()
         (loss_d + lam * loss_w).backward()
+        if shadow is not None:
+            _add_lookahead_gradient(net, shadow, x, y, mark_loss, lam * lookahead_weight,
+                                    lookahead_steps, lookahead_lr, batch_size, g_la, device,
+                                    lookahead_noise)
         opt.step()
         taken = step + 1
         if taken % check_every == 0 or taken == steps:
@@ -113,6 +144,43 @@ def embed_into_host(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
             l_w = float(mark_loss(net))
     return net, {"steps": float(taken), "stopped_early": float(stopped), "l_d": l_d,
                  "l_w": l_w, "seconds": time.perf_counter() - start}
+
+
+def _add_lookahead_gradient(net: nn.Module, shadow: nn.Module, x: torch.Tensor,
+                            y: torch.Tensor, mark_loss: MarkLoss, weight: float, k: int,
+                            lr: float, batch_size: int, g: torch.Generator,
+                            device: torch.device, noise: float = 0.0) -> None:
+    """Add ``weight``·∇ℓ_w at θ′ (``k`` attacker steps from θ, then ``noise``·sign(ε)) to
+    ``net``'s gradients.
+
+    First-order (as first-order MAML): the attacker's steps are not differentiated
+    through, ∇_θ′ ℓ_w(θ′) stands for ∇_θ ℓ_w(θ′(θ)). Under data parallelism every shadow
+    step and the final gradient are averaged over processes (the shadow is not DDP-wrapped:
+    it is rebuilt from θ at every step), so every process adds the same gradient.
+    """
+    shadow.load_state_dict(net.state_dict())
+    shadow.train()  # BatchNorm statistics move, as in the attacker's fine-tuning
+    opt = torch.optim.Adam(shadow.parameters(), lr=lr, betas=(0.9, 0.999))
+    with distributed.sync_batchnorm(shadow):  # global batch statistics, as train_host
+        for _ in range(k):
+            idx = distributed.batch_rows(x.shape[0], batch_size, g)
+            opt.zero_grad()
+            restoration_loss(shadow(x[idx].to(device)), y[idx].to(device)).backward()
+            distributed.average_gradients(shadow)
+            opt.step()
+    if noise > 0:  # the same draw on every process (the shared generator)
+        with torch.no_grad():
+            for q in shadow.parameters():
+                q.add_(noise * torch.randn(q.shape, generator=g).sign().to(q.device))
+    shadow.eval()
+    opt.zero_grad()
+    mark_loss(shadow).backward()
+    distributed.average_gradients(shadow)
+    with torch.no_grad():
+        for p, q in zip(net.parameters(), shadow.parameters(), strict=True):
+            if q.grad is not None:
+                p.grad = weight * q.grad if p.grad is None else p.grad.add_(q.grad,
+                                                                           alpha=weight)
 
 
 __all__ = ["MarkLoss", "embed_into_host", "freeze_batchnorm"]

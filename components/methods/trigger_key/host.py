@@ -230,7 +230,11 @@ class HostMark(WatermarkMethod):
         loss, done = self.mark_loss(key)
         marked, run = embed_into_host(model, x, y, loss, c.lam, c.embed_steps, c.lr,
                                       c.batch_size, c.seed + 7, self.run_device(), done,
-                                      c.check_every, callbacks)
+                                      c.check_every, callbacks,
+                                      lookahead_steps=c.lookahead_steps,
+                                      lookahead_lr=c.lookahead_lr,
+                                      lookahead_weight=c.lookahead_weight,
+                                      lookahead_noise=c.lookahead_noise)
         marked = marked.cpu().eval()
         # the seed's λ = 0 row: the same fine-tuning (steps, batches) without the mark, so
         # the fidelity cost is the mark's, not that of the extra training steps

@@ -1,0 +1,116 @@
+"""Does a fine-tuning-aware embedding keep trigger_key's mark through fine-tuning? (issue #13)
+
+One unmarked host (tiny sizes; data: the tiny pipeline's sample set — ``--sample DIR``
+builds it there with the tiny profile's settings, 128², 4 crops per photo, 12 procedural —
+or by default the diagnosis script's eight scikit-image photos: six train, two test, grey,
+256²) is trained once; then, for every variant given, the owner's key is
+embedded with that variant's embedding settings, η is calibrated (random keys, the λ = 0
+and an independently trained host, ``--pool`` other keys' marked hosts embedded with the
+same settings), and the marked host is attacked with the library's one-epoch fine-tuning
+(original and new data: fresh Adam at lr 1e-3, BatchNorm in train mode) and 30 % pruning.
+One table row per variant: fidelity cost (vs the same fine-tuning at λ = 0), ℓ_w per
+pixel, η, held-out FPR, each attack's d_rel and verdict and the attacked task PSNR.
+
+A variant is ``name:field=value,field=value`` over ``TriggerKeyConfig`` fields, e.g.::
+
+    python scripts/measure_trigger_key_finetune_aware.py --arch red --depth 6 \
+        plain:lam=1e-2 look4:lam=1e-2,lookahead_steps=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import torch  # noqa: E402
+
+from neuralmark.components.attacks.model_registry import get_model_attack  # noqa: E402
+from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
+from neuralmark.components.methods.registry import build  # noqa: E402
+from neuralmark.components.methods.trigger_key.evaluation import attacker_data  # noqa: E402
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", "text")
+ATTACKS = [("fine_tune_original", 1), ("fine_tune_new", 1), ("fine_tune_original", 3),
+           ("prune", 0.3)]
+
+
+def photos() -> dict[str, list[torch.Tensor]]:
+    """The eight photos as grey-able ``3×256×256`` tensors: six train, two test."""
+    from skimage import data
+
+    imgs = []
+    for name in PHOTOS:
+        a = torch.tensor(getattr(data, name)()).float() / 255
+        a = a[None].expand(3, -1, -1) if a.ndim == 2 else a.permute(2, 0, 1)[:3]
+        imgs.append(a[:, :256, :256])
+    return {"train": imgs[:6], "test": imgs[6:]}
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, float]]:
+    """``name:field=value,...`` → ``(name, {field: number})``."""
+    name, _, rest = text.partition(":")
+    fields = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        fields[k.strip()] = float(v) if any(ch in v for ch in ".e") else int(v)
+    return name, fields
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("variants", nargs="+")
+    ap.add_argument("--arch", default="red")
+    ap.add_argument("--depth", type=int, default=6)
+    ap.add_argument("--pool", type=int, default=4, help="other keys' marked hosts in the null")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sample", help="build / reuse the tiny sample set here and train on it")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    base = {"channels": 1, "arch": args.arch, "depth": args.depth, "host_steps": 300,
+            "embed_steps": 200, "visualizer_steps": 0, "calibration_keys": 100,
+            "calibration_marked_keys": args.pool}
+    host = build("trigger_key", base)
+    if args.sample:
+        from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset
+        from neuralmark.components.methods.trigger_key.study import task_images
+
+        manifest = build_sample_dataset(args.sample, SampleDataConfig(
+            size=128, crops_per_photo=4, n_procedural=12))
+        fit = host.fit(task_images(manifest))
+    else:
+        fit = host.fit(photos())
+    independent = host.train_independent_host(1000)
+    print(f"host {args.arch}×{args.depth}: noisy {fit['input_psnr']:.2f} dB, unmarked "
+          f"{fit['host_psnr']:.2f} dB ({time.time() - start:.0f} s)", flush=True)
+    owner = WatermarkKey("neuralmark-eval")
+    labels = [get_model_attack(a).label(s) for a, s in ATTACKS]
+    print("| variant | fidelity cost dB | ℓ_w/px | η | FPR | "
+          + " | ".join(f"{lb}: d_rel (PSNR)" for lb in labels) + " | s |", flush=True)
+    for text in args.variants:
+        t0 = time.time()
+        name, fields = parse_variant(text)
+        m = host.with_config(**fields)
+        m.train_pairs, m.test_pairs = host.train_pairs, host.test_pairs
+        m.embed_model(host.unmarked, owner)
+        cal = m.calibrate(owner, [independent])
+        data = attacker_data(m)
+        cells = []
+        for attack, strength in ATTACKS:
+            attacked = get_model_attack(attack)(m.host, strength, data)
+            v = m.verify_model(attacked, owner)
+            cells.append(f"{v.extra['d_rel']:.3f} {'yes' if v.detected else 'no'} "
+                         f"({m.task_psnr_of(attacked):.2f})")
+        lw = m.metrics["embed_l_w"] / m.s.numel()
+        print(f"| {name} | {m.metrics['fidelity_cost_db']:.2f} | {lw:.4f} | {cal['eta']:.3f} | "
+              f"{cal['fpr']:.4f} | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |",
+              flush=True)
+    print(f"total {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

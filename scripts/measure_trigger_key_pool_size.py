@@ -1,0 +1,97 @@
+"""How many other keys' marked hosts the calibration null needs (issue #13: the default pool).
+
+The tiny pipeline's host (``--arch``/``--task``/``--lam``, 300 host steps, 200 embedding
+steps, 100 calibration keys, the tiny sample set) is trained and marked with the owner's
+key; ``--pool-max + --test-keys`` other random keys are embedded into the same unmarked
+host with the owner's schedule (``TriggerKey.marked_pool``, the pipeline's draws). For each
+pool size P, η is calibrated with the first P of them (the pipeline's calibration); then
+every **test** key — never in any calibration — is probed on every marked host that does
+not carry it (the owner's and all the other pool hosts), and every test key's host on the
+owner's key: the trials the uniqueness table runs. Printed per P: η, how many test trials
+fall below η (false matches), the smallest test trial, and the embeddings P costs a
+pipeline run (2·P: the owner's calibration and the uniqueness study each build it) with
+their measured seconds.
+
+    python scripts/measure_trigger_key_pool_size.py --sample /tmp/sample-tiny \
+        --arch vdsr --task sr --lam 1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import torch  # noqa: E402
+
+from neuralmark.components.data.sample import (  # noqa: E402
+    SampleDataConfig,
+    build_sample_dataset,
+)
+from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
+from neuralmark.components.methods.registry import build  # noqa: E402
+from neuralmark.components.methods.trigger_key.calibration import (  # noqa: E402
+    host_relative_distances,
+)
+from neuralmark.components.methods.trigger_key.study import task_images  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sample", required=True, help="build / reuse the tiny sample set here")
+    ap.add_argument("--arch", default="dncnn")
+    ap.add_argument("--task", default="denoise")
+    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--lam", type=float, default=1e-2)
+    ap.add_argument("--pool-max", type=int, default=12)
+    ap.add_argument("--test-keys", type=int, default=4)
+    ap.add_argument("--sizes", default="0,2,4,6,8,12")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    manifest = build_sample_dataset(args.sample, SampleDataConfig(size=128, crops_per_photo=4,
+                                                                  n_procedural=12))
+    m = build("trigger_key", {"channels": 1, "arch": args.arch, "task": args.task,
+                              "depth": args.depth, "lam": args.lam, "host_steps": 300,
+                              "embed_steps": 200, "visualizer_steps": 0,
+                              "calibration_keys": 100})
+    m.fit(task_images(manifest))
+    independent = m.train_independent_host(1000)
+    owner = WatermarkKey("neuralmark-eval")
+    m.embed_model(m.unmarked, owner)
+    t0 = time.time()
+    everyone = m.marked_pool(args.pool_max + args.test_keys)
+    per_embedding = (time.time() - t0) / len(everyone)
+    test = everyone[args.pool_max:]
+    x_owner, s_owner, _ = m.reference(owner)
+    hosts = [m.host, *(h for h, _, _ in everyone)]
+    trials: list[float] = []
+    for i, (_, x, s) in enumerate(test):
+        own = everyone.index(test[i])
+        trials += [d for j, h in enumerate(hosts) if j != own + 1
+                   for d in host_relative_distances(h, m.unmarked, x, s)]
+    for h, _, _ in test:
+        trials += host_relative_distances(h, m.unmarked, x_owner, s_owner)
+    print(f"{args.arch} {args.task} λ {args.lam}: fidelity cost "
+          f"{m.metrics['fidelity_cost_db']:.2f} dB; {len(test)} test keys, {len(trials)} test "
+          f"trials (smallest {min(trials):.3f}); {per_embedding:.0f} s per embedding "
+          f"({time.time() - start:.0f} s so far)", flush=True)
+    print("| P | η | calibrating marked trials | held-out FPR (pipeline's split) | test trials "
+          "below η | embeddings per run (s) |\n|---|---|---|---|---|---|")
+    for p in (int(v) for v in args.sizes.split(",")):
+        cal = m.calibrate(owner, [independent], pool=everyone[:p])
+        eta = cal["eta"]
+        below = sum(1 for d in trials if d < eta)
+        n_marked = p * (p + 1) - int(cal.get("marked_trials", 0))
+        print(f"| {p} | {eta:.3f} | {n_marked} | {cal['fpr']:.4f} ({int(cal['fp'])}/"
+              f"{int(cal['trials'])}) | {below}/{len(trials)} | {2 * p} "
+              f"({2 * p * per_embedding:.0f}) |", flush=True)
+    print(f"total {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
