@@ -133,12 +133,23 @@ def test_peer_rows_measure_a_real_mark(result):
 
 
 def test_forgery_rows_say_how_or_why_not(result):
-    (af,) = _rows(result, method="visible_gan", metric="forgery_success_rate")
+    (af,) = _rows(result, method="visible_gan", attack="copy", metric="forgery_success_rate")
     assert "attacker's key" in af["note"] and af["n"] == 3  # a keyless stamp
-    (ss,) = _rows(result, method="spread_spectrum", metric="forgery_success_rate")
+    (ss,) = _rows(result, method="spread_spectrum", attack="copy",
+                  metric="forgery_success_rate")
     assert ss["value"] is None and "does not apply" in ss["note"]
-    (dd,) = _rows(result, method="dwtDct", metric="forgery_success_rate")
+    (dd,) = _rows(result, method="dwtDct", attack="copy", metric="forgery_success_rate")
     assert "public decoder" in dd["note"] and 0 <= dd["value"] <= 1
+    # issue #17: from up to 10 marked photos, the residual copy applies to every method
+    # (spread_spectrum's image-independent pattern included), the mean shift only where a
+    # public feature extractor ships
+    for method in ("visible_gan", "spread_spectrum", "dwtDct"):
+        (residual,) = _rows(result, method=method, attack="residual_copy",
+                            metric="forgery_success_rate")
+        assert 0 <= residual["value"] <= 1 and "95% CI" in residual["note"]
+        (shift,) = _rows(result, method=method, attack="mean_shift",
+                         metric="forgery_success_rate")
+        assert shift["value"] is None and "no public feature extractor" in shift["note"]
     for method in ("visible_gan", "spread_spectrum", "dwtDct"):
         (removal,) = _rows(result, method=method, metric="removal_success_rate")
         (psnr,) = _rows(result, method=method, metric="psnr")

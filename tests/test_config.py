@@ -162,3 +162,30 @@ def test_methods_with_their_own_pipeline_are_refused_by_the_training_pipeline() 
 
     with pytest.raises(InputError, match="neuralmark protect"):
         run_training("output_mark", "tiny")
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_every_profile_floors_pgd_signer_unattacked_detection(profile: str) -> None:
+    """Issue #17: no profile promotes a pgd_signer that mostly fails to verify. The demo's
+    first candidate (tiny) detected 25 % of its unattacked test images and became champion;
+    under every profile's resolved policy that candidate is now refused, by the detection
+    floor alone, while the same candidate detecting every image passes that check."""
+    from neuralmark.components.gate import decide
+
+    if "pgd_signer" not in load_profile(profile):
+        pytest.skip(f"profile {profile!r} has no pgd_signer section")
+    policy = resolve("pgd_signer", profile).policy
+    assert policy.min_detection_rate.get("none", 0.0) >= 0.9
+    # every other floor met, so only detection can refuse it
+    candidate = {"psnr": policy.min_psnr + 1, "fpr": 0.0, "detection_rate/none": 0.25,
+                 **{metric_name: 1.0 for metric_name in
+                    [f"bit_accuracy/{lab}" for lab in policy.min_bit_accuracy]
+                    + [f"detection_rate/{lab}" for lab in policy.min_detection_rate
+                       if lab != "none"]},
+                 "bit_accuracy_mean_attacked": 1.0, "detection_rate_mean_attacked": 1.0,
+                 policy.primary_metric: 1.0}
+    refused = decide(candidate, None, policy)
+    assert not refused.promote
+    assert refused.reasons == [
+        f"detection_rate/none = 0.25 is below the floor {policy.min_detection_rate['none']:g}"]
+    assert decide({**candidate, "detection_rate/none": 1.0}, None, policy).promote

@@ -40,7 +40,7 @@ MICRO: dict[str, Any] = {
     "evaluation": {"limit": 3, "fpr_keys": 50, "attacks": ["none", "jpeg", "blur", "noise"]},
 }
 LOW_FLOORS = {"min_psnr": 10.0, "min_bit_accuracy": {"none": 0.0, "mean_attacked": 0.0},
-              "max_fpr": 1.0, "max_regression": 1.0}
+              "min_detection_rate": {"none": 0.0}, "max_fpr": 1.0, "max_regression": 1.0}
 IMPOSSIBLE_FLOORS = {"min_psnr": 99.0}
 
 

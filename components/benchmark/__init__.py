@@ -11,6 +11,8 @@ One role per module:
 - ``images``: a folder or the held-out split as one batch; bad files become rows;
 - ``timing``: ms per image against batch size and resolution, peak memory;
 - ``forgery``: the copy attack and the black-box removal attack;
+- ``estimation_forgery``: forgeries from several marked photos (residual copy, feature
+  mean shift) that a keyed verifier must survive;
 - ``whitebox``: the white-box removal, APGD against the public decoder / scanner;
 - ``models``: the model methods' shipped hosts through the model attacks (their own table);
 - ``runner``: ``BenchmarkSettings`` and ``run_benchmark`` → the tidy table;

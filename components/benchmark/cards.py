@@ -126,7 +126,9 @@ def card_section(rows: Sequence[Row], method: str, run: Mapping[str, Any]) -> st
                   for h in heads]
         lines += ["", "removal: black-box (size-preserving sweep attacks) and "
                   "whitebox_removal: APGD-L2 on the public decoder / scanner, both within "
-                  "PSNR(attacked, marked) ≥ the method's own PSNR; forgery: copy attack; ms per "
+                  "PSNR(attacked, marked) ≥ the method's own PSNR; forgery: the most successful of "
+                  "the copy, residual-copy and feature-mean-shift attacks (their rows give "
+                  "each, with its 95% interval); ms per "
                   "image at batch 1 (CPU, shared machine).", ""]
     curves = _curves(rows, method)
     if curves:

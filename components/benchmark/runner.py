@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuralmark.components.benchmark.entrants import Entrant, entrants
+from neuralmark.components.benchmark.estimation_forgery import estimation_forgery_rows
 from neuralmark.components.benchmark.forgery import copy_attack_rows, removal_attack_rows
 from neuralmark.components.benchmark.images import PhotoSet
 from neuralmark.components.benchmark.models import (
@@ -181,6 +182,8 @@ def benchmark_entrant(entrant: Entrant, clean: torch.Tensor, settings: Benchmark
     if settings.forgery:
         rows += copy_attack_rows(method, clean, marked, key, base)
         budget = next(r["value"] for r in rows if r["metric"] == "psnr")
+        rows += estimation_forgery_rows(method, clean, marked, key, budget, base,
+                                        steps=settings.whitebox_steps)
         swept = {name: strengths for name, strengths in sweeps(settings.quick).items()
                  if settings.attacks is None or name in dict(suite(settings.attacks))}
         rows += removal_attack_rows(method, marked, key, swept, budget, base, seed=settings.seed)

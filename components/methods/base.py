@@ -263,6 +263,10 @@ class WatermarkMethod(abc.ABC):
     #: removed; ``from_bundle`` names them (old bundle, what changed, retrain) instead of
     #: pydantic's bare "Extra inputs are not permitted"
     removed_fields: ClassVar[dict[str, str]] = {}
+    #: config fields a bundle of this version always has → why (the change they mark): a
+    #: bundle without one predates the change, and ``from_bundle`` refuses it naming why
+    #: (a default would load the old weights as if they had been made under the change)
+    required_fields: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -421,6 +425,14 @@ class WatermarkMethod(abc.ABC):
             InputError: fields this version removed (``removed_fields``: which, why, and
                 that the bundle must be retrained), unknown fields, or invalid values.
         """
+        missing = [f for f in cls.required_fields if isinstance(raw, dict) and f not in raw]
+        if missing:
+            why = "; ".join(f"{f!r}: {cls.required_fields[f]}" for f in missing)
+            raise InputError(
+                f"{directory / 'config.json'} is an old {cls.key or cls.__name__} bundle: it "
+                f"lacks field(s) this version added ({why}). Retrain it with this version "
+                f"(adding the field to config.json would load the old weights without the "
+                f"change)")
         try:
             return cls.Config.model_validate(raw)
         except ValidationError as err:

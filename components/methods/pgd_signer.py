@@ -41,10 +41,14 @@ Choices where the seed is vague (written down here, as promised):
   statistics over the global batch), so N processes train as one does with the same
   ``batch_size``; float32 throughout: the signature is a perturbation near bf16's
   resolution of a pixel value, so there is no bf16 autocast here.
+* **Per-owner decoder** (``keyed_decoder``, issue #17; ``pgd_signer_keying``): the decoder
+  that signs and verifies a key has its stem (``keyed_layers`` leading feature modules), head
+  and whitening drawn from the key; only the later feature modules and a public whitening set
+  ship. Without it the shipped decoder reads anyone's bits and PGD writes them into any photo
+  (copy attack 5/5); the seed has one decoder for all, so this is our addition.
 * **Detection**: hard bits → keyed BCH payload (``neuralmark.components.payload``) →
-  exact binomial p-value; ``detected`` iff ``p ≤ alpha`` (``detection_alpha``). The
-  decoder does not read the key, so ``null_p_values`` scores one decode against any
-  number of random keys (the fast path of the FPR calibration).
+  exact binomial p-value; ``detected`` iff ``p ≤ alpha`` (``detection_alpha``). 
+  ``null_p_values`` decodes each image once per random key (its own decoder).
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ from neuralmark.components.methods.base import (
     random_keys,
     resize_square,
 )
+from neuralmark.components.methods.pgd_signer_keying import WhiteningSet, keyed_decoder
 from neuralmark.components.methods.registry import register
 from neuralmark.components.nets.squeeze_decoder import SqueezeDecoder
 from neuralmark.components.payload import PayloadCodec
@@ -97,6 +102,12 @@ class PGDSignerConfig(MethodConfig):
     # decoder
     working_size: int = 256
     width: int = 32
+    #: per-owner decoder: stem, head and whitening drawn from the key (pgd_signer_keying)
+    keyed_decoder: bool = True
+    #: leading feature layers drawn from the key (1: the stem conv; 2: + the first fire)
+    keyed_layers: int = Field(1, ge=1, le=6)
+    #: public clean photos (× 4 EoT views) stored in the bundle for the keyed whitening
+    whitening_images: int = Field(32, ge=8)
     #: decoder reads the working image down-sampled by this factor (low/mid frequencies)
     input_stride: int = 4
     # signing (PGD under EoT)
@@ -130,6 +141,8 @@ class PGDSignerConfig(MethodConfig):
     aug_start: float = 0.1
     buffer_size: int = 256
     curve_images: int = 8
+    #: stop EM after the round that passes this many seconds (0: run every round)
+    time_budget_s: float = Field(0.0, ge=0.0)
     device: str = "auto"
 
 
@@ -154,6 +167,8 @@ class PGDSigner(WatermarkMethod):
     Config = PGDSignerConfig
     config: PGDSignerConfig
     data_parallel = True
+    required_fields = {"keyed_decoder": "bundles before it verified every key with one public "
+                                        "decoder, so a mark could be copied (issue #17)"}
     smoke_config = {"working_size": 64, "width": 8, "input_stride": 1, "pgd_steps": 3,
                     "eot_samples": 1, "rounds": 2, "batch_size": 2, "sign_steps_train": 2,
                     "m_steps": 1, "curve_images": 2, "buffer_size": 8}
@@ -166,9 +181,38 @@ class PGDSigner(WatermarkMethod):
         self.eot = EoTChain(config.eot)
         self.calibration: dict[str, Any] = {}
         self.decoder.eval()
+        self.whitening_set = WhiteningSet(0, config.working_size // config.input_stride)
+        self._keyed: dict[str, torch.nn.Module] = {}
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"decoder": self.decoder}
+        return {"decoder": self.decoder, "whitening_set": self.whitening_set}
+
+    def to(self, device: str | torch.device) -> PGDSigner:
+        self._keyed.clear()
+        return super().to(device)
+
+    def set_whitening_set(self, images: torch.Tensor) -> None:
+        """Store 4 EoT views of the first ``whitening_images`` of ``images`` (N×3×H×W)."""
+        c = self.config
+        self.whitening_set.set(self._to_working(images[: c.whitening_images].cpu()),
+                               c.working_size // c.input_stride, self.eot, 4,
+                               torch.Generator().manual_seed(c.seed))
+        self._keyed.clear()
+
+    def decoder_for(self, key: WatermarkKey | str) -> torch.nn.Module:
+        """The decoder that signs and verifies ``key`` (the public one without keying)."""
+        if not self.config.keyed_decoder:
+            return self.decoder
+        secret = key if isinstance(key, str) else key.secret
+        if secret not in self._keyed:
+            if len(self._keyed) >= 64:
+                self._keyed.pop(next(iter(self._keyed)))
+            # an unfitted method has no set: its keyed decoders keep the public whitening
+            views = (self.whitening_set.as_float(self.config.working_size).to(self.device)
+                     if self.whitening_set.images.shape[0] else None)
+            self._keyed[secret] = keyed_decoder(self.decoder, secret, views,
+                                                self.config.keyed_layers)
+        return self._keyed[secret]
 
     def extra_state(self) -> dict[str, Any]:
         return {"calibration": self.calibration}
@@ -180,9 +224,10 @@ class PGDSigner(WatermarkMethod):
     def _to_working(self, x: torch.Tensor) -> torch.Tensor:
         return resize_square(x, self.config.working_size)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Decoder logits of ``images`` (B×3×H×W, any size) → B×n_bits."""
-        return self.decoder(self._to_working(images.to(self.device)))
+    def logits(self, images: torch.Tensor, decoder: torch.nn.Module | None = None
+               ) -> torch.Tensor:
+        """Logits of ``images`` (B×3×H×W, any size) → B×n_bits (default: public decoder)."""
+        return (decoder or self.decoder)(self._to_working(images.to(self.device)))
 
     def _radius(self, psnr: float) -> float:
         n = 3 * self.config.working_size**2
@@ -198,7 +243,8 @@ class PGDSigner(WatermarkMethod):
     def sign_working(self, xw: torch.Tensor, target: torch.Tensor, steps: int,
                      generator: torch.Generator | None = None,
                      psnr: float | None = None, chain: EoTChain | None = None,
-                     sharded: bool = False) -> torch.Tensor:
+                     sharded: bool = False,
+                     decoder: torch.nn.Module | None = None) -> torch.Tensor:
         """PGD under EoT at the working size.
 
         Args:
@@ -209,6 +255,7 @@ class PGDSigner(WatermarkMethod):
             chain: EoT distribution override (the EM curriculum); default the config's.
             sharded: ``xw`` is this process's shard of a data-parallel global batch: the EoT
                 draws are made for the global batch (``distributed.sample_shard``).
+            decoder: the decoder to sign against (default the public ``self.decoder``).
         Returns:
             B×3×S×S residual ``delta`` (``xw + delta`` in [0,1]).
         """
@@ -220,8 +267,9 @@ class PGDSigner(WatermarkMethod):
         weight = jnd_map(xw) if c.jnd else torch.ones_like(xw[:, :1])
         delta = torch.zeros_like(xw)
         radius = self._radius(psnr)
-        was_training = self.decoder.training
-        self.decoder.eval()
+        net = decoder or self.decoder
+        was_training = net.training
+        net.eval()
         for t in range(steps):
             delta.requires_grad_(True)
             xs = (xw + delta).clamp(0, 1)
@@ -232,7 +280,7 @@ class PGDSigner(WatermarkMethod):
             for k, v in params.items():
                 if k.endswith(".on"):
                     v[:b] = 0
-            logits = self.decoder(chain.apply(reps, params))
+            logits = net(chain.apply(reps, params))
             hinge = F.relu(c.margin - sign.repeat(c.eot_samples, 1) * logits)
             # the first copy is the un-attacked view: give it its own weight so the
             # signature always decodes from the image as delivered
@@ -247,7 +295,7 @@ class PGDSigner(WatermarkMethod):
                 g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
                 frac = c.pgd_step * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / max(1, steps))))
                 delta = self._project(delta - frac * radius * g, xw, psnr)
-        self.decoder.train(was_training)
+        net.train(was_training)
         return delta.detach()
 
     # -- content interface ---------------------------------------------------
@@ -261,18 +309,20 @@ class PGDSigner(WatermarkMethod):
         x = images.to(self.device)
         xw = self._to_working(x)
         target = bits.unsqueeze(0).expand(x.shape[0], -1)
-        delta = self.sign_working(xw, target, self.config.pgd_steps, generator)
+        delta = self.sign_working(xw, target, self.config.pgd_steps, generator,
+                                  decoder=self.decoder_for(key))
         if tuple(x.shape[-2:]) != tuple(xw.shape[-2:]):
             delta = F.interpolate(delta, size=x.shape[-2:], mode="bilinear",
                                   align_corners=False)
         return (x + delta).clamp(0, 1).to(images.device)
 
     @torch.no_grad()
-    def decode_bits(self, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-        """Hard bits (B×n_bits uint8) decoded from ``images`` of any size ≥ 64."""
+    def decode_bits(self, images: torch.Tensor, batch_size: int = 32,
+                    decoder: torch.nn.Module | None = None) -> np.ndarray:
+        """Hard bits (B×n_bits uint8) of ``images`` (any size ≥ 64); default public decoder."""
         out = []
         for i in range(0, images.shape[0], batch_size):
-            out.append((self.logits(images[i:i + batch_size]) > 0).cpu().numpy())
+            out.append((self.logits(images[i:i + batch_size], decoder) > 0).cpu().numpy())
         return np.concatenate(out).astype(np.uint8)
 
     def sync_views(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -304,12 +354,14 @@ class PGDSigner(WatermarkMethod):
                     views.append(canvas)
         return views
 
-    def _view_bits(self, images: torch.Tensor, search: bool) -> np.ndarray:
+    def _view_bits(self, images: torch.Tensor, search: bool,
+                   decoder: torch.nn.Module) -> np.ndarray:
         """Decoded bits B×K×n (K = 1 without search)."""
         if not search:
-            return self.decode_bits(images)[:, None, :]
+            return self.decode_bits(images, decoder=decoder)[:, None, :]
         return np.stack([self.decode_bits(torch.cat([self._to_working(v) for v in
-                                                     self.sync_views(images[i:i + 1])]))
+                                                     self.sync_views(images[i:i + 1])]),
+                                          decoder=decoder)
                          for i in range(images.shape[0])])
 
     def verify(self, images: torch.Tensor, key: WatermarkKey,
@@ -323,7 +375,7 @@ class PGDSigner(WatermarkMethod):
         check_images(images, self.min_size)
         search = self.config.sync_search if search is None else search
         verdicts = []
-        for views in self._view_bits(images, search):
+        for views in self._view_bits(images, search, self.decoder_for(key)):
             reads = [self.codec.read(bits, key) for bits in views]
             best = max(range(len(reads)), key=lambda i: reads[i].matches)
             d, bits, k = reads[best], views[best], len(reads)
@@ -350,9 +402,9 @@ class PGDSigner(WatermarkMethod):
                       *, claimed: bool = True, search: bool | None = None) -> torch.Tensor:
         """p-values of ``images`` against ``n_keys`` random keys → B×n_keys (FPR fast path).
 
-        The decoder does not read the key, so each image is decoded once and the bits
-        are scored against every key of ``random_keys(n_keys, generator)``: the p-values
-        ``verify`` gives for those keys (the contract of ``WatermarkMethod.null_p_values``).
+        The p-values ``verify`` gives for the keys of ``random_keys(n_keys, generator)`` (the
+        contract of ``WatermarkMethod.null_p_values``): one decode per image and key (each
+        key's own decoder), no Verdict objects; unkeyed, one decode per image.
         With the search, the best view's p-value × K, as in ``verify``.
 
         Args:
@@ -366,11 +418,17 @@ class PGDSigner(WatermarkMethod):
         check_images(images, self.min_size)  # what verify refuses is unreadable here too
         search = self.config.sync_search if search is None else search
         secrets = [k.secret for k in random_keys(n_keys, generator)]
-        views = self._view_bits(images, search)                       # b k n
-        b, k, n = views.shape
-        p = self.codec.null_p_values(views.reshape(b * k, n), secrets, claimed=claimed)
-        p = np.minimum(1.0, k * p.reshape(b, k, n_keys).min(axis=1))
-        return torch.from_numpy(p)
+        groups = ([(secrets, self.decoder)] if not self.config.keyed_decoder else
+                  [([s], self.decoder_for(s)) for s in secrets])
+        columns = []
+        for group, decoder in groups:
+            views = self._view_bits(images, search, decoder)          # b k n
+            b, k, n = views.shape
+            p = self.codec.null_p_values(views.reshape(b * k, n), group, claimed=claimed)
+            columns.append(np.minimum(1.0, k * p.reshape(b, k, len(group)).min(axis=1)))
+        if self.config.keyed_decoder:
+            self._keyed.clear()  # thousands of null keys: do not keep their decoders
+        return torch.from_numpy(np.concatenate(columns, axis=1))
 
     # -- training ------------------------------------------------------------
     def training_loss(self, images: torch.Tensor) -> torch.Tensor:
@@ -496,6 +554,7 @@ class PGDSigner(WatermarkMethod):
         train = self._to_working(data["train"]).cpu()
         val = data.get("val", data["train"])[: c.curve_images]
         val = self._to_working(val).cpu()
+        self.set_whitening_set(train)
         self.fit_whitening(train, generator=g)
         distributed.broadcast_state(self.decoder)  # the same whitening on every process
         train_decoder = distributed.wrap(self.decoder)
@@ -556,7 +615,9 @@ class PGDSigner(WatermarkMethod):
                 {"e_bit_acc": e_acc, "e_bit_acc_attacked": e_acc_att, **m})
             metrics = {**metrics, "e_psnr_budget": e_psnr, "attack_p": p_att,
                        "round": float(rnd), "elapsed_s": time.time() - start}
-            last = rnd == c.rounds - 1
+            over = c.time_budget_s > 0 and distributed.mean_over_processes(
+                {"over": float(time.time() - start > c.time_budget_s)})["over"] > 0
+            last = rnd == c.rounds - 1 or over
             if last or rnd % max(1, c.rounds // 5) == 0:
                 cur = self.robustness_curves(val, g)
                 for name, (xs, ys) in cur.items():
@@ -570,5 +631,7 @@ class PGDSigner(WatermarkMethod):
                         ylabel="bit accuracy", title=f"bit accuracy vs {name}, per EM round"))
             cb.on_metrics(rnd, metrics)
             cb.on_progress(rnd + 1, c.rounds, "EM rounds")
+            if over:
+                break
         return metrics
 

@@ -1,0 +1,90 @@
+"""The GPU recipe's command (issue #17), run on CPU with a micro profile: it trains, writes
+a loadable bundle, its card and ``metrics.json``, and honours the time bound."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from neuralmark.components.methods import WatermarkKey
+from neuralmark.components.methods.pgd_signer import PGDSigner
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_shipped_pgd_signer.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_shipped_pgd_signer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _micro_profile(tmp_path: Path) -> Path:
+    profile = {"pgd_signer": {
+        "method": {"working_size": 64, "width": 8, "input_stride": 1, "rounds": 3,
+                   "batch_size": 2, "sign_steps_train": 2, "m_steps": 1, "pgd_steps": 3,
+                   "eot_samples": 1, "curve_images": 2, "buffer_size": 8,
+                   "whitening_images": 8},
+        "data": {"root": str(tmp_path / "data"), "size": 64, "crops_per_photo": 1,
+                 "n_procedural": 4, "version_with_dvc": False},
+        "evaluation": {"limit": 2, "fpr_keys": 3, "batch_size": 2,
+                       "attacks": ["none", "jpeg"]},
+        "policy": {"min_psnr": 0.0, "min_bit_accuracy": {}, "max_fpr": 1.0},
+    }}
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("recipe")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = _script().main(["--profile", str(_micro_profile(tmp)), "--device", "cpu",
+                                  "--minutes", "0", "--threads", "1", "--out",
+                                  str(tmp / "out")])
+    finally:
+        torch.set_num_threads(threads)
+    return tmp / "out", metrics
+
+
+def test_recipe_writes_a_loadable_bundle_its_card_and_metrics(trained) -> None:
+    out, metrics = trained
+    method = PGDSigner.from_bundle(out / "bundle")
+    assert method.config.keyed_decoder and method.config.working_size == 64
+    assert method.whitening_set.images.shape[0] == 8 * 4  # 8 photos × 4 EoT views
+    photo = torch.rand(1, 3, 64, 64)
+    assert len(method.verify(method.embed(photo, WatermarkKey("k")), WatermarkKey("k"))) == 1
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    assert {"psnr", "bit_accuracy/none", "bit_accuracy/jpeg_50", "fpr"} <= set(
+        written["evaluation"])
+    assert written["test_images"] == 2 and written["device"] == "cpu"
+    card = (out / "bundle" / "MODEL_CARD.md").read_text()
+    assert "micro" in card and "--minutes 0" in card
+    assert f"{written['evaluation']['psnr']:.4g}" in card
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == (
+        written["training"]["rounds_run"])
+
+
+def test_time_bound_stops_em_after_the_round_that_passes_it(trained, tmp_path) -> None:
+    _, unbounded = trained
+    assert unbounded["training"]["rounds_run"] == 3  # --minutes 0: every round
+    bounded = _script().main(["--profile", str(_micro_profile(tmp_path)), "--device", "cpu",
+                              "--minutes", "1e-6", "--threads", "1", "--out",
+                              str(tmp_path / "out")])
+    assert bounded["training"]["rounds_run"] == 1
+
+
+def test_cuda_is_refused_by_name_where_there_is_none(tmp_path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible here")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        _script().main(["--profile", "full", "--device", "cuda", "--out", str(tmp_path)])
