@@ -370,6 +370,13 @@ def seed_section(out: Path) -> str:
             "\n\n" + "\n".join(lines) + "\n")
 
 
+def earlier_section(out: Path) -> str:
+    """``curve_tiny.md``: an earlier measurement shipped beside the bundle, kept verbatim
+    (it names its own command; it is not this run's)."""
+    path = out / "curve_tiny.md"
+    return "\n" + path.read_text().rstrip("\n") + "\n" if path.is_file() else ""
+
+
 def residual_section(out: Path) -> str:
     """W's residual figures and the numbers ``visible_gan_residual_figure.py`` printed."""
     text = ("\n## W's residual\n`residual_before.png` (the previous shipped W) and "
@@ -488,7 +495,7 @@ judged on the test split; the V′ steps table is the same V′ judged on the wa
 
 {seed_table_markdown(rep, reading=False)}
 {reading}
-{previous_section(m)}{seed_section(out)}{residual_section(out)}
+{previous_section(m)}{seed_section(out)}{earlier_section(out)}{residual_section(out)}
 ## Known limitations (measured)
 {chr(10).join(limits)}
 """
