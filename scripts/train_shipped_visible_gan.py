@@ -358,6 +358,22 @@ def seed_section(out: Path) -> str:
     for r in s["judged"]:
         lines.append(f"| {r['metric']}/{r['label']} | {r['mean']:.3f} | {r['ci_low']:.3f} – "
                      f"{r['ci_high']:.3f} | {r['min']:.3f} | {r['max']:.3f} |")
+    # what the interval says about the removal claim, from the numbers
+    by = {(r["label"], r["metric"]): r for r in s["judged"]}
+    reading = []
+    for base in ("static", "opacity", "displacement"):
+        r = by.get(("deepstamp", f"removal_left_vs_{base}"))
+        if r is None:
+            continue
+        if r["ci_low"] > 0:
+            verdict = "V′ leaves more of DeepStamp's mark (interval above 0)"
+        elif r["ci_high"] < 0:
+            verdict = "V′ leaves less of DeepStamp's mark (interval below 0)"
+        else:
+            verdict = "the interval includes 0: no difference established"
+        reading.append(f"against {base}: {verdict}, {sum(v > 0 for v in r['values'])} of "
+                       f"{len(r['values'])} seeds above 0")
+    note = f" {s['note']}" if s.get("note") else ""
     return ("\n## The removal judgement over seeds (tiny recipe)\n"
             "`OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py --seeds "
             f"{','.join(map(str, s['seeds']))}` (then `--summarize`; `seed_spread.json` here): "
@@ -367,7 +383,9 @@ def seed_section(out: Path) -> str:
             "changes: F, W, V, D and every V′'s initial weights and batches. Student-t 95 % "
             f"interval of the mean over {len(s['seeds'])} seeds. Wall per seed: "
             f"{', '.join(f'{x:.0f} s' for x in s['seconds'])} (shared 2-core CPU, 1 thread)."
-            "\n\n" + "\n".join(lines) + "\n")
+            f"{note}\n\n" + "\n".join(lines) + "\n\n"
+            + ("Share of the mark left, DeepStamp − baseline: " + "; ".join(reading) + ".\n"
+               if reading else ""))
 
 
 def earlier_section(out: Path) -> str:
