@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -35,16 +36,17 @@ os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from neuralmark.components.attacks.registry import build_attack  # noqa: E402
 from neuralmark.components.data.labelled import (  # noqa: E402
     ProceduralClassesConfig,
-    build_procedural_classes,
     training_data,
 )
-from neuralmark.components.methods import build  # noqa: E402
+from neuralmark.components.methods import build, load_bundle  # noqa: E402
 from neuralmark.components.methods.base import resize_square  # noqa: E402
 from neuralmark.components.methods.visible_gan.evaluation import (  # noqa: E402
+    FADED,
     removal_reading,
     seed_table_markdown,
     visible_rows,
@@ -52,9 +54,15 @@ from neuralmark.components.methods.visible_gan.evaluation import (  # noqa: E402
 from neuralmark.components.methods.visible_gan.method import default_null_images  # noqa: E402
 from neuralmark.components.metrics import psnr, ssim  # noqa: E402
 from neuralmark.components.stats import clopper_pearson  # noqa: E402
+from neuralmark.runtime.settings import (  # noqa: E402
+    DataSettings,
+    available_profiles,
+    load_profile,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ProceduralClassesConfig(size=32, images_per_class=200)
+#: the shipped W's recipe (``--profile shipped``, the default)
 RECIPE = {"working_size": 32, "detect_size": 64, "mark_resolution": 64, "w_width": 32,
           "v_width": 16, "d_width": 32, "classifier": "resnet_small", "classifier_width": 16,
           "task": "labels", "num_classes": 10, "classifier_steps": 500, "steps": 500,
@@ -62,58 +70,79 @@ RECIPE = {"working_size": 32, "detect_size": 64, "mark_resolution": 64, "w_width
           "utility_steps": 400, "removal_steps": 2400,
           "removal_curve_steps": [300, 600, 1200], "calibration_scores": 2000,
           "fpr": 1e-3, "log_every": 50}
+SHIPPED_DATA = {"dataset": "procedural_classes", "root": "data/classes-vg", "size": 32,
+                "images_per_class": 200}
 ATTACKS = [("jpeg", 75), ("jpeg", 50), ("resize", 0.5), ("blur", 1.0)]
+#: where ``dataset: prepared`` expects CIFAR-10 and how to get it there
+PREPARE_HINT = ("prepare CIFAR-10 first: neuralmark data prepare cifar10 --source "
+                "cifar-10-python.tar.gz (writes data/cifar10/manifest.csv)")
 
 
 def detection_rate(method, images: torch.Tensor) -> float:
     return sum(v.detected for v in method.verify(images)) / images.shape[0]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "visible_gan")
-    ap.add_argument("--data-root", type=Path, default=ROOT / "data" / "classes-vg")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=RECIPE["steps"])
-    ap.add_argument("--smoke", action="store_true",
-                    help="a few steps of everything on 20 images a class: checks the script "
-                         "runs end to end (its numbers mean nothing; never ship its output)")
-    ap.add_argument("--card-only", action="store_true",
-                    help="only (re)write MODEL_CARD.md from --out/metrics.json")
-    args = ap.parse_args()
-    if args.card_only:
-        write_card(json.loads((args.out / "metrics.json").read_text()), args.out)
-        return
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    recipe = {**RECIPE, "steps": args.steps}
-    data_config = DATA
-    if args.smoke:
-        recipe.update(classifier_steps=5, steps=5, utility_steps=5, removal_steps=5,
-                      removal_curve_steps=[2], calibration_scores=50)
-        data_config = DATA.model_copy(update={"images_per_class": 20})
-    manifest = build_procedural_classes(args.data_root, data_config)
-    data = training_data(manifest, size=32)
-    # the null: the classes' val split and the offline null set (photos, procedural), 64²
-    data["calibration"] = torch.cat([resize_square(data["val"], 64),
-                                     default_null_images(64, count=128, seed=0)])
-    test = data["test"]
-    method = build("visible_gan", recipe)
+def profile_sections(profile: str) -> tuple[str, dict, dict]:
+    """``(name, method recipe, data settings)`` of ``--profile``.
 
-    class Log:
-        def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-            print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+    ``shipped``: :data:`RECIPE` on the procedural classes; ``tiny`` / ``full`` (any name in
+    ``configs/profiles``): that profile's ``visible_gan`` section; anything else: a YAML
+    file holding ``method:`` and ``data:`` (or a profile-shaped ``visible_gan:`` section).
+    """
+    if profile == "shipped":
+        return "shipped", dict(RECIPE), dict(SHIPPED_DATA)
+    if profile in available_profiles():
+        sections = load_profile(profile).get("visible_gan")
+        if sections is None:
+            raise SystemExit(f"profile {profile!r} has no visible_gan section")
+        return profile, dict(sections["method"]), dict(sections["data"])
+    path = Path(profile)
+    if not path.is_file():
+        raise SystemExit(f"--profile {profile!r}: not shipped, {', '.join(available_profiles())}"
+                         " nor a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SystemExit(f"--profile {path}: not valid YAML: {err}") from None
+    raw = raw.get("visible_gan", raw) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict) or not isinstance(raw.get("method"), dict):
+        raise SystemExit(f"--profile {path}: needs a `method:` mapping (the visible_gan "
+                         "config) and optionally `data:` (the data settings)")
+    unknown = sorted(set(raw) - {"method", "data", "evaluation", "policy"})
+    if unknown:
+        raise SystemExit(f"--profile {path}: unknown section(s) {unknown}; expected method, "
+                         "data")
+    return path.stem, dict(raw["method"]), dict(raw.get("data") or SHIPPED_DATA)
 
-    final = method.fit(data, [Log()])
-    fit_seconds = time.time() - start
-    method.to("cpu").to_bundle(args.out)
 
-    # -- measurements on images the model never saw --------------------------------------
-    # two held-out sets of different sizes: the classes' test split (32²) and fresh null
-    # images (procedural + photo crops, another seed, 128²: what a user's photos look like)
+def load_data(settings: DataSettings, detect_size: int) -> dict[str, torch.Tensor]:
+    """Train / val / test (+ labels) at the data's size, and the detector's null.
+
+    The null: the val split and 128 offline null images (procedural + photo crops), at the
+    detection view's size, since the shipped W stamps photos.
+    """
+    if settings.dataset == "prepared":
+        manifest = Path(str(settings.prepared))
+        manifest = manifest if manifest.is_absolute() else ROOT / manifest
+        if not manifest.exists():
+            raise SystemExit(f"{manifest} does not exist: {PREPARE_HINT}")
+    elif settings.dataset != "procedural_classes":
+        raise SystemExit(f"data.dataset {settings.dataset!r}: visible_gan's table needs "
+                         "class labels (procedural_classes, or prepared CIFAR-10)")
+    data = training_data(settings.build(ROOT), size=settings.size)
+    data["calibration"] = torch.cat([resize_square(data["val"], detect_size),
+                                     default_null_images(detect_size, count=128, seed=0)])
+    return data
+
+
+def measure(method, test: torch.Tensor) -> dict:
+    """Detection, false positives, attacks and quality on two held-out sets, and the rows.
+
+    Two held-out sets of different sizes: the test split and fresh null images
+    (procedural + photo crops, another seed, 128²: what a user's photos look like).
+    """
     fresh = default_null_images(128, count=64, seed=2024)
-    sets = {"test_32": test, "fresh_128": fresh}
+    sets = {f"test_{test.shape[-1]}": test, "fresh_128": fresh}
     g = torch.Generator().manual_seed(0)
     per_set: dict[str, dict] = {}
     for set_name, clean in sets.items():
@@ -128,22 +157,115 @@ def main() -> None:
             "detection_rate_marked": sum(v.detected for v in v_marked) / len(v_marked),
             "detection_rate_attacked": attacked,
             "false_positives": int(sum(v.detected for v in v_clean)),
-            "psnr_marked_vs_clean": float(psnr(marked, clean).mean()),
-            "ssim_marked_vs_clean": float(ssim(marked, clean).mean()),
+            "psnr_marked_vs_clean": float(psnr(marked.cpu(), clean).mean()),
+            "ssim_marked_vs_clean": float(ssim(marked.cpu(), clean).mean()),
             "ncc_clean_median": float(torch.tensor([v.score for v in v_clean]).median()),
             "ncc_marked_median": float(torch.tensor([v.score for v in v_marked]).median())}
     false_pos = sum(r["false_positives"] for r in per_set.values())
     trials = sum(r["images"] for r in per_set.values())
     lo, hi = clopper_pearson(false_pos, trials)
     rows = visible_rows(method, test)
+    return {"per_set": per_set, "false_positives": int(false_pos), "clean_trials": trials,
+            "fpr_ci95": [lo, hi],
+            "test_rows": [{k: r[k] for k in ("label", "metric", "value")} for r in rows]}
+
+
+def compare_previous(out: Path, previous: Path, curve: Path | None) -> None:
+    """Measure the previous bundle as this one was; ``metrics.json["previous"]``, new card.
+
+    Detection, false positives and the contrast rows are measured on the same held-out
+    images; its removal figures come from ``curve`` (``visible_gan_removal_curve.py
+    --bundle PREVIOUS --json …``: V′ as in the table, at ``removal_steps``) when given.
+    """
+    m = json.loads((out / "metrics.json").read_text())
+    data_settings = DataSettings(**m.get("data", SHIPPED_DATA), version_with_dvc=False)
+    old = load_bundle(previous)
+    test = load_data(data_settings, old.config.detect_size)["test"]
+    measured = measure(old, test)
+    entry = {"bundle": str(previous), "config": json.loads((previous / "config.json")
+                                                            .read_text()), **measured}
+    if curve is not None:
+        rows = json.loads(curve.read_text())["rows"]
+        steps = m["fit_report"]["removal_steps"]
+        entry["removal"] = {r["stamper"]: {k: r[k] for k in ("removal_gain", "removal_left",
+                                                              "psnr_after")}
+                            for r in rows if r["steps"] == steps}
+        entry["removal_steps"] = steps
+        entry["removal_source"] = str(curve)
+    m["previous"] = entry
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    write_card(m, out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "visible_gan")
+    ap.add_argument("--profile", default="shipped",
+                    help="shipped (this script's recipe, the default), tiny, full, or a YAML "
+                         "file with `method:` / `data:` sections")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where to train (auto: CUDA when there is one)")
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="folder of the procedural classes (default: the profile's root)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None, help="GMAN steps (default: profile's)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few steps of everything on 20 images a class: checks the script "
+                         "runs end to end (its numbers mean nothing; never ship its output)")
+    ap.add_argument("--card-only", action="store_true",
+                    help="only (re)write MODEL_CARD.md from --out/metrics.json")
+    ap.add_argument("--previous", type=Path, default=None,
+                    help="measure this earlier bundle like --out's and compare them in the "
+                         "card (no training)")
+    ap.add_argument("--previous-curve", type=Path, default=None,
+                    help="with --previous: its V′ curve JSON (visible_gan_removal_curve.py)")
+    args = ap.parse_args()
+    if args.card_only:
+        write_card(json.loads((args.out / "metrics.json").read_text()), args.out)
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here (use auto or cpu)")
+    torch.set_num_threads(args.threads)
+    if args.previous is not None:
+        compare_previous(args.out, args.previous, args.previous_curve)
+        return
+    name, recipe, data_fields = profile_sections(args.profile)
+    recipe = {**recipe, "device": args.device}
+    if args.steps is not None:
+        recipe["steps"] = args.steps
+    if args.data_root is not None:
+        data_fields["root"] = str(args.data_root)
+    if args.smoke:
+        recipe.update(classifier_steps=5, steps=5, utility_steps=5, removal_steps=5,
+                      removal_curve_steps=[2], calibration_scores=50)
+        data_fields["images_per_class"] = 20
+    data_settings = DataSettings(**{**data_fields, "version_with_dvc": False})
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    method = build("visible_gan", recipe)
+    data = load_data(data_settings, method.config.detect_size)
+    test = data["test"]
+
+    class Log:
+        def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+            print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+
+    final = method.fit(data, [Log()])
+    fit_seconds = time.time() - start
+    device = str(method.device)
+    method.to("cpu").to_bundle(args.out)
+    # -- measurements on images the model never saw (on the training device) ------------
+    method.to(device)
     metrics = {
+        "profile": name, "device": device, "recipe": recipe,
+        "command": " ".join(["python", "scripts/train_shipped_visible_gan.py", *sys.argv[1:]]),
+        "data": data_settings.model_dump(mode="json", exclude={"version_with_dvc",
+                                                                 "dvc_target", "dvc_push"}),
         "fit_seconds": round(fit_seconds, 1), "final_training": final,
         "train_images": int(data["train"].shape[0]), "val_images": int(data["val"].shape[0]),
-        "test_images": int(test.shape[0]), "per_set": per_set,
-        "false_positives": int(false_pos), "clean_trials": trials, "fpr_ci95": [lo, hi],
+        "test_images": int(test.shape[0]), **measure(method, test),
         "calibration": {k: v for k, v in method.calibration.items() if k != "clean_statistics"},
         "fit_report": method.fit_report,
-        "test_rows": [{k: r[k] for k in ("label", "metric", "value")} for r in rows],
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (args.out / "seed_table.md").write_text(seed_table_markdown(method.fit_report))
@@ -154,18 +276,158 @@ def main() -> None:
     print(f"total {time.time() - start:.0f} s")
 
 
+def data_line(m: dict) -> str:
+    """What W was trained on, from the run's data settings (older metrics: the shipped set)."""
+    d = m.get("data") or {**SHIPPED_DATA, **DATA.model_dump()}
+    if d.get("dataset") == "prepared":
+        return (f"CIFAR-10 from the dataset pipeline (`{d.get('prepared')}`, val "
+                f"{d.get('val_fraction')} of train), with its labels; {m['train_images']} train "
+                f"/ {m['val_images']} val / {m['test_images']} test images. F learns the "
+                "classes (`task: labels`), so ℒ_f keeps a real classifier's answer.")
+    cfg = ProceduralClassesConfig(size=d.get("size", 32),
+                                  images_per_class=d.get("images_per_class", 200),
+                                  seed=d.get("seed", 0))
+    return (f"the ten procedural classes `{cfg.model_dump_json()}` (`components/data/"
+            f"labelled.py`: stripes, checkers, rings, discs, polygons, blobs at "
+            f"{cfg.size}²); {m['train_images']} train / {m['val_images']} val / "
+            f"{m['test_images']} test images. F learns the classes (`task: labels`), so ℒ_f "
+            "keeps a real classifier's answer.")
+
+
+def previous_section(m: dict) -> str:
+    """The previous bundle against this one, on the same held-out images."""
+    prev = m.get("previous")
+    if not prev:
+        return ""
+
+    def row_value(rows: list[dict], label: str, metric: str) -> float | None:
+        hits = [r["value"] for r in rows if r["label"] == label and r["metric"] == metric]
+        return hits[0] if hits else None
+
+    def fmt(v: float | None, f: str) -> str:
+        return "–" if v is None else f.format(v)
+
+    test_set = next(iter(m["per_set"]))
+    steps = prev.get("removal_steps")
+    new_rem = m["fit_report"].get("removal", {})
+    old_rem = prev.get("removal", {})
+    lines = [f"| same held-out images | previous W (`{prev['config'].get('lambda_visibility', 0)}`"
+             " ℒ_vis weight) | this W |", "|---|---|---|"]
+    for label, metric, f in (("deepstamp", "contrast", "{:.3f}"),
+                             ("deepstamp", "contrast_vs_static", "{:.2f}×"),
+                             ("deepstamp", "psnr_vs_static", "{:.2f} dB")):
+        before = fmt(row_value(prev["test_rows"], label, metric), f)
+        lines.append(f"| {metric} ({test_set}) | {before}"
+                     f" | {fmt(row_value(m['test_rows'], label, metric), f)} |")
+    for name in m["per_set"]:
+        a, b = prev["per_set"].get(name, {}), m["per_set"][name]
+        lines.append(f"| detected, marked ({name}) | "
+                     f"{fmt(a.get('detection_rate_marked'), '{:.3f}')} | "
+                     f"{b['detection_rate_marked']:.3f} |")
+        lines.append(f"| detected after jpeg_50 / resize_0.5 ({name}) | "
+                     + (f"{a['detection_rate_attacked']['jpeg_50']:.2f} / "
+                        f"{a['detection_rate_attacked']['resize_0.5']:.2f}" if a else "–")
+                     + f" | {b['detection_rate_attacked']['jpeg_50']:.2f} / "
+                       f"{b['detection_rate_attacked']['resize_0.5']:.2f} |")
+    lines.append(f"| false positives (all clean) | {prev['false_positives']}/"
+                 f"{prev['clean_trials']} | {m['false_positives']}/{m['clean_trials']} |")
+    if old_rem:
+        for name in ("static", "deepstamp"):
+            o, n = old_rem.get(name, {}), new_rem.get(name, {})
+            lines.append(f"| V′ {steps} steps, {name}: share left / gain | "
+                         f"{fmt(o.get('removal_left'), '{:.3f}')} / "
+                         f"{fmt(o.get('removal_gain'), '{:+.2f} dB')} | "
+                         f"{fmt(n.get('removal_left'), '{:.3f}')} / "
+                         f"{fmt(n.get('removal_gain'), '{:+.2f} dB')} |")
+    source = (f" The previous W's V′ rows: `{prev['removal_source']}` (V′ as in the table: "
+              "same width, batch, learning rate, initial weights and batches)."
+              if old_rem else " The previous W was not put through V′ here.")
+    return ("\n## The previous shipped W against this one\n"
+            f"`--previous {prev['bundle']}`: the earlier bundle measured by this script on the "
+            "same held-out sets." + source + "\n\n" + "\n".join(lines) + "\n")
+
+
+def seed_section(out: Path) -> str:
+    """The removal judgement over seeds (``seed_spread.json`` from visible_gan_seed_spread.py)."""
+    path = out / "seed_spread.json"
+    if not path.is_file():
+        return ""
+    s = json.loads(path.read_text())
+    lines = [f"| figure (seeds {', '.join(map(str, s['seeds']))}) | mean | 95 % interval | "
+             "min | max |", "|---|---|---|---|---|"]
+    for r in s["judged"]:
+        lines.append(f"| {r['metric']}/{r['label']} | {r['mean']:.3f} | {r['ci_low']:.3f} – "
+                     f"{r['ci_high']:.3f} | {r['min']:.3f} | {r['max']:.3f} |")
+    # what the interval says about the removal claim, from the numbers
+    by = {(r["label"], r["metric"]): r for r in s["judged"]}
+    reading = []
+    for base in ("static", "opacity", "displacement"):
+        r = by.get(("deepstamp", f"removal_left_vs_{base}"))
+        if r is None:
+            continue
+        if r["ci_low"] > 0:
+            verdict = "V′ leaves more of DeepStamp's mark (interval above 0)"
+        elif r["ci_high"] < 0:
+            verdict = "V′ leaves less of DeepStamp's mark (interval below 0)"
+        else:
+            verdict = "the interval includes 0: no difference established"
+        reading.append(f"against {base}: {verdict}, {sum(v > 0 for v in r['values'])} of "
+                       f"{len(r['values'])} seeds above 0")
+    note = f" {s['note']}" if s.get("note") else ""
+    return ("\n## The removal judgement over seeds (tiny recipe)\n"
+            "`OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py --seeds "
+            f"{','.join(map(str, s['seeds']))}` (then `--summarize`; `seed_spread.json` here): "
+            "the tiny profile's W recipe "
+            f"`{json.dumps(s['recipe'])}` (F′ skipped) on the tiny profile's procedural classes, "
+            "one W and one V′ per marking and seed, judged on the 300 test images; what a seed "
+            "changes: F, W, V, D and every V′'s initial weights and batches. Student-t 95 % "
+            f"interval of the mean over {len(s['seeds'])} seeds. Wall per seed: "
+            f"{', '.join(f'{x:.0f} s' for x in s['seconds'])} (shared 2-core CPU, 1 thread)."
+            f"{note}\n\n" + "\n".join(lines) + "\n\n"
+            + ("Share of the mark left, DeepStamp − baseline: " + "; ".join(reading) + ".\n"
+               if reading else ""))
+
+
+def earlier_section(out: Path) -> str:
+    """``curve_tiny.md``: an earlier measurement shipped beside the bundle, kept verbatim
+    (it names its own command; it is not this run's)."""
+    path = out / "curve_tiny.md"
+    return "\n" + path.read_text().rstrip("\n") + "\n" if path.is_file() else ""
+
+
+def residual_section(out: Path) -> str:
+    """W's residual figures and the numbers ``visible_gan_residual_figure.py`` printed."""
+    text = ("\n## W's residual\n`residual_before.png` (the previous shipped W) and "
+            "`residual_after.png` (this W): `python scripts/visible_gan_residual_figure.py "
+            "BUNDLE OUT.png > OUT.json` on four skimage photos at 256²; "
+            "|DeepStamp − static| ×8 under each stamped photo.\n")
+    rows = []
+    for name in ("before", "after"):
+        path = out / f"residual_{name}.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            rows.append(f"| {name} | {r['mean_abs_residual_on_mark']:.4f} | "
+                        f"{r['mean_abs_residual_rest_of_square']:.5f} | "
+                        f"{r['mean_abs_residual_square_edge_2px']:.5f} |")
+    if rows:
+        text += ("\n| W | mean abs residual on the logo | rest of the square | square's 2-px "
+                 "edge (the old box) |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    return text
+
+
 def write_card(m: dict, out: Path) -> None:
     """``MODEL_CARD.md`` from the measured ``metrics.json`` (no number that was not measured)."""
     cal, fin, rep = m["calibration"], m["final_training"], m["fit_report"]
     cfg = json.loads((out / "config.json").read_text())  # the bundle's own config
-    recipe = {k: cfg[k] for k in RECIPE if k in cfg}
+    recipe = {k: cfg[k] for k in m.get("recipe", RECIPE) if k in cfg and k != "device"}
     rows = {(r["label"], r["metric"]): r["value"] for r in m["test_rows"]}
     lo, hi = m["fpr_ci95"]
     stampers = ("static", "opacity", "displacement", "deepstamp")
-    quality = [f"| {m['test_images']} test images at 32² | S | O | D | DeepStamp |",
+    test_set = next(iter(m["per_set"]))
+    quality = [f"| {m['test_images']} test images | S | O | D | DeepStamp |",
                "|---|---|---|---|---|"]
     for metric, fmt in (("psnr_vs_static", "{:.2f} dB"), ("ssim_vs_static", "{:.3f}"),
-                        ("contrast", "{:.3f}")):
+                        ("contrast", "{:.3f}"), ("contrast_vs_static", "{:.2f}×")):
         cells = [fmt.format(rows[(s, metric)]) if (s, metric) in rows else "–" for s in stampers]
         quality.append(f"| {metric} | " + " | ".join(cells) + " |")
     sets = ["| held-out set | images | detected (marked) | jpeg_75 | jpeg_50 | resize_0.5 | "
@@ -181,39 +443,59 @@ def write_card(m: dict, out: Path) -> None:
     # the caveat is written from the measured numbers, so --card-only keeps it
     contrasts = {s: rows[(s, "contrast")] for s in stampers if (s, "contrast") in rows}
     reading = removal_reading(rep, contrasts, in_training_removed=fin.get("loss_v"))
+    ratio = rows.get(("deepstamp", "contrast_vs_static"))
+    profile = m.get("profile", "shipped")
+    command = m.get("command", "python scripts/train_shipped_visible_gan.py --out "
+                                "outputs/visible_gan")
+    prepared = (m.get("data") or {}).get("dataset") == "prepared"
+    limits = [f"- {m['clean_trials']} clean trials bound the FPR only to {hi:.3g} (95%); the "
+              f"calibrated target is {cal['fpr_target']:g}. The calibration images are "
+              "disjoint from the measured ones.",
+              "- A mark given with `--mark` is recalibrated on an offline null set (procedural "
+              "images + crops of the bundled photos), not on the user's own images; "
+              "`with_mark(mark, images)` takes the user's clean images when they exist."]
+    if not prepared:
+        limits.append(f"- F and F′ are {rep.get('classifier')} on synthetic classes, not the "
+                      "seed's AlexNet / VGG16 / ResNet50 on CIFAR-10 (`--profile full "
+                      "--device cuda` trains those; never run here: no GPU, no CIFAR-10 "
+                      "offline).")
+    limits.append(f"- W was trained for {fit_steps(fin)} GMAN steps on "
+                  f"{m.get('device', 'cpu')}.")
+    if ratio is not None and ratio < FADED:
+        limits.append(f"- DeepStamp's mark is {ratio:.2f}× the static blend's contrast (below "
+                      f"{FADED:g}×): part of any removal resistance may be fading.")
     text = f"""# visible_gan — shipped DeepStamp W (seed 003)
 
 Visible watermarking that keeps a dataset useful (DeepStamp): W (4 conv layers, image ⊕
 RGBA mark → synthesized mark) trained as a GMAN generator against a frozen classifier F,
 a removal autoencoder V and a discriminator D (see `components/methods/visible_gan/`).
-Written by `scripts/train_shipped_visible_gan.py --out outputs/visible_gan`; every number
-below was measured by that run.
+Written by `{command}` (profile `{profile}`); every number below was measured by that run
+unless a section names another command.
 
 ## Training
-- Data: the ten procedural classes `{DATA.model_dump_json()}`
-  (`components/data/labelled.py`: stripes, checkers, rings, discs, polygons, blobs at 32²);
-  {m["train_images"]} train / {m["val_images"]} val / {m["test_images"]} test images. F
-  learns the classes (`task: labels`), so ℒ_f keeps a real classifier's answer.
+- Data: {data_line(m)}
 - Recipe (the bundle's own): `{json.dumps(recipe)}`; GMAN loss weights 1 / 1 / 1 (the
   seed's eq. 1), ℒ_v = the share of the mark V removes (`losses.removal_loss`);
   visibility hinge ℒ_vis (not in the seed, `losses.visibility_loss`) weight
-  {cfg["lambda_visibility"]:g}, floor {cfg["visibility_floor"]:g} × the static blend's contrast.
+  {cfg.get("lambda_visibility", 0):g}, floor {cfg.get("visibility_floor", 0):g} × the static
+  blend's contrast.
   {fit_steps(fin)} GMAN steps; {m["fit_seconds"]:.0f} s wall in all (F, GMAN, calibration and the
-  table's {len(rep.get("accuracy", {}))} F′ + {len(rep.get("removal", {})) + 1} V′ trainings) on a
-  shared 2-core CPU, 1 torch thread.
+  table's {len(rep.get("accuracy", {}))} F′ + {len(rep.get("removal", {})) + 1} V′ trainings) on
+  {m.get("device", "cpu")} (a shared 2-core CPU with 1 torch thread where `cpu`).
 - F after its training: validation accuracy {fin["f_val_accuracy"]:.3f} (chance 0.10). Last
-  GMAN losses: ℒ_f {fin["loss_f"]:.4f}, ℒ_v {fin["loss_v"]:.4f}, ℒ_d {fin["loss_d"]:.4f};
-  V's own loss {fin["loss_v_attack"]:.4f}, D's {fin["loss_d_disc"]:.4f}.
-- Detector calibration: {cal["n_scores"]} clean scores ({cal["n_images"]} images: the classes'
-  val split and 128 offline null images (procedural + photo crops), at the 64² detection view,
-  with flips, rotations, half-size views and crops); threshold NCC
+  GMAN losses: ℒ_f {fin["loss_f"]:.4f}, ℒ_v {fin["loss_v"]:.4f}, ℒ_d {fin["loss_d"]:.4f},
+  ℒ_vis {fin.get("loss_vis", float("nan")):.4f}; V's own loss {fin["loss_v_attack"]:.4f}, D's
+  {fin["loss_d_disc"]:.4f}.
+- Detector calibration: {cal["n_scores"]} clean scores ({cal["n_images"]} images: the val split
+  and 128 offline null images (procedural + photo crops), at the {cfg["detect_size"]}² detection
+  view, with flips, rotations, half-size views and crops); threshold NCC
   {cal["threshold_statistic"]:.4f} at fpr = {cal["fpr_target"]:g}.
 - Weights (W, V, D, F and the built-in mark): {weights_mib(out):.2f} MiB.
 
 ## Measured on held-out images
-`test_32`: the classes' test split; `fresh_128`: 64 fresh null images (procedural + photo
-crops, seed 2024) at 128². `resize_0.5` of a 32² image is 16², the smallest side the
-detector takes (it matches at its 64² view, so resizing the image resizes the template).
+`{test_set}`: the test split; `fresh_128`: 64 fresh null images (procedural + photo crops,
+seed 2024) at 128². `resize_0.5` of a 32² image is 16², the smallest side the detector takes
+(it matches at its {cfg["detect_size"]}² view, so resizing the image resizes the template).
 
 {chr(10).join(sets)}
 
@@ -222,30 +504,18 @@ detector takes (it matches at its 64² view, so resizing the image resizes the t
 
 {chr(10).join(quality)}
 
-### The seed's table in shape (procedural classes, 32², test split)
-F′ (a fresh {rep.get("classifier")}, same initial weights and batches for every column) trained
-for {rep.get("utility_steps")} steps on the set marked by each stamper, tested on the clean test
-images (chance 10 %); V′ (V's architecture, same initial weights and batches) trained for
-{rep.get("removal_steps")} steps per stamper to restore the clean image, judged on the test split.
+### The seed's table in shape (test split)
+F′ (a fresh network of each listed architecture, same initial weights and batches for every
+column) trained for {rep.get("utility_steps")} steps on the set marked by each stamper, tested
+on the clean test images (chance 10 %); V′ (V's architecture, same initial weights and
+batches) trained for {rep.get("removal_steps")} steps per stamper to restore the clean image,
+judged on the test split; the V′ steps table is the same V′ judged on the way.
 
 {seed_table_markdown(rep, reading=False)}
 {reading}
-
-## W's residual (the box, fixed)
-`residual_before.png` (the previous shipped W: its change filled the mark's whole square, so
-a faint box showed) and `residual_after.png` (this W: its change is confined to the mark's
-feathered support): `python scripts/visible_gan_residual_figure.py BUNDLE OUT.png`, figures in
-this folder; the numbers it prints are in the README section of `visible_gan`.
-
+{previous_section(m)}{seed_section(out)}{earlier_section(out)}{residual_section(out)}
 ## Known limitations (measured)
-- {m["clean_trials"]} clean trials bound the FPR only to {hi:.3g} (95%); the calibrated target
-  is {cal["fpr_target"]:g}. The calibration images are disjoint from the measured ones.
-- A mark given with `--mark` is recalibrated on an offline null set (procedural images +
-  crops of the bundled photos), not on the user's own images; `with_mark(mark, images)`
-  takes the user's clean images when they exist.
-- F and F′ are a small ResNet on synthetic classes, not the seed's AlexNet / VGG16 /
-  ResNet50 on CIFAR-10 (the `full` profile, never run here: no GPU, no CIFAR-10 offline).
-- W was trained for a CPU budget ({fit_steps(fin)} GMAN steps).
+{chr(10).join(limits)}
 """
     (out / "MODEL_CARD.md").write_text(text)
 

@@ -396,6 +396,31 @@ def test_fit_with_labels_and_a_seed_classifier():
     assert m.F(torch.rand(2, 3, 32, 32)).shape == (2, 3)
 
 
+def test_table_classifiers_add_an_f_prime_row_per_architecture():
+    # the seed's table has AlexNet, VGG16 and ResNet50 rows; F′ of each trains on every
+    # marking, V′ once (it does not depend on F′)
+    m = smoke(task="labels", num_classes=3, working_size=32,
+              table_classifiers=["vgg16", "resnet50"])
+    g = torch.Generator().manual_seed(0)
+    data = {"train": torch.rand(6, 3, 32, 32, generator=g), "train_labels": torch.arange(6) % 3,
+            "val": torch.rand(3, 3, 32, 32, generator=g), "val_labels": torch.arange(3)}
+    m.fit(data)
+    by = m.fit_report["accuracy_by_classifier"]
+    assert set(by) == {"vgg16", "resnet50"}
+    for accs in by.values():
+        assert set(accs) == {"clean", *STAMPERS} and all(0 <= a <= 1 for a in accs.values())
+    table = seed_table_markdown(m.fit_report)
+    assert "| resnet_small |" in table and "| vgg16 |" in table and "| resnet50 |" in table
+    value = {(r["label"], r["metric"]): r["value"]
+             for r in m.evaluation_rows(data["val"], m.embed(data["val"]))}
+    assert value[("deepstamp", "accuracy_drop_vgg16")] == pytest.approx(
+        by["vgg16"]["clean"] - by["vgg16"]["deepstamp"])
+    with pytest.raises(ValueError, match="repeats an architecture"):
+        smoke(table_classifiers=["alexnet", "alexnet"])
+    with pytest.raises(ValueError, match="vgg16 needs working_size >= 32"):
+        smoke(working_size=16, table_classifiers=["vgg16"])
+
+
 def test_gate_reads_method_metrics():
     policy = GatePolicy(min_psnr=10, min_bit_accuracy={}, max_fpr=0.1,
                         primary_metric="detection_rate/none",

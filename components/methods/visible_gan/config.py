@@ -40,6 +40,9 @@ class VisibleGanConfig(MethodConfig):
     d_width: int = Field(32, ge=4)
     classifier: Classifier = "resnet_small"
     classifier_width: int = Field(16, ge=4)
+    #: further F′ architectures of the seed's table, each trained on every marking like
+    #: ``classifier``'s F′ (the seed's rows: AlexNet, VGG16, ResNet50; ``full`` sets them)
+    table_classifiers: tuple[Classifier, ...] = ()
     #: largest change W may make to a mark channel: w′ = clip(w + max_delta·tanh(W(x ⊕ w)))
     max_delta: float = Field(0.3, gt=0.0, le=1.0)
     # training
@@ -99,6 +102,23 @@ class VisibleGanConfig(MethodConfig):
             raise ValueError(f"removal_curve_steps {bad} must lie in 1..removal_steps − 1 "
                              f"(removal_steps {self.removal_steps}; the last point is "
                              f"removal_steps itself)")
+        return self
+
+    @field_validator("table_classifiers")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"table_classifiers repeats an architecture: {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _classifiers_fit_the_working_size(self) -> VisibleGanConfig:
+        # VGG16's five 2×2 poolings need 32² (CIFAR's size); measured: 28² fails in torch
+        small = [a for a in (self.classifier, *self.table_classifiers)
+                 if a == "vgg16" and self.working_size < 32]
+        if small:
+            raise ValueError(f"classifier vgg16 needs working_size >= 32 (five 2×2 "
+                             f"poolings), got {self.working_size}")
         return self
 
     @field_validator("opacity_range")

@@ -186,7 +186,9 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
     Returns:
         ``classifier``, ``blend``, ``accuracy`` (stamper → clean-test accuracy, ``clean``
         included), ``contrast`` (stamper → the mark's contrast on the held-out images),
-        ``accuracy_marked`` (on the marked test images), ``removal`` (stamper →
+        ``accuracy_marked`` (on the marked test images), ``accuracy_by_classifier``
+        (architecture of ``table_classifiers`` → stamper → accuracy, as ``accuracy``),
+        ``removal`` (stamper →
         ``_removal_figures``'s summary), ``removal_control`` (a V′ trained on unmarked
         images: what V′ does when there is no mark), ``removal_vs`` and ``removal_curve``
         (rows ``stamper``, ``steps``, ``removal_gain``, ``removal_left`` at each of
@@ -203,6 +205,10 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
     box = box_mask(s, s, c.mark_scale)
     support = (method.canvas(1, s, s)[:, 3:] > 0.5).float().cpu()  # the mark's pixels
     report["contrast"] = {}
+    # the seed's other F′ rows (config.table_classifiers), accuracy only: V′ does not
+    # depend on F′
+    extra = [a for a in c.table_classifiers if a != c.classifier]
+    report["accuracy_by_classifier"] = {a: {} for a in extra}
     gains: dict[str, torch.Tensor] = {}
     names = ("clean", *STAMPERS)
     for i, name in enumerate(names):
@@ -214,14 +220,18 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
             marked_tr = stamp_all(stampers[name], x_tr, generator)
             marked_va = stamp_all(stampers[name], x_va, generator)
             report["contrast"][name] = float(contrast(marked_va, x_va, support).mean())
-        if c.utility_steps:
+        for arch in (c.classifier, *extra) if c.utility_steps else ():
             torch.manual_seed(c.seed + 17)  # before building: every F′ starts the same
-            net = build_classifier(c.classifier, method.num_classes, c.classifier_width)
+            net = build_classifier(arch, method.num_classes, c.classifier_width)
             train_classifier(net, marked_tr, y_tr, c.utility_steps, c.batch_size,
                              c.classifier_lr, torch.Generator().manual_seed(c.seed + 19),
                              device, flips=c.task == "labels")
-            report["accuracy"][name] = accuracy(net, x_va, y_va, device)
-            report["accuracy_marked"][name] = accuracy(net, marked_va, y_va, device)
+            if arch == c.classifier:
+                report["accuracy"][name] = accuracy(net, x_va, y_va, device)
+                report["accuracy_marked"][name] = accuracy(net, marked_va, y_va, device)
+            else:
+                report["accuracy_by_classifier"][arch][name] = accuracy(net, x_va, y_va,
+                                                                        device)
         if c.removal_steps:
             def judge(step: int, net: RemovalNet, name: str = name,
                       marked_va: torch.Tensor = marked_va) -> None:
@@ -260,7 +270,8 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
     """Tidy rows (``evaluation.COLUMNS``) of every DeepStamp-specific measurement.
 
     Attack ``visible_gan``, label = stamper. From ``fit_report``: ``accuracy``,
-    ``accuracy_drop`` (clean-trained accuracy − this one), ``removal_psnr``,
+    ``accuracy_drop`` (clean-trained accuracy − this one), ``accuracy_<arch>`` and
+    ``accuracy_drop_<arch>`` for each further F′ (``table_classifiers``), ``removal_psnr``,
     ``removal_ssim``, ``removal_gain``, ``removal_left``; for DeepStamp also
     ``removal_gain_vs_<baseline>`` and ``removal_gain_vs_<baseline>_se`` (paired per-image
     difference of the gains and its standard error: > 0 means V′ recovers more from
@@ -285,6 +296,10 @@ def visible_rows(method: Any, clean: torch.Tensor, seed: int = 0) -> list[dict[s
         if name in acc and "clean" in acc:
             add(name, "accuracy", acc[name], 1)
             add(name, "accuracy_drop", acc["clean"] - acc[name], 1)
+        for arch, other in report.get("accuracy_by_classifier", {}).items():
+            if name in other and "clean" in other:
+                add(name, f"accuracy_{arch}", other[name], 1)
+                add(name, f"accuracy_drop_{arch}", other["clean"] - other[name], 1)
         rem = report.get("removal", {}).get(name)
         if rem:
             add(name, "removal_psnr", rem["psnr_after"], 1)
@@ -345,13 +360,15 @@ def seed_table_markdown(report: dict[str, Any], architecture: str | None = None,
         return ""
     arch = architecture or report.get("classifier", "?")
 
-    def pct(name: str) -> str:
-        return f"{100 * acc[name]:.2f}" if name in acc else "–"
+    def row(network: str, accs: dict[str, float]) -> str:
+        cells = [f"{100 * accs[n]:.2f}" if n in accs else "–" for n in ("clean", *STAMPERS)]
+        return (f"| {network} | {cells[0]} | {report.get('blend', '?')} | "
+                + " | ".join(cells[1:]) + " |")
 
     lines = ["| Network | Baseline | Blend | S | O | D | DeepStamp |",
-             "|---|---|---|---|---|---|---|",
-             f"| {arch} | {pct('clean')} | {report.get('blend', '?')} | {pct('static')} | "
-             f"{pct('opacity')} | {pct('displacement')} | {pct('deepstamp')} |"]
+             "|---|---|---|---|---|---|---|", row(arch, acc)]
+    lines += [row(other, accs) for other, accs in
+              report.get("accuracy_by_classifier", {}).items()]
     removal = report.get("removal", {})
     if removal:
         lines += ["", "| V′ removal (held-out) | S | O | D | DeepStamp |", "|---|---|---|---|---|"]

@@ -1,0 +1,151 @@
+"""visible_gan's removal judgement over several seeds: mean ± 95 % interval, never one run.
+
+The gate's removal figures (``removal_left/<stamper>``, ``removal_left_vs_<baseline>/
+deepstamp``, ``removal_gain_vs_static/deepstamp``) and the visibility one
+(``contrast_vs_static/deepstamp``) come from one W and one V′ per marking; one run says
+little (issue #14). For each seed this trains the tiny profile's W (its
+``visible_gan.method`` config with ``seed`` set, ``--set key=value`` overrides) on the tiny
+profile's data (the ten procedural classes at 32², 1400 train / 300 val / 300 test), runs
+the seed's V′ removal on the test split (``fit_report``; F′ skipped: ``utility_steps`` 0,
+accuracy is not part of the removal judgement) and scores it with ``evaluation.visible_rows``
+(the rows the pipeline's gate reads), on all 300 test images. What a seed changes:
+``config.seed`` (F, W, V, D, every V′'s initial weights and batches); the data stay fixed.
+
+Seeds may run in separate processes (``--seeds 1``, ``--seeds 2`` …, same ``--out``); each
+writes ``seed_<n>.json``; ``--summarize`` reduces every ``seed_*.json`` in ``--out`` to
+``summary.json`` and ``summary.md`` (mean, Student-t 95 % interval, min, max per metric;
+``output_mark.seeds.spread_summary``, the house's seed reduction).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py --seeds 0,1,2 --out runs/vg_seeds
+    python scripts/visible_gan_seed_spread.py --summarize --out runs/vg_seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import torch  # noqa: E402
+
+from neuralmark.components.data.labelled import (  # noqa: E402
+    ProceduralClassesConfig,
+    build_procedural_classes,
+    training_data,
+)
+from neuralmark.components.methods.output_mark.seeds import spread_summary  # noqa: E402
+from neuralmark.components.methods.visible_gan.evaluation import visible_rows  # noqa: E402
+from neuralmark.components.methods.visible_gan.method import VisibleGan  # noqa: E402
+from neuralmark.runtime.settings import load_profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the figures the judgement reads (label, metric), in the order the summary lists them
+JUDGED = [("deepstamp", "contrast_vs_static"), ("deepstamp", "removal_left_vs_static"),
+          ("deepstamp", "removal_left_vs_opacity"),
+          ("deepstamp", "removal_left_vs_displacement"),
+          ("deepstamp", "removal_gain_vs_static"),
+          ("static", "removal_left"), ("opacity", "removal_left"),
+          ("displacement", "removal_left"), ("deepstamp", "removal_left"),
+          ("static", "removal_psnr"), ("deepstamp", "removal_psnr"),
+          ("static", "contrast"), ("deepstamp", "contrast")]
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["k=v", …]`` → ``{k: v}``, values read as JSON (else kept as strings)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run_seed(seed: int, data: dict, overrides: dict) -> dict:
+    """Train one W for ``seed`` and score it: ``{"seed", "config", "rows", "seconds"}``."""
+    start = time.time()
+    recipe = {**load_profile("tiny")["visible_gan"]["method"], "utility_steps": 0,
+              **overrides, "seed": seed}
+    method = VisibleGan(VisibleGan.Config.model_validate(recipe))
+    final = method.fit(data)
+    rows = visible_rows(method, data["test"])
+    kept = [{"label": r["label"], "metric": r["metric"], "value": r["value"], "seed": seed,
+             "stage": "tiny"} for r in rows]
+    return {"seed": seed, "config": method.config.model_dump(mode="json"),
+            "final_training": final, "rows": kept, "seconds": round(time.time() - start, 1)}
+
+
+def summarize(out: Path) -> list[dict]:
+    """Reduce ``out/seed_*.json`` to ``summary.json`` / ``summary.md``; the judged rows."""
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*.json"))]
+    if len(runs) < 2:
+        raise SystemExit(f"{out}: {len(runs)} seed file(s); a spread needs two")
+    summary = {(s["label"], s["metric"]): s
+               for s in spread_summary([r for run in runs for r in run["rows"]])}
+    judged = [summary[k] for k in JUDGED if k in summary]
+    seeds = [run["seed"] for run in runs]
+    recipe = {k: v for k, v in runs[0]["config"].items()
+              if k in ("w_width", "v_width", "d_width", "classifier_width", "classifier_steps",
+                       "steps", "batch_size", "removal_steps", "removal_lr",
+                       "lambda_visibility", "visibility_floor", "utility_steps")}
+    lines = [f"| figure (seeds {', '.join(map(str, seeds))}) | mean | 95 % interval | min | max "
+             "| per seed |", "|---|---|---|---|---|---|"]
+    for s in judged:
+        per = ", ".join(f"{v:.3f}" for v in s["values"])
+        lines.append(f"| {s['metric']}/{s['label']} | {s['mean']:.3f} | "
+                     f"{s['ci_low']:.3f} – {s['ci_high']:.3f} | {s['min']:.3f} | "
+                     f"{s['max']:.3f} | {per} |")
+    (out / "summary.json").write_text(json.dumps(
+        {"seeds": seeds, "recipe": recipe, "seconds": [run["seconds"] for run in runs],
+         "judged": judged}, indent=1))
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return judged
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds to run")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "vg_seeds")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override of the tiny recipe (JSON values), repeatable")
+    ap.add_argument("--data-root", type=Path, default=ROOT / "data" / "classes-tiny")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summarize", action="store_true",
+                    help="only reduce the seed_*.json already in --out")
+    args = ap.parse_args()
+    if args.summarize:
+        summarize(args.out)
+        return
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as e:
+        raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from e
+    torch.set_num_threads(args.threads)
+    data_cfg = load_profile("tiny")["visible_gan"]["data"]
+    manifest = build_procedural_classes(args.data_root, ProceduralClassesConfig(
+        size=data_cfg["size"], images_per_class=data_cfg["images_per_class"]))
+    data = training_data(manifest, size=data_cfg["size"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        result = run_seed(seed, data, parse_overrides(args.set))
+        tmp = args.out / f".seed_{seed}.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(args.out / f"seed_{seed}.json")
+        print(f"seed {seed}: {result['seconds']:.0f} s; " + ", ".join(
+            f"{r['metric']}/{r['label']} {r['value']:.3f}" for r in result["rows"]
+            if (r["label"], r["metric"]) in JUDGED), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""``scripts/train_shipped_visible_gan.py`` at micro size: any profile in, a bundle + card out.
+
+The script trains the shipped W (``--profile shipped``), the ``tiny`` / ``full`` profiles'
+recipes (``full`` on one CUDA GPU) or a YAML file's; here a micro YAML on the CPU, with a
+second F′ architecture (the seed's table has several), then ``--previous`` against itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuralmark.components.methods import load_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_shipped_visible_gan.py"
+MICRO = """\
+method:
+  working_size: 32
+  detect_size: 32
+  mark_resolution: 16
+  w_width: 4
+  v_width: 4
+  d_width: 4
+  classifier: resnet_small
+  table_classifiers: [alexnet]
+  classifier_width: 4
+  task: labels
+  num_classes: 10
+  classifier_steps: 3
+  steps: 4
+  batch_size: 8
+  utility_steps: 2
+  removal_steps: 3
+  removal_curve_steps: [1]
+  calibration_scores: 60
+  log_every: 2
+data:
+  dataset: procedural_classes
+  root: {root}
+  size: 32
+  images_per_class: 8
+"""
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ZENML_ANALYTICS_OPT_IN": "false",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
+                          text=True, env=env, timeout=1200, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("vg-script")
+    profile = tmp / "micro.yaml"
+    profile.write_text(MICRO.format(root=tmp / "classes"))
+    out = tmp / "out"
+    done = _run("--profile", str(profile), "--device", "cpu", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_the_micro_profile_writes_a_loadable_bundle_metrics_and_card(trained):
+    for name in ("config.json", "weights.safetensors", "state.json", "metrics.json",
+                 "MODEL_CARD.md"):
+        assert (trained / name).is_file(), name
+    method = load_bundle(trained)
+    assert method.config.w_width == 4 and method.config.table_classifiers == ("alexnet",)
+    x = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    marked = method.embed(x)
+    assert marked.shape == x.shape and 0.0 <= float(marked.min()) <= float(marked.max()) <= 1
+    assert len(method.verify(marked)) == 2
+    m = json.loads((trained / "metrics.json").read_text())
+    assert m["profile"] == "micro" and m["device"] == "cpu"
+    assert m["data"]["dataset"] == "procedural_classes" and m["data"]["images_per_class"] == 8
+    assert set(m["per_set"]) == {"test_32", "fresh_128"}
+    assert m["clean_trials"] == sum(r["images"] for r in m["per_set"].values())
+    # the seed's table holds a row per F′ architecture; the gate reads its drop
+    assert set(m["fit_report"]["accuracy_by_classifier"]) == {"alexnet"}
+    metrics = {(r["label"], r["metric"]) for r in m["test_rows"]}
+    assert ("deepstamp", "accuracy_drop_alexnet") in metrics
+    assert ("deepstamp", "contrast_vs_static") in metrics
+    card = (trained / "MODEL_CARD.md").read_text()
+    assert "profile `micro`" in card and "--profile" in card and "--device cpu" in card
+    assert "| resnet_small |" in card and "| alexnet |" in card
+    assert f"| test_32 | {m['per_set']['test_32']['images']} |" in card
+    assert "GMAN steps on cpu" in card
+
+
+def test_card_only_rewrites_the_same_card_and_previous_adds_the_comparison(trained):
+    before = (trained / "MODEL_CARD.md").read_text()
+    done = _run("--card-only", "--out", str(trained))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (trained / "MODEL_CARD.md").read_text() == before
+    done = _run("--out", str(trained), "--previous", str(trained))
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.loads((trained / "metrics.json").read_text())
+    # the same bundle measured twice on the same images: the same detections
+    assert m["previous"]["per_set"]["test_32"]["detection_rate_marked"] == \
+        m["per_set"]["test_32"]["detection_rate_marked"]
+    card = (trained / "MODEL_CARD.md").read_text()
+    assert "## The previous shipped W against this one" in card
+    assert "| false positives (all clean) |" in card
+
+
+def test_bad_profile_and_device_are_named(tmp_path):
+    done = _run("--profile", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o"))
+    assert done.returncode != 0 and "nope.yaml" in done.stderr and "YAML" in done.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {dataset: procedural_classes}\n")
+    done = _run("--profile", str(bad), "--out", str(tmp_path / "o"))
+    assert done.returncode != 0 and "needs a `method:` mapping" in done.stderr
+    if not torch.cuda.is_available():
+        done = _run("--device", "cuda", "--out", str(tmp_path / "o"))
+        assert done.returncode != 0 and "no CUDA device" in done.stderr
+    assert not (tmp_path / "o").exists()  # nothing half-written

@@ -1,0 +1,62 @@
+"""``scripts/visible_gan_seed_spread.py``: one seed run at micro size, and the reduction."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location(
+    "visible_gan_seed_spread", ROOT / "scripts" / "visible_gan_seed_spread.py")
+spread = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(spread)
+
+MICRO = {"working_size": 16, "detect_size": 32, "mark_resolution": 16, "w_width": 4,
+         "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 2, "steps": 2,
+         "batch_size": 4, "removal_steps": 2, "removal_curve_steps": [],
+         "calibration_scores": 40}
+
+
+def test_a_seed_run_scores_the_judged_figures_and_seeds_differ():
+    g = torch.Generator().manual_seed(0)
+    data = {"train": torch.rand(8, 3, 16, 16, generator=g),
+            "train_labels": torch.arange(8) % 10,
+            "val": torch.rand(4, 3, 16, 16, generator=g), "val_labels": torch.arange(4),
+            "test": torch.rand(4, 3, 16, 16, generator=g), "test_labels": torch.arange(4)}
+    runs = [spread.run_seed(seed, data, MICRO) for seed in (0, 1)]
+    for seed, run in zip((0, 1), runs, strict=True):
+        assert run["seed"] == seed and run["config"]["seed"] == seed
+        assert run["config"]["utility_steps"] == 0  # F′ is not part of the judgement
+        got = {(r["label"], r["metric"]) for r in run["rows"]}
+        assert set(spread.JUDGED) <= got
+    left = [{(r["label"], r["metric"]): r["value"] for r in run["rows"]}[
+        ("deepstamp", "removal_left")] for run in runs]
+    assert left[0] != left[1]  # another seed, another W and V′
+
+
+def test_summarize_gives_mean_and_t_interval_per_judged_figure(tmp_path):
+    values = {0: 0.05, 1: 0.09, 2: 0.07}
+    for seed, v in values.items():
+        rows = [{"label": label, "metric": metric, "value": v + i, "seed": seed,
+                 "stage": "tiny"} for i, (label, metric) in enumerate(spread.JUDGED)]
+        (tmp_path / f"seed_{seed}.json").write_text(json.dumps(
+            {"seed": seed, "config": {"steps": 300, "removal_steps": 2400}, "rows": rows,
+             "seconds": 1.0}))
+    judged = spread.summarize(tmp_path)
+    first = judged[0]
+    assert (first["label"], first["metric"]) == spread.JUDGED[0]
+    assert first["mean"] == pytest.approx(0.07)
+    half = 4.302653 * statistics.stdev(values.values()) / 3 ** 0.5  # t(0.975, 2 dof)
+    assert first["ci_low"] == pytest.approx(0.07 - half, rel=1e-4)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["seeds"] == [0, 1, 2] and saved["recipe"]["removal_steps"] == 2400
+    assert "| contrast_vs_static/deepstamp | 0.070 |" in (tmp_path / "summary.md").read_text()
+    (tmp_path / "seed_1.json").unlink()
+    (tmp_path / "seed_2.json").unlink()
+    with pytest.raises(SystemExit, match="a spread needs two"):
+        spread.summarize(tmp_path)
