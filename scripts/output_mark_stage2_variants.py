@@ -56,8 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = seeded_config(settings.config, args.seed)
     cells = matrix_cells()
     start = time.time()
-    stage1, _ = stage1_method(train, cfg, key, groups=groups)
-    print(f"stage 1 {time.time() - start:.0f} s", flush=True)
+    checkpoints: list[dict] = []  # the stopping rule's scores (config select_every)
+
+    class Checkpoints:
+        def on_metrics(self, step: int, metrics: dict) -> None:
+            if any(k.startswith("select_") for k in metrics):
+                checkpoints.append({"step": step, **metrics})
+
+    stage1, stage1_metrics = stage1_method(train, cfg, key, [Checkpoints()], groups)
+    print(f"stage 1 {time.time() - start:.0f} s", {k: v for k, v in stage1_metrics.items()
+                                                   if k.startswith(("selected", "checkpoints"))},
+          flush=True)
     a, marked = attack_pairs(stage1, train)
     query, _ = stage1.working_pairs(test, "test pairs")
     outputs = [cell_outputs(marked, a, query, arch, loss, attacker_settings(cfg),
@@ -72,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [{**r, "seed": args.seed, "variant": name} for r in got]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
+                                        "stage1": stage1_metrics, "checkpoints": checkpoints,
                                         "rows": rows}, indent=1))
         rates = {r["label"]: r["value"] for r in got
                  if r["metric"] == "success_rate" and r["stage"] == "stage2"}

@@ -56,6 +56,7 @@ from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.evaluation import extraction_nc, quality
 from neuralmark.components.methods.output_mark.loops import finetune_extractor, train_embedder
 from neuralmark.components.methods.output_mark.parts import OutputMarkParts
+from neuralmark.components.methods.output_mark.selection import CheckpointSelector
 from neuralmark.components.methods.registry import build
 from neuralmark.components.nets.image_nets import apply_net
 from neuralmark.components.nets.training import train_image_net
@@ -175,13 +176,21 @@ def train_model(method: OutputMarkParts, tp: TrainingPairs,
 # --------------------------------------------------------------------------- stage 1: H, R, D
 def stage1(method: OutputMarkParts, tp: TrainingPairs,
            callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
-    """Stage 1 on the H/R part. Returns the last training metrics, ``time_stage1_s``,
-    ``n_hr`` and ``n_held_out``."""
+    """Stage 1 on the H/R part, with the stopping rule of :mod:`.selection` when
+    ``config.select_every`` is set. Returns the last training metrics (and the
+    selector's), ``time_stage1_s``, ``n_hr`` and ``n_held_out``."""
     start = time.time()
     b = method.model_outputs(tp.a)
     hr = tp.hr
+    selector = None
+    if method.config.select_every and tp.has_held_out:
+        selector = CheckpointSelector(method, tp.a[tp.held_out], tp.gt[tp.held_out],
+                                      distributed.main_only(Callbacks.of(callbacks)),
+                                      method.config.model_steps)
     metrics = train_embedder(method, tp.a[hr], b[hr], tp.gt[hr], callbacks,
-                             step0=method.config.model_steps)
+                             step0=method.config.model_steps, selector=selector)
+    if selector is not None:
+        metrics.update(selector.restore())
     return {**metrics, "time_stage1_s": time.time() - start, "n_hr": float(len(hr)),
             "n_held_out": float(len(tp.held_out) if tp.has_held_out else 0)}
 
