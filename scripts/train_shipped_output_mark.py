@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--key", default=DEMO_KEY, help="whose logo to hide (default: the demo key)")
     p.add_argument("--config", default="{}", help="JSON overrides of the output_mark config")
     p.add_argument("--cells", default=None, help='JSON [[arch, loss], ...] (default: nine)')
+    p.add_argument("--rewrite-card", action="store_true",
+                   help="train nothing: write --out/MODEL_CARD.md again from --out/metrics.json")
     return p.parse_args(argv)
 
 
@@ -95,6 +97,10 @@ def resolve_profile(profile: str, overrides: dict[str, Any]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rewrite_card:
+        record = json.loads((args.out / "metrics.json").read_text())
+        (args.out / "MODEL_CARD.md").write_text(model_card(record, record["rows"]))
+        return 0
     device = pick_device(args.device)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
@@ -149,11 +155,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def stopping_rule(record: dict[str, Any]) -> str:
+    """One card line: which checkpoints the stopping rule kept (``output_mark.selection``)."""
+    c, t = record["config"], record["training"]
+    if not c.get("select_every"):
+        return "- Stopping rule: off (the last step of each stage ships)."
+    parts = []
+    for stage, prefix, steps in (("stage 1", "", c["steps"]),
+                                 ("stage 2", "stage2_", c["stage2_steps"])):
+        m = t["stage2" if prefix else "stage1"]
+        step = m.get(f"{prefix}selected_step", -1)
+        scored = int(m.get(f"{prefix}checkpoints_scored", 0))
+        qualified = int(m.get(f"{prefix}checkpoints_qualified", 0))
+        kept = (f"kept step {int(step)} of {steps}" if step >= 0
+                else "no checkpoint qualified, the last step ships")
+        parts.append(f"{stage} {kept} ({qualified} of {scored} checkpoints qualified)")
+    return (f"- Stopping rule (every {c['select_every']} steps on the held-out part: B′ ≥ "
+            f"{c['psnr_target']} dB, no clean image read, ≥ {100 * c['select_min_read']:.0f}% "
+            f"of B′ read): {'; '.join(parts)}.")
+
+
 def model_card(record: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The shipped bundle's card: recipe, command, data, the measured tables."""
     c, s = record["config"], record["summary"]
     archs = c["stage2_archs"] or [c["surrogate"]["arch"]]
-    held_in = ", ".join(f"{a.upper() if a == 'cnet' else a.capitalize()}·L2" for a in archs)
+    names = {"unet": "UNet", "res9": "Res9", "res16": "Res16", "cnet": "CNet"}
+    held_in = ", ".join(f"{names.get(a, a)}·L2" for a in archs)
     cuts = record["cuts"] or "none (every loop ran its configured steps)"
     return "\n".join([
         "# output_mark — shipped protected derain model", "",
@@ -177,6 +204,7 @@ def model_card(record: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{c['jitter']}), stage 2 {c['stage2_steps']} steps on the surrogates "
         f"{', '.join(archs)} (L2, {c['surrogate']['steps']} steps each) with their clean "
         "counterparts; calibrated on the held-out part's clean images.",
+        stopping_rule(record),
         "- Files: `weights.safetensors` (M, H, R, D, the logo δ), `config.json`, "
         "`state.json` (the key's fingerprint, the null NC scores).", "",
         "## Measured (test pairs)", "",

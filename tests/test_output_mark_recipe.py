@@ -42,6 +42,7 @@ output_mark:
     stage2_steps: 3
     select_every: 2
     psnr_target: 0.0
+    select_min_read: 0.0
     surrogate: {{width: 4, depth: 1, steps: 3, batch_size: 4}}
   data:
     root: {root}
@@ -89,6 +90,8 @@ def test_recipe_writes_bundle_metrics_and_card(micro_profile, tmp_path):
     # the stopping rule ran (select_every 2 over 4 steps) and chose one of its checkpoints
     t1 = record["training"]["stage1"]
     assert t1["checkpoints_scored"] == 2 and t1["selected_step"] in (2.0, 4.0)
+    t2 = record["training"]["stage2"]  # stage 2 (3 steps): checkpoints after 2 and 3 steps
+    assert t2["stage2_checkpoints_scored"] == 2 and t2["stage2_selected_step"] in (2.0, 3.0)
     card = (out / "MODEL_CARD.md").read_text()
     for needle in ("## Training", "neuralmark-demo", "FPR", "surrogate_cnet_l2", "Command",
                    str(micro_profile)):
@@ -125,7 +128,8 @@ def test_time_budget_nests_and_is_inert_outside():
 
 def test_selector_keeps_the_best_qualifying_checkpoint():
     torch.manual_seed(0)
-    m = build("output_mark", {**type(build("output_mark")).smoke_config, "psnr_target": 0.0})
+    m = build("output_mark", {**type(build("output_mark")).smoke_config, "psnr_target": 0.0,
+                              "select_min_read": 0.0})
     a = torch.rand(6, 3, 32, 32)
     selector = CheckpointSelector(m, a, a)
     first = {k: v.clone() for k, v in m.R.state_dict().items()}
@@ -140,3 +144,15 @@ def test_selector_keeps_the_best_qualifying_checkpoint():
     assert got["selected_step"] == 1.0 and got["checkpoints_qualified"] == 1.0
     assert got["checkpoints_scored"] == 2.0
     assert all(torch.equal(m.R.state_dict()[k], v) for k, v in first.items())
+
+
+def test_selector_refuses_a_checkpoint_that_reads_too_little():
+    """Seed 2 of the tiny run: early checkpoints met B′ ≥ 40 dB with no clean hit only
+    because R read nothing at all; the read floor keeps them from shipping."""
+    torch.manual_seed(0)
+    m = build("output_mark", {**type(build("output_mark")).smoke_config, "psnr_target": 0.0})
+    a = torch.rand(6, 3, 32, 32)
+    selector = CheckpointSelector(m, a, a)
+    row = selector(1)
+    assert row["sr_marked"] < m.config.select_min_read and row["qualifies"] == 0.0
+    assert selector.restore()["selected_step"] == -1.0

@@ -77,11 +77,13 @@ class OutputMarkConfig(MethodConfig):
     #: colours and tones the few training photos lack
     #: (``neuralmark.components.data.pairs.photometric_jitter``)
     jitter: float = Field(0.5, ge=0, le=1)
-    #: stage 1's stopping rule (:mod:`.selection`): every ``select_every`` steps score H and R
-    #: on the held-out part and ship the checkpoint with B′ ≥ ``psnr_target`` dB and no clean
-    #: image read as marked that reads the most marked outputs; 0 keeps the last step
+    #: the stopping rule of stages 1 and 2 (:mod:`.selection`): every ``select_every`` steps
+    #: score the networks on the held-out part and ship the checkpoint with B′ ≥
+    #: ``psnr_target`` dB, no clean image read as marked and ≥ ``select_min_read`` of B′
+    #: read, that reads the most marked outputs; 0 keeps the last step
     select_every: int = Field(0, ge=0)
     psnr_target: float = Field(40.0, ge=0)
+    select_min_read: float = Field(0.9, ge=0, le=1)
     #: ablation switches (seed's Figures 5 and 6)
     clean_loss: bool = True
     consistency_loss: bool = True

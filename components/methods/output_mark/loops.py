@@ -127,8 +127,8 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
                        gt: torch.Tensor, b_prime: torch.Tensor,
                        b_second: torch.Tensor | Sequence[torch.Tensor],
                        callbacks: Callbacks | Sequence[Any] = (), step0: int = 0,
-                       b_clean_second: torch.Tensor | Sequence[torch.Tensor] | None = None
-                       ) -> dict[str, float]:
+                       b_clean_second: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                       selector: Callable[[int], Any] | None = None) -> dict[str, float]:
     """Stage 2's loop: fine-tune R on the mix A, B, B′, B″ (H frozen).
 
     Args:
@@ -142,6 +142,8 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
         step0: offset of the reported step numbers.
         b_clean_second: N×3×S×S outputs of the same surrogate(s) trained on clean
             pairs (``stage2_clean_surrogate``): extra clean images (one tensor or a list).
+        selector: called with the number of steps done every ``config.select_every``
+            steps and after the last one (:class:`.selection.CheckpointSelector`).
 
     Returns:
         The last reported metrics.
@@ -156,6 +158,7 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
     seconds = [b_second] if isinstance(b_second, torch.Tensor) else list(b_second)
     extra = ([] if b_clean_second is None else [b_clean_second]
              if isinstance(b_clean_second, torch.Tensor) else list(b_clean_second))
+    done = 0
     with distributed.sync_batchnorm(method.R), distributed.wrapped(method, "R"):
         for step in range(c.stage2_steps):
             if step and out_of_time("stage2", step, c.stage2_steps):
@@ -180,6 +183,11 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
                      **{f"stage2_{k}": v for k, v in m.items()}})
                 cb.on_metrics(step0 + step, metrics)
                 cb.on_progress(step + 1, c.stage2_steps, "stage 2: fine-tune R")
+            done = step + 1
+            if selector is not None and c.select_every and done % c.select_every == 0:
+                selector(done)
+    if selector is not None and c.select_every and done % c.select_every:
+        selector(done)
     method.R.eval()
     return metrics
 
