@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -191,7 +192,7 @@ def model_card(record: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "(or a model trained on its outputs), never who owns anything. Protect your own "
         "model with your own key (`neuralmark protect --task derain`).", "",
         "## Training", "",
-        f"- Command: `{' '.join(['python', *record['argv']])}` "
+        f"- Command: `python {shlex.join(record['argv'])}` "
         f"({record['seconds'] / 60:.1f} min on {record['device_name']}, "
         f"{record['torch_threads']} torch thread(s); `--minutes` cuts: {cuts}).",
         f"- Data: the derain pairs of profile `{record['profile']}`: rain synthesised on "
