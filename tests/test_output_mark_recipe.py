@@ -156,3 +156,22 @@ def test_selector_refuses_a_checkpoint_that_reads_too_little():
     row = selector(1)
     assert row["sr_marked"] < m.config.select_min_read and row["qualifies"] == 0.0
     assert selector.restore()["selected_step"] == -1.0
+
+
+def test_cosine_lr_decay_changes_stage1_and_only_when_asked():
+    from neuralmark.components.data.pairs import build_pairs
+    from neuralmark.components.methods.output_mark.training import stage1_method
+
+    torch.manual_seed(0)
+    clean = torch.rand(6, 3, 32, 32)
+    pairs = build_pairs(clean, "derain", 0)
+    smoke = {**type(build("output_mark")).smoke_config, "steps": 4}
+    weights = {}
+    for decay in ("none", "cosine", "cosine"):
+        method, _ = stage1_method(pairs, {**smoke, "lr_decay": decay})
+        weights.setdefault(decay, []).append(
+            torch.cat([p.detach().flatten() for p in method.H.parameters()]))
+    assert torch.equal(weights["cosine"][0], weights["cosine"][1])      # reproducible
+    assert not torch.equal(weights["none"][0], weights["cosine"][0])    # the schedule acts
+    with pytest.raises(ValueError, match="lr_decay"):
+        build("output_mark", {**smoke, "lr_decay": "linear"})

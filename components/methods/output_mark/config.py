@@ -63,6 +63,11 @@ class OutputMarkConfig(MethodConfig):
     steps: int = Field(4000, ge=0)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-4, gt=0)
+    #: stage 1's learning-rate schedule: ``none`` (constant) or ``cosine`` (annealed to 0 over
+    #: ``steps``). At the tiny profile's 3e-3 the constant-rate game oscillates: B′ on the
+    #: held-out part swung 24–62 dB and the share read 0–100% between checkpoints 50 steps
+    #: apart (MODEL_CARD.md, issue #19)
+    lr_decay: Literal["none", "cosine"] = "none"
     perceptual: Literal["structural", "none"] = "structural"
     lambda_mse: float = 1.0
     lambda_perc: float = 1.0

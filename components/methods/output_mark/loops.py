@@ -55,6 +55,10 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
     opt = torch.optim.Adam(list(method.H.parameters()) + list(method.R.parameters()), lr=c.lr,
                            betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(method.D.parameters(), lr=c.lr, betas=(0.5, 0.999))
+    # the stage-1 game oscillates at a high constant rate (config.lr_decay); torch's cosine
+    # schedule anneals it so the last iterate is a settled one
+    schedules = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, max(1, c.steps))
+                  for o in (opt, opt_d)] if c.lr_decay == "cosine" else [])
     method.H.train(), method.R.train(), method.D.train()
     distributed.broadcast_state(method.D)
     every = max(1, c.steps // 20)
@@ -82,6 +86,8 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
             d_loss.backward()
             distributed.average_gradients(method.D)  # D is in two backward passes a step
             opt_d.step()
+            for schedule in schedules:
+                schedule.step()
             if step % every == 0 or step == c.steps - 1:
                 metrics = distributed.mean_over_processes(
                     {"stage1_loss": float(loss.detach()), "d_loss": float(d_loss.detach()),
