@@ -15,7 +15,8 @@
   readable output or bad arguments.
 
 The method comes from ``--bundle DIR``, ``--model-uri`` (MLflow registry) or the
-shipped ``components/pretrained/output_mark/`` (none ships yet). The output_mark
+shipped ``components/pretrained/output_mark/`` (a derain demo marked with the public key
+``neuralmark-demo``; its MODEL_CARD.md says what it measures). The output_mark
 library is imported inside each command, when it runs.
 """
 

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from neuralmark.components.attacks.surrogate import matrix_cells
 from neuralmark.components.data import pairs
 from neuralmark.components.methods.base import WatermarkKey
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default='{"base": {}}',
                    help="JSON {name: stage-2 config overrides}")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--save", type=Path, default=None,
+                   help="folder for the stage-1 bundle and each variant's stage-2 bundle")
     args = p.parse_args(argv)
 
     settings = resolve("output_mark", args.profile,
@@ -56,22 +60,39 @@ def main(argv: list[str] | None = None) -> int:
     cfg = seeded_config(settings.config, args.seed)
     cells = matrix_cells()
     start = time.time()
-    stage1, _ = stage1_method(train, cfg, key, groups=groups)
-    print(f"stage 1 {time.time() - start:.0f} s", flush=True)
+    checkpoints: list[dict] = []  # the stopping rule's scores (config select_every)
+
+    class Checkpoints:
+        def on_metrics(self, step: int, metrics: dict) -> None:
+            if any(k.startswith("select_") for k in metrics):
+                checkpoints.append({"step": step, **metrics})
+
+    stage1, stage1_metrics = stage1_method(train, cfg, key, [Checkpoints()], groups)
+    print(f"stage 1 {time.time() - start:.0f} s", {k: v for k, v in stage1_metrics.items()
+                                                   if k.startswith(("selected", "checkpoints"))},
+          flush=True)
+    if args.save is not None:
+        stage1.to_bundle(args.save / "stage1")
     a, marked = attack_pairs(stage1, train)
     query, _ = stage1.working_pairs(test, "test pairs")
     outputs = [cell_outputs(marked, a, query, arch, loss, attacker_settings(cfg),
                             cfg.cpu_threads) for arch, loss in cells]
     print(f"cells {time.time() - start:.0f} s", flush=True)
+    if args.save is not None:  # the cells' test outputs, to rescore without retraining
+        save_file({f"{arch}_{loss}": o.contiguous() for (arch, loss), o in
+                   zip(cells, outputs, strict=True)}, str(args.save / "cells.safetensors"))
     rows: list[dict] = []
     for name, over in json.loads(args.variants).items():
         variant = copy.deepcopy(stage1)
         variant.config = type(cfg).model_validate({**variant.config.model_dump(), **over})
         stage2, _ = stage2_method(variant, train)
+        if args.save is not None:
+            stage2.to_bundle(args.save / name)
         got = evaluation_rows(stage1, stage2, None, key, test, cells, outputs, [], None)
         rows += [{**r, "seed": args.seed, "variant": name} for r in got]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
+                                        "stage1": stage1_metrics, "checkpoints": checkpoints,
                                         "rows": rows}, indent=1))
         rates = {r["label"]: r["value"] for r in got
                  if r["metric"] == "success_rate" and r["stage"] == "stage2"}

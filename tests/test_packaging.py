@@ -56,7 +56,7 @@ def test_wheel_installs_everything_under_neuralmark(wheel):
                     + ".dist-info"}, tops
     for layer in LAYERS:
         assert f"neuralmark/{layer}/__init__.py" in names, f"{layer} missing from the wheel"
-    for method in ("pgd_signer", "anti_forward", "visible_gan"):
+    for method in ("pgd_signer", "anti_forward", "visible_gan", "output_mark"):
         for part in ("config.json", "weights.safetensors", "MODEL_CARD.md"):
             assert f"neuralmark/components/pretrained/{method}/{part}" in names
     assert not any(n.startswith("neuralmark/tests/") or n.endswith(".pyc") for n in names)

@@ -116,3 +116,82 @@ def test_shipped_anti_forward_loads_and_detects_a_stamped_photo(photo):
     assert sum(v.detected for v in found) >= 2, [v.reason for v in found]
     assert all(v.certified_radius > 0 for v in found if v.detected)
     assert not any(v.detected for v in method.verify(crops))
+
+
+# -- output_mark (seed 001): the protected derain demo service -----------------------------
+OM_SHIPPED = PRETRAINED_DIR / "output_mark"
+OM_KEY = "neuralmark-demo"
+
+
+@pytest.fixture(scope="module")
+def om_outputs(tmp_path_factory) -> dict[str, Path]:
+    """Folders of PNG outputs for rainy crops of `coffee` (a test photo of the shipped
+    model's split) at its working size, 32²: the marked service's (H ∘ M) and the plain
+    model M's. (At 64² the mark blurs in the resize round trip: its card says how much.)"""
+    import torch
+    from skimage import data
+
+    from neuralmark.components.data.pairs import build_pairs
+    from neuralmark.components.imageio import save_image
+    from neuralmark.components.methods.base import resize_square
+
+    torch.set_num_threads(1)
+    method = load_bundle(OM_SHIPPED)
+    photo = torch.from_numpy(data.coffee()).permute(2, 0, 1).float() / 255        # 3 400 600
+    crops = torch.stack([photo[:, y:y + 64, x:x + 64] for y in (40, 160, 280)
+                         for x in (60, 220, 380, 520)])                           # 12 3 64 64
+    rainy, _ = build_pairs(crops, "derain", 5)
+    rainy = resize_square(rainy, method.config.working_size)                     # 12 3 32 32
+    with torch.no_grad():
+        outputs = {"marked": method.marked_model()(rainy), "plain": method.M(rainy).clamp(0, 1)}
+    root = tmp_path_factory.mktemp("om_shipped")
+    folders = {}
+    for name, batch in outputs.items():
+        folders[name] = root / name
+        folders[name].mkdir()
+        for i, image in enumerate(batch):
+            save_image(image[None], folders[name] / f"{i:02d}.png")
+    return folders
+
+
+def test_shipped_output_mark_is_complete_small_and_documented():
+    from neuralmark.components.methods.base import WatermarkKey
+
+    for name in ("config.json", "weights.safetensors", "state.json", "MODEL_CARD.md"):
+        assert (OM_SHIPPED / name).is_file(), f"missing {name} in {OM_SHIPPED}"
+    assert (OM_SHIPPED / "weights.safetensors").stat().st_size < 5 * 2**20
+    card = (OM_SHIPPED / "MODEL_CARD.md").read_text()
+    for needle in ("## Training", "Command", "PSNR", "FPR", OM_KEY, "surrogate_res16_l2",
+                   "independently trained model"):
+        assert needle in card, f"model card lacks {needle!r}"
+    method = load_bundle(OM_SHIPPED)
+    assert method.key == "output_mark" and method.config.task == "derain" and method.trained
+    assert method.reference_logo(WatermarkKey(OM_KEY))[1]  # the bundle holds the demo key's δ
+    assert len(method.null_scores) >= 100 and method.per_image_fpr() < 0.05
+
+
+def test_shipped_output_mark_extract_without_bundle(om_outputs, tmp_path):
+    runner = CliRunner()
+    verdicts = {}
+    for name in ("marked", "plain"):
+        codes = []
+        for path in sorted(om_outputs[name].glob("*.png")):
+            result = runner.invoke(app, ["extract", str(path), "--key", OM_KEY, "--json",
+                                         "--out", str(tmp_path / f"{name}{path.name}")])
+            record = json.loads(result.stdout)
+            assert result.exit_code == (0 if record["detected"] else 1), result.output
+            codes.append(result.exit_code)
+        verdicts[name] = codes
+    assert verdicts["marked"].count(0) >= 10, verdicts   # of 12 marked outputs
+    assert verdicts["plain"].count(0) == 0, verdicts     # no clean output flagged
+
+
+def test_shipped_output_mark_audit_without_bundle(om_outputs, tmp_path):
+    runner = CliRunner()
+    for name, expected in (("marked", 0), ("plain", 1)):
+        result = runner.invoke(app, ["audit", "--suspect-outputs", str(om_outputs[name]),
+                                     "--key", OM_KEY, "--report", str(tmp_path / name),
+                                     "--json"])
+        record = json.loads(result.stdout)
+        assert result.exit_code == expected, (name, record["reason"])
+        assert (tmp_path / name / "verdict.md").is_file()

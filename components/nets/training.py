@@ -30,6 +30,7 @@ from neuralmark.components.metrics import psnr
 from neuralmark.components.nets.image_nets import apply_net
 from neuralmark.components.nets.patchgan import PatchDiscriminator, gan_bce
 from neuralmark.components.nets.perceptual import structural_perceptual_loss
+from neuralmark.components.time_budget import out_of_time
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: loss terms :func:`train_image_net` combines by name (seed 001, Table 3)
@@ -140,6 +141,8 @@ def train_image_net(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     with distributed.sync_batchnorm(net, *([disc] if disc is not None else [])):
         train_net = distributed.wrap(net)
         for step in range(steps):
+            if step and out_of_time(desc, step, steps):  # a recipe's --minutes bound
+                break
             # drawn for the global batch; this process keeps its rows
             idx = distributed.batch_rows(n, batch_size, g)
             x, y = inputs[idx].to(device), targets[idx].to(device)
@@ -181,7 +184,7 @@ def train_image_net(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
         if history else {})
     return {"loss_start": ends.get("loss_start", math.nan),
             "loss_end": ends.get("loss_end", math.nan),
-            "steps": float(steps), "seconds": time.perf_counter() - start}
+            "steps": float(len(history)), "seconds": time.perf_counter() - start}
 
 
 def check_host_pairs(inputs: torch.Tensor, targets: torch.Tensor,

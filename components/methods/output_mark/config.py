@@ -63,6 +63,11 @@ class OutputMarkConfig(MethodConfig):
     steps: int = Field(4000, ge=0)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-4, gt=0)
+    #: stage 1's learning-rate schedule: ``none`` (constant) or ``cosine`` (annealed to 0 over
+    #: ``steps``). At the tiny profile's 3e-3 the constant-rate game oscillates: B′ on the
+    #: held-out part swung 24–62 dB and the share read 0–100% between checkpoints 50 steps
+    #: apart (MODEL_CARD.md, issue #19)
+    lr_decay: Literal["none", "cosine"] = "none"
     perceptual: Literal["structural", "none"] = "structural"
     lambda_mse: float = 1.0
     lambda_perc: float = 1.0
@@ -77,6 +82,13 @@ class OutputMarkConfig(MethodConfig):
     #: colours and tones the few training photos lack
     #: (``neuralmark.components.data.pairs.photometric_jitter``)
     jitter: float = Field(0.5, ge=0, le=1)
+    #: the stopping rule of stages 1 and 2 (:mod:`.selection`): every ``select_every`` steps
+    #: score the networks on the held-out part and ship the checkpoint with B′ ≥
+    #: ``psnr_target`` dB, no clean image read as marked and ≥ ``select_min_read`` of B′
+    #: read, that reads the most marked outputs; 0 keeps the last step
+    select_every: int = Field(0, ge=0)
+    psnr_target: float = Field(40.0, ge=0)
+    select_min_read: float = Field(0.9, ge=0, le=1)
     #: ablation switches (seed's Figures 5 and 6)
     clean_loss: bool = True
     consistency_loss: bool = True

@@ -13,7 +13,7 @@ Each loop draws its batches, jitter and clean-term mixing from its own generator
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,14 +24,15 @@ from neuralmark.components.methods.base import Callbacks
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.losses import disc_loss, embed_loss, extract_loss
 from neuralmark.components.methods.output_mark.parts import OutputMarkParts
+from neuralmark.components.time_budget import out_of_time
 
 #: offsets added to ``config.seed`` for each loop's generator
 STAGE1_SEED, STAGE2_SEED = 1, 2
 
 
 def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt: torch.Tensor,
-                   callbacks: Callbacks | Sequence[Any] = (), step0: int = 0
-                   ) -> dict[str, float]:
+                   callbacks: Callbacks | Sequence[Any] = (), step0: int = 0,
+                   selector: Callable[[int], Any] | None = None) -> dict[str, float]:
     """Stage 1's loop: train H, R (jointly, on L_emd + λ·L_ext) and D.
 
     Args:
@@ -41,6 +42,8 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
         gt: N×3×S×S ground-truth targets (H's reference when task-specific).
         callbacks: metrics/progress sinks.
         step0: offset of the reported step numbers.
+        selector: called with the number of steps done every ``config.select_every``
+            steps and after the last one (:class:`.selection.CheckpointSelector`).
 
     Returns:
         The last reported metrics.
@@ -48,9 +51,14 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
     c, dev = method.config, method.device
     cb = distributed.main_only(Callbacks.of(callbacks))
     g = torch.Generator().manual_seed(c.seed + STAGE1_SEED)
+    done = 0
     opt = torch.optim.Adam(list(method.H.parameters()) + list(method.R.parameters()), lr=c.lr,
                            betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(method.D.parameters(), lr=c.lr, betas=(0.5, 0.999))
+    # the stage-1 game oscillates at a high constant rate (config.lr_decay); torch's cosine
+    # schedule anneals it so the last iterate is a settled one
+    schedules = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, max(1, c.steps))
+                  for o in (opt, opt_d)] if c.lr_decay == "cosine" else [])
     method.H.train(), method.R.train(), method.D.train()
     distributed.broadcast_state(method.D)
     every = max(1, c.steps // 20)
@@ -58,6 +66,8 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
     with distributed.sync_batchnorm(method.H, method.R, method.D), \
             distributed.wrapped(method, "H", "R"):
         for step in range(c.steps):
+            if step and out_of_time("stage1", step, c.steps):  # a recipe's --minutes bound
+                break
             (xa, xb, xg), _ = _batch(c, g, dev, [a, b, gt])
             h_in, h_ref = (xa, xg) if c.task_specific else (xb, xb)
             clean = [xa, xg] if c.task_specific else [xa, xb, xg]
@@ -76,12 +86,19 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
             d_loss.backward()
             distributed.average_gradients(method.D)  # D is in two backward passes a step
             opt_d.step()
+            for schedule in schedules:
+                schedule.step()
             if step % every == 0 or step == c.steps - 1:
                 metrics = distributed.mean_over_processes(
                     {"stage1_loss": float(loss.detach()), "d_loss": float(d_loss.detach()),
                      **m1, **m2})
                 cb.on_metrics(step0 + step, metrics)
                 cb.on_progress(step + 1, c.steps, "stage 1: H, R, D")
+            done = step + 1
+            if selector is not None and c.select_every and done % c.select_every == 0:
+                selector(done)
+    if selector is not None and c.select_every and done % c.select_every:
+        selector(done)
     method.H.eval(), method.R.eval(), method.D.eval()
     return metrics
 
@@ -116,8 +133,8 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
                        gt: torch.Tensor, b_prime: torch.Tensor,
                        b_second: torch.Tensor | Sequence[torch.Tensor],
                        callbacks: Callbacks | Sequence[Any] = (), step0: int = 0,
-                       b_clean_second: torch.Tensor | Sequence[torch.Tensor] | None = None
-                       ) -> dict[str, float]:
+                       b_clean_second: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                       selector: Callable[[int], Any] | None = None) -> dict[str, float]:
     """Stage 2's loop: fine-tune R on the mix A, B, B′, B″ (H frozen).
 
     Args:
@@ -131,6 +148,8 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
         step0: offset of the reported step numbers.
         b_clean_second: N×3×S×S outputs of the same surrogate(s) trained on clean
             pairs (``stage2_clean_surrogate``): extra clean images (one tensor or a list).
+        selector: called with the number of steps done every ``config.select_every``
+            steps and after the last one (:class:`.selection.CheckpointSelector`).
 
     Returns:
         The last reported metrics.
@@ -145,8 +164,11 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
     seconds = [b_second] if isinstance(b_second, torch.Tensor) else list(b_second)
     extra = ([] if b_clean_second is None else [b_clean_second]
              if isinstance(b_clean_second, torch.Tensor) else list(b_clean_second))
+    done = 0
     with distributed.sync_batchnorm(method.R), distributed.wrapped(method, "R"):
         for step in range(c.stage2_steps):
+            if step and out_of_time("stage2", step, c.stage2_steps):
+                break
             (xa, xb, xg), (xp, *rest) = _batch(c, g, dev, [a, b, gt],
                                                [b_prime, *seconds, *extra])
             x2s, x2_clean = rest[:len(seconds)], rest[len(seconds):]
@@ -167,6 +189,11 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
                      **{f"stage2_{k}": v for k, v in m.items()}})
                 cb.on_metrics(step0 + step, metrics)
                 cb.on_progress(step + 1, c.stage2_steps, "stage 2: fine-tune R")
+            done = step + 1
+            if selector is not None and c.select_every and done % c.select_every == 0:
+                selector(done)
+    if selector is not None and c.select_every and done % c.select_every:
+        selector(done)
     method.R.eval()
     return metrics
 

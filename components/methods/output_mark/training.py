@@ -56,6 +56,7 @@ from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.evaluation import extraction_nc, quality
 from neuralmark.components.methods.output_mark.loops import finetune_extractor, train_embedder
 from neuralmark.components.methods.output_mark.parts import OutputMarkParts
+from neuralmark.components.methods.output_mark.selection import CheckpointSelector
 from neuralmark.components.methods.registry import build
 from neuralmark.components.nets.image_nets import apply_net
 from neuralmark.components.nets.training import train_image_net
@@ -175,13 +176,21 @@ def train_model(method: OutputMarkParts, tp: TrainingPairs,
 # --------------------------------------------------------------------------- stage 1: H, R, D
 def stage1(method: OutputMarkParts, tp: TrainingPairs,
            callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
-    """Stage 1 on the H/R part. Returns the last training metrics, ``time_stage1_s``,
-    ``n_hr`` and ``n_held_out``."""
+    """Stage 1 on the H/R part, with the stopping rule of :mod:`.selection` when
+    ``config.select_every`` is set. Returns the last training metrics (and the
+    selector's), ``time_stage1_s``, ``n_hr`` and ``n_held_out``."""
     start = time.time()
     b = method.model_outputs(tp.a)
     hr = tp.hr
+    selector = None
+    if method.config.select_every and tp.has_held_out:
+        selector = CheckpointSelector(method, tp.a[tp.held_out], tp.gt[tp.held_out],
+                                      distributed.main_only(Callbacks.of(callbacks)),
+                                      method.config.model_steps)
     metrics = train_embedder(method, tp.a[hr], b[hr], tp.gt[hr], callbacks,
-                             step0=method.config.model_steps)
+                             step0=method.config.model_steps, selector=selector)
+    if selector is not None:
+        metrics.update(selector.restore())
     return {**metrics, "time_stage1_s": time.time() - start, "n_hr": float(len(hr)),
             "n_held_out": float(len(tp.held_out) if tp.has_held_out else 0)}
 
@@ -236,20 +245,36 @@ def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Se
     marked = method.marked_outputs(a)
     probe_x = a[ho] if probe is None else resize_square(probe.float(), c.working_size)
     b2, b2_clean, probe_out = [], [], None
+    copies, clean_copies = [], []  # the same surrogates on the held-out inputs (selection)
+    n_hr = len(hr)
     for arch in c.stage2_arch_list:
         sm = train_surrogate(a[ho], marked[ho], arch=arch, config=c.surrogate,
                              callbacks=callbacks)
         b2.append(apply_net(sm, a[hr], c.eval_batch))
         if probe_out is None:
             probe_out = apply_net(sm, probe_x, c.eval_batch)
-        clean = clean_surrogate_outputs(method, a[ho], b[ho], a[hr], callbacks, arch)
+        query = a[hr]
+        if c.select_every:  # the copies on the held-out inputs score the checkpoints
+            copies.append(apply_net(sm, a[ho], c.eval_batch))
+            query = torch.cat([a[hr], a[ho]])
+        clean = clean_surrogate_outputs(method, a[ho], b[ho], query, callbacks, arch)
         if clean is not None:
-            b2_clean.append(clean)
+            b2_clean.append(clean[:n_hr])
+            clean_copies.extend([clean[n_hr:]] if c.select_every else [])
     assert probe_out is not None  # stage2_arch_list is never empty
     logo = method.logo.cpu()
     before = extraction_nc(method.R, probe_out, logo, c.eval_batch)
+    selector = None
+    if c.select_every and tp.has_held_out:
+        selector = CheckpointSelector(method, a[ho], tp.gt[ho],
+                                      distributed.main_only(Callbacks.of(callbacks)),
+                                      c.model_steps + c.steps, nets=("R",), copies=copies,
+                                      clean_copies=clean_copies, prefix="select2")
     metrics = finetune_extractor(method, a[hr], b[hr], tp.gt[hr], marked[hr], b2, callbacks,
-                                 step0=c.model_steps + c.steps, b_clean_second=b2_clean)
+                                 step0=c.model_steps + c.steps, b_clean_second=b2_clean,
+                                 selector=selector)
+    if selector is not None:
+        metrics.update({f"stage2_{k}": v for k, v in selector.restore().items()})
     after = extraction_nc(method.R, probe_out, logo, c.eval_batch)
     return {**metrics,
             "nc_surrogate_before": float(before.mean()),
