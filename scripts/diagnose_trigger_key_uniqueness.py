@@ -34,6 +34,7 @@ from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
 from neuralmark.components.methods.trigger_key.analysis import uniqueness_rows  # noqa: E402
 from neuralmark.components.methods.trigger_key.evaluation import attacker_data  # noqa: E402
+from neuralmark.components.methods.trigger_key.study import skimage_images  # noqa: E402
 from neuralmark.components.methods.trigger_key.trigger import distance  # noqa: E402
 from neuralmark.components.nets.image_nets import apply_net  # noqa: E402
 
@@ -44,15 +45,6 @@ ATTACKS = [("prune", 0.3), ("prune", 0.5), ("fine_tune_original", 1), ("fine_tun
            ("distill", 1), ("overwrite", None)]
 
 
-def photos() -> dict[str, list[torch.Tensor]]:
-    from skimage import data
-
-    imgs = []
-    for name in PHOTOS:
-        a = torch.tensor(getattr(data, name)()).float() / 255
-        a = a[None].expand(3, -1, -1) if a.ndim == 2 else a.permute(2, 0, 1)[:3]
-        imgs.append(a[:, :256, :256])
-    return {"train": imgs[:6], "test": imgs[6:]}
 
 
 def main() -> None:
@@ -61,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(ap.parse_args().threads)
     start = time.time()
     m = build("trigger_key", CONFIG)
-    m.fit(photos())
+    m.fit(skimage_images(PHOTOS, n_train=6))
     independent = m.train_independent_host(1000)
     owner = WatermarkKey("neuralmark-eval")
     m.embed_model(m.host, owner)

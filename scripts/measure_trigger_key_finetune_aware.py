@@ -32,22 +32,13 @@ from neuralmark.components.attacks.model_registry import get_model_attack  # noq
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
 from neuralmark.components.methods.trigger_key.evaluation import attacker_data  # noqa: E402
+from neuralmark.components.methods.trigger_key.study import skimage_images  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", "text")
 ATTACKS = [("fine_tune_original", 1), ("fine_tune_new", 1), ("fine_tune_original", 3),
            ("prune", 0.3)]
 
 
-def photos() -> dict[str, list[torch.Tensor]]:
-    """The eight photos as grey-able ``3×256×256`` tensors: six train, two test."""
-    from skimage import data
-
-    imgs = []
-    for name in PHOTOS:
-        a = torch.tensor(getattr(data, name)()).float() / 255
-        a = a[None].expand(3, -1, -1) if a.ndim == 2 else a.permute(2, 0, 1)[:3]
-        imgs.append(a[:, :256, :256])
-    return {"train": imgs[:6], "test": imgs[6:]}
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, float]]:
@@ -83,7 +74,7 @@ def main() -> None:
             size=128, crops_per_photo=4, n_procedural=12))
         fit = host.fit(task_images(manifest))
     else:
-        fit = host.fit(photos())
+        fit = host.fit(skimage_images(PHOTOS, n_train=6))
     independent = host.train_independent_host(1000)
     print(f"host {args.arch}×{args.depth}: noisy {fit['input_psnr']:.2f} dB, unmarked "
           f"{fit['host_psnr']:.2f} dB ({time.time() - start:.0f} s)", flush=True)

@@ -81,6 +81,24 @@ def task_images(manifest: str | os.PathLike, test_splits: Sequence[str] = ("val"
     return {"train": load_split_images(manifest, "train", limit), "test": test}
 
 
+def skimage_images(names: Sequence[str], n_train: int,
+                   size: int = 256) -> dict[str, list[torch.Tensor]]:
+    """``{"train": [...], "test": [...]}`` from scikit-image's ``data`` photos, by name.
+
+    Each photo becomes a ``3×size×size`` tensor in [0, 1] (greyscale replicated, the top-left
+    crop); the first ``n_train`` train the host, the rest test it. What the trigger_key
+    research scripts fit on, so their figures stay comparable.
+    """
+    from skimage import data
+
+    images = []
+    for name in names:
+        a = torch.tensor(getattr(data, name)()).float() / 255
+        a = a[None].expand(3, -1, -1) if a.ndim == 2 else a.permute(2, 0, 1)[:3]
+        images.append(a[:, :size, :size])
+    return {"train": images[:n_train], "test": images[n_train:]}
+
+
 def with_data(method: HostMark, manifest: str | os.PathLike,
               test_splits: Sequence[str] = ("val", "test")) -> HostMark:
     """``method`` with its task pairs set from the manifest (in place; returned)."""
