@@ -348,18 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                        help="override a method config field (value parsed as JSON)")
     args = parser.parse_args(argv)
-    from neuralmark.runtime.settings import resolve
+    from neuralmark.runtime.settings import parse_overrides, resolve
 
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            raise InputError(f"--set {item!r}: write FIELD=VALUE")
-        try:
-            overrides[field] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[field] = value
-    settings = resolve(args.method, args.profile, config=overrides)
+    settings = resolve(args.method, args.profile, config=parse_overrides(args.set))
     cfg = settings.config
     size = getattr(cfg, "working_size", None)
     data = {split: load_split(args.manifest, split, size=size) for split in ("train", "val")}

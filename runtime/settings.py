@@ -28,7 +28,8 @@ No ZenML or MLflow import here: the CLI and tests validate configs without a sta
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -177,6 +178,27 @@ def model_name(method: str, variant: str | None = None) -> str:
     one because the plain one passed its (different) gate.
     """
     return f"neuralmark-{method}" + (f"-{variant}" if variant else "")
+
+
+def parse_overrides(items: Iterable[str], option: str = "--set") -> dict[str, Any]:
+    """``["field=value", …]`` (a command's repeated ``--set``) → ``{field: value}``.
+
+    Each value is read as JSON (``3``, ``1e-3``, ``true``, ``[1, 2]``, ``{"a": 1}``), else
+    kept as the string it is.
+
+    Raises:
+        InputError: an item has no ``=`` or no field name (named, with ``option``).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise InputError(f"{option} {item!r}: write FIELD=VALUE")
+        try:
+            out[field.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[field.strip()] = value
+    return out
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -47,23 +47,10 @@ from neuralmark.components.methods.visible_gan.evaluation import (  # noqa: E402
     stamp_all,
 )
 from neuralmark.components.methods.visible_gan.method import VisibleGan  # noqa: E402
-from neuralmark.runtime.settings import load_profile  # noqa: E402
+from neuralmark.runtime.settings import load_profile, parse_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["k=v", …]`` → ``{k: v}``, values read as JSON (else kept as strings)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ from neuralmark.components.data.labelled import (  # noqa: E402
 from neuralmark.components.methods.output_mark.seeds import spread_summary  # noqa: E402
 from neuralmark.components.methods.visible_gan.evaluation import visible_rows  # noqa: E402
 from neuralmark.components.methods.visible_gan.method import VisibleGan  # noqa: E402
-from neuralmark.runtime.settings import load_profile  # noqa: E402
+from neuralmark.runtime.settings import load_profile, parse_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the figures the judgement reads (label, metric), in the order the summary lists them
@@ -56,19 +56,6 @@ JUDGED = [("deepstamp", "contrast_vs_static"), ("deepstamp", "removal_left_vs_st
           ("static", "removal_psnr"), ("deepstamp", "removal_psnr"),
           ("static", "contrast"), ("deepstamp", "contrast")]
 
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["k=v", …]`` → ``{k: v}``, values read as JSON (else kept as strings)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def run_seed(seed: int, data: dict, overrides: dict) -> dict:

@@ -14,6 +14,7 @@ from neuralmark.runtime.settings import (
     available_profiles,
     deep_merge,
     load_profile,
+    parse_overrides,
     resolve,
 )
 
@@ -189,3 +190,13 @@ def test_every_profile_floors_pgd_signer_unattacked_detection(profile: str) -> N
     assert refused.reasons == [
         f"detection_rate/none = 0.25 is below the floor {policy.min_detection_rate['none']:g}"]
     assert decide({**candidate, "detection_rate/none": 1.0}, None, policy).promote
+
+
+def test_parse_overrides_reads_json_values_and_names_a_bad_item() -> None:
+    assert parse_overrides(["steps=3", "lam=1e-3", "flag=true", "sizes=[1, 2]", "arch=red",
+                            "note=a=b"]) == {"steps": 3, "lam": 1e-3, "flag": True,
+                                             "sizes": [1, 2], "arch": "red", "note": "a=b"}
+    with pytest.raises(InputError, match=r"--set 'steps': write FIELD=VALUE"):
+        parse_overrides(["steps"])
+    with pytest.raises(InputError, match=r"--opt '=3'"):
+        parse_overrides(["=3"], option="--opt")
