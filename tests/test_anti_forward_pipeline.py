@@ -16,6 +16,7 @@ import pytest
 
 from neuralmark.runtime.stack import tracking_uri
 from tests.isolation import pipeline_project
+from tests.micro_policy import open_gate
 
 pytestmark = pytest.mark.pipeline
 
@@ -31,9 +32,7 @@ MICRO: dict[str, Any] = {
                    "adversarial": {"limit": 2, "apgd_steps": 2, "square_queries": 5,
                                    "eot_iter": 1, "smoothing_n": 16, "certify_n0": 8,
                                    "certify_n": 32, "radii": [0.0, 0.25]}},
-    "policy": {"min_psnr": 0.0, "min_bit_accuracy": {},
-               "min_detection_rate": {"none": 0.0, "mean_attacked": 0.0},
-               "max_fpr": 1.0, "max_regression": 1.0},
+    "policy": open_gate("anti_forward"),
 }
 
 

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from neuralmark.runtime.settings import deep_merge
 from neuralmark.runtime.stack import tracking_uri
 from tests.isolation import mlflow_store, pipeline_project
+from tests.micro_policy import open_gate
 
 pytestmark = pytest.mark.pipeline
 
@@ -33,11 +35,8 @@ MICRO: dict[str, Any] = {
     "data": {"root": "data/micro", "size": 64, "crops_per_photo": 1, "n_procedural": 3,
              "version_with_dvc": False},
     "evaluation": {"key_secret": OWNER},
-    "policy": {"min_psnr": 0.0, "max_fpr": 1.0,
-               # the profile's floors merge key by key: the fine-tuning and pruning ones lowered
-               "min_metric": {"detected/none": 1.0, "detected/fine_tune_original_1": 0.0,
-                              "prune_survived_max": 0.0},
-               "max_metric": {"fidelity_cost_db": 100.0, "uniqueness_false_matches": 100.0}},
+    # every gate of the profile opened but one: the marked host must still verify unattacked
+    "policy": deep_merge(open_gate("trigger_key"), {"min_metric": {"detected/none": 1.0}}),
     "study": {"suite": [["prune", [0.1, 0.5]], ["fine_tune_original", [1]],
                         ["overwrite", [None]]], "other_keys": 1,
               "capacity_sizes": [12], "capacity_keys": 4, "uniqueness_keys": 10},
