@@ -62,11 +62,11 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = build_sample_dataset(*_train_data(args, args.train_data))
-    size = RECIPE["working_size"]
-    data = {"train": load_split(manifest, "train", size=size),
-            "val": load_split(manifest, "val", size=size)}
     recipe = {**RECIPE, **({"strength": args.strength} if args.strength else {}),
               **({"steps": args.steps} if args.steps else {}), **dict(args.set)}
+    size = recipe["working_size"]  # --set working_size=256 loads the data at 256 too
+    data = {"train": load_split(manifest, "train", size=size),
+            "val": load_split(manifest, "val", size=size)}
     method = build("anti_forward", {**recipe, "max_train_seconds": args.minutes * 60})
     log = args.out / "train_log.jsonl"
     log.unlink(missing_ok=True)
