@@ -40,6 +40,40 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ln_peak - torch.log(mse)) * (10 / torch.log(torch.tensor(10.0)))  # b, in dB
 
 
+def block_psnr(a: torch.Tensor, b: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """PSNR of every ``block``×``block`` tile, in dB: where a mark is visible.
+
+    A whole-image PSNR averages a blotch on a flat sky with a clean textured rest; the
+    worst block (``worst_block_psnr``) shows it. Tiles are non-overlapping from the
+    top-left corner; a partial row or column at the right/bottom edge is left out.
+
+    Args:
+        a: B×C×H×W in [0, 1] (e.g. marked), H and W at least ``block``.
+        b: B×C×H×W in [0, 1] (e.g. original).
+        block: tile side, px (≥ 1).
+
+    Returns:
+        B×(H // block)×(W // block) values; ``inf`` where a tile is identical.
+
+    Raises:
+        ValueError: unequal shapes, ``block`` < 1, or an image smaller than ``block``.
+    """
+    _same_shape(a, b, "block_psnr")
+    if block < 1:
+        raise ValueError(f"block must be at least 1 px, got {block}")
+    if a.ndim != 4 or min(a.shape[-2:]) < block:
+        raise ValueError(f"block_psnr needs B×C×H×W images with H, W >= {block}, got "
+                         f"{tuple(a.shape)}")
+    diff = a.detach().double() - b.detach().double()
+    mse = torch.nn.functional.avg_pool2d((diff * diff).mean(dim=1, keepdim=True), block)
+    return (-10 * torch.log10(mse))[:, 0].float()  # b gh gw, data_range = 1
+
+
+def worst_block_psnr(a: torch.Tensor, b: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """Lowest ``block_psnr`` per image (B values, dB; ``inf`` if the images are equal)."""
+    return block_psnr(a, b, block).flatten(1).amin(dim=1)
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Structural similarity per image (Gaussian window σ=1.5, 11 px).
 

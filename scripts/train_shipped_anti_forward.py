@@ -6,7 +6,9 @@ on the larger sample set's train split (424 images) at working size 128,
 single thread, bounded in wall time (``--minutes``); calibrated on the val
 split at the end of ``fit``, again by ``--recalibrate`` (92 images, with the
 shipped number of noise draws). ``--card`` then measures the bundle on the
-held-out test split (256×256) and writes ``MODEL_CARD.md``.
+held-out test split (256×256) and writes ``MODEL_CARD.md``, with the invisibility
+section of ``scripts/anti_forward_invisibility.py`` (per-image PSNR and worst 32×32-block
+PSNR at 256² and 512², the stamp stretched and tiled, and the side-by-side figure).
 
 Usage::
 
@@ -14,7 +16,8 @@ Usage::
     python scripts/train_shipped_anti_forward.py --recalibrate --calibration-scores 4000 \
         --set score_noise_samples=4 --set fpr=0.0005 --out outputs/anti_forward_ckpt
     python scripts/train_shipped_anti_forward.py --card --strengths 0.1,0.08,0.06 \
-        --notes scripts/anti_forward_card_notes.md --out outputs/anti_forward_ckpt
+        --notes scripts/anti_forward_card_notes.md --out outputs/anti_forward_ckpt \
+        [--baseline outputs/anti_forward_baseline/final]
     cp outputs/anti_forward_ckpt/final/* components/pretrained/anti_forward/
 """
 
@@ -59,11 +62,11 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = build_sample_dataset(*_train_data(args, args.train_data))
-    size = RECIPE["working_size"]
-    data = {"train": load_split(manifest, "train", size=size),
-            "val": load_split(manifest, "val", size=size)}
     recipe = {**RECIPE, **({"strength": args.strength} if args.strength else {}),
               **({"steps": args.steps} if args.steps else {}), **dict(args.set)}
+    size = recipe["working_size"]  # --set working_size=256 loads the data at 256 too
+    data = {"train": load_split(manifest, "train", size=size),
+            "val": load_split(manifest, "val", size=size)}
     method = build("anti_forward", {**recipe, "max_train_seconds": args.minutes * 60})
     log = args.out / "train_log.jsonl"
     log.unlink(missing_ok=True)
@@ -177,6 +180,10 @@ def main() -> None:
     ap.add_argument("--adv-eot", type=int, default=4)
     ap.add_argument("--strengths", type=lambda t: [float(v) for v in t.split(",")],
                     default=[], help="comma-separated stamping strengths to sweep in the card")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a baseline-variant bundle measured beside this one for invisibility")
+    ap.add_argument("--invisibility-photos", type=int, default=12,
+                    help="held-out photos per size (256², 512²) in the invisibility table")
     ap.add_argument("--notes", type=Path, default=None,
                     help="markdown appended to the card (known limitations, measured)")
     args = ap.parse_args()
@@ -433,6 +440,12 @@ def write_card(args: argparse.Namespace) -> None:
             f"{pct(f'false_positive_rate_adversarial/{lab}')} / "
             f"{pct(f'false_positive_rate_adversarial_verify/{lab}')} |")
     lines += ["", "The seed reports 71% kept for its smoothed scanner under APGD.", ""]
+    # per-image PSNR / worst 32² block at 256² and 512², stretched and tiled stamps
+    from anti_forward_invisibility import section
+
+    lines += section({"rs_aug": bundle} | ({"baseline": args.baseline} if args.baseline
+                                           else {}),
+                     args.data_root.parent, args.invisibility_photos, bundle) + [""]
     if args.notes and args.notes.exists():
         lines += [args.notes.read_text().rstrip(), ""]
     card = bundle / "MODEL_CARD.md"

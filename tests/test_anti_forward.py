@@ -378,3 +378,56 @@ def test_a_registered_bundle_with_the_old_name_loads(tmp_path, photo):
     assert again.config == m.config
     x = _images(photo, 2, 40)
     assert [v.p_value for v in again.verify(x)] == [v.p_value for v in m.verify(x)]
+
+
+# -- the stamp at the photo's resolution (stamp_mode) -------------------------------------
+def test_tiled_stamp_is_made_at_the_photos_resolution(photo):
+    m = smoke(payload_bits=0, message_bits=0, strength=0.1, stamp_mode="tiles")
+    x = torch.from_numpy(photo[:64, :96].copy()).permute(2, 0, 1)[None].float() / 255
+    assert torch.equal(m.untile(m.tiles(x), 1, 64, 96), x)
+    stamped = m.embed(x, None)
+    # each 32² tile carries the encoder's stamp of that tile's own pixels: nothing stretched
+    for i, j in ((0, 0), (1, 2)):
+        tile = x[..., 32 * i:32 * i + 32, 32 * j:32 * j + 32]
+        with torch.no_grad():
+            alone = (tile + m.residual(tile, None)).clamp(0, 1)
+        assert torch.allclose(stamped[..., 32 * i:32 * i + 32, 32 * j:32 * j + 32], alone,
+                              atol=1e-6)
+    # the stretched stamp of the same model is a 32² pattern enlarged 2-3×: smoother
+    stretched = m.with_config(stamp_mode="stretch").embed(x, None)
+
+    def roughness(r):  # mean squared difference of horizontal neighbours over the energy
+        return float((r[..., 1:] - r[..., :-1]).pow(2).mean() / r.pow(2).mean())
+    assert roughness(stamped - x) > 2 * roughness(stretched - x)
+    # sides that are not multiples of the working size: the nearest grid, then back
+    odd = torch.rand(2, 3, 37, 91)
+    assert m.to_grid(odd).shape == (2, 3, 32, 96)
+    assert m.embed(odd, None).shape == (2, 3, 37, 91)
+    assert m.scanner_logits(odd).shape == (2, 2)
+
+
+def test_tiled_scan_finds_tiled_stamps_with_the_same_weights(trained, photo):
+    method, *_ = trained
+    big = _images(photo, 6, 96)                                    # 3×3 tiles of 32²
+    for mode in ("tiles", "conv"):
+        tiled = method.with_config(stamp_mode=mode)
+        clean = tiled.scan_statistic(big)
+        marked = tiled.scan_statistic(tiled.embed(big, None))
+        assert float(marked.min()) > float(clean.max()), mode
+    # the smoothed scanner reads the same tiles (noise added to the whole grid)
+    tiled = method.with_config(stamp_mode="tiles")
+    certs = tiled.certify(tiled.embed(big[:2], None), n0=8, n=32)
+    assert all(c.label == 1 for c in certs)
+
+
+def test_conv_stamp_is_the_encoder_over_the_whole_photo(photo):
+    m = smoke(payload_bits=0, message_bits=0, strength=0.1, stamp_mode="conv")
+    x = torch.from_numpy(photo[:64, :96].copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        whole = (x + m.residual(x, None)).clamp(0, 1)
+    assert torch.allclose(m.embed(x, None), whole, atol=1e-6)
+    # no seam: the tiled stamp differs from it most along the tile borders
+    diff = (m.with_config(stamp_mode="tiles").embed(x, None) - whole).abs().mean(dim=(0, 1))
+    border = torch.zeros(64, 96, dtype=torch.bool)
+    border[28:36, :] = border[:, 28:36] = border[:, 60:68] = True
+    assert float(diff[border].mean()) > float(diff[~border].mean())

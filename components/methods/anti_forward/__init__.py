@@ -25,6 +25,18 @@ Choices where the seed is vague (written down here, as promised):
   bilinear); the stamp residual is computed there, up-sampled bilinearly to
   the input size and added, so any resolution in gives the same resolution out.
   The seed trains at 400²; the CPU profiles use smaller working sizes.
+* **Stamp at the photo's resolution (``stamp_mode``, ours, "stretch" by default)**: the
+  stretched residual is a working-size pattern enlarged (4× on a 512² photo: stripes
+  ~30 px wide). With ``stamp_mode`` "tiles" or "conv" the photo is read as a grid of
+  working-size tiles (after a resize to the nearest whole grid when its sides are not
+  multiples of it); the encoder stamps the photo's own pixels, each tile on its own
+  ("tiles": a seam shows at every tile border) or the whole grid at once ("conv": the
+  encoder is fully convolutional; the shaping's global RMS and texture mean are then
+  the photo's), and the scanner reads the tiles, its logits averaged over them
+  (``scan_statistic``, ``certify`` and the payload bits alike; certification radii are
+  then in the grid's space). The nets are the same, since every
+  tile is a working-size image, so a bundle switches without retraining; its calibration
+  was made on whole working-size views, so re-calibrate a tiled deployment (model card).
 * **Nets** (``neuralmark.components.nets.stamp``): the encoder is a small U-Net at half
   resolution with a ``tanh`` output scaled by ``strength`` (so ``strength`` is
   the largest change of a pixel value, and the knob that trades invisibility

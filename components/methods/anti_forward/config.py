@@ -22,6 +22,17 @@ class AntiForwardConfig(MethodConfig):
     scanner_width: int = 32
     #: largest change of a pixel value the stamp may make (tanh output × strength)
     strength: float = Field(0.1, gt=0.0, le=1.0)
+    #: where the stamp is made. "stretch" (the seed's one-image pipeline): on the
+    #: working-size view, the residual stretched bilinearly to the photo. "tiles" / "conv":
+    #: at the photo's resolution: the photo is read as a grid of working_size² tiles
+    #: (resized to the nearest whole grid first when its sides are not multiples of
+    #: working_size) and the scanner averages its logits over the tiles; "tiles" stamps
+    #: each tile on its own (a seam at every tile border), "conv" runs the (fully
+    #: convolutional) encoder over the whole grid at once (no seams). Default "stretch",
+    #: measured on the shipped bundle: the photo-resolution modes detect as well with the
+    #: same weights, but with its calibration (made on whole working-size views) they flag
+    #: many more clean images: a tiled deployment needs its own (model card, issue #18)
+    stamp_mode: Literal["stretch", "tiles", "conv"] = "stretch"
     # training
     steps: int = Field(20000, ge=0)
     batch_size: int = Field(16, ge=1)

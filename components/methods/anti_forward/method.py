@@ -77,8 +77,8 @@ class AntiForward(StampParts):
             raise InputError("certify needs sigma > 0 (this model has sigma = 0)")
         check_images(images, self.min_size)
         generator = generator or torch.Generator().manual_seed(c.seed)
-        xw = self.to_working(images)
-        return smoothing.certify(lambda z: self.scanner(z)[:, :2], xw, c.sigma,
+        xw = self.to_grid(images)
+        return smoothing.certify(lambda z: self.grid_logits(z)[:, :2], xw, c.sigma,
                                  n0=n0 or c.n0, n=n or c.n,
                                  alpha=certify_alpha or c.certify_alpha,
                                  num_classes=2, generator=generator)
@@ -101,8 +101,15 @@ class AntiForward(StampParts):
         out = []
         for i in range(0, images.shape[0], batch_size):
             x = images[i:i + batch_size].to(self.device)
-            xw = self.to_working(x).clamp(0, 1)
-            r = self.residual(xw, self._bits(key, x.shape[0]))
+            xw = self.to_grid(x).clamp(0, 1)
+            bits = self._bits(key, x.shape[0])
+            if self.config.stamp_mode == "tiles":  # each tile stamped on its own
+                t = self.tiles(xw)
+                if bits is not None:
+                    bits = bits.repeat_interleave(t.shape[0] // x.shape[0], dim=0)
+                r = self.untile(self.residual(t, bits), *xw.shape[:1], *xw.shape[-2:])
+            else:  # "stretch": the working-size view; "conv": the whole grid at once
+                r = self.residual(xw, bits)
             if tuple(r.shape[-2:]) != tuple(x.shape[-2:]):
                 r = F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False)
             out.append((x + r).clamp(0, 1))
@@ -126,7 +133,7 @@ class AntiForward(StampParts):
         The p-value is 1 while the scanner is uncalibrated (``fit`` never ran).
         """
         stats = self.scan_statistic(images)                                     # b
-        xw = self.to_working(images)
+        xw = self.to_grid(images)
         flat = (xw.amax(dim=(1, 2, 3)) - xw.amin(dim=(1, 2, 3))).cpu() < 1 / 255  # b
         calibrated = bool(self.calibration.get("clean_statistics"))
         return stats, flat, [self.p_value(float(s)) if calibrated else 1.0 for s in stats]
@@ -153,7 +160,7 @@ class AntiForward(StampParts):
         check_images(images, self.min_size)
         c = self.config
         stats, flat, p_values = self._scan(images)
-        xw = self.to_working(images)
+        xw = self.to_grid(images)
         calibrated = bool(self.calibration.get("clean_statistics"))
         passes = [p <= self.detection_alpha for p in p_values]
         certs: dict[int, smoothing.Certificate] = {}
@@ -165,7 +172,7 @@ class AntiForward(StampParts):
         bits_all = None
         if self.codec is not None:
             with torch.no_grad():
-                bits_all = (self.scanner(xw)[:, 2:] > 0).cpu().numpy().astype("uint8")
+                bits_all = (self.grid_logits(xw)[:, 2:] > 0).cpu().numpy().astype("uint8")
         verdicts = []
         for i, (stat, p) in enumerate(zip(stats.tolist(), p_values, strict=True)):
             score = 1 / (1 + math.exp(-max(-60.0, min(60.0, stat))))

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from neuralmark.components.attacks.stochastic import StochasticAugmentation
 from neuralmark.components.methods.anti_forward import shaping
@@ -72,6 +73,41 @@ class StampParts(WatermarkMethod):
         """
         return resize_square(x.to(self.device), self.config.working_size, clamp=False)
 
+    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The view the encoder stamps and the scanner reads: B×3×(gh·S)×(gw·S).
+
+        ``stamp_mode`` "stretch": the working-size view (gh = gw = 1). Else: the photo itself when
+        its sides are multiples of S, else resized (antialiased bilinear, differentiable,
+        no clamp) to the nearest whole grid of S² tiles, at least one.
+        """
+        c = self.config
+        if c.stamp_mode == "stretch":
+            return self.to_working(x)
+        s, (h, w) = c.working_size, x.shape[-2:]
+        size = (max(1, round(h / s)) * s, max(1, round(w / s)) * s)
+        x = x.to(self.device)
+        if tuple(x.shape[-2:]) == size:
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+    def tiles(self, grid: torch.Tensor) -> torch.Tensor:
+        """B×C×(gh·S)×(gw·S) → (B·gh·gw)×C×S×S, tiles of one image consecutive (row-major)."""
+        s = self.config.working_size
+        b, ch, h, w = grid.shape
+        return (grid.reshape(b, ch, h // s, s, w // s, s).permute(0, 2, 4, 1, 3, 5)
+                .reshape(-1, ch, s, s))
+
+    def untile(self, tiles: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        """Inverse of ``tiles``: (B·gh·gw)×C×S×S → B×C×h×w (h, w: the grid's size)."""
+        s, ch = self.config.working_size, tiles.shape[1]
+        return (tiles.reshape(b, h // s, w // s, ch, s, s).permute(0, 3, 1, 4, 2, 5)
+                .reshape(b, ch, h, w))
+
+    def grid_logits(self, grid: torch.Tensor) -> torch.Tensor:
+        """Scanner logits of a ``to_grid`` view, averaged over its tiles: B×(2 + k)."""
+        t = self.tiles(grid)
+        return self.scanner(t).reshape(grid.shape[0], t.shape[0] // grid.shape[0], -1).mean(1)
+
     def _bits(self, key: WatermarkKey | None, batch: int) -> torch.Tensor | None:
         """Keyed payload word repeated over the batch (B×k) or ``None`` without payload."""
         if self.codec is None:
@@ -97,19 +133,20 @@ class StampParts(WatermarkMethod):
                 t = t * shaping.texture_weight(xw, c.residual_masking, power=0.5)
         return c.strength * t.clamp(-1.0, 1.0)
 
-    def _noise_bank(self, s: int) -> torch.Tensor:
-        """The fixed Gaussian draws of the scan statistic: K×3×S×S (seeded by config.seed)."""
+    def _noise_bank(self, h: int, w: int) -> torch.Tensor:
+        """The fixed Gaussian draws of the scan statistic: K×3×h×w (seeded by config.seed)."""
         g = torch.Generator().manual_seed(self.config.seed + 7919)
         k = self.config.score_noise_samples
-        return torch.randn(k, 3, s, s, generator=g).to(self.device)
+        return torch.randn(k, 3, h, w, generator=g).to(self.device)
 
     # -- public scanner API ----------------------------------------------------
     def scanner_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Scanner class logits, no noise: B×3×H×W in [0,1] → B×2 (class 1 = stamped).
 
-        Resizes to the working size inside; differentiable w.r.t. ``images``.
+        Resizes to the working size (or the tile grid, ``stamp_mode``) inside;
+        differentiable w.r.t. ``images``.
         """
-        return self.scanner(self.to_working(images))[:, :2]
+        return self.grid_logits(self.to_grid(images))[:, :2]
 
     def classifier_module(self) -> torch.nn.Module:
         """An ``nn.Module`` whose ``forward`` is ``scanner_logits`` (for torchattacks)."""
@@ -119,22 +156,25 @@ class StampParts(WatermarkMethod):
     def scan_statistic(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """The calibrated statistic: B×3×H×W → B logit margins ``l₁ − l₀``.
 
-        Noise-trained variants average the margin over the fixed noise bank.
+        Noise-trained variants average the margin over the fixed noise bank; with
+        a tile grid (``stamp_mode``) the logits are averaged over the tiles first.
         """
         c = self.config
         out = []
-        bank = self._noise_bank(c.working_size) if c.train_sigma > 0 else None
+        bank = None
         for i in range(0, images.shape[0], batch_size):
-            xw = self.to_working(images[i:i + batch_size])
-            if bank is None:
-                logits = self.scanner(xw)[:, :2]
+            xw = self.to_grid(images[i:i + batch_size])
+            if c.train_sigma <= 0:
+                logits = self.grid_logits(xw)[:, :2]
                 out.append(logits[:, 1] - logits[:, 0])
                 continue
+            if bank is None or bank.shape[-2:] != xw.shape[-2:]:
+                bank = self._noise_bank(*xw.shape[-2:])
             b, k = xw.shape[0], bank.shape[0]
-            noisy = (xw[:, None] + c.sigma * bank[None]).flatten(0, 1)  # (b k) 3 s s
+            noisy = (xw[:, None] + c.sigma * bank[None]).flatten(0, 1)  # (b k) 3 h w
             margins = []
             for j in range(0, noisy.shape[0], batch_size):
-                logits = self.scanner(noisy[j:j + batch_size])[:, :2]
+                logits = self.grid_logits(noisy[j:j + batch_size])[:, :2]
                 margins.append(logits[:, 1] - logits[:, 0])
             out.append(torch.cat(margins).view(b, k).mean(dim=1))
         return torch.cat(out).cpu()
@@ -155,7 +195,7 @@ class StampParts(WatermarkMethod):
             augmentation chain, ``ceil(calibration_scores / N)`` per image).
         """
         c = self.config
-        xw = self.to_working(clean).clamp(0, 1)
+        xw = self.to_grid(clean).clamp(0, 1)
         views = max(1, math.ceil(c.calibration_scores / xw.shape[0]))
         chain = StochasticAugmentation(c.aug, 1.0)
         stats = [self.scan_statistic(xw)]
