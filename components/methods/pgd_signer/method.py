@@ -51,12 +51,14 @@ class PGDSigner(WatermarkMethod):
         self.decoder.eval()
         self.whitening_set = WhiteningSet(0, config.working_size // config.input_stride)
         self._keyed: dict[str, torch.nn.Module] = {}
+        self._whitening_views: torch.Tensor | None = None
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"decoder": self.decoder, "whitening_set": self.whitening_set}
 
     def to(self, device: str | torch.device) -> PGDSigner:
         self._keyed.clear()
+        self._whitening_views = None
         return super().to(device)
 
     def set_whitening_set(self, images: torch.Tensor) -> None:
@@ -66,6 +68,7 @@ class PGDSigner(WatermarkMethod):
                                c.working_size // c.input_stride, self.eot, 4,
                                torch.Generator().manual_seed(c.seed))
         self._keyed.clear()
+        self._whitening_views = None
 
     def decoder_for(self, key: WatermarkKey | str) -> torch.nn.Module:
         """The decoder that signs and verifies ``key`` (the public one without keying)."""
@@ -75,18 +78,29 @@ class PGDSigner(WatermarkMethod):
         if secret not in self._keyed:
             if len(self._keyed) >= 64:
                 self._keyed.pop(next(iter(self._keyed)))
-            # an unfitted method has no set: its keyed decoders keep the public whitening
-            views = (self.whitening_set.as_float(self.config.working_size).to(self.device)
-                     if self.whitening_set.images.shape[0] else None)
-            self._keyed[secret] = keyed_decoder(self.decoder, secret, views,
+            self._keyed[secret] = keyed_decoder(self.decoder, secret, self.whitening_views(),
                                                 self.config.keyed_layers)
         return self._keyed[secret]
+
+    def whitening_views(self) -> torch.Tensor | None:
+        """The whitening set as the decoder's input (``WhiteningSet.decoder_input``), made
+        once and kept until the set or the device changes; ``None`` for an unfitted method
+        (no set: its keyed decoders keep the public whitening)."""
+        if not self.whitening_set.images.shape[0]:
+            return None
+        if self._whitening_views is None:
+            c = self.config
+            self._whitening_views = self.whitening_set.decoder_input(
+                c.working_size, c.input_stride).to(self.device)
+        return self._whitening_views
 
     def extra_state(self) -> dict[str, Any]:
         return {"calibration": self.calibration}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.calibration = dict(state.get("calibration", {}))
+        self._keyed.clear()  # loaded weights: keyed decoders and views are made again
+        self._whitening_views = None
 
     # -- helpers -------------------------------------------------------------
     def _to_working(self, x: torch.Tensor) -> torch.Tensor:
