@@ -45,7 +45,10 @@ Choices where the seed is vague (written down here, as promised):
   that signs and verifies a key has its stem (``keyed_layers`` leading feature modules), head
   and whitening drawn from the key; only the later feature modules and a public whitening set
   ship. Without it the shipped decoder reads anyone's bits and PGD writes them into any photo
-  (copy attack 5/5); the seed has one decoder for all, so this is our addition.
+  (copy attack 5/5); the seed has one decoder for all, so this is our addition. EM then
+  trains through a random owner's decoder each round (``keying.training_decoder``: stem and
+  head drawn and frozen, later modules the shipped ones; the M-step replays that round's
+  batch only), since verification would throw a trained public stem and head away.
 * **Detection**: hard bits → keyed BCH payload (``neuralmark.components.payload``) →
   exact binomial p-value; ``detected`` iff ``p ≤ alpha`` (``detection_alpha``). 
   ``null_p_values`` decodes each image once per random key (its own decoder).

@@ -65,6 +65,7 @@ class PGDSignerConfig(MethodConfig):
     rewhiten_every: int = 5
     #: attack curriculum: transform probability starts at aug_start·p
     aug_start: float = 0.1
+    #: replay buffer of signed images (unkeyed EM; keyed EM replays the round's batch)
     buffer_size: int = 256
     curve_images: int = 8
     #: stop EM after the round that passes this many seconds (0: run every round)

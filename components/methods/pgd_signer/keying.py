@@ -151,3 +151,26 @@ def keyed_decoder(public: SqueezeDecoder, secret: str, whitening: torch.Tensor |
         _whiten(decoder, whitening)
     return decoder
 
+
+def training_decoder(public: SqueezeDecoder, generator: torch.Generator,
+                     whitening: torch.Tensor | None, keyed_layers: int) -> SqueezeDecoder:
+    """A random owner's decoder for EM training, built as ``keyed_decoder`` builds one.
+
+    Its stem (``keyed_layers`` leading feature modules) and head are drawn from ``generator``
+    and frozen; its later feature modules *are* ``public``'s (the same parameters), so an
+    M-step through it trains the shipped layers to work under a stem and head they never see
+    at verification. Whitening as in ``keyed_decoder``.
+    """
+    decoder = copy.deepcopy(public)
+    with torch.no_grad():
+        drawn = _draw(decoder, generator, keyed_layers)
+    ids = {id(m) for m in drawn}
+    decoder.features = nn.Sequential(*[mine if id(mine) in ids else shared
+                                       for mine, shared in zip(decoder.features,
+                                                               public.features, strict=True)])
+    for module in [*drawn, decoder.head]:
+        module.requires_grad_(False)
+    if whitening is not None:
+        with torch.no_grad():
+            _whiten(decoder, whitening)
+    return decoder

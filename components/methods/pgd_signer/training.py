@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from neuralmark.components import distributed
 from neuralmark.components.attacks.differentiable import DiffRotate, DiffZoom, EoTChain
 from neuralmark.components.methods.base import Callbacks, InputError, pick_device
-from neuralmark.components.methods.pgd_signer import signing
+from neuralmark.components.methods.pgd_signer import keying, signing
 
 
 def training_loss(method: Any, images: torch.Tensor) -> torch.Tensor:
@@ -94,39 +94,51 @@ def fit_whitening(method: Any, images: torch.Tensor, views: int = 4,
 
 
 @torch.no_grad()
-def _curve(method: Any, signed: torch.Tensor, bits: torch.Tensor, attack: Any,
+def _curve(decoder: torch.nn.Module, signed: torch.Tensor, bits: torch.Tensor, attack: Any,
            key: str, values: Sequence[float]) -> list[float]:
     accs = []
     for v in values:
         params = attack.sample(signed.shape[0])
         params[key] = torch.full((signed.shape[0],), float(v))
         params["on"] = torch.ones(signed.shape[0])
-        logits = method.decoder(attack.apply(signed, params))
+        logits = decoder(attack.apply(signed, params))
         accs.append(float(((logits > 0).float() == bits).float().mean()))
     return accs
 
 
 def robustness_curves(method: Any, images: torch.Tensor,
-                      generator: torch.Generator | None = None) -> dict[str, Any]:
+                      generator: torch.Generator | None = None,
+                      decoder: torch.nn.Module | None = None) -> dict[str, Any]:
     """Bit accuracy vs rotation angle and vs zoom factor (the seed's flattening plots).
 
-    Signs ``images`` (B×3×S×S) with random bits under the current decoder.
+    Signs ``images`` (B×3×S×S) with random bits under ``decoder`` (default the public
+    ``method.decoder``) and reads them with it.
     """
+    decoder = decoder or method.decoder
     bits = torch.randint(0, 2, (images.shape[0], method.config.n_bits),
                          generator=generator).float().to(method.device)
     xw = method._to_working(images.to(method.device))
-    delta = signing.sign_working(method, xw, bits, method.config.pgd_steps, generator)
+    delta = signing.sign_working(method, xw, bits, method.config.pgd_steps, generator,
+                                 decoder=decoder)
     signed = (xw + delta).clamp(0, 1)
     angles = [-30, -20, -10, -5, 0, 5, 10, 20, 30]
     scales = [0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5]
-    method.decoder.eval()
-    return {"rotation": (angles, _curve(method, signed, bits, DiffRotate(), "angle", angles)),
-            "scale": (scales, _curve(method, signed, bits, DiffZoom(), "factor", scales))}
+    decoder.eval()
+    return {"rotation": (angles, _curve(decoder, signed, bits, DiffRotate(), "angle", angles)),
+            "scale": (scales, _curve(decoder, signed, bits, DiffZoom(), "factor", scales))}
 
 
 def fit(method: Any, data: Mapping[str, torch.Tensor],
         callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
     """EM alternation.
+
+    With ``keyed_decoder`` every round signs and trains through a random owner's decoder
+    (``keying.training_decoder``: stem and head drawn and frozen, whitening fitted on the
+    whitening set, later feature modules the shipped ones), because verification replaces
+    the public stem and head by the key's: the shared layers learn to work under any keyed
+    stem, and nothing is trained that a keyed decoder would throw away. The M-step then
+    replays only that round's signed batch (earlier rounds' bits were written for other
+    heads); without keying, the public decoder and the replay buffer, as in the seed.
 
     Data-parallel under torchrun (``neuralmark.components.distributed``): each process
     signs and trains on its rows of every global batch of ``batch_size``; callbacks
@@ -151,7 +163,8 @@ def fit(method: Any, data: Mapping[str, torch.Tensor],
     method.set_whitening_set(train)
     fit_whitening(method, train, generator=g)
     distributed.broadcast_state(method.decoder)  # the same whitening on every process
-    train_decoder = distributed.wrap(method.decoder)
+    keyed = c.keyed_decoder
+    train_decoder = None if keyed else distributed.wrap(method.decoder)
     opt = torch.optim.Adam(method.decoder.parameters(), lr=c.lr)
     buf_x: list[torch.Tensor] = []
     buf_b: list[torch.Tensor] = []
@@ -174,14 +187,23 @@ def fit(method: Any, data: Mapping[str, torch.Tensor],
         # from aug_start·p to p (like DeepRAFT's aug_start/aug_end)
         p_att = c.eot.p * (c.aug_start + (1 - c.aug_start) * ramp)
         chain = EoTChain(c.eot.model_copy(update={"p": p_att}))
+        if keyed:
+            # this round's owner: the same draw on every process (``g`` is)
+            owner = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+            net = keying.training_decoder(method.decoder, owner, method.whitening_views(),
+                                          c.keyed_layers)
+            train_decoder = distributed.wrap(net)
+            for buf in (buf_x, buf_c, buf_b):
+                buf.clear()
+        else:
+            net = method.decoder
         delta = signing.sign_working(method, xb, bits, c.sign_steps_train, g, psnr=e_psnr,
-                                     chain=chain, sharded=True)
+                                     chain=chain, sharded=True, decoder=net)
         signed = (xb + delta).clamp(0, 1)
         with torch.no_grad():
-            e_acc = float(((method.decoder(signed) > 0).float() == bits).float().mean())
+            e_acc = float(((net(signed) > 0).float() == bits).float().mean())
             attacked = chain.apply(signed, distributed.sample_shard(chain, signed.shape[0], g))
-            e_acc_att = float(((method.decoder(attacked) > 0).float() == bits)
-                              .float().mean())
+            e_acc_att = float(((net(attacked) > 0).float() == bits).float().mean())
         # every process keeps the whole global batch in its replay buffer
         buf_x.append(distributed.all_gather_rows(signed).cpu())
         buf_c.append(xg)
@@ -191,7 +213,7 @@ def fit(method: Any, data: Mapping[str, torch.Tensor],
                 buf.pop(0)
         bx, bc, bb = torch.cat(buf_x), torch.cat(buf_c), torch.cat(buf_b)
         # M-step: update the decoder on attacked signed images (+ clean term)
-        method.decoder.train()
+        net.train()
         for _ in range(c.m_steps):
             j = distributed.shard(torch.randint(0, bx.shape[0], (c.batch_size,),
                                                 generator=g))
@@ -201,6 +223,7 @@ def fit(method: Any, data: Mapping[str, torch.Tensor],
             opt.zero_grad()
             loss.backward()
             opt.step()
+        net.eval()
         method.decoder.eval()
         if c.rewhiten_every and (rnd + 1) % c.rewhiten_every == 0:
             fit_whitening(method, train, generator=g)
@@ -213,7 +236,7 @@ def fit(method: Any, data: Mapping[str, torch.Tensor],
             {"over": float(time.time() - start > c.time_budget_s)})["over"] > 0
         last = rnd == c.rounds - 1 or over
         if last or rnd % max(1, c.rounds // 5) == 0:
-            cur = robustness_curves(method, val, g)
+            cur = robustness_curves(method, val, g, net)
             for name, (xs, ys) in cur.items():
                 curves[name][f"round {rnd}"] = (xs, ys)
                 metrics[f"curve_{name}_mean"] = float(np.mean(ys))
