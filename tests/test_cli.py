@@ -558,14 +558,15 @@ def test_content_commands_import_no_mlops_package(tmp_path, photo, bundle):
 
 
 def test_verify_of_one_photo_imports_only_what_it_uses(tmp_path, photo):
-    """One method's module; no torchmetrics, torchvision or kornia (plain verify needs none)."""
+    """One method's package; no torchmetrics, torchvision or kornia (plain verify needs none)."""
     image = tmp_path / "photo.png"
     Image.fromarray(photo[:64, :64]).save(image)
     codes, modules = _run_commands(tmp_path, [["verify", str(image), "--key", "k"]])
     assert codes == [1]  # an unmarked photo, the shipped pgd_signer
     assert "neuralmark.components.methods.pgd_signer" in modules
+    own = "neuralmark.components.methods.pgd_signer"
     others = [m for m in modules if m.startswith("neuralmark.components.methods.")
-              and m.rsplit(".", 1)[1] not in ("base", "registry", "pgd_signer",
-                                              "pgd_signer_keying")]  # its keyed decoder
+              and m != own and not m.startswith(own + ".")  # the package and its modules
+              and m.rsplit(".", 1)[1] not in ("base", "registry")]
     assert not others, f"verify with pgd_signer imported other methods: {others}"
     assert not _top(modules, ("torchmetrics", "torchvision", "kornia", *MLOPS))

@@ -13,6 +13,10 @@ Two things amplify round-off, and the configs below keep them out of the weight 
   inverts a near-singular feature covariance, so weights 1e-7 apart gave whitening
   matrices 0.1 apart, and the decoders then 2e-3 apart after one more round. The
   initial whitening is in the run; the in-loop one is off (``rewhiten_every: 0``).
+  Keyed EM (``keyed_decoder``) whitens each round's drawn owner decoder the same way, so
+  the round-by-round check runs the unkeyed loop (``keyed_decoder: False``) and the keyed
+  loop has its own test below, without the logged-loss comparison: there round 1's
+  ``m_loss`` was 2.7e-4 relative from the one-process run's (its weights still agreed).
 * anti_forward's conv biases that a GroupNorm with one channel per group cancels: their
   true gradient is 0, and Adam turns their round-off gradients into steps of ``lr``. They
   are found by their zero gradient, and the trained networks are compared by their loss.
@@ -25,12 +29,21 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from neuralmark.components import distributed
 from neuralmark.components.attacks.base import select_rows
 from neuralmark.components.attacks.differentiable import EoTChain, EoTConfig
 from neuralmark.components.errors import InputError
-from tests.ddp_harness import ATOL, RTOL, Recorder, assert_trains_as_one, images, zero_gradient
+from tests.ddp_harness import (
+    ATOL,
+    RTOL,
+    Recorder,
+    assert_trains_as_one,
+    images,
+    run,
+    zero_gradient,
+)
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # EoT with 2 samples (the repeated-batch rows), unit_variance penalty (global batch
@@ -38,7 +51,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "pgd_signer": {"working_size": 64, "width": 8, "input_stride": 1, "pgd_steps": 2,
                    "eot_samples": 2, "rounds": 2, "batch_size": 4, "sign_steps_train": 2,
                    "m_steps": 2, "curve_images": 2, "buffer_size": 8, "rewhiten_every": 0,
-                   "device": "cpu"},
+                   "keyed_decoder": False, "device": "cpu"},
     # the full chain (rs_aug: augmentations + σ noise) at full strength from step 0, a
     # payload, and the peak term (a square root of a global batch mean)
     "anti_forward": {"working_size": 32, "encoder_width": 8, "scanner_width": 8,
@@ -61,6 +74,21 @@ def test_two_processes_train_as_one(method, tmp_path):
     config = CONFIGS[method]
     fresh = images(4, config["working_size"]).roll(1, dims=-1)
     assert_trains_as_one(method, config, _fit, fresh, LOSS_KEY[method], tmp_path)
+
+
+def test_keyed_em_two_processes_match_one(tmp_path):
+    """Keyed EM (a random owner's decoder per round) under 2 processes: the same draws and
+    weights on both ranks, and the weights of the one-process run (see the module note)."""
+    config = {**CONFIGS["pgd_signer"], "keyed_decoder": True}
+    run("pgd_signer", 2, tmp_path / "ddp", config, _fit)
+    run("pgd_signer", 1, tmp_path / "single", config, _fit)
+    r0, r1, one = (load_file(str(tmp_path / d / f)) for d, f in
+                   (("ddp", "rank0.safetensors"), ("ddp", "rank1.safetensors"),
+                    ("single", "rank0.safetensors")))
+    assert sorted(r0) == sorted(r1) == sorted(one)
+    for name in r0:
+        assert torch.equal(r0[name], r1[name]), f"{name} differs between the ranks"
+        torch.testing.assert_close(r0[name].float(), one[name].float(), rtol=RTOL, atol=ATOL)
 
 
 def test_one_process_helpers_are_the_identity():

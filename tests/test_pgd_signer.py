@@ -146,3 +146,25 @@ def test_a_bundle_from_before_the_keyed_decoder_is_refused_by_name(tmp_path):
     (tmp_path / "b" / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="old pgd_signer bundle.*keyed_decoder.*copied"):
         PGDSigner.from_bundle(tmp_path / "b")
+
+
+def test_em_trains_the_shared_layers_under_keyed_stems(photo_batch):
+    """Issue #17 follow-up: verification swaps in the key's stem and head, so EM trains
+    through random owners' decoders: the shared layers move, the public stem and head (which
+    no keyed decoder uses) do not, and after a bundle round trip each key's decoder still
+    signs its marks and reads another key's as noise."""
+    m = smoke(pgd_steps=30, eot_samples=2, rounds=2, m_steps=3, batch_size=4)
+    photos = _photos(photo_batch)
+    before = {k: v.clone() for k, v in m.decoder.state_dict().items()}
+    metrics = m.fit({"train": photos.repeat(2, 1, 1, 1), "val": photos[:2]})
+    after = m.decoder.state_dict()
+    assert torch.equal(after["features.0.weight"], before["features.0.weight"])
+    assert torch.equal(after["head.weight"], before["head.weight"])
+    assert not torch.equal(after["features.2.squeeze.weight"],
+                           before["features.2.squeeze.weight"])
+    assert np.isfinite(metrics["m_loss"]) and metrics["round"] == 1.0
+    loaded = build_again(m)
+    marked = loaded.embed(photos, WatermarkKey("owner", 3))
+    own = [v.bit_accuracy for v in loaded.verify(marked, WatermarkKey("owner", 3))]
+    other = [v.bit_accuracy for v in loaded.verify(marked, WatermarkKey("someone else", 3))]
+    assert min(own) >= 0.8 and max(other) <= 0.75, (own, other)

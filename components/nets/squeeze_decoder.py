@@ -73,6 +73,10 @@ class SqueezeDecoder(nn.Module):
             h, w = x.shape[-2:]
             x = F.interpolate(x, size=(h // self.input_stride, w // self.input_stride),
                               mode="bilinear", antialias=True, align_corners=False)
+        return self.pooled_input(x)
+
+    def pooled_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``B×8w`` of images already down-sampled by ``input_stride``."""
         # per-image standardisation: brightness and contrast changes (and most of
         # a global colour cast) do not move the features
         mean = x.mean(dim=(1, 2, 3), keepdim=True)

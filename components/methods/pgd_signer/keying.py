@@ -39,8 +39,8 @@ class WhiteningSet(nn.Module):
 
     Stored in the bundle as uint8 ``N·views×3×s×s`` (``s`` = the decoder's input size, the
     working size over the input stride): about 1.5 MB, no pickles. The views are drawn
-    once, when the set is made, so building a key's decoder is one forward pass over them
-    (the EoT chain at the working size cost ~15 s per key on this CPU).
+    once, when the set is made, so building a key's decoder is one forward pass over them at
+    the decoder's input size (the EoT chain at the working size cost ~15 s per key on this CPU).
     """
 
     def __init__(self, n: int = 0, size: int = 64) -> None:
@@ -65,10 +65,28 @@ class WhiteningSet(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def as_float(self, working_size: int) -> torch.Tensor:
-        """The set at ``working_size``² in [0,1] (N×3×S×S), what the decoder is fed."""
+        """The set at ``working_size``² in [0,1] (N×3×S×S)."""
         x = self.images.float() / 255
         return F.interpolate(x, size=(working_size, working_size), mode="bilinear",
                              align_corners=False)
+
+    @torch.no_grad()
+    def decoder_input(self, working_size: int, input_stride: int) -> torch.Tensor:
+        """The set as the decoder's input (N×3×s×s, s = ``working_size // input_stride``):
+        ``as_float(working_size)`` down-sampled as ``SqueezeDecoder.pooled`` does, so
+        ``pooled_input`` of it equals ``pooled`` of ``as_float`` (the keyed decoders of
+        earlier bundles are unchanged). It does not depend on the key: compute it once and
+        pass it to every ``keyed_decoder``. Feeding the stored views as they are instead
+        skips the up/down round trip's blur and moved the whitening by ~27 % (Frobenius)
+        and the keyed logits by ~50 % (scripts/benchmark_pgd_signer_keying.py), so marks
+        made before would no longer verify reliably."""
+        x = self.as_float(working_size)
+        if input_stride > 1:
+            s = working_size // input_stride
+            x = torch.cat([F.interpolate(x[i:i + 64], size=(s, s), mode="bilinear",
+                                         antialias=True, align_corners=False)
+                           for i in range(0, x.shape[0], 64)])
+        return x
 
 
 def _redraw(module: nn.Module, generator: torch.Generator) -> None:
@@ -82,28 +100,12 @@ def _redraw(module: nn.Module, generator: torch.Generator) -> None:
             nn.init.zeros_(m.bias)
 
 
-@torch.no_grad()
-def keyed_decoder(public: SqueezeDecoder, secret: str, whitening: torch.Tensor | None,
-                  keyed_layers: int) -> SqueezeDecoder:
-    """The decoder that verifies ``secret``: ``public`` with its key-derived parts redrawn.
-
-    Args:
-        public: the shipped decoder (its later feature modules are kept).
-        secret: the owner's secret.
-        whitening: N×3×S×S EoT views of public clean photos at the working size, in [0,1]
-            (``WhiteningSet.as_float``); ``None`` keeps ``public``'s whitening (a method
-            that was never fitted has no set).
-        keyed_layers: how many leading layers with weights of ``public.features`` are
-            redrawn (≥ 1: the stem conv; 2: and the first fire module; ...).
-
-    Returns:
-        A new decoder in eval mode on ``public``'s device (``public`` is not modified).
-    """
+def _draw(decoder: SqueezeDecoder, generator: torch.Generator, keyed_layers: int
+          ) -> list[nn.Module]:
+    """Redraw, in place, ``decoder``'s first ``keyed_layers`` feature modules with weights and
+    its head from ``generator``; returns the redrawn feature modules."""
     if keyed_layers < 1:
         raise ValueError(f"keyed_layers must be at least 1 (the stem), got {keyed_layers}")
-    device = next(public.parameters()).device
-    decoder = copy.deepcopy(public).eval()
-    generator = torch.Generator().manual_seed(key_seed(secret, DOMAIN))
     layers = [m for m in decoder.features if any(True for _ in m.parameters())]
     for module in layers[:keyed_layers]:
         drawn = copy.deepcopy(module).cpu()
@@ -112,8 +114,63 @@ def keyed_decoder(public: SqueezeDecoder, secret: str, whitening: torch.Tensor |
     head = copy.deepcopy(decoder.head).cpu()
     _redraw(head, generator)
     decoder.head.load_state_dict(head.state_dict())
+    return layers[:keyed_layers]
+
+
+def _whiten(decoder: SqueezeDecoder, whitening: torch.Tensor) -> None:
+    # the views come already at the decoder's input size (``WhiteningSet.decoder_input``,
+    # made once per method, not once per key): re-sampling them per key was most of a
+    # key's build (scripts/benchmark_pgd_signer_keying.py)
+    device = decoder.feat_mean.device
+    feats = [decoder.pooled_input(whitening[i:i + 64].to(device))
+             for i in range(0, whitening.shape[0], 64)]
+    decoder.fit_whitening(torch.cat(feats))
+
+
+@torch.no_grad()
+def keyed_decoder(public: SqueezeDecoder, secret: str, whitening: torch.Tensor | None,
+                  keyed_layers: int) -> SqueezeDecoder:
+    """The decoder that verifies ``secret``: ``public`` with its key-derived parts redrawn.
+
+    Args:
+        public: the shipped decoder (its later feature modules are kept).
+        secret: the owner's secret.
+        whitening: N×3×s×s EoT views of public clean photos as the decoder's input (working
+            size / ``input_stride``, in [0,1]: ``WhiteningSet.decoder_input``), fed to
+            ``pooled_input``; ``None`` keeps ``public``'s whitening (a method that was never
+            fitted has no set).
+        keyed_layers: how many leading layers with weights of ``public.features`` are
+            redrawn (≥ 1: the stem conv; 2: and the first fire module; ...).
+
+    Returns:
+        A new decoder in eval mode on ``public``'s device (``public`` is not modified).
+    """
+    decoder = copy.deepcopy(public).eval()
+    _draw(decoder, torch.Generator().manual_seed(key_seed(secret, DOMAIN)), keyed_layers)
     if whitening is not None:
-        feats = [decoder.pooled(whitening[i:i + 64].to(device))
-                 for i in range(0, whitening.shape[0], 64)]
-        decoder.fit_whitening(torch.cat(feats))
+        _whiten(decoder, whitening)
+    return decoder
+
+
+def training_decoder(public: SqueezeDecoder, generator: torch.Generator,
+                     whitening: torch.Tensor | None, keyed_layers: int) -> SqueezeDecoder:
+    """A random owner's decoder for EM training, built as ``keyed_decoder`` builds one.
+
+    Its stem (``keyed_layers`` leading feature modules) and head are drawn from ``generator``
+    and frozen; its later feature modules *are* ``public``'s (the same parameters), so an
+    M-step through it trains the shipped layers to work under a stem and head they never see
+    at verification. Whitening as in ``keyed_decoder``.
+    """
+    decoder = copy.deepcopy(public)
+    with torch.no_grad():
+        drawn = _draw(decoder, generator, keyed_layers)
+    ids = {id(m) for m in drawn}
+    decoder.features = nn.Sequential(*[mine if id(mine) in ids else shared
+                                       for mine, shared in zip(decoder.features,
+                                                               public.features, strict=True)])
+    for module in [*drawn, decoder.head]:
+        module.requires_grad_(False)
+    if whitening is not None:
+        with torch.no_grad():
+            _whiten(decoder, whitening)
     return decoder

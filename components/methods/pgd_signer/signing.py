@@ -1,0 +1,104 @@
+"""``pgd_signer``'s signing: the JND map and L2 PGD under EoT against a decoder."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from neuralmark.components import distributed
+from neuralmark.components.attacks.differentiable import EoTChain
+
+if TYPE_CHECKING:
+    from neuralmark.components.methods.pgd_signer.config import PGDSignerConfig
+
+
+def jnd_map(x: torch.Tensor, floor: float = 0.25) -> torch.Tensor:
+    """Where a perturbation hides: normalised local gradient energy.
+
+    Shapes: ``x`` B×3×H×W → B×1×H×W in ``[floor, 1]``.
+    """
+    import kornia  # here, not at module level: verify never needs it
+
+    gray = x.mean(dim=1, keepdim=True)
+    mag = kornia.filters.sobel(gray)
+    mag = kornia.filters.gaussian_blur2d(mag, 7, (2.0, 2.0))
+    mag = mag / (mag.amax(dim=(2, 3), keepdim=True) + 1e-6)
+    return floor + (1 - floor) * mag.sqrt()
+
+
+def radius(config: PGDSignerConfig, psnr: float) -> float:
+    """L2 radius of the ``psnr`` budget at the working size."""
+    n = 3 * config.working_size**2
+    return math.sqrt(n) * 10 ** (-psnr / 20)
+
+def project(config: PGDSignerConfig, delta: torch.Tensor, x: torch.Tensor, psnr: float
+            ) -> torch.Tensor:
+    """``delta`` into the L∞ cap and the L2 ball of ``psnr``, ``x + delta`` into [0, 1]."""
+    eps = config.linf_255 / 255
+    delta = delta.clamp(-eps, eps)
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    delta = delta * (radius(config, psnr) / norms).clamp(max=1.0)
+    return (x + delta).clamp(0, 1) - x
+
+
+def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int,
+                 generator: torch.Generator | None = None,
+                 psnr: float | None = None, chain: EoTChain | None = None,
+                 sharded: bool = False,
+                 decoder: torch.nn.Module | None = None) -> torch.Tensor:
+    """PGD under EoT at the working size (``method``: the ``PGDSigner``, typed ``Any``
+    because its module imports this one).
+
+    Args:
+        xw: B×3×S×S images in [0,1].
+        target: B×n_bits bits in {0,1}.
+        steps: PGD iterations.
+        psnr: budget override (the EM curriculum); default ``psnr_target``.
+        chain: EoT distribution override (the EM curriculum); default the config's.
+        sharded: ``xw`` is this process's shard of a data-parallel global batch: the EoT
+            draws are made for the global batch (``distributed.sample_shard``).
+        decoder: the decoder to sign against (default the public ``method.decoder``).
+    Returns:
+        B×3×S×S residual ``delta`` (``xw + delta`` in [0,1]).
+    """
+    c = method.config
+    psnr = c.psnr_target if psnr is None else psnr
+    chain = chain or method.eot
+    b = xw.shape[0]
+    sign = (2 * target - 1).to(xw)
+    weight = jnd_map(xw) if c.jnd else torch.ones_like(xw[:, :1])
+    delta = torch.zeros_like(xw)
+    budget = radius(c, psnr)
+    net = decoder or method.decoder
+    was_training = net.training
+    net.eval()
+    for t in range(steps):
+        delta.requires_grad_(True)
+        xs = (xw + delta).clamp(0, 1)
+        reps = xs.repeat(c.eot_samples, 1, 1, 1)
+        params = (distributed.sample_shard(chain, b, generator, repeats=c.eot_samples)
+                  if sharded else chain.sample(reps.shape[0], generator))
+        # keep one un-attacked view so the clean signed image decodes too
+        for k, v in params.items():
+            if k.endswith(".on"):
+                v[:b] = 0
+        logits = net(chain.apply(reps, params))
+        hinge = F.relu(c.margin - sign.repeat(c.eot_samples, 1) * logits)
+        # the first copy is the un-attacked view: give it its own weight so the
+        # signature always decodes from the image as delivered
+        loss = (c.clean_view_weight * hinge[:b].mean()
+                + (1 - c.clean_view_weight) * hinge[b:].mean()) \
+            if c.eot_samples > 1 else hinge.mean()
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            # L2 PGD: a step is a fraction of the budget's radius along the
+            # JND-weighted gradient, so every budget is actually spent
+            g = grad * weight
+            g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            frac = c.pgd_step * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / max(1, steps))))
+            delta = project(c, delta - frac * budget * g, xw, psnr)
+    net.train(was_training)
+    return delta.detach()
