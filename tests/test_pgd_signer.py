@@ -107,6 +107,38 @@ def test_each_key_signs_and_verifies_with_its_own_decoder(photo_batch):
     assert min(own) >= 0.8 and max(other) <= 0.75, (own, other)
 
 
+def test_null_keys_decoders_are_built_one_at_a_time_and_not_kept(photo_batch):
+    """The FPR calibration draws thousands of null keys, each with its own decoder: they are
+    made as their turn comes and dropped (holding them took the tiny demo past 24 GB), and
+    the owner's cached decoder is left as it was."""
+    import gc
+    import weakref
+
+    from neuralmark.components.nets.squeeze_decoder import SqueezeDecoder
+
+    m = smoke()
+    m.set_whitening_set(_photos(photo_batch))
+    owner = m.decoder_for("owner")
+    alive, seen = [], []
+    original = SqueezeDecoder.pooled
+
+    def counting(self, x):  # noqa: ANN001, ANN202
+        if self is not m.decoder and self is not owner and all(r() is not self for r in seen):
+            seen.append(weakref.ref(self))
+            gc.collect()
+            alive.append(sum(r() is not None for r in seen))
+        return original(self, x)
+
+    SqueezeDecoder.pooled = counting
+    try:
+        p = m.null_p_values(_photos(photo_batch), 6, torch.Generator().manual_seed(0))
+    finally:
+        SqueezeDecoder.pooled = original
+    assert p.shape == (len(_photos(photo_batch)), 6) and len(seen) == 6
+    assert max(alive) <= 2, alive  # the one being used (and at most the one before it)
+    assert m.decoder_for("owner") is owner
+
+
 def build_again(m):
     """The same method through its bundle (config + safetensors)."""
     import tempfile

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -241,17 +241,25 @@ class PGDSigner(WatermarkMethod):
         check_images(images, self.min_size)  # what verify refuses is unreadable here too
         search = self.config.sync_search if search is None else search
         secrets = [k.secret for k in random_keys(n_keys, generator)]
-        groups = ([(secrets, self.decoder)] if not self.config.keyed_decoder else
-                  [([s], self.decoder_for(s)) for s in secrets])
         columns = []
-        for group, decoder in groups:
+        for group, decoder in self._null_decoders(secrets):
             views = self._view_bits(images, search, decoder)          # b k n
             b, k, n = views.shape
             p = self.codec.null_p_values(views.reshape(b * k, n), group, claimed=claimed)
             columns.append(np.minimum(1.0, k * p.reshape(b, k, len(group)).min(axis=1)))
-        if self.config.keyed_decoder:
-            self._keyed.clear()  # thousands of null keys: do not keep their decoders
         return torch.from_numpy(np.concatenate(columns, axis=1))
+
+    def _null_decoders(self, secrets: list[str]) -> Iterator[tuple[list[str], torch.nn.Module]]:
+        """``(keys, decoder)`` groups for :meth:`null_p_values`: all keys on the public decoder,
+        or one key per keyed decoder, each built when its turn comes and then dropped (the
+        calibration draws thousands of null keys: holding their decoders, or caching them in
+        :meth:`decoder_for`, took the tiny demo past 24 GB)."""
+        if not self.config.keyed_decoder:
+            yield secrets, self.decoder
+            return
+        views = self.whitening_views()
+        for secret in secrets:
+            yield [secret], keyed_decoder(self.decoder, secret, views, self.config.keyed_layers)
 
 
     # -- training (EM: :mod:`.training`) ---------------------------------------
