@@ -183,7 +183,8 @@ def test_model_table_attacks_the_shipped_host(result):
     assert tk["prune_0.5"]["task_psnr"] < tk["none"]["task_psnr"]
     assert {tk[k]["model_detected"] for k in tk} <= {0.0, 1.0}
     (om,) = [r for r in table if r["method"] == "output_mark"]
-    assert om["model_detected"] is None and "no shipped files" in om["note"]
+    # output_mark ships a protected derain model (issue #19), not a host these attacks act on
+    assert om["model_detected"] is None and "hold no host network" in om["note"]
     assert "trigger_key" not in {h["method"] for h in headline(result.rows)
                                  if h["family"] == "model"}
 
