@@ -15,6 +15,15 @@
   method's own ``accuracy_drop/deepstamp``).
 
 A missing or NaN required metric refuses promotion with a reason naming it.
+
+**Removal policy for model methods** (``policy.max_removal_psnr_drop`` = δ, off by default):
+an attacker who ruins the model has not stolen a useful one. With δ set, a failing floor on
+``detected/<label>`` (the mark was not verified after that attack) counts as a removal only
+when the attacked host kept its task quality, ``psnr/<label>`` ≥ ``psnr`` − δ (the marked
+host's task PSNR); otherwise the check passes and a note records the raw failure and the
+quality the attack cost. It applies to every method whose summary reports the shared model
+attacks so (``detected/<label>`` with the attacked host's task ``psnr/<label>``); a missing
+``psnr/<label>`` refuses promotion, so the policy never excuses an attack it cannot judge.
 Steps only carry the answer to the MLflow registry and the ZenML Model
 Control Plane.
 """
@@ -49,6 +58,9 @@ class GatePolicy(BaseModel):
             mark stays visible).
         max_metric: any summary metric → its ceiling (e.g. ``accuracy_drop/deepstamp``,
             ``removal_gain/deepstamp``).
+        max_removal_psnr_drop: δ (dB) of the removal policy (module docstring): a failed
+            ``detected/<label>`` floor counts only if ``psnr/<label>`` ≥ ``psnr`` − δ;
+            ``None`` counts every failure (the raw rule).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,6 +73,7 @@ class GatePolicy(BaseModel):
     primary_metric: str = "bit_accuracy_mean_attacked"
     min_metric: dict[str, float] = Field(default_factory=dict)
     max_metric: dict[str, float] = Field(default_factory=dict)
+    max_removal_psnr_drop: float | None = Field(default=None, ge=0.0)
 
     @field_validator("min_bit_accuracy", "min_detection_rate")
     @classmethod
@@ -113,6 +126,34 @@ def _read(metrics: dict[str, float], key: str) -> tuple[float | None, str | None
     return value, None
 
 
+DETECTED_PREFIX = "detected/"
+
+
+def _ruined_host(candidate: dict[str, float], key: str, max_drop: float | None) -> str | None:
+    """The removal policy on one failed ``detected/<label>`` floor.
+
+    Returns:
+        ``None`` when the policy does not apply (off, or not a ``detected/`` key);
+        ``"not a removal: …"`` when the attacked host lost more than ``max_drop`` dB of task
+        PSNR (the failure does not count); otherwise why it counts (quality kept, or the
+        PSNR needed to judge it is missing).
+    """
+    if max_drop is None or not key.startswith(DETECTED_PREFIX):
+        return None
+    label = key[len(DETECTED_PREFIX):]
+    attacked, problem = _read(candidate, f"psnr/{label}")
+    marked, problem_marked = _read(candidate, PSNR_KEY)
+    if problem or problem_marked:
+        return (f"the removal policy needs psnr/{label} and {PSNR_KEY} "
+                f"({problem or problem_marked})")
+    drop = marked - attacked
+    if drop > max_drop:
+        return (f"not a removal: the attack ruined the host (task PSNR {attacked:.4g} dB, "
+                f"{drop:.3g} dB below the marked host's {marked:.4g}; policy δ {max_drop:g} dB)")
+    return (f"a removal that kept the host's quality (task PSNR {attacked:.4g} dB, "
+            f"{drop:.3g} dB below the marked host's; policy δ {max_drop:g} dB)")
+
+
 def decide(candidate: dict[str, float], champion: dict[str, float] | None,
            policy: GatePolicy) -> Decision:
     """Decide whether ``candidate`` replaces ``champion``.
@@ -143,7 +184,13 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None,
         if problem:
             reasons.append(f"{key} {problem} (required, {limit})")
         elif is_floor and value < bound:
-            reasons.append(f"{key} = {value:.4g} is below the {limit}")
+            ruined = _ruined_host(candidate, key, policy.max_removal_psnr_drop)
+            if ruined is None:
+                reasons.append(f"{key} = {value:.4g} is below the {limit}")
+            elif ruined.startswith("not a removal"):
+                notes.append(f"{key} = {value:.4g} is below the {limit}, {ruined}")
+            else:
+                reasons.append(f"{key} = {value:.4g} is below the {limit}; {ruined}")
         elif not is_floor and value > bound:
             reasons.append(f"{key} = {value:.4g} is above the {limit}")
 

@@ -28,7 +28,10 @@ is the owner's key) and ``study`` (:class:`StudySettings`).
 The gate reads ``study.gate_summary``'s keys through the generic policy: ``min_psnr`` on
 the marked host's task PSNR, ``max_fpr`` on the held-out FPR, and ``min_metric`` /
 ``max_metric`` for the rest, e.g. ``{"detected/none": 1, "detected/fine_tune_original_1":
-1, prune_survived_max: 0.1}`` and ``{fidelity_cost_db: 1.0, uniqueness_false_matches: 0}``.
+1, prune_survived_max: 0.1}`` and ``{fidelity_cost_db: 1.0, uniqueness_false_matches: 0}``;
+``max_removal_psnr_drop`` (the profiles: their fidelity ceiling) is the gate's removal policy:
+a failed ``detected/<label>`` counts only when the attacked host's ``psnr/<label>`` stayed
+within it of the marked host's (``components/gate.py``; the raw failure stays in the notes).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ or by default the diagnosis script's eight scikit-image photos: six train, two t
 embedded with that variant's embedding settings, η is calibrated (random keys, the λ = 0
 and an independently trained host, ``--pool`` other keys' marked hosts embedded with the
 same settings), and the marked host is attacked with the library's one-epoch fine-tuning
-(original and new data: fresh Adam at lr 1e-3, BatchNorm in train mode) and 30 % pruning.
+(original and new data: fresh Adam at lr 1e-3, BatchNorm in train mode) and 30 % pruning,
+or the ``--attacks`` given (each with its own attacker lr, to see whether an attacker who
+keeps the host's task quality removes the mark).
 One table row per variant: fidelity cost (vs the same fine-tuning at λ = 0), ℓ_w per
 pixel, η, held-out FPR, each attack's d_rel and verdict and the attacked task PSNR.
 
@@ -28,27 +30,46 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
-from neuralmark.components.attacks.model_registry import get_model_attack  # noqa: E402
+from neuralmark.components.attacks.model_registry import (  # noqa: E402
+    ModelAttackSettings,
+    get_model_attack,
+)
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
 from neuralmark.components.methods.trigger_key.evaluation import attacker_data  # noqa: E402
 from neuralmark.components.methods.trigger_key.study import skimage_images  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", "text")
-ATTACKS = [("fine_tune_original", 1), ("fine_tune_new", 1), ("fine_tune_original", 3),
-           ("prune", 0.3)]
+ATTACKS = "fine_tune_original:1,fine_tune_new:1,fine_tune_original:3,prune:0.3"
 
 
+def parse_attacks(text: str) -> list[tuple[str, float, float | None]]:
+    """``name:strength[:lr],…`` → ``[(name, strength, attacker lr or None), …]``."""
+    out = []
+    for item in filter(None, text.split(",")):
+        name, strength, *lr = item.split(":")
+        out.append((name, float(strength), float(lr[0]) if lr else None))
+    return out
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, float]]:
+def parse_variant(text: str) -> tuple[str, dict[str, float | int | str]]:
     """``name:field=value,...`` → ``(name, {field: number})``."""
     name, _, rest = text.partition(":")
     fields = {}
     for item in filter(None, rest.split(",")):
         k, _, v = item.partition("=")
-        fields[k.strip()] = float(v) if any(ch in v for ch in ".e") else int(v)
+        fields[k.strip()] = _number_or_text(v.strip())
     return name, fields
+
+
+def _number_or_text(text: str) -> float | int | str:
+    """``200`` → int, ``1e-2`` → float, anything else (``key_noise``) stays text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
 
 
 def main() -> None:
@@ -59,6 +80,8 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=4, help="other keys' marked hosts in the null")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sample", help="build / reuse the tiny sample set here and train on it")
+    ap.add_argument("--attacks", default=ATTACKS,
+                    help="name:strength[:lr],… (lr: the attacker's Adam lr; default 1e-3)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -79,8 +102,10 @@ def main() -> None:
     print(f"host {args.arch}×{args.depth}: noisy {fit['input_psnr']:.2f} dB, unmarked "
           f"{fit['host_psnr']:.2f} dB ({time.time() - start:.0f} s)", flush=True)
     owner = WatermarkKey("neuralmark-eval")
-    labels = [get_model_attack(a).label(s) for a, s in ATTACKS]
-    print("| variant | fidelity cost dB | ℓ_w/px | η | FPR | "
+    attacks = parse_attacks(args.attacks)
+    labels = [get_model_attack(a).label(s) + ("" if lr is None else f"@lr{lr:g}")
+              for a, s, lr in attacks]
+    print("| variant | fidelity cost dB | marked PSNR | ℓ_w/px | η | FPR | "
           + " | ".join(f"{lb}: d_rel (PSNR)" for lb in labels) + " | s |", flush=True)
     for text in args.variants:
         t0 = time.time()
@@ -91,13 +116,15 @@ def main() -> None:
         cal = m.calibrate(owner, [independent])
         data = attacker_data(m)
         cells = []
-        for attack, strength in ATTACKS:
-            attacked = get_model_attack(attack)(m.host, strength, data)
+        for attack, strength, lr in attacks:
+            settings = ModelAttackSettings() if lr is None else ModelAttackSettings(lr=lr)
+            attacked = get_model_attack(attack)(m.host, strength, data, settings)
             v = m.verify_model(attacked, owner)
             cells.append(f"{v.extra['d_rel']:.3f} {'yes' if v.detected else 'no'} "
                          f"({m.task_psnr_of(attacked):.2f})")
         lw = m.metrics["embed_l_w"] / m.s.numel()
-        print(f"| {name} | {m.metrics['fidelity_cost_db']:.2f} | {lw:.4f} | {cal['eta']:.3f} | "
+        print(f"| {name} | {m.metrics['fidelity_cost_db']:.2f} | {m.task_psnr_of(m.host):.2f} | "
+              f"{lw:.4f} | {cal['eta']:.3f} | "
               f"{cal['fpr']:.4f} | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |",
               flush=True)
     print(f"total {time.time() - start:.0f} s")

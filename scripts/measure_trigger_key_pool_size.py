@@ -10,7 +10,9 @@ not carry it (the owner's and all the other pool hosts), and every test key's ho
 owner's key: the trials the uniqueness table runs. Printed per P: η, how many test trials
 fall below η (false matches), the smallest test trial, and the embeddings P costs a
 pipeline run (2·P: the owner's calibration and the uniqueness study each build it) with
-their measured seconds.
+their measured seconds. ``--references unmarked,lambda0`` repeats the table with d_rel taken
+relative to the λ = 0 host (the same embedding fine-tuning without the mark, whose batches
+every pool host shares) instead of the unmarked host.
 
     python scripts/measure_trigger_key_pool_size.py --sample /tmp/sample-tiny \
         --arch vdsr --task sr --lam 1e-3
@@ -33,6 +35,7 @@ from neuralmark.components.data.sample import (  # noqa: E402
 )
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
+from neuralmark.components.methods.trigger_key import calibration  # noqa: E402
 from neuralmark.components.methods.trigger_key.calibration import (  # noqa: E402
     host_relative_distances,
 )
@@ -49,6 +52,9 @@ def main() -> None:
     ap.add_argument("--pool-max", type=int, default=12)
     ap.add_argument("--test-keys", type=int, default=4)
     ap.add_argument("--sizes", default="0,2,4,6,8,12")
+    ap.add_argument("--references", default="unmarked",
+                    help="M_ref of d_rel, comma-separated: unmarked (the bundle's) and/or "
+                         "lambda0 (the same fine-tuning without the mark)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,27 +75,38 @@ def main() -> None:
     test = everyone[args.pool_max:]
     x_owner, s_owner, _ = m.reference(owner)
     hosts = [m.host, *(h for h, _, _ in everyone)]
-    trials: list[float] = []
-    for i, (_, x, s) in enumerate(test):
-        own = everyone.index(test[i])
-        trials += [d for j, h in enumerate(hosts) if j != own + 1
-                   for d in host_relative_distances(h, m.unmarked, x, s)]
-    for h, _, _ in test:
-        trials += host_relative_distances(h, m.unmarked, x_owner, s_owner)
-    print(f"{args.arch} {args.task} λ {args.lam}: fidelity cost "
-          f"{m.metrics['fidelity_cost_db']:.2f} dB; {len(test)} test keys, {len(trials)} test "
-          f"trials (smallest {min(trials):.3f}); {per_embedding:.0f} s per embedding "
-          f"({time.time() - start:.0f} s so far)", flush=True)
-    print("| P | η | calibrating marked trials | held-out FPR (pipeline's split) | test trials "
-          "below η | embeddings per run (s) |\n|---|---|---|---|---|---|")
-    for p in (int(v) for v in args.sizes.split(",")):
-        cal = m.calibrate(owner, [independent], pool=everyone[:p])
-        eta = cal["eta"]
-        below = sum(1 for d in trials if d < eta)
-        n_marked = p * (p + 1) - int(cal.get("marked_trials", 0))
-        print(f"| {p} | {eta:.3f} | {n_marked} | {cal['fpr']:.4f} ({int(cal['fp'])}/"
-              f"{int(cal['trials'])}) | {below}/{len(trials)} | {2 * p} "
-              f"({2 * p * per_embedding:.0f}) |", flush=True)
+    c = m.config
+    references = {"unmarked": m.unmarked, "lambda0": m.lambda0_host}
+    for name in args.references.split(","):
+        ref = references[name]
+        trials: list[float] = []
+        for i, (_, x, s) in enumerate(test):
+            own = everyone.index(test[i])
+            trials += [d for j, h in enumerate(hosts) if j != own + 1
+                       for d in host_relative_distances(h, ref, x, s)]
+        for h, _, _ in test:
+            trials += host_relative_distances(h, ref, x_owner, s_owner)
+        print(f"{args.arch} {args.task} λ {args.lam} reference {name}: "
+              f"fidelity cost {m.metrics['fidelity_cost_db']:.2f} dB; {len(test)} test keys, "
+              f"{len(trials)} test trials (smallest {min(trials):.3f}, median "
+              f"{sorted(trials)[len(trials) // 2]:.3f}); {per_embedding:.0f} s per embedding "
+              f"({time.time() - start:.0f} s so far)", flush=True)
+        print("| P | η | calibrating marked trials | held-out FPR (pipeline's split) | test "
+              "trials below η | embeddings per run (s) |\n|---|---|---|---|---|---|")
+        for p in (int(v) for v in args.sizes.split(",")):
+            # the null of TriggerKey.calibrate, with M_ref = this reference (the λ = 0 host:
+            # the unmarked host joins the null hosts in its place)
+            others = [m.lambda0_host] if name == "unmarked" else [m.unmarked]
+            null = calibration.null_distances(
+                m.host, ref, [*others, independent], x_owner, s_owner, c.calibration_keys, 1,
+                c.trigger_side, c.channels, c.task, c.scale, c.keyed_gradient, everyone[:p])
+            cal = calibration.calibrate(null, c.alpha, c.calibration_keys)
+            eta = cal["eta"]
+            below = sum(1 for d in trials if d < eta)
+            n_marked = p * (p + 1) - int(cal.get("marked_trials", 0))
+            print(f"| {p} | {eta:.3f} | {n_marked} | {cal['fpr']:.4f} ({int(cal['fp'])}/"
+                  f"{int(cal['trials'])}) | {below}/{len(trials)} | {2 * p} "
+                  f"({2 * p * per_embedding:.0f}) |", flush=True)
     print(f"total {time.time() - start:.0f} s")
 
 

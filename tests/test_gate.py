@@ -129,3 +129,51 @@ def test_policy_is_frozen_and_strict():
         GatePolicy(min_psnr=30, min_bit_accuracy={}, max_fpr=1.5)
     with pytest.raises(ValidationError):
         POLICY.min_psnr = 10  # type: ignore[misc]
+
+
+# The removal policy of model methods: a failed ``detected/<label>`` floor counts only when
+# the attacked host kept its task quality (figures of the RED tiny run, issue #13).
+MODEL_POLICY = dict(min_psnr=20.0, min_bit_accuracy={}, max_fpr=0.05,
+                    primary_metric="detection_rate_mean_attacked",
+                    min_metric={"detected/none": 1.0, "detected/fine_tune_original_1": 1.0})
+MODEL = {"psnr": 28.31, "fpr": 0.005, "detection_rate_mean_attacked": 0.5,
+         "detected/none": 1.0, "psnr/none": 28.31,
+         "detected/fine_tune_original_1": 0.0, "psnr/fine_tune_original_1": 26.02}
+
+
+def test_removal_policy_off_counts_every_failed_detection():
+    decision = decide(MODEL, None, GatePolicy(**MODEL_POLICY))
+    assert not decision.promote
+    assert decision.reasons == ["detected/fine_tune_original_1 = 0 is below the floor 1"]
+
+
+def test_removal_policy_excuses_an_attack_that_ruined_the_host_with_a_note():
+    decision = decide(MODEL, None, GatePolicy(**MODEL_POLICY, max_removal_psnr_drop=1.0))
+    assert decision.promote and decision.reasons == []
+    note = next(n for n in decision.notes if n.startswith("detected/fine_tune_original_1"))
+    assert "not a removal" in note and "26.02" in note and "2.29 dB below" in note
+
+
+def test_removal_policy_counts_a_removal_that_kept_the_quality():
+    kept = {**MODEL, "psnr/fine_tune_original_1": 27.5}  # 0.81 dB below the marked host
+    decision = decide(kept, None, GatePolicy(**MODEL_POLICY, max_removal_psnr_drop=1.0))
+    assert not decision.promote
+    assert len(decision.reasons) == 1
+    assert "kept the host's quality" in decision.reasons[0]
+    # a tighter δ turns the same 0.81 dB into a ruined host
+    assert decide(kept, None, GatePolicy(**MODEL_POLICY, max_removal_psnr_drop=0.5)).promote
+
+
+def test_removal_policy_never_excuses_what_it_cannot_judge():
+    blind = {k: v for k, v in MODEL.items() if k != "psnr/fine_tune_original_1"}
+    decision = decide(blind, None, GatePolicy(**MODEL_POLICY, max_removal_psnr_drop=1.0))
+    assert not decision.promote
+    assert "needs psnr/fine_tune_original_1" in decision.reasons[0]
+    # only detected/ floors are judged by the attacked quality; other floors stay raw
+    low = {**MODEL, "detection_rate_mean_attacked": 0.5, "psnr/fine_tune_original_1": 28.0}
+    policy = GatePolicy(**{**MODEL_POLICY, "min_metric": {"detection_rate_mean_attacked": 0.9}},
+                        max_removal_psnr_drop=1.0)
+    assert decide(low, None, policy).reasons == [
+        "detection_rate_mean_attacked = 0.5 is below the floor 0.9"]
+    with pytest.raises(ValidationError):
+        GatePolicy(**MODEL_POLICY, max_removal_psnr_drop=-1.0)
