@@ -68,6 +68,7 @@ class PGDSignerConfig(MethodConfig):
     #: replay buffer of signed images (unkeyed EM; keyed EM replays the round's batch)
     buffer_size: int = 256
     curve_images: int = 8
-    #: stop EM after the round that passes this many seconds (0: run every round)
+    #: stop EM after the round that passes this many seconds (0: run every round); a
+    #: ``components.time_budget`` budget, so a caller's outer budget also bounds it
     time_budget_s: float = Field(0.0, ge=0.0)
     device: str = "auto"
