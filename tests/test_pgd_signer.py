@@ -216,3 +216,13 @@ def test_em_stops_when_its_time_budget_is_spent(photo_batch, where):
     assert metrics["round"] == 0.0
     if outer is not None:
         assert outer.cuts == {"pgd_signer/em_rounds": (1, 4)}
+
+
+def test_whitening_set_holds_the_configured_views_per_photo(photo_batch):
+    """``whitening_views`` EoT views of each of the first ``whitening_images`` photos (the
+    set's size decides whether the keyed whitening's covariance has full rank)."""
+    photos = _photos(photo_batch).repeat(5, 1, 1, 1)  # 20 photos
+    m = smoke(whitening_images=8, whitening_views=3)
+    m.set_whitening_set(photos)
+    assert m.whitening_set.images.shape[0] == 8 * 3
+    assert build_again(m).whitening_set.images.shape[0] == 8 * 3
