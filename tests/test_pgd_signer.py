@@ -200,3 +200,29 @@ def test_em_trains_the_shared_layers_under_keyed_stems(photo_batch):
     own = [v.bit_accuracy for v in loaded.verify(marked, WatermarkKey("owner", 3))]
     other = [v.bit_accuracy for v in loaded.verify(marked, WatermarkKey("someone else", 3))]
     assert min(own) >= 0.8 and max(other) <= 0.75, (own, other)
+
+
+@pytest.mark.parametrize("where", ["config", "caller"])
+def test_em_stops_when_its_time_budget_is_spent(photo_batch, where):
+    """``time_budget_s`` and a caller's ``time_budget`` are the one mechanism
+    (``components.time_budget``): either stops EM after the round that spends it, and the
+    budget records where it cut."""
+    from neuralmark.components.time_budget import time_budget
+
+    photos = _photos(photo_batch)
+    m = smoke(rounds=4, time_budget_s=1e-6 if where == "config" else 0.0)
+    with time_budget(None if where == "config" else 1e-6) as outer:
+        metrics = m.fit({"train": photos, "val": photos[:2]})
+    assert metrics["round"] == 0.0
+    if outer is not None:
+        assert outer.cuts == {"pgd_signer/em_rounds": (1, 4)}
+
+
+def test_whitening_set_holds_the_configured_views_per_photo(photo_batch):
+    """``whitening_views`` EoT views of each of the first ``whitening_images`` photos (the
+    set's size decides whether the keyed whitening's covariance has full rank)."""
+    photos = _photos(photo_batch).repeat(5, 1, 1, 1)  # 20 photos
+    m = smoke(whitening_images=8, whitening_views=3)
+    m.set_whitening_set(photos)
+    assert m.whitening_set.images.shape[0] == 8 * 3
+    assert build_again(m).whitening_set.images.shape[0] == 8 * 3

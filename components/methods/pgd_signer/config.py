@@ -34,6 +34,9 @@ class PGDSignerConfig(MethodConfig):
     keyed_layers: int = Field(1, ge=1, le=6)
     #: public clean photos (× 4 EoT views) stored in the bundle for the keyed whitening
     whitening_images: int = Field(32, ge=8)
+    #: EoT views per whitening photo: the set holds ``whitening_images`` × this views, and
+    #: fewer views than the decoder's 8·``width`` features leave its covariance rank-deficient
+    whitening_views: int = Field(4, ge=1)
     #: decoder reads the working image down-sampled by this factor (low/mid frequencies)
     input_stride: int = 4
     # signing (PGD under EoT)
@@ -68,6 +71,7 @@ class PGDSignerConfig(MethodConfig):
     #: replay buffer of signed images (unkeyed EM; keyed EM replays the round's batch)
     buffer_size: int = 256
     curve_images: int = 8
-    #: stop EM after the round that passes this many seconds (0: run every round)
+    #: stop EM after the round that passes this many seconds (0: run every round); a
+    #: ``components.time_budget`` budget, so a caller's outer budget also bounds it
     time_budget_s: float = Field(0.0, ge=0.0)
     device: str = "auto"

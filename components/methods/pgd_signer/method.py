@@ -62,10 +62,11 @@ class PGDSigner(WatermarkMethod):
         return super().to(device)
 
     def set_whitening_set(self, images: torch.Tensor) -> None:
-        """Store 4 EoT views of the first ``whitening_images`` of ``images`` (N×3×H×W)."""
+        """Store ``whitening_views`` EoT views of the first ``whitening_images`` of ``images``
+        (N×3×H×W)."""
         c = self.config
         self.whitening_set.set(self._to_working(images[: c.whitening_images].cpu()),
-                               c.working_size // c.input_stride, self.eot, 4,
+                               c.working_size // c.input_stride, self.eot, c.whitening_views,
                                torch.Generator().manual_seed(c.seed))
         self._keyed.clear()
         self._whitening_views = None

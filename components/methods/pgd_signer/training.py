@@ -17,6 +17,7 @@ from neuralmark.components import distributed
 from neuralmark.components.attacks.differentiable import DiffRotate, DiffZoom, EoTChain
 from neuralmark.components.methods.base import Callbacks, InputError, pick_device
 from neuralmark.components.methods.pgd_signer import keying, signing
+from neuralmark.components.time_budget import out_of_time, time_budget
 
 
 def training_loss(method: Any, images: torch.Tensor) -> torch.Tensor:
@@ -173,81 +174,84 @@ def fit(method: Any, data: Mapping[str, torch.Tensor],
                                                                       "scale": {}}
     metrics: dict[str, float] = {}
     start = time.time()
-    for rnd in range(c.rounds):
-        # E-step: sign a fresh batch with random payloads under the current decoder
-        # drawn for the global batch; this process signs its rows (all of them in one)
-        idx = torch.randperm(train.shape[0], generator=g)[: c.batch_size]
-        xg = train[idx]
-        bg = torch.randint(0, 2, (xg.shape[0], c.n_bits), generator=g).float()
-        xb = distributed.shard(xg).to(method.device)
-        bits = distributed.shard(bg).to(method.device)
-        ramp = min(1.0, rnd / max(1, c.rounds // 2))
-        e_psnr = c.train_psnr_start + ramp * (c.psnr_target - c.train_psnr_start)
-        # curriculum on the attacks too: probability of each transform ramps
-        # from aug_start·p to p (like DeepRAFT's aug_start/aug_end)
-        p_att = c.eot.p * (c.aug_start + (1 - c.aug_start) * ramp)
-        chain = EoTChain(c.eot.model_copy(update={"p": p_att}))
-        if keyed:
-            # this round's owner: the same draw on every process (``g`` is)
-            owner = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=g)))
-            net = keying.training_decoder(method.decoder, owner, method.whitening_views(),
-                                          c.keyed_layers)
-            train_decoder = distributed.wrap(net)
-            for buf in (buf_x, buf_c, buf_b):
-                buf.clear()
-        else:
-            net = method.decoder
-        delta = signing.sign_working(method, xb, bits, c.sign_steps_train, g, psnr=e_psnr,
-                                     chain=chain, sharded=True, decoder=net)
-        signed = (xb + delta).clamp(0, 1)
-        with torch.no_grad():
-            e_acc = float(((net(signed) > 0).float() == bits).float().mean())
-            attacked = chain.apply(signed, distributed.sample_shard(chain, signed.shape[0], g))
-            e_acc_att = float(((net(attacked) > 0).float() == bits).float().mean())
-        # every process keeps the whole global batch in its replay buffer
-        buf_x.append(distributed.all_gather_rows(signed).cpu())
-        buf_c.append(xg)
-        buf_b.append(bg)
-        while sum(t.shape[0] for t in buf_x) > c.buffer_size:
-            for buf in (buf_x, buf_c, buf_b):
-                buf.pop(0)
-        bx, bc, bb = torch.cat(buf_x), torch.cat(buf_c), torch.cat(buf_b)
-        # M-step: update the decoder on attacked signed images (+ clean term)
-        net.train()
-        for _ in range(c.m_steps):
-            j = distributed.shard(torch.randint(0, bx.shape[0], (c.batch_size,),
-                                                generator=g))
-            loss, m = m_loss(method, bx[j].to(method.device), bb[j].to(method.device),
-                             bc[j].to(method.device), g, chain,
-                             decoder=train_decoder, sharded=True)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        net.eval()
-        method.decoder.eval()
-        if c.rewhiten_every and (rnd + 1) % c.rewhiten_every == 0:
-            fit_whitening(method, train, generator=g)
-            distributed.broadcast_state(method.decoder)
-        metrics = distributed.mean_over_processes(
-            {"e_bit_acc": e_acc, "e_bit_acc_attacked": e_acc_att, **m})
-        metrics = {**metrics, "e_psnr_budget": e_psnr, "attack_p": p_att,
-                   "round": float(rnd), "elapsed_s": time.time() - start}
-        over = c.time_budget_s > 0 and distributed.mean_over_processes(
-            {"over": float(time.time() - start > c.time_budget_s)})["over"] > 0
-        last = rnd == c.rounds - 1 or over
-        if last or rnd % max(1, c.rounds // 5) == 0:
-            cur = robustness_curves(method, val, g, net)
-            for name, (xs, ys) in cur.items():
-                curves[name][f"round {rnd}"] = (xs, ys)
-                metrics[f"curve_{name}_mean"] = float(np.mean(ys))
-            from neuralmark.components.plots import curve  # matplotlib: only when training
+    # ``time_budget_s`` through the project's one time-bound mechanism
+    # (:mod:`neuralmark.components.time_budget`): inside a caller's budget the earlier
+    # deadline wins, under torchrun rank 0 decides for every process, and a cut is recorded
+    with time_budget(c.time_budget_s or None):
+        for rnd in range(c.rounds):
+            # E-step: sign a fresh batch with random payloads under the current decoder
+            # drawn for the global batch; this process signs its rows (all of them in one)
+            idx = torch.randperm(train.shape[0], generator=g)[: c.batch_size]
+            xg = train[idx]
+            bg = torch.randint(0, 2, (xg.shape[0], c.n_bits), generator=g).float()
+            xb = distributed.shard(xg).to(method.device)
+            bits = distributed.shard(bg).to(method.device)
+            ramp = min(1.0, rnd / max(1, c.rounds // 2))
+            e_psnr = c.train_psnr_start + ramp * (c.psnr_target - c.train_psnr_start)
+            # curriculum on the attacks too: probability of each transform ramps
+            # from aug_start·p to p (like DeepRAFT's aug_start/aug_end)
+            p_att = c.eot.p * (c.aug_start + (1 - c.aug_start) * ramp)
+            chain = EoTChain(c.eot.model_copy(update={"p": p_att}))
+            if keyed:
+                # this round's owner: the same draw on every process (``g`` is)
+                owner = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+                net = keying.training_decoder(method.decoder, owner, method.whitening_views(),
+                                              c.keyed_layers)
+                train_decoder = distributed.wrap(net)
+                for buf in (buf_x, buf_c, buf_b):
+                    buf.clear()
+            else:
+                net = method.decoder
+            delta = signing.sign_working(method, xb, bits, c.sign_steps_train, g, psnr=e_psnr,
+                                         chain=chain, sharded=True, decoder=net)
+            signed = (xb + delta).clamp(0, 1)
+            with torch.no_grad():
+                e_acc = float(((net(signed) > 0).float() == bits).float().mean())
+                attacked = chain.apply(signed, distributed.sample_shard(chain, signed.shape[0], g))
+                e_acc_att = float(((net(attacked) > 0).float() == bits).float().mean())
+            # every process keeps the whole global batch in its replay buffer
+            buf_x.append(distributed.all_gather_rows(signed).cpu())
+            buf_c.append(xg)
+            buf_b.append(bg)
+            while sum(t.shape[0] for t in buf_x) > c.buffer_size:
+                for buf in (buf_x, buf_c, buf_b):
+                    buf.pop(0)
+            bx, bc, bb = torch.cat(buf_x), torch.cat(buf_c), torch.cat(buf_b)
+            # M-step: update the decoder on attacked signed images (+ clean term)
+            net.train()
+            for _ in range(c.m_steps):
+                j = distributed.shard(torch.randint(0, bx.shape[0], (c.batch_size,),
+                                                    generator=g))
+                loss, m = m_loss(method, bx[j].to(method.device), bb[j].to(method.device),
+                                 bc[j].to(method.device), g, chain,
+                                 decoder=train_decoder, sharded=True)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            net.eval()
+            method.decoder.eval()
+            if c.rewhiten_every and (rnd + 1) % c.rewhiten_every == 0:
+                fit_whitening(method, train, generator=g)
+                distributed.broadcast_state(method.decoder)
+            metrics = distributed.mean_over_processes(
+                {"e_bit_acc": e_acc, "e_bit_acc_attacked": e_acc_att, **m})
+            metrics = {**metrics, "e_psnr_budget": e_psnr, "attack_p": p_att,
+                       "round": float(rnd), "elapsed_s": time.time() - start}
+            over = out_of_time("pgd_signer/em_rounds", rnd + 1, c.rounds)
+            last = rnd == c.rounds - 1 or over
+            if last or rnd % max(1, c.rounds // 5) == 0:
+                cur = robustness_curves(method, val, g, net)
+                for name, (xs, ys) in cur.items():
+                    curves[name][f"round {rnd}"] = (xs, ys)
+                    metrics[f"curve_{name}_mean"] = float(np.mean(ys))
+                from neuralmark.components.plots import curve  # matplotlib: only when training
 
-            for name, lines in curves.items() if distributed.is_main() else ():
-                cb.on_figure(rnd, f"bit_accuracy_vs_{name}", curve(
-                    lines, xlabel="angle (deg)" if name == "rotation" else "zoom factor",
-                    ylabel="bit accuracy", title=f"bit accuracy vs {name}, per EM round"))
-        cb.on_metrics(rnd, metrics)
-        cb.on_progress(rnd + 1, c.rounds, "EM rounds")
-        if over:
-            break
+                for name, lines in curves.items() if distributed.is_main() else ():
+                    cb.on_figure(rnd, f"bit_accuracy_vs_{name}", curve(
+                        lines, xlabel="angle (deg)" if name == "rotation" else "zoom factor",
+                        ylabel="bit accuracy", title=f"bit accuracy vs {name}, per EM round"))
+            cb.on_metrics(rnd, metrics)
+            cb.on_progress(rnd + 1, c.rounds, "EM rounds")
+            if over:
+                break
     return metrics
