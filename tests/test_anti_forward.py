@@ -462,3 +462,33 @@ def test_tiles_are_stamped_with_context_and_blended_without_seams(photo, monkeyp
     assert torch.allclose(m.embed(flat, None), torch.full_like(flat, 0.55), atol=1e-6)
     with pytest.raises(InputError, match="tile_margin"):
         m.with_config(tile_margin=6)
+
+
+@pytest.mark.parametrize("mode", ["stretch", "tiles", "conv"])
+def test_attacks_add_their_noise_where_the_deployed_scanner_does(mode, photo):
+    """The EoT / smoothed-score transform of the adversarial evaluation is the scan path:
+    classifier_module on ``eot_transform(x) + σ·noise`` gives the logits the scanner's
+    statistic and certification compute for that noise, for every stamp mode."""
+    from neuralmark.components.adversarial_evaluation import adversarial_rows, eot_transform
+    from neuralmark.components.attacks.adversarial import NoisyClassifier
+
+    m = smoke(payload_bits=0, message_bits=0, stamp_mode=mode, sigma=0.25, tile_margin=8)
+    x = _images(photo, 2, 90)              # not a multiple of 32: a 96² grid of 3×3 tiles
+    view = eot_transform(m)(x)
+    assert view.shape[-2:] == ((32, 32) if mode == "stretch" else (96, 96))
+    noise = torch.randn(view.shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        attacked = NoisyClassifier(m.classifier_module(), 0.25, seed=4,
+                                   transform=eot_transform(m))(x)
+        scanned = m.grid_logits(m.to_grid(x) + 0.25 * noise)[:, :2]
+        assert torch.allclose(attacked, scanned, atol=1e-5)
+        # the calibrated statistic is the mean margin of that classifier over its noise bank
+        bank = m._noise_bank(*view.shape[-2:])
+        logits = m.classifier_module()((view[:, None] + 0.25 * bank[None]).flatten(0, 1))
+        margins = (logits[:, 1] - logits[:, 0]).view(2, -1).mean(dim=1)
+        assert torch.allclose(margins, m.scan_statistic(x), atol=1e-5)
+    rows = adversarial_rows(m, x[:1], None, attacks=("apgd_eot",), steps=1, eot_iter=1,
+                            smoothing_n=8, seed=0)
+    assert any(r["metric"] == "linf_distance_max" and r["value"] <= 8 / 255 + 1e-6
+               for r in rows)
+    assert eot_transform(m.with_config(smoothing=False)) is None
