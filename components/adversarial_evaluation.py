@@ -4,7 +4,8 @@ Works with any method exposing the anti-forwarding scanner API (``Scanner``; a
 ``WatermarkMethod`` declares it with ``has_scanner = True``): ``classifier_module()``
 (B×3×H×W in [0, 1] → B×2 logits, class 1 = stamped, no noise), ``scanner_logits(images)``,
 ``certify(images, *, n0, n, certify_alpha, generator) -> list[Certificate]``,
-``to_working(images)`` (into the space where ``certify`` adds its noise),
+``to_grid(images)`` (the deployed scanner's own view of the images: the space where
+``certify`` and the scan statistic add their noise; a view maps to itself),
 ``config.sigma`` and ``smoothed`` (whether ``verify`` smooths with that σ).
 
 ``adversarial_rows`` attacks stamped images toward "not stamped" (removal, so
@@ -88,7 +89,7 @@ class Scanner(Protocol):
 
     def scanner_logits(self, images: torch.Tensor) -> torch.Tensor: ...
 
-    def to_working(self, images: torch.Tensor) -> torch.Tensor: ...
+    def to_grid(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def certify(self, images: torch.Tensor, *, n0: int | None = None, n: int | None = None,
                 certify_alpha: float | None = None,
@@ -104,6 +105,21 @@ def _seed(seed: int, text: str) -> int:
 def smoothing_sigma(method: Scanner) -> float:
     """σ of the scanner's deployed decision: ``config.sigma`` if it smooths, else 0."""
     return float(method.config.sigma) if method.smoothed else 0.0
+
+
+def eot_transform(method: Scanner) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Where the attacks' noise goes (APGD-EoT, Square on a smoothed score): the map of
+    images into the view the deployed scanner reads and noises, ``None`` when it does not
+    smooth.
+
+    That view is ``method.to_grid``: for anti_forward's ``stamp_mode`` "stretch" the
+    working-size image, for "tiles" / "conv" the photo's grid of working-size tiles, whose
+    tile logits the scanner averages. (The working-size view of a tiled scanner would
+    squash the whole photo into one tile: an attack on a classifier nobody deploys.)
+    ``classifier_module()`` applied to a view reads it as is (``to_grid`` maps a view to
+    itself), so the attacked model is the scan path, noise included.
+    """
+    return method.to_grid if smoothing_sigma(method) > 0 else None
 
 
 def _check_batch(name: str, images: torch.Tensor) -> None:
@@ -229,7 +245,7 @@ def adversarial_rows(
     ``apgd_eot`` needs noise to average over: on an unsmoothed scanner
     (``sigma == 0``) it is skipped (it would be ``apgd``). Its noise, and that
     of Square's queries on a smoothed scanner, is added where the method
-    certifies (after ``method.to_working``).
+    certifies (after ``eot_transform(method)``, the scanner's own view).
 
     Args:
         method: a scanner method (see ``Scanner``).
@@ -271,7 +287,7 @@ def adversarial_rows(
     run = [a for a in attacks if smoothed or a != "apgd_eot"]
     name = name or _method_name(method)
     classifier = method.classifier_module()
-    transform = method.to_working if smoothed else None
+    transform = eot_transform(method)
     decide = dict(smoothing_n=smoothing_n, smoothing_n0=smoothing_n0,
                   certify_alpha=certify_alpha, batch_size=batch_size)
     sides = [("remove", stamped)] + ([("forge", clean)] if clean is not None and forge else [])

@@ -74,6 +74,36 @@ def worst_block_psnr(a: torch.Tensor, b: torch.Tensor, block: int = 32) -> torch
     return block_psnr(a, b, block).flatten(1).amin(dim=1)
 
 
+def seam_energy_ratio(a: torch.Tensor, b: torch.Tensor, tile: int, band: int = 4) -> torch.Tensor:
+    """Energy of the difference ``a − b`` along tile borders over its energy elsewhere.
+
+    Mean squared difference (over channels) within ``band`` px of an interior border of
+    the ``tile``-px grid, divided by the mean elsewhere: 1 for a stamp as strong at the
+    borders as inside, < 1 where it thins at the borders (a seam), > 1 where it piles up.
+
+    Args:
+        a: B×C×H×W images (e.g. stamped), H and W multiples of ``tile``, at least 2 tiles.
+        b: B×C×H×W images (e.g. the originals).
+        tile: the grid's tile side in px.
+        band: half-width of the border band in px (< tile / 2).
+
+    Returns:
+        B ratios (NaN where the difference is zero away from the borders).
+    """
+    _same_shape(a, b, "seam_energy_ratio")
+    h, w = a.shape[-2:]
+    if h % tile or w % tile or max(h, w) < 2 * tile or not 0 < band < tile // 2:
+        raise ValueError(f"seam_energy_ratio needs sides that are multiples of tile={tile} "
+                         f"(2 tiles at least, got {h}×{w}) and 0 < band < tile/2 (got {band})")
+    e = (a.double() - b.double()).pow(2).mean(dim=1)                      # b h w
+    near = torch.zeros(h, w, dtype=torch.bool, device=a.device)
+    for k in range(tile, h, tile):
+        near[k - band:k + band, :] = True
+    for k in range(tile, w, tile):
+        near[:, k - band:k + band] = True
+    return e[:, near].mean(dim=1) / e[:, ~near].mean(dim=1)
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Structural similarity per image (Gaussian window σ=1.5, 11 px).
 

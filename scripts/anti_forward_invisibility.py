@@ -153,8 +153,10 @@ def section(bundles: dict[str, Path], data_root: Path, limit: int, out: Path | N
         "rule with each bundle's own calibration (made on whole working-size views). "
         "`stretch`: the 128² residual stretched to the photo (the bundle's default); "
         "`tiles` / `conv` (`stamp_mode`): the stamp made at the photo's resolution, on each "
-        "128² tile alone / by the encoder over the whole photo at once; the scanner averages "
-        "its logits over the 128² tiles. "
+        "128² tile with the bundle's `tile_margin` px of the photo around it, blended across "
+        "the borders / by the encoder over the whole photo at once; the scanner averages "
+        "its logits over the 128² tiles (`scripts/anti_forward_tile_seams.py` compares tile "
+        "margins, with a tiles calibration). "
         f"{time.time() - start:.0f} s on the shared 2-core CPU.", "",
         "| bundle | stamp | size | PSNR mean (min) dB | worst 32² block: mean (min) dB | "
         "stamped detected | clean flagged |", "|---|---|---|---|---|---|---|"]

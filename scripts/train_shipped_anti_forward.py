@@ -65,9 +65,18 @@ def train(args: argparse.Namespace) -> None:
     recipe = {**RECIPE, **({"strength": args.strength} if args.strength else {}),
               **({"steps": args.steps} if args.steps else {}), **dict(args.set)}
     size = recipe["working_size"]  # --set working_size=256 loads the data at 256 too
-    data = {"train": load_split(manifest, "train", size=size),
-            "val": load_split(manifest, "val", size=size)}
-    method = build("anti_forward", {**recipe, "max_train_seconds": args.minutes * 60})
+    config = {**recipe, "max_train_seconds": args.minutes * 60}
+    if args.init:  # fine-tune: the bundle's weights, this run's recipe
+        method = load_bundle(args.init).with_config(**config)
+        method.calibration = {}
+    else:
+        method = build("anti_forward", config)
+    if args.train_view == "tiles":  # the photos' own pixels, as stamp_mode "tiles" reads them
+        data = {split: method.tiles(load_split(manifest, split, size=data_size(args)))
+                for split in ("train", "val")}
+    else:
+        data = {"train": load_split(manifest, "train", size=size),
+                "val": load_split(manifest, "val", size=size)}
     log = args.out / "train_log.jsonl"
     log.unlink(missing_ok=True)
 
@@ -88,11 +97,19 @@ def train(args: argparse.Namespace) -> None:
     method.calibration["train_images"] = int(data["train"].shape[0])
     method.calibration["train_data"] = args.train_data
     method.calibration["calibration_images"] = int(data["val"].shape[0])
+    method.calibration["train_view"] = args.train_view
+    if args.init:
+        method.calibration["init"] = str(args.init)
     method.calibration["wall_seconds"] = round(time.time() - start, 1)
     method.calibration["threads"] = args.threads
     method.to_bundle(args.out / "final")
     (args.out / "final_metrics.json").write_text(json.dumps(final, indent=2))
     print(f"saved {args.out / 'final'} after {time.time() - start:.0f} s", flush=True)
+
+
+def data_size(args: argparse.Namespace) -> int:
+    """Side of the training set's images (the sample set's own, before any resize)."""
+    return (DATA if args.train_data == "recipe" else CALIBRATION_DATA).size
 
 
 def _train_data(args: argparse.Namespace, which: str) -> tuple[Path, SampleDataConfig]:
@@ -132,13 +149,16 @@ def recalibrate(args: argparse.Namespace) -> None:
     root = Path(build_sample_dataset(args.calibration_root, CALIBRATION_DATA)).parent
     rows = [r for r in read_manifest(root / "manifest.csv")
             if r.split == "val" and r.sha256 not in seen]
-    clean = torch.stack([load_image(root / r.path, method.config.working_size) for r in rows])
+    # stretch: the working-size view; tiles / conv: the images at their own size (their grid)
+    size = (method.config.working_size if method.config.stamp_mode == "stretch"
+            else CALIBRATION_DATA.size)
+    clean = torch.stack([load_image(root / r.path, size) for r in rows])
     start = time.time()
     cal = method.calibrate(clean, torch.Generator().manual_seed(9),
                            source=f"val split of {CALIBRATION_DATA.model_dump_json()} minus "
                                   "the recipe's train/test images")
     for key in ("train_images", "train_data", "wall_seconds", "threads", "fit_seconds",
-                "fit_steps"):
+                "fit_steps", "train_view", "init"):
         if key in old:
             cal[key] = old[key]
     cal["calibration_images"] = len(rows)
@@ -159,6 +179,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="planned steps (default: recipe)")
     ap.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                     help="override a recipe field (JSON value), e.g. --set lowfreq_weight=10")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="fine-tune this bundle's weights (e.g. components/pretrained/"
+                         "anti_forward) instead of training from scratch")
+    ap.add_argument("--train-view", choices=["squash", "tiles"], default="squash",
+                    help="squash: each image resized to the working size (the seed's view); "
+                         "tiles: the images at their own size cut into working-size tiles "
+                         "(what stamp_mode 'tiles' stamps and scans)")
     ap.add_argument("--train-data", choices=["recipe", "large"], default="large",
                     help="recipe: DATA's train/val splits; large: CALIBRATION_DATA's (424 train, "
                          "96 val images; the same photo split, so DATA's test images stay out)")

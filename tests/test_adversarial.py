@@ -74,8 +74,8 @@ class ToyScanner:
     def scanner_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def to_working(self, images: torch.Tensor) -> torch.Tensor:
-        """The toy certifies at the input size: identity (recorded)."""
+    def to_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """The toy scans and certifies at the input size: identity (recorded)."""
         self.working_inputs.append(tuple(images.shape))
         return images
 

@@ -15,6 +15,7 @@ from neuralmark.components.attacks.stochastic import (
 from neuralmark.components.methods import InputError, Status, WatermarkKey, build, load_bundle
 from neuralmark.components.methods.anti_forward import AntiForward
 from neuralmark.components.methods.anti_forward import training as af_training
+from neuralmark.components.metrics import seam_energy_ratio
 
 #: a fit small enough for this CPU (~10 s of CPU), big enough to separate stamped from clean
 TRAIN = {"variant": "rs_aug", "working_size": 32, "encoder_width": 8, "scanner_width": 8,
@@ -382,7 +383,8 @@ def test_a_registered_bundle_with_the_old_name_loads(tmp_path, photo):
 
 # -- the stamp at the photo's resolution (stamp_mode) -------------------------------------
 def test_tiled_stamp_is_made_at_the_photos_resolution(photo):
-    m = smoke(payload_bits=0, message_bits=0, strength=0.1, stamp_mode="tiles")
+    m = smoke(payload_bits=0, message_bits=0, strength=0.1, stamp_mode="tiles",
+              tile_margin=0)
     x = torch.from_numpy(photo[:64, :96].copy()).permute(2, 0, 1)[None].float() / 255
     assert torch.equal(m.untile(m.tiles(x), 1, 64, 96), x)
     stamped = m.embed(x, None)
@@ -409,13 +411,13 @@ def test_tiled_stamp_is_made_at_the_photos_resolution(photo):
 def test_tiled_scan_finds_tiled_stamps_with_the_same_weights(trained, photo):
     method, *_ = trained
     big = _images(photo, 6, 96)                                    # 3×3 tiles of 32²
-    for mode in ("tiles", "conv"):
-        tiled = method.with_config(stamp_mode=mode)
+    for mode, margin in (("tiles", 8), ("tiles", 0), ("conv", 8)):
+        tiled = method.with_config(stamp_mode=mode, tile_margin=margin)
         clean = tiled.scan_statistic(big)
         marked = tiled.scan_statistic(tiled.embed(big, None))
-        assert float(marked.min()) > float(clean.max()), mode
+        assert float(marked.min()) > float(clean.max()), (mode, margin)
     # the smoothed scanner reads the same tiles (noise added to the whole grid)
-    tiled = method.with_config(stamp_mode="tiles")
+    tiled = method.with_config(stamp_mode="tiles", tile_margin=8)
     certs = tiled.certify(tiled.embed(big[:2], None), n0=8, n=32)
     assert all(c.label == 1 for c in certs)
 
@@ -426,8 +428,67 @@ def test_conv_stamp_is_the_encoder_over_the_whole_photo(photo):
     with torch.no_grad():
         whole = (x + m.residual(x, None)).clamp(0, 1)
     assert torch.allclose(m.embed(x, None), whole, atol=1e-6)
-    # no seam: the tiled stamp differs from it most along the tile borders
-    diff = (m.with_config(stamp_mode="tiles").embed(x, None) - whole).abs().mean(dim=(0, 1))
+    # no seam: the abutting tiles' stamp differs from it most along the tile borders
+    diff = (m.with_config(stamp_mode="tiles", tile_margin=0).embed(x, None)
+            - whole).abs().mean(dim=(0, 1))
     border = torch.zeros(64, 96, dtype=torch.bool)
     border[28:36, :] = border[:, 28:36] = border[:, 60:68] = True
     assert float(diff[border].mean()) > float(diff[~border].mean())
+
+
+def test_tiles_are_stamped_with_context_and_blended_without_seams(photo, monkeypatch):
+    m = smoke(payload_bits=0, message_bits=0, strength=0.1, stamp_mode="tiles", tile_margin=8,
+              residual_highpass=2.0, residual_window=9)  # the shaping that made the seams
+    x = torch.from_numpy(photo[100:196, 200:328].copy()).permute(2, 0, 1)[None].float() / 255
+    blended = m.embed(x, None)                                    # 3×4 tiles of 32²
+    abutting = m.with_config(tile_margin=0).embed(x, None)
+    # a convex mix of tile stamps: never beyond the strength
+    assert float((blended - x).abs().max()) <= 0.1 + 1e-6
+    # away from its borders (8 px) a tile carries its own stamp, made with 8 px of the
+    # photo around it: the tile at row 1, column 1 spans 32..64
+    with torch.no_grad():
+        own = m.residual(x[..., 24:72, 24:72], None)[..., 8:40, 8:40]
+    inner = (slice(None), slice(None), slice(40, 56), slice(40, 56))
+    alone = (x[..., 32:64, 32:64] + own).clamp(0, 1)
+    assert torch.allclose(blended[inner], alone[..., 8:24, 8:24], atol=1e-6)
+    # the seam: the abutting tiles' stamp is uneven along the borders (the shaping's
+    # padding); blended, the borders carry about as much energy as the rest
+    seam_abut = float(seam_energy_ratio(abutting, x, 32))
+    seam_blend = float(seam_energy_ratio(blended, x, 32))
+    assert abs(seam_blend - 1) < abs(seam_abut - 1), (seam_blend, seam_abut)
+    # the weights sum to one at every pixel: tile stamps that agree come back unchanged
+    monkeypatch.setattr(m, "residual", lambda t, bits: torch.full_like(t, 0.05))
+    flat = torch.full((1, 3, 96, 128), 0.5)
+    assert torch.allclose(m.embed(flat, None), torch.full_like(flat, 0.55), atol=1e-6)
+    with pytest.raises(InputError, match="tile_margin"):
+        m.with_config(tile_margin=6)
+
+
+@pytest.mark.parametrize("mode", ["stretch", "tiles", "conv"])
+def test_attacks_add_their_noise_where_the_deployed_scanner_does(mode, photo):
+    """The EoT / smoothed-score transform of the adversarial evaluation is the scan path:
+    classifier_module on ``eot_transform(x) + σ·noise`` gives the logits the scanner's
+    statistic and certification compute for that noise, for every stamp mode."""
+    from neuralmark.components.adversarial_evaluation import adversarial_rows, eot_transform
+    from neuralmark.components.attacks.adversarial import NoisyClassifier
+
+    m = smoke(payload_bits=0, message_bits=0, stamp_mode=mode, sigma=0.25, tile_margin=8)
+    x = _images(photo, 2, 90)              # not a multiple of 32: a 96² grid of 3×3 tiles
+    view = eot_transform(m)(x)
+    assert view.shape[-2:] == ((32, 32) if mode == "stretch" else (96, 96))
+    noise = torch.randn(view.shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        attacked = NoisyClassifier(m.classifier_module(), 0.25, seed=4,
+                                   transform=eot_transform(m))(x)
+        scanned = m.grid_logits(m.to_grid(x) + 0.25 * noise)[:, :2]
+        assert torch.allclose(attacked, scanned, atol=1e-5)
+        # the calibrated statistic is the mean margin of that classifier over its noise bank
+        bank = m._noise_bank(*view.shape[-2:])
+        logits = m.classifier_module()((view[:, None] + 0.25 * bank[None]).flatten(0, 1))
+        margins = (logits[:, 1] - logits[:, 0]).view(2, -1).mean(dim=1)
+        assert torch.allclose(margins, m.scan_statistic(x), atol=1e-5)
+    rows = adversarial_rows(m, x[:1], None, attacks=("apgd_eot",), steps=1, eot_iter=1,
+                            smoothing_n=8, seed=0)
+    assert any(r["metric"] == "linf_distance_max" and r["value"] <= 8 / 255 + 1e-6
+               for r in rows)
+    assert eot_transform(m.with_config(smoothing=False)) is None

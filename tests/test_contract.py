@@ -198,7 +198,8 @@ def test_method_declares_the_detection_contract(key):
         stamped = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
         assert m.scanner_logits(stamped).shape == (2, 2)
         assert m.classifier_module()(stamped).shape == (2, 2)
-        assert m.to_working(stamped).shape[:2] == (2, 3)
+        view = m.to_grid(stamped)  # the scanner's own view: a view maps to itself
+        assert view.shape[:2] == (2, 3) and torch.equal(m.to_grid(view), view)
         assert isinstance(m.smoothed, bool) and m.config.sigma >= 0
 
 

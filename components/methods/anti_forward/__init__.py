@@ -30,7 +30,9 @@ Choices where the seed is vague (written down here, as promised):
   ~30 px wide). With ``stamp_mode`` "tiles" or "conv" the photo is read as a grid of
   working-size tiles (after a resize to the nearest whole grid when its sides are not
   multiples of it); the encoder stamps the photo's own pixels, each tile on its own
-  ("tiles": a seam shows at every tile border) or the whole grid at once ("conv": the
+  ("tiles": with ``tile_margin`` px of the photo around it, neighbours blended across
+  their border, since abutting tiles showed a seam at every border) or the whole grid
+  at once ("conv": the
   encoder is fully convolutional; the shaping's global RMS and texture mean are then
   the photo's), and the scanner reads the tiles, its logits averaged over them
   (``scan_statistic``, ``certify`` and the payload bits alike; certification radii are

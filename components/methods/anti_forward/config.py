@@ -27,12 +27,20 @@ class AntiForwardConfig(MethodConfig):
     #: at the photo's resolution: the photo is read as a grid of working_size² tiles
     #: (resized to the nearest whole grid first when its sides are not multiples of
     #: working_size) and the scanner averages its logits over the tiles; "tiles" stamps
-    #: each tile on its own (a seam at every tile border), "conv" runs the (fully
+    #: each tile on its own (blended across the borders: ``tile_margin``), "conv" runs the (fully
     #: convolutional) encoder over the whole grid at once (no seams). Default "stretch",
     #: measured on the shipped bundle: the photo-resolution modes detect as well with the
     #: same weights, but with its calibration (made on whole working-size views) they flag
     #: many more clean images: a tiled deployment needs its own (model card, issue #18)
     stamp_mode: Literal["stretch", "tiles", "conv"] = "stretch"
+    #: "tiles" only: px of real context each tile is stamped with beyond each of its
+    #: borders (the grid's outer border: reflected); two neighbours' stamps are then
+    #: blended linearly across a band of 2·tile_margin px centred on their shared border
+    #: (weights summing to 1, so |stamp| ≤ strength still), so the shaping's edge effects
+    #: fall where the weight is low and no border is a seam. 0: abutting tiles, each
+    #: stamped alone (the stamp thins at every tile border: a faint grid, measured in
+    #: the card). A multiple of 4, below working_size / 2 (checked in "tiles" mode)
+    tile_margin: int = Field(16, ge=0)
     # training
     steps: int = Field(20000, ge=0)
     batch_size: int = Field(16, ge=1)
@@ -131,6 +139,16 @@ class AntiForwardConfig(MethodConfig):
             raise ValueError(f"working_size must be a multiple of 16 and >= 32 (differentiable "
                              f"JPEG works on 16×16 macroblocks), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _tile_margin_fits(self) -> AntiForwardConfig:
+        if self.stamp_mode == "tiles" and (self.tile_margin % 4
+                                           or 2 * self.tile_margin >= self.working_size):
+            raise ValueError(f"stamp_mode 'tiles' needs a tile_margin that is a multiple of "
+                             f"4 (the encoder needs sides "
+                             f"divisible by 8) below working_size / 2 = "
+                             f"{self.working_size // 2}, got {self.tile_margin}")
+        return self
 
     @property
     def train_sigma(self) -> float:

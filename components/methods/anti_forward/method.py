@@ -31,7 +31,8 @@ class AntiForward(StampParts):
     """DeepRAFT anti-forwarding stamp. See the module docstring for the method.
 
     Public API beyond ``embed`` / ``verify``: ``scanner_logits``,
-    ``classifier_module``, ``certify``, ``to_working``, ``stamp``, ``scan_statistic``.
+    ``classifier_module``, ``certify``, ``to_working``, ``to_grid``, ``stamp``,
+    ``scan_statistic``.
 
     Detection contract: not keyed (the platform's scanner finds every stamp, whoever
     stamped it), level ``config.fpr`` (``certify_alpha`` is the certification level, a
@@ -104,10 +105,7 @@ class AntiForward(StampParts):
             xw = self.to_grid(x).clamp(0, 1)
             bits = self._bits(key, x.shape[0])
             if self.config.stamp_mode == "tiles":  # each tile stamped on its own
-                t = self.tiles(xw)
-                if bits is not None:
-                    bits = bits.repeat_interleave(t.shape[0] // x.shape[0], dim=0)
-                r = self.untile(self.residual(t, bits), *xw.shape[:1], *xw.shape[-2:])
+                r = self.tiled_residual(xw, bits)
             else:  # "stretch": the working-size view; "conv": the whole grid at once
                 r = self.residual(xw, bits)
             if tuple(r.shape[-2:]) != tuple(x.shape[-2:]):

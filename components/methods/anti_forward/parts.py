@@ -103,6 +103,51 @@ class StampParts(WatermarkMethod):
         return (tiles.reshape(b, h // s, w // s, ch, s, s).permute(0, 3, 1, 4, 2, 5)
                 .reshape(b, ch, h, w))
 
+    def tiled_residual(self, grid: torch.Tensor, bits: torch.Tensor | None,
+                       chunk: int = 64) -> torch.Tensor:
+        """Stamp residual of a ``to_grid`` view made tile by tile: B×3×(gh·S)×(gw·S).
+
+        Each S² tile is stamped with ``tile_margin`` = m px of context on every side (the
+        grid's outer border reflected), an (S + 2m)² image; the stamps are blended with a
+        separable trapezoid window (0 → 1 over the first 2m px, 1 inside, 1 → 0 over the
+        last 2m), whose shifted copies at a stride of S sum to 1, divided by the summed
+        weights: a convex mix (|residual| ≤ strength) that is each tile's own stamp
+        away from its borders and crosses over linearly within m px of them. m = 0:
+        abutting tiles, each stamped alone. (``unfold`` / ``fold`` overlap-add: kornia has
+        none.) ``bits``: B×k payload words (one per image) or ``None``; ``chunk``: tiles
+        per encoder call.
+        """
+        s, m, (b, _, h, w) = self.config.working_size, self.config.tile_margin, grid.shape
+        k = s + 2 * m
+        padded = F.pad(grid, (m, m, m, m), mode="reflect") if m else grid
+        patches = F.unfold(padded, k, stride=s)                            # b (3 k k) L
+        n_tiles = patches.shape[-1]
+        t = patches.transpose(1, 2).reshape(b * n_tiles, 3, k, k)          # (b L) 3 k k
+        tile_bits = None if bits is None else bits.repeat_interleave(n_tiles, dim=0)
+        r = torch.cat([self.residual(t[i:i + chunk], None if tile_bits is None
+                                     else tile_bits[i:i + chunk])
+                       for i in range(0, t.shape[0], chunk)])             # (b L) 3 k k
+        if not m:
+            return self.untile(r, b, h, w)
+        pos = torch.arange(k, dtype=grid.dtype, device=grid.device) + 0.5
+        win1 = torch.minimum(pos, k - pos).div(2 * m).clamp(max=1.0)       # k, > 0
+        win = (win1[:, None] * win1[None, :]).flatten()                    # (k k)
+        r = r.reshape(b, n_tiles, 3, k * k)
+        size = (h + 2 * m, w + 2 * m)
+
+        def overlap_add(v: torch.Tensor) -> torch.Tensor:                  # b L 3 (k k)
+            return F.fold((v * win).reshape(v.shape[0], n_tiles, -1).transpose(1, 2), size,
+                          k, stride=s)                                     # b 3 h+2m w+2m
+
+        den = overlap_add(torch.ones(1, n_tiles, 1, k * k, dtype=r.dtype, device=r.device))
+        mix = overlap_add(r) / den
+        # neighbours' stamps of the same pixels differ (each tile's GroupNorm and shaping see
+        # its own extent), and a plain mix of unlike patterns halves the energy mid-band (a
+        # seam again, measured); so each value keeps the mix's sign and takes the weighted
+        # RMS of the stamps as its size: the energy of either stamp, no more than strength
+        rms = (overlap_add(r * r) / den).sqrt()
+        return (torch.sign(mix) * rms)[..., m:m + h, m:m + w]
+
     def grid_logits(self, grid: torch.Tensor) -> torch.Tensor:
         """Scanner logits of a ``to_grid`` view, averaged over its tiles: B×(2 + k)."""
         t = self.tiles(grid)
