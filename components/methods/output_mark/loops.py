@@ -6,6 +6,10 @@
   and the surrogate's outputs B″ (H frozen; jittered images get the B′ H makes
   of them).
 
+Both loops can add a batch of extra clean images to the clean term (:func:`clean_rows`,
+``training.clean_bank``) and show R a share of B′ as the service returns it at another
+size (:func:`resize_round_trip`, ``config.resize_roundtrip``); both are off by default.
+
 Each loop draws its batches, jitter and clean-term mixing from its own generator
 (``config.seed`` + a stage offset), so it is reproducible wherever it runs.
 :mod:`.training` calls them in the sequence; shapes are ``N×3×S×S`` in [0, 1].
