@@ -4,10 +4,13 @@ Without training anything: Table 1 (B′ PSNR, marked outputs read, clean A / B 
 targets flagged) on the test pairs, which test photos the clean false positives come
 from, the calibrated null's own false-positive rate, and how well the mark reads when
 the service runs at other sizes than the working size (H runs at the working size,
-its residual is upsampled; R reads a downsampled copy)::
+its residual is upsampled; R reads a downsampled copy), and which share of clean
+images from scikit-image files no split uses (``clean_variety.unseen_photos``: cell,
+clock, colour wheel, microaneurysms, phantom, text, horse, chessboard, faces) R flags,
+as they are and as M's outputs, at the working size and at the data size::
 
     python scripts/output_mark_bundle_report.py --bundle components/pretrained/output_mark \
-        --key neuralmark-demo --sizes 32 48 64 --out runs/om-bundle.json
+        --key neuralmark-demo --sizes 32 64 128 --unseen --out runs/om-bundle.json
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 
 from neuralmark.components.data import pairs
+from neuralmark.components.data.clean_variety import unseen_photos
 from neuralmark.components.data.pairs import build_pairs, load_split
 from neuralmark.components.methods import load_bundle
 from neuralmark.components.methods.base import WatermarkKey, resize_square
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key", default=None, help="default: the config's logo_secret")
     p.add_argument("--profile", default="tiny")
     p.add_argument("--sizes", type=int, nargs="*", default=[])
+    p.add_argument("--unseen", action="store_true",
+                   help="false positives on never-seen scikit-image photos (clean_variety)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -67,12 +73,33 @@ def main(argv: list[str] | None = None) -> int:
                                 resize_square(marked, m.config.working_size),
                                 resize_square(plain, m.config.working_size)).mean())}
     out["sizes"] = sizes
+    if args.unseen:
+        out["unseen"] = unseen_report(m, key, sorted({m.config.working_size,
+                                                      settings.data.size}))
     text = json.dumps(out, indent=1)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     return 0
+
+
+def unseen_report(m, key: WatermarkKey, sizes: list[int]) -> dict:
+    """Share of never-seen clean photos (and of M's outputs on them) R flags, per size."""
+    report = {}
+    for size in sizes:
+        x, sources = unseen_photos(size)
+        with torch.no_grad():
+            outs = m.M(x).clamp(0, 1)
+        row: dict = {"n": int(x.shape[0])}
+        for name, images in (("photos", x), ("model_outputs", outs)):
+            hits = m.hits(images, key)[1]
+            row[f"fpr_{name}"] = float(hits.float().mean())
+            flagged = collections.Counter(s for s, h in zip(sources, hits.tolist(), strict=True)
+                                          if h)
+            row[f"flagged_{name}_by_source"] = dict(flagged)
+        report[str(size)] = row
+    return report
 
 
 if __name__ == "__main__":

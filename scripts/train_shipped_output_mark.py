@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from neuralmark.components.attacks.surrogate import matrix_cells  # noqa: E402
 from neuralmark.components.data import pairs  # noqa: E402
+from neuralmark.components.data.clean_variety import varied_clean_images  # noqa: E402
 from neuralmark.components.errors import InputError  # noqa: E402
 from neuralmark.components.methods.base import WatermarkKey, pick_device  # noqa: E402
 from neuralmark.components.methods.output_mark.matrix import (  # noqa: E402
@@ -79,6 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--key", default=DEMO_KEY, help="whose logo to hide (default: the demo key)")
     p.add_argument("--config", default="{}", help="JSON overrides of the output_mark config")
+    p.add_argument("--clean-variety", action="store_true",
+                   help="give R's clean term varied clean images of the training photos, "
+                        "procedural images and generic operations' outputs "
+                        "(neuralmark.components.data.clean_variety)")
     p.add_argument("--cells", default=None, help='JSON [[arch, loss], ...] (default: nine)')
     p.add_argument("--rewrite-card", action="store_true",
                    help="train nothing: write --out/MODEL_CARD.md again from --out/metrics.json")
@@ -120,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     with time_budget(total) as budget:
         manifest = settings.data.build(CODE_ROOT)
         train, groups, test = pairs.synthesised_pairs(manifest, "derain", settings.data.size)
+        clean = (varied_clean_images(manifest, cfg.working_size, seed=args.seed)
+                 if args.clean_variety else None)
         with time_budget(share("model") + share("stage1") if total else None):
-            stage1, m1 = stage1_method(train, cfg, key, groups=groups)
+            stage1, m1 = stage1_method(train, cfg, key, groups=groups, clean=clean)
         with time_budget(share("stage2")):
-            stage2, m2 = stage2_method(stage1, train)
+            stage2, m2 = stage2_method(stage1, train, clean=clean)
         bundle = stage2.to_bundle(args.out / "bundle")
         print(f"bundle {bundle} after {time.time() - start:.0f} s", flush=True)
         cells = matrix_cells(json.loads(args.cells) if args.cells else None)
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
               "config": cfg.model_dump(mode="json"),
               "attacker": schedule.model_dump(mode="json"),
               "n_train": int(train[0].shape[0]), "n_test": int(test[0].shape[0]),
+              "n_clean_variety": 0 if clean is None else int(clean[0].shape[0]),
               "training": {"stage1": m1, "stage2": m2}, "summary": summary, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(record, indent=1, default=float))
@@ -174,6 +182,18 @@ def stopping_rule(record: dict[str, Any]) -> str:
     return (f"- Stopping rule (every {c['select_every']} steps on the held-out part: B′ ≥ "
             f"{c['psnr_target']} dB, no clean image read, ≥ {100 * c['select_min_read']:.0f}% "
             f"of B′ read): {'; '.join(parts)}.")
+
+
+def clean_variety(record: dict[str, Any]) -> str:
+    """One card line: the extra clean images of R's clean term and the resize round trip."""
+    c, n = record["config"], record.get("n_clean_variety", 0)
+    extra = (f"{n} varied clean images (crops of the training photos at scales 0.1–1, "
+             "procedural images, half of them through a generic blur / sharpen / JPEG / "
+             "denoise; those of held-out photos dropped)" if n else "no extra clean images")
+    trip = (f"{100 * c.get('resize_roundtrip', 0):.0f}% of B′ through the service's resize "
+            f"round trip (factors {c.get('roundtrip_factors')}, 8-bit)"
+            if c.get("resize_roundtrip") else "no resize round trip")
+    return f"- R's clean term: {extra}; {trip}."
 
 
 def model_card(record: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -206,6 +226,7 @@ def model_card(record: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{', '.join(archs)} (L2, {c['surrogate']['steps']} steps each) with their clean "
         "counterparts; calibrated on the held-out part's clean images.",
         stopping_rule(record),
+        clean_variety(record),
         "- Files: `weights.safetensors` (M, H, R, D, the logo δ), `config.json`, "
         "`state.json` (the key's fingerprint, the null NC scores).", "",
         "## Measured (test pairs)", "",

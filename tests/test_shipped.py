@@ -127,7 +127,7 @@ OM_KEY = "neuralmark-demo"
 def om_outputs(tmp_path_factory) -> dict[str, Path]:
     """Folders of PNG outputs for rainy crops of `coffee` (a test photo of the shipped
     model's split) at its working size, 32²: the marked service's (H ∘ M) and the plain
-    model M's. (At 64² the mark blurs in the resize round trip: its card says how much.)"""
+    model M's. (Other sizes: ``test_shipped_output_mark_reads_the_service_at_other_sizes``.)"""
     import torch
     from skimage import data
 
@@ -168,6 +168,32 @@ def test_shipped_output_mark_is_complete_small_and_documented():
     assert method.key == "output_mark" and method.config.task == "derain" and method.trained
     assert method.reference_logo(WatermarkKey(OM_KEY))[1]  # the bundle holds the demo key's δ
     assert len(method.null_scores) >= 100 and method.per_image_fpr() < 0.05
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_shipped_output_mark_reads_the_service_at_other_sizes(size):
+    """The service at 64² and 128² (H at 32², its residual upsampled; trained with that
+    resize round trip), saved to 8 bits: the marked outputs read, the plain ones do not.
+    (The model trained without the round trip read 1 and 3 of these 12.)"""
+    import torch
+    from skimage import data
+
+    from neuralmark.components.data.pairs import build_pairs
+    from neuralmark.components.methods.base import WatermarkKey, resize_square
+
+    torch.set_num_threads(1)
+    method = load_bundle(OM_SHIPPED)
+    photo = torch.from_numpy(data.coffee()).permute(2, 0, 1).float() / 255        # 3 400 600
+    crops = torch.stack([photo[:, y:y + 128, x:x + 128] for y in (20, 140, 260)
+                         for x in (20, 170, 320, 460)])                           # 12 3 128 128
+    rainy, _ = build_pairs(resize_square(crops, size), "derain", 5)                # 12 3 s s
+    with torch.no_grad():
+        marked = method.marked_model()(rainy)
+        plain = method.M(rainy).clamp(0, 1)
+    key = WatermarkKey(OM_KEY)
+    read = [method.hits((x * 255).round() / 255, key)[1] for x in (marked, plain)]
+    assert marked.shape[-1] == size and int(read[0].sum()) >= 10, read[0]   # of 12
+    assert int(read[1].sum()) == 0, read[1]
 
 
 def test_shipped_output_mark_extract_without_bundle(om_outputs, tmp_path):

@@ -35,6 +35,11 @@ Choices where the seed is vague (a contract):
   task-specific variant register under their own names, each with its own champion.
 * **Stage-2 clean counterpart** (``stage2_clean_surrogate``): the stage-2 surrogate is also
   trained on clean (A, M(A)); its outputs join R's clean term.
+* **Extra clean images** (not in the seed; ``fit`` ``data["clean"]``, recipe ``--clean-variety``):
+  crops of the training photos at many scales, procedural images and generic operations'
+  outputs join R's clean term, never a held-out or test photo (``training.clean_bank``).
+* **Resize round trip** (not in the seed; ``resize_roundtrip``, off by default): a share of B′
+  reaches R as the service returns it at f·S (residual upsampled, 8-bit, read back at S).
 * **Flat images** (``min_contrast``): no channel with std ≥ 1/255 → *unreadable*, never a hit.
 * **Stage 2** freezes H (the released B′ must not change) and fine-tunes R only.
 * **Task-specific variant** (``task_specific``): H maps A to the marked target (H *is* the

@@ -6,7 +6,7 @@ saved bundle.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -82,6 +82,14 @@ class OutputMarkConfig(MethodConfig):
     #: colours and tones the few training photos lack
     #: (``neuralmark.components.data.pairs.photometric_jitter``)
     jitter: float = Field(0.5, ge=0, le=1)
+    #: share of the marked images B′ in each stage-1/2 batch that R sees as the service
+    #: returns them at another size (:func:`.loops.resize_round_trip`): H's residual
+    #: upsampled bilinearly to ``f``·S for a factor ``f`` of ``roundtrip_factors`` (one per
+    #: step), saved to 8 bits, read back at S. 0: R sees B′ at the working size only, and
+    #: the shipped model read 14% of its outputs at 64² (MODEL_CARD.md, issue #19)
+    resize_roundtrip: float = Field(0.0, ge=0, le=1)
+    roundtrip_factors: tuple[Annotated[float, Field(ge=1.0)], ...] = Field(
+        (1.5, 2.0, 3.0, 4.0), min_length=1)
     #: the stopping rule of stages 1 and 2 (:mod:`.selection`): every ``select_every`` steps
     #: score the networks on the held-out part and ship the checkpoint with B′ ≥
     #: ``psnr_target`` dB, no clean image read as marked and ≥ ``select_min_read`` of B′

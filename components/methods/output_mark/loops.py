@@ -6,6 +6,10 @@
   and the surrogate's outputs B″ (H frozen; jittered images get the B′ H makes
   of them).
 
+Both loops can add a batch of extra clean images to the clean term (:func:`clean_rows`,
+``training.clean_bank``) and show R a share of B′ as the service returns it at another
+size (:func:`resize_round_trip`, ``config.resize_roundtrip``); both are off by default.
+
 Each loop draws its batches, jitter and clean-term mixing from its own generator
 (``config.seed`` + a stage offset), so it is reproducible wherever it runs.
 :mod:`.training` calls them in the sequence; shapes are ``N×3×S×S`` in [0, 1].
@@ -17,10 +21,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from neuralmark.components import distributed
 from neuralmark.components.data.pairs import photometric_jitter
-from neuralmark.components.methods.base import Callbacks
+from neuralmark.components.methods.base import Callbacks, resize_square
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.losses import disc_loss, embed_loss, extract_loss
 from neuralmark.components.methods.output_mark.parts import OutputMarkParts
@@ -32,7 +37,8 @@ STAGE1_SEED, STAGE2_SEED = 1, 2
 
 def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt: torch.Tensor,
                    callbacks: Callbacks | Sequence[Any] = (), step0: int = 0,
-                   selector: Callable[[int], Any] | None = None) -> dict[str, float]:
+                   selector: Callable[[int], Any] | None = None,
+                   clean_bank: torch.Tensor | None = None) -> dict[str, float]:
     """Stage 1's loop: train H, R (jointly, on L_emd + λ·L_ext) and D.
 
     Args:
@@ -44,6 +50,7 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
         step0: offset of the reported step numbers.
         selector: called with the number of steps done every ``config.select_every``
             steps and after the last one (:class:`.selection.CheckpointSelector`).
+        clean_bank: K×3×S×S extra clean images (:func:`clean_rows`), or ``None``.
 
     Returns:
         The last reported metrics.
@@ -71,10 +78,12 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
             (xa, xb, xg), _ = _batch(c, g, dev, [a, b, gt])
             h_in, h_ref = (xa, xg) if c.task_specific else (xb, xb)
             clean = [xa, xg] if c.task_specific else [xa, xb, xg]
+            clean += clean_rows(c, g, dev, clean_bank)
             with distributed.autocast(dev):
                 b_prime = method.H(h_in)
                 emd, m1 = embed_loss(c, method.D, b_prime, h_ref)
-                ext, m2 = extract_loss(c, method.R, method.logo, [b_prime], clean, g,
+                read = resize_round_trip(c, g, h_in, b_prime)
+                ext, m2 = extract_loss(c, method.R, method.logo, [read], clean, g,
                                        sharded=True)
                 loss = emd + c.lambda_ext * ext
             opt.zero_grad()
@@ -101,6 +110,66 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
         selector(done)
     method.H.eval(), method.R.eval(), method.D.eval()
     return metrics
+
+
+def resize_round_trip(c: OutputMarkConfig, g: torch.Generator, before: torch.Tensor,
+                      marked: torch.Tensor) -> torch.Tensor:
+    """B′ as R reads it when the service ran at another size, for a share of the rows.
+
+    The service (``MarkedModel``) at L² adds H's residual, upsampled bilinearly from the
+    working size S, to its L² output; the file is 8-bit; R reads it resized back to S.
+    Here L = f·S for one factor f of ``c.roundtrip_factors`` per call, the residual
+    ``marked − before`` takes that trip (the L² output itself is not at hand; its
+    downsampled view is ``before``), the sum is rounded to 8 bits with a straight-through
+    gradient. Rows are chosen with probability ``c.resize_roundtrip``; nothing is drawn
+    when it is 0.
+
+    Args:
+        c: ``resize_roundtrip``, ``roundtrip_factors``.
+        g: the loop's generator.
+        before: b×3×S×S H's inputs (B, or A when task-specific).
+        marked: b×3×S×S H's outputs B′.
+
+    Returns:
+        b×3×S×S, differentiable in ``marked``.
+    """
+    if c.resize_roundtrip <= 0:
+        return marked
+    n, s = marked.shape[0], marked.shape[-1]
+    on = (torch.rand(n, generator=g) < c.resize_roundtrip).view(n, 1, 1, 1).to(marked.device)
+    f = c.roundtrip_factors[int(torch.randint(len(c.roundtrip_factors), (1,), generator=g))]
+    size = max(s, round(f * s))
+    residual = F.interpolate(marked - before, size=(size, size), mode="bilinear",
+                             align_corners=False)
+    back = resize_square(residual, s, clamp=False) if size != s else residual
+    out = (before + back).clamp(0, 1)
+    out = out + ((out * 255).round() / 255 - out).detach()  # 8-bit file, straight through
+    return torch.where(on, out, marked)
+
+
+def clean_rows(c: OutputMarkConfig, g: torch.Generator, dev: torch.device | str,
+               bank: torch.Tensor | None) -> list[torch.Tensor]:
+    """One batch of extra clean images for the clean term (this process's rows).
+
+    ``c.batch_size`` rows drawn from ``bank`` with the loop's generator, photometrically
+    jittered like the pairs; ``[]`` (nothing drawn) without a bank.
+
+    Args:
+        c: ``batch_size``, ``jitter``, ``jitter_tint``.
+        g: the loop's generator.
+        dev: where the rows go.
+        bank: K×3×S×S clean images, or ``None``.
+
+    Returns:
+        ``[]`` or ``[b×3×S×S]``.
+    """
+    if bank is None or bank.shape[0] == 0:
+        return []
+    idx = torch.randint(0, bank.shape[0], (c.batch_size,), generator=g)
+    rows = [bank[idx].to(dev)]
+    if c.jitter > 0:
+        rows = photometric_jitter(rows, c.jitter, g, tint=c.jitter_tint)
+    return [distributed.shard(rows[0])]
 
 
 def _batch(c: OutputMarkConfig, g: torch.Generator, dev: torch.device | str,
@@ -134,7 +203,8 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
                        b_second: torch.Tensor | Sequence[torch.Tensor],
                        callbacks: Callbacks | Sequence[Any] = (), step0: int = 0,
                        b_clean_second: torch.Tensor | Sequence[torch.Tensor] | None = None,
-                       selector: Callable[[int], Any] | None = None) -> dict[str, float]:
+                       selector: Callable[[int], Any] | None = None,
+                       clean_bank: torch.Tensor | None = None) -> dict[str, float]:
     """Stage 2's loop: fine-tune R on the mix A, B, B′, B″ (H frozen).
 
     Args:
@@ -150,6 +220,7 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
             pairs (``stage2_clean_surrogate``): extra clean images (one tensor or a list).
         selector: called with the number of steps done every ``config.select_every``
             steps and after the last one (:class:`.selection.CheckpointSelector`).
+        clean_bank: K×3×S×S extra clean images (:func:`clean_rows`), or ``None``.
 
     Returns:
         The last reported metrics.
@@ -177,6 +248,8 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
                     xp = method.H(xa if c.task_specific else xb)
             clean = [xa, xg] if c.task_specific else [xa, xb, xg]
             clean.extend(x2_clean)
+            clean += clean_rows(c, g, dev, clean_bank)
+            xp = resize_round_trip(c, g, xa if c.task_specific else xb, xp)
             with distributed.autocast(dev):
                 loss, m = extract_loss(c, method.R, method.logo, [xp, *x2s],
                                        clean, g, sharded=True)
@@ -198,4 +271,5 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
     return metrics
 
 
-__all__ = ["STAGE1_SEED", "STAGE2_SEED", "finetune_extractor", "train_embedder"]
+__all__ = ["STAGE1_SEED", "STAGE2_SEED", "clean_rows", "finetune_extractor",
+           "resize_round_trip", "train_embedder"]

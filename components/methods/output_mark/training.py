@@ -77,12 +77,15 @@ class TrainingPairs:
         hr: indices of the H/R part (stage 1 and 2 train R on it).
         held_out: indices of the held-out part (stage 2's surrogate, calibration);
             equal to ``hr`` when there is no held-out part (fewer than two pairs).
+        clean_bank: K×3×S×S extra clean images for R's clean term (none of the
+            held-out part's photos: :func:`clean_bank`), or ``None``.
     """
 
     a: torch.Tensor
     gt: torch.Tensor
     hr: torch.Tensor
     held_out: torch.Tensor
+    clean_bank: torch.Tensor | None = None
 
     @property
     def has_held_out(self) -> bool:
@@ -114,17 +117,57 @@ def split_indices(config: OutputMarkConfig, n: int, groups: Sequence[str] | None
     return perm[k:], perm[:k]
 
 
-def training_pairs(method: OutputMarkParts, pairs: Any, what: str = "train pairs"
-                   ) -> TrainingPairs:
-    """Validate ``(A, B)`` (N×3×H×W), resize to the working size, split by the method's groups."""
+#: extra clean images and their groups (photo of each), e.g.
+#: ``neuralmark.components.data.clean_variety.varied_clean_images``
+CleanImages = tuple[torch.Tensor, Sequence[str]]
+
+
+def clean_bank(method: OutputMarkParts, hr: torch.Tensor, held_out: torch.Tensor,
+               clean: CleanImages | None) -> torch.Tensor | None:
+    """The extra clean images R may train on: those of no held-out photo, at the working size.
+
+    The held-out part's clean images calibrate the null distribution, so R must never
+    see their photos; an extra image whose group is a held-out pair's group is dropped.
+
+    Args:
+        method: its ``train_groups`` (one per training pair) name the held-out photos.
+        hr, held_out: the split's index tensors.
+        clean: ``(images K×3×H×W in [0, 1], K groups)`` or ``None``.
+
+    Returns:
+        J×3×S×S (J ≤ K), or ``None`` without ``clean``.
+
+    Raises:
+        InputError: not images, or not one group per image.
+    """
+    if clean is None:
+        return None
+    images, groups = clean
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise InputError("clean images must be a K×3×H×W tensor")
+    if len(groups) != images.shape[0]:
+        raise InputError(f"{len(groups)} groups for {images.shape[0]} clean images")
+    banned: set[str] = set()
+    if method.train_groups is not None and not torch.equal(hr, held_out):
+        banned = {method.train_groups[int(i)] for i in held_out}
+    keep = torch.tensor([str(gr) not in banned for gr in groups], dtype=torch.bool)
+    return resize_square(images[keep].float().clamp(0, 1), method.config.working_size)
+
+
+def training_pairs(method: OutputMarkParts, pairs: Any, what: str = "train pairs",
+                   clean: CleanImages | None = None) -> TrainingPairs:
+    """Validate ``(A, B)`` (N×3×H×W), resize to the working size, split by the method's
+    groups; ``clean`` (extra clean images and groups) becomes the split's clean bank."""
     a, gt = method.working_pairs(pairs, what)
     hr, held_out = split_indices(method.config, a.shape[0], method.train_groups)
-    return TrainingPairs(a, gt, hr, held_out)
+    return TrainingPairs(a, gt, hr, held_out, clean_bank(method, hr, held_out, clean))
 
 
 def prepare(method: OutputMarkParts, pairs: Any, key: WatermarkKey | None = None,
-            groups: Sequence[Any] | None = None, what: str = "train pairs") -> TrainingPairs:
-    """Before stage 0: the key's logo, the pairs' groups, the device; the split pairs.
+            groups: Sequence[Any] | None = None, what: str = "train pairs",
+            clean: CleanImages | None = None) -> TrainingPairs:
+    """Before stage 0: the key's logo, the pairs' groups, the device; the split pairs
+    (with ``clean``, extra clean images and their groups, as the clean bank).
 
     Raises:
         InputError: bad pairs, or ``groups`` not one per pair.
@@ -137,7 +180,7 @@ def prepare(method: OutputMarkParts, pairs: Any, key: WatermarkKey | None = None
     if key is not None:
         method.set_logo(method.config.logo, key)
     method.to(pick_device(method.config.device))
-    return training_pairs(method, pairs, what)
+    return training_pairs(method, pairs, what, clean)
 
 
 # --------------------------------------------------------------------------- stage 0: M
@@ -188,7 +231,8 @@ def stage1(method: OutputMarkParts, tp: TrainingPairs,
                                       distributed.main_only(Callbacks.of(callbacks)),
                                       method.config.model_steps)
     metrics = train_embedder(method, tp.a[hr], b[hr], tp.gt[hr], callbacks,
-                             step0=method.config.model_steps, selector=selector)
+                             step0=method.config.model_steps, selector=selector,
+                             clean_bank=tp.clean_bank)
     if selector is not None:
         metrics.update(selector.restore())
     return {**metrics, "time_stage1_s": time.time() - start, "n_hr": float(len(hr)),
@@ -272,7 +316,7 @@ def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Se
                                       clean_copies=clean_copies, prefix="select2")
     metrics = finetune_extractor(method, a[hr], b[hr], tp.gt[hr], marked[hr], b2, callbacks,
                                  step0=c.model_steps + c.steps, b_clean_second=b2_clean,
-                                 selector=selector)
+                                 selector=selector, clean_bank=tp.clean_bank)
     if selector is not None:
         metrics.update({f"stage2_{k}": v for k, v in selector.restore().items()})
     after = extraction_nc(method.R, probe_out, logo, c.eval_batch)
@@ -311,7 +355,9 @@ def fit(method: OutputMarkParts, data: Mapping[str, Any],
     Args:
         method: a fresh ``output_mark`` method (groups set with ``set_groups``, if any).
         data: ``{"train": (A, B), "val": (A, B)}``, N×3×H×W in [0, 1]; ``val``
-            (optional, default: the held-out pairs) only feeds the reported metrics.
+            (optional, default: the held-out pairs) only feeds the reported metrics;
+            ``clean`` (optional): ``(images, groups)`` extra clean images for R's clean
+            term (:func:`clean_bank`).
         callbacks: metrics/progress sinks.
         key: whose logo to hide when ``config.logo == "key"`` (default
             ``config.logo_secret``).
@@ -327,7 +373,7 @@ def fit(method: OutputMarkParts, data: Mapping[str, Any],
     c, cb = method.config, distributed.main_only(Callbacks.of(callbacks))
     start = time.time()
     with pinned(c.seed, c.cpu_threads):
-        tp = prepare(method, data["train"], key, what="data['train']")
+        tp = prepare(method, data["train"], key, what="data['train']", clean=data.get("clean"))
         if data.get("val") is not None:
             va, vgt = method.working_pairs(data["val"], "data['val']")
         else:
@@ -347,8 +393,8 @@ def fit(method: OutputMarkParts, data: Mapping[str, Any],
 
 def stage1_method(train_pairs: tuple[torch.Tensor, torch.Tensor],
                   config: OutputMarkConfig | Mapping[str, Any], key: WatermarkKey | None = None,
-                  callbacks: Callbacks | Sequence[Any] = (), groups: Sequence[str] | None = None
-                  ) -> tuple[OutputMarkParts, dict[str, float]]:
+                  callbacks: Callbacks | Sequence[Any] = (), groups: Sequence[str] | None = None,
+                  clean: CleanImages | None = None) -> tuple[OutputMarkParts, dict[str, float]]:
     """The pipeline's first training step: a new method through M, stage 1, calibration.
 
     Args:
@@ -357,6 +403,7 @@ def stage1_method(train_pairs: tuple[torch.Tensor, torch.Tensor],
         key: whose logo to hide when ``config.logo == "key"``.
         callbacks: metrics/progress sinks.
         groups: source group (photo) of each training pair.
+        clean: extra clean images and their groups for R's clean term (:func:`clean_bank`).
 
     Returns:
         ``(method, metrics)``: the stage-1 method (``trained``, calibrated on the
@@ -367,7 +414,7 @@ def stage1_method(train_pairs: tuple[torch.Tensor, torch.Tensor],
         raise InputError("stage1_method needs an output_mark config")
     method = cast(OutputMarkParts, built)
     with pinned(method.config.seed, method.config.cpu_threads):
-        tp = prepare(method, train_pairs, key, groups)
+        tp = prepare(method, train_pairs, key, groups, clean=clean)
         metrics = train_model(method, tp, callbacks)
         metrics.update(stage1(method, tp, callbacks))
         metrics.update(calibrate_held_out(method, tp))
@@ -376,24 +423,26 @@ def stage1_method(train_pairs: tuple[torch.Tensor, torch.Tensor],
 
 
 def stage2_method(method_stage1: OutputMarkParts, train_pairs: tuple[torch.Tensor, torch.Tensor],
-                  callbacks: Callbacks | Sequence[Any] = ()) -> tuple[OutputMarkParts,
-                                                                      dict[str, float]]:
+                  callbacks: Callbacks | Sequence[Any] = (), clean: CleanImages | None = None
+                  ) -> tuple[OutputMarkParts, dict[str, float]]:
     """The pipeline's second training step: stage 2 and calibration on a *copy*.
 
     ``method_stage1`` is left unchanged (the matrix scores both extractors). With
-    ``config.stage2`` off the copy is not fine-tuned, as in :func:`fit`.
+    ``config.stage2`` off the copy is not fine-tuned, as in :func:`fit`. ``clean``: as
+    in :func:`stage1_method`.
 
     Returns:
         ``(new method, metrics)``: see :func:`stage2` and :func:`calibrate_held_out`.
     """
     method = copy.deepcopy(method_stage1)
     with pinned(method.config.seed, method.config.cpu_threads):
-        tp = training_pairs(method, train_pairs)
+        tp = training_pairs(method, train_pairs, clean=clean)
         metrics = stage2(method, tp, callbacks) if method.config.stage2 else {}
         metrics.update(calibrate_held_out(method, tp))
     return method, metrics
 
 
-__all__ = ["TrainingPairs", "calibrate_held_out", "clean_surrogate_outputs", "fit", "prepare",
-           "split_indices", "stage1", "stage1_method", "stage2", "stage2_method", "train_model",
-           "train_protected_model", "training_pairs"]
+__all__ = ["CleanImages", "TrainingPairs", "calibrate_held_out", "clean_bank",
+           "clean_surrogate_outputs", "fit", "prepare", "split_indices", "stage1",
+           "stage1_method", "stage2", "stage2_method", "train_model", "train_protected_model",
+           "training_pairs"]
