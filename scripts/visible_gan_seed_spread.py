@@ -40,9 +40,20 @@ from neuralmark.components.data.labelled import (  # noqa: E402
     build_procedural_classes,
     training_data,
 )
+from neuralmark.components.methods.base import resize_square  # noqa: E402
 from neuralmark.components.methods.output_mark.seeds import spread_summary  # noqa: E402
-from neuralmark.components.methods.visible_gan.evaluation import visible_rows  # noqa: E402
+from neuralmark.components.methods.visible_gan.evaluation import (  # noqa: E402
+    STAMPERS,
+    removal_curve,
+    stamp_all,
+    visible_rows,
+)
+from neuralmark.components.methods.visible_gan.mark import box_mask  # noqa: E402
 from neuralmark.components.methods.visible_gan.method import VisibleGan  # noqa: E402
+from neuralmark.components.methods.visible_gan.removability import (  # noqa: E402
+    image_dependent_share,
+    local_linear_left,
+)
 from neuralmark.runtime.settings import load_profile, parse_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,22 +65,77 @@ JUDGED = [("deepstamp", "contrast_vs_static"), ("deepstamp", "removal_left_vs_st
           ("static", "removal_left"), ("opacity", "removal_left"),
           ("displacement", "removal_left"), ("deepstamp", "removal_left"),
           ("static", "removal_psnr"), ("deepstamp", "removal_psnr"),
-          ("static", "contrast"), ("deepstamp", "contrast")]
+          ("static", "contrast"), ("deepstamp", "contrast"),
+          ("deepstamp", "image_dependent_share"), ("static", "local_linear_left"),
+          ("deepstamp", "local_linear_left")]
 
 
 
-def run_seed(seed: int, data: dict, overrides: dict) -> dict:
-    """Train one W for ``seed`` and score it: ``{"seed", "config", "rows", "seconds"}``."""
+def _only_stampers(method: VisibleGan, data: dict, stampers: list[str],
+                   removal_steps: int) -> list[dict]:
+    """V′ for ``stampers`` only (``evaluation.removal_curve``: the V′ ``fit_report`` trains,
+    same initial weights, batches and judging): the removal rows ``visible_rows`` reads."""
+    size = method.config.working_size
+    x_tr = resize_square(data["train"], size).clamp(0, 1)
+    x_te = resize_square(data["test"], size).clamp(0, 1)
+    got = {r["stamper"]: r for r in removal_curve(
+        method, x_tr, x_te, [removal_steps], torch.Generator().manual_seed(0),
+        method.device, stampers)}
+    rows = []
+    for name, r in got.items():
+        rows += [{"label": name, "metric": "removal_left", "value": r["removal_left"]},
+                 {"label": name, "metric": "removal_gain", "value": r["removal_gain"]},
+                 {"label": name, "metric": "removal_psnr", "value": r["psnr_after"]}]
+    if "deepstamp" in got:
+        rows += [{"label": "deepstamp", "metric": f"removal_left_vs_{name}",
+                  "value": got["deepstamp"]["removal_left"] - r["removal_left"]}
+                 for name, r in got.items() if name != "deepstamp"]
+    return rows
+
+
+def _removability(method: VisibleGan, data: dict) -> list[dict]:
+    """``removability``'s figures on the test split: W's per-image share and, per stamper,
+    what the best local linear inverse (fitted on the train split) leaves."""
+    size, scale = method.config.working_size, method.config.mark_scale
+    x_tr = resize_square(data["train"], size).clamp(0, 1)
+    x_te = resize_square(data["test"], size).clamp(0, 1)
+    g = torch.Generator().manual_seed(0)
+    marked = {n: (stamp_all(st, x_tr, g), stamp_all(st, x_te, g))
+              for n, st in method.stampers().items()}
+    rows = [{"label": n, "metric": "local_linear_left",
+             "value": local_linear_left({"clean": x_tr, "marked": tr},
+                                        {"clean": x_te, "marked": te}, scale)}
+            for n, (tr, te) in marked.items()]
+    rows.append({"label": "deepstamp", "metric": "image_dependent_share",
+                 "value": image_dependent_share(marked["static"][1], marked["deepstamp"][1],
+                                                box_mask(size, size, scale))})
+    return rows
+
+
+def run_seed(seed: int, data: dict, overrides: dict,
+             stampers: list[str] | None = None) -> dict:
+    """Train one W for ``seed`` and score it: ``{"seed", "config", "rows", "seconds"}``.
+
+    ``stampers``: train V′ for these markings only (``None``: every one, through ``fit``).
+    """
     start = time.time()
     recipe = {**load_profile("tiny")["visible_gan"]["method"], "utility_steps": 0,
               **overrides, "seed": seed}
+    removal_steps = recipe["removal_steps"]
+    if stampers is not None:
+        recipe.update(removal_steps=0, removal_curve_steps=[])
     method = VisibleGan(VisibleGan.Config.model_validate(recipe))
     final = method.fit(data)
     rows = visible_rows(method, data["test"])
+    if stampers is not None:
+        rows += _only_stampers(method, data, stampers, removal_steps)
+    rows += _removability(method, data)
     kept = [{"label": r["label"], "metric": r["metric"], "value": r["value"], "seed": seed,
              "stage": "tiny"} for r in rows]
-    return {"seed": seed, "config": method.config.model_dump(mode="json"),
-            "final_training": final, "rows": kept, "seconds": round(time.time() - start, 1)}
+    return {"seed": seed, "config": {**method.config.model_dump(mode="json"),
+                                     "removal_steps": removal_steps},
+            "stampers": stampers or list(STAMPERS), "final_training": final, "rows": kept,
+            "seconds": round(time.time() - start, 1)}
 
 
 def summarize(out: Path) -> list[dict]:
@@ -84,7 +150,10 @@ def summarize(out: Path) -> list[dict]:
     recipe = {k: v for k, v in runs[0]["config"].items()
               if k in ("w_width", "v_width", "d_width", "classifier_width", "classifier_steps",
                        "steps", "batch_size", "removal_steps", "removal_lr",
-                       "lambda_visibility", "visibility_floor", "utility_steps")}
+                       "lambda_visibility", "visibility_floor", "utility_steps",
+                       "lambda_f", "lambda_v", "lambda_d", "max_delta",
+                       "removal_warmup_steps", "v_updates_per_step")}
+    recipe["stampers"] = runs[0].get("stampers", list(STAMPERS))
     lines = [f"| figure (seeds {', '.join(map(str, seeds))}) | mean | 95 % interval | min | max "
              "| per seed |", "|---|---|---|---|---|---|"]
     for s in judged:
@@ -108,6 +177,9 @@ def main() -> None:
                     help="config override of the tiny recipe (JSON values), repeatable")
     ap.add_argument("--data-root", type=Path, default=ROOT / "data" / "classes-tiny")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stampers", default=None,
+                    help="comma-separated markings to train V′ on (default: all four); "
+                         "e.g. static,deepstamp for a cheaper removal judgement")
     ap.add_argument("--summarize", action="store_true",
                     help="only reduce the seed_*.json already in --out")
     args = ap.parse_args()
@@ -118,6 +190,13 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as e:
         raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from e
+    stampers = None
+    if args.stampers is not None:
+        stampers = [x.strip() for x in args.stampers.split(",") if x.strip()]
+        unknown = sorted(set(stampers) - set(STAMPERS))
+        if unknown or "deepstamp" not in stampers:
+            raise SystemExit(f"--stampers must include deepstamp and name only "
+                             f"{list(STAMPERS)}; got {args.stampers!r}")
     torch.set_num_threads(args.threads)
     data_cfg = load_profile("tiny")["visible_gan"]["data"]
     manifest = build_procedural_classes(args.data_root, ProceduralClassesConfig(
@@ -125,7 +204,7 @@ def main() -> None:
     data = training_data(manifest, size=data_cfg["size"])
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        result = run_seed(seed, data, parse_overrides(args.set))
+        result = run_seed(seed, data, parse_overrides(args.set), stampers)
         tmp = args.out / f".seed_{seed}.json.tmp"
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(args.out / f"seed_{seed}.json")
