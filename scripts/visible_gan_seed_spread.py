@@ -16,10 +16,22 @@ writes ``seed_<n>.json``; ``--summarize`` reduces every ``seed_*.json`` in ``--o
 ``summary.json`` and ``summary.md`` (mean, Student-t 95 % interval, min, max per metric;
 ``output_mark.seeds.spread_summary``, the house's seed reduction).
 
+``--stampers static,deepstamp`` (or ``deepstamp``) trains V′ on those markings only
+(``evaluation.removal_curve``: the same V′ as ``fit``'s table): the judgement at a half or
+a fifth of the cost. Every seed file also carries ``removability``'s figures (what share of
+each mark the best local linear inverse leaves, W's image-dependent share). To compare a
+recipe with another (``--set`` levers), ``--summarize --baseline DIR`` pairs each seed
+with DIR's run of the same seed (``removal_left_vs_baseline``) and, for a run without a
+static V′, takes DIR's: a static V′ depends on the seed and V′'s settings, not on W.
+
 Usage::
 
     OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py --seeds 0,1,2 --out runs/vg_seeds
     python scripts/visible_gan_seed_spread.py --summarize --out runs/vg_seeds
+    OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py --seeds 0,1,2 \
+        --out runs/vg_lever --stampers deepstamp --set removal_warmup_steps=1200
+    python scripts/visible_gan_seed_spread.py --summarize --out runs/vg_lever \
+        --baseline runs/vg_seeds
 """
 
 from __future__ import annotations
@@ -57,6 +69,9 @@ from neuralmark.components.methods.visible_gan.removability import (  # noqa: E4
 from neuralmark.runtime.settings import load_profile, parse_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the figures only ``--summarize --baseline`` adds (a seed compared with another recipe's)
+BASELINE_FIGURES = [("deepstamp", "removal_left_vs_baseline"),
+                    ("deepstamp", "contrast_vs_baseline")]
 #: the figures the judgement reads (label, metric), in the order the summary lists them
 JUDGED = [("deepstamp", "contrast_vs_static"), ("deepstamp", "removal_left_vs_static"),
           ("deepstamp", "removal_left_vs_opacity"),
@@ -67,7 +82,7 @@ JUDGED = [("deepstamp", "contrast_vs_static"), ("deepstamp", "removal_left_vs_st
           ("static", "removal_psnr"), ("deepstamp", "removal_psnr"),
           ("static", "contrast"), ("deepstamp", "contrast"),
           ("deepstamp", "image_dependent_share"), ("static", "local_linear_left"),
-          ("deepstamp", "local_linear_left")]
+          ("deepstamp", "local_linear_left"), *BASELINE_FIGURES]
 
 
 
@@ -138,11 +153,52 @@ def run_seed(seed: int, data: dict, overrides: dict,
             "seconds": round(time.time() - start, 1)}
 
 
-def summarize(out: Path) -> list[dict]:
-    """Reduce ``out/seed_*.json`` to ``summary.json`` / ``summary.md``; the judged rows."""
+#: the V′ settings two runs must share for one's static V′ to stand for the other's
+V_PRIME = ("v_width", "batch_size", "removal_lr", "removal_steps")
+
+
+def against_baseline(run: dict, base: dict) -> list[dict]:
+    """Rows comparing ``run``'s W with the ``base`` run's W of the same seed.
+
+    ``removal_left_vs_baseline/deepstamp`` (this W's share left − the baseline W's) and
+    ``contrast_vs_baseline/deepstamp``; where ``run`` trained no static V′
+    (``--stampers deepstamp``), the baseline's ``removal_left/static`` and this run's
+    ``removal_left_vs_static/deepstamp``: the static V′ depends only on the seed and
+    ``V_PRIME`` (not on W), so the baseline's is this run's.
+    """
+    if run["seed"] != base["seed"] or any(run["config"][k] != base["config"][k]
+                                          for k in V_PRIME):
+        raise SystemExit(f"seed {run['seed']}: the baseline run differs in seed or V′ "
+                         f"settings {V_PRIME}; its V′ does not stand for this one")
+    mine = {(r["label"], r["metric"]): r["value"] for r in run["rows"]}
+    theirs = {(r["label"], r["metric"]): r["value"] for r in base["rows"]}
+    rows = [("deepstamp", "removal_left_vs_baseline",
+             mine[("deepstamp", "removal_left")] - theirs[("deepstamp", "removal_left")]),
+            ("deepstamp", "contrast_vs_baseline",
+             mine[("deepstamp", "contrast")] - theirs[("deepstamp", "contrast")])]
+    if ("static", "removal_left") not in mine:
+        static = theirs[("static", "removal_left")]
+        rows += [("static", "removal_left", static),
+                 ("deepstamp", "removal_left_vs_static",
+                  mine[("deepstamp", "removal_left")] - static)]
+    return [{"label": label, "metric": metric, "value": value, "seed": run["seed"],
+             "stage": "tiny"} for label, metric, value in rows]
+
+
+def summarize(out: Path, baseline: Path | None = None) -> list[dict]:
+    """Reduce ``out/seed_*.json`` to ``summary.json`` / ``summary.md``; the judged rows.
+
+    ``baseline``: another recipe's seed files, compared seed by seed (``against_baseline``).
+    """
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*.json"))]
     if len(runs) < 2:
         raise SystemExit(f"{out}: {len(runs)} seed file(s); a spread needs two")
+    if baseline is not None:
+        for run in runs:
+            path = baseline / f"seed_{run['seed']}.json"
+            if not path.exists():
+                raise SystemExit(f"{path}: no baseline run for seed {run['seed']}")
+            run["rows"] = run["rows"] + against_baseline(run, json.loads(path.read_text()))
     summary = {(s["label"], s["metric"]): s
                for s in spread_summary([r for run in runs for r in run["rows"]])}
     judged = [summary[k] for k in JUDGED if k in summary]
@@ -162,7 +218,8 @@ def summarize(out: Path) -> list[dict]:
                      f"{s['ci_low']:.3f} – {s['ci_high']:.3f} | {s['min']:.3f} | "
                      f"{s['max']:.3f} | {per} |")
     (out / "summary.json").write_text(json.dumps(
-        {"seeds": seeds, "recipe": recipe, "seconds": [run["seconds"] for run in runs],
+        {"seeds": seeds, "recipe": recipe, "baseline": None if baseline is None else
+         str(baseline), "seconds": [run["seconds"] for run in runs],
          "judged": judged}, indent=1))
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -182,9 +239,12 @@ def main() -> None:
                          "e.g. static,deepstamp for a cheaper removal judgement")
     ap.add_argument("--summarize", action="store_true",
                     help="only reduce the seed_*.json already in --out")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="with --summarize: a folder of another recipe's seed files to "
+                         "compare with seed by seed (and take the static V′ from)")
     args = ap.parse_args()
     if args.summarize:
-        summarize(args.out)
+        summarize(args.out, args.baseline)
         return
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -194,7 +254,7 @@ def main() -> None:
     if args.stampers is not None:
         stampers = [x.strip() for x in args.stampers.split(",") if x.strip()]
         unknown = sorted(set(stampers) - set(STAMPERS))
-        if unknown or "deepstamp" not in stampers:
+        if unknown or "deepstamp" not in stampers or len(set(stampers)) != len(stampers):
             raise SystemExit(f"--stampers must include deepstamp and name only "
                              f"{list(STAMPERS)}; got {args.stampers!r}")
     torch.set_num_threads(args.threads)

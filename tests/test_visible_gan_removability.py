@@ -4,6 +4,7 @@ training schedule in GMAN, and the seed-spread script's cheaper two-marking judg
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,41 @@ def test_seed_spread_with_two_markings_gives_the_judgement_and_diagnostics():
     assert same[("static", "removal_left")] == pytest.approx(got[("static", "removal_left")])
     assert same[("deepstamp", "removal_left")] == pytest.approx(
         got[("deepstamp", "removal_left")])
+
+
+def _seed_file(folder: Path, seed: int, values: dict, **config) -> None:
+    rows = [{"label": label, "metric": metric, "value": v, "seed": seed, "stage": "tiny"}
+            for (label, metric), v in values.items()]
+    cfg = {"v_width": 16, "batch_size": 32, "removal_lr": 1e-3, "removal_steps": 2400,
+           "seed": seed, **config}
+    folder.mkdir(exist_ok=True)
+    (folder / f"seed_{seed}.json").write_text(json.dumps(
+        {"seed": seed, "config": cfg, "rows": rows, "seconds": 1.0}))
+
+
+def test_summarize_against_a_baseline_pairs_seeds_and_borrows_its_static_v_prime(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "visible_gan_seed_spread", ROOT / "scripts" / "visible_gan_seed_spread.py")
+    spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(spread)
+    base, lever = tmp_path / "base", tmp_path / "lever"
+    for seed, (static, ds_base, ds_lever) in enumerate([(0.05, 0.08, 0.10), (0.04, 0.06, 0.09)]):
+        _seed_file(base, seed, {("static", "removal_left"): static,
+                                ("deepstamp", "removal_left"): ds_base,
+                                ("deepstamp", "contrast"): 0.13})
+        _seed_file(lever, seed, {("deepstamp", "removal_left"): ds_lever,
+                                 ("deepstamp", "contrast"): 0.14}, lambda_v=4.0)
+    judged = {(s["label"], s["metric"]): s for s in spread.summarize(lever, base)}
+    assert judged[("deepstamp", "removal_left_vs_baseline")]["values"] == pytest.approx(
+        [0.02, 0.03])
+    assert judged[("deepstamp", "removal_left_vs_static")]["values"] == pytest.approx(
+        [0.05, 0.05])
+    assert judged[("deepstamp", "contrast_vs_baseline")]["mean"] == pytest.approx(0.01)
+    assert json.loads((lever / "summary.json").read_text())["recipe"]["lambda_v"] == 4.0
+    _seed_file(lever, 1, {("deepstamp", "removal_left"): 0.09,
+                          ("deepstamp", "contrast"): 0.14}, removal_steps=600)
+    with pytest.raises(SystemExit, match="V′ settings"):
+        spread.summarize(lever, base)
+    (base / "seed_1.json").unlink()
+    with pytest.raises(SystemExit, match="no baseline run for seed 1"):
+        spread.summarize(lever, base)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from neuralmark.components.methods.visible_gan.mark import box_mask
 
-__all__ = ["image_dependent_share", "left_error_map", "local_linear_left",
+__all__ = ["image_dependent_share", "left_error_map", "linear_inverse", "local_linear_left",
            "variation_map"]
 
 
@@ -69,35 +69,50 @@ def _patches(x: torch.Tensor) -> torch.Tensor:
     return cols.permute(2, 0, 1)                                          # s*s n 28
 
 
+def linear_inverse(train: Mapping[str, torch.Tensor], marked: torch.Tensor,
+                   mark_scale: float, ridge: float = 1e-4) -> torch.Tensor:
+    """The best local linear inverse of a marking, fitted on ``train``, applied to ``marked``.
+
+    Args:
+        train: ``{"clean": N×3×S×S, "marked": N×3×S×S}`` pairs of one marking.
+        marked: ``M×3×S×S`` images of the same marking to restore.
+        mark_scale: the mark's square as a fraction of the side (only its pixels are fitted;
+            outside it ``marked`` is returned unchanged).
+        ridge: Tikhonov term of the normal equations (flat neighbourhoods are collinear).
+
+    Returns:
+        ``M×3×S×S`` in [0, 1]: per pixel and channel, least squares of the clean value on
+        the 3×3×3 neighbourhood of the marked image (+1).
+    """
+    s = train["clean"].shape[-1]
+    inside = box_mask(s, s, mark_scale).flatten().bool()                  # s*s
+    a_tr = _patches(train["marked"].double())[inside]                     # p n 28
+    a_te = _patches(marked.double())[inside]                              # p m 28
+    gram = a_tr.transpose(1, 2) @ a_tr                                    # p 28 28
+    gram = gram + ridge * a_tr.shape[1] * torch.eye(gram.shape[-1], dtype=gram.dtype)
+    out = marked.detach().clone().double().flatten(2)                     # m 3 s*s
+    for ch in range(3):
+        y_tr = train["clean"][:, ch].double().flatten(1).T[inside]        # p n
+        coef = torch.linalg.solve(gram, a_tr.transpose(1, 2) @ y_tr[..., None])  # p 28 1
+        out[:, ch, inside] = (a_te @ coef)[..., 0].T.clamp(0, 1)          # m p
+    return out.view_as(marked).to(marked.dtype)
+
+
 def local_linear_left(train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor],
                       mark_scale: float, ridge: float = 1e-4) -> float:
     """Share of the mark's squared error the best local linear inverse leaves (held out).
 
     Args:
         train, test: ``{"clean": N×3×S×S, "marked": N×3×S×S}`` (the same marking).
-        mark_scale: the mark's square as a fraction of the side (only its pixels are fitted
-            and judged; outside it the images are unchanged).
-        ridge: Tikhonov term of the normal equations (flat neighbourhoods are collinear).
+        mark_scale, ridge: as in :func:`linear_inverse`.
 
     Returns:
-        ``Σ‖x̂ − x‖² / Σ‖x′ − x‖²`` over the square on ``test`` (0: a linear filter per
-        pixel removes the mark; 1: it removes nothing).
+        ``Σ‖x̂ − x‖² / Σ‖x′ − x‖²`` on ``test`` (0: a linear filter per pixel removes the
+        mark; 1: it removes nothing).
     """
-    s = train["clean"].shape[-1]
-    inside = box_mask(s, s, mark_scale).flatten().bool()                  # s*s
-    a_tr = _patches(train["marked"].double())[inside]                     # p n 28
-    a_te = _patches(test["marked"].double())[inside]
-    gram = a_tr.transpose(1, 2) @ a_tr                                    # p 28 28
-    gram = gram + ridge * a_tr.shape[1] * torch.eye(gram.shape[-1], dtype=gram.dtype)
-    left, before = 0.0, 0.0
-    for ch in range(3):
-        y_tr = train["clean"][:, ch].double().flatten(1).T[inside]        # p n
-        y_te = test["clean"][:, ch].double().flatten(1).T[inside]
-        coef = torch.linalg.solve(gram, a_tr.transpose(1, 2) @ y_tr[..., None])  # p 28 1
-        pred = (a_te @ coef)[..., 0].clamp(0, 1)                          # p n
-        left += float(((pred - y_te) ** 2).sum())
-        marked = test["marked"][:, ch].double().flatten(1).T[inside]
-        before += float(((marked - y_te) ** 2).sum())
+    restored = linear_inverse(train, test["marked"], mark_scale, ridge)
+    left = float(((restored.double() - test["clean"].double()) ** 2).sum())
+    before = float(((test["marked"].double() - test["clean"].double()) ** 2).sum())
     return left / max(before, 1e-12)
 
 
