@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
@@ -199,8 +200,12 @@ def summarize(out: Path, baseline: Path | None = None) -> list[dict]:
             if not path.exists():
                 raise SystemExit(f"{path}: no baseline run for seed {run['seed']}")
             run["rows"] = run["rows"] + against_baseline(run, json.loads(path.read_text()))
-    summary = {(s["label"], s["metric"]): s
-               for s in spread_summary([r for run in runs for r in run["rows"]])}
+    # the judged figures that at least two seeds measured (runs with fewer markings, or
+    # older seed files, lack some)
+    rows = [r for run in runs for r in run["rows"] if (r["label"], r["metric"]) in JUDGED]
+    seen = Counter((r["label"], r["metric"]) for r in rows)
+    summary = {(s["label"], s["metric"]): s for s in spread_summary(
+        [r for r in rows if seen[(r["label"], r["metric"])] >= 2])}
     judged = [summary[k] for k in JUDGED if k in summary]
     seeds = [run["seed"] for run in runs]
     recipe = {k: v for k, v in runs[0]["config"].items()

@@ -158,3 +158,33 @@ def test_summarize_against_a_baseline_pairs_seeds_and_borrows_its_static_v_prime
     (base / "seed_1.json").unlink()
     with pytest.raises(SystemExit, match="no baseline run for seed 1"):
         spread.summarize(lever, base)
+
+
+def test_card_study_section_reads_the_intervals(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "train_shipped_visible_gan", ROOT / "scripts" / "train_shipped_visible_gan.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    assert card.study_section(tmp_path, {}) == ""  # nothing measured, no section
+
+    def fig(label, metric, values, lo, hi):
+        return {"label": label, "metric": metric, "values": values, "n_seeds": len(values),
+                "mean": sum(values) / len(values), "ci_low": lo, "ci_high": hi}
+
+    lever = {"name": "V schedule", "sets": ["removal_warmup_steps=1200"], "summary": {
+        "seeds": [0, 1, 2], "judged": [
+            fig("deepstamp", "removal_left_vs_static", [0.02, 0.03, 0.04], 0.005, 0.055),
+            fig("deepstamp", "removal_left_vs_baseline", [-0.01, 0.01, 0.0], -0.03, 0.03)]}}
+    (tmp_path / "removal_study.json").write_text(json.dumps({
+        "removability": {"command": "python scripts/visible_gan_removability.py",
+                         "local_linear_left": {"static": 0.001, "deepstamp": 0.07},
+                         "image_dependent_share": 0.5, "corr_variation_vs_linear_left": 0.8},
+        "levers": [lever], "levers_note": "3 seeds each", "per_w": [{}, {}, {}],
+        "corr_with_removal_left_vs_static": {"local_linear_left": 0.6,
+                                             "image_dependent_share": 0.4}}))
+    text = card.study_section(tmp_path, {"fit_report": {"removal": {
+        "static": {"removal_left": 0.047}}}})
+    assert "| static | 0.001 | 0.047 |" in text and "| deepstamp | 0.070 | – |" in text
+    assert "share left − static +0.030 [+0.005, +0.055] over 3 seeds, interval above 0" in text
+    assert "− baseline W +0.000 [-0.030, +0.030] over 3 seeds, interval includes 0" in text
+    assert "Over the 3 W's" in text and "0.60" in text
