@@ -441,8 +441,12 @@ def study_section(out: Path, m: dict) -> str:
     for lever in st.get("levers", []):
         by = {(r["label"], r["metric"]): r for r in lever["summary"]["judged"]}
 
-        def mean(key: tuple[str, str], by: dict = by) -> str:
-            return "–" if key not in by else f"{by[key]['mean']:.3f}"
+        def mean(key: tuple[str, str], by: dict = by,
+                 n: int = len(lever["summary"]["seeds"])) -> str:
+            if key not in by:
+                return "–"
+            fewer = "" if by[key]["n_seeds"] == n else f" ({by[key]['n_seeds']} seeds)"
+            return f"{by[key]['mean']:.3f}{fewer}"
 
         lines.append(
             f"| {lever['name']} (`{' '.join(lever['sets']) or 'none'}`) | "
