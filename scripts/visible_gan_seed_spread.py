@@ -23,6 +23,8 @@ each mark the best local linear inverse leaves, W's image-dependent share). To c
 recipe with another (``--set`` levers), ``--summarize --baseline DIR`` pairs each seed
 with DIR's run of the same seed (``removal_left_vs_baseline``) and, for a run without a
 static V′, takes DIR's: a static V′ depends on the seed and V′'s settings, not on W.
+``--set utility_steps=400`` adds the F′ accuracy figures (``accuracy_drop``: a lever's
+accuracy cost, over seeds).
 
 Usage::
 
@@ -73,6 +75,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the figures only ``--summarize --baseline`` adds (a seed compared with another recipe's)
 BASELINE_FIGURES = [("deepstamp", "removal_left_vs_baseline"),
                     ("deepstamp", "contrast_vs_baseline")]
+#: the F′ figures a run has only with ``--set utility_steps=N`` (the accuracy cost)
+ACCURACY_FIGURES = [("deepstamp", "accuracy_drop"), ("static", "accuracy_drop"),
+                    ("clean", "accuracy")]
 #: the figures the judgement reads (label, metric), in the order the summary lists them
 JUDGED = [("deepstamp", "contrast_vs_static"), ("deepstamp", "removal_left_vs_static"),
           ("deepstamp", "removal_left_vs_opacity"),
@@ -83,7 +88,7 @@ JUDGED = [("deepstamp", "contrast_vs_static"), ("deepstamp", "removal_left_vs_st
           ("static", "removal_psnr"), ("deepstamp", "removal_psnr"),
           ("static", "contrast"), ("deepstamp", "contrast"),
           ("deepstamp", "image_dependent_share"), ("static", "local_linear_left"),
-          ("deepstamp", "local_linear_left"), *BASELINE_FIGURES]
+          ("deepstamp", "local_linear_left"), *BASELINE_FIGURES, *ACCURACY_FIGURES]
 
 
 

@@ -115,6 +115,9 @@ def test_seed_spread_with_two_markings_gives_the_judgement_and_diagnostics():
     assert 0.0 <= got[("deepstamp", "image_dependent_share")] <= 1.0
     assert {("static", "local_linear_left"), ("deepstamp", "local_linear_left"),
             ("deepstamp", "contrast_vs_static")} <= set(got)
+    assert ("deepstamp", "accuracy_drop") not in got  # no F′ unless asked for
+    costed = spread.run_seed(0, data, {**micro, "utility_steps": 2}, ["deepstamp"])
+    assert set(spread.ACCURACY_FIGURES) <= {(r["label"], r["metric"]) for r in costed["rows"]}
     full = spread.run_seed(0, data, micro)  # every marking, through fit: same V′ for these
     same = {(r["label"], r["metric"]): r["value"] for r in full["rows"]}
     assert same[("static", "removal_left")] == pytest.approx(got[("static", "removal_left")])
