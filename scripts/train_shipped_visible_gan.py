@@ -466,6 +466,11 @@ def study_section(out: Path, m: dict) -> str:
         text += ("\n### The loss's levers, each over seeds (tiny recipe)\n"
                  f"{st['levers_note']}\n\nCells: mean [Student-t 95 % interval] over the "
                  "seeds.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(readings) + "\n")
+    for acc in st.get("accuracy", []):
+        drops = ", ".join(f"{k} {100 * v:.2f}" for k, v in acc["drop"].items())
+        text += (f"\nAccuracy cost, {acc['name']} (`{acc['file']}`, seed {acc['seed']}, F′ "
+                 f"{acc['utility_steps']} steps, 300 test images): clean F′ "
+                 f"{100 * acc['clean']:.2f} %, drop in points: {drops}.\n")
     corr = st.get("corr_with_removal_left_vs_static", {})
     if corr:
         text += (f"\nOver the {len(st['per_w'])} W's of these runs (seeds × recipes), the "
