@@ -353,11 +353,12 @@ def seed_section(out: Path) -> str:
     if not path.is_file():
         return ""
     s = json.loads(path.read_text())
-    lines = [f"| figure (seeds {', '.join(map(str, s['seeds']))}) | mean | 95 % interval | "
-             "min | max |", "|---|---|---|---|---|"]
+    lines = [f"| figure (seeds {', '.join(map(str, s['seeds']))}) | seeds | mean | "
+             "95 % interval | min | max |", "|---|---|---|---|---|---|"]
     for r in s["judged"]:
-        lines.append(f"| {r['metric']}/{r['label']} | {r['mean']:.3f} | {r['ci_low']:.3f} – "
-                     f"{r['ci_high']:.3f} | {r['min']:.3f} | {r['max']:.3f} |")
+        lines.append(f"| {r['metric']}/{r['label']} | {r['n_seeds']} | {r['mean']:.3f} | "
+                     f"{r['ci_low']:.3f} – {r['ci_high']:.3f} | {r['min']:.3f} | "
+                     f"{r['max']:.3f} |")
     # what the interval says about the removal claim, from the numbers
     by = {(r["label"], r["metric"]): r for r in s["judged"]}
     reading = []
@@ -374,9 +375,10 @@ def seed_section(out: Path) -> str:
         reading.append(f"against {base}: {verdict}, {sum(v > 0 for v in r['values'])} of "
                        f"{len(r['values'])} seeds above 0")
     note = f" {s['note']}" if s.get("note") else ""
+    command = s.get("command", "OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py "
+                               f"--seeds {','.join(map(str, s['seeds']))}")
     return ("\n## The removal judgement over seeds (tiny recipe)\n"
-            "`OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py --seeds "
-            f"{','.join(map(str, s['seeds']))}` (then `--summarize`; `seed_spread.json` here): "
+            f"`{command}` (then `--summarize`; `seed_spread.json` here): "
             "the tiny profile's W recipe "
             f"`{json.dumps(s['recipe'])}` (F′ skipped) on the tiny profile's procedural classes, "
             "one W and one V′ per marking and seed, judged on the 300 test images; what a seed "
@@ -386,6 +388,96 @@ def seed_section(out: Path) -> str:
             f"{note}\n\n" + "\n".join(lines) + "\n\n"
             + ("Share of the mark left, DeepStamp − baseline: " + "; ".join(reading) + ".\n"
                if reading else ""))
+
+
+def _interval(r: dict | None) -> str:
+    if r is None:
+        return "–"
+    return f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+
+
+def _verdict(r: dict | None, what: str) -> str:
+    if r is None:
+        return f"{what}: not measured"
+    side = ("above 0" if r["ci_low"] > 0 else "below 0" if r["ci_high"] < 0
+            else "includes 0: no difference established")
+    return (f"{what} {_interval(r)} over {r['n_seeds']} seeds, interval {side} "
+            f"({sum(v > 0 for v in r['values'])} of {len(r['values'])} seeds above 0)")
+
+
+def study_section(out: Path, m: dict) -> str:
+    """Why V′ removes W's mark and what the loss's levers change (``removal_study.json``).
+
+    Written by hand from the outputs of ``visible_gan_removability.py`` (this bundle) and
+    ``visible_gan_seed_spread.py --summarize --baseline`` (one summary per lever); every
+    number is read from there, the readings from the intervals.
+    """
+    path = out / "removal_study.json"
+    if not path.is_file():
+        return ""
+    st = json.loads(path.read_text())
+    rem = st["removability"]
+    removal = m["fit_report"].get("removal", {})
+    rows = ["| marking | best local linear inverse leaves | V′ (2400 steps) leaves |",
+            "|---|---|---|"]
+    for name, left in rem["local_linear_left"].items():
+        v = removal.get(name, {}).get("removal_left")
+        rows.append(f"| {name} | {left:.3f} | {'–' if v is None else f'{v:.3f}'} |")
+    text = ("\n## Why V′ removes W's mark: what part of it a simple attacker inverts\n"
+            f"`{rem['command']}` (this bundle; `components/methods/visible_gan/removability.py`): "
+            "on the tiny profile's procedural classes, the best per-pixel linear filter on the "
+            "3×3 neighbourhood of the marked image, fitted by least squares on the 1400 "
+            "training pairs, judged on the 300 test images (share of the mark's squared error "
+            "it leaves), beside V′'s share left from the table above.\n\n"
+            + "\n".join(rows) + "\n\n"
+            f"- Of W's change against the static blend, {rem['image_dependent_share']:.2f} of its "
+            "squared norm varies from image to image (the rest is one fixed pattern).\n"
+            "- Where W varies per image is where the linear inverse fails: correlation over the "
+            f"mark's square {rem['corr_variation_vs_linear_left']:.2f}.\n")
+    lines = ["| lever (`--set`) | seeds | DeepStamp left | − baseline W, same seed | "
+             "− static | contrast vs static | linear inverse leaves | image-dependent share |",
+             "|---|---|---|---|---|---|---|---|"]
+    readings = []
+    for lever in st.get("levers", []):
+        by = {(r["label"], r["metric"]): r for r in lever["summary"]["judged"]}
+
+        def mean(key: tuple[str, str], by: dict = by,
+                 n: int = len(lever["summary"]["seeds"])) -> str:
+            if key not in by:
+                return "–"
+            fewer = "" if by[key]["n_seeds"] == n else f" ({by[key]['n_seeds']} seeds)"
+            return f"{by[key]['mean']:.3f}{fewer}"
+
+        lines.append(
+            f"| {lever['name']} (`{' '.join(lever['sets']) or 'none'}`) | "
+            f"{', '.join(map(str, lever['summary']['seeds']))} | "
+            f"{_interval(by.get(('deepstamp', 'removal_left')))} | "
+            f"{_interval(by.get(('deepstamp', 'removal_left_vs_baseline')))} | "
+            f"{_interval(by.get(('deepstamp', 'removal_left_vs_static')))} | "
+            f"{mean(('deepstamp', 'contrast_vs_static'))} | "
+            f"{mean(('deepstamp', 'local_linear_left'))} | "
+            f"{mean(('deepstamp', 'image_dependent_share'))} |")
+        readings.append(f"- {lever['name']}: "
+                        + _verdict(by.get(("deepstamp", "removal_left_vs_static")),
+                                   "share left − static")
+                        + ("; " + _verdict(by.get(("deepstamp", "removal_left_vs_baseline")),
+                                           "− baseline W") if lever["sets"] else "") + ".")
+    if lines[2:]:
+        text += ("\n### The loss's levers, each over seeds (tiny recipe)\n"
+                 f"{st['levers_note']}\n\nCells: mean [Student-t 95 % interval] over the "
+                 "seeds.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(readings) + "\n")
+    for acc in st.get("accuracy", []):
+        drops = ", ".join(f"{k} {100 * v:.2f}" for k, v in acc["drop"].items())
+        text += (f"\nAccuracy cost, {acc['name']} (`{acc['file']}`, seed {acc['seed']}, F′ "
+                 f"{acc['utility_steps']} steps, 300 test images): clean F′ "
+                 f"{100 * acc['clean']:.2f} %, drop in points: {drops}.\n")
+    corr = st.get("corr_with_removal_left_vs_static", {})
+    if corr:
+        text += (f"\nOver the {len(st['per_w'])} W's of these runs (seeds × recipes), the "
+                 "correlation of DeepStamp's share left − static's with what the linear "
+                 f"inverse leaves of W's mark: {corr['local_linear_left']:.2f}; with W's "
+                 f"image-dependent share: {corr['image_dependent_share']:.2f}.\n")
+    return text
 
 
 def earlier_section(out: Path) -> str:
@@ -513,7 +605,8 @@ judged on the test split; the V′ steps table is the same V′ judged on the wa
 
 {seed_table_markdown(rep, reading=False)}
 {reading}
-{previous_section(m)}{seed_section(out)}{earlier_section(out)}{residual_section(out)}
+{previous_section(m)}{seed_section(out)}{study_section(out, m)}{earlier_section(out)}\
+{residual_section(out)}
 ## Known limitations (measured)
 {chr(10).join(limits)}
 """

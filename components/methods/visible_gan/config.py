@@ -69,6 +69,12 @@ class VisibleGanConfig(MethodConfig):
     #: Adam learning rate of every removal attacker: the V W trains against and each V′ of
     #: the evaluation (one value, so W faces an attacker as strong as the one it is judged by)
     removal_lr: float = Field(1e-3, gt=0.0)
+    #: V's schedule in GMAN (not in the seed, which trains V once per W step from scratch):
+    #: steps V trains alone on W's initial marks before GMAN, so W plays against a V past
+    #: the identity plateau (a fresh V′ removes ~nothing for its first 300–600 steps at
+    #: tiny), and V's updates per GMAN step
+    removal_warmup_steps: int = Field(0, ge=0)
+    v_updates_per_step: int = Field(1, ge=1)
     # detection
     #: p-value level of ``verify`` (the false-positive target of the clean calibration)
     fpr: float = Field(1e-3, gt=0.0, lt=1.0)

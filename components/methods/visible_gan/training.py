@@ -20,7 +20,25 @@ from neuralmark.components.methods.visible_gan.classifier import (
     train_classifier,
 )
 from neuralmark.components.methods.visible_gan.evaluation import dataset_utility, stamper_grid
+from neuralmark.components.methods.visible_gan.losses import removal_attack_loss
 from neuralmark.components.metrics import psnr
+
+
+def _train_removal_alone(method: Any, x_tr: torch.Tensor, steps: int,
+                         opt_v: torch.optim.Optimizer, g: torch.Generator,
+                         device: torch.device) -> None:
+    """``steps`` updates of V alone on W's current marks of fresh batches (W not trained)."""
+    c = method.config
+    for _ in range(steps):
+        xb = x_tr[distributed.batch_rows(x_tr.shape[0], c.batch_size, g)].to(device)
+        with torch.no_grad(), distributed.autocast(device):
+            marked, _ = method.stamp_working(xb)
+        with distributed.autocast(device):
+            loss = removal_attack_loss(method.V(marked), xb)
+        opt_v.zero_grad()
+        loss.backward()
+        distributed.average_gradients(method.V)
+        opt_v.step()
 
 
 def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
@@ -76,6 +94,9 @@ def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
     # (W, V and D are in two backward passes a step; BatchNorm: VisibleGan.fit)
     for m in (method.W, method.V, method.D):
         distributed.broadcast_state(m)
+    if c.removal_warmup_steps:
+        cb.on_progress(0, c.steps, "V warm-up")
+        _train_removal_alone(method, x_tr, c.removal_warmup_steps, opt_v, g, device)
     for step in range(c.steps):
         xb = x_tr[distributed.batch_rows(x_tr.shape[0], c.batch_size, g)].to(device)
         with distributed.autocast(device):
@@ -90,6 +111,8 @@ def fit_visible_gan(method: Any, data: Mapping[str, torch.Tensor],
         distributed.average_gradients(method.V, method.D)
         opt_v.step()
         opt_d.step()
+        if c.v_updates_per_step > 1:
+            _train_removal_alone(method, x_tr, c.v_updates_per_step - 1, opt_v, g, device)
         steps_done = step + 1
         out_of_time = bool(c.max_train_seconds) and distributed.agree(
             time.time() - start > c.max_train_seconds)
