@@ -334,6 +334,7 @@ def test_removal_reading_says_which_rows_show_nothing():
     assert "0.71× the static blend's 0.142: fainter" in text
     assert "do not show resistance" in text
     assert "harder to remove than static" in text
+    assert "judged over training seeds" in text  # one run never stands for the recipe
     assert "no different from displacement" in text and "opacity (within" not in text
     assert "removed 58 %" in text
     report["removal"]["opacity"] = rem(0.4)
@@ -346,7 +347,8 @@ def test_removal_reading_says_which_rows_show_nothing():
     assert text in seed_table_markdown({**report, "accuracy": {"clean": 0.5}})
     assert text not in seed_table_markdown({**report, "accuracy": {"clean": 0.5}},
                                            reading=False)
-
+    report["removal_vs"]["static"]["gain_difference"] = 0.0
+    assert "judged over training seeds" not in removal_reading(report)
 
 def test_fit_then_evaluation_rows_and_seed_table():
     m = smoke()

@@ -487,6 +487,11 @@ def removal_reading(report: dict[str, Any], contrasts: dict[str, float] | None =
             parts.append(f"no different from {', '.join(same)} (within 2 SE)")
         out.append("Against the baselines V′ did remove, DeepStamp's mark is "
                    + "; ".join(parts) + " (paired per-image gains).")
+        if harder:
+            # one trained W, paired over its test images: says nothing about the recipe
+            out.append("That is this one trained W on its test images; whether the recipe "
+                       "gives a mark harder to remove than the static blend is judged over "
+                       "training seeds (the seed-spread table), not by this run.")
     if ds_left is not None and ds_left >= NOT_REMOVED and (kept or faded):
         out.append("So these rows do not show resistance: V′ has not yet learnt to remove "
                    "DeepStamp's mark, and " + ("it is fainter" if faded else
