@@ -2,10 +2,10 @@
 
 The shipped derain demo was trained with varied clean images in R's clean term; the
 pipeline must be able to train it too. Two micro runs in one temporary project (one
-matrix cell, no baseline, no ablation, no independent model): with the option, the
-``clean_variety`` step makes exactly the images the recipe makes
-(``training.clean_variety_images``), held-out photos are dropped from what R sees, and
-stage 1 equals the library call with those images; without it (the default) there is
+matrix cell, no baseline, no independent model): with the option, the ``clean_variety``
+step makes exactly the images the recipe makes (``training.clean_variety_images``),
+held-out photos are dropped from what R sees, stage 1 equals the library call with those
+images and the ablation gets them too; without it (the default) there is
 no such step, R sees no extra image and stage 1 equals the library call without them.
 """
 
@@ -39,6 +39,7 @@ def _with_variety(on: bool) -> dict[str, Any]:
     overrides = copy.deepcopy(MICRO)
     if on:
         overrides["config"]["clean_variety"] = True
+        overrides["matrix"]["ablations"] = ["no_consistency_loss"]  # gets the images too
     return overrides
 
 
@@ -111,6 +112,9 @@ def test_clean_variety_reaches_r_through_the_pipeline(project: Path, runs) -> No
     library, lib_metrics = _stage1_from_library(run, (expected, expected_groups))
     assert lib_metrics["clean_bank_images"] == kept
     assert _same_weights(stage1.R, library.R) and _same_weights(stage1.H, library.H)
+    ablation = run.steps["ablation_no_consistency_loss"]
+    assert torch.equal(ablation.inputs["clean_images"][0].load(), expected)
+    assert ablation.inputs["clean_groups"][0].load() == expected_groups
 
 
 def test_off_by_default_adds_no_images_and_trains_as_before(project: Path, runs) -> None:
