@@ -2,7 +2,8 @@
 
 ::
 
-    data → pairs (A, B) → stage 1 (M, H, R, D) → stage 2 (SM + fine-tune R)
+    data → pairs (A, B) [+ varied clean images, config.clean_variety]
+         → stage 1 (M, H, R, D) → stage 2 (SM + fine-tune R)
          → one surrogate per matrix cell (deep mark and spread-spectrum baseline)
          → ablations, an independent model → evaluation (Tables 1–3, FP, heatmap)
          → gate → register ``neuralmark-output_mark``
@@ -190,7 +191,8 @@ def resolve_output_mark(task: str, profile: str, config: Mapping[str, Any] | Non
     Adds the matrix floor of ``matrix.min_success_rate[profile]`` to the
     policy (an explicit ``policy.min_detection_rate.mean_attacked`` wins). Also
     loads a ``config.logo`` file, so a logo that is not an image (or too
-    close to the blank) is an ``InputError`` before anything runs.
+    close to the blank) is an ``InputError`` before anything runs, and refuses
+    ``config.clean_variety`` with ``matrix.prepared`` (no sample photos to crop).
     """
     check_task(task)
     floor = matrix_settings(matrix).min_success_rate.get(profile)
@@ -199,6 +201,9 @@ def resolve_output_mark(task: str, profile: str, config: Mapping[str, Any] | Non
     settings = resolve(METHOD, profile, config={**dict(config or {}), "task": task}, data=data,
                        evaluation=evaluation, policy=policy)
     c = settings.config
+    if c.clean_variety and matrix_settings(matrix).prepared:
+        raise InputError("config.clean_variety crops the sample dataset's training photos; "
+                         "matrix.prepared reads a prepared dataset that has none: turn one off")
     if c.logo != "key":  # a logo that is not an image fails here, before any step runs
         load_logo(c.logo, c.working_size, c.threshold, c.logo_secret, c.logo_block)
     return settings
@@ -227,6 +232,7 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     from neuralmark.steps.output_mark import (
         attacker_data,
         baseline_data,
+        clean_variety,
         evaluate_output_mark,
         finetune_stage2,
         make_pairs,
@@ -251,8 +257,13 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
         manifest, task=task, size=settings.data.size, seed=m.pair_seed, prepared=m.prepared,
         test_splits=m.test_splits)
     key_secret = ev["key_secret"]
-    stage1 = train_marking(train_a, train_b, groups, config=cfg, key_secret=key_secret)
-    stage2 = finetune_stage2(stage1, train_a, train_b)
+    clean_images = clean_groups = None  # config.clean_variety: extra clean images for R
+    if settings.config.clean_variety:
+        clean_images, clean_groups = clean_variety(manifest, config=cfg)
+    stage1 = train_marking(train_a, train_b, groups, config=cfg, key_secret=key_secret,
+                           clean_images=clean_images, clean_groups=clean_groups)
+    stage2 = finetune_stage2(stage1, train_a, train_b, clean_images=clean_images,
+                             clean_groups=clean_groups)
     att_a, att_b, query = attacker_data(stage1, train_a, train_b, test_a)
     ss, ss_targets = baseline_data(stage1, train_a, train_b, baseline=m.baseline_config,
                                    key_secret=key_secret)
@@ -274,13 +285,15 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
                                              id=label.replace("surrogate_", "baseline_", 1)))
     ablations = [train_ablation(train_a, train_b, test_a, test_b, groups, name=name,
                                 config=ablation_cfg, key_secret=key_secret, code_digest=digest,
+                                clean_images=clean_images, clean_groups=clean_groups,
                                 id=f"ablation_{name}") for name in m.ablations]
     independent = (train_independent_model(train_a, train_b, query, config=cfg,
                                            code_digest=digest)
                    if m.false_positives else None)
     spread = (seed_spread(train_a, train_b, test_a, test_b, groups, config=cfg,
                           cells=[list(c) for c in cells], seed_list=m.seeds,
-                          surrogate=m.surrogate, key_secret=key_secret, code_digest=digest)
+                          surrogate=m.surrogate, key_secret=key_secret, code_digest=digest,
+                          manifest=manifest)
               if m.seeds else None)
     report = evaluate_output_mark(stage1, stage2, ss, test_a, test_b,
                                   cells=[list(c) for c in cells], deep_outputs=deep,

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     key = WatermarkKey(settings.evaluation.key_secret)
     start = time.time()
     rows = seed_spread_rows(args.seeds, train, test, settings.config, cells, key, groups,
-                            json.loads(args.surrogate))
+                            json.loads(args.surrogate), manifest=str(manifest))
     summary = spread_summary(rows)
     markdown = spread_markdown(summary)
     args.out.parent.mkdir(parents=True, exist_ok=True)

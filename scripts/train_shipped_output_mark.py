@@ -42,7 +42,6 @@ import torch  # noqa: E402
 
 from neuralmark.components.attacks.surrogate import matrix_cells  # noqa: E402
 from neuralmark.components.data import pairs  # noqa: E402
-from neuralmark.components.data.clean_variety import varied_clean_images  # noqa: E402
 from neuralmark.components.errors import InputError  # noqa: E402
 from neuralmark.components.methods.base import WatermarkKey, pick_device  # noqa: E402
 from neuralmark.components.methods.output_mark.matrix import (  # noqa: E402
@@ -58,6 +57,7 @@ from neuralmark.components.methods.output_mark.seeds import (  # noqa: E402
 )
 from neuralmark.components.methods.output_mark.tables import report_markdown  # noqa: E402
 from neuralmark.components.methods.output_mark.training import (  # noqa: E402
+    clean_variety_images,
     stage1_method,
     stage2_method,
 )
@@ -65,6 +65,8 @@ from neuralmark.components.time_budget import time_budget  # noqa: E402
 from neuralmark.runtime.settings import CODE_ROOT, resolve  # noqa: E402
 
 DEMO_KEY = "neuralmark-demo"
+#: this script, as the card's command names it
+RECIPE = "scripts/train_shipped_output_mark.py"
 #: share of ``--minutes`` each phase may spend (the rest: data, scoring, writing)
 SHARES = {"model": 0.08, "stage1": 0.40, "stage2": 0.17, "matrix": 0.25, "independent": 0.04}
 
@@ -81,9 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--key", default=DEMO_KEY, help="whose logo to hide (default: the demo key)")
     p.add_argument("--config", default="{}", help="JSON overrides of the output_mark config")
     p.add_argument("--clean-variety", action="store_true",
-                   help="give R's clean term varied clean images of the training photos, "
-                        "procedural images and generic operations' outputs "
-                        "(neuralmark.components.data.clean_variety)")
+                   help="shorthand for --config '{\"clean_variety\": true}': R's clean term "
+                        "also sees varied clean images of the training photos, procedural "
+                        "images and generic operations' outputs (the config field the "
+                        "pipeline honours too)")
     p.add_argument("--cells", default=None, help='JSON [[arch, loss], ...] (default: nine)')
     p.add_argument("--rewrite-card", action="store_true",
                    help="train nothing: write --out/MODEL_CARD.md again from --out/metrics.json")
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     minutes = args.minutes if args.minutes is not None else (8.0 if device.type == "cuda"
                                                               else 0.0)
     overrides = {**json.loads(args.config), "task": "derain", "device": device.type}
+    if args.clean_variety:
+        overrides["clean_variety"] = True
     settings = resolve_profile(args.profile, overrides)
     cfg = seeded_config(settings.config, args.seed)
     key = WatermarkKey(args.key)
@@ -125,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     with time_budget(total) as budget:
         manifest = settings.data.build(CODE_ROOT)
         train, groups, test = pairs.synthesised_pairs(manifest, "derain", settings.data.size)
-        clean = (varied_clean_images(manifest, cfg.working_size, seed=args.seed)
-                 if args.clean_variety else None)
+        clean = clean_variety_images(cfg, str(manifest))  # None unless config.clean_variety
         with time_budget(share("model") + share("stage1") if total else None):
             stage1, m1 = stage1_method(train, cfg, key, groups=groups, clean=clean)
         with time_budget(share("stage2")):
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             independent = independent_model_outputs(train, test[0], cfg)
     rows = evaluation_rows(stage1, stage2, None, key, test, cells, outputs, [], independent)
     summary = gate_summary(rows)
-    record = {"argv": sys.argv, "seconds": time.time() - start, "device": str(device),
+    command = [RECIPE, *(sys.argv[1:] if argv is None else argv)]  # the arguments parsed
+    record = {"argv": command, "seconds": time.time() - start, "device": str(device),
               "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
               "torch_threads": cfg.cpu_threads, "minutes": minutes,
               "cuts": {} if budget is None else {k: list(v) for k, v in budget.cuts.items()},
@@ -196,6 +201,47 @@ def clean_variety(record: dict[str, Any]) -> str:
     return f"- R's clean term: {extra}; {trip}."
 
 
+def pipeline_recipe(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The output_mark pipeline's ``parameters`` that train this run's bundle, or ``None``.
+
+    The recipe's ``--config`` (with ``clean_variety``, ``device``, and ``seed`` for the
+    method and stage-2 surrogate), the key as ``evaluation.key_secret``, the recipe's matrix
+    (no spread-spectrum cells, no ablations). ``None`` for a profile given as a file (the
+    pipeline reads named profiles) or a run cut by ``--minutes``.
+    """
+    try:
+        args = parse_args([str(a) for a in record["argv"][1:]])
+    except SystemExit:  # a record of another command line
+        return None
+    if Path(args.profile).suffix in (".yaml", ".yml") or record["cuts"]:
+        return None
+    config = {**json.loads(args.config), "device": record["config"]["device"]}
+    if record["config"].get("clean_variety"):
+        config["clean_variety"] = True
+    if args.seed:
+        config["seed"] = args.seed
+        config["surrogate"] = {**config.get("surrogate", {}), "seed": args.seed}
+    matrix: dict[str, Any] = {"baseline": False, "ablations": []}
+    if args.cells:
+        matrix["cells"] = json.loads(args.cells)
+    return {"task": "derain", "profile": args.profile, "config": config,
+            "evaluation": {"key_secret": args.key}, "matrix": matrix}
+
+
+def pipeline_line(record: dict[str, Any]) -> str:
+    """One card line: the same training through the ZenML pipeline."""
+    params = pipeline_recipe(record)
+    if params is None:
+        return ("- Through the pipeline: not expressible (a profile file or a run cut by "
+                "`--minutes`).")
+    return ("- The same training through the ZenML pipeline (stage 1 and 2 are the same "
+            "library calls on the same pairs and clean images): a run config with "
+            f"`parameters: {json.dumps(params)}` (for the shipped model: "
+            "`configs/output_mark_shipped.yaml`), run by `neuralmark protect --task derain "
+            f"--profile {params['profile']} --config FILE` or `zenml pipeline run "
+            "neuralmark.pipelines.output_mark.output_mark_pipeline -c FILE`.")
+
+
 def model_card(record: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The shipped bundle's card: recipe, command, data, the measured tables."""
     c, s = record["config"], record["summary"]
@@ -227,6 +273,7 @@ def model_card(record: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "counterparts; calibrated on the held-out part's clean images.",
         stopping_rule(record),
         clean_variety(record),
+        pipeline_line(record),
         "- Files: `weights.safetensors` (M, H, R, D, the logo δ), `config.json`, "
         "`state.json` (the key's fingerprint, the null NC scores).", "",
         "## Measured (test pairs)", "",

@@ -33,6 +33,7 @@ import neuralmark.integrations.materializers  # noqa: F401  (tensor, method and 
 from neuralmark.components import plots
 from neuralmark.components.attacks.surrogate import SurrogateSettings, cell_name
 from neuralmark.components.data import pairs
+from neuralmark.components.errors import InputError
 from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import WatermarkKey, WatermarkMethod
 from neuralmark.components.methods.output_mark import (
@@ -88,8 +89,32 @@ def make_pairs(manifest: str, task: str, size: int, seed: int = 0,
 
 
 @step(experiment_tracker=TRACKER_NAME)
+def clean_variety(manifest: str, config: dict[str, Any]) -> tuple[
+        Annotated[torch.Tensor, "clean_images"], Annotated[list[str], "clean_groups"]]:
+    """Varied clean images for R's clean term (``config.clean_variety``;
+    ``training.clean_variety_images``, the recipe's own call).
+
+    Args:
+        manifest: the sample dataset's manifest the pairs were made from.
+        config: ``output_mark`` config fields (``clean_variety`` on).
+
+    Returns:
+        ``clean_images`` (K×3×S×S) and ``clean_groups`` (the photo of each; the training
+        steps drop those of held-out photos).
+    """
+    clean = training.clean_variety_images(build("output_mark", config).config, manifest)
+    if clean is None:
+        raise InputError("clean_variety step run with config.clean_variety off")
+    images, groups = clean
+    log_metadata({"clean_variety_images": int(images.shape[0])})
+    return images, list(groups)
+
+
+@step(experiment_tracker=TRACKER_NAME)
 def train_marking(train_inputs: torch.Tensor, train_targets: torch.Tensor,
-                  train_groups: list[str], config: dict[str, Any], key_secret: str
+                  train_groups: list[str], config: dict[str, Any], key_secret: str,
+                  clean_images: torch.Tensor | None = None,
+                  clean_groups: list[str] | None = None
                   ) -> Annotated[WatermarkMethod, "stage1_method"]:
     """M, stage 1 (H, R, D) and calibration on the held-out pairs (``training.stage1_method``).
 
@@ -98,15 +123,20 @@ def train_marking(train_inputs: torch.Tensor, train_targets: torch.Tensor,
         train_groups: N source groups (whole groups go to one part of the split).
         config: ``output_mark`` config fields.
         key_secret: the owner's key, whose logo is hidden.
+        clean_images, clean_groups: the ``clean_variety`` step's images for R's clean term
+            (``None``: the option is off).
 
     Returns:
-        The stage-1 method (R not fine-tuned on surrogate outputs).
+        The stage-1 method (R not fine-tuned on surrogate outputs); metric
+        ``stage1/clean_bank_images`` counts the extra clean images R saw.
     """
     log_config(config, prefix="method.")
     processes = train_processes()
     method, metrics = train_in_processes(
         training.stage1_method, ((train_inputs, train_targets), config, WatermarkKey(key_secret)),
-        {"groups": train_groups}, method="output_mark", callbacks=step_callbacks("stage1/"),
+        {"groups": train_groups,
+         "clean": None if clean_images is None else (clean_images, clean_groups or [])},
+        method="output_mark", callbacks=step_callbacks("stage1/"),
         processes=processes)
     mlflow.log_metrics({f"stage1/{k}": float(v) for k, v in metrics.items()})
     log_metadata({"stage1": {k: float(v) for k, v in metrics.items()},
@@ -116,9 +146,11 @@ def train_marking(train_inputs: torch.Tensor, train_targets: torch.Tensor,
 
 @step(experiment_tracker=TRACKER_NAME)
 def finetune_stage2(stage1: WatermarkMethod, train_inputs: torch.Tensor,
-                    train_targets: torch.Tensor) -> Annotated[WatermarkMethod, "trained_method"]:
+                    train_targets: torch.Tensor, clean_images: torch.Tensor | None = None,
+                    clean_groups: list[str] | None = None
+                    ) -> Annotated[WatermarkMethod, "trained_method"]:
     """Stage 2 and calibration on a copy (``training.stage2_method``): surrogate SM on
-    (A, B′), fine-tune R on A, B, B′, B″.
+    (A, B′), fine-tune R on A, B, B′, B″ (and the ``clean_variety`` images, if given).
 
     Returns:
         The new method (the one registered); ``stage1`` is left as it was.
@@ -126,7 +158,9 @@ def finetune_stage2(stage1: WatermarkMethod, train_inputs: torch.Tensor,
     assert isinstance(stage1, OutputMark)
     processes = train_processes()
     method, metrics = train_in_processes(
-        training.stage2_method, (stage1, (train_inputs, train_targets)), method="output_mark",
+        training.stage2_method, (stage1, (train_inputs, train_targets)),
+        {"clean": None if clean_images is None else (clean_images, clean_groups or [])},
+        method="output_mark",
         callbacks=step_callbacks("stage2/"), processes=processes)
     mlflow.log_metrics({f"stage2/{k}": float(v) for k, v in metrics.items()})
     log_metadata({"stage2": {k: float(v) for k, v in metrics.items()},
@@ -199,17 +233,21 @@ def train_surrogate_cell(attack_inputs: torch.Tensor, attack_targets: torch.Tens
 def train_ablation(train_inputs: torch.Tensor, train_targets: torch.Tensor,
                    test_inputs: torch.Tensor, test_targets: torch.Tensor,
                    train_groups: list[str], name: str,
-                   config: dict[str, Any], key_secret: str, code_digest: str = ""
+                   config: dict[str, Any], key_secret: str, code_digest: str = "",
+                   clean_images: torch.Tensor | None = None,
+                   clean_groups: list[str] | None = None
                    ) -> Annotated[list[dict[str, Any]], "ablation_rows"]:
     """Stage 1 without the clean or the consistency loss, measured (cached; ``code_digest``
-    is only part of the cache key).
+    is only part of the cache key; ``clean_*``: the ``clean_variety`` step's images).
 
     Returns:
         ``matrix.ablation_rows``.
     """
     return matrix.ablation_rows(name, (train_inputs, train_targets),
                                 (test_inputs, test_targets), config, WatermarkKey(key_secret),
-                                step_callbacks(f"ablation_{name}/"), groups=train_groups)
+                                step_callbacks(f"ablation_{name}/"), groups=train_groups,
+                                clean=None if clean_images is None
+                                else (clean_images, clean_groups or []))
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)
@@ -229,7 +267,8 @@ def seed_spread(train_inputs: torch.Tensor, train_targets: torch.Tensor,
                 test_inputs: torch.Tensor, test_targets: torch.Tensor,
                 train_groups: list[str], config: dict[str, Any], cells: list[list[str]],
                 seed_list: list[int], surrogate: dict[str, Any], key_secret: str,
-                code_digest: str = "") -> Annotated[list[dict[str, Any]], "seed_spread_rows"]:
+                code_digest: str = "", manifest: str = ""
+                ) -> Annotated[list[dict[str, Any]], "seed_spread_rows"]:
     """The whole sequence and the matrix once per seed (``output_mark.seeds``); cached.
 
     Returns:
@@ -240,7 +279,7 @@ def seed_spread(train_inputs: torch.Tensor, train_targets: torch.Tensor,
                                   (test_inputs, test_targets), build("output_mark", config)
                                   .config, [(str(a), str(b)) for a, b in cells],
                                   WatermarkKey(key_secret), train_groups, surrogate,
-                                  step_callbacks("seed_spread/"))
+                                  step_callbacks("seed_spread/"), manifest or None)
     log_metadata({"seeds": [int(s) for s in seed_list], "rows": len(rows)})
     return rows
 

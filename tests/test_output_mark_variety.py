@@ -32,7 +32,7 @@ from neuralmark.components.methods.base import resize_square
 from neuralmark.components.methods.output_mark.loops import resize_round_trip
 from neuralmark.components.methods.output_mark.method import MarkedModel
 from neuralmark.components.methods.output_mark.training import clean_bank, training_pairs
-from tests.test_output_mark_recipe import CELLS, _recipe, micro_profile  # noqa: F401
+from tests.test_output_mark_recipe import CELLS, REPO, _recipe, micro_profile  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -132,6 +132,19 @@ def test_resize_round_trip_is_what_r_reads_of_the_service_at_another_size():
         build("output_mark", {"roundtrip_factors": [0.5]})
 
 
+def test_clean_variety_field_is_the_one_way_to_the_images(manifest):
+    from neuralmark.components.methods.output_mark.training import clean_variety_images
+
+    off = build("output_mark", {"working_size": 24}).config
+    assert off.clean_variety is False and clean_variety_images(off, str(manifest)) is None
+    on = off.model_copy(update={"clean_variety": True, "seed": 3})
+    images, groups = clean_variety_images(on, str(manifest))
+    expected, expected_groups = varied_clean_images(manifest, 24, seed=3)
+    assert torch.equal(images, expected) and list(groups) == expected_groups
+    with pytest.raises(InputError, match="clean_variety needs the sample dataset"):
+        clean_variety_images(on, None)
+
+
 def test_recipe_with_clean_variety_and_round_trip_says_so(micro_profile, tmp_path):  # noqa: F811
     out = tmp_path / "variety"
     assert _recipe().main(["--profile", str(micro_profile), "--device", "cpu", "--out",
@@ -143,3 +156,41 @@ def test_recipe_with_clean_variety_and_round_trip_says_so(micro_profile, tmp_pat
     assert f"{record['n_clean_variety']} varied clean images" in card
     assert "50% of B′ through the service's resize round trip" in card
     assert load_bundle(out / "bundle").config.resize_roundtrip == 0.5
+    # --clean-variety is the config field's shorthand: the bundle records it
+    assert record["config"]["clean_variety"] is True
+    assert load_bundle(out / "bundle").config.clean_variety is True
+    assert 0 < record["training"]["stage1"]["clean_bank_images"] <= record["n_clean_variety"]
+    assert record["training"]["stage2"]["clean_bank_images"] == \
+        record["training"]["stage1"]["clean_bank_images"]
+
+
+def test_shipped_recipe_and_its_pipeline_run_config_agree():
+    """The shipped card's command, ``configs/output_mark_shipped.yaml`` and the shipped
+    bundle's config name one recipe (the pipeline run config trains what ships)."""
+    import re
+    import shlex
+
+    import yaml
+
+    card = (REPO / "components/pretrained/output_mark/MODEL_CARD.md").read_text()
+    command = shlex.split(re.search(r"- Command: `python ([^`]+)`", card).group(1))
+    bundle = load_bundle(REPO / "components/pretrained/output_mark")
+    record = {"argv": command, "cuts": {}, "config": bundle.config.model_dump(mode="json")}
+    params = _recipe().pipeline_recipe(record)
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    from neuralmark.pipelines.output_mark import _run_config, resolve_output_mark
+
+    path = REPO / "configs/output_mark_shipped.yaml"
+    shipped = yaml.safe_load(path.read_text())
+    assert PipelineRunConfiguration.model_validate(shipped).enable_cache is None
+    assert _run_config("derain", "tiny", path, None)["parameters"] == shipped["parameters"]
+    run = shipped["parameters"]
+    for name in ("task", "profile", "config", "evaluation"):
+        assert run[name] == params[name], name
+    assert {k: run["matrix"][k] for k in params["matrix"]} == params["matrix"]
+    settings = resolve_output_mark(run["task"], run["profile"], run["config"], run["data"],
+                                   run["evaluation"], run["policy"], run["matrix"])
+    assert settings.config == bundle.config and settings.config.clean_variety
+    assert settings.evaluation.key_secret == "neuralmark-demo"
+    assert "configs/output_mark_shipped.yaml" in card

@@ -35,7 +35,8 @@ Choices where the seed is vague (a contract):
   task-specific variant register under their own names, each with its own champion.
 * **Stage-2 clean counterpart** (``stage2_clean_surrogate``): the stage-2 surrogate is also
   trained on clean (A, M(A)); its outputs join R's clean term.
-* **Extra clean images** (not in the seed; ``fit`` ``data["clean"]``, recipe ``--clean-variety``):
+* **Extra clean images** (not in the seed; ``clean_variety``, off by default, honoured by the
+  pipeline, the seed spread and the recipe; ``fit`` ``data["clean"]`` takes any such set):
   crops of the training photos at many scales, procedural images and generic operations'
   outputs join R's clean term, never a held-out or test photo (``training.clean_bank``).
 * **Resize round trip** (not in the seed; ``resize_roundtrip``, off by default): a share of B′

@@ -90,6 +90,12 @@ class OutputMarkConfig(MethodConfig):
     resize_roundtrip: float = Field(0.0, ge=0, le=1)
     roundtrip_factors: tuple[Annotated[float, Field(ge=1.0)], ...] = Field(
         (1.5, 2.0, 3.0, 4.0), min_length=1)
+    #: give R's clean term varied clean images (``training.clean_variety_images``: crops of
+    #: the sample dataset's *training* photos at scales 0.1–1, procedural images, half through
+    #: a generic blur / sharpen / JPEG / denoise; held-out photos dropped, they calibrate the
+    #: null), drawn with ``seed``. Needs the sample dataset's manifest (not a prepared one).
+    #: Off: R's clean term sees the training pairs only (issue #19, MODEL_CARD.md)
+    clean_variety: bool = False
     #: the stopping rule of stages 1 and 2 (:mod:`.selection`): every ``select_every`` steps
     #: score the networks on the held-out part and ship the checkpoint with B′ ≥
     #: ``psnr_target`` dB, no clean image read as marked and ≥ ``select_min_read`` of B′

@@ -44,6 +44,7 @@ from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.evaluation import quality
 from neuralmark.components.methods.output_mark.method import OutputMark
 from neuralmark.components.methods.output_mark.training import (
+    CleanImages,
     stage1_method,
     train_protected_model,
     training_pairs,
@@ -190,8 +191,8 @@ def false_positive_rows(method: OutputMark | SpreadSpectrum, stage: str,
 def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
                   test_pairs: tuple[torch.Tensor, torch.Tensor],
                   config: OutputMarkConfig | Mapping[str, Any], key: WatermarkKey | None = None,
-                  callbacks: Callbacks | Sequence[Any] = (), groups: Sequence[str] | None = None
-                  ) -> list[dict[str, Any]]:
+                  callbacks: Callbacks | Sequence[Any] = (), groups: Sequence[str] | None = None,
+                  clean: CleanImages | None = None) -> list[dict[str, Any]]:
     """The seed's Figures 5–6: stage 1 without the clean or the consistency loss.
 
     Trains stage 1 with the switch off (``training.stage1_method``), then one
@@ -207,6 +208,8 @@ def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
         key: the owner's key.
         callbacks: metrics/progress sinks.
         groups: source group of each training pair.
+        clean: extra clean images for R's clean term, as the full run's
+            (``config.clean_variety``: ``training.clean_variety_images``).
 
     Returns:
         Rows (attack ``ablation_<name>``, stage ``ablation``): ``nc_marked``,
@@ -216,7 +219,8 @@ def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
     if name not in ABLATIONS:
         raise InputError(f"unknown ablation {name!r}; expected one of {list(ABLATIONS)}")
     cfg = config.model_dump() if isinstance(config, OutputMarkConfig) else dict(config)
-    trained, _ = stage1_method(train_pairs, {**cfg, **ABLATIONS[name]}, key, callbacks, groups)
+    trained, _ = stage1_method(train_pairs, {**cfg, **ABLATIONS[name]}, key, callbacks, groups,
+                               clean=clean)
     method = cast(OutputMark, trained)
     key = key or WatermarkKey(method.config.logo_secret)
     sa, sb = attack_pairs(method, train_pairs)

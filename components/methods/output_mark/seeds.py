@@ -31,7 +31,11 @@ from neuralmark.components.methods.base import Callbacks, WatermarkKey
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.matrix import attack_pairs, evaluation_rows
 from neuralmark.components.methods.output_mark.method import OutputMark
-from neuralmark.components.methods.output_mark.training import stage1_method, stage2_method
+from neuralmark.components.methods.output_mark.training import (
+    clean_variety_images,
+    stage1_method,
+    stage2_method,
+)
 from neuralmark.components.reproducibility import pinned
 
 #: added to the stage-2 surrogate's seed for the attacker's cells: an attacker does not
@@ -75,7 +79,8 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
                      cells: Sequence[tuple[str, str]], key: WatermarkKey,
                      groups: Sequence[str] | None = None,
                      surrogate: Mapping[str, Any] | None = None,
-                     callbacks: Callbacks | Sequence[Any] = ()) -> list[dict[str, Any]]:
+                     callbacks: Callbacks | Sequence[Any] = (),
+                     manifest: str | None = None) -> list[dict[str, Any]]:
     """Train the whole sequence with one seed and score the matrix (no baseline, no ablations).
 
     Args:
@@ -87,6 +92,8 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
         groups: source group of each training pair.
         surrogate: overrides of the cells' schedule (:func:`attacker_settings`).
         callbacks: metrics/progress sinks.
+        manifest: the sample dataset's manifest, for ``config.clean_variety``
+            (:func:`.training.clean_variety_images`, drawn with this seed).
 
     Returns:
         :func:`.matrix.evaluation_rows` (Table 1 for stage 1 and 2, each cell with the
@@ -95,8 +102,9 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
     """
     cfg = seeded_config(config, seed)
     with pinned(cfg.seed, cfg.cpu_threads):
-        s1, _ = stage1_method(train_pairs, cfg, key, callbacks, groups)
-        s2, _ = stage2_method(s1, train_pairs, callbacks)
+        clean = clean_variety_images(cfg, manifest)
+        s1, _ = stage1_method(train_pairs, cfg, key, callbacks, groups, clean=clean)
+        s2, _ = stage2_method(s1, train_pairs, callbacks, clean=clean)
         stage1, stage2 = cast(OutputMark, s1), cast(OutputMark, s2)
         a, marked = attack_pairs(stage1, train_pairs)
         query, _ = stage1.working_pairs(test_pairs, "test pairs")
@@ -118,8 +126,10 @@ def seed_spread_rows(seeds: Sequence[int], train_pairs: tuple[torch.Tensor, torc
                      cells: Sequence[tuple[str, str]], key: WatermarkKey,
                      groups: Sequence[str] | None = None,
                      surrogate: Mapping[str, Any] | None = None,
-                     callbacks: Callbacks | Sequence[Any] = ()) -> list[dict[str, Any]]:
-    """:func:`seed_matrix_rows` for every seed, concatenated.
+                     callbacks: Callbacks | Sequence[Any] = (),
+                     manifest: str | None = None) -> list[dict[str, Any]]:
+    """:func:`seed_matrix_rows` for every seed, concatenated (``manifest``: for
+    ``config.clean_variety``).
 
     Raises:
         InputError: fewer than two seeds, or a repeated seed (no spread to measure).
@@ -130,7 +140,7 @@ def seed_spread_rows(seeds: Sequence[int], train_pairs: tuple[torch.Tensor, torc
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         rows += seed_matrix_rows(seed, train_pairs, test_pairs, config, cells, key, groups,
-                                 surrogate, callbacks)
+                                 surrogate, callbacks, manifest)
     return rows
 
 

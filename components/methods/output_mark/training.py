@@ -43,6 +43,7 @@ from torch import nn
 
 from neuralmark.components import distributed
 from neuralmark.components.attacks.surrogate import train_surrogate
+from neuralmark.components.data.clean_variety import varied_clean_images
 from neuralmark.components.data.pairs import check_pairs
 from neuralmark.components.data.splits import group_split
 from neuralmark.components.errors import InputError
@@ -120,6 +121,35 @@ def split_indices(config: OutputMarkConfig, n: int, groups: Sequence[str] | None
 #: extra clean images and their groups (photo of each), e.g.
 #: ``neuralmark.components.data.clean_variety.varied_clean_images``
 CleanImages = tuple[torch.Tensor, Sequence[str]]
+
+
+def clean_variety_images(config: OutputMarkConfig, manifest: str | None
+                         ) -> CleanImages | None:
+    """The extra clean images ``config.clean_variety`` asks for, or ``None`` when it is off.
+
+    The one place the option becomes data (the pipeline's step, the seed spread and
+    ``scripts/train_shipped_output_mark.py`` all call it): ``varied_clean_images`` of the
+    manifest's *train* split at the working size, drawn with ``config.seed``.
+
+    Args:
+        config: ``clean_variety``, ``working_size``, ``seed``.
+        manifest: the sample dataset's ``manifest.csv`` the training pairs were made from.
+
+    Raises:
+        InputError: the option is on and there is no sample-dataset manifest (e.g. a
+            prepared ``voc_derain`` dataset, whose photos are not the bundled ones).
+    """
+    if not config.clean_variety:
+        return None
+    if not manifest:
+        raise InputError("config.clean_variety needs the sample dataset's manifest (the "
+                         "training photos it crops); a prepared paired dataset has none")
+    return varied_clean_images(manifest, config.working_size, seed=config.seed)
+
+
+def clean_bank_size(tp: TrainingPairs) -> float:
+    """How many extra clean images R's clean term sees (0 without a clean bank)."""
+    return float(0 if tp.clean_bank is None else tp.clean_bank.shape[0])
 
 
 def clean_bank(method: OutputMarkParts, hr: torch.Tensor, held_out: torch.Tensor,
@@ -366,7 +396,8 @@ def fit(method: OutputMarkParts, data: Mapping[str, Any],
         Every stage's metrics, Table 1 on val after stage 1 (``psnr_marked``,
         ``nc_marked``, ``sr_marked``, clean NC/FPR) and after stage 2 (``final_*``),
         the surrogate's NC/SR on val before and after stage 2, ``time_total_s``,
-        ``calibration_n``, ``calibrated_fpr``.
+        ``clean_bank_images`` (extra clean images R saw), ``calibration_n``,
+        ``calibrated_fpr``.
     """
     if not isinstance(data, Mapping) or "train" not in data:
         raise InputError("output_mark.fit needs data={'train': (A, B), 'val': (A, B)}")
@@ -385,6 +416,7 @@ def fit(method: OutputMarkParts, data: Mapping[str, Any],
             metrics.update(stage2(method, tp, cb, probe=va))
             metrics.update({f"final_{k}": v for k, v in quality(method, va, vgt).items()})
         metrics["time_total_s"] = time.time() - start
+        metrics["clean_bank_images"] = clean_bank_size(tp)
         metrics.update(calibrate_held_out(method, tp))
     method.trained = True
     cb.on_metrics(c.model_steps + c.steps + c.stage2_steps, metrics)
@@ -407,7 +439,8 @@ def stage1_method(train_pairs: tuple[torch.Tensor, torch.Tensor],
 
     Returns:
         ``(method, metrics)``: the stage-1 method (``trained``, calibrated on the
-        held-out part) and the stage-0/1 and calibration metrics.
+        held-out part) and the stage-0/1 and calibration metrics (with
+        ``clean_bank_images``, the extra clean images R saw).
     """
     built = build("output_mark", config)
     if not isinstance(built.config, OutputMarkConfig):
@@ -417,6 +450,7 @@ def stage1_method(train_pairs: tuple[torch.Tensor, torch.Tensor],
         tp = prepare(method, train_pairs, key, groups, clean=clean)
         metrics = train_model(method, tp, callbacks)
         metrics.update(stage1(method, tp, callbacks))
+        metrics["clean_bank_images"] = clean_bank_size(tp)
         metrics.update(calibrate_held_out(method, tp))
     method.trained = True
     return method, metrics
@@ -438,11 +472,13 @@ def stage2_method(method_stage1: OutputMarkParts, train_pairs: tuple[torch.Tenso
     with pinned(method.config.seed, method.config.cpu_threads):
         tp = training_pairs(method, train_pairs, clean=clean)
         metrics = stage2(method, tp, callbacks) if method.config.stage2 else {}
+        metrics["clean_bank_images"] = clean_bank_size(tp)
         metrics.update(calibrate_held_out(method, tp))
     return method, metrics
 
 
 __all__ = ["CleanImages", "TrainingPairs", "calibrate_held_out", "clean_bank",
+           "clean_bank_size", "clean_variety_images",
            "clean_surrogate_outputs", "fit", "prepare", "split_indices", "stage1",
            "stage1_method", "stage2", "stage2_method", "train_model", "train_protected_model",
            "training_pairs"]
