@@ -226,3 +226,49 @@ def test_whitening_set_holds_the_configured_views_per_photo(photo_batch):
     m.set_whitening_set(photos)
     assert m.whitening_set.images.shape[0] == 8 * 3
     assert build_again(m).whitening_set.images.shape[0] == 8 * 3
+
+
+#: the tiny profile's decoder (width 32 reading 64², margin 0.5, 38.5 dB) at a 64² working
+#: size, 8 EM rounds: with the former M-step (``clean_loss="unit_variance"``, lr 1e-3) its
+#: signing bit accuracy fell 1.000 → .547 by round 7 (model card, EM collapse)
+MICRO_EM = {"working_size": 64, "width": 32, "input_stride": 1, "psnr_target": 38.5,
+            "margin": 0.5, "clean_view_weight": 0.9, "batch_size": 8, "sign_steps_train": 10,
+            "m_steps": 10, "pgd_steps": 20, "eot_samples": 2, "curve_images": 2,
+            "buffer_size": 64, "rounds": 8}
+
+
+def _crops(photo: np.ndarray, n: int, size: int, seed: int) -> torch.Tensor:
+    """``n`` random square crops (a third of the short side or more) at ``size``²."""
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
+    h, w = x.shape[-2:]
+    out = []
+    for _ in range(n):
+        c = int(rng.integers(min(h, w) // 3, min(h, w) // 2))
+        y, xo = int(rng.integers(0, h - c)), int(rng.integers(0, w - c))
+        out.append(torch.nn.functional.interpolate(x[None, :, y:y + c, xo:xo + c],
+                                                   size=(size, size), mode="bilinear",
+                                                   antialias=True))
+    return torch.cat(out).clamp(0, 1)
+
+
+def test_em_rounds_do_not_collapse_the_decoder(photo):
+    """Issue #17, EM collapse: the ``unit_variance`` clean term pulled the spread of clean
+    logits to 1 where the keyed whitening (fewer views than features) makes it 2-3, and the
+    decoder met it by killing ReLU channels until every image read one word and PGD wrote
+    nothing. With the scale-free ``standardized`` term (the default) the width-32 decoder
+    keeps reading distinct words on clean images and still signs after EM rounds at the
+    learning rate that collapsed it (this config with ``clean_loss="unit_variance"``: see
+    the model card's EM-collapse section)."""
+    torch.set_num_threads(1)
+    m = build("pgd_signer", MICRO_EM)
+    train = _crops(photo, 24, 64, seed=0)
+    held_out = _crops(photo, 8, 64, seed=1)
+    metrics = m.fit({"train": train, "val": held_out[:2]})
+    assert metrics["clean_distinct_words"] == 2.0  # the per-round collapse watch
+    key = WatermarkKey("owner", 0)
+    decoder = m.decoder_for(key)
+    words = {tuple(r) for r in m.decode_bits(held_out, decoder=decoder).tolist()}
+    assert len(words) >= 6, words
+    reads = [v.bit_accuracy for v in m.verify(m.embed(held_out[:4], key), key)]
+    assert min(reads) >= 0.9, reads

@@ -56,10 +56,14 @@ class PGDSignerConfig(MethodConfig):
     batch_size: int = 16
     sign_steps_train: int = 20
     m_steps: int = 25
-    lr: float = 1e-3
+    #: M-step Adam step; 1e-3 drifted the keyed width-32 decoder until it no longer signed
+    #: (~16 tiny rounds even with the ``standardized`` clean term; model card, EM collapse)
+    lr: float = 1e-4
     clean_weight: float = 1.0
-    #: "zero": clean logits → 0; "unit_variance": clean logits keep mean 0, std 1
-    clean_loss: Literal["zero", "unit_variance"] = "unit_variance"
+    #: "zero": clean logits → 0; "unit_variance": clean logits keep mean 0, std 1 (collapsed
+    #: the width-32 decoder within ~8 EM rounds, issue #17); "standardized": per bit
+    #: (mean/std)² + relu(1 − std)², scale-free
+    clean_loss: Literal["zero", "unit_variance", "standardized"] = "standardized"
     #: EM curriculum: E-step budget starts at this PSNR and reaches psnr_target
     #: half-way through training (a larger early budget lets PGD succeed against
     #: a fresh decoder, so the M-step has a signal to learn from)

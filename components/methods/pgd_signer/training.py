@@ -21,7 +21,7 @@ from neuralmark.components.time_budget import out_of_time, time_budget
 
 
 def training_loss(method: Any, images: torch.Tensor) -> torch.Tensor:
-    """M-step loss on a batch: attacked signed images → random bits, clean → 0."""
+    """M-step loss on a batch: attacked signed images → random bits, clean → no word."""
     g = torch.Generator().manual_seed(method.config.seed)
     bits = torch.randint(0, 2, (images.shape[0], method.config.n_bits), generator=g).float()
     xw = method._to_working(images.to(method.device))
@@ -43,7 +43,7 @@ def m_loss(method: Any, signed: torch.Tensor, bits: torch.Tensor, clean: torch.T
         decoder: the network to run (the DDP wrapper in data-parallel training);
             default ``method.decoder``.
         sharded: the batch is this process's shard of a data-parallel global batch:
-            EoT draws for the global batch, the ``unit_variance`` statistics over the
+            EoT draws for the global batch, the clean term's statistics over the
             global batch (``distributed.gather_batch``; that term is scaled by the
             number of processes in the returned loss so DDP's gradient average gives
             the one-process gradient). ``metrics["m_loss"]`` is the unscaled loss.
@@ -59,14 +59,24 @@ def m_loss(method: Any, signed: torch.Tensor, bits: torch.Tensor, clean: torch.T
     clean_logits = decoder(chain.apply(clean, params))
     bce = F.binary_cross_entropy_with_logits(logits, bits)
     scale = 1.0
-    if method.config.clean_loss == "unit_variance":
-        # clean logits: zero mean, unit spread per bit — no confident fixed word,
-        # and the decoder cannot hedge by shrinking its gain
+    if method.config.clean_loss in ("unit_variance", "standardized"):
         if sharded and distributed.is_distributed():
             clean_logits = distributed.gather_batch(clean_logits)
             scale = float(distributed.world_size())
-        penalty = (clean_logits.mean(0).pow(2).mean()
-                   + (clean_logits.std(0) - 1).pow(2).mean())
+        mean, std = clean_logits.mean(0), clean_logits.std(0)
+        if method.config.clean_loss == "standardized":
+            # no fixed word: each bit's clean mean small against its own spread, and no
+            # hedging: a spread below 1 is penalised, a larger one is not. Scale-free, so
+            # nothing rewards shrinking the features; ``unit_variance`` pulled the spread of
+            # images outside the whitening set (2-3 under a fresh keyed whitening: 32×4
+            # views for 256 features leave its near-null directions amplified ~30×) down
+            # to 1, which the decoder met by killing ReLU channels until every image read
+            # one word (issue #17, the model card's EM-collapse section)
+            penalty = ((mean / (std + 1e-3)).pow(2).mean()
+                       + F.relu(1 - std).pow(2).mean())
+        else:
+            # clean logits: zero mean, unit spread per bit
+            penalty = mean.pow(2).mean() + (std - 1).pow(2).mean()
     else:
         penalty = clean_logits.pow(2).mean()
     loss = bce + method.config.clean_weight * penalty
@@ -209,6 +219,9 @@ def fit(method: Any, data: Mapping[str, torch.Tensor],
                 e_acc = float(((net(signed) > 0).float() == bits).float().mean())
                 attacked = chain.apply(signed, distributed.sample_shard(chain, signed.shape[0], g))
                 e_acc_att = float(((net(attacked) > 0).float() == bits).float().mean())
+                # collapse watch (issue #17): distinct words the round's decoder reads on
+                # the clean val images (a collapsed decoder reads one word on all of them)
+                words = len({tuple(r) for r in (net(val.to(method.device)) > 0).int().tolist()})
             # every process keeps the whole global batch in its replay buffer
             buf_x.append(distributed.all_gather_rows(signed).cpu())
             buf_c.append(xg)
@@ -234,7 +247,8 @@ def fit(method: Any, data: Mapping[str, torch.Tensor],
                 fit_whitening(method, train, generator=g)
                 distributed.broadcast_state(method.decoder)
             metrics = distributed.mean_over_processes(
-                {"e_bit_acc": e_acc, "e_bit_acc_attacked": e_acc_att, **m})
+                {"e_bit_acc": e_acc, "e_bit_acc_attacked": e_acc_att,
+                 "clean_distinct_words": float(words), **m})
             metrics = {**metrics, "e_psnr_budget": e_psnr, "attack_p": p_att,
                        "round": float(rnd), "elapsed_s": time.time() - start}
             over = out_of_time("pgd_signer/em_rounds", rnd + 1, c.rounds)
