@@ -193,3 +193,25 @@ def test_stage2_instances_train_k_seeded_surrogates_per_arch(data, monkeypatch) 
     assert _digest(three.R) != _digest(one.R)
     with pytest.raises(ValueError, match="stage2_instances"):
         OutputMarkConfig(stage2_instances=0)
+
+
+def test_psnr_hinge_charges_only_images_below_the_target() -> None:
+    from neuralmark.components.methods.output_mark.losses import embed_loss, psnr_hinge
+    from neuralmark.components.nets.patchgan import PatchDiscriminator
+
+    ref = torch.full((2, 3, 8, 8), 0.5)
+    at_43 = ref + 10 ** (-43 / 20)          # MSE 10^-4.3: 43 dB
+    at_37 = ref + 10 ** (-37 / 20)          # 37 dB: twice the allowed MSE at 40 dB
+    assert float(psnr_hinge(at_43, ref, 40.0)) == 0.0
+    assert float(psnr_hinge(at_37, ref, 40.0)) == pytest.approx(10 ** 0.3 - 1, rel=1e-4)
+    both = torch.stack([at_43[0], at_37[0]])  # the mean over images: one charged of two
+    assert float(psnr_hinge(both, ref, 40.0)) == pytest.approx((10 ** 0.3 - 1) / 2, rel=1e-4)
+    disc = PatchDiscriminator(width=4, n_layers=2)
+    off = OutputMarkConfig(**MICRO)
+    on = off.model_copy(update={"lambda_psnr": 2.0})
+    loss_off, m_off = embed_loss(off, disc, at_37, ref)
+    loss_on, m_on = embed_loss(on, disc, at_37, ref)
+    assert m_off["h_psnr_hinge"] == 0.0      # off: not computed, the seed's L_emd
+    assert float((loss_on - loss_off).detach()) == pytest.approx(2 * (10 ** 0.3 - 1), rel=1e-4)
+    with pytest.raises(ValueError, match="lambda_psnr"):
+        OutputMarkConfig(lambda_psnr=-1)
