@@ -1,8 +1,9 @@
 """The output_mark surrogate matrix over several seeds, without the pipeline (issue #19).
 
 Builds the profile's derain pairs exactly as the pipeline's ``make_pairs`` step does,
-then runs ``output_mark.seeds.seed_spread_rows`` (M, stage 1, stage 2 and every cell
-per seed, one torch thread, deterministic algorithms) and prints the matrix as
+then runs ``output_mark.seeds.seed_matrix_rows`` for each seed (M, stage 1, stage 2 and
+every cell, one torch thread, deterministic algorithms; the rows so far are written
+after each seed) and prints the matrix as
 mean [95% t-interval] (per seed). What ``neuralmark protect --seeds`` logs to MLflow,
 minus the ZenML/MLflow bookkeeping, for experiments on a loaded machine::
 
@@ -25,7 +26,7 @@ from neuralmark.components.attacks.surrogate import matrix_cells
 from neuralmark.components.data import pairs
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.output_mark.seeds import (
-    seed_spread_rows,
+    seed_matrix_rows,
     spread_markdown,
     spread_summary,
 )
@@ -49,12 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     train, groups, test = pairs.synthesised_pairs(manifest, "derain", size)
     cells = matrix_cells(json.loads(args.cells) if args.cells else None)
     key = WatermarkKey(settings.evaluation.key_secret)
+    if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
+        p.error(f"a seed spread needs at least two distinct seeds, got {args.seeds}")
     start = time.time()
-    rows = seed_spread_rows(args.seeds, train, test, settings.config, cells, key, groups,
-                            json.loads(args.surrogate), manifest=str(manifest))
+    rows: list[dict] = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:  # the rows so far are written after each seed: a cut run keeps them
+        rows += seed_matrix_rows(seed, train, test, settings.config, cells, key, groups,
+                                 json.loads(args.surrogate), manifest=str(manifest))
+        args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
+                                        "config": settings.config.model_dump(mode="json"),
+                                        "rows": rows}, indent=1))
+        print(f"seed {seed} done, {time.time() - start:.0f} s", flush=True)
     summary = spread_summary(rows)
     markdown = spread_markdown(summary)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
                                     "config": settings.config.model_dump(mode="json"),
                                     "rows": rows, "summary": summary}, indent=1))

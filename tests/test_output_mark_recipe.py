@@ -17,6 +17,7 @@ import torch
 
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods import build, load_bundle
+from neuralmark.components.methods.output_mark.evaluation import extraction_nc
 from neuralmark.components.methods.output_mark.selection import CheckpointSelector
 from neuralmark.components.time_budget import out_of_time, time_budget
 
@@ -156,6 +157,43 @@ def test_selector_refuses_a_checkpoint_that_reads_too_little():
     row = selector(1)
     assert row["sr_marked"] < m.config.select_min_read and row["qualifies"] == 0.0
     assert selector.restore()["selected_step"] == -1.0
+
+
+def test_selector_fallback_keeps_fewest_clean_hits_with_b_prime_met():
+    """No checkpoint reads zero clean images: ``last`` keeps the last step; ``fewest_clean``
+    keeps the one with B′ and the read floor met that reads the fewest clean images."""
+    torch.manual_seed(0)
+    smoke = type(build("output_mark")).smoke_config
+    for fallback in ("last", "fewest_clean"):
+        m = build("output_mark", {**smoke, "psnr_target": 0.0, "select_min_read": 0.0,
+                                  "select_fallback": fallback})
+        m.config = m.config.model_copy(update={"threshold": 1e-6})
+        a = torch.rand(6, 3, 32, 32)
+        selector = CheckpointSelector(m, a, a)
+        everything = selector(1)  # threshold ~0: every readable image is read
+        assert everything["fpr_clean"] == 1.0 and everything["qualifies"] == 0.0
+        ncs = torch.cat([extraction_nc(m.R, x, m.logo.cpu(), 32)
+                         for x in (a, m.model_outputs(a))])
+        # read only the clean image(s) with the highest NC: some, not all
+        m.config = m.config.model_copy(update={"threshold": float(ncs.max()) - 1e-6})
+        kept = {k: v.clone() for k, v in m.R.state_dict().items()}
+        fewer = selector(2)
+        assert 0.0 < fewer["fpr_clean"] < 1.0 and fewer["qualifies"] == 0.0
+        with torch.no_grad():
+            for p in m.R.parameters():
+                p.add_(0.5)
+        m.config = m.config.model_copy(update={"threshold": 1e-6})
+        assert selector(3)["fpr_clean"] == 1.0   # later, but more clean hits
+        m.config = m.config.model_copy(update={"psnr_target": 1e9, "threshold": 1.0})
+        none = selector(4)                       # no clean hit at all, but B′ not met
+        assert none["fpr_clean"] == 0.0 and none["qualifies"] == 0.0
+        got = selector.restore()
+        if fallback == "last":
+            assert got["selected_step"] == -1.0 and got["selected_fallback"] == 0.0
+            continue
+        assert got["selected_step"] == 2.0 and got["selected_fallback"] == 1.0
+        assert got["selected_fpr_clean"] == fewer["fpr_clean"]
+        assert all(torch.equal(m.R.state_dict()[k], v) for k, v in kept.items())
 
 
 def test_cosine_lr_decay_changes_stage1_and_only_when_asked():

@@ -158,3 +158,60 @@ def test_attacker_cells_never_reuse_the_stage2_surrogate_seed() -> None:
         ("res9", "unet")
     with pytest.raises(ValueError, match="stage2_archs"):
         OutputMarkConfig(stage2_archs=["vgg"])
+
+
+def test_interleave_takes_row_j_from_instance_j_mod_k() -> None:
+    outs = [torch.full((5, 3, 2, 2), float(i)) for i in range(3)]
+    mixed = training.interleave(outs)
+    assert mixed.shape == (5, 3, 2, 2)
+    assert [float(mixed[j, 0, 0, 0]) for j in range(5)] == [0.0, 1.0, 2.0, 0.0, 1.0]
+    assert torch.equal(training.interleave(outs[:1]), outs[0])
+
+
+def test_stage2_instances_train_k_seeded_surrogates_per_arch(data, monkeypatch) -> None:
+    """Each architecture gets ``stage2_instances`` surrogates and clean twins, seeds below
+    the attacker's offset; R then trains on other outputs."""
+    trained: list[tuple[str, int]] = []
+    real = training.train_surrogate
+
+    def recording(a, b, arch=None, loss=None, config=None, callbacks=()):
+        trained.append((arch, config.seed))
+        return real(a, b, arch=arch, loss=loss, config=config, callbacks=callbacks)
+
+    monkeypatch.setattr(training, "train_surrogate", recording)
+    config = {**MICRO, "stage2_archs": ["unet", "cnet"]}
+    s1, _ = training.stage1_method(data["train"], config, KEY)
+    one, _ = training.stage2_method(s1, data["train"])
+    assert sorted(trained) == [("cnet", 0), ("cnet", 1), ("unet", 0), ("unet", 1)]
+    assert OutputMarkConfig(**config).stage2_instances == 1   # the default: as the seed
+    trained.clear()
+    s1k, _ = training.stage1_method(data["train"], {**config, "stage2_instances": 3}, KEY)
+    three, _ = training.stage2_method(s1k, data["train"])
+    assert sorted(trained) == sorted((arch, seed) for arch in ("unet", "cnet")
+                                     for seed in range(6))
+    assert max(seed for _, seed in trained) < ATTACKER_SEED_OFFSET
+    assert _digest(three.R) != _digest(one.R)
+    with pytest.raises(ValueError, match="stage2_instances"):
+        OutputMarkConfig(stage2_instances=0)
+
+
+def test_psnr_hinge_charges_only_images_below_the_target() -> None:
+    from neuralmark.components.methods.output_mark.losses import embed_loss, psnr_hinge
+    from neuralmark.components.nets.patchgan import PatchDiscriminator
+
+    ref = torch.full((2, 3, 8, 8), 0.5)
+    at_43 = ref + 10 ** (-43 / 20)          # MSE 10^-4.3: 43 dB
+    at_37 = ref + 10 ** (-37 / 20)          # 37 dB: twice the allowed MSE at 40 dB
+    assert float(psnr_hinge(at_43, ref, 40.0)) == 0.0
+    assert float(psnr_hinge(at_37, ref, 40.0)) == pytest.approx(10 ** 0.3 - 1, rel=1e-4)
+    both = torch.stack([at_43[0], at_37[0]])  # the mean over images: one charged of two
+    assert float(psnr_hinge(both, ref, 40.0)) == pytest.approx((10 ** 0.3 - 1) / 2, rel=1e-4)
+    disc = PatchDiscriminator(width=4, n_layers=2)
+    off = OutputMarkConfig(**MICRO)
+    on = off.model_copy(update={"lambda_psnr": 2.0})
+    loss_off, m_off = embed_loss(off, disc, at_37, ref)
+    loss_on, m_on = embed_loss(on, disc, at_37, ref)
+    assert m_off["h_psnr_hinge"] == 0.0      # off: not computed, the seed's L_emd
+    assert float((loss_on - loss_off).detach()) == pytest.approx(2 * (10 ** 0.3 - 1), rel=1e-4)
+    with pytest.raises(ValueError, match="lambda_psnr"):
+        OutputMarkConfig(lambda_psnr=-1)

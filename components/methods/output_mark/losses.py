@@ -1,6 +1,7 @@
 """The losses of seed 001 (every λ is 1 except λ3 = 0.01; ‖·‖² is the per-pixel mean)::
 
     L_emd = λ1·‖H(b) − b‖² + λ2·ℓ_perc(H(b), b) + λ3·ℓ_adv(D, H(b))
+            (+ λ_psnr·mean_i max(0, ‖H(b_i) − b_i‖² / m* − 1), m* = 10^(−psnr_target/10))
     L_ext = λ4·ℓ_wm + λ5·ℓ_clean + λ6·ℓ_cst,   L = L_emd + λ·L_ext
     ℓ_wm    = ‖R(b′) − δ‖² (+ ‖R(b″) − δ‖² in stage 2)
     ℓ_clean = ‖R(a) − δ0‖² + ‖R(b) − δ0‖²        (δ0: the all-ones blank)
@@ -30,19 +31,33 @@ def consistency(r: torch.Tensor) -> torch.Tensor:
 
 def embed_loss(config: OutputMarkConfig, disc: nn.Module, h_out: torch.Tensor,
                h_ref: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_emd = λ1 MSE + λ2 perceptual + λ3 adversarial of B′ (``h_out``) vs its reference.
+    """L_emd = λ1 MSE + λ2 perceptual + λ3 adversarial of B′ (``h_out``) vs its reference,
+    plus ``lambda_psnr`` times the PSNR hinge (:func:`psnr_hinge`) when it is on.
 
     Returns:
-        ``(loss, {"h_mse", "h_perc", "h_adv"})``.
+        ``(loss, {"h_mse", "h_perc", "h_adv", "h_psnr_hinge"})``.
     """
     c = config
     mse = (h_out - h_ref).pow(2).mean()
+    hinge = psnr_hinge(h_out, h_ref, c.psnr_target) if c.lambda_psnr > 0 else mse * 0
     perc = structural_perceptual_loss(h_out, h_ref) if c.perceptual == "structural" \
         else mse * 0
     adv = gan_bce(disc(h_out), True)
-    loss = c.lambda_mse * mse + c.lambda_perc * perc + c.lambda_adv * adv
+    loss = c.lambda_mse * mse + c.lambda_perc * perc + c.lambda_adv * adv \
+        + c.lambda_psnr * hinge
     return loss, {"h_mse": float(mse.detach()), "h_perc": float(perc.detach()),
-                  "h_adv": float(adv.detach())}
+                  "h_adv": float(adv.detach()), "h_psnr_hinge": float(hinge.detach())}
+
+
+def psnr_hinge(h_out: torch.Tensor, h_ref: torch.Tensor, target_db: float) -> torch.Tensor:
+    """Mean over images of ``max(0, mse_i / m* − 1)``, m* the MSE at ``target_db`` dB.
+
+    Zero for every image of ``h_out`` (B×3×S×S) at or above the target PSNR against
+    ``h_ref``; scale-free above it (1 at twice the allowed MSE, i.e. 3 dB below).
+    """
+    allowed = 10.0 ** (-target_db / 10.0)
+    mse = (h_out - h_ref).pow(2).flatten(1).mean(1)
+    return torch.relu(mse / allowed - 1.0).mean()
 
 
 def extract_loss(config: OutputMarkConfig, extractor: nn.Module, logo: torch.Tensor,

@@ -14,7 +14,10 @@ clean images (A, M(A), targets) read as marked. A checkpoint *qualifies* when it
 PSNR ≥ ``config.psnr_target``, no clean image is read and at least
 ``config.select_min_read`` of B′ is; among those the one that reads the most marked
 outputs wins, ties to the later step. With no qualifying checkpoint the last step is
-kept and the metrics say so. Stage 2 (H frozen) selects R the same way, its rank adding
+kept and the metrics say so, unless ``config.select_fallback`` is ``fewest_clean``: then
+the checkpoint with B′ ≥ the target and the read floor met that reads the fewest clean
+images wins (ties: most read, then the later step), so B′ is never traded away.
+Stage 2 (H frozen) selects R the same way, its rank adding
 the share of the stage-2 surrogates' outputs on the held-out inputs that R reads, and
 their clean counterparts' outputs counting as clean images. (Stage 2 with three
 surrogates took seed 0's clean-output hits from 2% to 11% at its last step.)
@@ -62,6 +65,8 @@ class CheckpointSelector:
         self.copies, self.clean_copies = list(copies), list(clean_copies)
         self.history: list[dict[str, float]] = []
         self.best: tuple[tuple[float, int], dict[str, Any]] | None = None
+        #: ``select_fallback: fewest_clean``: the best checkpoint with B′ and read met
+        self.fallback: tuple[tuple[float, float, int], dict[str, Any]] | None = None
 
     def _read(self, images: Sequence[torch.Tensor]) -> float:
         """Share of ``images`` (each N×3×S×S) R reads as marked."""
@@ -77,18 +82,24 @@ class CheckpointSelector:
                     self._read(self.clean_copies))
         row = {"step": float(step), "psnr": q["psnr_marked"], "sr_marked": q["sr_marked"],
                "fpr_clean": clean, "sr_copies": self._read(self.copies) if self.copies else 0.0}
-        ok = (row["psnr"] >= c.psnr_target and clean == 0.0
-              and row["sr_marked"] >= c.select_min_read)
+        visible_ok = row["psnr"] >= c.psnr_target and row["sr_marked"] >= c.select_min_read
+        ok = visible_ok and clean == 0.0
         row["qualifies"] = float(ok)
         self.history.append(row)
         self.callbacks.on_metrics(self.step0 + step, {f"{self.prefix}_{k}": v
                                                       for k, v in row.items() if k != "step"})
         rank = (row["sr_marked"] + row["sr_copies"], step)
         if ok and (self.best is None or rank >= self.best[0]):
-            m = self.method
-            self.best = (rank, {k: copy.deepcopy(getattr(m, k).state_dict())
-                                for k in self.nets})
+            self.best = (rank, self._states())
+        fb_rank = (-clean, rank[0], step)
+        if (visible_ok and c.select_fallback == "fewest_clean" and self.best is None
+                and (self.fallback is None or fb_rank >= self.fallback[0])):
+            self.fallback = (fb_rank, self._states())
         return row
+
+    def _states(self) -> dict[str, Any]:
+        """Copies of the current state of the checkpoint's networks."""
+        return {k: copy.deepcopy(getattr(self.method, k).state_dict()) for k in self.nets}
 
     def restore(self) -> dict[str, float]:
         """Load the best qualifying checkpoint into H, R, D (if any); its metrics.
@@ -96,19 +107,27 @@ class CheckpointSelector:
         Returns:
             ``selected_step`` (−1: none qualified, the last step stays),
             ``selected_psnr``, ``selected_sr_marked``, ``selected_sr_copies``,
-            ``checkpoints_scored``, ``checkpoints_qualified``.
+            ``selected_fpr_clean``, ``checkpoints_scored``, ``checkpoints_qualified``,
+            ``selected_fallback`` (1: no checkpoint qualified and the
+            ``fewest_clean`` fallback was kept).
         """
         qualified = sum(int(r["qualifies"]) for r in self.history)
         out = {"checkpoints_scored": float(len(self.history)),
-               "checkpoints_qualified": float(qualified), "selected_step": -1.0}
-        if self.best is None:
+               "checkpoints_qualified": float(qualified), "selected_step": -1.0,
+               "selected_fallback": 0.0}
+        if self.best is not None:
+            (_, step), states = self.best
+        elif self.fallback is not None:
+            (_, _, step), states = self.fallback
+            out["selected_fallback"] = 1.0
+        else:
             return out
-        (_, step), states = self.best
         for name, state in states.items():
             getattr(self.method, name).load_state_dict(state)
         row = next(r for r in self.history if r["step"] == step)
         return {**out, "selected_step": float(step), "selected_psnr": row["psnr"],
-                "selected_sr_marked": row["sr_marked"], "selected_sr_copies": row["sr_copies"]}
+                "selected_sr_marked": row["sr_marked"], "selected_sr_copies": row["sr_copies"],
+                "selected_fpr_clean": row["fpr_clean"]}
 
 
 __all__ = ["CheckpointSelector"]

@@ -273,7 +273,8 @@ def stage1(method: OutputMarkParts, tp: TrainingPairs,
 def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
                             b_train: torch.Tensor, a_query: torch.Tensor,
                             callbacks: Callbacks | Sequence[Any] = (),
-                            arch: str | None = None) -> torch.Tensor | None:
+                            arch: str | None = None, instance: int = 0
+                            ) -> torch.Tensor | None:
     """Stage 2's clean counterpart of B″: the stage-2 surrogate trained on clean (A, M(A)).
 
     Args:
@@ -282,6 +283,7 @@ def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
         a_query: N×3×S×S inputs it is run on (the H/R part).
         callbacks: metrics/progress sinks.
         arch: the surrogate's architecture (default ``surrogate.arch``).
+        instance: which of ``stage2_instances`` (seed + 1 + 2·instance).
 
     Returns:
         N×3×S×S outputs in [0, 1], or ``None`` when ``stage2_clean_surrogate`` is off.
@@ -290,15 +292,23 @@ def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
     if not c.stage2_clean_surrogate:
         return None
     sm = train_surrogate(a_train, b_train, arch=arch, config=c.surrogate.model_copy(
-        update={"seed": c.surrogate.seed + 1}), callbacks=callbacks)
+        update={"seed": c.surrogate.seed + 1 + 2 * instance}), callbacks=callbacks)
     return apply_net(sm, a_query, c.eval_batch).clamp(0, 1)
+
+
+def interleave(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Row j from ``outputs[j mod k]`` (k tensors of N×3×S×S): one N×3×S×S tensor that holds
+    every stage-2 instance of an architecture (``config.stage2_instances``)."""
+    pick = torch.arange(outputs[0].shape[0]) % len(outputs)
+    return torch.stack(list(outputs))[pick, torch.arange(outputs[0].shape[0])]
 
 
 def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Sequence[Any] = (),
            probe: torch.Tensor | None = None) -> dict[str, float]:
-    """Stage 2: surrogates SM (``config.surrogate``, one per ``stage2_arch_list``) on
-    (A, B′) of the held-out part, then R fine-tuned on A, B, B′, B″ = SM(A) of the H/R
-    part (every SM's B″ in each batch); H stays frozen.
+    """Stage 2: surrogates SM (``config.surrogate``, ``stage2_instances`` per
+    ``stage2_arch_list`` entry) on (A, B′) of the held-out part, then R fine-tuned on A, B,
+    B′, B″ = SM(A) of the H/R part (every architecture's B″ in each batch, its instances
+    interleaved by row: :func:`interleave`); H stays frozen.
 
     Args:
         method: after stage 1.
@@ -322,19 +332,23 @@ def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Se
     copies, clean_copies = [], []  # the same surrogates on the held-out inputs (selection)
     n_hr = len(hr)
     for arch in c.stage2_arch_list:
-        sm = train_surrogate(a[ho], marked[ho], arch=arch, config=c.surrogate,
-                             callbacks=callbacks)
-        b2.append(apply_net(sm, a[hr], c.eval_batch))
-        if probe_out is None:
-            probe_out = apply_net(sm, probe_x, c.eval_batch)
-        query = a[hr]
-        if c.select_every:  # the copies on the held-out inputs score the checkpoints
-            copies.append(apply_net(sm, a[ho], c.eval_batch))
-            query = torch.cat([a[hr], a[ho]])
-        clean = clean_surrogate_outputs(method, a[ho], b[ho], query, callbacks, arch)
-        if clean is not None:
-            b2_clean.append(clean[:n_hr])
-            clean_copies.extend([clean[n_hr:]] if c.select_every else [])
+        outs, clean_outs = [], []
+        for i in range(c.stage2_instances):
+            sm = train_surrogate(a[ho], marked[ho], arch=arch, config=c.surrogate.model_copy(
+                update={"seed": c.surrogate.seed + 2 * i}), callbacks=callbacks)
+            outs.append(apply_net(sm, a[hr], c.eval_batch))
+            if probe_out is None:
+                probe_out = apply_net(sm, probe_x, c.eval_batch)
+            query = a[hr]
+            if c.select_every:  # the copies on the held-out inputs score the checkpoints
+                copies.append(apply_net(sm, a[ho], c.eval_batch))
+                query = torch.cat([a[hr], a[ho]])
+            clean = clean_surrogate_outputs(method, a[ho], b[ho], query, callbacks, arch, i)
+            if clean is not None:
+                clean_outs.append(clean[:n_hr])
+                clean_copies.extend([clean[n_hr:]] if c.select_every else [])
+        b2.append(interleave(outs))
+        b2_clean.extend([interleave(clean_outs)] if clean_outs else [])
     assert probe_out is not None  # stage2_arch_list is never empty
     logo = method.logo.cpu()
     before = extraction_nc(method.R, probe_out, logo, c.eval_batch)
@@ -479,6 +493,6 @@ def stage2_method(method_stage1: OutputMarkParts, train_pairs: tuple[torch.Tenso
 
 __all__ = ["CleanImages", "TrainingPairs", "calibrate_held_out", "clean_bank",
            "clean_bank_size", "clean_variety_images",
-           "clean_surrogate_outputs", "fit", "prepare", "split_indices", "stage1",
+           "clean_surrogate_outputs", "fit", "interleave", "prepare", "split_indices", "stage1",
            "stage1_method", "stage2", "stage2_method", "train_model", "train_protected_model",
            "training_pairs"]

@@ -1,0 +1,129 @@
+"""Why a surrogate escapes an output_mark bundle: is the mark in its outputs, and does R read it?
+
+For each attacker surrogate (arch, loss L2, seeds, steps) trained on the bundle's
+(held-out A, B′) exactly as a matrix cell is, and its twin trained with the same seed on
+the clean outputs B of the same inputs, on the test inputs:
+
+* ``sr`` / ``nc``: what R reads on the surrogate's outputs B″ (the matrix cell);
+* ``psnr_vs_b`` / ``psnr_vs_target``: how good a copy of M / derainer B″ is (dB);
+* ``copy_gain``: ‖B″ − B″_clean‖ / ‖B′ − B‖ (how much of the mark's energy it copied) and
+  ``copy_cos``: cosine of B″ − B″_clean with B′ − B per image (whether it is the mark);
+* ``sr_copy_on_b``: R on B + (B″ − B″_clean), the copied residual on M's clean outputs (the
+  mark as copied, without the surrogate's own artefacts);
+* ``band_gain``: the copy's energy ratio in three radial frequency bands (low / mid / high);
+* ``sr_scaled``: R on B + α(B′ − B), the mark amplitude R needs (no surrogate);
+* ``cos_between_seeds``: cosine of two instances' copied residuals (same arch, other seed).
+
+    OMP_NUM_THREADS=1 python scripts/output_mark_surrogate_diagnosis.py \
+        --bundle components/pretrained/output_mark --key neuralmark-demo --out runs/diag.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from neuralmark.components.data import pairs
+from neuralmark.components.methods import load_bundle
+from neuralmark.components.methods.base import WatermarkKey
+from neuralmark.components.methods.output_mark.matrix import attack_pairs, cell_outputs
+from neuralmark.components.methods.output_mark.seeds import attacker_settings
+from neuralmark.components.metrics import psnr
+from neuralmark.runtime.settings import CODE_ROOT, resolve
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1)
+
+
+def band_energy(r: torch.Tensor) -> torch.Tensor:
+    """N×3 energies of N×3×S×S residuals in three radial frequency bands (low, mid, high)."""
+    spec = torch.fft.fft2(r).abs().pow(2).sum(1)  # N×S×S
+    s = r.shape[-1]
+    f = torch.fft.fftfreq(s).abs()
+    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2) / (0.5 * 2 ** 0.5)  # 0..1
+    bands = [(radius < 1 / 3), (radius >= 1 / 3) & (radius < 2 / 3), radius >= 2 / 3]
+    return torch.stack([(spec * m).sum((-2, -1)) for m in bands], 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--key", default=None)
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--archs", nargs="+", default=["cnet", "unet", "res9"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
+    p.add_argument("--steps", type=int, nargs="+", default=[0],
+                   help="attacker steps (0: the bundle's schedule)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    m = load_bundle(args.bundle)
+    key = WatermarkKey(args.key or m.config.logo_secret)
+    settings = resolve("output_mark", args.profile, data={"version_with_dvc": False})
+    manifest = Path(settings.data.build(CODE_ROOT))
+    train, groups, test = pairs.synthesised_pairs(manifest, "derain", settings.data.size)
+    m.set_groups(groups)
+    a_att, marked_att = attack_pairs(m, train)
+    with torch.no_grad():
+        clean_att = m.model_outputs(a_att)
+    a, gt = m.working_pairs(test, "test pairs")
+    with torch.no_grad():
+        b = m.model_outputs(a)
+        mark = m.marked_outputs(a) - b
+    out: dict = {"bundle": str(args.bundle), "stage2_archs": list(m.config.stage2_arch_list),
+                 "stage2_surrogate": m.config.surrogate.model_dump(mode="json"),
+                 "n_test": int(a.shape[0]), "n_attacker_pairs": int(a_att.shape[0]),
+                 "mark_rms": float(mark.pow(2).mean().sqrt()),
+                 "psnr_model_vs_target": float(psnr(b, gt).mean()),
+                 "mark_band_share": (band_energy(mark).sum(0)
+                                     / band_energy(mark).sum()).tolist(),
+                 "sr_scaled": {}, "cells": []}
+    for alpha in (0.25, 0.5, 0.75, 1.0):
+        out["sr_scaled"][str(alpha)] = float(m.hits((b + alpha * mark).clamp(0, 1), key)[1]
+                                             .float().mean())
+    mark_bands = band_energy(mark).sum(0)
+    for arch in args.archs:
+        for steps in args.steps:
+            copies = []
+            for seed in args.seeds:
+                over = {"seed": seed, **({"steps": steps} if steps else {})}
+                s = attacker_settings(m.config, over)
+                marked_out = cell_outputs(marked_att, a_att, a, arch, "l2", s)
+                clean_out = cell_outputs(clean_att, a_att, a, arch, "l2", s)
+                copy = marked_out - clean_out
+                copies.append(copy)
+                nc, hit = m.hits(marked_out, key)
+                nc_c, hit_c = m.hits(clean_out, key)
+                _, hit_copy = m.hits((b + copy).clamp(0, 1), key)
+                gain = _flat(copy).norm(dim=1) / _flat(mark).norm(dim=1)
+                cos = torch.nn.functional.cosine_similarity(_flat(copy), _flat(mark), dim=1)
+                row = {"arch": arch, "steps": s.steps, "seed": seed,
+                       "sr": float(hit.float().mean()), "nc": float(nc.mean()),
+                       "psnr_vs_b": float(psnr(marked_out, b).mean()),
+                       "psnr_vs_target": float(psnr(marked_out, gt).mean()),
+                       "sr_clean_twin": float(hit_c.float().mean()),
+                       "nc_clean_twin": float(nc_c.mean()),
+                       "copy_gain": float(gain.mean()), "copy_cos": float(cos.mean()),
+                       "sr_copy_on_b": float(hit_copy.float().mean()),
+                       "band_gain": (band_energy(copy).sum(0) / mark_bands).sqrt().tolist()}
+                out["cells"].append(row)
+                print(json.dumps(row), flush=True)
+            if len(copies) > 1:
+                cos_pairs = [float(torch.nn.functional.cosine_similarity(
+                    _flat(copies[i]), _flat(copies[j]), dim=1).mean())
+                    for i in range(len(copies)) for j in range(i + 1, len(copies))]
+                out.setdefault("cos_between_seeds", {})[f"{arch}@{s.steps}"] = cos_pairs
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
