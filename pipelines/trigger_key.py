@@ -239,8 +239,8 @@ def trigger_key_pipeline(profile: str = "tiny", config: dict[str, Any] | None = 
     unmarked = train_host(manifest, config=cfg, test_splits=splits)
     independent = train_independent_host(unmarked, manifest, test_splits=splits,
                                          seed=s.independent_seed, code_digest=digest)
-    marked = embed_owner_mark(unmarked, independent, manifest, test_splits=splits,
-                              key_secret=secret)
+    marked, pool = embed_owner_mark(unmarked, independent, manifest, test_splits=splits,
+                                    key_secret=secret)
     methods = [(METHOD, marked)]
     if s.baselines:
         methods += [(b, embed_baseline(unmarked, manifest, test_splits=splits, name=b,
@@ -254,7 +254,8 @@ def trigger_key_pipeline(profile: str = "tiny", config: dict[str, Any] | None = 
             for label, method in methods for attack, strengths in s.suite_for(profile)]
     others = [f"{secret}/other-{i + 1}" for i in range(s.other_keys)]
     unique = uniqueness(marked, independent, manifest, test_splits=splits, key_secret=secret,
-                        other_secrets=others, n_keys=s.uniqueness_keys, code_digest=digest)
+                        other_secrets=others, n_keys=s.uniqueness_keys, marked_pool=pool,
+                        code_digest=digest)
     cap = capacity(marked, manifest, test_splits=splits, key_secret=secret,
                    sizes=s.capacity_for(profile), n_keys=s.capacity_keys, code_digest=digest)
     report = evaluate_trigger_key(marked, manifest, test_splits=splits, attack_rows=rows,

@@ -17,6 +17,10 @@ A variant is ``name:field=value,field=value`` over ``TriggerKeyConfig`` fields, 
 
     python scripts/measure_trigger_key_finetune_aware.py --arch red --depth 6 \
         plain:lam=1e-2 look4:lam=1e-2,lookahead_steps=4
+    # attack-aware (issue #13): new-data fine-tuning and overwriting simulated, every 8 steps
+    python scripts/measure_trigger_key_finetune_aware.py --arch dncnn --depth 5 \
+        --attacks fine_tune_new:1,overwrite,fine_tune_original:1,prune:0.3 plain:lam=1e-2 \
+        aware:lam=1e-2,lookahead_steps=32,lookahead_every=8,lookahead_attacks=new+overwrite
 """
 
 from __future__ import annotations
@@ -43,12 +47,14 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", 
 ATTACKS = "fine_tune_original:1,fine_tune_new:1,fine_tune_original:3,prune:0.3"
 
 
-def parse_attacks(text: str) -> list[tuple[str, float, float | None]]:
-    """``name:strength[:lr],…`` → ``[(name, strength, attacker lr or None), …]``."""
+def parse_attacks(text: str) -> list[tuple[str, float | None, float | None]]:
+    """``name[:strength[:lr]],…`` → ``[(name, strength or None, attacker lr or None), …]``
+    (``overwrite`` takes no strength)."""
     out = []
     for item in filter(None, text.split(",")):
-        name, strength, *lr = item.split(":")
-        out.append((name, float(strength), float(lr[0]) if lr else None))
+        name, *rest = item.split(":")
+        strength = float(rest[0]) if rest and rest[0] else None
+        out.append((name, strength, float(rest[1]) if len(rest) > 1 else None))
     return out
 
 
@@ -81,7 +87,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sample", help="build / reuse the tiny sample set here and train on it")
     ap.add_argument("--attacks", default=ATTACKS,
-                    help="name:strength[:lr],… (lr: the attacker's Adam lr; default 1e-3)")
+                    help="name[:strength[:lr]],… (lr: the attacker's Adam lr; default 1e-3; "
+                         "overwrite: no strength)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import mlflow
+import torch
 from zenml import log_metadata, step
 
 import neuralmark.integrations.materializers  # noqa: F401  (method and report materializers)
@@ -66,8 +67,11 @@ def train_independent_host(unmarked: WatermarkMethod, manifest: str, test_splits
 @step(experiment_tracker=TRACKER_NAME)
 def embed_owner_mark(unmarked: WatermarkMethod, independent: WatermarkMethod, manifest: str,
                      test_splits: list[str], key_secret: str
-                     ) -> Annotated[WatermarkMethod, "trained_method"]:
-    """Embed the owner's key, calibrate η (with the independent host), train R."""
+                     ) -> tuple[Annotated[WatermarkMethod, "trained_method"],
+                                Annotated[torch.Tensor, "marked_pool"]]:
+    """Embed the owner's key, calibrate η (with the independent host), train R; also return
+    the calibration's other-key marked hosts packed (``uniqueness`` reuses them; empty when
+    the embedding ran data-parallel, whose method comes back as a bundle without them)."""
     marked, _ = train_in_processes(study.mark_owner,
                                    (study.as_trigger_key(unmarked), WatermarkKey(key_secret),
                                     [independent.host], manifest, test_splits),
@@ -75,7 +79,7 @@ def embed_owner_mark(unmarked: WatermarkMethod, independent: WatermarkMethod, ma
                                    processes=train_processes())
     mlflow.log_metrics({f"embed/{k}": float(v) for k, v in marked.metrics.items()})
     log_metadata({"calibration": dict(marked.calibration)})
-    return marked
+    return marked, study.as_trigger_key(marked).pool_tensor()
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)
@@ -108,12 +112,13 @@ def attack_host(method: WatermarkMethod, manifest: str, test_splits: list[str], 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)
 def uniqueness(marked: WatermarkMethod, independent: WatermarkMethod, manifest: str,
                test_splits: list[str], key_secret: str, other_secrets: list[str],
-               n_keys: int | None = None, code_digest: str = ""
-               ) -> Annotated[list[dict[str, Any]], "uniqueness_rows"]:
-    """d for every host × key (hosts marked with other keys, unmarked, independent)."""
+               n_keys: int | None = None, marked_pool: torch.Tensor | None = None,
+               code_digest: str = "") -> Annotated[list[dict[str, Any]], "uniqueness_rows"]:
+    """d for every host × key (hosts marked with other keys, unmarked, independent); the
+    other keys are calibrated with the owner's marked pool (``embed_owner_mark``'s)."""
     return study.uniqueness_study(study.as_trigger_key(marked), WatermarkKey(key_secret),
                                   independent.host, other_secrets, manifest, test_splits,
-                                  n_keys)
+                                  n_keys, marked_pool)
 
 
 @step(experiment_tracker=TRACKER_NAME, enable_cache=True)

@@ -114,3 +114,35 @@ def test_calibrate_embeds_a_pool_of_other_keys_marked_hosts(micro):
     bare = build("trigger_key", {"depth": 3, "width": 4, "calibration_marked_keys": 1})
     with pytest.raises(InputError, match="no task data"):
         bare.marked_pool()
+
+
+def test_the_calibration_pool_travels_packed_and_the_uniqueness_study_reuses_it(
+        micro, monkeypatch):
+    """The pool calibrate embedded, packed as one tensor (a pipeline artifact) and unpacked:
+    the same hosts (outputs), triggers and S; the uniqueness study then embeds no pool."""
+    from neuralmark.components.methods.trigger_key import study
+
+    m, key = micro, WatermarkKey("owner")
+    m.calibrate(key)
+    assert len(m.pool) == 2
+    packed = m.pool_tensor()
+    assert packed.shape[0] == 2 and packed.dtype == torch.float32
+    back = m.pool_from_tensor(packed)
+    probe = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    for (h0, x0, s0), (h1, x1, s1) in zip(m.pool, back, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(s0, s1)
+        torch.testing.assert_close(h1(probe), h0(probe), rtol=0, atol=0)
+        for (k, a), b in zip(h0.state_dict().items(), h1.state_dict().values(), strict=True):
+            assert torch.equal(a, b) and a.dtype == b.dtype, k
+    assert m.pool_from_tensor(calibration.pack_pool([])) == []
+    with pytest.raises(InputError, match="marked pool"):
+        m.pool_from_tensor(packed[:, :-3])
+    # the study's reuse: no pool embedded when the owner's is given
+    monkeypatch.setattr(study, "with_data", lambda method, *a, **k: method)
+    rows_rebuilt = study.uniqueness_study(m, key, m.unmarked, ["other"], "unused", n_keys=10)
+    calls: list[int] = []
+    monkeypatch.setattr(type(m), "marked_pool", lambda self, *a, **k: calls.append(1) or [])
+    rows_reused = study.uniqueness_study(m, key, m.unmarked, ["other"], "unused", n_keys=10,
+                                         pool=packed)
+    assert calls == []
+    assert rows_reused == rows_rebuilt  # the pool the study would embed is the owner's

@@ -105,3 +105,96 @@ def test_bad_lookahead_settings_are_refused():
         build("trigger_key", {"lookahead_lr": 0})
     with pytest.raises(InputError, match="lookahead_noise"):
         build("trigger_key", {"lookahead_noise": -0.1})
+
+
+# -- attack-aware embedding: simulated attacks, refresh interval (issue #13) -------------------
+
+
+def test_a_refresh_every_step_on_the_owner_pairs_is_the_plain_lookahead():
+    x, y = _pairs()
+    loss = _mark_loss()
+    common = dict(steps=5, lr=1e-2, batch_size=4, generator=3, device=torch.device("cpu"),
+                  lookahead_steps=2)
+    plain, _ = embedding.embed_into_host(_host("dncnn"), x, y, loss, 1e-2, **common)
+    given, _ = embedding.embed_into_host(_host("dncnn"), x, y, loss, 1e-2, **common,
+                                         lookahead_attacks=lambda i: embedding.Lookahead((x, y)))
+    for a, b in zip(plain.parameters(), given.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_lookahead_every_runs_the_attack_only_at_refresh_steps():
+    x, y = _pairs()
+    asked: list[int] = []
+
+    def attacks(i: int) -> embedding.Lookahead:
+        asked.append(i)
+        return embedding.Lookahead((x, y))
+
+    common = dict(steps=7, lr=1e-2, batch_size=4, generator=3, device=torch.device("cpu"),
+                  lookahead_steps=2, lookahead_attacks=attacks)
+    every3, _ = embedding.embed_into_host(_host(), x, y, _mark_loss(), 1e-2, **common,
+                                          lookahead_every=3)
+    assert asked == [0, 1, 2]  # steps 0, 3, 6
+    asked.clear()
+    every1, _ = embedding.embed_into_host(_host(), x, y, _mark_loss(), 1e-2, **common)
+    assert asked == list(range(7))
+    assert any(not torch.equal(a, b) for a, b in
+               zip(every1.parameters(), every3.parameters(), strict=True))
+    with pytest.raises(InputError, match="lookahead_every >= 1"):
+        embedding.embed_into_host(_host(), x, y, _mark_loss(), 1e-2, 2, 1e-3, 4, 0,
+                                  torch.device("cpu"), lookahead_every=0)
+
+
+def test_a_simulated_overwrite_pulls_the_shadow_to_the_second_key_with_frozen_batchnorm():
+    x, y = _pairs()
+    net, shadow = _host("dncnn"), _host("dncnn")
+    g = torch.Generator().manual_seed(4)
+    k2, s2 = torch.rand(1, 1, 8, 8, generator=g), torch.rand(1, 1, 8, 8, generator=g)
+
+    def second(m: torch.nn.Module) -> torch.Tensor:
+        return (m(k2) - s2).pow(2).sum()
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    attack = embedding.Lookahead((x, y), second, 1.0)
+    delta = embedding._simulate_attack(net, shadow, attack, 5, 1e-2, 4,
+                                       torch.Generator().manual_seed(2), torch.device("cpu"))
+    with torch.no_grad():
+        assert float(second(shadow.eval())) < float(second(net))
+    for k, v in shadow.state_dict().items():
+        if "running" in k:
+            assert torch.equal(v, before[k]), k  # frozen, as an embedding runs BatchNorm
+    for d, p, q in zip(delta, net.parameters(), shadow.parameters(), strict=True):
+        torch.testing.assert_close(p + d, q)
+
+
+def test_trigger_key_builds_its_simulated_attacks_from_the_config():
+    from neuralmark.components.methods.base import WatermarkKey
+    from neuralmark.components.methods.trigger_key.evaluation import overwriting_attacker
+
+    cfg = {"depth": 3, "width": 4, "trigger_size": 8, "patch_size": 8, "n_patches": 16}
+    m = build("trigger_key", cfg)
+    m.set_task_data(torch.rand(4, 1, 24, 24, generator=torch.Generator().manual_seed(0)))
+    (x, y), _ = m.require_pairs()
+    assert m.simulated_attacks(x, y) is None  # the default: fine-tuning on the owner's pairs
+    aware = m.with_config(lookahead_attacks="new+overwrite+original", lookahead_steps=2)
+    aware.train_pairs, aware.test_pairs = m.train_pairs, m.test_pairs
+    assert aware.config.lookahead_attacks == ("new", "overwrite", "original")
+    attacks = aware.simulated_attacks(x, y)
+    new, over, orig, new_again = (attacks(i) for i in range(4))
+    assert new.attacker_mark is None and new.pairs[0].shape == x.shape
+    assert not torch.equal(new.pairs[1], y)  # data the owner's ℓ_d never sees
+    assert torch.equal(new_again.pairs[1], new.pairs[1])
+    assert over.pairs[0] is x and over.attacker_lam == aware.config.lam
+    owner_loss, _ = aware.mark_loss(WatermarkKey("owner"))
+    with torch.no_grad():
+        assert float(over.attacker_mark(aware.host)) != float(owner_loss(aware.host))
+    assert orig.pairs[0] is x and orig.attacker_mark is None
+    # the overwriting attacker embeds with the public plain recipe, not the owner's
+    attacker = overwriting_attacker(aware)
+    assert attacker.config.lookahead_steps == 0 and attacker.config.lam == aware.config.lam
+    assert attacker.config.lookahead_attacks == ("original",)
+    assert attacker.train_pairs is aware.train_pairs
+    with pytest.raises(InputError, match="lookahead_attacks"):
+        build("trigger_key", {"lookahead_attacks": []})
+    with pytest.raises(InputError, match="lookahead_attacks"):
+        build("trigger_key", {"lookahead_attacks": "new+melt"})

@@ -37,8 +37,9 @@ MICRO: dict[str, Any] = {
     "evaluation": {"key_secret": OWNER},
     # every gate of the profile opened but one: the marked host must still verify unattacked
     "policy": deep_merge(open_gate("trigger_key"), {"min_metric": {"detected/none": 1.0}}),
+    # every attack the profile's policy names must run (check_policy_labels), even opened
     "study": {"suite": [["prune", [0.1, 0.5]], ["fine_tune_original", [1]],
-                        ["overwrite", [None]]], "other_keys": 1,
+                        ["fine_tune_new", [1]], ["overwrite", [None]]], "other_keys": 1,
               "capacity_sizes": [12], "capacity_keys": 4, "uniqueness_keys": 10},
 }
 
@@ -93,6 +94,19 @@ def test_pipeline_runs_end_to_end_logs_the_report_and_registers(project: Path, r
     assert (reports / "trigger_key_report.md").is_file()
     csv = (reports / "trigger_key_attacks.csv").read_text()
     assert "trigger_key_backdoor" in csv and "trigger_key_randproj" in csv
+
+
+def test_the_uniqueness_step_reuses_the_owners_calibration_pool(project: Path, run) -> None:
+    """``embed_owner_mark`` hands its calibration pool (2 other keys' marked hosts) to
+    ``uniqueness`` as a tensor artifact instead of ``uniqueness`` embedding it again."""
+    from zenml.client import Client
+
+    pipeline_run = Client().get_pipeline_run(run["run"])
+    pool = pipeline_run.steps["embed_owner_mark"].outputs["marked_pool"][0].load()
+    assert pool.ndim == 2 and pool.shape[0] == MICRO["config"]["calibration_marked_keys"]
+    given = pipeline_run.steps["uniqueness"].inputs["marked_pool"]
+    given = given[0] if isinstance(given, list) else given
+    assert given.id == pipeline_run.steps["embed_owner_mark"].outputs["marked_pool"][0].id
 
 
 def test_the_registered_champion_verifies_through_the_cli(project: Path, run) -> None:

@@ -234,6 +234,52 @@ def calibration_null(null: dict[str, list[float]], n_keys: int) -> list[float]:
     return rand + split_marked_hosts(null.get("marked_hosts", []))[0]
 
 
+def pack_pool(pool: Sequence[MarkedPeer]) -> torch.Tensor:
+    """A marked pool as one ``P×L`` float32 tensor: per peer its host's state (every tensor
+    of ``state_dict`` flattened, in order), then K's host input, then S (``P×0`` for none).
+
+    What a pipeline step hands the next one (a tensor artifact, safetensors): the uniqueness
+    study reuses the owner's pool instead of embedding it again. Integer buffers (BatchNorm's
+    step count) travel as float32, exact below 2²⁴.
+    """
+    rows = [torch.cat([*(t.detach().float().reshape(-1).cpu()
+                         for t in host.state_dict().values()),
+                       x.detach().float().reshape(-1).cpu(), s.detach().float().reshape(-1).cpu()])
+            for host, x, s in pool]
+    return torch.stack(rows) if rows else torch.zeros(0, 0)
+
+
+def unpack_pool(packed: torch.Tensor, template: nn.Module, x_shape: Sequence[int],
+                s_shape: Sequence[int]) -> list[MarkedPeer]:
+    """The pool :func:`pack_pool` wrote, each host a copy of ``template`` (its architecture)
+    with the stored state; ``x_shape`` / ``s_shape``: the trigger input's and S's shapes.
+
+    Raises:
+        InputError: a tensor whose rows do not hold this host and trigger (another
+            architecture, depth, width or trigger size).
+    """
+    import copy
+
+    state = template.state_dict()
+    sizes = [t.numel() for t in state.values()]
+    nx, ns = math.prod(x_shape), math.prod(s_shape)
+    if packed.numel() == 0:
+        return []
+    if packed.ndim != 2 or packed.shape[1] != sum(sizes) + nx + ns:
+        raise InputError(f"marked pool: rows of {tuple(packed.shape)[1:]} values do not hold a "
+                         f"{sum(sizes)}-value host and a {tuple(x_shape)} trigger")
+    pool: list[MarkedPeer] = []
+    for row in packed:
+        parts = list(torch.split(row, [*sizes, nx, ns]))
+        host = copy.deepcopy(template)
+        host.load_state_dict({k: p.reshape(t.shape).to(t.dtype)
+                              for (k, t), p in zip(state.items(), parts, strict=False)})
+        pool.append((host.eval(), parts[-2].reshape(*x_shape).clone(),
+                     parts[-1].reshape(*s_shape).clone()))
+    return pool
+
+
 __all__ = ["MarkedPeer", "calibrate", "calibration_null", "eta_at", "host_distances",
            "host_relative_distances", "marked_peer_distances", "null_distances", "p_value",
-           "random_key_material", "relative_distance", "split_marked_hosts"]
+           "pack_pool", "random_key_material", "relative_distance", "split_marked_hosts",
+           "unpack_pool"]

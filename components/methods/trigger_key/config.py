@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from neuralmark.components.data.restoration import SEED_SIGMA
 from neuralmark.components.methods.base import MethodConfig
@@ -71,6 +71,14 @@ class TriggerKeyConfig(MethodConfig):
     lookahead_weight: float = Field(1.0, ge=0)
     #: δ of a sign perturbation of the shadow's weights (a fresh Adam's step shape; 0: none)
     lookahead_noise: float = Field(0.0, ge=0)
+    #: attack-aware embedding (issue #13): the simulated attacks, cycled one per refresh —
+    #: ``original`` (fine-tuning on the owner's pairs), ``new`` (fine-tuning on procedural
+    #: textures the owner's ℓ_d never sees), ``overwrite`` (the owner's pairs + λ·ℓ_w′ of a
+    #: second key the owner makes up, a new one per refresh); YAML/CLI: ``new+overwrite``
+    lookahead_attacks: tuple[Literal["original", "new", "overwrite"], ...] = ("original",)
+    #: the simulated attack runs every this many embedding steps; its displacement θ′ − θ
+    #: is reused in between (``embedding`` module; 1: every step)
+    lookahead_every: int = Field(1, ge=1, le=1000)
     #: also run the embedding's fine-tuning at λ = 0 (the seed's unwatermarked row): the
     #: fidelity reference and a null host; False (an attacker's overwrite, quick checks)
     #: measures fidelity against the host given instead
@@ -105,8 +113,16 @@ class TriggerKeyConfig(MethodConfig):
     baseline_items: int = Field(16, ge=1, le=256)
     device: str = "auto"
 
+    @field_validator("lookahead_attacks", mode="before")
+    @classmethod
+    def _attacks_from_text(cls, value: object) -> object:
+        """``"new+overwrite"`` (a YAML / command-line value) → ``("new", "overwrite")``."""
+        return tuple(filter(None, value.split("+"))) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check(self) -> TriggerKeyConfig:
+        if not self.lookahead_attacks:
+            raise ValueError("lookahead_attacks needs at least one of original, new, overwrite")
         size = self.trigger_side
         if not MIN_TRIGGER_SIZE <= size <= MAX_TRIGGER_SIZE:
             raise ValueError(f"trigger_size must be in [{MIN_TRIGGER_SIZE}, "

@@ -36,12 +36,23 @@ Row = dict[str, Any]
 ATTACKER_SECRET = "neuralmark-attacker"
 
 
-def overwrite_embed(method: HostMark, secret: str = ATTACKER_SECRET):
-    """``embed(copy) -> copy marked with the attacker's key``; ``method`` is not changed."""
-    attacker = method.with_config(lambda0_reference=False)
+def overwriting_attacker(method: HostMark) -> HostMark:
+    """The overwriting attacker's method: ``method``'s sizes, λ, schedule and task pairs,
+    embedding with the public code's plain recipe, not the owner's attack-aware settings
+    (``lookahead_*``); no λ = 0 reference (an attacker needs none)."""
+    attacker = method.with_config(lambda0_reference=False, lookahead_steps=0,
+                                  lookahead_noise=0.0, lookahead_attacks=("original",),
+                                  lookahead_every=1)
     if not isinstance(attacker, HostMark):
         raise TypeError(f"overwrite_embed needs a host watermark, got {type(attacker).__name__}")
     attacker.train_pairs, attacker.test_pairs = method.train_pairs, method.test_pairs
+    return attacker
+
+
+def overwrite_embed(method: HostMark, secret: str = ATTACKER_SECRET):
+    """``embed(copy) -> copy marked with the attacker's key`` (:func:`overwriting_attacker`);
+    ``method`` is not changed."""
+    attacker = overwriting_attacker(method)
 
     def embed(model: nn.Module) -> nn.Module:
         return attacker.embed_model(model, WatermarkKey(secret))
@@ -112,4 +123,4 @@ def evaluate_attacks(methods: Mapping[str, tuple[HostMark, WatermarkKey]],
 
 
 __all__ = ["ATTACKER_SECRET", "Row", "attacker_data", "evaluate_attacks", "overwrite_embed",
-           "verdict_rows"]
+           "overwriting_attacker", "verdict_rows"]

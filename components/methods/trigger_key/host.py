@@ -24,7 +24,11 @@ import torch
 from torch import nn
 
 from neuralmark.components import distributed
-from neuralmark.components.data.restoration import extract_patches, task_pairs
+from neuralmark.components.data.restoration import (
+    extract_patches,
+    new_data_patches,
+    task_pairs,
+)
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import (
     Callbacks,
@@ -33,7 +37,11 @@ from neuralmark.components.methods.base import (
     pick_device,
 )
 from neuralmark.components.methods.trigger_key.config import TriggerKeyConfig
-from neuralmark.components.methods.trigger_key.embedding import MarkLoss, embed_into_host
+from neuralmark.components.methods.trigger_key.embedding import (
+    Lookahead,
+    MarkLoss,
+    embed_into_host,
+)
 from neuralmark.components.methods.trigger_key.trigger import fingerprint
 from neuralmark.components.nets.restoration import build_host, host_channels
 from neuralmark.components.nets.training import restoration_loss, task_psnr, train_host
@@ -41,6 +49,9 @@ from neuralmark.components.nets.training import restoration_loss, task_psnr, tra
 Pairs = tuple[torch.Tensor, torch.Tensor]
 #: share of the patches held out for fidelity when ``fit`` gets no test images
 HOLD_OUT = 8
+#: offset of the config's seed for the owner's own new data in the attack-aware embedding
+#: (the attacker's come from ``evaluation.attacker_data``'s draws)
+OWNER_NEW_DATA_SEED = 1009
 
 
 class HostMark(WatermarkMethod):
@@ -234,7 +245,9 @@ class HostMark(WatermarkMethod):
                                       lookahead_steps=c.lookahead_steps,
                                       lookahead_lr=c.lookahead_lr,
                                       lookahead_weight=c.lookahead_weight,
-                                      lookahead_noise=c.lookahead_noise)
+                                      lookahead_noise=c.lookahead_noise,
+                                      lookahead_every=c.lookahead_every,
+                                      lookahead_attacks=self.simulated_attacks(x, y))
         marked = marked.cpu().eval()
         # the seed's λ = 0 row: the same fine-tuning (steps, batches) without the mark, so
         # the fidelity cost is the mark's, not that of the extra training steps
@@ -256,6 +269,36 @@ class HostMark(WatermarkMethod):
                              "embed_stopped_early": run["stopped_early"], **out})
         distributed.main_only(Callbacks.of(callbacks)).on_metrics(int(run["steps"]), out)
         return marked
+
+    def simulated_attacks(self, x: torch.Tensor, y: torch.Tensor
+                          ) -> Callable[[int], Lookahead] | None:
+        """The attack-aware embedding's attacks (``config.lookahead_attacks``), one per refresh.
+
+        ``None`` for fine-tuning on the owner's pairs ``x``/``y`` alone (the embedding's
+        default). ``new``: procedural textures under the owner's own draws (never the pairs
+        ℓ_d sees; the attacker's new data are other draws, or a prepared set); ``overwrite``:
+        the owner's pairs + λ·ℓ_w′ of the made-up key ``lookahead-overwrite-<i>``.
+        """
+        c = self.config
+        kinds = tuple(c.lookahead_attacks)
+        if kinds == ("original",):
+            return None
+        new: Pairs | None = None
+        if "new" in kinds:
+            g = torch.Generator().manual_seed(c.seed + OWNER_NEW_DATA_SEED)
+            patches = new_data_patches(len(x), c.patch_size, g, c.channels).patches
+            new = task_pairs(c.task, patches, g, c.sigma, c.scale)
+
+        def attack(i: int) -> Lookahead:
+            kind = kinds[i % len(kinds)]
+            if kind == "new" and new is not None:
+                return Lookahead(new)
+            if kind == "overwrite":
+                second, _ = self.mark_loss(WatermarkKey(f"lookahead-overwrite-{i}"))
+                return Lookahead((x, y), second, c.lam)
+            return Lookahead((x, y))
+
+        return attack
 
     def training_loss(self, images: torch.Tensor) -> torch.Tensor:
         """ℓ_d of ``host`` on task pairs made from ``images`` (B×C×H×W) + λ·ℓ_w (+ extras)."""

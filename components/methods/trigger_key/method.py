@@ -103,6 +103,9 @@ class TriggerKey(HostMark):
         self.key_store = KeyStore(c.channels, c.input_side, load_logo(c.logo, c.logo_size))
         self.null: list[float] = []
         self.calibration: dict[str, float] = {}
+        #: the other keys' marked hosts of the last calibration (in memory, not in the
+        #: bundle; the pipeline hands them to the uniqueness step as ``pool_tensor``)
+        self.pool: list[calibration.MarkedPeer] = []
 
     # -- state -------------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -161,7 +164,7 @@ class TriggerKey(HostMark):
         x, s0 = self.key_material(key)
         s = apply_net(marked, x).clamp(0, 1)
         self.key_store.s.copy_(s)
-        self.null, self.calibration = [], {}
+        self.null, self.calibration, self.pool = [], {}, []
         self.metrics["d_s_to_s0"] = float(distance(s, s0)[0])
 
     def extra_loss(self) -> torch.Tensor:
@@ -192,6 +195,15 @@ class TriggerKey(HostMark):
             x, s, _ = peer.reference(k)
             pool.append((peer.host, x, s))
         return pool
+
+    def pool_tensor(self) -> torch.Tensor:
+        """The last calibration's marked pool packed as one tensor (``calibration.pack_pool``)."""
+        return calibration.pack_pool(self.pool)
+
+    def pool_from_tensor(self, packed: torch.Tensor) -> list[calibration.MarkedPeer]:
+        """A pool :meth:`pool_tensor` packed, as this config's hosts (``[]`` for an empty one)."""
+        x, s0 = self.key_material(WatermarkKey("pool-shape"))
+        return calibration.unpack_pool(packed, self.unmarked, x.shape, s0.shape)
 
     def calibrate(self, key: WatermarkKey, null_hosts: Sequence[nn.Module] = (),
                   n_keys: int | None = None, seed: int = 1,
@@ -230,6 +242,7 @@ class TriggerKey(HostMark):
         null = calibration.null_distances(self.host, self.unmarked, [*plain, *null_hosts], x, s,
                                           n, seed, c.trigger_side, c.channels, c.task, c.scale,
                                           c.keyed_gradient, peers)
+        self.pool = peers
         self.null = calibration.calibration_null(null, n)
         self.calibration = calibration.calibrate(null, c.alpha, n)
         self.metrics.update({f"calibration_{k}": v for k, v in self.calibration.items()})

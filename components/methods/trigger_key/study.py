@@ -214,12 +214,15 @@ def merge_attack_rows(parts: Iterable[Sequence[Row]]) -> list[Row]:
 def uniqueness_study(marked: TriggerKey, key: WatermarkKey, independent: nn.Module,
                      other_secrets: Sequence[str], manifest: str | os.PathLike,
                      test_splits: Sequence[str] = ("val", "test"),
-                     n_keys: int | None = None) -> list[Row]:
+                     n_keys: int | None = None,
+                     pool: torch.Tensor | None = None) -> list[Row]:
     """d for every host × key: the owner's marked host and one host marked per other
     secret (each in the same unmarked host), the unmarked and the independent host.
 
     Each other key is calibrated as the owner was (``config.calibration_marked_keys``
-    hosts marked with random keys in its null; one pool shared by the other keys).
+    hosts marked with random keys in its null; one pool shared by the other keys): the
+    owner's own pool when ``pool`` (``TriggerKey.pool_tensor``) holds it, else embedded
+    here (a pool of another size than the config's is embedded again too).
 
     Returns:
         :func:`.analysis.uniqueness_rows` (``host, key, d, d_rel, ncc, p_value, detected, eta``).
@@ -229,14 +232,16 @@ def uniqueness_study(marked: TriggerKey, key: WatermarkKey, independent: nn.Modu
     hosts: dict[str, nn.Module] = {"marked:owner": marked.host}
     # the other keys' calibration null gets the same other-key marked hosts as the
     # owner's (the same random keys, embedded once here for all of them)
-    pool = marked.marked_pool() if other_secrets else []
+    peers = marked.pool_from_tensor(pool) if pool is not None else []
+    if other_secrets and len(peers) != marked.config.calibration_marked_keys:
+        peers = marked.marked_pool()
     for i, secret in enumerate(other_secrets):
         other = marked.with_config(lambda0_reference=False)
         assert isinstance(other, TriggerKey)
         other.train_pairs, other.test_pairs = marked.train_pairs, marked.test_pairs
         k = WatermarkKey(secret)
         other.embed_model(marked.unmarked, k)
-        other.calibrate(k, [independent], n_keys=n_keys, pool=pool)
+        other.calibrate(k, [independent], n_keys=n_keys, pool=peers)
         owners[f"key{i + 1}"] = (other, k)
         hosts[f"marked:key{i + 1}"] = other.host
     hosts.update({"unmarked": marked.unmarked, "independent": independent})
