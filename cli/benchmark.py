@@ -75,6 +75,11 @@ def benchmark(
                                                          "the calibrated FPR."),
     forgery: bool = typer.Option(True, "--forgery/--no-forgery",
                                  help="Run the copy and removal attacks (black and white box)."),
+    forgery_targets: int = typer.Option(
+        0, "--forgery-targets", min=0,
+        help="Forge this many separate clean targets (photo crops and procedural images) "
+             "from the first 10 marked photos, and run the surrogate-learning attack on "
+             "keyed decoders (0: forgeries leave-one-out over the benchmark photos)."),
     batch_sizes: str | None = typer.Option(
         None, "--batch-sizes", help="Comma-separated batch sizes timed (default 1,4; --quick "
                                     "1,2)."),
@@ -127,6 +132,7 @@ def benchmark(
     settings = BenchmarkSettings(methods=_names(methods), peers=_names(peers),
                                  attacks=_names(attacks), quick=quick, size=size, limit=limit,
                                  fpr_keys=fpr_keys, forgery=forgery,
+                                 forgery_targets=forgery_targets,
                                  whitebox_steps=whitebox_steps,
                                  batch_sizes=_ints(batch_sizes, "--batch-sizes"),
                                  resolutions=_ints(resolutions, "--resolutions"),

@@ -252,6 +252,21 @@ def _crops(photo: np.ndarray, n: int, size: int, seed: int) -> torch.Tensor:
     return torch.cat(out).clamp(0, 1)
 
 
+@pytest.mark.parametrize("keyed", [True, False])
+def test_rewhitening_the_public_decoder_is_for_unkeyed_em_only(photo, keyed):
+    """Keyed EM signs and trains through each round's keyed decoder, whose whitening is fitted
+    on the whitening set: ``rewhiten_every`` leaves it bit-identical (the refit of the public
+    whitening it used to make was a wasted pass); unkeyed EM still refits."""
+    train = _crops(photo, 8, 64, seed=0)
+    runs = []
+    for every in (1, 0):
+        m = smoke(rounds=2, keyed_decoder=keyed, rewhiten_every=every)
+        m.fit({"train": train})
+        runs.append(m.decoder.state_dict())
+    same = all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert same if keyed else not torch.equal(runs[0]["feat_whiten"], runs[1]["feat_whiten"])
+
+
 def test_em_rounds_do_not_collapse_the_decoder(photo):
     """Issue #17, EM collapse: the ``unit_variance`` clean term pulled the spread of clean
     logits to 1 where the keyed whitening (fewer views than features) makes it 2-3, and the

@@ -13,6 +13,11 @@ One role per module:
 - ``forgery``: the copy attack and the black-box removal attack;
 - ``estimation_forgery``: forgeries from several marked photos (residual copy, feature
   mean shift) that a keyed verifier must survive;
+- ``forgery_targets``: hundreds of clean target photos for the forgeries (photo crops and
+  procedural images), so a forgery rate can be bounded near 1 %;
+- ``surrogate_forgery``: the surrogate-learning attack on a keyed decoder (forgery and
+  removal through a decoder learnt from marked photos);
+- ``l2_pgd``: the forgers' optimiser (batched L2 PGD within a PSNR budget);
 - ``whitebox``: the white-box removal, APGD against the public decoder / scanner;
 - ``models``: the model methods' shipped hosts through the model attacks (their own table);
 - ``runner``: ``BenchmarkSettings`` and ``run_benchmark`` → the tidy table;

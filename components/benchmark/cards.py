@@ -35,6 +35,7 @@ from neuralmark.components.benchmark.report import (
 )
 from neuralmark.components.errors import InputError
 from neuralmark.components.files import atomic_write_text
+from neuralmark.components.stats import clopper_pearson
 
 Row = dict[str, Any]
 BEGIN = "<!-- BEGIN neuralmark benchmark section (generated: do not edit by hand) -->"
@@ -127,9 +128,14 @@ def card_section(rows: Sequence[Row], method: str, run: Mapping[str, Any]) -> st
         lines += ["", "removal: black-box (size-preserving sweep attacks) and "
                   "whitebox_removal: APGD-L2 on the public decoder / scanner, both within "
                   "PSNR(attacked, marked) ≥ the method's own PSNR; forgery: the most successful of "
-                  "the copy, residual-copy and feature-mean-shift attacks (their rows give "
-                  "each, with its 95% interval); ms per "
+                  "the copy, residual-copy, feature-mean-shift and surrogate attacks (the table "
+                  "below gives each, with its 95% interval); ms per "
                   "image at batch 1 (CPU, shared machine).", ""]
+    attacks = _attack_table(rows, method)
+    if attacks:
+        lines += [f"{method}'s forgery and removal attacks (success = detected under the "
+                  "victim's key / no longer detected; exact 95% interval):", ""]
+        lines += attacks + [""]
     curves = _curves(rows, method)
     if curves:
         lines += [f"{method} (and its config variants in the run) along the sweeps:", ""]
@@ -143,6 +149,26 @@ def card_section(rows: Sequence[Row], method: str, run: Mapping[str, Any]) -> st
                   for m in models]
         lines.append("")
     return "\n".join(lines)
+
+
+def _attack_table(rows: Sequence[Row], method: str) -> list[str]:
+    """Markdown rows of ``method``'s forgery / removal success rates with their intervals."""
+    quality = {(r["label"], r["metric"]): r["value"] for r in rows if r["method"] == method}
+    out = []
+    for r in rows:
+        if (r["method"] != method or r["value"] in (None, "")
+                or r["metric"] not in ("forgery_success_rate", "removal_success_rate")):
+            continue
+        n = int(float(r["n"]))
+        k = round(float(r["value"]) * n)
+        lo, hi = clopper_pearson(k, n)
+        kind = "forgery" if r["metric"].startswith("forgery") else "removal"
+        db = quality.get((r["label"], f"{kind}_psnr"))
+        out.append(f"| {r['label']} | {kind} | {k}/{n} | [{lo:.3f}, {hi:.3f}] | "
+                   f"{format_cell(None if db in (None, '') else float(db))} |")
+    if not out:
+        return []
+    return ["| attack | kind | success | 95% CI | PSNR |", "|---|---|---|---|---|", *out]
 
 
 def replace_section(card: str, section: str) -> str:

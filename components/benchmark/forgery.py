@@ -3,8 +3,9 @@
 
 **Copy attack** (forgery): the attacker holds one photo marked under the victim's key and
 the public files (package, shipped weights), never the key. Photo *i*'s mark is moved onto
-another clean photo (*i + 1*, cyclically) and the forged photo is verified under the
-victim's key; a detection is a successful forgery.
+another clean photo (*i + 1*, cyclically, or each of a separate set of target photos,
+``forgery_targets``), the forged photo is rounded to 8 bits and verified under the victim's
+key; a detection is a successful forgery (the rate comes with its exact 95% interval).
 
 - A method whose bits anyone can read and write (every peer; ``pgd_signer``, whose decoder
   ships and whose signing is PGD against it) is attacked by reading the raw bits of the
@@ -31,27 +32,32 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from neuralmark.components.attacks.registry import build_attack
+from neuralmark.components.benchmark.l2_pgd import hinge_toward, l2_pgd
 from neuralmark.components.benchmark.sweeps import SIZE_PRESERVING
 from neuralmark.components.methods.base import Status, Verdict, WatermarkKey
 from neuralmark.components.metrics import psnr
+from neuralmark.components.stats import clopper_pearson
 
 Row = dict[str, Any]
 ATTACKER_KEY = WatermarkKey("benchmark-attacker", 1)
 
 
 def _pgd_write_bits(method: Any, images: torch.Tensor, bits: np.ndarray) -> torch.Tensor:
-    """pgd_signer's signing toward raw ``bits`` (B×n): PGD against its public decoder."""
+    """pgd_signer's bits written into ``images`` (B×3×H×W) by plain L2 PGD against its public
+    decoder (``pgd_steps`` steps within its ``psnr_target``; no EoT: a forgery only has to
+    verify as delivered, and EoT would cost ``eot_samples``× per step)."""
     x = images.to(method.device)
-    xw = method._to_working(x)
     target = torch.as_tensor(np.asarray(bits), dtype=torch.float32, device=method.device)
-    delta = method.sign_working(xw, target, method.config.pgd_steps,
-                                torch.Generator().manual_seed(method.config.seed))
-    if tuple(x.shape[-2:]) != tuple(xw.shape[-2:]):
-        delta = F.interpolate(delta, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return (x + delta).clamp(0, 1).to(images.device)
+    forged = l2_pgd(lambda z: hinge_toward(method.logits(z), target), x,
+                    method.config.psnr_target, method.config.pgd_steps)
+    return forged.to(images.device)
+
+
+def _quantize(images: torch.Tensor) -> torch.Tensor:
+    """What the forger saves and shares: an 8-bit file."""
+    return (images.clamp(0, 1) * 255).round() / 255
 
 
 def copy_strategy(method: Any) -> str:
@@ -78,36 +84,51 @@ def _detected(verdicts: Sequence[Verdict]) -> list[bool]:
 
 
 def copy_attack_rows(method: Any, clean: torch.Tensor, marked: torch.Tensor,
-                     key: WatermarkKey, base: Mapping[str, Any]) -> list[Row]:
-    """Rows ``forgery_success_rate`` and ``forgery_psnr`` of the copy attack.
+                     key: WatermarkKey, base: Mapping[str, Any],
+                     targets: torch.Tensor | None = None, batch_size: int = 16) -> list[Row]:
+    """Rows ``forgery_success_rate`` (its 95% interval in the note) and ``forgery_psnr`` of
+    the copy attack.
 
     Args:
         method: a content method.
-        clean: N×3×H×W clean photos (N ≥ 2: the targets are other photos).
-        marked: the same photos marked under ``key`` (the victim's).
+        clean: N×3×H×W clean photos (the targets when ``targets`` is not given: N ≥ 2).
+        marked: the same photos marked under ``key`` (the victim's): the attacker's sources.
         key: the victim's key, used only to verify.
         base: ``method`` / ``family`` cells.
+        targets: T×3×H×W clean target photos; target ``j`` gets the mark of source
+            ``j mod N``. Default: photo ``i``'s mark goes onto photo ``i + 1`` (cyclically).
+        batch_size: targets forged per call (the PGD's memory).
     """
     row = {**base, "attack": "copy", "strength": None, "label": "copy"}
     strategy = copy_strategy(method)
     if not strategy:
         return [{**row, "metric": "forgery_success_rate", "value": None, "n": 0,
                  "note": "does not apply: its bits cannot be read without the key"}]
-    if clean.shape[0] < 2:
-        return [{**row, "metric": "forgery_success_rate", "value": None, "n": 0,
-                 "note": "needs at least 2 photos (a source and a target)"}]
-    targets = clean.roll(-1, dims=0)  # photo i's mark goes onto photo i+1
-    with torch.enable_grad():
-        forged = _copy(method, marked, targets)
-    with torch.no_grad():
-        hits = _detected(method.verify(forged, key))
+    if targets is None:
+        if clean.shape[0] < 2:
+            return [{**row, "metric": "forgery_success_rate", "value": None, "n": 0,
+                     "note": "needs at least 2 photos (a source and a target)"}]
+        targets, sources = clean.roll(-1, dims=0), marked  # photo i's mark onto photo i+1
+    else:
+        sources = marked[torch.arange(targets.shape[0]) % marked.shape[0]]
+    hits: list[bool] = []
+    quality: list[torch.Tensor] = []
+    for i in range(0, targets.shape[0], batch_size):
+        t, s = targets[i:i + batch_size], sources[i:i + batch_size]
+        with torch.enable_grad():
+            forged = _quantize(_copy(method, s, t))
+        with torch.no_grad():
+            hits += _detected(method.verify(forged, key))
+        quality.append(psnr(forged, t).cpu())
     how = {"bits": "raw bits read with the public decoder, written with the public "
-                   "encoder / PGD against it",
+                   "encoder / L2 PGD against it",
            "keyless": "target marked with the public files under the attacker's key"}[strategy]
-    n = len(hits)
-    return [{**row, "metric": "forgery_success_rate", "value": sum(hits) / n, "n": n,
-             "note": how},
-            {**row, "metric": "forgery_psnr", "value": float(psnr(forged, targets).mean()),
+    n, k = len(hits), sum(hits)
+    lo, hi = clopper_pearson(k, n)
+    note = (f"{how}; {k}/{n} forged photos detected under the victim's key; "
+            f"95% CI [{lo:.3f}, {hi:.3f}]")
+    return [{**row, "metric": "forgery_success_rate", "value": k / n, "n": n, "note": note},
+            {**row, "metric": "forgery_psnr", "value": float(torch.cat(quality).mean()),
              "n": n, "note": "forged vs its clean target"}]
 
 

@@ -121,7 +121,8 @@ def headline(rows: Sequence[Row]) -> list[Row]:
 
 
 def _worst_forgery(own: Sequence[Row]) -> float | None:
-    """The highest success rate among the forgery attacks (copy, residual copy, mean shift)."""
+    """The highest success rate among the forgery attacks (copy, residual copy, mean shift,
+    surrogate)."""
     rates = [float(r["value"]) for r in own
              if r["metric"] == "forgery_success_rate" and r["value"] is not None]
     return max(rates) if rates else None
@@ -313,7 +314,7 @@ def to_html(result: BenchmarkResult, figs: dict[str, Figure] | None = None) -> s
 #: ``BenchmarkSettings`` fields that ``neuralmark benchmark`` has a flag for
 _CLI_FIELDS = {"methods", "peers", "attacks", "model_methods", "model_attacks", "quick", "size",
                "limit", "fpr_keys", "whitebox_steps", "batch_sizes", "resolutions", "forgery",
-               "device"}
+               "forgery_targets", "device"}
 
 
 def settings_command(settings: Mapping[str, Any], images: str | None) -> str:
@@ -348,6 +349,8 @@ def settings_command(settings: Mapping[str, Any], images: str | None) -> str:
             args += [option, ",".join(str(v) for v in settings[field])]
     if not settings.get("forgery", True):
         args.append("--no-forgery")
+    if settings.get("forgery_targets"):
+        args += ["--forgery-targets", str(settings["forgery_targets"])]
     if settings.get("device", "auto") != "auto":
         args += ["--device", str(settings["device"])]
     defaults = BenchmarkSettings().model_dump(mode="json")

@@ -10,7 +10,9 @@ attack on the clean photo), ``p_value_median``, ``unreadable_rate`` (all from
 ``evaluation.run_suite``), the calibrated ``fpr_clean`` on clean photos against
 ``fpr_keys`` random keys (``evaluation.calibrate_fpr``, Clopper–Pearson interval in the
 note), timing and peak memory (``timing``), the copy and black-box removal attacks
-(``forgery``) and the white-box removal against the public decoder (``whitebox``). Model
+(``forgery``; with ``forgery_targets`` also over separate target photos and the
+surrogate-learning attack, ``surrogate_forgery``) and the white-box removal against the public
+decoder (``whitebox``). Model
 methods (family ``model``) get their own rows: their shipped host through the model attacks
 (``models``). Anything an entrant cannot do (package missing, no weights, photos too
 small, an error of the method on this input) is a row with an empty value and the reason in
@@ -30,8 +32,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuralmark.components.benchmark.entrants import Entrant, entrants
-from neuralmark.components.benchmark.estimation_forgery import estimation_forgery_rows
+from neuralmark.components.benchmark.estimation_forgery import (
+    MAX_SOURCES,
+    estimation_forgery_rows,
+)
 from neuralmark.components.benchmark.forgery import copy_attack_rows, removal_attack_rows
+from neuralmark.components.benchmark.forgery_targets import forgery_targets
 from neuralmark.components.benchmark.images import PhotoSet
 from neuralmark.components.benchmark.models import (
     check_model_methods,
@@ -39,6 +45,8 @@ from neuralmark.components.benchmark.models import (
     model_rows,
     model_suite,
 )
+from neuralmark.components.benchmark.surrogate_forgery import applies as surrogate_applies
+from neuralmark.components.benchmark.surrogate_forgery import surrogate_rows
 from neuralmark.components.benchmark.sweeps import suite, sweeps
 from neuralmark.components.benchmark.timing import timing_rows
 from neuralmark.components.benchmark.whitebox import whitebox_removal_rows
@@ -70,6 +78,11 @@ class BenchmarkSettings(BaseModel):
         resolutions: sides timed at batch 1 (``None``: 256…2048, quick [256, 512]).
         timing_repeats: calls per timing (median).
         forgery: run the copy and removal attacks (black box and white box).
+        forgery_targets: separate clean target photos for the forgeries
+            (``forgery_targets.forgery_targets``: photo crops and procedural images), each
+            forged from the first 10 marked benchmark photos, and the surrogate-learning
+            attack on keyed decoders (``surrogate_forgery``); 0: the forgeries go leave-one-out
+            over the benchmark photos and the surrogate attack is not run.
         whitebox_steps: APGD iterations of the white-box removal.
         model_methods: model method keys for the model table (``None``: every registered
             model method; ``[]``: none); a method without shipped files is a row saying so.
@@ -97,6 +110,7 @@ class BenchmarkSettings(BaseModel):
     resolutions: list[int] | None = None
     timing_repeats: int = Field(1, ge=1)
     forgery: bool = True
+    forgery_targets: int = Field(0, ge=0)
     whitebox_steps: int = Field(20, ge=1)
     model_methods: list[str] | None = None
     model_attacks: list[str] | None = None
@@ -180,10 +194,19 @@ def benchmark_entrant(entrant: Entrant, clean: torch.Tensor, settings: Benchmark
     except (ValueError, RuntimeError) as err:
         rows.append(_row(entrant, "embed_ms", f"timing failed: {err}", "timing_batch"))
     if settings.forgery:
-        rows += copy_attack_rows(method, clean, marked, key, base)
+        targets = None
+        if settings.forgery_targets:
+            targets = forgery_targets(settings.forgery_targets, clean.shape[-1]).images
+            targets = targets.to(clean.device)
+        sources, originals = marked[:MAX_SOURCES], clean[:MAX_SOURCES]
+        rows += (copy_attack_rows(method, clean, marked, key, base) if targets is None else
+                 copy_attack_rows(method, originals, sources, key, base, targets=targets))
         budget = next(r["value"] for r in rows if r["metric"] == "psnr")
         rows += estimation_forgery_rows(method, clean, marked, key, budget, base,
-                                        steps=settings.whitebox_steps)
+                                        steps=settings.whitebox_steps, targets=targets)
+        if targets is not None and surrogate_applies(method):
+            rows += surrogate_rows(method, originals, sources, key, budget, base, targets,
+                                   seed=settings.seed)
         swept = {name: strengths for name, strengths in sweeps(settings.quick).items()
                  if settings.attacks is None or name in dict(suite(settings.attacks))}
         rows += removal_attack_rows(method, marked, key, swept, budget, base, seed=settings.seed)

@@ -68,7 +68,8 @@ class PGDSignerConfig(MethodConfig):
     #: half-way through training (a larger early budget lets PGD succeed against
     #: a fresh decoder, so the M-step has a signal to learn from)
     train_psnr_start: float = 34.0
-    #: re-fit the feature whitening on clean images every this many rounds (0: never)
+    #: re-fit the public decoder's feature whitening on clean images every this many rounds
+    #: (0: never); unkeyed EM only: keyed EM fits each round's decoder's whitening anyway
     rewhiten_every: int = 5
     #: attack curriculum: transform probability starts at aug_start·p
     aug_start: float = 0.1

@@ -243,7 +243,10 @@ def fit(method: Any, data: Mapping[str, torch.Tensor],
                 opt.step()
             net.eval()
             method.decoder.eval()
-            if c.rewhiten_every and (rnd + 1) % c.rewhiten_every == 0:
+            # unkeyed only: a keyed round's decoder fits its own whitening on the whitening
+            # set (``training_decoder``), so refitting the public one was a wasted pass over
+            # the training set that only moved the random stream (model card, #17)
+            if not keyed and c.rewhiten_every and (rnd + 1) % c.rewhiten_every == 0:
                 fit_whitening(method, train, generator=g)
                 distributed.broadcast_state(method.decoder)
             metrics = distributed.mean_over_processes(
