@@ -25,6 +25,7 @@ ablation with the seed's fixed ∂x + ∂y for every key (G′ = G). Findings: t
 MODEL_CARD, session tk7.
 
     python scripts/diagnose_trigger_key_overwrite.py --sample /tmp/sample [--seed-gradient]
+        [--attacker attacker-73] [--survey-only]
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--attacker", default=ATTACKER_SECRET,
                     help="the attacker's key (default: the library's overwriting attacker's)")
+    ap.add_argument("--survey", type=int, default=200,
+                    help="keys attacker-0 … attacker-(N−1) whose NCC(G_i(K), G(K)) is listed "
+                         "(no training; 0: none)")
+    ap.add_argument("--survey-only", action="store_true", help="list the survey and stop")
     ap.add_argument("--seed-gradient", action="store_true",
                     help="the seed's fixed ∂x + ∂y for every key (keyed_gradient off, an "
                          "ablation): the attacker's G′ is then the owner's G")
@@ -125,13 +130,27 @@ def main() -> None:
                                  "host_steps": 300, "embed_steps": 200, "visualizer_steps": 0,
                                  "lambda0_reference": False,
                                  "keyed_gradient": not args.seed_gradient})
+    c = host.config
+    if args.survey:
+        # how the owner's G(K) and other keys' maps applied to K correlate: no training
+        x_k, g_k = host.key_material(WatermarkKey("neuralmark-eval"))
+        v = sorted((float(ncc(verification_target(x_k, gradient_kernel(
+            f"attacker-{i}", c.keyed_gradient), c.task, c.scale), g_k)), i)
+            for i in range(args.survey))
+        vals = torch.tensor([a for a, _ in v])
+        print(f"NCC(G_i(K), G(K)) over {args.survey} keys attacker-i: median "
+              f"{float(vals.median()):.3f}, < 0: {int((vals < 0).sum())}, < −0.3: "
+              f"{int((vals < -0.3).sum())}, min {v[0][0]:.3f} (attacker-{v[0][1]}), max "
+              f"{v[-1][0]:.3f} (attacker-{v[-1][1]}), median key attacker-{v[len(v) // 2][1]}",
+              flush=True)
+        if args.survey_only:
+            return
     manifest = build_sample_dataset(args.sample, SampleDataConfig(
         size=128, crops_per_photo=4, n_procedural=12))
     fit = host.fit(task_images(manifest))
     owner = WatermarkKey("neuralmark-eval")
     m = host
     m.embed_model(host.unmarked, owner)
-    c = m.config
     print(f"host: noisy {fit['input_psnr']:.2f} dB, unmarked {fit['host_psnr']:.2f} dB, marked "
           f"{m.task_psnr_of(m.host):.2f} dB, embed steps {m.metrics['embed_steps']:.0f} "
           f"({time.time() - t0:.0f} s)", flush=True)
