@@ -42,6 +42,11 @@ class AntiForwardConfig(MethodConfig):
     #: the card). A multiple of 4, below working_size / 2 (checked in "tiles" mode)
     tile_margin: int = Field(16, ge=0)
     # training
+    #: True: train the scanner alone; the encoder (so the stamp and its PSNR) stays as loaded
+    #: and the image loss is not used. For fine-tuning a shipped scanner on the view it is
+    #: deployed on (``fit`` trains on ``to_grid`` views: in "tiles" / "conv" mode, whole tile
+    #: grids, stamped as deployed, with their logits averaged over the tiles)
+    train_scanner_only: bool = False
     steps: int = Field(20000, ge=0)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0.0)
