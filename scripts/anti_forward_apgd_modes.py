@@ -75,9 +75,9 @@ def main() -> None:
     for text in args.mode:
         mode, _, path = text.partition("=")
         t0 = time.time()
-        results[mode] = measure(Path(path), mode, clean, args.steps, args.smoothing_n,
+        results[text] = measure(Path(path), mode, clean, args.steps, args.smoothing_n,
                                 attacks, args.eot)
-        print(mode, path, f"{time.time() - t0:.0f} s", json.dumps(results[mode]), flush=True)
+        print(mode, path, f"{time.time() - t0:.0f} s", json.dumps(results[text]), flush=True)
 
     def cell(summary: dict, metric: str) -> str:
         v = summary.get(metric)
@@ -91,20 +91,22 @@ def main() -> None:
                                   "on the grid" if args.eot else "")
              + f". Judged by the smoothed classifier (Cohen, n = {args.smoothing_n}) and by "
              f"`verify` (calibrated statistic, then certification with n = "
-             f"{args.smoothing_n}). Calibration per row: "
-             + "; ".join(f"{t.partition('=')[0]} `{t.partition('=')[2]}`" for t in args.mode)
-             + f". {time.time() - start:.0f} s on the shared 2-core CPU.", "",
-             "| stamp mode | attack | stamped still detected (smoothed / verify) | clean "
-             "forged to \"stamped\" (smoothed / verify) |", "|---|---|---|---|"]
-    for mode, s in results.items():
-        lines.append(f"| {mode} | none | {cell(s, 'detection_rate_unattacked/none')} / "
+             f"{args.smoothing_n}), each with the calibration of the row's bundle. "
+             f"{time.time() - start:.0f} s on the shared 2-core CPU.", "",
+             "| stamp mode | bundle | attack | stamped still detected (smoothed / verify) | "
+             "clean forged to \"stamped\" (smoothed / verify) |", "|---|---|---|---|---|"]
+    for text, s in results.items():
+        mode, _, path = text.partition("=")
+        lines.append(f"| {mode} | `{path}` | none | "
+                     f"{cell(s, 'detection_rate_unattacked/none')} / "
                      f"{cell(s, 'detection_rate_unattacked_verify/none')} | "
                      f"{cell(s, 'false_positive_rate_unattacked/none')} / "
                      f"{cell(s, 'false_positive_rate_unattacked_verify/none')} |")
         for attack in attacks:
             lab = f"{attack}_linf_8"
             lines.append(
-                f"| {mode} | {attack} | {cell(s, f'detection_rate_adversarial/{lab}')} / "
+                f"| {mode} | `{path}` | {attack} | "
+                f"{cell(s, f'detection_rate_adversarial/{lab}')} / "
                 f"{cell(s, f'detection_rate_adversarial_verify/{lab}')} | "
                 f"{cell(s, f'false_positive_rate_adversarial/{lab}')} / "
                 f"{cell(s, f'false_positive_rate_adversarial_verify/{lab}')} |")

@@ -236,7 +236,7 @@ def section(bundles: dict[str, Path], data_root: Path, limit: int, out: Path | N
                   "benchmark suite (`BENCHMARK_SUITE`: "
                   f"{', '.join(k for k in next(iter(results.values()))['suite_detection'])}"
                   "); mean detection over the attacked labels, clean flags over all labels."]
-    if fprs:
+    if fprs and fpr_clean is not None:
         lines += ["", f"Clean images flagged by the fast rule (the card's {fpr_clean.shape[0]} "
                   f"test images at 256², each as is and through {fpr_views} draws of the "
                   "full-strength training chain): " + "; ".join(
