@@ -112,7 +112,7 @@ def main() -> None:
                 f"{cell(s, f'false_positive_rate_adversarial_verify/{lab}')} |")
     lines.append(END)
     if args.card:
-        replace_section(args.card / "MODEL_CARD.md", lines)
+        replace_section(args.card / "MODEL_CARD.md", lines, BEGIN, END)
         (args.card / "apgd_modes.json").write_text(json.dumps(results, indent=1))
     print("\n".join(lines))
 

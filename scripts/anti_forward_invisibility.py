@@ -258,13 +258,16 @@ def section(bundles: dict[str, Path], data_root: Path, limit: int, out: Path | N
     return lines
 
 
-def replace_section(card: Path, lines: list[str]) -> None:
-    """Put ``lines`` between the markers of ``card`` (appended when it has none)."""
+def replace_section(card: Path, lines: list[str], begin: str = BEGIN, end: str = END) -> None:
+    """Put ``lines`` (which start with ``begin`` and end with ``end``) between those markers
+    of ``card`` (appended when it has none)."""
+    if lines[0] != begin or lines[-1] != end:
+        raise ValueError("the section must start and end with the markers it replaces")
     text = card.read_text()
     block = "\n".join(lines)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     card.write_text(text)
