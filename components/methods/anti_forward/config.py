@@ -28,10 +28,10 @@ class AntiForwardConfig(MethodConfig):
     #: (resized to the nearest whole grid first when its sides are not multiples of
     #: working_size) and the scanner averages its logits over the tiles; "tiles" stamps
     #: each tile on its own (blended across the borders: ``tile_margin``), "conv" runs the (fully
-    #: convolutional) encoder over the whole grid at once (no seams). Default "stretch",
-    #: measured on the shipped bundle: the photo-resolution modes detect as well with the
-    #: same weights, but with its calibration (made on whole working-size views) they flag
-    #: many more clean images: a tiled deployment needs its own (model card, issue #18)
+    #: convolutional) encoder over the whole grid at once (no seams). Default "stretch":
+    #: with the shipped weights re-calibrated on tile grids (a tiled deployment needs its
+    #: own calibration) the photo-resolution modes detect none of the held-out stamped
+    #: photos at fpr 1e-3 (model card, issue #18)
     stamp_mode: Literal["stretch", "tiles", "conv"] = "stretch"
     #: "tiles" only: px of real context each tile is stamped with beyond each of its
     #: borders (the grid's outer border: reflected); two neighbours' stamps are then
