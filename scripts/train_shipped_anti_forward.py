@@ -15,6 +15,10 @@ Usage::
     python scripts/train_shipped_anti_forward.py --out outputs/anti_forward_ckpt
     python scripts/train_shipped_anti_forward.py --recalibrate --calibration-scores 4000 \
         --set score_noise_samples=4 --set fpr=0.0005 --out outputs/anti_forward_ckpt
+    # the scanner alone, fine-tuned on whole 256² tile grids as deployed (stamp_mode tiles)
+    python scripts/train_shipped_anti_forward.py --out outputs/af_grid --init \
+        components/pretrained/anti_forward --train-view grids --set stamp_mode=tiles \
+        --set train_scanner_only=true ...
     python scripts/train_shipped_anti_forward.py --card --strengths 0.1,0.08,0.06 \
         --notes scripts/anti_forward_card_notes.md --out outputs/anti_forward_ckpt \
         [--baseline outputs/anti_forward_baseline/final]
@@ -73,6 +77,11 @@ def train(args: argparse.Namespace) -> None:
         method = build("anti_forward", config)
     if args.train_view == "tiles":  # the photos' own pixels, as stamp_mode "tiles" reads them
         data = {split: method.tiles(load_split(manifest, split, size=data_size(args)))
+                for split in ("train", "val")}
+    elif args.train_view == "grids":  # whole photos, read as tile grids (stamp_mode tiles/conv)
+        if method.config.stamp_mode == "stretch":
+            raise SystemExit("--train-view grids needs --set stamp_mode=tiles (or conv)")
+        data = {split: load_split(manifest, split, size=data_size(args))
                 for split in ("train", "val")}
     else:
         data = {"train": load_split(manifest, "train", size=size),
@@ -182,10 +191,12 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None,
                     help="fine-tune this bundle's weights (e.g. components/pretrained/"
                          "anti_forward) instead of training from scratch")
-    ap.add_argument("--train-view", choices=["squash", "tiles"], default="squash",
+    ap.add_argument("--train-view", choices=["squash", "tiles", "grids"], default="squash",
                     help="squash: each image resized to the working size (the seed's view); "
                          "tiles: the images at their own size cut into working-size tiles "
-                         "(what stamp_mode 'tiles' stamps and scans)")
+                         "(what stamp_mode 'tiles' stamps and scans); grids: the images at "
+                         "their own size, stamped and scanned whole as tile grids (the "
+                         "deployed scan path of stamp_mode tiles / conv)")
     ap.add_argument("--train-data", choices=["recipe", "large"], default="large",
                     help="recipe: DATA's train/val splits; large: CALIBRATION_DATA's (424 train, "
                          "96 val images; the same photo split, so DATA's test images stay out)")

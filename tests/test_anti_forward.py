@@ -464,6 +464,45 @@ def test_tiles_are_stamped_with_context_and_blended_without_seams(photo, monkeyp
         m.with_config(tile_margin=6)
 
 
+def test_scanner_only_fit_trains_the_tiled_scan_path_on_whole_grids(trained, photo,
+                                                                      monkeypatch):
+    """``train_scanner_only`` in "tiles" mode: the encoder (so the stamp) stays as loaded and
+    the scanner learns on whole grids as deployed: stamped by ``tiled_residual`` with their
+    margins, logits averaged over the tiles, stamped against clean grids through the chain."""
+    method, *_ = trained
+    m = method.with_config(stamp_mode="tiles", tile_margin=8, train_scanner_only=True,
+                           steps=4, batch_size=4, lr=1e-2, warmup_start=0, aug_start=0,
+                           aug_end=1, sigma_warmup=1, calibration_scores=8, log_every=1,
+                           figure_every=0)
+    encoder = {k: v.clone() for k, v in m.encoder.state_dict().items()}
+    scanner = {k: v.clone() for k, v in m.scanner.state_dict().items()}
+    read, stamped = [], []
+    grid_logits, stamp_residual = m.grid_logits, m.stamp_residual
+
+    def read_spy(grid):
+        read.append(tuple(grid.shape))
+        return grid_logits(grid)
+
+    def stamp_spy(grid, bits):
+        stamped.append((tuple(grid.shape), torch.is_grad_enabled()))
+        return stamp_residual(grid, bits)
+
+    monkeypatch.setattr(m, "grid_logits", read_spy)
+    monkeypatch.setattr(m, "stamp_residual", stamp_spy)
+    grids = _images(photo, 6, 64)                                  # 2×2 tiles of 32²
+    m.fit({"train": grids, "val": grids[:2]})
+    assert all(torch.equal(v, m.encoder.state_dict()[k]) for k, v in encoder.items())
+    assert any(not torch.equal(v, m.scanner.state_dict()[k]) for k, v in scanner.items())
+    # each training step: 4 grids stamped whole without gradients, 4 stamped + 4 clean read
+    assert stamped[:4] == [((4, 3, 64, 64), False)] * 4
+    assert read[:4] == [(8, 3, 64, 64)] * 4
+    # what it stamps in training is what embed ships
+    with torch.no_grad():
+        assert torch.allclose(m.embed(grids[:2], None),
+                              (grids[:2] + m.tiled_residual(grids[:2], None)).clamp(0, 1),
+                              atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["stretch", "tiles", "conv"])
 def test_attacks_add_their_noise_where_the_deployed_scanner_does(mode, photo):
     """The EoT / smoothed-score transform of the adversarial evaluation is the scan path:

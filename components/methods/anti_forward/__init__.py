@@ -39,6 +39,11 @@ Choices where the seed is vague (written down here, as promised):
   then in the grid's space). The nets are the same, since every
   tile is a working-size image, so a bundle switches without retraining; its calibration
   was made on whole working-size views, so re-calibrate a tiled deployment (model card).
+  ``fit`` trains on the deployed view (``to_grid``): given whole photos in "tiles" /
+  "conv" mode, it stamps them as ``embed`` does and trains the scanner on the grids'
+  averaged logits, stamped and clean grids through the chain; ``train_scanner_only``
+  keeps the encoder (the stamp) as loaded, to fine-tune a shipped scanner for a tiled
+  deployment (our choice: the seed has a single working-size view).
 * **Nets** (``neuralmark.components.nets.stamp``): the encoder is a small U-Net at half
   resolution with a ``tanh`` output scaled by ``strength`` (so ``strength`` is
   the largest change of a pixel value, and the knob that trades invisibility

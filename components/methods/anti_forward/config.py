@@ -28,10 +28,10 @@ class AntiForwardConfig(MethodConfig):
     #: (resized to the nearest whole grid first when its sides are not multiples of
     #: working_size) and the scanner averages its logits over the tiles; "tiles" stamps
     #: each tile on its own (blended across the borders: ``tile_margin``), "conv" runs the (fully
-    #: convolutional) encoder over the whole grid at once (no seams). Default "stretch",
-    #: measured on the shipped bundle: the photo-resolution modes detect as well with the
-    #: same weights, but with its calibration (made on whole working-size views) they flag
-    #: many more clean images: a tiled deployment needs its own (model card, issue #18)
+    #: convolutional) encoder over the whole grid at once (no seams). Default "stretch":
+    #: with the shipped weights re-calibrated on tile grids (a tiled deployment needs its
+    #: own calibration) the photo-resolution modes detect none of the held-out stamped
+    #: photos at fpr 1e-3 (model card, issue #18)
     stamp_mode: Literal["stretch", "tiles", "conv"] = "stretch"
     #: "tiles" only: px of real context each tile is stamped with beyond each of its
     #: borders (the grid's outer border: reflected); two neighbours' stamps are then
@@ -42,6 +42,11 @@ class AntiForwardConfig(MethodConfig):
     #: the card). A multiple of 4, below working_size / 2 (checked in "tiles" mode)
     tile_margin: int = Field(16, ge=0)
     # training
+    #: True: train the scanner alone; the encoder (so the stamp and its PSNR) stays as loaded
+    #: and the image loss is not used. For fine-tuning a shipped scanner on the view it is
+    #: deployed on (``fit`` trains on ``to_grid`` views: in "tiles" / "conv" mode, whole tile
+    #: grids, stamped as deployed, with their logits averaged over the tiles)
+    train_scanner_only: bool = False
     steps: int = Field(20000, ge=0)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0.0)

@@ -104,10 +104,7 @@ class AntiForward(StampParts):
             x = images[i:i + batch_size].to(self.device)
             xw = self.to_grid(x).clamp(0, 1)
             bits = self._bits(key, x.shape[0])
-            if self.config.stamp_mode == "tiles":  # each tile stamped on its own
-                r = self.tiled_residual(xw, bits)
-            else:  # "stretch": the working-size view; "conv": the whole grid at once
-                r = self.residual(xw, bits)
+            r = self.stamp_residual(xw, bits)
             if tuple(r.shape[-2:]) != tuple(x.shape[-2:]):
                 r = F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False)
             out.append((x + r).clamp(0, 1))

@@ -148,6 +148,16 @@ class StampParts(WatermarkMethod):
         rms = (overlap_add(r * r) / den).sqrt()
         return (torch.sign(mix) * rms)[..., m:m + h, m:m + w]
 
+    def stamp_residual(self, grid: torch.Tensor, bits: torch.Tensor | None) -> torch.Tensor:
+        """The deployed stamp of a ``to_grid`` view: B×3×H×W, |value| ≤ strength.
+
+        "tiles": ``tiled_residual`` (each tile with its margin, blended); "stretch" (the
+        working-size view) and "conv" (the whole grid at once): ``residual``.
+        """
+        if self.config.stamp_mode == "tiles":
+            return self.tiled_residual(grid, bits)
+        return self.residual(grid, bits)
+
     def grid_logits(self, grid: torch.Tensor) -> torch.Tensor:
         """Scanner logits of a ``to_grid`` view, averaged over its tiles: B×(2 + k)."""
         t = self.tiles(grid)

@@ -52,29 +52,41 @@ def joint_loss(method: StampParts, xw: torch.Tensor, bits: torch.Tensor | None,
                aug_strength: float, sigma: float, image_ramp: float,
                generator: torch.Generator | None, sharded: bool = False
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Joint loss on a clean batch ``xw`` (B×3×S×S) with payload ``bits`` (B×k).
+    """Joint loss on a clean batch ``xw`` (B×3×H×W, ``to_grid`` views) with payload ``bits``
+    (B×k).
 
+    The stamp is the deployed one (``stamp_residual``) and the scanner's logits are
+    averaged over the views' working-size tiles (``grid_logits``), so a batch of tile
+    grids trains the scan path as deployed: stamped grids against clean grids, both
+    through the chain (the warped clean views are what the calibration's tail is made
+    of). ``config.train_scanner_only``: the stamp and the chain are made without
+    gradients and the loss is the detection (+ payload) loss alone.
     ``sharded``: ``xw`` is this process's shard of a data-parallel global batch, and
     every random draw is made for the global batch and sliced.
     """
     c = method.config
     b = xw.shape[0]
-    stamped = (xw + method.residual(xw, bits)).clamp(0, 1)
-    both = torch.cat([stamped, xw])                                   # 2b 3 s s
-    seen = augment(method, both, aug_strength, generator, sharded)
+    scanner_only = c.train_scanner_only
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not scanner_only):
+        stamped = (xw + method.stamp_residual(xw, bits)).clamp(0, 1)
+        both = torch.cat([stamped, xw])                               # 2b 3 h w
+        seen = augment(method, both, aug_strength, generator, sharded)
     if sigma > 0:
         shape = (2 * b * (distributed.world_size() if sharded else 1), *seen.shape[1:])
         noise = torch.randn(shape, generator=generator)
         noise = distributed.shard(noise, repeats=2) if sharded else noise
         seen = seen + sigma * noise.to(seen)
-    out = method.scanner(seen)                                          # 2b 2+k
+    out = method.grid_logits(seen)                                      # 2b 2+k
     labels = torch.cat([torch.ones(b), torch.zeros(b)]).long().to(xw.device)
     det = F.cross_entropy(out[:, :2], labels)
     mse = F.mse_loss(stamped, xw)
     ssim_l = kornia.losses.ssim_loss(stamped, xw, window_size=11)
-    image, metrics = image_loss(c, stamped, xw, mse, ssim_l, sharded)
-    loss = c.detection_weight * det + image_ramp * image
-    scaling = image_ramp * metrics.pop("_gradient_scaling", 0.0)
+    if scanner_only:  # the stamp is fixed: no image loss to weigh
+        loss, metrics, scaling = c.detection_weight * det, {}, 0.0
+    else:
+        image, metrics = image_loss(c, stamped, xw, mse, ssim_l, sharded)
+        loss = c.detection_weight * det + image_ramp * image
+        scaling = image_ramp * metrics.pop("_gradient_scaling", 0.0)
     if bits is not None:
         pay = F.binary_cross_entropy_with_logits(out[:b, 2:], bits)
         loss = loss + c.payload_weight * pay
@@ -221,10 +233,12 @@ def fit(method: StampParts, data: Mapping[str, torch.Tensor],
         raise InputError("anti_forward.fit needs a non-empty 'train' tensor")
     method.to(pick_device(c.device))
     g = torch.Generator().manual_seed(c.seed)
-    train = method.to_working(data["train"]).clamp(0, 1).cpu()
+    # the deployed view: working size ("stretch"), whole tile grids ("tiles" / "conv")
+    train = method.to_grid(data["train"]).clamp(0, 1).cpu()
     has_val = "val" in data and data["val"].shape[0] > 0
-    val = method.to_working(data["val"] if has_val else data["train"]).clamp(0, 1).cpu()
-    params = [p for m in method.modules().values() for p in m.parameters()]
+    val = method.to_grid(data["val"] if has_val else data["train"]).clamp(0, 1).cpu()
+    trained = {"scanner": method.scanner} if c.train_scanner_only else method.modules()
+    params = [p for m in trained.values() for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=c.lr)
     start = time.time()
     metrics: dict[str, float] = {}
@@ -235,9 +249,9 @@ def fit(method: StampParts, data: Mapping[str, torch.Tensor],
     # the figures' payload draws come from their own generator: a run with a figure sink
     # (MLflow) trains exactly as one without
     figure_g = torch.Generator().manual_seed(c.seed + 1)
-    method.encoder.train()
-    method.scanner.train()
-    with distributed.wrapped(method, "encoder", "scanner"):
+    for module in trained.values():
+        module.train()
+    with distributed.wrapped(method, *trained):
         for step in range(c.steps):
             # drawn for the global batch; this process keeps its rows
             idx = torch.randint(0, train.shape[0], (c.batch_size,), generator=g)
@@ -268,7 +282,7 @@ def fit(method: StampParts, data: Mapping[str, torch.Tensor],
                     method.encoder.eval()
                     cb.on_figure(step, "stamp_residual", figure_residual(
                         method, val[:4].to(method.device), fig_bits))
-                    method.encoder.train()
+                    method.encoder.train("encoder" in trained)
             steps_done = step + 1
             if out_of_time:
                 break
