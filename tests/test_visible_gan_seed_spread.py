@@ -61,3 +61,40 @@ def test_summarize_gives_mean_and_t_interval_per_judged_figure(tmp_path):
     (tmp_path / "seed_2.json").unlink()
     with pytest.raises(SystemExit, match="a spread needs two"):
         spread.summarize(tmp_path)
+
+
+def test_skip_removal_trains_f_prime_only_and_pairs_the_accuracy_drop(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = {"train": torch.rand(8, 3, 16, 16, generator=g),
+            "train_labels": torch.arange(8) % 10,
+            "val": torch.rand(4, 3, 16, 16, generator=g), "val_labels": torch.arange(4),
+            "test": torch.rand(4, 3, 16, 16, generator=g), "test_labels": torch.arange(4)}
+    with pytest.raises(SystemExit, match="utility_steps > 0"):
+        spread.run_seed(0, data, MICRO, removal=False)  # nothing left to measure
+    costed = {**MICRO, "utility_steps": 2}
+    runs = {name: spread.run_seed(0, data, {**costed, **sets}, removal=False)
+            for name, sets in (("base", {}), ("lever", {"v_updates_per_step": 2}))}
+    for name, run in runs.items():
+        got = {(r["label"], r["metric"]): r["value"] for r in run["rows"]}
+        assert run["stampers"] == [] and run["config"]["removal_steps"] == 0
+        assert not any(m.startswith("removal") for _, m in got)  # no V′ trained
+        assert set(spread.ACCURACY_FIGURES) <= set(got)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "seed_0.json").write_text(json.dumps(run))
+        (tmp_path / name / "seed_1.json").write_text(json.dumps(
+            {**run, "seed": 1, "rows": [{**r, "seed": 1} for r in run["rows"]]}))
+    clean = {n: {(r["label"], r["metric"]): r["value"] for r in run["rows"]}[
+        ("clean", "accuracy")] for n, run in runs.items()}
+    assert clean["base"] == clean["lever"]  # F′ on clean data does not depend on W
+    drop = {n: {(r["label"], r["metric"]): r["value"] for r in run["rows"]}[
+        ("deepstamp", "accuracy_drop")] for n, run in runs.items()}
+    judged = {(s["label"], s["metric"]): s
+              for s in spread.summarize(tmp_path / "lever", tmp_path / "base")}
+    assert judged[("deepstamp", "accuracy_drop_vs_baseline")]["values"] == pytest.approx(
+        [drop["lever"] - drop["base"]] * 2)
+    assert ("deepstamp", "removal_left_vs_baseline") not in judged
+    other = json.loads((tmp_path / "base" / "seed_1.json").read_text())
+    other["config"]["utility_steps"] = 3
+    (tmp_path / "base" / "seed_1.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="F′ settings"):
+        spread.summarize(tmp_path / "lever", tmp_path / "base")
