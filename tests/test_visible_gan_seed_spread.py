@@ -98,3 +98,44 @@ def test_skip_removal_trains_f_prime_only_and_pairs_the_accuracy_drop(tmp_path):
     (tmp_path / "base" / "seed_1.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="F′ settings"):
         spread.summarize(tmp_path / "lever", tmp_path / "base")
+
+
+def test_accuracy_study_and_card_section_read_the_paired_interval(tmp_path, monkeypatch):
+    spec_study = importlib.util.spec_from_file_location(
+        "visible_gan_accuracy_study", ROOT / "scripts" / "visible_gan_accuracy_study.py")
+    study = importlib.util.module_from_spec(spec_study)
+    spec_study.loader.exec_module(study)
+    from neuralmark.components.methods.visible_gan.card import accuracy_section
+
+    assert accuracy_section(tmp_path) == ""  # nothing measured, no section
+    drops = {"base": [0.04, 0.05, 0.03], "lever": [0.03, 0.05, 0.01]}
+    for name, values in drops.items():
+        for seed, v in enumerate(values):
+            rows = [("clean", "accuracy", 0.6), ("deepstamp", "accuracy_drop", v),
+                    ("static", "accuracy_drop", 0.04), ("deepstamp", "contrast", 0.13)]
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / f"seed_{seed}.json").write_text(json.dumps(
+                {"seed": seed, "seconds": 1.0, "config": {
+                    "utility_steps": 400, "removal_steps": 0,
+                    **({"v_updates_per_step": 2} if name == "lever" else {})},
+                 "rows": [{"label": a, "metric": b, "value": x, "seed": seed, "stage": "tiny"}
+                          for a, b, x in rows]}))
+    spread.summarize(tmp_path / "base")
+    args = ["--recipe", f"base={tmp_path / 'base'}", "--recipe", f"lever={tmp_path / 'lever'}",
+            "--command", "cmd", "--note", "note", "--rule", "the rule",
+            "--out", str(tmp_path / "accuracy_study.json")]
+    monkeypatch.setattr("sys.argv", ["x", *args])
+    spread.summarize(tmp_path / "lever")  # not paired with the baseline: refused
+    with pytest.raises(SystemExit, match="--baseline"):
+        study.main()
+    spread.summarize(tmp_path / "lever", tmp_path / "base")
+    study.main()
+    text = accuracy_section(tmp_path)
+    half = 4.302653 * statistics.stdev([-0.01, 0.0, -0.02]) / 3 ** 0.5
+    assert (f"lever − base, DeepStamp's drop, paired by seed (the same clean F′): -1.00 "
+            f"[{100 * (-0.01 - half):+.2f}, {100 * (-0.01 + half):+.2f}] points over 3 seeds"
+            in text)
+    assert "includes 0: no difference established" in text and "Rule (stated before" in text
+    assert "AlexNet 3.15 (static 4.24)" in text  # the seed's own drops, for comparison
+    assert "√(p(1−p)/300) = 2.83 points" in text  # at p = 0.6
+    assert "| base (`none`) | 0, 1, 2 | 60.00 | +4.00 [" in text
