@@ -52,6 +52,7 @@ from neuralmark.components.methods.visible_gan.card import (  # noqa: E402
     seed_section,
     study_section,
 )
+from neuralmark.components.methods.visible_gan.config import VisibleGanConfig  # noqa: E402
 from neuralmark.components.methods.visible_gan.evaluation import (  # noqa: E402
     FADED,
     removal_reading,
@@ -74,6 +75,7 @@ RECIPE = {"working_size": 32, "detect_size": 64, "mark_resolution": 64, "w_width
           "v_width": 16, "d_width": 32, "classifier": "resnet_small", "classifier_width": 16,
           "task": "labels", "num_classes": 10, "classifier_steps": 500, "steps": 500,
           "batch_size": 32, "lr": 2e-4, "classifier_lr": 2e-3, "removal_lr": 1e-3,
+          "removal_warmup_steps": 1200, "v_updates_per_step": 2,  # the tiny profile's V schedule
           "utility_steps": 400, "removal_steps": 2400,
           "removal_curve_steps": [300, 600, 1200], "calibration_scores": 2000,
           "fpr": 1e-3, "log_every": 50}
@@ -401,10 +403,12 @@ def write_card(m: dict, out: Path) -> None:
     limits.append(f"- W was trained for {fit_steps(fin)} GMAN steps on "
                   f"{m.get('device', 'cpu')}.")
     # a bundle older than the script's recipe says so (``--card-only`` after a recipe change)
-    stale = {k: v for k, v in RECIPE.items() if profile == "shipped" and cfg.get(k) != v}
+    fields = VisibleGanConfig.model_fields  # a key older bundles lack had its default
+    had = {k: cfg.get(k, fields[k].default if k in fields else None) for k in RECIPE}
+    stale = {k: v for k, v in RECIPE.items() if profile == "shipped" and had[k] != v}
     if stale:
         limits.append("- This W predates the script's current recipe, which sets "
-                      + ", ".join(f"`{k}` {json.dumps(v)} (this W: {json.dumps(cfg.get(k))})"
+                      + ", ".join(f"`{k}` {json.dumps(v)} (this W: {json.dumps(had[k])})"
                                   for k, v in stale.items())
                       + f"; retraining it is `{command}`, then copying the bundle and card "
                         "as the module docstring says.")

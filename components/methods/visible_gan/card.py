@@ -199,7 +199,7 @@ def accuracy_section(out: Path) -> str:
                           f"{r['baseline'] - r['static']:.2f})" for r in seed["rows"])
     text = ("\n## Accuracy cost over seeds (tiny recipe)\n"
             f"What the seed reports ({seed['source']}): DeepStamp's drop in points, "
-            f"{seed_line}: {min(ds):.1f}–{max(ds):.1f} points, on "
+            f"{seed_line}: {min(ds):.2f}–{max(ds):.2f} points, on "
             f"{seed['test_images']} test images.\n\n"
             f"What is measured here: `{st['command']}`. {st['note']}\n\n")
     lines = ["| recipe (`--set`) | seeds | clean F′ (%) | drop, DeepStamp | drop, static | "
