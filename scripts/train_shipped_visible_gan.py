@@ -45,6 +45,14 @@ from neuralmark.components.data.labelled import (  # noqa: E402
 )
 from neuralmark.components.methods import build, load_bundle  # noqa: E402
 from neuralmark.components.methods.base import resize_square  # noqa: E402
+from neuralmark.components.methods.visible_gan.card import (  # noqa: E402
+    accuracy_section,
+    earlier_section,
+    residual_section,
+    seed_section,
+    study_section,
+)
+from neuralmark.components.methods.visible_gan.config import VisibleGanConfig  # noqa: E402
 from neuralmark.components.methods.visible_gan.evaluation import (  # noqa: E402
     FADED,
     removal_reading,
@@ -67,6 +75,7 @@ RECIPE = {"working_size": 32, "detect_size": 64, "mark_resolution": 64, "w_width
           "v_width": 16, "d_width": 32, "classifier": "resnet_small", "classifier_width": 16,
           "task": "labels", "num_classes": 10, "classifier_steps": 500, "steps": 500,
           "batch_size": 32, "lr": 2e-4, "classifier_lr": 2e-3, "removal_lr": 1e-3,
+          "removal_warmup_steps": 1200, "v_updates_per_step": 2,  # the tiny profile's V schedule
           "utility_steps": 400, "removal_steps": 2400,
           "removal_curve_steps": [300, 600, 1200], "calibration_scores": 2000,
           "fpr": 1e-3, "log_every": 50}
@@ -347,166 +356,6 @@ def previous_section(m: dict) -> str:
             "same held-out sets." + source + "\n\n" + "\n".join(lines) + "\n")
 
 
-def seed_section(out: Path) -> str:
-    """The removal judgement over seeds (``seed_spread.json`` from visible_gan_seed_spread.py)."""
-    path = out / "seed_spread.json"
-    if not path.is_file():
-        return ""
-    s = json.loads(path.read_text())
-    lines = [f"| figure (seeds {', '.join(map(str, s['seeds']))}) | seeds | mean | "
-             "95 % interval | min | max |", "|---|---|---|---|---|---|"]
-    for r in s["judged"]:
-        lines.append(f"| {r['metric']}/{r['label']} | {r['n_seeds']} | {r['mean']:.3f} | "
-                     f"{r['ci_low']:.3f} – {r['ci_high']:.3f} | {r['min']:.3f} | "
-                     f"{r['max']:.3f} |")
-    # what the interval says about the removal claim, from the numbers
-    by = {(r["label"], r["metric"]): r for r in s["judged"]}
-    reading = []
-    for base in ("static", "opacity", "displacement"):
-        r = by.get(("deepstamp", f"removal_left_vs_{base}"))
-        if r is None:
-            continue
-        if r["ci_low"] > 0:
-            verdict = "V′ leaves more of DeepStamp's mark (interval above 0)"
-        elif r["ci_high"] < 0:
-            verdict = "V′ leaves less of DeepStamp's mark (interval below 0)"
-        else:
-            verdict = "the interval includes 0: no difference established"
-        reading.append(f"against {base}: {verdict}, {sum(v > 0 for v in r['values'])} of "
-                       f"{len(r['values'])} seeds above 0")
-    note = f" {s['note']}" if s.get("note") else ""
-    command = s.get("command", "OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py "
-                               f"--seeds {','.join(map(str, s['seeds']))}")
-    return ("\n## The removal judgement over seeds (tiny recipe)\n"
-            f"`{command}` (then `--summarize`; `seed_spread.json` here): "
-            "the tiny profile's W recipe "
-            f"`{json.dumps(s['recipe'])}` (F′ skipped) on the tiny profile's procedural classes, "
-            "one W and one V′ per marking and seed, judged on the 300 test images; what a seed "
-            "changes: F, W, V, D and every V′'s initial weights and batches. Student-t 95 % "
-            f"interval of the mean over {len(s['seeds'])} seeds. Wall per seed: "
-            f"{', '.join(f'{x:.0f} s' for x in s['seconds'])} (shared 2-core CPU, 1 thread)."
-            f"{note}\n\n" + "\n".join(lines) + "\n\n"
-            + ("Share of the mark left, DeepStamp − baseline: " + "; ".join(reading) + ".\n"
-               if reading else ""))
-
-
-def _interval(r: dict | None) -> str:
-    if r is None:
-        return "–"
-    return f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-
-
-def _verdict(r: dict | None, what: str) -> str:
-    if r is None:
-        return f"{what}: not measured"
-    side = ("above 0" if r["ci_low"] > 0 else "below 0" if r["ci_high"] < 0
-            else "includes 0: no difference established")
-    return (f"{what} {_interval(r)} over {r['n_seeds']} seeds, interval {side} "
-            f"({sum(v > 0 for v in r['values'])} of {len(r['values'])} seeds above 0)")
-
-
-def study_section(out: Path, m: dict) -> str:
-    """Why V′ removes W's mark and what the loss's levers change (``removal_study.json``).
-
-    Written by hand from the outputs of ``visible_gan_removability.py`` (this bundle) and
-    ``visible_gan_seed_spread.py --summarize --baseline`` (one summary per lever); every
-    number is read from there, the readings from the intervals.
-    """
-    path = out / "removal_study.json"
-    if not path.is_file():
-        return ""
-    st = json.loads(path.read_text())
-    rem = st["removability"]
-    removal = m["fit_report"].get("removal", {})
-    rows = ["| marking | best local linear inverse leaves | V′ (2400 steps) leaves |",
-            "|---|---|---|"]
-    for name, left in rem["local_linear_left"].items():
-        v = removal.get(name, {}).get("removal_left")
-        rows.append(f"| {name} | {left:.3f} | {'–' if v is None else f'{v:.3f}'} |")
-    text = ("\n## Why V′ removes W's mark: what part of it a simple attacker inverts\n"
-            f"`{rem['command']}` (this bundle; `components/methods/visible_gan/removability.py`): "
-            "on the tiny profile's procedural classes, the best per-pixel linear filter on the "
-            "3×3 neighbourhood of the marked image, fitted by least squares on the 1400 "
-            "training pairs, judged on the 300 test images (share of the mark's squared error "
-            "it leaves), beside V′'s share left from the table above.\n\n"
-            + "\n".join(rows) + "\n\n"
-            f"- Of W's change against the static blend, {rem['image_dependent_share']:.2f} of its "
-            "squared norm varies from image to image (the rest is one fixed pattern).\n"
-            "- Where W varies per image is where the linear inverse fails: correlation over the "
-            f"mark's square {rem['corr_variation_vs_linear_left']:.2f}.\n")
-    lines = ["| lever (`--set`) | seeds | DeepStamp left | − baseline W, same seed | "
-             "− static | contrast vs static | linear inverse leaves | image-dependent share |",
-             "|---|---|---|---|---|---|---|---|"]
-    readings = []
-    for lever in st.get("levers", []):
-        by = {(r["label"], r["metric"]): r for r in lever["summary"]["judged"]}
-
-        def mean(key: tuple[str, str], by: dict = by,
-                 n: int = len(lever["summary"]["seeds"])) -> str:
-            if key not in by:
-                return "–"
-            fewer = "" if by[key]["n_seeds"] == n else f" ({by[key]['n_seeds']} seeds)"
-            return f"{by[key]['mean']:.3f}{fewer}"
-
-        lines.append(
-            f"| {lever['name']} (`{' '.join(lever['sets']) or 'none'}`) | "
-            f"{', '.join(map(str, lever['summary']['seeds']))} | "
-            f"{_interval(by.get(('deepstamp', 'removal_left')))} | "
-            f"{_interval(by.get(('deepstamp', 'removal_left_vs_baseline')))} | "
-            f"{_interval(by.get(('deepstamp', 'removal_left_vs_static')))} | "
-            f"{mean(('deepstamp', 'contrast_vs_static'))} | "
-            f"{mean(('deepstamp', 'local_linear_left'))} | "
-            f"{mean(('deepstamp', 'image_dependent_share'))} |")
-        readings.append(f"- {lever['name']}: "
-                        + _verdict(by.get(("deepstamp", "removal_left_vs_static")),
-                                   "share left − static")
-                        + ("; " + _verdict(by.get(("deepstamp", "removal_left_vs_baseline")),
-                                           "− baseline W") if lever["sets"] else "") + ".")
-    if lines[2:]:
-        text += ("\n### The loss's levers, each over seeds (tiny recipe)\n"
-                 f"{st['levers_note']}\n\nCells: mean [Student-t 95 % interval] over the "
-                 "seeds.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(readings) + "\n")
-    for acc in st.get("accuracy", []):
-        drops = ", ".join(f"{k} {100 * v:.2f}" for k, v in acc["drop"].items())
-        text += (f"\nAccuracy cost, {acc['name']} (`{acc['file']}`, seed {acc['seed']}, F′ "
-                 f"{acc['utility_steps']} steps, 300 test images): clean F′ "
-                 f"{100 * acc['clean']:.2f} %, drop in points: {drops}.\n")
-    corr = st.get("corr_with_removal_left_vs_static", {})
-    if corr:
-        text += (f"\nOver the {len(st['per_w'])} W's of these runs (seeds × recipes), the "
-                 "correlation of DeepStamp's share left − static's with what the linear "
-                 f"inverse leaves of W's mark: {corr['local_linear_left']:.2f}; with W's "
-                 f"image-dependent share: {corr['image_dependent_share']:.2f}.\n")
-    return text
-
-
-def earlier_section(out: Path) -> str:
-    """``curve_tiny.md``: an earlier measurement shipped beside the bundle, kept verbatim
-    (it names its own command; it is not this run's)."""
-    path = out / "curve_tiny.md"
-    return "\n" + path.read_text().rstrip("\n") + "\n" if path.is_file() else ""
-
-
-def residual_section(out: Path) -> str:
-    """W's residual figures and the numbers ``visible_gan_residual_figure.py`` printed."""
-    text = ("\n## W's residual\n`residual_before.png` (the previous shipped W) and "
-            "`residual_after.png` (this W): `python scripts/visible_gan_residual_figure.py "
-            "BUNDLE OUT.png > OUT.json` on four skimage photos at 256²; "
-            "|DeepStamp − static| ×8 under each stamped photo.\n")
-    rows = []
-    for name in ("before", "after"):
-        path = out / f"residual_{name}.json"
-        if path.is_file():
-            r = json.loads(path.read_text())
-            rows.append(f"| {name} | {r['mean_abs_residual_on_mark']:.4f} | "
-                        f"{r['mean_abs_residual_rest_of_square']:.5f} | "
-                        f"{r['mean_abs_residual_square_edge_2px']:.5f} |")
-    if rows:
-        text += ("\n| W | mean abs residual on the logo | rest of the square | square's 2-px "
-                 "edge (the old box) |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    return text
-
-
 def write_card(m: dict, out: Path) -> None:
     """``MODEL_CARD.md`` from the measured ``metrics.json`` (no number that was not measured)."""
     cal, fin, rep = m["calibration"], m["final_training"], m["fit_report"]
@@ -553,6 +402,16 @@ def write_card(m: dict, out: Path) -> None:
                       "offline).")
     limits.append(f"- W was trained for {fit_steps(fin)} GMAN steps on "
                   f"{m.get('device', 'cpu')}.")
+    # a bundle older than the script's recipe says so (``--card-only`` after a recipe change)
+    fields = VisibleGanConfig.model_fields  # a key older bundles lack had its default
+    had = {k: cfg.get(k, fields[k].default if k in fields else None) for k in RECIPE}
+    stale = {k: v for k, v in RECIPE.items() if profile == "shipped" and had[k] != v}
+    if stale:
+        limits.append("- This W predates the script's current recipe, which sets "
+                      + ", ".join(f"`{k}` {json.dumps(v)} (this W: {json.dumps(had[k])})"
+                                  for k, v in stale.items())
+                      + f"; retraining it is `{command}`, then copying the bundle and card "
+                        "as the module docstring says.")
     if ratio is not None and ratio < FADED:
         limits.append(f"- DeepStamp's mark is {ratio:.2f}× the static blend's contrast (below "
                       f"{FADED:g}×): part of any removal resistance may be fading.")
@@ -605,8 +464,8 @@ judged on the test split; the V′ steps table is the same V′ judged on the wa
 
 {seed_table_markdown(rep, reading=False)}
 {reading}
-{previous_section(m)}{seed_section(out)}{study_section(out, m)}{earlier_section(out)}\
-{residual_section(out)}
+{previous_section(m)}{seed_section(out)}{study_section(out, m)}{accuracy_section(out)}\
+{earlier_section(out)}{residual_section(out)}
 ## Known limitations (measured)
 {chr(10).join(limits)}
 """

@@ -53,8 +53,6 @@ def main() -> None:
     ap.add_argument("--removability", type=Path, required=True)
     ap.add_argument("--removability-command", required=True)
     ap.add_argument("--lever", action="append", default=[], metavar="NAME=FOLDER")
-    ap.add_argument("--accuracy", action="append", default=[], metavar="NAME=SEED_FILE",
-                    help="a seed file run with --set utility_steps=N: its F′ figures")
     ap.add_argument("--note", required=True, help="the levers' commands and load, one line")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -76,22 +74,10 @@ def main() -> None:
             x = torch.tensor([[p[key] for p in points],
                               [p["removal_left_vs_static"] for p in points]])
             corr[key] = float(torch.corrcoef(x)[0, 1])
-    accuracy = []
-    for item in args.accuracy:
-        name, _, file = item.partition("=")
-        run = json.loads(Path(file).read_text())
-        rows = {(r["label"], r["metric"]): r["value"] for r in run["rows"]}
-        accuracy.append({"name": name, "file": file, "seed": run["seed"],
-                         "utility_steps": run["config"]["utility_steps"],
-                         "clean": rows[("clean", "accuracy")],
-                         "drop": {k: rows[(k, "accuracy_drop")] for k in
-                                  ("static", "opacity", "displacement", "deepstamp")
-                                  if (k, "accuracy_drop") in rows}})
     removability = json.loads(args.removability.read_text())
     removability["command"] = args.removability_command
     args.out.write_text(json.dumps({"removability": removability, "levers": levers,
                                     "levers_note": args.note, "per_w": points,
-                                    "accuracy": accuracy,
                                     "corr_with_removal_left_vs_static": corr}, indent=1))
     print(json.dumps({"n_w": len(points), "corr": corr}, indent=1))
 

@@ -24,7 +24,11 @@ recipe with another (``--set`` levers), ``--summarize --baseline DIR`` pairs eac
 with DIR's run of the same seed (``removal_left_vs_baseline``) and, for a run without a
 static V′, takes DIR's: a static V′ depends on the seed and V′'s settings, not on W.
 ``--set utility_steps=400`` adds the F′ accuracy figures (``accuracy_drop``: a lever's
-accuracy cost, over seeds).
+accuracy cost, over seeds); ``--baseline`` then pairs them too (``accuracy_drop_vs_baseline``:
+this recipe's DeepStamp drop − the baseline's, same seed, same clean F′). ``--skip-removal``
+trains no V′ at all (no ``removal_*`` figures; W's contrast and ``removability``'s
+linear-inverse figures, which train nothing, stay): for measuring accuracy only, when the
+removal figures of both recipes are already measured; it needs ``utility_steps`` > 0.
 
 Usage::
 
@@ -34,6 +38,8 @@ Usage::
         --out runs/vg_lever --stampers deepstamp --set removal_warmup_steps=1200
     python scripts/visible_gan_seed_spread.py --summarize --out runs/vg_lever \
         --baseline runs/vg_seeds
+    OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py --seeds 0 \
+        --out runs/vg_acc_base --skip-removal --set utility_steps=400
 """
 
 from __future__ import annotations
@@ -74,9 +80,11 @@ from neuralmark.runtime.settings import load_profile, parse_overrides  # noqa: E
 ROOT = Path(__file__).resolve().parents[1]
 #: the figures only ``--summarize --baseline`` adds (a seed compared with another recipe's)
 BASELINE_FIGURES = [("deepstamp", "removal_left_vs_baseline"),
-                    ("deepstamp", "contrast_vs_baseline")]
+                    ("deepstamp", "contrast_vs_baseline"),
+                    ("deepstamp", "accuracy_drop_vs_baseline")]
 #: the F′ figures a run has only with ``--set utility_steps=N`` (the accuracy cost)
 ACCURACY_FIGURES = [("deepstamp", "accuracy_drop"), ("static", "accuracy_drop"),
+                    ("opacity", "accuracy_drop"), ("displacement", "accuracy_drop"),
                     ("clean", "accuracy")]
 #: the figures the judgement reads (label, metric), in the order the summary lists them
 JUDGED = [("deepstamp", "contrast_vs_static"), ("deepstamp", "removal_left_vs_static"),
@@ -134,16 +142,21 @@ def _removability(method: VisibleGan, data: dict) -> list[dict]:
 
 
 def run_seed(seed: int, data: dict, overrides: dict,
-             stampers: list[str] | None = None) -> dict:
+             stampers: list[str] | None = None, removal: bool = True) -> dict:
     """Train one W for ``seed`` and score it: ``{"seed", "config", "rows", "seconds"}``.
 
     ``stampers``: train V′ for these markings only (``None``: every one, through ``fit``).
+    ``removal``: ``False`` trains no V′ (accuracy only: needs ``utility_steps`` > 0); the
+    seed file then says ``stampers`` ``[]`` and ``removal_steps`` 0.
     """
     start = time.time()
     recipe = {**load_profile("tiny")["visible_gan"]["method"], "utility_steps": 0,
               **overrides, "seed": seed}
-    removal_steps = recipe["removal_steps"]
-    if stampers is not None:
+    if not removal and (stampers is not None or recipe["utility_steps"] <= 0):
+        raise SystemExit("skipping the removal part measures F′ accuracy only: give "
+                         "utility_steps > 0 and no stampers")
+    removal_steps = recipe["removal_steps"] if removal else 0
+    if stampers is not None or not removal:
         recipe.update(removal_steps=0, removal_curve_steps=[])
     method = VisibleGan(VisibleGan.Config.model_validate(recipe))
     final = method.fit(data)
@@ -155,38 +168,52 @@ def run_seed(seed: int, data: dict, overrides: dict,
              "stage": "tiny"} for r in rows]
     return {"seed": seed, "config": {**method.config.model_dump(mode="json"),
                                      "removal_steps": removal_steps},
-            "stampers": stampers or list(STAMPERS), "final_training": final, "rows": kept,
+            "stampers": (stampers or list(STAMPERS)) if removal else [],
+            "final_training": final, "rows": kept,
             "seconds": round(time.time() - start, 1)}
 
 
 #: the V′ settings two runs must share for one's static V′ to stand for the other's
 V_PRIME = ("v_width", "batch_size", "removal_lr", "removal_steps")
+#: the F′ settings two runs must share for their accuracy drops to be paired (the clean
+#: F′ then is the same network: its initial weights and batches depend on the seed only)
+F_PRIME = ("classifier", "classifier_width", "utility_steps", "batch_size", "classifier_lr",
+           "task")
 
 
 def against_baseline(run: dict, base: dict) -> list[dict]:
     """Rows comparing ``run``'s W with the ``base`` run's W of the same seed.
 
-    ``removal_left_vs_baseline/deepstamp`` (this W's share left − the baseline W's) and
-    ``contrast_vs_baseline/deepstamp``; where ``run`` trained no static V′
+    ``removal_left_vs_baseline/deepstamp`` (this W's share left − the baseline W's) where
+    both trained V′; ``contrast_vs_baseline/deepstamp``; where ``run`` trained no static V′
     (``--stampers deepstamp``), the baseline's ``removal_left/static`` and this run's
     ``removal_left_vs_static/deepstamp``: the static V′ depends only on the seed and
-    ``V_PRIME`` (not on W), so the baseline's is this run's.
+    ``V_PRIME`` (not on W), so the baseline's is this run's. Where both trained F′
+    (``utility_steps`` > 0), ``accuracy_drop_vs_baseline/deepstamp`` (this W's accuracy drop
+    − the baseline W's; both runs must share ``F_PRIME``).
     """
-    if run["seed"] != base["seed"] or any(run["config"][k] != base["config"][k]
-                                          for k in V_PRIME):
-        raise SystemExit(f"seed {run['seed']}: the baseline run differs in seed or V′ "
-                         f"settings {V_PRIME}; its V′ does not stand for this one")
+    if run["seed"] != base["seed"]:
+        raise SystemExit(f"seed {run['seed']}: the baseline file is seed {base['seed']}")
     mine = {(r["label"], r["metric"]): r["value"] for r in run["rows"]}
     theirs = {(r["label"], r["metric"]): r["value"] for r in base["rows"]}
-    rows = [("deepstamp", "removal_left_vs_baseline",
-             mine[("deepstamp", "removal_left")] - theirs[("deepstamp", "removal_left")]),
-            ("deepstamp", "contrast_vs_baseline",
+    rows = [("deepstamp", "contrast_vs_baseline",
              mine[("deepstamp", "contrast")] - theirs[("deepstamp", "contrast")])]
-    if ("static", "removal_left") not in mine:
-        static = theirs[("static", "removal_left")]
-        rows += [("static", "removal_left", static),
-                 ("deepstamp", "removal_left_vs_static",
-                  mine[("deepstamp", "removal_left")] - static)]
+    key = ("deepstamp", "removal_left")
+    if key in mine and key in theirs:
+        if any(run["config"][k] != base["config"][k] for k in V_PRIME):
+            raise SystemExit(f"seed {run['seed']}: the baseline run differs in V′ "
+                             f"settings {V_PRIME}; its V′ does not stand for this one")
+        rows.append(("deepstamp", "removal_left_vs_baseline", mine[key] - theirs[key]))
+        if ("static", "removal_left") not in mine:
+            static = theirs[("static", "removal_left")]
+            rows += [("static", "removal_left", static),
+                     ("deepstamp", "removal_left_vs_static", mine[key] - static)]
+    key = ("deepstamp", "accuracy_drop")
+    if key in mine and key in theirs:
+        if any(run["config"].get(k) != base["config"].get(k) for k in F_PRIME):
+            raise SystemExit(f"seed {run['seed']}: the baseline run differs in F′ "
+                             f"settings {F_PRIME}; its accuracy drop is not paired")
+        rows.append(("deepstamp", "accuracy_drop_vs_baseline", mine[key] - theirs[key]))
     return [{"label": label, "metric": metric, "value": value, "seed": run["seed"],
              "stage": "tiny"} for label, metric, value in rows]
 
@@ -247,6 +274,9 @@ def main() -> None:
     ap.add_argument("--stampers", default=None,
                     help="comma-separated markings to train V′ on (default: all four); "
                          "e.g. static,deepstamp for a cheaper removal judgement")
+    ap.add_argument("--skip-removal", action="store_true",
+                    help="train no V′ (accuracy only; needs --set utility_steps=N): for a "
+                         "recipe whose removal figures are already measured")
     ap.add_argument("--summarize", action="store_true",
                     help="only reduce the seed_*.json already in --out")
     ap.add_argument("--baseline", type=Path, default=None,
@@ -274,7 +304,8 @@ def main() -> None:
     data = training_data(manifest, size=data_cfg["size"])
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        result = run_seed(seed, data, parse_overrides(args.set), stampers)
+        result = run_seed(seed, data, parse_overrides(args.set), stampers,
+                          removal=not args.skip_removal)
         tmp = args.out / f".seed_{seed}.json.tmp"
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(args.out / f"seed_{seed}.json")

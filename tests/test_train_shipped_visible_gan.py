@@ -121,3 +121,20 @@ def test_bad_profile_and_device_are_named(tmp_path):
         done = _run("--device", "cuda", "--out", str(tmp_path / "o"))
         assert done.returncode != 0 and "no CUDA device" in done.stderr
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_a_shipped_card_says_when_its_w_predates_the_scripts_recipe(trained, tmp_path):
+    import shutil
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(trained, shipped)
+    m = json.loads((shipped / "metrics.json").read_text())
+    (shipped / "metrics.json").write_text(json.dumps({**m, "profile": "shipped"}))
+    done = _run("--card-only", "--out", str(shipped))
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = (shipped / "MODEL_CARD.md").read_text()
+    # the micro W has width 4 and no V schedule; the script's recipe sets both
+    assert "This W predates the script's current recipe" in card
+    assert "`w_width` 32 (this W: 4)" in card
+    assert "`removal_warmup_steps` 1200 (this W: 0)" in card
+    assert "predates" not in (trained / "MODEL_CARD.md").read_text()  # profile micro: silent

@@ -1,0 +1,249 @@
+"""The measured sections of visible_gan's model card, each read from a JSON a study wrote.
+
+``scripts/train_shipped_visible_gan.py`` writes the card from ``metrics.json``; the sections
+here read the other files shipped beside the bundle (``seed_spread.json``,
+``removal_study.json``, ``accuracy_study.json``, ``curve_tiny.md``, ``residual_*.json``) and
+return ``""`` when theirs is absent. Every number is read from those files; the readings
+(interval above / below / across 0) are computed from them, never written in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def seed_section(out: Path) -> str:
+    """The removal judgement over seeds (``seed_spread.json`` from visible_gan_seed_spread.py)."""
+    path = out / "seed_spread.json"
+    if not path.is_file():
+        return ""
+    s = json.loads(path.read_text())
+    lines = [f"| figure (seeds {', '.join(map(str, s['seeds']))}) | seeds | mean | "
+             "95 % interval | min | max |", "|---|---|---|---|---|---|"]
+    for r in s["judged"]:
+        lines.append(f"| {r['metric']}/{r['label']} | {r['n_seeds']} | {r['mean']:.3f} | "
+                     f"{r['ci_low']:.3f} – {r['ci_high']:.3f} | {r['min']:.3f} | "
+                     f"{r['max']:.3f} |")
+    # what the interval says about the removal claim, from the numbers
+    by = {(r["label"], r["metric"]): r for r in s["judged"]}
+    reading = []
+    for base in ("static", "opacity", "displacement"):
+        r = by.get(("deepstamp", f"removal_left_vs_{base}"))
+        if r is None:
+            continue
+        if r["ci_low"] > 0:
+            verdict = "V′ leaves more of DeepStamp's mark (interval above 0)"
+        elif r["ci_high"] < 0:
+            verdict = "V′ leaves less of DeepStamp's mark (interval below 0)"
+        else:
+            verdict = "the interval includes 0: no difference established"
+        reading.append(f"against {base}: {verdict}, {sum(v > 0 for v in r['values'])} of "
+                       f"{len(r['values'])} seeds above 0")
+    note = f" {s['note']}" if s.get("note") else ""
+    command = s.get("command", "OMP_NUM_THREADS=1 python scripts/visible_gan_seed_spread.py "
+                               f"--seeds {','.join(map(str, s['seeds']))}")
+    return ("\n## The removal judgement over seeds (tiny recipe)\n"
+            f"`{command}` (then `--summarize`; `seed_spread.json` here): "
+            "the tiny profile's W recipe "
+            f"`{json.dumps(s['recipe'])}` (F′ skipped) on the tiny profile's procedural classes, "
+            "one W and one V′ per marking and seed, judged on the 300 test images; what a seed "
+            "changes: F, W, V, D and every V′'s initial weights and batches. Student-t 95 % "
+            f"interval of the mean over {len(s['seeds'])} seeds. Wall per seed: "
+            f"{', '.join(f'{x:.0f} s' for x in s['seconds'])} (shared 2-core CPU, 1 thread)."
+            f"{note}\n\n" + "\n".join(lines) + "\n\n"
+            + ("Share of the mark left, DeepStamp − baseline: " + "; ".join(reading) + ".\n"
+               if reading else ""))
+
+
+def _interval(r: dict | None) -> str:
+    if r is None:
+        return "–"
+    return f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+
+
+def _verdict(r: dict | None, what: str) -> str:
+    if r is None:
+        return f"{what}: not measured"
+    side = ("above 0" if r["ci_low"] > 0 else "below 0" if r["ci_high"] < 0
+            else "includes 0: no difference established")
+    return (f"{what} {_interval(r)} over {r['n_seeds']} seeds, interval {side} "
+            f"({sum(v > 0 for v in r['values'])} of {len(r['values'])} seeds above 0)")
+
+
+def study_section(out: Path, m: dict) -> str:
+    """Why V′ removes W's mark and what the loss's levers change (``removal_study.json``).
+
+    Written by hand from the outputs of ``visible_gan_removability.py`` (this bundle) and
+    ``visible_gan_seed_spread.py --summarize --baseline`` (one summary per lever); every
+    number is read from there, the readings from the intervals.
+    """
+    path = out / "removal_study.json"
+    if not path.is_file():
+        return ""
+    st = json.loads(path.read_text())
+    rem = st["removability"]
+    removal = m["fit_report"].get("removal", {})
+    rows = ["| marking | best local linear inverse leaves | V′ (2400 steps) leaves |",
+            "|---|---|---|"]
+    for name, left in rem["local_linear_left"].items():
+        v = removal.get(name, {}).get("removal_left")
+        rows.append(f"| {name} | {left:.3f} | {'–' if v is None else f'{v:.3f}'} |")
+    text = ("\n## Why V′ removes W's mark: what part of it a simple attacker inverts\n"
+            f"`{rem['command']}` (this bundle; `components/methods/visible_gan/removability.py`): "
+            "on the tiny profile's procedural classes, the best per-pixel linear filter on the "
+            "3×3 neighbourhood of the marked image, fitted by least squares on the 1400 "
+            "training pairs, judged on the 300 test images (share of the mark's squared error "
+            "it leaves), beside V′'s share left from the table above.\n\n"
+            + "\n".join(rows) + "\n\n"
+            f"- Of W's change against the static blend, {rem['image_dependent_share']:.2f} of its "
+            "squared norm varies from image to image (the rest is one fixed pattern).\n"
+            "- Where W varies per image is where the linear inverse fails: correlation over the "
+            f"mark's square {rem['corr_variation_vs_linear_left']:.2f}.\n")
+    lines = ["| lever (`--set`) | seeds | DeepStamp left | − baseline W, same seed | "
+             "− static | contrast vs static | linear inverse leaves | image-dependent share |",
+             "|---|---|---|---|---|---|---|---|"]
+    readings = []
+    for lever in st.get("levers", []):
+        by = {(r["label"], r["metric"]): r for r in lever["summary"]["judged"]}
+
+        def mean(key: tuple[str, str], by: dict = by,
+                 n: int = len(lever["summary"]["seeds"])) -> str:
+            if key not in by:
+                return "–"
+            fewer = "" if by[key]["n_seeds"] == n else f" ({by[key]['n_seeds']} seeds)"
+            return f"{by[key]['mean']:.3f}{fewer}"
+
+        lines.append(
+            f"| {lever['name']} (`{' '.join(lever['sets']) or 'none'}`) | "
+            f"{', '.join(map(str, lever['summary']['seeds']))} | "
+            f"{_interval(by.get(('deepstamp', 'removal_left')))} | "
+            f"{_interval(by.get(('deepstamp', 'removal_left_vs_baseline')))} | "
+            f"{_interval(by.get(('deepstamp', 'removal_left_vs_static')))} | "
+            f"{mean(('deepstamp', 'contrast_vs_static'))} | "
+            f"{mean(('deepstamp', 'local_linear_left'))} | "
+            f"{mean(('deepstamp', 'image_dependent_share'))} |")
+        readings.append(f"- {lever['name']}: "
+                        + _verdict(by.get(("deepstamp", "removal_left_vs_static")),
+                                   "share left − static")
+                        + ("; " + _verdict(by.get(("deepstamp", "removal_left_vs_baseline")),
+                                           "− baseline W") if lever["sets"] else "") + ".")
+    if lines[2:]:
+        text += ("\n### The loss's levers, each over seeds (tiny recipe)\n"
+                 f"{st['levers_note']}\n\nCells: mean [Student-t 95 % interval] over the "
+                 "seeds.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(readings) + "\n")
+    corr = st.get("corr_with_removal_left_vs_static", {})
+    if corr:
+        text += (f"\nOver the {len(st['per_w'])} W's of these runs (seeds × recipes), the "
+                 "correlation of DeepStamp's share left − static's with what the linear "
+                 f"inverse leaves of W's mark: {corr['local_linear_left']:.2f}; with W's "
+                 f"image-dependent share: {corr['image_dependent_share']:.2f}.\n")
+    return text
+
+
+def earlier_section(out: Path) -> str:
+    """``curve_tiny.md``: an earlier measurement shipped beside the bundle, kept verbatim
+    (it names its own command; it is not this run's)."""
+    path = out / "curve_tiny.md"
+    return "\n" + path.read_text().rstrip("\n") + "\n" if path.is_file() else ""
+
+
+def residual_section(out: Path) -> str:
+    """W's residual figures and the numbers ``visible_gan_residual_figure.py`` printed."""
+    text = ("\n## W's residual\n`residual_before.png` (the previous shipped W) and "
+            "`residual_after.png` (this W): `python scripts/visible_gan_residual_figure.py "
+            "BUNDLE OUT.png > OUT.json` on four skimage photos at 256²; "
+            "|DeepStamp − static| ×8 under each stamped photo.\n")
+    rows = []
+    for name in ("before", "after"):
+        path = out / f"residual_{name}.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            rows.append(f"| {name} | {r['mean_abs_residual_on_mark']:.4f} | "
+                        f"{r['mean_abs_residual_rest_of_square']:.5f} | "
+                        f"{r['mean_abs_residual_square_edge_2px']:.5f} |")
+    if rows:
+        text += ("\n| W | mean abs residual on the logo | rest of the square | square's 2-px "
+                 "edge (the old box) |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    return text
+
+
+
+def _points(r: dict | None) -> str:
+    """A fraction's mean [interval] in percentage points."""
+    if r is None:
+        return "–"
+    return (f"{100 * r['mean']:+.2f} [{100 * r['ci_low']:+.2f}, "
+            f"{100 * r['ci_high']:+.2f}]")
+
+
+def accuracy_section(out: Path) -> str:
+    """Accuracy cost over seeds (``accuracy_study.json``): what the seed reports, what is
+    measured here and how precisely, each recipe's drops and the paired recipe difference.
+
+    ``accuracy_study.json``: ``command``, ``note``, ``rule`` (the decision rule, stated
+    before the runs), ``test_images``, ``seed_reports`` (the seed's Table I rows:
+    ``network``, ``baseline``, ``static``, ``deepstamp``, in %) and ``recipes`` (``name``,
+    ``sets``, ``summary``: ``visible_gan_seed_spread.py --summarize`` output, the lever's
+    with ``--baseline`` the first recipe's folder).
+    """
+    path = out / "accuracy_study.json"
+    if not path.is_file():
+        return ""
+    st = json.loads(path.read_text())
+    n_test = st["test_images"]
+    seed = st["seed_reports"]
+    ds = [r["baseline"] - r["deepstamp"] for r in seed["rows"]]
+    seed_line = ", ".join(f"{r['network']} {r['baseline'] - r['deepstamp']:.2f} (static "
+                          f"{r['baseline'] - r['static']:.2f})" for r in seed["rows"])
+    text = ("\n## Accuracy cost over seeds (tiny recipe)\n"
+            f"What the seed reports ({seed['source']}): DeepStamp's drop in points, "
+            f"{seed_line}: {min(ds):.2f}–{max(ds):.2f} points, on "
+            f"{seed['test_images']} test images.\n\n"
+            f"What is measured here: `{st['command']}`. {st['note']}\n\n")
+    lines = ["| recipe (`--set`) | seeds | clean F′ (%) | drop, DeepStamp | drop, static | "
+             "drop, opacity | drop, displacement | SD of the DeepStamp drop over seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    paired = []
+    clean_acc = None
+    for rec in st["recipes"]:
+        by = {(r["label"], r["metric"]): r for r in rec["summary"]["judged"]}
+        clean = by[("clean", "accuracy")]
+        clean_acc = clean["mean"]
+        drop = by[("deepstamp", "accuracy_drop")]
+        values = drop["values"]
+        sd = (math.sqrt(sum((v - drop["mean"]) ** 2 for v in values) / (len(values) - 1))
+              if len(values) > 1 else float("nan"))
+        lines.append(f"| {rec['name']} (`{' '.join(rec['sets']) or 'none'}`) | "
+                     f"{', '.join(map(str, rec['summary']['seeds']))} | "
+                     f"{100 * clean['mean']:.2f} | {_points(drop)} | "
+                     f"{_points(by.get(('static', 'accuracy_drop')))} | "
+                     f"{_points(by.get(('opacity', 'accuracy_drop')))} | "
+                     f"{_points(by.get(('displacement', 'accuracy_drop')))} | "
+                     f"{100 * sd:.2f} |")
+        diff = by.get(("deepstamp", "accuracy_drop_vs_baseline"))
+        if diff is not None:
+            side = ("lies wholly above 0: the extra cost is established" if diff["ci_low"] > 0
+                    else "lies wholly below 0: the cost is lower" if diff["ci_high"] < 0
+                    else "includes 0: no difference established")
+            paired.append(
+                f"- {rec['name']} − {st['recipes'][0]['name']}, DeepStamp's drop, paired by "
+                f"seed (the same clean F′): {_points(diff)} points over {diff['n_seeds']} "
+                f"seeds, per seed {', '.join(f'{100 * v:+.2f}' for v in diff['values'])}; "
+                f"the interval {side}; the largest extra cost these runs do not exclude: "
+                f"{100 * diff['ci_high']:.2f} points.")
+    se = 100 * math.sqrt(clean_acc * (1 - clean_acc) / n_test)
+    text += (f"At {n_test} test images one accuracy's binomial SE is "
+             f"√(p(1−p)/{n_test}) = {se:.2f} points at the clean F′'s p = "
+             f"{100 * clean_acc:.2f} %; a drop (the difference of two accuracies) has SE up to "
+             f"√2 × that = {math.sqrt(2) * se:.2f} points when the two F′ err on different "
+             "images (less when they err on the same ones: same initial weights and batches). "
+             f"The seed's largest drop ({max(ds):.2f} points) is "
+             f"{max(ds) / (math.sqrt(2) * se):.1f} × that SE: a single run here cannot "
+             "resolve it; only the mean over seeds, with its interval, is read.\n\n"
+             "Cells: mean [Student-t 95 % interval] over the seeds, in points (clean − marked "
+             "accuracy of F′ on the clean test images).\n\n" + "\n".join(lines) + "\n\n")
+    if paired:
+        text += f"Rule (stated before the runs): {st['rule']}\n\n" + "\n".join(paired) + "\n"
+    return text
