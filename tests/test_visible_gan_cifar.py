@@ -108,6 +108,7 @@ MICRO: dict[str, Any] = {
                "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 4,
                "steps": 4, "batch_size": 8, "utility_steps": 3, "removal_steps": 2,
                "removal_curve_steps": [],
+               "removal_warmup_steps": 2,  # tiny warms V up for 1200 steps
                "calibration_scores": 100, "log_every": 2, "task": "labels"},
     "evaluation": {"limit": 4, "batch_size": 4, "attacks": ["none", "jpeg"]},
     # every gate of the tiny profile, opened (a micro run measures nothing); the gated

@@ -27,6 +27,7 @@ MICRO: dict[str, Any] = {
                "v_width": 4, "d_width": 4, "classifier_width": 4, "classifier_steps": 4,
                "steps": 6, "batch_size": 8, "utility_steps": 3, "removal_steps": 3,
                "removal_curve_steps": [2],
+               "removal_warmup_steps": 2,  # tiny warms V up for 1200 steps
                "calibration_scores": 200, "log_every": 2},
     "data": {"root": "data/micro-classes", "images_per_class": 6, "version_with_dvc": False},
     "evaluation": {"limit": 3, "batch_size": 4, "attacks": ["none", "jpeg"]},
