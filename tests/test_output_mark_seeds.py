@@ -102,6 +102,26 @@ def test_two_runs_of_one_config_are_bit_identical_whatever_came_before(data) -> 
     assert {r["seed"] for r in rows_a} == {3}
 
 
+def test_seed_matrix_rows_saves_the_seed_s_stage2_bundle(data, tmp_path) -> None:
+    """``bundle_dir`` keeps the scored stage-2 model (for the surrogate diagnosis) and
+    changes no row."""
+    from neuralmark.components.methods import load_bundle
+    from neuralmark.components.methods.output_mark.seeds import seeded_config
+
+    config = {**MICRO, "stage2_steps_list": [2, 4]}
+    rows = seed_matrix_rows(3, data["train"], data["test"], config, CELLS[:1], KEY,
+                            bundle_dir=tmp_path)
+    assert rows == seed_matrix_rows(3, data["train"], data["test"], config, CELLS[:1], KEY)
+    loaded = load_bundle(tmp_path / "seed3")
+    assert loaded.config == seeded_config(config, 3)
+    assert loaded.config.stage2_length_list == (2, 4)
+    cfg = seeded_config(config, 3)
+    with pinned(cfg.seed, cfg.cpu_threads):
+        s1, _ = training.stage1_method(data["train"], cfg, KEY)
+        s2, _ = training.stage2_method(s1, data["train"])
+    assert _digest(loaded.R, loaded.H) == _digest(s2.R, s2.H)
+
+
 def test_seed_spread_retrains_per_seed_and_reports_mean_and_interval(data) -> None:
     config = {**MICRO, "stage2_archs": ["unet", "cnet"]}   # stage 2 on two architectures
     rows = seed_spread_rows([0, 1, 2], data["train"], data["test"], config, CELLS, KEY)
