@@ -146,7 +146,9 @@ class OutputMarkConfig(MethodConfig):
     #: steps, 17–100% after 150, 86–100% after 300: issue #19, MODEL_CARD.md). Surrogate j =
     #: length index · ``stage2_instances`` + instance is seeded ``surrogate.seed`` + 2j (its
     #: clean twin + 2j + 1) and rows are interleaved over all of an architecture's
-    #: surrogates (:func:`.training.interleave`). Empty: ``surrogate.steps`` alone, as the seed
+    #: surrogates (:func:`.training.interleave`). Empty: ``surrogate.steps`` alone, as the seed.
+    #: Measured with 50/150/300 (seed 1): CNet·L2 still 0% — that attacker's CNet copies
+    #: almost none of seed 1's (high-band) mark, so no R lever reaches it (MODEL_CARD.md)
     stage2_steps_list: tuple[Annotated[int, Field(ge=1)], ...] = ()
     stage2_steps: int = Field(2000, ge=0)
     stage2_lr: float = Field(1e-4, gt=0)
