@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--surrogate", default="{}", help="JSON overrides of the cells' schedule")
     p.add_argument("--cells", default=None, help='JSON [[arch, loss], ...] (default: nine)')
     p.add_argument("--out", type=Path, required=True, help="JSON file for rows and summary")
+    p.add_argument("--bundles", type=Path, default=None,
+                   help="save each seed's stage-2 model as the bundle BUNDLES/seed<N>")
     args = p.parse_args(argv)
 
     overrides = {**json.loads(args.config), "task": "derain"}
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:  # the rows so far are written after each seed: a cut run keeps them
         rows += seed_matrix_rows(seed, train, test, settings.config, cells, key, groups,
-                                 json.loads(args.surrogate), manifest=str(manifest))
+                                 json.loads(args.surrogate), manifest=str(manifest),
+                                 bundle_dir=args.bundles)
         args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
                                         "config": settings.config.model_dump(mode="json"),
                                         "rows": rows}, indent=1))

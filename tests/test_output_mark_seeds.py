@@ -102,6 +102,26 @@ def test_two_runs_of_one_config_are_bit_identical_whatever_came_before(data) -> 
     assert {r["seed"] for r in rows_a} == {3}
 
 
+def test_seed_matrix_rows_saves_the_seed_s_stage2_bundle(data, tmp_path) -> None:
+    """``bundle_dir`` keeps the scored stage-2 model (for the surrogate diagnosis) and
+    changes no row."""
+    from neuralmark.components.methods import load_bundle
+    from neuralmark.components.methods.output_mark.seeds import seeded_config
+
+    config = {**MICRO, "stage2_steps_list": [2, 4]}
+    rows = seed_matrix_rows(3, data["train"], data["test"], config, CELLS[:1], KEY,
+                            bundle_dir=tmp_path)
+    assert rows == seed_matrix_rows(3, data["train"], data["test"], config, CELLS[:1], KEY)
+    loaded = load_bundle(tmp_path / "seed3")
+    assert loaded.config == seeded_config(config, 3)
+    assert loaded.config.stage2_length_list == (2, 4)
+    cfg = seeded_config(config, 3)
+    with pinned(cfg.seed, cfg.cpu_threads):
+        s1, _ = training.stage1_method(data["train"], cfg, KEY)
+        s2, _ = training.stage2_method(s1, data["train"])
+    assert _digest(loaded.R, loaded.H) == _digest(s2.R, s2.H)
+
+
 def test_seed_spread_retrains_per_seed_and_reports_mean_and_interval(data) -> None:
     config = {**MICRO, "stage2_archs": ["unet", "cnet"]}   # stage 2 on two architectures
     rows = seed_spread_rows([0, 1, 2], data["train"], data["test"], config, CELLS, KEY)
@@ -193,6 +213,45 @@ def test_stage2_instances_train_k_seeded_surrogates_per_arch(data, monkeypatch) 
     assert _digest(three.R) != _digest(one.R)
     with pytest.raises(ValueError, match="stage2_instances"):
         OutputMarkConfig(stage2_instances=0)
+
+
+def test_stage2_steps_list_trains_one_surrogate_per_arch_and_length(data, monkeypatch) -> None:
+    """Off (empty), stage 2 is the single-length one bit for bit; on, every architecture
+    gets ``stage2_instances`` surrogates (and clean twins) per length, with distinct seeds
+    below the attacker's offset, and R trains on other outputs."""
+    trained: list[tuple[str, int, int]] = []
+    real = training.train_surrogate
+
+    def recording(a, b, arch=None, loss=None, config=None, callbacks=()):
+        trained.append((arch, config.seed, config.steps))
+        return real(a, b, arch=arch, loss=loss, config=config, callbacks=callbacks)
+
+    monkeypatch.setattr(training, "train_surrogate", recording)
+    config = {**MICRO, "stage2_archs": ["unet", "cnet"]}
+    steps = MICRO["surrogate"]["steps"]
+    assert OutputMarkConfig(**config).stage2_length_list == (steps,)
+    s1, _ = training.stage1_method(data["train"], config, KEY)
+    off, _ = training.stage2_method(s1, data["train"])
+    assert sorted(trained) == [(a, seed, steps) for a in ("cnet", "unet") for seed in (0, 1)]
+    trained.clear()
+    s1, _ = training.stage1_method(data["train"], {**config, "stage2_steps_list": [steps]}, KEY)
+    same, _ = training.stage2_method(s1, data["train"])
+    assert _digest(same.R, same.H) == _digest(off.R, off.H)
+    trained.clear()
+    lengths = {**config, "stage2_steps_list": [2, 6, 2], "stage2_instances": 2}
+    assert OutputMarkConfig(**lengths).stage2_length_list == (2, 6)   # duplicates dropped
+    s1, _ = training.stage1_method(data["train"], lengths, KEY)
+    on, _ = training.stage2_method(s1, data["train"])
+    # surrogate j = length index · instances + instance: seed 2j, its clean twin 2j + 1
+    expected = [(a, 2 * j + twin, (2, 2, 6, 6)[j]) for a in ("cnet", "unet")
+                for j in range(4) for twin in (0, 1)]
+    assert sorted(trained) == sorted(expected)
+    assert max(seed for _, seed, _ in trained) < ATTACKER_SEED_OFFSET
+    assert _digest(on.R) != _digest(off.R)
+    with pytest.raises(ValueError, match="at most 50"):
+        OutputMarkConfig(stage2_steps_list=[50, 150, 300], stage2_instances=17)
+    with pytest.raises(ValueError, match="stage2_steps_list"):
+        OutputMarkConfig(stage2_steps_list=[0])
 
 
 def test_psnr_hinge_charges_only_images_below_the_target() -> None:

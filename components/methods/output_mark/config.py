@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from neuralmark.components.attacks.surrogate import SurrogateSettings
 from neuralmark.components.methods.base import MethodConfig
@@ -140,6 +140,16 @@ class OutputMarkConfig(MethodConfig):
     #: stage 2's batch keeps its size. 1: one surrogate per architecture, as the seed.
     #: Measured with k = 4 (seeds 1, 2): CNet·L2 0 / 94%, not the cure alone (MODEL_CARD.md)
     stage2_instances: int = Field(1, ge=1, le=50)
+    #: training lengths (optimiser steps) of the stage-2 surrogates: one surrogate (times
+    #: ``stage2_instances``) per (architecture, length), so R also learns to read the partial
+    #: copies of an attacker who stops early (a CNet·L2 attacker is read at 2–73% after 50
+    #: steps, 17–100% after 150, 86–100% after 300: issue #19, MODEL_CARD.md). Surrogate j =
+    #: length index · ``stage2_instances`` + instance is seeded ``surrogate.seed`` + 2j (its
+    #: clean twin + 2j + 1) and rows are interleaved over all of an architecture's
+    #: surrogates (:func:`.training.interleave`). Empty: ``surrogate.steps`` alone, as the seed.
+    #: Measured with 50/150/300 (seed 1): CNet·L2 still 0% — that attacker's CNet copies
+    #: almost none of seed 1's (high-band) mark, so no R lever reaches it (MODEL_CARD.md)
+    stage2_steps_list: tuple[Annotated[int, Field(ge=1)], ...] = ()
     stage2_steps: int = Field(2000, ge=0)
     stage2_lr: float = Field(1e-4, gt=0)
     #: stage 2 also trains the same surrogate on the *clean* pairs (A, M(A)) and adds its
@@ -156,6 +166,21 @@ class OutputMarkConfig(MethodConfig):
     #: the matrix — depend on the count (MODEL_CARD.md, "Reproducibility"); 1 pins it, 0
     #: leaves torch's own (the machine's cores, or OMP_NUM_THREADS)
     cpu_threads: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _stage2_seeds_below_attacker(self) -> OutputMarkConfig:
+        # seeds surrogate.seed + 2j (+1) must stay below the attacker's offset 101 (.seeds)
+        if self.stage2_instances * len(self.stage2_length_list) > 50:
+            raise ValueError(
+                f"stage2_instances × len(stage2_steps_list) is "
+                f"{self.stage2_instances * len(self.stage2_length_list)}, at most 50: more "
+                "stage-2 surrogates would share seeds with the attacker's cells")
+        return self
+
+    @property
+    def stage2_length_list(self) -> tuple[int, ...]:
+        """The stage-2 surrogates' lengths (``stage2_steps_list``, or ``surrogate.steps``)."""
+        return tuple(dict.fromkeys(self.stage2_steps_list)) or (self.surrogate.steps,)
 
     @property
     def stage2_arch_list(self) -> tuple[str, ...]:

@@ -19,8 +19,10 @@ Shapes: images are ``N×3×H×W`` float32 in [0, 1]; rows are the tidy rows of
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -80,7 +82,8 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
                      groups: Sequence[str] | None = None,
                      surrogate: Mapping[str, Any] | None = None,
                      callbacks: Callbacks | Sequence[Any] = (),
-                     manifest: str | None = None) -> list[dict[str, Any]]:
+                     manifest: str | None = None,
+                     bundle_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Train the whole sequence with one seed and score the matrix (no baseline, no ablations).
 
     Args:
@@ -94,6 +97,8 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
         callbacks: metrics/progress sinks.
         manifest: the sample dataset's manifest, for ``config.clean_variety``
             (:func:`.training.clean_variety_images`, drawn with this seed).
+        bundle_dir: if given, the stage-2 model is saved as the bundle
+            ``bundle_dir/seed<seed>`` (for ``scripts/output_mark_surrogate_diagnosis.py``).
 
     Returns:
         :func:`.matrix.evaluation_rows` (Table 1 for stage 1 and 2, each cell with the
@@ -106,6 +111,8 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
         s1, _ = stage1_method(train_pairs, cfg, key, callbacks, groups, clean=clean)
         s2, _ = stage2_method(s1, train_pairs, callbacks, clean=clean)
         stage1, stage2 = cast(OutputMark, s1), cast(OutputMark, s2)
+        if bundle_dir is not None:
+            stage2.to_bundle(Path(bundle_dir) / f"seed{seed}")
         a, marked = attack_pairs(stage1, train_pairs)
         query, _ = stage1.working_pairs(test_pairs, "test pairs")
         schedule = attacker_settings(cfg, surrogate)

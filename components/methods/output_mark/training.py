@@ -273,8 +273,8 @@ def stage1(method: OutputMarkParts, tp: TrainingPairs,
 def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
                             b_train: torch.Tensor, a_query: torch.Tensor,
                             callbacks: Callbacks | Sequence[Any] = (),
-                            arch: str | None = None, instance: int = 0
-                            ) -> torch.Tensor | None:
+                            arch: str | None = None, instance: int = 0,
+                            steps: int | None = None) -> torch.Tensor | None:
     """Stage 2's clean counterpart of B″: the stage-2 surrogate trained on clean (A, M(A)).
 
     Args:
@@ -283,7 +283,8 @@ def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
         a_query: N×3×S×S inputs it is run on (the H/R part).
         callbacks: metrics/progress sinks.
         arch: the surrogate's architecture (default ``surrogate.arch``).
-        instance: which of ``stage2_instances`` (seed + 1 + 2·instance).
+        instance: which stage-2 surrogate (seed + 1 + 2·instance).
+        steps: its training length (default ``surrogate.steps``).
 
     Returns:
         N×3×S×S outputs in [0, 1], or ``None`` when ``stage2_clean_surrogate`` is off.
@@ -291,8 +292,10 @@ def clean_surrogate_outputs(method: OutputMarkParts, a_train: torch.Tensor,
     c = method.config
     if not c.stage2_clean_surrogate:
         return None
+    update = {"seed": c.surrogate.seed + 1 + 2 * instance}
+    update.update({"steps": steps} if steps is not None else {})
     sm = train_surrogate(a_train, b_train, arch=arch, config=c.surrogate.model_copy(
-        update={"seed": c.surrogate.seed + 1 + 2 * instance}), callbacks=callbacks)
+        update=update), callbacks=callbacks)
     return apply_net(sm, a_query, c.eval_batch).clamp(0, 1)
 
 
@@ -306,9 +309,10 @@ def interleave(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
 def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Sequence[Any] = (),
            probe: torch.Tensor | None = None) -> dict[str, float]:
     """Stage 2: surrogates SM (``config.surrogate``, ``stage2_instances`` per
-    ``stage2_arch_list`` entry) on (A, B′) of the held-out part, then R fine-tuned on A, B,
-    B′, B″ = SM(A) of the H/R part (every architecture's B″ in each batch, its instances
-    interleaved by row: :func:`interleave`); H stays frozen.
+    ``stage2_arch_list`` entry and ``stage2_length_list`` length) on (A, B′) of the
+    held-out part, then R fine-tuned on A, B, B′, B″ = SM(A) of the H/R part (every
+    architecture's B″ in each batch, its surrogates interleaved by row: :func:`interleave`);
+    H stays frozen.
 
     Args:
         method: after stage 1.
@@ -333,9 +337,10 @@ def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Se
     n_hr = len(hr)
     for arch in c.stage2_arch_list:
         outs, clean_outs = [], []
-        for i in range(c.stage2_instances):
+        for i, steps in enumerate(n for n in c.stage2_length_list
+                                  for _ in range(c.stage2_instances)):
             sm = train_surrogate(a[ho], marked[ho], arch=arch, config=c.surrogate.model_copy(
-                update={"seed": c.surrogate.seed + 2 * i}), callbacks=callbacks)
+                update={"seed": c.surrogate.seed + 2 * i, "steps": steps}), callbacks=callbacks)
             outs.append(apply_net(sm, a[hr], c.eval_batch))
             if probe_out is None:
                 probe_out = apply_net(sm, probe_x, c.eval_batch)
@@ -343,7 +348,8 @@ def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Se
             if c.select_every:  # the copies on the held-out inputs score the checkpoints
                 copies.append(apply_net(sm, a[ho], c.eval_batch))
                 query = torch.cat([a[hr], a[ho]])
-            clean = clean_surrogate_outputs(method, a[ho], b[ho], query, callbacks, arch, i)
+            clean = clean_surrogate_outputs(method, a[ho], b[ho], query, callbacks, arch, i,
+                                            steps)
             if clean is not None:
                 clean_outs.append(clean[:n_hr])
                 clean_copies.extend([clean[n_hr:]] if c.select_every else [])
