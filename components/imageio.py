@@ -327,6 +327,12 @@ def output_format(path: str | os.PathLike) -> str:
     return fmt
 
 
+def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
+    """What an 8-bit file of ``images`` (float in [0, 1]) holds, read back: clamped and
+    rounded to multiples of 1/255 (as :func:`save_image` writes), same shape and dtype."""
+    return (images.clamp(0, 1) * 255).round() / 255
+
+
 def _to_uint8_hwc(tensor: torch.Tensor) -> np.ndarray:
     """``1×C×H×W`` float in [0,1] → ``H×W×C`` uint8 (rounded, not truncated)."""
     x = tensor.detach().to("cpu", torch.float32)[0].clamp(0, 1)

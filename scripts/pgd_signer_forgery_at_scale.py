@@ -32,6 +32,7 @@ from neuralmark.components.benchmark.forgery import _detected, copy_attack_rows
 from neuralmark.components.benchmark.forgery_targets import forgery_targets
 from neuralmark.components.data.manifest import load_split
 from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset
+from neuralmark.components.imageio import quantize_8bit
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.pgd_signer import PGDSigner
 from neuralmark.components.metrics import psnr
@@ -39,10 +40,6 @@ from neuralmark.components.stats import clopper_pearson
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "components" / "pretrained" / "pgd_signer"
-
-
-def _quantize(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round() / 255
 
 
 def main() -> None:
@@ -68,7 +65,7 @@ def main() -> None:
     manifest = build_sample_dataset(ROOT / "data" / "sample", SampleDataConfig())
     clean = load_split(manifest, "test", size=256, limit=args.sources)
     key = WatermarkKey("victim-secret", 7)
-    marked = _quantize(m.embed(clean, key))
+    marked = quantize_8bit(m.embed(clean, key))
     verdicts = m.verify(marked, key)
     budget = float(psnr(marked, clean).mean())
     out["sources"] = {"n": len(clean), "psnr": budget,

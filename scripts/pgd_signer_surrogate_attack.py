@@ -27,16 +27,13 @@ from neuralmark.components.benchmark.forgery_targets import forgery_targets
 from neuralmark.components.benchmark.surrogate_forgery import surrogate_rows
 from neuralmark.components.data.manifest import load_split
 from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset
+from neuralmark.components.imageio import quantize_8bit
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.pgd_signer import PGDSigner
 from neuralmark.components.metrics import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "components" / "pretrained" / "pgd_signer"
-
-
-def _quantize(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round() / 255
 
 
 def _marked(m: PGDSigner, clean: torch.Tensor, others: torch.Tensor, key: WatermarkKey,
@@ -50,8 +47,8 @@ def _marked(m: PGDSigner, clean: torch.Tensor, others: torch.Tensor, key: Waterm
         if (torch.equal(held["clean"], clean) and torch.equal(held["others"], others)
                 and held["secret"].tolist() == list(key.secret.encode())):
             return held["marked"], held["fresh"] if len(others) else None
-    marked = _quantize(m.embed(clean, key))
-    fresh = _quantize(m.embed(others, key)) if len(others) else torch.empty(0)
+    marked = quantize_8bit(m.embed(clean, key))
+    fresh = quantize_8bit(m.embed(others, key)) if len(others) else torch.empty(0)
     if cache is not None:
         save_file({"clean": clean, "others": others.contiguous(), "marked": marked,
                    "fresh": fresh, "secret": torch.tensor(list(key.secret.encode()))}, cache)

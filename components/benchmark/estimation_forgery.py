@@ -34,16 +34,13 @@ import torch
 
 from neuralmark.components.benchmark.forgery import _detected
 from neuralmark.components.benchmark.l2_pgd import l2_pgd, psnr_radius
+from neuralmark.components.imageio import quantize_8bit
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.metrics import psnr
 from neuralmark.components.stats import clopper_pearson
 
 Row = dict[str, Any]
 MAX_SOURCES = 10
-
-
-def _quantize(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round() / 255
 
 
 def _sources(n: int, i: int, max_sources: int) -> list[int]:
@@ -84,7 +81,7 @@ def residual_copy(clean: torch.Tensor, marked: torch.Tensor, budget_db: float,
         mark = residual[chosen].mean(0)                                    # c h w
         mark = mark * (psnr_radius(mark.shape, budget_db) / mark.norm().clamp_min(1e-12))
         forged.append((goals[i] + mark).clamp(0, 1))
-    return _quantize(torch.stack(forged))
+    return quantize_8bit(torch.stack(forged))
 
 
 def _public_features(method: Any, images: torch.Tensor) -> torch.Tensor:
@@ -132,7 +129,7 @@ def mean_shift(method: Any, clean: torch.Tensor, marked: torch.Tensor, budget_db
                      .pow(2).sum(1), goals[i:i + 32], budget_db, steps)
               for i in range(0, goals.shape[0], 32)]  # 32 targets at a time: memory
     decoder.train(was)
-    return _quantize(torch.cat(forged))
+    return quantize_8bit(torch.cat(forged))
 
 
 def _rate_rows(method: Any, forged: torch.Tensor, targets: torch.Tensor, key: WatermarkKey,

@@ -36,6 +36,7 @@ import torch
 from neuralmark.components.attacks.registry import build_attack
 from neuralmark.components.benchmark.l2_pgd import hinge_toward, l2_pgd
 from neuralmark.components.benchmark.sweeps import SIZE_PRESERVING
+from neuralmark.components.imageio import quantize_8bit
 from neuralmark.components.methods.base import Status, Verdict, WatermarkKey
 from neuralmark.components.metrics import psnr
 from neuralmark.components.stats import clopper_pearson
@@ -53,11 +54,6 @@ def _pgd_write_bits(method: Any, images: torch.Tensor, bits: np.ndarray) -> torc
     forged = l2_pgd(lambda z: hinge_toward(method.logits(z), target), x,
                     method.config.psnr_target, method.config.pgd_steps)
     return forged.to(images.device)
-
-
-def _quantize(images: torch.Tensor) -> torch.Tensor:
-    """What the forger saves and shares: an 8-bit file."""
-    return (images.clamp(0, 1) * 255).round() / 255
 
 
 def copy_strategy(method: Any) -> str:
@@ -116,7 +112,7 @@ def copy_attack_rows(method: Any, clean: torch.Tensor, marked: torch.Tensor,
     for i in range(0, targets.shape[0], batch_size):
         t, s = targets[i:i + batch_size], sources[i:i + batch_size]
         with torch.enable_grad():
-            forged = _quantize(_copy(method, s, t))
+            forged = quantize_8bit(_copy(method, s, t))
         with torch.no_grad():
             hits += _detected(method.verify(forged, key))
         quality.append(psnr(forged, t).cpu())

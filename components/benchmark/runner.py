@@ -52,6 +52,7 @@ from neuralmark.components.benchmark.timing import timing_rows
 from neuralmark.components.benchmark.whitebox import whitebox_removal_rows
 from neuralmark.components.errors import InputError
 from neuralmark.components.evaluation import calibrate_fpr, embed_all, run_suite
+from neuralmark.components.imageio import quantize_8bit
 from neuralmark.components.methods.base import WatermarkKey
 
 COLUMNS = ("method", "family", "attack", "strength", "label", "metric", "value", "n", "note")
@@ -154,10 +155,6 @@ def _tag(rows: list[Row], entrant: Entrant) -> list[Row]:
     return [{**r, "family": entrant.family, "note": r.get("note", "")} for r in rows]
 
 
-def _quantize(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round() / 255
-
-
 def benchmark_entrant(entrant: Entrant, clean: torch.Tensor, settings: BenchmarkSettings,
                       progress: Progress | None = None) -> list[Row]:
     """Every measurement of one entrant on ``clean`` (N×3×S×S); failures become rows."""
@@ -171,7 +168,7 @@ def benchmark_entrant(entrant: Entrant, clean: torch.Tensor, settings: Benchmark
     method, key = entrant.method, settings.key()
     base = {"method": entrant.name, "family": entrant.family}
     try:
-        marked = _quantize(embed_all(method, clean, key, settings.batch_size))
+        marked = quantize_8bit(embed_all(method, clean, key, settings.batch_size))
     except (ValueError, RuntimeError) as err:
         return [_row(entrant, "unavailable", f"embed failed: {err}")]
     rows = _tag(run_suite(method, clean, key, suite(settings.attacks, settings.quick),

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from neuralmark.components.benchmark.forgery import _detected
 from neuralmark.components.benchmark.l2_pgd import l2_pgd
+from neuralmark.components.imageio import quantize_8bit
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.metrics import psnr
 from neuralmark.components.stats import clopper_pearson
@@ -165,7 +166,7 @@ def _pgd(method: Any, surrogate: torch.nn.Module, images: torch.Tensor, bits: to
             out.append(l2_pgd(lambda z: _bce(method.logits(z, surrogate),
                                              bits.expand(z.shape[0], -1)),
                               x, budget_db, steps))
-    return (torch.cat(out).clamp(0, 1) * 255).round() / 255
+    return quantize_8bit(torch.cat(out))
 
 
 def _rate(hits: list[bool]) -> tuple[int, int, float, float]:

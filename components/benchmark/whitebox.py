@@ -39,6 +39,7 @@ import torchattacks
 from torch import nn
 
 from neuralmark.components.attacks.adversarial import AttackModel
+from neuralmark.components.imageio import quantize_8bit
 from neuralmark.components.methods.base import Status, WatermarkKey
 from neuralmark.components.metrics import psnr
 
@@ -157,7 +158,7 @@ def whitebox_removal_rows(method: Any, marked: torch.Tensor, key: WatermarkKey,
     classifier = public_classifier(method, targets)
     eps = l2_radius(targets.shape[1:], budget_db + ROUNDING_MARGIN_DB)
     attacked = apgd_l2_remove(classifier, targets, eps, steps=steps, seed=seed)
-    attacked = (attacked * 255).round() / 255
+    attacked = quantize_8bit(attacked)
     quality = psnr(attacked, targets).cpu()  # n
     with torch.no_grad():
         verdicts = method.verify(attacked, key)
