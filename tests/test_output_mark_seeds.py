@@ -274,3 +274,51 @@ def test_psnr_hinge_charges_only_images_below_the_target() -> None:
     assert float((loss_on - loss_off).detach()) == pytest.approx(2 * (10 ** 0.3 - 1), rel=1e-4)
     with pytest.raises(ValueError, match="lambda_psnr"):
         OutputMarkConfig(lambda_psnr=-1)
+
+
+def test_highband_share_is_zero_for_a_low_band_residual_and_positive_for_a_high_one() -> None:
+    from neuralmark.components.methods.output_mark.losses import embed_loss, highband_share
+    from neuralmark.components.nets.patchgan import PatchDiscriminator
+
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    low = 0.01 * torch.cos(2 * math.pi * (x + y) / 32).expand(2, 3, 32, 32)   # radius ≈ 0.06
+    high = 0.01 * (-1.0) ** (x + y).expand(2, 3, 32, 32)      # the Nyquist corner, radius 1
+    assert float(highband_share(low)) == pytest.approx(0.0, abs=1e-6)
+    assert float(highband_share(high)) == pytest.approx(1.0, rel=1e-5)
+    # mean squares: the checkerboard 1e-4, the cosine 0.5e-4 -> two thirds in the high band
+    assert float(highband_share(low + high)) == pytest.approx(2 / 3, rel=1e-4)
+    assert float(highband_share(torch.zeros(2, 3, 32, 32))) == 0.0
+    ref = torch.full((2, 3, 32, 32), 0.5)
+    disc = PatchDiscriminator(width=4, n_layers=2)
+    off = OutputMarkConfig(**MICRO)
+    on = off.model_copy(update={"mark_highband_weight": 2.0})
+    for residual, share in ((low, 0.0), (high, 1.0)):
+        loss_off, m_off = embed_loss(off, disc, ref + residual, ref)
+        loss_on, m_on = embed_loss(on, disc, ref + residual, ref)
+        assert m_off["h_highband"] == pytest.approx(share, abs=1e-5)   # logged when off too
+        assert float((loss_on - loss_off).detach()) == pytest.approx(2 * share, abs=1e-5)
+    with pytest.raises(ValueError, match="mark_highband_weight"):
+        OutputMarkConfig(mark_highband_weight=-1)
+
+
+def test_mark_highband_weight_off_leaves_stage1_bit_identical_and_on_moves_it(
+        data, monkeypatch) -> None:
+    """Off, the share is only logged: stage 1 is the same to the bit even if it were NaN;
+    on, H is trained differently and its residual's high-band share is lower."""
+    from neuralmark.components.methods.output_mark import losses
+    from neuralmark.components.methods.output_mark.losses import highband_share
+
+    cfg = {**MICRO, "steps": 16}
+    s1, _ = training.stage1_method(data["train"], cfg, KEY)
+    reference = _digest(s1.H, s1.R)
+    on, _ = training.stage1_method(data["train"], {**cfg, "mark_highband_weight": 1.0}, KEY)
+    monkeypatch.setattr(losses, "highband_share", lambda r: torch.tensor(float("nan")))
+    poisoned, _ = training.stage1_method(data["train"], cfg, KEY)
+    assert _digest(poisoned.H, poisoned.R) == reference
+    assert _digest(on.H, on.R) != reference
+    b = data["test"][1]
+    s1.H.eval(), on.H.eval()
+    with torch.no_grad():
+        share_off = float(highband_share(s1.H(b) - b))
+        share_on = float(highband_share(on.H(b) - b))
+    assert share_on < share_off

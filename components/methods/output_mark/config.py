@@ -83,6 +83,13 @@ class OutputMarkConfig(MethodConfig):
     #: seed (its L_emd has no target). Measured at 1 (seeds 1, 2): B′ 46.5 / 57.4 dB, but
     #: 28% of clean outputs flagged / the mark dropped (0% read): the weight is not settled
     lambda_psnr: float = Field(0.0, ge=0)
+    #: weight of stage 1's high-band term (:func:`.losses.highband_share`): H pays for the
+    #: share of its residual's spectral energy (B′ − its reference) in the top radial third,
+    #: because a small CNet·L2 attacker copies little of that band (issue #19, seed 1: mark
+    #: 67% high-band, the attacker's copy 0.01–0.14 along it, read 0%). 0: off, as the seed.
+    #: Measured at 1 (seed 1): high band 67 → 1%, CNet·L2 0 → 17%, but B′ 39.4 → 33.6 dB,
+    #: Res9 / Res16 100 → 56 / 64%, matrix 89 → 80%: not settled, left off
+    mark_highband_weight: float = Field(0.0, ge=0)
     #: share of each stage-1/2 batch given a random photometric jitter (channel
     #: permutation, per-channel gain, brightness, contrast, gamma; the same draw for
     #: an image's A, B, target and the B′ made from it), so the clean term sees

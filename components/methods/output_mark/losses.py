@@ -2,6 +2,7 @@
 
     L_emd = λ1·‖H(b) − b‖² + λ2·ℓ_perc(H(b), b) + λ3·ℓ_adv(D, H(b))
             (+ λ_psnr·mean_i max(0, ‖H(b_i) − b_i‖² / m* − 1), m* = 10^(−psnr_target/10))
+            (+ λ_hb·highband_share(H(b) − b))
     L_ext = λ4·ℓ_wm + λ5·ℓ_clean + λ6·ℓ_cst,   L = L_emd + λ·L_ext
     ℓ_wm    = ‖R(b′) − δ‖² (+ ‖R(b″) − δ‖² in stage 2)
     ℓ_clean = ‖R(a) − δ0‖² + ‖R(b) − δ0‖²        (δ0: the all-ones blank)
@@ -32,21 +33,56 @@ def consistency(r: torch.Tensor) -> torch.Tensor:
 def embed_loss(config: OutputMarkConfig, disc: nn.Module, h_out: torch.Tensor,
                h_ref: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """L_emd = λ1 MSE + λ2 perceptual + λ3 adversarial of B′ (``h_out``) vs its reference,
-    plus ``lambda_psnr`` times the PSNR hinge (:func:`psnr_hinge`) when it is on.
+    plus ``lambda_psnr`` times the PSNR hinge (:func:`psnr_hinge`) and
+    ``mark_highband_weight`` times the residual's high-band share (:func:`highband_share`)
+    when they are on.
 
     Returns:
-        ``(loss, {"h_mse", "h_perc", "h_adv", "h_psnr_hinge"})``.
+        ``(loss, {"h_mse", "h_perc", "h_adv", "h_psnr_hinge", "h_highband"})``
+        (``h_highband``: the share, measured whether or not it is weighted).
     """
     c = config
     mse = (h_out - h_ref).pow(2).mean()
     hinge = psnr_hinge(h_out, h_ref, c.psnr_target) if c.lambda_psnr > 0 else mse * 0
+    if c.mark_highband_weight > 0:
+        highband = highband_share(h_out - h_ref)
+    else:  # measured for the log only: no graph, so the loss is the seed's to the bit
+        with torch.no_grad():
+            highband = highband_share(h_out.detach() - h_ref.detach())
     perc = structural_perceptual_loss(h_out, h_ref) if c.perceptual == "structural" \
         else mse * 0
     adv = gan_bce(disc(h_out), True)
     loss = c.lambda_mse * mse + c.lambda_perc * perc + c.lambda_adv * adv \
         + c.lambda_psnr * hinge
+    if c.mark_highband_weight > 0:
+        loss = loss + c.mark_highband_weight * highband
     return loss, {"h_mse": float(mse.detach()), "h_perc": float(perc.detach()),
-                  "h_adv": float(adv.detach()), "h_psnr_hinge": float(hinge.detach())}
+                  "h_adv": float(adv.detach()), "h_psnr_hinge": float(hinge.detach()),
+                  "h_highband": float(highband.detach())}
+
+
+def radial_bands(size: int) -> list[torch.Tensor]:
+    """The three radial frequency thirds (low, mid, high) of an S×S ``torch.fft.fft2``
+    grid as boolean masks; radius 1 is the diagonal Nyquist corner. The bands of
+    ``scripts/output_mark_surrogate_diagnosis.py``, so a trained share reads as there."""
+    f = torch.fft.fftfreq(size).abs()
+    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2) / (0.5 * 2 ** 0.5)  # 0..1
+    return [radius < 1 / 3, (radius >= 1 / 3) & (radius < 2 / 3), radius >= 2 / 3]
+
+
+def highband_share(residual: torch.Tensor) -> torch.Tensor:
+    """Share of a batch of residuals' (N×3×S×S) spectral energy in the top radial third.
+
+    A share, not an energy: the residual's amplitude is priced by the MSE term already, so
+    this term can only be lowered by moving the mark to lower frequencies, not by shrinking
+    it. Computed in float32 (cuFFT has no bf16). 0 for an all-zero residual.
+    """
+    r = residual.float()
+    z = torch.fft.fft2(r)
+    spec = (z.real ** 2 + z.imag ** 2).sum((0, 1))  # S×S, over images and channels
+    high = radial_bands(r.shape[-1])[2].to(spec.device)
+    total = spec.sum()
+    return (spec * high).sum() / total.clamp_min(torch.finfo(spec.dtype).tiny)
 
 
 def psnr_hinge(h_out: torch.Tensor, h_ref: torch.Tensor, target_db: float) -> torch.Tensor:
@@ -112,4 +148,5 @@ def disc_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.
     return 0.5 * (gan_bce(disc(real), True) + gan_bce(disc(fake.detach()), False))
 
 
-__all__ = ["consistency", "disc_loss", "embed_loss", "extract_loss"]
+__all__ = ["consistency", "disc_loss", "embed_loss", "extract_loss", "highband_share",
+           "radial_bands"]
