@@ -29,6 +29,7 @@ import torch
 from neuralmark.components.data import pairs
 from neuralmark.components.methods import load_bundle
 from neuralmark.components.methods.base import WatermarkKey
+from neuralmark.components.methods.output_mark.losses import radial_bands
 from neuralmark.components.methods.output_mark.matrix import attack_pairs, cell_outputs
 from neuralmark.components.methods.output_mark.seeds import attacker_settings
 from neuralmark.components.metrics import psnr
@@ -42,11 +43,8 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 def band_energy(r: torch.Tensor) -> torch.Tensor:
     """N×3 energies of N×3×S×S residuals in three radial frequency bands (low, mid, high)."""
     spec = torch.fft.fft2(r).abs().pow(2).sum(1)  # N×S×S
-    s = r.shape[-1]
-    f = torch.fft.fftfreq(s).abs()
-    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2) / (0.5 * 2 ** 0.5)  # 0..1
-    bands = [(radius < 1 / 3), (radius >= 1 / 3) & (radius < 2 / 3), radius >= 2 / 3]
-    return torch.stack([(spec * m).sum((-2, -1)) for m in bands], 1)
+    bands = radial_bands(r.shape[-1])
+    return torch.stack([(spec * m.to(spec.device)).sum((-2, -1)) for m in bands], 1)
 
 
 def main(argv: list[str] | None = None) -> int:
