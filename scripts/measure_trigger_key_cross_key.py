@@ -1,0 +1,138 @@
+"""Cross-key false matches of trigger_key: does a host marked only with ANOTHER key verify the
+owner's key? (issue #13, tk8)
+
+The tiny DnCNN cell of ``diagnose_trigger_key_overwrite.py`` (5×16 grey DnCNN, 300 host
+steps, 200 embedding steps at λ 1e-2; data: the tiny pipeline's sample set, ``--sample DIR``):
+the host U is trained and the owner's key ``neuralmark-eval`` embedded (its stored S). Then
+``--n`` other keys, with names drawn at random from a seeded generator (``rand-<63-bit int>``,
+not selected by anything), are each embedded into the *unmarked* U with the public recipe
+(``evaluation.overwriting_attacker``: the plain embedding, no look-ahead, its ``stop_mse``
+rule, the embedding's batches) and each result is read under the *owner's* key:
+``d_rel = d(net(K), S) / d(U(K), S)``, the verified statistic. A false match is
+``d_rel < --eta`` (default 0.8116, the tk6 tiny pipeline's η for this host and mark; the
+script does not calibrate). Beside it: the key's filter alignment ``NCC(G_i(K), G(K))`` (the
+``--survey`` statistic of the diagnosis script, no training) and the key's own d_rel on K_i.
+
+At the end: k/N with the exact (Clopper–Pearson) 95 % interval, the d_rel quantiles, and the
+Spearman correlation of alignment with d_rel (is alignment a predictor?). One row per key is
+printed as it finishes, so a cut-short run still reports. Findings: the trigger_key
+MODEL_CARD, section "Cross-key false matches".
+
+    python scripts/measure_trigger_key_cross_key.py --sample /tmp/sample --n 60
+        [--keys attacker-180 attacker-73]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
+from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
+from neuralmark.components.methods.registry import build  # noqa: E402
+from neuralmark.components.methods.trigger_key.embedding import embed_into_host  # noqa: E402
+from neuralmark.components.methods.trigger_key.evaluation import overwriting_attacker  # noqa: E402
+from neuralmark.components.methods.trigger_key.study import task_images  # noqa: E402
+from neuralmark.components.methods.trigger_key.trigger import (  # noqa: E402
+    distance,
+    gradient_kernel,
+    ncc,
+    verification_target,
+)
+from neuralmark.components.nets.image_nets import apply_net  # noqa: E402
+
+
+def random_key_names(n: int, seed: int) -> list[str]:
+    """``n`` key names from a seeded generator: unselected, reproducible."""
+    g = torch.Generator().manual_seed(seed)
+    return [f"rand-{int(v)}" for v in torch.randint(0, 2**62, (n,), generator=g)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sample", required=True, help="build / reuse the tiny sample set here")
+    ap.add_argument("--n", type=int, default=60, help="number of other keys embedded")
+    ap.add_argument("--seed", type=int, default=13, help="seed of the key names")
+    ap.add_argument("--keys", nargs="+", default=None,
+                    help="embed these named keys instead of --n random ones (a check, e.g. "
+                         "the diagnosis' attacker-180)")
+    ap.add_argument("--eta", type=float, default=0.8116,
+                    help="the pipeline's η on d_rel for this host and mark")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--depth", type=int, default=5)
+    args = ap.parse_args()
+    if args.n < 1:
+        raise SystemExit(f"--n must be at least 1, got {args.n}")
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    host = build("trigger_key", {"channels": 1, "arch": "dncnn", "depth": args.depth,
+                                 "host_steps": 300, "embed_steps": 200, "visualizer_steps": 0,
+                                 "lambda0_reference": False})
+    c = host.config
+    manifest = build_sample_dataset(args.sample, SampleDataConfig(
+        size=128, crops_per_photo=4, n_procedural=12))
+    fit = host.fit(task_images(manifest))
+    owner = WatermarkKey("neuralmark-eval")
+    host.embed_model(host.unmarked, owner)
+    (x, y), _ = host.require_pairs()
+    x_own, s = host.reference(owner)[:2]
+    g_own = host.key_material(owner)[1]
+    u_out = apply_net(host.unmarked, x_own).clamp(0, 1)
+    norm = float(distance(u_out, s))
+    m_rel = float(distance(apply_net(host.host, x_own).clamp(0, 1), s)) / norm
+    print(f"host: noisy {fit['input_psnr']:.2f} dB, unmarked {fit['host_psnr']:.2f} dB, marked "
+          f"{host.task_psnr_of(host.host):.2f} dB, owner's d_rel on M {m_rel:.3f}, "
+          f"η {args.eta} ({time.time() - t0:.0f} s)", flush=True)
+    attacker = overwriting_attacker(host)
+    rows = []
+    print("| i | key | NCC(G_i(K), G(K)) | steps | d_rel owner's K | own d_rel on K_i | "
+          "match |", flush=True)
+    names = args.keys or random_key_names(args.n, args.seed)
+    for i, name in enumerate(names):
+        key = WatermarkKey(name)
+        align = float(ncc(verification_target(x_own, gradient_kernel(name, c.keyed_gradient),
+                                              c.task, c.scale), g_own))
+        x_k, s0_k = attacker.key_material(key)
+        loss, done = attacker.mark_loss(key)
+        net, info = embed_into_host(host.unmarked, x, y, loss, c.lam, c.embed_steps, c.lr,
+                                    c.batch_size, c.seed + 7, host.run_device(), done,
+                                    c.check_every, (), desc=f"cross-{i}")
+        net = net.cpu().eval()
+        rel = float(distance(apply_net(net, x_own).clamp(0, 1), s)) / norm
+        own = (float(distance(apply_net(net, x_k).clamp(0, 1), s0_k))
+               / float(distance(apply_net(host.unmarked, x_k).clamp(0, 1), s0_k)))
+        rows.append((align, rel))
+        print(f"| {i} | {name} | {align:.3f} | {int(info['steps'])} | {rel:.3f} | {own:.3f} | "
+              f"{'YES' if rel < args.eta else 'no'} |", flush=True)
+    n = len(rows)
+    aligns = torch.tensor([a for a, _ in rows], dtype=torch.float64)
+    rels = torch.tensor([r for _, r in rows], dtype=torch.float64)
+    k = int((rels < args.eta).sum())
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    q = torch.quantile(rels, torch.tensor([0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0],
+                                          dtype=torch.float64))
+    rho = stats.spearmanr(aligns.numpy(), rels.numpy())
+    print(f"false matches under the owner's key: {k}/{n} = {100 * k / n:.1f} % "
+          f"(exact 95 % CI {100 * ci.low:.2f}–{100 * ci.high:.2f} %)")
+    print("d_rel quantiles min/5/25/50/75/95/max: " + " / ".join(f"{float(v):.3f}" for v in q))
+    print(f"alignment: median {float(aligns.median()):.3f}, range {float(aligns.min()):.3f} to "
+          f"{float(aligns.max()):.3f}; Spearman(alignment, d_rel) {rho.statistic:.3f} "
+          f"(p {rho.pvalue:.2g})")
+    for lo, hi in ((-1.0, 0.0), (0.0, 0.3), (0.3, 1.01)):
+        sel = (aligns >= lo) & (aligns < hi)
+        if sel.any():
+            print(f"  alignment in [{lo}, {hi}): {int(sel.sum())} keys, d_rel median "
+                  f"{float(rels[sel].median()):.3f}, min {float(rels[sel].min()):.3f}, "
+                  f"matches {int((rels[sel] < args.eta).sum())}")
+    print(f"total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
