@@ -81,7 +81,7 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
             clean += clean_rows(c, g, dev, clean_bank)
             with distributed.autocast(dev):
                 b_prime = method.H(h_in)
-                emd, m1 = embed_loss(c, method.D, b_prime, h_ref)
+                emd, m1 = embed_loss(c, method.D, b_prime, h_ref, sharded=True)
                 read = resize_round_trip(c, g, h_in, b_prime)
                 ext, m2 = extract_loss(c, method.R, method.logo, [read], clean, g,
                                        sharded=True)

@@ -31,7 +31,8 @@ def consistency(r: torch.Tensor) -> torch.Tensor:
 
 
 def embed_loss(config: OutputMarkConfig, disc: nn.Module, h_out: torch.Tensor,
-               h_ref: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+               h_ref: torch.Tensor, sharded: bool = False
+               ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_emd = λ1 MSE + λ2 perceptual + λ3 adversarial of B′ (``h_out``) vs its reference,
     plus ``lambda_psnr`` times the PSNR hinge (:func:`psnr_hinge`) and
     ``mark_highband_weight`` times the residual's high-band share (:func:`highband_share`)
@@ -40,15 +41,20 @@ def embed_loss(config: OutputMarkConfig, disc: nn.Module, h_out: torch.Tensor,
     Returns:
         ``(loss, {"h_mse", "h_perc", "h_adv", "h_psnr_hinge", "h_highband"})``
         (``h_highband``: the share, measured whether or not it is weighted).
+        ``sharded``: ``h_out`` is this process's shard of a data-parallel batch; the share
+        (a ratio of sums, not a per-row mean) is then taken over the global batch, so its
+        value and gradient are the one-process ones.
     """
     c = config
     mse = (h_out - h_ref).pow(2).mean()
     hinge = psnr_hinge(h_out, h_ref, c.psnr_target) if c.lambda_psnr > 0 else mse * 0
+    share = (lambda r: distributed.batch_statistic(highband_share, r)) if sharded \
+        else highband_share
     if c.mark_highband_weight > 0:
-        highband = highband_share(h_out - h_ref)
+        highband = share(h_out - h_ref)
     else:  # measured for the log only: no graph, so the loss is the seed's to the bit
         with torch.no_grad():
-            highband = highband_share(h_out.detach() - h_ref.detach())
+            highband = share(h_out.detach() - h_ref.detach())
     perc = structural_perceptual_loss(h_out, h_ref) if c.perceptual == "structural" \
         else mse * 0
     adv = gan_bce(disc(h_out), True)
