@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+from neuralmark.components.attacks.surrogate import attack_cell, attack_cell_ladder
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods import WatermarkKey
 from neuralmark.components.methods.output_mark import training
@@ -178,6 +179,25 @@ def test_attacker_cells_never_reuse_the_stage2_surrogate_seed() -> None:
         ("res9", "unet")
     with pytest.raises(ValueError, match="stage2_archs"):
         OutputMarkConfig(stage2_archs=["vgg"])
+
+
+def test_attack_cell_ladder_equals_a_separate_run_at_each_budget(data) -> None:
+    """One run of the longest budget gives, at each budget k, the outputs of a k-step run."""
+    a, b = data["train"]
+    query = data["test"][0]
+    settings = {"width": 4, "depth": 2, "batch_size": 4, "lr": 3e-3, "seed": 7,
+                "device": "cpu"}
+    for arch in ("cnet", "res9"):
+        ladder = attack_cell_ladder(b, a, query, arch, "l2", settings, [7, 3])
+        assert sorted(ladder) == [3, 7]
+        for k in (3, 7):
+            alone = attack_cell(b, a, query, arch, "l2", {**settings, "steps": k})
+            assert torch.equal(ladder[k], alone), (arch, k)
+        assert not torch.equal(ladder[3], ladder[7])
+    with pytest.raises(InputError, match="budgets"):
+        attack_cell_ladder(b, a, query, "cnet", "l2", settings, [0, 3])
+    with pytest.raises(InputError, match="budgets"):
+        attack_cell_ladder(b, a, query, "cnet", "l2", settings, [])
 
 
 def test_interleave_takes_row_j_from_instance_j_mod_k() -> None:
