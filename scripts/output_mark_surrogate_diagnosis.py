@@ -35,14 +35,11 @@ from pathlib import Path
 
 import torch
 
-from neuralmark.components.data import pairs
-from neuralmark.components.methods import load_bundle
-from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.output_mark.losses import radial_bands
 from neuralmark.components.methods.output_mark.matrix import attack_pairs, cell_ladder_outputs
 from neuralmark.components.methods.output_mark.seeds import attacker_settings
 from neuralmark.components.metrics import psnr
-from neuralmark.runtime.settings import CODE_ROOT, resolve
+from neuralmark.runtime.output_mark_study import bundle_and_key, derain_study
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -90,16 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    m = load_bundle(args.bundle)
-    key = WatermarkKey(args.key or m.config.logo_secret)
-    settings = resolve("output_mark", args.profile, data={"version_with_dvc": False})
-    manifest = Path(settings.data.build(CODE_ROOT))
-    train, groups, test = pairs.synthesised_pairs(manifest, "derain", settings.data.size)
-    m.set_groups(groups)
-    a_att, marked_att = attack_pairs(m, train)
+    m, key = bundle_and_key(args.bundle, args.key)
+    study = derain_study(args.profile)
+    m.set_groups(study.groups)
+    a_att, marked_att = attack_pairs(m, study.train)
     with torch.no_grad():
         clean_att = m.model_outputs(a_att)
-    a, gt = m.working_pairs(test, "test pairs")
+    a, gt = m.working_pairs(study.test, "test pairs")
     with torch.no_grad():
         b = m.model_outputs(a)
         marked = m.marked_outputs(a)
