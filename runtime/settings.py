@@ -325,3 +325,23 @@ def resolve(method: str, profile: str = "tiny", *, config: Mapping[str, Any] | N
         raise InputError(f"invalid evaluation config: evaluation.adversarial: {method} has no "
                          "scanner to attack (only detectors such as anti_forward have one)")
     return settings
+
+
+def resolve_profile(method: str, profile: str, **overrides: Any) -> RunSettings:
+    """:func:`resolve` with ``profile`` a profile name or the path of a profile YAML file.
+
+    Args:
+        method: registry key.
+        profile: ``tiny`` / ``full`` / another name in ``configs/profiles``, or a path
+            ending in ``.yaml`` / ``.yml`` (its folder is the profiles folder).
+        **overrides: ``config`` / ``data`` / ``evaluation`` / ``policy`` (:func:`resolve`).
+
+    Raises:
+        InputError: a YAML path that is no file, or what :func:`resolve` raises.
+    """
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise InputError(f"profile {profile}: no such file")
+        return resolve(method, path.stem, profiles_dir=path.resolve().parent, **overrides)
+    return resolve(method, profile, **overrides)

@@ -25,11 +25,10 @@ import torch
 from neuralmark.components.data import pairs
 from neuralmark.components.data.clean_variety import unseen_photos
 from neuralmark.components.data.pairs import build_pairs, load_split
-from neuralmark.components.methods import load_bundle
 from neuralmark.components.methods.base import WatermarkKey, resize_square
 from neuralmark.components.methods.output_mark.evaluation import quality
 from neuralmark.components.metrics import psnr
-from neuralmark.runtime.settings import CODE_ROOT, resolve
+from neuralmark.runtime.output_mark_study import bundle_and_key, derain_study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,12 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    m = load_bundle(args.bundle)
-    key = WatermarkKey(args.key or m.config.logo_secret)
-    settings = resolve("output_mark", args.profile, data={"version_with_dvc": False})
-    manifest = Path(settings.data.build(CODE_ROOT))
-    _, _, test = pairs.synthesised_pairs(manifest, "derain", settings.data.size)
-    a, gt = m.working_pairs(test, "test pairs")
+    m, key = bundle_and_key(args.bundle, args.key)
+    study = derain_study(args.profile)
+    settings, manifest = study.settings, study.manifest
+    a, gt = m.working_pairs(study.test, "test pairs")
     out: dict = {"bundle": str(args.bundle), "key": key.secret, "n_test": int(a.shape[0]),
                  "table1": quality(m, a, gt), "null_fpr": m.per_image_fpr(),
                  "null_n": len(m.null_scores)}

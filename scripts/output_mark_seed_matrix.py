@@ -11,7 +11,17 @@ minus the ZenML/MLflow bookkeeping, for experiments on a loaded machine::
         --config '{"stage2_steps": 600}' --out runs/om-seeds.json
 
 ``--config`` / ``--surrogate`` are JSON overrides of the profile's output_mark config
-and of the attacker cells' schedule.
+and of the attacker cells' schedule; ``--profile`` is a profile name or a profile YAML.
+One seed gives that seed's rows (no spread); two or more add the spread.
+
+The key: by default the profile's ``evaluation.key_secret`` (``neuralmark-eval``), the
+key ``neuralmark protect --seeds`` trains and scores with, so these rows are the
+pipeline's (and the sixth to om10 sessions' figures in the method card used it).
+``scripts/train_shipped_output_mark.py`` trains the shipped demo model with the demo key
+``neuralmark-demo``; the key picks the logo H hides, so the two scripts' figures for one
+seed differ unless ``--key neuralmark-demo`` is passed here: with the same key, seed,
+profile and config the two give the same stage-1 and stage-2 models and matrix cells
+(``tests/test_output_mark_recipe.py``).
 """
 
 from __future__ import annotations
@@ -23,20 +33,22 @@ import time
 from pathlib import Path
 
 from neuralmark.components.attacks.surrogate import matrix_cells
-from neuralmark.components.data import pairs
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.output_mark.seeds import (
+    TRAINING,
     seed_matrix_rows,
     spread_markdown,
     spread_summary,
 )
-from neuralmark.runtime.settings import CODE_ROOT, resolve
+from neuralmark.runtime.output_mark_study import derain_study
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--profile", default="tiny")
+    p.add_argument("--profile", default="tiny", help="a profile name or a profile YAML")
+    p.add_argument("--key", default=None,
+                   help="the owner's key (default: the profile's evaluation.key_secret)")
     p.add_argument("--config", default="{}", help="JSON overrides of the output_mark config")
     p.add_argument("--surrogate", default="{}", help="JSON overrides of the cells' schedule")
     p.add_argument("--cells", default=None, help='JSON [[arch, loss], ...] (default: nine)')
@@ -45,34 +57,41 @@ def main(argv: list[str] | None = None) -> int:
                    help="save each seed's stage-2 model as the bundle BUNDLES/seed<N>")
     args = p.parse_args(argv)
 
-    overrides = {**json.loads(args.config), "task": "derain"}
-    settings = resolve("output_mark", args.profile, config=overrides)
-    manifest = settings.data.build(CODE_ROOT)
-    size = settings.data.size
-    train, groups, test = pairs.synthesised_pairs(manifest, "derain", size)
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"repeated seed in {args.seeds}")
+    study = derain_study(args.profile, json.loads(args.config))
+    settings, train, groups, test = study.settings, study.train, study.groups, study.test
     cells = matrix_cells(json.loads(args.cells) if args.cells else None)
-    key = WatermarkKey(settings.evaluation.key_secret)
-    if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
-        p.error(f"a seed spread needs at least two distinct seeds, got {args.seeds}")
+    key = WatermarkKey(args.key or settings.evaluation.key_secret)
     start = time.time()
     rows: list[dict] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:  # the rows so far are written after each seed: a cut run keeps them
         rows += seed_matrix_rows(seed, train, test, settings.config, cells, key, groups,
-                                 json.loads(args.surrogate), manifest=str(manifest),
+                                 json.loads(args.surrogate), manifest=str(study.manifest),
                                  bundle_dir=args.bundles)
         args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
+                                        "key": key.secret,
                                         "config": settings.config.model_dump(mode="json"),
                                         "rows": rows}, indent=1))
         print(f"seed {seed} done, {time.time() - start:.0f} s", flush=True)
+    if len(args.seeds) == 1:  # one seed: its rows, no spread (a spread needs two)
+        for r in rows:
+            if r["metric"] in ("success_rate", "psnr_marked", "sr_marked", "fpr_clean_B") \
+                    or r["label"] == TRAINING:
+                print(f"{r['stage']} {r['label']} {r['metric']}: {r['value']:.3f}")
+        print(f"{time.time() - start:.0f} s")
+        return 0
     summary = spread_summary(rows)
     markdown = spread_markdown(summary)
     args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
+                                    "key": key.secret,
                                     "config": settings.config.model_dump(mode="json"),
                                     "rows": rows, "summary": summary}, indent=1))
     print(markdown)
     for s in summary:
-        if s["label"] == "none" and s["metric"] in ("psnr_marked", "sr_marked", "fpr_clean_B"):
+        if s["label"] == TRAINING or s["label"] == "none" and s["metric"] in (
+                "psnr_marked", "sr_marked", "fpr_clean_B"):
             print(f"{s['stage']} {s['metric']}: {s['mean']:.3f} [{s['ci_low']:.3f}, "
                   f"{s['ci_high']:.3f}] {[round(v, 3) for v in s['values']]}")
     print(f"{time.time() - start:.0f} s")

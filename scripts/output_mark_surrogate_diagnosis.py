@@ -5,14 +5,23 @@ For each attacker surrogate (arch, loss L2, seeds, steps) trained on the bundle'
 the clean outputs B of the same inputs, on the test inputs:
 
 * ``sr`` / ``nc``: what R reads on the surrogate's outputs B″ (the matrix cell);
-* ``psnr_vs_b`` / ``psnr_vs_target``: how good a copy of M / derainer B″ is (dB);
+* ``psnr_vs_marked``: fidelity, B″ against the service's B′ (is SM a copy of the service?);
+  ``psnr_vs_b`` / ``psnr_vs_target``: B″ against M's clean outputs / the clean targets (the
+  task); ``psnr_clean_twin_vs_b``: the clean twin against B (dB);
 * ``copy_gain``: ‖B″ − B″_clean‖ / ‖B′ − B‖ (how much of the mark's energy it copied) and
   ``copy_cos``: cosine of B″ − B″_clean with B′ − B per image (whether it is the mark);
+  ``copy_along``: ⟨copy, δ⟩ / ‖δ‖² per image, the share of the mark it reproduces;
 * ``sr_copy_on_b``: R on B + (B″ − B″_clean), the copied residual on M's clean outputs (the
   mark as copied, without the surrogate's own artefacts);
 * ``band_gain``: the copy's energy ratio in three radial frequency bands (low / mid / high);
 * ``sr_scaled``: R on B + α(B′ − B), the mark amplitude R needs (no surrogate);
-* ``cos_between_seeds``: cosine of two instances' copied residuals (same arch, other seed).
+* ``cos_between_seeds``: cosine of two instances' copied residuals (same arch, other seed);
+* ``ladder``: per arch and budget, the means over the attacker seeds and the theft bar
+  (:func:`theft_bar`).
+
+``--steps`` is a ladder of the attacker's budgets: each surrogate is trained once to the
+largest and read at every budget on the way (``attack_cell_ladder``: the same outputs as a
+run of that length).
 
     OMP_NUM_THREADS=1 python scripts/output_mark_surrogate_diagnosis.py \
         --bundle components/pretrained/output_mark --key neuralmark-demo --out runs/diag.json
@@ -26,14 +35,11 @@ from pathlib import Path
 
 import torch
 
-from neuralmark.components.data import pairs
-from neuralmark.components.methods import load_bundle
-from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.output_mark.losses import radial_bands
-from neuralmark.components.methods.output_mark.matrix import attack_pairs, cell_outputs
+from neuralmark.components.methods.output_mark.matrix import attack_pairs, cell_ladder_outputs
 from neuralmark.components.methods.output_mark.seeds import attacker_settings
 from neuralmark.components.metrics import psnr
-from neuralmark.runtime.settings import CODE_ROOT, resolve
+from neuralmark.runtime.output_mark_study import bundle_and_key, derain_study
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -47,6 +53,28 @@ def band_energy(r: torch.Tensor) -> torch.Tensor:
     return torch.stack([(spec * m.to(spec.device)).sum((-2, -1)) for m in bands], 1)
 
 
+#: the theft bar, fixed before the ladder ran (issue #19, om10): SM is a working copy at
+#: budget k when doubling k adds less than this to its fidelity to B′ (mean over the
+#: attacker seeds; the seed trains its surrogates to convergence) ...
+CONVERGED_GAIN_DB = 0.5
+#: ... and it derains at most this much worse than the service (B″ vs B′ against targets)
+TASK_MARGIN_DB = 1.0
+
+
+def theft_bar(ladder: list[dict], service_task_psnr: float) -> None:
+    """Mark each rung of one arch's ``ladder`` (ascending steps, seed means) in place:
+    ``converged`` (the next doubling adds < CONVERGED_GAIN_DB of fidelity to B′; None
+    where the ladder has no rung at 2k), ``useful`` (task PSNR ≥ the service's −
+    TASK_MARGIN_DB) and ``theft`` (both)."""
+    by_steps = {r["steps"]: r for r in ladder}
+    for r in ladder:
+        nxt = by_steps.get(2 * r["steps"])
+        r["converged"] = (None if nxt is None else
+                          nxt["psnr_vs_marked"] - r["psnr_vs_marked"] < CONVERGED_GAIN_DB)
+        r["useful"] = r["psnr_vs_target"] >= service_task_psnr - TASK_MARGIN_DB
+        r["theft"] = bool(r["converged"]) and r["useful"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True)
@@ -55,28 +83,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archs", nargs="+", default=["cnet", "unet", "res9"])
     p.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
     p.add_argument("--steps", type=int, nargs="+", default=[0],
-                   help="attacker steps (0: the bundle's schedule)")
+                   help="attacker budgets, one run read at each (0: the bundle's schedule)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    m = load_bundle(args.bundle)
-    key = WatermarkKey(args.key or m.config.logo_secret)
-    settings = resolve("output_mark", args.profile, data={"version_with_dvc": False})
-    manifest = Path(settings.data.build(CODE_ROOT))
-    train, groups, test = pairs.synthesised_pairs(manifest, "derain", settings.data.size)
-    m.set_groups(groups)
-    a_att, marked_att = attack_pairs(m, train)
+    m, key = bundle_and_key(args.bundle, args.key)
+    study = derain_study(args.profile)
+    m.set_groups(study.groups)
+    a_att, marked_att = attack_pairs(m, study.train)
     with torch.no_grad():
         clean_att = m.model_outputs(a_att)
-    a, gt = m.working_pairs(test, "test pairs")
+    a, gt = m.working_pairs(study.test, "test pairs")
     with torch.no_grad():
         b = m.model_outputs(a)
-        mark = m.marked_outputs(a) - b
+        marked = m.marked_outputs(a)
+        mark = marked - b
     out: dict = {"bundle": str(args.bundle), "stage2_archs": list(m.config.stage2_arch_list),
                  "stage2_surrogate": m.config.surrogate.model_dump(mode="json"),
                  "n_test": int(a.shape[0]), "n_attacker_pairs": int(a_att.shape[0]),
                  "mark_rms": float(mark.pow(2).mean().sqrt()),
                  "psnr_model_vs_target": float(psnr(b, gt).mean()),
+                 "psnr_service_vs_target": float(psnr(marked, gt).mean()),
                  "mark_band_share": (band_energy(mark).sum(0)
                                      / band_energy(mark).sum()).tolist(),
                  "sr_scaled": {}, "cells": []}
@@ -84,37 +111,59 @@ def main(argv: list[str] | None = None) -> int:
         out["sr_scaled"][str(alpha)] = float(m.hits((b + alpha * mark).clamp(0, 1), key)[1]
                                              .float().mean())
     mark_bands = band_energy(mark).sum(0)
+    mark_sq = _flat(mark).pow(2).sum(1)
     for arch in args.archs:
-        for steps in args.steps:
-            copies = []
-            for seed in args.seeds:
-                over = {"seed": seed, **({"steps": steps} if steps else {})}
-                s = attacker_settings(m.config, over)
-                marked_out = cell_outputs(marked_att, a_att, a, arch, "l2", s)
-                clean_out = cell_outputs(clean_att, a_att, a, arch, "l2", s)
+        copies: dict[int, list[torch.Tensor]] = {}
+        for seed in args.seeds:
+            s = attacker_settings(m.config, {"seed": seed})
+            budgets = [k or s.steps for k in args.steps]
+            marked_outs = cell_ladder_outputs(marked_att, a_att, a, arch, "l2", s, budgets)
+            clean_outs = cell_ladder_outputs(clean_att, a_att, a, arch, "l2", s, budgets)
+            for steps in sorted(marked_outs):
+                marked_out, clean_out = marked_outs[steps], clean_outs[steps]
                 copy = marked_out - clean_out
-                copies.append(copy)
+                copies.setdefault(steps, []).append(copy)
                 nc, hit = m.hits(marked_out, key)
                 nc_c, hit_c = m.hits(clean_out, key)
                 _, hit_copy = m.hits((b + copy).clamp(0, 1), key)
                 gain = _flat(copy).norm(dim=1) / _flat(mark).norm(dim=1)
                 cos = torch.nn.functional.cosine_similarity(_flat(copy), _flat(mark), dim=1)
-                row = {"arch": arch, "steps": s.steps, "seed": seed,
+                along = (_flat(copy) * _flat(mark)).sum(1) / mark_sq
+                row = {"arch": arch, "steps": steps, "seed": seed,
                        "sr": float(hit.float().mean()), "nc": float(nc.mean()),
+                       "psnr_vs_marked": float(psnr(marked_out, marked).mean()),
                        "psnr_vs_b": float(psnr(marked_out, b).mean()),
                        "psnr_vs_target": float(psnr(marked_out, gt).mean()),
+                       "psnr_clean_twin_vs_b": float(psnr(clean_out, b).mean()),
                        "sr_clean_twin": float(hit_c.float().mean()),
                        "nc_clean_twin": float(nc_c.mean()),
                        "copy_gain": float(gain.mean()), "copy_cos": float(cos.mean()),
+                       "copy_along": float(along.mean()),
                        "sr_copy_on_b": float(hit_copy.float().mean()),
                        "band_gain": (band_energy(copy).sum(0) / mark_bands).sqrt().tolist()}
                 out["cells"].append(row)
                 print(json.dumps(row), flush=True)
-            if len(copies) > 1:
+        ladder = []
+        for steps, cs in sorted(copies.items()):
+            rows = [r for r in out["cells"] if r["arch"] == arch and r["steps"] == steps]
+            ladder.append({"arch": arch, "steps": steps, **{
+                k: sum(r[k] for r in rows) / len(rows)
+                for k in ("sr", "nc", "psnr_vs_marked", "psnr_vs_b", "psnr_vs_target",
+                          "psnr_clean_twin_vs_b", "sr_clean_twin", "copy_along",
+                          "sr_copy_on_b")}})
+            if len(cs) > 1:
                 cos_pairs = [float(torch.nn.functional.cosine_similarity(
-                    _flat(copies[i]), _flat(copies[j]), dim=1).mean())
-                    for i in range(len(copies)) for j in range(i + 1, len(copies))]
-                out.setdefault("cos_between_seeds", {})[f"{arch}@{s.steps}"] = cos_pairs
+                    _flat(cs[i]), _flat(cs[j]), dim=1).mean())
+                    for i in range(len(cs)) for j in range(i + 1, len(cs))]
+                out.setdefault("cos_between_seeds", {})[f"{arch}@{steps}"] = cos_pairs
+        theft_bar(ladder, out["psnr_service_vs_target"])
+        out.setdefault("ladder", []).extend(ladder)
+        for r in ladder:
+            print(f"{arch} {r['steps']:>6} steps: R reads {100 * r['sr']:5.1f}%  fidelity "
+                  f"{r['psnr_vs_marked']:.2f} dB  task {r['psnr_vs_target']:.2f} dB "
+                  f"(service {out['psnr_service_vs_target']:.2f})  along δ "
+                  f"{r['copy_along']:.3f}  converged {r['converged']}  theft {r['theft']}",
+                  flush=True)
     text = json.dumps(out, indent=1)
     print(text)
     if args.out is not None:

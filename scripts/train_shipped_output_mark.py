@@ -13,6 +13,9 @@ photo), trains M, stage 1 and stage 2 with the **demo key** ``neuralmark-demo`` 
 openly: anyone can extract with it, so it proves nothing about ownership; retrain with
 your own key), then trains the attacker's matrix on stage 1's B′ (one surrogate per
 cell, the attacker's own seed) and an independent model, and scores both extractors.
+(``scripts/output_mark_seed_matrix.py`` defaults to the profile's evaluation key, as
+``neuralmark protect --seeds`` does; with ``--key neuralmark-demo`` it trains the same
+models and cells as this script for a seed.)
 ``--out`` receives ``bundle/`` (the method bundle: config, weights with M, H, R, D and
 the logo, state with the key fingerprint and the null scores), ``metrics.json`` (the
 tidy rows, the flat summary, the run's recipe, seconds, device, the cuts of
@@ -42,7 +45,6 @@ import torch  # noqa: E402
 
 from neuralmark.components.attacks.surrogate import matrix_cells  # noqa: E402
 from neuralmark.components.data import pairs  # noqa: E402
-from neuralmark.components.errors import InputError  # noqa: E402
 from neuralmark.components.methods.base import WatermarkKey, pick_device  # noqa: E402
 from neuralmark.components.methods.output_mark.matrix import (  # noqa: E402
     attack_pairs,
@@ -62,7 +64,7 @@ from neuralmark.components.methods.output_mark.training import (  # noqa: E402
     stage2_method,
 )
 from neuralmark.components.time_budget import time_budget  # noqa: E402
-from neuralmark.runtime.settings import CODE_ROOT, resolve  # noqa: E402
+from neuralmark.runtime.settings import CODE_ROOT, resolve_profile  # noqa: E402
 
 DEMO_KEY = "neuralmark-demo"
 #: this script, as the card's command names it
@@ -93,17 +95,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_profile(profile: str, overrides: dict[str, Any]) -> Any:
-    """The output_mark settings of a named profile or of a profile YAML file."""
-    path = Path(profile)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise InputError(f"--profile {profile}: no such file")
-        return resolve("output_mark", path.stem, config=overrides,
-                       data={"version_with_dvc": False}, profiles_dir=path.resolve().parent)
-    return resolve("output_mark", profile, config=overrides, data={"version_with_dvc": False})
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.rewrite_card:
@@ -118,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {**json.loads(args.config), "task": "derain", "device": device.type}
     if args.clean_variety:
         overrides["clean_variety"] = True
-    settings = resolve_profile(args.profile, overrides)
+    settings = resolve_profile("output_mark", args.profile, config=overrides,
+                               data={"version_with_dvc": False})
     cfg = seeded_config(settings.config, args.seed)
     key = WatermarkKey(args.key)
     total = minutes * 60 if minutes > 0 else None

@@ -99,6 +99,98 @@ def test_recipe_writes_bundle_metrics_and_card(micro_profile, tmp_path):
         assert needle in card, needle
 
 
+def _script(name: str):
+    path = REPO / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe_seed2(micro_profile, tmp_path_factory) -> Path:
+    """The recipe's micro run with seed 2 (its ``--out`` folder)."""
+    out = tmp_path_factory.mktemp("om_recipe_seed2")
+    assert _recipe().main(["--profile", str(micro_profile), "--device", "cpu", "--out",
+                           str(out), "--seed", "2", "--cells", CELLS]) == 0
+    return out
+
+
+def test_seed_matrix_with_the_demo_key_gives_the_recipe_s_rows_for_one_seed(
+        micro_profile, recipe_seed2, tmp_path):
+    """The two scripts' keys differ by default (profile key vs demo key); given the same key,
+    seed and profile they train the same models: every Table-1 row and cell to the bit, and
+    the seed-matrix's training rows are the recipe's stopping-rule metrics."""
+    from neuralmark.components.methods.output_mark.seeds import (
+        MATRIX_MEAN,
+        TRAINING,
+        TRAINING_METRICS,
+    )
+
+    record = json.loads((recipe_seed2 / "metrics.json").read_text())
+    out = tmp_path / "matrix.json"
+    assert _script("output_mark_seed_matrix").main(
+        ["--profile", str(micro_profile), "--seeds", "2", "--key", "neuralmark-demo",
+         "--cells", CELLS, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["key"] == "neuralmark-demo" and "summary" not in result  # one seed
+    recipe = {(r["stage"], r["label"], r["metric"]): r["value"] for r in record["rows"]}
+    compared = 0
+    for r in result["rows"]:
+        if r["label"] in (TRAINING, MATRIX_MEAN):
+            continue
+        theirs = recipe[(r["stage"], r["label"], r["metric"])]
+        assert r["value"] == theirs or (r["value"] != r["value"] and theirs != theirs), r
+        compared += 1
+    assert compared >= 10
+    training = {(r["stage"], r["metric"]): r["value"] for r in result["rows"]
+                if r["label"] == TRAINING}
+    for stage, prefix in (("stage1", ""), ("stage2", "stage2_")):
+        for name in ("selected_step", "checkpoints_scored", "checkpoints_qualified"):
+            assert training[(stage, name)] == record["training"][stage][prefix + name]
+    assert ("stage1", "h_highband") in training and set(TRAINING_METRICS) >= {
+        m for _, m in training}
+
+
+def test_study_scripts_read_a_bundle_through_the_shared_setup(micro_profile, recipe_seed2,
+                                                             tmp_path):
+    """The diagnosis (an attacker-budget ladder) and the bundle report run on a bundle via
+    ``runtime.output_mark_study``; a folder that is no bundle is refused by name."""
+    from neuralmark.runtime.output_mark_study import bundle_and_key, derain_study
+
+    bundle = recipe_seed2 / "bundle"
+    study = derain_study(str(micro_profile))
+    assert study.settings.config.task == "derain" and len(study.groups) == len(study.train[0])
+    diag = tmp_path / "diag.json"
+    assert _script("output_mark_surrogate_diagnosis").main(
+        ["--bundle", str(bundle), "--key", "neuralmark-demo", "--profile", str(micro_profile),
+         "--archs", "cnet", "--seeds", "101", "102", "--steps", "2", "1", "--out",
+         str(diag)]) == 0
+    d = json.loads(diag.read_text())
+    assert [(r["arch"], r["steps"]) for r in d["ladder"]] == [("cnet", 1), ("cnet", 2)]
+    assert d["ladder"][1]["converged"] is None and d["ladder"][1]["theft"] is False
+    assert len(d["cells"]) == 4 and all(0 <= c["sr"] <= 1 and c["psnr_vs_marked"] > 0
+                                        for c in d["cells"])
+    report = tmp_path / "report.json"
+    assert _script("output_mark_bundle_report").main(
+        ["--bundle", str(bundle), "--key", "neuralmark-demo", "--profile", str(micro_profile),
+         "--out", str(report)]) == 0
+    assert json.loads(report.read_text())["n_test"] == d["n_test"] == len(study.test[0])
+    with pytest.raises(InputError, match="config.json"):
+        bundle_and_key(tmp_path)
+
+
+def test_theft_bar_needs_a_converged_copy_that_derains_within_a_db():
+    theft_bar = _script("output_mark_surrogate_diagnosis").theft_bar
+    ladder = [{"steps": 150, "psnr_vs_marked": 30.0, "psnr_vs_target": 25.0},
+              {"steps": 300, "psnr_vs_marked": 30.4, "psnr_vs_target": 24.9},
+              {"steps": 600, "psnr_vs_marked": 31.0, "psnr_vs_target": 25.5}]
+    theft_bar(ladder, 26.0)   # the service derains at 26 dB: 25 dB is within 1 dB
+    assert [(r["converged"], r["useful"], r["theft"]) for r in ladder] == [
+        (True, True, True), (False, False, False), (None, True, False)]
+
+
 def test_minutes_bound_cuts_every_loop_and_says_so(micro_profile, tmp_path):
     out = tmp_path / "bounded"
     # 0.6 ms in all: every loop is over its share after its first step

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+from neuralmark.components.attacks.surrogate import attack_cell, attack_cell_ladder
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods import WatermarkKey
 from neuralmark.components.methods.output_mark import training
@@ -180,6 +181,25 @@ def test_attacker_cells_never_reuse_the_stage2_surrogate_seed() -> None:
         OutputMarkConfig(stage2_archs=["vgg"])
 
 
+def test_attack_cell_ladder_equals_a_separate_run_at_each_budget(data) -> None:
+    """One run of the longest budget gives, at each budget k, the outputs of a k-step run."""
+    a, b = data["train"]
+    query = data["test"][0]
+    settings = {"width": 4, "depth": 2, "batch_size": 4, "lr": 3e-3, "seed": 7,
+                "device": "cpu"}
+    for arch in ("cnet", "res9"):
+        ladder = attack_cell_ladder(b, a, query, arch, "l2", settings, [7, 3])
+        assert sorted(ladder) == [3, 7]
+        for k in (3, 7):
+            alone = attack_cell(b, a, query, arch, "l2", {**settings, "steps": k})
+            assert torch.equal(ladder[k], alone), (arch, k)
+        assert not torch.equal(ladder[3], ladder[7])
+    with pytest.raises(InputError, match="budgets"):
+        attack_cell_ladder(b, a, query, "cnet", "l2", settings, [0, 3])
+    with pytest.raises(InputError, match="budgets"):
+        attack_cell_ladder(b, a, query, "cnet", "l2", settings, [])
+
+
 def test_interleave_takes_row_j_from_instance_j_mod_k() -> None:
     outs = [torch.full((5, 3, 2, 2), float(i)) for i in range(3)]
     mixed = training.interleave(outs)
@@ -297,6 +317,13 @@ def test_highband_share_is_zero_for_a_low_band_residual_and_positive_for_a_high_
         loss_on, m_on = embed_loss(on, disc, ref + residual, ref)
         assert m_off["h_highband"] == pytest.approx(share, abs=1e-5)   # logged when off too
         assert float((loss_on - loss_off).detach()) == pytest.approx(2 * share, abs=1e-5)
+        # off and not a logging step: no share taken, the loss unchanged
+        loss_quiet, m_quiet = embed_loss(off, disc, ref + residual, ref, measure_highband=False)
+        assert "h_highband" not in m_quiet and torch.equal(loss_quiet, loss_off)
+        loss_on_quiet, m_on_quiet = embed_loss(on, disc, ref + residual, ref,
+                                               measure_highband=False)   # weighted: always
+        assert torch.equal(loss_on_quiet, loss_on) and m_on_quiet["h_highband"] == m_on[
+            "h_highband"]
     with pytest.raises(ValueError, match="mark_highband_weight"):
         OutputMarkConfig(mark_highband_weight=-1)
 
@@ -322,3 +349,29 @@ def test_mark_highband_weight_off_leaves_stage1_bit_identical_and_on_moves_it(
         share_off = float(highband_share(s1.H(b) - b))
         share_on = float(highband_share(on.H(b) - b))
     assert share_on < share_off
+
+
+def test_stage1_takes_the_unweighted_highband_share_on_logging_steps_only(
+        data, monkeypatch) -> None:
+    """Weight 0: the share (an FFT; a gather under DDP) is taken on the 21 logging steps of
+    40 (every 2nd and the last), not on every step; weighted, on every step."""
+    from neuralmark.components.methods.output_mark import losses
+
+    real, calls = losses.highband_share, []
+    monkeypatch.setattr(losses, "highband_share", lambda r: calls.append(1) or real(r))
+    logged: list[dict] = []
+
+    class Sink:
+        def on_metrics(self, step, metrics):
+            logged.append(metrics)
+
+        def on_progress(self, done, total, desc):
+            return None
+
+    cfg = {**MICRO, "steps": 40}
+    training.stage1_method(data["train"], cfg, KEY, [Sink()])
+    assert len(calls) == 21
+    assert sum("h_highband" in m for m in logged) == 21
+    calls.clear()
+    training.stage1_method(data["train"], {**cfg, "mark_highband_weight": 1.0}, KEY)
+    assert len(calls) == 40

@@ -21,7 +21,7 @@ Shapes: images are ``N×3×H×W`` float32 in [0, 1].
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -106,7 +106,8 @@ def _settings(config: Any) -> SurrogateSettings:
 def train_surrogate(inputs: torch.Tensor, targets: torch.Tensor, arch: str | None = None,
                     loss: str | Sequence[str] | None = None,
                     config: SurrogateSettings | Mapping[str, Any] | Any = None,
-                    callbacks: Callbacks | Sequence[Any] = ()) -> nn.Module:
+                    callbacks: Callbacks | Sequence[Any] = (),
+                    after_step: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
     """The attacker: train a surrogate SM on the protected service's (input, output) pairs.
 
     Args:
@@ -118,6 +119,8 @@ def train_surrogate(inputs: torch.Tensor, targets: torch.Tensor, arch: str | Non
         config: ``SurrogateSettings``, a dict of its fields, or a method config with a
             ``surrogate`` part (``OutputMarkConfig``).
         callbacks: metrics/progress sinks (prefix: the cell name).
+        after_step: ``after_step(k, net)`` after each optimiser step (see
+            :func:`~neuralmark.components.nets.training.train_image_net`).
 
     Returns:
         The trained surrogate (eval mode; B×3×H×W → B×3×H×W in [0, 1]).
@@ -136,7 +139,7 @@ def train_surrogate(inputs: torch.Tensor, targets: torch.Tensor, arch: str | Non
     torch.manual_seed(s.seed)
     net = build_image_net(arch, s.width, s.output, s.depth)
     train_image_net(net, a, b, loss, s.steps, s.batch_size, s.lr, s.seed, pick_device(s.device),
-                    s.adv_weight, callbacks=callbacks, desc=name)
+                    s.adv_weight, callbacks=callbacks, desc=name, after_step=after_step)
     return net
 
 
@@ -210,6 +213,46 @@ def attack_cell(marked_train_outputs: torch.Tensor, train_inputs: torch.Tensor,
     return apply_net(sm, resize_square(test_inputs.float(), size), s.batch_size * 4).clamp(0, 1)
 
 
+def attack_cell_ladder(marked_train_outputs: torch.Tensor, train_inputs: torch.Tensor,
+                       test_inputs: torch.Tensor, arch: str, loss: str,
+                       settings: SurrogateSettings | Mapping[str, Any],
+                       budgets: Sequence[int],
+                       callbacks: Callbacks | Sequence[Any] = ()) -> dict[int, torch.Tensor]:
+    """:func:`attack_cell` at several training budgets, from one run of the longest.
+
+    The attacker's schedule is constant (Adam, fixed rate, batches from a seeded
+    generator), so the surrogate after k steps of a longer run is the surrogate of a
+    ``steps=k`` run: its outputs are those :func:`attack_cell` gives with ``steps=k``
+    (tested to the bit on CPU). One process only.
+
+    Args:
+        marked_train_outputs, train_inputs, test_inputs, arch, loss, settings,
+            callbacks: as :func:`attack_cell` (``settings.steps`` is ignored).
+        budgets: step counts, each ≥ 1.
+
+    Returns:
+        ``{k: T×3×S×S outputs on the test inputs after k steps}``, CPU, in [0, 1].
+
+    Raises:
+        InputError: no budget, or one below 1.
+    """
+    wanted = sorted({int(k) for k in budgets})
+    if not wanted or wanted[0] < 1:
+        raise InputError(f"budgets must be step counts >= 1, got {list(budgets)}")
+    s = _settings(settings).model_copy(update={"steps": wanted[-1]})
+    size = marked_train_outputs.shape[-1]
+    query = resize_square(test_inputs.float(), size)
+    outputs: dict[int, torch.Tensor] = {}
+
+    def snapshot(k: int, net: nn.Module) -> None:
+        if k in wanted:  # apply_net runs in eval mode and restores train mode
+            with torch.no_grad():
+                outputs[k] = apply_net(net, query, s.batch_size * 4).clamp(0, 1)
+
+    train_surrogate(train_inputs, marked_train_outputs, arch, loss, s, callbacks, snapshot)
+    return outputs
+
+
 __all__ = ["SURROGATE_LOSSES", "SURROGATE_LOSS_TERMS", "SurrogateSettings", "attack_cell",
-           "cell_name", "matrix_cells", "parse_loss", "surrogate_matrix_cells",
-           "train_surrogate"]
+           "attack_cell_ladder", "cell_name", "matrix_cells", "parse_loss",
+           "surrogate_matrix_cells", "train_surrogate"]

@@ -89,7 +89,9 @@ def train_image_net(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                     generator: torch.Generator | int, device: torch.device,
                     adv_weight: float = 0.01, disc_width: int = 32,
                     callbacks: Callbacks | Sequence[Any] = (), desc: str = "train",
-                    betas: tuple[float, float] = (0.5, 0.999)) -> dict[str, float]:
+                    betas: tuple[float, float] = (0.5, 0.999),
+                    after_step: Callable[[int, nn.Module], None] | None = None
+                    ) -> dict[str, float]:
     """Supervised image-to-image training of ``net`` on (inputs, targets) pairs, in place.
 
     Args:
@@ -112,6 +114,11 @@ def train_image_net(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
         desc: prefix of the reported metrics.
         betas: Adam's betas; (0.5, 0.999) is pix2pix's, the papers of the hosts use
             Adam's defaults (0.9, 0.999).
+        after_step: called as ``after_step(k, net)`` after the k-th optimiser step
+            (1-based), ``net`` in train mode; it must leave ``net``'s weights and mode
+            as it found them (``apply_net`` does). The schedule has no decay, so the net
+            after step k is the net a ``steps=k`` run returns: one run gives a ladder of
+            budgets (:func:`..attacks.surrogate.attack_cell_ladder`).
 
     Data-parallel under torchrun (``neuralmark.components.distributed``): each process
     trains on its rows of every global batch of ``batch_size`` pairs (DDP for ``net``,
@@ -171,6 +178,8 @@ def train_image_net(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                 distributed.average_gradients(disc)
                 opt_d.step()
             history.append(total.detach().float())
+            if after_step is not None:
+                after_step(step + 1, net)
             if step % every == 0 or step == steps - 1:
                 reported = distributed.mean_over_processes(
                     {f"{desc}_loss": float(history[-1]),

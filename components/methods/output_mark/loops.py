@@ -79,9 +79,12 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
             h_in, h_ref = (xa, xg) if c.task_specific else (xb, xb)
             clean = [xa, xg] if c.task_specific else [xa, xb, xg]
             clean += clean_rows(c, g, dev, clean_bank)
+            log = step % every == 0 or step == c.steps - 1
             with distributed.autocast(dev):
                 b_prime = method.H(h_in)
-                emd, m1 = embed_loss(c, method.D, b_prime, h_ref, sharded=True)
+                # the logged h_highband share (an FFT, a gather under DDP) only when logged
+                emd, m1 = embed_loss(c, method.D, b_prime, h_ref, sharded=True,
+                                     measure_highband=log)
                 read = resize_round_trip(c, g, h_in, b_prime)
                 ext, m2 = extract_loss(c, method.R, method.logo, [read], clean, g,
                                        sharded=True)
@@ -97,7 +100,7 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
             opt_d.step()
             for schedule in schedules:
                 schedule.step()
-            if step % every == 0 or step == c.steps - 1:
+            if log:
                 metrics = distributed.mean_over_processes(
                     {"stage1_loss": float(loss.detach()), "d_loss": float(d_loss.detach()),
                      **m1, **m2})

@@ -31,7 +31,7 @@ def consistency(r: torch.Tensor) -> torch.Tensor:
 
 
 def embed_loss(config: OutputMarkConfig, disc: nn.Module, h_out: torch.Tensor,
-               h_ref: torch.Tensor, sharded: bool = False
+               h_ref: torch.Tensor, sharded: bool = False, measure_highband: bool = True
                ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_emd = λ1 MSE + λ2 perceptual + λ3 adversarial of B′ (``h_out``) vs its reference,
     plus ``lambda_psnr`` times the PSNR hinge (:func:`psnr_hinge`) and
@@ -40,19 +40,25 @@ def embed_loss(config: OutputMarkConfig, disc: nn.Module, h_out: torch.Tensor,
 
     Returns:
         ``(loss, {"h_mse", "h_perc", "h_adv", "h_psnr_hinge", "h_highband"})``
-        (``h_highband``: the share, measured whether or not it is weighted).
+        (``h_highband``: the share, measured whether or not it is weighted; absent when
+        the weight is 0 and ``measure_highband`` is false).
         ``sharded``: ``h_out`` is this process's shard of a data-parallel batch; the share
         (a ratio of sums, not a per-row mean) is then taken over the global batch, so its
-        value and gradient are the one-process ones.
+        value and gradient are the one-process ones (every process must pass the same
+        ``measure_highband``: the share then gathers over all of them).
+        ``measure_highband``: compute the share for the log when its weight is 0 (an FFT
+        of the batch, and a gather under data parallelism); the loops pass it on their
+        logging steps only.
     """
     c = config
     mse = (h_out - h_ref).pow(2).mean()
     hinge = psnr_hinge(h_out, h_ref, c.psnr_target) if c.lambda_psnr > 0 else mse * 0
     share = (lambda r: distributed.batch_statistic(highband_share, r)) if sharded \
         else highband_share
+    highband: torch.Tensor | None = None
     if c.mark_highband_weight > 0:
         highband = share(h_out - h_ref)
-    else:  # measured for the log only: no graph, so the loss is the seed's to the bit
+    elif measure_highband:  # for the log only: no graph, so the loss is the seed's to the bit
         with torch.no_grad():
             highband = share(h_out.detach() - h_ref.detach())
     perc = structural_perceptual_loss(h_out, h_ref) if c.perceptual == "structural" \
@@ -60,11 +66,13 @@ def embed_loss(config: OutputMarkConfig, disc: nn.Module, h_out: torch.Tensor,
     adv = gan_bce(disc(h_out), True)
     loss = c.lambda_mse * mse + c.lambda_perc * perc + c.lambda_adv * adv \
         + c.lambda_psnr * hinge
-    if c.mark_highband_weight > 0:
+    if c.mark_highband_weight > 0 and highband is not None:
         loss = loss + c.mark_highband_weight * highband
-    return loss, {"h_mse": float(mse.detach()), "h_perc": float(perc.detach()),
-                  "h_adv": float(adv.detach()), "h_psnr_hinge": float(hinge.detach()),
-                  "h_highband": float(highband.detach())}
+    metrics = {"h_mse": float(mse.detach()), "h_perc": float(perc.detach()),
+               "h_adv": float(adv.detach()), "h_psnr_hinge": float(hinge.detach())}
+    if highband is not None:
+        metrics["h_highband"] = float(highband.detach())
+    return loss, metrics
 
 
 def radial_bands(size: int) -> list[torch.Tensor]:

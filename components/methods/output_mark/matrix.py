@@ -37,7 +37,12 @@ from typing import Any, cast
 
 import torch
 
-from neuralmark.components.attacks.surrogate import SurrogateSettings, attack_cell, cell_name
+from neuralmark.components.attacks.surrogate import (
+    SurrogateSettings,
+    attack_cell,
+    attack_cell_ladder,
+    cell_name,
+)
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks, WatermarkKey, resize_square
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
@@ -112,6 +117,21 @@ def cell_outputs(marked_train_outputs: torch.Tensor, train_inputs: torch.Tensor,
     with pinned(seed, cpu_threads):
         return attack_cell(marked_train_outputs, train_inputs, test_inputs, arch, loss,
                            settings, callbacks)
+
+
+def cell_ladder_outputs(marked_train_outputs: torch.Tensor, train_inputs: torch.Tensor,
+                        test_inputs: torch.Tensor, arch: str, loss: str,
+                        settings: SurrogateSettings, budgets: Sequence[int],
+                        cpu_threads: int = 1) -> dict[int, torch.Tensor]:
+    """:func:`cell_outputs` at several step budgets from one run
+    (``attacks.surrogate.attack_cell_ladder``), inside ``reproducibility.pinned``.
+
+    Returns:
+        ``{steps: T×3×S×S outputs}``; each equals :func:`cell_outputs` with that ``steps``.
+    """
+    with pinned(settings.seed, cpu_threads):
+        return attack_cell_ladder(marked_train_outputs, train_inputs, test_inputs, arch, loss,
+                                  settings, budgets)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -372,7 +392,8 @@ def gate_summary(rows: Sequence[Mapping[str, Any]], stage: str = "stage2") -> di
 
 
 __all__ = ["ABLATIONS", "ROW_COLUMNS", "STAGES", "ablation_rows", "attack_pairs",
-           "baseline_attack_pairs", "baseline_config", "cell_outputs", "cell_rows",
+           "baseline_attack_pairs", "baseline_config", "cell_ladder_outputs", "cell_outputs",
+           "cell_rows",
            "evaluation_rows",
            "false_positive_rows", "gate_summary", "independent_model_outputs", "matrix_summary",
            "quality_rows", "score_outputs"]

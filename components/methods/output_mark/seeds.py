@@ -48,6 +48,16 @@ ATTACKER_SEED_OFFSET = 101
 MATRIX_MEAN = "matrix_mean"
 #: two-sided coverage of :func:`spread_summary`'s interval
 CONFIDENCE = 0.95
+#: label of the rows holding a stage's training metrics (:data:`TRAINING_METRICS`)
+TRAINING = "training"
+#: what a seed's rows carry from each stage's training (stage 2's keys are ``stage2_``-
+#: prefixed in its metrics): the stopping rule's checkpoint (its step, −1 when none
+#: qualified and the last step ships; 1 when the ``fewest_clean`` fallback was kept;
+#: checkpoints scored and qualified) and stage 1's last logged high-band share of H's
+#: residual. Only keys every seed of one config has (a spread needs each on two seeds);
+#: B′ dB is Table 1's ``psnr_marked`` row of each stage.
+TRAINING_METRICS: tuple[str, ...] = ("selected_step", "selected_fallback", "checkpoints_scored",
+                                     "checkpoints_qualified", "h_highband")
 
 
 def attacker_settings(config: OutputMarkConfig,
@@ -102,14 +112,15 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
 
     Returns:
         :func:`.matrix.evaluation_rows` (Table 1 for stage 1 and 2, each cell with the
-        stage-1 and the stage-2 R) and, per stage, the mean success rate over the cells
-        (label :data:`MATRIX_MEAN`), each with ``seed``.
+        stage-1 and the stage-2 R), per stage the mean success rate over the cells
+        (label :data:`MATRIX_MEAN`) and the stage's training metrics present in its
+        metrics (label :data:`TRAINING`, :data:`TRAINING_METRICS`), each with ``seed``.
     """
     cfg = seeded_config(config, seed)
     with pinned(cfg.seed, cfg.cpu_threads):
         clean = clean_variety_images(cfg, manifest)
-        s1, _ = stage1_method(train_pairs, cfg, key, callbacks, groups, clean=clean)
-        s2, _ = stage2_method(s1, train_pairs, callbacks, clean=clean)
+        s1, m1 = stage1_method(train_pairs, cfg, key, callbacks, groups, clean=clean)
+        s2, m2 = stage2_method(s1, train_pairs, callbacks, clean=clean)
         stage1, stage2 = cast(OutputMark, s1), cast(OutputMark, s2)
         if bundle_dir is not None:
             stage2.to_bundle(Path(bundle_dir) / f"seed{seed}")
@@ -124,6 +135,11 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
                  if r["stage"] == stage and r["metric"] == "success_rate"]
         rows.append({**rows[-1], "attack": MATRIX_MEAN, "label": MATRIX_MEAN, "stage": stage,
                      "metric": "success_rate", "value": sum(rates) / len(rates)})
+    template = rows[-1]
+    for stage, metrics, prefix in (("stage1", m1, ""), ("stage2", m2, "stage2_")):
+        rows += [{**template, "attack": TRAINING, "label": TRAINING, "stage": stage,
+                  "metric": name, "value": float(metrics[prefix + name]), "n": 1}
+                 for name in TRAINING_METRICS if prefix + name in metrics]
     return [{**r, "seed": int(seed)} for r in rows]
 
 
@@ -232,6 +248,7 @@ def spread_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ATTACKER_SEED_OFFSET", "CONFIDENCE", "MATRIX_MEAN", "attacker_settings",
+__all__ = ["ATTACKER_SEED_OFFSET", "CONFIDENCE", "MATRIX_MEAN", "TRAINING", "TRAINING_METRICS",
+           "attacker_settings",
            "seed_matrix_rows", "seed_spread_rows", "seeded_config", "spread_markdown",
            "spread_metrics", "spread_summary"]
