@@ -5,6 +5,10 @@ Usage (the model card's "Embed speed (ps6)" levers table)::
     OMP_NUM_THREADS=1 nice -n 10 python scripts/pgd_signer_embed_levers.py --limit 16 \\
         --variant "only_on eot_only_on=true" --variant "stop2 eot_only_on=true early_stop=2" \\
         --cache /tmp/levers --out /tmp/levers.json
+    # speed, the variants taking turns (quality not re-measured):
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/pgd_signer_embed_levers.py --timing-only \
+        --interleaved-rounds 3 --timing-1024 0 --variant "only_on eot_only_on=true" \
+        --out /tmp/timing.json
 
 Every variant is the shipped bundle with config changes (``with_config``: the same weights,
 the same keyed decoder); ``today`` (no change) always runs first. Per variant, on the
@@ -19,6 +23,8 @@ The decoder and the verification do not change between variants, so neither does
 false-positive rate (measured in the card's benchmark section); it is not re-measured here.
 The paired 95 % t-interval of each variant's per-photo difference to ``today`` (mean
 over the 11 attacks, and the attack worst for ``today``) is printed beside the means.
+Wall times of variants run one after the other follow the machine's load;
+``--interleaved-rounds R`` times the variants in turns (wall and CPU ms, ``<out>.timing.json``).
 """
 
 from __future__ import annotations
@@ -57,6 +63,25 @@ def timed_embeds(m, images: torch.Tensor, key) -> tuple[torch.Tensor, list[float
     finally:
         hook.remove()
     return torch.cat(out), ms, steps
+
+
+def interleaved_timing(methods: dict, images: dict[int, torch.Tensor], key, rounds: int
+                       ) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU (process) ms of one-photo ``embed`` calls, the variants taking turns
+    (photo ``r`` of each size in round ``r``), so a change of machine load hits them alike."""
+    out: dict[str, dict[str, list[float]]] = {name: {} for name in methods}
+    for r in range(rounds):
+        for size, photos in images.items():
+            x = photos[r % len(photos):r % len(photos) + 1]
+            for name, m in methods.items():
+                m.decoder_for(key)
+                wall, cpu = time.perf_counter(), time.process_time()
+                m.embed(x, key)
+                out[name].setdefault(f"wall_ms_{size}", []).append(
+                    1000 * (time.perf_counter() - wall))
+                out[name].setdefault(f"cpu_ms_{size}", []).append(
+                    1000 * (time.process_time() - cpu))
+    return out
 
 
 def suite_per_photo(m, marked: torch.Tensor, key,
@@ -128,6 +153,11 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[],
                     help='"name field=json ..." (repeatable); "today" always runs first')
     ap.add_argument("--timing-1024", type=int, default=2, help="photos timed at 1024²")
+    ap.add_argument("--interleaved-rounds", type=int, default=0,
+                    help="then time every variant in turns, this many rounds at 256² and "
+                         "1024² (wall and CPU ms)")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only the interleaved timing (quality from --cache, if there)")
     ap.add_argument("--cache", type=Path, default=None,
                     help="folder of per-variant results: a variant already there is reused")
     ap.add_argument("--out", type=Path, default=Path("/tmp/pgd_signer_embed_levers.json"))
@@ -150,7 +180,7 @@ def main() -> None:
     results: dict = {"photos": len(clean), "key": "neuralmark-benchmark/7", "variants": {}}
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
-    for name, overrides in variants:
+    for name, overrides in [] if args.timing_only else variants:
         cached = args.cache / f"{name}.json" if args.cache else None
         if cached and cached.is_file():
             rec = json.loads(cached.read_text())
@@ -174,6 +204,16 @@ def main() -> None:
             cached.write_text(json.dumps(rec))
         print(f"{name}: {json.dumps(summary(rec))}", flush=True)
 
+    if args.interleaved_rounds:
+        methods = {name: shipped.with_config(**o) if o else shipped for name, o in variants}
+        photos = {256: clean, 1024: load_heldout(manifest, 1024, args.interleaved_rounds).images}
+        results["timing"] = interleaved_timing(methods, photos, key, args.interleaved_rounds)
+        print(json.dumps({n: {k: statistics.median(v) for k, v in t.items()}
+                          for n, t in results["timing"].items()}), flush=True)
+        args.out.with_suffix(".timing.json").write_text(json.dumps(results["timing"]))
+    if "today" not in results["variants"]:
+        args.out.write_text(json.dumps(results, indent=1))
+        return
     base = results["variants"]["today"]
     base_worst = summary(base)["worst_attack"]
     table = {}
