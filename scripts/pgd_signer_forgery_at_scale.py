@@ -30,9 +30,7 @@ from neuralmark.components.benchmark.estimation_forgery import (
 )
 from neuralmark.components.benchmark.forgery import _detected, copy_attack_rows
 from neuralmark.components.benchmark.forgery_targets import forgery_targets
-from neuralmark.components.data.manifest import load_split
-from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset
-from neuralmark.components.imageio import quantize_8bit
+from neuralmark.components.benchmark.victim_marks import heldout_photos, victim_marks
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.pgd_signer import PGDSigner
 from neuralmark.components.metrics import psnr
@@ -51,6 +49,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--skip-copy", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("/tmp/pgd_signer_forgery_at_scale.json"))
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="safetensors file keeping the marked sources between runs")
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.time()
@@ -62,10 +62,9 @@ def main() -> None:
         print(f"[{out['elapsed_s']:.0f} s] {note}", flush=True)
 
     m = PGDSigner.from_bundle(BUNDLE)
-    manifest = build_sample_dataset(ROOT / "data" / "sample", SampleDataConfig())
-    clean = load_split(manifest, "test", size=256, limit=args.sources)
+    clean = heldout_photos(ROOT / "data" / "sample", args.sources)
     key = WatermarkKey("victim-secret", 7)
-    marked = quantize_8bit(m.embed(clean, key))
+    marked = victim_marks(m, key, clean, cache=args.cache).marked
     verdicts = m.verify(marked, key)
     budget = float(psnr(marked, clean).mean())
     out["sources"] = {"n": len(clean), "psnr": budget,

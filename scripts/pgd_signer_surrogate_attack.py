@@ -25,34 +25,13 @@ import torch
 
 from neuralmark.components.benchmark.forgery_targets import forgery_targets
 from neuralmark.components.benchmark.surrogate_forgery import surrogate_rows
-from neuralmark.components.data.manifest import load_split
-from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset
-from neuralmark.components.imageio import quantize_8bit
+from neuralmark.components.benchmark.victim_marks import heldout_photos, victim_marks
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.pgd_signer import PGDSigner
 from neuralmark.components.metrics import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "components" / "pretrained" / "pgd_signer"
-
-
-def _marked(m: PGDSigner, clean: torch.Tensor, others: torch.Tensor, key: WatermarkKey,
-            cache: Path | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``clean`` and ``others`` marked under ``key`` (8-bit), from ``cache`` when it holds
-    exactly these photos' marks (checked against the clean photos it stores)."""
-    from safetensors.torch import load_file, save_file
-
-    if cache is not None and cache.is_file():
-        held = load_file(cache)
-        if (torch.equal(held["clean"], clean) and torch.equal(held["others"], others)
-                and held["secret"].tolist() == list(key.secret.encode())):
-            return held["marked"], held["fresh"] if len(others) else None
-    marked = quantize_8bit(m.embed(clean, key))
-    fresh = quantize_8bit(m.embed(others, key)) if len(others) else torch.empty(0)
-    if cache is not None:
-        save_file({"clean": clean, "others": others.contiguous(), "marked": marked,
-                   "fresh": fresh, "secret": torch.tensor(list(key.secret.encode()))}, cache)
-    return marked, fresh if len(others) else None
 
 
 def main() -> None:
@@ -80,12 +59,12 @@ def main() -> None:
         print(f"[{out['elapsed_s']:.0f} s] {note}", flush=True)
 
     m = PGDSigner.from_bundle(BUNDLE)
-    manifest = build_sample_dataset(ROOT / "data" / "sample", SampleDataConfig())
-    clean = load_split(manifest, "test", size=256, limit=args.sources)
+    clean = heldout_photos(ROOT / "data" / "sample", args.sources)
     key = WatermarkKey("victim-secret", 7)
     pool = forgery_targets(5 * args.targets, 256)
     targets = pool.images[::5]
-    marked, fresh = _marked(m, clean, pool.images[2::5][:args.fresh], key, args.cache)
+    victim = victim_marks(m, key, clean, pool.images[2::5][:args.fresh], args.cache)
+    marked, fresh = victim.marked, victim.others_marked
     budget = float(psnr(marked, clean).mean())
     out["setup"] = {"budget_db": budget, "sources": len(clean), "targets": len(targets),
                     "target_crops": sum(n.startswith("crop:") for n in pool.names[::5]),

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
-from neuralmark.components.attacks.base import ImageAttack, Params, uniform
+from neuralmark.components.attacks.base import ImageAttack, Params, select_rows, uniform
 
 
 def _switch(n: int, p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -250,8 +250,24 @@ class EoTChain(ImageAttack):
         return {f"{i}.{k}": v for i, a in enumerate(self.attacks)
                 for k, v in a.sample(batch_size, generator).items()}
 
-    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, params: Params, only_on: bool = False) -> torch.Tensor:
+        """Apply the draw ``params`` to ``x`` (B×3×H×W → B×3×H×W).
+
+        Args:
+            only_on: run each attack on the images whose ``on`` flag is 1 only, and pass the
+                others through untouched. The attacks' switched-off forms are the identity
+                up to rounding (a blend with weight 0, a zero-degree rotation, a full-frame
+                crop) but each still costs a full pass and its backward; with ``p`` 0.5 most
+                of a signing step's EoT views were such passes (model card, embed speed).
+                Off by default: geometric attacks resample even when switched off, so the
+                output differs from the dense chain by rounding.
+        """
         for i, a in enumerate(self.attacks):
             sub = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{i}.")}
-            x = a.apply(x, sub)
+            rows = sub["on"].nonzero().flatten() if only_on and "on" in sub else None
+            if rows is None or len(rows) == x.shape[0]:
+                x = a.apply(x, sub)
+            elif len(rows):  # 0 < rows < B, so B ≥ 2 and select_rows is unambiguous
+                rows = rows.to(x.device)
+                x = x.index_copy(0, rows, a.apply(x[rows], select_rows(sub, rows, x.shape[0])))
         return x

@@ -46,6 +46,13 @@ class PGDSignerConfig(MethodConfig):
     #: PGD step as a fraction of the L2 budget radius (cosine-decayed to a tenth)
     pgd_step: float = 0.3
     eot_samples: int = 4
+    #: signing's EoT chain runs each attack only on the views it is switched on for; the
+    #: dense chain (False) also passes switched-off views through near-identity resamplings
+    #: (``EoTChain.apply``), which were most of a signing step's time (model card, embed speed)
+    eot_only_on: bool = False
+    #: ``embed`` stops signing an image after this many consecutive PGD steps in which all
+    #: its views (clean + EoT) clear ``margin`` on every bit (0: always ``pgd_steps``)
+    early_stop: int = Field(0, ge=0)
     #: share of the PGD loss on the un-attacked view (the rest on EoT views)
     clean_view_weight: float = 0.5
     margin: float = 3.0

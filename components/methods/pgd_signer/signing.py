@@ -48,7 +48,8 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
                  generator: torch.Generator | None = None,
                  psnr: float | None = None, chain: EoTChain | None = None,
                  sharded: bool = False,
-                 decoder: torch.nn.Module | None = None) -> torch.Tensor:
+                 decoder: torch.nn.Module | None = None,
+                 early_stop: int = 0) -> torch.Tensor:
     """PGD under EoT at the working size (``method``: the ``PGDSigner``, typed ``Any``
     because its module imports this one).
 
@@ -61,23 +62,37 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
         sharded: ``xw`` is this process's shard of a data-parallel global batch: the EoT
             draws are made for the global batch (``distributed.sample_shard``).
         decoder: the decoder to sign against (default the public ``method.decoder``).
+        early_stop: stop signing an image once every one of its views (clean and EoT)
+            cleared the margin on every bit in this many consecutive steps (0: run all
+            ``steps``). A step where all views clear has a zero hinge, so its update is a
+            no-op; the remaining steps only re-draw views. Not with ``sharded`` (a shard
+            must draw the global batch's views every step).
     Returns:
         B×3×S×S residual ``delta`` (``xw + delta`` in [0,1]).
     """
     c = method.config
+    if early_stop and sharded:
+        raise ValueError("early_stop needs every image's views drawn alone; "
+                         "it cannot run on a data-parallel shard (sharded=True)")
     psnr = c.psnr_target if psnr is None else psnr
     chain = chain or method.eot
-    b = xw.shape[0]
-    sign = (2 * target - 1).to(xw)
-    weight = jnd_map(xw) if c.jnd else torch.ones_like(xw[:, :1])
-    delta = torch.zeros_like(xw)
+    sign_all = (2 * target - 1).to(xw)
+    weight_all = jnd_map(xw) if c.jnd else torch.ones_like(xw[:, :1])
+    delta_all = torch.zeros_like(xw)
     budget = radius(c, psnr)
     net = decoder or method.decoder
     was_training = net.training
     net.eval()
+    # with early stopping, only the images still signing (``active``) take a step
+    active = torch.arange(xw.shape[0], device=xw.device)
+    cleared = torch.zeros(xw.shape[0], dtype=torch.long, device=xw.device)
     for t in range(steps):
-        delta.requires_grad_(True)
-        xs = (xw + delta).clamp(0, 1)
+        everyone = len(active) == xw.shape[0]
+        x, sign, weight = ((xw, sign_all, weight_all) if everyone else
+                           (xw[active], sign_all[active], weight_all[active]))
+        delta = (delta_all if everyone else delta_all[active]).requires_grad_(True)
+        b = x.shape[0]
+        xs = (x + delta).clamp(0, 1)
         reps = xs.repeat(c.eot_samples, 1, 1, 1)
         params = (distributed.sample_shard(chain, b, generator, repeats=c.eot_samples)
                   if sharded else chain.sample(reps.shape[0], generator))
@@ -85,7 +100,7 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
         for k, v in params.items():
             if k.endswith(".on"):
                 v[:b] = 0
-        logits = net(chain.apply(reps, params))
+        logits = net(chain.apply(reps, params, only_on=c.eot_only_on))
         hinge = F.relu(c.margin - sign.repeat(c.eot_samples, 1) * logits)
         # the first copy is the un-attacked view: give it its own weight so the
         # signature always decodes from the image as delivered
@@ -99,6 +114,16 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
             g = grad * weight
             g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
             frac = c.pgd_step * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / max(1, steps))))
-            delta = project(c, delta - frac * budget * g, xw, psnr)
+            delta = project(c, delta - frac * budget * g, x, psnr)
+            if everyone:
+                delta_all = delta
+            else:
+                delta_all[active] = delta
+            if early_stop:
+                clear = hinge.view(c.eot_samples, b, -1).amax(dim=(0, 2)) == 0   # b
+                cleared[active] = torch.where(clear, cleared[active] + 1, 0)
+                active = active[cleared[active] < early_stop]
+                if not len(active):
+                    break
     net.train(was_training)
-    return delta.detach()
+    return delta_all.detach()
