@@ -21,11 +21,16 @@ A variant is ``name:field=value,field=value`` over ``TriggerKeyConfig`` fields, 
     python scripts/measure_trigger_key_finetune_aware.py --arch dncnn --depth 5 \
         --attacks fine_tune_new:1,overwrite,fine_tune_original:1,prune:0.3 plain:lam=1e-2 \
         aware:lam=1e-2,lookahead_steps=32,lookahead_every=8,lookahead_attacks=new+overwrite
+    # key families (issue #13, tk9): overwriting also with other attacker secrets
+    python scripts/measure_trigger_key_finetune_aware.py --arch dncnn --depth 5 --pool 8 \
+        --attacks overwrite,fine_tune_original:1,fine_tune_new:1 \
+        --overwrite-secrets neuralmark-attacker-2 filter:lam=1e-2 band:lam=1e-2,key_family=band
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -40,7 +45,10 @@ from neuralmark.components.attacks.model_registry import (  # noqa: E402
 )
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
-from neuralmark.components.methods.trigger_key.evaluation import attacker_data  # noqa: E402
+from neuralmark.components.methods.trigger_key.evaluation import (  # noqa: E402
+    attacker_data,
+    overwrite_embed,
+)
 from neuralmark.components.methods.trigger_key.study import skimage_images  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", "text")
@@ -89,7 +97,12 @@ def main() -> None:
     ap.add_argument("--attacks", default=ATTACKS,
                     help="name[:strength[:lr]],… (lr: the attacker's Adam lr; default 1e-3; "
                          "overwrite: no strength)")
+    ap.add_argument("--overwrite-secrets", default="",
+                    help="secret,…: after --attacks, overwrite once more with each of these "
+                         "attacker secrets (the attacker's key family is the variant's; "
+                         "FAMILY/secret: that key family's, e.g. filter/neuralmark-attacker)")
     args = ap.parse_args()
+    secrets = [s for s in args.overwrite_secrets.split(",") if s]
     torch.set_num_threads(args.threads)
     start = time.time()
     base = {"channels": 1, "arch": args.arch, "depth": args.depth, "host_steps": 300,
@@ -111,7 +124,7 @@ def main() -> None:
     owner = WatermarkKey("neuralmark-eval")
     attacks = parse_attacks(args.attacks)
     labels = [get_model_attack(a).label(s) + ("" if lr is None else f"@lr{lr:g}")
-              for a, s, lr in attacks]
+              for a, s, lr in attacks] + [f"overwrite[{s}]" for s in secrets]
     print("| variant | fidelity cost dB | marked PSNR | ℓ_w/px | η | FPR | "
           + " | ".join(f"{lb}: d_rel (PSNR)" for lb in labels) + " | s |", flush=True)
     for text in args.variants:
@@ -126,6 +139,17 @@ def main() -> None:
         for attack, strength, lr in attacks:
             settings = ModelAttackSettings() if lr is None else ModelAttackSettings(lr=lr)
             attacked = get_model_attack(attack)(m.host, strength, data, settings)
+            v = m.verify_model(attacked, owner)
+            cells.append(f"{v.extra['d_rel']:.3f} {'yes' if v.detected else 'no'} "
+                         f"({m.task_psnr_of(attacked):.2f})")
+        for item in secrets:
+            family, _, secret = item.rpartition("/")
+            am = m
+            if family:  # an attacker who embeds with another key family than the owner's
+                am = m.with_config(key_family=family)
+                am.train_pairs, am.test_pairs = m.train_pairs, m.test_pairs
+            other = dataclasses.replace(data, embed=overwrite_embed(am, secret))
+            attacked = get_model_attack("overwrite")(m.host, None, other, ModelAttackSettings())
             v = m.verify_model(attacked, owner)
             cells.append(f"{v.extra['d_rel']:.3f} {'yes' if v.detected else 'no'} "
                          f"({m.task_psnr_of(attacked):.2f})")
