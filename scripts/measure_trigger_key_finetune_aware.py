@@ -101,6 +101,7 @@ def main() -> None:
                     help="secret,…: after --attacks, overwrite once more with each of these "
                          "attacker secrets (the attacker's key family is the variant's; "
                          "FAMILY/secret: that key family's, e.g. filter/neuralmark-attacker)")
+    ap.add_argument("--owner", default="neuralmark-eval", help="the owner's secret")
     args = ap.parse_args()
     secrets = [s for s in args.overwrite_secrets.split(",") if s]
     torch.set_num_threads(args.threads)
@@ -121,7 +122,7 @@ def main() -> None:
     independent = host.train_independent_host(1000)
     print(f"host {args.arch}×{args.depth}: noisy {fit['input_psnr']:.2f} dB, unmarked "
           f"{fit['host_psnr']:.2f} dB ({time.time() - start:.0f} s)", flush=True)
-    owner = WatermarkKey("neuralmark-eval")
+    owner = WatermarkKey(args.owner)
     attacks = parse_attacks(args.attacks)
     labels = [get_model_attack(a).label(s) + ("" if lr is None else f"@lr{lr:g}")
               for a, s, lr in attacks] + [f"overwrite[{s}]" for s in secrets]
@@ -158,6 +159,11 @@ def main() -> None:
               f"{lw:.4f} | {cal['eta']:.3f} | "
               f"{cal['fpr']:.4f} | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |",
               flush=True)
+        # what sets η (the calibration half's smallest trials by kind) and the mark's size
+        print(f"    {name}: mark size d(U(K), S) {m.verify_model(m.unmarked, owner).extra['d']:.3e}"
+              f"; null min {cal['null_min']:.3f}, median {cal['null_median']:.3f}; owner's K "
+              f"on null hosts min {cal['owner_trigger_min']:.3f}; other keys' marked hosts "
+              f"min {cal.get('marked_min', float('nan')):.3f}", flush=True)
     print(f"total {time.time() - start:.0f} s")
 
 
