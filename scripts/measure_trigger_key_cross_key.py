@@ -18,13 +18,20 @@ Spearman correlation of alignment with d_rel (is alignment a predictor?). One ro
 printed as it finishes, so a cut-short run still reports. Findings: the trigger_key
 MODEL_CARD, section "Cross-key false matches".
 
+``--family band`` (tk9) runs the same with the opt-in ``band`` key family for the owner and
+every other key (``TriggerKeyConfig.key_family``); each row then also gives the distance of
+the key's frequency to the owner's, min over ±ω of |ω_i − ω_own| (cycles/px), and the end
+its Spearman correlation with d_rel. ``--eta`` must then be that family's η (the default is
+the filter family's). Findings: the MODEL_CARD, session tk9.
+
     python scripts/measure_trigger_key_cross_key.py --sample /tmp/sample --n 60
-        [--keys attacker-180 attacker-73]
+        [--keys attacker-180 attacker-73] [--family band --eta ETA]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
@@ -41,6 +48,7 @@ from neuralmark.components.methods.trigger_key.embedding import embed_into_host 
 from neuralmark.components.methods.trigger_key.evaluation import overwriting_attacker  # noqa: E402
 from neuralmark.components.methods.trigger_key.study import task_images  # noqa: E402
 from neuralmark.components.methods.trigger_key.trigger import (  # noqa: E402
+    band_frequency,
     distance,
     gradient_kernel,
     ncc,
@@ -55,6 +63,12 @@ def random_key_names(n: int, seed: int) -> list[str]:
     return [f"rand-{int(v)}" for v in torch.randint(0, 2**62, (n,), generator=g)]
 
 
+def band_distance(a: str, b: str) -> float:
+    """Distance of two keys' ``band`` frequencies, min over ±ω (a real K has both)."""
+    (ay, ax), (by, bx) = band_frequency(a), band_frequency(b)
+    return min(math.hypot(ay - s * by, ax - s * bx) for s in (1.0, -1.0))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sample", required=True, help="build / reuse the tiny sample set here")
@@ -67,6 +81,8 @@ def main() -> None:
                     help="the pipeline's η on d_rel for this host and mark")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--family", choices=("filter", "band"), default="filter",
+                    help="the key family of the owner and of every other key (tk9)")
     args = ap.parse_args()
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
@@ -74,7 +90,7 @@ def main() -> None:
     t0 = time.time()
     host = build("trigger_key", {"channels": 1, "arch": "dncnn", "depth": args.depth,
                                  "host_steps": 300, "embed_steps": 200, "visualizer_steps": 0,
-                                 "lambda0_reference": False})
+                                 "lambda0_reference": False, "key_family": args.family})
     c = host.config
     manifest = build_sample_dataset(args.sample, SampleDataConfig(
         size=128, crops_per_photo=4, n_procedural=12))
@@ -89,11 +105,12 @@ def main() -> None:
     m_rel = float(distance(apply_net(host.host, x_own).clamp(0, 1), s)) / norm
     print(f"host: noisy {fit['input_psnr']:.2f} dB, unmarked {fit['host_psnr']:.2f} dB, marked "
           f"{host.task_psnr_of(host.host):.2f} dB, owner's d_rel on M {m_rel:.3f}, "
-          f"η {args.eta} ({time.time() - t0:.0f} s)", flush=True)
+          f"η {args.eta}, key family {args.family} ({time.time() - t0:.0f} s)", flush=True)
     attacker = overwriting_attacker(host)
     rows = []
-    print("| i | key | NCC(G_i(K), G(K)) | steps | d_rel owner's K | own d_rel on K_i | "
-          "match |", flush=True)
+    band = args.family == "band"
+    print("| i | key | NCC(G_i(K), G(K)) | " + ("|Δω| | " if band else "")
+          + "steps | d_rel owner's K | own d_rel on K_i | match |", flush=True)
     names = args.keys or random_key_names(args.n, args.seed)
     for i, name in enumerate(names):
         key = WatermarkKey(name)
@@ -108,12 +125,14 @@ def main() -> None:
         rel = float(distance(apply_net(net, x_own).clamp(0, 1), s)) / norm
         own = (float(distance(apply_net(net, x_k).clamp(0, 1), s0_k))
                / float(distance(apply_net(host.unmarked, x_k).clamp(0, 1), s0_k)))
-        rows.append((align, rel))
-        print(f"| {i} | {name} | {align:.3f} | {int(info['steps'])} | {rel:.3f} | {own:.3f} | "
+        dw = band_distance(name, owner.secret) if band else math.nan
+        rows.append((align, rel, dw))
+        print(f"| {i} | {name} | {align:.3f} | " + (f"{dw:.3f} | " if band else "")
+              + f"{int(info['steps'])} | {rel:.3f} | {own:.3f} | "
               f"{'YES' if rel < args.eta else 'no'} |", flush=True)
     n = len(rows)
-    aligns = torch.tensor([a for a, _ in rows], dtype=torch.float64)
-    rels = torch.tensor([r for _, r in rows], dtype=torch.float64)
+    aligns = torch.tensor([a for a, _, _ in rows], dtype=torch.float64)
+    rels = torch.tensor([r for _, r, _ in rows], dtype=torch.float64)
     k = int((rels < args.eta).sum())
     ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
     q = torch.quantile(rels, torch.tensor([0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0],
@@ -125,6 +144,17 @@ def main() -> None:
     print(f"alignment: median {float(aligns.median()):.3f}, range {float(aligns.min()):.3f} to "
           f"{float(aligns.max()):.3f}; Spearman(alignment, d_rel) {rho.statistic:.3f} "
           f"(p {rho.pvalue:.2g})")
+    if band:
+        dws = torch.tensor([w for _, _, w in rows], dtype=torch.float64)
+        rho_w = stats.spearmanr(dws.numpy(), rels.numpy())
+        print(f"|Δω| to the owner's band: median {float(dws.median()):.3f}; "
+              f"Spearman(|Δω|, d_rel) {rho_w.statistic:.3f} (p {rho_w.pvalue:.2g})")
+        for lo, hi in ((0.0, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 1.0)):
+            sel = (dws >= lo) & (dws < hi)
+            if sel.any():
+                print(f"  |Δω| in [{lo}, {hi}): {int(sel.sum())} keys, d_rel median "
+                      f"{float(rels[sel].median()):.3f}, min {float(rels[sel].min()):.3f}, "
+                      f"matches {int((rels[sel] < args.eta).sum())}")
     for lo, hi in ((-1.0, 0.0), (0.0, 0.3), (0.3, 1.01)):
         sel = (aligns >= lo) & (aligns < hi)
         if sel.any():

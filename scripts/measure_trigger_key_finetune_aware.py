@@ -21,11 +21,16 @@ A variant is ``name:field=value,field=value`` over ``TriggerKeyConfig`` fields, 
     python scripts/measure_trigger_key_finetune_aware.py --arch dncnn --depth 5 \
         --attacks fine_tune_new:1,overwrite,fine_tune_original:1,prune:0.3 plain:lam=1e-2 \
         aware:lam=1e-2,lookahead_steps=32,lookahead_every=8,lookahead_attacks=new+overwrite
+    # key families (issue #13, tk9): overwriting also with other attacker secrets
+    python scripts/measure_trigger_key_finetune_aware.py --arch dncnn --depth 5 --pool 8 \
+        --attacks overwrite,fine_tune_original:1,fine_tune_new:1 \
+        --overwrite-secrets neuralmark-attacker-2 filter:lam=1e-2 band:lam=1e-2,key_family=band
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -40,7 +45,10 @@ from neuralmark.components.attacks.model_registry import (  # noqa: E402
 )
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
-from neuralmark.components.methods.trigger_key.evaluation import attacker_data  # noqa: E402
+from neuralmark.components.methods.trigger_key.evaluation import (  # noqa: E402
+    attacker_data,
+    overwrite_embed,
+)
 from neuralmark.components.methods.trigger_key.study import skimage_images  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "page", "text")
@@ -89,7 +97,13 @@ def main() -> None:
     ap.add_argument("--attacks", default=ATTACKS,
                     help="name[:strength[:lr]],… (lr: the attacker's Adam lr; default 1e-3; "
                          "overwrite: no strength)")
+    ap.add_argument("--overwrite-secrets", default="",
+                    help="secret,…: after --attacks, overwrite once more with each of these "
+                         "attacker secrets (the attacker's key family is the variant's; "
+                         "FAMILY/secret: that key family's, e.g. filter/neuralmark-attacker)")
+    ap.add_argument("--owner", default="neuralmark-eval", help="the owner's secret")
     args = ap.parse_args()
+    secrets = [s for s in args.overwrite_secrets.split(",") if s]
     torch.set_num_threads(args.threads)
     start = time.time()
     base = {"channels": 1, "arch": args.arch, "depth": args.depth, "host_steps": 300,
@@ -108,10 +122,10 @@ def main() -> None:
     independent = host.train_independent_host(1000)
     print(f"host {args.arch}×{args.depth}: noisy {fit['input_psnr']:.2f} dB, unmarked "
           f"{fit['host_psnr']:.2f} dB ({time.time() - start:.0f} s)", flush=True)
-    owner = WatermarkKey("neuralmark-eval")
+    owner = WatermarkKey(args.owner)
     attacks = parse_attacks(args.attacks)
     labels = [get_model_attack(a).label(s) + ("" if lr is None else f"@lr{lr:g}")
-              for a, s, lr in attacks]
+              for a, s, lr in attacks] + [f"overwrite[{s}]" for s in secrets]
     print("| variant | fidelity cost dB | marked PSNR | ℓ_w/px | η | FPR | "
           + " | ".join(f"{lb}: d_rel (PSNR)" for lb in labels) + " | s |", flush=True)
     for text in args.variants:
@@ -129,11 +143,27 @@ def main() -> None:
             v = m.verify_model(attacked, owner)
             cells.append(f"{v.extra['d_rel']:.3f} {'yes' if v.detected else 'no'} "
                          f"({m.task_psnr_of(attacked):.2f})")
+        for item in secrets:
+            family, _, secret = item.rpartition("/")
+            am = m
+            if family:  # an attacker who embeds with another key family than the owner's
+                am = m.with_config(key_family=family)
+                am.train_pairs, am.test_pairs = m.train_pairs, m.test_pairs
+            other = dataclasses.replace(data, embed=overwrite_embed(am, secret))
+            attacked = get_model_attack("overwrite")(m.host, None, other, ModelAttackSettings())
+            v = m.verify_model(attacked, owner)
+            cells.append(f"{v.extra['d_rel']:.3f} {'yes' if v.detected else 'no'} "
+                         f"({m.task_psnr_of(attacked):.2f})")
         lw = m.metrics["embed_l_w"] / m.s.numel()
         print(f"| {name} | {m.metrics['fidelity_cost_db']:.2f} | {m.task_psnr_of(m.host):.2f} | "
               f"{lw:.4f} | {cal['eta']:.3f} | "
               f"{cal['fpr']:.4f} | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |",
               flush=True)
+        # what sets η (the calibration half's smallest trials by kind) and the mark's size
+        print(f"    {name}: mark size d(U(K), S) {m.verify_model(m.unmarked, owner).extra['d']:.3e}"
+              f"; null min {cal['null_min']:.3f}, median {cal['null_median']:.3f}; owner's K "
+              f"on null hosts min {cal['owner_trigger_min']:.3f}; other keys' marked hosts "
+              f"min {cal.get('marked_min', float('nan')):.3f}", flush=True)
     print(f"total {time.time() - start:.0f} s")
 
 

@@ -119,7 +119,7 @@ def keyed_gradient_ablation(method: TriggerKey, key: WatermarkKey,
         # η from the λ = 0 host alone (no marked host in the null): the naive calibration
         c = m.config
         rx, rs = calibration.random_key_material(n_keys, 7, c.trigger_side, c.channels, c.task,
-                                                 c.scale, keyed)
+                                                 c.scale, keyed, c.key_family)
         plain = m.lambda0_host if m.lambda0_host is not None else m.unmarked
         naive = calibration.eta_at(
             calibration.host_relative_distances(plain, m.unmarked, rx, rs), c.alpha)

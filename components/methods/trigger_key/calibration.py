@@ -54,10 +54,12 @@ from neuralmark.components.stats import clopper_pearson, empirical_p_value
 
 
 def random_key_material(n_keys: int, seed: int, size: int, channels: int, task: str,
-                        scale: int, keyed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Host inputs and S0 of ``n_keys`` random keys (``base.random_keys``): two ``n×C×T×T``."""
+                        scale: int, keyed: bool, family: str = "filter"
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host inputs and S0 of ``n_keys`` random keys (``base.random_keys``) of the key
+    ``family``: two ``n×C×T×T``."""
     keys = random_keys(n_keys, torch.Generator().manual_seed(seed))
-    pairs = [key_material(k.secret, size, channels, task, scale, keyed) for k in keys]
+    pairs = [key_material(k.secret, size, channels, task, scale, keyed, family) for k in keys]
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
@@ -135,8 +137,8 @@ def eta_at(null: Sequence[float], alpha: float) -> float | None:
 def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence[nn.Module],
                    owner_input: torch.Tensor, owner_s: torch.Tensor, n_keys: int, seed: int,
                    size: int, channels: int, task: str, scale: int,
-                   keyed: bool, marked_pool: Sequence[MarkedPeer] = ()
-                   ) -> dict[str, list[float]]:
+                   keyed: bool, marked_pool: Sequence[MarkedPeer] = (),
+                   family: str = "filter") -> dict[str, list[float]]:
     """The null trials: ``owner_trigger``, ``random_keys`` and ``marked_hosts`` (module doc).
 
     Args:
@@ -148,7 +150,7 @@ def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence
         owner_s: ``1×C×T×T`` the owner's S.
         n_keys: random keys.
         seed: draws the random keys.
-        size, channels, task, scale, keyed: how key material is made (the config's).
+        size, channels, task, scale, keyed, family: how key material is made (the config's).
         marked_pool: hosts marked with other keys, with their K input and S
             (:func:`marked_peer_distances`; empty: no such trials).
 
@@ -159,7 +161,8 @@ def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence
     """
     if n_keys < 2:
         raise InputError(f"calibration needs at least 2 random keys, got {n_keys}")
-    inputs, targets = random_key_material(n_keys, seed, size, channels, task, scale, keyed)
+    inputs, targets = random_key_material(n_keys, seed, size, channels, task, scale, keyed,
+                                          family)
     owner = [d for h in (reference, *null_hosts)
              for d in host_relative_distances(h, reference, owner_input, owner_s)]
     rand = [d for h in (marked, *null_hosts)

@@ -60,6 +60,11 @@ class TriggerKeyConfig(MethodConfig):
     trigger_size: int | None = None
     #: keyed ∇ (the uniqueness fix); False = the seed's fixed ∂x + ∂y (an ablation only)
     keyed_gradient: bool = True
+    #: which key family makes K (``trigger.key_material``): ``filter`` = white U(0, 1) noise
+    #: (the default, every figure before tk9); ``band`` = narrow-band noise around a keyed
+    #: frequency (opt-in, issue #13 tk9; MODEL_CARD session tk9: fewer cross-key matches,
+    #: but no overwrite or fine-tuning robustness on the tiny DnCNN; no config sets it)
+    key_family: Literal["filter", "band"] = "filter"
     lam: float = Field(1e-2, gt=0)
     stop_mse: float = Field(1e-3, gt=0)
     check_every: int = Field(25, ge=1)

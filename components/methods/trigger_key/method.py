@@ -140,7 +140,7 @@ class TriggerKey(HostMark):
         """``(host input for K, S0 = G_key(K))`` of ``key``, each ``1×C×T×T``."""
         c = self.config
         return key_material(key.secret, c.trigger_side, c.channels, c.task, c.scale,
-                            c.keyed_gradient)
+                            c.keyed_gradient, c.key_family)
 
     def reference(self, key: WatermarkKey) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """``(host input, S to compare with, own key?)``: the stored S for the owner's key."""
@@ -241,7 +241,7 @@ class TriggerKey(HostMark):
         plain = [self.lambda0_host] if self.lambda0_host is not None else []
         null = calibration.null_distances(self.host, self.unmarked, [*plain, *null_hosts], x, s,
                                           n, seed, c.trigger_side, c.channels, c.task, c.scale,
-                                          c.keyed_gradient, peers)
+                                          c.keyed_gradient, peers, c.key_family)
         self.pool = peers
         self.null = calibration.calibration_null(null, n)
         self.calibration = calibration.calibrate(null, c.alpha, n)
@@ -256,7 +256,7 @@ class TriggerKey(HostMark):
         n = n_keys or c.visualizer_negatives
         x, _, _ = self.reference(key)
         rx, rs = calibration.random_key_material(n, seed, c.trigger_side, c.channels, c.task,
-                                                 c.scale, c.keyed_gradient)
+                                                 c.scale, c.keyed_gradient, c.key_family)
         outs = [apply_net(h, x) for h in (self.unmarked, *null_hosts)]
         return torch.cat([*outs, rs, apply_net(self.host, rx)]).clamp(0, 1)
 

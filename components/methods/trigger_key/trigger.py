@@ -13,6 +13,17 @@ Everything here is a pure function of the owner's secret (through HMAC-SHA256 se
 * :func:`verification_target` — S0 = G(K): denoise ``K − ∇K``; SR ``K̂ + ∇K̂`` with K̂ the
   bilinear ``scale``× upsample of K; clamped to [0, 1] (the choice: the seed normalises S
   before comparing; a target in the image range keeps ℓ_w on the host's output range).
+* :func:`band_trigger` / :func:`band_frequency` — the opt-in ``band`` key family
+  (``TriggerKeyConfig.key_family``, issue #13, tk9): K is narrow-band noise around a keyed
+  spatial frequency ±ω_key (Gaussian spectral window of width ``BAND_WIDTH``, |ω_key| in
+  ``BAND_RADIUS``, any orientation), 0.5 + ``BAND_AMPLITUDE``·z/std(z), and S0 = G(K) with
+  the same keyed ∇. The choice (why this family): a host fitting G on K learns its response
+  *near ω_key only* (an 11×11 receptive field resolves ≈ 1/11 cycle/px), so another key's
+  embedding retrains other frequencies, not the owner's, and a host marked for another key
+  answers the owner's K with its natural response unless the two bands overlap — against
+  the ``filter`` family, where every key's white-noise K trains the same (all) frequencies.
+  Measured on the tiny DnCNN (MODEL_CARD, session tk9): cross-key matches 1.5 % against
+  6.5 %, but the mark survives neither overwriting nor one epoch of fine-tuning: not a fix.
 * :func:`host_input` — what the host is fed for K: K (denoise) or K̂ (SR, the VDSR input
   convention).
 * :func:`distance` — the seed's eq. (1): ``d = ‖S′ − S‖₂ / (M·N)`` with S, S′ clamped to
@@ -26,6 +37,8 @@ versions take ``B×C×T×T``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +46,15 @@ from neuralmark.components.errors import InputError
 from neuralmark.components.payload import key_fingerprint, key_seed
 
 DOMAIN = "neuralmark/trigger_key"
+#: the key families: ``filter`` (K white U(0, 1), the default) and ``band`` (module doc)
+KEY_FAMILIES = ("filter", "band")
+#: ``band``: |ω_key| is drawn uniformly in this range (cycles per pixel); below it the keyed
+#: ∇ (zero mean) barely differs from the identity, above it lies Nyquist
+BAND_RADIUS = (0.15, 0.45)
+#: ``band``: standard deviation of the Gaussian spectral window around ±ω_key (cycles/px)
+BAND_WIDTH = 0.03
+#: ``band``: standard deviation of K around 0.5 (U(0, 1) has 0.289; 0.2 clips ≈ 1 %)
+BAND_AMPLITUDE = 0.2
 #: the seed's ∇: forward differences ∂x + ∂y as one 3×3 kernel (L2 norm √6)
 SEED_GRADIENT = torch.tensor([[0.0, 0.0, 0.0], [0.0, -2.0, 1.0], [0.0, 1.0, 0.0]])
 
@@ -52,6 +74,37 @@ def trigger(secret: str, size: int, channels: int) -> torch.Tensor:
     if size < 1 or channels not in (1, 3):
         raise InputError(f"trigger: need size >= 1 and 1 or 3 channels, got {size}, {channels}")
     return torch.rand((channels, size, size), generator=keyed_generator(secret, "trigger"))
+
+
+def band_frequency(secret: str) -> tuple[float, float]:
+    """The ``band`` family's keyed frequency ω_key = (f_y, f_x) in cycles per pixel:
+    radius uniform in ``BAND_RADIUS``, orientation uniform in [0, π)."""
+    u = torch.rand(2, generator=keyed_generator(secret, "band/frequency"), dtype=torch.float64)
+    lo, hi = BAND_RADIUS
+    r, theta = lo + (hi - lo) * float(u[0]), math.pi * float(u[1])
+    return r * math.sin(theta), r * math.cos(theta)
+
+
+def band_trigger(secret: str, size: int, channels: int) -> torch.Tensor:
+    """The ``band`` family's trigger: ``channels×size×size`` float32 in [0, 1].
+
+    White Gaussian noise from the key's stream, filtered in the Fourier domain by a Gaussian
+    window (σ ``BAND_WIDTH``) around ±``band_frequency(secret)`` (real output), scaled to
+    std ``BAND_AMPLITUDE`` around 0.5 (per channel) and clamped to [0, 1].
+    """
+    if size < 1 or channels not in (1, 3):
+        raise InputError(f"trigger: need size >= 1 and 1 or 3 channels, got {size}, {channels}")
+    w = torch.randn((channels, size, size), generator=keyed_generator(secret, "band/trigger"),
+                    dtype=torch.float64)
+    fy, fx = band_frequency(secret)
+    ny = torch.fft.fftfreq(size, dtype=torch.float64)[:, None]  # t 1, cycles/px
+    nx = torch.fft.fftfreq(size, dtype=torch.float64)[None, :]  # 1 t
+    window = sum(torch.exp(-((ny - sy * fy) ** 2 + (nx - sy * fx) ** 2) / (2 * BAND_WIDTH ** 2))
+                 for sy in (1.0, -1.0))  # t t, symmetric: a real filter
+    z = torch.fft.ifft2(torch.fft.fft2(w) * window).real  # c t t
+    z = z - z.mean(dim=(-2, -1), keepdim=True)
+    z = z / z.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    return (0.5 + BAND_AMPLITUDE * z).clamp(0, 1).float()
 
 
 def gradient_kernel(secret: str, keyed: bool = True) -> torch.Tensor:
@@ -95,9 +148,16 @@ def verification_target(k: torch.Tensor, kernel: torch.Tensor, task: str,
 
 
 def key_material(secret: str, size: int, channels: int, task: str, scale: int = 2,
-                 keyed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(host input for K, S0 = G(K))`` of a key, each ``1×C×T×T``."""
-    k = trigger(secret, size, channels)[None]  # 1 c t t
+                 keyed: bool = True, family: str = "filter"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(host input for K, S0 = G(K))`` of a key, each ``1×C×T×T``; ``family`` picks K:
+    ``filter`` (:func:`trigger`, the default) or ``band`` (:func:`band_trigger`)."""
+    if family == "filter":
+        k = trigger(secret, size, channels)[None]  # 1 c t t
+    elif family == "band":
+        k = band_trigger(secret, size, channels)[None]  # 1 c t t
+    else:
+        raise InputError(f"unknown key family {family!r}; expected one of {KEY_FAMILIES}")
     kernel = gradient_kernel(secret, keyed)
     return host_input(k, task, scale), verification_target(k, kernel, task, scale)
 
@@ -125,6 +185,7 @@ def ncc(s_prime: torch.Tensor, s: torch.Tensor, eps: float = 1e-12) -> torch.Ten
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
 
 
-__all__ = ["DOMAIN", "SEED_GRADIENT", "apply_gradient", "distance", "fingerprint",
-           "gradient_kernel", "host_input", "key_material", "keyed_generator", "ncc",
-           "trigger", "verification_target"]
+__all__ = ["BAND_AMPLITUDE", "BAND_RADIUS", "BAND_WIDTH", "DOMAIN", "KEY_FAMILIES",
+           "SEED_GRADIENT", "apply_gradient", "band_frequency", "band_trigger", "distance",
+           "fingerprint", "gradient_kernel", "host_input", "key_material", "keyed_generator",
+           "ncc", "trigger", "verification_target"]
