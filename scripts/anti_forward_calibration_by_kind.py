@@ -14,20 +14,24 @@ synthetic images, and calibrates the shipped weights on it per kind
 * ``photo_train``: crops of the photos the scanner was trained on (a biased null, shown
   apart, never pooled into ``photo``);
 * ``lfw_face`` / ``lfw_background``: scikit-image's LFW subset, 100 face crops and 100
-  background crops of 25² px, upsampled to 256² (one group each; the backgrounds come from
+  background crops of 25² px, upsampled (one group each; the backgrounds come from
   the same LFW photos as faces may, so the two are not independent of each other);
 * ``graphic``: scikit-image's drawings (color wheel, horse, logo, phantom, chessboard);
 * ``procedural``: the sample set's held-out procedural textures (val + test) and fresh
   ones drawn with another seed (none of them seen in training).
 
-Every image is 256² (the deployed calibration's size) and goes through ``--views`` scores
-(itself and full-strength chain draws). It reports, for the stretched scan path (the
-shipped bundle) and the tile-grid path (``stamp_mode`` tiles and conv read images the same
-way, so they share a null), each kind's threshold at ``--fpr`` and the groups above it
-counted once each (``stats.clustered_rate``: the interval is over distinct groups, not
-scores), and the detection of the stamped held-out photo crops (the sample set's test
-photos, coffee and retina, at 256² and 512²: in no null) at each threshold. Nothing is
+Every image is ``--size``² (default 256², the deployed calibration's) and goes through
+``--views`` scores (itself and full-strength chain draws). It reports, for the stretched
+scan path (the shipped bundle) and the tile-grid path (``stamp_mode`` tiles and conv read
+images the same way, so they share a null), each kind's threshold at ``--fpr`` and the
+groups above it counted once each (``stats.clustered_rate``: the interval is over distinct
+groups, not scores), and the detection of the stamped held-out photo crops (the sample set's
+test photos, coffee and retina, at 256² and 512²: in no null) at each threshold. Nothing is
 written to the bundle: the shipped threshold is unchanged.
+
+``--size 512 --kinds photo --tag " 512"`` builds a photo-only null at 512² in its own card
+section (a tile grid of 16 tiles averages more than one of 4: its clean scores are not the
+256² ones).
 
 Usage::
 
@@ -68,10 +72,9 @@ from neuralmark.components.methods.anti_forward.parts import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN = "<!-- BEGIN anti_forward calibration by kind -->"
-END = "<!-- END anti_forward calibration by kind -->"
+BEGIN = "<!-- BEGIN anti_forward calibration by kind{} -->"  # {}: --tag
+END = "<!-- END anti_forward calibration by kind{} -->"
 CALIBRATION_DATA = SampleDataConfig(size=256, crops_per_photo=24, n_procedural=160)
-SIZE = 256
 #: installed photos the sample set does not use: (group, package, path in the package)
 EXTRA_PHOTOS = (
     ("photo:grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
@@ -109,20 +112,23 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1).float() / 255.0  # a copy
 
 
-def crops_of(image: Image.Image, group: str, n: int) -> list[torch.Tensor]:
-    """``n`` random square crops (≥ 0.35 of the short side, as the sample set) at 256²."""
+def crops_of(image: Image.Image, group: str, n: int, size: int) -> list[torch.Tensor]:
+    """``n`` random square crops (≥ 0.35 of the short side, as the sample set) at size²."""
     rng = np.random.default_rng(zlib.crc32(group.encode()))
-    return [to_tensor(c) for c in random_crops(image, n, SIZE, 0.35, rng)]
+    return [to_tensor(c) for c in random_crops(image, n, size, 0.35, rng)]
 
 
 def null_images(args: argparse.Namespace) -> tuple[torch.Tensor, list[str], list[str], dict]:
-    """(N×3×256×256 clean images, N groups, N kinds, inventory of what was found)."""
+    """(N×3×S×S clean images, N groups, N kinds, inventory of what was found); S: --size."""
+    size, wanted = args.size, set(args.kinds.split(",")) if args.kinds else None
     images: list[torch.Tensor] = []
     groups: list[str] = []
     kinds: list[str] = []
     inventory: dict[str, list[str]] = {"missing": [], "dropped_flat": []}
 
     def add(x: torch.Tensor, group: str, kind: str) -> None:
+        if wanted is not None and kind not in wanted:
+            return
         if float(x.max() - x.min()) < 1 / 255:  # unreadable: verify never flags it
             inventory["dropped_flat"].append(group)
             return
@@ -139,21 +145,21 @@ def null_images(args: argparse.Namespace) -> tuple[torch.Tensor, list[str], list
             if r.split == split and not r.group.startswith("procedural"):
                 if taken.get(r.group, 0) < n:
                     taken[r.group] = taken.get(r.group, 0) + 1
-                    add(load_image(root / r.path, SIZE), r.group, kind)
+                    add(load_image(root / r.path, size), r.group, kind)
     used = {p.group for p in BUNDLED_PHOTOS}
     for group, package, rel in EXTRA_PHOTOS:
         path = package_file(package, rel)
         if path is None or group in used:
             inventory["missing"].append(f"{package}/{rel}")
             continue
-        for x in crops_of(open_rgb(path), group, args.photo_crops):
+        for x in crops_of(open_rgb(path), group, args.photo_crops, size):
             add(x, group, "photo")
     lfw = package_file("skimage", "data/lfw_subset.npy")
     if lfw is None:
         inventory["missing"].append("skimage/data/lfw_subset.npy")
     else:
         faces = torch.from_numpy(np.load(lfw, allow_pickle=False)).float()  # 200 25 25
-        big = F.interpolate(faces[:, None], size=(SIZE, SIZE), mode="bilinear",
+        big = F.interpolate(faces[:, None], size=(size, size), mode="bilinear",
                             align_corners=False).clamp(0, 1).expand(-1, 3, -1, -1)
         for i, x in enumerate(big):
             add(x.contiguous(), f"lfw:{i:03d}", "lfw_face" if i < 100 else "lfw_background")
@@ -163,13 +169,13 @@ def null_images(args: argparse.Namespace) -> tuple[torch.Tensor, list[str], list
             inventory["missing"].append(f"skimage/data/{name}")
             continue
         group = f"graphic:{Path(name).stem}"
-        for x in crops_of(open_rgb(path), group, args.graphic_crops):
+        for x in crops_of(open_rgb(path), group, args.graphic_crops, size):
             add(x, group, "graphic")
     for r in rows:
         if r.split in ("val", "test") and r.group.startswith("procedural"):
-            add(load_image(root / r.path, SIZE), r.group, "procedural")
-    for i in range(args.fresh_procedural):
-        add(to_tensor(procedural_image(args.procedural_seed, i, SIZE)[1]),
+            add(load_image(root / r.path, size), r.group, "procedural")
+    for i in range(args.fresh_procedural if wanted is None or "procedural" in wanted else 0):
+        add(to_tensor(procedural_image(args.procedural_seed, i, size)[1]),
             f"procedural-seed{args.procedural_seed}:{i:04d}", "procedural")
     for kind in sorted(set(kinds)):
         inventory[kind] = sorted({g for g, k in zip(groups, kinds, strict=True) if k == kind})
@@ -233,6 +239,9 @@ def main() -> None:
                     help="scan paths: stretch (the bundle's), tiles (tiles and conv)")
     ap.add_argument("--scores-json", type=Path, default=None, help="per-image scores here")
     ap.add_argument("--card", type=Path, default=None)
+    ap.add_argument("--size", type=int, default=256, help="side of every null image")
+    ap.add_argument("--kinds", default="", help="comma-separated kinds to keep (default: all)")
+    ap.add_argument("--tag", default="", help="suffix of the card markers and the JSON name")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.kind_bundle:
@@ -291,8 +300,10 @@ def main() -> None:
         args.scores_json.write_text(json.dumps(raw))
     lines = section(record, args)
     if args.card:
-        (args.card / "calibration_by_kind.json").write_text(json.dumps(record, indent=1))
-        replace_section(args.card / "MODEL_CARD.md", lines, BEGIN, END)
+        (args.card / f"calibration_by_kind{args.tag}.json").write_text(
+            json.dumps(record, indent=1))
+        replace_section(args.card / "MODEL_CARD.md", lines, BEGIN.format(args.tag),
+                        END.format(args.tag))
     print("\n".join(lines))
 
 
@@ -301,12 +312,12 @@ def section(record: dict, args: argparse.Namespace) -> list[str]:
     inv = record["inventory"]
     kinds = [k for k in next(iter(record["paths"].values()))["by_kind"] if k != "all"]
     fpr = record["fpr"]
-    lines = [BEGIN,
+    lines = [BEGIN.format(args.tag),
              "### Null and thresholds by kind (`scripts/anti_forward_calibration_by_kind.py`)",
              "",
-             f"Every image at 256², {record['views']} scores each (itself + full-strength chain "
-             f"draws), level {fpr:g}, {record['seconds']:.0f} s on the shared 2-core CPU "
-             "(1 torch thread). Groups = distinct sources: "
+             f"Every image at {args.size}², {record['views']} scores each (itself + "
+             f"full-strength chain draws), level {fpr:g}, {record['seconds']:.0f} s on the "
+             "shared 2-core CPU (1 torch thread). Groups = distinct sources: "
              + "; ".join(f"{k}: {len(inv[k])}" for k in kinds)
              + (f"; not installed: {', '.join(inv['missing'])}" if inv["missing"] else "")
              + (f"; dropped as flat (unreadable): {', '.join(inv['dropped_flat'])}"
@@ -352,7 +363,7 @@ def section(record: dict, args: argparse.Namespace) -> list[str]:
                      f"{s[-1]:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "Threshold columns: `<kind> @ level` from the path's own null "
               "(stretch rows use the stretch null; tiles and conv rows the tile-grid null); "
-              "`n/a`: that threshold belongs to the other path.", END]
+              "`n/a`: that threshold belongs to the other path.", END.format(args.tag)]
     return lines
 
 
