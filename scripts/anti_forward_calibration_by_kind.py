@@ -300,7 +300,8 @@ def main() -> None:
         args.scores_json.write_text(json.dumps(raw))
     lines = section(record, args)
     if args.card:
-        (args.card / f"calibration_by_kind{args.tag}.json").write_text(
+        suffix = "_" + "_".join(args.tag.split()) if args.tag.strip() else ""
+        (args.card / f"calibration_by_kind{suffix}.json").write_text(
             json.dumps(record, indent=1))
         replace_section(args.card / "MODEL_CARD.md", lines, BEGIN.format(args.tag),
                         END.format(args.tag))
