@@ -8,6 +8,7 @@ arithmetic (``math.comb`` on integers, no approximation).
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 
 
 def binomial_sf(k: int, n: int, p: float = 0.5) -> float:
@@ -107,3 +108,42 @@ def empirical_p_value(exceed: int, n: int) -> float:
     if n < 0 or not 0 <= exceed <= n:
         raise ValueError(f"need 0 <= exceed <= n, got exceed={exceed}, n={n}")
     return (1 + exceed) / (n + 1)
+
+
+def clustered_rate(flags: Sequence[bool], clusters: Sequence[Hashable],
+                   confidence: float = 0.95) -> dict[str, float]:
+    """Rate of flagged clusters with its Clopper–Pearson interval, counting each cluster once.
+
+    Scores of one cluster (views, crops, flips of one photo) are correlated, so counting them
+    as independent trials overstates what a null sample knows. Here a cluster counts as one
+    trial, flagged if any of its members is: ``k`` of ``n`` clusters. Its interval is a
+    valid one for the share of clusters with any flagged member, which is at least the
+    per-member rate (the mean over clusters of their flagged share), so its upper bound is
+    also an upper bound on the per-member false-positive rate, given clusters drawn
+    independently like the traffic's. With ``k = 0`` the one-sided 95% bound is
+    ``1 − 0.05^(1/n) ≈ 3/n`` (the two-sided 95% interval's upper end is about ``3.7/n``).
+
+    Args:
+        flags: one bool per member.
+        clusters: one cluster label per member (same length).
+        confidence: two-sided level of the interval.
+
+    Returns:
+        ``{"flagged": k, "clusters": n, "rate": k/n, "lower": …, "upper": …,
+        "upper_one_sided": …}`` (the last at ``confidence``, one-sided).
+
+    Raises:
+        ValueError: lengths differ or there is no member.
+    """
+    if len(flags) != len(clusters):
+        raise ValueError(f"clustered_rate: {len(flags)} flags for {len(clusters)} cluster labels")
+    if not flags:
+        raise ValueError("clustered_rate needs at least one member")
+    hit: dict[Hashable, bool] = {}
+    for flag, cluster in zip(flags, clusters, strict=True):
+        hit[cluster] = hit.get(cluster, False) or bool(flag)
+    k, n = sum(hit.values()), len(hit)
+    lo, hi = clopper_pearson(k, n, confidence)
+    one_sided = 1.0 if k == n else _beta_ppf(confidence, k + 1, n - k)
+    return {"flagged": k, "clusters": n, "rate": k / n, "lower": lo, "upper": hi,
+            "upper_one_sided": one_sided}

@@ -165,7 +165,10 @@ def recalibrate(args: argparse.Namespace) -> None:
     start = time.time()
     cal = method.calibrate(clean, torch.Generator().manual_seed(9),
                            source=f"val split of {CALIBRATION_DATA.model_dump_json()} minus "
-                                  "the recipe's train/test images")
+                                  "the recipe's train/test images",
+                           groups=[r.group for r in rows],
+                           kinds=["procedural" if r.group.startswith("procedural") else "photo"
+                                  for r in rows])
     for key in ("train_images", "train_data", "wall_seconds", "threads", "fit_seconds",
                 "fit_steps", "train_view", "init"):
         if key in old:

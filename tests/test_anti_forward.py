@@ -15,7 +15,9 @@ from neuralmark.components.attacks.stochastic import (
 from neuralmark.components.methods import InputError, Status, WatermarkKey, build, load_bundle
 from neuralmark.components.methods.anti_forward import AntiForward
 from neuralmark.components.methods.anti_forward import training as af_training
+from neuralmark.components.methods.anti_forward.parts import kind_calibration, threshold_at
 from neuralmark.components.metrics import seam_energy_ratio
+from neuralmark.components.stats import clustered_rate
 
 #: a fit small enough for this CPU (~10 s of CPU), big enough to separate stamped from clean
 TRAIN = {"variant": "rs_aug", "working_size": 32, "encoder_width": 8, "scanner_width": 8,
@@ -283,6 +285,67 @@ def test_even_stamp_energy_spreads_a_band_and_follows_texture():
     masked.encoder = Band()
     r = masked.residual(half, None)
     assert local_rms(r, slice(40, 60)) > 3 * local_rms(r, slice(14, 28))
+
+
+def test_clustered_rate_counts_each_group_once():
+    # 3 flagged members, all in group "a": one flagged group of three
+    r = clustered_rate([True, True, True, False, False], ["a", "a", "a", "b", "c"])
+    assert (r["flagged"], r["clusters"], r["rate"]) == (1, 3, pytest.approx(1 / 3))
+    assert r["lower"] < 1 / 3 < r["upper"]
+    none = clustered_rate([False] * 40, [i // 4 for i in range(40)])  # 10 groups of 4
+    assert (none["flagged"], none["clusters"]) == (0, 10)
+    assert none["upper_one_sided"] == pytest.approx(1 - 0.05 ** (1 / 10))  # ≈ 3/n
+    assert none["upper_one_sided"] < none["upper"]
+    with pytest.raises(ValueError, match="2 flags for 3"):
+        clustered_rate([True, False], ["a", "b", "c"])
+
+
+def test_calibration_by_kind_keeps_the_pooled_threshold_and_counts_groups(photo):
+    method = smoke(calibration_scores=48, fpr=0.05)
+    photos = _images(photo, 6, 32)
+    g = torch.Generator().manual_seed(3)
+    textures = torch.rand(6, 3, 32, 32, generator=g)
+    clean = torch.cat([photos, textures])
+    groups = ["p0", "p0", "p0", "p1", "p1", "p1", *(f"t{i}" for i in range(6))]
+    kinds = ["photo"] * 6 + ["procedural"] * 6
+    plain = method.calibrate(clean, torch.Generator().manual_seed(9))
+    plain = {k: plain[k] for k in ("clean_statistics", "threshold_statistic")}
+    cal = method.calibrate(clean, torch.Generator().manual_seed(9), groups=groups, kinds=kinds)
+    # labels change nothing about the deployed rule
+    assert cal["clean_statistics"] == plain["clean_statistics"]
+    assert cal["threshold_statistic"] == plain["threshold_statistic"]
+    scores = cal["image_statistics"]
+    assert len(scores) == 12 and {len(s) for s in scores} == {cal["views_per_image"]}
+    assert sorted(v for s in scores for v in s) == cal["clean_statistics"]
+    by = cal["by_kind"]
+    assert set(by) == {"photo", "procedural", "all"}
+    assert (by["photo"]["n_groups"], by["procedural"]["n_groups"], by["all"]["n_groups"]) == (
+        2, 6, 8)
+    assert by["photo"]["n_scores"] == 6 * cal["views_per_image"]
+    for kind, rows in (("photo", range(6)), ("procedural", range(6, 12)), ("all", range(12))):
+        own = sorted(v for i in rows for v in scores[i])
+        assert by[kind]["threshold_statistic"] == threshold_at(own, 0.05)
+        assert by[kind]["max_statistic"] == own[-1]
+        thr = cal["threshold_statistic"]
+        above = {groups[i] for i in rows if any(v > thr for v in scores[i])}
+        at = by[kind]["at_deployed"]
+        assert at["flagged"] == len(above)
+        assert at["scores_above"] == sum(v > thr for i in rows for v in scores[i])
+    # any other threshold can be judged later from the stored per-image scores
+    again = kind_calibration(scores, groups, kinds, 0.05, float("-inf"))
+    assert again["photo"]["at_deployed"]["flagged"] == 2
+    assert again["all"]["at_deployed"]["flagged"] == 8
+
+
+def test_calibration_labels_must_fit_the_images(photo):
+    method = smoke(calibration_scores=8)
+    clean = _images(photo, 4, 32)
+    with pytest.raises(InputError, match="groups has 3 labels for 4 images"):
+        method.calibrate(clean, groups=["a", "b", "c"], kinds=["photo"] * 4)
+    with pytest.raises(InputError, match="kinds has 5 labels"):
+        method.calibrate(clean, kinds=["photo"] * 5)
+    with pytest.raises(InputError, match='"all" is reserved'):
+        method.calibrate(clean, kinds=["photo", "photo", "all", "all"])
 
 
 def test_uncalibrated_model_never_detects(photo):

@@ -104,7 +104,13 @@ Choices where the seed is vague (written down here, as promised):
   image (``baseline``) flags more new clean images than ``fpr`` on small
   calibration sets (tiny-profile figures: README). Calibrate on many distinct
   held-out images before trusting ``fpr`` (``calibrate`` takes any set), and let
-  the gate's measured FPR decide.
+  the gate's measured FPR decide. ``calibrate(..., groups=, kinds=)`` labels each
+  image with its distinct source and its kind (photo, procedural texture, ...) and
+  records, per kind and pooled, the kind's own threshold and the sources above a
+  threshold counted once each (``stats.clustered_rate``: an interval over distinct
+  sources, the honest sample size); the deployed threshold stays the pooled one
+  (our choice: the seed calibrates nothing; the tile-grid tail was a few synthetic
+  textures, invisible in a pooled count).
 * **Smoothing at verify**: when ``smoothing`` is on and the variant trains with
   noise (σ > 0), an image that passes the calibrated test is also certified
   (``certify``: ``n0`` selection and ``n`` estimation samples, Clopper–Pearson

@@ -8,6 +8,7 @@ embedding, certification and verification on top (``AntiForward``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from neuralmark.components.methods.base import (
 )
 from neuralmark.components.nets.stamp import Scanner, StampEncoder
 from neuralmark.components.payload import PayloadCodec
+from neuralmark.components.stats import clustered_rate
 
 
 class _ScannerClassifier(torch.nn.Module):
@@ -236,37 +238,115 @@ class StampParts(WatermarkMethod):
 
     @torch.no_grad()
     def calibrate(self, clean: torch.Tensor, generator: torch.Generator | None = None,
-                  source: str = "val") -> dict[str, Any]:
+                  source: str = "val", groups: Sequence[str] | None = None,
+                  kinds: Sequence[str] | None = None) -> dict[str, Any]:
         """Set the clean-score calibration from held-out clean images.
 
         Args:
             clean: N×3×H×W clean images in [0, 1].
             generator: seeds the augmented views.
             source: where the images come from (recorded).
+            groups: N labels, the distinct source each image comes from (crops of one
+                photo share one); optional, default: every image its own.
+            kinds: N labels, the kind of image (e.g. "photo", "procedural"); with them
+                the record gets ``by_kind`` (``kind_calibration``): the threshold and the
+                group-level false-positive rate of each kind and of all together, and the
+                per-image scores with their labels (``image_statistics``, ``image_groups``,
+                ``image_kinds``). The deployed threshold stays the pooled one either way.
 
         Returns:
             The calibration record (also stored in ``extra_state``): sorted clean
             statistics (the image itself plus views through the full-strength
             augmentation chain, ``ceil(calibration_scores / N)`` per image).
+
+        Raises:
+            InputError: ``groups`` or ``kinds`` not one label per image.
         """
         c = self.config
+        n_images = clean.shape[0]
+        for name, labels in (("groups", groups), ("kinds", kinds)):
+            if labels is not None and len(labels) != n_images:
+                raise InputError(f"calibrate: {name} has {len(labels)} labels for "
+                                 f"{n_images} images (one per image)")
+        if kinds is not None and "all" in kinds:
+            raise InputError('calibrate: "all" is reserved for the pooled row of by_kind; '
+                             "name that kind otherwise")
         xw = self.to_grid(clean).clamp(0, 1)
-        views = max(1, math.ceil(c.calibration_scores / xw.shape[0]))
+        views = max(1, math.ceil(c.calibration_scores / n_images))
         chain = StochasticAugmentation(c.aug, 1.0)
-        stats = [self.scan_statistic(xw)]
+        per_view = [self.scan_statistic(xw)]                                   # views × n
         for _ in range(views - 1):
-            for i in range(0, xw.shape[0], 64):
-                stats.append(self.scan_statistic(chain(xw[i:i + 64], generator)))
-        values = sorted(float(v) for v in torch.cat(stats))
+            per_view.append(torch.cat([self.scan_statistic(chain(xw[i:i + 64], generator))
+                                       for i in range(0, n_images, 64)]))
+        scores = torch.stack(per_view, dim=1)                                  # n views
+        values = sorted(float(v) for v in scores.flatten())
         n = len(values)
-        k_max = math.floor(c.fpr * (n + 1)) - 1   # clean scores allowed at or above s
-        threshold = values[n - 1 - k_max] if 0 <= k_max < n else None
+        threshold = threshold_at(values, c.fpr)
         self.calibration = {
-            "clean_statistics": values, "n_scores": n, "n_images": int(xw.shape[0]),
+            "clean_statistics": values, "n_scores": n, "n_images": int(n_images),
             "views_per_image": views, "source": source, "fpr_target": c.fpr,
             "threshold_statistic": threshold,
             "note": ("detected iff p=(1+#clean>=s)/(N+1) <= fpr; threshold_statistic: s must "
                      "exceed it" if threshold is not None else
                      f"only {n} clean scores: p can never reach fpr={c.fpr:g}"),
         }
+        if kinds is not None:
+            labels = list(groups) if groups is not None else [str(i) for i in range(n_images)]
+            per_image = scores.tolist()
+            self.calibration["by_kind"] = kind_calibration(per_image, labels, list(kinds),
+                                                           c.fpr, threshold)
+            # kept so any other threshold can be judged by kind later (kind_calibration)
+            self.calibration.update(image_statistics=per_image, image_groups=labels,
+                                    image_kinds=list(kinds))
         return self.calibration
+
+
+def threshold_at(values: Sequence[float], fpr: float) -> float | None:
+    """The statistic a score must exceed for ``p = (1 + #clean ≥ s) / (N + 1) ≤ fpr``.
+
+    ``values``: the N clean scores, sorted ascending. ``None`` when N is too small for any
+    score to reach ``fpr``.
+    """
+    n = len(values)
+    k_max = math.floor(fpr * (n + 1)) - 1   # clean scores allowed at or above s
+    return values[n - 1 - k_max] if 0 <= k_max < n else None
+
+
+def kind_calibration(scores: Sequence[Sequence[float]], groups: Sequence[str],
+                     kinds: Sequence[str], fpr: float,
+                     deployed: float | None) -> dict[str, dict[str, Any]]:
+    """Per kind of image (and ``"all"``): its own threshold and its group-level FPR.
+
+    Args:
+        scores: N lists, the clean scores of each image (itself and its views).
+        groups: N distinct-source labels (a group is one photo, one synthetic image).
+        kinds: N kind labels.
+        fpr: the level.
+        deployed: the pooled threshold (``threshold_statistic``), or ``None``.
+
+    Returns:
+        ``{kind: {"n_images", "n_groups", "n_scores", "threshold_statistic" (this kind's
+        own, at fpr over its scores), "max_statistic", "at_own" / "at_deployed": the
+        scores above that threshold ("scores_above") and the groups with any score above
+        it, counted once each (``stats.clustered_rate``: its interval bounds the
+        per-image rate by the number of groups, not of scores)}}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for kind in [*sorted(set(kinds)), "all"]:
+        rows = [i for i, k in enumerate(kinds) if kind in ("all", k)]
+        flat = [(float(s), groups[i]) for i in rows for s in scores[i]]
+        values = sorted(s for s, _ in flat)
+        own = threshold_at(values, fpr)
+        entry: dict[str, Any] = {
+            "n_images": len(rows), "n_groups": len({groups[i] for i in rows}),
+            "n_scores": len(values), "threshold_statistic": own,
+            "max_statistic": values[-1]}
+        for name, thr in (("at_own", own), ("at_deployed", deployed)):
+            if thr is None:
+                entry[name] = None
+                continue
+            flags = [s > thr for s, _ in flat]
+            entry[name] = {"threshold": thr, "scores_above": sum(flags),
+                           **clustered_rate(flags, [g for _, g in flat])}
+        out[kind] = entry
+    return out
