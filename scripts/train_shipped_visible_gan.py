@@ -56,6 +56,7 @@ from neuralmark.components.methods.visible_gan.config import VisibleGanConfig  #
 from neuralmark.components.methods.visible_gan.evaluation import (  # noqa: E402
     FADED,
     removal_reading,
+    remove_with_v,
     seed_table_markdown,
     visible_rows,
 )
@@ -148,7 +149,9 @@ def measure(method, test: torch.Tensor) -> dict:
     """Detection, false positives, attacks and quality on two held-out sets, and the rows.
 
     Two held-out sets of different sizes: the test split and fresh null images
-    (procedural + photo crops, another seed, 128²: what a user's photos look like).
+    (procedural + photo crops, another seed, 128²: what a user's photos look like). On
+    each, ``shipped_v``: the bundle's own V as a ready-made remover (``remove_with_v``):
+    the share of the mark's squared error it leaves, PSNR after, and detection after.
     """
     fresh = default_null_images(128, count=64, seed=2024)
     sets = {f"test_{test.shape[-1]}": test, "fresh_128": fresh}
@@ -169,7 +172,8 @@ def measure(method, test: torch.Tensor) -> dict:
             "psnr_marked_vs_clean": float(psnr(marked.cpu(), clean).mean()),
             "ssim_marked_vs_clean": float(ssim(marked.cpu(), clean).mean()),
             "ncc_clean_median": float(torch.tensor([v.score for v in v_clean]).median()),
-            "ncc_marked_median": float(torch.tensor([v.score for v in v_marked]).median())}
+            "ncc_marked_median": float(torch.tensor([v.score for v in v_marked]).median()),
+            "shipped_v": shipped_v_removal(method, clean, marked)}
     false_pos = sum(r["false_positives"] for r in per_set.values())
     trials = sum(r["images"] for r in per_set.values())
     lo, hi = clopper_pearson(false_pos, trials)
@@ -179,31 +183,105 @@ def measure(method, test: torch.Tensor) -> dict:
             "test_rows": [{k: r[k] for k in ("label", "metric", "value")} for r in rows]}
 
 
+def shipped_v_removal(method, clean: torch.Tensor, marked: torch.Tensor) -> dict:
+    """What the bundle's own V does to ``marked`` (``clean`` its unmarked originals)."""
+    restored = remove_with_v(method, marked)
+    clean, marked = clean.cpu(), marked.cpu()
+    err_before = ((marked - clean) ** 2).sum()
+    return {"removal_left": float(((restored - clean) ** 2).sum() / err_before.clamp_min(1e-12)),
+            "psnr_before": float(psnr(marked, clean).clamp_max(100).mean()),
+            "psnr_after": float(psnr(restored, clean).clamp_max(100).mean()),
+            "detection_rate": detection_rate(method, restored)}
+
+
+def remeasure(out: Path) -> None:
+    """Measure ``out``'s bundle again on the held-out sets (:func:`measure`); rewrite the
+    measured part of ``metrics.json`` (training figures kept) and the card.
+
+    For a bundle trained before ``measure`` gained a figure; ``measure`` is deterministic,
+    so the figures it had come back unchanged.
+    """
+    m = json.loads((out / "metrics.json").read_text())
+    data_settings = DataSettings(**m.get("data", SHIPPED_DATA), version_with_dvc=False)
+    method = load_bundle(out)
+    test = load_data(data_settings, method.config.detect_size)["test"]
+    m.update(measure(method, test))
+    m["remeasured_by"] = " ".join(["python", "scripts/train_shipped_visible_gan.py",
+                                   *sys.argv[1:]])
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    write_card(m, out)
+
+
 def compare_previous(out: Path, previous: Path, curve: Path | None) -> None:
     """Measure the previous bundle as this one was; ``metrics.json["previous"]``, new card.
 
     Detection, false positives and the contrast rows are measured on the same held-out
     images; its removal figures come from ``curve`` (``visible_gan_removal_curve.py
-    --bundle PREVIOUS --json …``: V′ as in the table, at ``removal_steps``) when given.
+    --bundle PREVIOUS --json …``: V′ as in the table, at ``removal_steps``) when given,
+    else from the previous bundle's own ``metrics.json`` (its training run's table) when
+    that V′ was the same as this run's; F′'s accuracies likewise (:func:`own_table`).
     """
     m = json.loads((out / "metrics.json").read_text())
     data_settings = DataSettings(**m.get("data", SHIPPED_DATA), version_with_dvc=False)
     old = load_bundle(previous)
     test = load_data(data_settings, old.config.detect_size)["test"]
     measured = measure(old, test)
-    entry = {"bundle": str(previous), "config": json.loads((previous / "config.json")
-                                                            .read_text()), **measured}
+    old_config = json.loads((previous / "config.json").read_text())
+    entry = {"bundle": str(previous), "config": old_config, **measured}
+    steps = m["fit_report"]["removal_steps"]
+    keep = ("removal_gain", "removal_left", "psnr_after")
     if curve is not None:
         rows = json.loads(curve.read_text())["rows"]
-        steps = m["fit_report"]["removal_steps"]
-        entry["removal"] = {r["stamper"]: {k: r[k] for k in ("removal_gain", "removal_left",
-                                                              "psnr_after")}
+        entry["removal"] = {r["stamper"]: {k: r[k] for k in keep}
                             for r in rows if r["steps"] == steps}
         entry["removal_steps"] = steps
         entry["removal_source"] = str(curve)
+    own = own_table(previous, old_config, m, out)
+    if curve is None and own.get("removal"):
+        entry["removal"] = {name: {k: r[k] for k in keep} for name, r in own["removal"].items()}
+        entry["removal_steps"] = steps
+        entry["removal_source"] = str(previous / "metrics.json")
+    if own.get("accuracy"):
+        entry["accuracy"] = own["accuracy"]
+        entry["accuracy_source"] = str(previous / "metrics.json")
     m["previous"] = entry
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
     write_card(m, out)
+
+
+#: what makes two runs' V′ the same attacker (the table's V′: width, batch, learning rate,
+#: steps, seed of its initial weights and batches), and their F′ the same classifier
+SAME_V_PRIME = ("v_width", "batch_size", "removal_lr", "removal_steps", "working_size", "seed")
+SAME_F_PRIME = ("classifier", "classifier_width", "classifier_lr", "utility_steps",
+                "batch_size", "working_size", "seed", "blend")
+
+
+def own_table(previous: Path, old_config: dict, m: dict, out: Path) -> dict:
+    """The previous bundle's V′ rows (``removal``) and F′ accuracies (``accuracy``) from its
+    own ``metrics.json``: each only when that run's V′ (F′) was this run's
+    (:data:`SAME_V_PRIME`, :data:`SAME_F_PRIME` in both configs) on the same data, so its
+    rows are what measuring that W again would give. ``{}`` when neither holds.
+    """
+    path = previous / "metrics.json"
+    if not path.is_file():
+        return {}
+    old_m = json.loads(path.read_text())
+    if data_key(old_m) != data_key(m):
+        return {}
+    new_config = json.loads((out / "config.json").read_text())
+    rep = old_m.get("fit_report", {})
+    found = {}
+    for part, keys in (("removal", SAME_V_PRIME), ("accuracy", SAME_F_PRIME)):
+        if rep.get(part) and all(old_config.get(k) == new_config.get(k) for k in keys):
+            found[part] = rep[part]
+    return found
+
+
+def data_key(m: dict) -> tuple:
+    """What a run's V′ was judged on (older metrics without ``data``: the shipped set)."""
+    d = {**SHIPPED_DATA, **DATA.model_dump(), **(m.get("data") or {})}
+    return (d.get("dataset"), d.get("size"), d.get("images_per_class"), d.get("seed"),
+            m.get("train_images"), m.get("test_images"))
 
 
 def main() -> None:
@@ -223,6 +301,9 @@ def main() -> None:
                          "runs end to end (its numbers mean nothing; never ship its output)")
     ap.add_argument("--card-only", action="store_true",
                     help="only (re)write MODEL_CARD.md from --out/metrics.json")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="measure --out's bundle again on the held-out sets (no training) "
+                         "and rewrite metrics.json's measured part and the card")
     ap.add_argument("--previous", type=Path, default=None,
                     help="measure this earlier bundle like --out's and compare them in the "
                          "card (no training)")
@@ -235,6 +316,9 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here (use auto or cpu)")
     torch.set_num_threads(args.threads)
+    if args.remeasure:
+        remeasure(args.out)
+        return
     if args.previous is not None:
         compare_previous(args.out, args.previous, args.previous_curve)
         return
@@ -303,8 +387,25 @@ def data_line(m: dict) -> str:
             "keeps a real classifier's answer.")
 
 
-def previous_section(m: dict) -> str:
-    """The previous bundle against this one, on the same held-out images."""
+def recipe_difference(old: dict, new: dict) -> str:
+    """The recipe keys (and ℒ_vis's weight) on which two bundles' configs differ.
+
+    A key an older config lacks had the config's default then.
+    """
+    fields = VisibleGanConfig.model_fields
+    keys = [*RECIPE, "lambda_visibility", "visibility_floor"]
+    diff = []
+    for k in dict.fromkeys(keys):
+        default = fields[k].default if k in fields else None
+        a, b = old.get(k, default), new.get(k, default)
+        if k != "device" and a != b:
+            diff.append(f"`{k}` {json.dumps(a)}")
+    return ", ".join(diff) or "the same recipe"
+
+
+def previous_section(m: dict, cfg: dict) -> str:
+    """The previous bundle against this one (``cfg``: this bundle's config), on the same
+    held-out images."""
     prev = m.get("previous")
     if not prev:
         return ""
@@ -320,8 +421,8 @@ def previous_section(m: dict) -> str:
     steps = prev.get("removal_steps")
     new_rem = m["fit_report"].get("removal", {})
     old_rem = prev.get("removal", {})
-    lines = [f"| same held-out images | previous W (`{prev['config'].get('lambda_visibility', 0)}`"
-             " ℒ_vis weight) | this W |", "|---|---|---|"]
+    lines = [f"| same held-out images | previous W ({recipe_difference(prev['config'], cfg)})"
+             " | this W |", "|---|---|---|"]
     for label, metric, f in (("deepstamp", "contrast", "{:.3f}"),
                              ("deepstamp", "contrast_vs_static", "{:.2f}×"),
                              ("deepstamp", "psnr_vs_static", "{:.2f} dB")):
@@ -340,6 +441,13 @@ def previous_section(m: dict) -> str:
                        f"{b['detection_rate_attacked']['resize_0.5']:.2f} |")
     lines.append(f"| false positives (all clean) | {prev['false_positives']}/"
                  f"{prev['clean_trials']} | {m['false_positives']}/{m['clean_trials']} |")
+    for name in m["per_set"]:
+        a = prev["per_set"].get(name, {}).get("shipped_v")
+        b = m["per_set"][name].get("shipped_v")
+        if a and b:
+            lines.append(f"| the bundle's own V ({name}): share left / still detected | "
+                         f"{a['removal_left']:.3f} / {a['detection_rate']:.3f} | "
+                         f"{b['removal_left']:.3f} / {b['detection_rate']:.3f} |")
     if old_rem:
         for name in ("static", "deepstamp"):
             o, n = old_rem.get(name, {}), new_rem.get(name, {})
@@ -348,9 +456,26 @@ def previous_section(m: dict) -> str:
                          f"{fmt(o.get('removal_gain'), '{:+.2f} dB')} | "
                          f"{fmt(n.get('removal_left'), '{:.3f}')} / "
                          f"{fmt(n.get('removal_gain'), '{:+.2f} dB')} |")
-    source = (f" The previous W's V′ rows: `{prev['removal_source']}` (V′ as in the table: "
-              "same width, batch, learning rate, initial weights and batches)."
+    old_acc, new_acc = prev.get("accuracy", {}), m["fit_report"].get("accuracy", {})
+    if old_acc and new_acc:
+
+        def drops(acc: dict) -> str:
+            return " / ".join(fmt(100 * (acc["clean"] - acc[s]) if s in acc else None,
+                                  "{:+.2f}") for s in ("static", "deepstamp"))
+
+        lines.append(f"| F′ accuracy drop, static / DeepStamp ({m['test_images']} clean test "
+                     f"images, points) | {drops(old_acc)} | {drops(new_acc)} |")
+    def own(path: str) -> str:  # the previous bundle's own metrics.json: its training run's
+        return " (its own training run's table)" if path.endswith("metrics.json") else ""
+
+    source = (f" The previous W's V′ rows: `{prev['removal_source']}`"
+              f"{own(prev['removal_source'])} (V′ as in the table: same width, batch, "
+              "learning rate, initial weights and batches)."
               if old_rem else " The previous W was not put through V′ here.")
+    if old_acc:
+        source += (f" Its F′ accuracies: `{prev['accuracy_source']}`"
+                   f"{own(prev['accuracy_source'])} (F′ as in the table: same architecture, "
+                   "steps, initial weights and batches).")
     return ("\n## The previous shipped W against this one\n"
             f"`--previous {prev['bundle']}`: the earlier bundle measured by this script on the "
             "same held-out sets." + source + "\n\n" + "\n".join(lines) + "\n")
@@ -412,6 +537,18 @@ def write_card(m: dict, out: Path) -> None:
                                   for k, v in stale.items())
                       + f"; retraining it is `{command}`, then copying the bundle and card "
                         "as the module docstring says.")
+    beaten = {name: r["shipped_v"]["detection_rate"] for name, r in m["per_set"].items()
+              if "shipped_v" in r and r["shipped_v"]["detection_rate"] < 0.5}
+    if beaten:
+        held = {name: r["shipped_v"]["detection_rate"] for name, r in m["per_set"].items()
+                if "shipped_v" in r and name not in beaten}
+        limits.append("- The bundle's own V (shipped, so public) defeats the detector on "
+                      + ", ".join(f"{k} (detected {v:.3f} after it)" for k, v in beaten.items())
+                      + ": whoever has these files can strip the mark from such images "
+                        "without training anything"
+                      + ("; it does not on " + ", ".join(f"{k} ({v:.3f})"
+                                                         for k, v in held.items())
+                         if held else "") + ".")
     if ratio is not None and ratio < FADED:
         limits.append(f"- DeepStamp's mark is {ratio:.2f}× the static blend's contrast (below "
                       f"{FADED:g}×): part of any removal resistance may be fading.")
@@ -452,7 +589,7 @@ seed 2024) at 128². `resize_0.5` of a 32² image is 16², the smallest side the
 
 - FPR on all clean images: {m["false_positives"]}/{m["clean_trials"]} (95% Clopper–Pearson CI
   {lo:.3g}–{hi:.3g}); the calibrated target is {cal["fpr_target"]:g}.
-
+{shipped_v_line(m)}
 {chr(10).join(quality)}
 
 ### The seed's table in shape (test split)
@@ -464,12 +601,26 @@ judged on the test split; the V′ steps table is the same V′ judged on the wa
 
 {seed_table_markdown(rep, reading=False)}
 {reading}
-{previous_section(m)}{seed_section(out)}{study_section(out, m)}{accuracy_section(out)}\
+{previous_section(m, cfg)}{seed_section(out)}{study_section(out, m)}{accuracy_section(out)}\
 {earlier_section(out)}{residual_section(out)}
 ## Known limitations (measured)
 {chr(10).join(limits)}
 """
     (out / "MODEL_CARD.md").write_text(text)
+
+
+def shipped_v_line(m: dict) -> str:
+    """What the bundle's own V (shipped with it) does to the marked held-out images."""
+    parts = [f"{name}: leaves {r['shipped_v']['removal_left']:.3f} of the mark's squared "
+             f"error, PSNR {r['shipped_v']['psnr_before']:.2f} → "
+             f"{r['shipped_v']['psnr_after']:.2f} dB, still detected "
+             f"{r['shipped_v']['detection_rate']:.3f}"
+             for name, r in m["per_set"].items() if "shipped_v" in r]
+    if not parts:
+        return ""
+    return ("- The bundle's own V, which ships in `weights.safetensors`, as an attacker's "
+            "ready-made remover (`evaluation.remove_with_v`: V on the centred square at the "
+            "working size, its change up-sampled): " + "; ".join(parts) + ".\n")
 
 
 def fit_steps(final: dict) -> str:

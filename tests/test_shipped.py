@@ -221,3 +221,28 @@ def test_shipped_output_mark_audit_without_bundle(om_outputs, tmp_path):
         record = json.loads(result.stdout)
         assert result.exit_code == expected, (name, record["reason"])
         assert (tmp_path / name / "verdict.md").is_file()
+
+
+def test_shipped_visible_gan_is_trained_with_the_scripts_recipe():
+    """The shipped W is the script's recipe (not an older one) and its card is the script's."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_shipped_visible_gan.py"
+    spec = importlib.util.spec_from_file_location("train_shipped_visible_gan", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shipped = PRETRAINED_DIR / "visible_gan"
+    config = json.loads((shipped / "config.json").read_text())
+    stale = {k: (config.get(k), v) for k, v in script.RECIPE.items() if config.get(k) != v}
+    assert not stale, f"shipped W predates RECIPE (shipped, recipe): {stale}"
+    metrics = json.loads((shipped / "metrics.json").read_text())
+    assert metrics["profile"] == "shipped"
+    assert {k: v for k, v in metrics["recipe"].items() if k != "device"} == script.RECIPE
+    assert metrics["final_training"]["steps_done"] == script.RECIPE["steps"]
+    card = (shipped / "MODEL_CARD.md").read_text()
+    assert "predates" not in card
+    assert f"{metrics['fit_seconds']:.0f} s wall" in card
+    assert (shipped / "weights.safetensors").stat().st_size < 5 * 2**20
+    method = load_bundle(shipped)
+    assert method.key == "visible_gan" and method.config.removal_warmup_steps == 1200

@@ -108,6 +108,61 @@ def test_card_only_rewrites_the_same_card_and_previous_adds_the_comparison(train
     card = (trained / "MODEL_CARD.md").read_text()
     assert "## The previous shipped W against this one" in card
     assert "| false positives (all clean) |" in card
+    # no --previous-curve: the previous bundle's own table gives its V′ and F′ rows (same
+    # V′ and F′ here, so the same figures), and the card names that source
+    rem = m["fit_report"]["removal"]
+    assert m["previous"]["removal"] == {
+        name: {k: r[k] for k in ("removal_gain", "removal_left", "psnr_after")}
+        for name, r in rem.items()}
+    assert m["previous"]["accuracy"] == m["fit_report"]["accuracy"]
+    assert "its own training run's table" in card
+    assert "| previous W (the same recipe) | this W |" in card
+    left = rem["deepstamp"]["removal_left"]
+    assert f"deepstamp: share left / gain | {left:.3f} / " in card
+    assert "| F′ accuracy drop, static / DeepStamp (" in card
+
+
+def test_remeasure_gives_the_same_figures_and_the_shipped_v_attack(trained, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    before = json.loads((out / "metrics.json").read_text())
+    done = _run("--remeasure", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["final_training"] == before["final_training"]
+    assert after["test_rows"] == before["test_rows"]  # measure is deterministic
+    for name, r in before["per_set"].items():
+        for k, v in r.items():
+            assert after["per_set"][name][k] == v, (name, k)
+        v_attack = after["per_set"][name]["shipped_v"]
+        assert 0 <= v_attack["detection_rate"] <= 1 and v_attack["removal_left"] >= 0
+        assert v_attack["psnr_before"] == pytest.approx(r["psnr_marked_vs_clean"], abs=1e-4)
+    assert "--remeasure" in after["remeasured_by"]
+    card = (out / "MODEL_CARD.md").read_text()
+    left = after["per_set"]["test_32"]["shipped_v"]["removal_left"]
+    assert "The bundle's own V, which ships in `weights.safetensors`" in card
+    assert f"test_32: leaves {left:.3f} of the mark's squared error" in card
+
+
+def test_previous_with_another_v_prime_gets_no_removal_rows(trained, tmp_path):
+    import shutil
+
+    out, old = tmp_path / "out", tmp_path / "old"
+    shutil.copytree(trained, out)
+    shutil.copytree(trained, old)
+    cfg = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**cfg, "removal_steps": 7,
+                                                 "removal_warmup_steps": 5}))
+    done = _run("--out", str(out), "--previous", str(old))
+    assert done.returncode == 0, done.stderr[-2000:]
+    prev = json.loads((out / "metrics.json").read_text())["previous"]
+    # its V′ trained for other steps: not this table's attacker; its F′ still is
+    assert "removal" not in prev and "accuracy" in prev
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "The previous W was not put through V′ here." in card
+    assert "previous W (`removal_warmup_steps` 5, `removal_steps` 7)" in card
 
 
 def test_bad_profile_and_device_are_named(tmp_path):

@@ -20,6 +20,7 @@ from neuralmark.components.methods.visible_gan.evaluation import (
     STAMPERS,
     removal_curve,
     removal_reading,
+    remove_with_v,
     seed_table_markdown,
 )
 from neuralmark.components.methods.visible_gan.losses import (
@@ -314,6 +315,23 @@ def test_fit_records_v_prime_learning_curve_at_the_configured_steps():
         {**m.fit_report, "accuracy": {"clean": 0.5}})
     with pytest.raises(InputError, match=r"removal_curve_steps \[4, 9\]"):
         smoke(removal_steps=4, removal_curve_steps=(2, 4, 9))
+
+
+def test_remove_with_v_changes_only_the_centred_square_by_vs_change():
+    m = smoke()
+    x = torch.rand(2, 3, 40, 64, generator=torch.Generator().manual_seed(1))
+    restored = remove_with_v(m, x)
+    assert restored.shape == x.shape and 0 <= float(restored.min()) <= float(restored.max()) <= 1
+    # the square is 40 wide, centred: columns 12..52; outside it nothing moves
+    assert torch.equal(restored[..., :12], x[..., :12])
+    assert torch.equal(restored[..., 52:], x[..., 52:])
+    assert not torch.equal(restored[..., 12:52], x[..., 12:52])  # an untrained V moves pixels
+    # at the working size V's output is taken as is (clamped to [0, 1])
+    work = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(remove_with_v(m, work), m.V(work).clamp(0, 1), atol=1e-6)
+    m.V = torch.nn.Identity()  # a V that removes nothing gives the marked image back
+    assert torch.equal(remove_with_v(m, x), x)
 
 
 def test_removal_reading_says_which_rows_show_nothing():

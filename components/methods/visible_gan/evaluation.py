@@ -35,8 +35,8 @@ from neuralmark.components.methods.visible_gan.nets import RemovalNet, build_cla
 from neuralmark.components.metrics import psnr, ssim
 
 __all__ = ["STAMPERS", "contrast", "dataset_utility", "removal_curve", "removal_curve_markdown",
-           "removal_reading", "seed_table_markdown", "stamp_all", "stamper_grid",
-           "visible_rows"]
+           "removal_reading", "remove_with_v", "seed_table_markdown", "stamp_all",
+           "stamper_grid", "visible_rows"]
 
 STAMPERS = ("static", "opacity", "displacement", "deepstamp")
 EVALUATION_ATTACK = "visible_gan"
@@ -84,6 +84,35 @@ def _restore(net: RemovalNet, marked: torch.Tensor, device: torch.device) -> tor
     with torch.no_grad():
         return torch.cat([net(marked[j:j + 256].to(device)).clamp(0, 1).cpu()
                           for j in range(0, marked.shape[0], 256)])
+
+
+@torch.no_grad()
+def remove_with_v(method: Any, marked: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The method's own V as an attacker's ready-made remover: ``B×3×H×W`` → same, [0, 1].
+
+    V ships in every bundle, so whoever has the shipped files has it, untrained work
+    included. It runs on the centred square at the working size (where it was trained and
+    where the mark is); its change is up-sampled (bilinear) and added at full resolution,
+    as ``embed`` adds W's. This is the obvious use of V, not the best one: what it removes
+    is what an attacker with the shipped files gets at the least.
+    """
+    c = method.config
+    out = []
+    for i in range(0, marked.shape[0], batch_size):
+        x = marked[i:i + batch_size].to(method.device)
+        h, w = x.shape[-2:]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        square = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
+        work = resize_square(x[square], c.working_size)
+        change = method.V(work).clamp(0, 1) - work
+        if side != c.working_size:
+            change = torch.nn.functional.interpolate(change, size=(side, side),
+                                                     mode="bilinear", align_corners=False)
+        restored = x.clone()
+        restored[square] = (x[square] + change).clamp(0, 1)
+        out.append(restored.cpu())
+    return torch.cat(out)
 
 
 def removal_curve(method: Any, x_tr: torch.Tensor, x_va: torch.Tensor,
