@@ -16,8 +16,11 @@ the clean outputs B of the same inputs, on the test inputs:
 * ``band_gain``: the copy's energy ratio in three radial frequency bands (low / mid / high);
 * ``sr_scaled``: R on B + α(B′ − B), the mark amplitude R needs (no surrogate);
 * ``cos_between_seeds``: cosine of two instances' copied residuals (same arch, other seed);
-* ``ladder``: per arch and budget, the means over the attacker seeds and the theft bar
-  (:func:`theft_bar`).
+* ``ladder``: per arch and budget, the means over the attacker seeds, the theft bar
+  (:func:`theft_bar`) and the pooled flag counts over all seeds' outputs with their exact
+  95% Clopper–Pearson intervals (:func:`pooled_flags`): ``flagged`` for the surrogates,
+  ``flagged_clean_twin`` for their clean twins (innocent models: the twins' flags are false
+  positives).
 
 ``--steps`` is a ladder of the attacker's budgets: each surrogate is trained once to the
 largest and read at every budget on the way (``attack_cell_ladder``: the same outputs as a
@@ -39,6 +42,7 @@ from neuralmark.components.methods.output_mark.losses import radial_bands
 from neuralmark.components.methods.output_mark.matrix import attack_pairs, cell_ladder_outputs
 from neuralmark.components.methods.output_mark.seeds import attacker_settings
 from neuralmark.components.metrics import psnr
+from neuralmark.components.stats import clopper_pearson
 from neuralmark.runtime.output_mark_study import bundle_and_key, derain_study
 
 
@@ -73,6 +77,16 @@ def theft_bar(ladder: list[dict], service_task_psnr: float) -> None:
                           nxt["psnr_vs_marked"] - r["psnr_vs_marked"] < CONVERGED_GAIN_DB)
         r["useful"] = r["psnr_vs_target"] >= service_task_psnr - TASK_MARGIN_DB
         r["theft"] = bool(r["converged"]) and r["useful"]
+
+
+def pooled_flags(rows: list[dict], count: str, n: str = "n_outputs") -> dict:
+    """The flag count ``count`` pooled over ``rows`` (one per attacker seed) out of their
+    ``n`` outputs: ``{"k", "n", "rate", "ci95"}``, the interval exact (Clopper–Pearson,
+    two-sided 95%). It treats outputs as independent trials; outputs of one surrogate
+    share its weights, so the interval is a floor on the uncertainty, not a bound."""
+    k, total = sum(int(r[count]) for r in rows), sum(int(r[n]) for r in rows)
+    lo, hi = clopper_pearson(k, total)
+    return {"k": k, "n": total, "rate": k / total, "ci95": [lo, hi]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 along = (_flat(copy) * _flat(mark)).sum(1) / mark_sq
                 row = {"arch": arch, "steps": steps, "seed": seed,
                        "sr": float(hit.float().mean()), "nc": float(nc.mean()),
+                       "n_outputs": int(hit.numel()), "n_flagged": int(hit.sum()),
+                       "n_flagged_clean_twin": int(hit_c.sum()),
                        "psnr_vs_marked": float(psnr(marked_out, marked).mean()),
                        "psnr_vs_b": float(psnr(marked_out, b).mean()),
                        "psnr_vs_target": float(psnr(marked_out, gt).mean()),
@@ -150,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                 k: sum(r[k] for r in rows) / len(rows)
                 for k in ("sr", "nc", "psnr_vs_marked", "psnr_vs_b", "psnr_vs_target",
                           "psnr_clean_twin_vs_b", "sr_clean_twin", "copy_along",
-                          "sr_copy_on_b")}})
+                          "sr_copy_on_b")},
+                "flagged": pooled_flags(rows, "n_flagged"),
+                "flagged_clean_twin": pooled_flags(rows, "n_flagged_clean_twin")})
             if len(cs) > 1:
                 cos_pairs = [float(torch.nn.functional.cosine_similarity(
                     _flat(cs[i]), _flat(cs[j]), dim=1).mean())
@@ -162,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{arch} {r['steps']:>6} steps: R reads {100 * r['sr']:5.1f}%  fidelity "
                   f"{r['psnr_vs_marked']:.2f} dB  task {r['psnr_vs_target']:.2f} dB "
                   f"(service {out['psnr_service_vs_target']:.2f})  along δ "
-                  f"{r['copy_along']:.3f}  converged {r['converged']}  theft {r['theft']}",
+                  f"{r['copy_along']:.3f}  converged {r['converged']}  theft {r['theft']}  "
+                  f"clean twins flagged {r['flagged_clean_twin']['k']}/"
+                  f"{r['flagged_clean_twin']['n']}",
                   flush=True)
     text = json.dumps(out, indent=1)
     print(text)

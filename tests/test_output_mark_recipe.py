@@ -172,6 +172,14 @@ def test_study_scripts_read_a_bundle_through_the_shared_setup(micro_profile, rec
     assert d["ladder"][1]["converged"] is None and d["ladder"][1]["theft"] is False
     assert len(d["cells"]) == 4 and all(0 <= c["sr"] <= 1 and c["psnr_vs_marked"] > 0
                                         for c in d["cells"])
+    for rung in d["ladder"]:   # pooled over both attacker seeds' outputs, with its interval
+        cells = [c for c in d["cells"] if c["steps"] == rung["steps"]]
+        for pooled, count in ((rung["flagged"], "n_flagged"),
+                              (rung["flagged_clean_twin"], "n_flagged_clean_twin")):
+            assert pooled["n"] == 2 * d["n_test"]
+            assert pooled["k"] == sum(c[count] for c in cells)
+            assert pooled["ci95"][0] <= pooled["rate"] <= pooled["ci95"][1]
+        assert rung["flagged"]["rate"] == pytest.approx(rung["sr"])
     report = tmp_path / "report.json"
     assert _script("output_mark_bundle_report").main(
         ["--bundle", str(bundle), "--key", "neuralmark-demo", "--profile", str(micro_profile),
@@ -189,6 +197,19 @@ def test_theft_bar_needs_a_converged_copy_that_derains_within_a_db():
     theft_bar(ladder, 26.0)   # the service derains at 26 dB: 25 dB is within 1 dB
     assert [(r["converged"], r["useful"], r["theft"]) for r in ladder] == [
         (True, True, True), (False, False, False), (None, True, False)]
+
+
+def test_pooled_flags_give_the_exact_interval_over_all_seeds_outputs():
+    pooled_flags = _script("output_mark_surrogate_diagnosis").pooled_flags
+    rows = [{"n_outputs": 64, "n_flagged_clean_twin": k} for k in (0, 0, 0)]
+    none = pooled_flags(rows, "n_flagged_clean_twin")
+    # 0 of 192: the upper end is 1 − 0.025^(1/192)
+    assert (none["k"], none["n"], none["rate"]) == (0, 192, 0.0)
+    assert none["ci95"][0] == 0.0 and none["ci95"][1] == pytest.approx(0.01903, abs=1e-5)
+    rows = [{"n_outputs": 64, "n_flagged_clean_twin": k} for k in (12, 8, 12)]
+    some = pooled_flags(rows, "n_flagged_clean_twin")
+    assert (some["k"], some["n"]) == (32, 192)
+    assert some["ci95"][0] < 32 / 192 < some["ci95"][1]
 
 
 def test_minutes_bound_cuts_every_loop_and_says_so(micro_profile, tmp_path):
