@@ -25,6 +25,7 @@ from neuralmark.components.data import pairs
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods import load_bundle
 from neuralmark.components.methods.base import WatermarkKey
+from neuralmark.components.methods.output_mark.logo import key_fingerprint
 from neuralmark.components.methods.output_mark.method import OutputMark
 from neuralmark.runtime.settings import CODE_ROOT, RunSettings, resolve_profile
 
@@ -66,15 +67,29 @@ def derain_study(profile: str = "tiny", config: Mapping[str, Any] | None = None
 
 def bundle_and_key(bundle: str | os.PathLike, key: str | None = None
                    ) -> tuple[OutputMark, WatermarkKey]:
-    """An output_mark bundle and the key to read it with (default: its ``logo_secret``).
+    """An output_mark bundle and the key to read it with (default: its ``logo_secret``, only
+    when that is the key the bundle was trained for).
+
+    A bundle's ``config.logo_secret`` is the profile's default, not necessarily its key (the
+    shipped bundle is trained for ``neuralmark-demo`` with ``logo_secret`` ``neuralmark-eval``):
+    the bundle's stored fingerprint decides, so a study never reads a model with a key it was
+    not trained for without being told.
 
     Raises:
-        InputError: the bundle is not an output_mark one (or what ``load_bundle`` raises).
+        InputError: the bundle is not an output_mark one (or what ``load_bundle`` raises), or
+            no ``key`` is given and ``logo_secret`` is not the bundle's key.
     """
     method = load_bundle(bundle)
     if not isinstance(method, OutputMark):
         raise InputError(f"{bundle}: an output_mark bundle is needed, got {method.key!r}")
-    return method, WatermarkKey(key or method.config.logo_secret)
+    if key is None:
+        if key_fingerprint(method.config.logo_secret) != method.fingerprint:
+            raise InputError(
+                f"{bundle}: was trained for another key than its config's logo_secret "
+                f"({method.config.logo_secret!r}; the bundle's key fingerprint is "
+                f"{method.fingerprint}); pass the key it was made with (--key)")
+        key = method.config.logo_secret
+    return method, WatermarkKey(key)
 
 
 __all__ = ["DerainStudy", "bundle_and_key", "derain_study"]

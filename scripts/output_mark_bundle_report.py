@@ -34,7 +34,8 @@ from neuralmark.runtime.output_mark_study import bundle_and_key, derain_study
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--key", default=None, help="default: the config's logo_secret")
+    p.add_argument("--key", default=None,
+                   help="default: the config's logo_secret, if the bundle was trained for it")
     p.add_argument("--profile", default="tiny")
     p.add_argument("--sizes", type=int, nargs="*", default=[])
     p.add_argument("--unseen", action="store_true",

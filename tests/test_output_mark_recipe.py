@@ -187,6 +187,10 @@ def test_study_scripts_read_a_bundle_through_the_shared_setup(micro_profile, rec
     assert json.loads(report.read_text())["n_test"] == d["n_test"] == len(study.test[0])
     with pytest.raises(InputError, match="config.json"):
         bundle_and_key(tmp_path)
+    # the recipe trains for the demo key, not its config's logo_secret: no silent default
+    with pytest.raises(InputError, match="another key than its config's logo_secret"):
+        bundle_and_key(bundle)
+    assert bundle_and_key(bundle, "neuralmark-demo")[1].secret == "neuralmark-demo"
 
 
 def test_theft_bar_needs_a_converged_copy_that_derains_within_a_db():
