@@ -491,8 +491,8 @@ def write_card(args: argparse.Namespace) -> None:
         lines += [args.notes.read_text().rstrip(), ""]
     card = bundle / "MODEL_CARD.md"
     previous = card.read_text() if card.is_file() else ""
-    # the benchmark section (`neuralmark benchmark --card anti_forward`) is not this
-    # script's: carry it over
+    # the sections other scripts generate (the benchmark's, APGD by mode, calibration by
+    # kind) are not this script's: carry them over
     card.write_text(keep_section(previous, "\n".join(lines)))
     (args.out / "card_summary.json").write_text(json.dumps(
         {"fast": {k2: v for k2, v in fast_m.items() if k2 != "summary"} | {"summary": fs},

@@ -308,6 +308,19 @@ def test_card_markers_appended_kept_and_checked():
     assert keep_section(old, "# rewritten card\n") == replace_section("# rewritten card\n",
                                                                        "measured")
     assert keep_section("# no section\n", "# new\n") == "# new\n"
+    # what other tools wrote survives a rewrite; the rewriting script's own sections win
+    other = "<!-- BEGIN tool a -->\n## A\nold a\n<!-- END tool a -->"
+    own = "<!-- BEGIN tool b -->\n## B\nold b\n<!-- END tool b -->\n\n### notes on b\nkept"
+    rewritten = keep_section(
+        f"# old title\n\n## Training\nold\n\n{old}\n{other}\n{own}\n\n## Hand\nhand text\n",
+        "# new title\n\n## Training\nnew\n<!-- BEGIN tool b -->\nnew b\n<!-- END tool b -->\n")
+    for kept in ("old a", "new b", "### notes on b\nkept", "## Hand\nhand text", "measured"):
+        assert kept in rewritten
+    for gone in ("old b", "old title", "old\n"):
+        assert gone not in rewritten
+    assert rewritten.count("<!-- BEGIN tool a -->") == 1
+    with pytest.raises(InputError, match="has no '<!-- END tool a -->'"):
+        keep_section("<!-- BEGIN tool a -->\nno end\n", "# new\n")
     with pytest.raises(InputError, match="markers are broken"):
         replace_section(f"{END}\n{BEGIN}\n", "s")
     with pytest.raises(InputError, match="no row of 'pgd_signer'"):

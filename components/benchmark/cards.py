@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -187,13 +188,58 @@ def replace_section(card: str, section: str) -> str:
     return card[:begin] + block + card[end + len(END):]
 
 
+#: a section another script generates into a card: ``<!-- BEGIN name -->`` … ``<!-- END name -->``
+_MARKED = re.compile(r"<!-- BEGIN (?P<name>[^>]*?) -->")
+
+
+def _units(card: str) -> list[str]:
+    """``card`` cut into the pieces a rewrite may have to carry over, in order: each generated
+    section (its markers included), each ``## `` section outside them, and the text that
+    follows a generated section up to the next heading or marker (notes written under it).
+
+    Raises:
+        InputError: a generated section's end marker is missing.
+    """
+    lines, units, current, i = card.split("\n"), [], [], 0
+    while i < len(lines):
+        m = _MARKED.fullmatch(lines[i].strip())
+        if m:
+            end_marker = END if m.group(0) == BEGIN else f"<!-- END {m.group('name')} -->"
+            j = next((k for k in range(i + 1, len(lines)) if lines[k].strip() == end_marker),
+                     None)
+            if j is None:
+                raise InputError(f"the card's section {m.group('name')!r} has no {end_marker!r}")
+            units += [current, lines[i:j + 1]]
+            current, i = [], j + 1
+            continue
+        if lines[i].startswith("## "):
+            units.append(current)
+            current = []
+        current.append(lines[i])
+        i += 1
+    units.append(current)
+    return [text for text in ("\n".join(u).strip("\n") for u in units) if text.strip()]
+
+
 def keep_section(old_card: str, new_card: str) -> str:
-    """``new_card`` with ``old_card``'s benchmark section carried over (a script that rewrites
-    a card keeps what the benchmark wrote); ``new_card`` as is when there was none."""
+    """``new_card`` with what other tools wrote into ``old_card`` carried over (a script that
+    rewrites a card keeps the sections it does not write).
+
+    The benchmark section goes between ``new_card``'s benchmark markers (appended if it has
+    none). Every other piece of ``old_card`` (see :func:`_units`: a generated section between
+    ``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers, a ``## `` section, notes under a
+    generated section) whose first line ``new_card`` does not contain is appended in its old
+    order; where ``new_card`` has it, its version wins. The title (``# …``) is the new card's.
+    """
     begin, end = old_card.find(BEGIN), old_card.find(END)
-    if begin == -1 or end < begin:
-        return new_card
-    return replace_section(new_card, old_card[begin + len(BEGIN):end].strip("\n"))
+    card = new_card
+    if begin != -1 and end > begin:
+        card = replace_section(card, old_card[begin + len(BEGIN):end].strip("\n"))
+    for unit in _units(old_card):
+        first = unit.split("\n", 1)[0].strip()
+        if not first.startswith("# ") and first not in card:
+            card = card.rstrip("\n") + "\n\n" + unit + "\n"
+    return card
 
 
 def write_card_section(card_path: str | os.PathLike, csv_path: str | os.PathLike,
