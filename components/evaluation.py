@@ -29,14 +29,19 @@ import csv
 import math
 import os
 import statistics
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from neuralmark.components.attacks.registry import Suite, build_attack, canonical_name, label
+from neuralmark.components.attacks.registry import (
+    Suite,
+    attack_seed,
+    build_attack,
+    canonical_name,
+    label,
+)
 from neuralmark.components.files import atomic_file
 from neuralmark.components.methods.base import (
     InputError,
@@ -92,11 +97,6 @@ def _is_detected(v: Verdict, alpha: float | None) -> bool:
     if alpha is None:
         return bool(v.detected)
     return v.p_value is not None and v.p_value <= alpha
-
-
-def _attack_seed(seed: int, attack_label: str) -> int:
-    """Seed per (run seed, label): a label replays the same draw in any suite order."""
-    return (seed * 1_000_003 + zlib.crc32(attack_label.encode())) % (2**63)
 
 
 def embed_all(method: WatermarkMethod, carriers: torch.Tensor, key: WatermarkKey,
@@ -188,7 +188,7 @@ def run_suite(
     for i, (attack_name, strength) in enumerate(configs):
         attack = build_attack(attack_name, strength)
         attack_label = label(attack_name, strength)
-        generator = torch.Generator().manual_seed(_attack_seed(seed, attack_label))
+        generator = torch.Generator().manual_seed(attack_seed(seed, attack_label))
         marked_v: list[Verdict] = []
         clean_v: list[Verdict] = []
         for s in _batches(len(carriers), batch_size):

@@ -87,15 +87,19 @@ def interleaved_timing(methods: dict, images: dict[int, torch.Tensor], key, roun
 def suite_per_photo(m, marked: torch.Tensor, key,
                     batch_size: int = 8, seed: int = 0) -> dict[str, dict[str, list]]:
     """Per attack label: per-photo bit accuracy and detection (run_suite's draws)."""
-    from neuralmark.components.attacks.registry import BENCHMARK_SUITE, build_attack, label
-    from neuralmark.components.evaluation import _attack_seed
+    from neuralmark.components.attacks.registry import (
+        BENCHMARK_SUITE,
+        attack_seed,
+        build_attack,
+        label,
+    )
 
     out: dict[str, dict[str, list]] = {}
     for name, strengths in BENCHMARK_SUITE:
         for strength in strengths:
             attack = build_attack(name, strength)
             lab = label(name, strength)
-            g = torch.Generator().manual_seed(_attack_seed(seed, lab))
+            g = torch.Generator().manual_seed(attack_seed(seed, lab))
             acc, det = [], []
             for s in range(0, len(marked), batch_size):
                 chunk = marked[s:s + batch_size]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -37,6 +36,7 @@ from neuralmark.components.attacks.model import (
     prune_magnitude,
     steps_for,
 )
+from neuralmark.components.attacks.registry import attack_seed
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks
 
@@ -87,11 +87,6 @@ class AttackerData:
 
 def _format_strength(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{float(value):g}"
-
-
-def _attack_seed(seed: int, label: str) -> int:
-    """Seed per (run seed, label), as ``components/evaluation.py`` seeds image attacks."""
-    return (seed * 1_000_003 + zlib.crc32(label.encode())) % (2**63)
 
 
 @dataclass(frozen=True)
@@ -160,7 +155,7 @@ class ModelAttack:
             x = data.queries if self.name == "distill" else getattr(data, self.needs[0])[0]
             n = int(x.shape[0])
             out.update(steps=steps_for(None, value, n, s.batch_size), lr=s.lr,
-                       batch_size=s.batch_size, seed=_attack_seed(s.seed, label), n=n,
+                       batch_size=s.batch_size, seed=attack_seed(s.seed, label), n=n,
                        device=s.device)
             if self.name == "distill":
                 out["student"] = type(data.student).__name__

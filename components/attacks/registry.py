@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import re
+import zlib
 
 from neuralmark.components.attacks.base import ImageAttack
 from neuralmark.components.attacks.image import (
@@ -113,6 +114,13 @@ def label(name: str, strength: float | None) -> str:
     key = canonical_name(name)
     text = key if attack.strength is None else f"{key}_{_format_strength(attack.strength)}"
     return _UNSAFE.sub("_", text)
+
+
+def attack_seed(seed: int, attack_label: str) -> int:
+    """Seed of an attack's random draw per (run seed, attack label), so a label replays the
+    same draw in any suite order (image attacks in ``components/evaluation.py``, model
+    attacks in ``model_registry``, and scripts that must reproduce their draws)."""
+    return (seed * 1_000_003 + zlib.crc32(attack_label.encode())) % (2**63)
 
 
 def curve_suite() -> Suite:
