@@ -70,5 +70,11 @@ def test_architecture_section_reads_its_json(tmp_path):
     assert "DeepStamp +10.00 points, a cost (more than 2 SE above 0)" in text
     assert "static +1.33, within 2 SE of 0; DeepStamp − static +8.67 points" in text
     assert "1234 s wall" in text and "1-min load 6.5–6.5" in text
-    (tmp_path / "architecture_table.json").write_text(json.dumps(_table(True)))
-    assert "cut short" not in card.architecture_section(tmp_path)
+    assert "training runs" not in text  # no marked set beat the clean one
+    table = _table(True)
+    table["rows"][0]["drops"]["static"].update(drop=-0.07, se=0.03)
+    (tmp_path / "architecture_table.json").write_text(json.dumps(table))
+    text = card.architecture_section(tmp_path)
+    assert "cut short" not in text
+    assert "static -7.00, a gain (more than 2 SE below 0)" in text
+    assert "spread between two training runs of F′" in text and "VGG16 static -7.00 ± 3.00" in text
