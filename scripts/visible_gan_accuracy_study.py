@@ -20,21 +20,12 @@ import argparse
 import json
 from pathlib import Path
 
+from neuralmark.components.methods.visible_gan.card import SEED_TABLE
 from neuralmark.components.methods.visible_gan.config import VisibleGanConfig
 
 #: the config fields a recipe may change from the first one (listed as its ``--set``)
 LEVERS = ("removal_warmup_steps", "v_updates_per_step", "lambda_v", "lambda_d", "lambda_f",
           "max_delta", "lambda_visibility")
-#: the seed's Table I (DeepStamp, seed 003), blend 0.5, accuracy in % on CIFAR-10's 10,000
-#: test images: what the paper reports, quoted for comparison (not measured here)
-SEED_TABLE = {"source": "the seed's Table I, CIFAR-10, blend 0.5",
-              "test_images": 10000,
-              "rows": [{"network": "AlexNet", "baseline": 82.74, "static": 78.50,
-                        "deepstamp": 79.59},
-                       {"network": "VGG16", "baseline": 94.00, "static": 92.71,
-                        "deepstamp": 92.74},
-                       {"network": "ResNet50", "baseline": 95.37, "static": 94.88,
-                        "deepstamp": 94.18}]}
 
 
 def recipe_entry(name: str, folder: Path, first: Path | None) -> dict:

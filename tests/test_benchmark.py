@@ -158,16 +158,23 @@ def test_forgery_rows_say_how_or_why_not(result):
 
 def test_whitebox_removal_breaks_the_public_scanner_within_the_budget(result):
     """APGD on anti_forward's public scanner, within the method's own PSNR: every rate in
-    [0, 1], the attacked photos no farther than the budget; no decoder → n/a."""
+    [0, 1], the attacked photos no farther than the budget; visible_gan's shipped remover V
+    within the same budget; neither → n/a."""
     (wb,) = _rows(result, method=AF_FAST, metric="whitebox_removal_success_rate")
     (psnr,) = _rows(result, method=AF_FAST, metric="psnr")
     (quality,) = _rows(result, method=AF_FAST, metric="whitebox_removal_psnr")
     assert wb["strength"] == pytest.approx(psnr["value"]) and wb["n"] >= 1
     assert 0 <= wb["value"] <= 1 and "APGD-L2 5 steps on the public scanner" in wb["note"]
     assert quality["value"] >= psnr["value"] - 1e-6
-    for method in ("visible_gan", "spread_spectrum", "dwtDct"):
+    for method in ("spread_spectrum", "dwtDct"):
         (row,) = _rows(result, method=method, metric="whitebox_removal_success_rate")
         assert row["value"] is None and row["note"] == NOT_APPLICABLE
+    # visible_gan ships V, a trained remover: its row runs V within the same budget
+    (vg,) = _rows(result, method="visible_gan", metric="whitebox_removal_success_rate")
+    (vg_psnr,) = _rows(result, method="visible_gan", metric="psnr")
+    (vg_quality,) = _rows(result, method="visible_gan", metric="whitebox_removal_psnr")
+    assert 0 <= vg["value"] <= 1 and "public remover V" in vg["note"]
+    assert vg_quality["value"] >= vg_psnr["value"] - 1e-6
     heads = {h["method"]: h for h in headline(result.rows)}
     assert heads["dwtDct"]["whitebox_removal"] == NOT_APPLICABLE
     assert heads[AF_FAST]["whitebox_removal"] == wb["value"]

@@ -1,5 +1,6 @@
 """White-box removal of the benchmark: APGD-L2 on a bit decoder's 2-class view stays inside the
-PSNR budget and moves the decoded bits away from what the attacker read."""
+PSNR budget and moves the decoded bits away from what the attacker read; a shipped remover
+(visible_gan's V) is held to the same budget."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from neuralmark.components.benchmark.whitebox import (
     apgd_l2_remove,
     l2_radius,
     public_classifier,
+    remover_within_budget,
     whitebox_removal_rows,
 )
 from neuralmark.components.methods import WatermarkKey
@@ -85,3 +87,46 @@ def test_whitebox_rows_remove_a_pgd_signer_mark_within_its_own_psnr(photo, keyed
     else:
         assert rows["whitebox_removal_success_rate"]["value"] == 1.0
         assert rows["whitebox_removal_bit_accuracy"]["value"] < 0.5
+
+
+def test_a_remover_is_held_to_the_budget_and_says_what_it_cost():
+    """A remover's change larger than the L2 ball is scaled onto it; a smaller one is kept;
+    the PSNR of the unprojected output is what the remover alone cost."""
+    images = torch.full((2, 3, 8, 8), 0.5)
+    eps = l2_radius(images.shape[1:], 30.0)
+
+    def remover(x):  # image 0: a large change (to black), image 1: a tiny one
+        out = x.clone()
+        out[0] = 0.0
+        out[1] += 1e-3
+        return out
+
+    attacked, projected, raw_db = remover_within_budget(remover, images, eps)
+    norms = (attacked - images).flatten(1).norm(dim=1)
+    assert projected == 1
+    assert float(norms[0]) == pytest.approx(eps, rel=1e-5)
+    assert torch.allclose(attacked[1], images[1] + 1e-3)
+    assert raw_db == pytest.approx(float(psnr(remover(images), images).mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize("size, removed", [(32, 1.0), (64, 0.0), (128, 0.0)])
+def test_visible_gan_rows_run_its_shipped_remover_within_its_own_psnr(photo, size, removed):
+    """visible_gan ships V (its GMAN's removal autoencoder): the white-box row runs it on the
+    marked photos within the embedding's own PSNR. On the shipped bundle it strips the mark
+    from 32² photos (its working size) and not from 64² or 128² ones (as vg7 measured on its
+    32² and 128² held-out sets: issue #14)."""
+    method = load_bundle(shipped_bundle("visible_gan"))
+    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255  # 3 h w
+    crops = torch.stack([x[:, :256, :256], x[:, 256:, :256], x[:, :256, 256:],
+                         x[:, 256:, 256:]])
+    clean = torch.nn.functional.interpolate(crops, size=(size, size), mode="bilinear",
+                                            antialias=True, align_corners=False).clamp(0, 1)
+    key = WatermarkKey("owner", 3)
+    marked = (method.embed(clean, key) * 255).round() / 255
+    budget = float(psnr(marked, clean).mean())
+    rows = {r["metric"]: r for r in whitebox_removal_rows(method, marked, key, budget,
+                                                          {"method": "visible_gan"})}
+    rate = rows["whitebox_removal_success_rate"]
+    assert rate["n"] == 4 and rate["value"] == removed
+    assert "public remover V" in rate["note"] and rate["note"] != NOT_APPLICABLE
+    assert rows["whitebox_removal_psnr"]["value"] >= budget

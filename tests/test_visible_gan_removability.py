@@ -164,10 +164,8 @@ def test_summarize_against_a_baseline_pairs_seeds_and_borrows_its_static_v_prime
 
 
 def test_card_study_section_reads_the_intervals(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "train_shipped_visible_gan", ROOT / "scripts" / "train_shipped_visible_gan.py")
-    card = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(card)
+    from neuralmark.components.methods.visible_gan import card
+
     assert card.study_section(tmp_path, {}) == ""  # nothing measured, no section
 
     def fig(label, metric, values, lo, hi):

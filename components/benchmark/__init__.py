@@ -18,7 +18,8 @@ One role per module:
 - ``surrogate_forgery``: the surrogate-learning attack on a keyed decoder (forgery and
   removal through a decoder learnt from marked photos);
 - ``l2_pgd``: the forgers' optimiser (batched L2 PGD within a PSNR budget);
-- ``whitebox``: the white-box removal, APGD against the public decoder / scanner;
+- ``whitebox``: the white-box removal, APGD against the public decoder / scanner (or
+  the shipped remover: visible_gan's V);
 - ``models``: the model methods' shipped hosts through the model attacks (their own table);
 - ``runner``: ``BenchmarkSettings`` and ``run_benchmark`` → the tidy table;
 - ``report``: CSV, Markdown and a self-contained HTML report with one plot per attack;

@@ -83,8 +83,9 @@ def headline(rows: Sequence[Row]) -> list[Row]:
 
     ``bit_acc_mean`` / ``tpr_mean`` average every swept (attack, strength); ``worst`` is
     the lowest of them; ``embed_ms`` / ``verify_ms`` are at batch 1 on the benchmark size;
-    ``whitebox_removal`` is the APGD removal's success rate, or ``NOT_APPLICABLE`` for a
-    method with no public differentiable decoder. Model methods are ``model_table``'s.
+    ``whitebox_removal`` is the APGD (or shipped remover's) removal success rate, or
+    ``NOT_APPLICABLE`` for a method with neither a public differentiable decoder nor a
+    shipped remover. Model methods are ``model_table``'s.
     """
     methods: dict[str, str] = {}
     for r in rows:
@@ -193,8 +194,9 @@ def to_markdown(result: BenchmarkResult) -> str:
               "calibrated on clean photos against random keys; forgery: success rate of the "
               "most successful of the copy, residual-copy and mean-shift attacks; removal: "
               "black-box removal success within the method's own PSNR; "
-              "whitebox_removal: APGD-L2 removal against the public decoder / scanner within "
-              "the same PSNR (whitebox_psnr: attacked vs marked); ms per image at batch 1. "
+              "whitebox_removal: APGD-L2 removal against the public decoder / scanner, or the "
+              "shipped remover (visible_gan's V), within the same PSNR (whitebox_psnr: "
+              "attacked vs marked); ms per image at batch 1. "
               "The full table is benchmark.csv."]
     return "\n".join(lines) + "\n"
 

@@ -15,8 +15,17 @@ iterate kept: ``perturb(best_loss=True)``, as ``attacks.adversarial.apgd_eot`` d
   is ``[0, m]`` with ``m`` the mean signed agreement ``(2b − 1)·logit`` with the bits read,
   so the cross-entropy on class 1 is ``softplus(−m)`` and APGD drives ``m`` down.
 
-A method without such a decoder (a keyed correlation, a template match with no public
-gradient, every peer: their decoders are DCT/SVD code or ONNX graphs) gets a row
+A method whose shipped files hold a trained *remover* instead (``public_remover``:
+``visible_gan``'s V, the GMAN's removal autoencoder, which ships in its bundle) gets that
+remover run on the marked photos, no optimisation: what the public files let an attacker do
+without training anything. Its change is held to the same budget: projected onto APGD's L2
+ball when it is larger (a remover that gave back the clean photo exactly would sit at the
+budget, since the budget is the embedding's own PSNR; a larger change damages the photo
+beyond what the mark did). The note says how many changes were projected and the PSNR V's
+unprojected output would have cost.
+
+A method with neither (a keyed correlation, a template match with no public gradient,
+every peer: their decoders are DCT/SVD code or ONNX graphs) gets a row
 ``n/a (no public differentiable decoder)``.
 
 The budget is the black-box removal's: ``PSNR(attacked, marked) ≥`` the method's own
@@ -31,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -70,6 +79,10 @@ def _public_scanner(method: Any) -> bool:
 
 def _public_decoder(method: Any) -> bool:
     return hasattr(method, "logits") and hasattr(method, "decoder")
+
+
+def _public_remover(method: Any) -> bool:
+    return callable(getattr(method, "public_remover", None))
 
 
 def has_public_decoder(method: Any) -> bool:
@@ -128,6 +141,26 @@ def apgd_l2_remove(classifier: nn.Module, images: torch.Tensor, eps: float, *, s
     return (images + (delta * scale[:, None]).view_as(images)).clamp(0, 1).detach()
 
 
+def remover_within_budget(remover: Callable[[torch.Tensor], torch.Tensor],
+                          images: torch.Tensor, eps: float,
+                          ) -> tuple[torch.Tensor, int, float]:
+    """``remover`` on ``images`` (B×3×H×W marked photos), its change held to L2 ``eps``.
+
+    Returns:
+        The attacked B×3×H×W in [0, 1] (each within ``eps`` of its input), how many changes
+        were larger than ``eps`` and scaled onto it, and the mean PSNR of the unprojected
+        output against ``images`` (what the remover alone costs).
+    """
+    with torch.no_grad():
+        raw = remover(images).to(images.device).clamp(0, 1)
+    delta = (raw - images).flatten(1)
+    norm = delta.norm(dim=1)
+    scale = (eps / norm.clamp_min(1e-12)).clamp(max=1.0)
+    attacked = (images + (delta * scale[:, None]).view_as(images)).clamp(0, 1)
+    raw_db = float(psnr(raw, images).clamp_max(100).mean())
+    return attacked.detach(), int((norm > eps).sum()), raw_db
+
+
 def whitebox_removal_rows(method: Any, marked: torch.Tensor, key: WatermarkKey,
                           budget_db: float, base: Mapping[str, Any], *, steps: int = 20,
                           seed: int = 0) -> list[Row]:
@@ -145,7 +178,7 @@ def whitebox_removal_rows(method: Any, marked: torch.Tensor, key: WatermarkKey,
     """
     row = {**base, "attack": "whitebox_removal", "strength": budget_db,
            "label": "whitebox_removal"}
-    if not has_public_decoder(method):
+    if not (has_public_decoder(method) or _public_remover(method)):
         return [{**row, "metric": "whitebox_removal_success_rate", "value": None, "n": 0,
                  "note": NOT_APPLICABLE}]
     with torch.no_grad():
@@ -155,9 +188,17 @@ def whitebox_removal_rows(method: Any, marked: torch.Tensor, key: WatermarkKey,
         return [{**row, "metric": "whitebox_removal_success_rate", "value": None, "n": 0,
                  "note": "nothing to remove: no marked photo is detected unattacked"}]
     targets = marked[detected]
-    classifier = public_classifier(method, targets)
     eps = l2_radius(targets.shape[1:], budget_db + ROUNDING_MARGIN_DB)
-    attacked = apgd_l2_remove(classifier, targets, eps, steps=steps, seed=seed)
+    if has_public_decoder(method):
+        classifier = public_classifier(method, targets)
+        attacked = apgd_l2_remove(classifier, targets, eps, steps=steps, seed=seed)
+        how = (f"APGD-L2 {steps} steps on the public "
+               f"{'scanner' if _public_scanner(method) else 'decoder'}")
+    else:
+        attacked, projected, raw_db = remover_within_budget(method.public_remover, targets, eps)
+        how = (f"the public remover V shipped in the bundle, run once (its own output: PSNR "
+               f"{raw_db:.2f} dB of the marked photo; {projected} of {targets.shape[0]} "
+               "changes larger than the budget, projected onto it)")
     attacked = quantize_8bit(attacked)
     quality = psnr(attacked, targets).cpu()  # n
     with torch.no_grad():
@@ -167,8 +208,7 @@ def whitebox_removal_rows(method: Any, marked: torch.Tensor, key: WatermarkKey,
     removed = ~still & (quality >= budget_db)
     accuracies = [v.bit_accuracy for v in verdicts if v.bit_accuracy is not None]
     n = int(targets.shape[0])
-    note = (f"white box: APGD-L2 {steps} steps on the public "
-            f"{'scanner' if _public_scanner(method) else 'decoder'}, "
+    note = (f"white box: {how}, "
             f"ε = {eps:.2f} (PSNR ≥ {budget_db:.2f} dB of the marked photo), on the {n} marked "
             "photos detected unattacked, rounded to 8 bits, verified with the owner's key")
     return [{**row, "metric": "whitebox_removal_success_rate",

@@ -1,9 +1,9 @@
 """The measured sections of visible_gan's model card, each read from a JSON a study wrote.
 
-``scripts/train_shipped_visible_gan.py`` writes the card from ``metrics.json``; the sections
-here read the other files shipped beside the bundle (``seed_spread.json``,
-``removal_study.json``, ``accuracy_study.json``, ``curve_tiny.md``, ``residual_*.json``) and
-return ``""`` when theirs is absent. Every number is read from those files; the readings
+``model_card`` writes the card from ``metrics.json``; the sections here read the other files
+shipped beside the bundle (``seed_spread.json``, ``removal_study.json``,
+``accuracy_study.json``, ``architecture_table.json``, ``curve_tiny.md``, ``residual_*.json``)
+and return ``""`` when theirs is absent. Every number is read from those files; the readings
 (interval above / below / across 0) are computed from them, never written in.
 """
 
@@ -12,6 +12,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+
+#: the seed's Table I (DeepStamp, seed 003), blend 0.5, accuracy in % on CIFAR-10's 10,000
+#: test images: what the paper reports, quoted for comparison (not measured here)
+SEED_TABLE = {"source": "the seed's Table I, CIFAR-10, blend 0.5",
+              "test_images": 10000,
+              "rows": [{"network": "AlexNet", "baseline": 82.74, "static": 78.50,
+                        "deepstamp": 79.59},
+                       {"network": "VGG16", "baseline": 94.00, "static": 92.71,
+                        "deepstamp": 92.74},
+                       {"network": "ResNet50", "baseline": 95.37, "static": 94.88,
+                        "deepstamp": 94.18}]}
 
 
 def seed_section(out: Path) -> str:
@@ -247,3 +258,128 @@ def accuracy_section(out: Path) -> str:
     if paired:
         text += f"Rule (stated before the runs): {st['rule']}\n\n" + "\n".join(paired) + "\n"
     return text
+
+
+#: the architecture table's column order and headings
+_TABLE_MARKINGS = (("clean", "Clean"), ("static", "S"), ("opacity", "O"),
+                   ("displacement", "D"), ("deepstamp", "DeepStamp"))
+_SEED_NAMES = {"alexnet": "AlexNet", "vgg16": "VGG16", "resnet50": "ResNet50"}
+
+
+def architecture_section(out: Path) -> str:
+    """The seed's Table I with its three networks at CPU size (``architecture_table.json``
+    from ``scripts/visible_gan_architecture_table.py``), the seed's own rows beside it.
+
+    ``architecture_table.json``: ``command``, ``data``, ``train_images``, ``test_images``,
+    ``utility_steps``, ``batch_size``, ``classifier_lr``, ``threads``, ``wall_seconds``,
+    ``complete``, ``seed_reports`` (as in ``accuracy_study.json``) and ``rows`` (``network``,
+    ``width_multiplier``, ``parameters``, ``cells``: marking → ``correct``, ``n``,
+    ``accuracy``, ``ci95``, ``seconds``, ``load_1min``; ``drops``: marking → ``drop``,
+    ``se``, ``clean_only``, ``marked_only``).
+    """
+    path = out / "architecture_table.json"
+    if not path.is_file():
+        return ""
+    t = json.loads(path.read_text())
+    rows = [r for r in t["rows"] if r["cells"]]
+    if not rows:
+        return ""
+    cells = [c for r in rows for c in r["cells"].values()]
+    d = t["data"]
+    loads = [c["load_1min"] for c in cells]
+    widths = ", ".join(f"{_SEED_NAMES.get(r['network'], r['network'])} ×{r['width_multiplier']:g}"
+                       f" ({r['parameters']:,} parameters)" for r in rows)
+    status = ("" if t["complete"] else
+              " **The run was cut short: only the cells below were measured.**")
+    text = ("\n## The seed's Table I with its three networks (CPU size, procedural classes)\n"
+            f"`{t['command']}`: each network of the seed's table (`nets.build_classifier`) "
+            f"trained as the pipeline's F′ (`evaluation.train_f_prime`: {t['utility_steps']} "
+            f"steps, batch {t['batch_size']}, Adam lr {t['classifier_lr']:g}, the same initial "
+            "weights and batches for every marking of a network) on the "
+            f"{t['train_images']} training images of `{d['dataset']}` ({d['images_per_class']} "
+            f"images a class at {d['size']}², seed {d['seed']}) marked by each "
+            f"stamper (DeepStamp: this bundle's W), tested on the {t['test_images']} clean test "
+            f"images (chance 10 %). **Narrowed to fit a CPU:** {widths}: the published depth "
+            "and layer shapes, every channel count × the multiplier (AlexNet's published "
+            "widths are its `width` 16). "
+            f"{len(cells)} F′ trainings, {t['wall_seconds']:.0f} s wall on {t['threads']} "
+            f"thread(s) of a shared 2-core CPU (1-min load {min(loads):.1f}–{max(loads):.1f})."
+            f"{status}\n\n"
+            "**These are procedural classes at 32², not CIFAR-10**, with narrowed networks "
+            "trained for minutes: the table shows the code path of the seed's Table I run "
+            "end to end and what the marks cost on this data, not a reproduction of the "
+            "seed's figures.\n\n")
+    head = ["| network (width) | " + " | ".join(h for _, h in _TABLE_MARKINGS) + " |",
+            "|---|" + "---|" * len(_TABLE_MARKINGS)]
+    acc, drops = list(head), ["| network | " + " | ".join(
+        h for _, h in _TABLE_MARKINGS[1:]) + " |", "|---|" + "---|" * 4]
+    for r in rows:
+        name = f"{_SEED_NAMES.get(r['network'], r['network'])} (×{r['width_multiplier']:g})"
+        acc.append(f"| {name} | " + " | ".join(
+            f"{100 * c['accuracy']:.2f} [{100 * c['ci95'][0]:.1f}, {100 * c['ci95'][1]:.1f}]"
+            if (c := r["cells"].get(k)) else "–" for k, _ in _TABLE_MARKINGS) + " |")
+        drops.append(f"| {name} | " + " | ".join(
+            f"{100 * d['drop']:+.2f} ± {100 * d['se']:.2f} ({d['clean_only']}/"
+            f"{d['marked_only']})" if (d := r["drops"].get(k)) else "–"
+            for k, _ in _TABLE_MARKINGS[1:]) + " |")
+    seed = t["seed_reports"]
+    seed_rows = ["| network | Baseline | S | DeepStamp | drop, S | drop, DeepStamp |",
+                 "|---|---|---|---|---|---|"]
+    seed_rows += [f"| {r['network']} | {r['baseline']:.2f} | {r['static']:.2f} | "
+                  f"{r['deepstamp']:.2f} | {r['baseline'] - r['static']:+.2f} | "
+                  f"{r['baseline'] - r['deepstamp']:+.2f} |" for r in seed["rows"]]
+    text += ("Accuracy (%) on the clean test images [95 % Clopper–Pearson interval]:\n\n"
+             + "\n".join(acc) + "\n\nDrop against the same network trained on clean images "
+             "(points; paired over the test images: mean ± SE; in brackets the images only "
+             "the clean-trained / only the marked-trained F′ got right):\n\n"
+             + "\n".join(drops) + f"\n\nThe seed's Table I beside it ({seed['source']}, "
+             f"{seed['test_images']:,} test images; quoted, not measured here):\n\n"
+             + "\n".join(seed_rows) + "\n\n" + _architecture_reading(rows, seed["rows"]) + "\n")
+    return text
+
+
+def _architecture_reading(rows: list[dict], seed_rows: list[dict]) -> str:
+    """What the drops say, from the numbers: per network, DeepStamp's drop and the static
+    blend's against 2 SE, and DeepStamp against static; the seed's drops beside the SEs."""
+    out, ses = [], []
+    for r in rows:
+        d, s = r["drops"].get("deepstamp"), r["drops"].get("static")
+        if d is None:
+            continue
+        name = _SEED_NAMES.get(r["network"], r["network"])
+        ses += [x["se"] for x in r["drops"].values()]
+
+        def side(x: dict) -> str:
+            if x["drop"] - 2 * x["se"] > 0:
+                return "a cost (more than 2 SE above 0)"
+            if x["drop"] + 2 * x["se"] < 0:
+                return "a gain (more than 2 SE below 0)"
+            return "within 2 SE of 0"
+
+        part = f"{name}: DeepStamp {100 * d['drop']:+.2f} points, {side(d)}"
+        if s is not None:
+            part += (f"; static {100 * s['drop']:+.2f}, {side(s)}; DeepStamp − static "
+                     f"{100 * (d['drop'] - s['drop']):+.2f} points")
+        out.append(part + ".")
+    if not out:
+        return ""
+    # a marked set beating the clean one beyond 2 SE: the SE (over test images) misses the
+    # spread between two training runs
+    gains = [f"{_SEED_NAMES.get(r['network'], r['network'])} {name} "
+             f"{100 * x['drop']:+.2f} ± {100 * x['se']:.2f}"
+             for r in rows for name, x in r["drops"].items() if x["drop"] + 2 * x["se"] < 0]
+    if gains:
+        out.append("The SE counts the sampling of test images only, not the spread between "
+                   "two training runs of F′; a marked set beating the clean one by more than "
+                   f"2 SE ({', '.join(gains)} points) shows that spread is larger here, so "
+                   "single cells, costs included, are read as noise-limited (the accuracy "
+                   "section's drops over seeds measure that spread).")
+    seed_drops = [r["baseline"] - x for r in seed_rows for x in (r["static"], r["deepstamp"])]
+    return ("**Reading (from the numbers above).** " + " ".join(out) + " The seed's drops "
+            f"are {min(seed_drops):.2f}–{max(seed_drops):.2f} points; the paired SEs here are "
+            f"{100 * min(ses):.2f}–{100 * max(ses):.2f} points, so "
+            + ("even the seed's largest drop is within 2 SE of 0 here: one run can show a "
+               "larger cost, not confirm the seed's."
+               if max(seed_drops) < 200 * min(ses) else
+               "the seed's largest drop would stand out at the smallest SE here, its "
+               "smallest would not."))

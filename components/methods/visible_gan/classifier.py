@@ -58,12 +58,20 @@ def train_classifier(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 @torch.no_grad()
+def correct(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+            device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Per image, whether ``net``'s top-1 class on ``images`` (N×3×S×S) is ``labels`` (N):
+    N bools on the CPU (paired comparisons of two classifiers need them per image)."""
+    net.eval()
+    if images.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    return torch.cat([net(images[i:i + batch_size].to(device)).argmax(1).cpu()
+                      == labels[i:i + batch_size].cpu()
+                      for i in range(0, images.shape[0], batch_size)])
+
+
 def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              device: torch.device, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``net`` on ``images`` (N×3×S×S) against ``labels`` (N)."""
-    net.eval()
-    hits = 0
-    for i in range(0, images.shape[0], batch_size):
-        pred = net(images[i:i + batch_size].to(device)).argmax(1).cpu()
-        hits += int((pred == labels[i:i + batch_size]).sum())
+    hits = int(correct(net, images, labels, device, batch_size).sum())
     return hits / max(1, images.shape[0])

@@ -36,7 +36,7 @@ from neuralmark.components.metrics import psnr, ssim
 
 __all__ = ["STAMPERS", "contrast", "dataset_utility", "removal_curve", "removal_curve_markdown",
            "removal_reading", "remove_with_v", "seed_table_markdown", "stamp_all",
-           "stamper_grid", "visible_rows"]
+           "stamper_grid", "train_f_prime", "visible_rows"]
 
 STAMPERS = ("static", "opacity", "displacement", "deepstamp")
 EVALUATION_ATTACK = "visible_gan"
@@ -192,6 +192,24 @@ def _removal_figures(marked: torch.Tensor, restored: torch.Tensor, clean: torch.
     return summary, after - before
 
 
+def train_f_prime(method: Any, arch: str, marked_tr: torch.Tensor, y_tr: torch.Tensor,
+                  device: torch.device, width_multiplier: float = 1.0) -> torch.nn.Module:
+    """One F′ of the seed's table: a fresh ``arch`` trained on ``marked_tr`` (N×3×S×S) /
+    ``y_tr`` (N) with the config's ``utility_steps``, ``batch_size`` and ``classifier_lr``.
+
+    Every F′ of one architecture starts from the same weights and sees the same batch
+    indices (seeded from ``config.seed``), so two markings differ only in the images.
+    ``width_multiplier``: ``nets.build_classifier``'s (1: the published widths).
+    """
+    c = method.config
+    torch.manual_seed(c.seed + 17)  # before building: every F′ starts the same
+    net = build_classifier(arch, method.num_classes, c.classifier_width, width_multiplier)
+    train_classifier(net, marked_tr, y_tr, c.utility_steps, c.batch_size, c.classifier_lr,
+                     torch.Generator().manual_seed(c.seed + 19), device,
+                     flips=c.task == "labels")
+    return net
+
+
 def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor,
                     y_va: torch.Tensor, generator: torch.Generator, device: torch.device,
                     cb: Callbacks | None = None) -> dict[str, Any]:
@@ -250,11 +268,7 @@ def dataset_utility(method: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: t
             marked_va = stamp_all(stampers[name], x_va, generator)
             report["contrast"][name] = float(contrast(marked_va, x_va, support).mean())
         for arch in (c.classifier, *extra) if c.utility_steps else ():
-            torch.manual_seed(c.seed + 17)  # before building: every F′ starts the same
-            net = build_classifier(arch, method.num_classes, c.classifier_width)
-            train_classifier(net, marked_tr, y_tr, c.utility_steps, c.batch_size,
-                             c.classifier_lr, torch.Generator().manual_seed(c.seed + 19),
-                             device, flips=c.task == "labels")
+            net = train_f_prime(method, arch, marked_tr, y_tr, device)
             if arch == c.classifier:
                 report["accuracy"][name] = accuracy(net, x_va, y_va, device)
                 report["accuracy_marked"][name] = accuracy(net, marked_va, y_va, device)

@@ -431,6 +431,15 @@ class VisibleGan(WatermarkMethod):
 
         return visible_rows(self, clean, seed)
 
+    def public_remover(self, images: torch.Tensor) -> torch.Tensor:
+        """The shipped V run as a ready-made remover (``evaluation.remove_with_v``):
+        ``B×3×H×W`` → same, [0, 1]. V ships in the bundle, so this is what anyone with the
+        public files can do to a marked photo without training anything (the benchmark's
+        white-box removal runs it)."""
+        from neuralmark.components.methods.visible_gan.evaluation import remove_with_v
+
+        return remove_with_v(self, images)
+
     def evaluation_figures(self, clean: torch.Tensor, marked: torch.Tensor) -> dict[str, Any]:
         """Example grid: clean, static, opacity, displacement, DeepStamp, V's removal."""
         from neuralmark.components.methods.visible_gan.evaluation import stamper_grid

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 
 class WatermarkNet(nn.Module):
@@ -98,39 +98,81 @@ def _alexnet(classes: int, width: int) -> nn.Module:
         nn.Dropout(0.5), nn.Linear(64 * w, 64 * w), nn.ReLU(), nn.Linear(64 * w, classes))
 
 
-def _vgg16(classes: int) -> nn.Module:
-    features = torchvision.models.vgg16_bn(weights=None).features  # 32² → 512×1×1
-    return nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(512, classes))
+def _scaled(channels: int, multiplier: float) -> int:
+    return max(1, round(channels * multiplier))
 
 
-def _resnet50(classes: int) -> nn.Module:
-    net = torchvision.models.resnet50(weights=None, num_classes=classes)
-    net.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)  # the usual CIFAR stem
-    net.maxpool = nn.Identity()
+def _torchvision_init(net: nn.Module) -> nn.Module:
+    """torchvision's VGG / ResNet initialisation (He normal, fan-out; BN 1 / 0)."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
     return net
 
 
-def build_classifier(arch: str, classes: int, width: int = 16) -> nn.Module:
+def _vgg16(classes: int, multiplier: float = 1.0) -> nn.Module:
+    # torchvision's VGG16-BN feature stack (cfg "D": 13 convs, five 2×2 poolings; 32² →
+    # 512·m×1×1), every conv's width × ``multiplier``
+    cfg = [c if c == "M" else _scaled(c, multiplier) for c in torchvision.models.vgg.cfgs["D"]]
+    features = torchvision.models.vgg.make_layers(cfg, batch_norm=True)
+    return _torchvision_init(nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                           nn.Linear(cfg[-2], classes)))
+
+
+def _resnet50(classes: int, multiplier: float = 1.0) -> nn.Module:
+    # torchvision's ResNet-50 stages (its Bottleneck, [3, 4, 6, 3], expansion 4) with the
+    # usual CIFAR stem (3×3 conv, no max-pool); every width × ``multiplier``. Written out
+    # because torchvision's ResNet hard-codes the stage widths 64…512.
+    stem = _scaled(64, multiplier)
+    layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, padding=1, bias=False),
+                               nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+    inplanes = stem
+    for i, blocks in enumerate((3, 4, 6, 3)):
+        planes, stride = _scaled(64 * 2**i, multiplier), 1 if i == 0 else 2
+        out = planes * Bottleneck.expansion
+        down = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False),
+                             nn.BatchNorm2d(out))
+        layers.append(Bottleneck(inplanes, planes, stride, down))
+        layers += [Bottleneck(out, planes) for _ in range(blocks - 1)]
+        inplanes = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inplanes, classes)]
+    return _torchvision_init(nn.Sequential(*layers))
+
+
+def build_classifier(arch: str, classes: int, width: int = 16,
+                     width_multiplier: float = 1.0) -> nn.Module:
     """A freshly initialised classifier: ``B×3×S×S`` in [0, 1] → ``B×classes`` logits.
 
     Args:
         arch: ``resnet_small``, ``alexnet``, ``vgg16`` or ``resnet50``.
         classes: number of classes.
-        width: base width of ``resnet_small`` and ``alexnet`` (the others have the
-            published widths).
+        width: base width of ``resnet_small`` and ``alexnet`` (16: AlexNet's published
+            64…384 channels).
+        width_multiplier: the seed's three (``alexnet``, ``vgg16``, ``resnet50``) only:
+            every layer's width times this (AlexNet's from ``width``), depth and shape
+            unchanged; < 1 for a CPU-sized table.
 
     Raises:
-        ValueError: unknown ``arch``.
+        ValueError: unknown ``arch``, or a multiplier that is not in (0, 1] or is given
+            for ``resnet_small`` (which has ``width`` alone).
     """
+    if not 0 < width_multiplier <= 1:
+        raise ValueError(f"width_multiplier must be in (0, 1], got {width_multiplier}")
+    if width_multiplier != 1 and arch == "resnet_small":
+        raise ValueError("resnet_small takes `width`, not width_multiplier")
     if arch == "resnet_small":
         body = _resnet_small(classes, width)
     elif arch == "alexnet":
-        body = _alexnet(classes, width)
+        body = _alexnet(classes, _scaled(width, width_multiplier))
     elif arch == "vgg16":
-        body = _vgg16(classes)
+        body = _vgg16(classes, width_multiplier)
     elif arch == "resnet50":
-        body = _resnet50(classes)
+        body = _resnet50(classes, width_multiplier)
     else:
         raise ValueError(f"unknown classifier {arch!r}; expected resnet_small, alexnet, "
                          "vgg16 or resnet50")

@@ -1,0 +1,162 @@
+"""The seed's Table I with its three networks, at CPU size, for the shipped W.
+
+For each architecture of the seed's table (AlexNet, VGG16, ResNet50; ``nets.build_classifier``
+with a width multiplier: the published depth and shape, fewer channels) and each marking
+(clean, DeepStamp with the shipped W, static, opacity, displacement), trains F′ as the
+pipeline's table does (``evaluation.train_f_prime``: the bundle's ``utility_steps``,
+``batch_size``, ``classifier_lr``, the same initial weights and batches for every marking of
+one architecture) on the marked training split of the bundle's data and tests it on the
+clean test split. Per cell: accuracy with its Clopper–Pearson interval; per marking the
+paired drop against the clean-trained F′ of the same architecture (per-image difference,
+mean ± SE, and the discordant counts). Writes ``--out`` (JSON) after every cell, so a run
+cut short leaves what it measured (``complete: false``); the card's architecture section
+(``card.architecture_section``) reads it.
+
+Usage::
+
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/visible_gan_architecture_table.py \\
+        --arch alexnet=0.25 --arch vgg16=0.25 --arch resnet50=0.0625 \\
+        --out components/pretrained/visible_gan/architecture_table.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from neuralmark.components.data.labelled import training_data
+from neuralmark.components.methods import load_bundle
+from neuralmark.components.methods.visible_gan.card import SEED_TABLE
+from neuralmark.components.methods.visible_gan.classifier import correct
+from neuralmark.components.methods.visible_gan.evaluation import stamp_all, train_f_prime
+from neuralmark.components.stats import clopper_pearson
+from neuralmark.runtime.settings import DataSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the table's columns, in the order they are trained (clean first: the drops pair with it)
+MARKINGS = ("clean", "deepstamp", "static", "opacity", "displacement")
+
+
+def parse_arch(text: str) -> tuple[str, float]:
+    """``NAME=MULTIPLIER`` → ``(name, multiplier)``."""
+    name, _, mult = text.partition("=")
+    if name not in ("alexnet", "vgg16", "resnet50") or not mult:
+        raise argparse.ArgumentTypeError(f"--arch {text!r}: expected alexnet|vgg16|resnet50="
+                                         "MULTIPLIER, e.g. vgg16=0.25")
+    try:
+        value = float(mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--arch {text!r}: {mult!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"--arch {text!r}: the multiplier must be in (0, 1]")
+    return name, value
+
+
+def cell(hits: torch.Tensor) -> dict:
+    """Accuracy of one F′ on the clean test images (``hits``: N bools) with its 95 % CI."""
+    k, n = int(hits.sum()), int(hits.numel())
+    lo, hi = clopper_pearson(k, n)
+    return {"correct": k, "n": n, "accuracy": k / n, "ci95": [lo, hi]}
+
+
+def paired_drop(clean: torch.Tensor, marked: torch.Tensor) -> dict:
+    """Clean-trained minus marked-trained accuracy over the same images (N bools each):
+    the mean per-image difference, its standard error, and the discordant counts."""
+    diff = clean.double() - marked.double()
+    n = diff.numel()
+    return {"drop": float(diff.mean()), "se": float(diff.std() / n ** 0.5) if n > 1 else 0.0,
+            "clean_only": int((clean & ~marked).sum()),
+            "marked_only": int((marked & ~clean).sum())}
+
+
+def measure(bundle: Path, archs: list[tuple[str, float]], out: Path, command: str,
+            data_root: Path | None = None, steps: int | None = None) -> dict:
+    """Run the table and write ``out`` after every cell; the finished table.
+
+    ``steps``: F′ steps instead of the bundle's ``utility_steps`` (tests shrink it).
+    """
+    method = load_bundle(bundle)
+    if steps is not None:
+        method.config = method.config.model_copy(update={"utility_steps": steps})
+    c = method.config
+    m = json.loads((bundle / "metrics.json").read_text())
+    fields = dict(m["data"])
+    if data_root is not None:
+        fields["root"] = str(data_root)
+    settings = DataSettings(**fields, version_with_dvc=False)
+    data = training_data(settings.build(ROOT), size=c.working_size)
+    x_tr, y_tr = data["train"], data["train_labels"]
+    x_te, y_te = data["test"], data["test_labels"]
+    device = torch.device("cpu")
+    method.to(device)
+    stampers = method.stampers()
+    g = torch.Generator().manual_seed(c.seed)
+    marked = {"clean": x_tr}
+    marked.update({name: stamp_all(stampers[name], x_tr, g) for name in MARKINGS[1:]})
+    table = {"command": command, "bundle": str(bundle), "data": m["data"],
+             "train_images": int(x_tr.shape[0]), "test_images": int(x_te.shape[0]),
+             "utility_steps": c.utility_steps, "batch_size": c.batch_size,
+             "classifier_lr": c.classifier_lr, "blend": c.blend, "threads":
+             torch.get_num_threads(), "seed_reports": SEED_TABLE, "rows": [],
+             "complete": False, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                         time.gmtime())}
+    start = time.time()
+    for arch, mult in archs:
+        row = {"network": arch, "width_multiplier": mult, "cells": {}, "drops": {}}
+        table["rows"].append(row)
+        hits_clean = None
+        for name in MARKINGS:
+            t0 = time.time()
+            net = train_f_prime(method, arch, marked[name], y_tr, device, mult)
+            row["parameters"] = sum(p.numel() for p in net.parameters())
+            hits = correct(net, x_te, y_te, device)
+            row["cells"][name] = {**cell(hits), "seconds": round(time.time() - t0, 1),
+                                  "load_1min": round(os.getloadavg()[0], 2)}
+            if name == "clean":
+                hits_clean = hits
+            else:
+                row["drops"][name] = paired_drop(hits_clean, hits)
+            table["wall_seconds"] = round(time.time() - start, 1)
+            _write(out, table)
+            print(arch, name, row["cells"][name], flush=True)
+    table["complete"] = True
+    table["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    _write(out, table)
+    return table
+
+
+def _write(out: Path, table: dict) -> None:
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1))
+    tmp.replace(out)  # atomic: a reader never sees half a table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=ROOT / "components/pretrained/visible_gan")
+    ap.add_argument("--arch", type=parse_arch, action="append", required=True,
+                    metavar="NAME=MULTIPLIER")
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="folder of the procedural classes (default: the bundle's data root)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="F′ steps (default: the bundle's utility_steps; tests shrink it)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if not (args.bundle / "metrics.json").is_file():
+        raise SystemExit(f"{args.bundle}: no metrics.json (the table reads the bundle's data "
+                         "settings from it)")
+    command = " ".join(["python", "scripts/visible_gan_architecture_table.py", *sys.argv[1:]])
+    measure(args.bundle, args.arch, args.out, command, args.data_root, args.steps)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The seed's Table I with its three networks: narrowed classifiers, the shared F′ trainer and
+``scripts/visible_gan_architecture_table.py`` at micro size."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuralmark.components.methods.registry import shipped_bundle
+from neuralmark.components.methods.visible_gan.nets import build_classifier
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parameters(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_published_widths_match_torchvision_and_the_multiplier_narrows_them():
+    """At multiplier 1 the networks have torchvision's parameter counts (ResNet-50 with the
+    CIFAR stem's 3×3 conv, VGG16-BN's features + one linear layer); narrower ones keep the
+    depth and give B×classes logits on 32² images."""
+    import torchvision
+
+    ref = torchvision.models.resnet50(weights=None, num_classes=10)
+    stem_difference = 64 * 3 * 7 * 7 - 64 * 3 * 3 * 3
+    assert _parameters(build_classifier("resnet50", 10)) == _parameters(ref) - stem_difference
+    vgg = torchvision.models.vgg16_bn(weights=None).features
+    assert _parameters(build_classifier("vgg16", 10)) == _parameters(vgg) + 512 * 10 + 10
+    x = torch.rand(2, 3, 32, 32)
+    for arch, mult in (("alexnet", 0.25), ("vgg16", 0.125), ("resnet50", 0.0625)):
+        narrow = build_classifier(arch, 10, 16, mult)
+        assert _parameters(narrow) < _parameters(build_classifier(arch, 10, 16)) * mult
+        assert narrow(x).shape == (2, 10)
+    convs = [m for m in build_classifier("resnet50", 10, 16, 0.125).modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 3 * 16 + 4  # stem, 16 bottlenecks, 4 projections: ResNet-50
+    assert convs[0].out_channels == 8
+
+
+def test_bad_multipliers_are_refused():
+    with pytest.raises(ValueError, match="width_multiplier must be in"):
+        build_classifier("vgg16", 10, 16, 0.0)
+    with pytest.raises(ValueError, match="resnet_small takes `width`"):
+        build_classifier("resnet_small", 10, 16, 0.5)
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "visible_gan_architecture_table", ROOT / "scripts" / "visible_gan_architecture_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_table_runs_every_network_and_marking_at_micro_size(tmp_path):
+    """The shipped W on 6 images a class, 2 F′ steps: every (network, marking) cell, its
+    interval, and the paired drop as the difference of the two accuracies."""
+    script = _script()
+    bundle = tmp_path / "bundle"
+    shutil.copytree(shipped_bundle("visible_gan"), bundle)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    metrics["data"].update(images_per_class=6, root=str(tmp_path / "classes"))
+    (bundle / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "architecture_table.json"
+    archs = [("alexnet", 0.25), ("vgg16", 0.125), ("resnet50", 0.0625)]
+    table = script.measure(bundle, archs, out, "python … (test)", steps=2)
+    assert json.loads(out.read_text()) == table and table["complete"]
+    assert table["utility_steps"] == 2 and table["seed_reports"]["test_images"] == 10000
+    assert [(r["network"], r["width_multiplier"]) for r in table["rows"]] == archs
+    n = table["test_images"]
+    for row in table["rows"]:
+        assert list(row["cells"]) == list(script.MARKINGS)
+        for cell in row["cells"].values():
+            assert cell["n"] == n and cell["accuracy"] == cell["correct"] / n
+            assert cell["ci95"][0] <= cell["accuracy"] <= cell["ci95"][1]
+        clean = row["cells"]["clean"]["accuracy"]
+        for name, drop in row["drops"].items():
+            assert drop["drop"] == pytest.approx(clean - row["cells"][name]["accuracy"])
+            assert drop["clean_only"] - drop["marked_only"] == round(drop["drop"] * n)
+
+
+def test_paired_drop_and_cell_read_per_image_hits():
+    script = _script()
+    clean = torch.tensor([True, True, False, True])
+    marked = torch.tensor([True, False, True, False])
+    drop = script.paired_drop(clean, marked)
+    assert drop["drop"] == pytest.approx(0.25)
+    assert (drop["clean_only"], drop["marked_only"]) == (2, 1)
+    assert drop["se"] == pytest.approx(float(torch.tensor([0., 1., -1., 1.]).std()) / 2)
+    assert script.cell(clean)["correct"] == 3
+    with pytest.raises(Exception, match="expected alexnet"):
+        script.parse_arch("resnet_small=0.5")
+    with pytest.raises(Exception, match="multiplier must be in"):
+        script.parse_arch("vgg16=2")
