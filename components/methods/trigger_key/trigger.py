@@ -90,21 +90,30 @@ def band_trigger(secret: str, size: int, channels: int) -> torch.Tensor:
 
     White Gaussian noise from the key's stream, filtered in the Fourier domain by a Gaussian
     window (σ ``BAND_WIDTH``) around ±``band_frequency(secret)`` (real output), scaled to
-    std ``BAND_AMPLITUDE`` around 0.5 (per channel) and clamped to [0, 1].
+    std ``BAND_AMPLITUDE`` around 0.5 (per channel) and clamped to [0, 1] (:func:`band_noise`).
     """
     if size < 1 or channels not in (1, 3):
         raise InputError(f"trigger: need size >= 1 and 1 or 3 channels, got {size}, {channels}")
-    w = torch.randn((channels, size, size), generator=keyed_generator(secret, "band/trigger"),
-                    dtype=torch.float64)
-    fy, fx = band_frequency(secret)
+    return band_noise(band_frequency(secret), size, channels,
+                      keyed_generator(secret, "band/trigger"))
+
+
+def band_noise(frequency: tuple[float, float], size: int, channels: int,
+               generator: torch.Generator, width: float = BAND_WIDTH,
+               amplitude: float = BAND_AMPLITUDE) -> torch.Tensor:
+    """Narrow-band noise around ±``frequency`` = (f_y, f_x) cycles/px: ``channels×size×size``
+    float32, 0.5 + ``amplitude``·z/std(z) clamped to [0, 1], z white Gaussian noise (from
+    ``generator``) filtered by a Gaussian spectral window of σ ``width``."""
+    w = torch.randn((channels, size, size), generator=generator, dtype=torch.float64)
+    fy, fx = frequency
     ny = torch.fft.fftfreq(size, dtype=torch.float64)[:, None]  # t 1, cycles/px
     nx = torch.fft.fftfreq(size, dtype=torch.float64)[None, :]  # 1 t
-    window = sum(torch.exp(-((ny - sy * fy) ** 2 + (nx - sy * fx) ** 2) / (2 * BAND_WIDTH ** 2))
+    window = sum(torch.exp(-((ny - sy * fy) ** 2 + (nx - sy * fx) ** 2) / (2 * width ** 2))
                  for sy in (1.0, -1.0))  # t t, symmetric: a real filter
     z = torch.fft.ifft2(torch.fft.fft2(w) * window).real  # c t t
     z = z - z.mean(dim=(-2, -1), keepdim=True)
     z = z / z.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-    return (0.5 + BAND_AMPLITUDE * z).clamp(0, 1).float()
+    return (0.5 + amplitude * z).clamp(0, 1).float()
 
 
 def gradient_kernel(secret: str, keyed: bool = True) -> torch.Tensor:
@@ -186,6 +195,6 @@ def ncc(s_prime: torch.Tensor, s: torch.Tensor, eps: float = 1e-12) -> torch.Ten
 
 
 __all__ = ["BAND_AMPLITUDE", "BAND_RADIUS", "BAND_WIDTH", "DOMAIN", "KEY_FAMILIES",
-           "SEED_GRADIENT", "apply_gradient", "band_frequency", "band_trigger", "distance",
-           "fingerprint", "gradient_kernel", "host_input", "key_material", "keyed_generator",
-           "ncc", "trigger", "verification_target"]
+           "SEED_GRADIENT", "apply_gradient", "band_frequency", "band_noise", "band_trigger",
+           "distance", "fingerprint", "gradient_kernel", "host_input", "key_material",
+           "keyed_generator", "ncc", "trigger", "verification_target"]
