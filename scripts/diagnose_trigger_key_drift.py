@@ -32,7 +32,9 @@ clean), and the Base-2 statistic (its 8-bit projection of the 16×16-pooled outp
 U(0, 1) set inputs, 4 keys; with its sign flips). Then the response to the ``filter`` K split
 by output frequency, and the first conv layer: ‖ΔŴ₁(ω)‖ / ‖Ŵ₁(ω)‖ per radial frequency bin
 beside the power spectrum of the training inputs (a linear first layer's gradient lies in
-the span of the input patches). Findings: the trigger_key MODEL_CARD, session tk10.
+the span of the input patches); first, without training, where each key family's mark
+S0 − K = −∇K puts its energy by output band (``--kernels``). Findings: the trigger_key
+MODEL_CARD, session tk10.
 
     python scripts/diagnose_trigger_key_drift.py --sample /tmp/sample [--csv drift.csv]
 """
@@ -64,6 +66,8 @@ from neuralmark.components.methods.trigger_key.study import task_images  # noqa:
 from neuralmark.components.methods.trigger_key.trigger import (  # noqa: E402
     band_noise,
     band_trigger,
+    gradient_kernel,
+    midband_kernel,
     trigger,
 )
 from neuralmark.components.nets.image_nets import apply_net  # noqa: E402
@@ -178,14 +182,34 @@ def input_spectrum(x: torch.Tensor) -> list[float]:
     return [float(fx[b == i].sum()) / tot for i in range(len(BINS) - 1)]
 
 
+def kernel_bands(secrets: list[str]) -> None:
+    """Where each family's mark S0 − K = −∇K puts its energy on white noise: the share of
+    ‖∇̂(ω)‖² per radial bin (no training; ``filter``/``band``: the keyed 3×3 ∇, ``midband``:
+    the keyed 7×7 Gabor)."""
+    labels = [f"{lo:.1f}–{hi:.2f}" for lo, hi in zip(BINS[:-1], BINS[1:], strict=False)]
+    print("mark energy on white noise by output band (share of ‖∇̂‖²)")
+    print("| secret · ∇ | " + " | ".join(labels) + " |")
+    b = radial_bins(64)
+    for secret in secrets:
+        for name, h in (("3×3 (filter, band)", gradient_kernel(secret)),
+                        ("7×7 Gabor (midband)", midband_kernel(secret))):
+            p = torch.fft.fft2(h.double(), s=(64, 64)).abs().pow(2)
+            v = [float(p[b == i].sum() / p.sum()) for i in range(len(BINS) - 1)]
+            print(f"| {secret} · {name} | " + " | ".join(f"{a:.3f}" for a in v) + " |")
+    print(flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sample", required=True, help="build / reuse the tiny sample set here")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--csv", help="also write the tidy rows (probe, attack, measure, value)")
+    ap.add_argument("--kernels", default="neuralmark-eval,neuralmark-demo,neuralmark-attacker,"
+                    "neuralmark-attacker-2", help="secrets whose ∇ energy per band is listed")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    kernel_bands([s for s in args.kernels.split(",") if s])
     t0 = time.time()
     base = {"channels": 1, "arch": "dncnn", "depth": args.depth, "host_steps": 300,
             "embed_steps": 200, "visualizer_steps": 0, "lambda0_reference": False}

@@ -81,7 +81,7 @@ def main() -> None:
                     help="the pipeline's η on d_rel for this host and mark")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--depth", type=int, default=5)
-    ap.add_argument("--family", choices=("filter", "band"), default="filter",
+    ap.add_argument("--family", choices=("filter", "band", "midband"), default="filter",
                     help="the key family of the owner and of every other key (tk9)")
     args = ap.parse_args()
     if args.n < 1:
