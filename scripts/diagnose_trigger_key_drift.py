@@ -33,10 +33,14 @@ U(0, 1) set inputs, 4 keys; with its sign flips). Then the response to the ``fil
 by output frequency, and the first conv layer: ‖ΔŴ₁(ω)‖ / ‖Ŵ₁(ω)‖ per radial frequency bin
 beside the power spectrum of the training inputs (a linear first layer's gradient lies in
 the span of the input patches); first, without training, where each key family's mark
-S0 − K = −∇K puts its energy by output band (``--kernels``). Findings: the trigger_key
-MODEL_CARD, session tk10.
+S0 − K = −∇K puts its energy by output band (``--kernels``), and how other keys' maps align
+with the owner's on its K (``--survey``, tk8's predictor of a cross-key match). Findings:
+the trigger_key MODEL_CARD, session tk10. ``--marked filter,midband`` then embeds the owner's
+key with each family (one embedding each, the tk6 cell's recipe) and splits the attacked
+marks' d_rel by output band: does the mark survive where the unmarked response drifts least?
 
     python scripts/diagnose_trigger_key_drift.py --sample /tmp/sample [--csv drift.csv]
+        [--kernels-only] [--marked filter,midband]
 """
 
 from __future__ import annotations
@@ -64,10 +68,13 @@ from neuralmark.components.methods.trigger_key.embedding import embed_into_host 
 from neuralmark.components.methods.trigger_key.evaluation import attacker_data  # noqa: E402
 from neuralmark.components.methods.trigger_key.study import task_images  # noqa: E402
 from neuralmark.components.methods.trigger_key.trigger import (  # noqa: E402
+    apply_gradient,
     band_noise,
     band_trigger,
     gradient_kernel,
+    key_material,
     midband_kernel,
+    ncc,
     trigger,
 )
 from neuralmark.components.nets.image_nets import apply_net  # noqa: E402
@@ -199,6 +206,62 @@ def kernel_bands(secrets: list[str]) -> None:
     print(flush=True)
 
 
+def alignment_survey(n: int, owner: str = "neuralmark-eval") -> None:
+    """Per family, NCC(G_i(K), G(K)) over keys ``attacker-i``: another key's map applied to
+    the owner's trigger K against the owner's S0 (tk7/tk8's training-free predictor of a
+    cross-key match: every filter-family key at ≥ 0.49 matched, none below 0.39)."""
+    print(f"alignment NCC(G_i(K), G(K)) with owner {owner}'s K over {n} keys attacker-i")
+    print("| family | median | ≥ 0.3 | ≥ 0.4 | ≥ 0.49 | max |")
+    for family in ("filter", "midband"):
+        x, s0 = key_material(owner, SIDE, 1, "denoise", family=family)
+        vals = torch.tensor([float(ncc((x - apply_gradient(x, midband_kernel(f"attacker-{i}")
+                                        if family == "midband" else
+                                        gradient_kernel(f"attacker-{i}"))).clamp(0, 1), s0))
+                             for i in range(n)])
+        print(f"| {family} | {float(vals.median()):.3f} | {int((vals >= 0.3).sum())} | "
+              f"{int((vals >= 0.4).sum())} | {int((vals >= 0.49).sum())} | "
+              f"{float(vals.max()):.3f} |")
+    print(flush=True)
+
+
+def band_norms(v: torch.Tensor) -> torch.Tensor:
+    """‖v̂‖ per radial bin of ``1×C×S×S`` ``v`` (Parseval: their squares sum to ‖v‖²·S²)."""
+    f = torch.fft.fft2(v.double()).abs().pow(2).sum(dim=(0, 1))
+    b = radial_bins(v.shape[-1])
+    return torch.stack([f[b == i].sum().sqrt() for i in range(len(BINS) - 1)])
+
+
+def marked_band_survival(host, families: list[str], owner: WatermarkKey,
+                         attacks: dict[str, tuple[str, float | None]]) -> None:
+    """Embed ``owner`` into the unmarked host with each key family (the tk6 cell's recipe),
+    attack the marked host, and split d_rel by output band: per bin, ‖(M′(K) − S)_b‖ /
+    ‖(U(K) − S)_b‖ (0: the mark's part in that band intact, 1: as far as the unmarked host),
+    beside where the written mark S − U(K) lies (share of its energy per bin). The whole
+    d_rel (last column) is the verified statistic: a check against the tables of tk6–tk10."""
+    labels = [f"{lo:.1f}–{hi:.2f}" for lo, hi in zip(BINS[:-1], BINS[1:], strict=False)]
+    print(f"\nmarked hosts (owner {owner.secret}): d_rel by output band")
+    print("| family | row | " + " | ".join(labels) + " | whole |")
+    for family in families:
+        m = host.with_config(key_family=family, lambda0_reference=False)
+        m.train_pairs, m.test_pairs = host.train_pairs, host.test_pairs
+        m.embed_model(host.host, owner)
+        x, s = m.reference(owner)[:2]
+        u_out = apply_net(m.unmarked, x).clamp(0, 1)
+        den = band_norms(u_out - s)
+        share = den.pow(2) / den.pow(2).sum()
+        print(f"| {family} | mark energy share | " + " | ".join(f"{a:.3f}" for a in share)
+              + f" | (mark size d(U(K), S) {m.verify_model(m.unmarked, owner).extra['d']:.2e}) |",
+              flush=True)
+        data = attacker_data(m)
+        for name, (attack, strength) in attacks.items():
+            net = get_model_attack(attack)(m.host, strength, data, ModelAttackSettings())
+            out = apply_net(net, x).clamp(0, 1)
+            per = band_norms(out - s) / den.clamp_min(1e-30)
+            whole = m.verify_model(net, owner).extra["d_rel"]
+            print(f"| {family} | {name} | " + " | ".join(f"{a:.3f}" for a in per)
+                  + f" | {whole:.3f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sample", required=True, help="build / reuse the tiny sample set here")
@@ -207,9 +270,21 @@ def main() -> None:
     ap.add_argument("--csv", help="also write the tidy rows (probe, attack, measure, value)")
     ap.add_argument("--kernels", default="neuralmark-eval,neuralmark-demo,neuralmark-attacker,"
                     "neuralmark-attacker-2", help="secrets whose ∇ energy per band is listed")
+    ap.add_argument("--survey", type=int, default=200,
+                    help="keys attacker-0 … attacker-(N−1) whose alignment with the owner's "
+                         "map is listed per family (no training; 0: none)")
+    ap.add_argument("--marked", default="",
+                    help="family,…: also embed the owner's key (neuralmark-eval) with each key "
+                         "family and split the attacked marks' d_rel by output band")
+    ap.add_argument("--kernels-only", action="store_true", help="list the no-training tables "
+                    "(mark energy by band, alignment survey) and stop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kernel_bands([s for s in args.kernels.split(",") if s])
+    if args.survey:
+        alignment_survey(args.survey)
+    if args.kernels_only:
+        return
     t0 = time.time()
     base = {"channels": 1, "arch": "dncnn", "depth": args.depth, "host_steps": 300,
             "embed_steps": 200, "visualizer_steps": 0, "lambda0_reference": False}
@@ -280,6 +355,11 @@ def main() -> None:
         v = input_spectrum(t)
         rows += [(f"power share {what}", "-", lb, val) for lb, val in zip(labels, v, strict=True)]
         print(f"| power share, {what} | " + " | ".join(f"{a:.3f}" for a in v) + " |")
+    families = [f for f in args.marked.split(",") if f]
+    if families:
+        marked_band_survival(host, families, WatermarkKey("neuralmark-eval"), {
+            "original": ("fine_tune_original", 1.0), "new": ("fine_tune_new", 1.0),
+            "overwrite": ("overwrite", None)})
     if args.csv:
         with open(args.csv, "w") as fh:
             fh.write("probe,attack,measure,value\n")
