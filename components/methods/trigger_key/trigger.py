@@ -32,7 +32,10 @@ Everything here is a pure function of the owner's secret (through HMAC-SHA256 se
   of the 3×3 derivative's high band. The choice (why): the drift spectrum of the tiny DnCNN
   (MODEL_CARD, session tk10) — the unmarked host's response to white noise moves least at
   output frequencies 0.1–0.2 under fine-tuning on original and new data and overwriting, and
-  most above 0.4, where a 3×3 derivative puts the ``filter`` mark.
+  most above 0.4, where a 3×3 derivative puts the ``filter`` mark. Measured on the tiny
+  DnCNN (MODEL_CARD, session tk10): cheaper (0.45 / 0.55 dB) and more of the mark kept after
+  new-data fine-tuning, but keyed Gabors in one band align (η falls to 0.51 / 0.68) and the
+  overwrite is worse: it survives nothing the ``filter`` family does not; not a fix.
 * :func:`host_input` — what the host is fed for K: K (denoise) or K̂ (SR, the VDSR input
   convention).
 * :func:`distance` — the seed's eq. (1): ``d = ‖S′ − S‖₂ / (M·N)`` with S, S′ clamped to
