@@ -38,9 +38,10 @@ with the owner's on its K (``--survey``, tk8's predictor of a cross-key match). 
 the trigger_key MODEL_CARD, session tk10. ``--marked filter,midband`` then embeds the owner's
 key with each family (one embedding each, the tk6 cell's recipe) and splits the attacked
 marks' d_rel by output band: does the mark survive where the unmarked response drifts least?
+``--sr`` runs the drift part on the tiny VDSR ×2 host instead (its inputs are band-limited).
 
     python scripts/diagnose_trigger_key_drift.py --sample /tmp/sample [--csv drift.csv]
-        [--kernels-only] [--marked filter,midband]
+        [--kernels-only] [--marked filter,midband] [--sr]
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from neuralmark.components.methods.trigger_key.trigger import (  # noqa: E402
     band_noise,
     band_trigger,
     gradient_kernel,
+    host_input,
     key_material,
     midband_kernel,
     ncc,
@@ -273,6 +275,9 @@ def main() -> None:
     ap.add_argument("--survey", type=int, default=200,
                     help="keys attacker-0 … attacker-(N−1) whose alignment with the owner's "
                          "map is listed per family (no training; 0: none)")
+    ap.add_argument("--sr", action="store_true",
+                    help="the tiny VDSR ×2 SR host (λ 1e-3) instead of the DnCNN: does the band "
+                         "above the low-resolution Nyquist (0.25 cycle/px) stay untouched?")
     ap.add_argument("--marked", default="",
                     help="family,…: also embed the owner's key (neuralmark-eval) with each key "
                          "family and split the attacked marks' d_rel by output band")
@@ -288,6 +293,8 @@ def main() -> None:
     t0 = time.time()
     base = {"channels": 1, "arch": "dncnn", "depth": args.depth, "host_steps": 300,
             "embed_steps": 200, "visualizer_steps": 0, "lambda0_reference": False}
+    if args.sr:  # the tiny SR pipeline's host and λ (configs/trigger_key_sr.yaml)
+        base.update(arch="vdsr", task="sr", scale=2, lam=1e-3)
     host = build("trigger_key", base)
     manifest = build_sample_dataset(args.sample, SampleDataConfig(
         size=128, crops_per_photo=4, n_procedural=12))
@@ -295,7 +302,7 @@ def main() -> None:
     c = host.config
     (x, y), test = host.require_pairs()
     u = host.host  # the trained, unmarked host (``unmarked`` is its frozen copy)
-    print(f"host dncnn×{c.depth}: noisy {fit['input_psnr']:.2f} dB, unmarked "
+    print(f"host {c.arch}×{c.depth} {c.task}: degraded {fit['input_psnr']:.2f} dB, unmarked "
           f"{fit['host_psnr']:.2f} dB, {len(x)} training pairs ({time.time() - t0:.0f} s)",
           flush=True)
     data = attacker_data(host)
@@ -316,7 +323,11 @@ def main() -> None:
     rows: list[tuple[str, str, str, float]] = []
     print("\n| probe | " + " | ".join(f"{k}: rel / res / sel" for k in attacked) + " |")
     print("|---|" + "---|" * len(attacked))
-    for pname, p in probes(c.sigma, test).items():
+    family = probes(c.sigma, test)
+    if c.task == "sr":  # the SR trigger as the host sees it: K̂, K (20×20) upsampled ×2
+        family["SR trigger K̂ (20→40, 8 keys)"] = torch.cat(
+            [host_input(trigger(f"drift-{i}", SIDE // 2, 1)[None], "sr", 2) for i in range(8)])
+    for pname, p in family.items():
         cells = []
         for k, net in attacked.items():
             v = drift(u, net, randoms[k], p)
