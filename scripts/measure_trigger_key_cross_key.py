@@ -22,10 +22,11 @@ MODEL_CARD, section "Cross-key false matches".
 every other key (``TriggerKeyConfig.key_family``); each row then also gives the distance of
 the key's frequency to the owner's, min over ±ω of |ω_i − ω_own| (cycles/px), and the end
 its Spearman correlation with d_rel. ``--eta`` must then be that family's η (the default is
-the filter family's). Findings: the MODEL_CARD, session tk9.
+the filter family's). Findings: the MODEL_CARD, session tk9. ``--family midband`` (tk10): the
+alignment is computed with each key's 7×7 Gabor (``trigger.midband_kernel``).
 
     python scripts/measure_trigger_key_cross_key.py --sample /tmp/sample --n 60
-        [--keys attacker-180 attacker-73] [--family band --eta ETA]
+        [--keys attacker-180 attacker-73] [--family band|midband --eta ETA]
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from neuralmark.components.methods.trigger_key.trigger import (  # noqa: E402
     band_frequency,
     distance,
     gradient_kernel,
+    midband_kernel,
     ncc,
     verification_target,
 )
@@ -81,7 +83,7 @@ def main() -> None:
                     help="the pipeline's η on d_rel for this host and mark")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--depth", type=int, default=5)
-    ap.add_argument("--family", choices=("filter", "band"), default="filter",
+    ap.add_argument("--family", choices=("filter", "band", "midband"), default="filter",
                     help="the key family of the owner and of every other key (tk9)")
     args = ap.parse_args()
     if args.n < 1:
@@ -114,8 +116,9 @@ def main() -> None:
     names = args.keys or random_key_names(args.n, args.seed)
     for i, name in enumerate(names):
         key = WatermarkKey(name)
-        align = float(ncc(verification_target(x_own, gradient_kernel(name, c.keyed_gradient),
-                                              c.task, c.scale), g_own))
+        kernel = midband_kernel(name) if args.family == "midband" and c.keyed_gradient else \
+            gradient_kernel(name, c.keyed_gradient)  # the key's own map (tk10: midband's Gabor)
+        align = float(ncc(verification_target(x_own, kernel, c.task, c.scale), g_own))
         x_k, s0_k = attacker.key_material(key)
         loss, done = attacker.mark_loss(key)
         net, info = embed_into_host(host.unmarked, x, y, loss, c.lam, c.embed_steps, c.lr,

@@ -63,8 +63,11 @@ class TriggerKeyConfig(MethodConfig):
     #: which key family makes K (``trigger.key_material``): ``filter`` = white U(0, 1) noise
     #: (the default, every figure before tk9); ``band`` = narrow-band noise around a keyed
     #: frequency (opt-in, issue #13 tk9; MODEL_CARD session tk9: fewer cross-key matches,
-    #: but no overwrite or fine-tuning robustness on the tiny DnCNN; no config sets it)
-    key_family: Literal["filter", "band"] = "filter"
+    #: but no overwrite or fine-tuning robustness on the tiny DnCNN; no config sets it);
+    #: ``midband`` = white noise, S0 = K − (keyed 7×7 Gabor at 0.1–0.2 cycle/px)∗K (opt-in,
+    #: tk10: the band the drift spectrum found quietest; MODEL_CARD session tk10: survives
+    #: nothing the default does not, lower η, worse overwrite; no config sets it)
+    key_family: Literal["filter", "band", "midband"] = "filter"
     lam: float = Field(1e-2, gt=0)
     stop_mse: float = Field(1e-3, gt=0)
     check_every: int = Field(25, ge=1)

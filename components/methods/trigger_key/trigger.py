@@ -24,6 +24,18 @@ Everything here is a pure function of the owner's secret (through HMAC-SHA256 se
   the ``filter`` family, where every key's white-noise K trains the same (all) frequencies.
   Measured on the tiny DnCNN (MODEL_CARD, session tk9): cross-key matches 1.5 % against
   6.5 %, but the mark survives neither overwriting nor one epoch of fine-tuning: not a fix.
+* :func:`midband_kernel` — the opt-in ``midband`` family (tk10): K is the ``filter``
+  family's white U(0, 1) trigger, and S0 = K − ∇_mid K with ∇_mid a keyed zero-DC 7×7 Gabor
+  kernel (radial frequency in ``MIDBAND_RADIUS``, any orientation and phase; Gaussian
+  envelope σ ``MIDBAND_ENVELOPE`` px) of the seed's ∇ norm √6, so the mark S0 − K has the
+  ``filter`` family's energy on white noise but in the 0.1–0.2 cycle/px output band instead
+  of the 3×3 derivative's high band. The choice (why): the drift spectrum of the tiny DnCNN
+  (MODEL_CARD, session tk10) — the unmarked host's response to white noise moves least at
+  output frequencies 0.1–0.2 under fine-tuning on original and new data and overwriting, and
+  most above 0.4, where a 3×3 derivative puts the ``filter`` mark. Measured on the tiny
+  DnCNN (MODEL_CARD, session tk10): cheaper (0.45 / 0.55 dB) and more of the mark kept after
+  new-data fine-tuning, but keyed Gabors in one band align (η falls to 0.51 / 0.68) and the
+  overwrite is worse: it survives nothing the ``filter`` family does not; not a fix.
 * :func:`host_input` — what the host is fed for K: K (denoise) or K̂ (SR, the VDSR input
   convention).
 * :func:`distance` — the seed's eq. (1): ``d = ‖S′ − S‖₂ / (M·N)`` with S, S′ clamped to
@@ -47,7 +59,7 @@ from neuralmark.components.payload import key_fingerprint, key_seed
 
 DOMAIN = "neuralmark/trigger_key"
 #: the key families: ``filter`` (K white U(0, 1), the default) and ``band`` (module doc)
-KEY_FAMILIES = ("filter", "band")
+KEY_FAMILIES = ("filter", "band", "midband")
 #: ``band``: |ω_key| is drawn uniformly in this range (cycles per pixel); below it the keyed
 #: ∇ (zero mean) barely differs from the identity, above it lies Nyquist
 BAND_RADIUS = (0.15, 0.45)
@@ -55,6 +67,11 @@ BAND_RADIUS = (0.15, 0.45)
 BAND_WIDTH = 0.03
 #: ``band``: standard deviation of K around 0.5 (U(0, 1) has 0.289; 0.2 clips ≈ 1 %)
 BAND_AMPLITUDE = 0.2
+#: ``midband``: the keyed Gabor's radial frequency is uniform in this range (cycles/px)
+MIDBAND_RADIUS = (0.1, 0.2)
+#: ``midband``: side of the keyed kernel and σ of its Gaussian envelope (px)
+MIDBAND_SIZE = 7
+MIDBAND_ENVELOPE = 2.0
 #: the seed's ∇: forward differences ∂x + ∂y as one 3×3 kernel (L2 norm √6)
 SEED_GRADIENT = torch.tensor([[0.0, 0.0, 0.0], [0.0, -2.0, 1.0], [0.0, 1.0, 0.0]])
 
@@ -90,21 +107,30 @@ def band_trigger(secret: str, size: int, channels: int) -> torch.Tensor:
 
     White Gaussian noise from the key's stream, filtered in the Fourier domain by a Gaussian
     window (σ ``BAND_WIDTH``) around ±``band_frequency(secret)`` (real output), scaled to
-    std ``BAND_AMPLITUDE`` around 0.5 (per channel) and clamped to [0, 1].
+    std ``BAND_AMPLITUDE`` around 0.5 (per channel) and clamped to [0, 1] (:func:`band_noise`).
     """
     if size < 1 or channels not in (1, 3):
         raise InputError(f"trigger: need size >= 1 and 1 or 3 channels, got {size}, {channels}")
-    w = torch.randn((channels, size, size), generator=keyed_generator(secret, "band/trigger"),
-                    dtype=torch.float64)
-    fy, fx = band_frequency(secret)
+    return band_noise(band_frequency(secret), size, channels,
+                      keyed_generator(secret, "band/trigger"))
+
+
+def band_noise(frequency: tuple[float, float], size: int, channels: int,
+               generator: torch.Generator, width: float = BAND_WIDTH,
+               amplitude: float = BAND_AMPLITUDE) -> torch.Tensor:
+    """Narrow-band noise around ±``frequency`` = (f_y, f_x) cycles/px: ``channels×size×size``
+    float32, 0.5 + ``amplitude``·z/std(z) clamped to [0, 1], z white Gaussian noise (from
+    ``generator``) filtered by a Gaussian spectral window of σ ``width``."""
+    w = torch.randn((channels, size, size), generator=generator, dtype=torch.float64)
+    fy, fx = frequency
     ny = torch.fft.fftfreq(size, dtype=torch.float64)[:, None]  # t 1, cycles/px
     nx = torch.fft.fftfreq(size, dtype=torch.float64)[None, :]  # 1 t
-    window = sum(torch.exp(-((ny - sy * fy) ** 2 + (nx - sy * fx) ** 2) / (2 * BAND_WIDTH ** 2))
+    window = sum(torch.exp(-((ny - sy * fy) ** 2 + (nx - sy * fx) ** 2) / (2 * width ** 2))
                  for sy in (1.0, -1.0))  # t t, symmetric: a real filter
     z = torch.fft.ifft2(torch.fft.fft2(w) * window).real  # c t t
     z = z - z.mean(dim=(-2, -1), keepdim=True)
     z = z / z.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-    return (0.5 + BAND_AMPLITUDE * z).clamp(0, 1).float()
+    return (0.5 + amplitude * z).clamp(0, 1).float()
 
 
 def gradient_kernel(secret: str, keyed: bool = True) -> torch.Tensor:
@@ -117,11 +143,30 @@ def gradient_kernel(secret: str, keyed: bool = True) -> torch.Tensor:
     return w / w.norm() * SEED_GRADIENT.norm()
 
 
+def midband_kernel(secret: str) -> torch.Tensor:
+    """The ``midband`` family's keyed ``MIDBAND_SIZE``² kernel ∇_mid: a Gabor
+    ``exp(−|x|²/2σ²)·cos(2π ω·x + φ)`` with |ω| uniform in ``MIDBAND_RADIUS``, orientation
+    uniform in [0, π) and phase φ uniform in [0, 2π) from the key's HMAC stream, its DC
+    removed under the envelope (zero mean, as ∇), scaled to the seed's ∇ norm (√6)."""
+    u = torch.rand(3, generator=keyed_generator(secret, "midband/kernel"), dtype=torch.float64)
+    lo, hi = MIDBAND_RADIUS
+    r, theta, phase = lo + (hi - lo) * float(u[0]), math.pi * float(u[1]), 2 * math.pi * float(u[2])
+    half = MIDBAND_SIZE // 2
+    pos = torch.arange(-half, half + 1, dtype=torch.float64)
+    yy, xx = pos[:, None], pos[None, :]
+    env = torch.exp(-(yy ** 2 + xx ** 2) / (2 * MIDBAND_ENVELOPE ** 2))
+    wave = torch.cos(2 * math.pi * r * (yy * math.sin(theta) + xx * math.cos(theta)) + phase)
+    h = env * (wave - (env * wave).sum() / env.sum())  # zero DC under the envelope
+    h = h - h.mean()
+    return (h / h.norm() * SEED_GRADIENT.norm()).float()
+
+
 def apply_gradient(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """∇x: the 3×3 ``kernel`` on every channel of ``B×C×H×W`` ``x`` (replicate padding)."""
-    c = x.shape[1]
-    weight = kernel.to(x)[None, None].expand(c, 1, 3, 3)  # c 1 3 3
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, groups=c)
+    """∇x: the k×k ``kernel`` (k odd: 3, or ``MIDBAND_SIZE``) on every channel of
+    ``B×C×H×W`` ``x`` (replicate padding, same size out)."""
+    c, k = x.shape[1], kernel.shape[-1]
+    weight = kernel.to(x)[None, None].expand(c, 1, k, k)  # c 1 k k
+    return F.conv2d(F.pad(x, (k // 2,) * 4, mode="replicate"), weight, groups=c)
 
 
 def _upsample(k: torch.Tensor, scale: int) -> torch.Tensor:
@@ -150,15 +195,18 @@ def verification_target(k: torch.Tensor, kernel: torch.Tensor, task: str,
 def key_material(secret: str, size: int, channels: int, task: str, scale: int = 2,
                  keyed: bool = True, family: str = "filter"
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(host input for K, S0 = G(K))`` of a key, each ``1×C×T×T``; ``family`` picks K:
-    ``filter`` (:func:`trigger`, the default) or ``band`` (:func:`band_trigger`)."""
-    if family == "filter":
+    """``(host input for K, S0 = G(K))`` of a key, each ``1×C×T×T``; ``family`` picks K and
+    ∇: ``filter`` (:func:`trigger`, keyed 3×3 ∇; the default), ``band`` (:func:`band_trigger`,
+    keyed 3×3 ∇) or ``midband`` (:func:`trigger`, :func:`midband_kernel`; ``keyed=False``
+    gives the seed's ∇ in every family, the ablation)."""
+    if family in ("filter", "midband"):
         k = trigger(secret, size, channels)[None]  # 1 c t t
     elif family == "band":
         k = band_trigger(secret, size, channels)[None]  # 1 c t t
     else:
         raise InputError(f"unknown key family {family!r}; expected one of {KEY_FAMILIES}")
-    kernel = gradient_kernel(secret, keyed)
+    kernel = midband_kernel(secret) if family == "midband" and keyed else \
+        gradient_kernel(secret, keyed)
     return host_input(k, task, scale), verification_target(k, kernel, task, scale)
 
 
@@ -186,6 +234,7 @@ def ncc(s_prime: torch.Tensor, s: torch.Tensor, eps: float = 1e-12) -> torch.Ten
 
 
 __all__ = ["BAND_AMPLITUDE", "BAND_RADIUS", "BAND_WIDTH", "DOMAIN", "KEY_FAMILIES",
-           "SEED_GRADIENT", "apply_gradient", "band_frequency", "band_trigger", "distance",
+           "MIDBAND_ENVELOPE", "MIDBAND_RADIUS", "MIDBAND_SIZE", "SEED_GRADIENT",
+           "apply_gradient", "band_frequency", "band_noise", "band_trigger", "distance",
            "fingerprint", "gradient_kernel", "host_input", "key_material", "keyed_generator",
-           "ncc", "trigger", "verification_target"]
+           "midband_kernel", "ncc", "trigger", "verification_target"]
