@@ -83,6 +83,11 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
     net = decoder or method.decoder
     was_training = net.training
     net.eval()
+    # stochastic EoT (a subset of the attacks per view) saves time only if the attacks no
+    # view kept are skipped, so it runs the sparse chain; with every attack kept it is today's
+    stochastic = 0 < c.eot_attacks_per_view < len(chain.attacks)
+    draw = {"per_view": c.eot_attacks_per_view} if stochastic else {}
+    only_on = c.eot_only_on or stochastic
     # with early stopping, only the images still signing (``active``) take a step
     active = torch.arange(xw.shape[0], device=xw.device)
     cleared = torch.zeros(xw.shape[0], dtype=torch.long, device=xw.device)
@@ -94,13 +99,13 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
         b = x.shape[0]
         xs = (x + delta).clamp(0, 1)
         reps = xs.repeat(c.eot_samples, 1, 1, 1)
-        params = (distributed.sample_shard(chain, b, generator, repeats=c.eot_samples)
-                  if sharded else chain.sample(reps.shape[0], generator))
+        params = (distributed.sample_shard(chain, b, generator, repeats=c.eot_samples, **draw)
+                  if sharded else chain.sample(reps.shape[0], generator, **draw))
         # keep one un-attacked view so the clean signed image decodes too
         for k, v in params.items():
             if k.endswith(".on"):
                 v[:b] = 0
-        logits = net(chain.apply(reps, params, only_on=c.eot_only_on))
+        logits = net(chain.apply(reps, params, only_on=only_on))
         hinge = F.relu(c.margin - sign.repeat(c.eot_samples, 1) * logits)
         # the first copy is the un-attacked view: give it its own weight so the
         # signature always decodes from the image as delivered
