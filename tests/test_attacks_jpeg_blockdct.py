@@ -88,8 +88,9 @@ def test_bad_input_is_named(photo_batch):
 
 def test_the_chain_takes_it_as_an_option(photo_batch):
     x = photo_batch[..., :90, :120]                                   # padded to 96×128
-    assert EoTConfig().jpeg_impl == "kornia"                          # the default stays
-    chain = EoTChain(EoTConfig(p=1.0, jpeg_impl="blockdct"))
+    assert EoTConfig().jpeg_impl == "blockdct"                  # the default since ps7
+    assert EoTChain(EoTConfig(jpeg_impl="kornia")).attacks[-1].impl == "kornia"
+    chain = EoTChain(EoTConfig(p=1.0))
     jpeg = chain.attacks[-1]
     assert isinstance(jpeg, DiffJPEG) and jpeg.impl == "blockdct"
     params = jpeg.sample(len(x), torch.Generator().manual_seed(0))

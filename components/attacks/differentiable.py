@@ -240,8 +240,9 @@ class EoTConfig(BaseModel):
     brightness: float = 0.3
     contrast: float = 0.3
     jpeg: tuple[float, float] = (50.0, 95.0)
-    #: differentiable JPEG of the chain: kornia's codec, or the block-DCT one (``DiffJPEG``)
-    jpeg_impl: Literal["kornia", "blockdct"] = "kornia"
+    #: differentiable JPEG of the chain: the block-DCT codec (``jpeg_blockdct``, ~3× cheaper),
+    #: or kornia's; "blockdct" since session ps7 passed its acceptance rule (pgd_signer card)
+    jpeg_impl: Literal["kornia", "blockdct"] = "blockdct"
 
 
 class EoTChain(ImageAttack):

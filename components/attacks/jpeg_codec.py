@@ -6,7 +6,7 @@ RGB → YCbCr (JFIF, kornia's ``rgb_to_ycbcr``), 4:2:0 chroma by 2×2 averaging 
 IJG quality formula, rounding, and the inverse with bilinear chroma upsampling
 (libjpeg's "fancy" triangular upsampling away from the border).
 
-Why not ``kornia.enhance.jpeg_codec_differentiable`` (the default of ``DiffJPEG``): on
+Why not ``kornia.enhance.jpeg_codec_differentiable`` (``DiffJPEG``'s other ``impl``): on
 CPU most of its time is a fixed cost per call that the model does not need
 (profiled in the pgd_signer model card, session ps7): its chroma subsampling is
 ``rescale(..., antialias=True)``, a Gaussian blur run as 4 single-channel convolutions
