@@ -1,6 +1,7 @@
 """Embed-speed levers of ``pgd_signer``, each measured for time and quality (issue #17).
 
-Usage (the model card's "Embed speed (ps6)" levers table)::
+Usage (the model card's "Embed speed (ps6)" levers table; session ps7's variants are
+``"blockdct eot.jpeg_impl=\"blockdct\""`` and ``eot_attacks_per_view=2``)::
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/pgd_signer_embed_levers.py --limit 16 \\
         --variant "only_on eot_only_on=true" --variant "stop2 eot_only_on=true early_stop=2" \\
@@ -42,9 +43,26 @@ BUNDLE = ROOT / "components" / "pretrained" / "pgd_signer"
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``"name field=json field=json"`` → (name, overrides)."""
+    """``"name field=json field=json"`` → (name, overrides); ``eot.jpeg_impl=…`` names a
+    field of a nested config."""
     name, *pairs = text.split()
     return name, {k: json.loads(v) for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def configured(shipped, overrides: dict):
+    """The shipped bundle with ``overrides`` (dotted keys change one field of a nested
+    config and keep its others)."""
+    if not overrides:
+        return shipped
+    changes: dict = {}
+    for key, value in overrides.items():
+        head, _, field = key.partition(".")
+        if field:
+            nested = changes.setdefault(head, getattr(shipped.config, head).model_dump())
+            nested[field] = value
+        else:
+            changes[key] = value
+    return shipped.with_config(**changes)
 
 
 def timed_embeds(m, images: torch.Tensor, key) -> tuple[torch.Tensor, list[float], list[int]]:
@@ -192,7 +210,7 @@ def main() -> None:
                 results["variants"][name] = rec
                 print(f"{name}: cached", flush=True)
                 continue
-        m = shipped.with_config(**overrides) if overrides else shipped
+        m = configured(shipped, overrides)
         t = time.perf_counter()
         m.decoder_for(key)
         rec = {"overrides": overrides, "photos": len(clean),
@@ -209,7 +227,7 @@ def main() -> None:
         print(f"{name}: {json.dumps(summary(rec))}", flush=True)
 
     if args.interleaved_rounds:
-        methods = {name: shipped.with_config(**o) if o else shipped for name, o in variants}
+        methods = {name: configured(shipped, o) for name, o in variants}
         photos = {256: clean, 1024: load_heldout(manifest, 1024, args.interleaved_rounds).images}
         results["timing"] = interleaved_timing(methods, photos, key, args.interleaved_rounds)
         print(json.dumps({n: {k: statistics.median(v) for k, v in t.items()}

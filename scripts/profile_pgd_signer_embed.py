@@ -52,6 +52,10 @@ def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -
     sign = (2 * target - 1).to(xw)
     delta = torch.zeros_like(xw)
     parts: dict[str, list[float]] = {}
+    # as ``signing.sign_working``: stochastic EoT draws a subset per view, runs the sparse chain
+    stochastic = 0 < c.eot_attacks_per_view < len(chain.attacks)
+    draw = {"per_view": c.eot_attacks_per_view} if stochastic else {}
+    only_on = c.eot_only_on or stochastic
 
     def add(name: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -64,7 +68,7 @@ def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -
         delta.requires_grad_(True)
         xs = (xw + delta).clamp(0, 1)
         reps = xs.repeat(c.eot_samples, 1, 1, 1)
-        params = chain.sample(reps.shape[0], g)
+        params = chain.sample(reps.shape[0], g, **draw)
         for k, v in params.items():
             if k.endswith(".on"):
                 v[:b] = 0
@@ -74,7 +78,7 @@ def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -
         for i, a in enumerate(chain.attacks):
             sub = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{i}.")}
             leaf = y.detach().requires_grad_(True)
-            rows = sub["on"].nonzero().flatten() if c.eot_only_on else None
+            rows = sub["on"].nonzero().flatten() if only_on else None
             if rows is None or len(rows) == len(leaf):
                 y = a.apply(leaf, sub)
             elif len(rows):
@@ -131,10 +135,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="replayed PGD steps per size")
     ap.add_argument("--repeats", type=int, default=1, help="whole embeds per size")
     ap.add_argument("--set", action="append", default=[],
-                    help="config override FIELD=JSON (e.g. eot_only_on=true)")
+                    help="config override FIELD=JSON (e.g. eot_only_on=true, "
+                         "eot.jpeg_impl='\"blockdct\"')")
     ap.add_argument("--out", type=Path, default=Path("/tmp/pgd_signer_embed_profile.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    from pgd_signer_embed_levers import configured  # the sibling script (scripts/ on sys.path)
+
     from neuralmark.components.data.manifest import load_split
     from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset
     from neuralmark.components.methods.base import WatermarkKey
@@ -143,8 +150,7 @@ def main() -> None:
     out: dict = {}
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     t_load, m = _ms(lambda: PGDSigner.from_bundle(BUNDLE))
-    if overrides:
-        m = m.with_config(**overrides)
+    m = configured(m, overrides)
     key = WatermarkKey("victim-secret", 7)
     t_views, _ = _ms(m.whitening_views)
     t_keyed, decoder = _ms(lambda: m.decoder_for(key))

@@ -89,3 +89,58 @@ def test_early_stop_refuses_a_data_parallel_shard(photo_batch):
     with pytest.raises(ValueError, match="sharded"):
         signing.sign_working(m, xw, torch.zeros(2, m.config.n_bits), 2, sharded=True,
                              early_stop=1)
+
+
+def _same_draw(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stochastic_eot_keeps_k_attacks_per_view_deterministically():
+    chain = EoTChain(EoTConfig(p=0.5))
+    n = len(chain.attacks)
+
+    def draw(seed: int, k: int) -> dict:
+        return chain.sample(400, torch.Generator().manual_seed(seed), per_view=k)
+
+    assert _same_draw(draw(3, 2), draw(3, 2))                  # same seed, same draw
+    assert not _same_draw(draw(3, 2), draw(4, 2))
+    for k in (1, 2, 4):
+        on = torch.stack([v for key, v in draw(5, k).items() if key.endswith(".on")], 1)
+        # p·n / k ≥ 1 for these k: every kept attack is on, so exactly k per view
+        assert torch.equal(on.sum(1), torch.full((400,), float(k)))
+        # each attack is kept about equally often (a uniform choice of k of n)
+        assert float((on.mean(0) - k / n).abs().max()) < 0.07
+    # k = 6 > p·n: a kept attack is on with probability p·n/k, so an attack is on at the
+    # chain's rate p (0.5) and about p·n = 4 attacks are on per view
+    on = torch.stack([v for key, v in draw(5, 6).items() if key.endswith(".on")], 1)
+    assert float(on.sum(1).max()) <= 6 and abs(float(on.mean()) - 0.5) < 0.03
+    with pytest.raises(ValueError, match="per_view"):
+        chain.sample(4, per_view=-1)
+
+
+def test_stochastic_eot_with_every_attack_is_todays_chain(photo_batch):
+    chain = EoTChain(EoTConfig(p=0.5))
+    today = chain.sample(16, torch.Generator().manual_seed(7))
+    for k in (0, len(chain.attacks), 20):
+        assert _same_draw(today, chain.sample(16, torch.Generator().manual_seed(7), per_view=k))
+    # and signing with it set to every attack is bit-identical to today's signing
+    xw, key = _small(photo_batch)[:2], WatermarkKey("owner", 3)
+    over = {"pgd_steps": 4, "eot_samples": 3}
+    assert PGDSigner.Config().eot_attacks_per_view == 2        # the default since ps7
+    assert torch.equal(smoke(**over, eot_attacks_per_view=0).embed(xw, key),
+                       smoke(**over, eot_attacks_per_view=8).embed(xw, key))
+
+
+def test_stochastic_eot_signing_runs_only_the_kept_attacks(photo_batch, monkeypatch):
+    xw, key = _small(photo_batch)[:2], WatermarkKey("owner", 3)
+    m = smoke(pgd_steps=5, eot_samples=4, eot_attacks_per_view=1)
+    seen: list[int] = []
+    for attack in m.eot.attacks:
+        orig = attack.apply
+        monkeypatch.setattr(attack, "apply",
+                            lambda x, p, _o=orig: (seen.append(len(x)), _o(x, p))[1])
+    marked = m.embed(xw, key)
+    assert marked.shape == xw.shape and torch.isfinite(marked).all()
+    # 5 steps × 6 attacked views (2 images × 3), one attack each: 30 view-attacks in all,
+    # each run only on its views (the sparse chain), never on the whole 8-view batch
+    assert sum(seen) == 30 and max(seen) < 8

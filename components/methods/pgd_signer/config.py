@@ -50,6 +50,13 @@ class PGDSignerConfig(MethodConfig):
     #: dense chain (False) also passes switched-off views through near-identity resamplings
     #: (``EoTChain.apply``), which were most of a signing step's time (model card, embed speed)
     eot_only_on: bool = False
+    #: stochastic EoT in ``embed`` (EM's E-step keeps every attack: measured for embed only):
+    #: each EoT view of a PGD step keeps this many of the chain's attacks
+    #: (``EoTChain.sample(per_view=…)``: each still on at the chain's rate p while this is
+    #: ≥ p·n) and runs only those (the sparse chain); 0, or ≥ the chain's 8: every attack
+    #: drawn as the chain draws it (the signing before session ps7). 2 since ps7: it passed
+    #: that session's acceptance rule on the shipped bundle (model card)
+    eot_attacks_per_view: int = Field(2, ge=0)
     #: ``embed`` stops signing an image after this many consecutive PGD steps in which all
     #: its views (clean + EoT) clear ``margin`` on every bit (0: always ``pgd_steps``)
     early_stop: int = Field(0, ge=0)

@@ -118,10 +118,10 @@ class PGDSigner(WatermarkMethod):
                      psnr: float | None = None, chain: EoTChain | None = None,
                      sharded: bool = False,
                      decoder: torch.nn.Module | None = None,
-                     early_stop: int = 0) -> torch.Tensor:
+                     early_stop: int = 0, per_view: int = 0) -> torch.Tensor:
         """PGD under EoT at the working size → B×3×S×S residual (:func:`.signing.sign_working`)."""
         return signing.sign_working(self, xw, target, steps, generator, psnr, chain, sharded,
-                                    decoder, early_stop)
+                                    decoder, early_stop, per_view)
 
     # -- content interface ---------------------------------------------------
     def embed(self, images: torch.Tensor, key: WatermarkKey,
@@ -135,7 +135,8 @@ class PGDSigner(WatermarkMethod):
         xw = self._to_working(x)
         target = bits.unsqueeze(0).expand(x.shape[0], -1)
         delta = self.sign_working(xw, target, self.config.pgd_steps, generator,
-                                  decoder=self.decoder_for(key), early_stop=self.config.early_stop)
+                                  decoder=self.decoder_for(key), early_stop=self.config.early_stop,
+                                  per_view=self.config.eot_attacks_per_view)
         if tuple(x.shape[-2:]) != tuple(xw.shape[-2:]):
             delta = F.interpolate(delta, size=x.shape[-2:], mode="bilinear",
                                   align_corners=False)

@@ -49,7 +49,7 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
                  psnr: float | None = None, chain: EoTChain | None = None,
                  sharded: bool = False,
                  decoder: torch.nn.Module | None = None,
-                 early_stop: int = 0) -> torch.Tensor:
+                 early_stop: int = 0, per_view: int = 0) -> torch.Tensor:
     """PGD under EoT at the working size (``method``: the ``PGDSigner``, typed ``Any``
     because its module imports this one).
 
@@ -67,6 +67,10 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
             ``steps``). A step where all views clear has a zero hinge, so its update is a
             no-op; the remaining steps only re-draw views. Not with ``sharded`` (a shard
             must draw the global batch's views every step).
+        per_view: stochastic EoT: each attacked view keeps this many of the chain's attacks
+            (``EoTChain.sample(per_view=…)``) and the chain runs only those (the sparse
+            chain); 0 or ≥ the chain's length: every attack, as drawn. ``embed`` passes the
+            config's ``eot_attacks_per_view``; EM's E-step keeps 0 (measured for embed only).
     Returns:
         B×3×S×S residual ``delta`` (``xw + delta`` in [0,1]).
     """
@@ -83,6 +87,11 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
     net = decoder or method.decoder
     was_training = net.training
     net.eval()
+    # stochastic EoT (a subset of the attacks per view) saves time only if the attacks no
+    # view kept are skipped, so it runs the sparse chain; with every attack kept it is today's
+    stochastic = 0 < per_view < len(chain.attacks)
+    draw = {"per_view": per_view} if stochastic else {}
+    only_on = c.eot_only_on or stochastic
     # with early stopping, only the images still signing (``active``) take a step
     active = torch.arange(xw.shape[0], device=xw.device)
     cleared = torch.zeros(xw.shape[0], dtype=torch.long, device=xw.device)
@@ -94,13 +103,13 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
         b = x.shape[0]
         xs = (x + delta).clamp(0, 1)
         reps = xs.repeat(c.eot_samples, 1, 1, 1)
-        params = (distributed.sample_shard(chain, b, generator, repeats=c.eot_samples)
-                  if sharded else chain.sample(reps.shape[0], generator))
+        params = (distributed.sample_shard(chain, b, generator, repeats=c.eot_samples, **draw)
+                  if sharded else chain.sample(reps.shape[0], generator, **draw))
         # keep one un-attacked view so the clean signed image decodes too
         for k, v in params.items():
             if k.endswith(".on"):
                 v[:b] = 0
-        logits = net(chain.apply(reps, params, only_on=c.eot_only_on))
+        logits = net(chain.apply(reps, params, only_on=only_on))
         hinge = F.relu(c.margin - sign.repeat(c.eot_samples, 1) * logits)
         # the first copy is the un-attacked view: give it its own weight so the
         # signature always decodes from the image as delivered
