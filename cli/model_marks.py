@@ -238,8 +238,9 @@ def verify_model(
 @domain_errors
 def attack_model(
     attack: str = typer.Option(..., "--attack",
-                               help="prune, fine_tune_original, fine_tune_new, distill or "
-                                    "overwrite."),
+                               help="prune, fine_tune_original, fine_tune_new, distill, "
+                                    "overwrite or fine_tune_noise (keyless: task data plus "
+                                    "noise images)."),
     out_path: Path = typer.Option(..., "--out", help="Where to write the attacked host "
                                                      "(.safetensors)."),
     strength: float | None = typer.Option(

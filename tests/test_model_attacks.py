@@ -200,7 +200,7 @@ def attacker(task) -> AttackerData:
 def test_every_attack_is_described_as_a_tidy_row(attacker):
     settings = ModelAttackSettings(lr=5e-4, batch_size=32, seed=7)
     assert set(MODEL_ATTACKS) == {"prune", "fine_tune_original", "fine_tune_new", "distill",
-                                  "overwrite"}
+                                  "overwrite", "fine_tune_noise"}
     rows = {name: [MODEL_ATTACKS[name].params(s, attacker, settings) for s in strengths]
             for name, strengths in MODEL_ATTACK_SUITE}  # the whole suite is valid
     assert [r["label"] for r in rows["prune"]] == [f"prune_0.{i}" for i in range(1, 10)]
