@@ -1,0 +1,59 @@
+"""``scripts/measure_trigger_key_cross_key.py``'s host cells and options (issue #13, tk11):
+``--arch`` runs the tiny pipeline's DnCNN, RED or VDSR ×2 cell with that pipeline's η;
+``--max-seconds`` cuts the key loop and refuses a non-positive budget."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from neuralmark.components.methods.registry import build
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "measure_trigger_key_cross_key.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("measure_trigger_key_cross_key", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_host_cell_is_its_tiny_pipeline_config(script):
+    """The cells of configs/trigger_key*.yaml on the tiny profile (depth from the pipeline's
+    arch_depth) and the η each pipeline measured (MODEL_CARD)."""
+    from neuralmark.pipelines.trigger_key import StudySettings
+
+    depths = StudySettings().arch_depth["tiny"]
+    want = {"dncnn": ("denoise", 1e-2, 0.8116), "red": ("denoise", 1e-2, 0.8464),
+            "vdsr": ("sr", 1e-3, 0.575)}
+    assert set(script.HOST_CELLS) == set(want)
+    for arch, (task, lam, eta) in want.items():
+        c = build("trigger_key", script.host_config(arch)).config
+        assert (c.arch, c.task, c.lam, c.depth, c.width) == (arch, task, lam, depths[arch], 16)
+        assert (c.host_steps, c.embed_steps, c.key_family) == (300, 200, "filter")
+        assert script.HOST_CELLS[arch][1] == eta
+    sr = build("trigger_key", script.host_config("vdsr", "band", depth=3)).config
+    assert (sr.scale, sr.trigger_side, sr.depth, sr.key_family) == (2, 20, 3, "band")
+    with pytest.raises(ValueError, match="unknown host 'unet': one of dncnn, red, vdsr"):
+        script.host_config("unet")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-seconds", "0"], "--max-seconds must be positive, got 0"),
+    (["--n", "0"], "--n must be at least 1, got 0"),
+])
+def test_bad_options_are_refused_before_any_training(script, tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        script.main(["--sample", str(tmp_path / "sample"), *argv])
+    assert not (tmp_path / "sample").exists()  # refused before the data is built
+
+
+def test_an_unknown_host_is_an_argparse_error(script, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--sample", str(tmp_path), "--arch", "unet"])
+    assert "invalid choice: 'unet'" in capsys.readouterr().err
