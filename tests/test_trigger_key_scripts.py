@@ -1,6 +1,9 @@
-"""``scripts/measure_trigger_key_cross_key.py``'s host cells and options (issue #13, tk11):
-``--arch`` runs the tiny pipeline's DnCNN, RED or VDSR ×2 cell with that pipeline's η;
-``--max-seconds`` cuts the key loop and refuses a non-positive budget."""
+"""The trigger_key measurement scripts' options (issue #13, tk11).
+
+``measure_trigger_key_cross_key.py``: ``--arch`` runs the tiny pipeline's DnCNN, RED or
+VDSR ×2 cell with that pipeline's η; ``--max-seconds`` cuts the key loop and refuses a
+non-positive budget. ``measure_trigger_key_finetune_aware.py``: ``--eta variant=η`` skips
+a variant's calibration."""
 
 from __future__ import annotations
 
@@ -11,16 +14,20 @@ import pytest
 
 from neuralmark.components.methods.registry import build
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "measure_trigger_key_cross_key.py"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("measure_trigger_key_cross_key", SCRIPT)
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load("measure_trigger_key_cross_key")
 
 
 def test_each_host_cell_is_its_tiny_pipeline_config(script):
@@ -57,3 +64,12 @@ def test_an_unknown_host_is_an_argparse_error(script, tmp_path, capsys):
     with pytest.raises(SystemExit):
         script.main(["--sample", str(tmp_path), "--arch", "unet"])
     assert "invalid choice: 'unet'" in capsys.readouterr().err
+
+
+def test_finetune_script_takes_measured_etas_per_variant():
+    parse = _load("measure_trigger_key_finetune_aware").parse_etas
+    assert parse("") == {}
+    assert parse("filter=0.8116,band=0.644") == {"filter": 0.8116, "band": 0.644}
+    for bad in ("filter", "filter=x", "=0.5", "band=0", "band=-1"):
+        with pytest.raises(SystemExit, match="--eta: expected variant=η"):
+            parse(bad)
