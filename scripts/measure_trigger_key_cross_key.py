@@ -56,9 +56,11 @@ from neuralmark.components.methods.trigger_key.evaluation import overwriting_att
 from neuralmark.components.methods.trigger_key.study import task_images  # noqa: E402
 from neuralmark.components.methods.trigger_key.trigger import (  # noqa: E402
     band_frequency,
+    band_trigger,
     distance,
     gradient_kernel,
     ncc,
+    trigger,
     verification_target,
 )
 from neuralmark.components.nets.image_nets import apply_net  # noqa: E402
@@ -84,6 +86,20 @@ def host_config(arch: str, family: str = "filter", depth: int | None = None) -> 
         cell["depth"] = depth
     return {"channels": 1, **cell, "host_steps": 300, "embed_steps": 200,
             "visualizer_steps": 0, "lambda0_reference": False, "key_family": family}
+
+
+def alignment(c, owner: str, name: str) -> float:
+    """NCC(G_name(K), G_owner(K)) on the owner's K (the ``--survey`` statistic of the
+    diagnosis script): the owner's raw K (LR for SR: ``verification_target`` upsamples it)
+    through each key's keyed ∇, for the config ``c``'s task and key family."""
+    make = {"filter": trigger, "band": band_trigger}[c.key_family]
+    k = make(owner, c.trigger_side, c.channels)[None]  # 1 c t t
+
+    def target(secret: str):
+        return verification_target(k, gradient_kernel(secret, c.keyed_gradient), c.task,
+                                   c.scale)
+
+    return float(ncc(target(name), target(owner)))
 
 
 def random_key_names(n: int, seed: int) -> list[str]:
@@ -136,7 +152,6 @@ def main(argv: list[str] | None = None) -> None:
     host.embed_model(host.unmarked, owner)
     (x, y), _ = host.require_pairs()
     x_own, s = host.reference(owner)[:2]
-    g_own = host.key_material(owner)[1]
     u_out = apply_net(host.unmarked, x_own).clamp(0, 1)
     norm = float(distance(u_out, s))
     m_rel = float(distance(apply_net(host.host, x_own).clamp(0, 1), s)) / norm
@@ -156,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
             break
         key = WatermarkKey(name)
-        align = float(ncc(verification_target(x_own, gradient_kernel(name, c.keyed_gradient),
-                                              c.task, c.scale), g_own))
+        align = alignment(c, owner.secret, name)
         x_k, s0_k = attacker.key_material(key)
         loss, done = attacker.mark_loss(key)
         net, info = embed_into_host(host.unmarked, x, y, loss, c.lam, c.embed_steps, c.lr,

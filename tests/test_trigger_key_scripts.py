@@ -50,6 +50,20 @@ def test_each_host_cell_is_its_tiny_pipeline_config(script):
         script.host_config("unet")
 
 
+@pytest.mark.parametrize("arch", ["dncnn", "vdsr"])
+@pytest.mark.parametrize("family", ["filter", "band"])
+def test_alignment_reads_the_owner_trigger_of_each_task(script, arch, family):
+    """NCC(G_i(K), G(K)): 1 for the owner's own key; on SR the raw K is the low-resolution
+    one (the host input is its upsample; tk11 found the SR cell broken), and the denoise
+    value is tk8's."""
+    c = build("trigger_key", script.host_config(arch, family)).config
+    assert script.alignment(c, "neuralmark-eval", "neuralmark-eval") == pytest.approx(1.0)
+    other = script.alignment(c, "neuralmark-eval", "rand-511019274525653168")
+    assert -1 <= other < 0.99
+    if (arch, family) == ("dncnn", "filter"):
+        assert other == pytest.approx(0.376, abs=5e-4)  # tk8's first key, to the digit
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--max-seconds", "0"], "--max-seconds must be positive, got 0"),
     (["--n", "0"], "--n must be at least 1, got 0"),
