@@ -12,7 +12,8 @@
   Exit code 0 detected, 1 not detected, 2 unreadable input or bad arguments; ``--json``.
 * ``attack-model`` applies one named model attack of the shared registry
   (``attacks/model_registry``: prune, fine_tune_original, fine_tune_new, distill,
-  overwrite) to a host and writes the attacked host as safetensors, for audits.
+  overwrite, the keyless fine_tune_noise) to a host and writes the attacked host as
+  safetensors, for audits.
 
 Weights are read as safetensors only: a ``.pt``/``.pth``/pickle checkpoint is refused
 with a message (never unpickled). torch and the library are imported inside each command.
@@ -238,8 +239,9 @@ def verify_model(
 @domain_errors
 def attack_model(
     attack: str = typer.Option(..., "--attack",
-                               help="prune, fine_tune_original, fine_tune_new, distill or "
-                                    "overwrite."),
+                               help="prune, fine_tune_original, fine_tune_new, distill, "
+                                    "overwrite or fine_tune_noise (keyless: task data plus "
+                                    "noise images)."),
     out_path: Path = typer.Option(..., "--out", help="Where to write the attacked host "
                                                      "(.safetensors)."),
     strength: float | None = typer.Option(

@@ -70,10 +70,12 @@ PIPELINE_NAME = "trigger_key_pipeline"
 METHOD = "trigger_key"
 DEFAULT_CONFIG = CONFIGS_DIR / "trigger_key.yaml"
 PARAMETERS = ("profile", "config", "data", "evaluation", "policy", "study")
-#: the tiny suite: the seed's attacks at a CPU's budget (pruning curve up to 90%)
+#: the tiny suite: the seed's attacks at a CPU's budget (pruning curve up to 90%), and the
+#: keyless noise fine-tuning at the same one epoch (reported, no gate floor; tk11, MODEL_CARD)
 TINY_SUITE: list[tuple[str, list[float | None]]] = [
     ("prune", [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]), ("fine_tune_original", [1]),
-    ("fine_tune_new", [1]), ("distill", [1]), ("overwrite", [None])]
+    ("fine_tune_new", [1]), ("distill", [1]), ("overwrite", [None]),
+    ("fine_tune_noise", [1])]
 
 
 class StudySettings(BaseModel):

@@ -25,8 +25,15 @@ its Spearman correlation with d_rel. ``--eta`` must then be that family's η (th
 the filter family's). Findings: the MODEL_CARD, session tk9. ``--family midband`` (tk10): the
 alignment is computed with each key's 7×7 Gabor (``trigger.midband_kernel``).
 
+``--arch red`` / ``--arch vdsr`` (tk11) run the same on the other two tiny pipeline hosts,
+each with its pipeline cell (``HOST_CELLS``: the tiny profile's depth and the run config's
+task and λ; RED 6×16 denoise σ 25/255 at λ 1e-2, ``configs/trigger_key_red.yaml``; VDSR 5×16
+×2 at λ 1e-3, ``configs/trigger_key_sr.yaml``) and, unless ``--eta`` is given, that
+pipeline's measured η (RED 0.8464, VDSR 0.575: the MODEL_CARD's pool-8 runs). Findings: the
+MODEL_CARD, session tk11.
+
     python scripts/measure_trigger_key_cross_key.py --sample /tmp/sample --n 60
-        [--keys attacker-180 attacker-73] [--family band|midband --eta ETA]
+        [--arch dncnn|red|vdsr] [--keys attacker-180 attacker-73] [--family band|midband --eta ETA]
 """
 
 from __future__ import annotations
@@ -50,13 +57,52 @@ from neuralmark.components.methods.trigger_key.evaluation import overwriting_att
 from neuralmark.components.methods.trigger_key.study import task_images  # noqa: E402
 from neuralmark.components.methods.trigger_key.trigger import (  # noqa: E402
     band_frequency,
+    band_trigger,
     distance,
     gradient_kernel,
     midband_kernel,
     ncc,
+    trigger,
     verification_target,
 )
 from neuralmark.components.nets.image_nets import apply_net  # noqa: E402
+
+#: the tiny pipeline's cell per host: the method config beside the host steps, and the
+#: pipeline's measured η on d_rel for the owner ``neuralmark-eval`` (the script does not
+#: calibrate). DnCNN: tk6 (configs/trigger_key.yaml); RED: tk4's pool-8 run
+#: (configs/trigger_key_red.yaml); VDSR ×2: the pool-8 run (configs/trigger_key_sr.yaml).
+HOST_CELLS: dict[str, tuple[dict[str, object], float]] = {
+    "dncnn": ({"arch": "dncnn", "task": "denoise", "depth": 5, "lam": 1e-2}, 0.8116),
+    "red": ({"arch": "red", "task": "denoise", "depth": 6, "lam": 1e-2}, 0.8464),
+    "vdsr": ({"arch": "vdsr", "task": "sr", "scale": 2, "depth": 5, "lam": 1e-3}, 0.575),
+}
+
+
+def host_config(arch: str, family: str = "filter", depth: int | None = None) -> dict:
+    """The ``trigger_key`` config of the tiny pipeline's ``arch`` cell (300 host steps,
+    200 embedding steps, no visualizer, no λ = 0 reference); ``depth`` overrides the cell's."""
+    if arch not in HOST_CELLS:
+        raise ValueError(f"unknown host {arch!r}: one of {', '.join(HOST_CELLS)}")
+    cell = dict(HOST_CELLS[arch][0])
+    if depth is not None:
+        cell["depth"] = depth
+    return {"channels": 1, **cell, "host_steps": 300, "embed_steps": 200,
+            "visualizer_steps": 0, "lambda0_reference": False, "key_family": family}
+
+
+def alignment(c, owner: str, name: str) -> float:
+    """NCC(G_name(K), G_owner(K)) on the owner's K (the ``--survey`` statistic of the
+    diagnosis script): the owner's raw K (LR for SR: ``verification_target`` upsamples it)
+    through each key's keyed ∇, for the config ``c``'s task and key family."""
+    make = {"filter": trigger, "band": band_trigger, "midband": trigger}[c.key_family]
+    k = make(owner, c.trigger_side, c.channels)[None]  # 1 c t t
+
+    def target(secret: str):
+        kernel = midband_kernel(secret) if c.key_family == "midband" and c.keyed_gradient \
+            else gradient_kernel(secret, c.keyed_gradient)  # tk10: midband's own Gabor
+        return verification_target(k, kernel, c.task, c.scale)
+
+    return float(ncc(target(name), target(owner)))
 
 
 def random_key_names(n: int, seed: int) -> list[str]:
@@ -71,7 +117,7 @@ def band_distance(a: str, b: str) -> float:
     return min(math.hypot(ay - s * by, ax - s * bx) for s in (1.0, -1.0))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sample", required=True, help="build / reuse the tiny sample set here")
     ap.add_argument("--n", type=int, default=60, help="number of other keys embedded")
@@ -79,20 +125,28 @@ def main() -> None:
     ap.add_argument("--keys", nargs="+", default=None,
                     help="embed these named keys instead of --n random ones (a check, e.g. "
                          "the diagnosis' attacker-180)")
-    ap.add_argument("--eta", type=float, default=0.8116,
-                    help="the pipeline's η on d_rel for this host and mark")
+    ap.add_argument("--arch", choices=tuple(HOST_CELLS), default="dncnn",
+                    help="the tiny pipeline host (tk11: red, vdsr ×2; default the DnCNN)")
+    ap.add_argument("--eta", type=float, default=None,
+                    help="the pipeline's η on d_rel for this host and mark (default: the "
+                         "host cell's measured η, HOST_CELLS)")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="embed no further key once this much wall time has passed; the "
+                         "summary is then over the keys done (tk11: N as large as time allows)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--depth", type=int, default=None, help="default: the host cell's")
     ap.add_argument("--family", choices=("filter", "band", "midband"), default="filter",
                     help="the key family of the owner and of every other key (tk9)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise SystemExit(f"--max-seconds must be positive, got {args.max_seconds}")
+    if args.eta is None:
+        args.eta = HOST_CELLS[args.arch][1]
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    host = build("trigger_key", {"channels": 1, "arch": "dncnn", "depth": args.depth,
-                                 "host_steps": 300, "embed_steps": 200, "visualizer_steps": 0,
-                                 "lambda0_reference": False, "key_family": args.family})
+    host = build("trigger_key", host_config(args.arch, args.family, args.depth))
     c = host.config
     manifest = build_sample_dataset(args.sample, SampleDataConfig(
         size=128, crops_per_photo=4, n_procedural=12))
@@ -101,13 +155,13 @@ def main() -> None:
     host.embed_model(host.unmarked, owner)
     (x, y), _ = host.require_pairs()
     x_own, s = host.reference(owner)[:2]
-    g_own = host.key_material(owner)[1]
     u_out = apply_net(host.unmarked, x_own).clamp(0, 1)
     norm = float(distance(u_out, s))
     m_rel = float(distance(apply_net(host.host, x_own).clamp(0, 1), s)) / norm
     print(f"host: noisy {fit['input_psnr']:.2f} dB, unmarked {fit['host_psnr']:.2f} dB, marked "
           f"{host.task_psnr_of(host.host):.2f} dB, owner's d_rel on M {m_rel:.3f}, "
-          f"η {args.eta}, key family {args.family} ({time.time() - t0:.0f} s)", flush=True)
+          f"η {args.eta}, host {c.arch}×{c.depth} {c.task} λ {c.lam}, key family "
+          f"{args.family} ({time.time() - t0:.0f} s)", flush=True)
     attacker = overwriting_attacker(host)
     rows = []
     band = args.family == "band"
@@ -115,10 +169,12 @@ def main() -> None:
           + "steps | d_rel owner's K | own d_rel on K_i | match |", flush=True)
     names = args.keys or random_key_names(args.n, args.seed)
     for i, name in enumerate(names):
+        if args.max_seconds is not None and time.time() - t0 > args.max_seconds:
+            print(f"--max-seconds {args.max_seconds:g} reached: {i} of {len(names)} keys done",
+                  flush=True)
+            break
         key = WatermarkKey(name)
-        kernel = midband_kernel(name) if args.family == "midband" and c.keyed_gradient else \
-            gradient_kernel(name, c.keyed_gradient)  # the key's own map (tk10: midband's Gabor)
-        align = float(ncc(verification_target(x_own, kernel, c.task, c.scale), g_own))
+        align = alignment(c, owner.secret, name)
         x_k, s0_k = attacker.key_material(key)
         loss, done = attacker.mark_loss(key)
         net, info = embed_into_host(host.unmarked, x, y, loss, c.lam, c.embed_steps, c.lr,
@@ -134,6 +190,8 @@ def main() -> None:
               + f"{int(info['steps'])} | {rel:.3f} | {own:.3f} | "
               f"{'YES' if rel < args.eta else 'no'} |", flush=True)
     n = len(rows)
+    if n == 0:
+        raise SystemExit("no key was embedded within --max-seconds: nothing to summarise")
     aligns = torch.tensor([a for a, _, _ in rows], dtype=torch.float64)
     rels = torch.tensor([r for _, r, _ in rows], dtype=torch.float64)
     k = int((rels < args.eta).sum())

@@ -21,6 +21,10 @@ A variant is ``name:field=value,field=value`` over ``TriggerKeyConfig`` fields, 
     python scripts/measure_trigger_key_finetune_aware.py --arch dncnn --depth 5 \
         --attacks fine_tune_new:1,overwrite,fine_tune_original:1,prune:0.3 plain:lam=1e-2 \
         aware:lam=1e-2,lookahead_steps=32,lookahead_every=8,lookahead_attacks=new+overwrite
+    # the keyless noise fine-tuning (issue #13, tk11) against the η tk9 calibrated
+    python scripts/measure_trigger_key_finetune_aware.py --arch dncnn --depth 5 \
+        --attacks fine_tune_noise:1,fine_tune_noise:4 --eta filter=0.8116,band=0.644 \
+        filter:lam=1e-2 band:lam=1e-2,key_family=band
     # key families (issue #13, tk9): overwriting also with other attacker secrets
     python scripts/measure_trigger_key_finetune_aware.py --arch dncnn --depth 5 --pool 8 \
         --attacks overwrite,fine_tune_original:1,fine_tune_new:1 \
@@ -66,6 +70,30 @@ def parse_attacks(text: str) -> list[tuple[str, float | None, float | None]]:
     return out
 
 
+def parse_etas(text: str) -> dict[str, float]:
+    """``variant=η,…`` → ``{variant: η}``; ``SystemExit`` naming a malformed item."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        try:
+            eta = float(value)
+        except ValueError:
+            eta = float("nan")
+        if not sep or not name.strip() or not 0 < eta < 10:
+            raise SystemExit(f"--eta: expected variant=η with η in (0, 10), got {item!r}")
+        out[name.strip()] = eta
+    return out
+
+
+def verdict_cell(m, owner: WatermarkKey, attacked: torch.nn.Module,
+                 eta: float | None) -> str:
+    """``d_rel verified? (task PSNR)`` of an attacked host under the owner's key; verified
+    is ``d_rel < eta`` when an η is given, else the calibrated verdict."""
+    v = m.verify_model(attacked, owner)
+    hit = v.extra["d_rel"] < eta if eta is not None else v.detected
+    return f"{v.extra['d_rel']:.3f} {'yes' if hit else 'no'} ({m.task_psnr_of(attacked):.2f})"
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, float | int | str]]:
     """``name:field=value,...`` → ``(name, {field: number})``."""
     name, _, rest = text.partition(":")
@@ -102,7 +130,11 @@ def main() -> None:
                          "attacker secrets (the attacker's key family is the variant's; "
                          "FAMILY/secret: that key family's, e.g. filter/neuralmark-attacker)")
     ap.add_argument("--owner", default="neuralmark-eval", help="the owner's secret")
+    ap.add_argument("--eta", default="",
+                    help="variant=η,…: skip these variants' calibration (no FPR) and judge "
+                         "d_rel < η, an η measured on the same host and mark before (tk11)")
     args = ap.parse_args()
+    etas = parse_etas(args.eta)
     secrets = [s for s in args.overwrite_secrets.split(",") if s]
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -119,7 +151,10 @@ def main() -> None:
         fit = host.fit(task_images(manifest))
     else:
         fit = host.fit(skimage_images(PHOTOS, n_train=6))
-    independent = host.train_independent_host(1000)
+    names = [parse_variant(v)[0] for v in args.variants]
+    # the independent host only serves the calibration, which --eta skips
+    independent = (None if all(n in etas for n in names)
+                   else host.train_independent_host(1000))
     print(f"host {args.arch}×{args.depth}: noisy {fit['input_psnr']:.2f} dB, unmarked "
           f"{fit['host_psnr']:.2f} dB ({time.time() - start:.0f} s)", flush=True)
     owner = WatermarkKey(args.owner)
@@ -134,15 +169,17 @@ def main() -> None:
         m = host.with_config(**fields)
         m.train_pairs, m.test_pairs = host.train_pairs, host.test_pairs
         m.embed_model(host.unmarked, owner)
-        cal = m.calibrate(owner, [independent])
+        nan = float("nan")
+        cal = ({"eta": etas[name], "fpr": nan, "null_min": nan, "null_median": nan,
+                "owner_trigger_min": nan} if name in etas else m.calibrate(owner, [independent]))
+        eta = etas.get(name)
+
         data = attacker_data(m)
         cells = []
         for attack, strength, lr in attacks:
             settings = ModelAttackSettings() if lr is None else ModelAttackSettings(lr=lr)
-            attacked = get_model_attack(attack)(m.host, strength, data, settings)
-            v = m.verify_model(attacked, owner)
-            cells.append(f"{v.extra['d_rel']:.3f} {'yes' if v.detected else 'no'} "
-                         f"({m.task_psnr_of(attacked):.2f})")
+            cells.append(verdict_cell(m, owner, get_model_attack(attack)(m.host, strength, data,
+                                                                         settings), eta))
         for item in secrets:
             family, _, secret = item.rpartition("/")
             am = m
@@ -150,10 +187,8 @@ def main() -> None:
                 am = m.with_config(key_family=family)
                 am.train_pairs, am.test_pairs = m.train_pairs, m.test_pairs
             other = dataclasses.replace(data, embed=overwrite_embed(am, secret))
-            attacked = get_model_attack("overwrite")(m.host, None, other, ModelAttackSettings())
-            v = m.verify_model(attacked, owner)
-            cells.append(f"{v.extra['d_rel']:.3f} {'yes' if v.detected else 'no'} "
-                         f"({m.task_psnr_of(attacked):.2f})")
+            cells.append(verdict_cell(m, owner, get_model_attack("overwrite")(
+                m.host, None, other, ModelAttackSettings()), eta))
         lw = m.metrics["embed_l_w"] / m.s.numel()
         print(f"| {name} | {m.metrics['fidelity_cost_db']:.2f} | {m.task_psnr_of(m.host):.2f} | "
               f"{lw:.4f} | {cal['eta']:.3f} | "

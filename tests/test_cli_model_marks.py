@@ -82,6 +82,21 @@ def test_attack_model_writes_a_host_that_verify_model_reads(tmp_path) -> None:
     assert bad.exit_code == 2 and ".safetensors" in bad.output
 
 
+def test_attack_model_runs_the_keyless_noise_fine_tuning(tmp_path) -> None:
+    from neuralmark.components.methods.trigger_key.host_files import read_state_dict
+
+    out, again = tmp_path / "noise.safetensors", tmp_path / "again.safetensors"
+    for path in (out, again):
+        res = _invoke("attack-model", "--attack", "fine_tune_noise", "--strength", "0.05",
+                      "--out", str(path))
+        assert res.exit_code == 0, res.output
+        assert "fine_tune_noise_0.05" in res.output and "task PSNR" in res.output
+    a, b = read_state_dict(out), read_state_dict(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # seeded
+    res = _invoke("verify-model", "-k", DEMO, "--host", str(out), "--json")
+    assert res.exit_code in (0, 1) and json.loads(res.stdout)["d_rel"] > 0  # a read host
+
+
 def test_mark_model_marks_a_host_file_and_verify_model_detects_it(tmp_path) -> None:
     from neuralmark.components.methods.trigger_key.host_files import save_host_file
     from neuralmark.components.nets.restoration import build_host

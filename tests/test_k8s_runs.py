@@ -48,7 +48,8 @@ PIPELINE_GPU_STEPS = {
                     "embed_trigger_key_backdoor", "embed_trigger_key_randproj", "uniqueness",
                     "capacity", "evaluate_trigger_key"}
     | {f"attack_{m}_{a}" for m in ("trigger_key", "trigger_key_backdoor", "trigger_key_randproj")
-       for a in ("prune", "fine_tune_original", "fine_tune_new", "distill", "overwrite")},
+       for a in ("prune", "fine_tune_original", "fine_tune_new", "distill", "overwrite",
+                 "fine_tune_noise")},
     "benchmark": {"benchmark_entrants"},
     "data_preparation": set(),
 }

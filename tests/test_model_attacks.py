@@ -194,13 +194,13 @@ def attacker(task) -> AttackerData:
 
     return AttackerData(original=task["train"], new=task["new"], new_source="procedural:textures",
                         queries=task["train"][0], student=build_host("red", 1, 4, 8),
-                        embed=embed)
+                        embed=embed, degrade=lambda clean, g: denoise_pairs(clean, SIGMA, g))
 
 
 def test_every_attack_is_described_as_a_tidy_row(attacker):
     settings = ModelAttackSettings(lr=5e-4, batch_size=32, seed=7)
     assert set(MODEL_ATTACKS) == {"prune", "fine_tune_original", "fine_tune_new", "distill",
-                                  "overwrite"}
+                                  "overwrite", "fine_tune_noise"}
     rows = {name: [MODEL_ATTACKS[name].params(s, attacker, settings) for s in strengths]
             for name, strengths in MODEL_ATTACK_SUITE}  # the whole suite is valid
     assert [r["label"] for r in rows["prune"]] == [f"prune_0.{i}" for i in range(1, 10)]
@@ -213,6 +213,9 @@ def test_every_attack_is_described_as_a_tidy_row(attacker):
     assert rows["fine_tune_original"][0]["seed"] != new["seed"]  # one stream per label
     assert rows["distill"][0]["student"] == "RED"
     assert rows["overwrite"] == [{"attack": "overwrite", "strength": None, "label": "overwrite"}]
+    noise = rows["fine_tune_noise"][0]
+    assert noise["label"] == "fine_tune_noise_10" and noise["data"] == "original+noise"
+    assert noise["steps"] == math.ceil(10 * 128 / 32) and noise["n_noise"] == 128
 
 
 def test_bad_attacks_are_named(attacker):

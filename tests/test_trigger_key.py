@@ -232,14 +232,14 @@ def test_baselines_detect_their_own_mark_and_not_a_clean_host(name, protected):
 def test_attack_evaluation_gives_every_attack_a_row_with_psnr(protected):
     m, _ = protected
     suite = [("prune", [0.2, 0.9]), ("fine_tune_original", [0.2]), ("fine_tune_new", [0.2]),
-             ("distill", [0.2]), ("overwrite", [None])]
+             ("distill", [0.2]), ("overwrite", [None]), ("fine_tune_noise", [0.2])]
     before = {k: v.clone() for k, v in m.host.state_dict().items()}
     quick = m.with_config(embed_steps=100)  # the attacker's overwrite budget, kept short here
     quick.train_pairs, quick.test_pairs = m.train_pairs, m.test_pairs
     rows = evaluate_attacks({"trigger_key": (quick, OWNER)}, suite)
     labels = {r["label"] for r in rows}
     assert labels == {"none", "prune_0.2", "prune_0.9", "fine_tune_original_0.2",
-                      "fine_tune_new_0.2", "distill_0.2", "overwrite"}
+                      "fine_tune_new_0.2", "distill_0.2", "overwrite", "fine_tune_noise_0.2"}
     for lab in labels:
         metrics = {r["metric"]: r["value"] for r in rows if r["label"] == lab}
         assert {"psnr", "detected", "p_value", "d", "ncc"} <= set(metrics)

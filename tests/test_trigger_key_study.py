@@ -134,7 +134,7 @@ def test_run_settings_per_yaml_and_profile() -> None:
         assert got == model and tiny.config.depth == tiny_depth
         assert full.config.depth == full_depth and full.config.trigger_side == trigger
         assert full.config.calibration_keys == 1000 and full.config.width == 64
-        assert len(st.suite_for("full")) == 5 and st.capacity_for("full")[-1] == 600
+        assert len(st.suite_for("full")) == 6 and st.capacity_for("full")[-1] == 600
     with pytest.raises(InputError, match="study.other_keys"):
         resolve_trigger_key("tiny", study={"other_keys": -1})
     with pytest.raises(InputError, match="unknown model attack"):

@@ -16,9 +16,10 @@ overwriting; plus distillation, the query-only attacker). Every attack takes an
 * :func:`overwrite` — a second mark: ``embed(copy) -> marked copy``, the callable the
   method supplies (e.g. ``lambda m: method.embed_model(m, second_key)``).
 
-The same attacks as data — by name, with their strength knob, one tidy row per
-(attack, strength) — are in ``attacks/model_registry.py`` (as ``image.py`` and
-``registry.py`` for the image attacks).
+The keyless removal (fine-tuning on random noise images beside the task data) is in
+``attacks/noise_inputs.py``. The same attacks as data — by name, with their strength
+knob, one tidy row per (attack, strength) — are in ``attacks/model_registry.py`` (as
+``image.py`` and ``registry.py`` for the image attacks).
 
 Shapes: hosts map ``B×C×H×W`` → ``B×C×H×W``; data tensors are ``N×C×H×W``.
 """

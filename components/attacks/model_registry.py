@@ -1,7 +1,8 @@
 """Model attacks as data: by name, with their knob, one tidy row per (attack, strength).
 
 The model-side twin of ``attacks/registry.py``. :data:`MODEL_ATTACKS` names each attack
-of ``attacks/model.py`` with its knob (``rate``, ``epochs`` or none), its default and
+of ``attacks/model.py`` (and the keyless ``fine_tune_noise`` of ``attacks/noise_inputs.py``)
+with its knob (``rate``, ``epochs`` or none), its default and
 what it needs from :class:`AttackerData`; every one is called the same way,
 ``attack(model, strength, data, settings, callbacks) -> attacked copy``.
 ``attack.params(strength, data, settings)`` is the plain, loggable description of one
@@ -36,6 +37,7 @@ from neuralmark.components.attacks.model import (
     prune_magnitude,
     steps_for,
 )
+from neuralmark.components.attacks.noise_inputs import NOISE_KINDS, Degrade, fine_tune_noise
 from neuralmark.components.attacks.registry import attack_seed
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks
@@ -75,6 +77,8 @@ class AttackerData:
         queries: N×C×S×S inputs the attacker sends to the marked model (distillation).
         student: the host the attacker distils into (copied for every run).
         embed: the overwriting embed, ``embed(copy) -> marked copy``.
+        degrade: the host's task pairs of clean images, ``degrade(clean, generator) ->
+            (inputs, targets)`` (the keyless ``fine_tune_noise`` makes its noise pairs so).
     """
 
     original: Pairs | None = None
@@ -83,6 +87,7 @@ class AttackerData:
     queries: torch.Tensor | None = None
     student: nn.Module | None = None
     embed: Embed | None = None
+    degrade: Degrade | None = None
 
 
 def _format_strength(value: float) -> str:
@@ -159,6 +164,8 @@ class ModelAttack:
                        device=s.device)
             if self.name == "distill":
                 out["student"] = type(data.student).__name__
+            elif self.name == "fine_tune_noise":
+                out.update(data="original+noise", n_noise=n, noise_kinds="+".join(NOISE_KINDS))
             else:
                 out["data"] = "original" if self.needs == ("original",) else data.new_source
         return out
@@ -195,6 +202,15 @@ def _run_distill(model: nn.Module, p: dict[str, Any], data: AttackerData,
                    device=p["device"], desc=p["label"])
 
 
+def _run_fine_tune_noise(model: nn.Module, p: dict[str, Any], data: AttackerData,
+                         cb: Callbacks) -> nn.Module:
+    x, y = cast(Pairs, data.original)
+    return fine_tune_noise(model, x, y, cast(Degrade, data.degrade), steps=p["steps"],
+                           lr=p["lr"], batch_size=p["batch_size"], generator=p["seed"],
+                           n_noise=p["n_noise"], callbacks=cb, device=p["device"],
+                           desc=p["label"])
+
+
 def _run_overwrite(model: nn.Module, p: dict[str, Any], data: AttackerData,
                    cb: Callbacks) -> nn.Module:
     return overwrite(model, cast(Embed, data.embed), cb)
@@ -211,16 +227,21 @@ MODEL_ATTACKS: dict[str, ModelAttack] = {a.name: a for a in (
                 "a student trained on the marked host's outputs", _run_distill),
     ModelAttack("overwrite", None, None, ("embed",),
                 "a second mark embedded with the attacker's key", _run_overwrite),
+    ModelAttack("fine_tune_noise", "epochs", 10.0, ("original", "degrade"),
+                "keyless: fine-tuning on the task data plus task pairs of random noise "
+                "images (white, narrow-band, filtered; no key needed)", _run_fine_tune_noise),
 )}
 
 #: the seed's ranges: pruning 10-90% per layer, fine-tuning up to 100 epochs on original and
-#: new data, overwriting; distillation (not in the seed) as long as the shortest fine-tuning
+#: new data, overwriting; distillation and the keyless noise fine-tuning (not in the seed) as
+#: long as the shortest fine-tuning
 MODEL_ATTACK_SUITE: ModelSuite = [
     ("prune", [round(0.1 * i, 1) for i in range(1, 10)]),
     ("fine_tune_original", [10, 50, 100]),
     ("fine_tune_new", [10, 50, 100]),
     ("distill", [10]),
     ("overwrite", [None]),
+    ("fine_tune_noise", [10]),
 ]
 
 

@@ -2,7 +2,8 @@
 
 :func:`attacker_data` assembles what the attacker holds (the host's task data, new
 data — a prepared KTH-TIPS/DIV2K folder or procedural textures —, query inputs, a fresh
-student, and an overwriting embed with the attacker's own key); :func:`evaluate_attacks`
+student, an overwriting embed with the attacker's own key, and the host's task
+degradation for the keyless ``fine_tune_noise``); :func:`evaluate_attacks`
 runs ``attacks/model_registry.iter_model_attacks`` on each method's marked host and
 verifies every attacked copy with that method's key. Rows: ``method, attack, strength,
 label, metric, value`` with metrics ``psnr`` (task PSNR of the attacked host), ``detected``,
@@ -68,8 +69,13 @@ def attacker_data(method: HostMark, new_manifest: str | os.PathLike | None = Non
     g = torch.Generator().manual_seed(seed)
     new = new_data_patches(n_new or len(x), c.patch_size, g, c.channels, new_manifest)
     nx, ny = task_pairs(c.task, new.patches, g, c.sigma, c.scale)
+
+    def degrade(clean: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return task_pairs(c.task, clean, gen, c.sigma, c.scale)
+
     return AttackerData(original=(x, y), new=(nx, ny), new_source=new.source, queries=x,
-                        student=method.new_host(seed + 100), embed=overwrite_embed(method))
+                        student=method.new_host(seed + 100), embed=overwrite_embed(method),
+                        degrade=degrade)
 
 
 def verdict_rows(method_name: str, attack: str, strength: float | None, label: str,

@@ -1,0 +1,106 @@
+"""The trigger_key measurement scripts' options (issue #13, tk11).
+
+``measure_trigger_key_cross_key.py``: ``--arch`` runs the tiny pipeline's DnCNN, RED or
+VDSR ×2 cell with that pipeline's η; ``--max-seconds`` cuts the key loop and refuses a
+non-positive budget. ``measure_trigger_key_finetune_aware.py``: ``--eta variant=η`` skips
+a variant's calibration."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from neuralmark.components.methods.registry import build
+from neuralmark.components.methods.trigger_key.trigger import (
+    gradient_kernel,
+    key_material,
+    midband_kernel,
+    ncc,
+    trigger,
+    verification_target,
+)
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load("measure_trigger_key_cross_key")
+
+
+def test_each_host_cell_is_its_tiny_pipeline_config(script):
+    """The cells of configs/trigger_key*.yaml on the tiny profile (depth from the pipeline's
+    arch_depth) and the η each pipeline measured (MODEL_CARD)."""
+    from neuralmark.pipelines.trigger_key import StudySettings
+
+    depths = StudySettings().arch_depth["tiny"]
+    want = {"dncnn": ("denoise", 1e-2, 0.8116), "red": ("denoise", 1e-2, 0.8464),
+            "vdsr": ("sr", 1e-3, 0.575)}
+    assert set(script.HOST_CELLS) == set(want)
+    for arch, (task, lam, eta) in want.items():
+        c = build("trigger_key", script.host_config(arch)).config
+        assert (c.arch, c.task, c.lam, c.depth, c.width) == (arch, task, lam, depths[arch], 16)
+        assert (c.host_steps, c.embed_steps, c.key_family) == (300, 200, "filter")
+        assert script.HOST_CELLS[arch][1] == eta
+    sr = build("trigger_key", script.host_config("vdsr", "band", depth=3)).config
+    assert (sr.scale, sr.trigger_side, sr.depth, sr.key_family) == (2, 20, 3, "band")
+    with pytest.raises(ValueError, match="unknown host 'unet': one of dncnn, red, vdsr"):
+        script.host_config("unet")
+
+
+@pytest.mark.parametrize("arch", ["dncnn", "vdsr"])
+@pytest.mark.parametrize("family", ["filter", "band", "midband"])
+def test_alignment_reads_the_owner_trigger_of_each_task(script, arch, family):
+    """NCC(G_i(K), G(K)): 1 for the owner's own key; on SR the raw K is the low-resolution
+    one (the host input is its upsample; tk11 found the SR cell broken), and the denoise
+    value is tk8's."""
+    c = build("trigger_key", script.host_config(arch, family)).config
+    assert script.alignment(c, "neuralmark-eval", "neuralmark-eval") == pytest.approx(1.0)
+    other = script.alignment(c, "neuralmark-eval", "rand-511019274525653168")
+    assert -1 <= other < 0.99
+    if (arch, family) == ("dncnn", "filter"):
+        assert other == pytest.approx(0.376, abs=5e-4)  # tk8's first key, to the digit
+    if (arch, family) == ("dncnn", "midband"):  # each key's own 7×7 Gabor (tk10), not 3×3 ∇
+        k = trigger("neuralmark-eval", c.trigger_side, c.channels)[None]
+        owner_s0 = key_material("neuralmark-eval", c.trigger_side, c.channels, c.task,
+                                c.scale, family="midband")[1]
+        gabor = verification_target(k, midband_kernel("rand-511019274525653168"), c.task, c.scale)
+        assert other == pytest.approx(float(ncc(gabor, owner_s0)), abs=1e-6)
+        derivative = verification_target(k, gradient_kernel("rand-511019274525653168"), c.task,
+                                          c.scale)
+        assert abs(other - float(ncc(derivative, owner_s0))) > 1e-3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-seconds", "0"], "--max-seconds must be positive, got 0"),
+    (["--n", "0"], "--n must be at least 1, got 0"),
+])
+def test_bad_options_are_refused_before_any_training(script, tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        script.main(["--sample", str(tmp_path / "sample"), *argv])
+    assert not (tmp_path / "sample").exists()  # refused before the data is built
+
+
+def test_an_unknown_host_is_an_argparse_error(script, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--sample", str(tmp_path), "--arch", "unet"])
+    assert "invalid choice: 'unet'" in capsys.readouterr().err
+
+
+def test_finetune_script_takes_measured_etas_per_variant():
+    parse = _load("measure_trigger_key_finetune_aware").parse_etas
+    assert parse("") == {}
+    assert parse("filter=0.8116,band=0.644") == {"filter": 0.8116, "band": 0.644}
+    for bad in ("filter", "filter=x", "=0.5", "band=0", "band=-1"):
+        with pytest.raises(SystemExit, match="--eta: expected variant=η"):
+            parse(bad)
