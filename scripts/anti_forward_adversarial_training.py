@@ -36,7 +36,7 @@ task whatever the result.
 Usage::
 
     python scripts/anti_forward_adversarial_training.py --out outputs/af9 \\
-        [--steps 200] [--card components/pretrained/anti_forward]
+        [--steps 150] [--card components/pretrained/anti_forward]
     python scripts/anti_forward_adversarial_training.py --out outputs/af9 --card-only \\
         --card components/pretrained/anti_forward   # the section from outputs/af9/results.json
 """
@@ -77,8 +77,8 @@ FINE_TUNE = {"train_scanner_only": True, "aug_start": 0, "aug_end": 1, "warmup_s
              "figure_every": 0, "log_every": 20}
 
 
-def fine_tune(args: argparse.Namespace, arm: str) -> Path:
-    """Train one arm from the shipped bundle, re-calibrate it as shipped; its folder."""
+def fine_tune(args: argparse.Namespace, arm: str, steps: int) -> Path:
+    """Train one arm from the shipped bundle for ``steps``, re-calibrate it as shipped."""
     out = args.out / arm
     settings = dict(FINE_TUNE)
     if arm == "adversarial":
@@ -89,7 +89,7 @@ def fine_tune(args: argparse.Namespace, arm: str) -> Path:
     common = dict(threads=args.threads, out=out, data_root=args.data_root,
                   calibration_root=args.calibration_root)
     shipped_recipe.train(argparse.Namespace(
-        **common, train_data="large", strength=None, steps=args.steps,
+        **common, train_data="large", strength=None, steps=steps,
         set=list(settings.items()), minutes=args.minutes, init=SHIPPED, train_view="squash"))
     shipped_recipe.recalibrate(argparse.Namespace(
         **common, calibration_scores=args.calibration_scores,
@@ -208,13 +208,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "af9")
     ap.add_argument("--arms", default="adversarial,control,shipped")
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--minutes", type=float, default=12.0, help="wall bound per fine-tune")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--minutes", type=float, default=14.0,
+                    help="wall bound per fine-tune (a later arm then gets the steps done)")
     ap.add_argument("--eps", type=float, default=8 / 255, help="training ε (L∞, [0, 1] scale)")
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--pgd-steps", type=int, default=4)
     ap.add_argument("--noise-samples", type=int, default=1)
-    ap.add_argument("--ramp", type=int, default=60, help="steps over which ε ramps from 0")
+    ap.add_argument("--ramp", type=int, default=50, help="steps over which ε ramps from 0")
     ap.add_argument("--calibration-scores", type=int, default=4000)
     ap.add_argument("--fpr-views", type=int, default=4, help="chain draws per clean test image")
     ap.add_argument("--null-views", type=int, default=4, help="scores per null image")
@@ -237,8 +238,11 @@ def main() -> None:
         null = null_images(argparse.Namespace(
             size=256, kinds="", calibration_root=args.calibration_root, photo_crops=16,
             train_crops=4, graphic_crops=4, fresh_procedural=112, procedural_seed=1))
-        paths = {arm: (SHIPPED if arm == "shipped" else fine_tune(args, arm))
-                 for arm in args.arms.split(",")}
+        paths, steps = {}, args.steps
+        for arm in args.arms.split(","):
+            paths[arm] = SHIPPED if arm == "shipped" else fine_tune(args, arm, steps)
+            if arm != "shipped":  # a later arm trains as many steps as this one did
+                steps = load_bundle(paths[arm]).calibration.get("fit_steps", steps)
         for arm, path in paths.items():
             t0 = time.time()
             results["arms"][arm] = measure(args, path, null)
