@@ -227,6 +227,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--card", type=Path, default=None, help="card folder to write the section")
     ap.add_argument("--card-only", action="store_true", help="only write the section")
+    ap.add_argument("--extra-arm", action="append", default=[], metavar="NAME=RESULTS",
+                    help="add the adversarial arm of another run's results.json (e.g. another "
+                         "training ε) to the section as NAME")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -251,6 +254,10 @@ def main() -> None:
             results["seconds"] = round(time.time() - start, 1)
             record.write_text(json.dumps(results, indent=1))
     results = json.loads(record.read_text())
+    for text in args.extra_arm:  # NAME=RESULTS: another run's adversarial arm, as NAME
+        name, _, other = text.partition("=")
+        extra = json.loads(Path(other).read_text())
+        results["arms"][name] = extra["arms"]["adversarial"] | {"args": extra["args"]}
     lines = section(results)
     if args.card:
         replace_section(args.card / "MODEL_CARD.md", lines, BEGIN, END)
