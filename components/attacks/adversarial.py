@@ -12,6 +12,8 @@ class, which is what ``labels`` is: the class to move away from
 - ``apgd_eot``: the adaptive attack on a randomized-smoothing scanner: APGD
   on ``NoisyClassifier(classifier, σ)`` (fresh noise on every forward) with
   torchattacks' ``eot_iter`` averaging the gradient over noise draws.
+- ``pgd``: fixed-step PGD (optionally on the noisy soft classifier: SmoothAdv), the
+  inner attack of adversarial training.
 
 All functions take and return B×3×H×W float tensors in [0, 1] and never move
 farther than ``eps`` in L∞ from the input. They are deterministic for a given
@@ -234,6 +236,44 @@ def apgd(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
     model = AttackModel(classifier, images.device)
     attack = torchattacks.APGD(model, norm="Linf", eps=float(eps), steps=int(steps),
                                n_restarts=int(n_restarts), seed=int(seed), loss="ce")
+    with _seeded(seed, images.device):
+        adv = attack(images.detach(), labels)
+    return _project(adv, images, eps)
+
+
+def pgd(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
+        eps: float = 8 / 255, steps: int = 10, alpha: float | None = None,
+        sigma: float = 0.0, noise_samples: int = 1, seed: int = 0) -> torch.Tensor:
+    """PGD L∞ with a random start (``torchattacks.PGD``, cross-entropy), for training.
+
+    With ``sigma`` > 0 the attacked model is ``NoisyClassifier(classifier, sigma,
+    noise_samples)``: PGD on the smoothed soft classifier (SmoothAdv, Salman et al. 2019;
+    ``noise_samples`` is their m, fresh noise at every step). Cheap and fixed-cost, so it
+    fits inside a training step; the evaluation's attacks are ``apgd`` / ``apgd_eot``.
+
+    Args:
+        classifier: maps B×3×H×W to B×2 logits (differentiable).
+        images: B×3×H×W in [0, 1].
+        labels: B classes to move away from (see ``goal_labels``).
+        eps: L∞ budget on the [0, 1] scale.
+        steps: PGD iterations.
+        alpha: step size (default 2.5·eps / steps, Madry et al.'s rule).
+        sigma: smoothing noise σ in the classifier's input space (0: no noise).
+        noise_samples: noise draws averaged per forward (``sigma`` > 0).
+        seed: seeds the random start and the noise.
+
+    Returns:
+        B×3×H×W adversarial images in [0, 1], ``‖adv − images‖∞ ≤ eps``.
+    """
+    _check(images, labels, eps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    target = (NoisyClassifier(classifier, sigma, samples=noise_samples, seed=seed)
+              if sigma > 0 else classifier)
+    model = AttackModel(target, images.device)
+    attack = torchattacks.PGD(model, eps=float(eps), steps=int(steps),
+                              alpha=float(alpha if alpha is not None else 2.5 * eps / steps),
+                              random_start=True)
     with _seeded(seed, images.device):
         adv = attack(images.detach(), labels)
     return _project(adv, images, eps)

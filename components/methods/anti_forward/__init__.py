@@ -128,6 +128,17 @@ Choices where the seed is vague (written down here, as promised):
   a small ``fpr`` it detected no unattacked stamped image (model card, README).
   That rule needs a scanner whose smoothed classifier rejects augmented clean
   images, i.e. more training than this CPU gives.
+* **Adversarial training (ours, off by default: ``adversarial_eps`` 0)**: with
+  ``adversarial_eps`` > 0 a share (``adversarial_fraction``) of each batch's stamped views
+  is pushed toward "clean" and as many clean views toward "stamped" by PGD (torchattacks,
+  ``attacks.adversarial.pgd``) before the training noise, and trained on like the rest.
+  The inner attack is SmoothAdv's (Salman et al. 2019: PGD on the soft classifier averaged
+  over ``adversarial_noise_samples`` noise draws), not PGD on the bare scanner, because
+  every deployed decision reads the scanner under noise σ; ε may ramp in
+  (``adversarial_ramp``). With ``train_scanner_only`` it fine-tunes a shipped scanner
+  against its fixed stamp (what the model card measures); otherwise the encoder trains too
+  (the attacked views keep the stamp's gradient). The seed has no adversarial training:
+  its robustness claims rest on the chain and the smoothing.
 * **Data-parallel** (``neuralmark.components.distributed``): under torchrun each process
   trains on its rows of every global batch of ``batch_size``; augmentation, noise and
   payload draws are made for the global batch and sliced, so N processes train as one

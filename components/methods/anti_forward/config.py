@@ -47,6 +47,22 @@ class AntiForwardConfig(MethodConfig):
     #: deployed on (``fit`` trains on ``to_grid`` views: in "tiles" / "conv" mode, whole tile
     #: grids, stamped as deployed, with their logits averaged over the tiles)
     train_scanner_only: bool = False
+    #: adversarial training (off at 0, the default, so every figure of a bundle trained
+    #: without it keeps its meaning): the L∞ budget (images in [0, 1], at the scanner's view)
+    #: of SmoothAdv PGD on the scanner's inputs (``training.adversarial_views``): a share
+    #: ``adversarial_fraction`` of each batch's stamped views pushed toward "clean" and as
+    #: many clean views toward "stamped", then noised and trained on like the rest
+    adversarial_eps: float = Field(0.0, ge=0.0, le=0.25)
+    #: share of the batch's stamped views attacked (and as many clean ones), in (0, 1]
+    adversarial_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    #: PGD iterations of the inner attack (step size 2.5·ε / steps, random start)
+    adversarial_steps: int = Field(4, ge=1)
+    #: noise draws of σ averaged in the attacked soft classifier (SmoothAdv's m; 1 costs
+    #: what plain PGD costs); the attack has no noise when the variant trains without (σ 0)
+    adversarial_noise_samples: int = Field(1, ge=1)
+    #: steps over which the training ε ramps linearly from 0 to ``adversarial_eps`` (0: full
+    #: from the first step)
+    adversarial_ramp: int = Field(0, ge=0)
     steps: int = Field(20000, ge=0)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0.0)

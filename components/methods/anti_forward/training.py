@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from neuralmark.components import distributed
+from neuralmark.components.attacks import adversarial
 from neuralmark.components.attacks.stochastic import StochasticAugmentation
 from neuralmark.components.methods.anti_forward import shaping
 from neuralmark.components.methods.base import Callbacks, InputError, WatermarkKey, pick_device
@@ -48,10 +50,45 @@ def augment(method: StampParts, x: torch.Tensor, strength: float,
                                                    repeats=2, size=size))
 
 
+def adversarial_views(method: StampParts, seen: torch.Tensor, eps: float, sigma: float,
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """``seen`` (2B×3×H×W: B stamped views, then B clean) with a share attacked: 2B×3×H×W.
+
+    The first ⌈``adversarial_fraction``·B⌉ stamped views are pushed toward "clean" and as
+    many clean views toward "stamped" by ``attacks.adversarial.pgd`` (torchattacks' PGD,
+    L∞ ``eps``) on the scanner's soft classifier under the training noise σ (SmoothAdv,
+    Salman et al. 2019, with ``adversarial_noise_samples`` draws). SmoothAdv rather than
+    PGD on the bare scanner: every deployed decision (the noise-averaged scan statistic,
+    the certificate) reads the scanner under noise σ, and the training loss already noises
+    its inputs, so the examples are made against what is trained and judged (with one
+    draw it costs what plain PGD costs). The perturbation is added to ``seen`` detached, so
+    a joint run still passes the loss's gradient to the encoder through the stamp.
+    """
+    c = method.config
+    b = seen.shape[0] // 2
+    k = math.ceil(c.adversarial_fraction * b)
+    rows = torch.cat([torch.arange(k), b + torch.arange(k)]).to(seen.device)
+    # the class each view moves away from: stamped ones (1) toward clean, clean (0) toward stamped
+    labels = torch.cat([torch.ones(k), torch.zeros(k)]).long().to(seen.device)
+    scanner = getattr(method.scanner, "module", method.scanner)  # the plain net under DDP
+
+    def classifier(grid: torch.Tensor) -> torch.Tensor:  # b 3 h w → b 2, tiles averaged
+        t = method.tiles(grid)
+        return scanner(t).reshape(grid.shape[0], t.shape[0] // grid.shape[0], -1).mean(1)[:, :2]
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    target = seen[rows].detach().clamp(0, 1)
+    with torch.enable_grad():  # the attack needs input gradients, even under no_grad
+        adv = adversarial.pgd(classifier, target, labels, eps=eps, steps=c.adversarial_steps,
+                              sigma=sigma, noise_samples=c.adversarial_noise_samples,
+                              seed=seed)
+    return seen.index_add(0, rows, (adv - seen[rows]).detach())
+
+
 def joint_loss(method: StampParts, xw: torch.Tensor, bits: torch.Tensor | None,
                aug_strength: float, sigma: float, image_ramp: float,
-               generator: torch.Generator | None, sharded: bool = False
-               ) -> tuple[torch.Tensor, dict[str, float]]:
+               generator: torch.Generator | None, sharded: bool = False,
+               adversarial_eps: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Joint loss on a clean batch ``xw`` (B×3×H×W, ``to_grid`` views) with payload ``bits``
     (B×k).
 
@@ -63,6 +100,8 @@ def joint_loss(method: StampParts, xw: torch.Tensor, bits: torch.Tensor | None,
     gradients and the loss is the detection (+ payload) loss alone.
     ``sharded``: ``xw`` is this process's shard of a data-parallel global batch, and
     every random draw is made for the global batch and sliced.
+    ``adversarial_eps`` > 0: a share of the views is attacked before the noise
+    (``adversarial_views``; under data parallelism each process attacks its own rows).
     """
     c = method.config
     b = xw.shape[0]
@@ -71,6 +110,8 @@ def joint_loss(method: StampParts, xw: torch.Tensor, bits: torch.Tensor | None,
         stamped = (xw + method.stamp_residual(xw, bits)).clamp(0, 1)
         both = torch.cat([stamped, xw])                               # 2b 3 h w
         seen = augment(method, both, aug_strength, generator, sharded)
+    if adversarial_eps > 0:
+        seen = adversarial_views(method, seen, adversarial_eps, sigma, generator)
     if sigma > 0:
         shape = (2 * b * (distributed.world_size() if sharded else 1), *seen.shape[1:])
         noise = torch.randn(shape, generator=generator)
@@ -262,8 +303,10 @@ def fit(method: StampParts, data: Mapping[str, torch.Tensor],
             w0 = c.warmup_start
             sigma = c.train_sigma * ramp(step, w0, w0 + c.sigma_warmup)
             img_t = ramp(step, w0, w0 + c.image_loss_ramp)
+            adv_eps = c.adversarial_eps * ramp(step, 0, c.adversarial_ramp)
             with distributed.autocast(method.device):
-                loss, m = joint_loss(method, xb, bits, aug_t, sigma, img_t, g, sharded=True)
+                loss, m = joint_loss(method, xb, bits, aug_t, sigma, img_t, g, sharded=True,
+                                     adversarial_eps=adv_eps)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -273,6 +316,7 @@ def fit(method: StampParts, data: Mapping[str, torch.Tensor],
             if step % c.log_every == 0 or last:
                 metrics = {**distributed.mean_over_processes(m), "aug_strength": aug_t,
                            "train_sigma": sigma, "image_loss_ramp": img_t,
+                           **({"adversarial_eps": adv_eps} if c.adversarial_eps else {}),
                            "elapsed_s": time.time() - start}
                 cb.on_metrics(step, metrics)
                 cb.on_progress(step + 1, c.steps, "training")
