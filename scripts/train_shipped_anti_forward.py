@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -137,6 +138,16 @@ def _setting(text: str) -> tuple[str, object]:
         return key, value
 
 
+def require_threshold(cal: dict, fpr: float, bundle: Path) -> None:
+    """Refuse a calibration that cannot reach ``fpr`` (too few clean scores: no threshold)
+    before it replaces ``bundle``'s, naming how many scores it needs (af9 found
+    ``--recalibrate`` wrote such a bundle, then crashed printing its threshold)."""
+    if cal.get("threshold_statistic") is None:
+        raise SystemExit(f"recalibrate: {cal['n_scores']} clean scores cannot reach fpr = "
+                         f"{fpr:g} (p is at least 1/(N+1)); pass --calibration-scores of at "
+                         f"least {math.ceil(1 / fpr)} (or --set fpr=...). {bundle} is unchanged.")
+
+
 def recalibrate(args: argparse.Namespace) -> None:
     """Re-calibrate ``<out>/final`` on many distinct held-out images (in place).
 
@@ -176,6 +187,7 @@ def recalibrate(args: argparse.Namespace) -> None:
     cal["calibration_images"] = len(rows)
     cal["calibration_groups"] = len({r.group for r in rows})
     cal["calibration_seconds"] = round(time.time() - start, 1)
+    require_threshold(cal, method.config.fpr, bundle)  # before the bundle is touched
     method.to_bundle(bundle)
     print(f"recalibrated on {len(rows)} images ({cal['calibration_groups']} groups), "
           f"{cal['n_scores']} scores, threshold {cal['threshold_statistic']:.3f}", flush=True)
