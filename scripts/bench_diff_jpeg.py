@@ -16,35 +16,22 @@ codecs taking turns, median of ``--repeats``), and kornia's own time split by op
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+
+from neuralmark.components.attacks.image import JPEG
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pil_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """PIL (libjpeg) encode + decode of each image of N×3×H×W in [0, 1]."""
-    out = []
-    for im in x:
-        buf = io.BytesIO()
-        arr = (im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
-        buf.seek(0)
-        out.append(torch.from_numpy(np.array(Image.open(buf))).permute(2, 0, 1).float() / 255)
-    return torch.stack(out)
 
 
 def agreement(codecs: dict, x: torch.Tensor, quality: float) -> dict:
     """Per-photo forward MAEs (to each other and to PIL) and gradient cosines."""
     q = torch.full((len(x),), quality)
-    real = pil_jpeg(x, int(quality))
+    real = JPEG(quality).apply(x, {})  # PIL (libjpeg) round trip
     outs, grads = {}, {}
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(int(quality)))
     for name, codec in codecs.items():

@@ -3,28 +3,14 @@ codec and PIL's real one, and its place in the EoT chain (issue #17, session ps7
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from neuralmark.components.attacks.differentiable import DiffJPEG, EoTChain, EoTConfig
+from neuralmark.components.attacks.image import JPEG
 from neuralmark.components.attacks.jpeg_codec import jpeg_blockdct, quant_tables
 
 QUALITIES = (50.0, 75.0, 90.0)
-
-
-def _pil_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    out = []
-    for im in x:
-        buf = io.BytesIO()
-        arr = (im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
-        buf.seek(0)
-        out.append(torch.from_numpy(np.array(Image.open(buf))).permute(2, 0, 1).float() / 255)
-    return torch.stack(out)
 
 
 def test_standard_tables_and_ijg_scaling():
@@ -64,7 +50,7 @@ def test_agrees_with_kornia_and_with_pil(photo_batch, quality):
     q = torch.full((len(x),), quality)
     ours = jpeg_blockdct(x, q)
     theirs = kornia.enhance.jpeg_codec_differentiable(x, q)
-    real = _pil_jpeg(x, int(quality))
+    real = JPEG(quality).apply(x, {})  # PIL (libjpeg) round trip
     assert float((ours - theirs).abs().mean()) <= 0.005
     assert float((ours - real).abs().mean()) <= float((theirs - real).abs().mean()) + 0.001
     w = torch.randn_like(x)
