@@ -147,8 +147,9 @@ def main() -> None:
     attacks = parse_attacks(args.attacks)
     labels = [get_model_attack(a).label(s) + ("" if lr is None else f"@lr{lr:g}")
               for a, s, lr in attacks] + [f"overwrite[{s}]" for s in secrets]
+    readout = "statistic" + (" / other readout's" if args.readouts else "")
     print("| variant | fidelity cost dB | marked PSNR | ℓ_w/px | η | FPR | "
-          + " | ".join(f"{lb}: d_rel (PSNR)" for lb in labels) + " | s |", flush=True)
+          + " | ".join(f"{lb}: {readout} (PSNR)" for lb in labels) + " | s |", flush=True)
     for text in args.variants:
         t0 = time.time()
         name, fields = parse_variant(text)
