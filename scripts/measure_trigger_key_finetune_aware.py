@@ -11,7 +11,8 @@ same settings), and the marked host is attacked with the library's one-epoch fin
 or the ``--attacks`` given (each with its own attacker lr, to see whether an attacker who
 keeps the host's task quality removes the mark).
 One table row per variant: fidelity cost (vs the same fine-tuning at λ = 0), ℓ_w per
-pixel, η, held-out FPR, each attack's d_rel and verdict and the attacked task PSNR.
+pixel, η, held-out FPR, each attack's d_rel and verdict and the attacked task PSNR
+(``--readouts``: also the matched-filter readout, calibrated on the same null trials).
 
 A variant is ``name:field=value,field=value`` over ``TriggerKeyConfig`` fields, e.g.::
 
@@ -37,6 +38,7 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import Any
 
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -49,6 +51,7 @@ from neuralmark.components.attacks.model_registry import (  # noqa: E402
 )
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
+from neuralmark.components.methods.trigger_key import calibration  # noqa: E402
 from neuralmark.components.methods.trigger_key.evaluation import (  # noqa: E402
     attacker_data,
     overwrite_embed,
@@ -85,15 +88,6 @@ def parse_etas(text: str) -> dict[str, float]:
     return out
 
 
-def verdict_cell(m, owner: WatermarkKey, attacked: torch.nn.Module,
-                 eta: float | None) -> str:
-    """``d_rel verified? (task PSNR)`` of an attacked host under the owner's key; verified
-    is ``d_rel < eta`` when an η is given, else the calibrated verdict."""
-    v = m.verify_model(attacked, owner)
-    hit = v.extra["d_rel"] < eta if eta is not None else v.detected
-    return f"{v.extra['d_rel']:.3f} {'yes' if hit else 'no'} ({m.task_psnr_of(attacked):.2f})"
-
-
 def parse_variant(text: str) -> tuple[str, dict[str, float | int | str]]:
     """``name:field=value,...`` → ``(name, {field: number})``."""
     name, _, rest = text.partition(":")
@@ -112,6 +106,22 @@ def _number_or_text(text: str) -> float | int | str:
         except ValueError:
             continue
     return text
+
+
+def cell(m: Any, owner: WatermarkKey, attacked: Any, other: str,
+         other_null: list[float], both: bool, eta: float | None = None) -> str:
+    """``statistic verdict [/ other readout's statistic verdict] (attacked PSNR)``: the
+    configured readout's verdict (``statistic < eta`` when an η is given, tk11's ``--eta``;
+    else the calibrated verdict) and, with ``both``, the other readout's against its own
+    calibration null ``other_null``."""
+    v = m.verify_model(attacked, owner)
+    hit = v.extra["statistic"] < eta if eta is not None else v.detected
+    text = f"{v.extra['statistic']:.3f} {'yes' if hit else 'no'}"
+    if both:
+        o = v.extra["d_rel"] if other == "d_rel" else 1 - v.extra["matched"]
+        hit = (calibration.p_value(o, other_null) or 1.0) <= m.config.alpha
+        text += f" / {o:.3f} {'yes' if hit else 'no'}"
+    return text + f" ({m.task_psnr_of(attacked):.2f})"
 
 
 def main() -> None:
@@ -133,8 +143,15 @@ def main() -> None:
     ap.add_argument("--eta", default="",
                     help="variant=η,…: skip these variants' calibration (no FPR) and judge "
                          "d_rel < η, an η measured on the same host and mark before (tk11)")
+    ap.add_argument("--readouts", action="store_true",
+                    help="also calibrate the matched-filter readout on the same null trials "
+                         "(same hosts, keys, pool) and give each cell both verdicts: "
+                         "d_rel / matched (1 − matched against its own η) (issue #13, tk12)")
     args = ap.parse_args()
     etas = parse_etas(args.eta)
+    if etas and args.readouts:
+        raise SystemExit("--eta skips a variant's calibration, --readouts calibrates both "
+                         "readouts on the same null: use one of them")
     secrets = [s for s in args.overwrite_secrets.split(",") if s]
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -161,8 +178,9 @@ def main() -> None:
     attacks = parse_attacks(args.attacks)
     labels = [get_model_attack(a).label(s) + ("" if lr is None else f"@lr{lr:g}")
               for a, s, lr in attacks] + [f"overwrite[{s}]" for s in secrets]
+    readout = "statistic" + (" / other readout's" if args.readouts else "")
     print("| variant | fidelity cost dB | marked PSNR | ℓ_w/px | η | FPR | "
-          + " | ".join(f"{lb}: d_rel (PSNR)" for lb in labels) + " | s |", flush=True)
+          + " | ".join(f"{lb}: {readout} (PSNR)" for lb in labels) + " | s |", flush=True)
     for text in args.variants:
         t0 = time.time()
         name, fields = parse_variant(text)
@@ -173,22 +191,28 @@ def main() -> None:
         cal = ({"eta": etas[name], "fpr": nan, "null_min": nan, "null_median": nan,
                 "owner_trigger_min": nan} if name in etas else m.calibrate(owner, [independent]))
         eta = etas.get(name)
-
+        n_keys = m.config.calibration_keys
+        other = "matched" if m.config.readout == "d_rel" else "d_rel"
+        null_o = (m.null_trials(owner, [independent], n_keys, 1, m.pool, other)
+                  if args.readouts else None)
+        null_o_calib = calibration.calibration_null(null_o, n_keys) if null_o else []
+        cal_o = calibration.calibrate(null_o, m.config.alpha, n_keys) if null_o else {}
         data = attacker_data(m)
         cells = []
+
         for attack, strength, lr in attacks:
             settings = ModelAttackSettings() if lr is None else ModelAttackSettings(lr=lr)
-            cells.append(verdict_cell(m, owner, get_model_attack(attack)(m.host, strength, data,
-                                                                         settings), eta))
+            attacked = get_model_attack(attack)(m.host, strength, data, settings)
+            cells.append(cell(m, owner, attacked, other, null_o_calib, null_o is not None, eta))
         for item in secrets:
             family, _, secret = item.rpartition("/")
             am = m
             if family:  # an attacker who embeds with another key family than the owner's
                 am = m.with_config(key_family=family)
                 am.train_pairs, am.test_pairs = m.train_pairs, m.test_pairs
-            other = dataclasses.replace(data, embed=overwrite_embed(am, secret))
-            cells.append(verdict_cell(m, owner, get_model_attack("overwrite")(
-                m.host, None, other, ModelAttackSettings()), eta))
+            over = dataclasses.replace(data, embed=overwrite_embed(am, secret))
+            attacked = get_model_attack("overwrite")(m.host, None, over, ModelAttackSettings())
+            cells.append(cell(m, owner, attacked, other, null_o_calib, null_o is not None, eta))
         lw = m.metrics["embed_l_w"] / m.s.numel()
         print(f"| {name} | {m.metrics['fidelity_cost_db']:.2f} | {m.task_psnr_of(m.host):.2f} | "
               f"{lw:.4f} | {cal['eta']:.3f} | "
@@ -199,6 +223,22 @@ def main() -> None:
               f"; null min {cal['null_min']:.3f}, median {cal['null_median']:.3f}; owner's K "
               f"on null hosts min {cal['owner_trigger_min']:.3f}; other keys' marked hosts "
               f"min {cal.get('marked_min', float('nan')):.3f}", flush=True)
+        if null_o is not None:
+            for label, c_ in ((m.config.readout, cal), (other, cal_o)):
+                print(f"    {name} readout {label}: η {c_['eta']:.3f}, FPR {c_['fpr']:.4f} "
+                      f"({c_['fp']:.0f}/{c_['trials']:.0f}, 95 % CI {c_['fpr_ci_low']:.4f}–"
+                      f"{c_['fpr_ci_high']:.4f}); marked-host FPR "
+                      f"{c_.get('marked_fpr', float('nan')):.4f}; null min "
+                      f"{c_['null_min']:.3f}, marked min {c_.get('marked_min', float('nan')):.3f}",
+                      flush=True)
+            trials = {m.config.readout: m.null_trials(owner, [independent], n_keys, 1, m.pool,
+                                                      m.config.readout)["marked_hosts"],
+                      other: null_o["marked_hosts"]}
+            for label, vals in trials.items():  # the pool hosts on the owner's (K, S) first
+                print(f"    {name} readout {label}: other keys' marked hosts on the owner's "
+                      f"key: {' '.join(f'{v:.3f}' for v in vals[:len(m.pool)])}; all "
+                      f"{len(vals)} marked-host trials sorted: "
+                      f"{' '.join(f'{v:.3f}' for v in sorted(vals)[:8])} …", flush=True)
     print(f"total {time.time() - start:.0f} s")
 
 

@@ -80,12 +80,45 @@ def relative_distance(s_prime: torch.Tensor, s: torch.Tensor,
                                    torch.zeros_like(num)))
 
 
+def matched_distance(s_prime: torch.Tensor, s: torch.Tensor,
+                     reference: torch.Tensor) -> torch.Tensor:
+    """The matched-filter readout as a distance: ``1 − c`` per item, with
+    ``c = NCC(S′ − S_ref, S − S_ref)`` the centred correlation, over all pixels, of the
+    suspect's change from the reference host's output with the mark direction
+    ``m = S − S_ref`` (``B×C×M×N`` each; outputs clamped to [0, 1] as in ``distance``).
+
+    0 on the marked host, 1 for the reference itself (no change: c := 0), ≈ 1 for a
+    change unrelated to m, 2 for a change against m; invariant to the change's scale.
+    Chosen over a block-sign count with a binomial test (Base-2's readout) because both
+    are calibrated on the same empirical null, so the binomial test's analytic p-value
+    buys nothing, while signs discard the magnitudes a correlation weighs (the linear
+    detector of a known direction); centred, so the uniform brightness shift that
+    fine-tuning with BatchNorm in train mode puts on every output (MODEL_CARD tk10)
+    does not count. A mark a quarter of which is left, with drift orthogonal to m,
+    reads c ≈ ‖¼m‖ / ‖¼m + drift‖ where d_rel reads ≥ ¾.
+    """
+    a, b, r = torch.broadcast_tensors(s_prime.float().clamp(0, 1), s.float().clamp(0, 1),
+                                      reference.float().clamp(0, 1))
+    delta, mark = (a - r).flatten(-3), (b - r).flatten(-3)
+    delta = delta - delta.mean(-1, keepdim=True)
+    mark = mark - mark.mean(-1, keepdim=True)
+    norm = delta.norm(dim=-1) * mark.norm(dim=-1)
+    c = torch.where(norm > 0, (delta * mark).sum(-1) / norm.clamp_min(1e-30),
+                    torch.zeros_like(norm))
+    return 1 - c
+
+
+#: the readouts (``TriggerKeyConfig.readout``): name → statistic(S′, S, S_ref), small = marked
+STATISTICS = {"d_rel": relative_distance, "matched": matched_distance}
+
+
 def host_relative_distances(host: nn.Module, reference: nn.Module, inputs: torch.Tensor,
-                            targets: torch.Tensor) -> list[float]:
-    """d_rel of ``host`` against ``reference`` for every row of ``n×C×T×T`` triggers."""
+                            targets: torch.Tensor, readout: str = "d_rel") -> list[float]:
+    """The ``readout``'s statistic (default d_rel) of ``host`` against ``reference`` for
+    every row of ``n×C×T×T`` triggers."""
     ref = apply_net(reference, inputs, 64)  # n c t t
     out = apply_net(host, inputs, 64)  # n c t t
-    return [float(v) for v in relative_distance(out, targets, ref)]
+    return [float(v) for v in STATISTICS[readout](out, targets, ref)]
 
 
 #: a marked host with its key's material: ``(host, 1×C×T×T host input of K, 1×C×T×T S)``
@@ -93,13 +126,14 @@ MarkedPeer = tuple[nn.Module, torch.Tensor, torch.Tensor]
 
 
 def marked_peer_distances(owner: MarkedPeer, pool: Sequence[MarkedPeer],
-                          reference: nn.Module) -> list[float]:
+                          reference: nn.Module, readout: str = "d_rel") -> list[float]:
     """d_rel of marked hosts probed with a key they were not marked with.
 
     Args:
         owner: the owner's marked host, K input and S.
         pool: ``P`` hosts marked with other keys (same unmarked host, same schedule).
         reference: the owner's unmarked host (every d_rel's denominator).
+        readout: the statistic (``STATISTICS``; default d_rel).
 
     Returns:
         ``P·(P + 1)`` values, probed-key-major: first the ``P`` pool hosts on the owner's
@@ -110,7 +144,7 @@ def marked_peer_distances(owner: MarkedPeer, pool: Sequence[MarkedPeer],
     out: list[float] = []
     for b, (_, x, s) in enumerate(peers):
         out += [d for a, (host, _, _) in enumerate(peers) if a != b
-                for d in host_relative_distances(host, reference, x, s)]
+                for d in host_relative_distances(host, reference, x, s, readout)]
     return out
 
 
@@ -138,7 +172,7 @@ def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence
                    owner_input: torch.Tensor, owner_s: torch.Tensor, n_keys: int, seed: int,
                    size: int, channels: int, task: str, scale: int,
                    keyed: bool, marked_pool: Sequence[MarkedPeer] = (),
-                   family: str = "filter") -> dict[str, list[float]]:
+                   family: str = "filter", readout: str = "d_rel") -> dict[str, list[float]]:
     """The null trials: ``owner_trigger``, ``random_keys`` and ``marked_hosts`` (module doc).
 
     Args:
@@ -153,6 +187,8 @@ def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence
         size, channels, task, scale, keyed, family: how key material is made (the config's).
         marked_pool: hosts marked with other keys, with their K input and S
             (:func:`marked_peer_distances`; empty: no such trials).
+        readout: the statistic of every trial (``STATISTICS``: ``d_rel`` or ``matched``;
+            the same trials either way, so two readouts' nulls differ in the statistic only).
 
     Returns:
         ``{"owner_trigger": [...], "random_keys": [...], "marked_hosts": [...]}``;
@@ -163,11 +199,14 @@ def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence
         raise InputError(f"calibration needs at least 2 random keys, got {n_keys}")
     inputs, targets = random_key_material(n_keys, seed, size, channels, task, scale, keyed,
                                           family)
+    if readout not in STATISTICS:
+        raise InputError(f"unknown readout {readout!r}; expected one of {sorted(STATISTICS)}")
     owner = [d for h in (reference, *null_hosts)
-             for d in host_relative_distances(h, reference, owner_input, owner_s)]
+             for d in host_relative_distances(h, reference, owner_input, owner_s, readout)]
     rand = [d for h in (marked, *null_hosts)
-            for d in host_relative_distances(h, reference, inputs, targets)]
-    peers = marked_peer_distances((marked, owner_input, owner_s), marked_pool, reference)
+            for d in host_relative_distances(h, reference, inputs, targets, readout)]
+    peers = marked_peer_distances((marked, owner_input, owner_s), marked_pool, reference,
+                                  readout)
     return {"owner_trigger": owner, "random_keys": rand, "marked_hosts": peers}
 
 
@@ -282,7 +321,7 @@ def unpack_pool(packed: torch.Tensor, template: nn.Module, x_shape: Sequence[int
     return pool
 
 
-__all__ = ["MarkedPeer", "calibrate", "calibration_null", "eta_at", "host_distances",
-           "host_relative_distances", "marked_peer_distances", "null_distances", "p_value",
-           "pack_pool", "random_key_material", "relative_distance", "split_marked_hosts",
-           "unpack_pool"]
+__all__ = ["STATISTICS", "MarkedPeer", "calibrate", "calibration_null", "eta_at",
+           "host_distances", "host_relative_distances", "marked_peer_distances",
+           "matched_distance", "null_distances", "p_value", "pack_pool", "random_key_material",
+           "relative_distance", "split_marked_hosts", "unpack_pool"]

@@ -102,6 +102,13 @@ class TriggerKeyConfig(MethodConfig):
     alpha: float = Field(1e-2, gt=0, lt=1)
     ncc_threshold: float = Field(0.95, gt=0, lt=1)
     calibration_keys: int = Field(200, ge=1)
+    #: the verification statistic, calibrated on the same null trials either way
+    #: (``calibration.STATISTICS``): ``d_rel`` = d(M′(K), S) / d(M_ref(K), S) (the default,
+    #: every figure before tk12); ``matched`` = 1 − NCC(M′(K) − M_ref(K), S − M_ref(K)),
+    #: the suspect's change read along the mark direction (opt-in, issue #13 tk12,
+    #: MODEL_CARD session tk12: the same null and FPR; keeps the mark through fine-tuning
+    #: on the owner's data where d_rel loses it, not through new data or overwriting)
+    readout: Literal["d_rel", "matched"] = "d_rel"
     #: hosts marked with other (random) keys for the calibration null, each a full embedding
     #: (``calibration.marked_peer_distances``; 0: no such trials, η then ignores them).
     #: 8, measured (scripts/measure_trigger_key_pool_size.py, MODEL_CARD): on the tiny

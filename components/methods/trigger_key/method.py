@@ -44,8 +44,11 @@ from neuralmark.components.methods.trigger_key.visualizer import (
 )
 from neuralmark.components.nets.image_nets import apply_net
 
-#: what the calibration null (and η) is measured on; bundles record it (``null_statistic``)
-NULL_STATISTIC = "relative_distance"
+#: what the calibration null (and η) is measured on, per ``config.readout``; bundles record
+#: it (``null_statistic``)
+NULL_STATISTICS = {"d_rel": "relative_distance", "matched": "matched_distance"}
+#: the default readout's (every bundle before tk12)
+NULL_STATISTIC = NULL_STATISTICS["d_rel"]
 
 class KeyStore(nn.Module):
     """Buffers kept in the bundle: S (``1×C×T×T``) and the logo I (``1×L×L``)."""
@@ -113,11 +116,16 @@ class TriggerKey(HostMark):
 
     def extra_state(self) -> dict[str, Any]:
         return {**super().extra_state(), "null": self.null, "calibration": self.calibration,
-                "null_statistic": NULL_STATISTIC}
+                "null_statistic": NULL_STATISTICS[self.config.readout]}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
-        if state.get("null") and state.get("null_statistic") != NULL_STATISTIC:
+        stored, wanted = state.get("null_statistic"), NULL_STATISTICS[self.config.readout]
+        if state.get("null") and stored in NULL_STATISTICS.values() and stored != wanted:
+            raise InputError(f"this trigger_key bundle's null was measured on {stored}, its "
+                             f"config's readout {self.config.readout!r} needs {wanted}: "
+                             "re-run calibrate (or the pipeline)")
+        if state.get("null") and stored != wanted:
             raise InputError("this trigger_key bundle was calibrated on the absolute distance "
                              "d (before neuralmark verified on d_rel = d / d of the unmarked "
                              "host); its η does not apply: re-run calibrate (or the pipeline)")
@@ -131,7 +139,8 @@ class TriggerKey(HostMark):
 
     @property
     def eta(self) -> float | None:
-        """η on d_rel (detected ⇔ d_rel < η), or ``None`` before calibration / when unreachable."""
+        """η on the readout's statistic (detected ⇔ statistic < η), or ``None`` before
+        calibration / when unreachable."""
         eta = calibration.eta_at(self.null, self.config.alpha) if self.null else None
         return None if eta is None or math.isinf(eta) else eta
 
@@ -232,21 +241,36 @@ class TriggerKey(HostMark):
             raise InputError("calibrate: the host is not marked with this key; embed_model first")
         c = self.config
         n = n_keys or c.calibration_keys
-        x, s, _ = self.reference(key)
         peers = self.marked_pool() if pool is None else list(pool)
-        for _, px, ps in peers:
-            if px.shape != x.shape or ps.shape != s.shape:
-                raise InputError(f"calibrate: a marked pool host's trigger is {tuple(px.shape)}, "
-                                 f"this key's is {tuple(x.shape)}")
-        plain = [self.lambda0_host] if self.lambda0_host is not None else []
-        null = calibration.null_distances(self.host, self.unmarked, [*plain, *null_hosts], x, s,
-                                          n, seed, c.trigger_side, c.channels, c.task, c.scale,
-                                          c.keyed_gradient, peers, c.key_family)
+        null = self.null_trials(key, null_hosts, n, seed, peers, c.readout)
         self.pool = peers
         self.null = calibration.calibration_null(null, n)
         self.calibration = calibration.calibrate(null, c.alpha, n)
         self.metrics.update({f"calibration_{k}": v for k, v in self.calibration.items()})
         return dict(self.calibration)
+
+    def null_trials(self, key: WatermarkKey, null_hosts: Sequence[nn.Module], n_keys: int,
+                    seed: int, pool: Sequence[calibration.MarkedPeer],
+                    readout: str) -> dict[str, list[float]]:
+        """The raw null trials of :meth:`calibrate` (:func:`.calibration.null_distances`) on
+        ``readout``'s statistic: the same hosts, keys and pool for either readout.
+
+        Raises:
+            InputError: the host is not marked with ``key``, or the pool holds a host of
+                another trigger shape.
+        """
+        if not self.owns(key):
+            raise InputError("calibrate: the host is not marked with this key; embed_model first")
+        c = self.config
+        x, s, _ = self.reference(key)
+        for _, px, ps in pool:
+            if px.shape != x.shape or ps.shape != s.shape:
+                raise InputError(f"calibrate: a marked pool host's trigger is {tuple(px.shape)}, "
+                                 f"this key's is {tuple(x.shape)}")
+        plain = [self.lambda0_host] if self.lambda0_host is not None else []
+        return calibration.null_distances(self.host, self.unmarked, [*plain, *null_hosts], x, s,
+                                          n_keys, seed, c.trigger_side, c.channels, c.task,
+                                          c.scale, c.keyed_gradient, pool, c.key_family, readout)
 
     def visualizer_negatives(self, key: WatermarkKey, null_hosts: Sequence[nn.Module] = (),
                              n_keys: int | None = None, seed: int = 2) -> torch.Tensor:
@@ -324,10 +348,14 @@ class TriggerKey(HostMark):
         denoiser maps noise to nearly the same smooth image, so the seed's absolute d
         cannot tell a weak mark from a host that never saw K); detected ⇔ its empirical
         p-value against the calibration null is ≤ alpha (⇔ d_rel < η). ``score`` is
-        ``1 / (1 + d_rel)``. ``extra``: ``d`` (the seed's eq. (1)), ``d_unmarked`` (d of M_ref),
-        ``d_rel``, ``ncc``, ``eta`` (on d_rel), ``ncc_verified`` (the seed's NCC > 0.95
-        rule), ``own_key`` (the key is the one the bundle was marked with), ``alpha``,
-        ``n_null``. Unreadable (with the reason): not a host or a tensor, wrong channels,
+        ``1 / (1 + d_rel)``. With ``config.readout: matched`` the statistic is instead
+        ``1 − matched`` (:func:`.calibration.matched_distance`), calibrated on the same
+        null trials. ``extra``: ``d`` (the seed's eq. (1)), ``d_unmarked`` (d of M_ref),
+        ``d_rel``, ``matched`` (NCC of M′(K) − M_ref(K) with S − M_ref(K), either readout),
+        ``readout``, ``statistic`` (the readout's), ``ncc``, ``eta`` (on the readout's
+        statistic), ``ncc_verified`` (the seed's NCC > 0.95 rule), ``own_key`` (the key is
+        the one the bundle was marked with), ``alpha``, ``n_null``. Unreadable (with the
+        reason): not a host or a tensor, wrong channels,
         an output of the wrong shape, non-finite values.
         """
         c = self.config
@@ -338,17 +366,21 @@ class TriggerKey(HostMark):
         ref = apply_net(self.unmarked, x)
         d, corr = float(distance(out, s)[0]), float(ncc(out, s)[0])
         rel = float(calibration.relative_distance(out, s, ref)[0])
+        matched = 1 - float(calibration.matched_distance(out, s, ref)[0])
+        stat = rel if c.readout == "d_rel" else 1 - matched
         eta = self.eta
-        p = calibration.p_value(rel, self.null)
-        extra = {"d": d, "d_unmarked": float(distance(ref, s)[0]), "d_rel": rel, "ncc": corr,
+        p = calibration.p_value(stat, self.null)
+        extra = {"d": d, "d_unmarked": float(distance(ref, s)[0]), "d_rel": rel,
+                 "matched": matched, "readout": c.readout, "statistic": stat, "ncc": corr,
                  "eta": eta, "ncc_verified": corr > c.ncc_threshold, "own_key": own,
                  "alpha": c.alpha, "n_null": len(self.null)}
-        score = 1 / (1 + rel)  # in [0, 1], 1 on the marked host, 0 for d_rel = inf
+        score = 1 / (1 + stat)  # in [0, 1], 1 on the marked host, 0 for d_rel = inf
         if p is None:
             return Verdict(False, score, None, Status.NOT_DETECTED,
                            "not calibrated: no null distances (run calibrate)", extra=extra)
         detected = p <= c.alpha
-        shown = f"d_rel = {rel:.3f} (d = {d:.3e})"
+        shown = (f"d_rel = {rel:.3f} (d = {d:.3e})" if c.readout == "d_rel"
+                 else f"1 − matched = {stat:.3f} (matched {matched:.3f}, d_rel {rel:.3f})")
         shown += f", η = {eta:.3f}" if eta is not None else ""
         reason = (f"{shown}, p = {p:.3g} ≤ {c.alpha:g}" if detected
                   else f"{shown}, p = {p:.3g} > {c.alpha:g}"
