@@ -8,7 +8,8 @@ arithmetic (``math.comb`` on integers, no approximation).
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 
 def binomial_sf(k: int, n: int, p: float = 0.5) -> float:
@@ -147,3 +148,14 @@ def clustered_rate(flags: Sequence[bool], clusters: Sequence[Hashable],
     one_sided = 1.0 if k == n else _beta_ppf(confidence, k + 1, n - k)
     return {"flagged": k, "clusters": n, "rate": k / n, "lower": lo, "upper": hi,
             "upper_one_sided": one_sided}
+
+
+def pooled_flags(rows: Sequence[Mapping[str, Any]], count: str, n: str = "n_outputs"
+                 ) -> dict[str, Any]:
+    """The flag count ``count`` pooled over ``rows`` (e.g. one per attacker seed) out of their
+    ``n`` outputs: ``{"k", "n", "rate", "ci95"}``, the interval exact (Clopper–Pearson,
+    two-sided 95%). It treats outputs as independent trials; outputs of one surrogate
+    share its weights, so the interval is a floor on the uncertainty, not a bound."""
+    k, total = sum(int(r[count]) for r in rows), sum(int(r[n]) for r in rows)
+    lo, hi = clopper_pearson(k, total)
+    return {"k": k, "n": total, "rate": k / total, "ci95": [lo, hi]}

@@ -34,7 +34,8 @@ Measured runs (wall time, Table 1, the matrix per task and variant):
 
 The gate reads ``psnr`` (Table 1, B′ vs B), ``detection_rate_mean_attacked``
 (mean success rate over the matrix cells, with stage 2) and ``fpr`` (share of an
-independent model's outputs, or of clean B, flagged): a policy such as
+independent model's outputs, or of clean B, flagged; with ``matrix.twins_in_gate`` also
+of each cell's clean twin's outputs): a policy such as
 ``{min_psnr: 30, min_bit_accuracy: {}, min_detection_rate: {mean_attacked: 0.9},
 max_fpr: 0.01, primary_metric: detection_rate_mean_attacked}``.
 """
@@ -47,7 +48,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
@@ -89,6 +97,14 @@ class MatrixSettings(BaseModel):
             stage-2 surrogate's + ``seeds.ATTACKER_SEED_OFFSET`` unless set here, so
             no cell is the very surrogate R was fine-tuned on.
         seeds: seeds of the seed spread (empty: no spread).
+        clean_twins: train each cell's clean twin, the same attacker (arch, loss, seed,
+            budget) on the unmarked M's outputs, and report how often its outputs are
+            flagged (``clean_twin_<cell>/false_positive_rate``, ``fpr_clean_twins``; never
+            in the success mean): false positives on innocent copies.
+        twins_in_gate: count the clean twins' flag rates in the gate's ``fpr``, so the
+            policy's ``max_fpr`` refuses a candidate that flags innocent copies (off:
+            ``fpr`` keeps its meaning, independent model and clean B). Needs
+            ``clean_twins``.
         ablation_config: overrides of the output_mark config for the ablation
             runs (each retrains stage 1), e.g. ``{steps: 150}``.
         min_success_rate: profile → floor on the mean success rate over the
@@ -113,6 +129,8 @@ class MatrixSettings(BaseModel):
     #: seeds of the seed spread (``output_mark.seeds``): the whole sequence and the matrix
     #: retrained once per seed, reported as mean ± 95% t-interval per cell; empty: none
     seeds: list[int] = Field(default_factory=list)
+    clean_twins: bool = False
+    twins_in_gate: bool = False
     #: tiny: below the tiny derain run's measured mean (MODEL_CARD.md); full: the seed's
     #: D-* cells are 86-100%
     min_success_rate: dict[str, float] = Field(
@@ -151,6 +169,13 @@ class MatrixSettings(BaseModel):
         except ValidationError as err:
             raise ValueError(describe_validation_error(err)) from None
         return values
+
+    @model_validator(mode="after")
+    def _twins_for_the_gate(self) -> MatrixSettings:
+        if self.twins_in_gate and not self.clean_twins:
+            raise ValueError("twins_in_gate needs clean_twins: true (no twin is trained "
+                             "otherwise)")
+        return self
 
     def cell_list(self) -> list[tuple[str, str]]:
         """The validated cells."""
@@ -241,6 +266,7 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
         train_independent_model,
         train_marking,
         train_surrogate_cell,
+        twin_data,
     )
     from neuralmark.steps.promotion import gate, register_and_promote
 
@@ -272,7 +298,8 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     ablation_cfg = build_config(METHOD, deep_merge(cfg, m.ablation_config)).model_dump(
         mode="json", exclude={"method"})
     digest = components_digest()
-    deep, base = [], []
+    twin_targets = twin_data(stage1, train_a, train_b) if m.clean_twins else None
+    deep, base, twins = [], [], []
     for arch, loss in cells:
         label = cell_name(arch, loss)
         deep.append(train_surrogate_cell(att_a, att_b, query, arch=arch, loss=loss,
@@ -283,6 +310,11 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
                                              settings=schedule, code_digest=digest,
                                              cpu_threads=threads,
                                              id=label.replace("surrogate_", "baseline_", 1)))
+        if twin_targets is not None:
+            twins.append(train_surrogate_cell(att_a, twin_targets, query, arch=arch, loss=loss,
+                                              settings=schedule, code_digest=digest,
+                                              cpu_threads=threads,
+                                              id=label.replace("surrogate_", "twin_", 1)))
     ablations = [train_ablation(train_a, train_b, test_a, test_b, groups, name=name,
                                 config=ablation_cfg, key_secret=key_secret, code_digest=digest,
                                 clean_images=clean_images, clean_groups=clean_groups,
@@ -293,13 +325,14 @@ def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
     spread = (seed_spread(train_a, train_b, test_a, test_b, groups, config=cfg,
                           cells=[list(c) for c in cells], seed_list=m.seeds,
                           surrogate=m.surrogate, key_secret=key_secret, code_digest=digest,
-                          manifest=manifest)
+                          manifest=manifest, twins=m.clean_twins)
               if m.seeds else None)
     report = evaluate_output_mark(stage1, stage2, ss, test_a, test_b,
                                   cells=[list(c) for c in cells], deep_outputs=deep,
                                   baseline_outputs=base, independent_outputs=independent,
-                                  ablations=ablations, task=task, key_secret=key_secret,
-                                  spread_rows=spread)
+                                  ablations=ablations, twin_outputs=twins, task=task,
+                                  key_secret=key_secret, spread_rows=spread,
+                                  twins_in_fpr=m.twins_in_gate)
     decision = gate(report, model_name=settings.model_name, policy=params["policy"])
     register_and_promote(stage2, report, decision, model_name=settings.model_name)
 
@@ -376,7 +409,8 @@ def run_output_mark(task: str = "derain", profile: str = "tiny",
         cached = sorted(name for name, s in run.steps.items() if str(s.status) == "cached")
     report = outcome.pop("report")
     summary = {k: float(v) for k, v in report.summary.items()
-               if k in ("psnr", "ssim", "fpr", "detection_rate_mean_attacked")
+               if k in ("psnr", "ssim", "fpr", "fpr_clean_twins",
+                        "detection_rate_mean_attacked")
                or k.startswith(("sr_mean/", "spread/"))}
     return {"model_name": settings.model_name, "summary": summary,
             "tables": report.extra.get("tables", ""), "cached_steps": cached, **outcome}

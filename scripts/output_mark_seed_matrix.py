@@ -14,6 +14,13 @@ minus the ZenML/MLflow bookkeeping, for experiments on a loaded machine::
 and of the attacker cells' schedule; ``--profile`` is a profile name or a profile YAML.
 One seed gives that seed's rows (no spread); two or more add the spread.
 
+The attacker at the theft bar (issue #19, om12): ``--surrogate '{"steps_by_arch": {"cnet":
+2400, "unet": 1200}}'`` gives each arch its own budget (others keep ``steps``);
+``--twins`` trains each cell's clean twin (the same attacker on the unmarked M's outputs)
+and reports its flag rate (``clean_twin_<cell>`` false-positive rows, with the exact 95%
+Clopper–Pearson interval over the test outputs); ``--attacker-quality`` adds each cell's
+fidelity to B′ and task PSNR (stage ``attacker``).
+
 The key: by default the profile's ``evaluation.key_secret`` (``neuralmark-eval``), the
 key ``neuralmark protect --seeds`` trains and scores with, so these rows are the
 pipeline's (and the sixth to om10 sessions' figures in the method card used it).
@@ -40,6 +47,7 @@ from neuralmark.components.methods.output_mark.seeds import (
     spread_markdown,
     spread_summary,
 )
+from neuralmark.components.stats import clopper_pearson
 from neuralmark.runtime.output_mark_study import derain_study
 
 
@@ -55,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON file for rows and summary")
     p.add_argument("--bundles", type=Path, default=None,
                    help="save each seed's stage-2 model as the bundle BUNDLES/seed<N>")
+    p.add_argument("--twins", action="store_true",
+                   help="train each cell's clean twin (false positives on innocent copies)")
+    p.add_argument("--attacker-quality", action="store_true",
+                   help="rows of each cell's fidelity to B' and task PSNR")
     args = p.parse_args(argv)
 
     if len(set(args.seeds)) != len(args.seeds):
@@ -69,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:  # the rows so far are written after each seed: a cut run keeps them
         rows += seed_matrix_rows(seed, train, test, settings.config, cells, key, groups,
                                  json.loads(args.surrogate), manifest=str(study.manifest),
-                                 bundle_dir=args.bundles)
+                                 bundle_dir=args.bundles, twins=args.twins,
+                                 attacker_quality=args.attacker_quality)
         args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
                                         "key": key.secret,
                                         "config": settings.config.model_dump(mode="json"),
@@ -78,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.seeds) == 1:  # one seed: its rows, no spread (a spread needs two)
         for r in rows:
             if r["metric"] in ("success_rate", "psnr_marked", "sr_marked", "fpr_clean_B") \
-                    or r["label"] == TRAINING:
+                    or r["label"] == TRAINING or r["stage"] == "attacker":
                 print(f"{r['stage']} {r['label']} {r['metric']}: {r['value']:.3f}")
+            elif r["metric"] == "false_positive_rate":
+                k, n = round(r["value"] * r["n"]), int(r["n"])
+                lo, hi = clopper_pearson(k, n)
+                print(f"{r['stage']} {r['label']} flagged {k}/{n} "
+                      f"[{100 * lo:.1f}, {100 * hi:.1f}]%")
         print(f"{time.time() - start:.0f} s")
         return 0
     summary = spread_summary(rows)

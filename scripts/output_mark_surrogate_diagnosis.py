@@ -18,7 +18,7 @@ the clean outputs B of the same inputs, on the test inputs:
 * ``cos_between_seeds``: cosine of two instances' copied residuals (same arch, other seed);
 * ``ladder``: per arch and budget, the means over the attacker seeds, the theft bar
   (:func:`theft_bar`) and the pooled flag counts over all seeds' outputs with their exact
-  95% Clopper–Pearson intervals (:func:`pooled_flags`): ``flagged`` for the surrogates,
+  95% Clopper–Pearson intervals (``components.stats.pooled_flags``): ``flagged`` for the surrogates,
   ``flagged_clean_twin`` for their clean twins (innocent models: the twins' flags are false
   positives).
 
@@ -39,10 +39,14 @@ from pathlib import Path
 import torch
 
 from neuralmark.components.methods.output_mark.losses import radial_bands
-from neuralmark.components.methods.output_mark.matrix import attack_pairs, cell_ladder_outputs
+from neuralmark.components.methods.output_mark.matrix import (
+    attack_pairs,
+    cell_ladder_outputs,
+    clean_attack_pairs,
+)
 from neuralmark.components.methods.output_mark.seeds import attacker_settings
 from neuralmark.components.metrics import psnr
-from neuralmark.components.stats import clopper_pearson
+from neuralmark.components.stats import pooled_flags
 from neuralmark.runtime.output_mark_study import bundle_and_key, derain_study
 
 
@@ -79,16 +83,6 @@ def theft_bar(ladder: list[dict], service_task_psnr: float) -> None:
         r["theft"] = bool(r["converged"]) and r["useful"]
 
 
-def pooled_flags(rows: list[dict], count: str, n: str = "n_outputs") -> dict:
-    """The flag count ``count`` pooled over ``rows`` (one per attacker seed) out of their
-    ``n`` outputs: ``{"k", "n", "rate", "ci95"}``, the interval exact (Clopper–Pearson,
-    two-sided 95%). It treats outputs as independent trials; outputs of one surrogate
-    share its weights, so the interval is a floor on the uncertainty, not a bound."""
-    k, total = sum(int(r[count]) for r in rows), sum(int(r[n]) for r in rows)
-    lo, hi = clopper_pearson(k, total)
-    return {"k": k, "n": total, "rate": k / total, "ci95": [lo, hi]}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True)
@@ -105,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     study = derain_study(args.profile)
     m.set_groups(study.groups)
     a_att, marked_att = attack_pairs(m, study.train)
-    with torch.no_grad():
-        clean_att = m.model_outputs(a_att)
+    _, clean_att = clean_attack_pairs(m, study.train)  # the twins' targets: M's outputs
     a, gt = m.working_pairs(study.test, "test pairs")
     with torch.no_grad():
         b = m.model_outputs(a)

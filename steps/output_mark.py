@@ -186,6 +186,19 @@ def attacker_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
 
 
 @step
+def twin_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
+              train_targets: torch.Tensor) -> Annotated[torch.Tensor, "twin_targets"]:
+    """What each cell's clean twin trains on: M's unmarked outputs B for the attacker's
+    inputs (``matrix.clean_attack_pairs``; the inputs are ``attacker_data``'s).
+
+    Returns:
+        K×3×S×S clean targets.
+    """
+    assert isinstance(stage1, OutputMark)
+    return matrix.clean_attack_pairs(stage1, (train_inputs, train_targets))[1]
+
+
+@step
 def baseline_data(stage1: WatermarkMethod, train_inputs: torch.Tensor,
                   train_targets: torch.Tensor, baseline: dict[str, Any],
                   key_secret: str) -> tuple[
@@ -267,9 +280,10 @@ def seed_spread(train_inputs: torch.Tensor, train_targets: torch.Tensor,
                 test_inputs: torch.Tensor, test_targets: torch.Tensor,
                 train_groups: list[str], config: dict[str, Any], cells: list[list[str]],
                 seed_list: list[int], surrogate: dict[str, Any], key_secret: str,
-                code_digest: str = "", manifest: str = ""
+                code_digest: str = "", manifest: str = "", twins: bool = False
                 ) -> Annotated[list[dict[str, Any]], "seed_spread_rows"]:
     """The whole sequence and the matrix once per seed (``output_mark.seeds``); cached.
+    ``twins``: each cell's clean twin too (``matrix.clean_twins``).
 
     Returns:
         The tidy rows with ``seed`` (``seeds.seed_spread_rows``); the evaluation step
@@ -279,7 +293,8 @@ def seed_spread(train_inputs: torch.Tensor, train_targets: torch.Tensor,
                                   (test_inputs, test_targets), build("output_mark", config)
                                   .config, [(str(a), str(b)) for a, b in cells],
                                   WatermarkKey(key_secret), train_groups, surrogate,
-                                  step_callbacks("seed_spread/"), manifest or None)
+                                  step_callbacks("seed_spread/"), manifest or None,
+                                  twins=twins)
     log_metadata({"seeds": [int(s) for s in seed_list], "rows": len(rows)})
     return rows
 
@@ -290,10 +305,16 @@ def evaluate_output_mark(stage1: WatermarkMethod, stage2: WatermarkMethod,
                          test_targets: torch.Tensor, cells: list[list[str]],
                          deep_outputs: list[torch.Tensor], baseline_outputs: list[torch.Tensor],
                          independent_outputs: torch.Tensor | None,
-                         ablations: list[list[dict[str, Any]]], task: str,
-                         key_secret: str, spread_rows: list[dict[str, Any]] | None = None
+                         ablations: list[list[dict[str, Any]]],
+                         twin_outputs: list[torch.Tensor], task: str,
+                         key_secret: str, spread_rows: list[dict[str, Any]] | None = None,
+                         twins_in_fpr: bool = False
                          ) -> Annotated[Report, "report"]:
     """Tables 1–3, false positives and ablations; log tables and the heatmap to MLflow.
+
+    ``twin_outputs`` (per cell, its clean twin's outputs; empty: no twins) add the rows
+    ``clean_twin_<cell>`` and the metrics ``clean_twin_<cell>/false_positive_rate`` and
+    ``fpr_clean_twins``; ``twins_in_fpr`` also counts them in the gate's ``fpr``.
 
     ``spread_rows`` (from ``seed_spread``) add the matrix over seeds: metrics
     ``spread/<stage>/<cell>/<metric>/{mean,std,ci_low,ci_high}`` and a Markdown table.
@@ -308,9 +329,10 @@ def evaluate_output_mark(stage1: WatermarkMethod, stage2: WatermarkMethod,
     cell_list = [(str(a), str(b)) for a, b in cells]
     rows = matrix.evaluation_rows(stage1, stage2, baseline, WatermarkKey(key_secret),
                                   (test_inputs, test_targets), cell_list, deep_outputs,
-                                  baseline_outputs, independent_outputs, ablations)
+                                  baseline_outputs, independent_outputs, ablations,
+                                  twin_outputs)
     markdown = tables.report_markdown(rows, task)
-    summary = matrix.gate_summary(rows)
+    summary = matrix.gate_summary(rows, twins_in_fpr=twins_in_fpr)
     spread: list[dict[str, Any]] = []
     if spread_rows:
         spread = seeds.spread_summary(spread_rows)

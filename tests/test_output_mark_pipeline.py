@@ -35,10 +35,11 @@ MICRO: dict[str, Any] = {
              "version_with_dvc": False},
     "policy": open_gate("output_mark"),
     "matrix": {"cells": CELLS, "ablations": ["no_clean_loss"], "min_success_rate": {"tiny": 0.0},
-               "seeds": [0, 1]},
+               "seeds": [0, 1], "clean_twins": True,
+               "surrogate": {"steps_by_arch": {"cnet": 6}}},
 }
 CELL_STEPS = {"surrogate_unet_l2", "surrogate_cnet_l1_adversarial", "baseline_unet_l2",
-              "baseline_cnet_l1_adversarial"}
+              "baseline_cnet_l1_adversarial", "twin_unet_l2", "twin_cnet_l1_adversarial"}
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,14 @@ def test_matrix_pipeline_runs_end_to_end_and_registers(project: Path, runs) -> N
     assert {"report/tables.md", "report/surrogate_matrix.png", "report/rows.csv"} <= listed
     assert "detection_rate_mean_attacked" in run.data.metrics
     assert "spread/stage2/surrogate_unet_l2/success_rate/ci_high" in run.data.metrics
+    # clean twins (matrix.clean_twins): a false-positive column beside fpr, not in fpr (the
+    # switch twins_in_gate is off) and not in the success mean
+    for key in ("fpr_clean_twins", "clean_independent_model/false_positive_rate",
+                "clean_twin_surrogate_unet_l2/false_positive_rate",
+                "clean_twin_surrogate_cnet_l1_adversarial/false_positive_rate"):
+        assert key in run.data.metrics, key
+    assert first["summary"]["fpr_clean_twins"] == summary["fpr_clean_twins"]
+    assert not any(k.startswith("detection_rate/clean_twin") for k in summary)
     assert any(k.startswith("stage1/") for k in run.data.metrics)
     assert run.data.tags["output_mark.target_kind"] == "clean-photo"
     mv = client.get_model_version(MODEL, first["registered_version"])
@@ -119,6 +128,12 @@ def test_surrogate_cells_train_on_marked_pairs_and_are_cached_on_rerun(runs) -> 
     stage1 = run.steps["train_marking"].outputs["stage1_method"][0].load()
     assert torch.allclose(targets, stage1.marked_outputs(inputs), atol=1e-6)  # B′, not B
     assert not torch.allclose(targets, stage1.model_outputs(inputs), atol=1e-4)
+    twin = run.steps["twin_unet_l2"]  # the cell's clean twin: same inputs, M's outputs B
+    assert torch.equal(twin.inputs["attack_inputs"][0].load(), inputs)
+    assert torch.allclose(twin.inputs["attack_targets"][0].load(), stage1.model_outputs(inputs),
+                          atol=1e-6)
+    assert twin.config.parameters["settings"] == cell.config.parameters["settings"]
+    assert cell.config.parameters["settings"]["steps_by_arch"] == {"cnet": 6}
     outputs = cell.outputs["surrogate_outputs"][0].load()
     query = run.steps["attacker_data"].outputs["query_inputs"][0].load()
     assert outputs.shape == query.shape and 0 <= float(outputs.min()) <= float(outputs.max()) <= 1

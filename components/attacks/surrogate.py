@@ -22,7 +22,7 @@ Shapes: images are ``N×3×H×W`` float32 in [0, 1].
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -56,6 +56,12 @@ class SurrogateSettings(BaseModel):
         width: base channels.
         depth: UNet depth.
         steps: optimiser steps.
+        steps_by_arch: the matrix cells' budget per architecture (e.g. ``{cnet: 2400,
+            unet: 1200}``), falling back to ``steps`` for an arch it does not name; read by
+            :func:`attack_cell` (:meth:`budget`), so a cell can train to the theft bar of
+            its arch (issue #19, om10: CNet·L2 ≈ 2400 steps, UNet·L2 600–1200). Empty:
+            every cell trains ``steps``. :func:`train_surrogate` itself (output_mark's
+            stage-2 surrogate) always trains ``steps``.
         batch_size: pairs per step.
         lr: Adam learning rate.
         adv_weight: weight of the adversarial term (pix2pix's 1:100 ratio).
@@ -71,6 +77,7 @@ class SurrogateSettings(BaseModel):
     width: int = Field(32, ge=1)
     depth: int = Field(3, ge=1)
     steps: int = Field(2000, ge=0)
+    steps_by_arch: dict[SurrogateArch, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-4, gt=0)
     adv_weight: float = Field(0.01, ge=0)
@@ -82,6 +89,15 @@ class SurrogateSettings(BaseModel):
     def _known_terms(cls, value: str) -> str:
         parse_loss(value)
         return value
+
+    def budget(self, arch: str) -> int:
+        """The optimiser steps of a matrix cell of ``arch``: ``steps_by_arch[arch]``, else
+        ``steps``."""
+        return int(self.steps_by_arch.get(arch, self.steps))  # type: ignore[call-overload]
+
+    def for_arch(self, arch: str) -> SurrogateSettings:
+        """These settings with ``steps`` set to :meth:`budget` of ``arch`` (and no map)."""
+        return self.model_copy(update={"steps": self.budget(arch), "steps_by_arch": {}})
 
 
 def _settings(config: Any) -> SurrogateSettings:
@@ -201,13 +217,14 @@ def attack_cell(marked_train_outputs: torch.Tensor, train_inputs: torch.Tensor,
         test_inputs: T×3×H×W test inputs (resized to S).
         arch: ``cnet`` / ``res9`` / ``res16`` / ``unet``.
         loss: ``+``-joined loss terms (see :func:`parse_loss`).
-        settings: the schedule (``SurrogateSettings`` fields; its arch/loss are ignored).
+        settings: the schedule (``SurrogateSettings`` fields; its arch/loss are ignored;
+            the budget is ``settings.budget(arch)``: ``steps_by_arch`` or ``steps``).
         callbacks: metrics/progress sinks.
 
     Returns:
         T×3×S×S surrogate outputs on the test inputs (B″), CPU, in [0, 1].
     """
-    s = _settings(settings)
+    s = _settings(settings).for_arch(arch)
     sm = train_surrogate(train_inputs, marked_train_outputs, arch, loss, s, callbacks)
     size = marked_train_outputs.shape[-1]
     return apply_net(sm, resize_square(test_inputs.float(), size), s.batch_size * 4).clamp(0, 1)
@@ -227,7 +244,8 @@ def attack_cell_ladder(marked_train_outputs: torch.Tensor, train_inputs: torch.T
 
     Args:
         marked_train_outputs, train_inputs, test_inputs, arch, loss, settings,
-            callbacks: as :func:`attack_cell` (``settings.steps`` is ignored).
+            callbacks: as :func:`attack_cell` (``settings.steps`` and ``steps_by_arch`` are
+            ignored).
         budgets: step counts, each ≥ 1.
 
     Returns:
@@ -239,7 +257,7 @@ def attack_cell_ladder(marked_train_outputs: torch.Tensor, train_inputs: torch.T
     wanted = sorted({int(k) for k in budgets})
     if not wanted or wanted[0] < 1:
         raise InputError(f"budgets must be step counts >= 1, got {list(budgets)}")
-    s = _settings(settings).model_copy(update={"steps": wanted[-1]})
+    s = _settings(settings).model_copy(update={"steps": wanted[-1], "steps_by_arch": {}})
     size = marked_train_outputs.shape[-1]
     query = resize_square(test_inputs.float(), size)
     outputs: dict[int, torch.Tensor] = {}

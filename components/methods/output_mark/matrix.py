@@ -17,10 +17,14 @@ one (arch, loss) cell — is the model attack ``neuralmark.components.attacks.su
 the heatmap in ``neuralmark.components.plots``.
 
 * :func:`attack_pairs` / :func:`baseline_attack_pairs` — what the attacker trains
-  on: held-out inputs and the service's outputs (B′, or the baseline's marked B).
+  on: held-out inputs and the service's outputs (B′, or the baseline's marked B);
+  :func:`clean_attack_pairs` — what a cell's *clean twin* trains on: the same inputs and
+  the unmarked M's outputs B (an innocent copy: its flags are false positives).
 * :func:`score_outputs`, :func:`cell_rows`, :func:`quality_rows`,
   :func:`false_positive_rows`, :func:`evaluation_rows` — tidy rows (the
   ``neuralmark.components.evaluation`` format plus ``stage``).
+* :func:`attacker_quality_rows` — each cell's attacker against the service (fidelity to
+  B′) and against the targets (the task), to show it is a working copy.
 * :func:`ablation_rows` (no clean loss, no consistency loss) and
   :func:`independent_model_outputs` (a plain model trained with another seed).
 * :func:`matrix_summary` / :func:`gate_summary` — flat metrics for MLflow and the gate.
@@ -81,6 +85,20 @@ def attack_pairs(method: OutputMark, train_pairs: tuple[torch.Tensor, torch.Tens
     tp = training_pairs(method, train_pairs)
     a = tp.a[tp.held_out]
     return a, method.marked_outputs(a)
+
+
+def clean_attack_pairs(method: OutputMark, train_pairs: tuple[torch.Tensor, torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clean twin's training set: the attacker's held-out inputs A and the unmarked
+    model M's outputs B for them (what an innocent copy of the same task learns from).
+
+    Returns:
+        ``(A, B)``, K×3×S×S at the working size (the inputs of :func:`attack_pairs`).
+    """
+    tp = training_pairs(method, train_pairs)
+    a = tp.a[tp.held_out]
+    with torch.no_grad():
+        return a, method.model_outputs(a)
 
 
 def baseline_config(method: OutputMark, overrides: Mapping[str, Any] | None = None
@@ -207,6 +225,43 @@ def false_positive_rows(method: OutputMark | SpreadSpectrum, stage: str,
             _row(name, attack, stage, n, "model_flagged", float(verdict.detected))]
 
 
+#: attack label prefix of a clean twin's false-positive rows (``clean_twin_<cell>``)
+TWIN_PREFIX = "clean_twin_"
+
+
+def twin_source(arch: str, loss: str) -> str:
+    """``source`` of a cell's clean twin for :func:`false_positive_rows` (the rows' attack
+    is ``clean_`` + it: ``clean_twin_surrogate_unet_l2``)."""
+    return TWIN_PREFIX.removeprefix("clean_") + cell_name(arch, loss)
+
+
+def attacker_quality_rows(cells: Sequence[tuple[str, str]], outputs: Sequence[torch.Tensor],
+                          marked: torch.Tensor, targets: torch.Tensor) -> list[dict[str, Any]]:
+    """Is each cell's attacker a working copy of the service? (stage ``attacker``)
+
+    Args:
+        cells: the matrix cells, in the order of ``outputs``.
+        outputs: per cell, T×3×S×S surrogate outputs B″ on the test inputs.
+        marked: T×3×S×S the service's outputs B′ on the same inputs.
+        targets: T×3×S×S the clean targets (the task's ground truth) at the same size.
+
+    Returns:
+        Per cell ``psnr_vs_marked`` (fidelity: B″ vs B′, dB) and ``psnr_vs_target`` (the
+        task: B″ vs targets); label ``none``: ``psnr_service_vs_target`` (B′ vs targets),
+        the service's task PSNR the om10 theft bar compares with.
+    """
+    n = int(marked.shape[0])
+    rows = [_row("output_mark", "none", "attacker", n, "psnr_service_vs_target",
+                 float(psnr(marked, targets).clamp(max=100).mean()))]
+    for (arch, loss), out in zip(cells, outputs, strict=True):
+        name = cell_name(arch, loss)
+        rows += [_row("output_mark", name, "attacker", n, "psnr_vs_marked",
+                      float(psnr(out, marked).clamp(max=100).mean())),
+                 _row("output_mark", name, "attacker", n, "psnr_vs_target",
+                      float(psnr(out, targets).clamp(max=100).mean()))]
+    return rows
+
+
 # --------------------------------------------------------------------------- more training
 def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
                   test_pairs: tuple[torch.Tensor, torch.Tensor],
@@ -283,7 +338,8 @@ def evaluation_rows(stage1: OutputMark, stage2: OutputMark, baseline: SpreadSpec
                     cells: Sequence[tuple[str, str]], deep_outputs: Sequence[torch.Tensor],
                     baseline_outputs: Sequence[torch.Tensor],
                     independent_outputs: torch.Tensor | None,
-                    ablations: Sequence[Sequence[Mapping[str, Any]]] = ()
+                    ablations: Sequence[Sequence[Mapping[str, Any]]] = (),
+                    twin_outputs: Sequence[torch.Tensor] = ()
                     ) -> list[dict[str, Any]]:
     """Every row of the output_mark evaluation, in one tidy table.
 
@@ -298,18 +354,23 @@ def evaluation_rows(stage1: OutputMark, stage2: OutputMark, baseline: SpreadSpec
             baseline's marked outputs (empty: no baseline cells).
         independent_outputs: T×3×S×S outputs of a model that never saw B′.
         ablations: rows from :func:`ablation_rows`.
+        twin_outputs: per cell, outputs of its clean twin (same attacker trained on
+            :func:`clean_attack_pairs`; empty: no twins).
 
     Returns:
         Table 1 (stage 1 and 2), the matrix (stage1 / stage2 / spread_spectrum),
-        false positives, ablations, and the baseline's own quality.
+        false positives (the independent model, and each cell's clean twin as attack
+        ``clean_twin_<cell>``: ``false_positive_rate`` rows, never in a success mean),
+        ablations, and the baseline's own quality.
 
     Raises:
         InputError: outputs and cells do not match in number.
     """
-    if len(deep_outputs) != len(cells) or (baseline_outputs and len(baseline_outputs)
-                                           != len(cells)):
+    if len(deep_outputs) != len(cells) or any(
+            extra and len(extra) != len(cells) for extra in (baseline_outputs, twin_outputs)):
         raise InputError(f"{len(cells)} cells but {len(deep_outputs)} deep / "
-                         f"{len(baseline_outputs)} baseline surrogate outputs")
+                         f"{len(baseline_outputs)} baseline / {len(twin_outputs)} clean-twin "
+                         "surrogate outputs")
     rows = quality_rows(stage1, test_pairs, "stage1") + quality_rows(stage2, test_pairs, "stage2")
     for (arch, loss), out in zip(cells, deep_outputs, strict=True):
         for stage, method in (("stage1", stage1), ("stage2", stage2)):
@@ -335,6 +396,9 @@ def evaluation_rows(stage1: OutputMark, stage2: OutputMark, baseline: SpreadSpec
             rows += false_positive_rows(method, stage, independent_outputs, key)
         if baseline is not None:
             rows += false_positive_rows(baseline, "spread_spectrum", independent_outputs, key)
+    for (arch, loss), out in zip(cells if twin_outputs else [], twin_outputs, strict=True):
+        for stage, method in (("stage1", stage1), ("stage2", stage2)):
+            rows += false_positive_rows(method, stage, out, key, twin_source(arch, loss))
     for block in ablations:
         rows += [dict(r) for r in block]
     return rows
@@ -354,7 +418,8 @@ def matrix_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
-def gate_summary(rows: Sequence[Mapping[str, Any]], stage: str = "stage2") -> dict[str, float]:
+def gate_summary(rows: Sequence[Mapping[str, Any]], stage: str = "stage2",
+                 twins_in_fpr: bool = False) -> dict[str, float]:
     """The metrics the gate reads (``neuralmark.components.gate`` keys) from the rows.
 
     ``psnr`` / ``ssim``: Table 1 on ``stage``; ``detection_rate/none``: SR on
@@ -364,10 +429,15 @@ def gate_summary(rows: Sequence[Mapping[str, Any]], stage: str = "stage2") -> di
     larger of it and the clean-B rate when both are there). Plus every
     :func:`matrix_summary` key and the ablation/false-positive values as
     ``<label>/<metric>``.
+
+    Clean twins (``clean_twin_<cell>`` rows) are always reported
+    (``clean_twin_<cell>/false_positive_rate``, their largest as ``fpr_clean_twins``);
+    ``twins_in_fpr`` also counts them in ``fpr``, so the policy's ``max_fpr`` applies
+    to innocent copies (off by default: ``fpr`` keeps its meaning).
     """
     out = matrix_summary(rows)
     renamed = {"psnr_marked": "psnr", "sr_marked": "detection_rate/none", "ssim_marked": "ssim"}
-    srs, fprs = [], []
+    srs, fprs, twins = [], [], []
     for r in rows:
         st, metric, value = r.get("stage"), r["metric"], float(r["value"])
         if st == stage and r["label"] == "none":
@@ -380,20 +450,27 @@ def gate_summary(rows: Sequence[Mapping[str, Any]], stage: str = "stage2") -> di
             out[f"detection_rate/{r['label']}"] = value
             srs.append(value)
         elif st == stage and metric == "false_positive_rate":
-            fprs.append(value)
             out[f"{r['label']}/false_positive_rate"] = value
+            if str(r["label"]).startswith(TWIN_PREFIX):
+                twins.append(value)
+                if not twins_in_fpr:
+                    continue
+            fprs.append(value)
         elif st in ("ablation", "spread_spectrum", "stage1") and metric != "success_rate":
             out[f"{st}/{r['label']}/{metric}"] = value
     if srs:
         out["detection_rate_mean_attacked"] = sum(srs) / len(srs)
     if fprs:
         out["fpr"] = max(fprs)
+    if twins:
+        out["fpr_clean_twins"] = max(twins)
     return out
 
 
-__all__ = ["ABLATIONS", "ROW_COLUMNS", "STAGES", "ablation_rows", "attack_pairs",
+__all__ = ["ABLATIONS", "ROW_COLUMNS", "STAGES", "TWIN_PREFIX", "ablation_rows",
+           "attack_pairs", "attacker_quality_rows",
            "baseline_attack_pairs", "baseline_config", "cell_ladder_outputs", "cell_outputs",
-           "cell_rows",
+           "cell_rows", "clean_attack_pairs", "twin_source",
            "evaluation_rows",
            "false_positive_rows", "gate_summary", "independent_model_outputs", "matrix_summary",
            "quality_rows", "score_outputs"]

@@ -31,7 +31,12 @@ from neuralmark.components.attacks.surrogate import SurrogateSettings, attack_ce
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks, WatermarkKey
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
-from neuralmark.components.methods.output_mark.matrix import attack_pairs, evaluation_rows
+from neuralmark.components.methods.output_mark.matrix import (
+    attack_pairs,
+    attacker_quality_rows,
+    clean_attack_pairs,
+    evaluation_rows,
+)
 from neuralmark.components.methods.output_mark.method import OutputMark
 from neuralmark.components.methods.output_mark.training import (
     clean_variety_images,
@@ -93,7 +98,8 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
                      surrogate: Mapping[str, Any] | None = None,
                      callbacks: Callbacks | Sequence[Any] = (),
                      manifest: str | None = None,
-                     bundle_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+                     bundle_dir: str | os.PathLike | None = None, twins: bool = False,
+                     attacker_quality: bool = False) -> list[dict[str, Any]]:
     """Train the whole sequence with one seed and score the matrix (no baseline, no ablations).
 
     Args:
@@ -109,6 +115,12 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
             (:func:`.training.clean_variety_images`, drawn with this seed).
         bundle_dir: if given, the stage-2 model is saved as the bundle
             ``bundle_dir/seed<seed>`` (for ``scripts/output_mark_surrogate_diagnosis.py``).
+        twins: also train each cell's clean twin (the same attacker: arch, loss, seed and
+            budget, on the unmarked M's outputs, :func:`.matrix.clean_attack_pairs`) after
+            every marked cell, and report its flag rate as the cell's false-positive rows
+            (``clean_twin_<cell>``; outside the success mean).
+        attacker_quality: add :func:`.matrix.attacker_quality_rows` (stage ``attacker``:
+            each cell's fidelity to B′ and task PSNR, the service's task PSNR).
 
     Returns:
         :func:`.matrix.evaluation_rows` (Table 1 for stage 1 and 2, each cell with the
@@ -129,7 +141,14 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
         schedule = attacker_settings(cfg, surrogate)
         outputs = [attack_cell(marked, a, query, arch, loss, schedule, callbacks)
                    for arch, loss in cells]
-    rows = evaluation_rows(stage1, stage2, None, key, test_pairs, cells, outputs, [], None)
+        twin_outputs = []
+        if twins:  # after every marked cell: each surrogate seeds itself, so the marked
+            # cells are the same with or without twins
+            a_clean, clean_targets = clean_attack_pairs(stage1, train_pairs)
+            twin_outputs = [attack_cell(clean_targets, a_clean, query, arch, loss, schedule,
+                                        callbacks) for arch, loss in cells]
+    rows = evaluation_rows(stage1, stage2, None, key, test_pairs, cells, outputs, [], None,
+                           twin_outputs=twin_outputs)
     for stage in ("stage1", "stage2"):
         rates = [r["value"] for r in rows
                  if r["stage"] == stage and r["metric"] == "success_rate"]
@@ -140,6 +159,11 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
         rows += [{**template, "attack": TRAINING, "label": TRAINING, "stage": stage,
                   "metric": name, "value": float(metrics[prefix + name]), "n": 1}
                  for name in TRAINING_METRICS if prefix + name in metrics]
+    if attacker_quality:
+        with torch.no_grad():
+            service = stage1.marked_outputs(query)
+        _, targets = stage2.working_pairs(test_pairs, "test pairs")
+        rows += attacker_quality_rows(cells, outputs, service, targets)
     return [{**r, "seed": int(seed)} for r in rows]
 
 
@@ -150,9 +174,10 @@ def seed_spread_rows(seeds: Sequence[int], train_pairs: tuple[torch.Tensor, torc
                      groups: Sequence[str] | None = None,
                      surrogate: Mapping[str, Any] | None = None,
                      callbacks: Callbacks | Sequence[Any] = (),
-                     manifest: str | None = None) -> list[dict[str, Any]]:
+                     manifest: str | None = None, twins: bool = False
+                     ) -> list[dict[str, Any]]:
     """:func:`seed_matrix_rows` for every seed, concatenated (``manifest``: for
-    ``config.clean_variety``).
+    ``config.clean_variety``; ``twins``: each cell's clean twin too).
 
     Raises:
         InputError: fewer than two seeds, or a repeated seed (no spread to measure).
@@ -163,7 +188,7 @@ def seed_spread_rows(seeds: Sequence[int], train_pairs: tuple[torch.Tensor, torc
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         rows += seed_matrix_rows(seed, train_pairs, test_pairs, config, cells, key, groups,
-                                 surrogate, callbacks, manifest)
+                                 surrogate, callbacks, manifest, twins=twins)
     return rows
 
 

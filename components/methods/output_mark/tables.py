@@ -83,9 +83,11 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], task: str) -> str:
              score_table(rows), ""]
     fp = [r for r in rows if str(r["attack"]).startswith("clean_")]
     if fp:
-        parts += ["## False positives: outputs of an independently trained model", "",
-                  "| extractor | metric | value |", "|---|---|---|"]
-        parts += [f"| {r['stage']} | {r['metric']} | {float(r['value']):.4g} |" for r in fp]
+        parts += ["## False positives: outputs of an independently trained model (and of each "
+                  "cell's clean twin, a surrogate of the unmarked M)", "",
+                  "| source | extractor | metric | value |", "|---|---|---|---|"]
+        parts += [f"| {str(r['attack']).removeprefix('clean_')} | {r['stage']} | {r['metric']} "
+                  f"| {float(r['value']):.4g} |" for r in fp]
         parts.append("")
     abl = [r for r in rows if r.get("stage") == "ablation"]
     if abl:
