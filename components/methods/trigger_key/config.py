@@ -119,7 +119,9 @@ class TriggerKeyConfig(MethodConfig):
     #: before tk13) or ``aligned`` (opt-in): the ``calibration_marked_keys`` most aligned
     #: with the owner's key (``calibration.key_alignment``, no training) of
     #: ``calibration_candidates`` random ones, the other keys an attacker reading the public
-    #: code would pick, so η is set against the worst-case collisions (MODEL_CARD tk13)
+    #: code would pick, so η is set against the worst-case collisions. Measured (MODEL_CARD
+    #: tk13, tiny DnCNN): η 0.812 → 0.471, 0/200 of tk8's keys match, but 3 of the top 4 of
+    #: a 20 000-key search still do, and the one-epoch fine-tuning cell is lost
     calibration_pool: Literal["random", "aligned"] = "random"
     calibration_candidates: int = Field(2000, ge=1, le=1_000_000)
     # copyright visualizer R(S) → logo
