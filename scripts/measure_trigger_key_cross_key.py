@@ -52,18 +52,13 @@ from scipy import stats  # noqa: E402
 from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
+from neuralmark.components.methods.trigger_key.calibration import key_alignment  # noqa: E402
 from neuralmark.components.methods.trigger_key.embedding import embed_into_host  # noqa: E402
 from neuralmark.components.methods.trigger_key.evaluation import overwriting_attacker  # noqa: E402
 from neuralmark.components.methods.trigger_key.study import task_images  # noqa: E402
 from neuralmark.components.methods.trigger_key.trigger import (  # noqa: E402
     band_frequency,
-    band_trigger,
     distance,
-    gradient_kernel,
-    midband_kernel,
-    ncc,
-    trigger,
-    verification_target,
 )
 from neuralmark.components.nets.image_nets import apply_net  # noqa: E402
 
@@ -92,17 +87,10 @@ def host_config(arch: str, family: str = "filter", depth: int | None = None) -> 
 
 def alignment(c, owner: str, name: str) -> float:
     """NCC(G_name(K), G_owner(K)) on the owner's K (the ``--survey`` statistic of the
-    diagnosis script): the owner's raw K (LR for SR: ``verification_target`` upsamples it)
-    through each key's keyed ∇, for the config ``c``'s task and key family."""
-    make = {"filter": trigger, "band": band_trigger, "midband": trigger}[c.key_family]
-    k = make(owner, c.trigger_side, c.channels)[None]  # 1 c t t
-
-    def target(secret: str):
-        kernel = midband_kernel(secret) if c.key_family == "midband" and c.keyed_gradient \
-            else gradient_kernel(secret, c.keyed_gradient)  # tk10: midband's own Gabor
-        return verification_target(k, kernel, c.task, c.scale)
-
-    return float(ncc(target(name), target(owner)))
+    diagnosis script) for the config ``c``'s task and key family: the library's
+    ``calibration.key_alignment`` (tk13: the ``aligned`` calibration pool ranks keys by it)."""
+    return key_alignment(owner, [name], c.trigger_side, c.channels, c.task, c.scale,
+                         c.keyed_gradient, c.key_family)[0]
 
 
 def random_key_names(n: int, seed: int) -> list[str]:

@@ -146,3 +146,69 @@ def test_the_calibration_pool_travels_packed_and_the_uniqueness_study_reuses_it(
                                          pool=packed)
     assert calls == []
     assert rows_reused == rows_rebuilt  # the pool the study would embed is the owner's
+
+
+# -- the alignment-selected pool (issue #13, tk13) ---------------------------------------------
+ALIGN_ARGS = (12, 1, "denoise", 2, True)  # size, channels, task, scale, keyed
+
+
+def test_key_alignment_is_one_for_the_owner_and_deterministic():
+    names = ["owner", "rand-511019274525653168", "attacker-180"]
+    first = calibration.key_alignment("owner", names, *ALIGN_ARGS)
+    assert first == calibration.key_alignment("owner", names, *ALIGN_ARGS)
+    assert first[0] == pytest.approx(1.0)
+    assert all(-1 <= a < 0.99 for a in first[1:])
+    for family in ("band", "midband"):
+        assert calibration.key_alignment("owner", ["owner"], *ALIGN_ARGS,
+                                         family)[0] == pytest.approx(1.0)
+    with pytest.raises(InputError, match="unknown key family 'noise'"):
+        calibration.key_alignment("owner", names, *ALIGN_ARGS, "noise")
+
+
+def test_aligned_keys_are_the_top_of_the_candidates_ranked_deterministically():
+    from neuralmark.components.methods.base import random_keys
+
+    top = calibration.aligned_keys("owner", 5, 300, 3, *ALIGN_ARGS)
+    assert top == calibration.aligned_keys("owner", 5, 300, 3, *ALIGN_ARGS)  # deterministic
+    candidates = random_keys(300, torch.Generator().manual_seed(3))
+    scores = calibration.key_alignment("owner", [k.secret for k in candidates], *ALIGN_ARGS)
+    assert top[0][0] == candidates[max(range(300), key=scores.__getitem__)]  # most aligned
+    assert [a for _, a in top] == sorted(scores, reverse=True)[:5]  # ranked, most first
+    chosen = {k.secret for k, _ in top}
+    assert min(a for _, a in top) >= max(
+        a for k, a in zip(candidates, scores, strict=True) if k.secret not in chosen)
+    assert top[0][1] > 0.5 > sorted(scores)[150]  # the top is far above the median key
+    assert calibration.aligned_keys("owner", 0, 10, 3, *ALIGN_ARGS) == []
+    with pytest.raises(InputError, match="n_keys <= candidates"):
+        calibration.aligned_keys("owner", 11, 10, 3, *ALIGN_ARGS)
+
+
+def test_the_default_pool_is_random_and_the_field_validates():
+    from neuralmark.components.methods.base import random_keys
+
+    m = build("trigger_key", {"depth": 3, "width": 4})
+    assert m.config.calibration_pool == "random"  # the default, every figure before tk13
+    assert m.pool_keys() == random_keys(8, torch.Generator().manual_seed(3))  # unchanged
+    assert m.pool_keys(3, 5) == random_keys(3, torch.Generator().manual_seed(5))
+    for bad in ({"calibration_pool": "worst"}, {"calibration_candidates": 0},
+                {"calibration_pool": "aligned", "calibration_candidates": 4,
+                 "calibration_marked_keys": 8}):
+        with pytest.raises(ValueError, match="calibration_"):
+            build("trigger_key", bad)
+    aligned = build("trigger_key", {"depth": 3, "width": 4, "calibration_pool": "aligned",
+                                    "calibration_candidates": 40, "trigger_size": 12})
+    with pytest.raises(InputError, match="pass owner"):
+        aligned.pool_keys()
+    keys = aligned.pool_keys(owner=WatermarkKey("owner"))
+    assert keys == [k for k, _ in calibration.aligned_keys("owner", 8, 40, 3, *ALIGN_ARGS)]
+
+
+def test_an_aligned_pool_is_embedded_from_the_most_aligned_keys(micro):
+    m = micro.with_config(calibration_pool="aligned", calibration_candidates=30)
+    m.train_pairs, m.test_pairs = micro.train_pairs, micro.test_pairs
+    key = WatermarkKey("owner")
+    top = calibration.aligned_keys("owner", 2, 30, 3, *ALIGN_ARGS)
+    pool = m.marked_pool(owner=key)
+    assert len(pool) == 2
+    for (k, _), (_, x, _) in zip(top, pool, strict=True):  # K input: that key's, in rank order
+        assert torch.equal(x, m.key_material(k)[0])

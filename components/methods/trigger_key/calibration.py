@@ -47,8 +47,17 @@ import torch
 from torch import nn
 
 from neuralmark.components.errors import InputError
-from neuralmark.components.methods.base import random_keys
-from neuralmark.components.methods.trigger_key.trigger import distance, key_material
+from neuralmark.components.methods.base import WatermarkKey, random_keys
+from neuralmark.components.methods.trigger_key.trigger import (
+    band_trigger,
+    distance,
+    gradient_kernel,
+    key_material,
+    midband_kernel,
+    ncc,
+    trigger,
+    verification_target,
+)
 from neuralmark.components.nets.image_nets import apply_net
 from neuralmark.components.stats import clopper_pearson, empirical_p_value
 
@@ -61,6 +70,54 @@ def random_key_material(n_keys: int, seed: int, size: int, channels: int, task: 
     keys = random_keys(n_keys, torch.Generator().manual_seed(seed))
     pairs = [key_material(k.secret, size, channels, task, scale, keyed, family) for k in keys]
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+def key_alignment(owner: str, names: Sequence[str], size: int, channels: int, task: str,
+                  scale: int, keyed: bool, family: str = "filter") -> list[float]:
+    """Training-free alignment of each key in ``names`` with the ``owner``'s:
+    ``NCC(G_name(K), G_owner(K))`` on the owner's raw K (LR for SR: ``verification_target``
+    upsamples it), each key through its own keyed ∇ (``midband``: its own 7×7 Gabor).
+
+    What predicts another key's host verifying the owner's key (MODEL_CARD "Cross-key false
+    matches", Spearman −0.958 with d_rel over 200 keys; tk11: −0.968 RED, −0.959 VDSR): the
+    statistic of ``scripts/measure_trigger_key_cross_key.py`` and of the ``aligned`` pool.
+    """
+    if family not in ("filter", "band", "midband"):
+        raise InputError(f"unknown key family {family!r}; expected filter, band or midband")
+    make = band_trigger if family == "band" else trigger
+    k = make(owner, size, channels)[None]  # 1 c t t
+
+    def target(secret: str) -> torch.Tensor:
+        kernel = (midband_kernel(secret) if family == "midband" and keyed
+                  else gradient_kernel(secret, keyed))
+        return verification_target(k, kernel, task, scale)
+
+    own = target(owner)
+    return [float(ncc(target(name), own)) for name in names]
+
+
+def aligned_keys(owner: str, n_keys: int, candidates: int, seed: int, size: int,
+                 channels: int, task: str, scale: int, keyed: bool,
+                 family: str = "filter") -> list[tuple[WatermarkKey, float]]:
+    """The ``n_keys`` most aligned of ``candidates`` random keys (``base.random_keys`` from
+    ``seed``; :func:`key_alignment` with the ``owner``'s), most aligned first, with their
+    alignment: the other keys an attacker reading the public code would pick to collide.
+
+    Ties keep the draw order (a stable sort), so the selection is a function of the owner's
+    secret, the seed and the config alone.
+
+    Raises:
+        InputError: ``candidates < n_keys`` or ``n_keys < 0``.
+    """
+    if n_keys < 0 or candidates < n_keys:
+        raise InputError(f"aligned pool: need 0 <= n_keys <= candidates, got {n_keys} of "
+                         f"{candidates}")
+    keys = [k for k in random_keys(candidates, torch.Generator().manual_seed(seed))
+            if k.secret != owner]
+    scores = key_alignment(owner, [k.secret for k in keys], size, channels, task, scale, keyed,
+                           family)
+    order = sorted(range(len(keys)), key=lambda i: -scores[i])  # stable: ties in draw order
+    return [(keys[i], scores[i]) for i in order[:n_keys]]
 
 
 def host_distances(host: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> list[float]:
@@ -321,7 +378,7 @@ def unpack_pool(packed: torch.Tensor, template: nn.Module, x_shape: Sequence[int
     return pool
 
 
-__all__ = ["STATISTICS", "MarkedPeer", "calibrate", "calibration_null", "eta_at",
-           "host_distances", "host_relative_distances", "marked_peer_distances",
+__all__ = ["STATISTICS", "MarkedPeer", "aligned_keys", "calibrate", "calibration_null", "eta_at",
+           "host_distances", "host_relative_distances", "key_alignment", "marked_peer_distances",
            "matched_distance", "null_distances", "p_value", "pack_pool", "random_key_material",
            "relative_distance", "split_marked_hosts", "unpack_pool"]

@@ -115,6 +115,15 @@ class TriggerKeyConfig(MethodConfig):
     #: VDSR ×2 never-calibrated keys matched 34/68 trials at P 0, 18/68 at 2–4, 6/68 at
     #: 6–8, 4/68 at 12; on the tiny DnCNN 1/68 at every P; a run pays 2·P embeddings
     calibration_marked_keys: int = Field(8, ge=0, le=64)
+    #: how those keys are drawn (issue #13, tk13): ``random`` (the default, every figure
+    #: before tk13) or ``aligned`` (opt-in): the ``calibration_marked_keys`` most aligned
+    #: with the owner's key (``calibration.key_alignment``, no training) of
+    #: ``calibration_candidates`` random ones, the other keys an attacker reading the public
+    #: code would pick, so η is set against the worst-case collisions. Measured (MODEL_CARD
+    #: tk13, tiny DnCNN): η 0.812 → 0.471, 0/200 of tk8's keys match, but 3 of the top 4 of
+    #: a 20 000-key search still do, and the one-epoch fine-tuning cell is lost
+    calibration_pool: Literal["random", "aligned"] = "random"
+    calibration_candidates: int = Field(2000, ge=1, le=1_000_000)
     # copyright visualizer R(S) → logo
     logo: str = "builtin"
     logo_size: int = Field(32, ge=8, le=128)
@@ -146,6 +155,11 @@ class TriggerKeyConfig(MethodConfig):
             raise ValueError("the seed's SR hosts are vdsr and dncnn (SR-DnCNN), not red")
         if self.arch == "red" and self.depth % 2:
             raise ValueError(f"red needs an even depth, got {self.depth}")
+        if self.calibration_pool == "aligned" and \
+                self.calibration_candidates < self.calibration_marked_keys:
+            raise ValueError(f"calibration_pool aligned picks calibration_marked_keys="
+                             f"{self.calibration_marked_keys} of calibration_candidates="
+                             f"{self.calibration_candidates}: need at least as many candidates")
         if self.method == "trigger_key_randproj" and self.baseline_items > 40:
             raise ValueError("Base-2 takes at most 40 trigger images (the seed: more costs the "
                              f"host's performance), got baseline_items={self.baseline_items}")

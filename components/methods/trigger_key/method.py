@@ -181,22 +181,45 @@ class TriggerKey(HostMark):
         return (self.visualizer(s0) - self.key_store.logo).pow(2).mean()
 
     # -- calibration and the visualizer ------------------------------------------------------
-    def marked_pool(self, n: int | None = None, seed: int = 3) -> list[calibration.MarkedPeer]:
-        """``n`` hosts marked with random keys (``base.random_keys``; never the owner's)
+    def pool_keys(self, n: int | None = None, seed: int = 3,
+                  owner: WatermarkKey | None = None) -> list[WatermarkKey]:
+        """The keys of :meth:`marked_pool`: ``n`` random keys (``base.random_keys``), or with
+        ``config.calibration_pool == "aligned"`` the ``n`` most aligned with ``owner``'s of
+        ``config.calibration_candidates`` random ones (``calibration.aligned_keys``).
+
+        Raises:
+            InputError: an aligned pool without the owner's key.
+        """
+        c = self.config
+        n = c.calibration_marked_keys if n is None else n
+        if c.calibration_pool == "random":
+            return random_keys(n, torch.Generator().manual_seed(seed))
+        if owner is None:
+            raise InputError("calibration_pool aligned: the pool is chosen by alignment with "
+                             "the owner's key; pass owner")
+        return [k for k, _ in calibration.aligned_keys(
+            owner.secret, n, c.calibration_candidates, seed, c.trigger_side, c.channels,
+            c.task, c.scale, c.keyed_gradient, c.key_family)]
+
+    def marked_pool(self, n: int | None = None, seed: int = 3,
+                    owner: WatermarkKey | None = None) -> list[calibration.MarkedPeer]:
+        """``n`` hosts marked with other keys (:meth:`pool_keys`; never the owner's)
         into ``unmarked`` with this config's schedule: ``(host, K input, S)`` each.
 
         Args:
             n: how many (default ``config.calibration_marked_keys``).
             seed: draws the keys (apart from the calibration's random keys).
+            owner: the owner's key (needed by ``calibration_pool: aligned`` only).
 
         Raises:
-            InputError: no task data (``set_task_data`` first) when ``n > 0``.
+            InputError: no task data (``set_task_data`` first) when ``n > 0``; an aligned
+                pool without ``owner``.
         """
         n = self.config.calibration_marked_keys if n is None else n
         pool: list[calibration.MarkedPeer] = []
         if n > 0:
             self.require_pairs()
-        for k in random_keys(n, torch.Generator().manual_seed(seed)):
+        for k in self.pool_keys(n, seed, owner):
             peer = self.with_config(lambda0_reference=False)
             assert isinstance(peer, TriggerKey)
             peer.train_pairs, peer.test_pairs = self.train_pairs, self.test_pairs
@@ -241,7 +264,7 @@ class TriggerKey(HostMark):
             raise InputError("calibrate: the host is not marked with this key; embed_model first")
         c = self.config
         n = n_keys or c.calibration_keys
-        peers = self.marked_pool() if pool is None else list(pool)
+        peers = self.marked_pool(owner=key) if pool is None else list(pool)
         null = self.null_trials(key, null_hosts, n, seed, peers, c.readout)
         self.pool = peers
         self.null = calibration.calibration_null(null, n)

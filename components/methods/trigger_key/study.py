@@ -234,7 +234,7 @@ def uniqueness_study(marked: TriggerKey, key: WatermarkKey, independent: nn.Modu
     # owner's (the same random keys, embedded once here for all of them)
     peers = marked.pool_from_tensor(pool) if pool is not None else []
     if other_secrets and len(peers) != marked.config.calibration_marked_keys:
-        peers = marked.marked_pool()
+        peers = marked.marked_pool(owner=key)  # an aligned pool: aligned with the owner's
     for i, secret in enumerate(other_secrets):
         other = marked.with_config(lambda0_reference=False)
         assert isinstance(other, TriggerKey)
