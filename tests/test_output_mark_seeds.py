@@ -17,7 +17,6 @@ import torch
 
 from neuralmark.components.attacks.surrogate import attack_cell, attack_cell_ladder
 from neuralmark.components.errors import InputError
-from neuralmark.components.methods import WatermarkKey
 from neuralmark.components.methods.output_mark import training
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.seeds import (
@@ -31,28 +30,12 @@ from neuralmark.components.methods.output_mark.seeds import (
     spread_summary,
 )
 from neuralmark.components.reproducibility import pinned
-
-KEY = WatermarkKey("neuralmark-eval")
-MICRO = {"working_size": 32, "logo_block": 16, "model_width": 4, "model_depth": 2,
-         "embed_width": 4, "embed_depth": 2, "extract_width": 4, "extract_blocks": 1,
-         "disc_width": 4, "disc_layers": 2, "model_steps": 4, "steps": 8, "stage2_steps": 4,
-         "batch_size": 4, "eval_batch": 32,
-         "surrogate": {"width": 4, "depth": 2, "steps": 4, "batch_size": 4}}
-CELLS = [("unet", "l2"), ("res9", "l2")]
-
-
-def _pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n×3×32×32 smooth random images (B) and a brighter, streaked copy (A)."""
-    g = torch.Generator().manual_seed(seed)
-    b = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=32,
-                                        mode="bilinear", align_corners=False)
-    streaks = (torch.rand(n, 1, 32, 1, generator=g) > 0.8).float().expand(n, 1, 32, 32)
-    return (b + 0.3 * streaks).clamp(0, 1), b
+from tests.output_mark_micro import CELLS, KEY, MICRO, micro_data
 
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {"train": _pairs(12, 0), "test": _pairs(6, 1)}
+    return micro_data()
 
 
 def _digest(*nets: torch.nn.Module) -> str:

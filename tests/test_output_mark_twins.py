@@ -16,7 +16,7 @@ from neuralmark.components.attacks import surrogate
 from neuralmark.components.attacks.surrogate import SurrogateSettings, attack_cell
 from neuralmark.components.errors import InputError
 from neuralmark.components.gate import GatePolicy, decide
-from neuralmark.components.methods import WatermarkKey, load_bundle
+from neuralmark.components.methods import load_bundle
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.matrix import (
     attack_pairs,
@@ -29,30 +29,14 @@ from neuralmark.components.methods.output_mark.seeds import (
     seed_matrix_rows,
 )
 from neuralmark.components.stats import clopper_pearson, pooled_flags
+from tests.output_mark_micro import CELLS, KEY, MICRO, micro_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-KEY = WatermarkKey("neuralmark-eval")
-MICRO = {"working_size": 32, "logo_block": 16, "model_width": 4, "model_depth": 2,
-         "embed_width": 4, "embed_depth": 2, "extract_width": 4, "extract_blocks": 1,
-         "disc_width": 4, "disc_layers": 2, "model_steps": 4, "steps": 8, "stage2_steps": 4,
-         "batch_size": 4, "eval_batch": 32,
-         "surrogate": {"width": 4, "depth": 2, "steps": 4, "batch_size": 4}}
-CELLS = [("unet", "l2"), ("res9", "l2")]
-
-
-def _pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n×3×32×32 smooth random images (B) and a brighter, streaked copy (A)."""
-    g = torch.Generator().manual_seed(seed)
-    b = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=32,
-                                        mode="bilinear", align_corners=False)
-    streaks = (torch.rand(n, 1, 32, 1, generator=g) > 0.8).float().expand(n, 1, 32, 32)
-    return (b + 0.3 * streaks).clamp(0, 1), b
 
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {"train": _pairs(12, 0), "test": _pairs(6, 1)}
+    return micro_data()
 
 
 def test_steps_by_arch_is_validated_and_falls_back_to_steps() -> None:
