@@ -34,7 +34,8 @@ def band_noise(
     back to space, then per channel ``0.5 + amplitude · (z − mean) / std`` clamped to [0, 1].
 
     Args:
-        frequencies: ``N×2`` (or ``2``) frequencies ω = (f_y, f_x) in cycles per pixel.
+        frequencies: ``N×2`` (or ``2``) frequencies ω = (f_y, f_x) in cycles per pixel
+            (used in float64: pass float64 values where ω must be exact).
         size: side S (pixels).
         channels: C (each channel its own draw).
         generator: the draws (CPU); the same state gives the same images.
