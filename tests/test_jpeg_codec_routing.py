@@ -31,9 +31,10 @@ def _images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 def test_jpeg_differentiable_dispatches_and_pads_the_block_dct():
     x, q = _images(2, 40, 56), torch.tensor([50.0, 80.0])
-    assert torch.equal(jpeg_differentiable(x, q),
-                       kornia.enhance.jpeg_codec_differentiable(x, q))  # kornia by default
-    padded = F.pad(x, (0, 8, 0, 8), mode="reflect")                   # 48×64: whole MCUs
+    assert torch.equal(
+        jpeg_differentiable(x, q), kornia.enhance.jpeg_codec_differentiable(x, q)
+    )  # kornia by default
+    padded = F.pad(x, (0, 8, 0, 8), mode="reflect")  # 48×64: whole MCUs
     y = jpeg_differentiable(x, q, "blockdct")
     assert y.shape == x.shape
     assert torch.equal(y, jpeg_blockdct(padded, q)[..., :40, :56])
@@ -66,8 +67,9 @@ def test_stochastic_jpeg_default_is_kornias_random_jpeg_bit_for_bit(size):
 def test_stochastic_jpeg_takes_the_block_dct_codec_when_asked():
     x = _images(4, 48, 48)
     kornias = StochasticAugmentation(StochasticAugConfig(p=1.0, enabled=("jpeg",)))
-    blockdct = StochasticAugmentation(StochasticAugConfig(p=1.0, enabled=("jpeg",),
-                                                          jpeg_impl="blockdct"))
+    blockdct = StochasticAugmentation(
+        StochasticAugConfig(p=1.0, enabled=("jpeg",), jpeg_impl="blockdct")
+    )
     draw = kornias.sample(4, torch.Generator().manual_seed(5), (48, 48))
     a, b = kornias.apply(x, draw), blockdct.apply(x, draw)
     assert not torch.equal(a, b)  # another codec ...
@@ -87,8 +89,9 @@ def test_clean_variety_jpeg_default_is_kornias_and_block_dct_is_selectable(tmp_p
     assert float(psnr(fast, ref).min()) > 28
     with pytest.raises(InputError, match="unknown jpeg_impl 'pil'"):
         generic_operation(x, "jpeg", np.random.default_rng(0), jpeg_impl="pil")  # type: ignore[arg-type]
-    manifest = build_sample_dataset(tmp_path / "d", SampleDataConfig(size=32, crops_per_photo=1,
-                                                                     n_procedural=3))
+    manifest = build_sample_dataset(
+        tmp_path / "d", SampleDataConfig(size=32, crops_per_photo=1, n_procedural=3)
+    )
     kwargs = {"crops_per_photo": 1, "n_procedural": 4, "processed": 1.0, "seed": 1}
     default, groups = varied_clean_images(manifest, 32, **kwargs)
     explicit, _ = varied_clean_images(manifest, 32, jpeg_impl="kornia", **kwargs)

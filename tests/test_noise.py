@@ -38,16 +38,16 @@ def test_each_image_is_noise_around_its_own_frequency():
 
 def test_one_width_per_image_and_the_same_draw_for_the_same_state():
     freqs = torch.tensor([[0.0, 0.3], [0.0, 0.3]])
-    x = band_noise(freqs, 48, 1, torch.Generator().manual_seed(1),
-                   width=torch.tensor([0.01, 0.1]))
+    x = band_noise(freqs, 48, 1, torch.Generator().manual_seed(1), width=torch.tensor([0.01, 0.1]))
 
     def top_share(img: torch.Tensor) -> float:  # power in the 8 strongest coefficients
         p = torch.fft.fft2(img - img.mean()).abs().flatten() ** 2
         return float(p.topk(8).values.sum() / p.sum())
 
     assert top_share(x[0, 0]) > 2 * top_share(x[1, 0])  # the narrow window concentrates
-    again = band_noise(freqs, 48, 1, torch.Generator().manual_seed(1),
-                       width=torch.tensor([0.01, 0.1]))
+    again = band_noise(
+        freqs, 48, 1, torch.Generator().manual_seed(1), width=torch.tensor([0.01, 0.1])
+    )
     assert torch.equal(x, again)
 
 
@@ -61,22 +61,24 @@ def test_trigger_key_band_noise_is_one_image_of_it():
     k = trigger.band_trigger("a", 40, 1)
     assert k.shape == (1, 40, 40)
     omega = torch.tensor([trigger.band_frequency("a")], dtype=torch.float64)
-    assert torch.equal(k, band_noise(omega, 40, 1,
-                                     trigger.keyed_generator("a", "band/trigger"))[0])
+    assert torch.equal(k, band_noise(omega, 40, 1, trigger.keyed_generator("a", "band/trigger"))[0])
     band_kind = noise_images(3, 1, 32, torch.Generator().manual_seed(2), kinds=("band",))
     assert band_kind.shape == (3, 1, 32, 32)
 
 
-@pytest.mark.parametrize("args, kwargs, message", [
-    ((torch.zeros(2, 3), 8, 1), {}, "frequencies must be N×2"),
-    ((torch.zeros(0, 2), 8, 1), {}, "frequencies must be N×2"),
-    ((torch.zeros(1, 2), 0, 1), {}, "need size >= 1 and channels >= 1"),
-    ((torch.zeros(1, 2), 8, 0), {}, "need size >= 1 and channels >= 1"),
-    ((torch.zeros(2, 2), 8, 1), {"width": 0.0}, "width must be positive"),
-    ((torch.zeros(2, 2), 8, 1), {"width": torch.tensor([0.1, 0.1, 0.1])}, "one per image"),
-    ((torch.zeros(2, 2), 8, 1), {"width": torch.tensor([0.1, -0.1])}, "width must be positive"),
-    ((torch.zeros(1, 2), 8, 1), {"amplitude": -0.1}, "amplitude must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        ((torch.zeros(2, 3), 8, 1), {}, "frequencies must be N×2"),
+        ((torch.zeros(0, 2), 8, 1), {}, "frequencies must be N×2"),
+        ((torch.zeros(1, 2), 0, 1), {}, "need size >= 1 and channels >= 1"),
+        ((torch.zeros(1, 2), 8, 0), {}, "need size >= 1 and channels >= 1"),
+        ((torch.zeros(2, 2), 8, 1), {"width": 0.0}, "width must be positive"),
+        ((torch.zeros(2, 2), 8, 1), {"width": torch.tensor([0.1, 0.1, 0.1])}, "one per image"),
+        ((torch.zeros(2, 2), 8, 1), {"width": torch.tensor([0.1, -0.1])}, "width must be positive"),
+        ((torch.zeros(1, 2), 8, 1), {"amplitude": -0.1}, "amplitude must be >= 0"),
+    ],
+)
 def test_bad_inputs_are_named(args, kwargs, message):
     with pytest.raises(InputError, match=message):
         band_noise(*args, torch.Generator().manual_seed(0), **kwargs)
