@@ -95,7 +95,8 @@ def benchmark(
     model_attacks: str | None = typer.Option(
         None, "--model-attacks", help="Comma-separated model attacks (default: prune, "
                                       "fine_tune_original, fine_tune_new, distill, overwrite; "
-                                      "--quick: no distill)."),
+                                      "--quick: no distill; fine_tune_noise only when "
+                                      "named)."),
     card: str | None = typer.Option(
         None, "--card", help="Comma-separated methods whose MODEL_CARD.md benchmark section is "
                              "rewritten from this run's table."),

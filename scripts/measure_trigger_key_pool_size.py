@@ -12,10 +12,16 @@ fall below η (false matches), the smallest test trial, and the embeddings P cos
 pipeline run (2·P: the owner's calibration and the uniqueness study each build it) with
 their measured seconds. ``--references unmarked,lambda0`` repeats the table with d_rel taken
 relative to the λ = 0 host (the same embedding fine-tuning without the mark, whose batches
-every pool host shares) instead of the unmarked host.
+every pool host shares) instead of the unmarked host. ``--calibration-pool aligned`` draws
+the keys as that opt-in pool does (tk13: the most aligned with the owner's of
+``--candidates`` random ones, most aligned first), so the first P are the aligned pool of
+size P and the test keys the next most aligned; ``--config`` overrides host fields (e.g.
+micro sizes).
 
     python scripts/measure_trigger_key_pool_size.py --sample /tmp/sample-tiny \
         --arch vdsr --task sr --lam 1e-3
+    python scripts/measure_trigger_key_pool_size.py --sample /tmp/sample-tiny \
+        --calibration-pool aligned --candidates 2000
 """
 
 from __future__ import annotations
@@ -42,7 +48,26 @@ from neuralmark.components.methods.trigger_key.calibration import (  # noqa: E40
 from neuralmark.components.methods.trigger_key.study import task_images  # noqa: E402
 
 
-def main() -> None:
+def parse_fields(text: str) -> dict[str, int | float | str]:
+    """``field=value,…`` → ``{field: int, float or text}``; ``SystemExit`` naming a
+    malformed item."""
+    out: dict[str, int | float | str] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise SystemExit(f"--config: expected field=value,…, got {item!r}")
+        for kind in (int, float):
+            try:
+                out[key] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sample", required=True, help="build / reuse the tiny sample set here")
     ap.add_argument("--arch", default="dncnn")
@@ -55,22 +80,40 @@ def main() -> None:
     ap.add_argument("--references", default="unmarked",
                     help="M_ref of d_rel, comma-separated: unmarked (the bundle's) and/or "
                          "lambda0 (the same fine-tuning without the mark)")
+    ap.add_argument("--calibration-pool", choices=("random", "aligned"), default="random",
+                    help="how the other keys are drawn (TriggerKeyConfig.calibration_pool)")
+    ap.add_argument("--candidates", type=int, default=2000,
+                    help="aligned: the random keys ranked by alignment "
+                         "(calibration_candidates)")
+    ap.add_argument("--config", default="",
+                    help="field=value,… over the host's TriggerKeyConfig (after the options)")
+    ap.add_argument("--independent-steps", type=int, default=1000,
+                    help="training steps of the independently trained null host")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    n_keys = args.pool_max + args.test_keys
+    if args.pool_max < 0 or args.test_keys < 1:
+        raise SystemExit(f"need --pool-max >= 0 and --test-keys >= 1, got {args.pool_max}, "
+                         f"{args.test_keys}")
+    if args.calibration_pool == "aligned" and args.candidates < n_keys:
+        raise SystemExit(f"--calibration-pool aligned ranks --candidates {args.candidates} "
+                         f"keys: need at least --pool-max + --test-keys = {n_keys}")
+    config = {"channels": 1, "arch": args.arch, "task": args.task, "depth": args.depth,
+              "lam": args.lam, "host_steps": 300, "embed_steps": 200, "visualizer_steps": 0,
+              "calibration_keys": 100, "calibration_marked_keys": args.pool_max,
+              "calibration_pool": args.calibration_pool,
+              "calibration_candidates": args.candidates, **parse_fields(args.config)}
+    m = build("trigger_key", config)  # a bad field fails here, before any data or training
     torch.set_num_threads(args.threads)
     start = time.time()
     manifest = build_sample_dataset(args.sample, SampleDataConfig(size=128, crops_per_photo=4,
                                                                   n_procedural=12))
-    m = build("trigger_key", {"channels": 1, "arch": args.arch, "task": args.task,
-                              "depth": args.depth, "lam": args.lam, "host_steps": 300,
-                              "embed_steps": 200, "visualizer_steps": 0,
-                              "calibration_keys": 100})
     m.fit(task_images(manifest))
-    independent = m.train_independent_host(1000)
+    independent = m.train_independent_host(args.independent_steps)
     owner = WatermarkKey("neuralmark-eval")
     m.embed_model(m.unmarked, owner)
     t0 = time.time()
-    everyone = m.marked_pool(args.pool_max + args.test_keys)
+    everyone = m.marked_pool(n_keys, owner=owner)
     per_embedding = (time.time() - t0) / len(everyone)
     test = everyone[args.pool_max:]
     x_owner, s_owner, _ = m.reference(owner)
@@ -86,7 +129,7 @@ def main() -> None:
                        for d in host_relative_distances(h, ref, x, s)]
         for h, _, _ in test:
             trials += host_relative_distances(h, ref, x_owner, s_owner)
-        print(f"{args.arch} {args.task} λ {args.lam} reference {name}: "
+        print(f"{args.arch} {args.task} λ {args.lam} pool {c.calibration_pool} reference {name}: "
               f"fidelity cost {m.metrics['fidelity_cost_db']:.2f} dB; {len(test)} test keys, "
               f"{len(trials)} test trials (smallest {min(trials):.3f}, median "
               f"{sorted(trials)[len(trials) // 2]:.3f}); {per_embedding:.0f} s per embedding "

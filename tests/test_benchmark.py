@@ -64,7 +64,8 @@ def result(photo_dir, tmp_path_factory):
     """One quick benchmark: shipped/learning-free methods (anti_forward as a config variant),
     a model method named as a content one, dwtDct and a peer whose package is missing
     (rivaGan pointed at a module that does not exist); the model table with trigger_key's
-    shipped host through pruning and output_mark, which ships no host."""
+    shipped host through pruning and the keyless noise fine-tuning, and output_mark, which
+    ships no host."""
     missing = peers_mod.PeerSpec("rivaGan", "invisible-watermark", ("imwatermark_absent",), 256)
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(peers_mod.PEERS, "rivaGan", missing)
@@ -72,7 +73,8 @@ def result(photo_dir, tmp_path_factory):
             methods=["visible_gan", "spread_spectrum", "trigger_key", AF_FAST],
             peers=["dwtDct", "rivaGan"], attacks=ATTACKS, quick=True, size=256, limit=5,
             fpr_keys=5, batch_sizes=[1], resolutions=[128, 256], whitebox_steps=5,
-            model_methods=["trigger_key", "output_mark"], model_attacks=["prune"],
+            model_methods=["trigger_key", "output_mark"],
+            model_attacks=["prune", "fine_tune_noise"],
             device="cpu")
         return run_benchmark(settings, load_folder(photo_dir, size=256, limit=5))
 
@@ -181,11 +183,12 @@ def test_whitebox_removal_breaks_the_public_scanner_within_the_budget(result):
 
 
 def test_model_table_attacks_the_shipped_host(result):
-    """trigger_key's shipped host through the quick pruning sweep, verified with the demo
-    key its card states; the unattacked host is detected and the table has each strength."""
+    """trigger_key's shipped host through the quick pruning sweep and the keyless noise
+    fine-tuning (swept when named), verified with the demo key its card states; the
+    unattacked host is detected and the table has each strength."""
     table = model_table(result.rows)
     tk = {r["attack"]: r for r in table if r["method"] == "trigger_key"}
-    assert list(tk) == ["none", "prune_0.25", "prune_0.5"]
+    assert list(tk) == ["none", "prune_0.25", "prune_0.5", "fine_tune_noise_0.25"]
     assert tk["none"]["model_detected"] == 1.0 and tk["none"]["task_psnr"] > 25
     assert tk["prune_0.5"]["task_psnr"] < tk["none"]["task_psnr"]
     assert {tk[k]["model_detected"] for k in tk} <= {0.0, 1.0}
@@ -194,6 +197,24 @@ def test_model_table_attacks_the_shipped_host(result):
     assert om["model_detected"] is None and "hold no host network" in om["note"]
     assert "trigger_key" not in {h["method"] for h in headline(result.rows)
                                  if h["family"] == "model"}
+
+
+def test_fine_tune_noise_is_swept_only_when_named():
+    """The keyless ``fine_tune_noise`` has a sweep (full and quick) that the default model
+    suite skips: naming it is accepted, the default suite is the same five attacks."""
+    from neuralmark.components.benchmark.models import model_suite
+
+    assert model_suite() == [("prune", [0.1, 0.25, 0.5, 0.75]),
+                             ("fine_tune_original", [1.0, 5.0]), ("fine_tune_new", [1.0, 5.0]),
+                             ("distill", [1.0]), ("overwrite", [None])]
+    assert model_suite(quick=True) == [("prune", [0.25, 0.5]), ("fine_tune_original", [0.25]),
+                                       ("fine_tune_new", [0.25])]
+    assert model_suite(["fine_tune_noise"]) == [("fine_tune_noise", [1.0, 5.0])]
+    assert model_suite(["prune", "Fine_Tune_Noise"], quick=True) == [
+        ("prune", [0.25, 0.5]), ("fine_tune_noise", [0.25])]
+    with pytest.raises(InputError, match="'overwrite' has no quick sweep; swept: prune, "
+                                         ".*fine_tune_noise"):
+        model_suite(["overwrite"], quick=True)
 
 
 def test_model_and_variant_names_are_checked():

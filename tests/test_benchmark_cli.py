@@ -62,6 +62,22 @@ def test_benchmark_writes_csv_markdown_and_html(photos, tmp_path, monkeypatch):
         "--whitebox-steps 20 --no-forgery --device cpu")
 
 
+def test_model_attacks_fine_tune_noise_is_accepted(photos, tmp_path):
+    """``--model-attacks fine_tune_noise`` (swept only when named; once refused for want of
+    a sweep) is accepted; output_mark, whose shipped files hold no host, keeps it cheap
+    (test_benchmark runs it on trigger_key's shipped host)."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "benchmark", "--images", str(photos), "--methods", "none", "--peers", "none",
+        "--quick", "--size", "64", "--no-forgery", "--model-methods", "output_mark",
+        "--model-attacks", "fine_tune_noise", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (row,) = [r for r in read_csv(out / "benchmark.csv") if r["family"] == "model"]
+    assert row["method"] == "output_mark" and row["metric"] == "unavailable"
+    assert "--model-attacks fine_tune_noise" in json.loads(
+        (out / "benchmark.json").read_text())["command"]
+
+
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--attacks", "sharpen", "unknown attack 'sharpen'"),
     ("--peers", "stegastamp", "unknown peer 'stegastamp'"),

@@ -3,7 +3,8 @@
 ``measure_trigger_key_cross_key.py``: ``--arch`` runs the tiny pipeline's DnCNN, RED or
 VDSR ×2 cell with that pipeline's η; ``--max-seconds`` cuts the key loop and refuses a
 non-positive budget. ``measure_trigger_key_finetune_aware.py``: ``--eta variant=η`` skips
-a variant's calibration."""
+a variant's calibration. ``measure_trigger_key_pool_size.py``: ``--calibration-pool aligned``
+ranks the pool against the owner's key (micro size)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,46 @@ def test_finetune_script_takes_measured_etas_per_variant():
     for bad in ("filter", "filter=x", "=0.5", "band=0", "band=-1"):
         with pytest.raises(SystemExit, match="--eta: expected variant=η"):
             parse(bad)
+
+
+MICRO = ("depth=3,width=4,host_steps=20,embed_steps=20,patch_size=16,n_patches=32,"
+         "trigger_size=12,calibration_keys=20,alpha=0.05,check_every=10")
+
+
+def test_pool_size_script_embeds_the_owners_aligned_pool(tmp_path, monkeypatch, capsys):
+    """``measure_trigger_key_pool_size.py --calibration-pool aligned`` at micro size: the
+    pool is ranked against the owner's key (the script once called ``marked_pool`` without
+    it, which the aligned pool refuses) and the table has a row per pool size."""
+    from neuralmark.components.methods.trigger_key import calibration
+
+    calls = []
+    ranked = calibration.aligned_keys
+
+    def spy(owner, n_keys, candidates, *args, **kwargs):
+        calls.append((owner, n_keys, candidates))
+        return ranked(owner, n_keys, candidates, *args, **kwargs)
+
+    monkeypatch.setattr(calibration, "aligned_keys", spy)
+    _load("measure_trigger_key_pool_size").main([
+        "--sample", str(tmp_path / "sample"), "--calibration-pool", "aligned",
+        "--candidates", "30", "--pool-max", "2", "--test-keys", "1", "--sizes", "0,2",
+        "--independent-steps", "10", "--config", MICRO])
+    out = capsys.readouterr().out
+    assert calls == [("neuralmark-eval", 3, 30)]
+    assert "dncnn denoise λ 0.01 pool aligned reference unmarked" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| 0 |", "| 2 |"))]
+    assert [r[0] for r in rows] == ["| 0", "| 2"]
+    assert all(0 < float(r[1]) for r in rows)  # η of each pool size
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--calibration-pool", "aligned", "--candidates", "3"],
+     "ranks --candidates 3 keys: need at least --pool-max \\+ --test-keys = 16"),
+    (["--config", "depth"], "--config: expected field=value"),
+    (["--test-keys", "0"], "need --pool-max >= 0 and --test-keys >= 1"),
+])
+def test_pool_size_script_refuses_bad_options_before_any_data(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        _load("measure_trigger_key_pool_size").main(
+            ["--sample", str(tmp_path / "sample"), *argv])
+    assert not (tmp_path / "sample").exists()

@@ -214,14 +214,9 @@ class DiffJPEG(ImageAttack):
         h, w = x.shape[-2:]
         ph, pw = (-h) % 16, (-w) % 16
         xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
-        if self.impl == "blockdct":
-            from neuralmark.components.attacks.jpeg_codec import jpeg_blockdct
+        from neuralmark.components.attacks.jpeg_codec import jpeg_differentiable
 
-            y = jpeg_blockdct(xp, params["quality"].to(x))[..., :h, :w]
-        else:
-            import kornia
-
-            y = kornia.enhance.jpeg_codec_differentiable(xp, params["quality"].to(x))[..., :h, :w]
+        y = jpeg_differentiable(xp, params["quality"].to(x), self.impl)[..., :h, :w]
         return _blend(x, y.clamp(0, 1), params["on"])
 
 

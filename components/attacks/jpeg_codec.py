@@ -18,15 +18,24 @@ coefficients are touched by two batched matrix products and the rounding only, a
 chroma goes through ``avg_pool2d``, which is also what libjpeg does. The rounding is
 kornia's cubic surrogate (``round(x) + (x − round(x))³``, Shin & Song 2017), so the
 gradients compare with kornia's. The quality is not differentiated (EoT draws it).
+
+:func:`jpeg_differentiable` is the one place a differentiable JPEG is chosen: every caller
+(``DiffJPEG``, the stochastic chain's JPEG, the clean-variety JPEG) names an ``impl`` of
+:data:`JPEG_IMPLS` and gets that codec.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+#: the differentiable JPEG codecs: kornia's ``jpeg_codec_differentiable``, :func:`jpeg_blockdct`
+JPEG_IMPLS = ("kornia", "blockdct")
+JpegImpl = Literal["kornia", "blockdct"]
 
 #: JPEG Annex K luminance and chrominance quantisation tables (row-major 8×8)
 _QT_Y = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
@@ -111,3 +120,33 @@ def jpeg_blockdct(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     c = F.interpolate(c, scale_factor=2, mode="bilinear", align_corners=False)
     out = ycbcr_to_rgb((torch.cat([y.unsqueeze(1), c], 1) + 128) / 255)
     return out.clamp(0, 1)
+
+
+def jpeg_differentiable(x: torch.Tensor, quality: torch.Tensor,
+                        impl: JpegImpl = "kornia") -> torch.Tensor:
+    """The differentiable JPEG round trip of codec ``impl`` (:data:`JPEG_IMPLS`).
+
+    ``kornia``: ``kornia.enhance.jpeg_codec_differentiable`` as it is (it pads to whole
+    MCUs inside); ``blockdct``: :func:`jpeg_blockdct`, on a reflection padding to multiples
+    of 16 cropped back.
+
+    Shapes: ``x`` B×3×H×W in [0, 1]; ``quality`` B (or 1, shared) in [1, 100] → B×3×H×W.
+    Differentiable in ``x``.
+
+    Raises:
+        ValueError: an unknown ``impl``, or what the codec raises (not 3 channels, …).
+    """
+    if impl == "kornia":
+        import kornia
+
+        return kornia.enhance.jpeg_codec_differentiable(x, quality)
+    if impl != "blockdct":
+        raise ValueError(f"unknown differentiable JPEG {impl!r}; expected one of {JPEG_IMPLS}")
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 16, (-w) % 16
+    if not (ph or pw):
+        return jpeg_blockdct(x, quality)
+    return jpeg_blockdct(F.pad(x, (0, pw, 0, ph), mode="reflect"), quality)[..., :h, :w]
+
+
+__all__ = ["JPEG_IMPLS", "JpegImpl", "jpeg_blockdct", "jpeg_differentiable", "quant_tables"]

@@ -37,6 +37,7 @@ from torch import nn
 from neuralmark.components.attacks.model import fine_tune, steps_for
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks
+from neuralmark.components.noise import band_noise
 
 #: ``degrade(clean, generator) -> (inputs, targets)``: the host's task pairs of clean images
 Degrade = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -58,17 +59,13 @@ def _standardised(x: torch.Tensor) -> torch.Tensor:
 
 
 def _band(n: int, c: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """Narrow-band noise: white Gaussian noise through a Gaussian bump at ±ω (random)."""
-    radius = 0.05 + 0.45 * torch.rand(n, 1, 1, 1, generator=g)
-    angle = math.pi * torch.rand(n, 1, 1, 1, generator=g)
-    width = 0.02 + 0.06 * torch.rand(n, 1, 1, 1, generator=g)
-    wy, wx = radius * torch.sin(angle), radius * torch.cos(angle)
-    f = torch.fft.fftfreq(size)
-    fy, fx = f.view(1, 1, -1, 1), f.view(1, 1, 1, -1)
-    mask = sum(torch.exp(-((fy - s * wy) ** 2 + (fx - s * wx) ** 2) / (2 * width ** 2))
-               for s in (1.0, -1.0))  # n 1 s s
-    z = torch.randn(n, c, size, size, generator=g)
-    return _standardised(torch.fft.ifft2(torch.fft.fft2(z) * mask).real)  # n c s s
+    """Narrow-band noise at a random frequency, orientation and spectral width per image
+    (:func:`components.noise.band_noise`, the generator of the ``band`` key family)."""
+    radius = 0.05 + 0.45 * torch.rand(n, generator=g)
+    angle = math.pi * torch.rand(n, generator=g)
+    width = 0.02 + 0.06 * torch.rand(n, generator=g)
+    freq = torch.stack([radius * torch.sin(angle), radius * torch.cos(angle)], dim=1)  # n 2
+    return band_noise(freq, size, c, g, width=width, amplitude=_SPREAD)  # n c s s
 
 
 def _filtered(n: int, c: int, size: int, g: torch.Generator) -> torch.Tensor:

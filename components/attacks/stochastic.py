@@ -13,8 +13,9 @@ colour jitter          brightness / contrast / saturation ≤ 0.3,   own ``color
                        hue ≤ 0.1 (see below)                       (kornia colour ops)
 Gaussian blur          odd kernel k ∈ {3, 5, 7}, σ ~ U(0.1, k/3)   ``RandomGaussianBlur``
 perspective            distortion scale 0.1                        ``RandomPerspective``
-JPEG                   quality U(50, 100), differentiable          ``RandomJPEG``
-                                                                   (``jpeg_codec_differentiable``)
+JPEG                   quality U(50, 100), differentiable          ``RandomJPEG``'s draw, the
+                                                                   codec ``jpeg_impl`` of
+                                                                   ``attacks/jpeg_codec``
 =====================  ==========================================  ===========================
 
 ``strength`` ∈ [0, 1] is the seed's curriculum (``aug_start`` → ``aug_end``):
@@ -42,7 +43,11 @@ adjusts hue and saturation through ``rgb_to_hsv``, whose backward divides by
 ``max − min`` and returns NaN on every grey pixel (anti_forward's training
 diverged to NaN with it; README, "Measured figures outside the model cards"). Ours
 keeps the same factor ranges but rotates hue in YIQ space and blends saturation with
-the luma (both linear, finite gradients everywhere). Everything else is kornia.
+the luma (both linear, finite gradients everywhere). The JPEG is kornia's ``RandomJPEG``
+(draw, gate, replay) with the codec of ``jpeg_codec.jpeg_differentiable``: kornia's by
+default (``StochasticAugConfig.jpeg_impl``; every anti_forward figure was measured with
+it), or the block-DCT codec (~3× cheaper on CPU, pgd_signer card session ps7).
+Everything else is kornia.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuralmark.components.attacks.base import ImageAttack
+from neuralmark.components.attacks.jpeg_codec import JpegImpl, jpeg_differentiable
 
 NAMES = ("resized_crop", "rotation", "color_jitter", "blur", "perspective", "jpeg")
 
@@ -72,6 +78,9 @@ class StochasticAugConfig(BaseModel):
     blur_kernel_max: int = Field(7, ge=3)
     perspective: float = Field(0.1, ge=0.0, le=1.0)
     jpeg_quality_min: float = Field(50.0, ge=1.0, le=100.0)
+    #: the differentiable JPEG codec (``jpeg_codec.JPEG_IMPLS``): kornia's (the default,
+    #: every anti_forward figure) or ``blockdct`` (~3× cheaper on CPU)
+    jpeg_impl: JpegImpl = "kornia"
     enabled: tuple[str, ...] = NAMES
 
 
@@ -120,7 +129,8 @@ class StochasticAugmentation(ImageAttack):
         mods["color_jitter"] = ColorJitterYIQ(c.jitter * t, c.hue * t, p=p)
         mods["blur"] = K.RandomGaussianBlur(kernel, (0.1, _lerp(0.1, kernel / 3, t)), p=p)
         mods["perspective"] = K.RandomPerspective(c.perspective * t, p=p)
-        mods["jpeg"] = K.RandomJPEG((_lerp(100.0, c.jpeg_quality_min, t), 100.0), p=p)
+        mods["jpeg"] = CodecJPEG((_lerp(100.0, c.jpeg_quality_min, t), 100.0), p=p,
+                                 impl=c.jpeg_impl)
         return {k: v for k, v in mods.items() if k in c.enabled}
 
     def _kernel(self, generator: torch.Generator | None) -> int:
@@ -223,8 +233,35 @@ class ColorJitterYIQ:
         return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), yiq)
 
 
+def _unit_clamp(x: torch.Tensor) -> torch.Tensor:
+    """``x.clamp(0, 1)`` with an identity gradient on the closed range [0, 1] (kornia's
+    ``RandomJPEG`` clamps so: ``torch.clamp``'s derivative at a bound differs by version)."""
+    return torch.where((x >= 0) & (x <= 1), x, x.clamp(0, 1))
+
+
+class CodecJPEG(K.RandomJPEG):
+    """kornia's ``RandomJPEG`` — its quality draw, probability gate and ``params=`` replay —
+    with the codec ``impl`` of :func:`jpeg_codec.jpeg_differentiable` (``kornia``: the same
+    round trip as ``RandomJPEG``, bit for bit).
+
+    Shapes: B×3×H×W in [0, 1] → same (H, W multiples of 16 for the chain's ``_jpeg``).
+    """
+
+    def __init__(self, jpeg_quality: tuple[float, float], p: float,
+                 impl: JpegImpl = "kornia") -> None:
+        super().__init__(jpeg_quality, p=p)
+        self.impl = impl
+
+    def apply_transform(self, input: torch.Tensor, params: dict[str, torch.Tensor],
+                        flags: dict[str, Any], transform: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        if params["jpeg_quality"].numel() == 0 and input.shape[0] == 0:
+            return input.clone()
+        return jpeg_differentiable(_unit_clamp(input), params["jpeg_quality"], self.impl)
+
+
 def _jpeg(module: Any, x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-    """kornia's differentiable JPEG needs H, W divisible by 16: reflect-pad, crop back."""
+    """The differentiable JPEG codecs work on whole 16×16 MCUs: reflect-pad, crop back."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % 16, (-w) % 16
     if not (ph or pw):

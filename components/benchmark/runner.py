@@ -87,7 +87,8 @@ class BenchmarkSettings(BaseModel):
         whitebox_steps: APGD iterations of the white-box removal.
         model_methods: model method keys for the model table (``None``: every registered
             model method; ``[]``: none); a method without shipped files is a row saying so.
-        model_attacks: model attacks to sweep (``None``: all of ``models.MODEL_SWEEPS``).
+        model_attacks: model attacks to sweep (``None``: all of ``models.MODEL_SWEEPS``;
+            those of ``models.OPTIONAL_MODEL_SWEEPS`` only when named).
         model_key_secret: the key the shipped hosts were marked under (the shipped
             trigger_key host's card states its demo key, ``neuralmark-demo``).
         seed: seeds the attacks' random draws and the FPR keys.

@@ -12,7 +12,9 @@ what a training run may use — never a photo of the test splits:
   :func:`neuralmark.components.data.sample.procedural_image`) under a seed the dataset
   does not use;
 * **other tasks' outputs**: a share of both passed through one generic restoration-like
-  operation (Gaussian blur, unsharp mask, JPEG, noise then median filter), kornia's.
+  operation (Gaussian blur, unsharp mask, JPEG, noise then median filter), kornia's; the
+  JPEG through ``attacks/jpeg_codec.jpeg_differentiable`` (``jpeg_impl``: kornia's codec
+  by default, every output_mark figure; ``blockdct`` ~3× cheaper).
 
 Each image has a group (its photo, or ``variety:procedural:<i>``), so a training run
 can drop the photos of its held-out part (their clean images calibrate the null and
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from neuralmark.components.attacks.jpeg_codec import JPEG_IMPLS, JpegImpl, jpeg_differentiable
 from neuralmark.components.data.manifest import read_manifest
 from neuralmark.components.data.sample import (
     BUNDLED_PHOTOS,
@@ -59,17 +62,21 @@ def _to_tensor(arrays: Sequence[np.ndarray]) -> torch.Tensor:
     return x.float().div(255.0).contiguous()
 
 
-def generic_operation(x: torch.Tensor, op: str, rng: np.random.Generator) -> torch.Tensor:
+def generic_operation(x: torch.Tensor, op: str, rng: np.random.Generator,
+                      jpeg_impl: JpegImpl = "kornia") -> torch.Tensor:
     """One restoration-like operation on N×3×S×S images in [0, 1] (same shape out).
 
     Args:
         x: the images.
         op: one of :data:`OPERATIONS`.
         rng: draws the operation's strength.
+        jpeg_impl: the differentiable JPEG codec of ``jpeg`` (``jpeg_codec.JPEG_IMPLS``).
 
     Raises:
-        InputError: unknown ``op``.
+        InputError: unknown ``op`` or ``jpeg_impl``.
     """
+    if jpeg_impl not in JPEG_IMPLS:
+        raise InputError(f"unknown jpeg_impl {jpeg_impl!r}; expected one of {JPEG_IMPLS}")
     if op == "blur":
         s = float(rng.uniform(0.5, 1.5))
         return kornia.filters.gaussian_blur2d(x, (5, 5), (s, s))
@@ -78,7 +85,7 @@ def generic_operation(x: torch.Tensor, op: str, rng: np.random.Generator) -> tor
         return kornia.filters.unsharp_mask(x, (5, 5), (s, s)).clamp(0, 1)
     if op == "jpeg":
         q = torch.full((x.shape[0],), float(rng.uniform(30, 90)))
-        return kornia.enhance.jpeg_codec_differentiable(x, q).clamp(0, 1)
+        return jpeg_differentiable(x, q, jpeg_impl).clamp(0, 1)
     if op == "denoise":
         g = torch.Generator().manual_seed(int(rng.integers(0, 2**31)))
         noisy = (x + float(rng.uniform(0.01, 0.05)) * torch.randn(x.shape, generator=g))
@@ -101,7 +108,8 @@ def training_photos(manifest: str | os.PathLike, split: str = "train") -> list[B
 
 def varied_clean_images(manifest: str | os.PathLike, size: int, crops_per_photo: int = 8,
                         n_procedural: int = 64, processed: float = 0.5, seed: int = 0,
-                        split: str = "train") -> tuple[torch.Tensor, list[str]]:
+                        split: str = "train", jpeg_impl: JpegImpl = "kornia"
+                        ) -> tuple[torch.Tensor, list[str]]:
     """Clean images for the clean term: photo crops of ``split``, procedural, processed.
 
     Args:
@@ -112,12 +120,15 @@ def varied_clean_images(manifest: str | os.PathLike, size: int, crops_per_photo:
         processed: share of the images replaced by a generic operation's output.
         seed: every draw.
         split: whose photos may be used (never a test split).
+        jpeg_impl: the differentiable JPEG codec of the ``jpeg`` operation.
 
     Returns:
         ``(images N×3×size×size, groups)``, one group per image.
     """
     if size < 8 or crops_per_photo < 0 or n_procedural < 0 or not 0 <= processed <= 1:
         raise InputError("varied_clean_images: size ≥ 8, counts ≥ 0, processed in [0, 1]")
+    if jpeg_impl not in JPEG_IMPLS:
+        raise InputError(f"unknown jpeg_impl {jpeg_impl!r}; expected one of {JPEG_IMPLS}")
     rng = np.random.default_rng([seed, 19])
     arrays, groups = [], []
     for photo in training_photos(manifest, split):
@@ -134,7 +145,7 @@ def varied_clean_images(manifest: str | os.PathLike, size: int, crops_per_photo:
     for k, op in enumerate(OPERATIONS):
         rows = torch.from_numpy(np.flatnonzero(pick & (ops == k)))
         if rows.numel():
-            x[rows] = generic_operation(x[rows], op, rng)
+            x[rows] = generic_operation(x[rows], op, rng, jpeg_impl)
     return x.clamp(0, 1), groups
 
 

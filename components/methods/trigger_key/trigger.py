@@ -54,6 +54,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from neuralmark.components import noise
 from neuralmark.components.errors import InputError
 from neuralmark.components.payload import key_fingerprint, key_seed
 
@@ -120,17 +121,10 @@ def band_noise(frequency: tuple[float, float], size: int, channels: int,
                amplitude: float = BAND_AMPLITUDE) -> torch.Tensor:
     """Narrow-band noise around ±``frequency`` = (f_y, f_x) cycles/px: ``channels×size×size``
     float32, 0.5 + ``amplitude``·z/std(z) clamped to [0, 1], z white Gaussian noise (from
-    ``generator``) filtered by a Gaussian spectral window of σ ``width``."""
-    w = torch.randn((channels, size, size), generator=generator, dtype=torch.float64)
-    fy, fx = frequency
-    ny = torch.fft.fftfreq(size, dtype=torch.float64)[:, None]  # t 1, cycles/px
-    nx = torch.fft.fftfreq(size, dtype=torch.float64)[None, :]  # 1 t
-    window = sum(torch.exp(-((ny - sy * fy) ** 2 + (nx - sy * fx) ** 2) / (2 * width ** 2))
-                 for sy in (1.0, -1.0))  # t t, symmetric: a real filter
-    z = torch.fft.ifft2(torch.fft.fft2(w) * window).real  # c t t
-    z = z - z.mean(dim=(-2, -1), keepdim=True)
-    z = z / z.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-    return (0.5 + amplitude * z).clamp(0, 1).float()
+    ``generator``) filtered by a Gaussian spectral window of σ ``width`` (one image of the
+    shared :func:`components.noise.band_noise`)."""
+    return noise.band_noise(torch.tensor([frequency], dtype=torch.float64), size, channels,
+                            generator, width=width, amplitude=amplitude)[0]
 
 
 def gradient_kernel(secret: str, keyed: bool = True) -> torch.Tensor:
