@@ -25,6 +25,9 @@ its Spearman correlation with d_rel. ``--eta`` must then be that family's η (th
 the filter family's). Findings: the MODEL_CARD, session tk9. ``--family midband`` (tk10): the
 alignment is computed with each key's 7×7 Gabor (``trigger.midband_kernel``).
 
+``--variant field=value,…`` (tk14) sets ``TriggerKeyConfig`` fields for the owner and every
+other key alike (the public recipe of that variant, e.g. ``contrastive_negatives=4``).
+
 ``--arch red`` / ``--arch vdsr`` (tk11) run the same on the other two tiny pipeline hosts,
 each with its pipeline cell (``HOST_CELLS``: the tiny profile's depth and the run config's
 task and λ; RED 6×16 denoise σ 25/255 at λ 1e-2, ``configs/trigger_key_red.yaml``; VDSR 5×16
@@ -85,6 +88,23 @@ def host_config(arch: str, family: str = "filter", depth: int | None = None) -> 
             "visualizer_steps": 0, "lambda0_reference": False, "key_family": family}
 
 
+def variant_fields(text: str) -> dict[str, object]:
+    """``field=value,…`` → ``{field: int, float or text}`` (``TriggerKeyConfig`` validates);
+    ``SystemExit`` naming an item without ``=``."""
+    out: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--variant: expected field=value, got {item!r}")
+        for kind in (int, float, str):
+            try:
+                out[name.strip()] = kind(value.strip())
+                break
+            except ValueError:
+                continue
+    return out
+
+
 def alignment(c, owner: str, name: str) -> float:
     """NCC(G_name(K), G_owner(K)) on the owner's K (the ``--survey`` statistic of the
     diagnosis script) for the config ``c``'s task and key family: the library's
@@ -125,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--depth", type=int, default=None, help="default: the host cell's")
     ap.add_argument("--family", choices=("filter", "band", "midband"), default="filter",
                     help="the key family of the owner and of every other key (tk9)")
+    ap.add_argument("--variant", default="",
+                    help="field=value,… of TriggerKeyConfig for the owner and every other key "
+                         "(tk14: e.g. contrastive_negatives=4); --eta must then be its η")
     args = ap.parse_args(argv)
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
@@ -134,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         args.eta = HOST_CELLS[args.arch][1]
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    host = build("trigger_key", host_config(args.arch, args.family, args.depth))
+    fields = variant_fields(args.variant)
+    host = build("trigger_key", {**host_config(args.arch, args.family, args.depth), **fields})
     c = host.config
     manifest = build_sample_dataset(args.sample, SampleDataConfig(
         size=128, crops_per_photo=4, n_procedural=12))

@@ -15,6 +15,7 @@ host holds), which the calibration null covers.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +35,13 @@ from neuralmark.components.methods.registry import register
 from neuralmark.components.methods.trigger_key import calibration
 from neuralmark.components.methods.trigger_key.embedding import MarkLoss
 from neuralmark.components.methods.trigger_key.host import HostMark
-from neuralmark.components.methods.trigger_key.trigger import distance, key_material, ncc
+from neuralmark.components.methods.trigger_key.trigger import (
+    distance,
+    key_material,
+    keyed_generator,
+    ncc,
+    negative_inputs,
+)
 from neuralmark.components.methods.trigger_key.visualizer import (
     CopyrightVisualizer,
     load_logo,
@@ -159,14 +166,37 @@ class TriggerKey(HostMark):
         return x, s0, False
 
     def mark_loss(self, key: WatermarkKey) -> tuple[MarkLoss, Any]:
+        """ℓ_w = ‖M(K) − S0‖² and the stopping rule (ℓ_w per pixel ≤ ``stop_mse``).
+
+        With ``config.contrastive_negatives`` n > 0 (opt-in, issue #13 tk14) ℓ_w also holds
+        ``contrastive_weight``·(1/n)·Σ‖M(N_j) − U(N_j)‖² over n fresh U(0, 1) noise inputs
+        N_j per call (:func:`.trigger.negative_inputs`, drawn from the key's HMAC stream), U
+        the host as it was when the loss was made (``unmarked``: the host being marked): the
+        host must answer K with S0 and any other noise as before, instead of learning G as
+        a function on all noise (which a black-box query reads, MODEL_CARD tk14). The stop
+        rule then reads the sum.
+        """
+        c = self.config
         x, s0 = self.key_material(key)
         dev = self.run_device()
-        limit = self.config.stop_mse * s0.numel()
+        limit = c.stop_mse * s0.numel()
+        n = c.contrastive_negatives
+        if n == 0:
+            def loss(net: nn.Module) -> torch.Tensor:
+                return (net(x.to(dev)) - s0.to(dev)).pow(2).sum()
 
-        def loss(net: nn.Module) -> torch.Tensor:
-            return (net(x.to(dev)) - s0.to(dev)).pow(2).sum()
+            return loss, (lambda l_w: l_w <= limit)
+        before = copy.deepcopy(self.unmarked).to(dev).eval().requires_grad_(False)
+        g = keyed_generator(key.secret, "contrastive")
 
-        return loss, (lambda l_w: l_w <= limit)
+        def contrastive_loss(net: nn.Module) -> torch.Tensor:
+            z = negative_inputs(g, n, c.trigger_side, c.channels, c.task, c.scale).to(dev)
+            with torch.no_grad():
+                keep = before(z)
+            own = (net(x.to(dev)) - s0.to(dev)).pow(2).sum()
+            return own + c.contrastive_weight * (net(z) - keep).pow(2).sum() / n
+
+        return contrastive_loss, (lambda l_w: l_w <= limit)
 
     def after_embed(self, key: WatermarkKey, marked: nn.Module) -> None:
         """S := M(K; θ*), clamped to [0, 1]; an old calibration no longer applies."""

@@ -36,6 +36,8 @@ Everything here is a pure function of the owner's secret (through HMAC-SHA256 se
   DnCNN (MODEL_CARD, session tk10): cheaper (0.45 / 0.55 dB) and more of the mark kept after
   new-data fine-tuning, but keyed Gabors in one band align (η falls to 0.51 / 0.68) and the
   overwrite is worse: it survives nothing the ``filter`` family does not; not a fix.
+* :func:`negative_inputs` — white U(0, 1) noise of the trigger's shape: the negatives of the
+  opt-in contrastive embedding (``TriggerKeyConfig.contrastive_negatives``, tk14).
 * :func:`host_input` — what the host is fed for K: K (denoise) or K̂ (SR, the VDSR input
   convention).
 * :func:`distance` — the seed's eq. (1): ``d = ‖S′ − S‖₂ / (M·N)`` with S, S′ clamped to
@@ -204,6 +206,16 @@ def key_material(secret: str, size: int, channels: int, task: str, scale: int = 
     return host_input(k, task, scale), verification_target(k, kernel, task, scale)
 
 
+def negative_inputs(generator: torch.Generator, n: int, size: int, channels: int, task: str,
+                    scale: int = 2) -> torch.Tensor:
+    """``n`` host inputs of white U(0, 1) noise of the trigger's shape (the contrastive
+    embedding's negatives, tk14): ``n×C×T×T``, the SR host's upsample like K's."""
+    if n < 1 or size < 1 or channels not in (1, 3):
+        raise InputError(f"negative_inputs: need n, size >= 1 and 1 or 3 channels, got {n}, "
+                         f"{size}, {channels}")
+    return host_input(torch.rand((n, channels, size, size), generator=generator), task, scale)
+
+
 def distance(s_prime: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """d(S, S′) = ‖S′ − S‖₂ / (√C·M·N) per item, both clamped to [0, 1] first.
 
@@ -231,4 +243,4 @@ __all__ = ["BAND_AMPLITUDE", "BAND_RADIUS", "BAND_WIDTH", "DOMAIN", "KEY_FAMILIE
            "MIDBAND_ENVELOPE", "MIDBAND_RADIUS", "MIDBAND_SIZE", "SEED_GRADIENT",
            "apply_gradient", "band_frequency", "band_noise", "band_trigger", "distance",
            "fingerprint", "gradient_kernel", "host_input", "key_material", "keyed_generator",
-           "midband_kernel", "ncc", "trigger", "verification_target"]
+           "midband_kernel", "ncc", "negative_inputs", "trigger", "verification_target"]
