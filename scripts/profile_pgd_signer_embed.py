@@ -7,7 +7,8 @@ Usage (the model card's "Embed speed (ps6)" breakdown)::
 Times, on one thread, one held-out sample-test photo per size: loading the bundle, building
 the key's decoder (whitening views + ``keyed_decoder``), the payload, resizing to the working
 size, the JND map, and one PGD step of ``signing.sign_working`` split into sampling the EoT
-draw, the chain's forward (per attack), the decoder's forward, the backward through the
+draw, the chain's forward (per call of ``EoTChain.stages``: per attack, or "warp" for the
+fused crop + zoom + rotate), the decoder's forward, the backward through the
 decoder alone and through the chain, and the projection; then a whole ``embed`` (the default
 path, the key's decoder already cached) and the residual's upsampling. Per-step parts are the
 median over ``--steps`` replayed steps; they are measured outside ``embed``, so their sum times
@@ -54,7 +55,8 @@ def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -
     parts: dict[str, list[float]] = {}
     # as ``signing.sign_working``: stochastic EoT draws a subset per view, runs the sparse chain
     stochastic = 0 < c.eot_attacks_per_view < len(chain.attacks)
-    draw = {"per_view": c.eot_attacks_per_view} if stochastic else {}
+    draw = ({"per_view": c.eot_attacks_per_view,
+             **({"shared": True} if c.eot_shared_draw else {})} if stochastic else {})
     only_on = c.eot_only_on or stochastic
 
     def add(name: str, t0: float) -> float:
@@ -75,8 +77,7 @@ def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -
         t = add("sample EoT draw", t)
         links = []  # (name, leaf in, out) per attack
         y = reps
-        for i, a in enumerate(chain.attacks):
-            sub = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{i}.")}
+        for _, a, sub in chain.stages(params):  # fused_warp: crop, zoom, rotate as one
             leaf = y.detach().requires_grad_(True)
             rows = sub["on"].nonzero().flatten() if only_on else None
             if rows is None or len(rows) == len(leaf):
