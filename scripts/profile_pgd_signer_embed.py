@@ -40,9 +40,10 @@ def _ms(fn, repeats: int = 1) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -> dict:
-    """Median ms of each part of one PGD step (``signing.sign_working``'s loop body), each
-    attack's forward and backward timed on its own (the chain cut into leaves)."""
+def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int
+               ) -> tuple[dict, dict]:
+    """Median and mean ms of each part of one PGD step (``signing.sign_working``'s loop
+    body), each attack's forward and backward timed on its own (the chain cut into leaves)."""
     from neuralmark.components.attacks.base import select_rows
     from neuralmark.components.methods.pgd_signer import signing
 
@@ -108,7 +109,10 @@ def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -
             delta = signing.project(c, delta - 0.1 * signing.radius(c, c.psnr_target) * gg,
                                     xw, c.psnr_target)
         add("normalise + project", t)
-    return {k: statistics.median(v) for k, v in parts.items()}
+    # a sparse draw runs an attack in some steps only: its median is then 0, its mean is the
+    # per-step cost averaged over the steps; both are returned
+    return ({k: statistics.median(v) for k, v in parts.items()},
+            {k: statistics.fmean(v) for k, v in parts.items()})
 
 
 def profile_size(m, key, decoder, x: torch.Tensor, steps: int, repeats: int) -> dict:
@@ -119,10 +123,12 @@ def profile_size(m, key, decoder, x: torch.Tensor, steps: int, repeats: int) -> 
     row["payload encode"], bits = _ms(lambda: torch.from_numpy(m.codec.encode(key)).float())
     row["resize to working size"], xw = _ms(lambda: m._to_working(x), 3)
     row["jnd map"], _ = _ms(lambda: signing.jnd_map(xw), 3)
-    parts = step_parts(m, xw, bits.unsqueeze(0), decoder, steps)
+    parts, means = step_parts(m, xw, bits.unsqueeze(0), decoder, steps)
     row["per PGD step"] = parts
     row["per PGD step, total"] = sum(parts.values())
-    row["pgd_steps x per step"] = sum(parts.values()) * m.config.pgd_steps
+    row["per PGD step, mean over steps"] = means
+    row["per PGD step, mean total"] = sum(means.values())
+    row["pgd_steps x per step"] = sum(means.values()) * m.config.pgd_steps
     delta = torch.zeros_like(xw)
     row["upsample residual"], _ = _ms(lambda: F.interpolate(
         delta, size=x.shape[-2:], mode="bilinear", align_corners=False), 3)

@@ -13,7 +13,6 @@ from neuralmark.components.attacks.differentiable import (
     EoTConfig,
     gaussian_blur_rows,
 )
-from neuralmark.components.errors import InputError
 from neuralmark.components.methods import WatermarkKey, build
 from neuralmark.components.methods.pgd_signer import PGDSigner
 
@@ -132,10 +131,12 @@ def test_shared_draw_gives_every_view_the_same_attacks():
         chain.sample(4, per_view=0, shared=True)
 
 
-def test_the_options_ship_off_and_the_default_chain_is_the_per_attack_loop(photos):
+def test_defaults_and_the_default_chain_is_the_per_attack_loop(photos):
+    """The fused warp and the conv blur ship off; the shared draw is embed's default since
+    ps8 (it passed the acceptance rule, model card); the chain's apply is unchanged."""
     c = PGDSigner.Config()
     assert c.eot.fused_warp is False and c.eot.blur_impl == "kornia"
-    assert c.eot_shared_draw is False
+    assert c.eot_shared_draw is True and c.eot_attacks_per_view == 2
     chain = EoTChain(EoTConfig())
     assert chain.warp is None and [n for n, *_ in chain.stages(chain.sample(2))] == [
         a.name for a in chain.attacks]
@@ -145,9 +146,17 @@ def test_the_options_ship_off_and_the_default_chain_is_the_per_attack_loop(photo
         y = attack.apply(y, {k.split(".", 1)[1]: v for k, v in params.items()
                              if k.startswith(f"{i}.")})
     assert torch.equal(chain.apply(photos, params), y)
-    with pytest.raises(InputError, match="eot_shared_draw"):
-        build("pgd_signer", {**PGDSigner.smoke_config, "eot_shared_draw": True,
-                             "eot_attacks_per_view": 0})
+
+
+def test_shared_draw_changes_nothing_when_every_attack_is_kept(photos):
+    x, key = photos[:2, :, :64, :64].contiguous(), WatermarkKey("owner", 3)
+    over = {**PGDSigner.smoke_config, "pgd_steps": 3, "eot_samples": 3,
+            "eot_attacks_per_view": 0}
+    torch.manual_seed(0)
+    plain = build("pgd_signer", over).embed(x, key)
+    torch.manual_seed(0)
+    assert torch.equal(build("pgd_signer", {**over, "eot_shared_draw": True}).embed(x, key),
+                       plain)
 
 
 def test_signing_with_every_option_makes_a_mark(photos):

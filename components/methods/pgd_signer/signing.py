@@ -72,8 +72,9 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
             (``EoTChain.sample(per_view=…)``) and the chain runs only those (the sparse
             chain); 0 or ≥ the chain's length: every attack, as drawn. ``embed`` passes the
             config's ``eot_attacks_per_view``; EM's E-step keeps 0 (measured for embed only).
-        shared_draw: with ``per_view``, all views of a step keep the same attacks
-            (``EoTChain.sample(shared=True)``); ``embed`` passes ``eot_shared_draw``.
+        shared_draw: with ``per_view`` in 1…n−1, all views of a step keep the same attacks
+            (``EoTChain.sample(shared=True)``); with every attack kept it changes nothing.
+            ``embed`` passes ``eot_shared_draw``.
     Returns:
         B×3×S×S residual ``delta`` (``xw + delta`` in [0,1]).
     """
@@ -93,9 +94,6 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
     # stochastic EoT (a subset of the attacks per view) saves time only if the attacks no
     # view kept are skipped, so it runs the sparse chain; with every attack kept it is today's
     stochastic = 0 < per_view < len(chain.attacks)
-    if shared_draw and not stochastic:
-        raise ValueError(f"shared_draw needs 0 < per_view < {len(chain.attacks)}, "
-                         f"got per_view={per_view}")
     draw = {"per_view": per_view, **({"shared": True} if shared_draw else {})} \
         if stochastic else {}
     only_on = c.eot_only_on or stochastic
