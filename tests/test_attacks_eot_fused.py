@@ -125,8 +125,8 @@ def test_shared_draw_gives_every_view_the_same_attacks():
     kept = torch.stack([
         torch.stack([chain.sample(3, torch.Generator().manual_seed(s), per_view=2,
                                   shared=True)[f"{i}.on"][0] for i in range(n)])
-        for s in range(400)])
-    assert float((kept.mean(0) - 2 / n).abs().max()) < 0.07
+        for s in range(200)])
+    assert float((kept.mean(0) - 2 / n).abs().max()) < 0.1   # 3.3 standard errors
     with pytest.raises(ValueError, match="shared"):
         chain.sample(4, per_view=0, shared=True)
 
