@@ -7,7 +7,8 @@ Usage (the model card's "Embed speed (ps6)" breakdown)::
 Times, on one thread, one held-out sample-test photo per size: loading the bundle, building
 the key's decoder (whitening views + ``keyed_decoder``), the payload, resizing to the working
 size, the JND map, and one PGD step of ``signing.sign_working`` split into sampling the EoT
-draw, the chain's forward (per attack), the decoder's forward, the backward through the
+draw, the chain's forward (per call of ``EoTChain.stages``: per attack, or "warp" for the
+fused crop + zoom + rotate), the decoder's forward, the backward through the
 decoder alone and through the chain, and the projection; then a whole ``embed`` (the default
 path, the key's decoder already cached) and the residual's upsampling. Per-step parts are the
 median over ``--steps`` replayed steps; they are measured outside ``embed``, so their sum times
@@ -39,9 +40,10 @@ def _ms(fn, repeats: int = 1) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -> dict:
-    """Median ms of each part of one PGD step (``signing.sign_working``'s loop body), each
-    attack's forward and backward timed on its own (the chain cut into leaves)."""
+def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int
+               ) -> tuple[dict, dict]:
+    """Median and mean ms of each part of one PGD step (``signing.sign_working``'s loop
+    body), each attack's forward and backward timed on its own (the chain cut into leaves)."""
     from neuralmark.components.attacks.base import select_rows
     from neuralmark.components.methods.pgd_signer import signing
 
@@ -54,7 +56,8 @@ def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -
     parts: dict[str, list[float]] = {}
     # as ``signing.sign_working``: stochastic EoT draws a subset per view, runs the sparse chain
     stochastic = 0 < c.eot_attacks_per_view < len(chain.attacks)
-    draw = {"per_view": c.eot_attacks_per_view} if stochastic else {}
+    draw = ({"per_view": c.eot_attacks_per_view,
+             **({"shared": True} if c.eot_shared_draw else {})} if stochastic else {})
     only_on = c.eot_only_on or stochastic
 
     def add(name: str, t0: float) -> float:
@@ -75,8 +78,7 @@ def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -
         t = add("sample EoT draw", t)
         links = []  # (name, leaf in, out) per attack
         y = reps
-        for i, a in enumerate(chain.attacks):
-            sub = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{i}.")}
+        for _, a, sub in chain.stages(params):  # fused_warp: crop, zoom, rotate as one
             leaf = y.detach().requires_grad_(True)
             rows = sub["on"].nonzero().flatten() if only_on else None
             if rows is None or len(rows) == len(leaf):
@@ -107,7 +109,10 @@ def step_parts(m, xw: torch.Tensor, target: torch.Tensor, decoder, steps: int) -
             delta = signing.project(c, delta - 0.1 * signing.radius(c, c.psnr_target) * gg,
                                     xw, c.psnr_target)
         add("normalise + project", t)
-    return {k: statistics.median(v) for k, v in parts.items()}
+    # a sparse draw runs an attack in some steps only: its median is then 0, its mean is the
+    # per-step cost averaged over the steps; both are returned
+    return ({k: statistics.median(v) for k, v in parts.items()},
+            {k: statistics.fmean(v) for k, v in parts.items()})
 
 
 def profile_size(m, key, decoder, x: torch.Tensor, steps: int, repeats: int) -> dict:
@@ -118,10 +123,12 @@ def profile_size(m, key, decoder, x: torch.Tensor, steps: int, repeats: int) -> 
     row["payload encode"], bits = _ms(lambda: torch.from_numpy(m.codec.encode(key)).float())
     row["resize to working size"], xw = _ms(lambda: m._to_working(x), 3)
     row["jnd map"], _ = _ms(lambda: signing.jnd_map(xw), 3)
-    parts = step_parts(m, xw, bits.unsqueeze(0), decoder, steps)
+    parts, means = step_parts(m, xw, bits.unsqueeze(0), decoder, steps)
     row["per PGD step"] = parts
     row["per PGD step, total"] = sum(parts.values())
-    row["pgd_steps x per step"] = sum(parts.values()) * m.config.pgd_steps
+    row["per PGD step, mean over steps"] = means
+    row["per PGD step, mean total"] = sum(means.values())
+    row["pgd_steps x per step"] = sum(means.values()) * m.config.pgd_steps
     delta = torch.zeros_like(xw)
     row["upsample residual"], _ = _ms(lambda: F.interpolate(
         delta, size=x.shape[-2:], mode="bilinear", align_corners=False), 3)

@@ -46,6 +46,7 @@ from neuralmark.components.data.manifest import load_split  # noqa: E402
 from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset  # noqa: E402
 from neuralmark.components.evaluation import embed_all  # noqa: E402
 from neuralmark.components.methods import build  # noqa: E402
+from neuralmark.components.methods.registry import is_bundle, load_bundle  # noqa: E402
 from neuralmark.components.robustness import robustness_report  # noqa: E402
 from neuralmark.runtime.settings import resolve  # noqa: E402
 
@@ -107,6 +108,25 @@ Figures as measured by this command, not tuned.
 """
 
 
+def _evaluate_bundle(bundle: Path, settings, manifest, out: Path) -> dict[str, Any]:  # noqa: ANN001
+    """The recipe's evaluation (same split, suite, key and FPR keys) of an existing bundle."""
+    if not is_bundle(bundle):
+        raise SystemExit(f"--bundle {bundle}: not a bundle (config.json + weights.safetensors)")
+    method = load_bundle(bundle, device="cpu")
+    ev = settings.evaluation
+    clean = load_split(manifest, ev.split, size=method.config.working_size, limit=ev.limit)
+    start = time.time()
+    marked = embed_all(method, clean, ev.key(), batch_size=ev.batch_size)
+    embed_s = time.time() - start
+    report = robustness_report(method, clean, marked, ev)
+    metrics = {"profile": settings.profile, "bundle": str(bundle), "device": "cpu",
+               "test_images": int(len(clean)), "embed_seconds": embed_s,
+               "evaluation": {k: float(v) for k, v in report.summary.items()}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"evaluated {bundle} on {len(clean)} images; metrics in {out / 'metrics.json'}")
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="full",
@@ -120,7 +140,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--eval", action="append", default=[], metavar="FIELD=VALUE",
                     help="evaluation settings override (repeatable), e.g. limit=4")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--bundle", type=Path, default=None,
+                    help="evaluate this bundle (e.g. components/pretrained/pgd_signer) with "
+                         "its own config and today's signing defaults instead of training "
+                         "one: only metrics.json is written")
     args = ap.parse_args(argv)
+    if args.bundle is not None and args.set:
+        raise SystemExit("--bundle evaluates a bundle as it is: --set does not apply")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
     torch.set_num_threads(args.threads)
@@ -131,9 +157,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data_root = data_root if data_root.is_absolute() else ROOT / data_root
     manifest = build_sample_dataset(data_root, SampleDataConfig(
         **{f: getattr(settings.data, f) for f in SampleDataConfig.model_fields}))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.bundle is not None:
+        return _evaluate_bundle(args.bundle, settings, manifest, args.out)
     cfg = settings.config
     data = training_data(manifest, size=cfg.working_size)
-    args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "train_log.jsonl"
     log.write_text("")
 

@@ -88,3 +88,24 @@ def test_cuda_is_refused_by_name_where_there_is_none(tmp_path) -> None:
         pytest.skip("a CUDA device is visible here")
     with pytest.raises(SystemExit, match="no CUDA device"):
         _script().main(["--profile", "full", "--device", "cuda", "--out", str(tmp_path)])
+
+
+def test_bundle_mode_evaluates_a_bundle_as_the_recipe_does_without_training(trained,
+                                                                           tmp_path) -> None:
+    """``--bundle``: the recipe's evaluation of an existing bundle (how the shipped card's
+    "Evaluation of this bundle" is re-measured); the same bundle and settings give the
+    recipe's own evaluation figures, and nothing is trained or written beside metrics.json."""
+    out, metrics = trained
+    again = _script().main(["--profile", str(_micro_profile(tmp_path)), "--device", "cpu",
+                            "--threads", "1", "--out", str(tmp_path / "eval"),
+                            "--bundle", str(out / "bundle")])
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["metrics.json"]
+    assert again["test_images"] == metrics["test_images"] == 2
+    assert again["evaluation"]["psnr"] == pytest.approx(metrics["evaluation"]["psnr"], abs=1e-4)
+    assert again["evaluation"]["fpr_trials"] == metrics["evaluation"]["fpr_trials"]
+    with pytest.raises(SystemExit, match="not a bundle"):
+        _script().main(["--profile", str(_micro_profile(tmp_path)), "--out",
+                        str(tmp_path / "x"), "--bundle", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--set"):
+        _script().main(["--profile", "full", "--out", str(tmp_path / "x"),
+                        "--bundle", str(out / "bundle"), "--set", "width=8"])

@@ -57,6 +57,12 @@ class PGDSignerConfig(MethodConfig):
     #: drawn as the chain draws it (the signing before session ps7). 2 since ps7: it passed
     #: that session's acceptance rule on the shipped bundle (model card)
     eot_attacks_per_view: int = Field(2, ge=0)
+    #: with ``eot_attacks_per_view`` in 1…7: every view of a PGD step keeps the same attacks
+    #: (``EoTChain.sample(shared=True)``: one composition per step, per-view parameters), so
+    #: a step makes ``eot_attacks_per_view`` attack calls instead of up to 8 (session ps8);
+    #: no effect when every attack is kept (``eot_attacks_per_view`` 0 or ≥ 8). True since
+    #: ps8: it passed that session's acceptance rule, the fastest that did (model card)
+    eot_shared_draw: bool = True
     #: ``embed`` stops signing an image after this many consecutive PGD steps in which all
     #: its views (clean + EoT) clear ``margin`` on every bit (0: always ``pgd_steps``)
     early_stop: int = Field(0, ge=0)

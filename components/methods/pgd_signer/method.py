@@ -118,10 +118,11 @@ class PGDSigner(WatermarkMethod):
                      psnr: float | None = None, chain: EoTChain | None = None,
                      sharded: bool = False,
                      decoder: torch.nn.Module | None = None,
-                     early_stop: int = 0, per_view: int = 0) -> torch.Tensor:
+                     early_stop: int = 0, per_view: int = 0,
+                     shared_draw: bool = False) -> torch.Tensor:
         """PGD under EoT at the working size → B×3×S×S residual (:func:`.signing.sign_working`)."""
         return signing.sign_working(self, xw, target, steps, generator, psnr, chain, sharded,
-                                    decoder, early_stop, per_view)
+                                    decoder, early_stop, per_view, shared_draw)
 
     # -- content interface ---------------------------------------------------
     def embed(self, images: torch.Tensor, key: WatermarkKey,
@@ -136,7 +137,8 @@ class PGDSigner(WatermarkMethod):
         target = bits.unsqueeze(0).expand(x.shape[0], -1)
         delta = self.sign_working(xw, target, self.config.pgd_steps, generator,
                                   decoder=self.decoder_for(key), early_stop=self.config.early_stop,
-                                  per_view=self.config.eot_attacks_per_view)
+                                  per_view=self.config.eot_attacks_per_view,
+                                  shared_draw=self.config.eot_shared_draw)
         if tuple(x.shape[-2:]) != tuple(xw.shape[-2:]):
             delta = F.interpolate(delta, size=x.shape[-2:], mode="bilinear",
                                   align_corners=False)

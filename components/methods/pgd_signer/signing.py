@@ -49,7 +49,8 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
                  psnr: float | None = None, chain: EoTChain | None = None,
                  sharded: bool = False,
                  decoder: torch.nn.Module | None = None,
-                 early_stop: int = 0, per_view: int = 0) -> torch.Tensor:
+                 early_stop: int = 0, per_view: int = 0,
+                 shared_draw: bool = False) -> torch.Tensor:
     """PGD under EoT at the working size (``method``: the ``PGDSigner``, typed ``Any``
     because its module imports this one).
 
@@ -71,6 +72,9 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
             (``EoTChain.sample(per_view=…)``) and the chain runs only those (the sparse
             chain); 0 or ≥ the chain's length: every attack, as drawn. ``embed`` passes the
             config's ``eot_attacks_per_view``; EM's E-step keeps 0 (measured for embed only).
+        shared_draw: with ``per_view`` in 1…n−1, all views of a step keep the same attacks
+            (``EoTChain.sample(shared=True)``); with every attack kept it changes nothing.
+            ``embed`` passes ``eot_shared_draw``.
     Returns:
         B×3×S×S residual ``delta`` (``xw + delta`` in [0,1]).
     """
@@ -90,7 +94,8 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
     # stochastic EoT (a subset of the attacks per view) saves time only if the attacks no
     # view kept are skipped, so it runs the sparse chain; with every attack kept it is today's
     stochastic = 0 < per_view < len(chain.attacks)
-    draw = {"per_view": per_view} if stochastic else {}
+    draw = {"per_view": per_view, **({"shared": True} if shared_draw else {})} \
+        if stochastic else {}
     only_on = c.eot_only_on or stochastic
     # with early stopping, only the images still signing (``active``) take a step
     active = torch.arange(xw.shape[0], device=xw.device)
