@@ -17,6 +17,7 @@ import mlflow
 
 from neuralmark.components.benchmark.report import headline, model_table
 from neuralmark.components.benchmark.runner import BenchmarkResult
+from neuralmark.integrations.tracking import record_environment
 
 EXPERIMENT = "neuralmark-benchmark"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
@@ -74,5 +75,6 @@ def record_benchmark(result: BenchmarkResult, paths: Mapping[str, Path], trackin
     else:
         experiment_id = experiment.experiment_id
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        record_environment()
         log_benchmark(result, paths)
         return run.info.run_id

@@ -19,7 +19,11 @@ from typing import Any
 
 import mlflow
 
+from neuralmark.components.environment import environment
 from neuralmark.components.report import Report
+
+#: Prefix of the tags :func:`record_environment` sets (``env.torch``, ``env.cpu_capability``…).
+ENV_TAG_PREFIX = "env."
 
 _EXTRA_CALLBACKS: list[Any] = []
 
@@ -141,6 +145,19 @@ def log_config(config: Mapping[str, Any], prefix: str = "") -> None:
     walk(config, prefix)
     if flat:
         mlflow.log_params(flat)
+
+
+def record_environment() -> None:
+    """Tag the active MLflow run with the float path of this process, ``env.<key>`` for each
+    key of :func:`neuralmark.components.environment.environment`.
+
+    Every pipeline runs it as its steps' ``on_start`` hook (ZenML's MLflow tracker has opened
+    the step's run by then); a step without the tracker has no active run, and none is
+    started for it.
+    """
+    if mlflow.active_run() is None:
+        return
+    mlflow.set_tags({f"{ENV_TAG_PREFIX}{k}": v for k, v in environment().items()})
 
 
 def _finite(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:

@@ -22,6 +22,7 @@ from zenml import pipeline
 
 from neuralmark.components.benchmark import BenchmarkSettings
 from neuralmark.components.errors import InputError, describe_validation_error
+from neuralmark.integrations.tracking import record_environment
 from neuralmark.runtime.settings import CODE_ROOT
 from neuralmark.steps.benchmark import benchmark_entrants, benchmark_photos
 
@@ -30,7 +31,7 @@ DEFAULT_CONFIG = CODE_ROOT / "configs" / "benchmark.yaml"
 SECTIONS = ("settings", "images", "data_root")
 
 
-@pipeline(name=PIPELINE_NAME, enable_cache=False)
+@pipeline(name=PIPELINE_NAME, on_start=record_environment, enable_cache=False)
 def benchmark_pipeline(settings: dict[str, Any] | None = None, images: str | None = None,
                        data_root: str = "data/sample") -> None:
     """Photos, then the benchmark (reports logged to MLflow)."""

@@ -30,6 +30,7 @@ from zenml.enums import ExecutionMode
 from neuralmark.components.data.datasets import PrepareConfig, get_recipe
 from neuralmark.components.data.prepare import effective_config, source_fingerprint
 from neuralmark.components.methods.base import InputError
+from neuralmark.integrations.tracking import record_environment
 from neuralmark.runtime.settings import CODE_ROOT
 from neuralmark.steps.data_preparation import prepare, validate, version
 
@@ -55,7 +56,8 @@ def _out_dir(out: str) -> str:
     return str(path if path.is_absolute() else (Client().root or Path.cwd()).resolve() / path)
 
 
-@pipeline(name=PIPELINE_NAME, enable_cache=True, execution_mode=ExecutionMode.FAIL_FAST)
+@pipeline(name=PIPELINE_NAME, enable_cache=True, execution_mode=ExecutionMode.FAIL_FAST,
+          on_start=record_environment)
 def data_preparation_pipeline(dataset: str, source: str, out: str = "data",
                               config: dict[str, Any] | None = None) -> None:
     """Prepare, validate and version one dataset.

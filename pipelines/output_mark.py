@@ -67,6 +67,7 @@ from neuralmark.components.methods.output_mark.logo import load_logo
 from neuralmark.components.methods.output_mark.matrix import ABLATIONS
 from neuralmark.components.methods.output_mark.seeds import attacker_settings
 from neuralmark.components.methods.registry import make_config as build_config
+from neuralmark.integrations.tracking import record_environment
 from neuralmark.runtime.settings import CODE_ROOT, CONFIGS_DIR, deep_merge, model_name, resolve
 
 PIPELINE_NAME = "output_mark_pipeline"
@@ -234,7 +235,8 @@ def resolve_output_mark(task: str, profile: str, config: Mapping[str, Any] | Non
     return settings
 
 
-@pipeline(name=PIPELINE_NAME, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
+@pipeline(name=PIPELINE_NAME, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST,
+          on_start=record_environment)
 def output_mark_pipeline(task: str = "derain", profile: str = "tiny",
                          config: dict[str, Any] | None = None,
                          data: dict[str, Any] | None = None,

@@ -30,6 +30,7 @@ from zenml.enums import ExecutionMode
 from neuralmark.components.files import atomic_write_text
 from neuralmark.components.methods.base import InputError
 from neuralmark.components.methods.registry import method_class
+from neuralmark.integrations.tracking import record_environment
 from neuralmark.pipelines.evaluation import headline
 from neuralmark.pipelines.harness import (
     build_run_config,
@@ -54,7 +55,8 @@ def _check_trainable(method: str) -> None:
                          f"its own data and stages); use {own}")
 
 
-@pipeline(name=PIPELINE_NAME, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
+@pipeline(name=PIPELINE_NAME, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST,
+          on_start=record_environment)
 def training_pipeline(method: str = "pgd_signer", profile: str = "tiny",
                       config: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
                       evaluation: dict[str, Any] | None = None,

@@ -57,6 +57,7 @@ from neuralmark.components.methods.trigger_key.analysis import (
 )
 from neuralmark.components.methods.trigger_key.study import BASELINES, check_policy_labels
 from neuralmark.components.nets.restoration import HOST_DEFAULTS
+from neuralmark.integrations.tracking import record_environment
 from neuralmark.pipelines.output_mark import components_digest
 from neuralmark.runtime.settings import (
     CODE_ROOT,
@@ -200,7 +201,8 @@ def resolve_trigger_key(profile: str, config: Mapping[str, Any] | None = None,
     return settings, s, host_model_name(c.arch, c.task, c.scale)
 
 
-@pipeline(name=PIPELINE_NAME, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
+@pipeline(name=PIPELINE_NAME, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST,
+          on_start=record_environment)
 def trigger_key_pipeline(profile: str = "tiny", config: dict[str, Any] | None = None,
                          data: dict[str, Any] | None = None,
                          evaluation: dict[str, Any] | None = None,

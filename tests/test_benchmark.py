@@ -286,6 +286,7 @@ def test_mlflow_run_holds_metrics_and_reports(result, tmp_path):
         heads[AF_FAST]["whitebox_removal"])
     assert run.data.metrics["trigger_key.none.model_detected"] == 1.0
     assert run.data.params["quick"] == "True"
+    assert run.data.tags["env.torch"] == torch.__version__  # the float path (record_environment)
     assert arts == {"benchmark/benchmark.csv", "benchmark/benchmark.md",
                     "benchmark/benchmark.html", "benchmark/benchmark.json"}
 

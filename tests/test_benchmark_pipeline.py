@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from neuralmark.components.errors import InputError
@@ -48,6 +49,9 @@ def test_pipeline_writes_the_table_and_logs_it(run):
     assert "benchmark/benchmark.html" in listed
     assert {"benchmark/benchmark.json", "benchmark/benchmark.csv"} <= listed
     assert any(r["family"] == "model" and r["label"] == "prune_0.5" for r in out["rows"])
+    # the pipeline's on_start hook tagged the step's run with the float path (env.*)
+    assert mlrun.data.tags["env.torch"] == torch.__version__
+    assert mlrun.data.tags["env.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_a_typo_in_the_settings_fails_before_running(tmp_path):
