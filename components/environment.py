@@ -3,9 +3,9 @@
 torch is bitwise deterministic run to run on one machine (same kernel path, same thread
 count, :mod:`neuralmark.components.reproducibility`), but not across machines: the CPU
 kernel path torch picks at start (AVX2, AVX-512, ``default``; pinnable with
-``ATEN_CPU_CAPABILITY``), the CPU, the torch build and the thread count all change the
-rounding, and through hundreds of training steps the figures. :func:`environment` names them,
-so a run can record them beside its figures.
+``ATEN_CPU_CAPABILITY``; oneDNN's kernels with ``ONEDNN_MAX_CPU_ISA``), the CPU, the torch
+build and the thread count all change the rounding, and through hundreds of training steps
+the figures. :func:`environment` names them, so a run can record them beside its figures.
 
 Example::
 
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 #: Environment variables that change a float path when set; recorded only when set.
-FLOAT_PATH_VARIABLES = ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
+FLOAT_PATH_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS",
+                        "CUBLAS_WORKSPACE_CONFIG")
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
