@@ -12,11 +12,22 @@ mean ± SE, and the discordant counts). Writes ``--out`` (JSON) after every cell
 cut short leaves what it measured (``complete: false``); the card's architecture section
 (``card.architecture_section``) reads it.
 
+Spread over F′ runs (opt-in): ``--f-seed S`` (repeatable) trains every cell once per F′ seed
+(``train_f_prime``'s ``f_seed``: F′'s initial weights, dropout draws and batch order move;
+the data, the stampers' draws and so the marked images do not); one row per network × F′
+seed, each with its ``f_seed``. ``--markings clean,deepstamp,static`` trains only those
+columns (the images are marked as in the full table). Seed 0 is the default table. The
+numbers reproduce bit for bit on one machine, not across CPUs: a different kernel path
+(``ATEN_CPU_CAPABILITY``, another CPU) moves the weights from the first steps on.
+
 Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/visible_gan_architecture_table.py \\
         --arch alexnet=0.25 --arch vgg16=0.25 --arch resnet50=0.0625 \\
         --out components/pretrained/visible_gan/architecture_table.json
+    # the same networks over F′ seeds 1 and 2, three columns
+    OMP_NUM_THREADS=1 python scripts/visible_gan_architecture_table.py --arch alexnet=0.25 \\
+        --f-seed 1 --f-seed 2 --markings clean,deepstamp,static --out seeds.json
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -75,12 +87,33 @@ def paired_drop(clean: torch.Tensor, marked: torch.Tensor) -> dict:
             "marked_only": int((marked & ~clean).sum())}
 
 
+def check_plan(f_seeds: Sequence[int], markings: Sequence[str]) -> None:
+    """Refuse F′ seeds that are not distinct integers ≥ 0, and markings that do not start
+    with ``clean`` or name a column twice or one not in ``MARKINGS`` (``ValueError``)."""
+    if not f_seeds or any(s < 0 for s in f_seeds) or len(set(f_seeds)) != len(f_seeds):
+        raise ValueError(f"F′ seeds {list(f_seeds)}: expected distinct integers >= 0")
+    unknown = [k for k in markings if k not in MARKINGS]
+    if unknown:
+        raise ValueError(f"markings {', '.join(unknown)}: not a column (the columns: "
+                         f"{', '.join(MARKINGS)})")
+    if not markings or markings[0] != "clean" or len(set(markings)) != len(markings):
+        raise ValueError(f"markings {','.join(markings)}: expected clean first (the drops pair "
+                         "with it), then each other column at most once")
+
+
 def measure(bundle: Path, archs: list[tuple[str, float]], out: Path, command: str,
-            data_root: Path | None = None, steps: int | None = None) -> dict:
+            data_root: Path | None = None, steps: int | None = None,
+            f_seeds: Sequence[int] = (0,), markings: Sequence[str] = MARKINGS) -> dict:
     """Run the table and write ``out`` after every cell; the finished table.
 
     ``steps``: F′ steps instead of the bundle's ``utility_steps`` (tests shrink it).
+    ``f_seeds``: F′ seeds (``train_f_prime``'s ``f_seed``: F′'s initial weights, dropout and
+    batch order; the data, the stampers' draws and so the marked images stay fixed); one
+    row per network × F′ seed, network by network (all of a network's seeds before the
+    next network, so a run cut short leaves whole networks). ``markings``: the columns
+    trained, ``clean`` first (the drops pair with it).
     """
+    check_plan(f_seeds, markings)
     method = load_bundle(bundle)
     if steps is not None:
         method.config = method.config.model_copy(update={"utility_steps": steps})
@@ -96,6 +129,8 @@ def measure(bundle: Path, archs: list[tuple[str, float]], out: Path, command: st
     device = torch.device("cpu")
     method.to(device)
     stampers = method.stampers()
+    # every stamper draws as in the full table (all of MARKINGS, in order), whatever
+    # ``markings`` trains: a narrowed run marks the images exactly as the full one did
     g = torch.Generator().manual_seed(c.seed)
     marked = {"clean": x_tr}
     marked.update({name: stamp_all(stampers[name], x_tr, g) for name in MARKINGS[1:]})
@@ -103,28 +138,30 @@ def measure(bundle: Path, archs: list[tuple[str, float]], out: Path, command: st
              "train_images": int(x_tr.shape[0]), "test_images": int(x_te.shape[0]),
              "utility_steps": c.utility_steps, "batch_size": c.batch_size,
              "classifier_lr": c.classifier_lr, "blend": c.blend, "threads":
-             torch.get_num_threads(), "seed_reports": SEED_TABLE, "rows": [],
-             "complete": False, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",
-                                                         time.gmtime())}
+             torch.get_num_threads(), "f_seeds": list(f_seeds), "markings": list(markings),
+             "seed_reports": SEED_TABLE, "rows": [], "complete": False,
+             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     start = time.time()
     for arch, mult in archs:
-        row = {"network": arch, "width_multiplier": mult, "cells": {}, "drops": {}}
-        table["rows"].append(row)
-        hits_clean = None
-        for name in MARKINGS:
-            t0 = time.time()
-            net = train_f_prime(method, arch, marked[name], y_tr, device, mult)
-            row["parameters"] = sum(p.numel() for p in net.parameters())
-            hits = correct(net, x_te, y_te, device)
-            row["cells"][name] = {**cell(hits), "seconds": round(time.time() - t0, 1),
-                                  "load_1min": round(os.getloadavg()[0], 2)}
-            if name == "clean":
-                hits_clean = hits
-            else:
-                row["drops"][name] = paired_drop(hits_clean, hits)
-            table["wall_seconds"] = round(time.time() - start, 1)
-            _write(out, table)
-            print(arch, name, row["cells"][name], flush=True)
+        for f_seed in f_seeds:
+            row = {"network": arch, "width_multiplier": mult, "f_seed": f_seed, "cells": {},
+                   "drops": {}}
+            table["rows"].append(row)
+            hits_clean = None
+            for name in markings:
+                t0 = time.time()
+                net = train_f_prime(method, arch, marked[name], y_tr, device, mult, f_seed)
+                row["parameters"] = sum(p.numel() for p in net.parameters())
+                hits = correct(net, x_te, y_te, device)
+                row["cells"][name] = {**cell(hits), "seconds": round(time.time() - t0, 1),
+                                      "load_1min": round(os.getloadavg()[0], 2)}
+                if name == "clean":
+                    hits_clean = hits
+                else:
+                    row["drops"][name] = paired_drop(hits_clean, hits)
+                table["wall_seconds"] = round(time.time() - start, 1)
+                _write(out, table)
+                print(arch, f"f_seed={f_seed}", name, row["cells"][name], flush=True)
     table["complete"] = True
     table["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     _write(out, table)
@@ -146,6 +183,11 @@ def main() -> None:
                     help="folder of the procedural classes (default: the bundle's data root)")
     ap.add_argument("--steps", type=int, default=None,
                     help="F′ steps (default: the bundle's utility_steps; tests shrink it)")
+    ap.add_argument("--f-seed", type=int, action="append", default=None, dest="f_seeds",
+                    metavar="S", help="an F′ seed (repeatable; default 0, the shipped table): "
+                    "moves F′'s initial weights, dropout and batch order, not the data or marks")
+    ap.add_argument("--markings", default=",".join(MARKINGS),
+                    help=f"comma-separated columns, clean first (default {','.join(MARKINGS)})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -154,7 +196,14 @@ def main() -> None:
         raise SystemExit(f"{args.bundle}: no metrics.json (the table reads the bundle's data "
                          "settings from it)")
     command = " ".join(["python", "scripts/visible_gan_architecture_table.py", *sys.argv[1:]])
-    measure(args.bundle, args.arch, args.out, command, args.data_root, args.steps)
+    f_seeds = args.f_seeds or [0]
+    markings = [k.strip() for k in args.markings.split(",")]
+    try:
+        check_plan(f_seeds, markings)
+    except ValueError as e:
+        ap.error(str(e))
+    measure(args.bundle, args.arch, args.out, command, args.data_root, args.steps, f_seeds,
+            markings)
     print(f"wrote {args.out}")
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuralmark.components.methods.registry import shipped_bundle
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods.registry import build, method_class, shipped_bundle
+from neuralmark.components.methods.visible_gan.classifier import train_classifier
+from neuralmark.components.methods.visible_gan.evaluation import train_f_prime
 from neuralmark.components.methods.visible_gan.nets import build_classifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -99,3 +102,67 @@ def test_paired_drop_and_cell_read_per_image_hits():
         script.parse_arch("resnet_small=0.5")
     with pytest.raises(Exception, match="multiplier must be in"):
         script.parse_arch("vgg16=2")
+
+
+def test_f_seed_zero_is_the_recipe_before_f_seeds_and_other_seeds_move_f_prime_only():
+    """``f_seed`` 0 builds and trains F′ exactly as the shipped table did (the seeds
+    ``config.seed`` + 17 / + 19); another F′ seed starts from other weights and ends elsewhere,
+    and one F′ seed is the same network twice."""
+    smoke = method_class("visible_gan").smoke_config
+    method = build("visible_gan", {**smoke, "utility_steps": 3, "batch_size": 4})
+    c = method.config
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(12, 3, 16, 16, generator=g)
+    y = torch.randint(0, method.num_classes, (12,), generator=g)
+    torch.manual_seed(c.seed + 17)
+    before = build_classifier("alexnet", method.num_classes, c.classifier_width, 0.25)
+    train_classifier(before, x, y, c.utility_steps, c.batch_size, c.classifier_lr,
+                     torch.Generator().manual_seed(c.seed + 19), torch.device("cpu"),
+                     flips=c.task == "labels")
+
+    def weights(net: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    cpu = torch.device("cpu")
+    seed0 = weights(train_f_prime(method, "alexnet", x, y, cpu, 0.25))
+    assert torch.equal(seed0, weights(before))
+    seed1 = weights(train_f_prime(method, "alexnet", x, y, cpu, 0.25, f_seed=1))
+    assert not torch.allclose(seed1, seed0)
+    assert torch.equal(seed1, weights(train_f_prime(method, "alexnet", x, y, cpu, 0.25, f_seed=1)))
+    with pytest.raises(InputError, match="f_seed -1"):
+        train_f_prime(method, "alexnet", x, y, cpu, 0.25, f_seed=-1)
+
+
+def test_the_table_over_f_seeds_keeps_seed_zero_and_the_marked_images(tmp_path):
+    """Two F′ seeds × two columns at micro size: one row per F′ seed; the seed-0 row repeats
+    the default run's cells (a narrowed run marks the images as the full one); bad plans are
+    refused (``check_plan``, which ``main`` calls before anything trains)."""
+    script = _script()
+    bundle = tmp_path / "bundle"
+    shutil.copytree(shipped_bundle("visible_gan"), bundle)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    metrics["data"].update(images_per_class=6, root=str(tmp_path / "classes"))
+    (bundle / "metrics.json").write_text(json.dumps(metrics))
+    archs = [("alexnet", 0.25)]
+    full = script.measure(bundle, archs, tmp_path / "full.json", "python … (test)", steps=6)
+    seeds = script.measure(bundle, archs, tmp_path / "seeds.json", "python … (test)", steps=6,
+                           f_seeds=(0, 1), markings=("clean", "displacement"))
+    assert json.loads((tmp_path / "seeds.json").read_text()) == seeds and seeds["complete"]
+    assert (seeds["f_seeds"], seeds["markings"]) == ([0, 1], ["clean", "displacement"])
+    assert [(r["network"], r["f_seed"]) for r in seeds["rows"]] == [("alexnet", 0), ("alexnet", 1)]
+    zero, one = seeds["rows"]
+    assert list(zero["cells"]) == ["clean", "displacement"] and list(zero["drops"]) == [
+        "displacement"]
+
+    def counts(row: dict) -> dict:
+        return {k: v["correct"] for k, v in row["cells"].items()}
+
+    assert counts(zero) == {k: counts(full["rows"][0])[k] for k in ("clean", "displacement")}
+    assert zero["drops"]["displacement"] == full["rows"][0]["drops"]["displacement"]
+    assert one["cells"]["clean"]["n"] == zero["cells"]["clean"]["n"]
+    for f_seeds, markings, match in (((0, 0), ("clean",), "distinct"),
+                                     ((-1,), ("clean",), "distinct integers"),
+                                     ((0,), ("static", "clean"), "clean first"),
+                                     ((0,), ("clean", "stamp"), "stamp: not a column")):
+        with pytest.raises(ValueError, match=match):
+            script.check_plan(f_seeds, markings)
