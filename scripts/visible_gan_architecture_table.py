@@ -16,18 +16,24 @@ Spread over F′ runs (opt-in): ``--f-seed S`` (repeatable) trains every cell on
 (``train_f_prime``'s ``f_seed``: F′'s initial weights, dropout draws and batch order move;
 the data, the stampers' draws and so the marked images do not); one row per network × F′
 seed, each with its ``f_seed``. ``--markings clean,deepstamp,static`` trains only those
-columns (the images are marked as in the full table). Seed 0 is the default table. The
-numbers reproduce bit for bit on one machine, not across CPUs: a different kernel path
-(``ATEN_CPU_CAPABILITY``, another CPU) moves the weights from the first steps on.
+columns (the images are marked as in the full table). Seed 0 is the default table.
+
+The cells reproduce bit for bit on one machine, not across machines: another CPU kernel path
+(another CPU, or ``ATEN_CPU_CAPABILITY``) moves F′'s weights from the first steps on and its
+accuracy by points after 400 (AlexNet ×0.25, clean, seed 0: 157 correct in the shipped
+table, 184 on the next machine with the same code, data and torch, 167 there with
+``ATEN_CPU_CAPABILITY=default``). So the table records its ``environment`` (torch, kernel
+path, CPU), and a spread over F′ seeds reruns seed 0 beside the others on one machine
+rather than pooling with an older table.
 
 Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/visible_gan_architecture_table.py \\
         --arch alexnet=0.25 --arch vgg16=0.25 --arch resnet50=0.0625 \\
         --out components/pretrained/visible_gan/architecture_table.json
-    # the same networks over F′ seeds 1 and 2, three columns
+    # over F′ seeds 0, 1 and 2 on one machine, three columns
     OMP_NUM_THREADS=1 python scripts/visible_gan_architecture_table.py --arch alexnet=0.25 \\
-        --f-seed 1 --f-seed 2 --markings clean,deepstamp,static --out seeds.json
+        --f-seed 0 --f-seed 1 --f-seed 2 --markings clean,deepstamp,static --out seeds.json
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -85,6 +92,20 @@ def paired_drop(clean: torch.Tensor, marked: torch.Tensor) -> dict:
     return {"drop": float(diff.mean()), "se": float(diff.std() / n ** 0.5) if n > 1 else 0.0,
             "clean_only": int((clean & ~marked).sum()),
             "marked_only": int((marked & ~clean).sum())}
+
+
+def environment() -> dict:
+    """What the numbers depend on besides the code and the data: torch's version, the CPU
+    kernel path it picked (``ATEN_CPU_CAPABILITY``) and the CPU model. Two tables reproduce
+    each other's cells only where these agree."""
+    model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": model, "python": platform.python_version()}
 
 
 def check_plan(f_seeds: Sequence[int], markings: Sequence[str]) -> None:
@@ -138,7 +159,8 @@ def measure(bundle: Path, archs: list[tuple[str, float]], out: Path, command: st
              "train_images": int(x_tr.shape[0]), "test_images": int(x_te.shape[0]),
              "utility_steps": c.utility_steps, "batch_size": c.batch_size,
              "classifier_lr": c.classifier_lr, "blend": c.blend, "threads":
-             torch.get_num_threads(), "f_seeds": list(f_seeds), "markings": list(markings),
+             torch.get_num_threads(), "environment": environment(), "f_seeds": list(f_seeds),
+             "markings": list(markings),
              "seed_reports": SEED_TABLE, "rows": [], "complete": False,
              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     start = time.time()

@@ -149,6 +149,9 @@ def test_the_table_over_f_seeds_keeps_seed_zero_and_the_marked_images(tmp_path):
                            f_seeds=(0, 1), markings=("clean", "displacement"))
     assert json.loads((tmp_path / "seeds.json").read_text()) == seeds and seeds["complete"]
     assert (seeds["f_seeds"], seeds["markings"]) == ([0, 1], ["clean", "displacement"])
+    env = seeds["environment"]
+    assert env["torch"] == torch.__version__ and env["cpu"]
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert [(r["network"], r["f_seed"]) for r in seeds["rows"]] == [("alexnet", 0), ("alexnet", 1)]
     zero, one = seeds["rows"]
     assert list(zero["cells"]) == ["clean", "displacement"] and list(zero["drops"]) == [
