@@ -16,7 +16,14 @@ Spread over F′ runs (opt-in): ``--f-seed S`` (repeatable) trains every cell on
 (``train_f_prime``'s ``f_seed``: F′'s initial weights, dropout draws and batch order move;
 the data, the stampers' draws and so the marked images do not); one row per network × F′
 seed, each with its ``f_seed``. ``--markings clean,deepstamp,static`` trains only those
-columns (the images are marked as in the full table). Seed 0 is the default table.
+columns (the images are marked as in the full table). Seed 0 is the default table. With
+two or more F′ seeds the JSON gets ``spread`` (``spread``: per network × quantity — clean
+accuracy, each stamper's drop, DeepStamp's drop − static's paired by F′ seed — the mean, SD
+and Student-t 95 % interval over the F′ seeds that trained every column of that network, by
+``output_mark.seeds.spread_summary``, with ``SPREAD_RULE``, the decision rule);
+``--summarize JSON`` (re)computes it for a table written without it or cut short. The
+card's section over F′ seeds (``card.architecture_seeds_section``) reads
+``architecture_seeds.json`` beside the bundle.
 
 The cells reproduce bit for bit on one machine, not across machines: another CPU kernel path
 (another CPU, or ``ATEN_CPU_CAPABILITY``) moves F′'s weights from the first steps on and its
@@ -34,6 +41,7 @@ Usage::
     # over F′ seeds 0, 1 and 2 on one machine, three columns
     OMP_NUM_THREADS=1 python scripts/visible_gan_architecture_table.py --arch alexnet=0.25 \\
         --f-seed 0 --f-seed 1 --f-seed 2 --markings clean,deepstamp,static --out seeds.json
+    python scripts/visible_gan_architecture_table.py --summarize seeds.json  # adds ``spread``
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import torch
 
 from neuralmark.components.data.labelled import training_data
 from neuralmark.components.methods import load_bundle
+from neuralmark.components.methods.output_mark.seeds import CONFIDENCE, spread_summary
 from neuralmark.components.methods.visible_gan.card import SEED_TABLE
 from neuralmark.components.methods.visible_gan.classifier import correct
 from neuralmark.components.methods.visible_gan.evaluation import stamp_all, train_f_prime
@@ -60,6 +69,16 @@ from neuralmark.runtime.settings import DataSettings
 ROOT = Path(__file__).resolve().parents[1]
 #: the table's columns, in the order they are trained (clean first: the drops pair with it)
 MARKINGS = ("clean", "deepstamp", "static", "opacity", "displacement")
+#: the label of DeepStamp's drop − static's, paired by F′ seed (the same clean F′)
+DIFFERENCE = "deepstamp-static"
+#: the decision rule over F′ seeds, stated (vg9 report, 20:16 UTC) before any seed-1/2 result
+SPREAD_RULE = ("a drop is distinguishable from 0 across F′ seeds iff its Student-t 95 % "
+               "interval over the seeds (mean ± t(0.975, n−1)·SD/√n) excludes 0; DeepStamp "
+               "costs less / more than static on a network iff the t-interval of DeepStamp's "
+               "drop − static's, paired by F′ seed (the same clean F′), lies wholly below / "
+               "above 0, otherwise no difference is established; nothing pooled over networks "
+               "decides; each drop's SD over seeds is set beside the seed's reported drops "
+               "(an SD above a reported drop: one F′ run cannot resolve that drop).")
 
 
 def parse_arch(text: str) -> tuple[str, float]:
@@ -122,6 +141,53 @@ def check_plan(f_seeds: Sequence[int], markings: Sequence[str]) -> None:
                          "with it), then each other column at most once")
 
 
+def spread(table: dict) -> dict:
+    """Mean, SD and Student-t interval over F′ seeds, per network × quantity.
+
+    A network's F′ seeds are the rows that trained every column of ``table["markings"]``
+    (a seed cut short is left out); a network with fewer than two is left out. Quantities
+    (``label``, ``metric``): (``clean``, ``accuracy``), (marking, ``drop``) for each other
+    column, and (``DIFFERENCE``, ``drop``): DeepStamp's drop − static's per F′ seed, where
+    both were trained. Returns ``rule`` (``SPREAD_RULE``), ``confidence`` and ``networks``:
+    ``network``, ``width_multiplier``, ``f_seeds`` and ``quantities`` (``spread_summary``'s
+    dicts: ``n_seeds``, ``mean``, ``std``, ``ci_low``, ``ci_high``, ``min``, ``max``,
+    ``values`` in F′-seed order), all as fractions (points = × 100).
+    """
+    networks: dict[tuple[str, float], list[dict]] = {}
+    for row in table["rows"]:
+        if all(k in row["cells"] for k in table["markings"]):
+            networks.setdefault((row["network"], row["width_multiplier"]), []).append(row)
+    out = []
+    for (network, mult), rows in networks.items():
+        if len(rows) < 2:
+            continue
+        tidy = []
+        for row in rows:
+            values = {("clean", "accuracy"): row["cells"]["clean"]["accuracy"]}
+            values.update({(k, "drop"): d["drop"] for k, d in row["drops"].items()})
+            if {"deepstamp", "static"} <= row["drops"].keys():
+                values[(DIFFERENCE, "drop")] = (row["drops"]["deepstamp"]["drop"]
+                                               - row["drops"]["static"]["drop"])
+            tidy += [{"seed": row["f_seed"], "stage": network, "label": label, "metric": metric,
+                      "value": v} for (label, metric), v in values.items()]
+        quantities = [{k: v for k, v in q.items() if k != "stage"} for q in spread_summary(tidy)]
+        out.append({"network": network, "width_multiplier": mult,
+                    "f_seeds": sorted(r["f_seed"] for r in rows), "quantities": quantities})
+    return {"rule": SPREAD_RULE, "confidence": CONFIDENCE, "networks": out}
+
+
+def summarize(path: Path) -> dict:
+    """Add (or renew) ``spread`` in the table at ``path``; the table."""
+    table = json.loads(path.read_text())
+    if any("f_seed" not in r for r in table["rows"]) or "markings" not in table:
+        raise ValueError(f"{path}: its rows carry no f_seed (a table from before --f-seed)")
+    table["spread"] = spread(table)
+    if not table["spread"]["networks"]:
+        raise ValueError(f"{path}: no network has two F′ seeds with every column trained")
+    _write(path, table)
+    return table
+
+
 def measure(bundle: Path, archs: list[tuple[str, float]], out: Path, command: str,
             data_root: Path | None = None, steps: int | None = None,
             f_seeds: Sequence[int] = (0,), markings: Sequence[str] = MARKINGS) -> dict:
@@ -182,6 +248,8 @@ def measure(bundle: Path, archs: list[tuple[str, float]], out: Path, command: st
                 else:
                     row["drops"][name] = paired_drop(hits_clean, hits)
                 table["wall_seconds"] = round(time.time() - start, 1)
+                if len(f_seeds) > 1:
+                    table["spread"] = spread(table)
                 _write(out, table)
                 print(arch, f"f_seed={f_seed}", name, row["cells"][name], flush=True)
     table["complete"] = True
@@ -199,8 +267,7 @@ def _write(out: Path, table: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / "components/pretrained/visible_gan")
-    ap.add_argument("--arch", type=parse_arch, action="append", required=True,
-                    metavar="NAME=MULTIPLIER")
+    ap.add_argument("--arch", type=parse_arch, action="append", metavar="NAME=MULTIPLIER")
     ap.add_argument("--data-root", type=Path, default=None,
                     help="folder of the procedural classes (default: the bundle's data root)")
     ap.add_argument("--steps", type=int, default=None,
@@ -211,8 +278,21 @@ def main() -> None:
     ap.add_argument("--markings", default=",".join(MARKINGS),
                     help=f"comma-separated columns, clean first (default {','.join(MARKINGS)})")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--summarize", type=Path, metavar="JSON",
+                    help="only add the spread over F′ seeds to this table (trains nothing)")
     args = ap.parse_args()
+    if args.summarize is not None:
+        if not args.summarize.is_file():
+            ap.error(f"--summarize {args.summarize}: no such file")
+        try:
+            table = summarize(args.summarize)
+        except ValueError as e:
+            ap.error(str(e))
+        print(json.dumps(table["spread"]["networks"], indent=1))
+        return
+    if not args.arch or args.out is None:
+        ap.error("--arch and --out are required (or --summarize JSON)")
     torch.set_num_threads(args.threads)
     if not (args.bundle / "metrics.json").is_file():
         raise SystemExit(f"{args.bundle}: no metrics.json (the table reads the bundle's data "

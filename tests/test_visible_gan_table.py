@@ -169,3 +169,49 @@ def test_the_table_over_f_seeds_keeps_seed_zero_and_the_marked_images(tmp_path):
                                      ((0,), ("clean", "stamp"), "stamp: not a column")):
         with pytest.raises(ValueError, match=match):
             script.check_plan(f_seeds, markings)
+
+
+def _seed_row(network: str, f_seed: int, correct: dict[str, int], n: int = 300) -> dict:
+    """A table row from counts: cells and drops as ``measure`` writes them (SEs unused)."""
+    cells = {k: {"correct": c, "n": n, "accuracy": c / n} for k, c in correct.items()}
+    drops = {k: {"drop": (correct["clean"] - c) / n, "se": 0.02} for k, c in correct.items()
+             if k != "clean"}
+    return {"network": network, "width_multiplier": 0.25, "f_seed": f_seed, "cells": cells,
+            "drops": drops}
+
+
+def test_spread_over_f_seeds_is_the_t_interval_per_network_and_the_paired_difference(tmp_path):
+    """Per network: mean, SD and t-interval (n − 1 dof) of each drop over the F′ seeds that
+    trained every column, and DeepStamp − static paired by seed; a seed cut short and a
+    network with one seed are left out; ``summarize`` writes it into the file."""
+    script = _script()
+    rows = [_seed_row("alexnet", 0, {"clean": 150, "deepstamp": 147, "static": 150}),
+            _seed_row("alexnet", 1, {"clean": 160, "deepstamp": 154, "static": 157}),
+            _seed_row("alexnet", 2, {"clean": 170, "deepstamp": 161, "static": 164}),
+            _seed_row("alexnet", 3, {"clean": 170, "deepstamp": 100}),  # cut: no static
+            _seed_row("vgg16", 0, {"clean": 200, "deepstamp": 190, "static": 195})]
+    table = {"markings": ["clean", "deepstamp", "static"], "rows": rows}
+    sp = script.spread(table)
+    assert sp["rule"] == script.SPREAD_RULE and sp["confidence"] == 0.95
+    [net] = sp["networks"]  # vgg16 has one seed: no spread
+    assert (net["network"], net["f_seeds"]) == ("alexnet", [0, 1, 2])
+    by = {(q["label"], q["metric"]): q for q in net["quantities"]}
+    ds = by[("deepstamp", "drop")]  # drops 3, 6, 9 images: mean 6, SD 3 (images)
+    assert ds["values"] == pytest.approx([0.01, 0.02, 0.03]) and ds["n_seeds"] == 3
+    assert (ds["mean"], ds["std"]) == (pytest.approx(0.02), pytest.approx(0.01))
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5  # t(0.975, 2)
+    assert (ds["ci_low"], ds["ci_high"]) == (pytest.approx(0.02 - half),
+                                             pytest.approx(0.02 + half))
+    diff = by[("deepstamp-static", "drop")]  # 3, 3, 3 images: SD 0, the interval a point
+    assert diff["values"] == pytest.approx([0.01] * 3) and diff["std"] == pytest.approx(0)
+    assert by[("clean", "accuracy")]["mean"] == pytest.approx(0.5333333)
+    path = tmp_path / "seeds.json"
+    path.write_text(json.dumps(table))
+    assert script.summarize(path)["spread"] == json.loads(path.read_text())["spread"] == sp
+    path.write_text(json.dumps({**table, "rows": rows[3:]}))
+    with pytest.raises(ValueError, match="no network has two F′ seeds"):
+        script.summarize(path)
+    old = {"rows": [{k: v for k, v in rows[0].items() if k != "f_seed"}]}
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="no f_seed"):
+        script.summarize(path)
