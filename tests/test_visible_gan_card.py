@@ -8,6 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from neuralmark.components.methods.registry import shipped_bundle
 from neuralmark.components.methods.visible_gan import card, model_card
 
@@ -78,3 +80,56 @@ def test_architecture_section_reads_its_json(tmp_path):
     assert "cut short" not in text
     assert "static -7.00, a gain (more than 2 SE below 0)" in text
     assert "spread between two training runs of F′" in text and "VGG16 static -7.00 ± 3.00" in text
+
+
+def test_architecture_seeds_section_reads_the_spread_and_names_the_machines(tmp_path):
+    """The F′-seed section: per-seed counts, mean / SD / t-interval beside the single-seed
+    table's figure, the rule's verdicts computed from the intervals, the networks not run
+    over seeds; and the single-seed section says the earlier machine's seed 0 and this
+    machine's differ, with both counts."""
+    spec = importlib.util.spec_from_file_location(
+        "visible_gan_architecture_table", ROOT / "scripts" / "visible_gan_architecture_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert card.architecture_seeds_section(tmp_path) == ""  # nothing measured, no section
+    shipped = _table(True)  # vgg16 ×0.25: clean 240, deepstamp 210, static 236
+    shipped["rows"].append({**shipped["rows"][0], "network": "resnet50",
+                            "width_multiplier": 0.0625})
+    (tmp_path / "architecture_table.json").write_text(json.dumps(shipped))
+
+    def row(f_seed, clean, deepstamp, static):
+        counts = {"clean": clean, "deepstamp": deepstamp, "static": static}
+        return {"network": "vgg16", "width_multiplier": 0.25, "f_seed": f_seed,
+                "cells": {k: {"correct": c, "n": 300, "accuracy": c / 300, "load_1min": 8.0}
+                          for k, c in counts.items()},
+                "drops": {k: {"drop": (clean - c) / 300, "se": 0.02}
+                          for k, c in counts.items() if k != "clean"}}
+
+    # DeepStamp's drop 30, 33, 36 images (a cost beyond the interval), static's 0, 6, -6
+    seeds = {**_table(True), "markings": ["clean", "deepstamp", "static"], "f_seeds": [0, 1, 2],
+             "command": "python scripts/visible_gan_architecture_table.py --f-seed 0 …",
+             "environment": {"torch": "2.14.1", "cpu_capability": "AVX2", "cpu": "EPYC",
+                             "python": "3.12.3"},
+             "rows": [row(0, 250, 220, 250), row(1, 240, 207, 234), row(2, 230, 194, 236)]}
+    (tmp_path / "architecture_seeds.json").write_text(json.dumps(seeds))
+    with pytest.raises(ValueError, match="--summarize"):
+        card.architecture_seeds_section(tmp_path)
+    seeds["spread"] = script.spread(seeds)
+    (tmp_path / "architecture_seeds.json").write_text(json.dumps(seeds))
+    text = card.architecture_seeds_section(tmp_path)
+    assert "over F′ seeds 0, 1, 2" in text and "torch 2.14.1, CPU kernel path AVX2" in text
+    assert "Not in this run: ResNet50 ×0.0625" in text
+    assert "| VGG16 (×0.25) | 1 | 240 | 234 | 207 | +2.00 | +11.00 |" in text
+    assert ("| VGG16 (×0.25) | drop, DeepStamp | +10.00, +11.00, +12.00 | +11.00 | 1.00 | "
+            "[+8.52, +13.48] | +10.00 ± 2.00 |") in text
+    assert "DeepStamp's drop +11.00 [+8.52, +13.48] is distinguishable from 0 (a cost)" in text
+    assert "static's drop +0.00 [-4.97, +4.97] is not distinguishable from 0" in text
+    assert "DeepStamp − static +11.00 [+4.43, +17.57]: DeepStamp costs more than static" in text
+    assert "VGG16 static's drop SD 2.00: above 4 of the seed's 6 drops" in text
+    assert "Rule (stated before the runs): a drop is distinguishable" in text
+    assert ("| clean F′ accuracy | 83.33, 80.00, 76.67 | 80.00 | 3.33 | [71.72, 88.28] | "
+            "80.00 |") in text
+    shipped_text = card.architecture_section(tmp_path)
+    assert "earlier machine (environment: not recorded)" in shipped_text
+    assert ("VGG16 Clean 240 / 250, VGG16 S 236 / 250, VGG16 DeepStamp 210 / 220: **this "
+            "machine's seed 0 differs** in 3 of 3 cells") in shipped_text

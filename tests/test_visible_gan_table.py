@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuralmark.components.methods.registry import shipped_bundle
+from neuralmark.components.errors import InputError
+from neuralmark.components.methods.registry import build, method_class, shipped_bundle
+from neuralmark.components.methods.visible_gan.classifier import train_classifier
+from neuralmark.components.methods.visible_gan.evaluation import train_f_prime
 from neuralmark.components.methods.visible_gan.nets import build_classifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -99,3 +102,116 @@ def test_paired_drop_and_cell_read_per_image_hits():
         script.parse_arch("resnet_small=0.5")
     with pytest.raises(Exception, match="multiplier must be in"):
         script.parse_arch("vgg16=2")
+
+
+def test_f_seed_zero_is_the_recipe_before_f_seeds_and_other_seeds_move_f_prime_only():
+    """``f_seed`` 0 builds and trains F′ exactly as the shipped table did (the seeds
+    ``config.seed`` + 17 / + 19); another F′ seed starts from other weights and ends elsewhere,
+    and one F′ seed is the same network twice."""
+    smoke = method_class("visible_gan").smoke_config
+    method = build("visible_gan", {**smoke, "utility_steps": 3, "batch_size": 4})
+    c = method.config
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(12, 3, 16, 16, generator=g)
+    y = torch.randint(0, method.num_classes, (12,), generator=g)
+    torch.manual_seed(c.seed + 17)
+    before = build_classifier("alexnet", method.num_classes, c.classifier_width, 0.25)
+    train_classifier(before, x, y, c.utility_steps, c.batch_size, c.classifier_lr,
+                     torch.Generator().manual_seed(c.seed + 19), torch.device("cpu"),
+                     flips=c.task == "labels")
+
+    def weights(net: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    cpu = torch.device("cpu")
+    seed0 = weights(train_f_prime(method, "alexnet", x, y, cpu, 0.25))
+    assert torch.equal(seed0, weights(before))
+    seed1 = weights(train_f_prime(method, "alexnet", x, y, cpu, 0.25, f_seed=1))
+    assert not torch.allclose(seed1, seed0)
+    assert torch.equal(seed1, weights(train_f_prime(method, "alexnet", x, y, cpu, 0.25, f_seed=1)))
+    with pytest.raises(InputError, match="f_seed -1"):
+        train_f_prime(method, "alexnet", x, y, cpu, 0.25, f_seed=-1)
+
+
+def test_the_table_over_f_seeds_keeps_seed_zero_and_the_marked_images(tmp_path):
+    """Two F′ seeds × two columns at micro size: one row per F′ seed; the seed-0 row repeats
+    the default run's cells (a narrowed run marks the images as the full one); bad plans are
+    refused (``check_plan``, which ``main`` calls before anything trains)."""
+    script = _script()
+    bundle = tmp_path / "bundle"
+    shutil.copytree(shipped_bundle("visible_gan"), bundle)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    metrics["data"].update(images_per_class=6, root=str(tmp_path / "classes"))
+    (bundle / "metrics.json").write_text(json.dumps(metrics))
+    archs = [("alexnet", 0.25)]
+    full = script.measure(bundle, archs, tmp_path / "full.json", "python … (test)", steps=6)
+    seeds = script.measure(bundle, archs, tmp_path / "seeds.json", "python … (test)", steps=6,
+                           f_seeds=(0, 1), markings=("clean", "displacement"))
+    assert json.loads((tmp_path / "seeds.json").read_text()) == seeds and seeds["complete"]
+    assert (seeds["f_seeds"], seeds["markings"]) == ([0, 1], ["clean", "displacement"])
+    env = seeds["environment"]
+    assert env["torch"] == torch.__version__ and env["cpu"]
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert [(r["network"], r["f_seed"]) for r in seeds["rows"]] == [("alexnet", 0), ("alexnet", 1)]
+    zero, one = seeds["rows"]
+    assert list(zero["cells"]) == ["clean", "displacement"] and list(zero["drops"]) == [
+        "displacement"]
+
+    def counts(row: dict) -> dict:
+        return {k: v["correct"] for k, v in row["cells"].items()}
+
+    assert counts(zero) == {k: counts(full["rows"][0])[k] for k in ("clean", "displacement")}
+    assert zero["drops"]["displacement"] == full["rows"][0]["drops"]["displacement"]
+    assert one["cells"]["clean"]["n"] == zero["cells"]["clean"]["n"]
+    for f_seeds, markings, match in (((0, 0), ("clean",), "distinct"),
+                                     ((-1,), ("clean",), "distinct integers"),
+                                     ((0,), ("static", "clean"), "clean first"),
+                                     ((0,), ("clean", "stamp"), "stamp: not a column")):
+        with pytest.raises(ValueError, match=match):
+            script.check_plan(f_seeds, markings)
+
+
+def _seed_row(network: str, f_seed: int, correct: dict[str, int], n: int = 300) -> dict:
+    """A table row from counts: cells and drops as ``measure`` writes them (SEs unused)."""
+    cells = {k: {"correct": c, "n": n, "accuracy": c / n} for k, c in correct.items()}
+    drops = {k: {"drop": (correct["clean"] - c) / n, "se": 0.02} for k, c in correct.items()
+             if k != "clean"}
+    return {"network": network, "width_multiplier": 0.25, "f_seed": f_seed, "cells": cells,
+            "drops": drops}
+
+
+def test_spread_over_f_seeds_is_the_t_interval_per_network_and_the_paired_difference(tmp_path):
+    """Per network: mean, SD and t-interval (n − 1 dof) of each drop over the F′ seeds that
+    trained every column, and DeepStamp − static paired by seed; a seed cut short and a
+    network with one seed are left out; ``summarize`` writes it into the file."""
+    script = _script()
+    rows = [_seed_row("alexnet", 0, {"clean": 150, "deepstamp": 147, "static": 150}),
+            _seed_row("alexnet", 1, {"clean": 160, "deepstamp": 154, "static": 157}),
+            _seed_row("alexnet", 2, {"clean": 170, "deepstamp": 161, "static": 164}),
+            _seed_row("alexnet", 3, {"clean": 170, "deepstamp": 100}),  # cut: no static
+            _seed_row("vgg16", 0, {"clean": 200, "deepstamp": 190, "static": 195})]
+    table = {"markings": ["clean", "deepstamp", "static"], "rows": rows}
+    sp = script.spread(table)
+    assert sp["rule"] == script.SPREAD_RULE and sp["confidence"] == 0.95
+    [net] = sp["networks"]  # vgg16 has one seed: no spread
+    assert (net["network"], net["f_seeds"]) == ("alexnet", [0, 1, 2])
+    by = {(q["label"], q["metric"]): q for q in net["quantities"]}
+    ds = by[("deepstamp", "drop")]  # drops 3, 6, 9 images: mean 6, SD 3 (images)
+    assert ds["values"] == pytest.approx([0.01, 0.02, 0.03]) and ds["n_seeds"] == 3
+    assert (ds["mean"], ds["std"]) == (pytest.approx(0.02), pytest.approx(0.01))
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5  # t(0.975, 2)
+    assert (ds["ci_low"], ds["ci_high"]) == (pytest.approx(0.02 - half),
+                                             pytest.approx(0.02 + half))
+    diff = by[("deepstamp-static", "drop")]  # 3, 3, 3 images: SD 0, the interval a point
+    assert diff["values"] == pytest.approx([0.01] * 3) and diff["std"] == pytest.approx(0)
+    assert by[("clean", "accuracy")]["mean"] == pytest.approx(0.5333333)
+    path = tmp_path / "seeds.json"
+    path.write_text(json.dumps(table))
+    assert script.summarize(path)["spread"] == json.loads(path.read_text())["spread"] == sp
+    path.write_text(json.dumps({**table, "rows": rows[3:]}))
+    with pytest.raises(ValueError, match="no network has two F′ seeds"):
+        script.summarize(path)
+    old = {"rows": [{k: v for k, v in rows[0].items() if k != "f_seed"}]}
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="no f_seed"):
+        script.summarize(path)

@@ -2,7 +2,8 @@
 
 ``model_card`` writes the card from ``metrics.json``; the sections here read the other files
 shipped beside the bundle (``seed_spread.json``, ``removal_study.json``,
-``accuracy_study.json``, ``architecture_table.json``, ``curve_tiny.md``, ``residual_*.json``)
+``accuracy_study.json``, ``architecture_table.json``, ``architecture_seeds.json``,
+``curve_tiny.md``, ``residual_*.json``)
 and return ``""`` when theirs is absent. Every number is read from those files; the readings
 (interval above / below / across 0) are computed from them, never written in.
 """
@@ -304,7 +305,7 @@ def architecture_section(out: Path) -> str:
             "widths are its `width` 16). "
             f"{len(cells)} F′ trainings, {t['wall_seconds']:.0f} s wall on {t['threads']} "
             f"thread(s) of a shared 2-core CPU (1-min load {min(loads):.1f}–{max(loads):.1f})."
-            f"{status}\n\n"
+            f"{status}\n\n" + _machine_note(t, out) +
             "**These are procedural classes at 32², not CIFAR-10**, with narrowed networks "
             "trained for minutes: the table shows the code path of the seed's Table I run "
             "end to end and what the marks cost on this data, not a reproduction of the "
@@ -336,6 +337,48 @@ def architecture_section(out: Path) -> str:
              f"{seed['test_images']:,} test images; quoted, not measured here):\n\n"
              + "\n".join(seed_rows) + "\n\n" + _architecture_reading(rows, seed["rows"]) + "\n")
     return text
+
+
+def _environment(env: dict | None) -> str:
+    if not env:
+        return "not recorded"
+    return (f"torch {env['torch']}, CPU kernel path {env['cpu_capability']}, {env['cpu']}, "
+            f"Python {env['python']}")
+
+
+def _machine_note(shipped: dict, out: Path) -> str:
+    """Where ``architecture_seeds.json`` reran F′ seed 0 on another machine: the seed-0
+    counts of both, cell by cell (the cells reproduce bit for bit on one machine only)."""
+    path = out / "architecture_seeds.json"
+    if not path.is_file():
+        return ""
+    seeds = json.loads(path.read_text())
+    if seeds.get("environment") == shipped.get("environment"):
+        return ""  # one machine: the seed-0 rows are the same computation
+    here = {(r["network"], r["width_multiplier"]): r for r in seeds["rows"]
+            if r["f_seed"] == 0}
+    pairs = []  # (label, earlier machine's count, this one's)
+    for r in shipped["rows"]:
+        other = here.get((r["network"], r["width_multiplier"]))
+        if other is not None:
+            name = _SEED_NAMES.get(r["network"], r["network"])
+            pairs += [(f"{name} {h}", r["cells"][k]["correct"], other["cells"][k]["correct"])
+                      for k, h in _TABLE_MARKINGS if k in r["cells"] and k in other["cells"]]
+    if not pairs:
+        return ""
+    differ = sum(a != b for _, a, b in pairs)
+    return ("**Machine.** These cells were measured on an earlier machine (environment: "
+            f"{_environment(shipped.get('environment'))}). The F′-seed run of the next "
+            f"section, on this machine ({_environment(seeds.get('environment'))}), reran F′ "
+            f"seed 0 with the same code and data; correct of {shipped['test_images']}, "
+            "earlier machine / this one: "
+            + ", ".join(f"{label} {a} / {b}" for label, a, b in pairs)
+            + (": the same counts.\n\n" if not differ else
+               f": **this machine's seed 0 differs** in {differ} of {len(pairs)} cells. The "
+               "float path (CPU, kernel path) moves F′ from its first steps, so a cell "
+               "reproduces bit for bit on one machine only: this table is kept as measured, "
+               "and the spread over F′ seeds is read from one machine's run alone (nothing "
+               "pooled across machines).\n\n"))
 
 
 def _architecture_reading(rows: list[dict], seed_rows: list[dict]) -> str:
@@ -383,3 +426,138 @@ def _architecture_reading(rows: list[dict], seed_rows: list[dict]) -> str:
                if max(seed_drops) < 200 * min(ses) else
                "the seed's largest drop would stand out at the smallest SE here, its "
                "smallest would not."))
+
+
+#: the quantities of the spread over F′ seeds, in the order shown: (label, metric) → heading
+_SPREAD_QUANTITIES = ((("clean", "accuracy"), "clean F′ accuracy"),
+                      (("deepstamp", "drop"), "drop, DeepStamp"),
+                      (("static", "drop"), "drop, S"),
+                      (("opacity", "drop"), "drop, O"),
+                      (("displacement", "drop"), "drop, D"),
+                      (("deepstamp-static", "drop"), "DeepStamp − S (paired by F′ seed)"))
+
+
+def architecture_seeds_section(out: Path) -> str:
+    """The architecture table over F′ seeds on one machine (``architecture_seeds.json``:
+    ``scripts/visible_gan_architecture_table.py --f-seed …``, then ``--summarize``).
+
+    Besides the single-seed table's fields: ``f_seeds``, ``markings``, ``environment``,
+    ``rows`` with ``f_seed``, and ``spread`` (``rule``, ``confidence``, ``networks``:
+    ``network``, ``width_multiplier``, ``f_seeds``, ``quantities``: ``label``, ``metric``,
+    ``n_seeds``, ``mean``, ``std``, ``ci_low``, ``ci_high``, ``values``). The shipped
+    single-seed cells (``architecture_table.json``) are shown beside the spread, marked as
+    from the machine that measured them; the readings apply ``spread['rule']`` to the numbers.
+    """
+    path = out / "architecture_seeds.json"
+    if not path.is_file():
+        return ""
+    t = json.loads(path.read_text())
+    if "spread" not in t:
+        raise ValueError(f"{path}: no 'spread' (run scripts/visible_gan_architecture_table.py "
+                         f"--summarize {path})")
+    sp = t["spread"]
+    shipped_path = out / "architecture_table.json"
+    shipped = json.loads(shipped_path.read_text()) if shipped_path.is_file() else {"rows": []}
+    single = {(r["network"], r["width_multiplier"]): r for r in shipped["rows"]}
+    cells = [c for r in t["rows"] for c in r["cells"].values()]
+    loads = [c["load_1min"] for c in cells]
+    measured = {(r["network"], r["width_multiplier"]) for r in t["rows"]}
+    missing = [f"{_SEED_NAMES.get(n, n)} ×{m:g}" for n, m in single if (n, m) not in measured]
+    columns = ", ".join(h for k, h in _TABLE_MARKINGS if k in t["markings"])
+    text = ("\n## The architecture table over F′ seeds (one machine)\n"
+            f"`{t['command']}`, then `--summarize`: the table above's recipe ({t['utility_steps']} "
+            f"steps, batch {t['batch_size']}, {t['train_images']} training / "
+            f"{t['test_images']} test images), columns {columns}, repeated over F′ seeds "
+            f"{', '.join(map(str, t['f_seeds']))}. An F′ seed s moves F′'s initial weights, "
+            "dropout draws and batch order (`train_f_prime`'s `f_seed`: torch seed "
+            "config.seed + 17 + 1000 s, batch generator config.seed + 19 + 1000 s; s = 0 is "
+            "the table above's recipe); the data, the stampers' draws and so the marked images "
+            "do not move. All seeds on one machine (environment: "
+            f"{_environment(t.get('environment'))}): {len(cells)} F′ trainings, "
+            f"{t['wall_seconds']:.0f} s wall on {t['threads']} thread(s) of a shared 2-core CPU "
+            f"(1-min load {min(loads):.1f}–{max(loads):.1f})."
+            + ("" if t["complete"] else
+               " **The run was cut short: only the rows below were measured.**")
+            + (f" Not in this run: {', '.join(missing)} (its single-seed cells above stand "
+               "alone)." if missing else "") + "\n\n")
+    head = ["| network | F′ seed | " + " | ".join(f"{h} (correct)" for k, h in _TABLE_MARKINGS
+                                                 if k in t["markings"]) + " | "
+            + " | ".join(f"drop, {h}" for k, h in _TABLE_MARKINGS[1:] if k in t["markings"])
+            + " |"]
+    head.append("|---|---|" + "---|" * (2 * len(t["markings"]) - 1))
+    for r in t["rows"]:
+        head.append(f"| {_SEED_NAMES.get(r['network'], r['network'])} "
+                    f"(×{r['width_multiplier']:g}) | {r['f_seed']} | "
+                    + " | ".join(str(r["cells"][k]["correct"]) if k in r["cells"] else "–"
+                                 for k, _ in _TABLE_MARKINGS if k in t["markings"]) + " | "
+                    + " | ".join(f"{100 * r['drops'][k]['drop']:+.2f}" if k in r["drops"]
+                                 else "–" for k, _ in _TABLE_MARKINGS[1:]
+                                 if k in t["markings"]) + " |")
+    text += (f"Per F′ seed (correct of {t['test_images']}; drops in points, clean − marked):"
+             "\n\n" + "\n".join(head) + "\n\n")
+    level = f"{100 * sp['confidence']:g} %"
+    lines = [f"| network | quantity | per F′ seed | mean | SD over seeds | Student-t {level} "
+             "interval | single-seed table (earlier machine) |", "|---|---|---|---|---|---|---|"]
+    readings, sds = [], []
+    for net in sp["networks"]:
+        name = f"{_SEED_NAMES.get(net['network'], net['network'])}"
+        by = {(q["label"], q["metric"]): q for q in net["quantities"]}
+        ref = single.get((net["network"], net["width_multiplier"]))
+        for key, heading in _SPREAD_QUANTITIES:
+            q = by.get(key)
+            if q is None:
+                continue
+            sign = "" if key[1] == "accuracy" else "+"
+            lines.append(f"| {name} (×{net['width_multiplier']:g}) | {heading} | "
+                         + ", ".join(f"{100 * v:{sign}.2f}" for v in q["values"])
+                         + f" | {100 * q['mean']:{sign}.2f} | {100 * q['std']:.2f} | "
+                         f"[{100 * q['ci_low']:{sign}.2f}, {100 * q['ci_high']:{sign}.2f}] | "
+                         f"{_single(ref, key)} |")
+        part = []
+        for key, word in ((("deepstamp", "drop"), "DeepStamp's drop"),
+                          (("static", "drop"), "static's drop")):
+            q = by.get(key)
+            if q is not None:
+                sds.append((f"{name} {word}", q["std"]))
+                part.append(f"{word} {100 * q['mean']:+.2f} [{100 * q['ci_low']:+.2f}, "
+                            f"{100 * q['ci_high']:+.2f}] "
+                            + ("is distinguishable from 0 (a cost)" if q["ci_low"] > 0 else
+                               "is distinguishable from 0 (a gain)" if q["ci_high"] < 0 else
+                               "is not distinguishable from 0"))
+        q = by.get(("deepstamp-static", "drop"))
+        if q is not None:
+            part.append("DeepStamp − static " + f"{100 * q['mean']:+.2f} "
+                        f"[{100 * q['ci_low']:+.2f}, {100 * q['ci_high']:+.2f}]: "
+                        + ("DeepStamp costs more than static" if q["ci_low"] > 0 else
+                           "DeepStamp costs less than static" if q["ci_high"] < 0 else
+                           "no difference established"))
+        readings.append(f"{name} ({len(net['f_seeds'])} F′ seeds): " + "; ".join(part) + ".")
+    text += (f"Over the F′ seeds (points; mean, SD and Student-t {level} interval of the mean; "
+             "the last column is the table above's single F′ run, seed 0 on the earlier "
+             "machine, for comparison only, not pooled):\n\n" + "\n".join(lines) + "\n\n")
+    seed_drops = sorted(r["baseline"] - x for r in t["seed_reports"]["rows"]
+                        for x in (r["static"], r["deepstamp"]))
+    resolve = "; ".join(
+        f"{label} SD {100 * sd:.2f}: above {sum(d < 100 * sd for d in seed_drops)} of the "
+        f"seed's {len(seed_drops)} drops" for label, sd in sds)
+    text += (f"Rule (stated before the runs): {sp['rule']}\n\n**Reading (from the numbers "
+             "above).** " + " ".join(readings) + f" The seed's reported drops are "
+             f"{seed_drops[0]:.2f}–{seed_drops[-1]:.2f} points; the SDs over F′ seeds here: "
+             f"{resolve} (an SD above a reported drop: one F′ run here cannot resolve that "
+             "drop).\n")
+    return text
+
+
+def _single(row: dict | None, key: tuple[str, str]) -> str:
+    """The single-seed table's figure for a spread quantity (points), or –."""
+    if row is None:
+        return "–"
+    label, metric = key
+    if metric == "accuracy":
+        c = row["cells"].get(label)
+        return f"{100 * c['accuracy']:.2f}" if c else "–"
+    if label == "deepstamp-static":
+        d, s = row["drops"].get("deepstamp"), row["drops"].get("static")
+        return f"{100 * (d['drop'] - s['drop']):+.2f}" if d and s else "–"
+    d = row["drops"].get(label)
+    return f"{100 * d['drop']:+.2f} ± {100 * d['se']:.2f}" if d else "–"

@@ -27,16 +27,16 @@ from typing import Any
 
 import torch
 
-from neuralmark.components.methods.base import Callbacks, resize_square
+from neuralmark.components.methods.base import Callbacks, InputError, resize_square
 from neuralmark.components.methods.visible_gan.classifier import accuracy, train_classifier
 from neuralmark.components.methods.visible_gan.losses import contrast, removal_attack_loss
 from neuralmark.components.methods.visible_gan.mark import box_mask
 from neuralmark.components.methods.visible_gan.nets import RemovalNet, build_classifier
 from neuralmark.components.metrics import psnr, ssim
 
-__all__ = ["STAMPERS", "contrast", "dataset_utility", "removal_curve", "removal_curve_markdown",
-           "removal_reading", "remove_with_v", "seed_table_markdown", "stamp_all",
-           "stamper_grid", "train_f_prime", "visible_rows"]
+__all__ = ["F_SEED_STRIDE", "STAMPERS", "contrast", "dataset_utility", "removal_curve",
+           "removal_curve_markdown", "removal_reading", "remove_with_v", "seed_table_markdown",
+           "stamp_all", "stamper_grid", "train_f_prime", "visible_rows"]
 
 STAMPERS = ("static", "opacity", "displacement", "deepstamp")
 EVALUATION_ATTACK = "visible_gan"
@@ -192,20 +192,34 @@ def _removal_figures(marked: torch.Tensor, restored: torch.Tensor, clean: torch.
     return summary, after - before
 
 
+#: how far apart two F′ seeds put F′'s RNG seeds (``train_f_prime``'s ``f_seed``)
+F_SEED_STRIDE = 1000
+
+
 def train_f_prime(method: Any, arch: str, marked_tr: torch.Tensor, y_tr: torch.Tensor,
-                  device: torch.device, width_multiplier: float = 1.0) -> torch.nn.Module:
+                  device: torch.device, width_multiplier: float = 1.0,
+                  f_seed: int = 0) -> torch.nn.Module:
     """One F′ of the seed's table: a fresh ``arch`` trained on ``marked_tr`` (N×3×S×S) /
     ``y_tr`` (N) with the config's ``utility_steps``, ``batch_size`` and ``classifier_lr``.
 
-    Every F′ of one architecture starts from the same weights and sees the same batch
-    indices (seeded from ``config.seed``), so two markings differ only in the images.
-    ``width_multiplier``: ``nets.build_classifier``'s (1: the published widths).
+    Every F′ of one architecture and ``f_seed`` starts from the same weights and sees the
+    same batch indices (seeded from ``config.seed``), so two markings differ only in the
+    images. ``width_multiplier``: ``nets.build_classifier``'s (1: the published widths).
+    ``f_seed`` (≥ 0) moves F′'s own randomness only: its initial weights, its dropout draws
+    and its batch indices and flips (seeds shifted by ``F_SEED_STRIDE × f_seed``); the
+    images, labels and marks are the caller's. ``f_seed`` 0 is the table's F′ as before.
+
+    Raises:
+        InputError: a negative ``f_seed``.
     """
+    if f_seed < 0:
+        raise InputError(f"f_seed {f_seed}: expected an integer >= 0")
     c = method.config
-    torch.manual_seed(c.seed + 17)  # before building: every F′ starts the same
+    shift = F_SEED_STRIDE * f_seed
+    torch.manual_seed(c.seed + 17 + shift)  # before building: every F′ starts the same
     net = build_classifier(arch, method.num_classes, c.classifier_width, width_multiplier)
     train_classifier(net, marked_tr, y_tr, c.utility_steps, c.batch_size, c.classifier_lr,
-                     torch.Generator().manual_seed(c.seed + 19), device,
+                     torch.Generator().manual_seed(c.seed + 19 + shift), device,
                      flips=c.task == "labels")
     return net
 

@@ -18,6 +18,7 @@ from neuralmark.components.data.labelled import ProceduralClassesConfig
 from neuralmark.components.methods.visible_gan.card import (
     accuracy_section,
     architecture_section,
+    architecture_seeds_section,
     earlier_section,
     residual_section,
     seed_section,
@@ -242,6 +243,7 @@ def render_card(m: dict, out: Path, recipe: Mapping[str, Any],
     # the studies' sections, each "" when its JSON is absent
     studies = "".join([previous_section(m, cfg, shipped_recipe), seed_section(out),
                        study_section(out, m), accuracy_section(out), architecture_section(out),
+                       architecture_seeds_section(out),
                        earlier_section(out), residual_section(out)])
     text = f"""# visible_gan — shipped DeepStamp W (seed 003)
 
