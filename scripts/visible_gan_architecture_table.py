@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -58,6 +57,7 @@ from pathlib import Path
 import torch
 
 from neuralmark.components.data.labelled import training_data
+from neuralmark.components.environment import environment
 from neuralmark.components.methods import load_bundle
 from neuralmark.components.methods.output_mark.seeds import CONFIDENCE, spread_summary
 from neuralmark.components.methods.visible_gan.card import SEED_TABLE
@@ -111,20 +111,6 @@ def paired_drop(clean: torch.Tensor, marked: torch.Tensor) -> dict:
     return {"drop": float(diff.mean()), "se": float(diff.std() / n ** 0.5) if n > 1 else 0.0,
             "clean_only": int((clean & ~marked).sum()),
             "marked_only": int((marked & ~clean).sum())}
-
-
-def environment() -> dict:
-    """What the numbers depend on besides the code and the data: torch's version, the CPU
-    kernel path it picked (``ATEN_CPU_CAPABILITY``) and the CPU model. Two tables reproduce
-    each other's cells only where these agree."""
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu": model, "python": platform.python_version()}
 
 
 def check_plan(f_seeds: Sequence[int], markings: Sequence[str]) -> None:
