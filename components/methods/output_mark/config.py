@@ -68,6 +68,19 @@ class OutputMarkConfig(MethodConfig):
     #: held-out part swung 24–62 dB and the share read 0–100% between checkpoints 50 steps
     #: apart (MODEL_CARD.md, issue #19)
     lr_decay: Literal["none", "cosine"] = "none"
+    #: stage 1's warm-up of L_emd (StegaStamp's loss ramps): H's image-quality terms (MSE,
+    #: perceptual, adversarial, PSNR hinge, high band) are weighted by min(1, (t + 1) / N) at
+    #: stage-1 step t, so H may first make a residual R can tell from B before it is told to
+    #: hide it. Seed 2 of the om12 recipe (issue #19, om14) never left the trivial start: R
+    #: saturated on the all-ones blank within 30 steps (ℓ_wm 0.44 = the blank's own distance
+    #: to δ) while H's residual stayed at 50–60 dB, nothing readable, for 400 steps; then the
+    #: game blew up (D's loss 0.69 → 0.03, B′ 22–30 dB) and the last step shipped 0% read.
+    #: 0: off (the seed's fixed weights)
+    embed_warmup: int = Field(0, ge=0)
+    #: stage 1 reports its training metrics (losses, ``h_grad_norm`` / ``r_grad_norm``,
+    #: ``stage1_lr``) every this many steps; 0: twenty times per stage (``steps // 20``).
+    #: Logging changes no trained number
+    log_every: int = Field(0, ge=0)
     perceptual: Literal["structural", "none"] = "structural"
     lambda_mse: float = 1.0
     lambda_perc: float = 1.0
