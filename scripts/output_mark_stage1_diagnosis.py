@@ -19,11 +19,14 @@ key (default: the profile's ``evaluation.key_secret``, as the seed matrix).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.output_mark.evaluation import quality
@@ -32,6 +35,7 @@ from neuralmark.components.methods.output_mark.training import (
     clean_variety_images,
     stage1_method,
 )
+from neuralmark.components.metrics import normalized_correlation
 from neuralmark.components.reproducibility import pinned
 from neuralmark.runtime.output_mark_study import derain_study
 
@@ -65,6 +69,26 @@ def curve_lines(rows: list[dict[str, float]]) -> list[str]:
     return lines
 
 
+@torch.no_grad()
+def batch_statistics_read(method, a: torch.Tensor) -> dict[str, float]:
+    """Table 1's read and clean hits with R's BatchNorm on *batch* statistics, as in training.
+
+    R (a copy; the method is untouched) runs in train mode on one batch of the marked
+    outputs B′ and M's clean outputs B of ``a`` (N×3×S×S) together, half and half as stage
+    1's batches are; H and M run in eval mode as the service does. Far above the eval-mode
+    read, it says R's running statistics, not R's weights, are what fails to read.
+    """
+    r = copy.deepcopy(method.R).train()
+    marked, clean = method.marked_outputs(a), method.model_outputs(a)
+    logo = method.logo.cpu()
+    out = r(torch.cat([marked, clean]).to(method.device)).cpu()
+    ncs = normalized_correlation(out, logo[None])
+    n = marked.shape[0]
+    return {"bs_sr_marked": float(method.hit_mask(ncs[:n], marked).float().mean()),
+            "bs_fpr_clean_B": float(method.hit_mask(ncs[n:], clean).float().mean()),
+            "bs_nc_marked": float(ncs[:n].mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -91,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                                             clean=clean)
             ta, tgt = method.working_pairs(study.test, "test pairs")
             test = quality(method, ta, tgt)
+            test.update(batch_statistics_read(method, ta))
         record["seeds"][str(seed)] = {"history": rec.rows, "metrics": metrics, "test": test,
                                       "seconds": time.time() - t0}
         args.out.write_text(json.dumps(record, indent=1))
@@ -104,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{metrics.get('selected_step', -1):.0f} (fallback "
               f"{metrics.get('selected_fallback', 0):.0f}, qualified "
               f"{metrics.get('checkpoints_qualified', 0):.0f}/"
-              f"{metrics.get('checkpoints_scored', 0):.0f}); {time.time() - t0:.0f} s",
+              f"{metrics.get('checkpoints_scored', 0):.0f}); with R on batch statistics: "
+              f"read {100 * test['bs_sr_marked']:.1f}%, clean B flagged "
+              f"{100 * test['bs_fpr_clean_B']:.1f}%; {time.time() - t0:.0f} s",
               flush=True)
     print(f"{time.time() - start:.0f} s")
     return 0

@@ -71,10 +71,10 @@ class OutputMarkConfig(MethodConfig):
     #: stage 1's warm-up of L_emd (StegaStamp's loss ramps): H's image-quality terms (MSE,
     #: perceptual, adversarial, PSNR hinge, high band) are weighted by min(1, (t + 1) / N) at
     #: stage-1 step t, so H may first make a residual R can tell from B before it is told to
-    #: hide it. Seed 2 of the om12 recipe (issue #19, om14) never left the trivial start: R
-    #: saturated on the all-ones blank within 30 steps (ℓ_wm 0.44 = the blank's own distance
-    #: to δ) while H's residual stayed at 50–60 dB, nothing readable, for 400 steps; then the
-    #: game blew up (D's loss 0.69 → 0.03, B′ 22–30 dB) and the last step shipped 0% read.
+    #: hide it. Aimed at the deadlock of issue #19's seed 2 (om14, MODEL_CARD.md): R settles
+    #: on an input-blind image within 30 steps, so it passes H no reading gradient and H's
+    #: residual stays at 50–60 dB. Measured (om14, seed 2, N = 200 with cosine lr): not a
+    #: cure — H's residual jumps to 17 dB, D wins at once, R still reads 0%; left off.
     #: 0: off (the seed's fixed weights)
     embed_warmup: int = Field(0, ge=0)
     #: stage 1 reports its training metrics (losses, ``h_grad_norm`` / ``r_grad_norm``,
