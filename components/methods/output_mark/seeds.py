@@ -139,6 +139,8 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
         metrics (label :data:`TRAINING`, :data:`TRAINING_METRICS`), each with ``seed``.
     """
     cfg = seeded_config(config, seed)
+    schedule = attacker_settings(cfg, surrogate)
+    budgets = {arch: _budgets(schedule, arch) for arch, _ in cells} if theft_bar else {}
     with pinned(cfg.seed, cfg.cpu_threads):
         clean = clean_variety_images(cfg, manifest)
         s1, m1 = stage1_method(train_pairs, cfg, key, callbacks, groups, clean=clean)
@@ -148,11 +150,10 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
             stage2.to_bundle(Path(bundle_dir) / f"seed{seed}")
         a, marked = attack_pairs(stage1, train_pairs)
         query, _ = stage1.working_pairs(test_pairs, "test pairs")
-        schedule = attacker_settings(cfg, surrogate)
         doubled = []
         if theft_bar:  # one run to 2k per cell: its k-step outputs are attack_cell's
             ladders = [attack_cell_ladder(marked, a, query, arch, loss, schedule,
-                                          _budgets(schedule, arch), callbacks)
+                                          budgets[arch], callbacks)
                        for arch, loss in cells]
             outputs = [ladder[min(ladder)] for ladder in ladders]
             doubled = [ladder[max(ladder)] for ladder in ladders]
