@@ -19,7 +19,10 @@ The attacker at the theft bar (issue #19, om12): ``--surrogate '{"steps_by_arch"
 ``--twins`` trains each cell's clean twin (the same attacker on the unmarked M's outputs)
 and reports its flag rate (``clean_twin_<cell>`` false-positive rows, with the exact 95%
 Clopper–Pearson interval over the test outputs); ``--attacker-quality`` adds each cell's
-fidelity to B′ and task PSNR (stage ``attacker``).
+fidelity to B′ and task PSNR (stage ``attacker``); ``--theft-bar`` trains each cell's attacker
+on to twice its budget in the same run (the cell's outputs stay the budget's) and adds per cell
+``bar_fidelity_gain_db``, ``bar_task_margin_db`` and ``met_theft_bar`` (1: the om10 bar met —
+doubling adds < 0.5 dB of fidelity to B′ and it derains within 1 dB of the service).
 
 The key: by default the profile's ``evaluation.key_secret`` (``neuralmark-eval``), the
 key ``neuralmark protect --seeds`` trains and scores with, so these rows are the
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="train each cell's clean twin (false positives on innocent copies)")
     p.add_argument("--attacker-quality", action="store_true",
                    help="rows of each cell's fidelity to B' and task PSNR")
+    p.add_argument("--theft-bar", action="store_true",
+                   help="train each attacker on to twice its budget and judge each cell "
+                        "against the om10 theft bar (met_theft_bar rows; doubles its time)")
     args = p.parse_args(argv)
 
     if len(set(args.seeds)) != len(args.seeds):
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += seed_matrix_rows(seed, train, test, settings.config, cells, key, groups,
                                  json.loads(args.surrogate), manifest=str(study.manifest),
                                  bundle_dir=args.bundles, twins=args.twins,
-                                 attacker_quality=args.attacker_quality)
+                                 attacker_quality=args.attacker_quality,
+                                 theft_bar=args.theft_bar)
         args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
                                         "key": key.secret,
                                         "config": settings.config.model_dump(mode="json"),

@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 
 from neuralmark.components.methods.output_mark.losses import radial_bands
-from neuralmark.components.methods.output_mark.matrix import (
+from neuralmark.components.methods.output_mark.matrix import (  # the om10 theft bar
+    CONVERGED_GAIN_DB,
+    TASK_MARGIN_DB,
     attack_pairs,
     cell_ladder_outputs,
     clean_attack_pairs,
@@ -61,12 +63,6 @@ def band_energy(r: torch.Tensor) -> torch.Tensor:
     return torch.stack([(spec * m.to(spec.device)).sum((-2, -1)) for m in bands], 1)
 
 
-#: the theft bar, fixed before the ladder ran (issue #19, om10): SM is a working copy at
-#: budget k when doubling k adds less than this to its fidelity to B′ (mean over the
-#: attacker seeds; the seed trains its surrogates to convergence) ...
-CONVERGED_GAIN_DB = 0.5
-#: ... and it derains at most this much worse than the service (B″ vs B′ against targets)
-TASK_MARGIN_DB = 1.0
 
 
 def theft_bar(ladder: list[dict], service_task_psnr: float) -> None:

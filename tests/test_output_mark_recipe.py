@@ -330,3 +330,53 @@ def test_cosine_lr_decay_changes_stage1_and_only_when_asked():
     assert not torch.equal(weights["none"][0], weights["cosine"][0])    # the schedule acts
     with pytest.raises(ValueError, match="lr_decay"):
         build("output_mark", {**smoke, "lr_decay": "linear"})
+
+
+def _stage1_weights(pairs, config: dict, callbacks=()) -> torch.Tensor:
+    from neuralmark.components.methods.output_mark.training import stage1_method
+
+    method, _ = stage1_method(pairs, config, callbacks=callbacks)
+    return torch.cat([p.detach().flatten() for n in ("H", "R", "D")
+                      for p in getattr(method, n).parameters()])
+
+
+def test_embed_warmup_ramps_l_emd_and_acts_only_when_asked():
+    from neuralmark.components.data.pairs import build_pairs
+    from neuralmark.components.methods.output_mark.loops import embed_ramp
+
+    torch.manual_seed(0)
+    pairs = build_pairs(torch.rand(6, 3, 32, 32), "derain", 0)
+    smoke = {**type(build("output_mark")).smoke_config, "steps": 4}
+    ramp = build("output_mark", {**smoke, "embed_warmup": 4}).config
+    assert [embed_ramp(ramp, t) for t in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert embed_ramp(build("output_mark", smoke).config, 0) == 1.0   # off: the seed's weights
+    off = _stage1_weights(pairs, smoke)
+    assert torch.equal(off, _stage1_weights(pairs, {**smoke, "embed_warmup": 0}))
+    warm = _stage1_weights(pairs, {**smoke, "embed_warmup": 4})
+    assert torch.equal(warm, _stage1_weights(pairs, {**smoke, "embed_warmup": 4}))
+    assert not torch.equal(off, warm)                                  # the ramp acts
+    with pytest.raises(ValueError, match="embed_warmup"):
+        build("output_mark", {**smoke, "embed_warmup": -1})
+
+
+def test_stage1_logs_gradient_norms_without_changing_a_weight():
+    from neuralmark.components.data.pairs import build_pairs
+
+    class Keep:
+        def __init__(self) -> None:
+            self.rows: list[tuple[int, dict]] = []
+
+        def on_metrics(self, step: int, metrics: dict) -> None:
+            self.rows.append((step, metrics))
+
+    torch.manual_seed(0)
+    pairs = build_pairs(torch.rand(6, 3, 32, 32), "derain", 0)
+    smoke = {**type(build("output_mark")).smoke_config, "steps": 6, "embed_warmup": 3}
+    keep = Keep()
+    every_step = _stage1_weights(pairs, {**smoke, "log_every": 1}, [keep])
+    assert torch.equal(every_step, _stage1_weights(pairs, smoke))    # logging trains nothing
+    logged = [(s, m) for s, m in keep.rows if "h_grad_norm" in m]
+    assert [s for s, _ in logged] == [smoke["model_steps"] + t for t in range(6)]
+    assert all(m["h_grad_norm"] > 0 and m["r_grad_norm"] > 0 for _, m in logged)
+    assert [m["emd_weight"] for _, m in logged] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1])
+    assert {m["stage1_lr"] for _, m in logged} == {2e-4}

@@ -161,3 +161,45 @@ def test_matrix_settings_twins_in_gate_needs_the_twins() -> None:
         matrix_settings({"twins_in_gate": True})
     with pytest.raises(InputError, match="steps_by_arch"):
         matrix_settings({"surrogate": {"steps_by_arch": {"vgg": 3}}})
+
+
+def test_seed_matrix_judges_each_cell_against_the_theft_bar(data) -> None:
+    from neuralmark.components.methods.output_mark.matrix import (
+        CONVERGED_GAIN_DB,
+        TASK_MARGIN_DB,
+        theft_bar_rows,
+    )
+
+    plain = seed_matrix_rows(0, data["train"], data["test"], MICRO, CELLS, KEY)
+    rows = seed_matrix_rows(0, data["train"], data["test"], MICRO, CELLS, KEY,
+                            surrogate={"steps_by_arch": {"res9": 3}}, theft_bar=True,
+                            attacker_quality=True)
+    got = {(r["stage"], r["label"], r["metric"]): r["value"] for r in rows}
+    # the unet cell keeps its budget: its success rows are the plain run's, to the bit
+    for stage in ("stage1", "stage2"):
+        for metric in ("success_rate", "nc_mean"):
+            k = (stage, "surrogate_unet_l2", metric)
+            assert got[k] == next(r["value"] for r in plain
+                                  if (r["stage"], r["label"], r["metric"]) == k)
+    service = got[("attacker", "none", "psnr_service_vs_target")]
+    for arch in ("unet", "res9"):
+        name = f"surrogate_{arch}_l2"
+        gain = got[("attacker", name, "bar_fidelity_gain_db")]
+        margin = got[("attacker", name, "bar_task_margin_db")]
+        assert margin == pytest.approx(got[("attacker", name, "psnr_vs_target")] - service)
+        assert got[("attacker", name, "met_theft_bar")] == float(
+            gain < CONVERGED_GAIN_DB and margin >= -TASK_MARGIN_DB)
+    # the bar itself, on outputs whose PSNRs are known
+    marked = torch.full((2, 3, 8, 8), 0.5)
+    targets = marked + 0.01                                     # service: 40 dB
+    near, nearer = marked + 0.02, marked + 0.019                # +0.45 dB by doubling
+    far = marked + 0.05                                         # 26 dB from B′
+    bar = theft_bar_rows([("cnet", "l2"), ("unet", "l2")], [near, far], [nearer, marked],
+                         marked, targets)
+    met = {r["label"]: r["value"] for r in bar if r["metric"] == "met_theft_bar"}
+    assert met == {"surrogate_cnet_l2": 1.0, "surrogate_unet_l2": 0.0}  # unet gains 60+ dB
+    with pytest.raises(InputError, match="doubled"):
+        theft_bar_rows(CELLS, [near, far], [near], marked, targets)
+    with pytest.raises(InputError, match="at least 1 step"):
+        seed_matrix_rows(0, data["train"], data["test"], MICRO, CELLS, KEY,
+                         surrogate={"steps_by_arch": {"res9": 0}}, theft_bar=True)

@@ -68,6 +68,19 @@ class OutputMarkConfig(MethodConfig):
     #: held-out part swung 24–62 dB and the share read 0–100% between checkpoints 50 steps
     #: apart (MODEL_CARD.md, issue #19)
     lr_decay: Literal["none", "cosine"] = "none"
+    #: stage 1's warm-up of L_emd (StegaStamp's loss ramps): H's image-quality terms (MSE,
+    #: perceptual, adversarial, PSNR hinge, high band) are weighted by min(1, (t + 1) / N) at
+    #: stage-1 step t, so H may first make a residual R can tell from B before it is told to
+    #: hide it. Aimed at the deadlock of issue #19's seed 2 (om14, MODEL_CARD.md): R settles
+    #: on an input-blind image within 30 steps, so it passes H no reading gradient and H's
+    #: residual stays at 50–60 dB. Measured (om14, seed 2, N = 200 with cosine lr): not a
+    #: cure — H's residual jumps to 17 dB, D wins at once, R still reads 0%; left off.
+    #: 0: off (the seed's fixed weights)
+    embed_warmup: int = Field(0, ge=0)
+    #: stage 1 reports its training metrics (losses, ``h_grad_norm`` / ``r_grad_norm``,
+    #: ``stage1_lr``) every this many steps; 0: twenty times per stage (``steps // 20``).
+    #: Logging changes no trained number
+    log_every: int = Field(0, ge=0)
     perceptual: Literal["structural", "none"] = "structural"
     lambda_mse: float = 1.0
     lambda_perc: float = 1.0

@@ -68,7 +68,7 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
                   for o in (opt, opt_d)] if c.lr_decay == "cosine" else [])
     method.H.train(), method.R.train(), method.D.train()
     distributed.broadcast_state(method.D)
-    every = max(1, c.steps // 20)
+    every = c.log_every or max(1, c.steps // 20)
     metrics: dict[str, float] = {}
     with distributed.sync_batchnorm(method.H, method.R, method.D), \
             distributed.wrapped(method, "H", "R"):
@@ -88,9 +88,10 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
                 read = resize_round_trip(c, g, h_in, b_prime)
                 ext, m2 = extract_loss(c, method.R, method.logo, [read], clean, g,
                                        sharded=True)
-                loss = emd + c.lambda_ext * ext
+                loss = embed_ramp(c, step) * emd + c.lambda_ext * ext
             opt.zero_grad()
             loss.backward()
+            norms = grad_norms(method, ("H", "R")) if log else {}
             opt.step()
             with distributed.autocast(dev):
                 d_loss = disc_loss(method.D, h_ref, b_prime)
@@ -103,7 +104,8 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
             if log:
                 metrics = distributed.mean_over_processes(
                     {"stage1_loss": float(loss.detach()), "d_loss": float(d_loss.detach()),
-                     **m1, **m2})
+                     "stage1_lr": float(opt.param_groups[0]["lr"]),
+                     "emd_weight": embed_ramp(c, step), **norms, **m1, **m2})
                 cb.on_metrics(step0 + step, metrics)
                 cb.on_progress(step + 1, c.steps, "stage 1: H, R, D")
             done = step + 1
@@ -113,6 +115,28 @@ def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt
         selector(done)
     method.H.eval(), method.R.eval(), method.D.eval()
     return metrics
+
+
+def embed_ramp(c: OutputMarkConfig, step: int) -> float:
+    """The weight of L_emd at stage-1 step ``step`` (from 0): ``min(1, (step + 1) / N)`` for
+    N = ``c.embed_warmup``, 1 when it is 0 (the seed's fixed weights)."""
+    return 1.0 if c.embed_warmup <= 0 else min(1.0, (step + 1) / c.embed_warmup)
+
+
+def grad_norms(method: OutputMarkParts, nets: Sequence[str]) -> dict[str, float]:
+    """The global L2 norm of each named network's gradients (``<net>_grad_norm``), for the log.
+
+    Read after ``backward`` and before the optimiser step, so a stage's log shows which
+    network the loss pulls hardest on a step (issue #19's seed-2 diagnosis); reading them
+    changes no number. Under data parallelism: this process's (averaged) gradients.
+    """
+    out = {}
+    for name in nets:
+        grads = [p.grad.detach().float().pow(2).sum() for p in getattr(method, name).parameters()
+                 if p.grad is not None]
+        out[f"{name.lower()}_grad_norm"] = float(torch.stack(grads).sum().sqrt()) if grads \
+            else 0.0
+    return out
 
 
 def resize_round_trip(c: OutputMarkConfig, g: torch.Generator, before: torch.Tensor,
@@ -274,5 +298,5 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
     return metrics
 
 
-__all__ = ["STAGE1_SEED", "STAGE2_SEED", "clean_rows", "finetune_extractor",
-           "resize_round_trip", "train_embedder"]
+__all__ = ["STAGE1_SEED", "STAGE2_SEED", "clean_rows", "embed_ramp", "finetune_extractor",
+           "grad_norms", "resize_round_trip", "train_embedder"]

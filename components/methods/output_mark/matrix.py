@@ -262,6 +262,60 @@ def attacker_quality_rows(cells: Sequence[tuple[str, str]], outputs: Sequence[to
     return rows
 
 
+#: the om10 theft bar (MODEL_CARD.md, session om10), fixed before its ladder ran: a cell's
+#: attacker at budget k is a *converged copy* when doubling k adds less than this to its
+#: fidelity to B′ (PSNR(B″, B′) on the test inputs) ...
+CONVERGED_GAIN_DB = 0.5
+#: ... and *useful* when it derains at most this much worse than the service (B″ vs B′,
+#: each against the clean targets); both: a successful theft, the cell is at the bar
+TASK_MARGIN_DB = 1.0
+
+
+def theft_bar_rows(cells: Sequence[tuple[str, str]], outputs: Sequence[torch.Tensor],
+                   doubled: Sequence[torch.Tensor], marked: torch.Tensor,
+                   targets: torch.Tensor) -> list[dict[str, Any]]:
+    """Does each cell's attacker meet the theft bar at its budget? (stage ``attacker``)
+
+    One seed's attacker (the cell's), so "converged" is that attacker's, not om10's mean
+    over three attacker seeds.
+
+    Args:
+        cells: the matrix cells, in the order of ``outputs``.
+        outputs: per cell, T×3×S×S B″ after the cell's budget k.
+        doubled: per cell, T×3×S×S B″ of the same attacker after 2k steps (one run:
+            ``attacks.surrogate.attack_cell_ladder``).
+        marked: T×3×S×S the service's outputs B′ on the test inputs.
+        targets: T×3×S×S the clean targets at the same size.
+
+    Returns:
+        Per cell ``bar_fidelity_gain_db`` (fidelity at 2k minus at k), ``bar_task_margin_db``
+        (task PSNR at k minus the service's) and ``met_theft_bar`` (1: gain <
+        :data:`CONVERGED_GAIN_DB` and margin ≥ −:data:`TASK_MARGIN_DB`; else 0).
+
+    Raises:
+        InputError: outputs, doubled outputs and cells do not match in number.
+    """
+    if not len(cells) == len(outputs) == len(doubled):
+        raise InputError(f"{len(cells)} cells but {len(outputs)} outputs and {len(doubled)} "
+                         "doubled-budget outputs")
+    n = int(marked.shape[0])
+    service = float(psnr(marked, targets).clamp(max=100).mean())
+
+    def mean_psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(psnr(x, y).clamp(max=100).mean())
+
+    rows = []
+    for (arch, loss), out, twice in zip(cells, outputs, doubled, strict=True):
+        gain = mean_psnr(twice, marked) - mean_psnr(out, marked)
+        margin = mean_psnr(out, targets) - service
+        met = gain < CONVERGED_GAIN_DB and margin >= -TASK_MARGIN_DB
+        name = cell_name(arch, loss)
+        rows += [_row("output_mark", name, "attacker", n, "bar_fidelity_gain_db", gain),
+                 _row("output_mark", name, "attacker", n, "bar_task_margin_db", margin),
+                 _row("output_mark", name, "attacker", n, "met_theft_bar", float(met))]
+    return rows
+
+
 # --------------------------------------------------------------------------- more training
 def ablation_rows(name: str, train_pairs: tuple[torch.Tensor, torch.Tensor],
                   test_pairs: tuple[torch.Tensor, torch.Tensor],
@@ -467,10 +521,11 @@ def gate_summary(rows: Sequence[Mapping[str, Any]], stage: str = "stage2",
     return out
 
 
-__all__ = ["ABLATIONS", "ROW_COLUMNS", "STAGES", "TWIN_PREFIX", "ablation_rows",
+__all__ = ["ABLATIONS", "CONVERGED_GAIN_DB", "ROW_COLUMNS", "STAGES", "TASK_MARGIN_DB",
+           "TWIN_PREFIX", "ablation_rows",
            "attack_pairs", "attacker_quality_rows",
            "baseline_attack_pairs", "baseline_config", "cell_ladder_outputs", "cell_outputs",
            "cell_rows", "clean_attack_pairs", "twin_source",
            "evaluation_rows",
            "false_positive_rows", "gate_summary", "independent_model_outputs", "matrix_summary",
-           "quality_rows", "score_outputs"]
+           "quality_rows", "score_outputs", "theft_bar_rows"]

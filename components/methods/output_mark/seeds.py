@@ -27,7 +27,11 @@ from typing import Any, cast
 
 import torch
 
-from neuralmark.components.attacks.surrogate import SurrogateSettings, attack_cell
+from neuralmark.components.attacks.surrogate import (
+    SurrogateSettings,
+    attack_cell,
+    attack_cell_ladder,
+)
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks, WatermarkKey
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
@@ -36,6 +40,7 @@ from neuralmark.components.methods.output_mark.matrix import (
     attacker_quality_rows,
     clean_attack_pairs,
     evaluation_rows,
+    theft_bar_rows,
 )
 from neuralmark.components.methods.output_mark.method import OutputMark
 from neuralmark.components.methods.output_mark.training import (
@@ -99,7 +104,8 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
                      callbacks: Callbacks | Sequence[Any] = (),
                      manifest: str | None = None,
                      bundle_dir: str | os.PathLike | None = None, twins: bool = False,
-                     attacker_quality: bool = False) -> list[dict[str, Any]]:
+                     attacker_quality: bool = False,
+                     theft_bar: bool = False) -> list[dict[str, Any]]:
     """Train the whole sequence with one seed and score the matrix (no baseline, no ablations).
 
     Args:
@@ -121,6 +127,10 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
             (``clean_twin_<cell>``; outside the success mean).
         attacker_quality: add :func:`.matrix.attacker_quality_rows` (stage ``attacker``:
             each cell's fidelity to B′ and task PSNR, the service's task PSNR).
+        theft_bar: train each cell's attacker on to twice its budget in the same run
+            (``attack_cell_ladder``: the cell's outputs are the budget's, to the bit) and
+            judge the cell against the om10 theft bar (:func:`.matrix.theft_bar_rows`:
+            stage ``attacker``, ``met_theft_bar`` per cell); doubles the attacker's time.
 
     Returns:
         :func:`.matrix.evaluation_rows` (Table 1 for stage 1 and 2, each cell with the
@@ -129,6 +139,8 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
         metrics (label :data:`TRAINING`, :data:`TRAINING_METRICS`), each with ``seed``.
     """
     cfg = seeded_config(config, seed)
+    schedule = attacker_settings(cfg, surrogate)
+    budgets = {arch: _budgets(schedule, arch) for arch, _ in cells} if theft_bar else {}
     with pinned(cfg.seed, cfg.cpu_threads):
         clean = clean_variety_images(cfg, manifest)
         s1, m1 = stage1_method(train_pairs, cfg, key, callbacks, groups, clean=clean)
@@ -138,9 +150,16 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
             stage2.to_bundle(Path(bundle_dir) / f"seed{seed}")
         a, marked = attack_pairs(stage1, train_pairs)
         query, _ = stage1.working_pairs(test_pairs, "test pairs")
-        schedule = attacker_settings(cfg, surrogate)
-        outputs = [attack_cell(marked, a, query, arch, loss, schedule, callbacks)
-                   for arch, loss in cells]
+        doubled = []
+        if theft_bar:  # one run to 2k per cell: its k-step outputs are attack_cell's
+            ladders = [attack_cell_ladder(marked, a, query, arch, loss, schedule,
+                                          budgets[arch], callbacks)
+                       for arch, loss in cells]
+            outputs = [ladder[min(ladder)] for ladder in ladders]
+            doubled = [ladder[max(ladder)] for ladder in ladders]
+        else:
+            outputs = [attack_cell(marked, a, query, arch, loss, schedule, callbacks)
+                       for arch, loss in cells]
         twin_outputs = []
         if twins:  # after every marked cell: each surrogate seeds itself, so the marked
             # cells are the same with or without twins
@@ -159,12 +178,27 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
         rows += [{**template, "attack": TRAINING, "label": TRAINING, "stage": stage,
                   "metric": name, "value": float(metrics[prefix + name]), "n": 1}
                  for name in TRAINING_METRICS if prefix + name in metrics]
-    if attacker_quality:
+    if attacker_quality or theft_bar:
         with torch.no_grad():
             service = stage1.marked_outputs(query)
         _, targets = stage2.working_pairs(test_pairs, "test pairs")
-        rows += attacker_quality_rows(cells, outputs, service, targets)
+        if attacker_quality:
+            rows += attacker_quality_rows(cells, outputs, service, targets)
+        if theft_bar:
+            rows += theft_bar_rows(cells, outputs, doubled, service, targets)
     return [{**r, "seed": int(seed)} for r in rows]
+
+
+def _budgets(schedule: SurrogateSettings, arch: str) -> tuple[int, int]:
+    """The cell's budget k and 2k (the theft bar's doubling).
+
+    Raises:
+        InputError: a budget of 0 steps (an untrained attacker has no bar to meet).
+    """
+    k = schedule.budget(arch)
+    if k < 1:
+        raise InputError(f"theft_bar needs a budget of at least 1 step; {arch} has {k}")
+    return k, 2 * k
 
 
 def seed_spread_rows(seeds: Sequence[int], train_pairs: tuple[torch.Tensor, torch.Tensor],
