@@ -10,6 +10,7 @@ from neuralmark.components.attacks import adversarial
 from neuralmark.components.methods import InputError, build
 from neuralmark.components.methods.anti_forward import AntiForward
 from neuralmark.components.methods.anti_forward import training as af_training
+from tests.photo_crops import crops
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,18 +26,6 @@ def smoke(**over) -> AntiForward:
     return build("anti_forward", {**AntiForward.smoke_config, **over})
 
 
-def _crops(photo, n: int, size: int = 32) -> torch.Tensor:
-    """``n`` crops of a real photo (n×3×size×size in [0, 1])."""
-    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
-    g = torch.Generator().manual_seed(n)
-    out = []
-    for _ in range(n):
-        i, j = torch.randint(0, x.shape[1] - 96, (2,), generator=g).tolist()
-        out.append(F.interpolate(x[None, :, i:i + 96, j:j + 96], size=(size, size),
-                                 mode="bilinear", antialias=True)[0])
-    return torch.stack(out).clamp(0, 1)
-
-
 def test_adversarial_training_is_off_by_default_and_its_fields_are_validated():
     m = smoke()
     assert m.config.adversarial_eps == 0.0
@@ -50,7 +39,7 @@ def test_adversarial_training_is_off_by_default_and_its_fields_are_validated():
 
 def test_pgd_moves_the_batch_within_eps_toward_the_other_class(photo):
     m = smoke(sigma=0.25)
-    x = _crops(photo, 4)
+    x = crops(photo, 4)
     labels = torch.tensor([1, 1, 0, 0])                        # the class to move away from
 
     def classifier(z):
@@ -74,7 +63,7 @@ def test_pgd_moves_the_batch_within_eps_toward_the_other_class(photo):
 
 def test_adversarial_views_attack_a_share_of_each_side_within_eps(photo):
     m = smoke(adversarial_eps=EPS, adversarial_fraction=0.5, adversarial_steps=3)
-    seen = _crops(photo, 8)                           # 4 "stamped" views, then 4 clean
+    seen = crops(photo, 8)                           # 4 "stamped" views, then 4 clean
     g = torch.Generator().manual_seed(0)
     out = af_training.adversarial_views(m, seen, EPS, 0.25, g)
     changed = (out - seen).flatten(1).abs().amax(1)                              # 8
@@ -85,7 +74,7 @@ def test_adversarial_views_attack_a_share_of_each_side_within_eps(photo):
 
 def test_fit_with_adversarial_examples_runs_and_trains_the_scanner_differently(photo,
                                                                                monkeypatch):
-    data = {"train": _crops(photo, 8), "val": _crops(photo, 2)}
+    data = {"train": crops(photo, 8), "val": crops(photo, 2)}
     base = smoke()
     calls: list[tuple[int, float]] = []
     original = adversarial.pgd
@@ -117,7 +106,7 @@ def test_default_training_step_is_unchanged(photo):
     """``adversarial_eps`` 0 (the default) and the keyword left out give the same loss and
     the same random draws: no attack, no extra draw from the training generator."""
     m = smoke(sigma=0.25)
-    x = _crops(photo, 4)
+    x = crops(photo, 4)
     losses = []
     for kwargs in ({}, {"adversarial_eps": 0.0}):
         g = torch.Generator().manual_seed(5)

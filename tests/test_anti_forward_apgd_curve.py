@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from neuralmark.components.methods import build
 from neuralmark.components.methods.anti_forward import AntiForward
+from tests.photo_crops import crops
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -33,17 +33,6 @@ def script():
     return module
 
 
-def _crops(photo, n: int, size: int = 32) -> torch.Tensor:
-    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
-    g = torch.Generator().manual_seed(n)
-    out = []
-    for _ in range(n):
-        i, j = torch.randint(0, x.shape[1] - 96, (2,), generator=g).tolist()
-        out.append(F.interpolate(x[None, :, i:i + 96, j:j + 96], size=(size, size),
-                                 mode="bilinear", antialias=True)[0])
-    return torch.stack(out).clamp(0, 1)
-
-
 def test_eps_lists_keep_their_order_and_refuse_bad_values(script):
     assert script.parse_eps("8,4, 2,4,1") == [8.0, 4.0, 2.0, 1.0]
     for bad in ("", "0,2", "-1", "two"):
@@ -61,8 +50,8 @@ def test_curve_attacks_within_eps_judges_three_ways_and_writes_card_and_figure(
     torch.manual_seed(0)
     method = build("anti_forward", {**AntiForward.smoke_config, "sigma": 0.25,
                                     "payload_bits": 0, "message_bits": 0})
-    clean = _crops(photo, 2)
-    method.calibrate(_crops(photo, 4), torch.Generator().manual_seed(9))
+    clean = crops(photo, 2)
+    method.calibrate(crops(photo, 4), torch.Generator().manual_seed(9))
     with torch.no_grad():
         marked = method.embed(clean, None)
     monkeypatch.setattr(script, "SEED_STEPS", 3)  # the seed's 100 iterations, made micro

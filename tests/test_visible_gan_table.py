@@ -62,15 +62,22 @@ def _script():
     return module
 
 
-def test_the_table_runs_every_network_and_marking_at_micro_size(tmp_path):
-    """The shipped W on 6 images a class, 2 F′ steps: every (network, marking) cell, its
-    interval, and the paired drop as the difference of the two accuracies."""
-    script = _script()
+def _micro_bundle(tmp_path):
+    """A copy of the shipped visible_gan bundle whose data recipe makes 6 images a class
+    (under ``tmp_path``), so the table runs at micro size."""
     bundle = tmp_path / "bundle"
     shutil.copytree(shipped_bundle("visible_gan"), bundle)
     metrics = json.loads((bundle / "metrics.json").read_text())
     metrics["data"].update(images_per_class=6, root=str(tmp_path / "classes"))
     (bundle / "metrics.json").write_text(json.dumps(metrics))
+    return bundle
+
+
+def test_the_table_runs_every_network_and_marking_at_micro_size(tmp_path):
+    """The shipped W on 6 images a class, 2 F′ steps: every (network, marking) cell, its
+    interval, and the paired drop as the difference of the two accuracies."""
+    script = _script()
+    bundle = _micro_bundle(tmp_path)
     out = tmp_path / "architecture_table.json"
     archs = [("alexnet", 0.25), ("vgg16", 0.125), ("resnet50", 0.0625)]
     table = script.measure(bundle, archs, out, "python … (test)", steps=2)
@@ -138,11 +145,7 @@ def test_the_table_over_f_seeds_keeps_seed_zero_and_the_marked_images(tmp_path):
     the default run's cells (a narrowed run marks the images as the full one); bad plans are
     refused (``check_plan``, which ``main`` calls before anything trains)."""
     script = _script()
-    bundle = tmp_path / "bundle"
-    shutil.copytree(shipped_bundle("visible_gan"), bundle)
-    metrics = json.loads((bundle / "metrics.json").read_text())
-    metrics["data"].update(images_per_class=6, root=str(tmp_path / "classes"))
-    (bundle / "metrics.json").write_text(json.dumps(metrics))
+    bundle = _micro_bundle(tmp_path)
     archs = [("alexnet", 0.25)]
     full = script.measure(bundle, archs, tmp_path / "full.json", "python … (test)", steps=6)
     seeds = script.measure(bundle, archs, tmp_path / "seeds.json", "python … (test)", steps=6,
