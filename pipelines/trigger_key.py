@@ -110,7 +110,9 @@ class StudySettings(BaseModel):
     baselines: bool = True
     other_keys: int = Field(2, ge=0, le=16)
     capacity_sizes: list[int] | None = None
-    #: 40 keys left η unreachable at alpha 0.01 (p ≥ 1/(n+1)): nothing detected, η nan
+    #: 40 keys left η unreachable at alpha 0.01 (p ≥ 1/(n+1)): nothing detected, η nan;
+    #: since tk15 such a calibration (here, or uniqueness_keys in ``uniqueness``) fails its
+    #: step with the counts it needs (``calibration.require_reachable``)
     capacity_keys: int = Field(100, ge=2)
     uniqueness_keys: int | None = Field(None, ge=2)
     independent_seed: int = 1000

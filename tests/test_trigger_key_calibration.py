@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from neuralmark.components.errors import InputError
-from neuralmark.components.methods import build
+from neuralmark.components.methods import build, load_bundle
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.trigger_key import calibration
 
@@ -116,6 +116,45 @@ def test_calibrate_embeds_a_pool_of_other_keys_marked_hosts(micro):
         bare.marked_pool()
 
 
+def test_min_null_is_where_eta_at_first_sets_an_eta():
+    for alpha in (0.01, 0.05, 0.1, 0.2, 1e-3, 0.03):
+        need = calibration.min_null(alpha)
+        assert calibration.eta_at([0.5] * need, alpha) == 0.5
+        assert calibration.eta_at([0.5] * (need - 1), alpha) is None
+    assert calibration.min_null(0.01) == 99 and calibration.min_null(0.05) == 19
+    with pytest.raises(InputError, match="alpha must be in"):
+        calibration.min_null(0.0)
+
+
+def test_a_null_too_small_for_alpha_is_refused_with_its_counts_and_nothing_is_stored(
+        micro, tmp_path):
+    """Issue #13 (tk14): 8 random keys on 2 hosts give 8 calibration trials, alpha 0.05
+    needs 19: ``calibrate`` names the counts and the fields, and the method keeps no null;
+    ``allow_no_eta`` keeps such a null on purpose; the config's 20 keys set η."""
+    m, key = micro, WatermarkKey("owner")
+    assert m.null == [] and m.calibration == {}
+    with pytest.raises(InputError) as err:
+        m.calibrate(key, n_keys=8, pool=[])
+    msg = str(err.value)
+    for part in ("8 trials", "alpha 0.05 needs at least 19", "2 host(s) × 4",
+                 "calibration_keys", "calibration_marked_keys", "independently trained",
+                 "nothing was stored"):
+        assert part in msg, (part, msg)
+    assert m.null == [] and m.calibration == {} and m.pool == []
+    assert m.verify_model(m.host, key).reason.startswith("not calibrated")
+    m.to_bundle(tmp_path / "b")  # the bundle of the refused run holds no null either
+    assert load_bundle(tmp_path / "b").null == []
+    # a too-small null kept on purpose: η NaN, and every verdict says why it cannot verify
+    kept = m.calibrate(key, n_keys=8, pool=[], allow_no_eta=True)
+    assert math.isnan(kept["eta"]) and kept["n_null"] == 8 and m.eta is None
+    v = m.verify_model(m.host, key)
+    assert not v.detected and "no η: 8 calibration trials cannot reach alpha 0.05" in v.reason
+    # enough trials (the config's 20 keys on 2 hosts): η is set, the marked host verifies
+    out = m.calibrate(key, pool=[])
+    assert out["n_null"] == 20 and math.isfinite(out["eta"]) and m.eta == out["eta"]
+    assert m.verify_model(m.host, key).detected
+
+
 def test_the_calibration_pool_travels_packed_and_the_uniqueness_study_reuses_it(
         micro, monkeypatch):
     """The pool calibrate embedded, packed as one tensor (a pipeline artifact) and unpacked:
@@ -137,12 +176,13 @@ def test_the_calibration_pool_travels_packed_and_the_uniqueness_study_reuses_it(
     assert m.pool_from_tensor(calibration.pack_pool([])) == []
     with pytest.raises(InputError, match="marked pool"):
         m.pool_from_tensor(packed[:, :-3])
-    # the study's reuse: no pool embedded when the owner's is given
+    # the study's reuse: no pool embedded when the owner's is given (20 keys on 2 hosts
+    # + the pool's 4 trials: enough for alpha 0.05)
     monkeypatch.setattr(study, "with_data", lambda method, *a, **k: method)
-    rows_rebuilt = study.uniqueness_study(m, key, m.unmarked, ["other"], "unused", n_keys=10)
+    rows_rebuilt = study.uniqueness_study(m, key, m.unmarked, ["other"], "unused", n_keys=20)
     calls: list[int] = []
     monkeypatch.setattr(type(m), "marked_pool", lambda self, *a, **k: calls.append(1) or [])
-    rows_reused = study.uniqueness_study(m, key, m.unmarked, ["other"], "unused", n_keys=10,
+    rows_reused = study.uniqueness_study(m, key, m.unmarked, ["other"], "unused", n_keys=20,
                                          pool=packed)
     assert calls == []
     assert rows_reused == rows_rebuilt  # the pool the study would embed is the owner's

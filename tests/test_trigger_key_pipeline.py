@@ -40,7 +40,7 @@ MICRO: dict[str, Any] = {
     # every attack the profile's policy names must run (check_policy_labels), even opened
     "study": {"suite": [["prune", [0.1, 0.5]], ["fine_tune_original", [1]],
                         ["fine_tune_new", [1]], ["overwrite", [None]]], "other_keys": 1,
-              "capacity_sizes": [12], "capacity_keys": 4, "uniqueness_keys": 10},
+              "capacity_sizes": [12], "capacity_keys": 40, "uniqueness_keys": 30},
 }
 
 

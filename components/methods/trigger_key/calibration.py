@@ -225,6 +225,45 @@ def eta_at(null: Sequence[float], alpha: float) -> float | None:
     return ordered[k] if k < len(ordered) else math.inf
 
 
+def min_null(alpha: float) -> int:
+    """The fewest calibration trials with which :func:`eta_at` can set η at ``alpha``: the
+    smallest p-value is ``1 / (n + 1)``, so ``n + 1 >= 1 / alpha`` (99 at alpha 0.01)."""
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha must be in (0, 1), got {alpha}")
+    return max(1, math.ceil(1 / alpha - 1e-9) - 1)
+
+
+def require_reachable(calib: Sequence[float], alpha: float, n_keys: int, hosts: int,
+                      marked_keys: int) -> None:
+    """Refuse a calibration null too small for ``alpha`` (no η: nothing could ever verify).
+
+    Args:
+        calib: the calibration trials (:func:`calibration_null`).
+        alpha: the detection level.
+        n_keys: random keys (the even half calibrates, ``⌈n_keys/2⌉`` trials per host).
+        hosts: hosts run on the random keys (the marked host and the null hosts).
+        marked_keys: other keys' marked hosts in the pool (``P·(1 + ⌈P/2⌉)`` trials).
+
+    Raises:
+        InputError: :func:`eta_at` finds no η (fewer than :func:`min_null` trials),
+            naming the fields that raise the count.
+    """
+    if eta_at(calib, alpha) is not None:
+        return
+    need, n_null = min_null(alpha), len(calib)
+    per_host = (n_keys + 1) // 2
+    keys_needed = 2 * math.ceil(max(0, need - marked_keys * (1 + (marked_keys + 1) // 2))
+                                / hosts) if hosts else 0
+    raise InputError(
+        f"calibrate: the calibration null has {n_null} trials, alpha {alpha:g} needs at least "
+        f"{need} (the smallest p-value is 1/(n + 1)): no η could be set and no host would "
+        f"ever verify. Now: {hosts} host(s) × {per_host} calibrating random keys "
+        f"(calibration_keys {n_keys}) + {marked_keys} other keys' marked hosts "
+        f"(calibration_marked_keys). Raise calibration_keys (to {max(keys_needed, n_keys + 1)} "
+        f"with these hosts), calibration_marked_keys, pass independently trained null hosts, "
+        f"or raise alpha; nothing was stored")
+
+
 def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence[nn.Module],
                    owner_input: torch.Tensor, owner_s: torch.Tensor, n_keys: int, seed: int,
                    size: int, channels: int, task: str, scale: int,
@@ -380,5 +419,6 @@ def unpack_pool(packed: torch.Tensor, template: nn.Module, x_shape: Sequence[int
 
 __all__ = ["STATISTICS", "MarkedPeer", "aligned_keys", "calibrate", "calibration_null", "eta_at",
            "host_distances", "host_relative_distances", "key_alignment", "marked_peer_distances",
-           "matched_distance", "null_distances", "p_value", "pack_pool", "random_key_material",
-           "relative_distance", "split_marked_hosts", "unpack_pool"]
+           "matched_distance", "min_null", "null_distances", "p_value", "pack_pool",
+           "random_key_material", "relative_distance", "require_reachable",
+           "split_marked_hosts", "unpack_pool"]

@@ -66,7 +66,7 @@ class HostMark(WatermarkMethod):
     data_parallel = True  # host training and embedding: components/distributed.py
     smoke_config: dict[str, Any] = {
         "depth": 3, "width": 4, "trigger_size": 8, "host_steps": 2, "embed_steps": 2,
-        "patch_size": 8, "n_patches": 8, "batch_size": 2, "calibration_keys": 4,
+        "patch_size": 8, "n_patches": 8, "batch_size": 2, "calibration_keys": 64,
         "visualizer_width": 4, "visualizer_steps": 2, "logo_size": 8, "baseline_items": 2,
         "check_every": 1}
 

@@ -269,7 +269,8 @@ class TriggerKey(HostMark):
 
     def calibrate(self, key: WatermarkKey, null_hosts: Sequence[nn.Module] = (),
                   n_keys: int | None = None, seed: int = 1,
-                  pool: Sequence[calibration.MarkedPeer] | None = None) -> dict[str, float]:
+                  pool: Sequence[calibration.MarkedPeer] | None = None,
+                  allow_no_eta: bool = False) -> dict[str, float]:
         """Measure η and the FPR from the null (:mod:`.calibration`); kept in the bundle.
 
         Args:
@@ -282,13 +283,18 @@ class TriggerKey(HostMark):
                 ``config.calibration_marked_keys`` of them now; ``[]``: none). Reusing one
                 pool for several owners of the same unmarked host is what the uniqueness
                 study does; a pool must not contain a host marked with ``key``.
+            allow_no_eta: keep a null too small for ``config.alpha`` (``eta`` NaN, nothing
+                ever verifies): for a measurement that wants the null scores only. By
+                default such a calibration is refused before anything is stored.
 
         Returns:
             :func:`.calibration.calibrate`'s numbers (``eta``, ``fpr`` with its interval…).
 
         Raises:
-            InputError: the host is not marked with ``key``, or the pool holds a host of
-                another trigger shape.
+            InputError: the host is not marked with ``key``, the pool holds a host of
+                another trigger shape, or (unless ``allow_no_eta``) the calibration null is
+                too small for ``config.alpha`` (:func:`.calibration.require_reachable`:
+                the counts and the fields that raise them); the method is then unchanged.
         """
         if not self.owns(key):
             raise InputError("calibrate: the host is not marked with this key; embed_model first")
@@ -296,8 +302,12 @@ class TriggerKey(HostMark):
         n = n_keys or c.calibration_keys
         peers = self.marked_pool(owner=key) if pool is None else list(pool)
         null = self.null_trials(key, null_hosts, n, seed, peers, c.readout)
+        calib = calibration.calibration_null(null, n)
+        if not allow_no_eta:
+            hosts = 1 + len(null_hosts) + (self.lambda0_host is not None)
+            calibration.require_reachable(calib, c.alpha, n, hosts, len(peers))
         self.pool = peers
-        self.null = calibration.calibration_null(null, n)
+        self.null = calib
         self.calibration = calibration.calibrate(null, c.alpha, n)
         self.metrics.update({f"calibration_{k}": v for k, v in self.calibration.items()})
         return dict(self.calibration)
@@ -434,7 +444,10 @@ class TriggerKey(HostMark):
         detected = p <= c.alpha
         shown = (f"d_rel = {rel:.3f} (d = {d:.3e})" if c.readout == "d_rel"
                  else f"1 − matched = {stat:.3f} (matched {matched:.3f}, d_rel {rel:.3f})")
-        shown += f", η = {eta:.3f}" if eta is not None else ""
+        shown += (f", η = {eta:.3f}" if eta is not None else
+                  f", no η: {len(self.null)} calibration trials cannot reach alpha "
+                  f"{c.alpha:g} (needs {calibration.min_null(c.alpha)}; re-run calibrate "
+                  "with more calibration_keys)")
         reason = (f"{shown}, p = {p:.3g} ≤ {c.alpha:g}" if detected
                   else f"{shown}, p = {p:.3g} > {c.alpha:g}"
                   + ("" if own else "; the key is not the one this host was marked with"))
