@@ -38,7 +38,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
                     "device": "cpu"},
     "trigger_key": {"arch": "dncnn", "depth": 3, "width": 4, "trigger_size": 8,
                     "host_steps": 3, "embed_steps": 3, "patch_size": 8, "n_patches": 16,
-                    "batch_size": 4, "calibration_keys": 4, "visualizer_width": 4,
+                    "batch_size": 4, "calibration_keys": 64, "visualizer_width": 4,
                     "visualizer_steps": 2, "logo_size": 8, "check_every": 1,
                     "device": "cpu"},
     "visible_gan": {"working_size": 16, "detect_size": 32, "mark_resolution": 16,

@@ -119,7 +119,7 @@ def test_trigger_key_mark_step_trains_in_two_processes_as_in_one(tmp_path):
     _assert_same_networks(two, one, "trigger_key")
     _assert_same_metrics(two.metrics, one.metrics)
     assert two.fingerprint == one.fingerprint != ""
-    _assert_same_metrics(two.calibration, one.calibration)  # η, FPR, ... (NaN at 4 keys)
+    _assert_same_metrics(two.calibration, one.calibration)  # η, FPR, ... (64 keys reach α)
     # the caller got rank 0's events, each once: the same steps and metrics as in one process
     assert _events(streamed) == _events(here) and len(here.metrics) >= 2
     assert "host_psnr" in host_metrics
@@ -130,7 +130,7 @@ def test_trigger_key_calibration_pool_builds_in_two_processes_as_in_one(tmp_path
     the fine-tuning-aware lookahead) built inside ``mark_owner`` in 2 gloo processes vs 1:
     the same owner's weights and the same null, its marked-host trials included."""
     manifest = str(_manifest(tmp_path))
-    config = {**CONFIGS["trigger_key"], "calibration_keys": 6, "calibration_marked_keys": 2,
+    config = {**CONFIGS["trigger_key"], "calibration_keys": 64, "calibration_marked_keys": 2,
               "lookahead_steps": 1}
     splits = ["val", "test"]
     unmarked, _ = train_in_processes(study.train_unmarked, (config, manifest, splits),
