@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from neuralmark.integrations.loading import BUNDLE_ARTIFACT, quiet_artifact_transfers
+from neuralmark.integrations.tracking import record_environment
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -109,7 +110,8 @@ def register_candidate(bundle_dir: str | os.PathLike, model_name: str,
     can read it back), the decision as ``gate/decision.json``. The new version
     gets tags ``gate=pass|fail`` and ``gate_reasons``, and alias ``challenger``.
     ``champion`` is never touched here. The model keeps the bundle under
-    ``artifacts/bundle/`` whatever the folder's own name.
+    ``artifacts/bundle/`` whatever the folder's own name. The run is tagged ``env.*``
+    (:func:`~neuralmark.integrations.tracking.record_environment`).
 
     Args:
         bundle_dir: a method bundle (``config.json`` + ``weights.safetensors``).
@@ -132,6 +134,9 @@ def register_candidate(bundle_dir: str | os.PathLike, model_name: str,
     reasons = [str(r) for r in decision.get("reasons", [])]
 
     run = mlflow.active_run() or mlflow.start_run()
+    # The run a version points to says which float path made it, also when a script (not a
+    # pipeline, whose on_start hook tags every step) registers the candidate.
+    record_environment()
     metrics = {k: float(v) for k, v in summary.items()}
     if metrics:
         mlflow.log_metrics(metrics)

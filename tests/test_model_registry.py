@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from neuralmark.components.methods.registry import build
@@ -54,6 +55,9 @@ def test_candidates_challenger_champion(mlflow_project, photo) -> None:
     assert v2 != v1
     mv2 = client.get_model_version(MODEL, v2)
     assert mv2.tags["gate"] == "fail" and "0.60" in mv2.tags["gate_reasons"]
+    # registered from a plain run (no pipeline hook): the run still says which float path
+    run_tags = client.get_run(mv2.run_id).data.tags
+    assert run_tags["env.torch"] == torch.__version__ and run_tags["env.threads"]
     assert client.get_model_version(MODEL, v1).tags["gate"] == "pass"
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == v2
     assert reg.champion_version(MODEL) == v1
