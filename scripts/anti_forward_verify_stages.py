@@ -21,7 +21,8 @@ in all: a prefix of the bundle's own calibration views. Clean FPR: the 72 test i
 itself + ``--fpr-views`` chain draws each; unattacked detection: the 72 stamped test images.
 
 Writes ``<out>/results.json`` (every margin, so ``--card-only`` re-judges without a
-forward) and, with ``--card``, the card section between its markers.
+forward) and, with ``--card``, the card section between its markers and
+``verify_stages.json`` beside it (``card_record``).
 
 Usage::
 
@@ -214,6 +215,30 @@ def judge(results: dict) -> dict:
     return out
 
 
+def margins_report(results: dict) -> list[str]:
+    """Where clean and stamped images sit on the deployed statistic and on the votes."""
+    k, thr = results["deployed_k"], results["deployed_threshold"]
+    cal = torch.tensor(results["calibration"])                              # views bank
+    votes = (cal > 0).float().mean(1)
+    out = [f"clean calibration views ({len(cal)}): the largest deployed statistic "
+           f"{float(cal[:, :k].mean(1).max()):.2f} (threshold {thr:.2f}); "
+           f"{int((votes > 0.5).sum())} have a majority of the {cal.shape[1]} noisy draws "
+           f"voting \"stamped\" and {int((votes == 1).sum())} all of them (the largest vote "
+           "share is what a `vote_share` threshold must exceed)"]
+    rows = [("unattacked", results["unattacked"])] + [
+        (f"APGD-EoT {a['eps_255']:g}/255", a)
+        for a in sorted(results["attacks"], key=lambda a: a["eps_255"])]
+    for label, sides in rows:
+        m = torch.tensor(sides["remove"]["margins"])
+        stat = m[:, :k].mean(1)
+        out.append(f"stamped, {label}: deployed statistic median {float(stat.median()):.2f} "
+                   f"(range {float(stat.min()):.2f} to {float(stat.max()):.2f}), "
+                   f"{int((stat > thr).sum())}/{len(stat)} above the threshold; draws voting "
+                   f"\"stamped\" {float((m > 0).float().mean()):.2f} of all; noise-free margin "
+                   f"median {float(torch.tensor(sides['remove']['plain_margin']).median()):.2f}")
+    return out
+
+
 def section(results: dict, judged: dict) -> list[str]:
     """The card section (between its markers)."""
     n = results["images"]
@@ -250,6 +275,9 @@ def section(results: dict, judged: dict) -> list[str]:
                             for e in eps)
         lines.append(f"| {label} | {thr} | {r['heldout_clean']}/{r['heldout_clean_n']} | "
                      f"{r['heldout_stamped']}/{r['heldout_stamped_n']} | {kept} | {forged} |")
+    lines += ["", "Where the statistic stage sits (deployed statistic = mean margin over the "
+              f"first {results['deployed_k']} draws; votes over the {results['bank']} draws):"]
+    lines += [f"- {line}" for line in margins_report(results)]
     measured = " / ".join(f"ε {e}: {dep['sets'][e]['remove']['verify_measured']}"
                           for e in eps if e in dep["sets"])
     lines += ["", f"Stamped images kept by the bundle's own `verify` call on the same images "
@@ -261,6 +289,24 @@ def section(results: dict, judged: dict) -> list[str]:
               f"{sum(a['seconds'] for a in results['attacks']):.0f} s (shared 2-core CPU, "
               "1 torch thread: upper bounds).", END]
     return lines
+
+
+def card_record(results: dict, judged: dict) -> dict:
+    """What goes beside the card: the judged table and the 12 + 12 images' stages per ε,
+    margins rounded to 3 decimals (the calibration and held-out margins, 38 000 numbers,
+    stay in ``<out>/results.json``)."""
+    def rounded(x):
+        if isinstance(x, float):
+            return round(x, 3)
+        if isinstance(x, list):
+            return [rounded(v) for v in x]
+        if isinstance(x, dict):
+            return {k: rounded(v) for k, v in x.items()}
+        return x
+
+    kept = {k: v for k, v in results.items()
+            if k not in ("calibration", "heldout_clean", "heldout_stamped")}
+    return rounded(kept | {"judged": judged})
 
 
 def main() -> None:
@@ -291,6 +337,7 @@ def main() -> None:
     lines = section(results, judged)
     if args.card:
         replace_section(args.card / "MODEL_CARD.md", lines, BEGIN, END)
+        (args.card / "verify_stages.json").write_text(json.dumps(card_record(results, judged)))
     print("\n".join(lines))
 
 

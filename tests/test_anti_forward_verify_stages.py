@@ -74,6 +74,12 @@ def test_judge_counts_each_stage_and_recalibrates_each_reduction(script):
     lines = script.section(results, judged)
     assert lines[0] == script.BEGIN and lines[-1] == script.END
     assert sum(line.startswith("| vote_share K=4 | 0.25 |") for line in lines) == 1
+    # where the statistic sits: 1 of the 2000 clean views has a positive draw, none a majority
+    assert any("0 have a majority of the 4 noisy draws" in line for line in lines)
+    assert any(line.startswith("- stamped, APGD-EoT 2/255: deployed statistic median")
+               for line in lines)
+    record = script.card_record(results, judged)
+    assert "calibration" not in record and record["judged"]["vote_share K=4"]["threshold"] == 0.25
 
 
 def test_stages_of_a_micro_scanner_on_photo_crops(script, photo):
