@@ -33,6 +33,13 @@ the 12 stamped images under APGD (by ``verify``) than the control, or forges ≥
 APGD-EoT is measured and reported either way. The shipped bundle is not replaced in this
 task whatever the result.
 
+Options added by af11 (issue #18's next step, a joint fine-tune at a held PSNR):
+``--joint`` trains encoder and scanner together (every arm), ``--target-psnr DB`` rescales
+every arm's stamp to that PSNR (``AntiForwardConfig.target_psnr``, so the adversarial arm
+cannot buy robustness with a louder stamp), ``--adv-eps`` sets the measured attacks' ε (in
+1/255; 8 before). The card's rule for that run: the adversarial arm keeps ≥ 3 more of 12
+under APGD-EoT at 4/255 by ``verify`` than the same-steps control, PSNR within 0.2 dB.
+
 Usage::
 
     python scripts/anti_forward_adversarial_training.py --out outputs/af9 \\
@@ -58,6 +65,7 @@ from anti_forward_calibration_by_kind import null_images  # noqa: E402
 from anti_forward_invisibility import replace_section  # noqa: E402
 
 from neuralmark.components.adversarial_evaluation import adversarial_rows  # noqa: E402
+from neuralmark.components.attacks.adversarial import attack_label  # noqa: E402
 from neuralmark.components.attacks.stochastic import StochasticAugmentation  # noqa: E402
 from neuralmark.components.data.manifest import load_split  # noqa: E402
 from neuralmark.components.data.sample import build_sample_dataset  # noqa: E402
@@ -81,6 +89,10 @@ def fine_tune(args: argparse.Namespace, arm: str, steps: int) -> Path:
     """Train one arm from the shipped bundle for ``steps``, re-calibrate it as shipped."""
     out = args.out / arm
     settings = dict(FINE_TUNE)
+    if args.joint:  # encoder and scanner trained together (the stamp moves too)
+        settings["train_scanner_only"] = False
+    if args.target_psnr is not None:  # every stamp rescaled to this PSNR, in every arm
+        settings["target_psnr"] = args.target_psnr
     if arm == "adversarial":
         settings |= {"adversarial_eps": args.eps, "adversarial_fraction": args.fraction,
                      "adversarial_steps": args.pgd_steps,
@@ -128,7 +140,8 @@ def measure(args: argparse.Namespace, path: Path, null: tuple) -> dict:
     a = args.adv_images
     start = time.time()
     adv = summarize(adversarial_rows(
-        method, marked[:a], clean[:a], attacks=("apgd", "apgd_eot"), steps=args.adv_steps,
+        method, marked[:a], clean[:a], attacks=("apgd", "apgd_eot"), eps=args.adv_eps / 255,
+        steps=args.adv_steps,
         eot_iter=args.adv_eot, smoothing_n=method.config.n, also_verify=True, batch_size=a,
         seed=0))
     return {"bundle": str(path), "threshold": threshold, "n_test": clean.shape[0],
@@ -144,8 +157,12 @@ def measure(args: argparse.Namespace, path: Path, null: tuple) -> dict:
 def section(results: dict) -> list[str]:
     """The card section's generated part (between its markers)."""
     args = results["args"]
+    adv_eps = args.get("adv_eps", 8.0)  # runs before af11 attacked at 8/255 only
+    what = ("encoder and scanner jointly" if args.get("joint") else "scanner only") + (
+        f", every stamp at PSNR {args['target_psnr']:g} dB (`target_psnr`)"
+        if args.get("target_psnr") is not None else "")
     lines = [BEGIN, "### Measured (`scripts/anti_forward_adversarial_training.py`)", "",
-             f"Fine-tunes: {args['steps']} steps of batch 16 each, scanner only, from the shipped "
+             f"Fine-tunes: {args['steps']} steps of batch 16 each, {what}, from the shipped "
              f"bundle, on the large train split (424 images at 128²), lr 1e-3, chain and σ = 0.5 "
              f"at full strength; adversarial arm: SmoothAdv PGD, ε = {args['eps'] * 255:.0f}/255 "
              f"(ramped over {args['ramp']} steps), {args['pgd_steps']} PGD steps, "
@@ -153,7 +170,8 @@ def section(results: dict) -> list[str]:
              "and of the clean views of each batch attacked. Each re-calibrated as shipped "
              f"({args['calibration_scores']} scores asked, 4 noise draws, fpr 5e-4). "
              f"Adversarial columns: the first {args['adv_images']} stamped + clean held-out test "
-             f"images at 256², ε = 8/255 L∞, APGD {args['adv_steps']} steps on the plain scanner, "
+             f"images at 256², ε = {adv_eps:g}/255 L∞, APGD {args['adv_steps']} steps on the "
+             "plain scanner, "
              f"APGD-EoT {args['adv_steps']} steps × {args['adv_eot']} noise draws; smoothed = "
              "Cohen with the bundle's n (256), verify = the deployed rule. Null: af8's 587 "
              f"images / 386 sources at 256², {args['null_views']} scores each (itself + chain "
@@ -183,10 +201,10 @@ def section(results: dict) -> list[str]:
             f"| {arm} | {m['calibration'].get('fit_steps') if arm != 'shipped' else '–'} | "
             f"{m['threshold']:.2f} | {m['psnr']:.2f} | {m['fast_detected']}/{n} / "
             f"{m['verify_detected']}/{n} | {m['fast_fp']}/{m['fast_trials']} | "
-            f"{pair('detection_rate', 'apgd_linf_8')} | "
-            f"{pair('false_positive_rate', 'apgd_linf_8')} | "
-            f"{pair('detection_rate', 'apgd_eot_linf_8')} | "
-            f"{pair('false_positive_rate', 'apgd_eot_linf_8')} | "
+            f"{pair('detection_rate', attack_label('apgd', adv_eps / 255))} | "
+            f"{pair('false_positive_rate', attack_label('apgd', adv_eps / 255))} | "
+            f"{pair('detection_rate', attack_label('apgd_eot', adv_eps / 255))} | "
+            f"{pair('false_positive_rate', attack_label('apgd_eot', adv_eps / 255))} | "
             f"{null['photo']['flagged']}/{null['photo']['clusters']} | "
             f"{null['procedural']['flagged']}/{null['procedural']['clusters']} | "
             f"{null['all']['flagged']}/{null['all']['clusters']} "
@@ -220,6 +238,12 @@ def main() -> None:
     ap.add_argument("--fpr-views", type=int, default=4, help="chain draws per clean test image")
     ap.add_argument("--null-views", type=int, default=4, help="scores per null image")
     ap.add_argument("--adv-images", type=int, default=12)
+    ap.add_argument("--adv-eps", type=float, default=8.0,
+                    help="L∞ budget of the measured attacks, in 1/255 units")
+    ap.add_argument("--joint", action="store_true",
+                    help="fine-tune encoder and scanner together (default: scanner only)")
+    ap.add_argument("--target-psnr", type=float, default=None,
+                    help="dB: every arm's stamp rescaled to this PSNR (config target_psnr)")
     ap.add_argument("--adv-steps", type=int, default=20)
     ap.add_argument("--adv-eot", type=int, default=4)
     ap.add_argument("--data-root", type=Path, default=ROOT / "data" / "sample")

@@ -63,6 +63,18 @@ DATA = SampleDataConfig()
 CALIBRATION_DATA = SampleDataConfig(size=256, crops_per_photo=24, n_procedural=160)
 
 
+#: The card's line on the seed's APGD figure (af10 read the seed's evaluate_rs.py): not a
+#: detection rate of a decision rule, so not comparable with the table above it.
+SEED_APGD_NOTE = (
+    "The seed reports 71% for its smoothed scanner under APGD at 8/255. That figure is a "
+    "soft vote share, not a detection rate: the mean, over images and 1000 noise draws, of "
+    "single noisy forwards voting \"stamped\" (no majority, no abstention, no confidence "
+    "bound, no calibrated threshold), after a transfer attack on the noise-free detector "
+    "(AutoAttack apgd-ce), on one batch. The columns above are decisions: the certified "
+    "majority (smoothed) and the calibrated rule (`verify`). Session af10 below measures "
+    "all three judges on the same attacked images.")
+
+
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -492,7 +504,7 @@ def write_card(args: argparse.Namespace) -> None:
             f"{pct(f'detection_rate_adversarial_verify/{lab}')} | "
             f"{pct(f'false_positive_rate_adversarial/{lab}')} / "
             f"{pct(f'false_positive_rate_adversarial_verify/{lab}')} |")
-    lines += ["", "The seed reports 71% kept for its smoothed scanner under APGD.", ""]
+    lines += ["", SEED_APGD_NOTE, ""]
     # per-image PSNR / worst 32² block at 256² and 512², stretched and tiled stamps
     from anti_forward_invisibility import section
 

@@ -15,9 +15,14 @@ from neuralmark.components.attacks.stochastic import (
 from neuralmark.components.methods import InputError, Status, WatermarkKey, build, load_bundle
 from neuralmark.components.methods.anti_forward import AntiForward
 from neuralmark.components.methods.anti_forward import training as af_training
-from neuralmark.components.methods.anti_forward.parts import kind_calibration, threshold_at
-from neuralmark.components.metrics import seam_energy_ratio
+from neuralmark.components.methods.anti_forward.parts import (
+    aggregate_margins,
+    kind_calibration,
+    threshold_at,
+)
+from neuralmark.components.metrics import psnr, seam_energy_ratio
 from neuralmark.components.stats import clustered_rate
+from tests.photo_crops import crops
 
 #: a fit small enough for this CPU (~10 s of CPU), big enough to separate stamped from clean
 TRAIN = {"variant": "rs_aug", "working_size": 32, "encoder_width": 8, "scanner_width": 8,
@@ -35,19 +40,6 @@ def smoke(**over) -> AntiForward:
     return build("anti_forward", {**AntiForward.smoke_config, **over})
 
 
-def _images(photo, n: int, size: int = 48) -> torch.Tensor:
-    """``n`` crops of a real photo (n×3×size×size in [0, 1])."""
-    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
-    g = torch.Generator().manual_seed(n)
-    out = []
-    for _ in range(n):
-        i, j = torch.randint(0, x.shape[1] - 128, (2,), generator=g).tolist()
-        out.append(torch.nn.functional.interpolate(x[None, :, i:i + 128, j:j + 128],
-                                                   size=(size, size), mode="bilinear",
-                                                   antialias=True)[0])
-    return torch.stack(out).clamp(0, 1)
-
-
 @pytest.fixture(scope="module")
 def trained(photo):
     torch.manual_seed(0)
@@ -62,7 +54,8 @@ def trained(photo):
         def on_figure(self, step, name, figure):
             figures.append(name)
 
-    final = method.fit({"train": _images(photo, 48), "val": _images(photo, 12)}, [Sink()])
+    final = method.fit({"train": crops(photo, 48, 48, window=128),
+                        "val": crops(photo, 12, 48, window=128)}, [Sink()])
     return method, logged, figures, final
 
 
@@ -119,7 +112,7 @@ def test_variants_train_as_documented(variant, noise, aug, photo, monkeypatch):
         return original(method, xw, bits, aug_strength, sigma, image_ramp, generator, **kwargs)
 
     monkeypatch.setattr(af_training, "joint_loss", spy)
-    m.fit({"train": _images(photo, 4, 32), "val": _images(photo, 2, 32)})
+    m.fit({"train": crops(photo, 4, 32, window=128), "val": crops(photo, 2, 32, window=128)})
     assert len(seen) == 3
     assert all((s > 0) == noise for _, s in seen)
     assert any(a > 0 for a, _ in seen) == aug
@@ -137,7 +130,7 @@ def test_fit_reduces_the_loss_streams_metrics_and_figures(trained):
 
 def test_fit_separates_stamped_from_clean(trained, photo):
     method, *_ = trained
-    clean = _images(photo, 12, 40)          # other crops, another size than training
+    clean = crops(photo, 12, 40, window=128)          # other crops, another size than training
     stamped = method.embed(clean, None)
     s_clean = method.scan_statistic(clean)
     s_stamped = method.scan_statistic(stamped)
@@ -153,7 +146,7 @@ def test_fit_separates_stamped_from_clean(trained, photo):
 
 def test_detection_ignores_the_key(trained, photo):
     method, *_ = trained
-    stamped = method.embed(_images(photo, 3, 40), WatermarkKey("owner"))
+    stamped = method.embed(crops(photo, 3, 40, window=128), WatermarkKey("owner"))
     a = method.verify(stamped, WatermarkKey("owner"))
     b = method.verify(stamped, WatermarkKey("somebody else"))
     assert AntiForward.keyed_detection is False
@@ -162,7 +155,7 @@ def test_detection_ignores_the_key(trained, photo):
 
 def test_calibrated_verdicts_honour_the_detection_level(trained, photo):
     method, *_ = trained
-    clean = _images(photo, 6, 40)
+    clean = crops(photo, 6, 40, window=128)
     images = torch.cat([clean, method.embed(clean, None)])
     fast = method.null_p_values(images, 3, torch.Generator().manual_seed(0))
     verdicts = method.verify(images)
@@ -176,9 +169,67 @@ def test_calibrated_verdicts_honour_the_detection_level(trained, photo):
     assert any(v.detected for v in verdicts)  # the stamped half passes the calibrated test
 
 
+def test_score_aggregations_reduce_the_same_margins_and_calibrate_each(trained, photo):
+    """af11: the statistic reduces the margins over the fixed noise bank (B×K); each
+    reduction is calibrated on its own scores and verify reads it as P(stamped)."""
+    method, *_ = trained
+    clean = crops(photo, 12, 40, window=128)
+    stamped = method.embed(clean, None)
+    margins = method.scan_margins(stamped)
+    assert margins.shape == (12, method.config.score_noise_samples)
+    assert torch.allclose(method.scan_statistic(stamped), margins.mean(dim=1))
+    for how in ("mean_probability", "vote_share"):
+        m = method.with_config(score_aggregation=how)
+        stats = m.scan_statistic(stamped)
+        assert torch.allclose(stats, aggregate_margins(margins, how))
+        assert 0 <= float(stats.min()) and float(stats.max()) <= 1
+        if how == "vote_share":  # a share of K votes
+            assert torch.equal(stats * 4, (stats * 4).round())
+        m = m.with_config(fpr=0.01, calibration_scores=200)  # a small null, fast
+        cal = m.calibrate(crops(photo, 20, 32, window=128), torch.Generator().manual_seed(3))
+        assert 0 <= cal["threshold_statistic"] <= 1  # its own scale, not the margins'
+        verdicts = m.verify(stamped)
+        assert [v.score for v in verdicts] == pytest.approx(stats.tolist())
+        assert not any(v.detected for v in m.verify(clean)), how
+        # detected iff the statistic passes its own threshold (and the certificate agrees)
+        assert all(not v.detected or s > cal["threshold_statistic"]
+                   for v, s in zip(verdicts, stats.tolist(), strict=True))
+        if how == "mean_probability":
+            assert sum(v.detected for v in verdicts) >= 9
+    plain = smoke(variant="baseline")  # never noise-trained: one noise-free margin each
+    assert plain.scan_margins(clean[:2]).shape == (2, 1)
+    with pytest.raises(ValueError, match="unknown score aggregation"):
+        aggregate_margins(margins, "median")
+    with pytest.raises(ValueError, match="B×K"):
+        aggregate_margins(margins[:, 0], "mean_margin")
+    with pytest.raises(InputError, match="score_aggregation"):
+        method.with_config(score_aggregation="max")
+
+
+def test_target_psnr_holds_every_stamp_at_one_psnr_and_keeps_the_gradient(photo):
+    """af11: with ``target_psnr`` each image's stamp is rescaled to that PSNR (clipping to
+    [0, 1] only raises it), whatever the encoder outputs; the encoder still learns where
+    the stamp goes (the rescaling is differentiable)."""
+    x = crops(photo, 4, 32, window=128)                    # the smoke working size: no resize
+    free = smoke(payload_bits=0, message_bits=0)
+    held = free.with_config(target_psnr=38.0)
+    p_free = psnr(free.embed(x, None), x)
+    p_held = psnr(held.embed(x, None), x)
+    assert float(p_free.max()) < 37.0, p_free  # an untrained encoder's stamp: louder
+    assert float(p_held.min()) >= 38.0 - 1e-3 and float(p_held.max()) <= 38.5, p_held
+    encoder = held.modules()["encoder"]
+    r = held.residual(x, None)
+    assert torch.allclose(r.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.full((4,), 10 ** -1.9))
+    (r * torch.randn_like(r)).sum().backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in encoder.parameters())
+    with pytest.raises(InputError, match="target_psnr"):
+        free.with_config(target_psnr=-3.0)
+
+
 def test_abstention_is_never_a_confident_verdict(trained, photo):
     method, *_ = trained
-    stamped = method.embed(_images(photo, 4, 40), None)
+    stamped = method.embed(crops(photo, 4, 40, window=128), None)
     # n = 5 votes can never lift the Clopper–Pearson bound above 1/2 at alpha = 1e-3
     few = method.with_config(n=5)
     for cert in few.certify(stamped, n0=2, n=5):
@@ -302,7 +353,7 @@ def test_clustered_rate_counts_each_group_once():
 
 def test_calibration_by_kind_keeps_the_pooled_threshold_and_counts_groups(photo):
     method = smoke(calibration_scores=48, fpr=0.05)
-    photos = _images(photo, 6, 32)
+    photos = crops(photo, 6, 32, window=128)
     g = torch.Generator().manual_seed(3)
     textures = torch.rand(6, 3, 32, 32, generator=g)
     clean = torch.cat([photos, textures])
@@ -337,9 +388,9 @@ def test_calibration_by_kind_keeps_the_pooled_threshold_and_counts_groups(photo)
     assert again["all"]["at_deployed"]["flagged"] == 8
 
 
-def test_calibration_labels_must_fit_the_images(photo):
+def test_calibration_labels_must_fit_thecrops(photo, window=128):
     method = smoke(calibration_scores=8)
-    clean = _images(photo, 4, 32)
+    clean = crops(photo, 4, 32, window=128)
     with pytest.raises(InputError, match="groups has 3 labels for 4 images"):
         method.calibrate(clean, groups=["a", "b", "c"], kinds=["photo"] * 4)
     with pytest.raises(InputError, match="kinds has 5 labels"):
@@ -350,7 +401,7 @@ def test_calibration_labels_must_fit_the_images(photo):
 
 def test_uncalibrated_model_never_detects(photo):
     m = smoke()
-    v = m.verify(_images(photo, 1, 40), WatermarkKey("k"))[0]
+    v = m.verify(crops(photo, 1, 40, window=128), WatermarkKey("k"))[0]
     assert not v.detected and v.p_value == 1.0 and "not calibrated" in v.reason
 
 
@@ -377,7 +428,7 @@ def test_bundle_round_trip_keeps_calibration(trained, tmp_path, photo):
     again = load_bundle(tmp_path / "af")
     assert again.calibration == method.calibration
     assert len(again.calibration["clean_statistics"]) >= 1000
-    x = method.embed(_images(photo, 3, 40), None)
+    x = method.embed(crops(photo, 3, 40, window=128), None)
     assert [(v.detected, v.p_value, v.score) for v in method.verify(x)] == \
         [(v.detected, v.p_value, v.score) for v in again.verify(x)]
 
@@ -385,7 +436,7 @@ def test_bundle_round_trip_keeps_calibration(trained, tmp_path, photo):
 # -- public scanner API and gradients ---------------------------------------------------
 def test_scanner_logits_and_classifier_module_are_differentiable(photo):
     m = smoke(payload_bits=0, message_bits=0)
-    x = _images(photo, 2, 56).requires_grad_(True)
+    x = crops(photo, 2, 56, window=128).requires_grad_(True)
     logits = m.scanner_logits(x)
     assert logits.shape == (2, 2)
     logits[:, 1].sum().backward()
@@ -399,7 +450,7 @@ def test_scanner_logits_and_classifier_module_are_differentiable(photo):
 
 def test_gradient_reaches_the_input_and_every_parameter_through_the_whole_chain(photo):
     m = smoke(variant="rs_aug", aug=StochasticAugConfig(p=1.0))
-    x = _images(photo, 2, 32).requires_grad_(True)
+    x = crops(photo, 2, 32, window=128).requires_grad_(True)
     loss = m.training_loss(x)
     loss.backward()
     assert float(x.grad.abs().sum()) > 0 and torch.isfinite(x.grad).all()
@@ -440,7 +491,7 @@ def test_a_registered_bundle_with_the_old_name_loads(tmp_path, photo):
     (tmp_path / "b" / "config.json").write_text(json.dumps(raw))
     again = load_bundle(tmp_path / "b")
     assert again.config == m.config
-    x = _images(photo, 2, 40)
+    x = crops(photo, 2, 40, window=128)
     assert [v.p_value for v in again.verify(x)] == [v.p_value for v in m.verify(x)]
 
 
@@ -473,7 +524,7 @@ def test_tiled_stamp_is_made_at_the_photos_resolution(photo):
 
 def test_tiled_scan_finds_tiled_stamps_with_the_same_weights(trained, photo):
     method, *_ = trained
-    big = _images(photo, 6, 96)                                    # 3×3 tiles of 32²
+    big = crops(photo, 6, 96, window=128)                                    # 3×3 tiles of 32²
     for mode, margin in (("tiles", 8), ("tiles", 0), ("conv", 8)):
         tiled = method.with_config(stamp_mode=mode, tile_margin=margin)
         clean = tiled.scan_statistic(big)
@@ -552,7 +603,7 @@ def test_scanner_only_fit_trains_the_tiled_scan_path_on_whole_grids(trained, pho
 
     monkeypatch.setattr(m, "grid_logits", read_spy)
     monkeypatch.setattr(m, "stamp_residual", stamp_spy)
-    grids = _images(photo, 6, 64)                                  # 2×2 tiles of 32²
+    grids = crops(photo, 6, 64, window=128)                                  # 2×2 tiles of 32²
     m.fit({"train": grids, "val": grids[:2]})
     assert all(torch.equal(v, m.encoder.state_dict()[k]) for k, v in encoder.items())
     assert any(not torch.equal(v, m.scanner.state_dict()[k]) for k, v in scanner.items())
@@ -575,7 +626,7 @@ def test_attacks_add_their_noise_where_the_deployed_scanner_does(mode, photo):
     from neuralmark.components.attacks.adversarial import NoisyClassifier
 
     m = smoke(payload_bits=0, message_bits=0, stamp_mode=mode, sigma=0.25, tile_margin=8)
-    x = _images(photo, 2, 90)              # not a multiple of 32: a 96² grid of 3×3 tiles
+    x = crops(photo, 2, 90, window=128)              # not a multiple of 32: a 96² grid of 3×3 tiles
     view = eot_transform(m)(x)
     assert view.shape[-2:] == ((32, 32) if mode == "stretch" else (96, 96))
     noise = torch.randn(view.shape, generator=torch.Generator().manual_seed(4))

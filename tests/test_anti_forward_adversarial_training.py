@@ -114,3 +114,33 @@ def test_default_training_step_is_unchanged(photo):
                                          1.0, g, **kwargs)
         losses.append((float(loss.detach()), int(torch.randint(0, 10**6, (1,), generator=g))))
     assert losses[0] == losses[1]
+
+
+def test_the_scripts_section_names_a_joint_run_at_a_held_psnr_and_its_eps():
+    """af11's options (``--joint``, ``--target-psnr``, ``--adv-eps``) reach the section; a
+    run stored before them (af9's, beside the card) regenerates its card section as is."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))  # the script imports its sibling scripts
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "anti_forward_adversarial_training",
+            root / "scripts" / "anti_forward_adversarial_training.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(root / "scripts"))
+    card = root / "components" / "pretrained" / "anti_forward"
+    old = script.section(json.loads((card / "adversarial_training.json").read_text()))
+    assert "\n".join(old) in (card / "MODEL_CARD.md").read_text()
+    assert "scanner only" in old[3] and "ε = 8/255" in old[3]
+    new = script.section(json.loads((card / "adversarial_training_af11.json").read_text()))
+    assert "encoder and scanner jointly, every stamp at PSNR 30.5 dB" in new[3]
+    assert "ε = 4/255 L∞" in new[3]
+    rows = [line for line in new if line.startswith("| adversarial |")]
+    # APGD-EoT at 4/255: kept (smoothed / verify), forged; then the null's photo groups
+    assert len(rows) == 1 and "| 1/12 / 0/12 | 0/12 / 0/12 | 0/10 |" in rows[0]

@@ -47,3 +47,13 @@ def test_a_calibration_that_reaches_its_fpr_passes(script, tmp_path):
     cal = _calibrated(40, 0.05)
     assert cal["threshold_statistic"] is not None
     script.require_threshold(cal, 0.05, tmp_path / "final")  # no exception
+
+
+def test_the_shipped_card_says_what_the_seeds_71_percent_is(script):
+    """af11: the card's line on the seed's APGD figure is the generator's (a soft vote
+    share under a transfer attack, not a detection rate), not the old "71% kept"."""
+    card = (SCRIPT.parents[1] / "components" / "pretrained" / "anti_forward"
+            / "MODEL_CARD.md").read_text()
+    assert script.SEED_APGD_NOTE in card
+    assert "soft vote share" in script.SEED_APGD_NOTE and "noise-free" in script.SEED_APGD_NOTE
+    assert "The seed reports 71% kept for its smoothed scanner under APGD." not in card

@@ -91,7 +91,15 @@ Choices where the seed is vague (written down here, as promised):
   ``score_noise_samples`` fixed (seeded) Gaussian draws of σ, the input
   distribution the scanner was trained on (a Monte-Carlo estimate of the soft
   smoothed classifier). ``Verdict.score`` is ``sigmoid`` of it, i.e.
-  P(stamped). At the end of ``fit`` the statistic is computed on held-out
+  P(stamped). ``score_aggregation`` (opt-in) reduces the same margins
+  (``scan_margins``, B×K) otherwise: ``mean_probability`` (mean sigmoid) or
+  ``vote_share`` (share of positive draws; the score is then the statistic
+  itself); each needs its own ``calibrate`` (af11 measured them under APGD-EoT
+  at the same clean FPR: none kept the 3 more of 12 its rule asked, and the
+  vote share cannot reach fpr 5e-4 on the shipped scanner, whose clean tail
+  votes "stamped" unanimously). ``target_psnr`` (opt-in) rescales every stamp
+  to one PSNR, in training and at stamping. At the end of ``fit`` the
+  statistic is computed on held-out
   clean images (the ``val`` split) and on views of them through the
   full-strength augmentation chain, at least ``calibration_scores`` in all;
   ``p_value = (1 + #clean ≥ s) / (N + 1)`` (``stats.empirical_p_value``, valid

@@ -22,6 +22,13 @@ class AntiForwardConfig(MethodConfig):
     scanner_width: int = 32
     #: largest change of a pixel value the stamp may make (tanh output × strength)
     strength: float = Field(0.1, gt=0.0, le=1.0)
+    #: None (default): the stamp's size is whatever the encoder and the image loss make it.
+    #: A number (dB): every stamp residual is rescaled, per image at the scanner's view, to
+    #: the RMS 10^(−target_psnr / 20) of that PSNR (images in [0, 1]; clipping to [0, 1]
+    #: only lowers the error), in training and at stamping, so a fine-tune (adversarial or
+    #: not, joint encoder + scanner) moves where the stamp is, not how large it is. |stamp|
+    #: may then exceed ``strength``, which still bounds the output before the rescaling
+    target_psnr: float | None = Field(None, gt=0.0, le=80.0)
     #: where the stamp is made. "stretch" (the seed's one-image pipeline): on the
     #: working-size view, the residual stretched bilinearly to the photo. "tiles" / "conv":
     #: at the photo's resolution: the photo is read as a grid of working_size² tiles
@@ -86,6 +93,14 @@ class AntiForwardConfig(MethodConfig):
     #: most this (Cohen et al.'s α; bundles written before the rename call it ``alpha``)
     certify_alpha: float = Field(1e-3, gt=0.0, lt=1.0)
     score_noise_samples: int = Field(8, ge=1)
+    #: how ``scan_statistic`` reduces the scanner's logit margins over the
+    #: ``score_noise_samples`` noise draws (noise-trained variants): "mean_margin" (the
+    #: mean of l₁ − l₀, every bundle before af11), "mean_probability" (the mean of
+    #: sigmoid(l₁ − l₀): a draw far on either side counts at most 1), "vote_share" (the
+    #: share of draws with l₁ > l₀, the smoothed classifier's vote). The calibration is
+    #: of one reduction: change it only with ``calibrate`` (af11 measured them under
+    #: APGD-EoT: the card's "Session af11")
+    score_aggregation: Literal["mean_margin", "mean_probability", "vote_share"] = "mean_margin"
     # payload (beyond the seed)
     payload_bits: int = Field(0, ge=0)
     message_bits: int = Field(0, ge=0)

@@ -170,7 +170,8 @@ class AntiForward(StampParts):
                 bits_all = (self.grid_logits(xw)[:, 2:] > 0).cpu().numpy().astype("uint8")
         verdicts = []
         for i, (stat, p) in enumerate(zip(stats.tolist(), p_values, strict=True)):
-            score = 1 / (1 + math.exp(-max(-60.0, min(60.0, stat))))
+            score = (1 / (1 + math.exp(-max(-60.0, min(60.0, stat))))
+                     if c.score_aggregation == "mean_margin" else stat)  # P(stamped)
             extra: dict[str, Any] = {"statistic": stat, "calibration_size":
                                      len(self.calibration.get("clean_statistics", []))}
             if flat[i]:

@@ -175,7 +175,8 @@ class StampParts(WatermarkMethod):
         return word.unsqueeze(0).expand(batch, -1)
 
     def residual(self, xw: torch.Tensor, bits: torch.Tensor | None) -> torch.Tensor:
-        """Stamp residual at the working size: B×3×S×S, |value| ≤ strength."""
+        """Stamp residual at the working size: B×3×S×S, |value| ≤ strength (with
+        ``target_psnr``: each image's residual at the RMS of that PSNR instead)."""
         c = self.config
         t = self.encoder(xw, bits)
         if c.residual_highpass > 0:
@@ -188,7 +189,11 @@ class StampParts(WatermarkMethod):
             t = t * (overall / (local + 1e-4 * overall + 1e-12)).sqrt()
             if c.residual_masking > 0:
                 t = t * shaping.texture_weight(xw, c.residual_masking, power=0.5)
-        return c.strength * t.clamp(-1.0, 1.0)
+        r = c.strength * t.clamp(-1.0, 1.0)
+        if c.target_psnr is not None:  # every image's stamp at one RMS (one PSNR)
+            rms = r.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()              # b 1 1 1
+            r = r * (10 ** (-c.target_psnr / 20) / (rms + 1e-12))
+        return r
 
     def _noise_bank(self, h: int, w: int) -> torch.Tensor:
         """The fixed Gaussian draws of the scan statistic: K×3×h×w (seeded by config.seed)."""
@@ -210,11 +215,17 @@ class StampParts(WatermarkMethod):
         return _ScannerClassifier(self)
 
     @torch.no_grad()
-    def scan_statistic(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """The calibrated statistic: B×3×H×W → B logit margins ``l₁ − l₀``.
+    def scan_margins(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """The scanner's logit margins ``l₁ − l₀`` that ``scan_statistic`` reduces.
 
-        Noise-trained variants average the margin over the fixed noise bank; with
-        a tile grid (``stamp_mode``) the logits are averaged over the tiles first.
+        Args:
+            images: B×3×H×W in [0, 1].
+            batch_size: scanner forwards per call.
+
+        Returns:
+            B×K margins on the CPU: K = ``score_noise_samples`` fixed noise draws of σ for
+            noise-trained variants, K = 1 (no noise) otherwise; with a tile grid
+            (``stamp_mode``) the logits are averaged over the tiles first.
         """
         c = self.config
         out = []
@@ -223,7 +234,7 @@ class StampParts(WatermarkMethod):
             xw = self.to_grid(images[i:i + batch_size])
             if c.train_sigma <= 0:
                 logits = self.grid_logits(xw)[:, :2]
-                out.append(logits[:, 1] - logits[:, 0])
+                out.append((logits[:, 1] - logits[:, 0])[:, None])           # b 1
                 continue
             if bank is None or bank.shape[-2:] != xw.shape[-2:]:
                 bank = self._noise_bank(*xw.shape[-2:])
@@ -233,8 +244,15 @@ class StampParts(WatermarkMethod):
             for j in range(0, noisy.shape[0], batch_size):
                 logits = self.grid_logits(noisy[j:j + batch_size])[:, :2]
                 margins.append(logits[:, 1] - logits[:, 0])
-            out.append(torch.cat(margins).view(b, k).mean(dim=1))
+            out.append(torch.cat(margins).view(b, k))                          # b k
         return torch.cat(out).cpu()
+
+    def scan_statistic(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """The calibrated statistic: B×3×H×W → B values, ``score_aggregation`` of
+        ``scan_margins`` (default: the mean logit margin over the noise bank).
+        """
+        return aggregate_margins(self.scan_margins(images, batch_size),
+                                 self.config.score_aggregation)
 
     @torch.no_grad()
     def calibrate(self, clean: torch.Tensor, generator: torch.Generator | None = None,
@@ -299,6 +317,28 @@ class StampParts(WatermarkMethod):
             self.calibration.update(image_statistics=per_image, image_groups=labels,
                                     image_kinds=list(kinds))
         return self.calibration
+
+
+def aggregate_margins(margins: torch.Tensor, how: str) -> torch.Tensor:
+    """Reduce B×K logit margins ``l₁ − l₀`` (one per noise draw) to B statistics.
+
+    ``how``: "mean_margin" (their mean), "mean_probability" (the mean of their sigmoid,
+    P(stamped) per draw: a draw pushed far below 0 lowers it by at most 1/K),
+    "vote_share" (the share of draws with a positive margin).
+
+    Raises:
+        ValueError: an unknown ``how`` or margins that are not B×K.
+    """
+    if margins.ndim != 2 or margins.shape[1] == 0:
+        raise ValueError(f"margins must be B×K with K ≥ 1, got {tuple(margins.shape)}")
+    if how == "mean_margin":
+        return margins.mean(dim=1)
+    if how == "mean_probability":
+        return torch.sigmoid(margins).mean(dim=1)
+    if how == "vote_share":
+        return (margins > 0).float().mean(dim=1)
+    raise ValueError(f"unknown score aggregation {how!r}; valid: mean_margin, "
+                     "mean_probability, vote_share")
 
 
 def threshold_at(values: Sequence[float], fpr: float) -> float | None:
