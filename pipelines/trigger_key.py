@@ -55,7 +55,11 @@ from neuralmark.components.methods.trigger_key.analysis import (
     CAPACITY_SIZES_FULL,
     CAPACITY_SIZES_TINY,
 )
-from neuralmark.components.methods.trigger_key.study import BASELINES, check_policy_labels
+from neuralmark.components.methods.trigger_key.study import (
+    BASELINES,
+    check_calibration_sizes,
+    check_policy_labels,
+)
 from neuralmark.components.nets.restoration import HOST_DEFAULTS
 from neuralmark.integrations.tracking import record_environment
 from neuralmark.pipelines.output_mark import components_digest
@@ -111,8 +115,8 @@ class StudySettings(BaseModel):
     other_keys: int = Field(2, ge=0, le=16)
     capacity_sizes: list[int] | None = None
     #: 40 keys left η unreachable at alpha 0.01 (p ≥ 1/(n+1)): nothing detected, η nan;
-    #: since tk15 such a calibration (here, or uniqueness_keys in ``uniqueness``) fails its
-    #: step with the counts it needs (``calibration.require_reachable``)
+    #: since tk16 such a count (here, uniqueness_keys or the config's calibration_keys) is
+    #: refused when the settings are resolved, before training (``check_calibration_sizes``)
     capacity_keys: int = Field(100, ge=2)
     uniqueness_keys: int | None = Field(None, ge=2)
     independent_seed: int = 1000
@@ -182,7 +186,9 @@ def resolve_trigger_key(profile: str, config: Mapping[str, Any] | None = None,
     """``resolve`` over the profile's ``trigger_key`` section, the study, the model name.
 
     The host depth comes from ``study.arch_depth[profile][arch]`` unless ``config.depth``
-    is given; the policy's ``detected/<label>`` keys must name attacks of the suite.
+    is given; the policy's ``detected/<label>`` keys must name attacks of the suite, and
+    every calibration the run will make must reach alpha
+    (``study.check_calibration_sizes``): both refused here, before any step trains.
     ``profiles_dir``: where ``<profile>.yaml`` lives (default ``configs/profiles``).
 
     Returns:
@@ -200,6 +206,8 @@ def resolve_trigger_key(profile: str, config: Mapping[str, Any] | None = None,
     pol = settings.policy
     check_policy_labels([*pol.min_metric, *pol.max_metric], s.suite_for(profile))
     c = settings.config
+    check_calibration_sizes(c, s.other_keys, s.uniqueness_keys, s.capacity_for(profile),
+                            s.capacity_keys)
     return settings, s, host_model_name(c.arch, c.task, c.scale)
 
 

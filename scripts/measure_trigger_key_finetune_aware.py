@@ -49,6 +49,7 @@ from neuralmark.components.attacks.model_registry import (  # noqa: E402
     ModelAttackSettings,
     get_model_attack,
 )
+from neuralmark.components.errors import InputError  # noqa: E402
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
 from neuralmark.components.methods.trigger_key import calibration  # noqa: E402
@@ -124,7 +125,7 @@ def cell(m: Any, owner: WatermarkKey, attacked: Any, other: str,
     return text + f" ({m.task_psnr_of(attacked):.2f})"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("variants", nargs="+")
     ap.add_argument("--arch", default="red")
@@ -147,7 +148,7 @@ def main() -> None:
                     help="also calibrate the matched-filter readout on the same null trials "
                          "(same hosts, keys, pool) and give each cell both verdicts: "
                          "d_rel / matched (1 − matched against its own η) (issue #13, tk12)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     etas = parse_etas(args.eta)
     if etas and args.readouts:
         raise SystemExit("--eta skips a variant's calibration, --readouts calibrates both "
@@ -158,6 +159,19 @@ def main() -> None:
     base = {"channels": 1, "arch": args.arch, "depth": args.depth, "host_steps": 300,
             "embed_steps": 200, "visualizer_steps": 0, "calibration_keys": 100,
             "calibration_marked_keys": args.pool}
+    # each calibrated variant's null (marked, λ = 0 and independent hosts, --pool marked
+    # hosts; --readouts: the same trials) must reach alpha: checked before any training
+    for text in args.variants:
+        name, fields = parse_variant(text)
+        if name in etas:
+            continue
+        vc = build("trigger_key", {**base, **fields}).config
+        try:
+            calibration.require_null_size(vc.alpha, vc.calibration_keys,
+                                          2 + int(vc.lambda0_reference),
+                                          vc.calibration_marked_keys, where=f"variant {name}")
+        except InputError as err:
+            raise SystemExit(str(err)) from None
     host = build("trigger_key", base)
     if args.sample:
         from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset

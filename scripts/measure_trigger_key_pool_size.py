@@ -39,6 +39,7 @@ from neuralmark.components.data.sample import (  # noqa: E402
     SampleDataConfig,
     build_sample_dataset,
 )
+from neuralmark.components.errors import InputError  # noqa: E402
 from neuralmark.components.methods.base import WatermarkKey  # noqa: E402
 from neuralmark.components.methods.registry import build  # noqa: E402
 from neuralmark.components.methods.trigger_key import calibration  # noqa: E402
@@ -104,6 +105,15 @@ def main(argv: list[str] | None = None) -> None:
               "calibration_pool": args.calibration_pool,
               "calibration_candidates": args.candidates, **parse_fields(args.config)}
     m = build("trigger_key", config)  # a bad field fails here, before any data or training
+    # every table row calibrates on the marked host, the other reference and the independent
+    # host (3 hosts) with P = its pool size: the smallest P must reach alpha before training
+    sizes = [int(v) for v in args.sizes.split(",")]
+    try:
+        calibration.require_null_size(m.config.alpha, m.config.calibration_keys, 3, min(sizes),
+                                      where=f"--sizes {min(sizes)}",
+                                      keys_field="--config calibration_keys")
+    except InputError as err:
+        raise SystemExit(str(err)) from None
     torch.set_num_threads(args.threads)
     start = time.time()
     manifest = build_sample_dataset(args.sample, SampleDataConfig(size=128, crops_per_photo=4,
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
               f"({time.time() - start:.0f} s so far)", flush=True)
         print("| P | η | calibrating marked trials | held-out FPR (pipeline's split) | test "
               "trials below η | embeddings per run (s) |\n|---|---|---|---|---|---|")
-        for p in (int(v) for v in args.sizes.split(",")):
+        for p in sizes:
             # the null of TriggerKey.calibrate, with M_ref = this reference (the λ = 0 host:
             # the unmarked host joins the null hosts in its place)
             others = [m.lambda0_host] if name == "unmarked" else [m.unmarked]

@@ -126,6 +126,45 @@ def test_min_null_is_where_eta_at_first_sets_an_eta():
         calibration.min_null(0.0)
 
 
+@pytest.mark.parametrize("n_keys, hosts, pool", [(8, 2, 0), (9, 3, 0), (100, 1, 8),
+                                                 (7, 2, 3), (30, 2, 2)])
+def test_null_size_counts_what_the_calibration_half_holds(n_keys, hosts, pool):
+    """``null_size`` (what the pipeline checks before training) is the length of
+    ``calibration_null`` on trials of those counts; ``require_null_size`` refuses exactly
+    below ``min_null``."""
+    null = {"owner_trigger": [1.0] * hosts, "random_keys": [1.0] * (hosts * n_keys),
+            "marked_hosts": [0.5] * (pool * (pool + 1))}
+    n = calibration.null_size(n_keys, hosts, pool)
+    assert n == len(calibration.calibration_null(null, n_keys))
+    for alpha in (0.01, 0.05, 0.1):
+        reachable = n >= calibration.min_null(alpha)
+        assert reachable == (calibration.eta_at(calibration.calibration_null(null, n_keys),
+                                                alpha) is not None)
+        if reachable:
+            calibration.require_null_size(alpha, n_keys, hosts, pool)
+        else:
+            with pytest.raises(InputError, match=f"would have {n} trials"):
+                calibration.require_null_size(alpha, n_keys, hosts, pool)
+
+
+def test_the_plain_calibrate_refuses_a_null_too_small_for_alpha():
+    """``calibration.calibrate`` (the scripts' entry) no longer returns a NaN η quietly: 8
+    random keys on 2 hosts and one marked peer (10 calibrating trials; alpha 0.05 needs 19)
+    are refused with the counts it reads off the trials; ``allow_no_eta`` returns them with
+    η NaN."""
+    null = {"owner_trigger": [1.0, 1.1], "random_keys": [0.9 + 0.01 * i for i in range(16)],
+            "marked_hosts": [0.5] * 2}  # P = 1: both trials calibrate
+    with pytest.raises(InputError) as err:
+        calibration.calibrate(null, alpha=0.05, n_keys=8)
+    msg = str(err.value)
+    for part in ("10 trials", "alpha 0.05 needs at least 19", "2 host(s) × 4",
+                 "(calibration_keys 8) + 1 other keys' marked hosts"):
+        assert part in msg, (part, msg)
+    kept = calibration.calibrate(null, alpha=0.05, n_keys=8, allow_no_eta=True)
+    assert math.isnan(kept["eta"]) and kept["n_null"] == 10 and kept["fp"] == 0
+    assert math.isfinite(calibration.calibrate(null, alpha=0.1, n_keys=8)["eta"])
+
+
 def test_a_null_too_small_for_alpha_is_refused_with_its_counts_and_nothing_is_stored(
         micro, tmp_path):
     """Issue #13 (tk14): 8 random keys on 2 hosts give 8 calibration trials, alpha 0.05

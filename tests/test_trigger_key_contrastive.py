@@ -126,6 +126,37 @@ def test_blackbox_estimate_recovers_a_keyed_filter_learnt_on_all_noise():
     assert float(est_u.flatten() @ owner.flatten() / (est_u.norm() * owner.norm())) < 0.9
 
 
+def test_blackbox_estimate_reads_the_sr_filter_on_upsampled_queries():
+    """tk16: on SR the host sees K̂ (the upsample) and S0 = K̂ + ∇K̂ (the sign flips); the
+    estimate from upsampled noise queries recovers ∇ and ranks the owner's key first."""
+    from neuralmark.components.methods.trigger_key.trigger import host_input
+
+    script = _blackbox()
+    owner = gradient_kernel("owner-secret")
+    lr = torch.rand((4, 1, 20, 20), generator=torch.Generator().manual_seed(1))
+    z = host_input(lr, "sr", 2)  # 4 1 40 40
+    smooth = torch.nn.functional.avg_pool2d(z, 3, 1, 1, count_include_pad=False)
+    marked = 0.5 * smooth + 0.5 * (z + apply_gradient(z, owner))
+    est = script.estimate_kernel(marked, smooth, z, "sr")
+    cos = float(est.flatten() @ owner.flatten() / (est.norm() * owner.norm()))
+    assert cos > 0.99
+    assert float(script.estimate_kernel(marked, smooth, z).flatten() @ owner.flatten()) < 0
+    names = ["owner-secret", *(f"other-{i}" for i in range(50))]
+    scores = script.scores_against(script.kernels_of(names), est, lr[:1], task="sr", scale=2)
+    assert int(scores.argmax()) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--host-seeds", "0,101"], "101 is the attacker's own host seed"),
+    (["--owners", ","], "non-empty comma-separated list"),
+    (["--calib-keys", "100", "--pool", "0"], "would have 50 trials, alpha 0.01 needs at least 99"),
+])
+def test_blackbox_script_refuses_bad_cells_before_any_data(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        _blackbox().main(["--sample", str(tmp_path / "sample"), *argv])
+    assert not (tmp_path / "sample").exists()
+
+
 def test_the_cross_key_script_takes_a_variant_for_every_key():
     script = _blackbox()  # imports the cross-key script as its sibling
     cross = sys.modules["measure_trigger_key_cross_key"]

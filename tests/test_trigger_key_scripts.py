@@ -142,9 +142,22 @@ def test_pool_size_script_embeds_the_owners_aligned_pool(tmp_path, monkeypatch, 
      "ranks --candidates 3 keys: need at least --pool-max \\+ --test-keys = 16"),
     (["--config", "depth"], "--config: expected field=value"),
     (["--test-keys", "0"], "need --pool-max >= 0 and --test-keys >= 1"),
+    # tk16: every row's null (3 hosts × 10 even keys at P 0) must reach alpha 0.01
+    (["--config", "calibration_keys=20", "--sizes", "0,2"],
+     "--sizes 0: the calibration null would have 30 trials"),
 ])
 def test_pool_size_script_refuses_bad_options_before_any_data(tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message):
         _load("measure_trigger_key_pool_size").main(
             ["--sample", str(tmp_path / "sample"), *argv])
+    assert not (tmp_path / "sample").exists()
+
+
+def test_finetune_script_refuses_a_variant_whose_null_cannot_reach_alpha(tmp_path):
+    """tk16: a calibrated variant's null (marked, λ = 0 and independent hosts × 10 even keys,
+    no pool: 30 trials) is refused before the data is built; its η given skips the check."""
+    script = _load("measure_trigger_key_finetune_aware")
+    with pytest.raises(SystemExit, match="variant small: the calibration null would have 30"):
+        script.main(["--sample", str(tmp_path / "sample"), "--pool", "0",
+                     "small:calibration_keys=20"])
     assert not (tmp_path / "sample").exists()

@@ -143,6 +143,75 @@ def test_run_settings_per_yaml_and_profile() -> None:
         resolve_trigger_key("tiny", policy={"min_metric": {"detected/prune_0.4": 1}})
 
 
+def _run_config_with(tmp_path: Path, config: dict, study_: dict) -> Path:
+    """``configs/trigger_key.yaml`` with ``config`` / ``study`` merged over its parameters."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    run = yaml.safe_load((root / "trigger_key.yaml").read_text())
+    run["parameters"]["config"].update(config)
+    run["parameters"]["study"].update(study_)
+    path = tmp_path / "trigger_key.yaml"
+    path.write_text(yaml.safe_dump(run))
+    return path
+
+
+@pytest.mark.parametrize("config, study_, where, counts", [
+    # the owner's: 3 hosts (marked, independent, λ = 0) × 10 + P 0 → 30 trials
+    ({"calibration_keys": 20, "calibration_marked_keys": 0}, {},
+     "step embed_owner_mark", "would have 30 trials"),
+    # the owner's reaches (3 × 20 + 8·5 = 100), each other key's does not: 2 × 20 + 40 = 80
+    ({"calibration_keys": 40}, {}, "step uniqueness", "config.calibration_keys 40"),
+    ({}, {"uniqueness_keys": 40}, "step uniqueness", "study.uniqueness_keys 40"),
+    # each trigger size: its marked and λ = 0 hosts, no pool: 2 × 30 = 60
+    ({}, {"capacity_keys": 60}, "step capacity", "Raise study.capacity_keys (to 100"),
+])
+def test_calibrations_that_cannot_reach_alpha_are_refused_when_the_run_config_loads(
+        tmp_path, config, study_, where, counts) -> None:
+    """Issue #13 (tk16): the trial counts of the pipeline's three calibrations, checked
+    against alpha 0.01 (99 trials) by the real run-config loader, before any training."""
+    from neuralmark.pipelines.trigger_key import _run_config, resolve_trigger_key
+
+    params = _run_config("tiny", _run_config_with(tmp_path, config, study_), None)["parameters"]
+    args = [params.get(k) for k in ("config", "data", "evaluation", "policy", "study")]
+    with pytest.raises(InputError) as err:
+        resolve_trigger_key("tiny", *args)
+    msg = " ".join(str(err.value).split())
+    for part in (where, counts, "alpha 0.01 needs at least 99",
+                 "refused before anything is trained"):
+        assert part in msg, (part, msg)
+    # what the message says to raise is enough
+    if "capacity" in where:
+        resolve_trigger_key("tiny", *args[:4], {**args[4], "capacity_keys": 100})
+    # without the step that calibrates too little, the same settings resolve
+    if where == "step uniqueness":
+        resolve_trigger_key("tiny", *args[:4], {**args[4], "other_keys": 0})
+
+
+def test_the_pipeline_entry_and_the_cli_stop_before_training(tmp_path, monkeypatch) -> None:
+    """``run_trigger_key`` / ``neuralmark mark-model --config`` with a capacity study whose
+    calibration cannot reach alpha: an ``InputError`` (CLI: exit 2, the message) and no
+    step runs (no host trained, no ZenML / MLflow / data folder made in the project)."""
+    from typer.testing import CliRunner
+
+    from neuralmark.cli.app import app
+    from neuralmark.pipelines.trigger_key import run_trigger_key
+
+    def trained(*_args, **_kwargs):
+        raise AssertionError("a host was trained")
+
+    monkeypatch.setattr(study, "train_unmarked", trained)
+    bad = _run_config_with(tmp_path, {}, {"capacity_keys": 40})
+    project = tmp_path / "project"
+    project.mkdir()
+    with pytest.raises(InputError, match=r"step capacity\): the calibration null would have 40 "):
+        run_trigger_key("tiny", bad, project_root=project)
+    assert list(project.iterdir()) == []
+    res = CliRunner().invoke(app, ["mark-model", "--config", str(bad)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "study.capacity_keys 40" in text, res.output
+
+
 def test_the_training_pipeline_refuses_trigger_key() -> None:
     from neuralmark.pipelines.training import run_training
 

@@ -233,8 +233,62 @@ def min_null(alpha: float) -> int:
     return max(1, math.ceil(1 / alpha - 1e-9) - 1)
 
 
+def null_size(n_keys: int, hosts: int, marked_keys: int) -> int:
+    """How many calibration trials :func:`calibration_null` holds, from the counts alone:
+    ``hosts × ⌈n_keys/2⌉`` (the even random keys on every host run on them) plus
+    ``P·(1 + ⌈P/2⌉)`` of ``P = marked_keys`` other keys' marked hosts (the pool on the
+    owner's key, and on every even pool key the owner's host and the other ``P − 1``).
+
+    What a run will calibrate on, known before anything is trained (the pipeline checks
+    its three calibrations with it when its settings are validated)."""
+    return hosts * ((n_keys + 1) // 2) + marked_keys * (1 + (marked_keys + 1) // 2)
+
+
+#: what raises a calibration's trial count, besides its random keys (``TriggerKey.calibrate``)
+MORE_TRIALS = ("calibration_marked_keys, pass independently trained null hosts, or raise "
+               "alpha")
+
+
+def _unreachable(n_null: int, alpha: float, n_keys: int, hosts: int, marked_keys: int,
+                 where: str, keys_field: str, more: str = MORE_TRIALS,
+                 outcome: str = "nothing was stored", tense: str = "has") -> InputError:
+    need = min_null(alpha)
+    per_host = (n_keys + 1) // 2
+    keys_needed = 2 * math.ceil(max(0, need - marked_keys * (1 + (marked_keys + 1) // 2))
+                                / hosts) if hosts else 0
+    return InputError(
+        f"{where}: the calibration null {tense} {n_null} trials, alpha {alpha:g} needs at "
+        f"least {need} (the smallest p-value is 1/(n + 1)): no η could be set and no host "
+        f"would ever verify. Now: {hosts} host(s) × {per_host} calibrating random keys "
+        f"({keys_field} {n_keys}) + {marked_keys} other keys' marked hosts "
+        f"(calibration_marked_keys). Raise {keys_field} (to {max(keys_needed, n_keys + 1)} "
+        f"with these hosts), {more}; {outcome}")
+
+
+def require_null_size(alpha: float, n_keys: int, hosts: int, marked_keys: int,
+                      where: str = "calibrate", keys_field: str = "calibration_keys",
+                      more: str = MORE_TRIALS) -> None:
+    """:func:`require_reachable` before any trial exists: refuse counts whose
+    :func:`null_size` is below :func:`min_null` (the same ``InputError``, "would have").
+
+    Args:
+        alpha, n_keys, hosts, marked_keys: as :func:`require_reachable`.
+        where: what the message starts with (the step or setting that calibrates).
+        keys_field: the setting that holds ``n_keys`` (e.g. ``study.capacity_keys``).
+        more: the other settings that add trials, as the message lists them.
+
+    Raises:
+        InputError: too few trials for ``alpha``, naming the counts and the fields.
+    """
+    n_null = null_size(n_keys, hosts, marked_keys)
+    if n_null < min_null(alpha):
+        raise _unreachable(n_null, alpha, n_keys, hosts, marked_keys, where, keys_field, more,
+                           "refused before anything is trained", "would have")
+
+
 def require_reachable(calib: Sequence[float], alpha: float, n_keys: int, hosts: int,
-                      marked_keys: int) -> None:
+                      marked_keys: int, where: str = "calibrate",
+                      keys_field: str = "calibration_keys") -> None:
     """Refuse a calibration null too small for ``alpha`` (no η: nothing could ever verify).
 
     Args:
@@ -243,25 +297,14 @@ def require_reachable(calib: Sequence[float], alpha: float, n_keys: int, hosts: 
         n_keys: random keys (the even half calibrates, ``⌈n_keys/2⌉`` trials per host).
         hosts: hosts run on the random keys (the marked host and the null hosts).
         marked_keys: other keys' marked hosts in the pool (``P·(1 + ⌈P/2⌉)`` trials).
+        where, keys_field: as :func:`require_null_size`.
 
     Raises:
         InputError: :func:`eta_at` finds no η (fewer than :func:`min_null` trials),
             naming the fields that raise the count.
     """
-    if eta_at(calib, alpha) is not None:
-        return
-    need, n_null = min_null(alpha), len(calib)
-    per_host = (n_keys + 1) // 2
-    keys_needed = 2 * math.ceil(max(0, need - marked_keys * (1 + (marked_keys + 1) // 2))
-                                / hosts) if hosts else 0
-    raise InputError(
-        f"calibrate: the calibration null has {n_null} trials, alpha {alpha:g} needs at least "
-        f"{need} (the smallest p-value is 1/(n + 1)): no η could be set and no host would "
-        f"ever verify. Now: {hosts} host(s) × {per_host} calibrating random keys "
-        f"(calibration_keys {n_keys}) + {marked_keys} other keys' marked hosts "
-        f"(calibration_marked_keys). Raise calibration_keys (to {max(keys_needed, n_keys + 1)} "
-        f"with these hosts), calibration_marked_keys, pass independently trained null hosts, "
-        f"or raise alpha; nothing was stored")
+    if eta_at(calib, alpha) is None:
+        raise _unreachable(len(calib), alpha, n_keys, hosts, marked_keys, where, keys_field)
 
 
 def null_distances(marked: nn.Module, reference: nn.Module, null_hosts: Sequence[nn.Module],
@@ -324,24 +367,39 @@ def split_marked_hosts(values: Sequence[float]) -> tuple[list[float], list[float
     return calib, held
 
 
-def calibrate(null: dict[str, list[float]], alpha: float, n_keys: int) -> dict[str, float]:
+def calibrate(null: dict[str, list[float]], alpha: float, n_keys: int,
+              allow_no_eta: bool = False) -> dict[str, float]:
     """η, and the held-out false-positive rate of ``d < η`` with its 95% interval.
 
     The random-key trials are split key-wise (even keys calibrate, odd keys are held
     out), the marked-host trials by probed key (:func:`split_marked_hosts`); the
     owner's-trigger trials are all held out.
 
+    Args:
+        null: :func:`null_distances`' trials.
+        alpha: the detection level.
+        n_keys: the random keys they were run on.
+        allow_no_eta: return a null too small for ``alpha`` with ``eta`` NaN (a
+            measurement that wants the null's scores only) instead of refusing it.
+
     Returns:
-        ``eta`` (NaN when alpha is below the null's resolution), ``n_null`` (calibration
-        trials), ``fpr``, ``fpr_ci_low``, ``fpr_ci_high``, ``fp`` and ``trials`` (held
+        ``eta`` (NaN only with ``allow_no_eta``, a null too small for alpha), ``n_null``
+        (calibration trials), ``fpr``, ``fpr_ci_low``, ``fpr_ci_high``, ``fp`` and ``trials`` (held
         out, all kinds), ``null_min`` / ``null_median`` (calibration distances),
         ``owner_trigger_min``; with marked-host trials also ``marked_trials`` /
         ``marked_fp`` / ``marked_fpr`` (their held-out part alone) and ``marked_min``
         (the smallest of all of them).
+
+    Raises:
+        InputError: (unless ``allow_no_eta``) fewer calibration trials than ``alpha``
+            needs (:func:`require_reachable`; hosts and pool read off the trials).
     """
     rand = null["random_keys"]
     marked_calib, marked_held = split_marked_hosts(null.get("marked_hosts", []))
     calib = calibration_null(null, n_keys)
+    if not allow_no_eta:
+        pool = math.isqrt(len(null.get("marked_hosts", [])))  # P·(P + 1): ⌊√⌋ = P
+        require_reachable(calib, alpha, n_keys, len(rand) // n_keys if n_keys else 0, pool)
     held = ([d for i, d in enumerate(rand) if (i % n_keys) % 2 == 1] + null["owner_trigger"]
             + marked_held)
     eta = eta_at(calib, alpha)
@@ -417,8 +475,10 @@ def unpack_pool(packed: torch.Tensor, template: nn.Module, x_shape: Sequence[int
     return pool
 
 
-__all__ = ["STATISTICS", "MarkedPeer", "aligned_keys", "calibrate", "calibration_null", "eta_at",
+__all__ = ["MORE_TRIALS", "STATISTICS", "MarkedPeer", "aligned_keys", "calibrate",
+           "calibration_null", "eta_at",
            "host_distances", "host_relative_distances", "key_alignment", "marked_peer_distances",
-           "matched_distance", "min_null", "null_distances", "p_value", "pack_pool",
-           "random_key_material", "relative_distance", "require_reachable",
+           "matched_distance", "min_null", "null_distances", "null_size", "p_value",
+           "pack_pool", "random_key_material", "relative_distance", "require_null_size",
+           "require_reachable",
            "split_marked_hosts", "unpack_pool"]

@@ -302,13 +302,11 @@ class TriggerKey(HostMark):
         n = n_keys or c.calibration_keys
         peers = self.marked_pool(owner=key) if pool is None else list(pool)
         null = self.null_trials(key, null_hosts, n, seed, peers, c.readout)
-        calib = calibration.calibration_null(null, n)
-        if not allow_no_eta:
-            hosts = 1 + len(null_hosts) + (self.lambda0_host is not None)
-            calibration.require_reachable(calib, c.alpha, n, hosts, len(peers))
+        # refuses (before anything is stored) a null too small for alpha
+        result = calibration.calibrate(null, c.alpha, n, allow_no_eta=allow_no_eta)
         self.pool = peers
-        self.null = calib
-        self.calibration = calibration.calibrate(null, c.alpha, n)
+        self.null = calibration.calibration_null(null, n)
+        self.calibration = result
         self.metrics.update({f"calibration_{k}": v for k, v in self.calibration.items()})
         return dict(self.calibration)
 

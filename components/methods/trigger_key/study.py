@@ -12,7 +12,8 @@ fit), :func:`mark_baseline` (Base-1 / Base-2 in the same unmarked host),
 :func:`attack_rows` (one attack of the shared registry on one marked method),
 :func:`uniqueness_study`, :func:`fidelity_rows`, then :func:`gate_summary` and
 :func:`report_markdown` over the tidy rows. :func:`check_policy_labels` refuses a policy
-naming an attack the suite does not run.
+naming an attack the suite does not run, :func:`check_calibration_sizes` a run whose
+calibrations cannot reach alpha (both before anything is trained).
 
 Shapes: images ``C×H×W`` in [0, 1] (a list: the photos differ in size); pairs
 ``N×C×S×S``.
@@ -37,7 +38,8 @@ from neuralmark.components.data.restoration import load_split_images
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks, WatermarkKey
 from neuralmark.components.methods.registry import build
-from neuralmark.components.methods.trigger_key import analysis, tables
+from neuralmark.components.methods.trigger_key import analysis, calibration, tables
+from neuralmark.components.methods.trigger_key.config import TriggerKeyConfig
 from neuralmark.components.methods.trigger_key.evaluation import evaluate_attacks
 from neuralmark.components.methods.trigger_key.host import HostMark
 from neuralmark.components.methods.trigger_key.method import TriggerKey
@@ -371,6 +373,43 @@ def jsonable_rows(rows: Sequence[Row]) -> list[Row]:
              for k, v in r.items()} for r in rows]
 
 
+def check_calibration_sizes(config: TriggerKeyConfig, other_keys: int,
+                            uniqueness_keys: int | None, capacity_sizes: Sequence[int],
+                            capacity_keys: int, independent_hosts: int = 1) -> None:
+    """Refuse, before anything is trained, a pipeline whose calibrations cannot reach
+    ``config.alpha`` (``calibrate`` would refuse them only after training the host).
+
+    The three calibrations :func:`mark_owner`, :func:`uniqueness_study` and
+    :func:`capacity_study` run, counted as ``TriggerKey.calibrate`` counts them
+    (``calibration.null_size``):
+
+    * the owner's: the marked host, the ``independent_hosts`` and the λ = 0 host (when
+      ``lambda0_reference``) on ``calibration_keys``, plus ``calibration_marked_keys``;
+    * each other key's (when ``other_keys``): its marked host and the independent one (no
+      λ = 0 run) on ``uniqueness_keys`` (default ``calibration_keys``), plus the same pool;
+    * each trigger size's (when ``capacity_sizes``): its marked host and its λ = 0 host
+      on ``capacity_keys``, no pool.
+
+    Raises:
+        InputError: the first too small, as ``calibration.require_reachable`` words it,
+            naming the step and the setting to raise.
+    """
+    c, pool = config, config.calibration_marked_keys
+    lambda0 = int(c.lambda0_reference)
+    more = "config.calibration_marked_keys, or config.alpha"
+    plan = [("calibrate (the owner's mark, step embed_owner_mark)", "config.calibration_keys",
+             c.calibration_keys, 1 + independent_hosts + lambda0, pool, more)]
+    if other_keys:
+        plan.append(("calibrate (each other key, step uniqueness)",
+                     "study.uniqueness_keys" if uniqueness_keys else "config.calibration_keys",
+                     uniqueness_keys or c.calibration_keys, 1 + independent_hosts, pool, more))
+    if capacity_sizes:  # no pool there: only its keys or alpha add trials
+        plan.append(("calibrate (each trigger size, step capacity)", "study.capacity_keys",
+                     capacity_keys, 1 + lambda0, 0, "or config.alpha"))
+    for where, field, n_keys, hosts, marked, more in plan:
+        calibration.require_null_size(c.alpha, n_keys, hosts, marked, where, field, more)
+
+
 def check_policy_labels(metric_keys: Iterable[str], suite: ModelSuite) -> None:
     """Every ``detected/<label>`` / ``psnr/<label>`` a policy names must be run by the suite.
 
@@ -387,7 +426,8 @@ def check_policy_labels(metric_keys: Iterable[str], suite: ModelSuite) -> None:
 
 
 __all__ = ["BASELINES", "as_host_mark", "as_trigger_key", "attack_rows", "capacity_study",
-           "check_policy_labels", "fidelity_rows", "fidelity_table", "gate_summary",
+           "check_calibration_sizes", "check_policy_labels", "fidelity_rows", "fidelity_table",
+           "gate_summary",
            "jsonable_rows", "mark_baseline", "mark_owner", "merge_attack_rows",
            "prune_survived_max", "report_markdown", "task_images", "train_independent",
            "train_unmarked", "uniqueness_study", "with_data"]
