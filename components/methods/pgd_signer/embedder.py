@@ -238,7 +238,14 @@ def train_embedder(
         if log and (step % 25 == 0 or step == steps - 1):
             with torch.no_grad():
                 acc = ((logits[:batch_size] > 0).float() == target).float().mean()
-            log({"step": step, "loss": float(loss), "bit_accuracy": float(acc), "seconds": seconds})
+            log(
+                {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "bit_accuracy": float(acc),
+                    "seconds": seconds,
+                }
+            )
         if time_budget_s and seconds > time_budget_s:
             break
     return net.eval()
