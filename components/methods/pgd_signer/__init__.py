@@ -60,7 +60,8 @@ Choices where the seed is vague (written down here, as promised):
 Modules: :mod:`.config` (``PGDSignerConfig``), :mod:`.keying` (the per-owner decoder and the
 public whitening set), :mod:`.signing` (the JND map and PGD under EoT), :mod:`.training` (EM:
 the M-step loss, whitening, robustness curves, the loop), :mod:`.method` (``PGDSigner``:
-embed, verify, null p-values).
+embed, verify, null p-values), :mod:`.embedder` (opt-in: a small CNN trained for one key that
+predicts the residual, so PGD only refines it; session ps9).
 """
 
 from neuralmark.components.methods.pgd_signer.config import PGDSignerConfig

@@ -22,6 +22,7 @@ from neuralmark.components.methods.base import (
 )
 from neuralmark.components.methods.pgd_signer import signing, training
 from neuralmark.components.methods.pgd_signer.config import PGDSignerConfig
+from neuralmark.components.methods.pgd_signer.embedder import ResidualEmbedder, initial_residual
 from neuralmark.components.methods.pgd_signer.keying import WhiteningSet, keyed_decoder
 from neuralmark.components.methods.registry import register
 from neuralmark.components.nets.squeeze_decoder import SqueezeDecoder
@@ -119,15 +120,21 @@ class PGDSigner(WatermarkMethod):
                      sharded: bool = False,
                      decoder: torch.nn.Module | None = None,
                      early_stop: int = 0, per_view: int = 0,
-                     shared_draw: bool = False) -> torch.Tensor:
+                     shared_draw: bool = False,
+                     init: torch.Tensor | None = None) -> torch.Tensor:
         """PGD under EoT at the working size → B×3×S×S residual (:func:`.signing.sign_working`)."""
         return signing.sign_working(self, xw, target, steps, generator, psnr, chain, sharded,
-                                    decoder, early_stop, per_view, shared_draw)
+                                    decoder, early_stop, per_view, shared_draw, init)
 
     # -- content interface ---------------------------------------------------
     def embed(self, images: torch.Tensor, key: WatermarkKey,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sign ``images`` (B×3×H×W in [0,1], H,W ≥ 64) → same shape, in [0,1]."""
+              generator: torch.Generator | None = None,
+              embedder: ResidualEmbedder | None = None) -> torch.Tensor:
+        """Sign ``images`` (B×3×H×W in [0,1], H,W ≥ 64) → same shape, in [0,1].
+
+        With ``embedder`` (opt-in, trained for ``key``: :mod:`.embedder`), PGD starts from
+        its residual instead of zero and runs ``pgd_steps`` steps from there (set it low).
+        """
         check_images(images, self.min_size)
         # seeded by default: the same image and key always give the same output
         generator = generator or torch.Generator().manual_seed(self.config.seed)
@@ -135,10 +142,14 @@ class PGDSigner(WatermarkMethod):
         x = images.to(self.device)
         xw = self._to_working(x)
         target = bits.unsqueeze(0).expand(x.shape[0], -1)
+        init = None
+        if embedder is not None:
+            with torch.no_grad():
+                init = initial_residual(self, embedder.to(self.device), xw, target)
         delta = self.sign_working(xw, target, self.config.pgd_steps, generator,
                                   decoder=self.decoder_for(key), early_stop=self.config.early_stop,
                                   per_view=self.config.eot_attacks_per_view,
-                                  shared_draw=self.config.eot_shared_draw)
+                                  shared_draw=self.config.eot_shared_draw, init=init)
         if tuple(x.shape[-2:]) != tuple(xw.shape[-2:]):
             delta = F.interpolate(delta, size=x.shape[-2:], mode="bilinear",
                                   align_corners=False)

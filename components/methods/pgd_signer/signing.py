@@ -44,13 +44,32 @@ def project(config: PGDSignerConfig, delta: torch.Tensor, x: torch.Tensor, psnr:
     return (x + delta).clamp(0, 1) - x
 
 
+def eot_loss(config: PGDSignerConfig, logits: torch.Tensor, sign: torch.Tensor, b: int,
+             views: int, hinge: torch.Tensor | None = None) -> torch.Tensor:
+    """PGD's loss: the hinge ``relu(margin − sign·logit)``, the un-attacked view weighted
+    ``clean_view_weight`` and the EoT views the rest.
+
+    Shapes: ``logits`` (views·b)×n (the first b rows un-attacked), ``sign`` b×n in {−1, 1};
+    ``hinge``: the same hinge if already computed.
+    """
+    if hinge is None:
+        hinge = F.relu(config.margin - sign.repeat(views, 1) * logits)
+    # the first copy is the un-attacked view: give it its own weight so the
+    # signature always decodes from the image as delivered
+    if views > 1:
+        return (config.clean_view_weight * hinge[:b].mean()
+                + (1 - config.clean_view_weight) * hinge[b:].mean())
+    return hinge.mean()
+
+
 def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int,
                  generator: torch.Generator | None = None,
                  psnr: float | None = None, chain: EoTChain | None = None,
                  sharded: bool = False,
                  decoder: torch.nn.Module | None = None,
                  early_stop: int = 0, per_view: int = 0,
-                 shared_draw: bool = False) -> torch.Tensor:
+                 shared_draw: bool = False,
+                 init: torch.Tensor | None = None) -> torch.Tensor:
     """PGD under EoT at the working size (``method``: the ``PGDSigner``, typed ``Any``
     because its module imports this one).
 
@@ -75,6 +94,8 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
         shared_draw: with ``per_view`` in 1…n−1, all views of a step keep the same attacks
             (``EoTChain.sample(shared=True)``); with every attack kept it changes nothing.
             ``embed`` passes ``eot_shared_draw``.
+        init: B×3×S×S residual to start from (in the budget: an embedder's,
+            :func:`.embedder.initial_residual`); default zeros.
     Returns:
         B×3×S×S residual ``delta`` (``xw + delta`` in [0,1]).
     """
@@ -86,7 +107,7 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
     chain = chain or method.eot
     sign_all = (2 * target - 1).to(xw)
     weight_all = jnd_map(xw) if c.jnd else torch.ones_like(xw[:, :1])
-    delta_all = torch.zeros_like(xw)
+    delta_all = torch.zeros_like(xw) if init is None else init.detach().clone()
     budget = radius(c, psnr)
     net = decoder or method.decoder
     was_training = net.training
@@ -116,11 +137,7 @@ def sign_working(method: Any, xw: torch.Tensor, target: torch.Tensor, steps: int
                 v[:b] = 0
         logits = net(chain.apply(reps, params, only_on=only_on))
         hinge = F.relu(c.margin - sign.repeat(c.eot_samples, 1) * logits)
-        # the first copy is the un-attacked view: give it its own weight so the
-        # signature always decodes from the image as delivered
-        loss = (c.clean_view_weight * hinge[:b].mean()
-                + (1 - c.clean_view_weight) * hinge[b:].mean()) \
-            if c.eot_samples > 1 else hinge.mean()
+        loss = eot_loss(c, logits, sign, b, c.eot_samples, hinge)
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             # L2 PGD: a step is a fraction of the budget's radius along the
