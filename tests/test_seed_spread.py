@@ -13,9 +13,17 @@ from neuralmark.components.seed_spread import CONFIDENCE, spread_summary
 from neuralmark.components.stats import student_t_quantile
 
 
-@pytest.mark.parametrize(("confidence", "dof", "expected"), [
-    (0.95, 1, 12.7062047), (0.95, 2, 4.3026527), (0.95, 4, 2.7764451),
-    (0.95, 30, 2.0422725), (0.99, 10, 3.1692727), (0.90, 3, 2.3533634)])
+@pytest.mark.parametrize(
+    ("confidence", "dof", "expected"),
+    [
+        (0.95, 1, 12.7062047),
+        (0.95, 2, 4.3026527),
+        (0.95, 4, 2.7764451),
+        (0.95, 30, 2.0422725),
+        (0.99, 10, 3.1692727),
+        (0.90, 3, 2.3533634),
+    ],
+)
 def test_student_t_quantile_matches_the_t_table(confidence, dof, expected):
     assert student_t_quantile(confidence, dof) == pytest.approx(expected, rel=1e-7)
 
@@ -27,10 +35,14 @@ def test_student_t_quantile_refuses_what_has_no_quantile():
 
 
 def test_spread_summary_is_the_t_interval_per_figure_and_clips_only_bounded_metrics():
-    rows = [{"label": "deepstamp", "metric": "drop", "value": v, "seed": s}
-            for s, v in zip((4, 0, 3, 1, 2), (0.05, 0.01, 0.04, 0.02, 0.03), strict=True)]
-    rows += [{"stage": "s2", "label": "c", "metric": "success_rate", "value": v, "seed": s}
-             for s, v in enumerate((0.5, 0.7, 0.9))]
+    rows = [
+        {"label": "deepstamp", "metric": "drop", "value": v, "seed": s}
+        for s, v in zip((4, 0, 3, 1, 2), (0.05, 0.01, 0.04, 0.02, 0.03), strict=True)
+    ]
+    rows += [
+        {"stage": "s2", "label": "c", "metric": "success_rate", "value": v, "seed": s}
+        for s, v in enumerate((0.5, 0.7, 0.9))
+    ]
     drop, rate = spread_summary(rows)
     assert CONFIDENCE == 0.95 and drop["stage"] == "None" and drop["n_seeds"] == 5
     assert drop["values"] == [0.01, 0.02, 0.03, 0.04, 0.05]  # in seed order
