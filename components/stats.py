@@ -1,4 +1,4 @@
-"""Exact tail probabilities and confidence intervals used by detection.
+"""Exact tail probabilities and confidence intervals used by detection and seed spreads.
 
 Own code: torch.distributions has no binomial survival function in log space
 and scipy is not a dependency of ``components``; these are a few lines of exact
@@ -75,6 +75,23 @@ def _betainc(a: float, b: float, x: float) -> float:
         if abs(1.0 - c * d) < 1e-14:
             break
     return math.exp(ln_front) * (f - 1.0) / a
+
+
+def student_t_quantile(confidence: float, dof: int) -> float:
+    """Two-sided Student-t quantile: the ``t`` with P(|T| <= t) = ``confidence``, ``dof``
+    degrees of freedom (``t(0.975, 2)`` = 4.3027 for ``confidence`` 0.95).
+
+    From P(|T| > t) = I_{dof/(dof + t²)}(dof/2, 1/2): ``x`` = the Beta(dof/2, 1/2) quantile
+    at ``1 − confidence``, ``t = sqrt(dof (1 − x) / x)``.
+
+    Raises:
+        ValueError: ``confidence`` not in (0, 1) or ``dof`` < 1.
+    """
+    if not 0 < confidence < 1 or dof < 1:
+        raise ValueError(f"student_t_quantile needs 0 < confidence < 1 and dof >= 1, got "
+                         f"{confidence}, {dof}")
+    x = _beta_ppf(1 - confidence, dof / 2, 0.5)
+    return math.sqrt(dof * (1 - x) / x)
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -20,7 +20,7 @@ columns (the images are marked as in the full table). Seed 0 is the default tabl
 two or more F′ seeds the JSON gets ``spread`` (``spread``: per network × quantity — clean
 accuracy, each stamper's drop, DeepStamp's drop − static's paired by F′ seed — the mean, SD
 and Student-t 95 % interval over the F′ seeds that trained every column of that network, by
-``output_mark.seeds.spread_summary``, with ``SPREAD_RULE``, the decision rule);
+``seed_spread.spread_summary``, with ``SPREAD_RULE``, the decision rule);
 ``--summarize JSON`` (re)computes it for a table written without it or cut short. The
 card's section over F′ seeds (``card.architecture_seeds_section``) reads
 ``architecture_seeds.json`` beside the bundle.
@@ -42,6 +42,9 @@ Usage::
     OMP_NUM_THREADS=1 python scripts/visible_gan_architecture_table.py --arch alexnet=0.25 \\
         --f-seed 0 --f-seed 1 --f-seed 2 --markings clean,deepstamp,static --out seeds.json
     python scripts/visible_gan_architecture_table.py --summarize seeds.json  # adds ``spread``
+    # more F′ seeds later, on the same machine: run them, then merge the runs
+    python scripts/visible_gan_architecture_table.py --merge seeds.json seeds34.json \\
+        --out merged.json   # refuses another machine, recipe, or a seed measured twice
 """
 
 from __future__ import annotations
@@ -59,10 +62,10 @@ import torch
 from neuralmark.components.data.labelled import training_data
 from neuralmark.components.environment import environment
 from neuralmark.components.methods import load_bundle
-from neuralmark.components.methods.output_mark.seeds import CONFIDENCE, spread_summary
 from neuralmark.components.methods.visible_gan.card import SEED_TABLE
 from neuralmark.components.methods.visible_gan.classifier import correct
 from neuralmark.components.methods.visible_gan.evaluation import stamp_all, train_f_prime
+from neuralmark.components.seed_spread import CONFIDENCE, spread_summary
 from neuralmark.components.stats import clopper_pearson
 from neuralmark.runtime.settings import DataSettings
 
@@ -174,6 +177,70 @@ def summarize(path: Path) -> dict:
     return table
 
 
+#: the ``environment`` keys that name the machine's float path; two runs merge only when
+#: both record them and every key both record is equal (a newer ``environment`` adds keys,
+#: e.g. ``threads`` and the float-path variables, that an older table lacks)
+MACHINE = ("torch", "cpu_capability", "cpu", "python")
+#: what two runs must share for their rows to be one table (besides the machine)
+SAME_RECIPE = ("data", "train_images", "test_images", "utility_steps", "batch_size",
+               "classifier_lr", "blend", "threads", "markings")
+
+
+def merge(paths: Sequence[Path], out: Path) -> dict:
+    """One table over F′ seeds from several runs on one machine; written to ``out``.
+
+    Each run's rows are kept as measured; ``runs`` records every run's command, seeds,
+    networks, wall seconds, start, end and whether it completed (a run cut short keeps
+    the cells it wrote; ``spread`` leaves out an F′ seed missing a column), and ``spread``
+    is computed over all rows; ``environment`` keeps the keys every run recorded. Runs merge
+    only from the same machine (the ``MACHINE`` keys in both and every key both record
+    equal: cells move across machines) and the same recipe (``SAME_RECIPE``), and no
+    network × F′ seed may come twice (a rerun would count one F′ twice).
+
+    Raises:
+        ValueError: fewer than two runs, a run from before ``--f-seed``, another
+            environment or recipe, or a network × F′ seed in two runs.
+    """
+    if len(paths) < 2:
+        raise ValueError("--merge needs two or more tables")
+    tables = [json.loads(p.read_text()) for p in paths]
+    first, runs, seen = tables[0], [], {}
+    for path, t in zip(paths, tables, strict=True):
+        if any("f_seed" not in r for r in t["rows"]) or "markings" not in t:
+            raise ValueError(f"{path}: its rows carry no f_seed (a table from before --f-seed)")
+        env, env0 = t.get("environment") or {}, first.get("environment") or {}
+        shared = sorted(env.keys() & env0.keys())
+        if not set(MACHINE) <= set(shared) or any(env[k] != env0[k] for k in shared):
+            raise ValueError(f"{path}: measured on {env}, {paths[0]} on {env0}: cells do not "
+                             f"pool across machines (compared: {', '.join(shared)})")
+        differ = [k for k in SAME_RECIPE if t.get(k) != first.get(k)]
+        if differ:
+            raise ValueError(f"{path}: another recipe than {paths[0]} ({', '.join(differ)})")
+        for r in t["rows"]:
+            key = (r["network"], r["width_multiplier"], r["f_seed"])
+            if key in seen:
+                raise ValueError(f"{r['network']} ×{r['width_multiplier']:g} F′ seed "
+                                 f"{r['f_seed']}: in {seen[key]} and in {path}")
+            seen[key] = path
+        runs += t.get("runs") or [{
+            "command": t["command"], "f_seeds": t["f_seeds"],
+            "networks": sorted({f"{r['network']}={r['width_multiplier']:g}" for r in t["rows"]}),
+            "wall_seconds": t["wall_seconds"], "started": t.get("started"),
+            "finished": t.get("finished"), "bundle": t["bundle"],
+            "complete": bool(t.get("complete"))}]
+    table = {**first, "command": "; ".join(r["command"] for r in runs), "runs": runs,
+             "environment": {k: v for k, v in first["environment"].items()
+                             if all(k in t["environment"] for t in tables)},
+             "f_seeds": sorted({r["f_seed"] for t in tables for r in t["rows"]}),
+             "rows": [r for t in tables for r in t["rows"]],
+             "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1),
+             "complete": all(r["complete"] for r in runs), "started": runs[0]["started"],
+             "finished": runs[-1]["finished"]}
+    table["spread"] = spread(table)
+    _write(out, table)
+    return table
+
+
 def measure(bundle: Path, archs: list[tuple[str, float]], out: Path, command: str,
             data_root: Path | None = None, steps: int | None = None,
             f_seeds: Sequence[int] = (0,), markings: Sequence[str] = MARKINGS) -> dict:
@@ -267,7 +334,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--summarize", type=Path, metavar="JSON",
                     help="only add the spread over F′ seeds to this table (trains nothing)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="merge runs of one machine into --out, with the spread over "
+                    "all their F′ seeds (trains nothing)")
     args = ap.parse_args()
+    if args.merge is not None:
+        if args.out is None:
+            ap.error("--merge needs --out")
+        missing = [str(p) for p in args.merge if not p.is_file()]
+        if missing:
+            ap.error(f"--merge {' '.join(missing)}: no such file")
+        try:
+            table = merge(args.merge, args.out)
+        except ValueError as e:
+            ap.error(str(e))
+        print(json.dumps(table["spread"]["networks"], indent=1))
+        return
     if args.summarize is not None:
         if not args.summarize.is_file():
             ap.error(f"--summarize {args.summarize}: no such file")

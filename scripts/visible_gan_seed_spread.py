@@ -14,7 +14,7 @@ accuracy is not part of the removal judgement) and scores it with ``evaluation.v
 Seeds may run in separate processes (``--seeds 1``, ``--seeds 2`` …, same ``--out``); each
 writes ``seed_<n>.json``; ``--summarize`` reduces every ``seed_*.json`` in ``--out`` to
 ``summary.json`` and ``summary.md`` (mean, Student-t 95 % interval, min, max per metric;
-``output_mark.seeds.spread_summary``, the house's seed reduction).
+``seed_spread.spread_summary``, the house's seed reduction).
 
 ``--stampers static,deepstamp`` (or ``deepstamp``) trains V′ on those markings only
 (``evaluation.removal_curve``: the same V′ as ``fit``'s table): the judgement at a half or
@@ -62,7 +62,6 @@ from neuralmark.components.data.labelled import (  # noqa: E402
     training_data,
 )
 from neuralmark.components.methods.base import resize_square  # noqa: E402
-from neuralmark.components.methods.output_mark.seeds import spread_summary  # noqa: E402
 from neuralmark.components.methods.visible_gan.evaluation import (  # noqa: E402
     STAMPERS,
     removal_curve,
@@ -75,6 +74,7 @@ from neuralmark.components.methods.visible_gan.removability import (  # noqa: E4
     image_dependent_share,
     local_linear_left,
 )
+from neuralmark.components.seed_spread import spread_summary  # noqa: E402
 from neuralmark.runtime.settings import load_profile, parse_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -82,15 +82,22 @@ def test_architecture_section_reads_its_json(tmp_path):
     assert "spread between two training runs of F′" in text and "VGG16 static -7.00 ± 3.00" in text
 
 
-def test_architecture_seeds_section_reads_the_spread_and_names_the_machines(tmp_path):
+@pytest.fixture(scope="module")
+def script():
+    """``scripts/visible_gan_architecture_table.py`` as a module, imported once (torch and the
+    method package make the import the slow part of these tests)."""
+    spec = importlib.util.spec_from_file_location(
+        "visible_gan_architecture_table", ROOT / "scripts" / "visible_gan_architecture_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_architecture_seeds_section_reads_the_spread_and_names_the_machines(tmp_path, script):
     """The F′-seed section: per-seed counts, mean / SD / t-interval beside the single-seed
     table's figure, the rule's verdicts computed from the intervals, the networks not run
     over seeds; and the single-seed section says the earlier machine's seed 0 and this
     machine's differ, with both counts."""
-    spec = importlib.util.spec_from_file_location(
-        "visible_gan_architecture_table", ROOT / "scripts" / "visible_gan_architecture_table.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     assert card.architecture_seeds_section(tmp_path) == ""  # nothing measured, no section
     shipped = _table(True)  # vgg16 ×0.25: clean 240, deepstamp 210, static 236
     shipped["rows"].append({**shipped["rows"][0], "network": "resnet50",
@@ -133,3 +140,71 @@ def test_architecture_seeds_section_reads_the_spread_and_names_the_machines(tmp_
     assert "earlier machine (environment: not recorded)" in shipped_text
     assert ("VGG16 Clean 240 / 250, VGG16 S 236 / 250, VGG16 DeepStamp 210 / 220: **this "
             "machine's seed 0 differs** in 3 of 3 cells") in shipped_text
+
+
+def test_architecture_seeds_section_names_each_merged_run_and_the_seeds_per_network(tmp_path,
+                                                                                   script):
+    """A table merged from two runs (``--merge``) names both commands, their networks and wall
+    seconds, the F′ seeds of each network, and says a run was cut short."""
+
+    def row(network, f_seed, clean, deepstamp, static):
+        counts = {"clean": clean, "deepstamp": deepstamp, "static": static}
+        return {"network": network, "width_multiplier": 0.25, "f_seed": f_seed,
+                "cells": {k: {"correct": c, "n": 300, "accuracy": c / 300, "load_1min": 8.0}
+                          for k, c in counts.items()},
+                "drops": {k: {"drop": (clean - c) / 300, "se": 0.02}
+                          for k, c in counts.items() if k != "clean"}}
+
+    paths = []
+    for name, rows, complete in (
+            ("vgg", [row("vgg16", s, 240 + s, 220 - s, 235) for s in range(3)], True),
+            ("alex", [row("alexnet", s, 180, 170 + 3 * s, 160) for s in range(2)], False)):
+        table = {**_table(complete), "markings": ["clean", "deepstamp", "static"],
+                 "bundle": "b", "blend": 0.5, "f_seeds": [r["f_seed"] for r in rows],
+                 "command": f"python scripts/visible_gan_architecture_table.py {name}",
+                 "environment": {"torch": "2.14.1", "cpu_capability": "AVX2", "cpu": "EPYC",
+                                 "python": "3.11.7"}, "rows": rows}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(table))
+    script.merge(paths, tmp_path / "architecture_seeds.json")
+    text = card.architecture_seeds_section(tmp_path)
+    assert ("2 runs on one machine, merged by `--merge`" in text
+            and "`python scripts/visible_gan_architecture_table.py vgg` (vgg16=0.25, 1234 s); "
+                "`python scripts/visible_gan_architecture_table.py alex` (alexnet=0.25, "
+                "1234 s, cut short)" in text)
+    assert "repeated over F′ seeds per network: VGG16 0, 1, 2; AlexNet 0, 1." in text
+    assert "2468 s wall" in text and "The run was cut short" in text
+    assert "AlexNet (2 F′ seeds)" in text and "VGG16 (3 F′ seeds)" in text
+
+
+def test_shipping_section_reads_the_weights_and_says_why_v_ships(tmp_path):
+    """The bundle's entries counted from ``weights.safetensors`` are the loaded networks'
+    parameters; the V decision quotes this run's V′ and shipped-V figures; a bundle without
+    V gets no such section."""
+    from safetensors.torch import load_file, save_file
+
+    from neuralmark.components.methods.registry import load_bundle
+
+    shipped = Path(shipped_bundle("visible_gan"))
+    parts = model_card.weights_by_part(shipped)
+    method = load_bundle(shipped)
+    for name in ("W", "V", "D", "F"):
+        net = getattr(method, name)
+        assert parts[name]["elements"] == sum(t.numel() for t in net.state_dict().values())
+    assert sum(p["bytes"] for p in parts.values()) <= (shipped / "weights.safetensors").stat(
+        ).st_size
+    m = json.loads((shipped / "metrics.json").read_text())
+    text = model_card.shipping_section(m, shipped)
+    v_prime = m["fit_report"]["removal"]["deepstamp"]["removal_left"]
+    v_own = m["per_set"]["test_32"]["shipped_v"]["removal_left"]
+    assert "V keeps shipping" in text and f"leaves {v_prime:.3f} of DeepStamp's mark" in text
+    assert f"the shipped V {v_own:.3f}" in text
+    assert f"| V | the removal autoencoder (the GMAN's attacker) | {parts['V']['elements']:,} |" \
+        in text and "| no |" in text
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    weights = load_file(str(shipped / "weights.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("V.")},
+              str(copy / "weights.safetensors"))
+    assert "V" not in model_card.weights_by_part(copy)
+    assert model_card.shipping_section(m, copy) == ""

@@ -218,3 +218,57 @@ def test_spread_over_f_seeds_is_the_t_interval_per_network_and_the_paired_differ
     path.write_text(json.dumps(old))
     with pytest.raises(ValueError, match="no f_seed"):
         script.summarize(path)
+
+
+def test_merge_pools_runs_of_one_machine_and_refuses_another_machine_or_a_seed_twice(tmp_path):
+    """``--merge``: the rows of two runs (VGG16 seeds 0–2, then 3–4) become one table whose
+    spread has 5 F′ seeds (4 dof), each run kept in ``runs``; a run cut short merges with
+    ``complete: false``; another environment or recipe, or a seed measured twice, is refused."""
+    script = _script()
+    env = {"torch": "2.14.1", "cpu_capability": "AVX2", "cpu": "EPYC", "python": "3.11.7"}
+    counts = [(200, 190, 195), (210, 204, 200), (220, 209, 212), (205, 200, 199),
+              (215, 203, 210)]
+    rows = [{**_seed_row("vgg16", s, dict(zip(("clean", "deepstamp", "static"), c,
+                                              strict=True))), "width_multiplier": 0.25}
+            for s, c in enumerate(counts)]
+
+    def run(name: str, part: list[dict], **extra) -> Path:
+        table = {"command": f"python … {name}", "bundle": "b", "data": {"seed": 0},
+                 "train_images": 1400, "test_images": 300, "utility_steps": 400,
+                 "batch_size": 32, "classifier_lr": 0.002, "blend": 0.5, "threads": 1,
+                 "environment": env, "markings": ["clean", "deepstamp", "static"],
+                 "f_seeds": [r["f_seed"] for r in part], "rows": part, "complete": True,
+                 "wall_seconds": 100.0, "started": name, "finished": name, **extra}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(table))
+        return path
+
+    a, b = run("a", rows[:3]), run("b", rows[3:], complete=False)
+    merged = script.merge([a, b], tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text()) == merged
+    assert merged["f_seeds"] == [0, 1, 2, 3, 4] and len(merged["rows"]) == 5
+    assert [r["command"] for r in merged["runs"]] == ["python … a", "python … b"]
+    assert [r["complete"] for r in merged["runs"]] == [True, False] and not merged["complete"]
+    assert merged["wall_seconds"] == 200.0
+    [net] = merged["spread"]["networks"]
+    diff = {(q["label"], q["metric"]): q for q in net["quantities"]}[("deepstamp-static", "drop")]
+    values = [(c[1] - c[2]) / -300 for c in counts]  # DeepStamp's drop − static's
+    half = 2.7764451051977987 * torch.tensor(values).double().std().item() / 5 ** 0.5
+    assert diff["values"] == pytest.approx(values) and diff["n_seeds"] == 5
+    assert diff["ci_low"] == pytest.approx(sum(values) / 5 - half)
+    # a merged table merges again (its runs carried over)
+    c = run("c", [{**rows[0], "network": "alexnet"}])
+    assert len(script.merge([tmp_path / "m.json", c], tmp_path / "m2.json")["runs"]) == 3
+    newer = {**env, "threads": "1", "OMP_NUM_THREADS": "1"}  # a newer record: more keys
+    assert script.merge([a, run("n", rows[3:], environment=newer)], tmp_path / "n.json")[
+        "environment"] == env
+    for bad, match in ((run("d", rows[3:], environment={**env, "cpu_capability": "AVX512"}),
+                        "do not pool across machines"),
+                       (run("g", rows[3:], environment={"torch": "2.14.1"}),
+                        "do not pool across machines"),  # the CPU not recorded
+                       (run("e", rows[3:], utility_steps=200), "another recipe.*utility_steps"),
+                       (run("f", rows[2:3]), "vgg16 ×0.25 F′ seed 2: in")):
+        with pytest.raises(ValueError, match=match):
+            script.merge([a, bad], tmp_path / "x.json")
+    with pytest.raises(ValueError, match="two or more"):
+        script.merge([a], tmp_path / "x.json")

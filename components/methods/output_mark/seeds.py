@@ -5,7 +5,8 @@ other code revision and thread count) 0.62 (issue #19): a single seed says littl
 :func:`seed_matrix_rows` retrains the whole sequence for one seed (M, stage 1,
 stage 2, every matrix cell) and scores it; :func:`seed_spread_rows` does that for
 each seed; :func:`spread_summary` reduces the rows to mean, standard deviation,
-a Student-t 95% interval, min and max over the seeds per (stage, cell, metric).
+a Student-t 95% interval, min and max over the seeds per (stage, cell, metric) (the
+shared :mod:`neuralmark.components.seed_spread`, rates clipped to [0, 1]).
 
 What a seed changes: ``config.seed`` (M, H, R, D, the split, the stage loops) and
 the stage-2 surrogate's seed; the attacker's surrogates get their own seed
@@ -18,15 +19,14 @@ Shapes: images are ``N×3×H×W`` float32 in [0, 1]; rows are the tidy rows of
 
 from __future__ import annotations
 
-import math
 import os
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
+from neuralmark.components import seed_spread
 from neuralmark.components.attacks.surrogate import (
     SurrogateSettings,
     attack_cell,
@@ -49,6 +49,7 @@ from neuralmark.components.methods.output_mark.training import (
     stage2_method,
 )
 from neuralmark.components.reproducibility import pinned
+from neuralmark.components.seed_spread import CONFIDENCE
 
 #: added to the stage-2 surrogate's seed for the attacker's cells: an attacker does not
 #: share the owner's random draws, and a cell equal to the stage-2 surrogate (same arch,
@@ -56,8 +57,6 @@ from neuralmark.components.reproducibility import pinned
 ATTACKER_SEED_OFFSET = 101
 #: label of the rows holding the mean success rate over the matrix's cells
 MATRIX_MEAN = "matrix_mean"
-#: two-sided coverage of :func:`spread_summary`'s interval
-CONFIDENCE = 0.95
 #: label of the rows holding a stage's training metrics (:data:`TRAINING_METRICS`)
 TRAINING = "training"
 #: what a seed's rows carry from each stage's training (stage 2's keys are ``stage2_``-
@@ -226,50 +225,30 @@ def seed_spread_rows(seeds: Sequence[int], train_pairs: tuple[torch.Tensor, torc
     return rows
 
 
-def _t_quantile(dof: int) -> float:
-    """Two-sided Student-t quantile for :data:`CONFIDENCE` with ``dof`` degrees of freedom."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + CONFIDENCE / 2, dof))
+def unit_metric(metric: str) -> bool:
+    """True for the matrix's metrics that live in [0, 1] (rates, NC, SSIM): their spread's
+    interval is clipped to [0, 1]; dB and step counts are not."""
+    return metric in ("success_rate", "sr_marked", "nc_mean") or metric.startswith(
+        ("fpr_", "nc_", "ssim_", "sr_"))
 
 
 def spread_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± Student-t interval over seeds, per (stage, label, metric).
+    """Mean ± Student-t interval over seeds, per (stage, label, metric): the shared
+    :func:`neuralmark.components.seed_spread.spread_summary` with the matrix's [0, 1]
+    metrics clipped (:func:`unit_metric`).
 
     Args:
         rows: tidy rows with ``seed`` (:func:`seed_spread_rows`).
 
     Returns:
-        One dict per (stage, label, metric), in first-seen order: ``stage``,
-        ``label``, ``metric``, ``n_seeds``, ``mean``, ``std`` (sample), ``ci_low``,
-        ``ci_high`` (the :data:`CONFIDENCE` t-interval of the mean; rates, NC and SSIM
-        are clipped to [0, 1]), ``min``, ``max``, ``values`` (per seed, in seed order).
+        One dict per (stage, label, metric): ``stage``, ``label``, ``metric``,
+        ``n_seeds``, ``mean``, ``std``, ``ci_low``, ``ci_high``, ``min``, ``max``,
+        ``values`` (per seed, in seed order).
 
     Raises:
         InputError: a row without ``seed``, or fewer than two seeds.
     """
-    groups: dict[tuple[str, str, str], dict[int, float]] = {}
-    for r in rows:
-        if "seed" not in r:
-            raise InputError("spread_summary needs rows with a 'seed' (seed_spread_rows)")
-        groups.setdefault((str(r.get("stage")), str(r["label"]), str(r["metric"])),
-                          {})[int(r["seed"])] = float(r["value"])
-    out = []
-    for (stage, label, metric), by_seed in groups.items():
-        values = [by_seed[s] for s in sorted(by_seed)]
-        n = len(values)
-        if n < 2:
-            raise InputError(f"{stage}/{label}/{metric}: {n} seed(s); a spread needs two")
-        mean, std = statistics.fmean(values), statistics.stdev(values)
-        half = _t_quantile(n - 1) * std / math.sqrt(n)
-        low, high = mean - half, mean + half
-        if metric in ("success_rate", "sr_marked", "nc_mean") or metric.startswith(
-                ("fpr_", "nc_", "ssim_", "sr_")):
-            low, high = max(0.0, low), min(1.0, high)
-        out.append({"stage": stage, "label": label, "metric": metric, "n_seeds": n,
-                    "mean": mean, "std": std, "ci_low": low, "ci_high": high,
-                    "min": min(values), "max": max(values), "values": values})
-    return out
+    return seed_spread.spread_summary(rows, bounded=unit_metric)
 
 
 def spread_metrics(summary: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -310,4 +289,4 @@ def spread_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
 __all__ = ["ATTACKER_SEED_OFFSET", "CONFIDENCE", "MATRIX_MEAN", "TRAINING", "TRAINING_METRICS",
            "attacker_settings",
            "seed_matrix_rows", "seed_spread_rows", "seeded_config", "spread_markdown",
-           "spread_metrics", "spread_summary"]
+           "spread_metrics", "spread_summary", "unit_metric"]

@@ -464,11 +464,28 @@ def architecture_seeds_section(out: Path) -> str:
     measured = {(r["network"], r["width_multiplier"]) for r in t["rows"]}
     missing = [f"{_SEED_NAMES.get(n, n)} ×{m:g}" for n, m in single if (n, m) not in measured]
     columns = ", ".join(h for k, h in _TABLE_MARKINGS if k in t["markings"])
+    per_net: dict[str, list[int]] = {}
+    for r in t["rows"]:
+        per_net.setdefault(f"{_SEED_NAMES.get(r['network'], r['network'])}", []).append(
+            r["f_seed"])
+    if len({tuple(v) for v in per_net.values()}) > 1:
+        over = "F′ seeds per network: " + "; ".join(
+            f"{name} {', '.join(map(str, v))}" for name, v in per_net.items())
+    else:
+        over = f"F′ seeds {', '.join(map(str, t['f_seeds']))}"
+    if t.get("runs"):
+        how = (f"{len(t['runs'])} runs on one machine, merged by `--merge` (the spread is "
+               "over all their rows): " + "; ".join(
+                   f"`{r['command']}` ({', '.join(r['networks'])}, {r['wall_seconds']:.0f} s"
+                   + ("" if r.get("complete", True) else ", cut short") + ")"
+                   for r in t["runs"]))
+    else:
+        how = f"`{t['command']}`, then `--summarize`"
     text = ("\n## The architecture table over F′ seeds (one machine)\n"
-            f"`{t['command']}`, then `--summarize`: the table above's recipe ({t['utility_steps']} "
+            f"{how}: the table above's recipe ({t['utility_steps']} "
             f"steps, batch {t['batch_size']}, {t['train_images']} training / "
-            f"{t['test_images']} test images), columns {columns}, repeated over F′ seeds "
-            f"{', '.join(map(str, t['f_seeds']))}. An F′ seed s moves F′'s initial weights, "
+            f"{t['test_images']} test images), columns {columns}, repeated over {over}. "
+            "An F′ seed s moves F′'s initial weights, "
             "dropout draws and batch order (`train_f_prime`'s `f_seed`: torch seed "
             "config.seed + 17 + 1000 s, batch generator config.seed + 19 + 1000 s; s = 0 is "
             "the table above's recipe); the data, the stampers' draws and so the marked images "
@@ -478,8 +495,9 @@ def architecture_seeds_section(out: Path) -> str:
             f"(1-min load {min(loads):.1f}–{max(loads):.1f})."
             + ("" if t["complete"] else
                " **The run was cut short: only the rows below were measured.**")
-            + (f" Not in this run: {', '.join(missing)} (its single-seed cells above stand "
-               "alone)." if missing else "") + "\n\n")
+            + (f" Not in {'these runs' if t.get('runs') else 'this run'}: "
+               f"{', '.join(missing)} (its single-seed cells above stand alone)."
+               if missing else "") + "\n\n")
     head = ["| network | F′ seed | " + " | ".join(f"{h} (correct)" for k, h in _TABLE_MARKINGS
                                                  if k in t["markings"]) + " | "
             + " | ".join(f"drop, {h}" for k, h in _TABLE_MARKINGS[1:] if k in t["markings"])

@@ -244,7 +244,8 @@ def render_card(m: dict, out: Path, recipe: Mapping[str, Any],
     studies = "".join([previous_section(m, cfg, shipped_recipe), seed_section(out),
                        study_section(out, m), accuracy_section(out), architecture_section(out),
                        architecture_seeds_section(out),
-                       earlier_section(out), residual_section(out)])
+                       earlier_section(out), residual_section(out),
+                       shipping_section(m, out)])
     text = f"""# visible_gan — shipped DeepStamp W (seed 003)
 
 Visible watermarking that keeps a dataset useful (DeepStamp): W (4 conv layers, image ⊕
@@ -313,6 +314,92 @@ def shipped_v_line(m: dict) -> str:
     return ("- The bundle's own V, which ships in `weights.safetensors`, as an attacker's "
             "ready-made remover (`evaluation.remove_with_v`: V on the centred square at the "
             "working size, its change up-sampled): " + "; ".join(parts) + ".\n")
+
+
+#: what each entry of ``weights.safetensors`` is, and whether embedding / verifying reads it
+_PARTS = (("W", "the watermarking network", True), ("mark", "the built-in RGBA mark", True),
+          ("V", "the removal autoencoder (the GMAN's attacker)", False),
+          ("D", "the discriminator", False), ("F", "the frozen task classifier", False))
+
+
+def weights_by_part(out: Path) -> dict[str, dict[str, int]]:
+    """Parameters (elements) and bytes per top-level entry of ``out/weights.safetensors``
+    (``W``, ``V``, ``D``, ``F``, ``mark``), read from the file's header."""
+    from safetensors import safe_open
+
+    parts: dict[str, dict[str, int]] = {}
+    with safe_open(str(out / "weights.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            t = f.get_slice(key)
+            n = 1
+            for d in t.get_shape():
+                n *= int(d)
+            part = parts.setdefault(key.split(".")[0], {"elements": 0, "bytes": 0})
+            part["elements"] += n
+            part["bytes"] += n * _DTYPE_BYTES[t.get_dtype()]
+    return parts
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+                "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def shipping_section(m: dict, out: Path) -> str:
+    """What the bundle holds, what stamping and verifying read, and why V ships (vg10's
+    decision, with this run's figures: V against a V′ anyone with W can train)."""
+    parts = weights_by_part(out)
+    total = sum(p["bytes"] for p in parts.values())
+    rows = ["| entry | what it is | parameters | MiB | share | read by embed / verify / "
+            "`brand` |", "|---|---|---|---|---|---|"]
+    for key, what, used in _PARTS:
+        if key in parts:
+            p = parts[key]
+            rows.append(f"| {key} | {what} | {p['elements']:,} | {p['bytes'] / 2**20:.3f} | "
+                        f"{100 * p['bytes'] / total:.0f} % | {'yes' if used else 'no'} |")
+    rep = m["fit_report"]
+    v_prime = rep.get("removal", {}).get("deepstamp")
+    shipped = {name: r["shipped_v"] for name, r in m["per_set"].items() if "shipped_v" in r}
+    if "V" not in parts or v_prime is None or not shipped:
+        return ""
+    test_set = next(iter(shipped))
+    curve = sorted((c["steps"], c["removal_left"]) for c in rep.get("removal_curve", [])
+                   if c["stamper"] == "deepstamp")
+    matched = next((c for c in curve if c[1] <= shipped[test_set]["removal_left"]), None)
+    v_mib = parts["V"]["bytes"] / 2**20
+    others = "; ".join(f"{k}: leaves {v['removal_left']:.3f}, detected {v['detection_rate']:.3f}"
+                       for k, v in shipped.items() if k != test_set)
+    early = (f"; V′ already leaves {matched[1]:.3f} after {matched[0]} steps (the V′ steps "
+             "table)" if matched else "")
+    return f"""
+## What ships, and why V does
+`weights.safetensors` ({total / 2**20:.2f} MiB) holds five entries; embedding, verifying and
+`brand` / `brand-verify` read W (embedding), the mark (both) and the detector's calibration
+(`state.json`: its clean scores and threshold; verifying) only. F, V and D are W's training
+partners and ship with it.
+
+{chr(10).join(rows)}
+
+**Decision (session vg10): V keeps shipping, in the bundle as W does.** V is the attacker's
+tool of the evaluation, not something a user needs at run time; the question is only whether
+withholding it would protect marked images. It would not, from this card's numbers:
+- W has to ship (stamping works right after install), and with W anyone can mark images of
+  their own and train a remover of V's shape on the (marked, clean) pairs. The table's V′
+  (V's architecture, {rep.get("removal_steps")} steps on the {m["train_images"]} training
+  images marked by this W, trained within this run's {m["fit_seconds"]:.0f} s on
+  {m.get("device", "cpu")}) leaves {v_prime["removal_left"]:.3f} of DeepStamp's mark on
+  {test_set}, the shipped V {shipped[test_set]["removal_left"]:.3f}{early}. (V′'s detection
+  rate was not measured; the share left is the figure both have.) So V gives an attacker
+  no capability the public W does not, and keeping it back would only make the
+  public-files figures look better than what an attacker gets with a CPU and W.
+- Shipping it keeps the threat figures reproducible by anyone with the package: the
+  shipped-V line above, the known limitation below and the benchmark's white-box removal
+  row (`VisibleGan.public_remover`) all run it.
+- It costs {v_mib:.3f} MiB ({100 * parts["V"]["bytes"] / total:.0f} % of the file) and
+  nothing at run time beyond loading it.
+
+What V does at other sizes ({others or "no other set measured"}) stays in the limitations:
+the mark's protection has to be its detection after removal, not V's secrecy.
+"""
 
 
 def fit_steps(final: dict) -> str:
