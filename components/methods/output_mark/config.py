@@ -87,8 +87,9 @@ class OutputMarkConfig(MethodConfig):
     #: steps of R alone before stage 1 (:func:`.loops.pretrain_extractor`): B plus one fixed
     #: random residual at ``r_pretrain_db`` dB must give δ, clean images the blank, so R is
     #: not input-blind when H starts (issue #19's deadlock, om14/om15). 0: off, as the seed.
-    #: Measured (om15, seed 2, 200 steps at 30 dB): no blind plateau, read from step 100, 4
-    #: checkpoints qualify, test B′ 39.0 dB (0.96 short of 40): one seed, not yet adopted
+    #: Measured (om15, 200 steps at 30 dB): no blind plateau, held-out read from step 100 on
+    #: seeds 0 and 2; test B′ 42.2 dB / read 100% (seed 0), 39.0 dB / 100% (seed 2, 0.96 short
+    #: of 40); seed 1 not run, so not adopted
     r_pretrain: int = Field(0, ge=0)
     r_pretrain_db: float = Field(35.0, gt=0)
     #: stage 1 reports its training metrics (losses, ``h_grad_norm`` / ``r_grad_norm``,
