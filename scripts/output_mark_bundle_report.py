@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 from pathlib import Path
 
@@ -27,7 +28,13 @@ from neuralmark.components.data.clean_variety import unseen_photos
 from neuralmark.components.data.pairs import build_pairs, load_split
 from neuralmark.components.methods.base import WatermarkKey, resize_square
 from neuralmark.components.methods.output_mark.evaluation import quality
-from neuralmark.components.metrics import psnr
+from neuralmark.components.methods.output_mark.loops import refresh_extractor_bn
+from neuralmark.components.methods.output_mark.training import (
+    clean_variety_images,
+    training_pairs,
+)
+from neuralmark.components.metrics import normalized_correlation, psnr
+from neuralmark.components.reproducibility import pinned
 from neuralmark.runtime.output_mark_study import bundle_and_key, derain_study
 
 
@@ -40,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="*", default=[])
     p.add_argument("--unseen", action="store_true",
                    help="false positives on never-seen scikit-image photos (clean_variety)")
+    p.add_argument("--bn", action="store_true",
+                   help="R's BatchNorm: Table 1 with R on batch statistics and with its "
+                        "statistics recomputed on the stage-1 batches (om15)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -71,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                                 resize_square(marked, m.config.working_size),
                                 resize_square(plain, m.config.working_size)).mean())}
     out["sizes"] = sizes
+    if args.bn:
+        out["bn"] = bn_report(m, study, a, gt)
     if args.unseen:
         out["unseen"] = unseen_report(m, key, sorted({m.config.working_size,
                                                       settings.data.size}))
@@ -80,6 +92,36 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     return 0
+
+
+def bn_report(m, study, a: torch.Tensor, gt: torch.Tensor) -> dict:
+    """R's BatchNorm statistics on this bundle (issue #19, om15), the bundle untouched.
+
+    ``batch_statistics``: a copy of R in train mode on one batch of the test B′ and M's
+    clean test outputs B, half and half (the read and clean-B rate; as
+    ``output_mark_stage1_diagnosis.batch_statistics_read``). ``refreshed``: Table 1 of a copy
+    whose R statistics are recomputed (``loops.refresh_extractor_bn``) on stage-1 batches of
+    the H/R part (B′ and mixed clean rows, the clean variety when the config has it). The
+    shipped R is a stage-2 R, whose batches also hold the stage-2 surrogates' outputs; those
+    are not retrained here, so this is the stage-1 composition.
+    """
+    r = copy.deepcopy(m.R).train()
+    marked, clean = m.marked_outputs(a), m.model_outputs(a)
+    with torch.no_grad():
+        ncs = normalized_correlation(r(torch.cat([marked, clean])), m.logo.cpu()[None])
+    n = marked.shape[0]
+    batch = {"sr_marked": float(m.hit_mask(ncs[:n], marked).float().mean()),
+             "fpr_clean_B": float(m.hit_mask(ncs[n:], clean).float().mean())}
+    fresh = copy.deepcopy(m)
+    fresh.set_groups(study.groups)
+    with pinned(fresh.config.seed, 1):
+        tp = training_pairs(fresh, study.train,
+                            clean=clean_variety_images(fresh.config, str(study.manifest)))
+        b = fresh.model_outputs(tp.a)
+        refresh_extractor_bn(fresh, tp.a[tp.hr], b[tp.hr], tp.gt[tp.hr],
+                             clean_bank=tp.clean_bank)
+        refreshed = quality(fresh, a, gt)
+    return {"batch_statistics": batch, "refreshed": refreshed}
 
 
 def unseen_report(m, key: WatermarkKey, sizes: list[int]) -> dict:

@@ -46,6 +46,7 @@ from neuralmark.components.attacks.surrogate import matrix_cells
 from neuralmark.components.methods.base import WatermarkKey
 from neuralmark.components.methods.output_mark.seeds import (
     TRAINING,
+    seed_matrix_record,
     seed_matrix_rows,
     spread_markdown,
     spread_summary,
@@ -90,10 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                                  bundle_dir=args.bundles, twins=args.twins,
                                  attacker_quality=args.attacker_quality,
                                  theft_bar=args.theft_bar)
-        args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
-                                        "key": key.secret,
-                                        "config": settings.config.model_dump(mode="json"),
-                                        "rows": rows}, indent=1))
+        args.out.write_text(json.dumps(seed_matrix_record(
+            rows, settings.config, key, sys.argv, time.time() - start), indent=1))
         print(f"seed {seed} done, {time.time() - start:.0f} s", flush=True)
     if len(args.seeds) == 1:  # one seed: its rows, no spread (a spread needs two)
         for r in rows:
@@ -109,10 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     summary = spread_summary(rows)
     markdown = spread_markdown(summary)
-    args.out.write_text(json.dumps({"argv": sys.argv, "seconds": time.time() - start,
-                                    "key": key.secret,
-                                    "config": settings.config.model_dump(mode="json"),
-                                    "rows": rows, "summary": summary}, indent=1))
+    args.out.write_text(json.dumps(seed_matrix_record(
+        rows, settings.config, key, sys.argv, time.time() - start, summary), indent=1))
     print(markdown)
     for s in summary:
         if s["label"] == TRAINING or s["label"] == "none" and s["metric"] in (

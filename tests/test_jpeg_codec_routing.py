@@ -17,6 +17,8 @@ from neuralmark.components.attacks.stochastic import StochasticAugConfig, Stocha
 from neuralmark.components.data.clean_variety import generic_operation, varied_clean_images
 from neuralmark.components.data.sample import SampleDataConfig, build_sample_dataset
 from neuralmark.components.errors import InputError
+from neuralmark.components.methods.output_mark.config import OutputMarkConfig
+from neuralmark.components.methods.output_mark.training import clean_variety_images
 from neuralmark.components.metrics import psnr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -101,3 +103,17 @@ def test_clean_variety_jpeg_default_is_kornias_and_block_dct_is_selectable(tmp_p
     assert 0 < int(changed.sum()) < len(default)  # only the JPEG-processed images move
     with pytest.raises(InputError, match="unknown jpeg_impl"):
         varied_clean_images(manifest, 32, jpeg_impl="pil", **kwargs)  # type: ignore[arg-type]
+    # output_mark's config names the codec (clean_variety_jpeg): the default is kornia's,
+    # the recipe's images bit for bit; blockdct reaches the operation; a typo names the field
+    cfg = OutputMarkConfig(clean_variety=True, working_size=32, seed=1)
+    assert cfg.clean_variety_jpeg == "kornia"
+    recipe, recipe_groups = clean_variety_images(cfg, str(manifest))
+    assert torch.equal(recipe, varied_clean_images(manifest, 32, seed=1)[0])
+    fast_cfg = cfg.model_copy(update={"clean_variety_jpeg": "blockdct"})
+    fast_recipe, fast_groups = clean_variety_images(fast_cfg, str(manifest))
+    assert fast_groups == recipe_groups
+    assert torch.equal(fast_recipe, varied_clean_images(manifest, 32, seed=1,
+                                                        jpeg_impl="blockdct")[0])
+    assert not torch.equal(fast_recipe, recipe)
+    with pytest.raises(ValidationError, match="clean_variety_jpeg"):
+        OutputMarkConfig(clean_variety_jpeg="pil")

@@ -358,3 +358,22 @@ def test_stage1_takes_the_unweighted_highband_share_on_logging_steps_only(
     calls.clear()
     training.stage1_method(data["train"], {**cfg, "mark_highband_weight": 1.0}, KEY)
     assert len(calls) == 40
+
+
+def test_seed_matrix_record_carries_the_environment_and_is_json() -> None:
+    """The seed-matrix JSON names the float path it ran on (environment()), as MLflow runs do."""
+    import json
+
+    from neuralmark.components.environment import environment
+    from neuralmark.components.methods.output_mark.seeds import seed_matrix_record
+
+    rows = [{"seed": 0, "stage": "stage1", "label": MATRIX_MEAN, "metric": "success_rate",
+             "value": 0.5, "n": 4}]
+    cfg = OutputMarkConfig(**MICRO)
+    record = seed_matrix_record(rows, cfg, KEY, ["script", "--seeds", "0"], 1.5)
+    assert json.loads(json.dumps(record)) == record
+    assert record["environment"] == environment() and record["environment"]["cpu_capability"]
+    assert record["config"] == cfg.model_dump(mode="json") and record["rows"] == rows
+    assert record["key"] == KEY.secret and "summary" not in record
+    summary = spread_summary(rows + [{**rows[0], "seed": 1, "value": 0.7}])
+    assert seed_matrix_record(rows, cfg, KEY, [], 2.0, summary)["summary"] == summary

@@ -14,6 +14,7 @@ Output head (``output``):
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -24,14 +25,21 @@ Output = Literal["sigmoid", "residual"]
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
-    """``batch`` / ``instance`` (affine) / ``none`` normalisation for ``channels``."""
+    """``batch`` / ``instance`` (affine) / ``group`` / ``none`` normalisation for ``channels``.
+
+    ``group``: ``nn.GroupNorm`` with gcd(8, channels) groups, per image like ``instance``
+    (no running statistics: training and eval mode compute the same function), but each
+    group's statistics span several channels.
+    """
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; expected batch, instance or none")
+    raise ValueError(f"unknown norm {kind!r}; expected batch, instance, group or none")
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from neuralmark.components.attacks.jpeg_codec import JpegImpl
 from neuralmark.components.attacks.surrogate import SurrogateSettings
 from neuralmark.components.methods.base import MethodConfig
 from neuralmark.components.nets.image_nets import SurrogateArch
@@ -54,6 +55,12 @@ class OutputMarkConfig(MethodConfig):
     embed_depth: int = Field(4, ge=1)
     extract_width: int = Field(32, ge=1)
     extract_blocks: int = Field(9, ge=0)
+    #: R's normalisation (``nets.unet.norm_layer``). ``batch`` (the seed's CEILNet) trains on
+    #: the statistics of each half-marked, half-clean batch and serves on running averages;
+    #: ``group`` / ``instance`` normalise each image alone, so R reads one image in training
+    #: as it does when served (issue #19, om15, MODEL_CARD.md). Measured (om15, om12 recipe):
+    #: seed 2 read 0 → 100% at the same 29.6 dB; seed 0 35.8 → 29.7 dB, read 98.4 → 92.2%
+    extract_norm: Literal["batch", "group", "instance"] = "batch"
     disc_width: int = Field(64, ge=1)
     disc_layers: int = Field(3, ge=1)
     # protected model M
@@ -77,6 +84,14 @@ class OutputMarkConfig(MethodConfig):
     #: cure — H's residual jumps to 17 dB, D wins at once, R still reads 0%; left off.
     #: 0: off (the seed's fixed weights)
     embed_warmup: int = Field(0, ge=0)
+    #: steps of R alone before stage 1 (:func:`.loops.pretrain_extractor`): B plus one fixed
+    #: random residual at ``r_pretrain_db`` dB must give δ, clean images the blank, so R is
+    #: not input-blind when H starts (issue #19's deadlock, om14/om15). 0: off, as the seed.
+    #: Measured (om15, 200 steps at 30 dB): no blind plateau, held-out read from step 100 on
+    #: seeds 0 and 2; test B′ 42.2 dB / read 100% (seed 0), 39.0 dB / 100% (seed 2, 0.96 short
+    #: of 40); seed 1 not run, so not adopted
+    r_pretrain: int = Field(0, ge=0)
+    r_pretrain_db: float = Field(35.0, gt=0)
     #: stage 1 reports its training metrics (losses, ``h_grad_norm`` / ``r_grad_norm``,
     #: ``stage1_lr``) every this many steps; 0: twenty times per stage (``steps // 20``).
     #: Logging changes no trained number
@@ -123,6 +138,10 @@ class OutputMarkConfig(MethodConfig):
     #: null), drawn with ``seed``. Needs the sample dataset's manifest (not a prepared one).
     #: Off: R's clean term sees the training pairs only (issue #19, MODEL_CARD.md)
     clean_variety: bool = False
+    #: the differentiable JPEG codec of the clean variety's generic ``jpeg`` operation
+    #: (``neuralmark.components.attacks.jpeg_codec.JPEG_IMPLS``); ``kornia`` is the codec every
+    #: clean-variety figure was measured with
+    clean_variety_jpeg: JpegImpl = "kornia"
     #: the stopping rule of stages 1 and 2 (:mod:`.selection`): every ``select_every`` steps
     #: score the networks on the held-out part and ship the checkpoint with B′ ≥
     #: ``psnr_target`` dB, no clean image read as marked and ≥ ``select_min_read`` of B′
@@ -137,6 +156,16 @@ class OutputMarkConfig(MethodConfig):
     #: 37.7 dB last step: issue #19, MODEL_CARD.md); the last step when none has both.
     #: Measured (seeds 1, 2): 39.4 dB with 12.5% of clean outputs flagged / no candidate
     select_fallback: Literal["last", "fewest_clean"] = "last"
+    #: recompute R's BatchNorm running statistics (:func:`.loops.refresh_extractor_bn`:
+    #: ``torch.optim.swa_utils.update_bn`` over ``refresh_bn_batches`` batches composed as R's
+    #: training batches, weights untouched) before the stopping rule scores a checkpoint and
+    #: at the end of stages 1 and 2, so scoring, calibration and the bundle judge the network
+    #: that trained. Off: R's running averages of the last steps' batches, made by earlier
+    #: weights (om14: 0% read in eval mode where the same weights read 95.3% on batch
+    #: statistics; issue #19, MODEL_CARD.md). Measured (om15): that probe 0 → 45.3%; seed 0's
+    #: default path and the shipped bundle were not hidden by their statistics; not adopted
+    refresh_bn_stats: bool = False
+    refresh_bn_batches: int = Field(16, ge=1)
     #: ablation switches (seed's Figures 5 and 6)
     clean_loss: bool = True
     consistency_loss: bool = True

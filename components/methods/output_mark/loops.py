@@ -33,6 +33,10 @@ from neuralmark.components.time_budget import out_of_time
 
 #: offsets added to ``config.seed`` for each loop's generator
 STAGE1_SEED, STAGE2_SEED = 1, 2
+#: offset of the generator that composes the batches of :func:`refresh_extractor_bn`
+BN_REFRESH_SEED = 3
+#: offset of the generator of :func:`pretrain_extractor` (its residual and its batches)
+PRETRAIN_SEED = 4
 
 
 def train_embedder(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor, gt: torch.Tensor,
@@ -225,6 +229,118 @@ def _batch(c: OutputMarkConfig, g: torch.Generator, dev: torch.device | str,
             [distributed.shard(t[idx].to(dev)) for t in plain])
 
 
+def pretrain_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor,
+                       gt: torch.Tensor, clean_bank: torch.Tensor | None = None
+                       ) -> dict[str, float]:
+    """Before stage 1: teach R to read a fixed random residual, so it is not input-blind.
+
+    om14 found stage 1's deadlock (issue #19, seed 2): within ~30 steps R returns one fixed
+    image whatever its input, so it passes H no reading gradient and H's residual stays too
+    small to read. Here R alone trains ``config.r_pretrain`` steps on L_ext with B + ε as
+    the marked images (ε: one 3×S×S Gaussian residual at ``config.r_pretrain_db`` dB RMS,
+    drawn once) and the clean rows as stage 1 has them, so R answers δ to a residual before
+    H starts; H then has a gradient towards a residual R reads. Its own generator
+    (``config.seed`` + :data:`PRETRAIN_SEED`): stage 1's draws do not move.
+
+    Args:
+        method: whose R trains (H, D untouched).
+        a, b, gt: N×3×S×S inputs, M's outputs, targets of the H/R part.
+        clean_bank: K×3×S×S extra clean images (:func:`clean_rows`), or ``None``.
+
+    Returns:
+        ``pretrain_r_wm`` / ``pretrain_r_clean`` of the last step (``{}`` when off).
+    """
+    c, dev = method.config, method.device
+    if c.r_pretrain <= 0:
+        return {}
+    g = torch.Generator().manual_seed(c.seed + PRETRAIN_SEED)
+    s = a.shape[-1]
+    eps = torch.randn(3, s, s, generator=g)
+    eps = (eps * 10 ** (-c.r_pretrain_db / 20) / eps.pow(2).mean().sqrt()).to(dev)
+    opt = torch.optim.Adam(method.R.parameters(), lr=c.lr, betas=(0.5, 0.999))
+    method.R.train()
+    metrics: dict[str, float] = {}
+    with distributed.sync_batchnorm(method.R), distributed.wrapped(method, "R"):
+        for _ in range(c.r_pretrain):
+            (xa, xb, xg), _ = _batch(c, g, dev, [a, b, gt])
+            h_in = xa if c.task_specific else xb
+            clean = ([xa, xg] if c.task_specific else [xa, xb, xg])
+            clean += clean_rows(c, g, dev, clean_bank)
+            with distributed.autocast(dev):
+                loss, m = extract_loss(c, method.R, method.logo, [(h_in + eps).clamp(0, 1)],
+                                       clean, g, sharded=True)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            metrics = {"pretrain_r_wm": m["r_wm"], "pretrain_r_clean": m["r_clean"]}
+    method.R.eval()
+    return distributed.mean_over_processes(metrics)
+
+
+def refresh_extractor_bn(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor,
+                         gt: torch.Tensor, seconds: Sequence[torch.Tensor] = (),
+                         clean_seconds: Sequence[torch.Tensor] = (),
+                         clean_bank: torch.Tensor | None = None) -> int:
+    """Recompute R's BatchNorm running statistics on the batches R trains on, weights untouched.
+
+    R trains on batch statistics (train mode) but is scored, calibrated and served on its
+    running statistics (eval mode): exponential averages (momentum 0.1) over the last few
+    steps' batches, made by earlier weights. At the tiny profile's lr the weights move fast
+    enough that the averages describe another network: on om14's λ_ext 10 probe R read 95.3%
+    of the test B′ on batch statistics and 0% in eval mode (issue #19, MODEL_CARD.md).
+    Here ``torch.optim.swa_utils.update_bn`` resets them and averages (cumulatively) over
+    ``config.refresh_bn_batches`` batches composed as the loops compose R's batch: the
+    marked rows (B′ as H makes it in eval mode, as the service does, through
+    :func:`resize_round_trip`; stage 2: and every surrogate's outputs for the same pairs)
+    and one mixed batch of clean rows (A, B, targets, the clean counterparts' outputs, the
+    clean bank; one source per row), jittered as in training. The batches are drawn from
+    their own generator (``config.seed`` + :data:`BN_REFRESH_SEED`, fresh on each call), so
+    the training loops' draws do not move and the same weights always get the same
+    statistics. A no-op for an R without BatchNorm. Under data parallelism every process
+    composes its shard of the same global batches and R's layers (swapped by
+    ``distributed.sync_batchnorm``) average over the global batch.
+
+    Args:
+        method: whose R (H is only run, in eval mode).
+        a, b, gt: N×3×S×S inputs, M's outputs, targets of the H/R part.
+        seconds: stage 2: N×3×S×S outputs of each stage-2 surrogate architecture (B″).
+        clean_seconds: stage 2: N×3×S×S outputs of their clean counterparts.
+        clean_bank: K×3×S×S extra clean images (:func:`clean_rows`), or ``None``.
+
+    Returns:
+        The number of BatchNorm layers refreshed.
+    """
+    c, dev = method.config, method.device
+    r = getattr(method.R, "module", method.R)  # the plain R inside a DDP wrapper
+    layers = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in r.modules())
+    if not layers:
+        return 0
+    g = torch.Generator().manual_seed(c.seed + BN_REFRESH_SEED)
+    h_was_training = method.H.training
+    method.H.eval()
+
+    def batches():
+        for _ in range(c.refresh_bn_batches):
+            (xa, xb, xg), rest = _batch(c, g, dev, [a, b, gt], [*seconds, *clean_seconds])
+            h_in = xa if c.task_specific else xb
+            with torch.no_grad():
+                xp = resize_round_trip(c, g, h_in, method.H(h_in))
+            clean = ([xa, xg] if c.task_specific else [xa, xb, xg]) + rest[len(seconds):]
+            clean += clean_rows(c, g, dev, clean_bank)
+            n = clean[0].shape[0]
+            pick = (distributed.batch_rows(len(clean), n * distributed.world_size(), g)
+                    if c.clean_loss else None)
+            mixed = [torch.stack(clean)[pick, torch.arange(n)]] if pick is not None else []
+            yield torch.cat([xp, *rest[:len(seconds)], *mixed])
+
+    try:
+        with torch.no_grad():
+            torch.optim.swa_utils.update_bn(batches(), r, device=dev)
+    finally:
+        method.H.train(h_was_training)
+    return layers
+
+
 def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor,
                        gt: torch.Tensor, b_prime: torch.Tensor,
                        b_second: torch.Tensor | Sequence[torch.Tensor],
@@ -298,5 +414,6 @@ def finetune_extractor(method: OutputMarkParts, a: torch.Tensor, b: torch.Tensor
     return metrics
 
 
-__all__ = ["STAGE1_SEED", "STAGE2_SEED", "clean_rows", "embed_ramp", "finetune_extractor",
-           "grad_norms", "resize_round_trip", "train_embedder"]
+__all__ = ["BN_REFRESH_SEED", "PRETRAIN_SEED", "STAGE1_SEED", "STAGE2_SEED", "clean_rows",
+           "embed_ramp", "finetune_extractor", "grad_norms", "pretrain_extractor",
+           "refresh_extractor_bn", "resize_round_trip", "train_embedder"]

@@ -98,7 +98,8 @@ class OutputMark(WatermarkMethod):
         torch.manual_seed(c.seed)
         self.M: nn.Module = UNet(width=c.model_width, depth=c.model_depth, output="residual")
         self.H: nn.Module = UNet(width=c.embed_width, depth=c.embed_depth, output="residual")
-        self.R: nn.Module = CEILNet(width=c.extract_width, n_blocks=c.extract_blocks)
+        self.R: nn.Module = CEILNet(width=c.extract_width, n_blocks=c.extract_blocks,
+                                    norm=c.extract_norm)
         self.D: nn.Module = PatchDiscriminator(width=c.disc_width, n_layers=c.disc_layers)
         self.logo_store = LogoStore(load_logo(c.logo, c.working_size, c.threshold,
                                               c.logo_secret, c.logo_block))

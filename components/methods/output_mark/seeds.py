@@ -32,6 +32,7 @@ from neuralmark.components.attacks.surrogate import (
     attack_cell,
     attack_cell_ladder,
 )
+from neuralmark.components.environment import environment
 from neuralmark.components.errors import InputError
 from neuralmark.components.methods.base import Callbacks, WatermarkKey
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
@@ -188,6 +189,37 @@ def seed_matrix_rows(seed: int, train_pairs: tuple[torch.Tensor, torch.Tensor],
     return [{**r, "seed": int(seed)} for r in rows]
 
 
+def seed_matrix_record(rows: Sequence[Mapping[str, Any]], config: OutputMarkConfig,
+                       key: WatermarkKey, argv: Sequence[str], seconds: float,
+                       summary: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The seed-matrix JSON record: how it ran (the command, the float path) and its rows.
+
+    ``environment`` is :func:`neuralmark.components.environment.environment` of this process
+    (torch version, CPU kernel path and model, threads), as the MLflow runs carry it: the
+    stage-1 game magnifies a one-ulp difference, so two machines' matrices differ
+    (MODEL_CARD.md, om14), and a record without the machine cannot be compared.
+
+    Args:
+        rows: :func:`seed_matrix_rows` of every seed run so far.
+        config: the profile's output_mark config (before the seed is put in).
+        key: the owner's key.
+        argv: the command line.
+        seconds: wall time so far.
+        summary: :func:`spread_summary` of the rows (two seeds or more), or ``None``.
+
+    Returns:
+        ``{"argv", "seconds", "key", "environment", "config", "rows"[, "summary"]}``,
+        JSON-ready.
+    """
+    record: dict[str, Any] = {"argv": list(argv), "seconds": float(seconds),
+                              "key": key.secret, "environment": environment(),
+                              "config": config.model_dump(mode="json"),
+                              "rows": [dict(r) for r in rows]}
+    if summary is not None:
+        record["summary"] = [dict(s) for s in summary]
+    return record
+
+
 def _budgets(schedule: SurrogateSettings, arch: str) -> tuple[int, int]:
     """The cell's budget k and 2k (the theft bar's doubling).
 
@@ -287,6 +319,5 @@ def spread_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
 
 
 __all__ = ["ATTACKER_SEED_OFFSET", "CONFIDENCE", "MATRIX_MEAN", "TRAINING", "TRAINING_METRICS",
-           "attacker_settings",
-           "seed_matrix_rows", "seed_spread_rows", "seeded_config", "spread_markdown",
-           "spread_metrics", "spread_summary", "unit_metric"]
+           "attacker_settings", "seed_matrix_record", "seed_matrix_rows", "seed_spread_rows",
+           "seeded_config", "spread_markdown", "spread_metrics", "spread_summary", "unit_metric"]

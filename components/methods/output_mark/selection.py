@@ -28,7 +28,7 @@ Shapes: images are ``N×3×S×S`` in [0, 1] at the working size.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -53,13 +53,18 @@ class CheckpointSelector:
         clean_copies: stage 2: the clean surrogates' outputs on ``a``; a hit on one is a
             clean hit.
         prefix: the metrics' prefix.
+        before_score: called before each checkpoint is scored (``config.refresh_bn_stats``:
+            recompute R's BatchNorm statistics, :func:`.loops.refresh_extractor_bn`), so the
+            checkpoint is judged, and kept, as it will be served.
     """
 
     def __init__(self, method: OutputMarkParts, a: torch.Tensor, gt: torch.Tensor,
                  callbacks: Callbacks | Sequence[Any] = (), step0: int = 0,
                  nets: Sequence[str] = ("H", "R", "D"), copies: Sequence[torch.Tensor] = (),
-                 clean_copies: Sequence[torch.Tensor] = (), prefix: str = "select") -> None:
+                 clean_copies: Sequence[torch.Tensor] = (), prefix: str = "select",
+                 before_score: Callable[[], Any] | None = None) -> None:
         self.method, self.a, self.gt = method, a, gt
+        self.before_score = before_score
         self.callbacks, self.step0 = Callbacks.of(callbacks), step0
         self.nets, self.prefix = tuple(nets), prefix
         self.copies, self.clean_copies = list(copies), list(clean_copies)
@@ -77,6 +82,8 @@ class CheckpointSelector:
     def __call__(self, step: int) -> dict[str, float]:
         """Score the current networks (after ``step`` steps); remember them if best so far."""
         c = self.method.config
+        if self.before_score is not None:
+            self.before_score()
         q = quality(self.method, self.a, self.gt)
         clean = max(q["fpr_clean_A"], q["fpr_clean_B"], q["fpr_clean_target"],
                     self._read(self.clean_copies))

@@ -55,7 +55,12 @@ from neuralmark.components.methods.base import (
 )
 from neuralmark.components.methods.output_mark.config import OutputMarkConfig
 from neuralmark.components.methods.output_mark.evaluation import extraction_nc, quality
-from neuralmark.components.methods.output_mark.loops import finetune_extractor, train_embedder
+from neuralmark.components.methods.output_mark.loops import (
+    finetune_extractor,
+    pretrain_extractor,
+    refresh_extractor_bn,
+    train_embedder,
+)
 from neuralmark.components.methods.output_mark.parts import OutputMarkParts
 from neuralmark.components.methods.output_mark.selection import CheckpointSelector
 from neuralmark.components.methods.registry import build
@@ -132,7 +137,7 @@ def clean_variety_images(config: OutputMarkConfig, manifest: str | None
     manifest's *train* split at the working size, drawn with ``config.seed``.
 
     Args:
-        config: ``clean_variety``, ``working_size``, ``seed``.
+        config: ``clean_variety``, ``working_size``, ``seed``, ``clean_variety_jpeg``.
         manifest: the sample dataset's ``manifest.csv`` the training pairs were made from.
 
     Raises:
@@ -144,7 +149,8 @@ def clean_variety_images(config: OutputMarkConfig, manifest: str | None
     if not manifest:
         raise InputError("config.clean_variety needs the sample dataset's manifest (the "
                          "training photos it crops); a prepared paired dataset has none")
-    return varied_clean_images(manifest, config.working_size, seed=config.seed)
+    return varied_clean_images(manifest, config.working_size, seed=config.seed,
+                               jpeg_impl=config.clean_variety_jpeg)
 
 
 def clean_bank_size(tp: TrainingPairs) -> float:
@@ -251,20 +257,31 @@ def stage1(method: OutputMarkParts, tp: TrainingPairs,
            callbacks: Callbacks | Sequence[Any] = ()) -> dict[str, float]:
     """Stage 1 on the H/R part, with the stopping rule of :mod:`.selection` when
     ``config.select_every`` is set. Returns the last training metrics (and the
-    selector's), ``time_stage1_s``, ``n_hr`` and ``n_held_out``."""
+    selector's), ``time_stage1_s``, ``n_hr`` and ``n_held_out``; with
+    ``config.refresh_bn_stats``, R's BatchNorm statistics are recomputed before each
+    checkpoint is scored and at the end (``bn_layers_refreshed``)."""
     start = time.time()
     b = method.model_outputs(tp.a)
     hr = tp.hr
+    refresh = None
+    if method.config.refresh_bn_stats:
+        def refresh() -> int:
+            return refresh_extractor_bn(method, tp.a[hr], b[hr], tp.gt[hr],
+                                        clean_bank=tp.clean_bank)
     selector = None
     if method.config.select_every and tp.has_held_out:
         selector = CheckpointSelector(method, tp.a[tp.held_out], tp.gt[tp.held_out],
                                       distributed.main_only(Callbacks.of(callbacks)),
-                                      method.config.model_steps)
+                                      method.config.model_steps, before_score=refresh)
+    pretrained = pretrain_extractor(method, tp.a[hr], b[hr], tp.gt[hr], tp.clean_bank)
     metrics = train_embedder(method, tp.a[hr], b[hr], tp.gt[hr], callbacks,
                              step0=method.config.model_steps, selector=selector,
                              clean_bank=tp.clean_bank)
+    metrics.update(pretrained)
     if selector is not None:
         metrics.update(selector.restore())
+    if refresh is not None:
+        metrics["bn_layers_refreshed"] = float(refresh())
     return {**metrics, "time_stage1_s": time.time() - start, "n_hr": float(len(hr)),
             "n_held_out": float(len(tp.held_out) if tp.has_held_out else 0)}
 
@@ -358,17 +375,25 @@ def stage2(method: OutputMarkParts, tp: TrainingPairs, callbacks: Callbacks | Se
     assert probe_out is not None  # stage2_arch_list is never empty
     logo = method.logo.cpu()
     before = extraction_nc(method.R, probe_out, logo, c.eval_batch)
+    refresh = None
+    if c.refresh_bn_stats:  # R's statistics on stage 2's batches (B′, every B″, clean)
+        def refresh() -> int:
+            return refresh_extractor_bn(method, a[hr], b[hr], tp.gt[hr], b2, b2_clean,
+                                        tp.clean_bank)
     selector = None
     if c.select_every and tp.has_held_out:
         selector = CheckpointSelector(method, a[ho], tp.gt[ho],
                                       distributed.main_only(Callbacks.of(callbacks)),
                                       c.model_steps + c.steps, nets=("R",), copies=copies,
-                                      clean_copies=clean_copies, prefix="select2")
+                                      clean_copies=clean_copies, prefix="select2",
+                                      before_score=refresh)
     metrics = finetune_extractor(method, a[hr], b[hr], tp.gt[hr], marked[hr], b2, callbacks,
                                  step0=c.model_steps + c.steps, b_clean_second=b2_clean,
                                  selector=selector, clean_bank=tp.clean_bank)
     if selector is not None:
         metrics.update({f"stage2_{k}": v for k, v in selector.restore().items()})
+    if refresh is not None:
+        metrics["stage2_bn_layers_refreshed"] = float(refresh())
     after = extraction_nc(method.R, probe_out, logo, c.eval_batch)
     return {**metrics,
             "nc_surrogate_before": float(before.mean()),
