@@ -36,8 +36,13 @@ $(KFP_VENV)/.installed: requirements/kubeflow.txt pyproject.toml setup.py
 
 kfp-venv: $(KFP_VENV)/.installed
 
+# The suite runs in one pytest-xdist worker per core, two at most (each worker holds torch,
+# ZenML and MLflow: ~1.5 GB), whole files per worker (--dist loadfile: a module's fixtures are
+# built once); tests/conftest.py gives each worker one torch thread. TEST_WORKERS=0 runs it in
+# one process.
+TEST_WORKERS ?= $(shell $(PY) -c 'import os; n = min(2, len(os.sched_getaffinity(0))); print(n if n > 1 else 0)')
 test: venv kfp-venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: venv
 	$(BIN)/ruff check components integrations runtime steps pipelines cli tests scripts setup.py

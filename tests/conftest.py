@@ -24,6 +24,11 @@ import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: one intra-op thread each, or the workers' thread
+    # pools oversubscribe the cores (DDP tests set their own processes' threads).
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
