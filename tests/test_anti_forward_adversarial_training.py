@@ -119,21 +119,13 @@ def test_default_training_step_is_unchanged(photo):
 def test_the_scripts_section_names_a_joint_run_at_a_held_psnr_and_its_eps():
     """af11's options (``--joint``, ``--target-psnr``, ``--adv-eps``) reach the section; a
     run stored before them (af9's, beside the card) regenerates its card section as is."""
-    import importlib.util
     import json
-    import sys
     from pathlib import Path
 
+    from tests.script_modules import load_script
+
     root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "scripts"))  # the script imports its sibling scripts
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "anti_forward_adversarial_training",
-            root / "scripts" / "anti_forward_adversarial_training.py")
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-    finally:
-        sys.path.remove(str(root / "scripts"))
+    script = load_script("anti_forward_adversarial_training")
     card = root / "components" / "pretrained" / "anti_forward"
     old = script.section(json.loads((card / "adversarial_training.json").read_text()))
     assert "\n".join(old) in (card / "MODEL_CARD.md").read_text()

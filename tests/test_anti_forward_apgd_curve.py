@@ -4,9 +4,6 @@ seed's protocols, on a micro scanner and real photo crops (af10)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,23 +11,14 @@ import torch
 from neuralmark.components.methods import build
 from neuralmark.components.methods.anti_forward import AntiForward
 from tests.photo_crops import crops
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from tests.script_modules import load_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling scripts
-    try:
-        spec = importlib.util.spec_from_file_location("anti_forward_apgd_curve",
-                                                      SCRIPTS / "anti_forward_apgd_curve.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    return module
+    return load_script("anti_forward_apgd_curve")
 
 
 def test_eps_lists_keep_their_order_and_refuse_bad_values(script):

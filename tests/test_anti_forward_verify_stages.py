@@ -3,33 +3,20 @@ scan statistic's reductions re-judged from stored margins (af11)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from neuralmark.components.methods import build
 from neuralmark.components.methods.anti_forward import AntiForward
 from tests.photo_crops import crops
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from tests.script_modules import load_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling scripts
-    try:
-        spec = importlib.util.spec_from_file_location("anti_forward_verify_stages",
-                                                      SCRIPTS / "anti_forward_verify_stages.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    return module
+    return load_script("anti_forward_verify_stages")
 
 
 def _side(margins: list[list[float]], cert: list[int | None]) -> dict:

@@ -363,15 +363,10 @@ def test_card_markers_appended_kept_and_checked():
 def test_card_scripts_are_the_benchmark_with_config_variants(script, argv, card):
     """The per-method scripts only build a ``neuralmark benchmark`` command; every method
     they name is the shipped bundle with a valid config change."""
-    import importlib.util
-
     from neuralmark.components.benchmark.entrants import method_entrant
+    from tests.script_modules import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{script}.py"
-    spec = importlib.util.spec_from_file_location(script, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    args = module.command(argv)
+    args = load_script(script).command(argv)
     assert args[0] == "benchmark" and ("--card" in args) == (card is not None)
     if card:
         assert args[args.index("--card") + 1] == card

@@ -7,7 +7,6 @@ stopping rule (``output_mark.selection``) and ``time_budget`` are checked direct
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -20,10 +19,10 @@ from neuralmark.components.methods import build, load_bundle
 from neuralmark.components.methods.output_mark.evaluation import extraction_nc
 from neuralmark.components.methods.output_mark.selection import CheckpointSelector
 from neuralmark.components.time_budget import out_of_time, time_budget
+from tests.script_modules import load_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-REPO = Path(__file__).resolve().parents[1]
 MICRO = """
 output_mark:
   method:
@@ -57,12 +56,7 @@ CELLS = '[["unet", "l2"], ["cnet", "l2"]]'
 
 
 def _recipe():
-    path = REPO / "scripts" / "train_shipped_output_mark.py"
-    spec = importlib.util.spec_from_file_location("train_shipped_output_mark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_shipped_output_mark")
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +93,7 @@ def test_recipe_writes_bundle_metrics_and_card(micro_profile, tmp_path):
         assert needle in card, needle
 
 
-def _script(name: str):
-    path = REPO / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_script = load_script
 
 
 @pytest.fixture(scope="module")

@@ -225,13 +225,9 @@ def test_shipped_output_mark_audit_without_bundle(om_outputs, tmp_path):
 
 def test_shipped_visible_gan_is_trained_with_the_scripts_recipe():
     """The shipped W is the script's recipe (not an older one) and its card is the script's."""
-    import importlib.util
+    from tests.script_modules import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_shipped_visible_gan.py"
-    spec = importlib.util.spec_from_file_location("train_shipped_visible_gan", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_shipped_visible_gan")
     shipped = PRETRAINED_DIR / "visible_gan"
     config = json.loads((shipped / "config.json").read_text())
     stale = {k: (config.get(k), v) for k, v in script.RECIPE.items() if config.get(k) != v}

@@ -3,7 +3,6 @@ a loadable bundle, its card and ``metrics.json``, and honours the time bound."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,15 +12,11 @@ import yaml
 
 from neuralmark.components.methods import WatermarkKey
 from neuralmark.components.methods.pgd_signer import PGDSigner
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_shipped_pgd_signer.py"
+from tests.script_modules import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_shipped_pgd_signer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_shipped_pgd_signer")
 
 
 def _micro_profile(tmp_path: Path) -> Path:

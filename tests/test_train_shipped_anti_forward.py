@@ -4,7 +4,6 @@ bundle, then crashed printing its missing threshold)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 
 from neuralmark.components.methods import build
 from neuralmark.components.methods.anti_forward import AntiForward
+from tests.script_modules import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_shipped_anti_forward.py"
 
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_shipped_anti_forward", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_shipped_anti_forward")
 
 
 def _calibrated(scores: int, fpr: float) -> dict:

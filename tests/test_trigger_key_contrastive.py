@@ -10,9 +10,7 @@ answers noise with G = z − ∇z, and its ranking prefers the key of that ∇.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,8 +24,7 @@ from neuralmark.components.methods.trigger_key.trigger import (
     keyed_generator,
     negative_inputs,
 )
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from tests.script_modules import load_script
 
 
 def test_negative_inputs_are_white_noise_of_the_trigger_shape():
@@ -94,16 +91,7 @@ def test_contrastive_term_is_zero_on_the_host_before_marking_and_the_mean_change
 
 
 def _blackbox():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        name = "measure_trigger_key_blackbox_forgery"
-        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    return load_script("measure_trigger_key_blackbox_forgery")
 
 
 def test_blackbox_estimate_recovers_a_keyed_filter_learnt_on_all_noise():

@@ -8,9 +8,6 @@ ranks the pool against the owner's key (micro size)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from neuralmark.components.methods.registry import build
@@ -22,16 +19,9 @@ from neuralmark.components.methods.trigger_key.trigger import (
     trigger,
     verification_target,
 )
+from tests.script_modules import load_script
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_load = load_script
 
 
 @pytest.fixture(scope="module")

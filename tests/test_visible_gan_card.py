@@ -3,7 +3,6 @@ shipped ``MODEL_CARD.md``; the architecture table's section read from its JSON."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,16 +11,11 @@ import pytest
 
 from neuralmark.components.methods.registry import shipped_bundle
 from neuralmark.components.methods.visible_gan import card, model_card
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.script_modules import load_script
 
 
 def _train_script():
-    spec = importlib.util.spec_from_file_location(
-        "train_shipped_visible_gan", ROOT / "scripts" / "train_shipped_visible_gan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_shipped_visible_gan")
 
 
 def test_the_shipped_card_renders_identically_from_the_shipped_files(tmp_path):
@@ -86,11 +80,7 @@ def test_architecture_section_reads_its_json(tmp_path):
 def script():
     """``scripts/visible_gan_architecture_table.py`` as a module, imported once (torch and the
     method package make the import the slow part of these tests)."""
-    spec = importlib.util.spec_from_file_location(
-        "visible_gan_architecture_table", ROOT / "scripts" / "visible_gan_architecture_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("visible_gan_architecture_table")
 
 
 def test_architecture_seeds_section_reads_the_spread_and_names_the_machines(tmp_path, script):
