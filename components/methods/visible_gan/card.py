@@ -368,7 +368,7 @@ def _machine_note(shipped: dict, out: Path) -> str:
         return ""
     differ = sum(a != b for _, a, b in pairs)
     return ("**Machine.** These cells were measured on an earlier machine (environment: "
-            f"{_environment(shipped.get('environment'))}). The F′-seed run of the next "
+            f"{_environment(shipped.get('environment'))}). The F′-seed runs of the next "
             f"section, on this machine ({_environment(seeds.get('environment'))}), reran F′ "
             f"seed 0 with the same code and data; correct of {shipped['test_images']}, "
             "earlier machine / this one: "
