@@ -32,7 +32,9 @@ from neuralmark.components.methods.base import resize_square
 from neuralmark.components.methods.output_mark.loops import resize_round_trip
 from neuralmark.components.methods.output_mark.method import MarkedModel
 from neuralmark.components.methods.output_mark.training import clean_bank, training_pairs
-from tests.test_output_mark_recipe import CELLS, REPO, _recipe, micro_profile  # noqa: F401
+from tests.test_output_mark_recipe import CELLS, _recipe, micro_profile  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
